@@ -1,0 +1,120 @@
+/** File system helpers shared by the daemons: disk usage, mount-aware removal, atomic writes. */
+import { promises as fsp, readFileSync } from 'node:fs';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface MountInfo {
+  mountPoint: string;
+  root: string;
+  fsType: string;
+  source: string;
+  options: string;
+}
+
+/** `\040`-style octal escapes of /proc/self/mountinfo. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Parse /proc/self/mountinfo text. Pure. */
+export function parseMountinfo(text: string): MountInfo[] {
+  const out: MountInfo[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split(' ');
+    const sep = f.indexOf('-', 6);
+    if (sep < 0 || f.length < sep + 3) continue;
+    out.push({
+      root: unescapeMountinfo(f[3]!),
+      mountPoint: unescapeMountinfo(f[4]!),
+      options: f[5]!,
+      fsType: f[sep + 1]!,
+      source: unescapeMountinfo(f[sep + 2]!),
+    });
+  }
+  return out;
+}
+
+export function readMountinfo(): MountInfo[] {
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
+}
+
+/** Mount points at or below `dir`. */
+export function mountsUnder(dir: string, mounts: MountInfo[] = readMountinfo()): string[] {
+  const d = path.resolve(dir);
+  return mounts.map((m) => m.mountPoint).filter((mp) => mp === d || mp.startsWith(d + '/'));
+}
+
+/**
+ * Remove a directory tree, refusing to do so while anything is mounted at or
+ * below it: `rm -rf` across a mount point would delete the mounted file
+ * system's content (a bind-mounted host dir, a CVMFS layer).
+ */
+export async function removeTree(dir: string, mounts?: MountInfo[]): Promise<void> {
+  const under = mountsUnder(dir, mounts);
+  if (under.length > 0) {
+    throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
+  }
+  await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+}
+
+export interface Usage {
+  size: number;
+  inodes: number;
+}
+
+/**
+ * Disk usage of a tree as containerd's fs.DiskUsage counts it: every distinct
+ * inode once (hard links), size = allocated blocks × 512. Does not cross into
+ * other file systems.
+ */
+export async function diskUsage(root: string): Promise<Usage> {
+  const seen = new Set<string>();
+  let size = 0;
+  const rootStat = await fsp.lstat(root);
+  const dev = rootStat.dev;
+  const visit = async (p: string, st: fs.Stats): Promise<void> => {
+    const id = `${st.ino}`;
+    if (!seen.has(id)) {
+      seen.add(id);
+      size += st.blocks * 512;
+    }
+    if (!st.isDirectory() || st.dev !== dev) return;
+    const names = await fsp.readdir(p);
+    // bounded fan-out: stat the entries of one directory concurrently
+    const stats = await Promise.all(names.map((n) => fsp.lstat(path.join(p, n)).then((s) => [n, s] as const, () => null)));
+    for (const e of stats) if (e) await visit(path.join(p, e[0]), e[1]);
+  };
+  await visit(root, rootStat);
+  return { size, inodes: seen.size };
+}
+
+/** Write a file durably: temp file, fsync, rename, fsync the directory. */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  const fh = await fsp.open(tmp, 'w', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fsp.rename(tmp, file);
+  await fsyncDir(dir);
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Is `child` (resolved) inside `parent` (resolved)? */
+export function isInside(parent: string, child: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}

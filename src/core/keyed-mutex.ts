@@ -1,0 +1,40 @@
+/**
+ * Per-name locks: operations touching the same names run one after another,
+ * unrelated ones run concurrently (so durable writes of unrelated requests can
+ * share one commit). Names are locked in sorted order: no deadlocks.
+ */
+export class KeyedMutex {
+  private readonly tails = new Map<string, Promise<void>>();
+
+  async acquire(names: readonly string[]): Promise<() => void> {
+    const uniq = [...new Set(names.filter((n) => n !== ''))].sort();
+    const releases: (() => void)[] = [];
+    for (const n of uniq) {
+      const prev = this.tails.get(n) ?? Promise.resolve();
+      let release!: () => void;
+      const mine = new Promise<void>((r) => (release = r));
+      const tail = prev.then(() => mine);
+      this.tails.set(n, tail);
+      await prev;
+      releases.push(() => {
+        release();
+        if (this.tails.get(n) === tail) this.tails.delete(n);
+      });
+    }
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      for (const r of releases.reverse()) r();
+    };
+  }
+
+  async with<T>(names: readonly string[], fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire(names);
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}

@@ -1,0 +1,78 @@
+/** The `cvmfs-thin snapshotter` daemon: gRPC on a unix socket, graceful, non-destructive stop. */
+import { promises as fsp } from 'node:fs';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { CvmfsLocation } from '../core/config.js';
+import { prepareSocket } from '../core/socket.js';
+import { SnapshotsService } from './proto/containerd/services/snapshots/v1/snapshots.js';
+import { createService } from './service.js';
+import { Snapshotter } from './snapshotter.js';
+
+export interface SnapshotterDaemonOptions {
+  address: string;
+  root: string;
+  location: CvmfsLocation;
+  thinImages: boolean;
+  remoteLayers: boolean;
+  log: Logger;
+}
+
+export interface RunningDaemon {
+  snapshotter: Snapshotter;
+  /** Stop serving and close the store; never deletes or unmounts snapshot data. */
+  stop(): Promise<void>;
+}
+
+/** containerd's proxy client allows 16 MiB messages. */
+const MAX_MESSAGE = 16 << 20;
+
+export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<RunningDaemon> {
+  const log = o.log;
+  let fatal = false;
+  const sn = await Snapshotter.open({
+    root: o.root,
+    location: o.location,
+    thinImages: o.thinImages,
+    remoteLayers: o.remoteLayers,
+    log,
+    onFatal: (e) => {
+      if (fatal) return;
+      fatal = true;
+      log.fatal({ err: e }, 'metadata store failed to commit; stopping (the store on disk is consistent, restart to recover)');
+      setImmediate(() => process.exit(70));
+    },
+  });
+  await prepareSocket(o.address);
+  const server = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE });
+  server.addService(SnapshotsService, createService(sn, log));
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix://${o.address}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  await fsp.chmod(o.address, 0o660);
+  log.info(
+    { address: o.address, root: o.root, repository: o.location.repository, mountpoint: o.location.absoluteMountpoint, thinImages: o.thinImages, remoteLayers: o.remoteLayers },
+    'snapshotter serving',
+  );
+  let stopping: Promise<void> | null = null;
+  return {
+    snapshotter: sn,
+    stop() {
+      stopping ??= (async () => {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, 5000);
+          server.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+        await sn.close();
+        await fsp.rm(o.address, { force: true });
+        log.info('snapshotter stopped; snapshot data kept');
+      })();
+      return stopping;
+    },
+  };
+}
