@@ -542,7 +542,8 @@ export class Snapshotter {
       const i = this.info(r);
       if (filter(i)) out.push(i);
     }
-    return out;
+    // the order containerd's bolt store walks in
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   async usage(key: string): Promise<Usage> {

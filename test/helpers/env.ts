@@ -1,0 +1,42 @@
+/**
+ * Shared test environment checks. Tests that need root or a daemon binary run
+ * for real in CI (as root, packages installed by .ci/run); for a developer
+ * without them they skip and say why.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll } from 'vitest';
+
+export const isRoot = process.getuid?.() === 0;
+
+export function hasBinary(name: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Reason to skip, or null: use as `describe.skipIf(skipReason(...))`. Prints the reason once. */
+export function needs(opts: { root?: boolean; binaries?: string[] }): string | null {
+  const missing: string[] = [];
+  if (opts.root && !isRoot) missing.push('root');
+  for (const b of opts.binaries ?? []) if (!hasBinary(b)) missing.push(b);
+  if (missing.length === 0) return null;
+  const reason = `needs ${missing.join(', ')} (CI runs this as root with the packages installed by .ci/run)`;
+  process.stderr.write(`[skip] ${reason}\n`);
+  return reason;
+}
+
+/** A temporary directory removed after the test file. */
+export function tempDir(prefix = 'cvmfs-thin-test-'): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), prefix));
+  afterAll(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** Absolute path of the built CLI (tests run after `npm run build`). */
+export const CLI = path.resolve(import.meta.dirname, '../../bin/cvmfs-thin.js');
