@@ -1,5 +1,5 @@
 /** File system helpers shared by the daemons: disk usage, mount-aware removal, atomic writes. */
-import { promises as fsp, readFileSync } from 'node:fs';
+import { lstatSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -66,26 +66,42 @@ export interface Usage {
 /**
  * Disk usage of a tree as containerd's fs.DiskUsage counts it: every distinct
  * inode once (hard links), size = allocated blocks × 512. Does not cross into
- * other file systems.
+ * other file systems. Local trees only: it walks with synchronous calls,
+ * yielding to the event loop every 256 entries.
  */
 export async function diskUsage(root: string): Promise<Usage> {
-  const seen = new Set<string>();
+  const seen = new Set<number>();
   let size = 0;
-  const rootStat = await fsp.lstat(root);
+  const rootStat = lstatSync(root);
   const dev = rootStat.dev;
-  const visit = async (p: string, st: fs.Stats): Promise<void> => {
-    const id = `${st.ino}`;
-    if (!seen.has(id)) {
-      seen.add(id);
+  const stack: [string, fs.Stats][] = [[root, rootStat]];
+  let budget = 256;
+  while (stack.length) {
+    const [p, st] = stack.pop()!;
+    if (!seen.has(st.ino)) {
+      seen.add(st.ino);
       size += st.blocks * 512;
     }
-    if (!st.isDirectory() || st.dev !== dev) return;
-    const names = await fsp.readdir(p);
-    // bounded fan-out: stat the entries of one directory concurrently
-    const stats = await Promise.all(names.map((n) => fsp.lstat(path.join(p, n)).then((s) => [n, s] as const, () => null)));
-    for (const e of stats) if (e) await visit(path.join(p, e[0]), e[1]);
-  };
-  await visit(root, rootStat);
+    if (!st.isDirectory() || st.dev !== dev) continue;
+    let names: string[];
+    try {
+      names = readdirSync(p);
+    } catch {
+      continue; // removed meanwhile
+    }
+    for (const n of names) {
+      const c = path.join(p, n);
+      try {
+        stack.push([c, lstatSync(c)]);
+      } catch {
+        /* removed meanwhile */
+      }
+      if (--budget === 0) {
+        budget = 256;
+        await new Promise<void>((r) => setImmediate(r));
+      }
+    }
+  }
   return { size, inodes: seen.size };
 }
 

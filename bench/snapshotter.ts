@@ -1,0 +1,168 @@
+/**
+ * Snapshotter benchmark: our daemon vs the reference Go overlay snapshotter
+ * (containerd's snapshots/overlay behind the Snapshots API: `overlayserver`
+ * from ../shared/containerd-testsuite), measured in the same run with the same
+ * gRPC client, interleaved.
+ *
+ *   npx tsx bench/snapshotter.ts            (needs root and /tmp/ctdts/bin/overlayserver; CTDTS_BIN overrides)
+ *   BENCH_CYCLES=300 BENCH_SNAPSHOTS=10000 BENCH_REPS=3 npx tsx bench/snapshotter.ts
+ *
+ * Prints p50/p99 of a Prepare→Mounts→Commit→Remove cycle (1 client), the
+ * throughput of 8 concurrent clients, the ratios ours/reference, our RSS idle
+ * and with 10 000 snapshots, and our cycle latency at 10 000 vs 100 snapshots.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SnapClient } from '../test/helpers/grpc.js';
+
+const CYCLES = Number(process.env['BENCH_CYCLES'] ?? 300);
+const CONC_CYCLES = Number(process.env['BENCH_CONC_CYCLES'] ?? 100); // per client
+const SNAPSHOTS = Number(process.env['BENCH_SNAPSHOTS'] ?? 10_000);
+const REPS = Number(process.env['BENCH_REPS'] ?? 3);
+const BIN = process.env['CTDTS_BIN'] ?? '/tmp/ctdts/bin';
+const CLI = path.resolve(import.meta.dirname, '../bin/cvmfs-thin.js');
+
+interface Server {
+  name: string;
+  proc: ChildProcess;
+  client: SnapClient;
+  root: string;
+}
+
+async function start(name: string, cmd: string, args: string[], socket: string, root: string): Promise<Server> {
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  const t0 = Date.now();
+  const client = new SnapClient(socket);
+  for (;;) {
+    if (existsSync(socket)) {
+      try {
+        await client.stat('probe');
+      } catch (e) {
+        if ((e as { code?: number }).code === 5) break;
+      }
+    }
+    if (Date.now() - t0 > 20_000) throw new Error(`${name} did not start`);
+    await sleep(20);
+  }
+  return { name, proc, client, root };
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+
+let seq = 0;
+async function cycle(c: SnapClient, parent: string): Promise<number> {
+  const k = `bench/${seq++}/extract ${Math.random().toString(36).slice(2)}`;
+  const t = performance.now();
+  await c.prepare(k, parent);
+  await c.mounts(k);
+  const name = `${k}-committed`;
+  await c.commit(name, k, { 'containerd.io/snapshot.ref': name });
+  await c.remove(name);
+  return performance.now() - t;
+}
+
+async function single(s: Server, n: number, parent = ''): Promise<number[]> {
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) lat.push(await cycle(s.client, parent));
+  return lat;
+}
+
+async function concurrent(s: Server, clients: number, perClient: number): Promise<number> {
+  const t = performance.now();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    for (let i = 0; i < perClient; i++) await cycle(s.client, '');
+  }));
+  return (clients * perClient) / ((performance.now() - t) / 1000);
+}
+
+/** Create committed snapshots until the server holds `n`, in chains of 10 (as images are). */
+async function preload(s: Server, n: number): Promise<void> {
+  let next = (await s.client.list()).length;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      let prev = '';
+      for (let depth = 0; next < n; depth++) {
+        const i = next++;
+        await s.client.prepare(`pre-${i}-x`, depth % 10 === 0 ? '' : prev);
+        await s.client.commit(`pre-${i}`, `pre-${i}-x`, { 'containerd.io/gc.root': 'bench' });
+        prev = `pre-${i}`;
+      }
+    }),
+  );
+}
+
+async function main() {
+  if (process.getuid?.() !== 0) throw new Error('run as root (both snapshotters mount-check and chown)');
+  const ovlBin = path.join(BIN, 'overlayserver');
+  if (!existsSync(ovlBin)) throw new Error(`${ovlBin} missing: build ../shared/containerd-testsuite (build.sh) first`);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-sn-'));
+  const ours = await start('cvmfs-thin', process.execPath, [CLI, 'snapshotter', '--root', path.join(dir, 'ours'), '--address', path.join(dir, 'ours.sock'), '--absolute-mountpoint', path.join(dir, 'cvmfs'), '--log-level', 'warn'], path.join(dir, 'ours.sock'), path.join(dir, 'ours'));
+  const ref = await start('overlay (Go)', ovlBin, ['-root', path.join(dir, 'ref'), '-address', path.join(dir, 'ref.sock')], path.join(dir, 'ref.sock'), path.join(dir, 'ref'));
+  try {
+    await sleep(1500);
+    const rssIdle = rssMiB(ours.proc.pid!);
+    const refRssIdle = rssMiB(ref.proc.pid!);
+    // warm up both (JIT, page cache)
+    await single(ours, 30);
+    await single(ref, 30);
+
+    const lat: Record<string, number[]> = { ours: [], ref: [] };
+    const thr: Record<string, number[]> = { ours: [], ref: [] };
+    for (let r = 0; r < REPS; r++) {
+      for (const [k, s] of (r % 2 ? [['ref', ref], ['ours', ours]] : [['ours', ours], ['ref', ref]]) as [string, Server][]) {
+        lat[k]!.push(...(await single(s, CYCLES)));
+        thr[k]!.push(await concurrent(s, 8, CONC_CYCLES));
+      }
+    }
+    const med = (xs: number[]) => pct(xs, 50);
+    const p50 = { ours: pct(lat['ours']!, 50), ref: pct(lat['ref']!, 50) };
+    const p99 = { ours: pct(lat['ours']!, 99), ref: pct(lat['ref']!, 99) };
+    const tput = { ours: med(thr['ours']!), ref: med(thr['ref']!) };
+
+    // scale: latency at 100 vs SNAPSHOTS snapshots, RSS at SNAPSHOTS
+    await preload(ours, 100);
+    const at100 = pct(await single(ours, CYCLES), 50);
+    const t0 = performance.now();
+    await preload(ours, SNAPSHOTS);
+    const preloadS = (performance.now() - t0) / 1000;
+    await sleep(1000);
+    const atN = pct(await single(ours, CYCLES), 50);
+    const listT = performance.now();
+    const listed = (await ours.client.list()).length;
+    const listMs = performance.now() - listT;
+    const rssN = rssMiB(ours.proc.pid!);
+
+    const f = (x: number) => x.toFixed(2);
+    console.log(`cvmfs-thin snapshotter benchmark (${CYCLES} cycles x ${REPS} reps; 8 clients x ${CONC_CYCLES} cycles; baseline: containerd overlay snapshotter, Go, same run)`);
+    console.log(`cycle = Prepare -> Mounts -> Commit -> Remove, one client`);
+    console.log(`  p50  ours ${f(p50.ours)} ms   overlay ${f(p50.ref)} ms   ratio ours/overlay ${f(p50.ours / p50.ref)}   (target <= 1.0)`);
+    console.log(`  p99  ours ${f(p99.ours)} ms   overlay ${f(p99.ref)} ms   ratio ours/overlay ${f(p99.ours / p99.ref)}`);
+    console.log(`8 concurrent clients: ours ${tput.ours.toFixed(0)} cycles/s   overlay ${tput.ref.toFixed(0)} cycles/s   ratio ${f(tput.ours / tput.ref)}   (target >= 1.5)`);
+    console.log(`RSS idle: ours ${rssIdle.toFixed(1)} MiB (target <= 60)   overlay ${refRssIdle.toFixed(1)} MiB`);
+    console.log(`RSS with ${listed} snapshots: ours ${rssN.toFixed(1)} MiB (target <= 100); preload took ${preloadS.toFixed(1)} s; List of all: ${listMs.toFixed(0)} ms`);
+    console.log(`cycle p50 at ${listed} snapshots ${f(atN)} ms vs at 100: ${f(at100)} ms   ratio ${f(atN / at100)}   (target <= 1.2)`);
+  } finally {
+    for (const s of [ours, ref]) {
+      s.client.close();
+      s.proc.kill('SIGTERM');
+    }
+    await sleep(1000);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
