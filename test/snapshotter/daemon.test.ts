@@ -76,6 +76,11 @@ describe.skipIf(needs({ root: true }))('snapshotter daemon', () => {
     const d = await startDaemon(['--root', path.join(base, 'cfg'), '--config', cfg], path.join(base, 'cfg.sock'));
     daemons.push(d);
     expect(d.output()).toContain(`"mountpoint":"${repo}"`);
+    // the example config shipped for systemd parses too
+    const shipped = path.resolve(import.meta.dirname, '../../packaging/systemd/config.toml');
+    const d2 = await startDaemon(['--root', path.join(base, 'cfg2'), '--config', shipped, '--absolute-mountpoint', repo], path.join(base, 'cfg2.sock'));
+    daemons.push(d2);
+    expect(d2.output()).toContain('"repository":"unpacked.cern.ch"');
     const bad = path.join(base, 'bad.toml');
     writeFileSync(bad, 'repository = "unpacked.cern.ch"\nabsolute_mountpoint = "/x"\n');
     const r = await runCli(['snapshotter', '--root', path.join(base, 'bad'), '--address', path.join(base, 'bad.sock'), '--config', bad]);
