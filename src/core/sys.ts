@@ -3,16 +3,33 @@
  * devices), extended attributes, mount/umount. Loaded lazily through koffi so
  * that pure modules and unprivileged tests never touch libc.
  */
-import koffi from 'koffi';
+import { closeSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import type koffiType from 'koffi';
+
+/** koffi is loaded on first use: the snapshotter only needs it to build whiteout masks. */
+let koffiMod: typeof koffiType | undefined;
+const koffi = (): typeof koffiType => (koffiMod ??= createRequire(import.meta.url)('koffi') as typeof koffiType);
+
+/**
+ * A path for the calls below: a string (encoded as UTF-8), or raw bytes for
+ * names that are not valid UTF-8 (tar entry names are bytes).
+ */
+export type PathArg = string | Buffer;
+type CPath = string | Buffer;
 
 interface Libc {
-  mknod: (path: string, mode: number, dev: bigint | number) => number;
-  lsetxattr: (path: string, name: string, value: Buffer, size: number, flags: number) => number;
-  lgetxattr: (path: string, name: string, value: Buffer | null, size: number) => number;
-  llistxattr: (path: string, list: Buffer | null, size: number) => number;
+  mknod: (path: CPath, mode: number, dev: bigint | number) => number;
+  lsetxattr: (path: CPath, name: CPath, value: Buffer, size: number, flags: number) => number;
+  lgetxattr: (path: CPath, name: CPath, value: Buffer | null, size: number) => number;
+  llistxattr: (path: CPath, list: Buffer | null, size: number) => number;
   mount: (source: string | null, target: string, fstype: string | null, flags: number | bigint, data: string | null) => number;
   umount2: (target: string, flags: number) => number;
-  lchown: (path: string, uid: number, gid: number) => number;
+  lchown: (path: CPath, uid: number, gid: number) => number;
+  utimensat: (dirfd: number, path: CPath, times: Buffer, flags: number) => number;
+  futimens: (fd: number, times: Buffer) => number;
+  fchmodat: (dirfd: number, path: CPath, mode: number, flags: number) => number;
+  syscall: (...args: unknown[]) => number | bigint;
   errno: () => number;
 }
 
@@ -20,7 +37,7 @@ let libc: Libc | undefined;
 
 function lib(): Libc {
   if (libc) return libc;
-  const l = koffi.load('libc.so.6');
+  const l = koffi().load('libc.so.6');
   const errnoLoc = l.func('int *__errno_location(void)');
   libc = {
     mknod: l.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
@@ -30,7 +47,11 @@ function lib(): Libc {
     mount: l.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
     umount2: l.func('int umount2(const char *target, int flags)'),
     lchown: l.func('int lchown(const char *path, uint32_t uid, uint32_t gid)'),
-    errno: () => koffi.decode(errnoLoc(), 'int') as number,
+    utimensat: l.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
+    futimens: l.func('int futimens(int fd, const void *times)'),
+    fchmodat: l.func('int fchmodat(int dirfd, const char *path, uint32_t mode, int flags)'),
+    syscall: l.func('long syscall(long number, ...)'),
+    errno: () => koffi().decode(errnoLoc(), 'int') as number,
   };
   return libc;
 }
@@ -46,8 +67,9 @@ export class SyscallError extends Error {
   readonly errno: number;
   readonly syscall: string;
   readonly path: string;
-  constructor(syscall: string, errno: number, path: string) {
+  constructor(syscall: string, errno: number, path: PathArg) {
     const code = ERRNO_NAMES[errno] ?? `E${errno}`;
+    if (typeof path !== 'string') path = printable(path);
     super(`${syscall} ${path}: ${code}`);
     this.code = code;
     this.errno = errno;
@@ -56,7 +78,20 @@ export class SyscallError extends Error {
   }
 }
 
-function check(rc: number, syscall: string, path: string): number {
+/** A Buffer path without its terminating NUL, as text (invalid UTF-8 shown as U+FFFD). */
+function printable(p: Buffer): string {
+  const end = p.length > 0 && p[p.length - 1] === 0 ? p.length - 1 : p.length;
+  return p.subarray(0, end).toString('utf8');
+}
+
+/** koffi passes a Buffer as a bare pointer: make sure it is NUL-terminated. */
+function cpath(p: PathArg): CPath {
+  if (typeof p === 'string') return p;
+  return p.length > 0 && p[p.length - 1] === 0 ? p : Buffer.concat([p, ZERO]);
+}
+const ZERO = Buffer.alloc(1);
+
+function check(rc: number, syscall: string, path: PathArg): number {
   if (rc < 0) throw new SyscallError(syscall, lib().errno(), path);
   return rc;
 }
@@ -72,23 +107,25 @@ export function makedev(major: number, minor: number): bigint {
   return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);
 }
 
-export function mknod(path: string, mode: number, major = 0, minor = 0): void {
-  check(lib().mknod(path, mode, makedev(major, minor)), 'mknod', path);
+export function mknod(path: PathArg, mode: number, major = 0, minor = 0): void {
+  check(lib().mknod(cpath(path), mode, makedev(major, minor)), 'mknod', path);
 }
 
 /** An overlayfs whiteout: a character device 0/0. */
-export function mkWhiteout(path: string): void {
+export function mkWhiteout(path: PathArg): void {
   mknod(path, S_IFCHR | 0o000, 0, 0);
 }
 
-export function lsetxattr(path: string, name: string, value: Buffer | string): void {
+export function lsetxattr(path: PathArg, name: PathArg, value: Buffer | string): void {
   const b = typeof value === 'string' ? Buffer.from(value) : value;
-  check(lib().lsetxattr(path, name, b, b.length, 0), 'lsetxattr', path);
+  check(lib().lsetxattr(cpath(path), cpath(name), b, b.length, 0), 'lsetxattr', path);
 }
 
 /** Value of an xattr, or null if the file does not have it. */
-export function lgetxattr(path: string, name: string): Buffer | null {
+export function lgetxattr(path: PathArg, name: PathArg): Buffer | null {
   const l = lib();
+  path = cpath(path);
+  name = cpath(name);
   for (;;) {
     const size = l.lgetxattr(path, name, null, 0);
     if (size < 0) {
@@ -108,8 +145,10 @@ export function lgetxattr(path: string, name: string): Buffer | null {
   }
 }
 
-export function llistxattr(path: string): string[] {
+/** xattr names of a file (not following a symlink). Names are decoded as latin1, i.e. one char per byte. */
+export function llistxattr(path: PathArg): string[] {
   const l = lib();
+  path = cpath(path);
   for (;;) {
     const size = l.llistxattr(path, null, 0);
     if (size < 0) {
@@ -128,8 +167,40 @@ export function llistxattr(path: string): string[] {
   }
 }
 
-export function lchown(path: string, uid: number, gid: number): void {
-  check(lib().lchown(path, uid, gid), 'lchown', path);
+export function lchown(path: PathArg, uid: number, gid: number): void {
+  check(lib().lchown(cpath(path), uid, gid), 'lchown', path);
+}
+
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const timesBuf = Buffer.alloc(32);
+
+function fillTimes(atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Buffer {
+  timesBuf.writeBigInt64LE(BigInt(atimeSec), 0);
+  timesBuf.writeBigInt64LE(BigInt(atimeNsec), 8);
+  timesBuf.writeBigInt64LE(BigInt(mtimeSec), 16);
+  timesBuf.writeBigInt64LE(BigInt(mtimeNsec), 24);
+  return timesBuf;
+}
+
+/** utimensat(AT_SYMLINK_NOFOLLOW) with nanoseconds (Node's utimes goes through a double and loses them). */
+export function lutimesNs(path: PathArg, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void {
+  const t = fillTimes(atimeSec, atimeNsec, mtimeSec, mtimeNsec);
+  check(lib().utimensat(AT_FDCWD, cpath(path), t, AT_SYMLINK_NOFOLLOW), 'utimensat', path);
+}
+
+/** futimens with nanoseconds. */
+export function futimesNs(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void {
+  const t = fillTimes(atimeSec, atimeNsec, mtimeSec, mtimeNsec);
+  check(lib().futimens(fd, t), 'futimens', `fd ${fd}`);
+}
+
+/**
+ * chmod that never follows a symlink (fchmodat AT_SYMLINK_NOFOLLOW; glibc ≥ 2.32
+ * implements it through O_PATH). Fails with EOPNOTSUPP on a symlink.
+ */
+export function lchmod(path: PathArg, mode: number): void {
+  check(lib().fchmodat(AT_FDCWD, cpath(path), mode, AT_SYMLINK_NOFOLLOW), 'fchmodat', path);
 }
 
 export const MS_RDONLY = 1;
@@ -147,4 +218,40 @@ export function mount(source: string | null, target: string, fstype: string | nu
 
 export function umount(target: string, flags = 0): void {
   check(lib().umount2(target, flags), 'umount2', target);
+}
+
+// x86_64 and aarch64 share these numbers (the new mount API is in the generic table)
+const SYS_OPEN_TREE = 428;
+const SYS_MOVE_MOUNT = 429;
+const SYS_MOUNT_SETATTR = 442;
+const OPEN_TREE_CLONE = 1;
+const OPEN_TREE_CLOEXEC = 0o2000000;
+const AT_EMPTY_PATH = 0x1000;
+const AT_RECURSIVE = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH = 4;
+const AT_FDCWD_ = -100;
+const MOUNT_ATTR_IDMAP = 0x00100000n;
+
+/**
+ * Bind-mount `source` on `target` as an idmapped mount (Linux ≥ 5.12;
+ * open_tree + mount_setattr(MOUNT_ATTR_IDMAP) + move_mount): files owned by
+ * uid/gid k on disk appear as the id that `usernsFd`'s user namespace maps k
+ * to. Fails with EINVAL on file systems that do not support idmapped mounts.
+ */
+export function idmappedBindMount(source: string, target: string, usernsFd: number): void {
+  const l = lib();
+  const fd = Number(l.syscall(SYS_OPEN_TREE, 'int', AT_FDCWD_, 'str', source, 'uint', OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+  if (fd < 0) throw new SyscallError('open_tree', l.errno(), source);
+  try {
+    // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd }
+    const attr = Buffer.alloc(32);
+    attr.writeBigUInt64LE(MOUNT_ATTR_IDMAP, 0);
+    attr.writeBigUInt64LE(BigInt(usernsFd), 24);
+    const r = Number(l.syscall(SYS_MOUNT_SETATTR, 'int', fd, 'str', '', 'uint', AT_EMPTY_PATH | AT_RECURSIVE, 'void *', attr, 'size_t', 32));
+    if (r < 0) throw new SyscallError('mount_setattr', l.errno(), source);
+    const m = Number(l.syscall(SYS_MOVE_MOUNT, 'int', fd, 'str', '', 'int', AT_FDCWD_, 'str', target, 'uint', MOVE_MOUNT_F_EMPTY_PATH));
+    if (m < 0) throw new SyscallError('move_mount', l.errno(), target);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -1,0 +1,24 @@
+/**
+ * The tar library shared by the converter and the graph driver.
+ *
+ * - extractLayer: uncompressed layer tar → directory (overlay/apply/keep whiteouts)
+ * - decompress / compressionForMediaType: gzip, zstd, sniffing
+ * - packDirectory / packEntries: directory or in-memory entries → tar stream
+ * - UnsafeTarError: every refusal (reason says which)
+ */
+export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractProgress, type ExtractResult, type WhiteoutMode, type WriterStats } from './extract.js';
+export { UnsafeTarError, TarIoError, UNSAFE_TAR_CODE, TAR_IO_CODE, type UnsafeTarReason } from './errors.js';
+export type { IdMap, IdMaps } from './idmap.js';
+export { packDirectory, packEntries, type MemEntry, type PackChange, type PackOptions } from './pack.js';
+export {
+  decompress,
+  compressionForMediaType,
+  sniffCompression,
+  isForeignLayer,
+  gzipDecompressor,
+  fzstdDecompressor,
+  zstdProcessDecompressor,
+  type Compression,
+  type Decompressor,
+  type DecompressOptions,
+} from './decompress.js';
