@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { z } from 'zod';
 import { InvalidArgumentError } from './errors.js';
 
 /** Where CVMFS repositories are found and which ones images may reference. Shared by both daemons. */
@@ -22,17 +21,39 @@ export const DEFAULT_CVMFS_ROOT = '/cvmfs';
 /** A CVMFS repository name is a DNS-style name: `unpacked.cern.ch`. */
 export const REPOSITORY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
 
-const repoName = z.string().regex(REPOSITORY_NAME, 'not a CVMFS repository name (like unpacked.cern.ch)');
-const absPath = z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path');
+/**
+ * A daemon's TOML keys. A tiny validator rather than zod: the daemons must stay
+ * small (zod alone adds ~7 MiB of resident memory to a Node process).
+ */
+export type Field =
+  | { type: 'string'; check?: (v: string) => string | null }
+  | { type: 'boolean' }
+  | { type: 'string[]'; check?: (v: string) => string | null }
+  | { type: 'enum'; values: readonly string[] };
+
+type FieldValue<F> = F extends { type: 'string' }
+  ? string
+  : F extends { type: 'boolean' }
+    ? boolean
+    : F extends { type: 'string[]' }
+      ? string[]
+      : F extends { type: 'enum'; values: readonly (infer V)[] }
+        ? V
+        : never;
+
+export type ConfigOf<S extends Record<string, Field>> = { [K in keyof S]?: FieldValue<S[K]> };
+
+const checkRepo = (v: string) => (REPOSITORY_NAME.test(v) ? null : 'not a CVMFS repository name (like unpacked.cern.ch)');
+const checkAbs = (v: string) => (path.isAbsolute(v) ? null : 'must be an absolute path');
 
 /** Keys shared by the snapshotter and the graph driver TOML files (kebab-case as in containerd-cvmfs-grpc). */
 export const cvmfsKeys = {
-  repository: repoName.optional(),
-  'absolute-mountpoint': absPath.optional(),
-  'cvmfs-root': absPath.optional(),
-  'allowed-repositories': z.array(repoName).optional(),
-  'log-level': z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).optional(),
-};
+  repository: { type: 'string', check: checkRepo },
+  'absolute-mountpoint': { type: 'string', check: checkAbs },
+  'cvmfs-root': { type: 'string', check: checkAbs },
+  'allowed-repositories': { type: 'string[]', check: checkRepo },
+  'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
+} as const satisfies Record<string, Field>;
 
 export function cvmfsLocation(opts: {
   repository?: string | undefined;
@@ -58,28 +79,41 @@ export function repositoryMountpoint(loc: CvmfsLocation, repo: string): string {
   return repo === loc.repository ? loc.absoluteMountpoint : path.join(loc.cvmfsRoot, repo);
 }
 
-/** Read a TOML file and validate it against a strict zod object (unknown keys are errors). */
-export function loadToml<T extends z.ZodRawShape>(file: string, shape: T): z.infer<z.ZodObject<T>> {
+/** Read a TOML file and validate it against `spec` (unknown keys are errors). */
+export function loadToml<S extends Record<string, Field>>(file: string, spec: S): ConfigOf<S> {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new InvalidArgumentError(`config ${file}: cannot read: ${(e as Error).message}`);
   }
-  let raw: unknown;
+  let raw: Record<string, unknown>;
   try {
-    raw = parseToml(text);
+    raw = parseToml(text) as Record<string, unknown>;
   } catch (e) {
     throw new InvalidArgumentError(`config ${file}: not valid TOML: ${(e as Error).message}`);
   }
-  const res = z.strictObject(shape).safeParse(raw);
-  if (!res.success) {
-    const msgs = res.error.issues.map((i) => {
-      const where = i.path.length ? i.path.join('.') : '(top level)';
-      if (i.code === 'unrecognized_keys') return `unknown key(s) ${i.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-      return `${where}: ${i.message}`;
-    });
-    throw new InvalidArgumentError(`config ${file}: ${msgs.join('; ')}`);
+  return validateConfig(raw, spec, `config ${file}`);
+}
+
+/** Validate a parsed config object against `spec`. Pure. */
+export function validateConfig<S extends Record<string, Field>>(raw: Record<string, unknown>, spec: S, what = 'config'): ConfigOf<S> {
+  const problems: string[] = [];
+  const unknown = Object.keys(raw).filter((k) => !Object.hasOwn(spec, k));
+  if (unknown.length) problems.push(`unknown key(s) ${unknown.map((k) => JSON.stringify(k)).join(', ')} (known: ${Object.keys(spec).join(', ')})`);
+  const out: Record<string, unknown> = {};
+  for (const [k, f] of Object.entries(spec)) {
+    const v = raw[k];
+    if (v === undefined) continue;
+    let bad: string | null = null;
+    if (f.type === 'string') bad = typeof v !== 'string' ? `must be a string` : (f.check?.(v) ?? null);
+    else if (f.type === 'boolean') bad = typeof v !== 'boolean' ? 'must be true or false' : null;
+    else if (f.type === 'enum') bad = typeof v !== 'string' || !f.values.includes(v) ? `must be one of ${f.values.join(', ')}` : null;
+    else if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) bad = 'must be an array of strings';
+    else for (const x of v as string[]) bad ??= f.check?.(x) ? `${JSON.stringify(x)}: ${f.check(x)}` : null;
+    if (bad) problems.push(`${k}: ${bad}`);
+    else out[k] = v;
   }
-  return res.data;
+  if (problems.length) throw new InvalidArgumentError(`${what}: ${problems.join('; ')}`);
+  return out as ConfigOf<S>;
 }

@@ -134,3 +134,27 @@ export function isInside(parent: string, child: string): boolean {
   const rel = path.relative(parent, child);
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
+
+/** Does anything (even a dangling symlink) exist at `p`? */
+export async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fsp.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Make `link` a symlink to `target` (recreated when missing or pointing elsewhere). Returns whether it changed. */
+export async function ensureSymlink(link: string, target: string): Promise<boolean> {
+  let cur: string | null = null;
+  try {
+    cur = await fsp.readlink(link);
+  } catch {
+    /* missing, or not a symlink */
+  }
+  if (cur === target) return false;
+  await fsp.rm(link, { force: true });
+  await fsp.symlink(target, link);
+  return true;
+}

@@ -22,7 +22,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors.js';
-import { isInside, removeTree } from '../fsutil.js';
+import { isInside, pathExists, removeTree } from '../fsutil.js';
 import { lchown, lgetxattr, llistxattr, lsetxattr, mkWhiteout } from '../sys.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../whiteout.js';
@@ -153,7 +153,7 @@ export class CvmfsLayers {
   async layerDirs(dir: string, repoRoot: string | null, hex: string | null, isBase: boolean): Promise<ResolvedStack> {
     const key = dir;
     let facts = this.cache.get(key);
-    if (facts?.mode === 'masked' && facts.masks && !(await exists(path.join(facts.masks, 'done')))) facts = undefined;
+    if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
     if (!facts) {
       if (repoRoot && hex && (await this.readMarker(repoRoot, hex))) {
         facts = { mode: 'overlay' };
@@ -189,14 +189,6 @@ export class CvmfsLayers {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fsp.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Find the OCI whiteout entries of a layer tree (reads directories only). */
 export async function scanWhiteouts(root: string): Promise<WhiteoutScan> {
@@ -283,7 +275,7 @@ export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string
     await copyDirAttrs(await fsp.lstat(src), src, path.join(above, d));
   }
   await fsp.writeFile(path.join(tmp, 'done'), `${layer}\n`);
-  if (await exists(path.join(dest, 'done'))) {
+  if (await pathExists(path.join(dest, 'done'))) {
     // built meanwhile by a concurrent request: keep that one
     await removeTree(tmp);
     return;
@@ -293,6 +285,6 @@ export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string
     await fsp.rename(tmp, dest);
   } catch (e) {
     await removeTree(tmp);
-    if (!(await exists(path.join(dest, 'done')))) throw e;
+    if (!(await pathExists(path.join(dest, 'done')))) throw e;
   }
 }

@@ -1,0 +1,61 @@
+/** What the two daemon commands share: CVMFS options, config precedence, logging, signals. */
+import { type Command, Option } from 'commander';
+import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
+import { createLogger, type LogLevel } from '../core/log.js';
+import type { Logger } from 'pino';
+
+/** The CVMFS location flags (same names and defaults in both daemons). */
+export function addCvmfsOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']))
+    .option('--repository <name>', 'CVMFS repository holding unpacked layers (default unpacked.cern.ch)')
+    .option('--absolute-mountpoint <dir>', 'where that repository is mounted (default <cvmfs-root>/<repository>)')
+    .option('--cvmfs-root <dir>', 'where CVMFS repositories are mounted (default /cvmfs)')
+    .option('--allowed-repository <name...>', 'repositories thin images may reference (default: the repository)');
+}
+
+export interface DaemonSettings<S extends Record<string, Field>> {
+  /** A setting: the flag when given on the command line, else the config key, else undefined. */
+  pick<T>(flag: string, key: keyof S & string): T | undefined;
+  /** A --no-x boolean flag against its config key, default true. */
+  enabled(flag: string, key: keyof S & string): boolean;
+  location: CvmfsLocation;
+  log: Logger;
+}
+
+/** Flags override the config file; the config file overrides the defaults. */
+export function resolveSettings<S extends Record<string, Field>>(
+  o: Record<string, unknown>,
+  cmd: Command,
+  spec: S & typeof cvmfsKeys,
+  loggerName: string,
+): DaemonSettings<S> {
+  const file: ConfigOf<S> = o['config'] ? loadToml(String(o['config']), spec) : {};
+  const fromCli = (flag: string) => cmd.getOptionValueSource(flag) === 'cli';
+  const pick = <T>(flag: string, key: keyof S & string): T | undefined => (fromCli(flag) ? o[flag] : file[key]) as T | undefined;
+  const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, loggerName);
+  const location = cvmfsLocation({
+    repository: pick('repository', 'repository'),
+    absoluteMountpoint: pick('absoluteMountpoint', 'absolute-mountpoint'),
+    cvmfsRoot: pick('cvmfsRoot', 'cvmfs-root'),
+    allowedRepositories: pick('allowedRepository', 'allowed-repositories'),
+  });
+  const enabled = (flag: string, key: keyof S & string) => (fromCli(flag) ? Boolean(o[flag]) : ((file[key] as boolean | undefined) ?? true));
+  return { pick, enabled, location, log };
+}
+
+/** Stop cleanly on SIGTERM/SIGINT (stopping never deletes or unmounts data). */
+export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
+  const handler = (sig: string) => {
+    log.info({ signal: sig }, 'stopping');
+    stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error({ err: e }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => handler('SIGTERM'));
+  process.once('SIGINT', () => handler('SIGINT'));
+}
