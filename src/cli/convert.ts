@@ -1,0 +1,132 @@
+import { Command, Option } from 'commander';
+import { InvalidArgumentError } from '../core/errors.js';
+import { createLogger, type LogLevel } from '../core/log.js';
+import { parseCreds } from '../convert/registry/auth.js';
+import { parseImageReference } from '../convert/reference.js';
+import { abortOnSignals, createRun, type RunFlags, summaryLine } from '../convert/run.js';
+
+/** `123`, `10K`, `2.5G` (binary units) → bytes. */
+export function parseSize(name: string) {
+  return (v: string): number => {
+    const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(v.trim());
+    if (!m) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a size (like 512M or 100G)`);
+    const unit = (m[2] ?? '').charAt(0).toUpperCase();
+    const mult = unit === '' ? 1 : 1024 ** ('KMGT'.indexOf(unit) + 1);
+    return Math.floor(Number(m[1]) * mult);
+  };
+}
+
+function positiveInt(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a positive integer`);
+    return n;
+  };
+}
+
+/** Options shared by `convert` and `wishlist`. */
+export function addConversionOptions(cmd: Command): Command {
+  return cmd
+    .option('--repository-dir <dir>', 'root of the repository tree to fill (e.g. /cvmfs/unpacked.cern.ch inside a transaction)')
+    .option('--repository <name>', 'CVMFS repository name written into thin.json URLs (default: the directory name, else unpacked.cern.ch)')
+    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-arch index (default: the host)')
+    .option('--all-platforms', 'convert every platform of a multi-arch index (thin image becomes an index)')
+    .option('--chains', 'also build DUCC chains (.chains/<xx>/<chain id>: layers merged, whiteouts applied)')
+    .option('--flat', 'also build the flat tree (.flat/<xx>/<config>) and the readable link <registry>/<repository>:<tag>')
+    .option('--force', 'convert even if the tree says the image is up to date')
+    .option('--overwrite-layers', 'replace layers that exist without a cvmfs-thin marker (e.g. written by DUCC)')
+    .addOption(
+      new Option('--whiteouts <how>', 'overlay: write overlayfs whiteouts and mark the layer (default); keep: leave OCI .wh.* files as DUCC does (for publishing through a CVMFS union mount)')
+        .choices(['overlay', 'keep'])
+        .default('overlay'),
+    )
+    .option('--max-layer-size <bytes>', 'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)', parseSize('--max-layer-size'), 256 * 1024 ** 3)
+    .option('--max-layer-entries <n>', 'refuse a layer with more tar entries (default 10000000)', positiveInt('--max-layer-entries'), 10_000_000)
+    .option('--jobs <n>', 'layers downloaded and unpacked at once (default: max(2, CPUs))', positiveInt('--jobs'))
+    .option('--creds <user:pass>', 'credentials for the source registry (default: ~/.docker/config.json)')
+    .option('--dest-creds <user:pass>', 'credentials for the thin-image registry (default: ~/.docker/config.json)')
+    .option('--insecure', 'allow plain HTTP to registries (loopback registries always may)')
+    .option('--transaction-command <cmd>', 'run before writing (no shell; {repository} and {repository_dir} are replaced), e.g. "cvmfs_server transaction {repository}"')
+    .option('--publish-command <cmd>', 'run after writing, e.g. "cvmfs_server publish {repository}"')
+    .option('--abort-command <cmd>', 'run when writing or publishing failed, e.g. "cvmfs_server abort -f {repository}"')
+    .option('--cvmfs-server', 'shorthand for the three cvmfs_server transaction/publish/abort -f commands')
+    .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
+    .option('--tmp-dir <dir>', 'where archives are unpacked for reading (default: the system temp dir)')
+    .option('--json', 'print a machine-readable summary on stdout')
+    .option('-q, --quiet', 'no progress display')
+    .addOption(new Option('--log-level <level>', 'log level of the JSON logs on stderr').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('warn'));
+}
+
+export function runFlags(o: Record<string, unknown>): RunFlags {
+  return {
+    repositoryDir: o['repositoryDir'] as string | undefined,
+    repository: o['repository'] as string | undefined,
+    platform: o['platform'] as string | undefined,
+    allPlatforms: o['allPlatforms'] as boolean | undefined,
+    chains: o['chains'] as boolean | undefined,
+    flat: o['flat'] as boolean | undefined,
+    force: o['force'] as boolean | undefined,
+    overwriteLayers: o['overwriteLayers'] as boolean | undefined,
+    whiteouts: o['whiteouts'] as 'overlay' | 'keep' | undefined,
+    jobs: o['jobs'] as number | undefined,
+    creds: o['creds'] ? parseCreds(String(o['creds']), '--creds') : undefined,
+    destCreds: o['destCreds'] ? parseCreds(String(o['destCreds']), '--dest-creds') : undefined,
+    insecure: o['insecure'] as boolean | undefined,
+    transactionCommand: o['transactionCommand'] as string | undefined,
+    publishCommand: o['publishCommand'] as string | undefined,
+    abortCommand: o['abortCommand'] as string | undefined,
+    cvmfsServer: o['cvmfsServer'] as boolean | undefined,
+    lockFile: o['lockFile'] as string | undefined,
+    tmpDir: o['tmpDir'] as string | undefined,
+    quiet: o['quiet'] as boolean | undefined,
+    json: o['json'] as boolean | undefined,
+    limits: {
+      ...(typeof o['maxLayerSize'] === 'number' ? { maxTotalBytes: o['maxLayerSize'] } : {}),
+      ...(typeof o['maxLayerEntries'] === 'number' ? { maxEntries: o['maxLayerEntries'] } : {}),
+    },
+  };
+}
+
+export function convertCommand(): Command {
+  const cmd = new Command('convert')
+    .description('unpack an image into a CVMFS repository tree (DUCC layout) and write its thin image')
+    .argument('<source>', 'docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:REF|:@INDEX]')
+    .option('--thin <target>', 'where to write the thin image, any transport (default: <registry>/<repository>_thin:<tag>, or next to a local source)')
+    .option('--no-thin', 'do not write a thin image')
+    .option('--name <registry/repository:tag>', 'name of the image in the tree (.metadata/<name>, the readable link) when the source has none or another');
+  addConversionOptions(cmd);
+  return cmd.action(async (sourceArg: string, o: Record<string, unknown>) => {
+    const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-convert');
+    const source = parseImageReference(sourceArg);
+    let thin = undefined as ReturnType<typeof parseImageReference> | null | undefined;
+    if (o['thin'] === false) thin = null;
+    else if (typeof o['thin'] === 'string') thin = parseImageReference(o['thin']);
+    let name;
+    if (typeof o['name'] === 'string') {
+      const { parseDockerReference } = await import('../convert/reference.js');
+      name = parseDockerReference(o['name']);
+    }
+    const flags = runFlags(o);
+    const ctl = abortOnSignals(log);
+    const run = createRun(flags, log, ctl.signal);
+    const t0 = Date.now();
+    let summaries;
+    try {
+      summaries = await run.converter.convert({ source, thin, name });
+    } finally {
+      run.progress.close();
+    }
+    const failed = summaries.filter((s) => s.status === 'failed');
+    if (flags.json) {
+      process.stdout.write(
+        `${JSON.stringify({ images: summaries, converted: summaries.filter((s) => s.status === 'converted').length, skipped: summaries.filter((s) => s.status === 'skipped').length, failed: failed.length, publish_steps: run.publisher.steps, seconds: (Date.now() - t0) / 1000 }, null, 2)}\n`,
+      );
+    } else {
+      for (const s of summaries) {
+        if (s.status === 'failed') process.stderr.write(`cvmfs-thin: ${s.error?.message ?? 'failed'}\n`);
+        else process.stdout.write(`${summaryLine(s)}\n`);
+      }
+    }
+    if (failed.length) process.exitCode = ctl.signal.aborted ? 130 : 1;
+  });
+}

@@ -1,0 +1,172 @@
+/**
+ * Garbage collection of a repository tree: layers, chains and flat trees no
+ * image references any more, older (by mtime) than a grace period, and the
+ * temporary directories of converters that no longer run. References are
+ * every `manifest.json` under `.metadata/` (layers, and the chains of their
+ * prefixes — DUCC never collects chains, cvmfs#3318), the readable links and
+ * the image records (flat trees).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { removeTree } from '../core/fsutil.js';
+import type { Publisher } from './publish.js';
+import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';
+import { pidAlive } from './util.js';
+
+export interface GcOptions {
+  repositoryDir: string;
+  graceMs: number;
+  dryRun: boolean;
+  log: Logger;
+  publisher: Publisher;
+  now?: number | undefined;
+}
+
+export interface GcItem {
+  kind: 'layer' | 'chain' | 'flat' | 'temporary' | 'dirty-chain-marker';
+  path: string;
+  /** Seconds since the last modification. */
+  age: number;
+}
+
+export interface GcReport {
+  dry_run: boolean;
+  removed: GcItem[];
+  /** Unreferenced but younger than the grace period. */
+  kept_recent: GcItem[];
+  referenced: { layers: number; chains: number; flat: number; images: number };
+  errors: { path: string; message: string }[];
+}
+
+const HEX64 = /^[a-f0-9]{64}$/;
+
+async function* walkFiles(dir: string, depth = 0): AsyncGenerator<{ path: string; isLink: boolean; name: string }> {
+  if (depth > 24) return;
+  let ents;
+  try {
+    ents = await fsp.readdir(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of ents) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) yield* walkFiles(p, depth + 1);
+    else yield { path: p, isLink: e.isSymbolicLink(), name: e.name };
+  }
+}
+
+/** Layer hexes of a registry manifest; null if it is not one (e.g. an index). */
+function manifestLayers(text: string): string[] | null {
+  try {
+    const m = JSON.parse(text) as { layers?: { digest?: unknown }[] };
+    if (!Array.isArray(m.layers)) return null;
+    return m.layers.map((l) => (typeof l.digest === 'string' ? l.digest.replace(/^sha256:/, '') : '')).filter((h) => HEX64.test(h));
+  } catch {
+    return null;
+  }
+}
+
+export async function collectGarbage(o: GcOptions): Promise<GcReport> {
+  const root = path.resolve(o.repositoryDir);
+  const now = o.now ?? Date.now();
+  const report: GcReport = { dry_run: o.dryRun, removed: [], kept_recent: [], referenced: { layers: 0, chains: 0, flat: 0, images: 0 }, errors: [] };
+
+  // 1. what is referenced
+  const usedLayers = new Set<string>();
+  const usedChains = new Set<string>();
+  const usedFlat = new Set<string>();
+  for await (const f of walkFiles(path.join(root, METADATA_DIR))) {
+    if (f.isLink) continue;
+    if (f.name === 'manifest.json') {
+      const layers = manifestLayers(await fsp.readFile(f.path, 'utf8').catch(() => ''));
+      if (!layers) continue;
+      report.referenced.images++;
+      for (const h of layers) usedLayers.add(h);
+      for (const c of duccChainIds(layers)) usedChains.add(c);
+    } else if (f.name === IMAGE_RECORD) {
+      try {
+        const r = JSON.parse(await fsp.readFile(f.path, 'utf8')) as ImageRecord;
+        if (r.flat) usedFlat.add(path.resolve(root, r.flat));
+      } catch {
+        /* not ours */
+      }
+    }
+  }
+  // readable links: every symlink outside the dot directories (and in .multiarch) that points into .flat
+  const flatRoot = path.join(root, FLAT_DIR);
+  const tops = (await fsp.readdir(root, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory() && (!e.name.startsWith('.') || e.name === '.multiarch'));
+  for (const t of tops) {
+    for await (const f of walkFiles(path.join(root, t.name))) {
+      if (!f.isLink) continue;
+      const target = path.resolve(path.dirname(f.path), await fsp.readlink(f.path).catch(() => ''));
+      const rel = path.relative(flatRoot, target);
+      const m = /^([a-f0-9]{2})\/([a-f0-9]{64})/.exec(rel);
+      if (m) usedFlat.add(path.join(flatRoot, m[1]!, m[2]!));
+    }
+  }
+  report.referenced.layers = usedLayers.size;
+  report.referenced.chains = usedChains.size;
+  report.referenced.flat = usedFlat.size;
+
+  // 2. candidates
+  const candidates: GcItem[] = [];
+  const consider = async (kind: GcItem['kind'], p: string, used: boolean) => {
+    if (used) return;
+    let st;
+    try {
+      st = await fsp.lstat(p);
+    } catch {
+      return;
+    }
+    const age = Math.max(0, (now - st.mtimeMs) / 1000);
+    const item: GcItem = { kind, path: p, age: Math.round(age) };
+    if (kind === 'temporary' || age * 1000 >= o.graceMs) candidates.push(item);
+    else report.kept_recent.push(item);
+  };
+  for (const [kindDir, kind, used] of [
+    [LAYERS_DIR, 'layer', (h: string) => usedLayers.has(h)],
+    [CHAINS_DIR, 'chain', (h: string) => usedChains.has(h)],
+    [FLAT_DIR, 'flat', (_h: string, p: string) => usedFlat.has(p)],
+  ] as const) {
+    const top = path.join(root, kindDir);
+    const buckets = await fsp.readdir(top).catch(() => [] as string[]);
+    for (const b of buckets) {
+      if (!/^[a-f0-9]{2}$/.test(b)) continue;
+      const names = await fsp.readdir(path.join(top, b)).catch(() => [] as string[]);
+      for (const n of names) {
+        const p = path.join(top, b, n);
+        if (HEX64.test(n) && n.startsWith(b)) await consider(kind, p, used(n, p));
+        else {
+          const pid = tmpOwner(n);
+          if (pid !== null && pid !== process.pid && !pidAlive(pid)) await consider('temporary', p, false);
+        }
+      }
+    }
+  }
+  const dirty = path.join(root, DIRTY_CHAINS_DIR);
+  for (const n of await fsp.readdir(dirty).catch(() => [] as string[])) {
+    if (!HEX64.test(n)) continue;
+    const chainExists = await fsp.lstat(path.join(root, CHAINS_DIR, n.slice(0, 2), n)).then(() => true, () => false);
+    if (!chainExists || !usedChains.has(n)) await consider('dirty-chain-marker', path.join(dirty, n), false);
+  }
+
+  // 3. remove (inside a publishing transaction when hooks are configured)
+  if (o.dryRun || candidates.length === 0) {
+    report.removed = candidates;
+    return report;
+  }
+  await o.publisher.session(async () => {
+    for (const c of candidates) {
+      try {
+        await removeTree(c.path);
+        report.removed.push(c);
+        o.log.info({ kind: c.kind, path: c.path, age: c.age }, 'removed');
+      } catch (e) {
+        report.errors.push({ path: c.path, message: (e as Error).message });
+      }
+    }
+  });
+  return report;
+}

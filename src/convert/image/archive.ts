@@ -1,0 +1,426 @@
+/**
+ * Archive transports: `oci-archive:FILE[:TAG]` (a tar of an OCI layout) and
+ * `docker-archive:FILE[:REF|:@INDEX]` (`docker save` format). Reading spools
+ * the archive's blobs into a private temporary directory (regular files under
+ * cleaned, allow-listed names only; links become aliases, never links on
+ * disk), then serves them like a layout. Writing builds the tar in memory
+ * order with tar-stream and renames it into place.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { PassThrough, type Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import tarStream from 'tar-stream';
+import { sha256Digest } from '../../core/digest.js';
+import { NotFoundError } from '../../core/errors.js';
+import { removeTree } from '../../core/fsutil.js';
+import { BadContentError, BadReferenceError } from '../errors.js';
+import { type DockerReference, familiarName, parseDockerReference } from '../reference.js';
+import { OciLayoutSource, writeOciLayout } from './oci-layout.js';
+import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
+import { canonicalJson, type Descriptor, MT, type RawManifest } from './types.js';
+
+interface Spooled {
+  dir: string;
+  files: Map<string, { size: number; digest: string }>;
+  aliases: Map<string, string>;
+}
+
+const SAFE_NAME = /^[A-Za-z0-9._@:+=-]+(\/[A-Za-z0-9._@:+=-]+)*$/;
+
+function cleanArchiveName(raw: string, what: string): string | null {
+  const parts: string[] = [];
+  for (const seg of raw.split('/')) {
+    if (seg === '' || seg === '.') continue;
+    if (seg === '..') throw new BadContentError(`${what}: entry ${JSON.stringify(raw)} climbs out of the archive`, 'CVMFS_THIN_BAD_ARCHIVE');
+    parts.push(seg);
+  }
+  if (raw.startsWith('/')) throw new BadContentError(`${what}: entry ${JSON.stringify(raw)} is absolute`, 'CVMFS_THIN_BAD_ARCHIVE');
+  const name = parts.join('/');
+  return name !== '' && SAFE_NAME.test(name) ? name : null;
+}
+
+/** Read an archive (plain or gzip) into `dir`: regular files only, digests computed on the way. */
+async function spool(file: string, dir: string, what: string): Promise<Spooled> {
+  const files = new Map<string, { size: number; digest: string }>();
+  const aliases = new Map<string, string>();
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, 'r');
+  } catch (e) {
+    throw new NotFoundError(`${what}: cannot open ${file}: ${(e as Error).message}`);
+  }
+  const magic = Buffer.alloc(4);
+  await fh.read(magic, 0, 4, 0);
+  await fh.close();
+  if (magic[0] === 0x28 && magic[1] === 0xb5 && magic[2] === 0x2f && magic[3] === 0xfd) {
+    throw new BadContentError(`${what}: zstd-compressed archives are not supported; decompress it first`, 'CVMFS_THIN_UNSUPPORTED');
+  }
+  const gz = magic[0] === 0x1f && magic[1] === 0x8b;
+  const extract = tarStream.extract();
+  extract.on('entry', (header, entryStream, next) => {
+    const stream = entryStream as unknown as Readable;
+    const done = (e?: unknown) => (e ? next(e as Error) : next());
+    let name: string | null;
+    try {
+      name = cleanArchiveName(header.name, what);
+    } catch (e) {
+      stream.resume();
+      done(e);
+      return;
+    }
+    if (name === null || (header.type !== 'file' && header.type !== 'contiguous-file' && header.type !== 'symlink' && header.type !== 'link')) {
+      stream.resume();
+      stream.on('end', () => done());
+      return;
+    }
+    if (header.type === 'symlink' || header.type === 'link') {
+      const ln = header.linkname ?? '';
+      const target = header.type === 'symlink' ? path.posix.normalize(path.posix.join(path.posix.dirname(name), ln)) : ln;
+      try {
+        const t = cleanArchiveName(target, what);
+        if (t) aliases.set(name, t);
+      } catch {
+        /* a link pointing out of the archive is simply not an alias */
+      }
+      stream.resume();
+      stream.on('end', () => done());
+      return;
+    }
+    const dest = path.join(dir, name);
+    const hash = createHash('sha256');
+    let size = 0;
+    fsp
+      .mkdir(path.dirname(dest), { recursive: true })
+      .then(async () => {
+        const counter = new PassThrough();
+        counter.on('data', (c: Buffer) => {
+          hash.update(c);
+          size += c.length;
+        });
+        await pipeline(stream, counter, createWriteStream(dest, { flags: 'w', mode: 0o600 }));
+        files.set(name!, { size, digest: `sha256:${hash.digest('hex')}` });
+        aliases.delete(name!);
+      })
+      .then(() => done(), done);
+  });
+  const input = createReadStream(file, { highWaterMark: 1 << 20 });
+  try {
+    if (gz) await pipeline(input, createGunzip(), extract);
+    else await pipeline(input, extract);
+  } catch (e) {
+    if (e instanceof BadContentError) throw e;
+    throw new BadContentError(`${what}: not a readable tar archive: ${(e as Error).message}`, 'CVMFS_THIN_BAD_ARCHIVE', { cause: e });
+  }
+  return { dir, files, aliases };
+}
+
+function resolveName(sp: Spooled, name: string): string {
+  let n = name;
+  for (let i = 0; i < 16 && !sp.files.has(n); i++) {
+    const a = sp.aliases.get(n);
+    if (!a) break;
+    n = a;
+  }
+  return n;
+}
+
+async function makeTemp(tmpRoot: string | undefined): Promise<string> {
+  const root = tmpRoot ?? os.tmpdir();
+  await fsp.mkdir(root, { recursive: true });
+  return fsp.mkdtemp(path.join(root, 'cvmfs-thin-archive-'));
+}
+
+/** `oci-archive:` source: spool, then read as a layout. */
+export async function openOciArchive(file: string, tag: string | undefined, tmpRoot?: string): Promise<ImageSource> {
+  const description = `oci-archive:${file}${tag !== undefined ? `:${tag}` : ''}`;
+  const dir = await makeTemp(tmpRoot);
+  try {
+    await spool(file, dir, description);
+  } catch (e) {
+    await removeTree(dir);
+    throw e;
+  }
+  const src = new OciLayoutSource(dir, tag, description);
+  const close = src.close.bind(src);
+  src.close = async () => {
+    await close();
+    await removeTree(dir);
+  };
+  return src;
+}
+
+interface DockerArchiveEntry {
+  Config: string;
+  RepoTags?: string[] | null;
+  Layers: string[];
+}
+
+function layerMediaType(magic: Buffer): string {
+  if (magic[0] === 0x1f && magic[1] === 0x8b) return MT.ociLayerGzip;
+  if (magic[0] === 0x28 && magic[1] === 0xb5 && magic[2] === 0x2f && magic[3] === 0xfd) return MT.ociLayerZstd;
+  return MT.ociLayer;
+}
+
+function sameRef(a: DockerReference, b: DockerReference): boolean {
+  return a.registry === b.registry && a.repository === b.repository && (a.tag ?? 'latest') === (b.tag ?? 'latest');
+}
+
+/** `docker-archive:` source. The manifest is synthesised (OCI) from manifest.json; layers are keyed by the digest of the stored blob. */
+export class DockerArchiveSource implements ImageSource {
+  readonly description: string;
+  name: DockerReference | undefined;
+  private sp!: Spooled;
+  private top!: RawManifest;
+  private readonly blobs = new Map<string, string>();
+
+  private constructor(
+    private readonly file: string,
+    private readonly sel: { ref?: DockerReference | undefined; index?: number | undefined },
+  ) {
+    this.description = `docker-archive:${file}${sel.ref ? `:${familiarName(sel.ref)}` : sel.index !== undefined ? `:@${sel.index}` : ''}`;
+    this.name = sel.ref;
+  }
+
+  static async open(file: string, sel: { ref?: DockerReference | undefined; index?: number | undefined }, tmpRoot?: string): Promise<DockerArchiveSource> {
+    const s = new DockerArchiveSource(file, sel);
+    const dir = await makeTemp(tmpRoot);
+    try {
+      s.sp = await spool(file, dir, s.description);
+      await s.load();
+    } catch (e) {
+      await removeTree(dir);
+      throw e;
+    }
+    return s;
+  }
+
+  private async load(): Promise<void> {
+    const what = this.description;
+    const mf = resolveName(this.sp, 'manifest.json');
+    if (!this.sp.files.has(mf)) throw new BadContentError(`${what}: no manifest.json (not a docker save archive)`, 'CVMFS_THIN_BAD_ARCHIVE');
+    let entries: DockerArchiveEntry[];
+    try {
+      entries = JSON.parse(await fsp.readFile(path.join(this.sp.dir, mf), 'utf8')) as DockerArchiveEntry[];
+    } catch (e) {
+      throw new BadContentError(`${what}: manifest.json is not valid JSON: ${(e as Error).message}`, 'CVMFS_THIN_BAD_ARCHIVE');
+    }
+    if (!Array.isArray(entries) || entries.length === 0) throw new BadContentError(`${what}: manifest.json lists no image`, 'CVMFS_THIN_BAD_ARCHIVE');
+    let entry: DockerArchiveEntry | undefined;
+    if (this.sel.index !== undefined) {
+      entry = entries[this.sel.index];
+      if (!entry) throw new NotFoundError(`${what}: the archive holds ${entries.length} image(s); @${this.sel.index} does not exist`);
+    } else if (this.sel.ref) {
+      const want = this.sel.ref;
+      entry = entries.find((e) => (e.RepoTags ?? []).some((t) => {
+        try {
+          return sameRef(parseDockerReference(t), want);
+        } catch {
+          return false;
+        }
+      }));
+      if (!entry) {
+        const tags = entries.flatMap((e) => e.RepoTags ?? []);
+        throw new NotFoundError(`${what}: no image tagged ${familiarName(want)} (tags: ${tags.join(', ') || 'none'})`);
+      }
+    } else if (entries.length === 1) {
+      entry = entries[0]!;
+    } else {
+      throw new BadReferenceError(`${what}: the archive holds ${entries.length} images; name one with :REF or :@INDEX`);
+    }
+    if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers)) throw new BadContentError(`${what}: manifest.json entry lacks Config or Layers`, 'CVMFS_THIN_BAD_ARCHIVE');
+    if (!this.name && entry.RepoTags?.[0]) {
+      try {
+        this.name = parseDockerReference(entry.RepoTags[0]);
+      } catch {
+        /* unnamed */
+      }
+    }
+    const fileOf = (n: string, kind: string) => {
+      const clean = cleanArchiveName(n, what);
+      const r = clean ? resolveName(this.sp, clean) : undefined;
+      const info = r ? this.sp.files.get(r) : undefined;
+      if (!r || !info) throw new BadContentError(`${what}: ${kind} ${JSON.stringify(n)} is listed in manifest.json but missing from the archive`, 'CVMFS_THIN_BAD_ARCHIVE');
+      return { rel: r, ...info };
+    };
+    const cfg = fileOf(entry.Config, 'config');
+    this.blobs.set(cfg.digest, path.join(this.sp.dir, cfg.rel));
+    const layers: Descriptor[] = [];
+    for (const l of entry.Layers) {
+      const f = fileOf(l, 'layer');
+      const p = path.join(this.sp.dir, f.rel);
+      const fh = await fsp.open(p, 'r');
+      const magic = Buffer.alloc(4);
+      await fh.read(magic, 0, 4, 0);
+      await fh.close();
+      this.blobs.set(f.digest, p);
+      layers.push({ mediaType: layerMediaType(magic), digest: f.digest, size: f.size });
+    }
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: MT.ociManifest,
+      config: { mediaType: MT.ociConfig, digest: cfg.digest, size: cfg.size },
+      layers,
+    };
+    const bytes = canonicalJson(manifest);
+    this.top = { bytes, mediaType: MT.ociManifest, digest: sha256Digest(bytes) };
+  }
+
+  async topManifest(): Promise<RawManifest> {
+    return this.top;
+  }
+  async manifest(desc: Descriptor): Promise<RawManifest> {
+    throw new NotFoundError(`${this.description}: no manifest ${desc.digest} (docker archives hold single-platform images)`);
+  }
+  private pathOf(desc: Descriptor): string {
+    const p = this.blobs.get(desc.digest);
+    if (!p) throw new NotFoundError(`${this.description}: no blob ${desc.digest}`);
+    return p;
+  }
+  async blobBytes(desc: Descriptor, limit: number): Promise<Buffer> {
+    if (desc.size > limit) throw new BadContentError(`${this.description}: blob ${desc.digest} is larger than ${limit} bytes`);
+    return fsp.readFile(this.pathOf(desc));
+  }
+  openBlob(desc: Descriptor): Readable {
+    return createReadStream(this.pathOf(desc), { highWaterMark: 1 << 20 });
+  }
+  async close(): Promise<void> {
+    await removeTree(this.sp.dir);
+  }
+  /** The archive file this source reads. */
+  get path(): string {
+    return this.file;
+  }
+}
+
+const EPOCH = new Date(0);
+
+async function packToFile(file: string, fill: (pack: tarStream.Pack) => Promise<void>): Promise<void> {
+  await fsp.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
+  const pack = tarStream.pack();
+  const out = pipeline(pack, createWriteStream(tmp, { mode: 0o644 }));
+  try {
+    await fill(pack);
+    pack.finalize();
+    await out;
+    await fsp.rename(tmp, file);
+  } catch (e) {
+    pack.destroy();
+    await out.catch(() => undefined);
+    await fsp.rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+function addEntry(pack: tarStream.Pack, name: string, data: Buffer, mode = 0o644): Promise<void> {
+  return new Promise((resolve, reject) => {
+    pack.entry({ name, size: data.length, mode, mtime: EPOCH, uid: 0, gid: 0, type: 'file' }, data, (e) => (e ? reject(e) : resolve()));
+  });
+}
+
+function addDir(pack: tarStream.Pack, name: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    pack.entry({ name, mode: 0o755, mtime: EPOCH, uid: 0, gid: 0, type: 'directory' }, (e) => (e ? reject(e) : resolve()));
+  });
+}
+
+/** `oci-archive:` target: the tar of a fresh layout holding this image under `tag`. */
+export class OciArchiveTarget implements ImageTarget {
+  readonly description: string;
+  constructor(
+    private readonly file: string,
+    private readonly tag: string,
+    private readonly tmpRoot?: string,
+    private readonly imageName?: string,
+  ) {
+    this.description = `oci-archive:${file}:${tag}`;
+  }
+  async current(): Promise<string | null> {
+    try {
+      const src = await openOciArchive(this.file, this.tag, this.tmpRoot);
+      try {
+        return (await src.topManifest()).digest;
+      } finally {
+        await src.close();
+      }
+    } catch {
+      return null;
+    }
+  }
+  async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
+    const dir = await makeTemp(this.tmpRoot);
+    try {
+      const digest = await writeOciLayout(dir, this.tag, images, index, this.imageName);
+      await packToFile(this.file, async (pack) => {
+        await addEntry(pack, 'oci-layout', await fsp.readFile(path.join(dir, 'oci-layout')));
+        await addEntry(pack, 'index.json', await fsp.readFile(path.join(dir, 'index.json')));
+        await addDir(pack, 'blobs/');
+        await addDir(pack, 'blobs/sha256/');
+        for (const n of (await fsp.readdir(path.join(dir, 'blobs', 'sha256'))).sort()) {
+          await addEntry(pack, `blobs/sha256/${n}`, await fsp.readFile(path.join(dir, 'blobs', 'sha256', n)));
+        }
+      });
+      return { digest, target: this.description };
+    } finally {
+      await removeTree(dir);
+    }
+  }
+}
+
+/**
+ * `docker-archive:` target, loadable by `docker load` and `ctr image import`:
+ * `<config hex>.json`, `<diff id hex>/layer.tar` (uncompressed), `manifest.json`,
+ * `repositories`. Holds one image (one platform).
+ */
+export class DockerArchiveTarget implements ImageTarget {
+  readonly description: string;
+  constructor(
+    private readonly file: string,
+    private readonly ref: DockerReference | undefined,
+  ) {
+    this.description = `docker-archive:${file}${ref ? `:${familiarName(ref)}` : ''}`;
+  }
+  async current(): Promise<string | null> {
+    try {
+      const s = await DockerArchiveSource.open(this.file, this.ref ? { ref: this.ref } : {});
+      try {
+        const m = JSON.parse((await s.topManifest()).bytes.toString()) as { config: { digest: string } };
+        return m.config.digest;
+      } finally {
+        await s.close();
+      }
+    } catch {
+      return null;
+    }
+  }
+  async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
+    if (images.length !== 1 || index) {
+      throw new BadReferenceError(`${this.description}: a docker archive holds one platform; write multi-platform thin images to docker://, oci: or oci-archive:`);
+    }
+    const img = images[0]!;
+    const cfgHex = img.config.digest.slice(7);
+    const layerNames = img.layers.map((l) => `${l.diffId.slice(7)}/layer.tar`);
+    const entry: Record<string, unknown> = { Config: `${cfgHex}.json`, RepoTags: this.ref ? [familiarName(this.ref)] : null, Layers: layerNames };
+    const repositories: Record<string, Record<string, string>> = {};
+    if (this.ref) {
+      const fam = familiarName({ ...this.ref, tag: undefined, digest: undefined });
+      repositories[fam] = { [this.ref.tag ?? 'latest']: img.layers[img.layers.length - 1]!.diffId.slice(7) };
+    }
+    await packToFile(this.file, async (pack) => {
+      await addEntry(pack, `${cfgHex}.json`, img.config.bytes);
+      for (let i = 0; i < img.layers.length; i++) {
+        const l = img.layers[i]!;
+        await addDir(pack, `${l.diffId.slice(7)}/`);
+        await addEntry(pack, layerNames[i]!, l.tar);
+        await addEntry(pack, `${l.diffId.slice(7)}/VERSION`, Buffer.from('1.0'));
+      }
+      await addEntry(pack, 'manifest.json', canonicalJson([entry]));
+      if (this.ref) await addEntry(pack, 'repositories', canonicalJson(repositories));
+    });
+    return { digest: img.config.digest, target: this.description };
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * Publishing hooks around writes to the repository (e.g. `cvmfs_server
+ * transaction` / `publish` / `abort -f`): argv lists run without a shell,
+ * serialised host-wide by a flock so two converters never publish at once.
+ * Concurrent conversions of one process share one transaction (batching,
+ * unlike DUCC's transaction per file). A failed transaction step writes
+ * nothing; a failed write or publish runs the abort hook.
+ */
+import { spawn } from 'node:child_process';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { UnavailableError } from '../core/errors.js';
+import { isContained } from './errors.js';
+import { acquireLock, type HeldLock } from './lock.js';
+import { splitCommand } from './util.js';
+
+export interface PublishHooks {
+  transaction?: string[] | undefined;
+  publish?: string[] | undefined;
+  abort?: string[] | undefined;
+}
+
+export interface PublisherOptions {
+  hooks: PublishHooks;
+  repository: string;
+  repositoryDir: string;
+  /** Default: `<tmpdir>/cvmfs-thin-<repository>.lock`. */
+  lockFile?: string | undefined;
+  log: Logger;
+  lockTimeoutMs?: number | undefined;
+}
+
+/** `cvmfs_server transaction {repository}` etc. from CLI strings; `--cvmfs-server` fills all three. */
+export function hooksFromOptions(o: { transactionCmd?: string; publishCmd?: string; abortCmd?: string; cvmfsServer?: boolean }): PublishHooks {
+  const h: PublishHooks = {};
+  if (o.cvmfsServer) {
+    h.transaction = ['cvmfs_server', 'transaction', '{repository}'];
+    h.publish = ['cvmfs_server', 'publish', '{repository}'];
+    h.abort = ['cvmfs_server', 'abort', '-f', '{repository}'];
+  }
+  if (o.transactionCmd) h.transaction = splitCommand(o.transactionCmd, '--transaction-command');
+  if (o.publishCmd) h.publish = splitCommand(o.publishCmd, '--publish-command');
+  if (o.abortCmd) h.abort = splitCommand(o.abortCmd, '--abort-command');
+  return h;
+}
+
+/** `/run/lock/cvmfs-thin-<repository>.lock` (shared by every service of the host, unlike a private /tmp), else in the temp dir. */
+export function defaultLockFile(repository: string): string {
+  const dir = (() => {
+    try {
+      accessSync('/run/lock', fsConstants.W_OK);
+      return '/run/lock';
+    } catch {
+      return os.tmpdir();
+    }
+  })();
+  return path.join(dir, `cvmfs-thin-${repository}.lock`);
+}
+
+interface Transaction {
+  closed: Promise<void>;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+  poisoned: boolean;
+}
+
+export class Publisher {
+  private users = 0;
+  private tx: Transaction | null = null;
+  private lock: HeldLock | null = null;
+  private chain: Promise<void> = Promise.resolve();
+  /** Steps run, in order (for the summary and tests). */
+  readonly steps: { step: string; ok: boolean }[] = [];
+
+  constructor(private readonly o: PublisherOptions) {}
+
+  get enabled(): boolean {
+    const h = this.o.hooks;
+    return Boolean(h.transaction || h.publish || h.abort);
+  }
+
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const next = this.chain.then(fn);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private argv(cmd: string[]): string[] {
+    return cmd.map((a) => a.replaceAll('{repository}', this.o.repository).replaceAll('{repository_dir}', this.o.repositoryDir));
+  }
+
+  private run(step: 'transaction' | 'publish' | 'abort', cmd: string[]): Promise<void> {
+    const argv = this.argv(cmd);
+    this.o.log.info({ step, argv }, 'publishing hook');
+    return new Promise((resolve, reject) => {
+      // stdout of hooks goes to our stderr: our stdout carries --json
+      const child = spawn(argv[0]!, argv.slice(1), {
+        stdio: ['ignore', 2, 2],
+        env: { ...process.env, CVMFS_THIN_REPOSITORY: this.o.repository, CVMFS_THIN_REPOSITORY_DIR: this.o.repositoryDir, CVMFS_THIN_STEP: step },
+      });
+      child.on('error', (e) => {
+        this.steps.push({ step, ok: false });
+        reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))}: ${e.message}`, 'CVMFS_THIN_HOOK_FAILED'));
+      });
+      child.on('exit', (code, sig) => {
+        const ok = code === 0;
+        this.steps.push({ step, ok });
+        if (ok) resolve();
+        else reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))} failed (${sig ? `signal ${sig}` : `exit status ${code}`})`, 'CVMFS_THIN_HOOK_FAILED'));
+      });
+    });
+  }
+
+  private async openTx(): Promise<void> {
+    const lockFile = this.o.lockFile ?? defaultLockFile(this.o.repository);
+    this.lock = await acquireLock(lockFile, {
+      ...(this.o.lockTimeoutMs !== undefined ? { timeoutMs: this.o.lockTimeoutMs } : {}),
+      onWait: () => this.o.log.warn({ lockFile }, 'another converter is publishing to this repository; waiting'),
+    });
+    try {
+      if (this.o.hooks.transaction) await this.run('transaction', this.o.hooks.transaction);
+    } catch (e) {
+      this.lock.release();
+      this.lock = null;
+      throw e;
+    }
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const closed = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    closed.catch(() => undefined);
+    this.tx = { closed, resolve, reject, poisoned: false };
+  }
+
+  private async closeTx(tx: Transaction): Promise<void> {
+    this.tx = null;
+    try {
+      if (tx.poisoned) {
+        if (this.o.hooks.abort) await this.run('abort', this.o.hooks.abort);
+        tx.reject(new UnavailableError('the transaction was aborted after a failed write; nothing of it was published', 'CVMFS_THIN_ABORTED'));
+        return;
+      }
+      try {
+        if (this.o.hooks.publish) await this.run('publish', this.o.hooks.publish);
+        tx.resolve();
+      } catch (e) {
+        if (this.o.hooks.abort) {
+          await this.run('abort', this.o.hooks.abort).catch((ae: unknown) => this.o.log.error({ err: ae }, 'abort hook failed too'));
+        }
+        tx.reject(e);
+      }
+    } catch (e) {
+      tx.reject(e);
+    } finally {
+      this.lock?.release();
+      this.lock = null;
+    }
+  }
+
+  /**
+   * Run `fn` inside a transaction: the first concurrent user opens it, the
+   * last one closes it. Resolves only once the transaction is published (so
+   * "converted" means "published"); rejects if the publish or abort path was
+   * taken. Without hooks, just runs `fn`.
+   */
+  async session<T>(fn: () => Promise<T>): Promise<T> {
+    if (!this.enabled) return fn();
+    this.users++;
+    let tx: Transaction;
+    try {
+      await this.serial(async () => {
+        if (!this.tx) await this.openTx();
+      });
+      tx = this.tx!;
+    } catch (e) {
+      this.users--;
+      throw e;
+    }
+    let result: T | undefined;
+    let error: unknown;
+    let failed = false;
+    try {
+      result = await fn();
+    } catch (e) {
+      failed = true;
+      error = e;
+      if (!isContained(e)) tx.poisoned = true;
+    }
+    this.users--;
+    void this.serial(async () => {
+      if (this.users === 0 && this.tx === tx) await this.closeTx(tx);
+    });
+    if (failed) throw error;
+    await tx.closed;
+    return result as T;
+  }
+}

@@ -1,0 +1,137 @@
+/** Wiring of one converter run (shared by `convert`, `wishlist` and `gc`), and the human summary. */
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { DEFAULT_REPOSITORY, REPOSITORY_NAME } from '../core/config.js';
+import { InvalidArgumentError } from '../core/errors.js';
+import { Converter, type ImageSummary } from './convert.js';
+import { parsePlatform } from './image/platform.js';
+import { Registries, type TransportOptions } from './image/transports.js';
+import { createProgress, type Progress } from './progress.js';
+import { hooksFromOptions, Publisher } from './publish.js';
+import type { Credentials } from './registry/auth.js';
+import type { ExtractLimits } from './tar.js';
+import { formatBytes } from './util.js';
+
+export interface RunFlags {
+  repositoryDir?: string | undefined;
+  repository?: string | undefined;
+  platform?: string | undefined;
+  allPlatforms?: boolean | undefined;
+  chains?: boolean | undefined;
+  flat?: boolean | undefined;
+  force?: boolean | undefined;
+  overwriteLayers?: boolean | undefined;
+  whiteouts?: 'overlay' | 'keep' | undefined;
+  jobs?: number | undefined;
+  creds?: Credentials | undefined;
+  destCreds?: Credentials | undefined;
+  insecure?: boolean | undefined;
+  transactionCommand?: string | undefined;
+  publishCommand?: string | undefined;
+  abortCommand?: string | undefined;
+  cvmfsServer?: boolean | undefined;
+  lockFile?: string | undefined;
+  tmpDir?: string | undefined;
+  quiet?: boolean | undefined;
+  json?: boolean | undefined;
+  limits?: ExtractLimits | undefined;
+}
+
+/** `--repository` defaults to the directory's name when that is a repository name (`/cvmfs/unpacked.cern.ch`). */
+export function resolveRepository(flags: { repositoryDir?: string | undefined; repository?: string | undefined }, fallbackRepo?: string): { dir: string; repository: string } {
+  const repo = flags.repository ?? fallbackRepo;
+  if (repo !== undefined && !REPOSITORY_NAME.test(repo)) throw new InvalidArgumentError(`--repository ${JSON.stringify(repo)} is not a CVMFS repository name (like unpacked.cern.ch)`);
+  if (!flags.repositoryDir) {
+    if (!repo) throw new InvalidArgumentError('--repository-dir is required (the repository root, e.g. /cvmfs/unpacked.cern.ch during a transaction)');
+    return { dir: path.join('/cvmfs', repo), repository: repo };
+  }
+  const dir = path.resolve(flags.repositoryDir);
+  const base = path.basename(dir);
+  return { dir, repository: repo ?? (REPOSITORY_NAME.test(base) ? base : DEFAULT_REPOSITORY) };
+}
+
+export interface Run {
+  converter: Converter;
+  registries: Registries;
+  publisher: Publisher;
+  progress: Progress;
+  transport: TransportOptions;
+  dir: string;
+  repository: string;
+}
+
+export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fallbackRepo?: string): Run {
+  const { dir, repository } = resolveRepository(flags, fallbackRepo);
+  const transport: TransportOptions = {
+    creds: flags.creds,
+    destCreds: flags.destCreds,
+    insecure: flags.insecure,
+    insecureRegistries: new Set(),
+    log,
+    signal,
+    tmpDir: flags.tmpDir,
+  };
+  const registries = new Registries(transport);
+  const publisher = new Publisher({
+    hooks: hooksFromOptions({
+      transactionCmd: flags.transactionCommand,
+      publishCmd: flags.publishCommand,
+      abortCmd: flags.abortCommand,
+      cvmfsServer: flags.cvmfsServer,
+    } as Parameters<typeof hooksFromOptions>[0]),
+    repository,
+    repositoryDir: dir,
+    lockFile: flags.lockFile,
+    log,
+  });
+  const progress = createProgress(!flags.quiet && !flags.json);
+  if (flags.allPlatforms && flags.platform) throw new InvalidArgumentError('--platform and --all-platforms exclude each other');
+  const converter = new Converter({
+    repositoryDir: dir,
+    repository,
+    platform: flags.platform ? parsePlatform(flags.platform) : undefined,
+    allPlatforms: flags.allPlatforms,
+    chains: flags.chains,
+    flat: flags.flat,
+    force: flags.force,
+    overwriteForeign: flags.overwriteLayers,
+    whiteouts: flags.whiteouts,
+    jobs: flags.jobs ?? Math.max(2, os.availableParallelism()),
+    limits: flags.limits,
+    progress,
+    log,
+    signal,
+    publisher,
+    registries,
+    transport,
+  });
+  return { converter, registries, publisher, progress, transport, dir, repository };
+}
+
+export function summaryLine(s: ImageSummary): string {
+  const what = `${s.source}${s.platform ? ` (${s.platform})` : ''}`;
+  if (s.status === 'failed') return `FAILED     ${what}: ${s.error?.message ?? 'unknown error'}`;
+  const unpacked = s.layers.filter((l) => l.status === 'unpacked');
+  const bytes = unpacked.reduce((a, l) => a + l.bytes, 0);
+  const parts = [`${s.layers.length} layers (${unpacked.length} unpacked, ${s.layers.length - unpacked.length} present${unpacked.length ? `, ${formatBytes(bytes)}` : ''})`];
+  if (s.flat) parts.push(`flat ${s.flat}`);
+  if (s.thin) parts.push(`thin ${s.thin.target}@${s.thin.digest}`);
+  return `${s.status === 'skipped' ? 'up to date' : 'converted '} ${what}: ${parts.join(', ')}`;
+}
+
+/** SIGINT/SIGTERM abort the run (temporary files are cleaned, an open transaction is aborted); a second signal exits at once. */
+export function abortOnSignals(log: Logger): AbortController {
+  const ctl = new AbortController();
+  let count = 0;
+  const onSig = (sig: NodeJS.Signals) => {
+    count++;
+    if (count > 1) process.exit(130);
+    log.warn({ signal: sig }, 'interrupted; cleaning up (signal again to exit at once)');
+    process.stderr.write(`cvmfs-thin: ${sig}: stopping, cleaning up\n`);
+    ctl.abort(new Error(`interrupted by ${sig}`));
+  };
+  process.on('SIGINT', onSig);
+  process.on('SIGTERM', onSig);
+  return ctl;
+}

@@ -1,0 +1,162 @@
+/** Small helpers of the converter: concurrency, durations, command lines, sizes. Pure unless noted. */
+import { InvalidArgumentError } from '../core/errors.js';
+
+/** A counting semaphore (FIFO). */
+export class Semaphore {
+  private free: number;
+  private readonly waiters: (() => void)[] = [];
+  constructor(readonly size: number) {
+    if (!Number.isInteger(size) || size < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${size}`);
+    this.free = size;
+  }
+  async acquire(): Promise<() => void> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiters.push(resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiters.shift();
+      if (next) next();
+      else this.free++;
+    };
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+/** Map with bounded concurrency; every item runs, results in input order (like Promise.allSettled). */
+export async function mapSettled<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+  const sem = new Semaphore(Math.max(1, concurrency));
+  return Promise.allSettled(items.map((it, i) => sem.run(() => fn(it, i))));
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 };
+
+/**
+ * A duration like `30d`, `12h`, `1d12h`, `90m`, `45s`, `500ms`, `2w`, or `0`.
+ * A bare number means days (DUCC's `--grace-period` is in days).
+ */
+export function parseDuration(s: string, what = 'duration'): number {
+  const t = s.trim();
+  if (/^\d+(\.\d+)?$/.test(t)) return Math.round(Number(t) * UNIT_MS['d']!);
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
+  let total = 0;
+  let matched = 0;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(t)) !== null) {
+    total += Number(m[1]) * UNIT_MS[m[2]!]!;
+    matched = re.lastIndex;
+  }
+  if (t === '' || matched !== t.length) {
+    throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a duration (examples: 30d, 12h, 1d12h, 90m, 0)`);
+  }
+  return Math.round(total);
+}
+
+/**
+ * Split a command line into argv the way a POSIX shell splits words, without
+ * any expansion: single quotes, double quotes (with \" \\ \$ \` escapes) and
+ * backslash escapes. Nothing is ever passed to a shell.
+ */
+export function splitCommand(s: string, what = 'command'): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let inWord = false;
+  let i = 0;
+  while (i < s.length) {
+    const c = s[i]!;
+    if (c === "'") {
+      const end = s.indexOf("'", i + 1);
+      if (end < 0) throw new InvalidArgumentError(`${what}: unbalanced single quote in ${JSON.stringify(s)}`);
+      cur += s.slice(i + 1, end);
+      inWord = true;
+      i = end + 1;
+    } else if (c === '"') {
+      i++;
+      for (;;) {
+        if (i >= s.length) throw new InvalidArgumentError(`${what}: unbalanced double quote in ${JSON.stringify(s)}`);
+        const d = s[i]!;
+        if (d === '"') break;
+        if (d === '\\' && i + 1 < s.length && '"\\$`'.includes(s[i + 1]!)) {
+          cur += s[i + 1];
+          i += 2;
+          continue;
+        }
+        cur += d;
+        i++;
+      }
+      inWord = true;
+      i++;
+    } else if (c === '\\') {
+      if (i + 1 >= s.length) throw new InvalidArgumentError(`${what}: trailing backslash in ${JSON.stringify(s)}`);
+      cur += s[i + 1];
+      inWord = true;
+      i += 2;
+    } else if (c === ' ' || c === '\t' || c === '\n') {
+      if (inWord) out.push(cur);
+      cur = '';
+      inWord = false;
+      i++;
+    } else {
+      cur += c;
+      inWord = true;
+      i++;
+    }
+  }
+  if (inWord) out.push(cur);
+  if (out.length === 0) throw new InvalidArgumentError(`${what}: empty command`);
+  return out;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[u]}`;
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Is a process alive? (signal 0; EPERM means it exists but is not ours.) */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Short form of a digest for humans: `sha256:0123456789ab`. */
+export function shortDigest(d: string): string {
+  const i = d.indexOf(':');
+  return i < 0 ? d.slice(0, 12) : d.slice(0, i + 13);
+}
