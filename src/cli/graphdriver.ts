@@ -1,0 +1,49 @@
+import { Command, Option } from 'commander';
+import { cvmfsKeys, type Field } from '../core/config.js';
+import type { IdmapMode } from '../graphdriver/options.js';
+import { startGraphDriver } from '../graphdriver/server.js';
+import { addCvmfsOptions, resolveSettings, stopOnSignals } from './daemon-common.js';
+
+export const GRAPHDRIVER_DEFAULTS = {
+  /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
+  socket: '/run/docker/plugins/cvmfs.sock',
+  stateDir: '/var/lib/cvmfs-thin/graphdriver',
+};
+
+/** Keys of the graph driver's TOML file: the snapshotter's CVMFS keys, plus ours. */
+export const graphdriverConfigSpec = {
+  ...cvmfsKeys,
+  socket: { type: 'string' },
+  'state-dir': { type: 'string' },
+  'thin-images': { type: 'boolean' },
+  'idmapped-layers': { type: 'enum', values: ['auto', 'off', 'require'] },
+} as const satisfies Record<string, Field>;
+
+export function graphdriverCommand(): Command {
+  const cmd = new Command('graphdriver')
+    .description('serve a Docker graph driver plugin (dockerd 20.10-27 with --experimental) that runs CVMFS thin images')
+    .option('--socket <path>', `unix socket to listen on (default ${GRAPHDRIVER_DEFAULTS.socket}; the file name is the driver name for dockerd -s)`)
+    .option('--state-dir <dir>', `where the last GraphDriver.Init is remembered across plugin restarts (default ${GRAPHDRIVER_DEFAULTS.stateDir})`)
+    .option('--config <file>', `TOML configuration (keys: ${Object.keys(graphdriverConfigSpec).join(', ')})`);
+  return addCvmfsOptions(cmd)
+    .option('--no-thin-images', 'do not recognise thin images (every layer is an ordinary layer)')
+    .addOption(
+      new Option('--idmapped-layers <mode>', 'with dockerd --userns-remap, idmapped mounts of CVMFS layers: auto (use when the file system allows), off, require').choices([
+        'auto',
+        'off',
+        'require',
+      ]),
+    )
+    .action(async (o: Record<string, unknown>, c: Command) => {
+      const s = resolveSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
+      const daemon = await startGraphDriver({
+        socket: s.pick<string>('socket', 'socket') ?? GRAPHDRIVER_DEFAULTS.socket,
+        stateDir: s.pick<string>('stateDir', 'state-dir') ?? GRAPHDRIVER_DEFAULTS.stateDir,
+        location: s.location,
+        thinImages: s.enabled('thinImages', 'thin-images'),
+        idmappedLayers: s.pick<IdmapMode>('idmappedLayers', 'idmapped-layers') ?? 'auto',
+        log: s.log,
+      });
+      stopOnSignals(() => daemon.stop(), s.log);
+    });
+}
