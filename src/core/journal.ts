@@ -5,10 +5,16 @@
  * Layout (in `dir`): `<name>.state` (a JSON snapshot of the whole state) and
  * `<name>.journal` (records appended since that snapshot). A journal record is
  * `u32 length | u32 crc32 | JSON`. `append()` resolves once its record is on
- * disk (the journal is opened O_DSYNC); records appended while a write is in flight are
- * written together by the next one (group commit: concurrent requests share an
- * fsync, and the fsync runs on libuv's thread pool, never blocking the event
- * loop). On open, records are replayed until the first torn or corrupt one,
+ * disk. Records appended in the same turn of the event loop are written
+ * together on the next `setImmediate` by one synchronous write to the journal,
+ * which is opened O_DSYNC (group commit: concurrent requests share a sync).
+ * The journal file is preallocated with zeros in 1 MiB steps and written in
+ * place, so that a commit changes no file metadata (no file-system journal
+ * commit, the reason LMDB and bbolt preallocate too); replay stops at the
+ * first zero length.
+ * Measured here: a synchronous O_DSYNC write takes ~0.4 ms, the same write
+ * through the thread pool ~0.9 ms (thread wake-up latency), so the short
+ * synchronous write wins for latency, and batching keeps it rare under load. On open, records are replayed until the first torn or corrupt one,
  * where the journal is truncated: a crash at any instant leaves the state as it
  * was after some prefix of the acknowledged-or-not records, and every
  * acknowledged record is in that prefix.
@@ -18,8 +24,8 @@
  * deletes, so replaying a journal over a newer state (a crash between the
  * rename and the truncation) converges to the same state.
  */
-import { constants } from 'node:fs';
-import { type FileHandle, open as fsOpen, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { closeSync, constants, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fsyncDir } from './fsutil.js';
 
@@ -59,7 +65,7 @@ export function decodeRecords<R>(buf: Buffer): { records: R[]; validBytes: numbe
   while (off + HEADER <= buf.length) {
     const len = buf.readUInt32LE(off);
     const crc = buf.readUInt32LE(off + 4);
-    if (len > MAX_RECORD || off + HEADER + len > buf.length) break;
+    if (len === 0 || len > MAX_RECORD || off + HEADER + len > buf.length) break;
     const body = buf.subarray(off + HEADER, off + HEADER + len);
     if (crc32(body) !== crc) break;
     try {
@@ -93,20 +99,22 @@ export interface Opened<R> {
 
 export class Journal<R> {
   private pending: { buf: Buffer; resolve: () => void; reject: (e: Error) => void }[] = [];
-  private flushing: Promise<void> | null = null;
+  private scheduled = false;
   private failed: Error | null = null;
   private size: number;
+  private allocated: number;
   private snapshotFn: (() => unknown) | null = null;
-  private compacting = false;
-  /** Number of fdatasync'd group commits (tests, benchmarks). */
+  /** Number of durable group commits (tests, benchmarks). */
   commits = 0;
 
   private constructor(
     private readonly opts: JournalOptions,
-    private fh: FileHandle,
+    private fd: number,
     size: number,
+    allocated: number,
   ) {
     this.size = size;
+    this.allocated = allocated;
   }
 
   private static paths(o: JournalOptions) {
@@ -123,17 +131,22 @@ export class Journal<R> {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${p.state}: unreadable state file: ${(e as Error).message}`);
     }
     await rm(`${p.state}.tmp`, { force: true });
-    // O_DSYNC: each append is durable when write() returns — one thread-pool
-    // round trip per group commit instead of write + fdatasync
-    const fh = await fsOpen(p.journal, constants.O_RDWR | constants.O_CREAT | constants.O_APPEND | constants.O_DSYNC, 0o600);
-    const buf = await fh.readFile();
+    // O_DSYNC: each write is durable when write() returns
+    const fd = openSync(p.journal, constants.O_RDWR | constants.O_CREAT | constants.O_DSYNC, 0o600);
+    const buf = readFileSync(p.journal);
     const { records, validBytes } = decodeRecords<R>(buf);
-    if (validBytes < buf.length) {
-      await fh.truncate(validBytes);
-      await fh.datasync();
+    let discarded = 0;
+    for (let i = validBytes; i < buf.length; i++) {
+      if (buf[i] !== 0) {
+        // a torn or corrupt record: zero everything after the valid prefix
+        discarded = buf.length - validBytes;
+        const zeros = Buffer.alloc(buf.length - validBytes);
+        writeSync(fd, zeros, 0, zeros.length, validBytes);
+        break;
+      }
     }
     await fsyncDir(opts.dir);
-    return { journal: new Journal<R>(opts, fh, validBytes), state, records: records, discardedBytes: buf.length - validBytes };
+    return { journal: new Journal<R>(opts, fd, validBytes, buf.length), state, records: records, discardedBytes: discarded };
   }
 
   /** How to produce a full state snapshot, for compaction. */
@@ -146,31 +159,44 @@ export class Journal<R> {
     const buf = encodeRecord(rec);
     return new Promise<void>((resolve, reject) => {
       this.pending.push({ buf, resolve, reject });
-      this.flushing ??= this.flushLoop();
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
     });
   }
 
-  private async flushLoop(): Promise<void> {
+  private flush(): void {
+    this.scheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
     try {
-      while (this.pending.length) {
-        const batch = this.pending;
-        this.pending = [];
-        try {
-          if (this.failed) throw this.failed;
-          const data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((b) => b.buf));
-          await this.fh.write(data, 0, data.length, null);
-          this.size += data.length;
-          this.commits++;
-          for (const b of batch) b.resolve();
-        } catch (e) {
-          this.fail(e);
-          for (const b of batch) b.reject(this.failed!);
-        }
-        if (!this.failed && this.size > (this.opts.compactAfterBytes ?? 8 << 20) && this.snapshotFn && !this.compacting) await this.compact();
-      }
-    } finally {
-      this.flushing = null;
+      if (this.failed) throw this.failed;
+      const data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((b) => b.buf));
+      if (this.size + data.length > this.allocated) this.preallocate(this.size + data.length);
+      let off = 0;
+      while (off < data.length) off += writeSync(this.fd, data, off, data.length - off, this.size + off);
+      this.size += data.length;
+      this.commits++;
+    } catch (e) {
+      this.fail(e);
+      for (const b of batch) b.reject(this.failed!);
+      return;
     }
+    for (const b of batch) b.resolve();
+    if (this.size > (this.opts.compactAfterBytes ?? 8 << 20) && this.snapshotFn) this.compact();
+  }
+
+  /** Extend the file with zeros (1 MiB steps) up to at least `need` bytes. */
+  private preallocate(need: number): void {
+    const step = 1 << 20;
+    const target = Math.ceil(need / step) * step;
+    const zeros = Buffer.alloc(target - this.allocated);
+    let off = 0;
+    while (off < zeros.length) off += writeSync(this.fd, zeros, off, zeros.length - off, this.allocated + off);
+    fdatasyncSync(this.fd);
+    this.allocated = target;
   }
 
   private fail(e: unknown): void {
@@ -180,41 +206,49 @@ export class Journal<R> {
   }
 
   /**
-   * Write the current state and empty the journal. Runs between group commits
-   * (so the journal holds exactly the records the snapshot covers).
+   * Write the current state and empty the journal, synchronously (so no append
+   * interleaves with it). Rare: once per `compactAfterBytes` of journal.
    */
-  private async compact(): Promise<void> {
-    this.compacting = true;
+  private compact(): void {
     try {
       const p = Journal.paths(this.opts);
       const data = Buffer.from(JSON.stringify(this.snapshotFn!()), 'utf8');
-      const tmp = await fsOpen(`${p.state}.tmp`, 'w', 0o600);
+      const tmp = openSync(`${p.state}.tmp`, 'w', 0o600);
       try {
-        await tmp.writeFile(data);
-        await tmp.datasync();
+        let off = 0;
+        while (off < data.length) off += writeSync(tmp, data, off, data.length - off);
+        fdatasyncSync(tmp);
       } finally {
-        await tmp.close();
+        closeSync(tmp);
       }
-      await rename(`${p.state}.tmp`, p.state);
-      await fsyncDir(this.opts.dir);
-      await this.fh.truncate(0);
-      await this.fh.datasync();
+      renameSync(`${p.state}.tmp`, p.state);
+      fsyncDirSync(this.opts.dir);
+      ftruncateSync(this.fd, 0);
+      fdatasyncSync(this.fd);
       this.size = 0;
+      this.allocated = 0;
     } catch (e) {
       this.fail(e);
-    } finally {
-      this.compacting = false;
     }
   }
 
   /** Force a compaction now (tests; shutdown). */
   async compactNow(): Promise<void> {
-    while (this.flushing) await this.flushing;
-    if (this.snapshotFn && !this.failed) await this.compact();
+    this.flush();
+    if (this.snapshotFn && !this.failed) this.compact();
   }
 
   async close(): Promise<void> {
-    while (this.flushing) await this.flushing;
-    await this.fh.close();
+    this.flush();
+    closeSync(this.fd);
+  }
+}
+
+function fsyncDirSync(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }

@@ -30,6 +30,19 @@ export class KeyedMutex {
   }
 
   async with<T>(names: readonly string[], fn: () => Promise<T>): Promise<T> {
+    // fast path: nobody holds any of the names (the common case) — take them without waiting
+    if (names.every((n) => n === '' || !this.tails.has(n))) {
+      const uniq = [...new Set(names.filter((n) => n !== ''))];
+      let release!: () => void;
+      const mine = new Promise<void>((r) => (release = r));
+      for (const n of uniq) this.tails.set(n, mine);
+      try {
+        return await fn();
+      } finally {
+        release();
+        for (const n of uniq) if (this.tails.get(n) === mine) this.tails.delete(n);
+      }
+    }
     const release = await this.acquire(names);
     try {
       return await fn();

@@ -32,21 +32,26 @@ export function createService(sn: Snapshotter, log: Logger): SnapshotsServer {
   function unary<Req, Res>(method: string, describe: (r: Req) => Record<string, unknown>, fn: (r: Req) => Promise<Res> | Res): handleUnaryCall<Req, Res> {
     return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
       const t0 = performance.now();
-      Promise.resolve()
-        .then(() => fn(call.request))
-        .then(
-          (res) => {
-            if (log.isLevelEnabled('debug')) log.debug({ method, ...describe(call.request), ms: +(performance.now() - t0).toFixed(2) }, 'rpc');
-            cb(null, res);
-          },
-          (e: unknown) => {
-            const err = toServiceError(e);
-            const t = toThinError(e);
-            const lvl = t.kind === 'internal' ? 'error' : 'debug';
-            log[lvl]({ method, ...describe(call.request), code: err.code, err: t.kind === 'internal' ? e : t.message }, 'rpc failed');
-            cb(err, null);
-          },
-        );
+      const ok = (res: Res) => {
+        if (log.isLevelEnabled('debug')) log.debug({ method, ...describe(call.request), ms: +(performance.now() - t0).toFixed(2) }, 'rpc');
+        cb(null, res);
+      };
+      const fail = (e: unknown) => {
+        const err = toServiceError(e);
+        const t = toThinError(e);
+        const lvl = t.kind === 'internal' ? 'error' : 'debug';
+        log[lvl]({ method, ...describe(call.request), code: err.code, err: t.kind === 'internal' ? e : t.message }, 'rpc failed');
+        cb(err, null);
+      };
+      let r: Promise<Res> | Res;
+      try {
+        r = fn(call.request);
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      if (r instanceof Promise) r.then(ok, fail);
+      else ok(r);
     };
   }
 

@@ -19,7 +19,7 @@ import {
   NotFoundError,
   UnavailableError,
 } from '../core/errors.js';
-import { diskUsage, mountsUnder, readMountinfo, removeTree, type Usage } from '../core/fsutil.js';
+import { diskUsage, ensureSymlink, mountsUnder, readMountinfo, removeTree, type Usage } from '../core/fsutil.js';
 import { Gate } from '../core/gate.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type LowerDir, type Mount } from '../core/mounts.js';
@@ -93,6 +93,7 @@ export class Snapshotter {
   private readonly gate = new Gate();
   private readonly layers: CvmfsLayers;
   private readonly snapshotsDir: string;
+  private readonly workDirs: string;
   private readonly linksDir: string;
   private readonly masksDir: string;
   private readonly indexOff: boolean;
@@ -107,6 +108,7 @@ export class Snapshotter {
   ) {
     this.log = opts.log;
     this.snapshotsDir = path.join(opts.root, 'snapshots');
+    this.workDirs = path.join(opts.root, 'work');
     this.linksDir = path.join(opts.root, 'l');
     this.masksDir = path.join(opts.root, 'masks');
     this.indexOff = existsSync('/sys/module/overlay/parameters/index');
@@ -118,7 +120,7 @@ export class Snapshotter {
   static async open(opts: SnapshotterOptions): Promise<Snapshotter> {
     const root = path.resolve(opts.root);
     checkOverlayPath(root, 'root directory');
-    for (const d of ['snapshots', 'l', 'masks']) await fsp.mkdir(path.join(root, d), { recursive: true, mode: 0o700 });
+    for (const d of ['snapshots', 'work', 'l', 'masks']) await fsp.mkdir(path.join(root, d), { recursive: true, mode: 0o700 });
     await fsp.chmod(root, 0o700);
     if (existsSync(path.join(root, 'snapshotter', 'metadata.db'))) {
       opts.log.warn(
@@ -137,26 +139,15 @@ export class Snapshotter {
 
   /** After a restart: ids above any directory on disk, every recorded link present. */
   private async recover(): Promise<void> {
-    for (const name of await fsp.readdir(this.snapshotsDir)) {
-      const n = Number(name);
-      if (Number.isSafeInteger(n)) this.store.bumpNextId(n);
+    for (const d of [this.snapshotsDir, this.workDirs]) {
+      for (const name of await fsp.readdir(d)) {
+        const n = Number(name);
+        if (Number.isSafeInteger(n)) this.store.bumpNextId(n);
+      }
     }
     let fixed = 0;
     for (const r of this.store.all()) {
-      for (const [ln, target] of Object.entries(r.links)) {
-        const p = path.join(this.linksDir, ln);
-        let cur: string | null = null;
-        try {
-          cur = await fsp.readlink(p);
-        } catch {
-          /* missing */
-        }
-        if (cur !== target) {
-          await fsp.rm(p, { force: true });
-          await fsp.symlink(target, p);
-          fixed++;
-        }
-      }
+      for (const [ln, target] of Object.entries(r.links)) if (await ensureSymlink(path.join(this.linksDir, ln), target)) fixed++;
     }
     if (fixed) this.log.warn({ fixed }, 'recreated missing short links');
     this.log.info({ snapshots: this.store.size }, 'metadata loaded');
@@ -176,8 +167,14 @@ export class Snapshotter {
     return r;
   }
 
-  private dataDir(id: number): string {
+  /** A snapshot's own directory (overlay upperdir, or the bind source). */
+  private fsDir(id: number): string {
     return path.join(this.snapshotsDir, String(id));
+  }
+
+  /** An active snapshot's overlay workdir (kept apart: one mkdir less than snapshots/<id>/{fs,work}). */
+  private workDir(id: number): string {
+    return path.join(this.workDirs, String(id));
   }
 
   /** Lower directories of the chain starting at `parent`, nearest first. */
@@ -215,11 +212,10 @@ export class Snapshotter {
         }
       }),
     );
-    const dir = this.dataDir(r.id);
     return computeMounts({
       readonly: r.kind === 'view',
-      fs: path.join(dir, 'fs'),
-      work: r.kind === 'active' ? path.join(dir, 'work') : undefined,
+      fs: this.fsDir(r.id),
+      work: r.kind === 'active' ? this.workDir(r.id) : undefined,
       lowers,
       indexOff: this.indexOff,
     });
@@ -251,15 +247,13 @@ export class Snapshotter {
           if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
         }
         const id = this.store.allocId();
-        const dir = this.dataDir(id);
         const links: Record<string, string> = {};
         try {
           // local directories: synchronous calls (a few µs each) beat a thread-pool round trip each
-          mkdirSync(dir, { mode: 0o700 });
-          const fs = path.join(dir, 'fs');
+          const fs = this.fsDir(id);
           mkdirSync(fs, { mode: 0o755 });
           if (kind === 'active') {
-            mkdirSync(path.join(dir, 'work'), { mode: 0o711 });
+            mkdirSync(this.workDir(id), { mode: 0o711 });
             links[linkName(id)] = fs;
             symlinkSync(fs, path.join(this.linksDir, linkName(id)));
           }
@@ -291,7 +285,7 @@ export class Snapshotter {
           await this.store.write({ put: [rec] });
           return await this.mountsFor(rec);
         } catch (e) {
-          if (!this.store.get(key)) await this.discard(dir, links);
+          if (!this.store.get(key)) await this.discard(id, links);
           throw e;
         }
       }),
@@ -299,9 +293,11 @@ export class Snapshotter {
   }
 
   /** Remove a data directory and links that no record owns (failed creation). */
-  private async discard(dir: string, links: Record<string, string>): Promise<void> {
+  private async discard(id: number, links: Record<string, string>): Promise<void> {
     for (const ln of Object.keys(links)) rmSync(path.join(this.linksDir, ln), { force: true });
-    await removeTree(dir).catch((e: unknown) => this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'));
+    for (const dir of [this.fsDir(id), this.workDir(id)]) {
+      await removeTree(dir).catch((e: unknown) => this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'));
+    }
   }
 
   /**
@@ -406,7 +402,7 @@ export class Snapshotter {
         if (rebaseParent !== '' && rebaseParent !== r.parent) {
           throw new FailedPreconditionError(`commit of ${key} onto parent ${rebaseParent}: rebase is not supported (the snapshot's parent is ${JSON.stringify(r.parent)})`);
         }
-        const fs = path.join(this.dataDir(r.id), 'fs');
+        const fs = this.fsDir(r.id);
         const usage = await diskUsage(fs);
         const now = this.clock.now();
         const own = linkName(r.id);
@@ -443,7 +439,8 @@ export class Snapshotter {
    * manifest), resolve the CVMFS layers it lists into the snapshot's stack.
    */
   private async thinStack(fs: string, name: string, newLinks: string[]): Promise<Partial<SnapshotRecord> | null> {
-    const entries = await fsp.readdir(fs, { withFileTypes: true });
+    // a local directory: a synchronous listing (no thread-pool round trip on every Commit)
+    const entries = readdirSync(fs, { withFileTypes: true });
     if (entries.length !== 1) return null;
     const e = entries[0]!;
     if (!e.isFile() || !(THIN_MANIFEST_NAMES as readonly string[]).includes(e.name)) return null;
@@ -490,45 +487,39 @@ export class Snapshotter {
   private removalQueue: SnapshotRecord[] = [];
   private removalRun: Promise<void> | null = null;
 
-  /** Delete removed snapshots' data in the background, in batches (one mount table read per batch). */
+  /**
+   * Delete removed snapshots' data in the background: batched (one mount table
+   * read per batch), started a little later and through the thread pool, so
+   * that it never delays answers to requests.
+   */
   private queueRemoval(r: SnapshotRecord): void {
     this.removalQueue.push(r);
     if (this.removalRun) return;
-    this.removalRun = new Promise<void>((resolve) => setImmediate(resolve))
+    this.removalRun = new Promise<void>((resolve) => setTimeout(resolve, 20))
       .then(async () => {
         while (this.removalQueue.length) {
           const batch = this.removalQueue.splice(0, 64);
           const mounts = readMountinfo();
-          for (const rec of batch) {
-            try {
-              for (const ln of Object.keys(rec.links)) rmSync(path.join(this.linksDir, ln), { force: true });
-              if (rec.source !== 'remote') {
-                const dir = this.dataDir(rec.id);
-                const under = mountsUnder(dir, mounts);
-                if (under.length) throw new Error(`refusing to remove ${dir}: mounted at ${under.join(', ')}`);
-                // small trees (the usual empty upper/work dirs) go synchronously; big ones through the thread pool
-                if (this.isSmallTree(rec)) rmSync(dir, { recursive: true, force: true });
-                else await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+          await Promise.all(
+            batch.map(async (rec) => {
+              try {
+                for (const ln of Object.keys(rec.links)) await fsp.rm(path.join(this.linksDir, ln), { force: true });
+                if (rec.source === 'remote') return;
+                for (const dir of [this.fsDir(rec.id), this.workDir(rec.id)]) {
+                  const under = mountsUnder(dir, mounts);
+                  if (under.length) throw new Error(`refusing to remove ${dir}: mounted at ${under.join(', ')}`);
+                  await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+                }
+              } catch (e) {
+                this.log.error({ err: e, snapshot: rec.name }, 'could not remove snapshot data; Cleanup will retry');
               }
-            } catch (e) {
-              this.log.error({ err: e, snapshot: rec.name }, 'could not remove snapshot data; Cleanup will retry');
-            }
-            await new Promise<void>((res) => setImmediate(res));
-          }
+            }),
+          );
         }
       })
       .finally(() => {
         this.removalRun = null;
       });
-  }
-
-  private isSmallTree(rec: SnapshotRecord): boolean {
-    if (rec.kind === 'committed') return rec.inodes < 64;
-    try {
-      return readdirSync(path.join(this.dataDir(rec.id), 'fs')).length < 16;
-    } catch {
-      return true;
-    }
   }
 
   /** Wait for background removals (Cleanup, close, tests). */
@@ -588,7 +579,7 @@ export class Snapshotter {
   async usage(key: string): Promise<Usage> {
     this.check();
     const r = this.must(key);
-    if (r.kind === 'active') return diskUsage(path.join(this.dataDir(r.id), 'fs'));
+    if (r.kind === 'active') return diskUsage(this.fsDir(r.id));
     if (r.kind === 'view') return { size: 0, inodes: 0 };
     return { size: r.size, inodes: r.inodes };
   }
@@ -612,13 +603,15 @@ export class Snapshotter {
       let nd = 0;
       let nl = 0;
       let nm = 0;
-      for (const name of await fsp.readdir(this.snapshotsDir)) {
-        if (ids.has(name)) continue;
-        try {
-          await removeTree(path.join(this.snapshotsDir, name), mounts);
-          nd++;
-        } catch (e) {
-          this.log.error({ err: e, dir: name }, 'cleanup: could not remove orphaned snapshot directory');
+      for (const parent of [this.snapshotsDir, this.workDirs]) {
+        for (const name of await fsp.readdir(parent)) {
+          if (ids.has(name)) continue;
+          try {
+            await removeTree(path.join(parent, name), mounts);
+            nd++;
+          } catch (e) {
+            this.log.error({ err: e, dir: path.join(parent, name) }, 'cleanup: could not remove orphaned snapshot directory');
+          }
         }
       }
       for (const name of await fsp.readdir(this.linksDir)) {

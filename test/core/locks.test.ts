@@ -1,0 +1,68 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { Gate } from '../../src/core/gate.js';
+import { KeyedMutex } from '../../src/core/keyed-mutex.js';
+
+describe('KeyedMutex', () => {
+  it('runs sections on the same name one at a time (fast path and queued path)', async () => {
+    const m = new KeyedMutex();
+    let inside = 0;
+    let max = 0;
+    const order: number[] = [];
+    await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        m.with(['k', i % 2 ? 'x' : ''], async () => {
+          inside++;
+          max = Math.max(max, inside);
+          await sleep(2);
+          order.push(i);
+          inside--;
+        }),
+      ),
+    );
+    expect(max).toBe(1);
+    expect(order).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('lets unrelated names run concurrently and releases after a failure', async () => {
+    const m = new KeyedMutex();
+    let inside = 0;
+    let max = 0;
+    const body = async () => {
+      inside++;
+      max = Math.max(max, inside);
+      await sleep(5);
+      inside--;
+    };
+    await Promise.all([m.with(['a'], body), m.with(['b'], body), m.with(['c'], body)]);
+    expect(max).toBe(3);
+    await expect(m.with(['a'], async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+    expect(await m.with(['a'], async () => 'free again')).toBe('free again');
+  });
+
+  it('does not deadlock when two sections take the same names in opposite order', async () => {
+    const m = new KeyedMutex();
+    const r = await Promise.all([m.with(['p', 'q'], async () => sleep(3).then(() => 1)), m.with(['q', 'p'], async () => sleep(3).then(() => 2))]);
+    expect(r).toEqual([1, 2]);
+  });
+});
+
+describe('Gate', () => {
+  it('holds exclusive sections until shared ones drain, and new shared ones until it is done', async () => {
+    const g = new Gate();
+    const log: string[] = [];
+    const s1 = g.shared(async () => {
+      await sleep(10);
+      log.push('s1');
+    });
+    const ex = g.exclusive(async () => {
+      log.push('ex');
+    });
+    const s2 = g.shared(async () => {
+      log.push('s2');
+    });
+    await Promise.all([s1, ex, s2]);
+    expect(log).toEqual(['s1', 'ex', 's2']);
+    await g.drain();
+  });
+});
