@@ -43,7 +43,7 @@ import { idmappedBindMount, MNT_DETACH, mount, umount } from '../core/sys.js';
 import { extractLayer, packDirectory } from '../core/tar/index.js';
 import type { IdMap, IdMaps } from '../core/tar/idmap.js';
 import { toHost } from '../core/tar/idmap.js';
-import { parseThinManifest, THIN_MANIFEST_NAMES } from '../core/thin/manifest.js';
+import { readThinLayer } from '../core/thin/layer.js';
 import { computeChanges, dirSize, fsTree } from './changes.js';
 import { checkLayerStorageOpt, type DriverOptions, type IdmapMode, parseInitOptions } from './options.js';
 import type { Change, InitRequest } from './protocol.js';
@@ -883,13 +883,9 @@ export class GraphDriver {
    * a thin image: resolve its CVMFS layers into the lowers of the layers above.
    */
   private async detectThin(a: Active, id: string, newLinks: string[]): Promise<ThinRecord | undefined> {
-    const diff = this.diffDir(a, id);
-    const ents = await fsp.readdir(diff, { withFileTypes: true });
-    if (ents.length !== 1) return undefined;
-    const e = ents[0]!;
-    if (!e.isFile() || !(THIN_MANIFEST_NAMES as readonly string[]).includes(e.name)) return undefined;
-    const text = await fsp.readFile(path.join(diff, e.name));
-    const m = parseThinManifest(text, { defaultRepository: a.location.repository, allowedRepositories: a.location.allowedRepositories });
+    const thin = readThinLayer(this.diffDir(a, id), a.location);
+    if (!thin) return undefined;
+    const m = thin.manifest;
     const resolved = await a.cvmfs.resolveThin(m);
     const lowers: ThinLower[] = [];
     for (const dir of resolved.dirs) {
@@ -900,7 +896,7 @@ export class GraphDriver {
     }
     const how = [...new Set(resolved.how)];
     this.log.info({ id, layers: m.layers.length, lowers: lowers.length, how, origin: m.origin }, 'thin image layer: its children mount its CVMFS layers');
-    return { manifest: e.name, origin: m.origin, layers: m.layers.length, how, lowers };
+    return { manifest: thin.file, origin: m.origin, layers: m.layers.length, how, lowers };
   }
 
   async diff(id: string, parent: string): Promise<Readable> {

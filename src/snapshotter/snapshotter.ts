@@ -4,7 +4,7 @@
  * remote layers. Protocol-free: the gRPC edge (service.ts) maps requests and
  * errors. Every method either fully succeeds or leaves no state behind.
  */
-import { existsSync, lchownSync, mkdirSync, promises as fsp, readdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, lchownSync, mkdirSync, promises as fsp, rmSync, statSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
@@ -23,7 +23,7 @@ import { diskUsage, ensureSymlink, mountsUnder, readMountinfo, removeTree, type 
 import { Gate } from '../core/gate.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type LowerDir, type Mount } from '../core/mounts.js';
-import { parseThinManifest, THIN_MANIFEST_NAMES, type ThinManifest } from '../core/thin/manifest.js';
+import { readThinLayer, type ThinLayerFile } from '../core/thin/layer.js';
 import { type Kind, MetaStore, type SnapshotRecord, type Time } from './metastore.js';
 
 export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
@@ -439,20 +439,15 @@ export class Snapshotter {
    * manifest), resolve the CVMFS layers it lists into the snapshot's stack.
    */
   private async thinStack(fs: string, name: string, newLinks: string[]): Promise<Partial<SnapshotRecord> | null> {
-    // a local directory: a synchronous listing (no thread-pool round trip on every Commit)
-    const entries = readdirSync(fs, { withFileTypes: true });
-    if (entries.length !== 1) return null;
-    const e = entries[0]!;
-    if (!e.isFile() || !(THIN_MANIFEST_NAMES as readonly string[]).includes(e.name)) return null;
-    const text = await fsp.readFile(path.join(fs, e.name));
-    const loc = this.opts.location;
-    let m: ThinManifest;
+    let thin: ThinLayerFile | null;
     try {
-      m = parseThinManifest(text, { defaultRepository: loc.repository, allowedRepositories: loc.allowedRepositories });
+      thin = readThinLayer(fs, this.opts.location);
     } catch (err) {
       this.log.warn({ err, snapshot: name }, 'invalid thin image manifest');
       throw err;
     }
+    if (!thin) return null;
+    const m = thin.manifest;
     const resolved = await this.layers.resolveThin(m);
     const links: Record<string, string> = {};
     const stack: string[] = [];
