@@ -1,5 +1,5 @@
 /** File system helpers shared by the daemons: disk usage, mount-aware removal, atomic writes. */
-import { lstatSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
+import { lstatSync, promises as fsp, readdirSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -55,7 +55,25 @@ export async function removeTree(dir: string, mounts?: MountInfo[]): Promise<voi
   if (under.length > 0) {
     throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
   }
+  // most trees removed are empty (an unused upper or work dir): one rmdir, no thread-pool round trips
+  try {
+    rmdirSync(dir);
+    return;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
+  }
   await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+}
+
+/** Remove a file or symlink; a missing one is fine. */
+export function unlinkIfExists(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
 }
 
 export interface Usage {
