@@ -2,7 +2,9 @@
  * Snapshotter benchmark: our daemon vs the reference Go overlay snapshotter
  * (containerd's snapshots/overlay behind the Snapshots API: `overlayserver`
  * from ../shared/containerd-testsuite), measured in the same run with the same
- * gRPC client, interleaved.
+ * client, interleaved. The load comes from a lean gRPC client on node:http2
+ * (lib/h2-snapshots.ts): client and servers share this machine's CPUs, and
+ * grpc-js's client costs about as much CPU per call as the server under test.
  *
  *   npx tsx bench/snapshotter.ts            (needs root and /tmp/ctdts/bin/overlayserver; CTDTS_BIN overrides)
  *   BENCH_CYCLES=300 BENCH_SNAPSHOTS=10000 BENCH_REPS=3 npx tsx bench/snapshotter.ts
@@ -17,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SnapClient } from '../test/helpers/grpc.js';
+import { LeanSnapClient } from './lib/h2-snapshots.js';
 
 const CYCLES = Number(process.env['BENCH_CYCLES'] ?? 300);
 const CONC_CYCLES = Number(process.env['BENCH_CONC_CYCLES'] ?? 100); // per client and rep
@@ -28,7 +31,10 @@ const CLI = path.resolve(import.meta.dirname, '../bin/cvmfs-thin.js');
 interface Server {
   name: string;
   proc: ChildProcess;
+  /** grpc-js client: readiness probe and List */
   client: SnapClient;
+  /** the load generator: cycles and preload (see lib/h2-snapshots.ts for why) */
+  lean: LeanSnapClient;
   root: string;
 }
 
@@ -47,7 +53,7 @@ async function start(name: string, cmd: string, args: string[], socket: string, 
     if (Date.now() - t0 > 20_000) throw new Error(`${name} did not start`);
     await sleep(20);
   }
-  return { name, proc, client, root };
+  return { name, proc, client, lean: new LeanSnapClient(socket), root };
 }
 
 function rssMiB(pid: number): number {
@@ -61,7 +67,7 @@ const pct = (xs: number[], p: number) => {
 };
 
 let seq = 0;
-async function cycle(c: SnapClient, parent: string): Promise<number> {
+async function cycle(c: LeanSnapClient, parent: string): Promise<number> {
   const k = `bench/${seq++}/extract ${Math.random().toString(36).slice(2)}`;
   const t = performance.now();
   await c.prepare(k, parent);
@@ -74,14 +80,14 @@ async function cycle(c: SnapClient, parent: string): Promise<number> {
 
 async function single(s: Server, n: number, parent = ''): Promise<number[]> {
   const lat: number[] = [];
-  for (let i = 0; i < n; i++) lat.push(await cycle(s.client, parent));
+  for (let i = 0; i < n; i++) lat.push(await cycle(s.lean, parent));
   return lat;
 }
 
 async function concurrent(s: Server, clients: number, perClient: number): Promise<number> {
   const t = performance.now();
   await Promise.all(Array.from({ length: clients }, async () => {
-    for (let i = 0; i < perClient; i++) await cycle(s.client, '');
+    for (let i = 0; i < perClient; i++) await cycle(s.lean, '');
   }));
   return (clients * perClient) / ((performance.now() - t) / 1000);
 }
@@ -94,8 +100,8 @@ async function preload(s: Server, n: number): Promise<void> {
       let prev = '';
       for (let depth = 0; next < n; depth++) {
         const i = next++;
-        await s.client.prepare(`pre-${i}-x`, depth % 10 === 0 ? '' : prev);
-        await s.client.commit(`pre-${i}`, `pre-${i}-x`, { 'containerd.io/gc.root': 'bench' });
+        await s.lean.prepare(`pre-${i}-x`, depth % 10 === 0 ? '' : prev);
+        await s.lean.commit(`pre-${i}`, `pre-${i}-x`, { 'containerd.io/gc.root': 'bench' });
         prev = `pre-${i}`;
       }
     }),
@@ -160,6 +166,7 @@ async function main() {
   } finally {
     for (const s of [ours, ref]) {
       s.client.close();
+      s.lean.close();
       s.proc.kill('SIGTERM');
     }
     await sleep(1000);
