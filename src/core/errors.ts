@@ -11,7 +11,6 @@ export type ErrorKind =
   | 'already-exists'
   | 'failed-precondition'
   | 'unavailable'
-  | 'not-implemented'
   | 'internal';
 
 const BRAND = Symbol.for('cvmfs-thin.error');
@@ -54,11 +53,6 @@ export class FailedPreconditionError extends ThinError {
 export class UnavailableError extends ThinError {
   constructor(message: string, code = 'CVMFS_THIN_UNAVAILABLE', options?: { cause?: unknown }) {
     super('unavailable', code, message, options);
-  }
-}
-export class NotImplementedError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_NOT_IMPLEMENTED', options?: { cause?: unknown }) {
-    super('not-implemented', code, message, options);
   }
 }
 export class InternalError extends ThinError {

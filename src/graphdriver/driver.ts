@@ -8,7 +8,7 @@
  *   layers/<id>/layer.json   the layer record (parent, rw, thin stack), durable
  *   layers/<id>/refs         Get/Put reference count (survives plugin restarts)
  *   layers/<id>/diff/        the layer's own files = overlay upper dir
- *   layers/<id>/work/        overlay work dir
+ *   layers/<id>/work         overlay work dir (directory)
  *   layers/<id>/merged/      mount point when the layer has lower layers
  *   l/<n>                    short links (base36 counter): → ../layers/<id>/diff,
  *                            or → a CVMFS layer directory / mask of a thin image

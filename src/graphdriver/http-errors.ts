@@ -12,7 +12,6 @@ const STATUS: Record<ErrorKind, number> = {
   'already-exists': 409,
   'failed-precondition': 412,
   unavailable: 503,
-  'not-implemented': 501,
   internal: 500,
 };
 

@@ -8,7 +8,6 @@ const CODES: Record<ErrorKind, status> = {
   'already-exists': status.ALREADY_EXISTS,
   'failed-precondition': status.FAILED_PRECONDITION,
   unavailable: status.UNAVAILABLE,
-  'not-implemented': status.UNIMPLEMENTED,
   // containerd 1.6 maps every other code to ErrUnknown anyway
   internal: status.UNKNOWN,
 };

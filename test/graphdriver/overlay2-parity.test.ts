@@ -20,11 +20,11 @@ import { buildImage, busyboxEntries, writeDockerArchive } from '../helpers/oci-i
 import { type Dockerd, removeTestDir, shortTempDir, startDockerd, startPlugin, type Plugin } from './harness.js';
 
 const SIMPLE = [
-  'mkdir -p /work/sub && echo a > /work/sub/a && echo b > /work/b',
+  'mkdir -p /data/sub && echo a > /data/sub/a && echo b > /data/b',
   'rm /etc/layer1-only /bin/wc',
   'echo changed > /etc/passwd',
-  'ln -s /work/b /work/link && ln /work/b /work/hard',
-  'chmod 700 /work',
+  'ln -s /data/b /data/link && ln /data/b /data/hard',
+  'chmod 700 /data',
 ].join(' && ');
 const SCRIPT = `${SIMPLE} && rm -rf /opt/tree && mkdir /opt/tree && echo fresh > /opt/tree/new`;
 

@@ -6,7 +6,6 @@ import {
   InternalError,
   InvalidArgumentError,
   NotFoundError,
-  NotImplementedError,
   ThinManifestError,
   UnavailableError,
 } from '../../src/core/errors.js';
@@ -154,7 +153,6 @@ describe('error mapping (the one place)', () => {
       [new AlreadyExistsError('dup'), 409],
       [new FailedPreconditionError('no init'), 412],
       [new UnavailableError('gone'), 503],
-      [new NotImplementedError('nope'), 501],
       [new InternalError('boom'), 500],
       [new Error('plain'), 500],
       [new ThinManifestError('layers[0].url', 'bad'), 400],
