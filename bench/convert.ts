@@ -16,10 +16,11 @@
  * (writeback not included, for either side). Ours includes Node's start-up.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { content } from './lib/content.js';
 
 const BYTES = Number(process.env['BENCH_BYTES'] ?? 1024 ** 3);
 const FILES = Number(process.env['BENCH_FILES'] ?? 50_000);
@@ -34,23 +35,6 @@ if (!fs.existsSync(path.resolve(import.meta.dirname, '../dist/cli/main.js'))) {
   process.exit(1);
 }
 
-/** Semi-compressible content (roughly like binaries and text: gzip ~2×). */
-const RND = randomBytes(1 << 20);
-const TEXT = Buffer.from('lorem ipsum dolor sit amet, consectetur adipiscing elit; sed do eiusmod tempor. '.repeat(800));
-function content(size: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(size);
-  let off = 0;
-  let i = seed;
-  while (off < size) {
-    const src = i % 3 === 0 ? RND : TEXT;
-    const start = (i * 4099) % (src.length - 8192);
-    const n = Math.min(4096 + (i % 13) * 512, size - off);
-    src.copy(b, off, start, start + n);
-    off += n;
-    i++;
-  }
-  return b;
-}
 
 interface Layer {
   file: string;

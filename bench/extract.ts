@@ -15,7 +15,7 @@
  * is not included, for either side).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import { pipeline } from 'node:stream/promises';
 import tarStream from 'tar-stream';
 import { decompress, extractLayer, extractLayerFile } from '../src/core/tar/index.js';
 import { TarParser } from '../src/core/tar/parser.js';
+import { content } from './lib/content.js';
 
 const BYTES = Number(process.env.BENCH_BYTES ?? 1024 ** 3);
 const FILES = Number(process.env.BENCH_FILES ?? 50_000);
@@ -35,23 +36,6 @@ function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): void {
   execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'], ...opts });
 }
 
-/** Semi-compressible content (roughly like binaries and text: gzip ~2-3×). */
-const RND = randomBytes(1 << 20);
-const TEXT = Buffer.from('lorem ipsum dolor sit amet, consectetur adipiscing elit; sed do eiusmod tempor. '.repeat(800));
-function content(size: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(size);
-  let off = 0;
-  let i = seed;
-  while (off < size) {
-    const src = i % 3 === 0 ? RND : TEXT;
-    const start = (i * 4099) % (src.length - 4096);
-    const n = Math.min(4096 + (i % 13) * 512, size - off);
-    src.copy(b, off, start, start + n);
-    off += n;
-    i++;
-  }
-  return b;
-}
 
 function buildByteHeavy(dir: string): void {
   fs.mkdirSync(dir, { recursive: true });

@@ -12,16 +12,10 @@ import { InternalError, ThinError } from '../errors.js';
 import { TarIoError, unsafe, UnsafeTarError, type UnsafeTarReason } from './errors.js';
 import type { IdMaps } from './idmap.js';
 import { TarParser } from './parser.js';
-import { LayerWriter, type WhiteoutMode, type WriterStats } from './writer.js';
+import { LayerWriter, type WriterOptions, type WriterStats } from './writer.js';
 
-export interface JobConfig {
-  dest: string;
-  whiteouts: WhiteoutMode;
-  idMap?: IdMaps | undefined;
-  preserveOwnership: boolean;
-  umask: number;
-  maxNameBytes: number;
-  maxEntries: number;
+/** What a worker needs to extract one layer: the writer's options and the parser's limits. */
+export interface JobConfig extends WriterOptions {
   maxPaxHeaderBytes: number;
   maxTotalBytes: number;
 }
