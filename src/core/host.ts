@@ -1,0 +1,158 @@
+/**
+ * The host seam: every side effect on the node that is not plain file I/O in a
+ * directory we own — mounts, the mount table, device nodes, extended
+ * attributes, ownership, locks, running a helper program — goes through one
+ * `Host` object that is passed in (as stargz passes its `FileSystem` into its
+ * snapshotter). `systemHost` is the real one (libc through koffi, see sys.ts);
+ * tests pass a recording host (test/helpers/recording-host.ts) so that the
+ * semantics of the daemons run unprivileged, while root tests use the real
+ * host for real.
+ */
+import { execFile } from 'node:child_process';
+import { statfsSync } from 'node:fs';
+import { type MountInfo, readMountinfo } from './fsutil.js';
+import { mountOverlay } from './stack/overlay-mount.js';
+import * as sys from './sys.js';
+
+export type { MountInfo };
+export type PathArg = sys.PathArg;
+
+/** Mount propagation of a mount point (mount(2) MS_SHARED/MS_SLAVE/MS_PRIVATE, optionally MS_REC). */
+export type Propagation = 'private' | 'slave' | 'shared' | 'rprivate' | 'rslave' | 'rshared';
+
+/** A bind mount as the volume front-ends need it: `mount --bind` (+ `--rbind`) (+ `remount,ro`) (+ propagation). */
+export interface BindOptions {
+  readonly?: boolean;
+  /** rbind: take the mounts below `source` along (the whole /cvmfs tree). */
+  recursive?: boolean;
+  propagation?: Propagation;
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * An overlay mount. Paths are absolute, or relative to `relativeTo` (short
+ * links `l/<n>` inside a state directory).
+ */
+export interface OverlayMount {
+  target: string;
+  /** Lower directories, top first. */
+  lowers: readonly string[];
+  /** upperdir and workdir (both or neither: without them the mount is read-only). */
+  upper?: string | undefined;
+  work?: string | undefined;
+  /** Other options, e.g. `index=off`. */
+  options?: readonly string[];
+  relativeTo?: string | undefined;
+}
+
+export interface Host {
+  /** mount(2). */
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
+  /** umount2(2); `flags` e.g. MNT_DETACH. */
+  umount(target: string, flags?: number): void;
+  /** Bind `source` on `target` (both exist), read-only and with a propagation if asked. */
+  bind(source: string, target: string, opts?: BindOptions): void;
+  /** The calling process's mount table (/proc/self/mountinfo). */
+  mountinfo(): MountInfo[];
+  /** The file system magic of `path` (statfs f_type); throws with `code` ENOTCONN for a dead FUSE mount. */
+  statfsType(path: string): number;
+  /**
+   * Mount an overlay without changing the process's working directory and
+   * without mount(2)'s one-page option limit (see stack/overlay-mount.ts).
+   */
+  mountOverlay(o: OverlayMount): void;
+  /** Bind `source` on `target` as an idmapped mount. */
+  idmappedBindMount(source: string, target: string, usernsFd: number): void;
+  mknod(path: PathArg, mode: number, major?: number, minor?: number): void;
+  /** An overlay whiteout (character device 0/0). */
+  mkWhiteout(path: PathArg): void;
+  lsetxattr(path: PathArg, name: PathArg, value: Buffer | string): void;
+  lgetxattr(path: PathArg, name: PathArg): Buffer | null;
+  llistxattr(path: PathArg): string[];
+  lchown(path: PathArg, uid: number, gid: number): void;
+  /** flock(2); false when LOCK_NB and held elsewhere. */
+  flock(fd: number, op: number): boolean;
+  /** Run a program without a shell. Never rejects for a non-zero exit: the caller reads `code`. */
+  exec(file: string, args: readonly string[], opts?: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<ExecResult>;
+}
+
+const PROPAGATION_FLAGS: Record<Propagation, number> = {
+  private: sys.MS_PRIVATE,
+  slave: sys.MS_SLAVE,
+  shared: sys.MS_SHARED,
+  rprivate: sys.MS_PRIVATE | sys.MS_REC,
+  rslave: sys.MS_SLAVE | sys.MS_REC,
+  rshared: sys.MS_SHARED | sys.MS_REC,
+};
+
+/** The flag sequence of a bind with options, shared by the real host and the recording one. */
+export function bindSteps(source: string, target: string, opts: BindOptions = {}): Parameters<Host['mount']>[] {
+  const steps: Parameters<Host['mount']>[] = [[source, target, null, sys.MS_BIND | (opts.recursive ? sys.MS_REC : 0), null]];
+  if (opts.readonly) {
+    steps.push(['', target, null, sys.MS_BIND | sys.MS_REMOUNT | sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV | (opts.recursive ? sys.MS_REC : 0), null]);
+  }
+  if (opts.propagation) steps.push(['', target, null, PROPAGATION_FLAGS[opts.propagation], null]);
+  return steps;
+}
+
+/** The real host. */
+export const systemHost: Host = {
+  mount: sys.mount,
+  umount: sys.umount,
+  bind(source, target, opts = {}) {
+    const steps = bindSteps(source, target, opts);
+    sys.mount(...steps[0]!);
+    try {
+      for (const s of steps.slice(1)) sys.mount(...s);
+    } catch (e) {
+      // never leave a read-write bind behind a failed read-only remount
+      try {
+        sys.umount(target, sys.MNT_DETACH);
+      } catch {
+        /* already gone */
+      }
+      throw e;
+    }
+  },
+  mountinfo: readMountinfo,
+  mountOverlay,
+  statfsType: (p) => statfsSync(p).type,
+  idmappedBindMount: sys.idmappedBindMount,
+  mknod: sys.mknod,
+  mkWhiteout: sys.mkWhiteout,
+  lsetxattr: sys.lsetxattr,
+  lgetxattr: sys.lgetxattr,
+  llistxattr: sys.llistxattr,
+  lchown: sys.lchown,
+  flock: sys.flock,
+  exec(file, args, opts = {}) {
+    return new Promise((resolve) => {
+      execFile(
+        file,
+        [...args],
+        { timeout: opts.timeoutMs ?? 0, env: opts.env ?? process.env, maxBuffer: 4 << 20, encoding: 'utf8' },
+        (err, stdout, stderr) => {
+          if (!err) return resolve({ code: 0, stdout, stderr });
+          const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
+          if (typeof e.code === 'number') return resolve({ code: e.code, stdout, stderr });
+          // spawn failures (ENOENT, EACCES) and timeouts: no exit code
+          const why = e.killed ? `killed after ${opts.timeoutMs} ms` : e.message;
+          resolve({ code: 127, stdout, stderr: `${stderr}${stderr ? '\n' : ''}${file}: ${why}` });
+        },
+      );
+    });
+  },
+};
+
+/** statfs magic numbers. */
+export const FS_MAGIC = {
+  FUSE: 0x65735546,
+  AUTOFS: 0x0187,
+  OVERLAY: 0x794c7630,
+  TMPFS: 0x01021994,
+} as const;

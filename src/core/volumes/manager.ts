@@ -1,0 +1,407 @@
+/**
+ * The repository mount manager shared by the Docker volume plugin, the CSI
+ * node plugin and the FlexVolume driver.
+ *
+ * A volume (a repository, maybe with a tag/hash/date/client settings, or the
+ * whole /cvmfs tree) is mounted once per node at `<state>/mounts/<key>` and
+ * held by a *set* of holder IDs (a Docker mount ID, a CSI target or staging
+ * path, a FlexVolume directory). Adding a holder twice is a no-op; the backend
+ * mount goes after the last holder (after `idleUnmountMs`). Holders are
+ * durable (journal), mounts are read from the mount table: after a restart or
+ * a kill -9, orphan mounts of ours are unmounted, stacked ones reduced to one,
+ * broken ones (ENOTCONN) mounted again. Nothing outside `<state>/mounts/` and
+ * the targets it bound itself is ever unmounted or deleted.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../errors.js';
+import type { Host } from '../host.js';
+import { Gate } from '../gate.js';
+import { KeyedMutex } from '../keyed-mutex.js';
+import { MNT_DETACH } from '../sys.js';
+import { Backends, DEFAULT_MOUNT_COMMAND } from './backend.js';
+import { applyOptions, DEFAULT_CLIENT_CONFIG_KEYS, parseVolumeName, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';
+import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
+import type { Definition, Holder, MountManagerOptions, VolumeState } from './types.js';
+
+export { DEFAULT_MOUNT_COMMAND };
+
+export interface HolderRequest {
+  id: string;
+  readonly?: boolean | undefined;
+  meta?: Record<string, string> | undefined;
+}
+
+export interface PublishRequest {
+  readonly?: boolean | undefined;
+  meta?: Record<string, string> | undefined;
+  /** Bind from here instead of the volume's path (a CSI staging path). */
+  source?: string | undefined;
+}
+
+const sameMeta = (a: Record<string, string> | undefined, b: Record<string, string> | undefined) => JSON.stringify(a ?? {}) === JSON.stringify(b ?? {});
+
+export class MountManager {
+  private readonly mutex = new KeyedMutex();
+  private readonly idleTimers = new Map<string, NodeJS.Timeout>();
+  private checkTimer: NodeJS.Timeout | undefined;
+  /** Every public operation runs inside the gate: close() waits for them. */
+  private readonly gate = new Gate();
+  private closed = false;
+  private failed: Error | null = null;
+  readonly allowlist: RepositoryAllowlist;
+  readonly backends: Backends;
+  private readonly host: Host;
+  private readonly log: Logger;
+
+  private constructor(
+    private readonly o: MountManagerOptions,
+    private readonly store: VolumeStore,
+  ) {
+    this.allowlist = new RepositoryAllowlist(o.allow);
+    this.host = o.host;
+    this.log = o.log;
+    this.backends = new Backends({
+      stateDir: o.stateDir,
+      cvmfsRoot: path.resolve(o.cvmfsRoot),
+      backend: o.backend,
+      mountCommand: o.mountCommand ?? DEFAULT_MOUNT_COMMAND,
+      mountTimeoutMs: o.mountTimeoutMs ?? 100_000,
+      host: o.host,
+      log: o.log,
+    });
+  }
+
+  static async open(o: MountManagerOptions): Promise<MountManager> {
+    if (!path.isAbsolute(o.stateDir)) throw new InvalidArgumentError(`state directory ${o.stateDir} must be an absolute path`);
+    if (!path.isAbsolute(o.cvmfsRoot)) throw new InvalidArgumentError(`CVMFS root ${o.cvmfsRoot} must be an absolute path`);
+    if (o.backend === 'client' && (o.mountCommand?.length ?? 1) === 0) throw new InvalidArgumentError('the client backend needs a mount command');
+    let m: MountManager | undefined;
+    const store = await VolumeStore.open(path.join(o.stateDir, 'metadata'), (e) => m?.fatal(e));
+    m = new MountManager(o, store);
+    await fsp.mkdir(m.backends.mountsDir, { recursive: true, mode: 0o755 });
+    await m.reconcile();
+    const every = o.checkIntervalMs ?? 30_000;
+    if (every > 0) {
+      m.checkTimer = setInterval(() => void m.check().catch((e: unknown) => m.log.error({ err: e }, 'health check failed')), every);
+      m.checkTimer.unref();
+    }
+    return m;
+  }
+
+  private fatal(e: Error): void {
+    this.failed = e;
+    this.log.error({ err: e }, 'volume state cannot be written; refusing changes until restarted');
+  }
+
+  private writable(): void {
+    if (this.closed) throw new UnavailableError('the volume manager is shutting down', 'CVMFS_THIN_SHUTTING_DOWN');
+    if (this.failed) throw new UnavailableError(`volume state cannot be written: ${this.failed.message}`, 'CVMFS_THIN_STATE_UNWRITABLE');
+  }
+
+  /** Run `fn` inside the gate (close() waits for it) holding the named locks. */
+  private locked<T>(keys: string[], fn: () => Promise<T>): Promise<T> {
+    return this.gate.shared(async () => {
+      const release = await this.mutex.acquire(keys);
+      try {
+        return await fn();
+      } finally {
+        release();
+      }
+    });
+  }
+
+  /** A Docker-style name (`repo`, `repo@tag`, `repo#hash`) plus options. */
+  parse(name: string, opts: Record<string, string> = {}): VolumeSpec {
+    if (typeof name !== 'string') throw new InvalidArgumentError('volume name must be a string', 'CVMFS_THIN_BAD_VOLUME');
+    return this.allowlist.check(applyOptions(parseVolumeName(name), opts, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS));
+  }
+
+  /** CSI/FlexVolume attributes: `repository` may be absent (the whole tree). */
+  specFrom(repository: string | undefined, opts: Record<string, string> = {}): VolumeSpec {
+    if (repository === undefined || repository === '') return this.allowlist.check(applyOptions({ repository: null }, opts, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS));
+    return this.parse(repository, opts);
+  }
+
+  pathOf(spec: VolumeSpec): string {
+    return this.backends.pathOf(volumeKey(spec), spec);
+  }
+
+  private state(rec: VolumeRecord, mounted?: Map<string, number>): VolumeState {
+    const isTree = rec.backend === 'tree';
+    return {
+      key: rec.key,
+      spec: rec.spec,
+      backend: rec.backend,
+      path: this.backends.pathOf(rec.key, rec.spec),
+      holders: rec.holders.map(({ createdDir: _c, source: _s, ...h }) => h),
+      mounted: isTree || (mounted ?? this.backends.ourMounts()).has(rec.key),
+    };
+  }
+
+  private emptyRecord(spec: VolumeSpec): VolumeRecord {
+    return { key: volumeKey(spec), spec, backend: this.backends.backendOf(spec), holders: [] };
+  }
+
+  /** Ensure the backend mount and add a holder (idempotent per id). */
+  async acquire(spec: VolumeSpec, h: HolderRequest): Promise<VolumeState> {
+    this.allowlist.check(spec);
+    const key = volumeKey(spec);
+    return this.locked([key], async () => {
+        const other = this.store.keyOfHolder(h.id);
+        if (other !== undefined && other !== key) throw new AlreadyExistsError(`${h.id} already holds volume ${other}`, 'CVMFS_THIN_TARGET_BUSY');
+        return await this.acquireLocked(spec, key, h);
+    });
+  }
+
+  private async acquireLocked(spec: VolumeSpec, key: string, h: HolderRequest, extra: Partial<StoredHolder> = {}): Promise<VolumeState> {
+    this.writable();
+    this.cancelIdle(key);
+    const rec = structuredClone(this.store.volumes.get(key) ?? this.emptyRecord(spec));
+    const how = await this.backends.ensure(key, spec);
+    if (how !== 'present') this.log.info({ key, backend: rec.backend, how }, 'repository mounted');
+    if (!rec.holders.some((x) => x.id === h.id)) {
+      rec.holders.push({ id: h.id, readonly: h.readonly ?? true, since: new Date().toISOString(), meta: h.meta, ...extra });
+      try {
+        await this.store.putVolume(rec);
+      } catch (e) {
+        if (rec.holders.length === 1) await this.idle(key);
+        throw e;
+      }
+    }
+    return this.state(this.store.volumes.get(key)!);
+  }
+
+  /** Drop a holder; the backend mount goes after the last one. Unknown ids are fine. */
+  async release(holderId: string): Promise<boolean> {
+    const key = this.store.keyOfHolder(holderId);
+    if (key === undefined) return false;
+    return this.locked([key], async () => {
+        return await this.releaseLocked(key, holderId);
+    });
+  }
+
+  private async releaseLocked(key: string, holderId: string): Promise<boolean> {
+    const cur = this.store.volumes.get(key);
+    if (!cur?.holders.some((x) => x.id === holderId)) return false;
+    this.writable();
+    const rec = structuredClone(cur);
+    rec.holders = rec.holders.filter((x) => x.id !== holderId);
+    await this.store.putVolume(rec);
+    if (rec.holders.length === 0) await this.idle(key);
+    return true;
+  }
+
+  /** Bind the volume on `target` for a holder named by the target (CSI, FlexVolume). */
+  async publish(spec: VolumeSpec, target: string, p: PublishRequest = {}): Promise<VolumeState> {
+    if (!path.isAbsolute(target)) throw new InvalidArgumentError(`target path ${JSON.stringify(target)} must be absolute`, 'CVMFS_THIN_BAD_TARGET');
+    const t = path.resolve(target);
+    if (t === '/' || t.startsWith(`${this.o.stateDir}/`) || t === this.o.stateDir) throw new InvalidArgumentError(`target path ${t} is not allowed`, 'CVMFS_THIN_BAD_TARGET');
+    this.allowlist.check(spec);
+    const key = volumeKey(spec);
+    return this.locked([key, `target:${t}`], async () => {
+        const otherKey = this.store.keyOfHolder(t);
+        const existing = otherKey !== undefined ? this.store.volumes.get(otherKey)?.holders.find((x) => x.id === t) : undefined;
+        if (existing) {
+          const same = otherKey === key && existing.readonly === (p.readonly ?? true) && sameMeta(existing.meta, p.meta) && existing.source === p.source;
+          if (!same) throw new AlreadyExistsError(`${t} is already published with another volume or other options (${otherKey})`, 'CVMFS_THIN_TARGET_BUSY');
+          if (!this.backends.isMountPoint(t)) {
+            // after a reboot or a lost mount: same request, so mount again
+            if (p.source === undefined) await this.backends.ensure(key, spec);
+            await this.bindTarget(spec, key, t, p.source);
+          }
+          return this.state(this.store.volumes.get(key)!);
+        }
+        if (p.source !== undefined && !(await this.isPublishedSource(p.source))) {
+          throw new FailedPreconditionError(`staging path ${p.source} is not staged`, 'CVMFS_THIN_NOT_STAGED');
+        }
+        if (this.backends.isMountPoint(t)) throw new AlreadyExistsError(`${t} is already a mount point of something else`, 'CVMFS_THIN_TARGET_BUSY');
+        let createdDir = false;
+        try {
+          const st = await fsp.lstat(t);
+          if (!st.isDirectory()) throw new InvalidArgumentError(`target path ${t} exists and is not a directory`, 'CVMFS_THIN_BAD_TARGET');
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          await fsp.mkdir(t, { recursive: true, mode: 0o750 });
+          createdDir = true;
+        }
+        // the holder is durable before the bind: a crash in between leaves a holder kubelet will unpublish
+        const state = await this.acquireLocked(spec, key, { id: t, readonly: p.readonly, meta: p.meta }, { target: t, createdDir, source: p.source });
+        try {
+          await this.bindTarget(spec, key, t, p.source);
+        } catch (e) {
+          await this.releaseLocked(key, t).catch(() => undefined);
+          if (createdDir) await fsp.rmdir(t).catch(() => undefined);
+          throw e;
+        }
+        return state;
+    });
+  }
+
+  private async isPublishedSource(src: string): Promise<boolean> {
+    const k = this.store.keyOfHolder(path.resolve(src));
+    return k !== undefined && this.backends.isMountPoint(src);
+  }
+
+  private async bindTarget(spec: VolumeSpec, key: string, t: string, source: string | undefined): Promise<void> {
+    const src = source ?? this.backends.pathOf(key, spec);
+    const tree = spec.repository === null;
+    this.host.bind(src, t, { readonly: true, recursive: tree, propagation: tree ? 'rslave' : undefined });
+  }
+
+  /** Undo publish(): unmount the target, remove the dir if we made it, release. Unknown targets are left alone. */
+  async unpublish(target: string): Promise<boolean> {
+    const t = path.resolve(target);
+    const key = this.store.keyOfHolder(t);
+    if (key === undefined) return false;
+    return this.locked([key, `target:${t}`], async () => {
+        const h = this.store.volumes.get(key)?.holders.find((x) => x.id === t);
+        if (!h) return false;
+        this.unmountTarget(t);
+        if (h.createdDir) await fsp.rmdir(t).catch((e: NodeJS.ErrnoException) => this.log.warn({ target: t, err: e.message }, 'could not remove target directory'));
+        return await this.releaseLocked(key, t);
+    });
+  }
+
+  /** Unmount whatever is stacked on `t` (it is one of our holders' targets). */
+  private unmountTarget(t: string): void {
+    for (let i = 0; i < 16 && this.backends.isMountPoint(t); i++) {
+      try {
+        this.host.umount(t);
+      } catch {
+        this.host.umount(t, MNT_DETACH);
+      }
+    }
+  }
+
+  holder(id: string): { key: string; holder: Holder } | undefined {
+    const key = this.store.keyOfHolder(id);
+    const h = key === undefined ? undefined : this.store.volumes.get(key)?.holders.find((x) => x.id === id);
+    if (!h || key === undefined) return undefined;
+    const { createdDir: _c, source: _s, ...pub } = h;
+    return { key, holder: pub };
+  }
+
+  get(key: string): VolumeState | undefined {
+    const r = this.store.volumes.get(key);
+    return r ? this.state(r) : undefined;
+  }
+
+  list(): VolumeState[] {
+    const mounted = this.backends.ourMounts();
+    return [...this.store.volumes.values()].map((r) => this.state(r, mounted));
+  }
+
+  async define(name: string, spec: VolumeSpec, opts: Record<string, string>): Promise<Definition> {
+    this.writable();
+    const d: Definition = { name, spec, opts, createdAt: new Date().toISOString() };
+    const prev = this.store.definitions.get(name);
+    if (prev && JSON.stringify(prev.spec) === JSON.stringify(spec)) return prev;
+    if (prev) throw new AlreadyExistsError(`volume ${name} exists with other options (${JSON.stringify(prev.opts)})`, 'CVMFS_THIN_VOLUME_EXISTS');
+    await this.store.putDefinition(d);
+    return d;
+  }
+
+  async undefine(name: string): Promise<boolean> {
+    if (!this.store.definitions.has(name)) return false;
+    this.writable();
+    await this.store.deleteDefinition(name);
+    return true;
+  }
+
+  definition(name: string): Definition | undefined {
+    return this.store.definitions.get(name);
+  }
+
+  definitions(): Definition[] {
+    return [...this.store.definitions.values()];
+  }
+
+  /** Health check: broken backend mounts are mounted again and their targets bound again. */
+  async check(): Promise<string[]> {
+    const repaired: string[] = [];
+    for (const rec of [...this.store.volumes.values()]) {
+      if (rec.backend === 'tree') continue;
+      const mp = this.backends.pathOf(rec.key, rec.spec);
+      if (!this.backends.isMountPoint(mp) || this.backends.health(mp) === 'ok') continue;
+      await this.locked([rec.key], async () => {
+        // the holders may have changed while waiting: repair what is current
+        const cur = this.store.volumes.get(rec.key);
+        if (!cur || this.backends.health(mp) === 'ok') return;
+        await this.repair(cur);
+        repaired.push(rec.key);
+      }).catch((e: unknown) => this.log.error({ key: rec.key, err: (e as Error).message }, 'broken repository mount could not be repaired'));
+    }
+    return repaired;
+  }
+
+  private async repair(rec: VolumeRecord): Promise<void> {
+    await this.backends.ensure(rec.key, rec.spec);
+    for (const h of rec.holders) {
+      if (!h.target || h.source !== undefined) continue;
+      if (this.backends.health(h.target) !== 'broken') continue;
+      this.unmountTarget(h.target);
+      await this.bindTarget(rec.spec, rec.key, h.target, undefined);
+    }
+    this.log.warn({ key: rec.key }, 'broken repository mount repaired');
+  }
+
+  /** After a restart: our mount points against the holders. */
+  private async reconcile(): Promise<void> {
+    const mounted = this.backends.ourMounts();
+    for (const [key, n] of mounted) {
+      const rec = this.store.volumes.get(key);
+      if (!rec) {
+        this.log.warn({ key }, 'unmounting a repository mount left without holders');
+        this.backends.unmount(key);
+        await this.backends.removeDir(key);
+      } else if (n > 1 || this.backends.health(this.backends.pathOf(key, rec.spec)) === 'broken') {
+        await this.repair(rec).catch((e: unknown) => this.log.error({ key, err: (e as Error).message }, 'repair at start failed'));
+      }
+    }
+    const entries = await fsp.readdir(this.backends.mountsDir).catch(() => [] as string[]);
+    for (const key of entries) if (!mounted.has(key) && !this.store.volumes.has(key)) await this.backends.removeDir(key);
+    this.log.info({ volumes: this.store.volumes.size, mounted: mounted.size, definitions: this.store.definitions.size }, 'volume state recovered');
+  }
+
+  private cancelIdle(key: string): void {
+    const t = this.idleTimers.get(key);
+    if (t) clearTimeout(t);
+    this.idleTimers.delete(key);
+  }
+
+  /** The last holder left (the key's lock is held): unmount now, or after the idle delay. */
+  private async idle(key: string): Promise<void> {
+    this.cancelIdle(key);
+    const ms = this.o.idleUnmountMs ?? 0;
+    if (ms <= 0) return this.unmountIdle(key);
+    const t = setTimeout(() => {
+      this.idleTimers.delete(key);
+      void this.locked([key], () => this.unmountIdle(key));
+    }, ms);
+    t.unref();
+    this.idleTimers.set(key, t);
+  }
+
+  private async unmountIdle(key: string): Promise<void> {
+    if (this.store.volumes.has(key) || this.idleTimers.has(key)) return;
+    try {
+      this.backends.unmount(key);
+      await this.backends.removeDir(key);
+      this.log.info({ key }, 'repository unmounted (no holders left)');
+    } catch (e) {
+      this.log.error({ key, err: (e as Error).message }, 'unmount failed');
+    }
+  }
+
+  /** Idle unmounts due now are done; timers stop; the journal closes. Mounts stay. */
+  async close(): Promise<void> {
+    if (this.checkTimer) clearInterval(this.checkTimer);
+    for (const t of this.idleTimers.values()) clearTimeout(t);
+    this.idleTimers.clear();
+    this.closed = true;
+    await this.gate.drain();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,313 @@
+/**
+ * The repository mount manager's semantics, unprivileged: a RecordingHost
+ * stands in for mount(2) and the mount table; state and directories are real.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/core/log.js';
+import { MountManager } from '../../src/core/volumes/manager.js';
+import type { MountManagerOptions } from '../../src/core/volumes/types.js';
+import { MS_BIND, MS_REC, MS_SLAVE } from '../../src/core/sys.js';
+import { tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
+
+const base = tempDir('cvmfs-thin-vol-');
+let n = 0;
+const open: MountManager[] = [];
+
+function setup(over: Partial<MountManagerOptions> = {}) {
+  const dir = path.join(base, `t${n++}`);
+  const cvmfsRoot = path.join(dir, 'cvmfs');
+  for (const r of ['cms.cern.ch', 'atlas.cern.ch', 'sft.cern.ch', 'lhcb.example.org']) {
+    mkdirSync(path.join(cvmfsRoot, r), { recursive: true });
+    writeFileSync(path.join(cvmfsRoot, r, 'README'), r);
+  }
+  const host = new RecordingHost();
+  const opts: MountManagerOptions = {
+    stateDir: path.join(dir, 'state'),
+    cvmfsRoot,
+    allow: ['*.cern.ch'],
+    backend: 'host',
+    checkIntervalMs: 0,
+    host,
+    log: silentLogger(),
+    ...over,
+  };
+  const start = async () => {
+    const m = await MountManager.open({ ...opts, host: opts.host });
+    open.push(m);
+    return m;
+  };
+  return { dir, cvmfsRoot, host: opts.host as RecordingHost, opts, start };
+}
+
+afterEach(async () => {
+  for (const m of open.splice(0)) await m.close().catch(() => undefined);
+});
+
+const binds = (h: RecordingHost) => h.ops('mount').filter((c) => ((c.args[3] as number) & MS_BIND) !== 0 && c.args[0] !== '');
+
+describe('names and the allowlist', () => {
+  it.each([
+    ['../x', /not a fully qualified/],
+    ['a/b.cern.ch', /not a fully qualified/],
+    ['CMS.cern.ch', /not a fully qualified/],
+    ['cms', /not a fully qualified/],
+    ['', /is empty/],
+    ['a'.repeat(64).replace(/a/g, 'f'), /anonymous volume/],
+    [`${'a'.repeat(250)}.cern.ch`, /longer than 253/],
+    ['cms.cern.ch@', /tag/],
+    ['cms.cern.ch@../../x', /tag/],
+    ['cms.cern.ch#nothex', /root hash/],
+    ['cms.cern.ch@t#abc', /both/],
+    ['evil.example.com', /not allowed on this node \(allowed: \*\.cern\.ch\)/],
+  ])('refuses %j', async (name, re) => {
+    const { start } = setup();
+    const m = await start();
+    expect(() => m.parse(name)).toThrow(re);
+  });
+
+  it('accepts CERN forms and options; trunk is the plain repository', async () => {
+    const { start } = setup();
+    const m = await start();
+    expect(m.parse('cms.cern.ch')).toEqual({ repository: 'cms.cern.ch' });
+    expect(m.parse('cms.cern.ch@trunk')).toEqual({ repository: 'cms.cern.ch' });
+    expect(m.parse('cms.cern.ch@prod-2024')).toEqual({ repository: 'cms.cern.ch', tag: 'prod-2024' });
+    expect(m.parse('cms.cern.ch', { date: '2024-05-01T00:00:00Z' }).date).toBe('2024-05-01T00:00:00Z');
+    expect(() => m.parse('cms.cern.ch', { color: 'blue' })).toThrow(/option "color".*not known/);
+    expect(() => m.parse('cms.cern.ch', { clientConfig: 'CVMFS_CACHE_BASE=/etc' })).toThrow(/CVMFS_CACHE_BASE.*may not be set per volume/);
+    expect(() => m.parse('cms.cern.ch', { clientConfig: 'CVMFS_HTTP_PROXY=$(reboot)' })).toThrow(/shell or control/);
+    expect(m.specFrom(undefined)).toEqual({ repository: null });
+    expect(() => m.specFrom(undefined, { tag: 'x' })).toThrow(/need a repository/);
+  });
+});
+
+describe('holders', () => {
+  it('mounts once for a set of holders, idempotent per id, unmounts after the last', async () => {
+    const { start, host, opts } = setup();
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const a = await m.acquire(spec, { id: 'docker:a' });
+    expect(a.path).toBe(path.join(opts.stateDir, 'mounts', 'cms.cern.ch'));
+    await m.acquire(spec, { id: 'docker:a' });
+    await m.acquire(spec, { id: 'docker:b' });
+    expect(binds(host)).toHaveLength(1);
+    expect(host.mountedAt(a.path)?.readonly).toBe(true);
+    expect(m.get('cms.cern.ch')?.holders.map((h) => h.id)).toEqual(['docker:a', 'docker:b']);
+    expect(await m.release('docker:a')).toBe(true);
+    expect(await m.release('docker:a')).toBe(false);
+    expect(host.mountedAt(a.path)).toBeDefined();
+    expect(await m.release('docker:b')).toBe(true);
+    expect(host.mountedAt(a.path)).toBeUndefined();
+    expect(existsSync(a.path)).toBe(false);
+    expect(m.list()).toEqual([]);
+  });
+
+  it('50 concurrent holders of one repository: all succeed, one backend mount', async () => {
+    const { start, host } = setup();
+    const m = await start();
+    const spec = m.parse('atlas.cern.ch');
+    const r = await Promise.all(Array.from({ length: 50 }, (_, i) => m.acquire(spec, { id: `h${i}` })));
+    expect(new Set(r.map((x) => x.path)).size).toBe(1);
+    expect(binds(host)).toHaveLength(1);
+    expect(m.get('atlas.cern.ch')?.holders).toHaveLength(50);
+  });
+
+  it('a missing repository is unavailable, names the path, and mounts nothing', async () => {
+    const { start, host, cvmfsRoot } = setup();
+    const m = await start();
+    await expect(m.acquire(m.parse('nope.cern.ch'), { id: 'x' })).rejects.toThrow(`${cvmfsRoot}/nope.cern.ch does not exist`);
+    expect(host.mounts).toHaveLength(0);
+    expect(m.list()).toEqual([]);
+  });
+
+  it('a repository broken on the host is reported as such, never unmounted by us', async () => {
+    const { start, host, cvmfsRoot } = setup();
+    host.broken.add(path.join(cvmfsRoot, 'sft.cern.ch'));
+    const m = await start();
+    await expect(m.acquire(m.parse('sft.cern.ch'), { id: 'x' })).rejects.toThrow(/broken on the host/);
+    expect(host.ops('umount')).toHaveLength(0);
+  });
+
+  it('unmounts after the idle delay, and a new holder in the meantime keeps it', async () => {
+    const { start, host } = setup({ idleUnmountMs: 150 });
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const s = await m.acquire(spec, { id: 'a' });
+    await m.release('a');
+    expect(host.mountedAt(s.path)).toBeDefined();
+    await m.acquire(spec, { id: 'b' });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(host.mountedAt(s.path)).toBeDefined();
+    expect(binds(host)).toHaveLength(1);
+    await m.release('b');
+    for (let i = 0; i < 100 && host.mountedAt(s.path); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(host.mountedAt(s.path)).toBeUndefined();
+  });
+});
+
+describe('restart and recovery', () => {
+  it('holders survive a restart; mounts are reused, not doubled', async () => {
+    const { start, host } = setup();
+    const m1 = await start();
+    const s = await m1.acquire(m1.parse('cms.cern.ch'), { id: 'docker:1' });
+    await m1.close();
+    expect(host.mountedAt(s.path)).toBeDefined();
+    const m2 = await start();
+    expect(m2.get('cms.cern.ch')?.holders.map((h) => h.id)).toEqual(['docker:1']);
+    await m2.acquire(m2.parse('cms.cern.ch'), { id: 'docker:2' });
+    expect(binds(host)).toHaveLength(1);
+    await m2.release('docker:1');
+    await m2.release('docker:2');
+    expect(host.mountedAt(s.path)).toBeUndefined();
+  });
+
+  it('orphan and stacked mounts of ours are cleaned up at start; foreign mounts are left alone', async () => {
+    const { start, host, opts, cvmfsRoot } = setup();
+    const m1 = await start();
+    const s = await m1.acquire(m1.parse('cms.cern.ch'), { id: 'h' });
+    await m1.close();
+    const orphan = path.join(opts.stateDir, 'mounts', 'atlas.cern.ch');
+    mkdirSync(orphan, { recursive: true });
+    host.bind(path.join(cvmfsRoot, 'atlas.cern.ch'), orphan, { readonly: true });
+    host.bind(path.join(cvmfsRoot, 'cms.cern.ch'), s.path, { readonly: true }); // a double mount
+    host.bind(cvmfsRoot, '/somewhere/else');
+    await start();
+    expect(host.mountedAt(orphan)).toBeUndefined();
+    expect(existsSync(orphan)).toBe(false);
+    expect(host.mounts.filter((x) => x.mountPoint === s.path)).toHaveLength(1);
+    expect(host.mountedAt('/somewhere/else')).toBeDefined();
+  });
+
+  it('a broken (ENOTCONN) mount is detected and mounted again, with its targets', async () => {
+    const { start, host, dir } = setup();
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const target = path.join(dir, 'pod', 'vol');
+    const s = await m.publish(spec, target);
+    host.broken.add(s.path);
+    host.broken.add(target);
+    const before = binds(host).length;
+    // the repair happens in the health check and before handing the volume out again
+    host.broken.clear();
+    host.broken.add(s.path);
+    host.broken.add(target);
+    const repairedTargets = new Set<string>();
+    host.execHandler = () => ({ code: 0, stdout: '', stderr: '' });
+    const origBind = host.bind.bind(host);
+    host.bind = (src, t, o) => {
+      host.broken.delete(t);
+      repairedTargets.add(t);
+      origBind(src, t, o);
+    };
+    expect(await m.check()).toEqual(['cms.cern.ch']);
+    expect(repairedTargets).toEqual(new Set([s.path, target]));
+    expect(binds(host).length).toBe(before + 2);
+    expect(host.mounts.filter((x) => x.mountPoint === s.path)).toHaveLength(1);
+    expect(await m.check()).toEqual([]);
+  });
+});
+
+describe('publish (CSI and FlexVolume targets)', () => {
+  it('binds read-only, is idempotent, refuses other arguments on the same target, and undoes exactly what it did', async () => {
+    const { start, host, dir } = setup();
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const target = path.join(dir, 'pods', 'uid', 'volumes', 'mount');
+    await m.publish(spec, target, { meta: { volumeId: 'v1' } });
+    expect(host.mountedAt(target)?.readonly).toBe(true);
+    await m.publish(spec, target, { meta: { volumeId: 'v1' } });
+    expect(host.mounts.filter((x) => x.mountPoint === target)).toHaveLength(1);
+    await expect(m.publish(spec, target, { meta: { volumeId: 'v2' } })).rejects.toMatchObject({ kind: 'already-exists' });
+    await expect(m.publish(m.parse('atlas.cern.ch'), target)).rejects.toMatchObject({ kind: 'already-exists' });
+    expect(await m.unpublish(target)).toBe(true);
+    expect(host.mountedAt(target)).toBeUndefined();
+    expect(existsSync(target)).toBe(false);
+    expect(await m.unpublish(target)).toBe(false);
+    expect(host.mounts).toHaveLength(0);
+  });
+
+  it('keeps a target directory it did not create; refuses a file, a relative path and a foreign mount point', async () => {
+    const { start, host, dir, cvmfsRoot } = setup();
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const t = path.join(dir, 'existing');
+    mkdirSync(t);
+    await m.publish(spec, t);
+    await m.unpublish(t);
+    expect(existsSync(t)).toBe(true);
+    const f = path.join(dir, 'file');
+    writeFileSync(f, 'x');
+    await expect(m.publish(spec, f)).rejects.toThrow(/not a directory/);
+    await expect(m.publish(spec, 'relative/dir')).rejects.toThrow(/must be absolute/);
+    const foreign = path.join(dir, 'foreign');
+    mkdirSync(foreign);
+    host.bind(cvmfsRoot, foreign);
+    await expect(m.publish(spec, foreign)).rejects.toThrow(/already a mount point/);
+    expect(await m.unpublish(foreign)).toBe(false);
+    expect(host.mountedAt(foreign)).toBeDefined();
+    expect(m.list()).toEqual([]);
+  });
+
+  it('the whole tree is an rbind of the CVMFS root with slave propagation, no backend mount', async () => {
+    const { start, host, dir, cvmfsRoot } = setup();
+    const m = await start();
+    const t = path.join(dir, 'all');
+    const s = await m.publish(m.specFrom(undefined), t);
+    expect(s.path).toBe(cvmfsRoot);
+    const calls = host.ops('mount').map((c) => c.args[3] as number);
+    expect(calls[0]! & (MS_BIND | MS_REC)).toBe(MS_BIND | MS_REC);
+    expect(calls.some((f) => (f & MS_SLAVE) !== 0)).toBe(true);
+    expect(host.mountedAt(t)?.propagation).toBe('slave');
+  });
+
+  it('publish from a staging path requires it to be staged', async () => {
+    const { start, dir } = setup();
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const staging = path.join(dir, 'globalmount');
+    await expect(m.publish(spec, path.join(dir, 't1'), { source: staging })).rejects.toMatchObject({ kind: 'failed-precondition' });
+    await m.publish(spec, staging);
+    await m.publish(spec, path.join(dir, 't1'), { source: staging });
+    expect(m.get('cms.cern.ch')?.holders).toHaveLength(2);
+  });
+});
+
+describe('client backend', () => {
+  it('runs the mount helper with a per-volume config file, and reports its failure', async () => {
+    const { start, host, opts } = setup({ backend: 'client', mountCommand: ['/sbin/mount.standin', '-t', 'cvmfs'] });
+    host.execHandler = (_file, args) => {
+      host.mount('cvmfs2', args[args.length - 1]!, 'fuse', 1, null);
+      return { code: 0, stdout: '', stderr: '' };
+    };
+    const m = await start();
+    const s = await m.acquire(m.parse('cms.cern.ch@prod'), { id: 'a' });
+    const call = host.ops('exec')[0]!;
+    const conf = path.join(opts.stateDir, 'client', 'cms.cern.ch@prod.conf');
+    expect(call.args).toEqual(['/sbin/mount.standin', ['-t', 'cvmfs', '-o', `config=${conf}`, 'cms.cern.ch', s.path]]);
+    expect(readFileSync(conf, 'utf8')).toContain('CVMFS_REPOSITORY_TAG=prod');
+    await m.acquire(m.parse('atlas.cern.ch'), { id: 'b' });
+    expect(host.ops('exec')[1]!.args[1]).toEqual(['-t', 'cvmfs', 'atlas.cern.ch', path.join(opts.stateDir, 'mounts', 'atlas.cern.ch')]);
+
+    host.execHandler = () => ({ code: 32, stdout: '', stderr: 'Failed to initialize root file catalog (16 - file catalog failure)' });
+    await expect(m.acquire(m.parse('sft.cern.ch'), { id: 'c' })).rejects.toThrow(/mounting sft\.cern\.ch .* failed: Failed to initialize root file catalog/);
+    host.execHandler = () => ({ code: 0, stdout: '', stderr: '' });
+    await expect(m.acquire(m.parse('sft.cern.ch'), { id: 'c' })).rejects.toThrow(/succeeded but nothing is mounted/);
+    expect(m.get('sft.cern.ch')).toBeUndefined();
+  });
+
+  it('tags on the host backend use the client; the plain repository stays on the host', async () => {
+    const { start, host } = setup();
+    host.execHandler = (_f, args) => {
+      host.mount('cvmfs2', args[args.length - 1]!, 'fuse', 1, null);
+      return { code: 0, stdout: '', stderr: '' };
+    };
+    const m = await start();
+    const a = await m.acquire(m.parse('cms.cern.ch@prod'), { id: 'a' });
+    const b = await m.acquire(m.parse('cms.cern.ch'), { id: 'b' });
+    expect(a.backend).toBe('client');
+    expect(b.backend).toBe('host');
+    expect(a.path).not.toBe(b.path);
+  });
+});
