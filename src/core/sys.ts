@@ -29,6 +29,7 @@ interface Libc {
   utimensat: (dirfd: number, path: CPath, times: Buffer, flags: number) => number;
   futimens: (fd: number, times: Buffer) => number;
   fchmodat: (dirfd: number, path: CPath, mode: number, flags: number) => number;
+  flock: (fd: number, op: number) => number;
   syscall: (...args: unknown[]) => number | bigint;
   errno: () => number;
 }
@@ -50,6 +51,7 @@ function lib(): Libc {
     utimensat: l.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
     futimens: l.func('int futimens(int fd, const void *times)'),
     fchmodat: l.func('int fchmodat(int dirfd, const char *path, uint32_t mode, int flags)'),
+    flock: l.func('int flock(int fd, int operation)'),
     syscall: l.func('long syscall(long number, ...)'),
     errno: () => koffi().decode(errnoLoc(), 'int') as number,
   };
@@ -58,7 +60,8 @@ function lib(): Libc {
 
 const ERRNO_NAMES: Record<number, string> = {
   1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 7: 'E2BIG', 13: 'EACCES', 16: 'EBUSY', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR',
-  22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 36: 'ENAMETOOLONG', 40: 'ELOOP', 61: 'ENODATA', 95: 'EOPNOTSUPP',
+  11: 'EAGAIN', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 36: 'ENAMETOOLONG', 40: 'ELOOP', 61: 'ENODATA', 95: 'EOPNOTSUPP',
+  107: 'ENOTCONN',
 };
 
 /** An errno failure with Node-style `code` and `syscall`. */
@@ -209,7 +212,9 @@ export const MS_NODEV = 4;
 export const MS_REMOUNT = 32;
 export const MS_BIND = 4096;
 export const MS_REC = 16384;
+export const MS_SLAVE = 1 << 19;
 export const MS_PRIVATE = 1 << 18;
+export const MS_SHARED = 1 << 20;
 export const MNT_DETACH = 2;
 
 export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {
@@ -254,4 +259,21 @@ export function idmappedBindMount(source: string, target: string, usernsFd: numb
   } finally {
     closeSync(fd);
   }
+}
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/**
+ * flock(2). With LOCK_NB, answers false when another open file description
+ * holds a conflicting lock (EWOULDBLOCK); any other failure throws.
+ */
+export function flock(fd: number, op: number): boolean {
+  const l = lib();
+  if (l.flock(fd, op) === 0) return true;
+  const e = l.errno();
+  if (e === 11 /* EWOULDBLOCK */) return false;
+  throw new SyscallError('flock', e, `fd ${fd}`);
 }
