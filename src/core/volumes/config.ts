@@ -1,0 +1,99 @@
+/**
+ * Settings of the mount manager shared by the three volume front-ends: the
+ * same TOML keys and flags everywhere (`cvmfs-thin volume-plugin`, `csi`,
+ * `flexvolume`), flags over the file over the defaults.
+ */
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import type { Logger } from 'pino';
+import { type ConfigOf, type Field, loadToml } from '../config.js';
+import { InvalidArgumentError } from '../errors.js';
+import type { Host } from '../host.js';
+import { createLogger, type LogLevel } from '../log.js';
+import { DEFAULT_MOUNT_COMMAND } from './backend.js';
+import { DEFAULT_CLIENT_CONFIG_KEYS, RepositoryAllowlist } from './spec.js';
+import type { Backend, MountManagerOptions } from './types.js';
+
+const checkAbs = (v: string) => (path.isAbsolute(v) ? null : 'must be an absolute path');
+const checkSeconds = (v: string) => (/^\d{1,7}$/.test(v) ? null : 'must be a whole number of seconds');
+const checkPattern = (v: string) => {
+  try {
+    new RepositoryAllowlist([v]);
+    return null;
+  } catch (e) {
+    return (e as Error).message;
+  }
+};
+
+/** TOML keys of every volume front-end's file. */
+export const volumeKeys = {
+  'state-dir': { type: 'string', check: checkAbs },
+  'cvmfs-root': { type: 'string', check: checkAbs },
+  'allowed-repositories': { type: 'string[]', check: checkPattern },
+  backend: { type: 'enum', values: ['host', 'client'] },
+  'mount-command': { type: 'string[]' },
+  'client-config-keys': { type: 'string[]' },
+  'idle-unmount-seconds': { type: 'string', check: checkSeconds },
+  'mount-timeout-seconds': { type: 'string', check: checkSeconds },
+  'check-interval-seconds': { type: 'string', check: checkSeconds },
+  'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
+} as const satisfies Record<string, Field>;
+
+export type VolumeConfig = ConfigOf<typeof volumeKeys>;
+
+/** The flags of the volume keys (the front-end adds its own). */
+export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command {
+  return cmd
+    .option('--config <file>', 'TOML configuration (kebab-case keys as the flags; unknown keys are refused)')
+    .option('--state-dir <dir>', `mount points and durable state (default ${defaultStateDir})`)
+    .option('--cvmfs-root <dir>', 'where the host mounts CVMFS repositories (default /cvmfs)')
+    .option('--allow <pattern...>', 'repositories that may be mounted: names, *.domain suffixes, or * (default *)')
+    .addOption(new Option('--backend <kind>', 'host: bind <cvmfs-root>/<repo> (autofs or mounted by the host); client: mount privately with the CVMFS mount helper (default host)').choices(['host', 'client']))
+    .option('--mount-command <cmd>', `client backend mount command, "-o config=<file> <repo> <dir>" appended (default "${DEFAULT_MOUNT_COMMAND.join(' ')}")`)
+    .option('--idle-unmount <seconds>', 'keep a repository mounted this long after its last user (default 0)')
+    .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+}
+
+/** Resolve flags (given on the command line) over the TOML file over the defaults. */
+export function volumeSettings<S extends Record<string, Field>>(
+  o: Record<string, unknown>,
+  cmd: Command | null,
+  spec: S & typeof volumeKeys,
+  defaults: { stateDir: string; loggerName: string },
+): { manager: Omit<MountManagerOptions, 'host'> & { log: Logger }; file: ConfigOf<S>; pick: <T>(flag: string, key: keyof S & string) => T | undefined } {
+  const file: ConfigOf<S> = o['config'] ? loadToml(String(o['config']), spec) : ({} as ConfigOf<S>);
+  const fromCli = (flag: string) => cmd !== null && cmd.getOptionValueSource(flag) === 'cli';
+  const pick = <T>(flag: string, key: keyof S & string): T | undefined => (fromCli(flag) ? o[flag] : file[key]) as T | undefined;
+  const seconds = (flag: string, key: keyof S & string, dflt: number): number => {
+    const v = pick<string>(flag, key);
+    if (v === undefined) return dflt;
+    if (checkSeconds(String(v))) throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
+    return Number(v) * 1000;
+  };
+  const mc = pick<string | string[]>('mountCommand', 'mount-command');
+  const mountCommand = mc === undefined ? DEFAULT_MOUNT_COMMAND : Array.isArray(mc) ? mc : mc.trim().split(/\s+/);
+  if (mountCommand.length === 0 || mountCommand[0] === '') throw new InvalidArgumentError('mount-command must not be empty');
+  const stateDir = path.resolve(pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
+  const cvmfsRoot = path.resolve(pick<string>('cvmfsRoot', 'cvmfs-root') ?? '/cvmfs');
+  const allow = pick<string[]>('allow', 'allowed-repositories') ?? ['*'];
+  new RepositoryAllowlist(allow); // validates the patterns given on the command line
+  const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);
+  return {
+    file,
+    pick,
+    manager: {
+      stateDir,
+      cvmfsRoot,
+      allow,
+      backend: pick<Backend>('backend', 'backend') ?? 'host',
+      mountCommand,
+      clientConfigKeys: pick<string[]>('clientConfigKeys', 'client-config-keys') ?? DEFAULT_CLIENT_CONFIG_KEYS,
+      idleUnmountMs: seconds('idleUnmount', 'idle-unmount-seconds', 0),
+      mountTimeoutMs: seconds('mountTimeout', 'mount-timeout-seconds', 100_000),
+      checkIntervalMs: seconds('checkInterval', 'check-interval-seconds', 30_000),
+      log,
+    },
+  };
+}
+
+export type { Host };

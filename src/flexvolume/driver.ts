@@ -1,0 +1,117 @@
+/**
+ * The Kubernetes FlexVolume driver `cern/cvmfs` (installed as
+ * `<plugin-dir>/cern~cvmfs/cvmfs`): kubelet execs it once per call —
+ * `init`, `mount <dir> <json options>`, `unmount <dir>` — and parses its
+ * combined stdout+stderr as one JSON object, so nothing but that object is
+ * ever printed. Mount-only (no attach), on the shared mount manager: the
+ * state directory is locked for the duration of a call (kubelet runs calls
+ * for different pods concurrently).
+ *
+ * Pod spec (CERN's, unchanged):
+ *   flexVolume: { driver: "cern/cvmfs", options: { repository: "atlas.cern.ch" } }
+ */
+import { InvalidArgumentError, toThinError } from '../core/errors.js';
+import type { MountManager } from '../core/volumes/manager.js';
+
+export type FlexStatus = 'Success' | 'Failure' | 'Not supported';
+
+export interface FlexResult {
+  status: FlexStatus;
+  message?: string;
+  capabilities?: Record<string, boolean>;
+}
+
+/**
+ * Read-only FUSE trees: no attach, no SELinux relabel, no fsGroup chown (kubelet
+ * would try to chown a read-only CVMFS tree), no metrics, no resize.
+ */
+export const CAPABILITIES = { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } as const;
+
+/** Option keys kubelet adds on its own; ignored. */
+const KUBELET_PREFIX = 'kubernetes.io/';
+const VOLUME_OPTIONS = ['tag', 'hash', 'date', 'clientConfig'];
+
+export interface FlexDeps {
+  /** Open the manager with the state directory locked; `close` releases both. */
+  open(): Promise<{ manager: MountManager; close(): Promise<void> }>;
+  /** Operators may let pod specs set client parameters (off by default: pod authors are not trusted). */
+  allowClientConfig: boolean;
+}
+
+function parseOptions(json: string | undefined): Record<string, string> {
+  if (json === undefined) throw new InvalidArgumentError('mount needs the options JSON as its second argument');
+  let v: unknown;
+  try {
+    v = JSON.parse(json);
+  } catch (e) {
+    throw new InvalidArgumentError(`options are not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError('options must be a JSON object');
+  for (const [k, x] of Object.entries(v)) if (typeof x !== 'string') throw new InvalidArgumentError(`option ${JSON.stringify(k)} must be a string`);
+  return v as Record<string, string>;
+}
+
+async function mountCall(dir: string | undefined, json: string | undefined, deps: FlexDeps): Promise<FlexResult> {
+  if (!dir) throw new InvalidArgumentError('mount needs the mount directory as its first argument');
+  const all = parseOptions(json);
+  const opts: Record<string, string> = {};
+  let repository: string | undefined;
+  for (const [k, v] of Object.entries(all)) {
+    if (k.startsWith(KUBELET_PREFIX)) continue;
+    if (k === 'repository') repository = v;
+    else if (VOLUME_OPTIONS.includes(k)) opts[k] = v;
+    else throw new InvalidArgumentError(`option ${JSON.stringify(k)} is not known (known: repository, ${VOLUME_OPTIONS.join(', ')})`);
+  }
+  if (!repository) throw new InvalidArgumentError('option "repository" is required (e.g. {"repository": "atlas.cern.ch"})');
+  if (opts['clientConfig'] !== undefined && !deps.allowClientConfig) {
+    throw new InvalidArgumentError('option "clientConfig" is not allowed in pod specs on this node (set allow-client-config = true in the driver config)');
+  }
+  const { manager, close } = await deps.open();
+  try {
+    const spec = manager.parse(repository, opts);
+    await manager.publish(spec, dir, { readonly: true });
+    return { status: 'Success', message: `${repository} mounted on ${dir}` };
+  } finally {
+    await close();
+  }
+}
+
+async function unmountCall(dir: string | undefined, deps: FlexDeps): Promise<FlexResult> {
+  if (!dir) throw new InvalidArgumentError('unmount needs the mount directory as its first argument');
+  const { manager, close } = await deps.open();
+  try {
+    const known = await manager.unpublish(dir);
+    if (!known && manager.backends.isMountPoint(dir)) {
+      return { status: 'Failure', message: `${dir} was not mounted by cvmfs-thin; leaving it alone` };
+    }
+    return { status: 'Success', message: known ? `unmounted ${dir}` : `${dir} is not mounted` };
+  } finally {
+    await close();
+  }
+}
+
+/** One driver call: the JSON to print and the exit code. */
+export async function flexCall(argv: readonly string[], deps: FlexDeps): Promise<{ result: FlexResult; code: number }> {
+  const [op, ...args] = argv;
+  try {
+    let result: FlexResult;
+    switch (op) {
+      case 'init':
+        result = { status: 'Success', capabilities: { ...CAPABILITIES } };
+        break;
+      case 'mount':
+        result = await mountCall(args[0], args[1], deps);
+        break;
+      case 'unmount':
+        result = await unmountCall(args[0], deps);
+        break;
+      case undefined:
+        throw new InvalidArgumentError('no operation given (init, mount <dir> <json>, unmount <dir>)');
+      default:
+        return { result: { status: 'Not supported', message: `${op} is not supported by cern/cvmfs (mount-only driver)` }, code: 1 };
+    }
+    return { result, code: result.status === 'Success' ? 0 : 1 };
+  } catch (e) {
+    return { result: { status: 'Failure', message: toThinError(e).message }, code: 1 };
+  }
+}
