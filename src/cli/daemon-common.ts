@@ -3,6 +3,7 @@ import { type Command, Option } from 'commander';
 import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
 import { createLogger, type LogLevel } from '../core/log.js';
 import type { Logger } from 'pino';
+import { type HealthCheck, type Metrics, noMetrics } from '../core/metrics.js';
 
 /** The CVMFS location flags (same names and defaults in both daemons). */
 export function addCvmfsOptions(cmd: Command): Command {
@@ -58,4 +59,24 @@ export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
   };
   process.once('SIGTERM', () => handler('SIGTERM'));
   process.once('SIGINT', () => handler('SIGINT'));
+}
+
+/** `--metrics-address`, shared by every daemon. */
+export function addMetricsOption(cmd: Command): Command {
+  return cmd.option('--metrics-address <addr>', 'serve Prometheus /metrics, /healthz and /readyz on host:port, :port or a unix socket path (default: off)');
+}
+
+/**
+ * Start the metrics server when asked (`metrics-address` flag or TOML key);
+ * otherwise recording is a no-op and prom-client is never loaded.
+ */
+export async function maybeStartMetrics(
+  address: string | undefined,
+  log: Logger,
+  checks: { live?: Record<string, HealthCheck>; ready?: Record<string, HealthCheck> } = {},
+): Promise<{ metrics: Metrics; stop(): Promise<void> }> {
+  if (!address) return { metrics: noMetrics, stop: async () => {} };
+  const { startMetricsServer } = await import('../core/metrics.js');
+  const s = await startMetricsServer({ address, log, ...checks });
+  return { metrics: s.metrics, stop: () => s.stop() };
 }

@@ -311,3 +311,27 @@ describe('client backend', () => {
     expect(a.path).not.toBe(b.path);
   });
 });
+
+describe('metrics', () => {
+  it('volumes mounted by backend, holders and repairs', async () => {
+    const { createRegistry } = await import('../../src/core/metrics.js');
+    const { metrics, registry } = await createRegistry({ defaultMetrics: false });
+    const { start, host } = setup({ metrics, daemon: 'volume-plugin' });
+    const m = await start();
+    const s = await m.acquire(m.parse('cms.cern.ch'), { id: 'a' });
+    await m.acquire(m.parse('cms.cern.ch'), { id: 'b' });
+    await m.publish(m.specFrom(undefined), path.join(s.path, '..', '..', '..', 'tree-target'));
+    host.broken.add(s.path);
+    const origBind = host.bind.bind(host);
+    host.bind = (src, t, o) => {
+      host.broken.delete(t);
+      origBind(src, t, o);
+    };
+    await m.check();
+    const text = await registry.metrics();
+    expect(text).toContain('cvmfs_thin_volumes_mounted{daemon="volume-plugin",backend="host"} 1');
+    expect(text).toContain('cvmfs_thin_volumes_mounted{daemon="volume-plugin",backend="tree"} 1');
+    expect(text).toContain('cvmfs_thin_mounts_held{daemon="volume-plugin"} 3');
+    expect(text).toContain('cvmfs_thin_volume_repairs_total{daemon="volume-plugin"} 1');
+  });
+});

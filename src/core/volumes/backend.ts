@@ -12,6 +12,7 @@ import { writeFileAtomic } from '../fsutil.js';
 import type { Host, MountInfo } from '../host.js';
 import { MNT_DETACH } from '../sys.js';
 import { clientParameters, needsClient, type VolumeSpec } from './spec.js';
+import type { VolumeRecord } from './store.js';
 import type { Backend } from './types.js';
 
 export const DEFAULT_MOUNT_COMMAND: readonly string[] = ['mount', '-t', 'cvmfs'];
@@ -161,16 +162,42 @@ export class Backends {
   /** Unmount everything stacked on our mount point of `key` (never anything else). */
   unmount(key: string): void {
     if (key.includes('/') || key === '' || key === '.' || key === '..') return;
-    const mp = path.join(this.mountsDir, key);
-    for (let i = 0; i < 16 && this.isMountPoint(mp); i++) {
+    this.unmountAll(path.join(this.mountsDir, key));
+  }
+
+  /** Unmount everything stacked on `p` (ours: a mount point of ours or a holder's target). */
+  unmountAll(p: string): void {
+    for (let i = 0; i < 16 && this.isMountPoint(p); i++) {
       try {
-        this.o.host.umount(mp);
+        this.o.host.umount(p);
       } catch (e) {
         // busy (a process has its cwd there) or broken: detach, the kernel frees it when unused
-        this.o.log.debug({ mountpoint: mp, err: (e as Error).message }, 'umount failed; detaching');
-        this.o.host.umount(mp, MNT_DETACH);
+        this.o.log.debug({ mountpoint: p, err: (e as Error).message }, 'umount failed; detaching');
+        this.o.host.umount(p, MNT_DETACH);
       }
     }
+  }
+
+  /**
+   * After a restart: unmount our mounts that no volume record needs (a kill -9
+   * between mount and journal), repair stacked or broken ones, and remove
+   * leftover empty mount points. Returns how many of ours are mounted.
+   */
+  async reconcile(volumes: ReadonlyMap<string, VolumeRecord>, repair: (rec: VolumeRecord) => Promise<void>): Promise<number> {
+    const mounted = this.ourMounts();
+    for (const [key, n] of mounted) {
+      const rec = volumes.get(key);
+      if (!rec) {
+        this.o.log.warn({ key }, 'unmounting a repository mount left without holders');
+        this.unmount(key);
+        await this.removeDir(key);
+      } else if (n > 1 || this.health(this.pathOf(key, rec.spec)) === 'broken') {
+        await repair(rec);
+      }
+    }
+    const entries = await fsp.readdir(this.mountsDir).catch(() => [] as string[]);
+    for (const key of entries) if (!mounted.has(key) && !volumes.has(key)) await this.removeDir(key);
+    return mounted.size;
   }
 
   /** Remove our empty mount point directory of `key` (after unmount). */

@@ -31,11 +31,11 @@ export const volumeKeys = {
   'cvmfs-root': { type: 'string', check: checkAbs },
   'allowed-repositories': { type: 'string[]', check: checkPattern },
   backend: { type: 'enum', values: ['host', 'client'] },
-  'mount-command': { type: 'string[]' },
+  'mount-command': { type: 'string' },
   'client-config-keys': { type: 'string[]' },
-  'idle-unmount-seconds': { type: 'string', check: checkSeconds },
-  'mount-timeout-seconds': { type: 'string', check: checkSeconds },
-  'check-interval-seconds': { type: 'string', check: checkSeconds },
+  'idle-unmount': { type: 'string', check: checkSeconds },
+  'mount-timeout': { type: 'string', check: checkSeconds },
+  'check-interval': { type: 'string', check: checkSeconds },
   'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
 } as const satisfies Record<string, Field>;
 
@@ -47,10 +47,13 @@ export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command
     .option('--config <file>', 'TOML configuration (kebab-case keys as the flags; unknown keys are refused)')
     .option('--state-dir <dir>', `mount points and durable state (default ${defaultStateDir})`)
     .option('--cvmfs-root <dir>', 'where the host mounts CVMFS repositories (default /cvmfs)')
-    .option('--allow <pattern...>', 'repositories that may be mounted: names, *.domain suffixes, or * (default *)')
+    .option('--allowed-repository <pattern...>', 'repositories that may be mounted: names, *.domain suffixes, or * (default *)')
     .addOption(new Option('--backend <kind>', 'host: bind <cvmfs-root>/<repo> (autofs or mounted by the host); client: mount privately with the CVMFS mount helper (default host)').choices(['host', 'client']))
     .option('--mount-command <cmd>', `client backend mount command, "-o config=<file> <repo> <dir>" appended (default "${DEFAULT_MOUNT_COMMAND.join(' ')}")`)
+    .option('--client-config-key <key...>', 'client parameters a volume may set (default: where to fetch from and which snapshot; see docs/volumes.md)')
     .option('--idle-unmount <seconds>', 'keep a repository mounted this long after its last user (default 0)')
+    .option('--mount-timeout <seconds>', 'a repository mount must finish within this (default 100, inside dockerd\'s 2 minutes)')
+    .option('--check-interval <seconds>', 'look for broken (ENOTCONN) mounts this often, 0 = never (default 30)')
     .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
 }
 
@@ -70,12 +73,12 @@ export function volumeSettings<S extends Record<string, Field>>(
     if (checkSeconds(String(v))) throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
     return Number(v) * 1000;
   };
-  const mc = pick<string | string[]>('mountCommand', 'mount-command');
-  const mountCommand = mc === undefined ? DEFAULT_MOUNT_COMMAND : Array.isArray(mc) ? mc : mc.trim().split(/\s+/);
+  const mc = pick<string>('mountCommand', 'mount-command');
+  const mountCommand = mc === undefined ? DEFAULT_MOUNT_COMMAND : mc.trim().split(/\s+/);
   if (mountCommand.length === 0 || mountCommand[0] === '') throw new InvalidArgumentError('mount-command must not be empty');
   const stateDir = path.resolve(pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
   const cvmfsRoot = path.resolve(pick<string>('cvmfsRoot', 'cvmfs-root') ?? '/cvmfs');
-  const allow = pick<string[]>('allow', 'allowed-repositories') ?? ['*'];
+  const allow = pick<string[]>('allowedRepository', 'allowed-repositories') ?? ['*'];
   new RepositoryAllowlist(allow); // validates the patterns given on the command line
   const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);
   return {
@@ -87,10 +90,10 @@ export function volumeSettings<S extends Record<string, Field>>(
       allow,
       backend: pick<Backend>('backend', 'backend') ?? 'host',
       mountCommand,
-      clientConfigKeys: pick<string[]>('clientConfigKeys', 'client-config-keys') ?? DEFAULT_CLIENT_CONFIG_KEYS,
-      idleUnmountMs: seconds('idleUnmount', 'idle-unmount-seconds', 0),
-      mountTimeoutMs: seconds('mountTimeout', 'mount-timeout-seconds', 100_000),
-      checkIntervalMs: seconds('checkInterval', 'check-interval-seconds', 30_000),
+      clientConfigKeys: pick<string[]>('clientConfigKey', 'client-config-keys') ?? DEFAULT_CLIENT_CONFIG_KEYS,
+      idleUnmountMs: seconds('idleUnmount', 'idle-unmount', 0),
+      mountTimeoutMs: seconds('mountTimeout', 'mount-timeout', 100_000),
+      checkIntervalMs: seconds('checkInterval', 'check-interval', 30_000),
       log,
     },
   };

@@ -19,7 +19,7 @@ import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, Unav
 import type { Host } from '../host.js';
 import { Gate } from '../gate.js';
 import { KeyedMutex } from '../keyed-mutex.js';
-import { MNT_DETACH } from '../sys.js';
+import { type Metrics, noMetrics } from '../metrics.js';
 import { Backends, DEFAULT_MOUNT_COMMAND } from './backend.js';
 import { applyOptions, DEFAULT_CLIENT_CONFIG_KEYS, parseVolumeName, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';
 import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
@@ -54,6 +54,8 @@ export class MountManager {
   readonly backends: Backends;
   private readonly host: Host;
   private readonly log: Logger;
+  private readonly metrics: Metrics;
+  private readonly daemon: string;
 
   private constructor(
     private readonly o: MountManagerOptions,
@@ -62,6 +64,8 @@ export class MountManager {
     this.allowlist = new RepositoryAllowlist(o.allow);
     this.host = o.host;
     this.log = o.log;
+    this.metrics = o.metrics ?? noMetrics;
+    this.daemon = o.daemon ?? 'volumes';
     this.backends = new Backends({
       stateDir: o.stateDir,
       cvmfsRoot: path.resolve(o.cvmfsRoot),
@@ -82,6 +86,7 @@ export class MountManager {
     m = new MountManager(o, store);
     await fsp.mkdir(m.backends.mountsDir, { recursive: true, mode: 0o755 });
     await m.reconcile();
+    m.metrics.onCollect(() => m.collect());
     const every = o.checkIntervalMs ?? 30_000;
     if (every > 0) {
       m.checkTimer = setInterval(() => void m.check().catch((e: unknown) => m.log.error({ err: e }, 'health check failed')), every);
@@ -258,21 +263,10 @@ export class MountManager {
     return this.locked([key, `target:${t}`], async () => {
         const h = this.store.volumes.get(key)?.holders.find((x) => x.id === t);
         if (!h) return false;
-        this.unmountTarget(t);
+        this.backends.unmountAll(t);
         if (h.createdDir) await fsp.rmdir(t).catch((e: NodeJS.ErrnoException) => this.log.warn({ target: t, err: e.message }, 'could not remove target directory'));
         return await this.releaseLocked(key, t);
     });
-  }
-
-  /** Unmount whatever is stacked on `t` (it is one of our holders' targets). */
-  private unmountTarget(t: string): void {
-    for (let i = 0; i < 16 && this.backends.isMountPoint(t); i++) {
-      try {
-        this.host.umount(t);
-      } catch {
-        this.host.umount(t, MNT_DETACH);
-      }
-    }
   }
 
   holder(id: string): { key: string; holder: Holder } | undefined {
@@ -341,28 +335,31 @@ export class MountManager {
     for (const h of rec.holders) {
       if (!h.target || h.source !== undefined) continue;
       if (this.backends.health(h.target) !== 'broken') continue;
-      this.unmountTarget(h.target);
+      this.backends.unmountAll(h.target);
       await this.bindTarget(rec.spec, rec.key, h.target, undefined);
     }
+    this.metrics.inc('volume_repairs_total', { daemon: this.daemon });
     this.log.warn({ key: rec.key }, 'broken repository mount repaired');
+  }
+
+  /** Gauges for a metrics scrape. */
+  private collect(): void {
+    const byBackend: Record<string, number> = { host: 0, client: 0, tree: 0 };
+    let holders = 0;
+    for (const v of this.list()) {
+      if (v.mounted) byBackend[v.backend] = (byBackend[v.backend] ?? 0) + 1;
+      holders += v.holders.length;
+    }
+    for (const [backend, n] of Object.entries(byBackend)) this.metrics.set('volumes_mounted', { daemon: this.daemon, backend }, n);
+    this.metrics.set('mounts_held', { daemon: this.daemon }, holders);
   }
 
   /** After a restart: our mount points against the holders. */
   private async reconcile(): Promise<void> {
-    const mounted = this.backends.ourMounts();
-    for (const [key, n] of mounted) {
-      const rec = this.store.volumes.get(key);
-      if (!rec) {
-        this.log.warn({ key }, 'unmounting a repository mount left without holders');
-        this.backends.unmount(key);
-        await this.backends.removeDir(key);
-      } else if (n > 1 || this.backends.health(this.backends.pathOf(key, rec.spec)) === 'broken') {
-        await this.repair(rec).catch((e: unknown) => this.log.error({ key, err: (e as Error).message }, 'repair at start failed'));
-      }
-    }
-    const entries = await fsp.readdir(this.backends.mountsDir).catch(() => [] as string[]);
-    for (const key of entries) if (!mounted.has(key) && !this.store.volumes.has(key)) await this.backends.removeDir(key);
-    this.log.info({ volumes: this.store.volumes.size, mounted: mounted.size, definitions: this.store.definitions.size }, 'volume state recovered');
+    const mounted = await this.backends.reconcile(this.store.volumes, (rec) =>
+      this.repair(rec).catch((e: unknown) => this.log.error({ key: rec.key, err: (e as Error).message }, 'repair at start failed')),
+    );
+    this.log.info({ volumes: this.store.volumes.size, mounted, definitions: this.store.definitions.size }, 'volume state recovered');
   }
 
   private cancelIdle(key: string): void {

@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import type { Host } from '../host.js';
+import type { Metrics } from '../metrics.js';
 import type { VolumeSpec } from './spec.js';
 
 /**
@@ -37,6 +38,10 @@ export interface MountManagerOptions {
   mountTimeoutMs?: number;
   host: Host;
   log: Logger;
+  /** Where to record volumes mounted, holders and repairs (default: nowhere). */
+  metrics?: Metrics | undefined;
+  /** The front-end's name in metrics (`volume-plugin`, `csi`, `flexvolume`). */
+  daemon?: string | undefined;
 }
 
 /** One holder of a volume: a Docker mount ID, a CSI target or staging path, a FlexVolume dir. */
