@@ -28,6 +28,7 @@ export const REPOSITORY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-
 export type Field =
   | { type: 'string'; check?: (v: string) => string | null }
   | { type: 'boolean' }
+  | { type: 'integer'; min: number; max: number }
   | { type: 'string[]'; check?: (v: string) => string | null }
   | { type: 'enum'; values: readonly string[] };
 
@@ -35,6 +36,8 @@ type FieldValue<F> = F extends { type: 'string' }
   ? string
   : F extends { type: 'boolean' }
     ? boolean
+    : F extends { type: 'integer' }
+    ? number
     : F extends { type: 'string[]' }
       ? string[]
       : F extends { type: 'enum'; values: readonly (infer V)[] }
@@ -108,6 +111,14 @@ export function validateConfig<S extends Record<string, Field>>(raw: Record<stri
     let bad: string | null = null;
     if (f.type === 'string') bad = typeof v !== 'string' ? `must be a string` : (f.check?.(v) ?? null);
     else if (f.type === 'boolean') bad = typeof v !== 'boolean' ? 'must be true or false' : null;
+    else if (f.type === 'integer') {
+      const n = typeof v === 'bigint' ? Number(v) : v;
+      bad = typeof n !== 'number' || !Number.isInteger(n) || n < f.min || n > f.max ? `must be a whole number from ${f.min} to ${f.max}` : null;
+      if (!bad) {
+        out[k] = n;
+        continue;
+      }
+    }
     else if (f.type === 'enum') bad = typeof v !== 'string' || !f.values.includes(v) ? `must be one of ${f.values.join(', ')}` : null;
     else if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) bad = 'must be an array of strings';
     else for (const x of v as string[]) bad ??= f.check?.(x) ? `${JSON.stringify(x)}: ${f.check(x)}` : null;

@@ -7,6 +7,10 @@
  * tests pass a recording host (test/helpers/recording-host.ts) so that the
  * semantics of the daemons run unprivileged, while root tests use the real
  * host for real.
+ *
+ * One exception: tar extraction and packing run in worker threads
+ * (core/tar/*), and a Host object cannot cross into a worker, so those call
+ * sys.ts directly (mknod, xattrs, lchown, utimes of the files they write).
  */
 import { execFile } from 'node:child_process';
 import { statfsSync } from 'node:fs';
@@ -105,6 +109,17 @@ export const systemHost: Host = {
   mount: sys.mount,
   umount: sys.umount,
   bind(source, target, opts = {}) {
+    if (opts.readonly) {
+      // read-only before it is attached, so that propagated copies are read-only too
+      const prop = opts.propagation ? PROPAGATION_FLAGS[opts.propagation] & ~sys.MS_REC : 0;
+      try {
+        sys.readonlyBindMount(source, target, { recursive: opts.recursive ?? false, propagation: prop });
+        return;
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ENOSYS') throw e;
+        // kernels before 5.12: bind, then remount read-only (copies in shared peers stay writable)
+      }
+    }
     const steps = bindSteps(source, target, opts);
     sys.mount(...steps[0]!);
     try {

@@ -61,7 +61,7 @@ function lib(): Libc {
 const ERRNO_NAMES: Record<number, string> = {
   1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 7: 'E2BIG', 13: 'EACCES', 16: 'EBUSY', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR',
   11: 'EAGAIN', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 36: 'ENAMETOOLONG', 40: 'ELOOP', 61: 'ENODATA', 95: 'EOPNOTSUPP',
-  107: 'ENOTCONN',
+  38: 'ENOSYS', 107: 'ENOTCONN',
 };
 
 /** An errno failure with Node-style `code` and `syscall`. */
@@ -244,15 +244,38 @@ const MOUNT_ATTR_IDMAP = 0x00100000n;
  * to. Fails with EINVAL on file systems that do not support idmapped mounts.
  */
 export function idmappedBindMount(source: string, target: string, usernsFd: number): void {
+  detachedBind(source, target, { recursive: true, attrSet: MOUNT_ATTR_IDMAP, usernsFd });
+}
+
+const MOUNT_ATTR_RDONLY = 0x1n;
+const MOUNT_ATTR_NOSUID = 0x2n;
+const MOUNT_ATTR_NODEV = 0x4n;
+
+/**
+ * A read-only bind mount made *before* it is attached (open_tree clone →
+ * mount_setattr → move_mount, Linux ≥ 5.12): with `mount --bind` + `remount,ro`
+ * the copies that propagation makes in peers of a shared parent (a managed
+ * plugin's propagated mount, kubelet's Bidirectional pods directory) are
+ * made at bind time and stay writable; a clone attached read-only propagates
+ * read-only. `recursive` takes submounts along (and makes them read-only too);
+ * `propagation` is MS_SLAVE/MS_PRIVATE/MS_SHARED for the new tree.
+ */
+export function readonlyBindMount(source: string, target: string, opts: { recursive?: boolean; propagation?: number } = {}): void {
+  detachedBind(source, target, { recursive: opts.recursive ?? false, attrSet: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, propagation: opts.propagation ?? 0 });
+}
+
+function detachedBind(source: string, target: string, o: { recursive: boolean; attrSet: bigint; propagation?: number; usernsFd?: number }): void {
   const l = lib();
-  const fd = Number(l.syscall(SYS_OPEN_TREE, 'int', AT_FDCWD_, 'str', source, 'uint', OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+  const rec = o.recursive ? AT_RECURSIVE : 0;
+  const fd = Number(l.syscall(SYS_OPEN_TREE, 'int', AT_FDCWD_, 'str', source, 'uint', OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec));
   if (fd < 0) throw new SyscallError('open_tree', l.errno(), source);
   try {
     // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd }
     const attr = Buffer.alloc(32);
-    attr.writeBigUInt64LE(MOUNT_ATTR_IDMAP, 0);
-    attr.writeBigUInt64LE(BigInt(usernsFd), 24);
-    const r = Number(l.syscall(SYS_MOUNT_SETATTR, 'int', fd, 'str', '', 'uint', AT_EMPTY_PATH | AT_RECURSIVE, 'void *', attr, 'size_t', 32));
+    attr.writeBigUInt64LE(o.attrSet, 0);
+    attr.writeBigUInt64LE(BigInt(o.propagation ?? 0), 16);
+    attr.writeBigUInt64LE(BigInt(o.usernsFd ?? 0), 24);
+    const r = Number(l.syscall(SYS_MOUNT_SETATTR, 'int', fd, 'str', '', 'uint', AT_EMPTY_PATH | rec, 'void *', attr, 'size_t', 32));
     if (r < 0) throw new SyscallError('mount_setattr', l.errno(), source);
     const m = Number(l.syscall(SYS_MOVE_MOUNT, 'int', fd, 'str', '', 'int', AT_FDCWD_, 'str', target, 'uint', MOVE_MOUNT_F_EMPTY_PATH));
     if (m < 0) throw new SyscallError('move_mount', l.errno(), target);

@@ -112,6 +112,23 @@ describe.skipIf(skip)('mount manager on real mounts', () => {
     expect(mountsAt(s.path)).toBe(0);
   });
 
+  it('a read-only bind is read-only in the copies propagation makes in peers of a shared parent too', () => {
+    const shared = path.join(dir, 'shared');
+    const peer = path.join(dir, 'peer');
+    mkdirSync(shared);
+    mkdirSync(peer);
+    mount(shared, shared, null, MS_BIND, null);
+    mount('', shared, null, MS_SHARED, null);
+    mount(shared, peer, null, MS_BIND, null); // peer joins the peer group (a managed plugin's propagated mount)
+    const t = path.join(shared, 'vol');
+    mkdirSync(t);
+    systemHost.bind(path.join(cvmfsRoot, 'cms.cern.ch'), t, { readonly: true });
+    expect(readFileSync(path.join(peer, 'vol', 'sw', 'setup.sh'), 'utf8')).toBe('echo cms.cern.ch\n');
+    expect(() => writeFileSync(path.join(t, 'w'), 'x')).toThrow(/EROFS/);
+    expect(() => writeFileSync(path.join(peer, 'vol', 'w'), 'x')).toThrow(/EROFS/);
+    expect(existsSync(path.join(cvmfsRoot, 'cms.cern.ch', 'w'))).toBe(false);
+  });
+
   it('after a crash: holders recovered, orphan and double mounts of ours removed, nothing else touched', async () => {
     const m1 = await open();
     const s = await m1.acquire(m1.parse('cms.cern.ch'), { id: 'keep' });

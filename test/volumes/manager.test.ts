@@ -335,3 +335,15 @@ describe('metrics', () => {
     expect(text).toContain('cvmfs_thin_volume_repairs_total{daemon="volume-plugin"} 1');
   });
 });
+
+describe('close', () => {
+  it('is idempotent, keeps mounts, and refuses changes afterwards', async () => {
+    const { start, host } = setup();
+    const m = await start();
+    const s = await m.acquire(m.parse('cms.cern.ch'), { id: 'a' });
+    await Promise.all([m.close(), m.close()]);
+    await m.close();
+    expect(host.mountedAt(s.path)).toBeDefined();
+    await expect(m.acquire(m.parse('cms.cern.ch'), { id: 'b' })).rejects.toThrow(/shutting down/);
+  });
+});

@@ -33,9 +33,9 @@ export const volumeKeys = {
   backend: { type: 'enum', values: ['host', 'client'] },
   'mount-command': { type: 'string' },
   'client-config-keys': { type: 'string[]' },
-  'idle-unmount': { type: 'string', check: checkSeconds },
-  'mount-timeout': { type: 'string', check: checkSeconds },
-  'check-interval': { type: 'string', check: checkSeconds },
+  'idle-unmount': { type: 'integer', min: 0, max: 86_400 },
+  'mount-timeout': { type: 'integer', min: 1, max: 3600 },
+  'check-interval': { type: 'integer', min: 0, max: 86_400 },
   'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
 } as const satisfies Record<string, Field>;
 
@@ -68,16 +68,21 @@ export function volumeSettings<S extends Record<string, Field>>(
   const fromCli = (flag: string) => cmd !== null && cmd.getOptionValueSource(flag) === 'cli';
   const pick = <T>(flag: string, key: keyof S & string): T | undefined => (fromCli(flag) ? o[flag] : file[key]) as T | undefined;
   const seconds = (flag: string, key: keyof S & string, dflt: number): number => {
-    const v = pick<string>(flag, key);
+    const v = pick<string | number>(flag, key);
     if (v === undefined) return dflt;
-    if (checkSeconds(String(v))) throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
+    if (typeof v === 'number') return v * 1000;
+    if (checkSeconds(v)) throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
     return Number(v) * 1000;
   };
   const mc = pick<string>('mountCommand', 'mount-command');
   const mountCommand = mc === undefined ? DEFAULT_MOUNT_COMMAND : mc.trim().split(/\s+/);
   if (mountCommand.length === 0 || mountCommand[0] === '') throw new InvalidArgumentError('mount-command must not be empty');
-  const stateDir = path.resolve(pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
-  const cvmfsRoot = path.resolve(pick<string>('cvmfsRoot', 'cvmfs-root') ?? '/cvmfs');
+  const abs = (flag: string, v: string) => {
+    if (!path.isAbsolute(v)) throw new InvalidArgumentError(`--${flag} ${JSON.stringify(v)} must be an absolute path`);
+    return path.resolve(v);
+  };
+  const stateDir = abs('state-dir', pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
+  const cvmfsRoot = abs('cvmfs-root', pick<string>('cvmfsRoot', 'cvmfs-root') ?? '/cvmfs');
   const allow = pick<string[]>('allowedRepository', 'allowed-repositories') ?? ['*'];
   new RepositoryAllowlist(allow); // validates the patterns given on the command line
   const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);

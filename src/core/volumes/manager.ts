@@ -49,6 +49,7 @@ export class MountManager {
   /** Every public operation runs inside the gate: close() waits for them. */
   private readonly gate = new Gate();
   private closed = false;
+  private closing: Promise<void> | undefined;
   private failed: Error | null = null;
   readonly allowlist: RepositoryAllowlist;
   readonly backends: Backends;
@@ -392,13 +393,16 @@ export class MountManager {
     }
   }
 
-  /** Idle unmounts due now are done; timers stop; the journal closes. Mounts stay. */
-  async close(): Promise<void> {
-    if (this.checkTimer) clearInterval(this.checkTimer);
-    for (const t of this.idleTimers.values()) clearTimeout(t);
-    this.idleTimers.clear();
-    this.closed = true;
-    await this.gate.drain();
-    await this.store.close();
+  /** Timers stop, running operations finish, the journal closes; mounts stay. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.checkTimer) clearInterval(this.checkTimer);
+      for (const t of this.idleTimers.values()) clearTimeout(t);
+      this.idleTimers.clear();
+      this.closed = true;
+      await this.gate.drain();
+      await this.store.close();
+    })();
+    return this.closing;
   }
 }

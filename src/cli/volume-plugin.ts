@@ -1,0 +1,37 @@
+/** `cvmfs-thin volume-plugin`: the Docker volume plugin daemon. */
+import { Command } from 'commander';
+import type { Field } from '../core/config.js';
+import { systemHost } from '../core/host.js';
+import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { startVolumePlugin } from '../dockervolume/server.js';
+import { addMetricsOption, maybeStartMetrics, stopOnSignals } from './daemon-common.js';
+
+export const VOLUME_PLUGIN_DEFAULTS = {
+  /** Legacy plugin discovery: `-d cvmfs` / `volume-driver=cvmfs` finds /run/docker/plugins/cvmfs.sock (CERN's docker-volume-cvmfs socket). */
+  socket: '/run/docker/plugins/cvmfs.sock',
+  stateDir: '/var/lib/cvmfs-thin/volumes',
+};
+
+/** Keys of the volume plugin's TOML file: the shared volume keys, plus its socket. */
+export const volumePluginConfigSpec = {
+  ...volumeKeys,
+  socket: { type: 'string', check: (v: string) => (v.startsWith('/') ? null : 'must be an absolute path') },
+  'metrics-address': { type: 'string' },
+} as const satisfies Record<string, Field>;
+
+export function volumePluginCommand(): Command {
+  const cmd = new Command('volume-plugin')
+    .description('serve a Docker volume plugin: CVMFS repositories as volumes (docker run -v cms.cern.ch:/cvmfs/cms.cern.ch)')
+    .option('--socket <path>', `unix socket to listen on (default ${VOLUME_PLUGIN_DEFAULTS.socket}; the file name is the driver name)`);
+  addVolumeOptions(cmd, VOLUME_PLUGIN_DEFAULTS.stateDir);
+  return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
+    const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
+    const socket = s.pick<string>('socket', 'socket') ?? VOLUME_PLUGIN_DEFAULTS.socket;
+    const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log);
+    const daemon = await startVolumePlugin({ ...s.manager, socket, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' });
+    stopOnSignals(async () => {
+      await daemon.stop();
+      await m.stop();
+    }, s.manager.log);
+  });
+}
