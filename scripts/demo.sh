@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # cvmfs-thin demo (Debian 12, as root): converts a small image into a local
 # CVMFS-style tree (the layout of /cvmfs/unpacked.cern.ch), writes its thin
-# image, and runs it thin through a private containerd with our snapshotter.
-# Nothing outside $DEMO_DIR (default /tmp/cvmfs-thin-demo) is touched; the
-# daemons are stopped at the end, the tree is left there to look at.
+# image, and runs it thin through a private containerd with our snapshotter;
+# then mounts a CVMFS repository of that tree into containers as a volume,
+# through the Docker volume plugin (a private dockerd) and the FlexVolume driver.
+# Nothing outside $DEMO_DIR (default /tmp/cvmfs-thin-demo) is touched except the
+# demo's plugin socket /run/docker/plugins/cvmfs-demo.sock; the daemons are
+# stopped and the mounts undone at the end, the tree is left there to look at.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (containerd, mounts)" >&2; exit 1; }
@@ -24,6 +27,15 @@ cleanup() {
   fi
   [ -n "${CTD_PID:-}" ] && kill "$CTD_PID" 2>/dev/null && wait "$CTD_PID" 2>/dev/null
   [ -n "${SN_PID:-}" ] && kill "$SN_PID" 2>/dev/null && wait "$SN_PID" 2>/dev/null
+  if [ -n "${DD_PID:-}" ]; then
+    DOCKER_HOST="unix://$DEMO/dd/docker.sock" /usr/bin/docker rm -f vol1 >/dev/null 2>&1
+    kill "$DD_PID" 2>/dev/null && wait "$DD_PID" 2>/dev/null
+  fi
+  [ -n "${VP_PID:-}" ] && kill "$VP_PID" 2>/dev/null && wait "$VP_PID" 2>/dev/null
+  # whatever is still mounted below the demo directory (dockerd's data root, volumes)
+  if [ -d "$DEMO" ]; then
+    for m in $(awk -v d="$DEMO/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null; done
+  fi
 }
 trap cleanup EXIT
 
@@ -75,8 +87,54 @@ echo "\$ ctr run ... sh -c 'cat /etc/motd; ls /etc; test -e /etc/obsolete.conf |
 
 step "5. what the snapshotter holds: the thin layer (its lowers are the CVMFS directories), no downloaded layers"
 "${C[@]}" snapshots --snapshotter cvmfs-snapshotter ls
-grep 'thin image: mounting its CVMFS layers' "$DEMO/snapshotter.log" | tail -1 | node -e '
+grep 'thin image: its CVMFS layers' "$DEMO/snapshotter.log" | tail -1 | node -e '
   const l = JSON.parse(require("fs").readFileSync(0, "utf8"));
   console.log(`  snapshotter log: thin image with ${l.layers} CVMFS layers, mounted as ${l.lowers} lower directories (${l.how.join(", ")})`)'
+
+step "6. CVMFS repositories as Docker volumes: cvmfs-thin volume-plugin + a private dockerd"
+mkdir -p "$DEMO/cvmfs/sft.cern.ch/lcg/releases" "$DEMO/dd" "$DEMO/rootfs/bin"
+echo "LCG_105 x86_64-el9-gcc13-opt" > "$DEMO/cvmfs/sft.cern.ch/lcg/releases/README"
+"${CLI[@]}" volume-plugin --socket /run/docker/plugins/cvmfs-demo.sock --state-dir "$DEMO/volumes" \
+  --cvmfs-root "$DEMO/cvmfs" --allowed-repository '*.cern.ch' 2>"$DEMO/volume-plugin.log" &
+VP_PID=$!
+/usr/sbin/dockerd --data-root "$DEMO/dd/root" --exec-root "$DEMO/dd/exec" --pidfile "$DEMO/dd/dockerd.pid" \
+  -H "unix://$DEMO/dd/docker.sock" --iptables=false --ip-masq=false --bridge=none >"$DEMO/dockerd.log" 2>&1 &
+DD_PID=$!
+export DOCKER_HOST="unix://$DEMO/dd/docker.sock" DOCKER_CONFIG="$DEMO/dd/cli"
+D=/usr/bin/docker
+for _ in $(seq 200); do "$D" version >/dev/null 2>&1 && [ -S /run/docker/plugins/cvmfs-demo.sock ] && break; sleep 0.2; done
+cp /bin/busybox "$DEMO/rootfs/bin/busybox"
+for a in sh ls cat echo touch; do ln -sf busybox "$DEMO/rootfs/bin/$a"; done
+tar -C "$DEMO/rootfs" -c . | "$D" import - demo/busybox:1 >/dev/null
+echo "\$ docker volume create -d cvmfs-demo --name=sft.cern.ch"
+"$D" volume create -d cvmfs-demo --name=sft.cern.ch
+echo "\$ docker run --rm -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 cat /cvmfs/sft.cern.ch/lcg/releases/README"
+"$D" run --rm --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 cat /cvmfs/sft.cern.ch/lcg/releases/README
+echo "\$ docker run --rm -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls /cvmfs/unpacked.cern.ch   (no volume create, no --volume-driver)"
+"$D" run --rm --network none --volume-driver cvmfs-demo -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls -a /cvmfs/unpacked.cern.ch
+echo "\$ docker run ... touch /cvmfs/sft.cern.ch/x   (repositories are read-only)"
+"$D" run --rm --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 touch /cvmfs/sft.cern.ch/x 2>&1 | sed 's/^/  /' || true
+"$D" run -d --name vol1 --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 sh -c 'sleep 1000' >/dev/null
+echo "while a container runs, one read-only mount of the repository on the host:"
+awk -v d="$DEMO/volumes/mounts/" 'index($5, d) == 1 {print "  " $5 " " $6}' /proc/self/mountinfo
+echo "\$ docker volume ls; docker volume inspect sft.cern.ch"
+"$D" volume ls
+"$D" volume inspect --format '  {{.Name}}: driver {{.Driver}}, scope {{.Scope}}, status {{json .Status}}' sft.cern.ch
+"$D" rm -f vol1 >/dev/null
+echo "after the container: $(awk -v d="$DEMO/volumes/mounts/" 'index($5, d) == 1' /proc/self/mountinfo | wc -l) mounts left"
+unset DOCKER_HOST DOCKER_CONFIG
+
+step "7. the Kubernetes FlexVolume driver cern/cvmfs, called as kubelet calls it"
+printf 'state-dir = "%s"\ncvmfs-root = "%s"\nallowed-repositories = ["*.cern.ch"]\n' "$DEMO/flexvolume" "$DEMO/cvmfs" > "$DEMO/flexvolume.toml"
+"${CLI[@]}" flexvolume install --plugin-dir "$DEMO/kubelet-plugins" --config "$DEMO/flexvolume.toml"
+FLEX="$DEMO/kubelet-plugins/cern~cvmfs/cvmfs"
+POD="$DEMO/kubelet/pods/0b5c-demo/volumes/cern~cvmfs/sft"
+echo "\$ cvmfs init";   "$FLEX" init
+echo "\$ cvmfs mount $POD '{\"repository\":\"sft.cern.ch\",\"kubernetes.io/readwrite\":\"ro\"}'"
+"$FLEX" mount "$POD" '{"repository":"sft.cern.ch","kubernetes.io/readwrite":"ro","kubernetes.io/pod.name":"demo"}'
+echo "  the pod's volume directory: $(cat "$POD/lcg/releases/README")"
+echo "\$ cvmfs unmount $POD";  "$FLEX" unmount "$POD"
+echo "\$ cvmfs mount $POD '{\"repository\":\"../../etc\"}'   (bad input: a clear Failure, nothing mounted)"
+"$FLEX" mount "$POD" '{"repository":"../../etc"}' || true
 
 printf '\n\033[1mdone.\033[0m The CVMFS-style tree is in %s (logs and the images next to it).\n' "$REPO"

@@ -19,6 +19,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   'volume-plugin': async () => (await import('./volume-plugin.js')).volumePluginCommand(),
   csi: async () => (await import('./csi.js')).csiCommand(),
   flexvolume: async () => (await import('./flexvolume.js')).flexvolumeCommand(),
+  setup: async () => (await import('./setup.js')).setupCommand(),
+  doctor: async () => (await import('./doctor.js')).doctorCommand(),
 };
 
 /** FlexVolume call-outs bypass the command parser: kubelet reads exactly one JSON object. */

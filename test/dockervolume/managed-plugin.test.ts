@@ -130,7 +130,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     expect(v[0]).toMatchObject({ Driver: PLUGIN, Mountpoint: '/var/lib/cvmfs-thin/volumes/mounts/cms.cern.ch' });
     expect((await docker(['run', '--rm', '--network', 'none', '--volume-driver', PLUGIN, '-v', 'cms.cern.ch:/c', image, 'cat', '/c/README'])).stdout).toBe('managed cms\n');
     // read-only also in the propagated copies dockerd binds into containers (a volume without :ro)
-    const w = await docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/c', image, 'sh', '-c', 'echo x > /c/written'], { allowFail: true });
+    const w = await dockerd!.docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/c', image, 'sh', '-c', 'echo x > /c/written'], { allowFail: true });
     expect(w.code).not.toBe(0);
     expect(w.stderr).toMatch(/Read-only file system/);
     expect(existsSync(path.join(dir, 'cvmfs', 'cms.cern.ch', 'written'))).toBe(false);
