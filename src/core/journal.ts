@@ -1,6 +1,8 @@
 /**
  * A durable state file plus an append-only journal with group commit — the
- * metadata store of both daemons.
+ * snapshotter's metadata store (the graph driver keeps one record file per
+ * layer next to the layer's data, as dockerd's own drivers do; see
+ * graphdriver/layer-store.ts).
  *
  * Layout (in `dir`): `<name>.state` (a JSON snapshot of the whole state) and
  * `<name>.journal` (records appended since that snapshot). A journal record is

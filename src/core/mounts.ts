@@ -3,6 +3,7 @@
  * `mounts()`: what a snapshot mounts as, given its own directories and the
  * lower directories (top first) of its parent chain.
  */
+import { existsSync } from 'node:fs';
 import { InvalidArgumentError } from './errors.js';
 
 export interface Mount {
@@ -27,10 +28,14 @@ export interface MountSpec {
   work?: string | undefined;
   /** Lower directories, nearest first. */
   lowers: readonly LowerDir[];
-  /** Add `index=off` (containerd does when /sys/module/overlay/parameters/index exists). */
+  /** Add `index=off` (see overlayIndexOff). */
   indexOff: boolean;
-  /** Add `userxattr` (rootless, kernels ≥ 5.11). */
-  userxattr?: boolean;
+}
+
+let indexOff: boolean | undefined;
+/** containerd and moby add `index=off` when the overlay module has the `index` parameter: probed once. */
+export function overlayIndexOff(): boolean {
+  return (indexOff ??= existsSync('/sys/module/overlay/parameters/index'));
 }
 
 /** Characters that cannot appear in an overlay option path without escaping. */
@@ -64,7 +69,6 @@ export function computeMounts(spec: MountSpec): Mount[] {
   }
   const opts: string[] = [];
   if (spec.indexOff) opts.push('index=off');
-  if (spec.userxattr) opts.push('userxattr');
   for (const l of lowers) checkOverlayPath(l.overlay, 'lower directory');
   if (!spec.readonly) {
     if (!spec.work) throw new InvalidArgumentError('an active snapshot needs a work directory');

@@ -11,7 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
-import { lgetxattr } from '../core/sys.js';
+import { type Host, systemHost } from '../core/host.js';
 import { OVERLAY_OPAQUE_XATTR } from '../core/whiteout.js';
 import { CHANGE_ADD, CHANGE_DELETE, CHANGE_MODIFY, type Change } from './protocol.js';
 
@@ -122,7 +122,7 @@ export async function computeChanges(upper: TreeReader, lowers: readonly TreeRea
   return changes;
 }
 
-function infoOf(st: BigIntStats, abs: string): FileInfo {
+function infoOf(st: BigIntStats, abs: string, host: Host): FileInfo {
   let type: FileInfo['type'] = 'other';
   if (st.isDirectory()) type = 'dir';
   else if (st.isFile()) type = 'file';
@@ -131,7 +131,7 @@ function infoOf(st: BigIntStats, abs: string): FileInfo {
   let opaque = false;
   if (type === 'dir') {
     try {
-      opaque = lgetxattr(abs, OVERLAY_OPAQUE_XATTR)?.toString() === 'y';
+      opaque = host.lgetxattr(abs, OVERLAY_OPAQUE_XATTR)?.toString() === 'y';
     } catch {
       opaque = false;
     }
@@ -139,13 +139,13 @@ function infoOf(st: BigIntStats, abs: string): FileInfo {
   return { type, mode: Number(st.mode), size: st.size, mtimeNs: st.mtimeNs, opaque };
 }
 
-/** A TreeReader over a real directory. */
-export function fsTree(root: string): TreeReader {
+/** A TreeReader over a real directory (opaque-directory xattrs read through `host`). */
+export function fsTree(root: string, host: Host = systemHost): TreeReader {
   return {
     async lstat(rel) {
       const abs = rel === '' ? root : path.join(root, rel);
       try {
-        return infoOf(await fsp.lstat(abs, { bigint: true }), abs);
+        return infoOf(await fsp.lstat(abs, { bigint: true }), abs, host);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'ENOENT' || code === 'ENOTDIR') return null;

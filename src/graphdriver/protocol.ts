@@ -32,11 +32,6 @@ export function isMethod(s: string): s is Method {
   return (METHODS as readonly string[]).includes(s);
 }
 
-/** The content type go-plugins-helpers answers with (dockerd does not check it). */
-export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.1+json';
-/** JSON request bodies larger than this are refused (the largest real one is a few hundred bytes). */
-export const MAX_JSON_BODY = 1 << 20;
-
 /** One range of a user namespace mapping, as dockerd sends it in Init (the tar library's type). */
 export type { IdMap };
 
@@ -71,21 +66,6 @@ export function validateLayerId(id: string, field = 'ID'): string {
     );
   }
   return id;
-}
-
-/** Parse a JSON request body; an empty body is `{}` (Plugin.Activate, Capabilities). */
-export function parseJsonBody(body: Buffer | string): Record<string, unknown> {
-  const text = typeof body === 'string' ? body : body.toString('utf8');
-  if (text.trim() === '') return {};
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new InvalidArgumentError(`request body is not valid JSON: ${(e as Error).message}`, 'CVMFS_THIN_BAD_REQUEST');
-  }
-  if (v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw new InvalidArgumentError('request body must be a JSON object', 'CVMFS_THIN_BAD_REQUEST');
-  return v as Record<string, unknown>;
 }
 
 function str(o: Record<string, unknown>, key: string): string {

@@ -6,10 +6,12 @@
  *
  * (Measured alternative: LMDB. Its synchronous transactions block the event
  * loop for two fsyncs per commit and its asynchronous batches cost 1–17 ms per
- * write under load on this machine; the journal's single fdatasync runs on the
- * thread pool and concurrent writes share it. See bench/snapshotter.ts.)
+ * write under load on this machine; the journal's one synchronous O_DSYNC
+ * write is shared by the requests of one event-loop turn. See
+ * bench/snapshotter.ts.) Layer facts are not kept here: they live in the
+ * shared cache of core/stack (earlier versions journalled them; such records
+ * and the `facts` of an old state file are ignored).
  */
-import type { LayerFacts, LayerFactsCache } from '../core/cvmfs/layers.js';
 import { Journal } from '../core/journal.js';
 
 export type Kind = 'active' | 'view' | 'committed';
@@ -49,20 +51,17 @@ interface StoreRecord {
   put?: SnapshotRecord[];
   del?: string[];
   nextId: number;
-  facts?: [string, LayerFacts | null][];
 }
 
 interface StoreState {
   schema: number;
   nextId: number;
   snapshots: SnapshotRecord[];
-  facts: Record<string, LayerFacts>;
 }
 
 export class MetaStore {
   private readonly byName = new Map<string, SnapshotRecord>();
   private readonly childrenOf = new Map<string, Set<string>>();
-  private readonly layerFacts = new Map<string, LayerFacts>();
   private nextId = 1;
 
   private constructor(private readonly journal: Journal<StoreRecord>) {}
@@ -75,7 +74,6 @@ export class MetaStore {
       if (st.schema !== SCHEMA_VERSION) throw new Error(`metadata schema ${String(st.schema)} in ${dir} is not supported (want ${SCHEMA_VERSION})`);
       store.nextId = st.nextId;
       for (const r of st.snapshots) store.apply({ put: [r], nextId: 0 });
-      for (const [k, f] of Object.entries(st.facts)) store.layerFacts.set(k, f);
     }
     for (const r of records) store.apply(r);
     for (const r of store.byName.values()) if (r.id >= store.nextId) store.nextId = r.id + 1;
@@ -84,7 +82,7 @@ export class MetaStore {
   }
 
   private snapshot(): StoreState {
-    return { schema: SCHEMA_VERSION, nextId: this.nextId, snapshots: [...this.byName.values()], facts: Object.fromEntries(this.layerFacts) };
+    return { schema: SCHEMA_VERSION, nextId: this.nextId, snapshots: [...this.byName.values()] };
   }
 
   private apply(rec: StoreRecord): void {
@@ -100,10 +98,6 @@ export class MetaStore {
       if (old) this.delChild(old.parent, r.name);
       this.byName.set(r.name, r);
       this.addChild(r.parent, r.name);
-    }
-    for (const [k, f] of rec.facts ?? []) {
-      if (f) this.layerFacts.set(k, f);
-      else this.layerFacts.delete(k);
     }
     if (rec.nextId > this.nextId) this.nextId = rec.nextId;
   }
@@ -149,11 +143,6 @@ export class MetaStore {
     if (n >= this.nextId) this.nextId = n + 1;
   }
 
-  /** Durable group commits so far (tests, benchmarks). */
-  get commits(): number {
-    return this.journal.commits;
-  }
-
   /**
    * Apply puts and deletes atomically: in memory now (in call order), durably
    * when the promise resolves. `del` runs before `put` (Commit = delete key +
@@ -163,29 +152,6 @@ export class MetaStore {
     const rec: StoreRecord = { ...ops, nextId: this.nextId };
     this.apply(rec);
     return this.journal.append(rec);
-  }
-
-  /** Facts about CVMFS layer directories: derived data (a lost entry means a rescan). */
-  readonly layersCache: LayerFactsCache = {
-    get: (key) => this.layerFacts.get(key),
-    put: async (key, facts) => {
-      const rec: StoreRecord = { facts: [[key, facts]], nextId: this.nextId };
-      this.apply(rec);
-      await this.journal.append(rec);
-    },
-  };
-  async dropFacts(key: string): Promise<void> {
-    const rec: StoreRecord = { facts: [[key, null]], nextId: this.nextId };
-    this.apply(rec);
-    await this.journal.append(rec);
-  }
-  allFacts(): IterableIterator<[string, LayerFacts]> {
-    return this.layerFacts.entries();
-  }
-
-  /** Write a compact state file (also done automatically as the journal grows). */
-  async compact(): Promise<void> {
-    await this.journal.compactNow();
   }
 
   async close(): Promise<void> {

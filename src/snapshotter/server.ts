@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
+import { type Host, systemHost } from '../core/host.js';
 import { prepareSocket } from '../core/socket.js';
 import { SnapshotsService } from './proto/containerd/services/snapshots/v1/snapshots.js';
 import { createService } from './service.js';
@@ -15,6 +16,8 @@ export interface SnapshotterDaemonOptions {
   thinImages: boolean;
   remoteLayers: boolean;
   log: Logger;
+  /** Default: the real one. */
+  host?: Host;
 }
 
 export interface RunningDaemon {
@@ -34,6 +37,8 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     location: o.location,
     thinImages: o.thinImages,
     remoteLayers: o.remoteLayers,
+    host: o.host ?? systemHost,
+    address: o.address,
     log,
     onFatal: (e) => {
       if (fatal) return;
@@ -42,14 +47,21 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
       setImmediate(() => process.exit(70));
     },
   });
-  await prepareSocket(o.address);
   // channelz bookkeeping costs CPU on every call and nothing here reads it
   const server = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE, 'grpc.enable_channelz': 0 });
-  server.addService(SnapshotsService, createService(sn, log));
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${o.address}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
-  await fsp.chmod(o.address, 0o660);
+  try {
+    await prepareSocket(o.address);
+    server.addService(SnapshotsService, createService(sn, log));
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${o.address}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    await fsp.chmod(o.address, 0o660);
+  } catch (e) {
+    // nothing of the store is removed; the root's lock is released
+    server.forceShutdown();
+    await sn.close();
+    throw e;
+  }
   log.info(
     { address: o.address, root: o.root, repository: o.location.repository, mountpoint: o.location.absoluteMountpoint, thinImages: o.thinImages, remoteLayers: o.remoteLayers },
     'snapshotter serving',

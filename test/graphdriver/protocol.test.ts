@@ -10,7 +10,7 @@ import {
   UnavailableError,
 } from '../../src/core/errors.js';
 import { UnsafeTarError } from '../../src/core/tar/errors.js';
-import { httpStatus, toHttpError } from '../../src/graphdriver/http-errors.js';
+import { httpStatus, parseJsonBody, toHttpError } from '../../src/core/plugin-http.js';
 import { checkLayerStorageOpt, parseInitOptions } from '../../src/graphdriver/options.js';
 import {
   isMethod,
@@ -18,11 +18,12 @@ import {
   parseApplyDiffQuery,
   parseIdMaps,
   parseInitRequest,
-  parseJsonBody,
   parseLayerRequest,
   validateLayerId,
 } from '../../src/graphdriver/protocol.js';
-import { MAX_LOWERS, MAX_MOUNT_DATA, overlayData, type StackLayer, stackOf, thinBase } from '../../src/graphdriver/stack.js';
+import { MAX_MOUNT_DATA, overlayMountData } from '../../src/core/stack/overlay-mount.js';
+import { type ChainNode } from '../../src/core/stack/index.js';
+import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from '../../src/graphdriver/stack.js';
 import { idMapText } from '../../src/graphdriver/userns.js';
 
 const ID = 'a'.repeat(64);
@@ -171,6 +172,13 @@ describe('error mapping (the one place)', () => {
 });
 
 describe('lower computation', () => {
+  /** The layer records as the graph driver keeps them, seen through its chain-walk adapter. */
+  interface StackLayer {
+    id: string;
+    parent: string;
+    link: string;
+    thin?: { lowers: { link: string; dir: string }[] };
+  }
   const layers = new Map<string, StackLayer>();
   const add = (l: StackLayer) => layers.set(l.id, l);
   add({ id: 'base', parent: '', link: '1' });
@@ -181,35 +189,42 @@ describe('lower computation', () => {
   add({ id: 'c', parent: 'c-init', link: '8' });
   add({ id: 'loop1', parent: 'loop2', link: '9' });
   add({ id: 'loop2', parent: 'loop1', link: 'a' });
-  const get = (id: string) => layers.get(id);
-  const o = { idmapped: false, diffDir: (id: string) => `/home/layers/${id}/diff` };
+  const get = (id: string): ChainNode | undefined => {
+    const l = layers.get(id);
+    if (!l) return undefined;
+    if (l.thin) return { parent: l.parent, lowers: l.thin.lowers.map((t) => ({ link: t.link, real: t.dir })), external: true, terminal: true };
+    return { parent: l.parent, lowers: [{ link: l.link, real: `/home/layers/${id}/diff` }], external: false, terminal: false };
+  };
+  const data = (id: string, stack: readonly StackEntry[], indexOff: boolean) => overlayMountData(overlaySpec('/home', id, stack, indexOff));
 
   it('stacks local diffs nearest first down to the base', () => {
-    expect(stackOf(get, '', o)).toEqual([]);
-    expect(stackOf(get, 'top', o).map((s) => s.rel)).toEqual(['l/3', 'l/2', 'l/1']);
-    expect(stackOf(get, 'top', o)[0]).toEqual({ rel: 'l/3', real: '/home/layers/top/diff', external: false, layer: 'top' });
+    expect(stackOf(get, '', false)).toEqual([]);
+    expect(stackOf(get, 'top', false).map((s) => s.rel)).toEqual(['l/3', 'l/2', 'l/1']);
+    expect(stackOf(get, 'top', false)[0]).toEqual({ rel: 'l/3', real: '/home/layers/top/diff', external: false, layer: 'top' });
   });
   it('replaces a thin layer by its CVMFS directories and never uses its own diff (thin.json)', () => {
-    const s = stackOf(get, 'c', o);
+    const s = stackOf(get, 'c', false);
     expect(s.map((e) => e.rel)).toEqual(['l/8', 'l/7', 'l/5', 'l/6']);
     expect(s.map((e) => e.real)).not.toContain('/home/layers/thin/diff');
     expect(s.filter((e) => e.external).map((e) => e.real)).toEqual(['/cvmfs/r/.layers/bb/b/layerfs', '/cvmfs/r/.layers/aa/a/layerfs']);
-    expect(stackOf(get, 'c', { ...o, idmapped: true }).map((e) => e.rel)).toEqual(['l/8', 'l/7', 'm/5', 'm/6']);
-    expect(thinBase(get, 'c')?.id).toBe('thin');
-    expect(thinBase(get, 'top')).toBeUndefined();
+    expect(stackOf(get, 'c', true).map((e) => e.rel)).toEqual(['l/8', 'l/7', 'm/5', 'm/6']);
+    // the thin base of a stack: the layer its external lowers come from
+    expect([...new Set(s.filter((e) => e.external).map((e) => e.layer))]).toEqual(['thin']);
+    expect(stackOf(get, 'top', false).filter((e) => e.external)).toEqual([]);
   });
   it('reports broken and looping parent chains', () => {
-    expect(() => stackOf(get, 'missing', o)).toThrow(/broken: layer missing is missing/);
-    expect(() => stackOf(get, 'loop1', o)).toThrow(/loops/);
+    expect(() => stackOf(get, 'missing', false)).toThrow(/broken: layer missing is missing/);
+    expect(() => stackOf(get, 'loop1', false)).toThrow(/loops/);
   });
   it('builds relative overlay data; 500 lowers fit in one page', () => {
-    expect(overlayData('c', stackOf(get, 'c', o), true)).toBe('index=off,workdir=layers/c/work,upperdir=layers/c/diff,lowerdir=l/8:l/7:l/5:l/6');
+    expect(data('c', stackOf(get, 'c', false), true)).toBe('index=off,workdir=layers/c/work,upperdir=layers/c/diff,lowerdir=l/8:l/7:l/5:l/6');
+    expect(overlaySpec('/home', 'c', stackOf(get, 'c', false), false)).toMatchObject({ target: '/home/layers/c/merged', relativeTo: '/home', options: [] });
     const many = Array.from({ length: MAX_LOWERS }, (_, i) => ({ rel: `l/${(i + 1).toString(36)}`, real: `/x/${i}`, external: false, layer: String(i) }));
-    const data = overlayData(ID, many, true);
-    expect(Buffer.byteLength(data)).toBeLessThan(MAX_MOUNT_DATA);
+    const d = data(ID, many, true);
+    expect(Buffer.byteLength(d)).toBeLessThan(MAX_MOUNT_DATA);
     // links made late in a long-lived Home are longer, still within the page: 4 base36 chars = 1.6 million links
     const late = many.map((m, i) => ({ ...m, rel: `m/${(1_600_000 - i).toString(36)}` }));
-    expect(Buffer.byteLength(overlayData(`${ID}-init`, late, true))).toBeLessThan(MAX_MOUNT_DATA);
-    expect(() => overlayData('x', [], false)).toThrow(/no lower layers/);
+    expect(Buffer.byteLength(data(`${ID}-init`, late, true))).toBeLessThan(MAX_MOUNT_DATA);
+    expect(() => data('x', [], false)).toThrow(/no lower layers/);
   });
 });

@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
 import { chainDir, duccChainIds } from '../../src/core/cvmfs/layout.js';
 import { ThinError } from '../../src/core/errors.js';
+import { systemHost } from '../../src/core/host.js';
 import { silentLogger } from '../../src/core/log.js';
 import type { Mount } from '../../src/core/mounts.js';
 import { MS_BIND, mount, umount } from '../../src/core/sys.js';
@@ -37,7 +38,7 @@ describe.skipIf(needs({ root: true }))('snapshotter semantics (root, real overla
   const mounted: string[] = [];
 
   const open = () =>
-    Snapshotter.open({ root: path.join(dir, 'root'), location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), log: silentLogger() });
+    Snapshotter.open({ root: path.join(dir, 'root'), location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host: systemHost, log: silentLogger() });
 
   beforeEach(async () => {
     dir = path.join(base, String(n++));

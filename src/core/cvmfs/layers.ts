@@ -23,7 +23,7 @@ import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors.js';
 import { isInside, pathExists, removeTree } from '../fsutil.js';
-import { lchown, lgetxattr, llistxattr, lsetxattr, mkWhiteout } from '../sys.js';
+import { type Host, systemHost } from '../host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../whiteout.js';
 import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, type LayerMarker } from './layout.js';
@@ -44,6 +44,7 @@ export interface LayerFacts {
   masks?: string | undefined;
 }
 
+/** Where facts are kept (core/stack/facts.ts for the daemons). */
 export interface LayerFactsCache {
   get(key: string): LayerFacts | undefined;
   put(key: string, facts: LayerFacts): Promise<void>;
@@ -64,6 +65,8 @@ export class CvmfsLayers {
     private readonly maskRoot: string,
     private readonly cache: LayerFactsCache,
     private readonly log?: Logger,
+    /** xattrs, ownership and whiteouts of the masks go through the host seam. */
+    private readonly host: Host = systemHost,
   ) {}
 
   /**
@@ -162,7 +165,7 @@ export class CvmfsLayers {
         if (scan.whiteouts.length === 0 && scan.opaques.length === 0) facts = { mode: 'clean' };
         else {
           const masks = path.join(this.maskRoot, createHash('sha256').update(dir).digest('hex').slice(0, 32));
-          await buildMasks(dir, scan, masks);
+          await buildMasks(dir, scan, masks, this.host);
           facts = { mode: 'masked', masks };
           this.log?.info({ layer: dir, whiteouts: scan.whiteouts.length, opaques: scan.opaques.length }, 'layer keeps OCI whiteouts as plain files; built overlay masks');
         }
@@ -220,15 +223,15 @@ export async function scanWhiteouts(root: string): Promise<WhiteoutScan> {
   return res;
 }
 
-async function copyDirAttrs(src: Stats, srcPath: string, dst: string): Promise<void> {
+async function copyDirAttrs(host: Host, src: Stats, srcPath: string, dst: string): Promise<void> {
   await fsp.chmod(dst, src.mode & 0o7777);
-  lchown(dst, src.uid, src.gid);
-  for (const name of llistxattr(srcPath)) {
+  host.lchown(dst, src.uid, src.gid);
+  for (const name of host.llistxattr(srcPath)) {
     if (name.startsWith('trusted.overlay.')) continue;
-    const v = lgetxattr(srcPath, name);
+    const v = host.lgetxattr(srcPath, name);
     if (v) {
       try {
-        lsetxattr(dst, name, v);
+        host.lsetxattr(dst, name, v);
       } catch {
         /* e.g. security.selinux on a host without it: attributes are best effort */
       }
@@ -238,7 +241,7 @@ async function copyDirAttrs(src: Stats, srcPath: string, dst: string): Promise<v
 }
 
 /** Build `<dest>/below` and `<dest>/above` for a scanned layer, atomically (`<dest>/done` last). */
-export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string): Promise<void> {
+export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string, host: Host = systemHost): Promise<void> {
   const tmp = `${dest}.tmp-${process.pid}-${Date.now()}`;
   await removeTree(tmp);
   const below = path.join(tmp, 'below');
@@ -250,11 +253,11 @@ export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string
     const dir = path.dirname(w);
     const target = path.basename(w).slice(4);
     await fsp.mkdir(path.join(below, dir), { recursive: true, mode: 0o755 });
-    mkWhiteout(path.join(below, dir, target));
+    host.mkWhiteout(path.join(below, dir, target));
   }
   for (const d of scan.opaques) {
     await fsp.mkdir(path.join(below, d), { recursive: true, mode: 0o755 });
-    lsetxattr(path.join(below, d), OVERLAY_OPAQUE_XATTR, 'y');
+    host.lsetxattr(path.join(below, d), OVERLAY_OPAQUE_XATTR, 'y');
   }
   // above: hide the .wh.* files; every directory on the way copies the layer's attributes
   const dirs = new Set<string>(['']);
@@ -268,11 +271,11 @@ export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string
   }
   const sorted = [...dirs].sort((a, b) => a.split('/').length - b.split('/').length);
   for (const d of sorted) if (d !== '') await fsp.mkdir(path.join(above, d), { mode: 0o755 });
-  for (const n of names) mkWhiteout(path.join(above, n));
+  for (const n of names) host.mkWhiteout(path.join(above, n));
   // attributes deepest first, so that setting a parent's mtime is not undone by its children
   for (const d of sorted.reverse()) {
     const src = path.join(layer, d);
-    await copyDirAttrs(await fsp.lstat(src), src, path.join(above, d));
+    await copyDirAttrs(host, await fsp.lstat(src), src, path.join(above, d));
   }
   await fsp.writeFile(path.join(tmp, 'done'), `${layer}\n`);
   if (await pathExists(path.join(dest, 'done'))) {

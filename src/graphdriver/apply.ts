@@ -1,0 +1,77 @@
+/**
+ * ApplyDiff's work on one layer: extract the tar into its diff dir, detect a
+ * thin image and link its CVMFS layers; on any failure leave the layer as
+ * Create made it (dockerd removes it after a failed ApplyDiff, other clients
+ * may retry) and remove the links made.
+ */
+import { promises as fsp } from 'node:fs';
+import { PassThrough, type Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { removeTree } from '../core/fsutil.js';
+import type { Host } from '../core/host.js';
+import type { LayerStack } from '../core/stack/index.js';
+import { extractLayer } from '../core/tar/index.js';
+import type { IdMaps } from '../core/tar/idmap.js';
+import { dirSize } from './changes.js';
+import type { Layer, LayerStore, ThinRecord } from './layer-store.js';
+
+export interface ApplyContext {
+  host: Host;
+  store: LayerStore;
+  stack: LayerStack;
+  idMaps: IdMaps | undefined;
+  owner: { uid: number; gid: number } | undefined;
+  thinImages: boolean;
+  log: Logger;
+  /** Run `fn` holding the lock of the shared mask directories (their GC must not interleave). */
+  withMasksLock<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+/** Returns the size of the layer's files. */
+export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Promise<number> {
+  const id = l.rec.id;
+  const diff = c.store.diffDir(id);
+  // the extractor may stop reading early (a refused entry): it reads from a pipe of its own, and the
+  // request body is always read to its end, so that dockerd gets our answer rather than a broken pipe
+  const pipe = new PassThrough({ highWaterMark: 1 << 20 });
+  body.pipe(pipe);
+  const bodyDone = new Promise<void>((resolve) => {
+    body.once('end', resolve);
+    body.once('close', resolve);
+    body.once('error', () => resolve());
+  });
+  let rollback = () => {};
+  try {
+    const res = await extractLayer(pipe, { dest: diff, whiteouts: 'overlay', ...(c.idMaps ? { idMap: c.idMaps } : {}) });
+    body.unpipe(pipe);
+    body.resume();
+    await bodyDone;
+    let thin: ThinRecord | undefined;
+    if (c.thinImages && l.rec.parent === '') {
+      await c.withMasksLock(async () => {
+        const t = await c.stack.linkThin(diff, { id });
+        if (!t) return;
+        rollback = t.links.rollback;
+        thin = { manifest: t.file, origin: t.manifest.origin, layers: t.manifest.layers.length, how: t.how, lowers: t.lowers };
+        await c.store.saveRecord(l, { ...l.rec, thin });
+      });
+    }
+    const size = await dirSize(diff);
+    c.log.debug({ id, entries: res.entries, size, thin: !!thin }, 'ApplyDiff');
+    return size;
+  } catch (e) {
+    body.unpipe(pipe);
+    pipe.destroy();
+    body.resume();
+    await bodyDone;
+    rollback();
+    try {
+      await removeTree(diff, c.host.mountinfo());
+      await fsp.mkdir(diff, { mode: 0o755 });
+      if (c.owner) c.host.lchown(diff, c.owner.uid, c.owner.gid);
+    } catch (e2) {
+      c.log.error({ err: e2, id }, 'cannot reset the layer after a failed ApplyDiff');
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,49 @@
+/** GraphDriver.Status: what `docker info` shows under "Storage Driver: cvmfs". */
+import type { CvmfsLocation } from '../core/config.js';
+import { isInside } from '../core/fsutil.js';
+import type { Host } from '../core/host.js';
+import type { IdMaps } from '../core/tar/idmap.js';
+import type { LayerStore } from './layer-store.js';
+import type { Mounter } from './mounter.js';
+
+export interface StatusSource {
+  home: string;
+  location: CvmfsLocation;
+  thinImages: boolean;
+  idMaps: IdMaps | undefined;
+  store: LayerStore;
+  mounter: Mounter;
+}
+
+export function statusOf(a: StatusSource, host: Host): [string, string][] {
+  let thin = 0;
+  let mounted = 0;
+  for (const [, l] of a.store.all()) {
+    if (l.rec.thin) thin++;
+    if (l.refs > 0) mounted++;
+  }
+  const fs = host
+    .mountinfo()
+    .filter((m) => isInside(m.mountPoint, a.home))
+    .sort((x, y) => y.mountPoint.length - x.mountPoint.length)[0];
+  const out: [string, string][] = [
+    ['Backing Filesystem', fs?.fsType ?? 'unknown'],
+    ['Home', a.home],
+    ['Layers', String(a.store.size)],
+    ['Thin Image Layers', String(thin)],
+    ['Mounted Layers', String(mounted)],
+    ['CVMFS Repository', a.location.repository],
+    ['CVMFS Mountpoint', a.location.absoluteMountpoint],
+    ['CVMFS Root', a.location.cvmfsRoot],
+    ['Allowed Repositories', a.location.allowedRepositories.join(', ')],
+    ['Thin Images', a.thinImages ? 'enabled' : 'disabled'],
+    ['Supports d_type', 'true'],
+    ['Native Overlay Diff', 'true'],
+  ];
+  if (a.idMaps) {
+    const m = a.mounter;
+    out.push(['User Namespace', a.idMaps.uids.map((x) => `${x.containerId}:${x.hostId}:${x.size}`).join(' ')]);
+    out.push(['Idmapped CVMFS Layers', m.idmappedLayers === 'off' ? 'off' : m.idmapBroken ? `unavailable (${m.idmapBroken})` : 'yes']);
+  }
+  return out;
+}

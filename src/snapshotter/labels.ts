@@ -1,0 +1,69 @@
+/** Labels and timestamps of snapshots, as containerd's snapshots/storage treats them. Pure. */
+import { InvalidArgumentError } from '../core/errors.js';
+import type { Time } from './metastore.js';
+
+export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+export const LABEL_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest';
+export const LABEL_REMOTE = 'containerd.io/snapshot/remote';
+/** containerd's labels.Validate limit. */
+export const MAX_LABEL_SIZE = 4096;
+
+export function validateLabels(labels: Record<string, string>): void {
+  for (const [k, v] of Object.entries(labels)) {
+    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+      throw new InvalidArgumentError(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 64)}`);
+    }
+  }
+}
+
+/** Labels with an empty value are not stored. */
+export function cleanLabels(labels: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels)) if (v !== '') out[k] = v;
+  return out;
+}
+
+/** Update only touches labels: `labels` (all of them) or `labels.<key>`. */
+export function checkUpdatePaths(name: string, paths: readonly string[]): void {
+  for (const p of paths) {
+    if (p !== 'labels' && !p.startsWith('labels.')) {
+      throw new InvalidArgumentError(`cannot update ${JSON.stringify(p)} field on snapshot ${name}: only labels can be updated`);
+    }
+  }
+}
+
+/** The labels after an Update: all replaced (no paths, or `labels`), or the named keys set/removed. Validated. */
+export function updatedLabels(current: Record<string, string>, labels: Record<string, string>, paths: readonly string[]): Record<string, string> {
+  let next: Record<string, string>;
+  if (paths.length === 0 || paths.includes('labels')) next = { ...labels };
+  else {
+    next = { ...current };
+    for (const p of paths) {
+      const k = p.slice('labels.'.length);
+      const v = labels[k];
+      if (v === undefined || v === '') delete next[k];
+      else next[k] = v;
+    }
+  }
+  next = cleanLabels(next);
+  validateLabels(next);
+  return next;
+}
+
+/**
+ * Strictly increasing wall-clock timestamps with sub-microsecond resolution
+ * (clients compare them with their own clock: Date.now()'s milliseconds are
+ * too coarse). Re-anchored to the system clock if the two drift apart.
+ */
+export class Clock {
+  private last = 0n;
+  now(): Time {
+    let ms = performance.timeOrigin + performance.now();
+    const wall = Date.now();
+    if (Math.abs(ms - wall) > 20) ms = wall;
+    let t = BigInt(Math.floor(ms * 1000)) * 1000n;
+    if (t <= this.last) t = this.last + 1n;
+    this.last = t;
+    return [Number(t / 1_000_000_000n), Number(t % 1_000_000_000n)];
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * Deleting removed snapshots' data in the background, started a little later
+ * so that it never delays answers to requests: batched (one mount table read
+ * per batch), in slices of a few records between which pending requests are
+ * served. Empty directories go with one synchronous rmdir each (cheaper than a
+ * thread-pool round trip); trees with content through the thread pool.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { type MountInfo, removeTree } from '../core/fsutil.js';
+import type { Host } from '../core/host.js';
+import type { ShortLinks } from '../core/stack/index.js';
+import type { SnapshotRecord } from './metastore.js';
+
+export class Removals {
+  private queue: SnapshotRecord[] = [];
+  private run: Promise<void> | null = null;
+
+  constructor(
+    private readonly host: Host,
+    private readonly links: ShortLinks,
+    /** The data directories of a snapshot id. */
+    private readonly dirsOf: (id: number) => string[],
+    private readonly log: Logger,
+  ) {}
+
+  /** Remove the data of a snapshot whose record is gone (a crash before this leaves an orphan for Cleanup). */
+  push(r: SnapshotRecord): void {
+    this.queue.push(r);
+    if (this.run) return;
+    this.run = new Promise<void>((resolve) => setTimeout(resolve, 20))
+      .then(async () => {
+        while (this.queue.length) {
+          const batch = this.queue.splice(0, 64);
+          const mounts = this.host.mountinfo();
+          for (let i = 0; i < batch.length; i += 8) {
+            await Promise.all(batch.slice(i, i + 8).map((rec) => this.removeData(rec, mounts)));
+            await new Promise<void>((resolve) => setImmediate(resolve));
+          }
+        }
+      })
+      .finally(() => {
+        this.run = null;
+      });
+  }
+
+  private async removeData(rec: SnapshotRecord, mounts: MountInfo[]): Promise<void> {
+    try {
+      this.links.remove(Object.keys(rec.links));
+      if (rec.source === 'remote') return;
+      for (const dir of this.dirsOf(rec.id)) await removeTree(dir, mounts);
+    } catch (e) {
+      this.log.error({ err: e, snapshot: rec.name }, 'could not remove snapshot data; Cleanup will retry');
+    }
+  }
+
+  /** Cleanup: remove the entries of `parents` (data dirs named by id) no record owns. Returns how many. */
+  async collectOrphans(parents: readonly string[], owned: ReadonlySet<string>, mounts: MountInfo[]): Promise<number> {
+    let n = 0;
+    for (const parent of parents) {
+      for (const name of await fsp.readdir(parent)) {
+        if (owned.has(name)) continue;
+        try {
+          await removeTree(path.join(parent, name), mounts);
+          n++;
+        } catch (e) {
+          this.log.error({ err: e, dir: path.join(parent, name) }, 'cleanup: could not remove orphaned snapshot directory');
+        }
+      }
+    }
+    return n;
+  }
+
+  /** Wait until every queued removal is done. */
+  async settled(): Promise<void> {
+    while (this.run) await this.run;
+  }
+}
