@@ -1,12 +1,14 @@
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import type { Logger } from 'pino';
 import type { ConfigOf, Field } from '../core/config.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { socketAnswers } from '../core/metrics.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';
-import { stopOnSignals } from './daemon-common.js';
+import { addMetricsOption, maybeStartMetrics, stopOnSignals } from './daemon-common.js';
 
 /** Keys of the CSI plugin's TOML file: the shared volume keys plus the plugin's own (same names as the flags). */
 export const csiConfigSpec = {
@@ -15,6 +17,7 @@ export const csiConfigSpec = {
   'node-id': { type: 'string' },
   'driver-name': { type: 'string' },
   'allow-ephemeral-client-config': { type: 'boolean' },
+  'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
 export type CsiConfig = ConfigOf<typeof csiConfigSpec>;
@@ -24,6 +27,7 @@ export interface CsiSettings {
   nodeId: string;
   driverName: string;
   allowEphemeralClientConfig: boolean;
+  metricsAddress: string | undefined;
   manager: Omit<MountManagerOptions, 'host'> & { log: Logger };
 }
 
@@ -42,6 +46,7 @@ export function resolveCsiSettings(o: Record<string, unknown>, cmd: Command | nu
     nodeId: flagOrEnv('nodeId', 'node-id', 'NODE_ID') ?? os.hostname(),
     driverName: s.pick<string>('driverName', 'driver-name') ?? CSI_DEFAULTS.driverName,
     allowEphemeralClientConfig: s.pick<boolean>('allowEphemeralClientConfig', 'allow-ephemeral-client-config') ?? false,
+    metricsAddress: s.pick<string>('metricsAddress', 'metrics-address'),
     manager: s.manager,
   };
   parseEndpoint(out.endpoint);
@@ -57,9 +62,16 @@ export function csiCommand(): Command {
     .option('--node-id <id>', 'this node in NodeGetInfo (default: $NODE_ID, else the host name)')
     .option('--driver-name <name>', `plugin name (default ${CSI_DEFAULTS.driverName}, the name cvmfs-csi uses)`)
     .option('--allow-ephemeral-client-config', 'let inline ephemeral volumes (pod authors) set clientConfig');
-  return addVolumeOptions(cmd, CSI_DEFAULTS.stateDir).action(async (o: Record<string, unknown>, c: Command) => {
+  return addMetricsOption(addVolumeOptions(cmd, CSI_DEFAULTS.stateDir)).action(async (o: Record<string, unknown>, c: Command) => {
     const s = resolveCsiSettings(o, c);
-    const daemon = await startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig });
-    stopOnSignals(() => daemon.stop(), s.manager.log);
+    const socket = parseEndpoint(s.endpoint);
+    const m = await maybeStartMetrics(s.metricsAddress, s.manager.log, {
+      ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(s.manager.cvmfsRoot) ? null : `${s.manager.cvmfsRoot} does not exist`) },
+    });
+    const daemon = await startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig, metrics: m.metrics });
+    stopOnSignals(async () => {
+      await daemon.stop();
+      await m.stop();
+    }, s.manager.log);
   });
 }

@@ -10,6 +10,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { InvalidArgumentError } from '../core/errors.js';
 import { type Host, systemHost } from '../core/host.js';
+import type { Metrics } from '../core/metrics.js';
 import { prepareSocket } from '../core/socket.js';
 import { MountManager } from '../core/volumes/manager.js';
 import type { Backend } from '../core/volumes/types.js';
@@ -41,6 +42,8 @@ export interface CsiDaemonOptions {
   checkIntervalMs?: number | undefined;
   host?: Host | undefined;
   log: Logger;
+  /** Requests, volumes and repairs are recorded here (default: nowhere). */
+  metrics?: Metrics | undefined;
 }
 
 export interface RunningCsi {
@@ -93,14 +96,16 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
     checkIntervalMs: o.checkIntervalMs,
     host,
     log,
+    metrics: o.metrics,
+    daemon: 'csi',
   });
   let server: Server | undefined;
   try {
     await prepareSocket(socket);
     const node = new CsiNode({ manager, host, nodeId: o.nodeId, allowEphemeralClientConfig: o.allowEphemeralClientConfig, maxVolumesPerNode: o.maxVolumesPerNode, log });
     server = new Server({ 'grpc.enable_channelz': 0 });
-    server.addService(IdentityService, createIdentityService({ driverName: o.driverName, ready: () => true, log }));
-    server.addService(NodeService, createNodeService(node, log));
+    server.addService(IdentityService, createIdentityService({ driverName: o.driverName, ready: () => true, log, metrics: o.metrics }));
+    server.addService(NodeService, createNodeService(node, log, o.metrics));
     const s = server;
     await new Promise<void>((resolve, reject) => s.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
     await fsp.chmod(socket, 0o660);

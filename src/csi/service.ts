@@ -1,8 +1,9 @@
 /** gRPC edge: csi.v1.Identity and csi.v1.Node → CsiNode. Secrets are never logged. */
 import { readFileSync } from 'node:fs';
-import type { handleUnaryCall, sendUnaryData, ServerUnaryCall, ServiceError } from '@grpc/grpc-js';
+import { type handleUnaryCall, type sendUnaryData, type ServerUnaryCall, type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { toThinError } from '../core/errors.js';
+import { type Metrics, noMetrics, recordRequest } from '../core/metrics.js';
 import { toServiceError, unimplemented } from './grpc-errors.js';
 import type { CsiNode } from './node.js';
 import type { IdentityServer, NodeServer } from './proto/csi/v1/csi.js';
@@ -14,18 +15,21 @@ export const DRIVER_NAME = /^[A-Za-z0-9](?:[-A-Za-z0-9.]{0,61}[A-Za-z0-9])?$/;
 
 type Describe<Req> = (r: Req) => Record<string, unknown>;
 
-function unaryFactory(log: Logger) {
+function unaryFactory(log: Logger, metrics: Metrics) {
   return function unary<Req, Res>(method: string, describe: Describe<Req>, fn: (r: Req) => Promise<Res> | Res): handleUnaryCall<Req, Res> {
     return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
       const t0 = performance.now();
+      const started = process.hrtime.bigint();
       const fail = (e: unknown) => {
         // already a gRPC status (UNIMPLEMENTED): ThinError codes are strings
         if (typeof (e as Partial<ServiceError>).code === 'number') {
           log.debug({ method, err: (e as Error).message }, 'rpc refused');
+          recordRequest(metrics, 'csi', method, started, GrpcStatus[(e as ServiceError).code] ?? 'UNKNOWN');
           cb(e as ServiceError, null);
           return;
         }
         const err = toServiceError(e);
+        recordRequest(metrics, 'csi', method, started, GrpcStatus[err.code] ?? 'UNKNOWN');
         const t = toThinError(e);
         const fields = { method, ...safeDescribe(describe, call.request), code: err.code, ms: +(performance.now() - t0).toFixed(2) };
         if (t.kind === 'internal') log.error({ ...fields, err: e }, 'rpc failed');
@@ -41,6 +45,7 @@ function unaryFactory(log: Logger) {
       }
       const ok = (res: Res) => {
         if (log.isLevelEnabled('debug')) log.debug({ method, ...safeDescribe(describe, call.request), ms: +(performance.now() - t0).toFixed(2) }, 'rpc');
+        recordRequest(metrics, 'csi', method, started, 'OK');
         cb(null, res);
       };
       if (r instanceof Promise) r.then(ok, fail);
@@ -57,8 +62,8 @@ function safeDescribe<Req>(d: Describe<Req>, r: Req): Record<string, unknown> {
   }
 }
 
-export function createIdentityService(o: { driverName: string; ready: () => boolean; log: Logger }): IdentityServer {
-  const unary = unaryFactory(o.log);
+export function createIdentityService(o: { driverName: string; ready: () => boolean; log: Logger; metrics?: Metrics | undefined }): IdentityServer {
+  const unary = unaryFactory(o.log, o.metrics ?? noMetrics);
   return {
     getPluginInfo: unary('GetPluginInfo', () => ({}), () => ({ name: o.driverName, vendorVersion: VERSION, manifest: { implementation: 'cvmfs-thin' } })),
     // node only: no CONTROLLER_SERVICE, no topology constraints (every node can serve every repository)
@@ -67,8 +72,8 @@ export function createIdentityService(o: { driverName: string; ready: () => bool
   };
 }
 
-export function createNodeService(node: CsiNode, log: Logger): NodeServer {
-  const unary = unaryFactory(log);
+export function createNodeService(node: CsiNode, log: Logger, metrics: Metrics = noMetrics): NodeServer {
+  const unary = unaryFactory(log, metrics);
   const empty = {};
   // volume_context may hold clientConfig: log its keys only; never secrets
   const ctxKeys = (c: Record<string, string> | undefined) => Object.keys(c ?? {});

@@ -30,7 +30,7 @@ describe('settings: flags, then environment, then config file, then defaults', (
 
   it('CSI_ENDPOINT and NODE_ID beat the config file; flags beat both', () => {
     const cfg = path.join(dir, 'a.toml');
-    writeFileSync(cfg, 'endpoint = "unix:///from/config.sock"\nnode-id = "cfg-node"\nallowed-repositories = ["cms.cern.ch"]\nbackend = "client"\nmount-command = "/usr/bin/mount -t cvmfs"\nallow-ephemeral-client-config = true\nidle-unmount = "60"\n');
+    writeFileSync(cfg, 'endpoint = "unix:///from/config.sock"\nnode-id = "cfg-node"\nallowed-repositories = ["cms.cern.ch"]\nbackend = "client"\nmount-command = "/usr/bin/mount -t cvmfs"\nallow-ephemeral-client-config = true\nidle-unmount = 60\n');
     const env = { CSI_ENDPOINT: 'unix:///from/env.sock', NODE_ID: 'env-node' };
     const a = settings(['--config', cfg], env);
     expect(a).toMatchObject({ endpoint: 'unix:///from/env.sock', nodeId: 'env-node', allowEphemeralClientConfig: true });
