@@ -1,7 +1,10 @@
 /**
- * The one seam for system calls Node does not offer: mknod (whiteouts,
- * devices), extended attributes, mount/umount. Loaded lazily through koffi so
- * that pure modules and unprivileged tests never touch libc.
+ * libc bindings for the system calls Node does not offer (mknod, extended
+ * attributes, mount/umount, the new mount API, flock), loaded lazily through
+ * koffi so that pure modules and unprivileged tests never touch libc. The
+ * daemons reach them through the Host seam (host.ts, `systemHost`); pure
+ * modules and the tar workers (a Host cannot cross into a worker thread) call
+ * them directly.
  */
 import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -299,4 +302,10 @@ export function flock(fd: number, op: number): boolean {
   const e = l.errno();
   if (e === 11 /* EWOULDBLOCK */) return false;
   throw new SyscallError('flock', e, `fd ${fd}`);
+}
+
+/** syscall(2) and errno, for calls without a libc wrapper (the new mount API in core/stack/overlay-mount.ts). */
+export function rawSyscall(): { syscall: (...a: unknown[]) => number | bigint; errno: () => number } {
+  const l = lib();
+  return { syscall: l.syscall, errno: l.errno };
 }

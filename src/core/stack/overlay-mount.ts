@@ -13,18 +13,13 @@
  * of the call (as moby's overlay2 does); the chdir stays inside this fallback
  * and is undone before returning. Node runs JavaScript on one thread, so
  * nothing else observes the changed directory.
- *
- * (libc is loaded through koffi here as in sys.ts; these calls belong next to
- * sys.ts's open_tree/move_mount and can move there.)
  */
 import { closeSync, readSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import type koffiType from 'koffi';
 import { FailedPreconditionError } from '../errors.js';
 import type { OverlayMount } from '../host.js';
-import { mount, SyscallError } from '../sys.js';
+import { mount, rawSyscall, SyscallError } from '../sys.js';
 
 /** mount(2) copies one page of options, NUL included. */
 export const MAX_MOUNT_DATA = 4095;
@@ -79,19 +74,7 @@ const FSCONFIG_CMD_CREATE = 6;
 const AT_FDCWD = -100;
 const MOVE_MOUNT_F_EMPTY_PATH = 4;
 
-interface Calls {
-  syscall: (...args: unknown[]) => number | bigint;
-  errno: () => number;
-}
-let calls: Calls | undefined;
-function libc(): Calls {
-  if (calls) return calls;
-  const koffi = createRequire(import.meta.url)('koffi') as typeof koffiType;
-  const l = koffi.load('libc.so.6');
-  const errnoLoc = l.func('int *__errno_location(void)');
-  calls = { syscall: l.func('long syscall(long number, ...)'), errno: () => koffi.decode(errnoLoc(), 'int') as number };
-  return calls;
-}
+const libc = rawSyscall;
 
 /** The messages the kernel left in an fs context ("e overlay: ..."), joined. */
 function contextLog(fd: number): string {
