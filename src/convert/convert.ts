@@ -8,7 +8,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InternalError, ThinError, toThinError } from '../core/errors.js';
+import { type ErrorCode, InternalError, ThinError, toThinError } from '../core/errors.js';
 import { ConvertError } from './errors.js';
 import { buildMerged } from './flat.js';
 import { formatPlatform, hostPlatform, imageEntries, type PlatformSpec, platformDirName, platformMatches, selectPlatform } from './image/platform.js';
@@ -76,7 +76,7 @@ export interface LayerSummary {
 }
 
 export interface ErrorSummary {
-  code: string;
+  code: ErrorCode;
   /** containerd errdefs-style class; 'internal' (I/O errors, bugs) aborts a publishing transaction. */
   kind: string;
   message: string;
@@ -260,7 +260,10 @@ export class Converter {
     const name = job.name ?? source.name ?? localName(job.source);
     const treeName = duccImageName(name);
     const thinRef = job.thin === undefined ? defaultThinTarget(job.source, name) : job.thin;
-    const thinDesc = thinRef ? formatImageReference(thinRef) : null;
+    const thinName = thinRef?.transport === 'docker' ? thinRef.ref : thinRef?.transport === 'docker-archive' ? thinRef.ref : defaultThinReference(name);
+    const target = thinRef ? openTarget(thinRef, this.o.registries, this.o.transport, thinName) : null;
+    // the target's own description (tag or name filled in), the form recorded after a conversion
+    const thinDesc = target ? target.description : null;
     const multi = resolved.indexDigest !== null && this.o.allPlatforms === true;
 
     // per platform: layers, chains/flat
@@ -275,7 +278,7 @@ export class Converter {
 
     // thin image (all platforms at once), unless everything was up to date
     let thin: { target: string; digest: string } | null = null;
-    if (thinRef) {
+    if (target) {
       const allSkipped = perPlatform.every((p) => p.summary.status === 'skipped');
       try {
         const images: ImageToWrite[] = [];
@@ -294,9 +297,8 @@ export class Converter {
         }
         const index = multi ? buildThinIndex(images, { 'org.opencontainers.image.base.name': description, 'org.opencontainers.image.base.digest': resolved.indexDigest! }) : null;
         const expected = index ? index.digest : images[0]!.manifest.digest;
-        const target = openTarget(thinRef, this.o.registries, this.o.transport, thinRef.transport === 'docker' ? thinRef.ref : thinRef.transport === 'docker-archive' ? thinRef.ref : defaultThinReference(name));
         const current = allSkipped ? await target.current().catch(() => null) : null;
-        const expectedAtTarget = thinRef.transport === 'docker-archive' ? images[0]!.config.digest : expected;
+        const expectedAtTarget = thinRef?.transport === 'docker-archive' ? images[0]!.config.digest : expected;
         if (allSkipped && current === expectedAtTarget) {
           thin = { target: target.description, digest: current };
         } else {

@@ -3,7 +3,7 @@
  * applies the layer and the tar entry, so a bad wishlist entry or a hostile
  * layer can be found at once.
  */
-import { type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors.js';
+import { type ErrorCode, type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors.js';
 
 export class BadReferenceError extends InvalidArgumentError {
   constructor(message: string) {
@@ -28,7 +28,7 @@ export class RegistryError extends ThinError {
 
 /** Content that is not what it claims to be (digest or size mismatch, bad JSON, unsupported media type). */
 export class BadContentError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_BAD_CONTENT', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_BAD_CONTENT', options?: { cause?: unknown }) {
     super('invalid-argument', code, message, options);
   }
 }
@@ -45,7 +45,7 @@ export class ConvertError extends ThinError {
   readonly layer: string | undefined;
   readonly entry: string | undefined;
   readonly reason: string;
-  constructor(ctx: ConvertContext, reason: string, kind: ErrorKind, code: string, options?: { cause?: unknown }) {
+  constructor(ctx: ConvertContext, reason: string, kind: ErrorKind, code: ErrorCode, options?: { cause?: unknown }) {
     const where = [
       ctx.image !== undefined ? `image ${ctx.image}` : undefined,
       ctx.layer !== undefined ? `layer ${ctx.layer}` : undefined,

@@ -7,9 +7,11 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { finished } from 'node:stream/promises';
+import { Writable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { LAYER_MARKER, LAYER_ROOTFS, layerDir, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { ThinError } from '../core/errors.js';
 import { removeTree } from '../core/fsutil.js';
 import { BadContentError, ConvertError } from './errors.js';
 import type { ImageSource } from './image/source.js';
@@ -84,6 +86,30 @@ export class LayerUnpacker {
     });
   }
 
+  /**
+   * A layer that does not decompress or parse may just be corrupt (one
+   * flipped byte gives "bad header checksum" or a zlib error long before the
+   * digest can be checked at the end): read the blob again and check its
+   * digest, so that corruption is reported as such. A blob that matches its
+   * digest keeps the original error (the tar itself is bad).
+   */
+  private async blameContent(job: LayerJob, e: unknown): Promise<unknown> {
+    const { desc } = job;
+    if (this.o.signal?.aborted) return e;
+    if (!ThinError.is(e) || e.kind !== 'invalid-argument' || e.code === 'CVMFS_THIN_DIGEST_MISMATCH') return e;
+    const check = new DigestVerifier(desc.digest, desc.size, `blob ${desc.digest}`);
+    try {
+      await pipeline(job.source.openBlob(desc), check, new Writable({ write: (_c, _e, cb) => cb() }), ...(this.o.signal ? [{ signal: this.o.signal }] : []));
+    } catch (ve) {
+      if (ThinError.is(ve) && ve.code === 'CVMFS_THIN_DIGEST_MISMATCH') {
+        this.o.log.warn({ layer: desc.digest, err: (e as Error).message }, 'layer blob is corrupt');
+        return new BadContentError(ve.message, 'CVMFS_THIN_DIGEST_MISMATCH', { cause: e });
+      }
+      // the blob could not be read again: keep the first error
+    }
+    return e;
+  }
+
   private async unpackOnce(job: LayerJob, hex: string): Promise<LayerOutcome> {
     const { desc } = job;
     const layerName = `${job.index + 1}/${job.count} ${desc.digest}`;
@@ -119,7 +145,7 @@ export class LayerUnpacker {
     try {
       await fsp.mkdir(rootfs, { mode: 0o755 });
       const blob = job.source.openBlob(desc);
-      const verifier = new DigestVerifier(desc.digest, desc.size, `layer ${desc.digest}`, (n) => this.o.progress.layerBytes(key, n));
+      const verifier = new DigestVerifier(desc.digest, desc.size, `blob ${desc.digest}`, (n) => this.o.progress.layerBytes(key, n));
       blob.on('error', (e) => verifier.destroy(e));
       blob.pipe(verifier);
       let res;
@@ -138,11 +164,11 @@ export class LayerUnpacker {
           verifier.resume();
           await finished(verifier);
         }
-        if (!verifier.verified) throw new BadContentError(`layer ${desc.digest}: the blob was not read to its end`, 'CVMFS_THIN_DIGEST_MISMATCH');
+        if (!verifier.verified) throw new BadContentError(`blob ${desc.digest} was not read to its end`, 'CVMFS_THIN_DIGEST_MISMATCH');
       } catch (e) {
         blob.destroy();
         verifier.destroy();
-        throw e;
+        throw await this.blameContent(job, e);
       }
       if (job.diffId !== undefined && res.diffId !== job.diffId) {
         throw new BadContentError(`uncompressed content has digest ${res.diffId}, the image config declares diff_id ${job.diffId}`, 'CVMFS_THIN_DIFFID_MISMATCH');

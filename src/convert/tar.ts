@@ -1,13 +1,18 @@
 /**
  * The converter's only door to the shared tar library (src/core/tar): layer
- * extraction and decompression. Nothing in src/convert parses layer tars.
+ * extraction and decompression, the parser (image archives) and the
+ * in-memory packer (thin layers, image archives). Nothing in src/convert
+ * reads or writes tars itself.
  */
 export {
   compressionForMediaType,
   decompress,
   extractLayer,
+  type MemEntry,
+  packEntriesToBuffer,
   type ExtractLimits,
   type ExtractProgress,
   type ExtractResult,
   UnsafeTarError,
 } from '../core/tar/index.js';
+export { TarParser } from '../core/tar/parser.js';

@@ -1,14 +1,15 @@
 /**
- * The thin image: one layer holding only `thin.json` (mode 0644, uid/gid 0),
+ * The thin image: one layer holding only `thin.json` (mode 0644, uid/gid 0,
+ * packed by the shared tar writer, src/core/tar),
  * and a config that keeps the source image's whole runtime config plus
  * `CVMFS_IMAGE=true`, labelled with the source. Deterministic: converting
  * the same image twice gives the same digests.
  */
 import { gzipSync } from 'node:zlib';
-import tarStream from 'tar-stream';
 import { sha256Digest } from '../core/digest.js';
 import { duccLayerPath, parseThinManifest, serializeThinManifest, THIN_MANIFEST_NAME } from '../core/thin/manifest.js';
 import type { ImageToWrite } from './image/source.js';
+import { packEntriesToBuffer } from './tar.js';
 import { canonicalJson, type Descriptor, type ImageConfig, MT, type Platform, type RawManifest, rawManifest } from './image/types.js';
 
 export const LABEL_SOURCE = 'cvmfs-thin.source';
@@ -29,20 +30,6 @@ export interface ThinInput {
   platform: Platform;
 }
 
-function tarOfOneFile(name: string, data: Buffer, mtime: Date): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const pack = tarStream.pack();
-    const chunks: Buffer[] = [];
-    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
-    pack.on('end', () => resolve(Buffer.concat(chunks)));
-    pack.on('error', reject);
-    pack.entry({ name, size: data.length, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime, type: 'file' }, data, (e) => {
-      if (e) reject(e);
-      else pack.finalize();
-    });
-  });
-}
-
 /** The exact thin.json text for these layers. */
 export function thinManifestText(i: Pick<ThinInput, 'origin' | 'layers' | 'repository'>): string {
   const text = serializeThinManifest({
@@ -57,7 +44,8 @@ export function thinManifestText(i: Pick<ThinInput, 'origin' | 'layers' | 'repos
 export async function buildThinImage(i: ThinInput): Promise<ImageToWrite> {
   const text = thinManifestText(i);
   const created = typeof i.config.created === 'string' && !Number.isNaN(Date.parse(i.config.created)) ? i.config.created : '1970-01-01T00:00:00Z';
-  const tar = await tarOfOneFile(THIN_MANIFEST_NAME, Buffer.from(text), new Date(Math.floor(Date.parse(created) / 1000) * 1000));
+  // one file, mode 0644, uid/gid 0, stamped with the image's creation time (whole seconds)
+  const tar = packEntriesToBuffer([{ name: THIN_MANIFEST_NAME, data: text, mode: 0o644, mtime: Math.floor(Date.parse(created) / 1000) }]);
   const diffId = sha256Digest(tar);
   const gz = gzipSync(tar, { level: 9 });
   const layerDigest = sha256Digest(gz);

@@ -1,10 +1,17 @@
 /**
  * Typed errors shared by every part of cvmfs-thin. Each class has a stable
- * `code` string (like undici's UND_ERR_*), and a `kind` that the edges map to a
- * protocol status in exactly one place each (gRPC: src/snapshotter/grpc-errors.ts,
- * HTTP: src/graphdriver/http-errors.ts). The `kind` values mirror containerd's
- * errdefs classes, so a snapshotter answer means the same thing as containerd's own.
+ * `code` string (like undici's UND_ERR_*), listed with its meaning in the
+ * registry src/core/error-codes.ts (a code not listed there does not compile;
+ * table: docs/errors.md), and a `kind` that the edges map to a protocol status
+ * in exactly one place each (gRPC: src/snapshotter/grpc-errors.ts and
+ * src/csi/grpc-errors.ts, HTTP: src/core/plugin-http.ts). The `kind` values
+ * mirror containerd's errdefs classes, so a snapshotter answer means the same
+ * thing as containerd's own.
  */
+import type { ErrorCode } from './error-codes.js';
+
+export type { ErrorCode } from './error-codes.js';
+
 export type ErrorKind =
   | 'invalid-argument'
   | 'not-found'
@@ -17,9 +24,9 @@ const BRAND = Symbol.for('cvmfs-thin.error');
 
 export class ThinError extends Error {
   readonly kind: ErrorKind;
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly [BRAND] = true;
-  constructor(kind: ErrorKind, code: string, message: string, options?: { cause?: unknown }) {
+  constructor(kind: ErrorKind, code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.kind = kind;
     this.code = code;
@@ -31,32 +38,32 @@ export class ThinError extends Error {
 }
 
 export class InvalidArgumentError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_INVALID_ARGUMENT', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_INVALID_ARGUMENT', options?: { cause?: unknown }) {
     super('invalid-argument', code, message, options);
   }
 }
 export class NotFoundError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_NOT_FOUND', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_NOT_FOUND', options?: { cause?: unknown }) {
     super('not-found', code, message, options);
   }
 }
 export class AlreadyExistsError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_ALREADY_EXISTS', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_ALREADY_EXISTS', options?: { cause?: unknown }) {
     super('already-exists', code, message, options);
   }
 }
 export class FailedPreconditionError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_FAILED_PRECONDITION', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_FAILED_PRECONDITION', options?: { cause?: unknown }) {
     super('failed-precondition', code, message, options);
   }
 }
 export class UnavailableError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_UNAVAILABLE', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_UNAVAILABLE', options?: { cause?: unknown }) {
     super('unavailable', code, message, options);
   }
 }
 export class InternalError extends ThinError {
-  constructor(message: string, code = 'CVMFS_THIN_INTERNAL', options?: { cause?: unknown }) {
+  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_INTERNAL', options?: { cause?: unknown }) {
     super('internal', code, message, options);
   }
 }

@@ -72,7 +72,7 @@ describe.skipIf(needs({ binaries: ['docker-registry', 'openssl'] }))('registry c
     const wrong = `sha256:${'0'.repeat(64)}`;
     const v = new DigestVerifier(wrong, blob.length, 'layer X');
     // the registry serves the blob under its true digest; claim another one
-    await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(v))).rejects.toThrow(/layer X: content has digest sha256:[0-9a-f]{64}, the manifest declares sha256:0{64}/);
+    await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(v))).rejects.toThrow(/layer X does not match its digest: content has digest sha256:[0-9a-f]{64}, the manifest declares sha256:0{64}/);
     const short = new DigestVerifier(sha(blob), blob.length + 1, 'layer Y');
     await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(short))).rejects.toThrow(/layer Y: got 1000 bytes, the manifest declares 1001/);
     await expect(c.getManifest('t/c', 'missing')).rejects.toThrow(/t\/c: manifest missing: HTTP 404/);

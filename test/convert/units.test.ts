@@ -249,8 +249,11 @@ describe('thin image', () => {
     expect(tar.equals(a.layers[0]!.tar)).toBe(true);
     // one entry: thin.json, mode 0644, uid/gid 0
     expect(tar.subarray(0, 9).toString()).toBe('thin.json');
-    expect(tar.subarray(100, 107).toString()).toBe('000644 ');
+    expect(Number.parseInt(tar.subarray(100, 107).toString(), 8)).toBe(0o644);
     expect(Number.parseInt(tar.subarray(108, 115).toString(), 8)).toBe(0);
+    expect(Number.parseInt(tar.subarray(116, 123).toString(), 8)).toBe(0);
+    // stamped with the image's creation time
+    expect(Number.parseInt(tar.subarray(136, 147).toString(), 8)).toBe(Date.parse('2024-01-01T00:00:00Z') / 1000);
     const size = Number.parseInt(tar.subarray(124, 135).toString(), 8);
     expect(tar.subarray(512 + 512 + Math.ceil(size / 512) * 512, 512 + 512 + Math.ceil(size / 512) * 512 + 512).every((x) => x === 0)).toBe(true);
     const m = parseThinManifest(tar.subarray(512, 512 + size), { defaultRepository: 'unpacked.cern.ch', allowedRepositories: ['unpacked.cern.ch'] });

@@ -31,11 +31,14 @@ describe('decompress', () => {
     }
   });
 
-  it('gzip errors surface on the stream', async () => {
+  it('gzip errors surface on the stream as CVMFS_THIN_BAD_COMPRESSED_DATA (invalid-argument)', async () => {
     const gz = zlib.gzipSync(plain);
     gz[100] = gz[100]! ^ 0xff;
-    await expect(collect(decompress(streamOf(gz), 'gzip'))).rejects.toThrow();
-    await expect(collect(decompress(streamOf(zlib.gzipSync(plain).subarray(0, 5000)), 'auto'))).rejects.toThrow();
+    const typed = { name: 'InvalidArgumentError', code: 'CVMFS_THIN_BAD_COMPRESSED_DATA', kind: 'invalid-argument' };
+    await expect(collect(decompress(streamOf(gz), 'gzip'))).rejects.toMatchObject({ ...typed, message: expect.stringMatching(/^gzip: /) as unknown });
+    const cut = collect(decompress(streamOf(zlib.gzipSync(plain).subarray(0, 5000)), 'auto'));
+    await expect(cut).rejects.toMatchObject({ ...typed, message: 'gzip: unexpected end of file' });
+    await expect(cut.catch((e: Error) => (e.cause as NodeJS.ErrnoException).code)).resolves.toBe('Z_BUF_ERROR');
   });
 
   it('input errors surface on the stream', async () => {

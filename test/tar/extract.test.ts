@@ -11,7 +11,9 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { lgetxattr } from '../../src/core/sys.js';
-import { extractLayer, extractLayerFile, TarIoError } from '../../src/core/tar/index.js';
+import { InvalidArgumentError, ThinError } from '../../src/core/errors.js';
+import { deserializeError, serializeError } from '../../src/core/tar/extract-core.js';
+import { extractLayer, extractLayerFile, TarIoError, UnsafeTarError } from '../../src/core/tar/index.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { buildFixtureTree, CAP, extractBuf, LONG_TARGET, paxEntry, rawEntry, sha256, snapshot, tar, type NodeInfo, type Thread } from './helpers.js';
 
@@ -310,5 +312,19 @@ describe.skipIf(needs({ root: true }))('file system errors', () => {
     } finally {
       execFileSync('umount', [ro]);
     }
+  });
+});
+
+describe('errors across the worker boundary', () => {
+  it('keep their class, code and kind', () => {
+    const round = (e: unknown) => deserializeError(JSON.parse(JSON.stringify(serializeError(e))) as Parameters<typeof deserializeError>[0]);
+    const bad = round(new InvalidArgumentError('gzip: incorrect header check', 'CVMFS_THIN_BAD_COMPRESSED_DATA'));
+    expect(ThinError.is(bad) && [bad.kind, bad.code, bad.message]).toEqual(['invalid-argument', 'CVMFS_THIN_BAD_COMPRESSED_DATA', 'gzip: incorrect header check']);
+    const unsafe = round(new UnsafeTarError('a/../../b', 'path-escape', 'climbs out'));
+    expect(unsafe).toBeInstanceOf(UnsafeTarError);
+    expect((unsafe as UnsafeTarError).entry).toBe('a/../../b');
+    const plainErr = round(Object.assign(new Error('boom'), { code: 'EIO' }));
+    expect(ThinError.is(plainErr)).toBe(false);
+    expect((plainErr as NodeJS.ErrnoException).code).toBe('EIO');
   });
 });

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { lsetxattr, lutimesNs, mkWhiteout } from '../../src/core/sys.js';
-import { packDirectory, packEntries } from '../../src/core/tar/index.js';
+import { packDirectory, packEntries, packEntriesToBuffer } from '../../src/core/tar/index.js';
 import { TarParser } from '../../src/core/tar/parser.js';
 import type { TarHeader } from '../../src/core/tar/headers.js';
 import { needs, tempDir } from '../helpers/env.js';
@@ -222,5 +222,17 @@ describe('packEntries', () => {
 
   it('refuses a symlink without a target', () => {
     expect(() => packEntries([{ name: 'l', type: 'symlink' }])).toThrow(/linkname/);
+  });
+
+  it('stamps a given mtime (negative ones through PAX), refuses a fractional one; the buffer form is the same tar', async () => {
+    const t = Date.parse('2024-01-01T00:00:00Z') / 1000;
+    const buf = packEntriesToBuffer([{ name: 'a', data: 'x', mtime: t }, { name: 'old', data: 'y', mtime: -86_400 }]);
+    expect(buf.equals(await collect(packEntries([{ name: 'a', data: 'x', mtime: t }, { name: 'old', data: 'y', mtime: -86_400 }])))).toBe(true);
+    expect(headers(buf).map((h) => [h.name, h.mtime.sec])).toEqual([
+      ['a', t],
+      ['old', -86_400],
+    ]);
+    expect(execFileSync('tar', ['-tvf', '-', '--utc'], { input: buf }).toString()).toMatch(/2024-01-01 00:00 a\n.*1969-12-31 00:00 old/s);
+    expect(() => packEntriesToBuffer([{ name: 'a', mtime: 1.5 }])).toThrow(/"a": mtime 1.5 is not a whole number/);
   });
 });

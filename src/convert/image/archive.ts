@@ -3,136 +3,23 @@
  * `docker-archive:FILE[:REF|:@INDEX]` (`docker save` format). Reading spools
  * the archive's blobs into a private temporary directory (regular files under
  * cleaned, allow-listed names only; links become aliases, never links on
- * disk), then serves them like a layout. Writing builds the tar in memory
- * order with tar-stream and renames it into place.
+ * disk), then serves them like a layout. Reading and writing use the shared
+ * tar library (src/core/tar); writing builds the tar in memory (thin images
+ * are small) and renames it into place.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
-import os from 'node:os';
+import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { PassThrough, type Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
-import tarStream from 'tar-stream';
+import type { Readable } from 'node:stream';
 import { sha256Digest } from '../../core/digest.js';
 import { NotFoundError } from '../../core/errors.js';
 import { removeTree } from '../../core/fsutil.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
 import { type DockerReference, familiarName, parseDockerReference } from '../reference.js';
+import { type MemEntry, packEntriesToBuffer } from '../tar.js';
+import { cleanArchiveName, makeTemp, resolveName, spool, type Spooled } from './archive-spool.js';
 import { OciLayoutSource, writeOciLayout } from './oci-layout.js';
 import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
 import { canonicalJson, type Descriptor, MT, type RawManifest } from './types.js';
-
-interface Spooled {
-  dir: string;
-  files: Map<string, { size: number; digest: string }>;
-  aliases: Map<string, string>;
-}
-
-const SAFE_NAME = /^[A-Za-z0-9._@:+=-]+(\/[A-Za-z0-9._@:+=-]+)*$/;
-
-function cleanArchiveName(raw: string, what: string): string | null {
-  const parts: string[] = [];
-  for (const seg of raw.split('/')) {
-    if (seg === '' || seg === '.') continue;
-    if (seg === '..') throw new BadContentError(`${what}: entry ${JSON.stringify(raw)} climbs out of the archive`, 'CVMFS_THIN_BAD_ARCHIVE');
-    parts.push(seg);
-  }
-  if (raw.startsWith('/')) throw new BadContentError(`${what}: entry ${JSON.stringify(raw)} is absolute`, 'CVMFS_THIN_BAD_ARCHIVE');
-  const name = parts.join('/');
-  return name !== '' && SAFE_NAME.test(name) ? name : null;
-}
-
-/** Read an archive (plain or gzip) into `dir`: regular files only, digests computed on the way. */
-async function spool(file: string, dir: string, what: string): Promise<Spooled> {
-  const files = new Map<string, { size: number; digest: string }>();
-  const aliases = new Map<string, string>();
-  let fh: fsp.FileHandle;
-  try {
-    fh = await fsp.open(file, 'r');
-  } catch (e) {
-    throw new NotFoundError(`${what}: cannot open ${file}: ${(e as Error).message}`);
-  }
-  const magic = Buffer.alloc(4);
-  await fh.read(magic, 0, 4, 0);
-  await fh.close();
-  if (magic[0] === 0x28 && magic[1] === 0xb5 && magic[2] === 0x2f && magic[3] === 0xfd) {
-    throw new BadContentError(`${what}: zstd-compressed archives are not supported; decompress it first`, 'CVMFS_THIN_UNSUPPORTED');
-  }
-  const gz = magic[0] === 0x1f && magic[1] === 0x8b;
-  const extract = tarStream.extract();
-  extract.on('entry', (header, entryStream, next) => {
-    const stream = entryStream as unknown as Readable;
-    const done = (e?: unknown) => (e ? next(e as Error) : next());
-    let name: string | null;
-    try {
-      name = cleanArchiveName(header.name, what);
-    } catch (e) {
-      stream.resume();
-      done(e);
-      return;
-    }
-    if (name === null || (header.type !== 'file' && header.type !== 'contiguous-file' && header.type !== 'symlink' && header.type !== 'link')) {
-      stream.resume();
-      stream.on('end', () => done());
-      return;
-    }
-    if (header.type === 'symlink' || header.type === 'link') {
-      const ln = header.linkname ?? '';
-      const target = header.type === 'symlink' ? path.posix.normalize(path.posix.join(path.posix.dirname(name), ln)) : ln;
-      try {
-        const t = cleanArchiveName(target, what);
-        if (t) aliases.set(name, t);
-      } catch {
-        /* a link pointing out of the archive is simply not an alias */
-      }
-      stream.resume();
-      stream.on('end', () => done());
-      return;
-    }
-    const dest = path.join(dir, name);
-    const hash = createHash('sha256');
-    let size = 0;
-    fsp
-      .mkdir(path.dirname(dest), { recursive: true })
-      .then(async () => {
-        const counter = new PassThrough();
-        counter.on('data', (c: Buffer) => {
-          hash.update(c);
-          size += c.length;
-        });
-        await pipeline(stream, counter, createWriteStream(dest, { flags: 'w', mode: 0o600 }));
-        files.set(name!, { size, digest: `sha256:${hash.digest('hex')}` });
-        aliases.delete(name!);
-      })
-      .then(() => done(), done);
-  });
-  const input = createReadStream(file, { highWaterMark: 1 << 20 });
-  try {
-    if (gz) await pipeline(input, createGunzip(), extract);
-    else await pipeline(input, extract);
-  } catch (e) {
-    if (e instanceof BadContentError) throw e;
-    throw new BadContentError(`${what}: not a readable tar archive: ${(e as Error).message}`, 'CVMFS_THIN_BAD_ARCHIVE', { cause: e });
-  }
-  return { dir, files, aliases };
-}
-
-function resolveName(sp: Spooled, name: string): string {
-  let n = name;
-  for (let i = 0; i < 16 && !sp.files.has(n); i++) {
-    const a = sp.aliases.get(n);
-    if (!a) break;
-    n = a;
-  }
-  return n;
-}
-
-async function makeTemp(tmpRoot: string | undefined): Promise<string> {
-  const root = tmpRoot ?? os.tmpdir();
-  await fsp.mkdir(root, { recursive: true });
-  return fsp.mkdtemp(path.join(root, 'cvmfs-thin-archive-'));
-}
 
 /** `oci-archive:` source: spool, then read as a layout. */
 export async function openOciArchive(file: string, tag: string | undefined, tmpRoot?: string): Promise<ImageSource> {
@@ -296,36 +183,17 @@ export class DockerArchiveSource implements ImageSource {
   }
 }
 
-const EPOCH = new Date(0);
-
-async function packToFile(file: string, fill: (pack: tarStream.Pack) => Promise<void>): Promise<void> {
+/** Write a tar of in-memory entries (thin images are small) under a temporary name, then rename it into place. */
+async function packToFile(file: string, entries: MemEntry[]): Promise<void> {
   await fsp.mkdir(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  const pack = tarStream.pack();
-  const out = pipeline(pack, createWriteStream(tmp, { mode: 0o644 }));
   try {
-    await fill(pack);
-    pack.finalize();
-    await out;
+    await fsp.writeFile(tmp, packEntriesToBuffer(entries), { mode: 0o644 });
     await fsp.rename(tmp, file);
   } catch (e) {
-    pack.destroy();
-    await out.catch(() => undefined);
     await fsp.rm(tmp, { force: true });
     throw e;
   }
-}
-
-function addEntry(pack: tarStream.Pack, name: string, data: Buffer, mode = 0o644): Promise<void> {
-  return new Promise((resolve, reject) => {
-    pack.entry({ name, size: data.length, mode, mtime: EPOCH, uid: 0, gid: 0, type: 'file' }, data, (e) => (e ? reject(e) : resolve()));
-  });
-}
-
-function addDir(pack: tarStream.Pack, name: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    pack.entry({ name, mode: 0o755, mtime: EPOCH, uid: 0, gid: 0, type: 'directory' }, (e) => (e ? reject(e) : resolve()));
-  });
 }
 
 /** `oci-archive:` target: the tar of a fresh layout holding this image under `tag`. */
@@ -355,15 +223,16 @@ export class OciArchiveTarget implements ImageTarget {
     const dir = await makeTemp(this.tmpRoot);
     try {
       const digest = await writeOciLayout(dir, this.tag, images, index, this.imageName);
-      await packToFile(this.file, async (pack) => {
-        await addEntry(pack, 'oci-layout', await fsp.readFile(path.join(dir, 'oci-layout')));
-        await addEntry(pack, 'index.json', await fsp.readFile(path.join(dir, 'index.json')));
-        await addDir(pack, 'blobs/');
-        await addDir(pack, 'blobs/sha256/');
-        for (const n of (await fsp.readdir(path.join(dir, 'blobs', 'sha256'))).sort()) {
-          await addEntry(pack, `blobs/sha256/${n}`, await fsp.readFile(path.join(dir, 'blobs', 'sha256', n)));
-        }
-      });
+      const entries: MemEntry[] = [
+        { name: 'oci-layout', data: await fsp.readFile(path.join(dir, 'oci-layout')) },
+        { name: 'index.json', data: await fsp.readFile(path.join(dir, 'index.json')) },
+        { name: 'blobs/' },
+        { name: 'blobs/sha256/' },
+      ];
+      for (const n of (await fsp.readdir(path.join(dir, 'blobs', 'sha256'))).sort()) {
+        entries.push({ name: `blobs/sha256/${n}`, data: await fsp.readFile(path.join(dir, 'blobs', 'sha256', n)) });
+      }
+      await packToFile(this.file, entries);
       return { digest, target: this.description };
     } finally {
       await removeTree(dir);
@@ -410,17 +279,14 @@ export class DockerArchiveTarget implements ImageTarget {
       const fam = familiarName({ ...this.ref, tag: undefined, digest: undefined });
       repositories[fam] = { [this.ref.tag ?? 'latest']: img.layers[img.layers.length - 1]!.diffId.slice(7) };
     }
-    await packToFile(this.file, async (pack) => {
-      await addEntry(pack, `${cfgHex}.json`, img.config.bytes);
-      for (let i = 0; i < img.layers.length; i++) {
-        const l = img.layers[i]!;
-        await addDir(pack, `${l.diffId.slice(7)}/`);
-        await addEntry(pack, layerNames[i]!, l.tar);
-        await addEntry(pack, `${l.diffId.slice(7)}/VERSION`, Buffer.from('1.0'));
-      }
-      await addEntry(pack, 'manifest.json', canonicalJson([entry]));
-      if (this.ref) await addEntry(pack, 'repositories', canonicalJson(repositories));
-    });
+    const entries: MemEntry[] = [{ name: `${cfgHex}.json`, data: img.config.bytes }];
+    for (let i = 0; i < img.layers.length; i++) {
+      const l = img.layers[i]!;
+      entries.push({ name: `${l.diffId.slice(7)}/` }, { name: layerNames[i]!, data: l.tar }, { name: `${l.diffId.slice(7)}/VERSION`, data: '1.0' });
+    }
+    entries.push({ name: 'manifest.json', data: canonicalJson([entry]) });
+    if (this.ref) entries.push({ name: 'repositories', data: canonicalJson(repositories) });
+    await packToFile(this.file, entries);
     return { digest: img.config.digest, target: this.description };
   }
 }

@@ -1,7 +1,7 @@
 /** Opening sources and targets from transport references; one registry client per registry. */
 import type { Logger } from 'pino';
 import type { Credentials } from '../registry/auth.js';
-import { RegistryClient } from '../registry/client.js';
+import { type FetchFn, RegistryClient } from '../registry/client.js';
 import { type DockerReference, formatDockerReference, type ImageReference } from '../reference.js';
 import { DockerArchiveSource, DockerArchiveTarget, OciArchiveTarget, openOciArchive } from './archive.js';
 import { OciLayoutSource, OciLayoutTarget } from './oci-layout.js';
@@ -23,6 +23,8 @@ export interface TransportOptions {
   tmpDir?: string | undefined;
   retries?: number | undefined;
   backoffMs?: number | undefined;
+  /** HTTP client of the registry clients (default: the global fetch). */
+  fetch?: FetchFn | undefined;
 }
 
 /** Registry clients shared by sources and targets of one run (tokens and scheme probes are reused). */
@@ -41,6 +43,7 @@ export class Registries {
         signal: this.o.signal,
         retries: this.o.retries,
         backoffMs: this.o.backoffMs,
+        fetch: this.o.fetch,
       });
       this.clients.set(key, c);
     }

@@ -1,11 +1,10 @@
 /**
- * An OCI distribution (registry API v2) client on Node's global fetch:
- * manifests and indexes, streamed blobs (resumed with Range requests after a
- * dropped connection), paginated tag lists, anonymous / basic / bearer-token
- * auth, plain HTTP for loopback or `--insecure` registries, retries with
- * backoff that honour 429 + Retry-After, and resumable-safe pushes (HEAD
- * first, cross-repository mounts, monolithic or chunked uploads; manifests
- * are pushed by the caller after every blob).
+ * An OCI distribution (registry API v2) client on `fetch` (Node's global one
+ * unless another is passed in): manifests and indexes, streamed blobs
+ * (resumed with Range requests after a dropped connection), paginated tag
+ * lists, anonymous / basic / bearer-token auth, plain HTTP for loopback or
+ * `--insecure` registries, retries with backoff that honour 429 + Retry-After
+ * (one policy for every loop: retry.ts), and resumable-safe pushes (push.ts).
  */
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -13,8 +12,16 @@ import { sha256Digest } from '../../core/digest.js';
 import { BadContentError, RegistryError } from '../errors.js';
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, type RawManifest } from '../image/types.js';
 import { apiHost, canonicalRegistry } from '../reference.js';
-import { sleep } from '../util.js';
 import { type Challenge, type Credentials, lookupCredentials, parseChallenges } from './auth.js';
+import { drain, errorDetail, isLoopbackHost, pullScope, pushScope, readLimited, urlForMessage, USER_AGENT } from './http.js';
+import { pushBlob } from './push.js';
+import { describeCause, Retrier, RETRY_STATUS, RetryLater, type RetryPolicy, withRetries } from './retry.js';
+
+export { isLoopbackHost, pullScope, pushScope } from './http.js';
+export { retryDelay } from './retry.js';
+
+/** The `fetch` the client calls (the global one by default; tests pass a scripted one). */
+export type FetchFn = (url: string, init: RequestInit) => Promise<Response>;
 
 export interface RegistryClientOptions {
   /** Registry name as in references (`docker.io`, `host:5000`). */
@@ -35,9 +42,11 @@ export interface RegistryClientOptions {
   monolithicLimit?: number | undefined;
   /** Chunk size of chunked uploads (default 16 MiB). */
   chunkSize?: number | undefined;
+  /** HTTP client (default: the global `fetch`). */
+  fetch?: FetchFn | undefined;
 }
 
-interface RequestOptions {
+export interface RequestOptions {
   scopes: string[];
   headers?: Record<string, string>;
   /** A fresh body for each attempt. */
@@ -52,64 +61,6 @@ interface Token {
   expires: number;
 }
 
-const USER_AGENT = 'cvmfs-thin (+https://github.com/cvmfs-thin)';
-const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
-
-export function isLoopbackHost(registry: string): boolean {
-  const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
-
-/** Delay before a retry: Retry-After (seconds or HTTP date) if given, else exponential with ±25 % jitter; capped at 60 s. */
-export function retryDelay(attempt: number, retryAfter: string | null, baseMs: number): number {
-  if (retryAfter) {
-    const secs = Number(retryAfter);
-    if (Number.isFinite(secs) && secs >= 0) return Math.min(secs * 1000, 60_000);
-    const t = Date.parse(retryAfter);
-    if (!Number.isNaN(t)) return Math.min(Math.max(0, t - Date.now()), 60_000);
-  }
-  const d = Math.min(baseMs * 2 ** attempt, 60_000);
-  return Math.round(d * (0.75 + Math.random() * 0.5));
-}
-
-async function errorDetail(res: Response): Promise<string> {
-  try {
-    const text = (await res.text()).slice(0, 2000);
-    try {
-      const o = JSON.parse(text) as { errors?: { code?: string; message?: string; detail?: unknown }[] };
-      if (Array.isArray(o.errors) && o.errors.length) {
-        return o.errors.map((e) => [e.code, e.message].filter(Boolean).join(': ')).join('; ');
-      }
-    } catch {
-      /* not JSON */
-    }
-    return text.trim().split('\n')[0]!.slice(0, 300);
-  } catch {
-    return '';
-  }
-}
-
-async function readLimited(res: Response, limit: number, what: string): Promise<Buffer> {
-  const len = Number(res.headers.get('content-length'));
-  if (Number.isFinite(len) && len > limit) throw new BadContentError(`${what}: ${len} bytes is larger than the ${limit}-byte limit`);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  if (!res.body) return Buffer.alloc(0);
-  for await (const c of res.body as unknown as AsyncIterable<Uint8Array>) {
-    total += c.byteLength;
-    if (total > limit) throw new BadContentError(`${what}: larger than the ${limit}-byte limit`);
-    chunks.push(Buffer.from(c));
-  }
-  return Buffer.concat(chunks);
-}
-
-export function pullScope(repo: string): string {
-  return `repository:${repo}:pull`;
-}
-export function pushScope(repo: string): string {
-  return `repository:${repo}:pull,push`;
-}
-
 export class RegistryClient {
   readonly registry: string;
   readonly host: string;
@@ -118,10 +69,11 @@ export class RegistryClient {
   private creds: Promise<Credentials | null>;
   private readonly tokens = new Map<string, Promise<Token | null>>();
   private readonly log: Logger | undefined;
-  private readonly retries: number;
-  private readonly backoffMs: number;
   private readonly headerTimeoutMs: number;
   private readonly signal: AbortSignal | undefined;
+  private readonly fetchFn: FetchFn;
+  /** The retry policy of every loop of this client (and of push.ts). */
+  readonly retry: RetryPolicy;
   readonly monolithicLimit: number;
   readonly chunkSize: number;
 
@@ -130,16 +82,16 @@ export class RegistryClient {
     this.host = apiHost(this.registry);
     this.creds = opts.credentials !== undefined ? Promise.resolve(opts.credentials) : lookupCredentials(this.registry);
     this.log = opts.log;
-    this.retries = opts.retries ?? 4;
-    this.backoffMs = opts.backoffMs ?? 500;
     this.headerTimeoutMs = opts.headerTimeoutMs ?? 60_000;
     this.signal = opts.signal;
+    this.fetchFn = opts.fetch ?? ((url, init) => fetch(url, init));
+    this.retry = { retries: opts.retries ?? 4, backoffMs: opts.backoffMs ?? 500, signal: opts.signal, log: opts.log };
     this.monolithicLimit = opts.monolithicLimit ?? 32 << 20;
     this.chunkSize = opts.chunkSize ?? 16 << 20;
   }
 
   /** `https://host` or, for loopback / --insecure registries that do not speak TLS, `http://host`. */
-  private baseUrl(): Promise<string> {
+  baseUrl(): Promise<string> {
     // a failed probe is not cached: the next request probes again
     this.base ??= this.ping().catch((e: unknown) => {
       this.base = undefined;
@@ -152,39 +104,46 @@ export class RegistryClient {
     const allowHttp = this.opts.insecure === true || isLoopbackHost(this.host);
     const schemes = allowHttp ? ['https', 'http'] : ['https'];
     let lastErr: unknown;
+    let attempts = 0;
     for (const scheme of schemes) {
       const url = `${scheme}://${this.host}/v2/`;
-      for (let attempt = 0; ; attempt++) {
-        try {
-          const res = await this.fetchWithTimeout(url, { method: 'GET', headers: { 'User-Agent': USER_AGENT } });
-          await res.arrayBuffer().catch(() => undefined);
-          if (res.status === 401) {
-            this.challenge = this.pickChallenge(res.headers.get('www-authenticate'));
-          } else if (RETRY_STATUS.has(res.status) && attempt < this.retries) {
-            await sleep(retryDelay(attempt, res.headers.get('retry-after'), this.backoffMs), this.signal);
-            continue;
-          } else if (res.status >= 400 && res.status !== 404) {
-            throw RegistryError.fromStatus(res.status, `registry ${this.registry}: GET /v2/`, '');
-          }
-          this.log?.debug({ registry: this.registry, scheme }, 'registry reachable');
-          return `${scheme}://${this.host}`;
-        } catch (e) {
-          if (this.signal?.aborted) throw e;
-          if (e instanceof RegistryError) throw e;
-          lastErr = e;
-          // a TLS handshake against a plain-HTTP server fails at once: try the next scheme
-          if (scheme === 'https' && allowHttp) break;
-          if (attempt < this.retries) {
-            await sleep(retryDelay(attempt, null, this.backoffMs), this.signal);
-            continue;
-          }
-          break;
-        }
+      // a TLS handshake against a plain-HTTP server fails at once: then try the next scheme without waiting
+      const fallback = scheme === 'https' && allowHttp;
+      try {
+        await withRetries(
+          this.retry,
+          `registry ${this.registry}: GET ${url}`,
+          async (r) => {
+            let res: Response;
+            try {
+              res = await this.fetchWithTimeout(url, { method: 'GET', headers: { 'User-Agent': USER_AGENT } });
+            } catch (e) {
+              attempts++;
+              // not a RetryLater: no retry on this scheme
+              throw fallback ? e : new RetryLater(e);
+            }
+            attempts++;
+            await drain(res);
+            if (res.status === 401) this.challenge = this.pickChallenge(res.headers.get('www-authenticate'));
+            else if (RETRY_STATUS.has(res.status) && !r.last) throw RetryLater.status(res);
+            else if (res.status >= 400 && res.status !== 404) throw RegistryError.fromStatus(res.status, `registry ${this.registry}: GET /v2/`, '');
+          },
+          (cause) => cause,
+        );
+        this.log?.debug({ registry: this.registry, scheme }, 'registry reachable');
+        return `${scheme}://${this.host}`;
+      } catch (e) {
+        if (this.signal?.aborted || e instanceof RegistryError) throw e;
+        lastErr = e;
       }
     }
-    const cause = lastErr instanceof Error ? ((lastErr.cause as Error | undefined)?.message ?? lastErr.message) : String(lastErr);
     const hint = allowHttp ? '' : ' (for a plain-HTTP registry use --insecure)';
-    throw new RegistryError('unavailable', `registry ${this.registry}: cannot connect to ${this.host}: ${cause}${hint}`, undefined, { cause: lastErr });
+    throw new RegistryError(
+      'unavailable',
+      `registry ${this.registry}: cannot connect to ${this.host}: ${describeCause(lastErr)} (after ${attempts} attempt${attempts === 1 ? '' : 's'})${hint}`,
+      undefined,
+      { cause: lastErr },
+    );
   }
 
   private pickChallenge(header: string | null): Challenge | null {
@@ -199,7 +158,7 @@ export class RegistryClient {
     const timer = setTimeout(() => ctl.abort(new Error(`no response within ${this.headerTimeoutMs} ms`)), this.headerTimeoutMs);
     try {
       const body = init.body;
-      return await fetch(url, {
+      return await this.fetchFn(url, {
         ...init,
         signal: this.signal ? AbortSignal.any([ctl.signal, this.signal]) : ctl.signal,
         ...(body instanceof Readable ? { duplex: 'half' } : {}),
@@ -236,8 +195,9 @@ export class RegistryClient {
     if (!realm) throw new RegistryError('unavailable', `registry ${this.registry}: bearer challenge without realm`);
     const url = new URL(realm);
     const service = ch.params['service'];
-    let res: Response;
-    for (let attempt = 0; ; attempt++) {
+    const what = `registry ${this.registry}: token server ${url.origin}`;
+    const res = await withRetries(this.retry, what, async (r) => {
+      let res: Response;
       try {
         if (creds?.identityToken) {
           const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'cvmfs-thin' });
@@ -258,19 +218,14 @@ export class RegistryClient {
           res = await this.fetchWithTimeout(u.toString(), { method: 'GET', headers });
         }
       } catch (e) {
-        if (this.signal?.aborted || attempt >= this.retries) {
-          throw new RegistryError('unavailable', `registry ${this.registry}: token server ${url.origin}: ${(e as Error).message}`, undefined, { cause: e });
-        }
-        await sleep(retryDelay(attempt, null, this.backoffMs), this.signal);
-        continue;
+        throw new RetryLater(e);
       }
-      if (RETRY_STATUS.has(res.status) && attempt < this.retries) {
-        await res.arrayBuffer().catch(() => undefined);
-        await sleep(retryDelay(attempt, res.headers.get('retry-after'), this.backoffMs), this.signal);
-        continue;
+      if (RETRY_STATUS.has(res.status) && !r.last) {
+        await drain(res);
+        throw RetryLater.status(res);
       }
-      break;
-    }
+      return res;
+    });
     if (!res.ok) {
       throw RegistryError.fromStatus(res.status, `registry ${this.registry}: token for ${scopes.join(' ') || '(no scope)'}`, await errorDetail(res));
     }
@@ -282,57 +237,55 @@ export class RegistryClient {
     return { header: `Bearer ${tok}`, expires: Date.now() + ttl * 800 };
   }
 
-  /** One HTTP exchange with auth, retries and backoff. The caller checks the status. */
-  private async request(method: string, pathOrUrl: string, o: RequestOptions): Promise<Response> {
+  /**
+   * One HTTP exchange with auth, retries and backoff. The caller checks the
+   * status; a retryable status is returned as is once no attempt is left.
+   * A 401 gets a fresh token (and the scopes the challenge asks for) once,
+   * at once. Internal to the registry client (push.ts uses it).
+   */
+  async request(method: string, pathOrUrl: string, o: RequestOptions): Promise<Response> {
     const base = await this.baseUrl();
     const url = o.absolute ? pathOrUrl : `${base}${pathOrUrl}`;
     let scopes = o.scopes;
     let refreshed = false;
     let force = false;
-    for (let attempt = 0; ; attempt++) {
-      const headers: Record<string, string> = { 'User-Agent': USER_AGENT, ...o.headers };
-      const auth = await this.authorization(scopes, force);
-      force = false;
-      if (auth) headers['Authorization'] = auth;
-      let res: Response;
-      try {
-        const body = o.body?.();
-        res = await this.fetchWithTimeout(url, { method, headers, body: body as RequestInit['body'], redirect: 'follow' });
-      } catch (e) {
-        if (this.signal?.aborted) throw this.signal.reason ?? e;
-        if (attempt >= this.retries) {
-          const cause = (e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : (e as Error).message;
-          throw new RegistryError('unavailable', `${o.what}: ${cause} (after ${attempt + 1} attempts)`, undefined, { cause: e });
+    return withRetries(this.retry, `${o.what}: ${method} ${urlForMessage(url)}`, async (r) => {
+      for (;;) {
+        const headers: Record<string, string> = { 'User-Agent': USER_AGENT, ...o.headers };
+        const auth = await this.authorization(scopes, force);
+        force = false;
+        if (auth) headers['Authorization'] = auth;
+        let res: Response;
+        try {
+          const body = o.body?.();
+          res = await this.fetchWithTimeout(url, { method, headers, body: body as RequestInit['body'], redirect: 'follow' });
+        } catch (e) {
+          throw new RetryLater(e);
         }
-        this.log?.debug({ what: o.what, err: (e as Error).message, attempt }, 'request failed; retrying');
-        await sleep(retryDelay(attempt, null, this.backoffMs), this.signal);
-        continue;
-      }
-      if (res.status === 401 && !refreshed) {
-        // a token expired or the challenge asks for another scope: get a new token once
-        const ch = this.pickChallenge(res.headers.get('www-authenticate'));
-        await res.arrayBuffer().catch(() => undefined);
-        if (ch) {
-          this.challenge = ch;
-          const extra = ch.params['scope'];
-          if (extra) scopes = [...new Set([...scopes, ...extra.split(' ')])];
+        if (res.status === 401 && !refreshed) {
+          // a token expired or the challenge asks for another scope: get a new token once
+          const ch = this.pickChallenge(res.headers.get('www-authenticate'));
+          await drain(res);
+          if (ch) {
+            this.challenge = ch;
+            const extra = ch.params['scope'];
+            if (extra) scopes = [...new Set([...scopes, ...extra.split(' ')])];
+          }
+          refreshed = true;
+          force = true;
+          continue;
         }
-        refreshed = true;
-        force = true;
-        continue;
+        if (RETRY_STATUS.has(res.status) && !r.last) {
+          await drain(res);
+          throw RetryLater.status(res);
+        }
+        return res;
       }
-      if (RETRY_STATUS.has(res.status) && attempt < this.retries) {
-        const delay = retryDelay(attempt, res.headers.get('retry-after'), this.backoffMs);
-        this.log?.info({ what: o.what, status: res.status, delayMs: delay, attempt }, 'registry asked to retry; backing off');
-        await res.arrayBuffer().catch(() => undefined);
-        await sleep(delay, this.signal);
-        continue;
-      }
-      return res;
-    }
+    });
   }
 
-  private async fail(res: Response, what: string): Promise<never> {
+  /** Throw the RegistryError for a failed response (naming `what`, the status and the registry's reason). */
+  async fail(res: Response, what: string): Promise<never> {
     throw RegistryError.fromStatus(res.status, what, await errorDetail(res));
   }
 
@@ -381,7 +334,10 @@ export class RegistryClient {
     const self = this;
     async function* gen(): AsyncGenerator<Buffer> {
       let offset = 0;
-      for (let attempt = 0; ; attempt++) {
+      const retrier = new Retrier(self.retry, `${what}: download`, (cause, attempts) =>
+        new RegistryError('unavailable', `${what}: download interrupted at byte ${offset} of ${size}: ${describeCause(cause)} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`, undefined, { cause }),
+      );
+      for (;;) {
         const headers: Record<string, string> = offset > 0 ? { Range: `bytes=${offset}-` } : {};
         const res = await self.request('GET', `/v2/${repo}/blobs/${digest}`, { scopes: [pullScope(repo)], headers, what });
         if (!res.ok) await self.fail(res, what);
@@ -402,9 +358,9 @@ export class RegistryClient {
           }
           return;
         } catch (e) {
-          if (self.signal?.aborted || attempt >= self.retries || offset > size) throw e;
+          if (offset > size) throw e;
           self.log?.info({ what, offset, err: (e as Error).message }, 'blob download interrupted; resuming');
-          await sleep(retryDelay(attempt, null, self.backoffMs), self.signal);
+          await retrier.again(e);
         }
       }
     }
@@ -419,144 +375,13 @@ export class RegistryClient {
     return this.fail(res, what);
   }
 
-  private resolveLocation(res: Response, base: string, what: string): string {
-    const loc = res.headers.get('location');
-    if (!loc) throw new RegistryError('unavailable', `${what}: registry gave no upload Location`);
-    return new URL(loc, base).toString();
-  }
-
   /**
    * Push a blob unless the registry has it. Tries a cross-repository mount
    * from each of `mountFrom` first. `data` is the content (small blobs) or a
    * function opening it (large ones; called again for each retry).
    */
-  async pushBlob(
-    repo: string,
-    desc: { digest: string; size: number },
-    data: Buffer | (() => Readable),
-    mountFrom: readonly string[] = [],
-  ): Promise<'exists' | 'mounted' | 'uploaded'> {
-    const what = `${this.registry}/${repo}: push blob ${desc.digest}`;
-    if (await this.blobExists(repo, desc.digest)) return 'exists';
-    const base = await this.baseUrl();
-    let location: string | undefined;
-    for (const from of mountFrom) {
-      if (from === repo) continue;
-      const res = await this.request('POST', `/v2/${repo}/blobs/uploads/?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(from)}`, {
-        scopes: [pushScope(repo), pullScope(from)],
-        headers: { 'Content-Length': '0' },
-        what,
-      });
-      await res.arrayBuffer().catch(() => undefined);
-      if (res.status === 201) return 'mounted';
-      if (res.status === 202) {
-        location = this.resolveLocation(res, base, what);
-        break;
-      }
-    }
-    for (let attempt = 0; ; attempt++) {
-      if (!location) {
-        const res = await this.request('POST', `/v2/${repo}/blobs/uploads/`, { scopes: [pushScope(repo)], headers: { 'Content-Length': '0' }, what });
-        if (res.status !== 202) await this.fail(res, what);
-        await res.arrayBuffer().catch(() => undefined);
-        location = this.resolveLocation(res, base, what);
-      }
-      try {
-        if (Buffer.isBuffer(data) && data.length <= this.monolithicLimit) await this.uploadMonolithic(repo, location, desc.digest, data, what);
-        else await this.uploadChunked(repo, location, desc, data, what);
-        return 'uploaded';
-      } catch (e) {
-        // cancel the session (best effort) and start over with a new one
-        const loc = location;
-        location = undefined;
-        await this.request('DELETE', loc, { scopes: [pushScope(repo)], what, absolute: true }).then(
-          (r) => r.arrayBuffer(),
-          () => undefined,
-        );
-        if (this.signal?.aborted || attempt >= this.retries || e instanceof BadContentError || (e instanceof RegistryError && e.kind !== 'unavailable')) throw e;
-        this.log?.info({ what, err: (e as Error).message, attempt }, 'blob upload failed; restarting it');
-        await sleep(retryDelay(attempt, null, this.backoffMs), this.signal);
-      }
-    }
-  }
-
-  private withDigest(location: string, digest: string): string {
-    const u = new URL(location);
-    u.searchParams.set('digest', digest);
-    return u.toString();
-  }
-
-  private async uploadMonolithic(repo: string, location: string, digest: string, data: Buffer, what: string): Promise<void> {
-    const res = await this.request('PUT', this.withDigest(location, digest), {
-      scopes: [pushScope(repo)],
-      headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': String(data.length) },
-      body: () => data,
-      what,
-      absolute: true,
-    });
-    if (res.status !== 201 && res.status !== 204) await this.fail(res, what);
-    await res.arrayBuffer().catch(() => undefined);
-  }
-
-  /** PATCH chunks with Content-Range; after a failed chunk ask the registry where it is and resume from there. */
-  private async uploadChunked(repo: string, location: string, desc: { digest: string; size: number }, data: Buffer | (() => Readable), what: string): Promise<void> {
-    const source = Buffer.isBuffer(data) ? Readable.from([data]) : data();
-    let loc = location;
-    let offset = 0;
-    let pending: Buffer = Buffer.alloc(0);
-    const flush = async (chunk: Buffer) => {
-      let start = offset;
-      let body = chunk;
-      for (let attempt = 0; ; attempt++) {
-        const res = await this.request('PATCH', loc, {
-          scopes: [pushScope(repo)],
-          headers: {
-            'Content-Type': 'application/octet-stream',
-            'Content-Length': String(body.length),
-            'Content-Range': `${start}-${start + body.length - 1}`,
-          },
-          body: () => body,
-          what,
-          absolute: true,
-        });
-        await res.arrayBuffer().catch(() => undefined);
-        if (res.status === 202) {
-          loc = new URL(res.headers.get('location') ?? loc, loc).toString();
-          offset = start + body.length;
-          return;
-        }
-        if (attempt >= this.retries || res.status === 404 || res.status === 401 || res.status === 403) await this.fail(res, what);
-        // where did the registry get to?
-        const st = await this.request('GET', loc, { scopes: [pushScope(repo)], what, absolute: true });
-        await st.arrayBuffer().catch(() => undefined);
-        const m = /^0-(\d+)$/.exec(st.headers.get('range') ?? '');
-        const have = m ? Number(m[1]) + 1 : 0;
-        if (st.status !== 204 || have < offset - 0 || have > start + body.length) await this.fail(res, what);
-        body = body.subarray(have - start);
-        start = have;
-        if (body.length === 0) {
-          offset = have;
-          return;
-        }
-      }
-    };
-    for await (const c of source as AsyncIterable<Buffer>) {
-      pending = pending.length ? Buffer.concat([pending, c]) : c;
-      while (pending.length >= this.chunkSize) {
-        await flush(pending.subarray(0, this.chunkSize));
-        pending = pending.subarray(this.chunkSize);
-      }
-    }
-    if (pending.length) await flush(pending);
-    if (offset !== desc.size) throw new BadContentError(`${what}: uploaded ${offset} bytes, expected ${desc.size}`);
-    const res = await this.request('PUT', this.withDigest(loc, desc.digest), {
-      scopes: [pushScope(repo)],
-      headers: { 'Content-Length': '0' },
-      what,
-      absolute: true,
-    });
-    if (res.status !== 201 && res.status !== 204) await this.fail(res, what);
-    await res.arrayBuffer().catch(() => undefined);
+  pushBlob(repo: string, desc: { digest: string; size: number }, data: Buffer | (() => Readable), mountFrom: readonly string[] = []): Promise<'exists' | 'mounted' | 'uploaded'> {
+    return pushBlob(this, repo, desc, data, mountFrom);
   }
 
   /** PUT a manifest (after all its blobs). Returns the digest. */
@@ -569,7 +394,7 @@ export class RegistryClient {
       what,
     });
     if (res.status !== 201 && res.status !== 200 && res.status !== 202) await this.fail(res, what);
-    await res.arrayBuffer().catch(() => undefined);
+    await drain(res);
     const d = res.headers.get('docker-content-digest');
     if (d && d.startsWith('sha256:') && d !== raw.digest) throw new BadContentError(`${what}: registry stored it as ${d}, expected ${raw.digest}`, 'CVMFS_THIN_DIGEST_MISMATCH');
     return raw.digest;

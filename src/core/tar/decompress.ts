@@ -68,8 +68,24 @@ export function isForeignLayer(mediaType: string): boolean {
 
 export const gzipDecompressor: Decompressor = {
   name: 'zlib',
-  create: () => zlib.createGunzip({ chunkSize: 128 * 1024 }),
+  create: () => typedZlibErrors(zlib.createGunzip({ chunkSize: 128 * 1024 }), 'gzip'),
 };
+
+/**
+ * zlib reports corrupt input with plain errors (code Z_DATA_ERROR,
+ * Z_BUF_ERROR for a truncated stream…): emit them as CVMFS_THIN_BAD_COMPRESSED_DATA
+ * (invalid-argument) instead, like the zstd decoders. zlib streams fail
+ * through destroy(err), whose callback error is the one emitted.
+ */
+function typedZlibErrors<T extends Duplex>(z: T, what: string): T {
+  const destroy = z._destroy;
+  z._destroy = function (this: T, err: Error | null, cb: (e?: Error | null) => void): void {
+    const code = (err as NodeJS.ErrnoException | null)?.code;
+    const typed = err && typeof code === 'string' && code.startsWith('Z_') ? new InvalidArgumentError(`${what}: ${err.message}`, 'CVMFS_THIN_BAD_COMPRESSED_DATA', { cause: err }) : err;
+    destroy.call(this, typed, cb);
+  };
+  return z;
+}
 
 /** fzstd (pure JS, runs on the calling thread). */
 export const fzstdDecompressor: Decompressor = {

@@ -8,7 +8,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
-import { InternalError, ThinError } from '../errors.js';
+import { type ErrorCode, type ErrorKind, ThinError } from '../errors.js';
 import { TarIoError, unsafe, UnsafeTarError, type UnsafeTarReason } from './errors.js';
 import type { IdMaps } from './idmap.js';
 import { TarParser } from './parser.js';
@@ -44,7 +44,7 @@ export type ToWorker =
 export type SerializedError =
   | { cls: 'UnsafeTarError'; entry: string; reason: UnsafeTarReason; message: string }
   | { cls: 'TarIoError'; entry: string; errno: string; syscall: string; message: string; causeMessage: string }
-  | { cls: 'ThinError'; message: string; code: string }
+  | { cls: 'ThinError'; message: string; code: ErrorCode; kind: ErrorKind }
   | { cls: 'Error'; message: string; code?: string; stack?: string };
 
 export type FromWorker =
@@ -171,7 +171,7 @@ export function serializeError(e: unknown): SerializedError {
     const c = e.cause instanceof Error ? e.cause.message : '';
     return { cls: 'TarIoError', entry: e.entry, errno: e.errno, syscall: e.syscall, message: e.message, causeMessage: c };
   }
-  if (ThinError.is(e)) return { cls: 'ThinError', message: e.message, code: e.code };
+  if (ThinError.is(e)) return { cls: 'ThinError', message: e.message, code: e.code, kind: e.kind };
   const err = e instanceof Error ? e : new Error(String(e));
   const code = (err as { code?: unknown }).code;
   return { cls: 'Error', message: err.message, ...(typeof code === 'string' ? { code } : {}), ...(err.stack ? { stack: err.stack } : {}) };
@@ -191,7 +191,8 @@ export function deserializeError(s: SerializedError): Error {
       return e;
     }
     case 'ThinError':
-      return new InternalError(s.message, s.code);
+      // same code and kind: a corrupt stream stays invalid-argument across the worker boundary
+      return new ThinError(s.kind, s.code, s.message);
     case 'Error': {
       const e = new Error(s.message);
       if (s.code) Object.assign(e, { code: s.code });

@@ -9,7 +9,7 @@
 export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractProgress, type ExtractResult, type WhiteoutMode, type WriterStats } from './extract.js';
 export { UnsafeTarError, TarIoError, UNSAFE_TAR_CODE, TAR_IO_CODE, type UnsafeTarReason } from './errors.js';
 export type { IdMap, IdMaps } from './idmap.js';
-export { packDirectory, packEntries, type MemEntry, type PackChange, type PackOptions } from './pack.js';
+export { packDirectory, packEntries, packEntriesToBuffer, type MemEntry, type PackChange, type PackOptions } from './pack.js';
 export {
   decompress,
   compressionForMediaType,

@@ -7,8 +7,8 @@
  *   carry long/non-ASCII names, big ids and sizes, sub-second mtimes and
  *   xattrs (SCHILY.xattr.*, binary-exact; trusted.overlay.* never emitted).
  *   Hardlinks are found by (dev, ino).
- * - packEntries: a tar of in-memory entries (thin.json layers), fully
- *   deterministic (mtime 0, uid/gid 0).
+ * - packEntries / packEntriesToBuffer: a tar of in-memory entries (thin.json
+ *   layers), fully deterministic (uid/gid 0, mtime 0 unless given).
  */
 import { promises as fsp, type BigIntStats } from 'node:fs';
 import { Readable } from 'node:stream';
@@ -263,16 +263,27 @@ export interface MemEntry {
   mode?: number;
   /** symlink target */
   linkname?: string;
+  /** modification time in whole seconds since the epoch (default 0; negative and huge values go to PAX) */
+  mtime?: number;
 }
 
-/** A deterministic tar of in-memory entries, in the given order (mtime 0, uid/gid 0). */
+/** A deterministic tar of in-memory entries, in the given order (uid/gid 0, mtime 0 unless given). */
 export function packEntries(entries: readonly MemEntry[]): Readable {
+  return Readable.from([packEntriesToBuffer(entries)], { objectMode: false });
+}
+
+/** packEntries, as one buffer. */
+export function packEntriesToBuffer(entries: readonly MemEntry[]): Buffer {
   const parts: Buffer[] = [];
   for (const e of entries) {
     const type = e.type ?? (e.name.endsWith('/') ? 'dir' : 'file');
     const name = bstr(type === 'dir' ? e.name.replace(/\/*$/, '/') : e.name);
     const h = baseHeader(name, type);
     h.mode = e.mode ?? (type === 'dir' ? 0o755 : type === 'symlink' ? 0o777 : 0o644);
+    if (e.mtime !== undefined) {
+      if (!Number.isSafeInteger(e.mtime)) throw new InvalidArgumentError(`packEntries: ${JSON.stringify(e.name)}: mtime ${e.mtime} is not a whole number of seconds`);
+      h.mtime = { sec: e.mtime, nsec: 0 };
+    }
     if (type === 'symlink') {
       if (!e.linkname) throw new InvalidArgumentError(`packEntries: symlink ${JSON.stringify(e.name)} needs a linkname`);
       h.linkname = bstr(e.linkname);
@@ -287,5 +298,5 @@ export function packEntries(entries: readonly MemEntry[]): Readable {
     }
   }
   parts.push(END_OF_ARCHIVE);
-  return Readable.from(parts, { objectMode: false });
+  return Buffer.concat(parts);
 }
