@@ -3,6 +3,7 @@ import { InvalidArgumentError } from '../core/errors.js';
 import { createLogger, type LogLevel } from '../core/log.js';
 import { parseCreds } from '../convert/registry/auth.js';
 import { parseImageReference } from '../convert/reference.js';
+import { writeConvertMetrics } from '../convert/metrics.js';
 import { abortOnSignals, createRun, type RunFlags, summaryLine } from '../convert/run.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
@@ -22,6 +23,11 @@ function positiveInt(name: string) {
     if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a positive integer`);
     return n;
   };
+}
+
+/** `--metrics-textfile` must be absolute: refused before anything is converted. */
+export function checkTextfileFlag(v: unknown): void {
+  if (typeof v === 'string' && !v.startsWith('/')) throw new InvalidArgumentError(`--metrics-textfile ${v} must be an absolute path`);
 }
 
 /** Options shared by `convert` and `wishlist`. */
@@ -53,6 +59,7 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
     .option('--tmp-dir <dir>', 'where archives are unpacked for reading (default: the system temp dir)')
     .option('--json', 'print a machine-readable summary on stdout')
+    .option('--metrics-textfile <file>', "write the run's figures (layers, bytes, seconds, images) for node_exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/cvmfs-thin.prom")
     .option('-q, --quiet', 'no progress display')
     .addOption(new Option('--log-level <level>', 'log level of the JSON logs on stderr').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('warn'));
 }
@@ -96,6 +103,7 @@ export function convertCommand(): Command {
     .option('--name <registry/repository:tag>', 'name of the image in the tree (.metadata/<name>, the readable link) when the source has none or another');
   addConversionOptions(cmd);
   return cmd.action(async (sourceArg: string, o: Record<string, unknown>) => {
+    checkTextfileFlag(o['metricsTextfile']);
     const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-convert');
     const source = parseImageReference(sourceArg);
     let thin = undefined as ReturnType<typeof parseImageReference> | null | undefined;
@@ -117,6 +125,7 @@ export function convertCommand(): Command {
       run.progress.close();
     }
     const failed = summaries.filter((s) => s.status === 'failed');
+    if (typeof o['metricsTextfile'] === 'string') await writeConvertMetrics(o['metricsTextfile'], summaries, (Date.now() - t0) / 1000);
     if (flags.json) {
       process.stdout.write(
         `${JSON.stringify({ images: summaries, converted: summaries.filter((s) => s.status === 'converted').length, skipped: summaries.filter((s) => s.status === 'skipped').length, failed: failed.length, publish_steps: run.publisher.steps, seconds: (Date.now() - t0) / 1000 }, null, 2)}\n`,

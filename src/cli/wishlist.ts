@@ -1,3 +1,4 @@
+import { writeConvertMetrics } from '../convert/metrics.js';
 import { Command } from 'commander';
 import { InvalidArgumentError } from '../core/errors.js';
 import { createLogger, type LogLevel } from '../core/log.js';
@@ -6,7 +7,7 @@ import { errorSummary } from '../convert/convert.js';
 import { abortOnSignals, createRun, summaryLine } from '../convert/run.js';
 import { mapSettled } from '../convert/util.js';
 import { expandRecipe, readRecipe } from '../convert/wishlist.js';
-import { addConversionOptions, runFlags } from './convert.js';
+import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js';
 
 export function wishlistCommand(): Command {
   const cmd = new Command('wishlist')
@@ -21,6 +22,7 @@ export function wishlistCommand(): Command {
     .option('--dry-run', 'expand the wishlist and print the images it names, convert nothing');
   addConversionOptions(cmd);
   return cmd.action(async (file: string, o: Record<string, unknown>) => {
+    checkTextfileFlag(o['metricsTextfile']);
     const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-wishlist');
     const recipe = readRecipe(file);
     const flags = runFlags(o);
@@ -60,6 +62,7 @@ export function wishlistCommand(): Command {
     }
     const count = (st: ImageSummary['status']) => summaries.filter((s) => s.status === st).length;
     const failed = count('failed') + errors.length;
+    if (typeof o['metricsTextfile'] === 'string') await writeConvertMetrics(o['metricsTextfile'], summaries, (Date.now() - t0) / 1000);
     if (flags.json) {
       process.stdout.write(
         `${JSON.stringify(

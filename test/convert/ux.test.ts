@@ -80,4 +80,24 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'script'] }))('progress, quiet
     expect(notDir.code).toBe(1);
     expect(notDir.stderr).toMatch(/missing-dir does not exist/);
   });
+
+  it('writes its figures for the textfile collector on request (converted, then present on a rerun)', async () => {
+    const repo = path.join(work, 'repo-metrics');
+    fs.mkdirSync(repo);
+    const prom = path.join(work, 'textfile', 'cvmfs-thin.prom');
+    const r1 = await runCli(['convert', `oci:${layout}:v1`, '--repository-dir', repo, '--no-thin', '-q', '--metrics-textfile', prom]);
+    expect(r1.code).toBe(0);
+    const t1 = fs.readFileSync(prom, 'utf8');
+    expect(t1).toContain('cvmfs_thin_convert_layers_total{result="converted"} 2');
+    expect(t1).toContain('cvmfs_thin_convert_images_total{result="ok"} 1');
+    expect(Number(/cvmfs_thin_convert_bytes_total (\d+)/.exec(t1)?.[1])).toBeGreaterThan(0);
+    const r2 = await runCli(['convert', `oci:${layout}:v1`, '--repository-dir', repo, '--no-thin', '-q', '--force', '--metrics-textfile', prom]);
+    expect(r2.code).toBe(0);
+    const t2 = fs.readFileSync(prom, 'utf8');
+    expect(t2).toContain('cvmfs_thin_convert_layers_total{result="present"} 2');
+    expect(t2).toContain('cvmfs_thin_convert_layers_total{result="converted"} 0');
+    const r3 = await runCli(['convert', `oci:${layout}:v1`, '--repository-dir', repo, '--no-thin', '-q', '--metrics-textfile', 'relative.prom']);
+    expect(r3.code).toBe(2);
+    expect(r3.stderr).toMatch(/--metrics-textfile relative.prom must be an absolute path/);
+  });
 });
