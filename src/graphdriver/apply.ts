@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { removeTree } from '../core/fsutil.js';
 import type { Host } from '../core/host.js';
 import type { LayerStack } from '../core/stack/index.js';
-import { extractLayer } from '../core/tar/index.js';
+import { type ExtractOptions, type ExtractResult, extractLayer } from '../core/tar/index.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import { dirSize } from './changes.js';
 import type { Layer, LayerStore, ThinRecord } from './layer-store.js';
@@ -27,12 +27,12 @@ export interface ApplyContext {
   withMasksLock<T>(fn: () => Promise<T>): Promise<T>;
 }
 
-/** Returns the size of the layer's files. */
-export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Promise<number> {
-  const id = l.rec.id;
-  const diff = c.store.diffDir(id);
-  // the extractor may stop reading early (a refused entry): it reads from a pipe of its own, and the
-  // request body is always read to its end, so that dockerd gets our answer rather than a broken pipe
+/**
+ * Extract a request body with `opts`. The extractor may stop reading early (a
+ * refused entry): it reads from a pipe of its own, and the body is always read
+ * to its end, so that dockerd gets our answer rather than a broken pipe.
+ */
+export async function extractBody(body: Readable, opts: ExtractOptions): Promise<ExtractResult> {
   const pipe = new PassThrough({ highWaterMark: 1 << 20 });
   body.pipe(pipe);
   const bodyDone = new Promise<void>((resolve) => {
@@ -40,12 +40,23 @@ export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Pro
     body.once('close', resolve);
     body.once('error', () => resolve());
   });
-  let rollback = () => {};
   try {
-    const res = await extractLayer(pipe, { dest: diff, whiteouts: 'overlay', ...(c.idMaps ? { idMap: c.idMaps } : {}) });
+    return await extractLayer(pipe, opts);
+  } finally {
     body.unpipe(pipe);
+    pipe.destroy();
     body.resume();
     await bodyDone;
+  }
+}
+
+/** Returns the size of the layer's files. */
+export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Promise<number> {
+  const id = l.rec.id;
+  const diff = c.store.diffDir(id);
+  let rollback = () => {};
+  try {
+    const res = await extractBody(body, { dest: diff, whiteouts: 'overlay', ...(c.idMaps ? { idMap: c.idMaps } : {}) });
     let thin: ThinRecord | undefined;
     if (c.thinImages && l.rec.parent === '') {
       await c.withMasksLock(async () => {
@@ -60,10 +71,6 @@ export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Pro
     c.log.debug({ id, entries: res.entries, size, thin: !!thin }, 'ApplyDiff');
     return size;
   } catch (e) {
-    body.unpipe(pipe);
-    pipe.destroy();
-    body.resume();
-    await bodyDone;
     rollback();
     try {
       await removeTree(diff, c.host.mountinfo());

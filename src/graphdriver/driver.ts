@@ -2,9 +2,10 @@
  * The graph driver: dockerd's layer operations (Create, ApplyDiff, Get/Put,
  * Diff, Changes, ...) over overlayfs, with CVMFS thin images. Protocol-free:
  * the HTTP edge (server.ts) decodes requests and maps errors. This file is
- * the endpoints; the records are layer-store.ts, the mounts mounter.ts, the
- * CVMFS layers core/stack, and every side effect on the node goes through
- * the injected Host.
+ * the endpoints; the records are layer-store.ts, the mounts mounter.ts,
+ * diffs against another parent than the layer's own naive.ts, the CVMFS
+ * layers core/stack, and every side effect on the node goes through the
+ * injected Host.
  *
  * State under the Home that dockerd passes to Init: `layers/<id>/` (see
  * layer-store.ts), `l/<n>` short links (→ ../layers/<id>/diff, or → a CVMFS
@@ -28,10 +29,11 @@ import { packDirectory } from '../core/tar/index.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import { toHost } from '../core/tar/idmap.js';
 import { computeChanges, dirSize, fsTree } from './changes.js';
+import { applyAgainst, changesAgainst, diffAgainst, diffSizeAgainst, type NaiveContext } from './naive.js';
 import { effective, INIT_SCHEMA, type InitState, loadInitState, saveInitState } from './init-state.js';
 import { applyLayer } from './apply.js';
-import { statusOf } from './status.js';
-import { type Layer, LayerStore } from './layer-store.js';
+import { metadataOf, statusOf } from './status.js';
+import { LayerStore } from './layer-store.js';
 import { Mounter } from './mounter.js';
 import { checkLayerStorageOpt, type IdmapMode, parseInitOptions } from './options.js';
 import type { Change, InitRequest } from './protocol.js';
@@ -196,26 +198,35 @@ export class GraphDriver {
     });
   }
 
-  /** The guard for a streamed answer: the gate is held until the stream ends, so close() waits for it. */
-  private guardStream(names: string[], open: (a: Active) => Promise<Readable>): Promise<Readable> {
+  /**
+   * The guard for a streamed answer: the gate is held until the stream ends,
+   * so close() waits for it. With `done` (a naive Diff: its views stay
+   * mounted), the layer locks are held until the stream ends too, then `done`
+   * runs under them.
+   */
+  private guardStream(names: string[], open: (a: Active) => Promise<{ stream: Readable; done?: () => Promise<void> }>): Promise<Readable> {
     const a0 = this.need();
     return new Promise<Readable>((resolve, reject) => {
+      const until = async (s: { stream: Readable; done?: () => Promise<void> }) => {
+        resolve(s.stream);
+        await finished(s.stream).catch(() => undefined);
+        await s.done?.().catch((e: unknown) => this.log.error({ err: e, layers: names }, 'cannot put the layers of a Diff'));
+      };
       this.gate
         .shared(async () => {
-          const s = await this.locked(a0, names, open);
-          resolve(s);
-          await finished(s).catch(() => undefined);
+          let s: { stream: Readable; done?: () => Promise<void> } | undefined;
+          await this.locked(a0, names, async (a) => {
+            s = await open(a);
+            if (s.done) await until(s);
+          });
+          if (s && !s.done) await until(s);
         })
         .catch(reject);
     });
   }
 
-  private checkParent(l: Layer, parent: string, op: string): void {
-    if (parent !== l.rec.parent) {
-      throw new InvalidArgumentError(
-        `${op} of layer ${l.rec.id} against ${parent === '' ? 'no parent' : `layer ${parent}`}: only the layer's own parent (${l.rec.parent === '' ? 'none' : l.rec.parent}) is supported`,
-      );
-    }
+  private naive(a: Active): NaiveContext {
+    return { host: this.host, store: a.store, mounter: a.mounter, idMaps: a.idMaps };
   }
 
   /** Remove mask directories no thin layer uses any more (masks are shared: under their lock). */
@@ -304,23 +315,7 @@ export class GraphDriver {
   }
 
   getMetadata(id: string): Record<string, string> {
-    const a = this.need();
-    const l = a.store.must(id);
-    const dir = a.store.layerDir(id);
-    const md: Record<string, string> = {
-      UpperDir: path.join(dir, 'diff'),
-      WorkDir: path.join(dir, 'work'),
-      MergedDir: path.join(dir, 'merged'),
-    };
-    const stack = a.mounter.stackOf(l.rec.parent);
-    if (stack.length > 0) md['LowerDir'] = stack.map((s) => s.real).join(':');
-    if (l.rec.thin) {
-      md['CvmfsThinImage'] = 'true';
-      md['CvmfsLayers'] = String(l.rec.thin.layers);
-      md['CvmfsLowerDir'] = l.rec.thin.lowers.map((t) => t.dir).join(':');
-      if (l.rec.thin.origin) md['CvmfsOrigin'] = l.rec.thin.origin;
-    }
-    return md;
+    return metadataOf(this.need(), id);
   }
 
   /** dockerd is shutting down: unmount everything, keep all data. */
@@ -333,12 +328,13 @@ export class GraphDriver {
     });
   }
 
+  /** Against another parent than the layer's own (never from dockerd; moby's graphtest): a naive diff (naive.ts), as overlay2. */
   async applyDiff(id: string, parent: string, body: Readable): Promise<number> {
     return this.guard(
-      () => [id],
+      () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
-        this.checkParent(l, parent, 'ApplyDiff');
+        if (parent !== l.rec.parent) return applyAgainst(this.naive(a), l, parent, body);
         const diff = a.store.diffDir(id);
         if (l.rec.thin || (await fsp.readdir(diff)).length > 0 || a.mounter.isMounted(a.store.mergedDir(id))) {
           throw new FailedPreconditionError(`ApplyDiff to layer ${id}: the layer already has content`);
@@ -350,19 +346,19 @@ export class GraphDriver {
   }
 
   async diff(id: string, parent: string): Promise<Readable> {
-    return this.guardStream([id], async (a) => {
+    return this.guardStream([id, parent], async (a) => {
       const l = a.store.must(id);
-      this.checkParent(l, parent, 'Diff');
-      return packDirectory(a.store.diffDir(id), { whiteouts: 'overlay', ...(a.idMaps ? { idMap: a.idMaps } : {}) });
+      if (parent !== l.rec.parent) return diffAgainst(this.naive(a), l, parent);
+      return { stream: packDirectory(a.store.diffDir(id), { whiteouts: 'overlay', ...(a.idMaps ? { idMap: a.idMaps } : {}) }) };
     });
   }
 
   async changes(id: string, parent: string): Promise<Change[]> {
     return this.guard(
-      () => [id],
+      () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
-        this.checkParent(l, parent, 'Changes');
+        if (parent !== l.rec.parent) return changesAgainst(this.naive(a), l, parent);
         const stack = a.mounter.stackOf(l.rec.parent);
         return computeChanges(
           fsTree(a.store.diffDir(id), this.host),
@@ -374,10 +370,10 @@ export class GraphDriver {
 
   async diffSize(id: string, parent: string): Promise<number> {
     return this.guard(
-      () => [id],
+      () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
-        this.checkParent(l, parent, 'DiffSize');
+        if (parent !== l.rec.parent) return diffSizeAgainst(this.naive(a), l, parent);
         return dirSize(a.store.diffDir(id));
       },
     );

@@ -1,4 +1,5 @@
-/** GraphDriver.Status: what `docker info` shows under "Storage Driver: cvmfs". */
+/** GraphDriver.Status (what `docker info` shows under "Storage Driver: cvmfs") and GetMetadata. */
+import path from 'node:path';
 import type { CvmfsLocation } from '../core/config.js';
 import { isInside } from '../core/fsutil.js';
 import type { Host } from '../core/host.js';
@@ -46,4 +47,24 @@ export function statusOf(a: StatusSource, host: Host): [string, string][] {
     out.push(['Idmapped CVMFS Layers', m.idmappedLayers === 'off' ? 'off' : m.idmapBroken ? `unavailable (${m.idmapBroken})` : 'yes']);
   }
   return out;
+}
+
+/** GetMetadata: overlay2's keys (`docker inspect` GraphDriver.Data) plus the thin-image fields. */
+export function metadataOf(a: StatusSource, id: string): Record<string, string> {
+  const l = a.store.must(id);
+  const dir = a.store.layerDir(id);
+  const md: Record<string, string> = {
+    UpperDir: path.join(dir, 'diff'),
+    WorkDir: path.join(dir, 'work'),
+    MergedDir: path.join(dir, 'merged'),
+  };
+  const stack = a.mounter.stackOf(l.rec.parent);
+  if (stack.length > 0) md['LowerDir'] = stack.map((s) => s.real).join(':');
+  if (l.rec.thin) {
+    md['CvmfsThinImage'] = 'true';
+    md['CvmfsLayers'] = String(l.rec.thin.layers);
+    md['CvmfsLowerDir'] = l.rec.thin.lowers.map((t) => t.dir).join(':');
+    if (l.rec.thin.origin) md['CvmfsOrigin'] = l.rec.thin.origin;
+  }
+  return md;
 }

@@ -245,7 +245,46 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     expect((await call('GraphDriver.Put', { ID: ID(60) })).status).toBe(404);
     expect((await call('GraphDriver.Remove', { ID: ID(1) })).json()['Err']).toMatch(/based on it/);
     expect((await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(1)}&parent=`, raw: await tarOf([{ path: 'x', content: '' }]) })).json()['Err']).toMatch(/already has content/);
-    expect((await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(2)}&parent=`, raw: await tarOf([{ path: 'x', content: '' }]) })).json()['Err']).toMatch(/only the layer's own parent/);
+    for (const m of ['Diff', 'Changes', 'DiffSize']) {
+      const r = await call(`GraphDriver.${m}`, { ID: ID(2), Parent: ID(61) });
+      expect(r.status, m).toBe(404);
+      expect(r.json()['Err'], m).toBe(`parent layer ${ID(61)} does not exist`);
+    }
+    const r = await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(2)}&parent=${ID(61)}`, raw: await tarOf([{ path: 'x', content: '' }]) });
+    expect(r.json()['Err']).toBe(`parent layer ${ID(61)} does not exist`);
+  });
+
+  it('applies a diff against another parent than the layer\'s own onto its mounted view (naive, as overlay2), and puts it back', async () => {
+    const merged2 = path.join(home, 'layers', ID(2), 'merged');
+    // parent "": the tar is applied onto everything the layer shows; the answer is DiffSize against ""
+    const r = await apply(ID(2), '', await tarOf([{ path: 'x', content: 'xx' }, { path: 'etc/.wh.motd', content: '' }]));
+    expect(r.status, r.body.toString()).toBe(200);
+    expect(mounted(merged2)).toBe(false);
+    expect(r.json()['Size']).toBe((await call('GraphDriver.DiffSize', { ID: ID(2), Parent: '' })).json()['Size']);
+    expect(r.json()['Size']).toBe(2 + 3); // x, etc/new; etc/motd deleted through the view
+    expect(readFileSync(path.join(home, 'layers', ID(2), 'diff', 'x'), 'utf8')).toBe('xx');
+    const view = (await call('GraphDriver.Get', { ID: ID(2) })).json()['Dir'] as string;
+    expect(readFileSync(path.join(view, 'x'), 'utf8')).toBe('xx');
+    expect(readdirSync(path.join(view, 'etc')).sort()).toEqual(['new']);
+    await call('GraphDriver.Put', { ID: ID(2) });
+    expect(mounted(merged2)).toBe(false);
+    // the same layer through its own parent again: x and the deletion of motd are its own changes now
+    const ch = (await call('GraphDriver.Changes', { ID: ID(2), Parent: ID(1) })).json()['Changes'];
+    expect(ch).toEqual([
+      { Path: '/etc', Kind: 0 },
+      { Path: '/etc/motd', Kind: 2 },
+      { Path: '/etc/new', Kind: 1 },
+      { Path: '/etc/old', Kind: 2 },
+      { Path: '/x', Kind: 1 },
+    ]);
+    // and the whole view of the container layer above it, as a tar and as changes against ""
+    const all = await listTar((await call('GraphDriver.Diff', { ID: ID(3), Parent: '' })).body);
+    expect(all).toMatchObject({ 'added': 'added!', 'etc/': 'directory', 'etc/motd': 'changed\n', 'x': 'xx' });
+    expect(Object.keys(all).filter((n) => n.includes('.wh.') || n.includes('old') || n === 'etc/new')).toEqual([]);
+    const ch3 = (await call('GraphDriver.Changes', { ID: ID(3), Parent: '' })).json()['Changes'] as { Path: string; Kind: number }[];
+    expect(ch3.every((c) => c.Kind === 1)).toBe(true);
+    expect(ch3.map((c) => c.Path).sort()).toEqual(Object.keys(all).map((n) => `/${n.replace(/\/$/, '')}`).sort());
+    expect(readMountinfo().filter((m) => m.mountPoint.startsWith(`${home}/`))).toEqual([]);
   });
 
   it('keeps mounts and state across a plugin restart (no new Init), and Cleanup unmounts everything', async () => {

@@ -4,7 +4,7 @@
  * keeps a simulated mount table instead of mounting. Runs as any user;
  * plugin.test.ts and dockerd.test.ts check the same with real mounts as root.
  */
-import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -161,7 +161,15 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
       { Path: '/opt', Kind: 2 },
     ]);
     expect(await gd.diffSize(ID(2), ID(1))).toBe(4);
-    expect(await kind(gd.changes(ID(2), ''))).toBe('invalid-argument');
+    // against "" (not its own parent): the view Get shows, every path in it as added; the recording host
+    // does not mount, so the merged dir stands for the view: ID(1)'s files, ID(2)'s new one, /opt emptied
+    cpSync(path.join(home, 'layers', ID(1), 'diff'), merged(ID(2)), { recursive: true });
+    writeFileSync(path.join(merged(ID(2)), 'etc', 'new'), 'new!');
+    rmSync(path.join(merged(ID(2)), 'opt', 'x'));
+    expect(await gd.changes(ID(2), '')).toEqual(['/etc', '/etc/a', '/etc/b', '/etc/new', '/opt'].map((p) => ({ Path: p, Kind: 1 })));
+    expect(await gd.diffSize(ID(2), '')).toBe(1 + 1 + 4);
+    expect(host.mountedAt(merged(ID(2)))).toBeUndefined(); // mounted for the answer, put back
+    expect(host.ops('umount').map((c) => c.args[0])).toEqual([merged(ID(2)), merged(ID(2))]);
   });
 
   it('close() waits for a streaming Diff, and every endpoint refuses after it', async () => {
