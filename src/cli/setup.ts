@@ -14,6 +14,7 @@ import {
   runUndo,
   SNAPSHOTTER_ADDRESS,
 } from '../ops/setup.js';
+import { defaultStore, planPodman } from '../ops/podman.js';
 import { DAEMONS, PACKAGED_EXEC } from '../ops/templates.js';
 
 export const SETUP_DEFAULTS = {
@@ -21,6 +22,7 @@ export const SETUP_DEFAULTS = {
   daemonJson: '/etc/docker/daemon.json',
   systemdDir: '/etc/systemd/system',
   stateDir: '/var/lib/cvmfs-thin/setup',
+  storageConf: '/etc/containers/storage.conf',
 };
 
 type Opts = Record<string, unknown>;
@@ -105,7 +107,7 @@ async function run(target: Target, o: Opts, plan: (c: CommonOptions) => Promise<
 }
 
 export function setupCommand(host: Host = systemHost): Command {
-  const setup = new Command('setup').description('configure this node: containerd, dockerd and the volume plugin for cvmfs-thin (idempotent; --dry-run shows the diff; --undo restores)');
+  const setup = new Command('setup').description('configure this node: containerd, dockerd, the volume plugin and podman/CRI-O for cvmfs-thin (idempotent; --dry-run shows the diff; --undo restores)');
 
   setup.addCommand(
     withContainerd(withCommon(new Command('containerd')))
@@ -172,6 +174,26 @@ export function setupCommand(host: Host = systemHost): Command {
               graphdriverConfig: p('graphdriverConfig', DAEMONS.graphdriver.configPath),
             });
           },
+          host,
+        ),
+      ),
+  );
+  setup.addCommand(
+    withCommon(new Command('podman'))
+      .description("podman and CRI-O: the repository's store (convert --podman-store) as an additional image store in storage.conf")
+      .option('--storage-conf <file>', `containers/storage's configuration (default ${SETUP_DEFAULTS.storageConf})`)
+      .option('--store <dir>', 'the store as the node sees it (default <cvmfs-root>/<repository>/podmanStore)')
+      .option('--fuse-overlayfs', 'mount with fuse-overlayfs (rootless podman, or layers converted with --whiteouts keep)')
+      .action(async (o: Opts) =>
+        run(
+          'podman',
+          o,
+          (c) =>
+            planPodman(c, {
+              storageConf: path.resolve((o['storageConf'] as string | undefined) ?? path.join(c.rootPrefix || '/', SETUP_DEFAULTS.storageConf)),
+              store: (o['store'] as string | undefined) ?? defaultStore(c),
+              fuseOverlayfs: Boolean(o['fuseOverlayfs']),
+            }),
           host,
         ),
       ),

@@ -19,7 +19,7 @@ import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js
 import { writeFileAtomic } from '../core/fsutil.js';
 import { unifiedDiff } from './diff.js';
 
-export type Target = 'containerd' | 'docker' | 'volumes';
+export type Target = 'containerd' | 'docker' | 'volumes' | 'podman';
 
 /** One planned change of one file: `after` null deletes it. */
 export interface FileChange {
