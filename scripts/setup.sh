@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PKGS=(containerd runc busybox-static docker.io docker-registry umoci skopeo attr zstd tar gzip
       golang-go golang-github-containerd-containerd-dev golang-github-gotestyourself-gotest.tools-dev
       golang-github-docker-docker-dev golang-github-vbatts-tar-split-dev dpkg-dev
-      systemd patch diffutils libc-bin)
+      systemd patch diffutils libc-bin podman fuse-overlayfs)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

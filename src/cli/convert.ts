@@ -48,6 +48,7 @@ export function addConversionOptions(cmd: Command): Command {
     )
     .option('--max-layer-size <bytes>', 'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)', parseSize('--max-layer-size'), 256 * 1024 ** 3)
     .option('--max-layer-entries <n>', 'refuse a layer with more tar entries (default 10000000)', positiveInt('--max-layer-entries'), 10_000_000)
+    .option('--podman-store', 'also add the image to <repository-dir>/podmanStore, a podman/CRI-O additional image store (docs/podman.md)')
     .option('--jobs <n>', 'layers downloaded and unpacked at once (default: max(2, CPUs))', positiveInt('--jobs'))
     .option('--creds <user:pass>', 'credentials for the source registry (default: ~/.docker/config.json)')
     .option('--dest-creds <user:pass>', 'credentials for the thin-image registry (default: ~/.docker/config.json)')
@@ -75,6 +76,7 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     force: o['force'] as boolean | undefined,
     overwriteLayers: o['overwriteLayers'] as boolean | undefined,
     whiteouts: o['whiteouts'] as 'overlay' | 'keep' | undefined,
+    podmanStore: o['podmanStore'] as boolean | undefined,
     jobs: o['jobs'] as number | undefined,
     creds: o['creds'] ? parseCreds(String(o['creds']), '--creds') : undefined,
     destCreds: o['destCreds'] ? parseCreds(String(o['destCreds']), '--dest-creds') : undefined,

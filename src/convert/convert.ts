@@ -29,6 +29,7 @@ import { type ImageRecord, RepoTree } from './repo.js';
 import type { ExtractLimits } from './tar.js';
 import { buildThinImage, buildThinIndex } from './thin.js';
 import { Semaphore } from './util.js';
+import { addImageToPodmanStore, podmanInput, podmanName } from './podman/index.js';
 import { flatDir } from '../core/cvmfs/layout.js';
 import { pathExists } from '../core/fsutil.js';
 import { promises as fsp } from 'node:fs';
@@ -45,6 +46,8 @@ export interface ConverterOptions {
   force?: boolean | undefined;
   overwriteForeign?: boolean | undefined;
   whiteouts?: 'overlay' | 'keep' | undefined;
+  /** Also add each image to `<repositoryDir>/podmanStore` (podman / CRI-O additional image store). */
+  podmanStore?: boolean | undefined;
   /** Layers unpacked at once, across all images of the run. */
   jobs?: number | undefined;
   limits?: ExtractLimits | undefined;
@@ -97,6 +100,8 @@ export interface ImageSummary {
   flat: string | null;
   link: string | null;
   thin: { target: string; digest: string } | null;
+  /** The podman store entry (`--podman-store`). */
+  podman?: { image_id: string; status: string; names: string[] } | undefined;
   error: ErrorSummary | null;
   seconds: number;
 }
@@ -348,6 +353,19 @@ export class Converter {
         s.status = 'failed';
         s.error = errorSummary(ConvertError.wrap(e, { image: description }));
         throw ConvertError.wrap(e, { image: description });
+      }
+      // the podman store: the plain name's platform only (one image per name), also when up to date
+      if (this.o.podmanStore && p.img.platformDirs.includes(undefined)) {
+        try {
+          const input = await podmanInput(this.o.repositoryDir, { names: [podmanName(name)], manifest: p.img.raw.bytes, config: p.configBytes });
+          const r = await addImageToPodmanStore(this.o.repositoryDir, input, { log: this.o.log, signal: this.o.signal, allowPlainWhiteouts: this.o.whiteouts === 'keep' });
+          s.podman = { image_id: r.image_id, status: r.status, names: r.names };
+          for (const w of r.warnings) this.o.log.warn({ image: description }, w);
+        } catch (e) {
+          // an I/O error (kind internal) aborts a publishing transaction like any other
+          s.status = 'failed';
+          s.error = errorSummary(ConvertError.wrap(e, { image: description }));
+        }
       }
       s.seconds = (Date.now() - t0) / 1000;
     }

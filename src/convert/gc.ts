@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fsutil.js';
+import { collectPodmanStore, type PodmanGcReport, STORE_DIR } from './podman/index.js';
 import type { Publisher } from './publish.js';
 import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';
 import { pidAlive } from './util.js';
@@ -38,6 +39,8 @@ export interface GcReport {
   kept_recent: GcItem[];
   referenced: { layers: number; chains: number; flat: number; images: number };
   errors: { path: string; message: string }[];
+  /** The podman store's images and layers removed (planned, with --dry-run); null without a store. */
+  podman: PodmanGcReport | null;
 }
 
 const HEX64 = /^[a-f0-9]{64}$/;
@@ -71,7 +74,7 @@ function manifestLayers(text: string): string[] | null {
 export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   const root = path.resolve(o.repositoryDir);
   const now = o.now ?? Date.now();
-  const report: GcReport = { dry_run: o.dryRun, removed: [], kept_recent: [], referenced: { layers: 0, chains: 0, flat: 0, images: 0 }, errors: [] };
+  const report: GcReport = { dry_run: o.dryRun, removed: [], kept_recent: [], referenced: { layers: 0, chains: 0, flat: 0, images: 0 }, errors: [], podman: null };
 
   // 1. what is referenced
   const usedLayers = new Set<string>();
@@ -152,9 +155,15 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
     if (!chainExists || !usedChains.has(n)) await consider('dirty-chain-marker', path.join(dirty, n), false);
   }
 
+  // the podman store, planned first (read-only): its images whose layers go now go with them
+  const hasStore = (await fsp.lstat(path.join(root, STORE_DIR)).catch(() => null))?.isDirectory() === true;
+  const storePlan = hasStore ? await collectPodmanStore(root, { graceMs: o.graceMs, now, dryRun: true, log: o.log }) : null;
+  const storeWork = storePlan !== null && storePlan.removed_images.length + storePlan.removed_layers.length > 0;
+
   // 3. remove (inside a publishing transaction when hooks are configured)
-  if (o.dryRun || candidates.length === 0) {
+  if (o.dryRun || (candidates.length === 0 && !storeWork)) {
     report.removed = candidates;
+    report.podman = storePlan;
     return report;
   }
   await o.publisher.session(async () => {
@@ -166,6 +175,10 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
       } catch (e) {
         report.errors.push({ path: c.path, message: (e as Error).message });
       }
+    }
+    if (hasStore) {
+      report.podman = await collectPodmanStore(root, { graceMs: o.graceMs, now, log: o.log });
+      for (const e of report.podman.errors) report.errors.push(e);
     }
   });
   return report;

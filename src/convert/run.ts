@@ -23,6 +23,7 @@ export interface RunFlags {
   force?: boolean | undefined;
   overwriteLayers?: boolean | undefined;
   whiteouts?: 'overlay' | 'keep' | undefined;
+  podmanStore?: boolean | undefined;
   jobs?: number | undefined;
   creds?: Credentials | undefined;
   destCreds?: Credentials | undefined;
@@ -97,6 +98,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     force: flags.force,
     overwriteForeign: flags.overwriteLayers,
     whiteouts: flags.whiteouts,
+    podmanStore: flags.podmanStore,
     jobs: flags.jobs ?? Math.max(2, os.availableParallelism()),
     limits: flags.limits,
     progress,

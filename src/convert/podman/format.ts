@@ -1,0 +1,221 @@
+/**
+ * containers/storage's on-disk format, as read by podman 4.3 / CRI-O
+ * (containers/storage v1.43, overlay driver) from an *additional image
+ * store*. Pure: record types, IDs, file names. Paths are relative to the
+ * store directory (`<repository>/podmanStore`).
+ *
+ *   overlay/<layer id>/diff      → ../../../.layers/<xx>/<hex>/layerfs (the repository's layer, no copy)
+ *   overlay/<layer id>/link      short link name (26 chars, no newline)
+ *   overlay/<layer id>/lower     `l/<parent link>:l/<grandparent link>…` (top first; absent for a base layer)
+ *   overlay/l/<link>             → ../<layer id>/diff
+ *   overlay-layers/layers.json   [Layer…]      overlay-layers/layers.lock
+ *   overlay-images/images.json   [Image…]      overlay-images/images.lock
+ *   overlay-images/<image id>/<big data file> (manifest, manifest-<digest>, the config)
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { canonicalRegistry, type DockerReference } from '../reference.js';
+
+export const STORE_DIR = 'podmanStore';
+export const DRIVER = 'overlay';
+export const LINK_DIR = 'l';
+export const LAYERS_SUBDIR = 'overlay-layers';
+export const IMAGES_SUBDIR = 'overlay-images';
+export const LAYERS_JSON = 'layers.json';
+export const IMAGES_JSON = 'images.json';
+export const LAYERS_LOCK = 'layers.lock';
+export const IMAGES_LOCK = 'images.lock';
+/** Our per-layer note inside `overlay/<id>/` (containers/storage ignores other names). */
+export const LAYER_NOTE = 'cvmfs-thin.json';
+/** Present while an update runs; found by the next run, which then repairs and re-announces the store. */
+export const UPDATE_MARKER = '.cvmfs-thin-update';
+/** containers/storage's image big-data key of the default manifest. */
+export const MANIFEST_KEY = 'manifest';
+/** Length of containers/storage's last-writer token at the start of a lock file. */
+export const LAST_WRITER_SIZE = 64;
+
+/** What a store layer's `diff` may point at: a repository layer (relative to `overlay/<id>/`). */
+export const DIFF_TARGET = /^\.\.\/\.\.\/\.\.\/\.layers\/[a-f0-9]{2}\/[a-f0-9]{64}\/layerfs$/;
+
+/** A `layers.json` record (containers/storage Layer; unknown fields are kept as they are). */
+export interface StoreLayer {
+  id: string;
+  parent?: string;
+  created?: string;
+  'compressed-diff-digest'?: string;
+  'compressed-size'?: number;
+  'diff-digest'?: string;
+  'diff-size'?: number;
+  compression?: number;
+  names?: string[];
+  [k: string]: unknown;
+}
+
+/** An `images.json` record (containers/storage Image; unknown fields are kept). */
+export interface StoreImage {
+  id: string;
+  digest?: string;
+  names?: string[];
+  'names-history'?: string[];
+  layer?: string;
+  metadata?: string;
+  'big-data-names'?: string[];
+  'big-data-sizes'?: Record<string, number>;
+  'big-data-digests'?: Record<string, string>;
+  created?: string;
+  [k: string]: unknown;
+}
+
+/** What we note about a store layer (overlay/<id>/cvmfs-thin.json). */
+export interface LayerNote {
+  schema: 'cvmfs-thin/podman-layer';
+  /** sha256:<hex> of the compressed blob: the repository's `.layers/<xx>/<hex>`. */
+  digest: string;
+  diff_id: string;
+  /** How deletions are written in the layer: overlay whiteouts, none at all, or plain `.wh.*` files (fuse-overlayfs only). */
+  whiteouts: 'overlay' | 'none' | 'plain';
+}
+
+const SHA256 = /^sha256:[a-f0-9]{64}$/;
+const HEX64 = /^[a-f0-9]{64}$/;
+
+export function isDigest(s: unknown): s is string {
+  return typeof s === 'string' && SHA256.test(s);
+}
+export function isHex64(s: unknown): s is string {
+  return typeof s === 'string' && HEX64.test(s);
+}
+
+export function mustDigest(s: unknown, what: string): string {
+  if (!isDigest(s)) throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a sha256 digest (want sha256:<64 lowercase hex>)`, 'CVMFS_THIN_PODMAN_BAD_DIGEST');
+  return s;
+}
+
+/**
+ * Layer IDs as containers/image computes them when it pulls (storage_dest.go):
+ * the first is the diff ID's hex, each next one sha256(<parent id> + "+" + <diff id hex>).
+ * Using the same IDs means a node that pulls an image normally reuses the
+ * store's layers, and a layer at another position of another stack gets its own entry.
+ */
+export function layerIds(diffIds: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const d of diffIds) {
+    const hex = mustDigest(d, 'diff ID').slice(7);
+    const prev = out[out.length - 1];
+    out.push(prev === undefined ? hex : createHash('sha256').update(`${prev}+${hex}`).digest('hex'));
+  }
+  return out;
+}
+
+const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+
+/** The overlay driver's short link name (26 base32 characters), derived from the layer ID so every writer agrees. */
+export function shortLink(layerId: string): string {
+  const b = createHash('sha256').update(`cvmfs-thin/podman-link:${layerId}`).digest();
+  let bits = 0;
+  let value = 0;
+  let out = '';
+  for (const byte of b) {
+    value = (value << 8) | byte;
+    bits += 8;
+    while (bits >= 5 && out.length < 26) {
+      out += BASE32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    value &= (1 << bits) - 1;
+  }
+  return out.slice(0, 26);
+}
+
+/** containers/storage's makeBigDataBaseName: plain if only [a-z0-9.], else `=` + base64. */
+export function bigDataFileName(key: string): string {
+  if (key !== '' && /^[a-z0-9.]+$/.test(key) && !key.startsWith('..') && key !== '.') return key;
+  return `=${Buffer.from(key, 'utf8').toString('base64')}`;
+}
+
+/** The big-data key of a manifest by digest (containers/image's manifestBigDataKey). */
+export function manifestKey(digest: string): string {
+  return `${MANIFEST_KEY}-${digest}`;
+}
+
+/** The name containers/storage knows an image by: `docker.io/library/busybox:latest`, `host:5000/a/b@sha256:…`. */
+export function podmanName(r: DockerReference): string {
+  const registry = canonicalRegistry(r.registry);
+  const base = `${registry}/${r.repository}`;
+  if (r.tag !== undefined) return `${base}:${r.tag}`;
+  if (r.digest !== undefined) return `${base}@${r.digest}`;
+  return `${base}:latest`;
+}
+
+/** A store name we accept: a reference without white space or control characters, at most 512 bytes. */
+export function checkName(n: unknown): string {
+  if (typeof n !== 'string' || n.length === 0 || n.length > 512 || /[\s\u0000-\u001f\u007f]/.test(n) || !n.includes('/')) {
+    throw new InvalidArgumentError(`podman store: image name ${JSON.stringify(n)} is not a full reference (registry/repository:tag)`, 'CVMFS_THIN_PODMAN_BAD_NAME');
+  }
+  return n;
+}
+
+/** A fresh last-writer token in containers/storage's layout (time, counter, pid, random). */
+let counter = 0n;
+export function lastWriterToken(): Buffer {
+  const b = Buffer.alloc(LAST_WRITER_SIZE);
+  b.writeBigUInt64LE(BigInt(Date.now()) * 1_000_000n, 0);
+  counter++;
+  b.writeBigUInt64LE(counter, 8);
+  b.writeUInt32LE(process.pid >>> 0, 16);
+  randomBytes(LAST_WRITER_SIZE - 20).copy(b, 20);
+  return b;
+}
+
+/** Paths of a store. */
+export class StorePaths {
+  /** `root` overrides `<repoDir>/podmanStore` (a store being built under a temporary name). */
+  constructor(
+    readonly repoDir: string,
+    private readonly rootOverride?: string,
+  ) {}
+  get root(): string {
+    return this.rootOverride ?? path.join(this.repoDir, STORE_DIR);
+  }
+  get overlay(): string {
+    return path.join(this.root, DRIVER);
+  }
+  get links(): string {
+    return path.join(this.overlay, LINK_DIR);
+  }
+  get layersDir(): string {
+    return path.join(this.root, LAYERS_SUBDIR);
+  }
+  get imagesDir(): string {
+    return path.join(this.root, IMAGES_SUBDIR);
+  }
+  get layersJson(): string {
+    return path.join(this.layersDir, LAYERS_JSON);
+  }
+  get imagesJson(): string {
+    return path.join(this.imagesDir, IMAGES_JSON);
+  }
+  get layersLock(): string {
+    return path.join(this.layersDir, LAYERS_LOCK);
+  }
+  get imagesLock(): string {
+    return path.join(this.imagesDir, IMAGES_LOCK);
+  }
+  get marker(): string {
+    return path.join(this.root, UPDATE_MARKER);
+  }
+  layer(id: string): string {
+    return path.join(this.overlay, id);
+  }
+  link(short: string): string {
+    return path.join(this.links, short);
+  }
+  image(id: string): string {
+    return path.join(this.imagesDir, id);
+  }
+  /** The `diff` symlink's target for a repository layer: relative, so the tree works wherever it is mounted. */
+  diffTarget(layerHex: string): string {
+    return path.join('..', '..', '..', '.layers', layerHex.slice(0, 2), layerHex, 'layerfs');
+  }
+}
