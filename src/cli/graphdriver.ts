@@ -1,8 +1,10 @@
+import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import type { IdmapMode } from '../graphdriver/options.js';
-import { startGraphDriver } from '../graphdriver/server.js';
-import { addCvmfsOptions, resolveSettings, stopOnSignals } from './daemon-common.js';
+import { socketAnswers } from '../core/metrics.js';
+import { type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
+import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, resolveSettings, stopOnSignals } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
@@ -17,6 +19,7 @@ export const graphdriverConfigSpec = {
   'state-dir': { type: 'string' },
   'thin-images': { type: 'boolean' },
   'idmapped-layers': { type: 'enum', values: ['auto', 'off', 'require'] },
+  'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
 export function graphdriverCommand(): Command {
@@ -25,7 +28,7 @@ export function graphdriverCommand(): Command {
     .option('--socket <path>', `unix socket to listen on (default ${GRAPHDRIVER_DEFAULTS.socket}; the file name is the driver name for dockerd -s)`)
     .option('--state-dir <dir>', `where the last GraphDriver.Init is remembered across plugin restarts (default ${GRAPHDRIVER_DEFAULTS.stateDir})`)
     .option('--config <file>', `TOML configuration (keys: ${Object.keys(graphdriverConfigSpec).join(', ')})`);
-  return addCvmfsOptions(cmd)
+  addCvmfsOptions(cmd)
     .option('--no-thin-images', 'do not recognise thin images (every layer is an ordinary layer)')
     .addOption(
       new Option('--idmapped-layers <mode>', 'with dockerd --userns-remap, idmapped mounts of CVMFS layers: auto (use when the file system allows), off, require').choices([
@@ -33,17 +36,36 @@ export function graphdriverCommand(): Command {
         'off',
         'require',
       ]),
-    )
-    .action(async (o: Record<string, unknown>, c: Command) => {
-      const s = resolveSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
-      const daemon = await startGraphDriver({
-        socket: s.pick<string>('socket', 'socket') ?? GRAPHDRIVER_DEFAULTS.socket,
+    );
+  return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
+    const s = resolveSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
+    const socket = s.pick<string>('socket', 'socket') ?? GRAPHDRIVER_DEFAULTS.socket;
+    let daemon: RunningGraphDriver | undefined;
+    let stopped = false;
+    const mountpoint = s.location.absoluteMountpoint;
+    const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
+      live: { store: () => (daemon === undefined ? 'starting' : stopped ? 'stopping' : null) },
+      ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(mountpoint) ? null : `${mountpoint} does not exist (is CVMFS mounted?)`) },
+    });
+    try {
+      daemon = await startGraphDriver({
+        socket,
         stateDir: s.pick<string>('stateDir', 'state-dir') ?? GRAPHDRIVER_DEFAULTS.stateDir,
         location: s.location,
         thinImages: s.enabled('thinImages', 'thin-images'),
         idmappedLayers: s.pick<IdmapMode>('idmappedLayers', 'idmapped-layers') ?? 'auto',
         log: s.log,
+        metrics: m.metrics,
       });
-      stopOnSignals(() => daemon.stop(), s.log);
-    });
+    } catch (e) {
+      await m.stop();
+      throw e;
+    }
+    const d = daemon;
+    stopOnSignals(async () => {
+      stopped = true;
+      await d.stop();
+      await m.stop();
+    }, s.log);
+  });
 }

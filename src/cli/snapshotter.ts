@@ -1,7 +1,9 @@
+import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
-import { startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, resolveSettings, stopOnSignals } from './daemon-common.js';
+import { socketAnswers } from '../core/metrics.js';
+import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
+import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, resolveSettings, stopOnSignals } from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
@@ -15,6 +17,7 @@ export const snapshotterConfigSpec = {
   root: { type: 'string' },
   'thin-images': { type: 'boolean' },
   'remote-layers': { type: 'boolean' },
+  'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
 export function snapshotterCommand(): Command {
@@ -23,19 +26,36 @@ export function snapshotterCommand(): Command {
     .option('--address <path>', `unix socket to listen on (default ${SNAPSHOTTER_DEFAULTS.address})`)
     .option('--root <dir>', `state directory (default ${SNAPSHOTTER_DEFAULTS.root})`)
     .option('--config <file>', `TOML configuration (keys: ${Object.keys(snapshotterConfigSpec).join(', ')})`);
-  return addCvmfsOptions(cmd)
+  addCvmfsOptions(cmd)
     .option('--no-thin-images', 'do not recognise thin images')
-    .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS')
-    .action(async (o: Record<string, unknown>, c: Command) => {
-      const s = resolveSettings(o, c, snapshotterConfigSpec, 'cvmfs-thin-snapshotter');
-      const daemon = await startSnapshotter({
-        address: s.pick<string>('address', 'address') ?? SNAPSHOTTER_DEFAULTS.address,
+    .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS');
+  return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
+    const s = resolveSettings(o, c, snapshotterConfigSpec, 'cvmfs-thin-snapshotter');
+    const address = s.pick<string>('address', 'address') ?? SNAPSHOTTER_DEFAULTS.address;
+    let daemon: RunningDaemon | undefined;
+    const mountpoint = s.location.absoluteMountpoint;
+    const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
+      live: { store: () => (daemon === undefined ? 'starting' : daemon.snapshotter.isOpen ? null : 'store closed') },
+      ready: { socket: () => socketAnswers(address), cvmfs: () => (existsSync(mountpoint) ? null : `${mountpoint} does not exist (is CVMFS mounted?)`) },
+    });
+    try {
+      daemon = await startSnapshotter({
+        address,
         root: s.pick<string>('root', 'root') ?? SNAPSHOTTER_DEFAULTS.root,
         location: s.location,
         thinImages: s.enabled('thinImages', 'thin-images'),
         remoteLayers: s.enabled('remoteLayers', 'remote-layers'),
         log: s.log,
+        metrics: m.metrics,
       });
-      stopOnSignals(() => daemon.stop(), s.log);
-    });
+    } catch (e) {
+      await m.stop();
+      throw e;
+    }
+    const d = daemon;
+    stopOnSignals(async () => {
+      await d.stop();
+      await m.stop();
+    }, s.log);
+  });
 }

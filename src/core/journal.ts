@@ -21,15 +21,25 @@
  * was after some prefix of the acknowledged-or-not records, and every
  * acknowledged record is in that prefix.
  *
+ * A full file system (ENOSPC, EDQUOT) is a per-request error, not a fatal
+ * one: the next preallocation step is reserved ahead of need (so a full disk
+ * usually fails a reservation, not a commit); a commit that does not fit is
+ * zeroed out and its requests rejected (CVMFS_THIN_IO_ENOSPC), and stores
+ * apply a change in memory only once it is durable (`append`'s `durable`
+ * callback, or after the promise resolved); compaction is retried later.
+ *
  * Compaction writes a new state file (temp + fsync + rename + directory fsync)
- * and then empties the journal. Records are idempotent full-value puts and
+ * and then empties the journal, after the continuations of the batch that
+ * triggered it. Records are idempotent full-value puts and
  * deletes, so replaying a journal over a newer state (a crash between the
  * rename and the truncation) converges to the same state.
  */
-import { closeSync, constants, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, constants, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { InternalError } from './errors.js';
 import { fsyncDir } from './fsutil.js';
+import type { Metrics } from './metrics.js';
 
 const CRC_TABLE = (() => {
   const t = new Int32Array(256);
@@ -87,6 +97,17 @@ export interface JournalOptions {
   compactAfterBytes?: number;
   /** Called once when a write fails: the caller must stop (the files stay consistent). */
   onFatal: (e: Error) => void;
+  /** Told of every durable group commit: seconds of the synchronous write, records in it (metrics). */
+  onCommit?: ((seconds: number, records: number) => void) | undefined;
+}
+
+/** Record journal commits as `journal_commit_seconds` / `journal_batch_records` with label `store`. */
+export function journalMetrics(m: Metrics, store: string): JournalOptions['onCommit'] {
+  if (!m.enabled) return undefined;
+  return (seconds, records) => {
+    m.observe('journal_commit_seconds', { store }, seconds);
+    m.observe('journal_batch_records', { store }, records);
+  };
 }
 
 export interface Opened<R> {
@@ -99,8 +120,19 @@ export interface Opened<R> {
   discardedBytes: number;
 }
 
+/** Errors of a full file system: the request fails, the journal stays usable. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+const isNoSpace = (e: unknown) => NO_SPACE.has((e as NodeJS.ErrnoException).code ?? '');
+/** Preallocation step, and the free room below which the next step is reserved ahead. */
+const STEP = 1 << 20;
+const AHEAD = STEP / 2;
+
 export class Journal<R> {
-  private pending: { buf: Buffer; resolve: () => void; reject: (e: Error) => void }[] = [];
+  private pending: { buf: Buffer; resolve: () => void; reject: (e: Error) => void; durable: (() => void) | undefined }[] = [];
+  /** Compaction failed for lack of space: try again once the journal grew by another step (or threshold). */
+  private compactRetryAt = 0;
+  private compactScheduled = false;
+  private closed = false;
   private scheduled = false;
   private failed: Error | null = null;
   private size: number;
@@ -156,11 +188,18 @@ export class Journal<R> {
     this.snapshotFn = fn;
   }
 
-  append(rec: R): Promise<void> {
+  /**
+   * Append a record; resolves once it is on disk. `durable` runs synchronously
+   * right after the write (in append order, before any compaction snapshot):
+   * the place to apply the change in memory, so that memory never holds a
+   * change the disk lacks. A full file system rejects the request (code
+   * CVMFS_THIN_IO_ENOSPC) and leaves the journal usable.
+   */
+  append(rec: R, durable?: () => void): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const buf = encodeRecord(rec);
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ buf, resolve, reject });
+      this.pending.push({ buf, resolve, reject, durable });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -173,27 +212,64 @@ export class Journal<R> {
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
+    const t0 = this.opts.onCommit ? process.hrtime.bigint() : 0n;
+    let data: Buffer | null = null;
     try {
       if (this.failed) throw this.failed;
-      const data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((b) => b.buf));
+      data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((b) => b.buf));
       if (this.size + data.length > this.allocated) this.preallocate(this.size + data.length);
       let off = 0;
       while (off < data.length) off += writeSync(this.fd, data, off, data.length - off, this.size + off);
       this.size += data.length;
       this.commits++;
     } catch (e) {
-      this.fail(e);
-      for (const b of batch) b.reject(this.failed!);
+      const err = !this.failed && isNoSpace(e) && data ? this.noSpace(e, data.length) : (this.fail(e), this.failed!);
+      for (const b of batch) b.reject(err);
       return;
     }
+    if (this.opts.onCommit) this.opts.onCommit(Number(process.hrtime.bigint() - t0) / 1e9, batch.length);
+    for (const b of batch) b.durable?.();
     for (const b of batch) b.resolve();
-    if (this.size > (this.opts.compactAfterBytes ?? 8 << 20) && this.snapshotFn) this.compact();
+    if (this.size > Math.max(this.opts.compactAfterBytes ?? 8 << 20, this.compactRetryAt) && this.snapshotFn && !this.compactScheduled) {
+      // after this turn's continuations: a store that applies a change once its
+      // append resolved has applied it by then, so the snapshot holds it
+      this.compactScheduled = true;
+      setImmediate(() => {
+        this.compactScheduled = false;
+        if (!this.closed && !this.failed) this.compact();
+      });
+    }
+    // reserve the next step ahead, so that a full disk fails a reservation rather than a commit
+    if (this.allocated - this.size < AHEAD) {
+      try {
+        this.preallocate(this.size + AHEAD + 1);
+      } catch (e) {
+        if (!isNoSpace(e)) this.fail(e);
+      }
+    }
+  }
+
+  /**
+   * A write that found the file system full: nothing of the batch may survive
+   * on disk (a record written in part or in whole would be replayed after a
+   * crash although its request failed), so the attempted range is zeroed
+   * (it lies in preallocated space, or beyond the end of the file).
+   */
+  private noSpace(e: unknown, attempted: number): Error {
+    try {
+      const zeros = Buffer.alloc(Math.min(attempted, Math.max(0, this.allocated - this.size)));
+      let off = 0;
+      while (off < zeros.length) off += writeSync(this.fd, zeros, off, zeros.length - off, this.size + off);
+    } catch (z) {
+      this.fail(z);
+      return this.failed!;
+    }
+    return new InternalError(`metadata journal in ${this.opts.dir}: no space left on the device; the change was not made (${(e as Error).message})`, `CVMFS_THIN_IO_${(e as NodeJS.ErrnoException).code ?? 'ENOSPC'}`, { cause: e });
   }
 
   /** Extend the file with zeros (1 MiB steps) up to at least `need` bytes. */
   private preallocate(need: number): void {
-    const step = 1 << 20;
-    const target = Math.ceil(need / step) * step;
+    const target = Math.ceil(need / STEP) * STEP;
     const zeros = Buffer.alloc(target - this.allocated);
     let off = 0;
     while (off < zeros.length) off += writeSync(this.fd, zeros, off, zeros.length - off, this.allocated + off);
@@ -212,8 +288,8 @@ export class Journal<R> {
    * interleaves with it). Rare: once per `compactAfterBytes` of journal.
    */
   private compact(): void {
+    const p = Journal.paths(this.opts);
     try {
-      const p = Journal.paths(this.opts);
       const data = Buffer.from(JSON.stringify(this.snapshotFn!()), 'utf8');
       const tmp = openSync(`${p.state}.tmp`, 'w', 0o600);
       try {
@@ -229,8 +305,16 @@ export class Journal<R> {
       fdatasyncSync(this.fd);
       this.size = 0;
       this.allocated = 0;
+      this.compactRetryAt = 0;
     } catch (e) {
-      this.fail(e);
+      if (!isNoSpace(e)) return this.fail(e);
+      // the journal stays as it is (complete): try again after another step of it
+      try {
+        rmSync(`${p.state}.tmp`, { force: true });
+      } catch {
+        // removed at the next open
+      }
+      this.compactRetryAt = this.size + Math.min(STEP, this.opts.compactAfterBytes ?? 8 << 20);
     }
   }
 
@@ -242,6 +326,7 @@ export class Journal<R> {
 
   async close(): Promise<void> {
     this.flush();
+    this.closed = true;
     closeSync(this.fd);
   }
 }

@@ -7,7 +7,9 @@
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
+import { toThinError } from '../core/errors.js';
 import { type Host, systemHost } from '../core/host.js';
+import { type Metrics, noMetrics } from '../core/metrics.js';
 import { type PluginInterface, type PluginServer, type Route, type RouteContext, servePlugin, STREAMED } from '../core/plugin-http.js';
 import { GraphDriver } from './driver.js';
 import type { IdmapMode } from './options.js';
@@ -22,6 +24,8 @@ export interface GraphDriverDaemonOptions {
   log: Logger;
   /** Default: the real one. */
   host?: Host;
+  /** Default: records nothing. */
+  metrics?: Metrics | undefined;
 }
 
 export interface RunningGraphDriver {
@@ -31,8 +35,36 @@ export interface RunningGraphDriver {
   stop(): Promise<void>;
 }
 
+/** Mounts held for dockerd: layers got and not put (the driver's "Mounted Layers"; 0 before Init). */
+export function mountsHeld(driver: GraphDriver): number {
+  const v = driver.status().find(([k]) => k === 'Mounted Layers')?.[1];
+  return v === undefined ? 0 : Number(v);
+}
+
+/** Count what the routes did (thin layers resolved, CVMFS unavailable) without touching the driver. */
+function counted(driver: GraphDriver, routes: Record<string, Route>, m: Metrics): Record<string, Route> {
+  if (!m.enabled) return routes;
+  const out: Record<string, Route> = {};
+  for (const [name, r] of Object.entries(routes)) {
+    out[name] = async (c) => {
+      try {
+        const res = await r(c);
+        if (name === 'ApplyDiff') {
+          const id = c.url.searchParams.get('id');
+          if (id !== null && driver.exists(id) && driver.getMetadata(id)['CvmfsThinImage'] === 'true') m.inc('thin_images_resolved_total', { daemon: 'graphdriver' });
+        }
+        return res;
+      } catch (e) {
+        if (toThinError(e).code === 'CVMFS_THIN_LAYER_UNAVAILABLE') m.inc('cvmfs_unavailable_total', { daemon: 'graphdriver' });
+        throw e;
+      }
+    };
+  }
+  return out;
+}
+
 /** The GraphDriver interface (docker.graphdriver/1.0) over a driver. */
-export function graphDriverInterface(driver: GraphDriver): PluginInterface {
+export function graphDriverInterface(driver: GraphDriver, metrics: Metrics = noMetrics): PluginInterface {
   const layer = async (c: RouteContext) => parseLayerRequest(await c.json());
   const routes: Record<string, Route> = {
     Init: async (c) => {
@@ -93,7 +125,7 @@ export function graphDriverInterface(driver: GraphDriver): PluginInterface {
   for (const m of METHODS) {
     if (m.startsWith('GraphDriver.') && !routes[m.slice('GraphDriver.'.length)]) throw new Error(`no route for ${m}`);
   }
-  return { name: 'GraphDriver', routes };
+  return { name: 'GraphDriver', routes: counted(driver, routes, metrics) };
 }
 
 export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<RunningGraphDriver> {
@@ -109,7 +141,9 @@ export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<Run
   });
   let p: PluginServer;
   try {
-    p = await servePlugin({ socket: o.socket, interfaces: [graphDriverInterface(driver)], log, close: () => driver.close() });
+    const metrics = o.metrics ?? noMetrics;
+    metrics.onCollect(() => metrics.set('mounts_held', { daemon: 'graphdriver' }, mountsHeld(driver)));
+    p = await servePlugin({ socket: o.socket, interfaces: [graphDriverInterface(driver, metrics)], log, close: () => driver.close(), metrics, daemon: 'graphdriver' });
   } catch (e) {
     await driver.close();
     throw e;

@@ -3,7 +3,8 @@
  * ported: the List RPC filters are OR-ed, each is a comma-separated AND of
  * selectors `fieldpath [("=="|"!="|"~=") value]`. Pure.
  */
-import { InvalidArgumentError } from '../core/errors.js';
+import { createRequire } from 'node:module';
+import { InternalError, InvalidArgumentError } from '../core/errors.js';
 
 export type Adaptor = (fieldpath: string[]) => [string, boolean];
 export type Filter = (a: Adaptor) => boolean;
@@ -288,20 +289,41 @@ function parseOne(input: string): Selector[] {
   return all;
 }
 
-/** Go RE2 → JS RegExp, for the common subset (leading (?flags), \A, \z). Null if it does not compile. */
-export function compileGoRegexp(src: string): RegExp | null {
-  let flags = 'u';
-  let s = src;
-  const m = /^\(\?([imsU]+)\)/.exec(s);
-  if (m) {
-    for (const f of m[1]!) if (f === 'i' || f === 'm' || f === 's') flags += f;
-    s = s.slice(m[0].length);
-  }
-  s = s.replace(/\\A/g, '^').replace(/\\z/g, '$');
+/** A compiled `~=` pattern: unanchored search, like Go's `regexp.MatchString`. */
+export interface GoRegexp {
+  test(s: string): boolean;
+}
+
+interface Re2js {
+  RE2JS: { compile(p: string): GoRegexp };
+}
+
+let re2: Re2js | null = null;
+
+/** re2js (RE2/J in pure JS): RE2 syntax and linear-time matching, never a backtracking RegExp on the event loop. */
+function engine(): Re2js {
+  if (re2) return re2;
   try {
-    return new RegExp(s, flags);
-  } catch {
-    return null;
+    re2 = createRequire(import.meta.url)('re2js') as Re2js;
+  } catch (e) {
+    throw new InternalError(`the RE2 engine (npm package re2js) is not installed: ${(e as Error).message}`);
+  }
+  return re2;
+}
+
+/**
+ * A Go (RE2) regular expression, compiled by a linear-time RE2 engine: the
+ * matching time is bounded by pattern size × input size (containerd uses Go's
+ * regexp for the same reason), so `^(a+)+$` cannot stall the daemon.
+ * RE2 syntax only: no backreferences or lookaround. Throws a message naming
+ * what is wrong when it does not compile.
+ */
+export function compileGoRegexp(src: string): GoRegexp {
+  try {
+    return engine().RE2JS.compile(src);
+  } catch (e) {
+    if (e instanceof InternalError) throw e;
+    throw new ParseError(`filters: ~= pattern ${JSON.stringify(src)} is not an RE2 regexp (no backreferences or lookaround): ${(e as Error).message.replace(/^error parsing regexp: /, '')}`);
   }
 }
 
@@ -310,7 +332,6 @@ function compile(sels: Selector[]): Filter {
     if (s.op === '~=') {
       const re = compileGoRegexp(s.value);
       return (a: Adaptor) => {
-        if (!re) return false;
         const [v] = a(s.fieldpath);
         return re.test(v);
       };

@@ -7,12 +7,27 @@ export const LABEL_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest';
 export const LABEL_REMOTE = 'containerd.io/snapshot/remote';
 /** containerd's labels.Validate limit. */
 export const MAX_LABEL_SIZE = 4096;
+/**
+ * Our cap on the key and value bytes of all labels of one snapshot (containerd
+ * has none). containerd's own Snapshots service re-sends List replies in
+ * batches of 100 infos under gRPC's 16 MiB message limit, so 100 snapshots'
+ * labels must fit in 16 MiB: 128 KiB each (32 labels of the maximal size, far
+ * more than CRI, nerdctl or stargz set) keeps every reply of ours and of
+ * containerd's below the limit.
+ */
+export const MAX_LABELS_TOTAL = 128 << 10;
 
-export function validateLabels(labels: Record<string, string>): void {
+export function validateLabels(labels: Record<string, string>, of = 'snapshot'): void {
+  let total = 0;
   for (const [k, v] of Object.entries(labels)) {
-    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+    const n = Buffer.byteLength(k) + Buffer.byteLength(v);
+    if (n > MAX_LABEL_SIZE) {
       throw new InvalidArgumentError(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 64)}`);
     }
+    total += n;
+  }
+  if (total > MAX_LABELS_TOTAL) {
+    throw new InvalidArgumentError(`labels of ${of} total ${total} bytes (keys and values), more than the maximum of ${MAX_LABELS_TOTAL} bytes per snapshot`);
   }
 }
 
@@ -33,7 +48,7 @@ export function checkUpdatePaths(name: string, paths: readonly string[]): void {
 }
 
 /** The labels after an Update: all replaced (no paths, or `labels`), or the named keys set/removed. Validated. */
-export function updatedLabels(current: Record<string, string>, labels: Record<string, string>, paths: readonly string[]): Record<string, string> {
+export function updatedLabels(current: Record<string, string>, labels: Record<string, string>, paths: readonly string[], of = 'snapshot'): Record<string, string> {
   let next: Record<string, string>;
   if (paths.length === 0 || paths.includes('labels')) next = { ...labels };
   else {
@@ -46,7 +61,7 @@ export function updatedLabels(current: Record<string, string>, labels: Record<st
     }
   }
   next = cleanLabels(next);
-  validateLabels(next);
+  validateLabels(next, of);
   return next;
 }
 

@@ -12,7 +12,7 @@
  * shared cache of core/stack (earlier versions journalled them; such records
  * and the `facts` of an old state file are ignored).
  */
-import { Journal } from '../core/journal.js';
+import { Journal, type JournalOptions } from '../core/journal.js';
 
 export type Kind = 'active' | 'view' | 'committed';
 /** [seconds, nanoseconds] since the Unix epoch. */
@@ -66,8 +66,8 @@ export class MetaStore {
 
   private constructor(private readonly journal: Journal<StoreRecord>) {}
 
-  static async open(dir: string, onFatal: (e: Error) => void): Promise<MetaStore> {
-    const { journal, state, records } = await Journal.open<StoreRecord>({ dir, name: 'metadata', onFatal });
+  static async open(dir: string, onFatal: (e: Error) => void, onCommit?: JournalOptions['onCommit']): Promise<MetaStore> {
+    const { journal, state, records } = await Journal.open<StoreRecord>({ dir, name: 'metadata', onFatal, onCommit });
     const store = new MetaStore(journal);
     if (state !== null) {
       const st = state as StoreState;
@@ -133,6 +133,15 @@ export class MetaStore {
     return this.childrenOf.get(name) ?? new Set();
   }
 
+  /** Snapshots by kind and source, every combination (zero included): the `snapshots` gauge. */
+  counts(): [Kind, SnapshotRecord['source'], number][] {
+    const n = new Map<string, number>();
+    for (const r of this.byName.values()) n.set(`${r.kind}/${r.source}`, (n.get(`${r.kind}/${r.source}`) ?? 0) + 1);
+    const out: [Kind, SnapshotRecord['source'], number][] = [];
+    for (const k of ['active', 'view', 'committed'] as const) for (const s of ['local', 'thin', 'remote'] as const) out.push([k, s, n.get(`${k}/${s}`) ?? 0]);
+    return out;
+  }
+
   /** Reserve an id (data directory, link name). Persisted with the next write. */
   allocId(): number {
     return this.nextId++;
@@ -144,14 +153,15 @@ export class MetaStore {
   }
 
   /**
-   * Apply puts and deletes atomically: in memory now (in call order), durably
-   * when the promise resolves. `del` runs before `put` (Commit = delete key +
-   * put name).
+   * Apply puts and deletes atomically, in memory once they are durable (in
+   * call order, before the promise resolves): a write that fails (a full
+   * disk) changes nothing, and readers never see a change that a crash could
+   * undo. `del` runs before `put` (Commit = delete key + put name). Callers
+   * serialise conflicting writes with their keyed locks.
    */
   write(ops: { put?: SnapshotRecord[]; del?: string[] }): Promise<void> {
     const rec: StoreRecord = { ...ops, nextId: this.nextId };
-    this.apply(rec);
-    return this.journal.append(rec);
+    return this.journal.append(rec, () => this.apply(rec));
   }
 
   async close(): Promise<void> {

@@ -4,6 +4,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
 import { type Host, systemHost } from '../core/host.js';
+import type { Metrics } from '../core/metrics.js';
 import { prepareSocket } from '../core/socket.js';
 import { SnapshotsService } from './proto/containerd/services/snapshots/v1/snapshots.js';
 import { createService } from './service.js';
@@ -18,6 +19,8 @@ export interface SnapshotterDaemonOptions {
   log: Logger;
   /** Default: the real one. */
   host?: Host;
+  /** Default: records nothing. */
+  metrics?: Metrics | undefined;
 }
 
 export interface RunningDaemon {
@@ -40,6 +43,7 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     host: o.host ?? systemHost,
     address: o.address,
     log,
+    metrics: o.metrics,
     onFatal: (e) => {
       if (fatal) return;
       fatal = true;
@@ -51,7 +55,7 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
   const server = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE, 'grpc.enable_channelz': 0 });
   try {
     await prepareSocket(o.address);
-    server.addService(SnapshotsService, createService(sn, log));
+    server.addService(SnapshotsService, createService(sn, log, o.metrics));
     await new Promise<void>((resolve, reject) =>
       server.bindAsync(`unix://${o.address}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
     );

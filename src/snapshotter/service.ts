@@ -1,10 +1,12 @@
 /** gRPC edge: containerd.services.snapshots.v1.Snapshots → Snapshotter. */
-import type { handleServerStreamingCall, handleUnaryCall, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
+import { type handleServerStreamingCall, type handleUnaryCall, type sendUnaryData, type ServerUnaryCall, status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { InvalidArgumentError, toThinError } from '../core/errors.js';
+import { type Metrics, noMetrics, recordRequest } from '../core/metrics.js';
 import type { Mount } from '../core/mounts.js';
 import { parseFilters, snapshotAdaptor } from './filters.js';
 import { toServiceError } from './grpc-errors.js';
+import { listBatches } from './list-batches.js';
 import type { Time } from './metastore.js';
 import type { Empty } from './proto/google/protobuf/empty.js';
 import {
@@ -18,7 +20,6 @@ import type { Mount as PbMount } from './proto/containerd/types/mount.js';
 import type { Info, Snapshotter } from './snapshotter.js';
 
 const KIND: Record<Info['kind'], PbKind> = { view: PbKind.VIEW, active: PbKind.ACTIVE, committed: PbKind.COMMITTED };
-const LIST_BATCH = 100;
 
 const ts = (t: Time) => ({ seconds: t[0], nanos: t[1] });
 
@@ -28,16 +29,31 @@ export function toPbInfo(i: Info): PbInfo {
 
 const toPbMounts = (ms: Mount[]): PbMount[] => ms.map((m) => ({ type: m.type, source: m.source, target: '', options: m.options }));
 
-export function createService(sn: Snapshotter, log: Logger): SnapshotsServer {
+/** Errors that mean a CVMFS directory was not reachable (cvmfs_unavailable_total). */
+const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_LAYER_UNAVAILABLE']);
+
+export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = noMetrics): SnapshotsServer {
+  const record = (method: string, started: bigint, e?: unknown): ReturnType<typeof toServiceError> | undefined => {
+    if (e === undefined) {
+      recordRequest(metrics, 'snapshotter', method, started, 'OK');
+      return undefined;
+    }
+    const err = toServiceError(e);
+    recordRequest(metrics, 'snapshotter', method, started, GrpcStatus[err.code] ?? 'UNKNOWN');
+    if (metrics.enabled && CVMFS_UNAVAILABLE.has(toThinError(e).code)) metrics.inc('cvmfs_unavailable_total', { daemon: 'snapshotter' });
+    return err;
+  };
   function unary<Req, Res>(method: string, describe: (r: Req) => Record<string, unknown>, fn: (r: Req) => Promise<Res> | Res): handleUnaryCall<Req, Res> {
     return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
       const t0 = performance.now();
+      const started = metrics.enabled ? process.hrtime.bigint() : 0n;
       const ok = (res: Res) => {
         if (log.isLevelEnabled('debug')) log.debug({ method, ...describe(call.request), ms: +(performance.now() - t0).toFixed(2) }, 'rpc');
+        record(method, started);
         cb(null, res);
       };
       const fail = (e: unknown) => {
-        const err = toServiceError(e);
+        const err = record(method, started, e)!;
         const t = toThinError(e);
         const lvl = t.kind === 'internal' ? 'error' : 'debug';
         log[lvl]({ method, ...describe(call.request), code: err.code, err: t.kind === 'internal' ? e : t.message }, 'rpc failed');
@@ -56,14 +72,16 @@ export function createService(sn: Snapshotter, log: Logger): SnapshotsServer {
   }
 
   const list: handleServerStreamingCall<ListSnapshotsRequest, ListSnapshotsResponse> = (call) => {
+    const started = metrics.enabled ? process.hrtime.bigint() : 0n;
     try {
       const f = parseFilters(call.request.filters);
       const infos = sn.list((i) => f(snapshotAdaptor(i)));
-      for (let i = 0; i < infos.length; i += LIST_BATCH) call.write({ info: infos.slice(i, i + LIST_BATCH).map(toPbInfo) });
+      for (const info of listBatches(infos.map(toPbInfo))) call.write({ info });
       log.debug({ method: 'List', filters: call.request.filters, n: infos.length }, 'rpc');
+      record('List', started);
       call.end();
     } catch (e) {
-      const err = toServiceError(e);
+      const err = record('List', started, e)!;
       log.debug({ method: 'List', filters: call.request.filters, code: err.code, err: err.message }, 'rpc failed');
       call.emit("error", err);
     }

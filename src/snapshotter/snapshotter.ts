@@ -18,6 +18,8 @@ import { KeyedMutex } from '../core/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type Mount, overlayIndexOff } from '../core/mounts.js';
 import { type ChainLower, chainLowers, type ChainNode, LayerStack, linkName } from '../core/stack/index.js';
 import { lockRoot, type RootLock } from '../core/stack/root-lock.js';
+import { journalMetrics } from '../core/journal.js';
+import { type Metrics, noMetrics } from '../core/metrics.js';
 import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
 import { type Kind, MetaStore, type SnapshotRecord, type Time } from './metastore.js';
 import { serveRemote } from './remote.js';
@@ -48,6 +50,8 @@ export interface SnapshotterOptions {
   onFatal?: (e: Error) => void;
   /** The socket served, recorded in the root's lock file (who holds the root). */
   address?: string;
+  /** Default: records nothing. */
+  metrics?: Metrics | undefined;
 }
 
 export class Snapshotter {
@@ -61,6 +65,7 @@ export class Snapshotter {
   private readonly remoteLayers: boolean;
   private readonly log: Logger;
   private readonly removals: Removals;
+  private readonly metrics: Metrics;
   private closed = false;
 
   private constructor(
@@ -74,6 +79,7 @@ export class Snapshotter {
     this.workDirs = path.join(opts.root, 'work');
     this.thinImages = opts.thinImages ?? true;
     this.remoteLayers = opts.remoteLayers ?? true;
+    this.metrics = opts.metrics ?? noMetrics;
     this.removals = new Removals(opts.host, stack.links, (id) => [this.fsDir(id), this.workDir(id)], opts.log);
   }
 
@@ -91,7 +97,7 @@ export class Snapshotter {
           'found data of the previous containerd-cvmfs-grpc snapshotter; it is left untouched and not used: remove images pulled with it (ctr images rm) so that containerd pulls them again',
         );
       }
-      const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined));
+      const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined), journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'));
       const stack = await LayerStack.open({
         root,
         location: opts.location,
@@ -102,6 +108,9 @@ export class Snapshotter {
       });
       const s = new Snapshotter({ ...opts, root }, store, stack, lock);
       await s.recover();
+      s.metrics.onCollect(() => {
+        for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);
+      });
       if (!existsSync(opts.location.absoluteMountpoint)) {
         opts.log.warn({ path: opts.location.absoluteMountpoint }, 'CVMFS repository mountpoint does not exist (is CVMFS mounted?); thin images and remote layers will not be available until it is');
       }
@@ -126,6 +135,11 @@ export class Snapshotter {
     const fixed = await this.stack.links.recover(owned(this.store));
     if (fixed) this.log.warn({ fixed }, 'recreated missing short links');
     this.log.info({ snapshots: this.store.size }, 'metadata loaded');
+  }
+
+  /** The store is open (health: false once close() began). */
+  get isOpen(): boolean {
+    return !this.closed;
   }
 
   private check(): void {
@@ -188,7 +202,7 @@ export class Snapshotter {
   private async create(kind: 'active' | 'view', key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     this.check();
     if (key === '') throw new InvalidArgumentError('snapshot key must not be empty');
-    validateLabels(labels);
+    validateLabels(labels, `snapshot ${key}`);
     return this.gate.shared(() =>
       this.locks.with([key, parent], async () => {
         if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
@@ -199,6 +213,7 @@ export class Snapshotter {
         }
         if (kind === 'active' && this.remoteLayers && labels[LABEL_SNAPSHOT_REF]) {
           const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.clock, log: this.log }, parent, labels);
+          this.metrics.inc('remote_layers_total', { result: target ? 'served' : 'fallback' });
           if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
         }
         const id = this.store.allocId();
@@ -266,7 +281,7 @@ export class Snapshotter {
   async commit(name: string, key: string, labels: Record<string, string>, rebaseParent = ''): Promise<void> {
     this.check();
     if (name === '') throw new InvalidArgumentError('committed snapshot name must not be empty');
-    validateLabels(labels);
+    validateLabels(labels, `snapshot ${name}`);
     return this.gate.shared(() =>
       this.locks.with([name, key], async () => {
         if (this.store.get(name)) throw new AlreadyExistsError(`snapshot ${name} already exists`);
@@ -305,6 +320,7 @@ export class Snapshotter {
           thin?.links.rollback();
           throw e;
         }
+        if (thin) this.metrics.inc('thin_images_resolved_total', { daemon: 'snapshotter' });
       }),
     );
   }
@@ -345,7 +361,7 @@ export class Snapshotter {
     return this.gate.shared(() =>
       this.locks.with([name], async () => {
         const r = this.must(name);
-        const next = updatedLabels(r.labels, labels, paths);
+        const next = updatedLabels(r.labels, labels, paths, `snapshot ${name}`);
         const rec: SnapshotRecord = { ...r, labels: next, updated: this.clock.now() };
         await this.store.write({ put: [rec] });
         return this.info(rec);

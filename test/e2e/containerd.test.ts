@@ -14,6 +14,7 @@ import { type Daemon, startDaemon } from '../helpers/daemon.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { writeTree } from '../helpers/cvmfs-tree.js';
 import { buildImage, buildThinImage, busyboxEntries, type BuiltLayer, unpackDuccStyle, writeOciArchive } from '../helpers/oci-image.js';
+import { httpGet, scrape } from './metrics-scrape.js';
 
 const REPO = 'unpacked.cern.ch';
 const LABELPULL = path.join(process.env['CTDTS_BIN'] ?? '/tmp/ctdts/bin', 'labelpull');
@@ -33,9 +34,12 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
   const repoRoot = path.join(base, 'cvmfs', REPO);
   const snRoot = path.join(base, 'sn-root');
   const snSock = path.join(base, 'sn.sock');
+  // metrics on a unix socket: a TCP port 0 would not be known to the test
+  const metricsSock = path.join(base, 'sn-metrics.sock');
   let sn: Daemon;
   let ctd: Containerd;
-  const startSn = async () => (sn = await startDaemon(['--root', snRoot, '--absolute-mountpoint', repoRoot, '--log-level', 'info'], snSock));
+  const startSn = async () =>
+    (sn = await startDaemon(['--root', snRoot, '--absolute-mountpoint', repoRoot, '--log-level', 'info', '--metrics-address', metricsSock], snSock));
 
   beforeAll(async () => {
     mkdirSync(repoRoot, { recursive: true });
@@ -80,7 +84,15 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     const thin = await buildThinImage('docker.io/e2e/thin:1', thinDoc([l1, l2, l3]));
     const tar = path.join(base, 'thin.tar');
     await writeOciArchive(tar, thin);
+    const before = await scrape(metricsSock);
     await ctd.ctr(['image', 'import', '--snapshotter', SN, tar]); // plain ctr: no CRI labels
+    const after = await scrape(metricsSock);
+    const thinResolved = { daemon: 'snapshotter' };
+    expect(after('cvmfs_thin_thin_images_resolved_total', thinResolved) - before('cvmfs_thin_thin_images_resolved_total', thinResolved)).toBe(1);
+    expect(after('cvmfs_thin_snapshots', { kind: 'committed', source: 'thin' })).toBe(1);
+    const commits = (f: typeof after) => f('cvmfs_thin_requests_total', { daemon: 'snapshotter', method: 'Commit', code: 'OK' });
+    expect(commits(after) - commits(before)).toBe(1);
+    expect(after('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' })).toBeGreaterThan(before('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' }));
     const out = await run(thin.name, 'thin1', 'sh', '-c', 'cat /only-in-cvmfs.txt /top.txt; ls /opt/dir; ls -a /etc; test -e /thin.json && echo THIN-VISIBLE; echo $CVMFS_IMAGE');
     expect(out).toContain('served by cvmfs\ntop layer\nnew\n');
     expect(out).not.toContain('deleted-by-ducc-layer');
@@ -94,8 +106,13 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     const bad = await buildThinImage('docker.io/e2e/bad:1', JSON.stringify({ version: '1.0', layers: [{ digest: 'a'.repeat(64), url: 'cvmfs://evil.example/.layers/aa/x' }] }));
     const tar = path.join(base, 'bad.tar');
     await writeOciArchive(tar, bad);
+    const before = await scrape(metricsSock);
     await expect(ctd.ctr(['image', 'import', '--snapshotter', SN, tar])).rejects.toThrow(/layers\[0\]\.url: repository "evil\.example" is not allowed/);
     expect(await sn.client.list()).toBeDefined();
+    const after = await scrape(metricsSock);
+    const refused = (f: typeof after) => f('cvmfs_thin_requests_total', { daemon: 'snapshotter', method: 'Commit', code: 'INVALID_ARGUMENT' });
+    expect(refused(after) - refused(before)).toBeGreaterThanOrEqual(1);
+    expect(after('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' })).toBe(before('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' }));
   });
 
   it.skipIf(needs({ binaries: [LABELPULL] }))('skips the download of layers present in CVMFS (CRI labels via labelpull), fetches the missing one', async () => {
@@ -108,6 +125,7 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     unpackDuccStyle(repoRoot, img.layers[1]!);
     const tar = path.join(base, 'remote.tar');
     await writeOciArchive(tar, img);
+    const before = await scrape(metricsSock);
     const out = execFileSync(LABELPULL, ['-address', ctd.address, '-namespace', 'e2e', '-snapshotter', SN, '-image', tar, img.name], { encoding: 'utf8' });
     const fetched = out.split('\n').filter((l) => l.startsWith('FETCH'));
     expect(fetched.some((l) => l.includes(img.layers[2]!.digest))).toBe(true);
@@ -117,6 +135,13 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     expect(await run(img.name, 'remote2', 'sh', '-c', 'test -e /etc/gone && echo PRESENT; ls -a /etc')).not.toMatch(/PRESENT|\.wh\./);
     const remote = (await sn.client.list()).filter((i) => i.labels['containerd.io/snapshot/remote']);
     expect(remote.length).toBe(2);
+    // the metrics tell the same story: two layers served from CVMFS, the missing one fell back to a download
+    const after = await scrape(metricsSock);
+    const delta = (name: string, labels: Record<string, string>) => after(name, labels) - before(name, labels);
+    expect(delta('cvmfs_thin_remote_layers_total', { result: 'served' })).toBe(2);
+    expect(delta('cvmfs_thin_remote_layers_total', { result: 'fallback' })).toBe(1);
+    expect(delta('cvmfs_thin_requests_total', { daemon: 'snapshotter', method: 'Prepare', code: 'ALREADY_EXISTS' })).toBeGreaterThanOrEqual(2);
+    expect(after('cvmfs_thin_snapshots', { kind: 'committed', source: 'remote' })).toBe(2);
   });
 
   it('keeps a running container working across a snapshotter restart, and starts new ones after it', async () => {
@@ -127,7 +152,9 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     await ctd.ctr(['run', '-d', '--snapshotter', SN, img.name, 'long1', 'sleep', '600']);
     try {
       await ctd.ctr(['task', 'exec', '--exec-id', 'w1', 'long1', 'sh', '-c', 'echo before > /tmp/state']);
+      expect((await httpGet(metricsSock, '/readyz')).status).toBe(200);
       expect(await sn.stop('SIGTERM')).toBe(0);
+      expect(existsSync(metricsSock)).toBe(false);
       expect(await ctd.ctr(['task', 'exec', '--exec-id', 'r1', 'long1', 'cat', '/tmp/state', '/etc/salt'])).toBe('before\nlong\n');
       await startSn();
       expect(await ctd.ctr(['task', 'exec', '--exec-id', 'r2', 'long1', 'cat', '/tmp/state'])).toBe('before\n');

@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../errors.js';
 import type { Host } from '../host.js';
 import { Gate } from '../gate.js';
+import { journalMetrics } from '../journal.js';
 import { KeyedMutex } from '../keyed-mutex.js';
 import { type Metrics, noMetrics } from '../metrics.js';
 import { Backends, DEFAULT_MOUNT_COMMAND } from './backend.js';
@@ -83,7 +84,7 @@ export class MountManager {
     if (!path.isAbsolute(o.cvmfsRoot)) throw new InvalidArgumentError(`CVMFS root ${o.cvmfsRoot} must be an absolute path`);
     if (o.backend === 'client' && (o.mountCommand?.length ?? 1) === 0) throw new InvalidArgumentError('the client backend needs a mount command');
     let m: MountManager | undefined;
-    const store = await VolumeStore.open(path.join(o.stateDir, 'metadata'), (e) => m?.fatal(e));
+    const store = await VolumeStore.open(path.join(o.stateDir, 'metadata'), (e) => m?.fatal(e), o.metrics ? journalMetrics(o.metrics, 'volumes') : undefined);
     m = new MountManager(o, store);
     await fsp.mkdir(m.backends.mountsDir, { recursive: true, mode: 0o755 });
     await m.reconcile();

@@ -5,7 +5,7 @@
  * caller answers, so a kill -9 at any instant leaves a state that the manager
  * reconciles with the mount table when it opens again.
  */
-import { Journal } from '../journal.js';
+import { Journal, type JournalOptions } from '../journal.js';
 import type { Backend, Definition, Holder } from './types.js';
 import type { VolumeSpec } from './spec.js';
 
@@ -48,8 +48,8 @@ export class VolumeStore {
     journal.onSnapshot((): State => ({ schema: 'cvmfs-thin/volumes', version: 1, volumes: [...this.volumes.values()], definitions: [...this.definitions.values()] }));
   }
 
-  static async open(dir: string, onFatal: (e: Error) => void): Promise<VolumeStore> {
-    const { journal, state, records } = await Journal.open<Rec>({ dir, name: 'volumes', onFatal, compactAfterBytes: 1 << 20 });
+  static async open(dir: string, onFatal: (e: Error) => void, onCommit?: JournalOptions['onCommit']): Promise<VolumeStore> {
+    const { journal, state, records } = await Journal.open<Rec>({ dir, name: 'volumes', onFatal, onCommit, compactAfterBytes: 1 << 20 });
     const store = new VolumeStore(journal);
     if (state !== null) {
       const st = state as State;
@@ -89,18 +89,16 @@ export class VolumeStore {
   /** Durably store a volume's holders (none: the record goes). Applied in memory once durable. */
   async putVolume(v: VolumeRecord): Promise<void> {
     const rec: Rec = { vol: structuredClone(v) };
-    await this.journal.append(rec);
-    this.apply(rec);
+    // applied in memory once durable, before a compaction can snapshot the state
+    await this.journal.append(rec, () => this.apply(rec));
   }
 
   async putDefinition(d: Definition): Promise<void> {
-    await this.journal.append({ def: d });
-    this.apply({ def: d });
+    await this.journal.append({ def: d }, () => this.apply({ def: d }));
   }
 
   async deleteDefinition(name: string): Promise<void> {
-    await this.journal.append({ undef: name });
-    this.apply({ undef: name });
+    await this.journal.append({ undef: name }, () => this.apply({ undef: name }));
   }
 
   close(): Promise<void> {
