@@ -3,7 +3,10 @@ import { Command, Option } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import type { IdmapMode } from '../graphdriver/options.js';
 import { socketAnswers } from '../core/metrics.js';
-import { type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
+import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
+import { systemHost } from '../core/host.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Logger } from 'pino';
 import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, resolveSettings, stopOnSignals } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
@@ -20,7 +23,27 @@ export const graphdriverConfigSpec = {
   'thin-images': { type: 'boolean' },
   'idmapped-layers': { type: 'enum', values: ['auto', 'off', 'require'] },
   'metrics-address': { type: 'string' },
+  volumes: { type: 'boolean' },
+  'volume-config': { type: 'string' },
 } as const satisfies Record<string, Field>;
+
+/**
+ * `--volumes`: the Docker volume plugin's VolumeDriver on the graph driver's
+ * socket, so that both keep CERN's driver name `cvmfs` (one socket, one name).
+ */
+async function volumeInterfaces(file: string | undefined, cvmfsRoot: string, log: Logger, metrics: Metrics): Promise<NonNullable<GraphDriverDaemonOptions['also']>> {
+  const [{ volumeSettings }, { volumePluginConfigSpec, VOLUME_PLUGIN_DEFAULTS }, { MountManager }, { DockerVolumeDriver }, { volumeDriverInterface }] = await Promise.all([
+    import('../core/volumes/config.js'),
+    import('./volume-plugin.js'),
+    import('../core/volumes/manager.js'),
+    import('../dockervolume/driver.js'),
+    import('../dockervolume/server.js'),
+  ]);
+  const vs = volumeSettings(file ? { config: file } : {}, null, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-graphdriver' });
+  const manager = await MountManager.open({ ...vs.manager, cvmfsRoot: vs.file['cvmfs-root'] ?? cvmfsRoot, log, host: systemHost, metrics, daemon: 'volume-plugin' });
+  const driver = new DockerVolumeDriver(manager, log);
+  return { interfaces: [volumeDriverInterface(driver)], close: () => driver.close() };
+}
 
 export function graphdriverCommand(): Command {
   const cmd = new Command('graphdriver')
@@ -36,7 +59,9 @@ export function graphdriverCommand(): Command {
         'off',
         'require',
       ]),
-    );
+    )
+    .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
+    .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
     const s = resolveSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
     const socket = s.pick<string>('socket', 'socket') ?? GRAPHDRIVER_DEFAULTS.socket;
@@ -48,7 +73,10 @@ export function graphdriverCommand(): Command {
       ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(mountpoint) ? null : `${mountpoint} does not exist (is CVMFS mounted?)`) },
     });
     try {
+      const volumes = s.pick<boolean>('volumes', 'volumes') ?? false;
+      const also = volumes ? await volumeInterfaces(s.pick<string>('volumeConfig', 'volume-config'), s.location.cvmfsRoot, s.log, m.metrics) : undefined;
       daemon = await startGraphDriver({
+        also,
         socket,
         stateDir: s.pick<string>('stateDir', 'state-dir') ?? GRAPHDRIVER_DEFAULTS.stateDir,
         location: s.location,

@@ -120,7 +120,7 @@ export const ERROR_CODES = {
 
 /** Codes made from an errno name at run time: `CVMFS_THIN_IO_ENOSPC`, `CVMFS_THIN_IO_EACCES`, … */
 export const IO_CODE_PREFIX = 'CVMFS_THIN_IO_';
-export const IO_CODE_INFO: ErrorCodeInfo = { kind: 'internal', meaning: 'An I/O error of the converter, named by its errno (CVMFS_THIN_IO_ENOSPC, CVMFS_THIN_IO_EROFS…).' };
+export const IO_CODE_INFO: ErrorCodeInfo = { kind: 'internal', meaning: 'An I/O error named by its errno: the converter (CVMFS_THIN_IO_EROFS…), or the snapshotter metadata journal on a full disk (CVMFS_THIN_IO_ENOSPC, answered as RESOURCE_EXHAUSTED).' };
 
 export type RegisteredErrorCode = keyof typeof ERROR_CODES;
 export type IoErrorCode = `CVMFS_THIN_IO_${string}`;

@@ -26,6 +26,8 @@ export interface GraphDriverDaemonOptions {
   host?: Host;
   /** Default: records nothing. */
   metrics?: Metrics | undefined;
+  /** More plugin interfaces on the same socket (the volume plugin: one driver name for both), closed after the driver. */
+  also?: { interfaces: PluginInterface[]; close(): Promise<void> } | undefined;
 }
 
 export interface RunningGraphDriver {
@@ -143,9 +145,14 @@ export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<Run
   try {
     const metrics = o.metrics ?? noMetrics;
     metrics.onCollect(() => metrics.set('mounts_held', { daemon: 'graphdriver' }, mountsHeld(driver)));
-    p = await servePlugin({ socket: o.socket, interfaces: [graphDriverInterface(driver, metrics)], log, close: () => driver.close(), metrics, daemon: 'graphdriver' });
+    const close = async () => {
+      await driver.close();
+      await o.also?.close();
+    };
+    p = await servePlugin({ socket: o.socket, interfaces: [graphDriverInterface(driver, metrics), ...(o.also?.interfaces ?? [])], log, close, metrics, daemon: 'graphdriver' });
   } catch (e) {
     await driver.close();
+    await o.also?.close();
     throw e;
   }
   log.info(
