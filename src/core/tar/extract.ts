@@ -8,6 +8,8 @@
  * the slots itself and the calling thread hashes them. Workers are pooled
  * and reused. With `thread: 'inline'` everything runs on the calling thread
  * (blocking its event loop while each chunk is written).
+ * The ring protocol and the job runner are in extract-core.ts, the worker
+ * pool in extract-pool.ts, the reading of input streams in extract-pump.ts.
  *
  * Safety (details in writer.ts): names are cleaned like Docker's; names that
  * leave dest are refused; parent directories are resolved inside dest,
@@ -20,12 +22,11 @@
  */
 import { createHash } from 'node:crypto';
 import fs, { promises as fsp } from 'node:fs';
-import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
-import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import { InvalidArgumentError } from '../errors.js';
-import { CTL_ABORT, deserializeError, runJob, SLOT_SIZE, SLOTS, type FromWorker, type JobConfig, type ToWorker } from './extract-core.js';
+import { CTL_ABORT, deserializeError, runJob, SLOT_SIZE, SLOTS, type FromWorker, type JobConfig } from './extract-core.js';
+import { WorkerJob } from './extract-pool.js';
+import { pump } from './extract-pump.js';
 import type { IdMaps } from './idmap.js';
 import type { WhiteoutMode, WriterStats } from './writer.js';
 
@@ -134,91 +135,8 @@ function currentUmask(): number {
   return u;
 }
 
-// ------------------------------------------------------------------ pump
-
-/**
- * Feed `onChunk` every chunk of `r` until its end. When onChunk returns a
- * promise, reading pauses until it settles. On failure (or `stop()`), the
- * stream is left paused with our listeners removed.
- */
-function pump(r: Readable, onChunk: (c: Buffer) => void | Promise<void>, signal?: AbortSignal): { done: Promise<void>; stop: (e: unknown) => void } {
-  let stop!: (e: unknown) => void;
-  const done = new Promise<void>((resolve, reject) => {
-    let finished = false;
-    /** the promise of a chunk still being handed on */
-    let pending: Promise<void> | null = null;
-    const cleanup = (): void => {
-      finished = true;
-      r.off('data', onData);
-      r.off('end', onEnd);
-      r.off('error', onError);
-      r.off('close', onClose);
-      signal?.removeEventListener('abort', onAbort);
-      r.pause();
-    };
-    const fail = (e: unknown): void => {
-      if (finished) return;
-      cleanup();
-      reject(e);
-    };
-    stop = fail;
-    const onData = (c: Buffer | string): void => {
-      if (finished) return;
-      try {
-        const res = onChunk(typeof c === 'string' ? Buffer.from(c) : c);
-        if (res) {
-          r.pause();
-          const mine = res.then(
-            () => {
-              if (pending === mine) pending = null;
-              if (!finished) r.resume();
-            },
-            fail,
-          );
-          pending = mine;
-        }
-      } catch (e) {
-        fail(e);
-      }
-    };
-    let sawEnd = false;
-    const onEnd = (): void => {
-      if (finished) return;
-      sawEnd = true;
-      // 'end' can come while the last chunk is still being handed on (read() saw EOF)
-      if (pending) {
-        void pending.then(onEnd);
-        return;
-      }
-      cleanup();
-      resolve();
-    };
-    const onError = (e: Error): void => fail(e);
-    const onClose = (): void => {
-      if (!sawEnd) fail(new InvalidArgumentError('tar input closed before its end', 'CVMFS_THIN_INPUT_CLOSED'));
-    };
-    const onAbort = (): void => fail(signal!.reason ?? new DOMException('aborted', 'AbortError'));
-    if (r.readableEnded) {
-      // already consumed to its end: nothing (more) to read
-      finished = true;
-      resolve();
-      return;
-    }
-    if (r.destroyed) {
-      finished = true;
-      reject(new InvalidArgumentError('tar input stream is already destroyed', 'CVMFS_THIN_INPUT_CLOSED'));
-      return;
-    }
-    r.on('data', onData);
-    r.once('end', onEnd);
-    r.once('error', onError);
-    r.once('close', onClose);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    r.resume();
-  });
-  return { done, stop };
-}
-
+/** Where the bytes come from: a stream (copied into batches) or a file (read by the worker). */
+type Source = { kind: 'stream'; r: Readable } | { kind: 'file'; path: string };
 
 // ------------------------------------------------------------------ inline
 
@@ -264,139 +182,6 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
 }
 
 // ------------------------------------------------------------------ worker
-
-interface PooledWorker {
-  w: Worker;
-  idleTimer?: NodeJS.Timeout;
-}
-
-const pool: PooledWorker[] = [];
-const POOL_MAX = 2;
-const IDLE_MS = 15_000;
-
-function workerSource(): { url: URL; eval?: string } {
-  const here = import.meta.url;
-  if (here.endsWith('.ts')) {
-    // running from TypeScript sources (tsx, vitest): the worker needs tsx's loader too
-    const url = new URL('./extract-worker.ts', here);
-    // the ESM build of tsx's API (its CJS build registers a wrong hook path)
-    const api = pathToFileURL(createRequire(here).resolve('tsx/esm/api').replace(/\.cjs$/, '.mjs')).href;
-    const code = `import(${JSON.stringify(api)}).then((m) => { (m.register ?? m.default.register)(); return import(${JSON.stringify(url.href)}); });`;
-    return { url, eval: code };
-  }
-  return { url: new URL('./extract-worker.js', here) };
-}
-
-function takeWorker(): PooledWorker {
-  const pw = pool.pop();
-  if (pw) {
-    if (pw.idleTimer) clearTimeout(pw.idleTimer);
-    pw.w.ref();
-    return pw;
-  }
-  const src = workerSource();
-  const w = src.eval ? new Worker(src.eval, { eval: true }) : new Worker(src.url);
-  return { w };
-}
-
-function releaseWorker(pw: PooledWorker): void {
-  pw.w.removeAllListeners('message');
-  pw.w.removeAllListeners('error');
-  pw.w.removeAllListeners('exit');
-  if (pool.length >= POOL_MAX) {
-    void pw.w.terminate();
-    return;
-  }
-  pw.w.unref();
-  pw.w.on('error', () => undefined);
-  pw.w.once('exit', () => {
-    const i = pool.indexOf(pw);
-    if (i >= 0) pool.splice(i, 1);
-  });
-  pw.idleTimer = setTimeout(() => {
-    const i = pool.indexOf(pw);
-    if (i >= 0) pool.splice(i, 1);
-    void pw.w.terminate();
-  }, IDLE_MS);
-  pw.idleTimer.unref();
-  pool.push(pw);
-}
-
-/** Where the bytes come from: a stream (copied into batches) or a file (read by the worker). */
-type Source = { kind: 'stream'; r: Readable } | { kind: 'file'; path: string };
-
-/** Common plumbing of one job in a pooled worker. */
-class WorkerJob {
-  failed: Error | null = null;
-  reusable = true;
-  /** the failure was reported by the worker, which is then idle again */
-  private workerReported = false;
-  readonly done: Promise<Extract<FromWorker, { t: 'done' }>>;
-  private resolveDone!: (m: Extract<FromWorker, { t: 'done' }>) => void;
-  private rejectDone!: (e: Error) => void;
-  /** called once on failure, to stop the feeder */
-  onFail: ((e: Error) => void) | null = null;
-  readonly pw: PooledWorker;
-
-  constructor(
-    onMessage: (m: Exclude<FromWorker, { t: 'done' } | { t: 'error' }>) => void,
-    signal: AbortSignal | undefined,
-  ) {
-    this.pw = takeWorker();
-    const w = this.pw.w;
-    this.done = new Promise((res, rej) => {
-      this.resolveDone = res;
-      this.rejectDone = rej;
-    });
-    this.done.catch(() => undefined);
-    w.on('message', (m: FromWorker) => {
-      if (m.t === 'done') this.resolveDone(m);
-      else if (m.t === 'error') {
-        if (!this.failed) this.workerReported = true;
-        this.fail(deserializeError(m.err));
-      }
-      else if (!this.failed) onMessage(m);
-    });
-    w.on('error', (e) => {
-      this.reusable = false;
-      this.fail(e);
-    });
-    w.on('exit', (code) => {
-      this.reusable = false;
-      this.fail(new Error(`tar extraction worker exited unexpectedly (code ${code})`));
-    });
-    if (signal) {
-      const onAbort = (): void => this.fail(signal.reason instanceof Error ? signal.reason : new DOMException('aborted', 'AbortError'));
-      signal.addEventListener('abort', onAbort, { once: true });
-      void this.done.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => undefined);
-    }
-  }
-
-  post(m: ToWorker, transfer?: ArrayBuffer[]): void {
-    this.pw.w.postMessage(m, transfer);
-  }
-
-  fail(e: Error): void {
-    if (this.failed) return;
-    this.failed = e;
-    this.onFail?.(e);
-    this.rejectDone(e);
-  }
-
-  /**
-   * Return the worker to the pool after a completed job or one it refused
-   * itself (it is idle then; data still queued for the failed job is
-   * ignored), else end it: it may be in the middle of the job.
-   */
-  release(): void {
-    if (this.reusable && (this.failed === null || this.workerReported)) {
-      releaseWorker(this.pw);
-    } else {
-      this.pw.w.removeAllListeners();
-      void this.pw.w.terminate();
-    }
-  }
-}
 
 /**
  * Stream mode, three threads: this one copies the input into a ring of

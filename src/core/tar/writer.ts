@@ -3,6 +3,10 @@
  * materialises entries below `dest`. Runs inside the extract worker (or
  * inline); every call is a sync fs/libc call.
  *
+ * The entry writers live here; metadata application (owners, modes, times,
+ * xattrs) is in writer-meta.ts and path resolution inside dest in
+ * writer-tree.ts, which LayerWriter builds on.
+ *
  * Safety model (see README-style notes in extract.ts):
  * - names are cleaned like Docker (`cleanName`); escaping names are refused;
  * - parent directories are resolved *inside dest*: symlinks met on the way
@@ -20,119 +24,32 @@
  */
 import fs from 'node:fs';
 import { ThinError } from '../errors.js';
-import { lchmod, lsetxattr, lutimesNs, futimesNs, mknod, mkWhiteout, S_IFBLK, S_IFCHR, S_IFIFO, lgetxattr } from '../sys.js';
+import { lchmod, lsetxattr, lutimesNs, futimesNs, mknod, mkWhiteout, S_IFBLK, S_IFCHR, S_IFIFO } from '../sys.js';
 import { classifyWhiteout, AUFS_META_PREFIX, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../whiteout.js';
 import { ioError, unsafe } from './errors.js';
-import type { TarHeader, TarTime } from './headers.js';
-import { toHost, type IdMaps } from './idmap.js';
+import type { TarHeader } from './headers.js';
 import type { TarParserHandler } from './parser.js';
-import { cleanName, fsPath, joinRel, parentOf } from './paths.js';
+import { cleanName, fsPath, joinRel } from './paths.js';
+import { MetadataWriter } from './writer-meta.js';
+import type { DirInfo } from './writer-tree.js';
 
-export type WhiteoutMode = 'overlay' | 'apply' | 'keep';
-
-export interface WriterOptions {
-  /** absolute, symlink-free path of an existing directory */
-  dest: string;
-  whiteouts: WhiteoutMode;
-  idMap?: IdMaps | undefined;
-  preserveOwnership: boolean;
-  /** the process umask (workers cannot read it) */
-  umask: number;
-  maxNameBytes: number;
-  maxEntries: number;
-}
-
-export interface WriterStats {
-  /** tar entries seen (PAX/GNU meta headers not counted) */
-  entries: number;
-  /** regular files written (hardlinks and whiteouts not included) */
-  files: number;
-  dirs: number;
-  symlinks: number;
-  hardlinks: number;
-  /** char/block devices and fifos (whiteout devices not included) */
-  devices: number;
-  /** `.wh.<name>` entries */
-  whiteouts: number;
-  /** `.wh..wh..opq` entries */
-  opaques: number;
-  /** AUFS metadata entries (`.wh..wh.plnk` …) skipped in overlay/apply mode */
-  skipped: number;
-  /** xattrs not applied: `trusted.overlay.*` from the tar, `user.*` on symlinks/devices */
-  droppedXattrs: number;
-}
-
-interface DirInfo {
-  /** real (symlink-free) path relative to dest, '' = dest */
-  real: string;
-  /** has S_ISGID now (new children inherit its gid) */
-  sgid: boolean;
-  uid: number;
-  gid: number;
-}
-
-interface Deferred {
-  mode: number;
-  atime: TarTime;
-  mtime: TarTime;
-}
+export type { WriterStats } from './writer-meta.js';
+export type { WhiteoutMode, WriterOptions } from './writer-tree.js';
 
 const O_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
-const S_ISGID = 0o2000;
-const MAX_SYMLINK_HOPS = 40;
 const NAME_MAX = 255;
 
 function errCode(e: unknown): string | undefined {
   return (e as { code?: string } | null)?.code;
 }
 
-export class LayerWriter implements TarParserHandler {
-  readonly stats: WriterStats = {
-    entries: 0,
-    files: 0,
-    dirs: 0,
-    symlinks: 0,
-    hardlinks: 0,
-    devices: 0,
-    whiteouts: 0,
-    opaques: 0,
-    skipped: 0,
-    droppedXattrs: 0,
-  };
-  /** dest as a byte string */
-  private readonly destB: string;
-  private readonly root: DirInfo;
-  /** logical (as named in the tar, cleaned) dir path → resolved info */
-  private readonly dirs = new Map<string, DirInfo>();
-  private readonly deferred = new Map<string, Deferred>();
-  /** apply mode: real paths this layer wrote (for opaque dirs) */
-  private readonly layer: Set<string> | null;
-  private readonly euid: number;
-  private readonly egid: number;
-  /** umask/ACL model no longer trustworthy: always chmod */
-  private forceChmod = false;
+export class LayerWriter extends MetadataWriter implements TarParserHandler {
   /** the open regular file of the current entry */
   private fd = -1;
   private fdRel = '';
   private cur: TarHeader | null = null;
   private curName = '';
 
-  constructor(private readonly o: WriterOptions) {
-    this.destB = Buffer.from(o.dest, 'utf8').toString('latin1');
-    const st = fs.lstatSync(o.dest);
-    if (!st.isDirectory()) throw new Error(`${o.dest} is not a directory`);
-    this.root = { real: '', sgid: (st.mode & S_ISGID) !== 0, uid: st.uid, gid: st.gid };
-    this.dirs.set('', this.root);
-    this.layer = o.whiteouts === 'apply' ? new Set() : null;
-    this.euid = process.geteuid?.() ?? 0;
-    this.egid = process.getegid?.() ?? 0;
-    // default ACLs override the umask for new files: then never trust the creation mode
-    try {
-      if (lgetxattr(o.dest, 'system.posix_acl_default')) this.forceChmod = true;
-    } catch {
-      this.forceChmod = true;
-    }
-  }
 
   // ------------------------------------------------------------ handler
 
@@ -170,19 +87,6 @@ export class LayerWriter implements TarParserHandler {
     }
   }
 
-  /** Apply deferred directory modes and times. Call once, after the parser ended. */
-  finish(): void {
-    for (const [rel, d] of this.deferred) {
-      const p = this.abs(rel);
-      try {
-        lchmod(p, d.mode);
-        lutimesNs(p, d.atime.sec, d.atime.nsec, d.mtime.sec, d.mtime.nsec);
-      } catch (e) {
-        throw ioError(rel, e);
-      }
-    }
-    this.deferred.clear();
-  }
 
   /** Release the open file, if any (after an error). */
   abort(): void {
@@ -435,183 +339,4 @@ export class LayerWriter implements TarParserHandler {
     lutimesNs(p, at.sec, at.nsec, h.mtime.sec, h.mtime.nsec);
   }
 
-  // ------------------------------------------------------------ metadata
-
-  /** Host owner of an entry, or null when ownership is not preserved. */
-  private ownerOf(h: TarHeader): [number, number] | null {
-    if (!this.o.preserveOwnership) return null;
-    const m = this.o.idMap;
-    if (!m) return [h.uid, h.gid];
-    const uid = toHost(m.uids, h.uid);
-    const gid = toHost(m.gids, h.gid);
-    if (uid === null) throw unsafe(h.name, 'unmapped-id', `uid ${h.uid} is outside the uid map`);
-    if (gid === null) throw unsafe(h.name, 'unmapped-id', `gid ${h.gid} is outside the gid map`);
-    return [uid, gid];
-  }
-
-  /** The owner to set on a new node in `parent`, or null when creation already gave it. */
-  private chownNeeded(h: TarHeader, parent: DirInfo): [number, number] | null {
-    const own = this.ownerOf(h);
-    if (!own) return null;
-    const gotGid = parent.sgid ? parent.gid : this.egid;
-    return own[0] === this.euid && own[1] === gotGid ? null : own;
-  }
-
-  private chmodNeeded(mode: number, chowned: boolean): boolean {
-    if (this.forceChmod) return true;
-    if (chowned && (mode & 0o6000) !== 0) return true; // chown cleared them
-    return (mode & 0o7777) !== (mode & 0o777 & ~this.o.umask);
-  }
-
-  private setXattrs(p: string | Buffer, h: TarHeader, userAllowed: boolean): void {
-    for (const [name, value] of h.xattrs!) {
-      if (name.startsWith('trusted.overlay.')) {
-        this.stats.droppedXattrs++;
-        continue;
-      }
-      if (!userAllowed && name.startsWith('user.')) {
-        // the kernel refuses user.* on symlinks and device nodes
-        this.stats.droppedXattrs++;
-        continue;
-      }
-      lsetxattr(p, fsPath(name), value);
-      if (name.startsWith('system.posix_acl_')) this.forceChmod = true;
-    }
-  }
-
-  // ------------------------------------------------------------ resolution
-
-  private abs(rel: string): string | Buffer {
-    return fsPath(rel === '' ? this.destB : this.destB + '/' + rel);
-  }
-
-  /**
-   * Resolve the directory named by comps[0, n) inside dest. Creates missing
-   * plain directories when `create`; returns null when one is missing and
-   * !create. Follows symlinks in scope (dest is the root).
-   */
-  private resolveDir(comps: string[], n: number, create: boolean, bname: string): DirInfo | null {
-    if (n === 0) return this.root;
-    const key = n === comps.length ? comps.join('/') : comps.slice(0, n).join('/');
-    const hit = this.dirs.get(key);
-    if (hit) return hit;
-    const parent = this.resolveDir(comps, n - 1, create, bname);
-    if (!parent) return null;
-    const info = this.step(parent, comps[n - 1]!, create, bname, { hops: 0 });
-    if (info) this.dirs.set(key, info);
-    return info;
-  }
-
-  /** Resolve child `name` of the real directory `parent`. */
-  private step(parent: DirInfo, name: string, create: boolean, bname: string, ctx: { hops: number }): DirInfo | null {
-    const rel = joinRel(parent.real, name);
-    const hit = this.dirs.get(rel);
-    if (hit) return hit;
-    const p = this.abs(rel);
-    const st = fs.lstatSync(p, { throwIfNoEntry: false });
-    if (!st) {
-      if (!create) return null;
-      fs.mkdirSync(p, 0o755);
-      const info: DirInfo = { real: rel, sgid: parent.sgid, uid: this.euid, gid: parent.sgid ? parent.gid : this.egid };
-      if (this.o.preserveOwnership) {
-        // implicit parents belong to (mapped) root, like Docker's MkdirAllAndChown
-        const m = this.o.idMap;
-        const uid = m ? toHost(m.uids, 0) : 0;
-        const gid = m ? toHost(m.gids, 0) : 0;
-        if (uid !== null && gid !== null && (uid !== this.euid || gid !== info.gid)) {
-          fs.lchownSync(p, uid, gid);
-          info.uid = uid;
-          info.gid = gid;
-        }
-      }
-      if (this.layer) this.mark(rel);
-      this.dirs.set(rel, info);
-      return info;
-    }
-    if (st.isDirectory()) {
-      const info: DirInfo = { real: rel, sgid: (st.mode & S_ISGID) !== 0, uid: st.uid, gid: st.gid };
-      this.dirs.set(rel, info);
-      return info;
-    }
-    if (st.isSymbolicLink()) {
-      if (++ctx.hops > MAX_SYMLINK_HOPS) throw unsafe(bname, 'symlink-loop', `too many levels of symbolic links below ${JSON.stringify(rel)}`);
-      const target = (fs.readlinkSync(p, { encoding: 'buffer' }) as Buffer).toString('latin1');
-      return this.walk(target.startsWith('/') ? this.root : parent, target, bname, ctx, rel);
-    }
-    throw unsafe(bname, 'parent-not-directory', `parent ${JSON.stringify(rel)} exists and is not a directory`);
-  }
-
-  /** Follow a symlink target path from `start`, never above dest. */
-  private walk(start: DirInfo, target: string, bname: string, ctx: { hops: number }, via: string): DirInfo {
-    let cur = start;
-    for (const c of target.split('/')) {
-      if (c === '' || c === '.') continue;
-      if (c === '..') {
-        if (cur.real !== '') cur = this.realDir(parentOf(cur.real));
-        continue;
-      }
-      const next = this.step(cur, c, false, bname, ctx);
-      if (!next) throw unsafe(bname, 'symlink-parent', `parent symlink ${JSON.stringify(via)} -> ${JSON.stringify(target)} does not resolve to a directory inside the destination`);
-      cur = next;
-    }
-    return cur;
-  }
-
-  private realDir(rel: string): DirInfo {
-    if (rel === '') return this.root;
-    const hit = this.dirs.get(rel);
-    if (hit && hit.real === rel) return hit;
-    const st = fs.lstatSync(this.abs(rel));
-    const info: DirInfo = { real: rel, sgid: (st.mode & S_ISGID) !== 0, uid: st.uid, gid: st.gid };
-    this.dirs.set(rel, info);
-    return info;
-  }
-
-  // ------------------------------------------------------------ removal
-
-  /** Remove whatever is at rel (not following it). */
-  private remove(rel: string): void {
-    const p = this.abs(rel);
-    const st = fs.lstatSync(p, { throwIfNoEntry: false });
-    if (!st) return;
-    if (st.isDirectory()) {
-      fs.rmSync(p, { recursive: true, force: true });
-      this.invalidate();
-      const prefix = rel + '/';
-      for (const k of this.deferred.keys()) if (k === rel || k.startsWith(prefix)) this.deferred.delete(k);
-    } else {
-      fs.unlinkSync(p);
-      if (st.isSymbolicLink()) this.invalidate();
-    }
-  }
-
-  /** Something a cached resolution may go through changed: forget them all. */
-  private invalidate(): void {
-    this.dirs.clear();
-    this.dirs.set('', this.root);
-  }
-
-  /** apply mode: remember rel and its ancestors as written by this layer. */
-  private mark(rel: string): void {
-    const l = this.layer;
-    if (!l) return;
-    while (rel !== '' && !l.has(rel)) {
-      l.add(rel);
-      rel = parentOf(rel);
-    }
-  }
-
-  /** apply mode: delete everything below dir that this layer did not write. */
-  private emptyOpaque(rel: string): void {
-    const names = fs.readdirSync(this.abs(rel), { encoding: 'buffer' }) as Buffer[];
-    for (const n of names) {
-      const child = joinRel(rel, n.toString('latin1'));
-      if (!this.layer!.has(child)) {
-        this.remove(child);
-      } else {
-        const st = fs.lstatSync(this.abs(child));
-        if (st.isDirectory()) this.emptyOpaque(child);
-      }
-    }
-  }
 }

@@ -1,0 +1,119 @@
+/**
+ * Metadata application for LayerWriter: the owner of each entry (the tar's
+ * ids, mapped through the userns maps, or none when ownership is not
+ * preserved) and whether a chown or chmod is needed after creation (umask,
+ * setgid parents, default ACLs), xattrs (dropping `trusted.overlay.*` and
+ * `user.*` where the kernel refuses them), the writer's statistics, and the
+ * deferred directory modes and times applied once the parser ended.
+ */
+import { lchmod, lsetxattr, lutimesNs, lgetxattr } from '../sys.js';
+import { ioError, unsafe } from './errors.js';
+import type { TarHeader } from './headers.js';
+import { toHost } from './idmap.js';
+import { fsPath } from './paths.js';
+import { DestTree, type DirInfo, type WriterOptions } from './writer-tree.js';
+
+export interface WriterStats {
+  /** tar entries seen (PAX/GNU meta headers not counted) */
+  entries: number;
+  /** regular files written (hardlinks and whiteouts not included) */
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  /** char/block devices and fifos (whiteout devices not included) */
+  devices: number;
+  /** `.wh.<name>` entries */
+  whiteouts: number;
+  /** `.wh..wh..opq` entries */
+  opaques: number;
+  /** AUFS metadata entries (`.wh..wh.plnk` …) skipped in overlay/apply mode */
+  skipped: number;
+  /** xattrs not applied: `trusted.overlay.*` from the tar, `user.*` on symlinks/devices */
+  droppedXattrs: number;
+}
+
+export class MetadataWriter extends DestTree {
+  readonly stats: WriterStats = {
+    entries: 0,
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    hardlinks: 0,
+    devices: 0,
+    whiteouts: 0,
+    opaques: 0,
+    skipped: 0,
+    droppedXattrs: 0,
+  };
+  /** umask/ACL model no longer trustworthy: always chmod */
+  protected forceChmod = false;
+
+  constructor(o: WriterOptions) {
+    super(o);
+    // default ACLs override the umask for new files: then never trust the creation mode
+    try {
+      if (lgetxattr(o.dest, 'system.posix_acl_default')) this.forceChmod = true;
+    } catch {
+      this.forceChmod = true;
+    }
+  }
+
+  /** Apply deferred directory modes and times. Call once, after the parser ended. */
+  finish(): void {
+    for (const [rel, d] of this.deferred) {
+      const p = this.abs(rel);
+      try {
+        lchmod(p, d.mode);
+        lutimesNs(p, d.atime.sec, d.atime.nsec, d.mtime.sec, d.mtime.nsec);
+      } catch (e) {
+        throw ioError(rel, e);
+      }
+    }
+    this.deferred.clear();
+  }
+
+  // ------------------------------------------------------------ metadata
+
+  /** Host owner of an entry, or null when ownership is not preserved. */
+  protected ownerOf(h: TarHeader): [number, number] | null {
+    if (!this.o.preserveOwnership) return null;
+    const m = this.o.idMap;
+    if (!m) return [h.uid, h.gid];
+    const uid = toHost(m.uids, h.uid);
+    const gid = toHost(m.gids, h.gid);
+    if (uid === null) throw unsafe(h.name, 'unmapped-id', `uid ${h.uid} is outside the uid map`);
+    if (gid === null) throw unsafe(h.name, 'unmapped-id', `gid ${h.gid} is outside the gid map`);
+    return [uid, gid];
+  }
+
+  /** The owner to set on a new node in `parent`, or null when creation already gave it. */
+  protected chownNeeded(h: TarHeader, parent: DirInfo): [number, number] | null {
+    const own = this.ownerOf(h);
+    if (!own) return null;
+    const gotGid = parent.sgid ? parent.gid : this.egid;
+    return own[0] === this.euid && own[1] === gotGid ? null : own;
+  }
+
+  protected chmodNeeded(mode: number, chowned: boolean): boolean {
+    if (this.forceChmod) return true;
+    if (chowned && (mode & 0o6000) !== 0) return true; // chown cleared them
+    return (mode & 0o7777) !== (mode & 0o777 & ~this.o.umask);
+  }
+
+  protected setXattrs(p: string | Buffer, h: TarHeader, userAllowed: boolean): void {
+    for (const [name, value] of h.xattrs!) {
+      if (name.startsWith('trusted.overlay.')) {
+        this.stats.droppedXattrs++;
+        continue;
+      }
+      if (!userAllowed && name.startsWith('user.')) {
+        // the kernel refuses user.* on symlinks and device nodes
+        this.stats.droppedXattrs++;
+        continue;
+      }
+      lsetxattr(p, fsPath(name), value);
+      if (name.startsWith('system.posix_acl_')) this.forceChmod = true;
+    }
+  }
+}
