@@ -22,9 +22,9 @@ import { journalMetrics } from '../journal.js';
 import { KeyedMutex } from '../keyed-mutex.js';
 import { type Metrics, noMetrics } from '../metrics.js';
 import { Backends, DEFAULT_MOUNT_COMMAND } from './backend.js';
-import { applyOptions, DEFAULT_CLIENT_CONFIG_KEYS, parseVolumeName, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';
+import { DEFAULT_CLIENT_CONFIG_KEYS, parseAllowed, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';
 import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
-import type { Definition, Holder, MountManagerOptions, VolumeState } from './types.js';
+import { type Definition, type Holder, type MountManagerOptions, recordGauges, type VolumeState } from './types.js';
 
 export { DEFAULT_MOUNT_COMMAND };
 
@@ -56,8 +56,8 @@ export class MountManager {
   readonly backends: Backends;
   private readonly host: Host;
   private readonly log: Logger;
-  private readonly metrics: Metrics;
-  private readonly daemon: string;
+  readonly metrics: Metrics;
+  readonly daemon: string;
 
   private constructor(
     private readonly o: MountManagerOptions,
@@ -88,7 +88,7 @@ export class MountManager {
     m = new MountManager(o, store);
     await fsp.mkdir(m.backends.mountsDir, { recursive: true, mode: 0o755 });
     await m.reconcile();
-    m.metrics.onCollect(() => m.collect());
+    m.metrics.onCollect(() => recordGauges(m.metrics, m.daemon, m.list()));
     const every = o.checkIntervalMs ?? 30_000;
     if (every > 0) {
       m.checkTimer = setInterval(() => void m.check().catch((e: unknown) => m.log.error({ err: e }, 'health check failed')), every);
@@ -119,16 +119,14 @@ export class MountManager {
     });
   }
 
-  /** A Docker-style name (`repo`, `repo@tag`, `repo#hash`) plus options. */
+  /** A Docker-style name (`repo`, `repo@tag`, `repo#hash`) plus options, allowed here. */
   parse(name: string, opts: Record<string, string> = {}): VolumeSpec {
-    if (typeof name !== 'string') throw new InvalidArgumentError('volume name must be a string', 'CVMFS_THIN_BAD_VOLUME');
-    return this.allowlist.check(applyOptions(parseVolumeName(name), opts, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS));
+    return parseAllowed(this.allowlist, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS, name, opts);
   }
 
   /** CSI/FlexVolume attributes: `repository` may be absent (the whole tree). */
   specFrom(repository: string | undefined, opts: Record<string, string> = {}): VolumeSpec {
-    if (repository === undefined || repository === '') return this.allowlist.check(applyOptions({ repository: null }, opts, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS));
-    return this.parse(repository, opts);
+    return parseAllowed(this.allowlist, this.o.clientConfigKeys ?? DEFAULT_CLIENT_CONFIG_KEYS, repository ?? '', opts, true);
   }
 
   pathOf(spec: VolumeSpec): string {
@@ -342,18 +340,6 @@ export class MountManager {
     }
     this.metrics.inc('volume_repairs_total', { daemon: this.daemon });
     this.log.warn({ key: rec.key }, 'broken repository mount repaired');
-  }
-
-  /** Gauges for a metrics scrape. */
-  private collect(): void {
-    const byBackend: Record<string, number> = { host: 0, client: 0, tree: 0 };
-    let holders = 0;
-    for (const v of this.list()) {
-      if (v.mounted) byBackend[v.backend] = (byBackend[v.backend] ?? 0) + 1;
-      holders += v.holders.length;
-    }
-    for (const [backend, n] of Object.entries(byBackend)) this.metrics.set('volumes_mounted', { daemon: this.daemon, backend }, n);
-    this.metrics.set('mounts_held', { daemon: this.daemon }, holders);
   }
 
   /** After a restart: our mount points against the holders. */

@@ -217,3 +217,13 @@ export class RepositoryAllowlist {
     return spec;
   }
 }
+
+/**
+ * Validate a name (or, with `optionalRepository`, CSI attributes where an
+ * empty repository means the whole tree) plus options against the allowlist.
+ */
+export function parseAllowed(allow: RepositoryAllowlist, keys: readonly string[], name: string, opts: Record<string, string>, optionalRepository = false): VolumeSpec {
+  if (typeof name !== 'string') throw new InvalidArgumentError('volume name must be a string', 'CVMFS_THIN_BAD_VOLUME');
+  const base: VolumeSpec = optionalRepository && name === '' ? { repository: null } : parseVolumeName(name);
+  return allow.check(applyOptions(base, opts, keys));
+}

@@ -81,3 +81,15 @@ export interface PublishOptions {
   /** rbind with slave propagation (the whole tree: automounts appear in the target). */
   meta?: Record<string, string>;
 }
+
+/** Gauges for a metrics scrape: repository mounts by backend, and holders. */
+export function recordGauges(metrics: Metrics, daemon: string, volumes: readonly VolumeState[]): void {
+  const byBackend: Record<string, number> = { host: 0, client: 0, tree: 0 };
+  let holders = 0;
+  for (const v of volumes) {
+    if (v.mounted) byBackend[v.backend] = (byBackend[v.backend] ?? 0) + 1;
+    holders += v.holders.length;
+  }
+  for (const [backend, n] of Object.entries(byBackend)) metrics.set('volumes_mounted', { daemon, backend }, n);
+  metrics.set('mounts_held', { daemon }, holders);
+}
