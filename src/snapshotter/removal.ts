@@ -10,8 +10,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type MountInfo, removeTree } from '../core/fsutil.js';
 import type { Host } from '../core/host.js';
-import type { ShortLinks } from '../core/stack/index.js';
-import type { SnapshotRecord } from './metastore.js';
+import type { LayerStack, ShortLinks } from '../core/stack/index.js';
+import type { MetaStore, SnapshotRecord } from './metastore.js';
 
 export class Removals {
   private queue: SnapshotRecord[] = [];
@@ -76,4 +76,38 @@ export class Removals {
   async settled(): Promise<void> {
     while (this.run) await this.run;
   }
+
+  /** Cleanup: data directories, short links and masks that no record owns (the caller holds the gate exclusively). */
+  async collectUnreferenced(records: Iterable<SnapshotRecord>, stack: LayerStack, dataDirs: string[]): Promise<{ dirs: number; links: number; masks: number }> {
+    const ids = new Set<string>();
+    const links = new Set<string>();
+    const masks = new Set<string>();
+    for (const r of records) {
+      ids.add(String(r.id));
+      for (const ln of Object.keys(r.links)) links.add(ln);
+      stack.masksUsedBy(Object.values(r.links), masks);
+    }
+    const mounts = stack.host.mountinfo();
+    const nd = await this.collectOrphans(dataDirs, ids, mounts);
+    const nl = await stack.links.collectOrphans(links);
+    const nm = await stack.collectMasks(masks, mounts);
+    if (nd || nl || nm) this.log.info({ dirs: nd, links: nl, masks: nm }, 'cleanup removed unreferenced data');
+    return { dirs: nd, links: nl, masks: nm };
+  }
+}
+
+/** After a restart: ids above any data directory on disk, every recorded short link present. */
+export async function recoverData(store: MetaStore, links: ShortLinks, dataDirs: readonly string[], log: Logger): Promise<void> {
+  for (const d of dataDirs) {
+    for (const name of await fsp.readdir(d)) {
+      const n = Number(name);
+      if (Number.isSafeInteger(n)) store.bumpNextId(n);
+    }
+  }
+  const owned = function* () {
+    for (const r of store.all()) yield* Object.entries(r.links);
+  };
+  const fixed = await links.recover(owned());
+  if (fixed) log.warn({ fixed }, 'recreated missing short links');
+  log.info({ snapshots: store.size }, 'metadata loaded');
 }

@@ -23,7 +23,7 @@ import { type Metrics, noMetrics } from '../core/metrics.js';
 import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
 import { type Kind, MetaStore, type SnapshotRecord, type Time } from './metastore.js';
 import { serveRemote } from './remote.js';
-import { Removals } from './removal.js';
+import { recoverData, Removals } from './removal.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
 
@@ -107,7 +107,7 @@ export class Snapshotter {
         alloc: () => store.allocId(),
       });
       const s = new Snapshotter({ ...opts, root }, store, stack, lock);
-      await s.recover();
+      await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
         for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);
       });
@@ -119,22 +119,6 @@ export class Snapshotter {
       lock.release();
       throw e;
     }
-  }
-
-  /** After a restart: ids above any directory on disk, every recorded link present. */
-  private async recover(): Promise<void> {
-    for (const d of [this.snapshotsDir, this.workDirs]) {
-      for (const name of await fsp.readdir(d)) {
-        const n = Number(name);
-        if (Number.isSafeInteger(n)) this.store.bumpNextId(n);
-      }
-    }
-    const owned = function* (store: MetaStore) {
-      for (const r of store.all()) yield* Object.entries(r.links);
-    };
-    const fixed = await this.stack.links.recover(owned(this.store));
-    if (fixed) this.log.warn({ fixed }, 'recreated missing short links');
-    this.log.info({ snapshots: this.store.size }, 'metadata loaded');
   }
 
   /** The store is open (health: false once close() began). */
@@ -392,22 +376,7 @@ export class Snapshotter {
   async cleanup(): Promise<{ dirs: number; links: number; masks: number }> {
     this.check();
     await this.settled();
-    return this.gate.exclusive(async () => {
-      const ids = new Set<string>();
-      const links = new Set<string>();
-      const masks = new Set<string>();
-      for (const r of this.store.all()) {
-        ids.add(String(r.id));
-        for (const ln of Object.keys(r.links)) links.add(ln);
-        this.stack.masksUsedBy(Object.values(r.links), masks);
-      }
-      const mounts = this.stack.host.mountinfo();
-      const nd = await this.removals.collectOrphans([this.snapshotsDir, this.workDirs], ids, mounts);
-      const nl = await this.stack.links.collectOrphans(links);
-      const nm = await this.stack.collectMasks(masks, mounts);
-      if (nd || nl || nm) this.log.info({ dirs: nd, links: nl, masks: nm }, 'cleanup removed unreferenced data');
-      return { dirs: nd, links: nl, masks: nm };
-    });
+    return this.gate.exclusive(() => this.removals.collectUnreferenced(this.store.all(), this.stack, [this.snapshotsDir, this.workDirs]));
   }
 
   /** Stop: wait for running operations, close the store. Never deletes or unmounts anything. */
