@@ -1,7 +1,7 @@
 /**
  * The Docker VolumeDriver semantics over the shared repository mount manager
- * (src/core/volumes/manager.ts), as observed against dockerd 20.10
- * (docs: /work/shared/notes/volumes.md §2-3):
+ * (src/core/volumes/manager.ts), as the protocol was observed against
+ * dockerd 20.10 (facts: the project's volume notes, §2-3):
  *
  * - Get is stateless: any valid, allowed name answers, so a plugin or dockerd
  *   restart never loses a volume and `-v cms.cern.ch:/x` works without

@@ -3,68 +3,23 @@
  * real process (the built CLI) on a legacy discovery socket, and a busybox
  * image for Debian's dockerd 20.10.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { readMountinfo } from '../../src/core/fsutil.js';
 import { CLI } from '../helpers/env.js';
 import { buildImage, busyboxEntries, writeDockerArchive } from '../helpers/oci-image.js';
-import { type Dockerd, PLUGIN_DIR, pluginCall } from '../graphdriver/harness.js';
+import { type Dockerd, type Plugin, startPluginDaemon } from '../graphdriver/harness.js';
 
 
-export interface VolumePlugin {
-  name: string;
-  socket: string;
-  proc: ChildProcess;
-  output: () => string;
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
-}
+export type VolumePlugin = Plugin;
 
 /**
  * Start `volume-plugin --socket /run/docker/plugins/<name>.sock ARGS` (or on
  * `opts.socket`) and wait until it answers Plugin.Activate.
  */
-export async function startVolumePlugin(name: string, args: string[], opts: { socket?: string; timeoutMs?: number } = {}): Promise<VolumePlugin> {
-  const socket = opts.socket ?? path.join(PLUGIN_DIR, `${name}.sock`);
-  const timeoutMs = opts.timeoutMs ?? 20_000;
-  const proc = spawn(process.execPath, [CLI, 'volume-plugin', '--socket', socket, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
-  const t0 = Date.now();
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`volume plugin exited with ${proc.exitCode}:\n${out}`);
-    if (Date.now() - t0 > timeoutMs) {
-      proc.kill('SIGKILL');
-      await exited;
-      rmSync(socket, { force: true }); // a stale socket makes dockerd retry it for ~15 s on every volume ls
-      throw new Error(`volume plugin did not start:\n${out}`);
-    }
-    if (existsSync(socket)) {
-      const ok = await pluginCall(socket, 'Plugin.Activate').then(
-        (r) => r.status === 200,
-        () => false,
-      );
-      if (ok) break;
-    }
-    await sleep(25);
-  }
-  return {
-    name,
-    socket,
-    proc,
-    output: () => out,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      const t = setTimeout(() => proc.kill('SIGKILL'), 15_000);
-      const code = await exited;
-      clearTimeout(t);
-      if (proc.signalCode === 'SIGKILL') rmSync(socket, { force: true });
-      return code;
-    },
-  };
+export function startVolumePlugin(name: string, args: string[], opts: { socket?: string; timeoutMs?: number } = {}): Promise<VolumePlugin> {
+  return startPluginDaemon('volume-plugin', name, args, opts);
 }
 
 /** Load a small busybox image into a dockerd. */

@@ -61,18 +61,29 @@ export interface Plugin {
 }
 
 export async function startPlugin(name: string, args: string[], timeoutMs = 20_000): Promise<Plugin> {
-  const socket = path.join(PLUGIN_DIR, `${name}.sock`);
-  const proc = spawn(process.execPath, [CLI, 'graphdriver', '--socket', socket, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return startPluginDaemon('graphdriver', name, args, { timeoutMs });
+}
+
+/**
+ * Start `cvmfs-thin COMMAND --socket /run/docker/plugins/<name>.sock ARGS` (or
+ * on `opts.socket`) as a real process and wait until it answers Plugin.Activate.
+ */
+export async function startPluginDaemon(command: string, name: string, args: string[], opts: { socket?: string; timeoutMs?: number } = {}): Promise<Plugin> {
+  const socket = opts.socket ?? path.join(PLUGIN_DIR, `${name}.sock`);
+  const timeoutMs = opts.timeoutMs ?? 20_000;
+  const proc = spawn(process.execPath, [CLI, command, '--socket', socket, '--log-level', 'debug', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
   const t0 = Date.now();
   for (;;) {
-    if (proc.exitCode !== null) throw new Error(`graph driver exited with ${proc.exitCode}:\n${out}`);
+    if (proc.exitCode !== null) throw new Error(`${command} exited with ${proc.exitCode}:\n${out}`);
     if (Date.now() - t0 > timeoutMs) {
       proc.kill('SIGKILL');
-      throw new Error(`graph driver did not start:\n${out}`);
+      await exited;
+      rmSync(socket, { force: true }); // a stale socket makes dockerd retry it for ~15 s on every lookup
+      throw new Error(`${command} did not start:\n${out}`);
     }
     if (existsSync(socket)) {
       const ok = await pluginCall(socket, 'Plugin.Activate').then(
