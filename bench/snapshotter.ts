@@ -12,6 +12,9 @@
  * Prints p50/p99 of a Prepare→Mounts→Commit→Remove cycle (1 client), the
  * throughput of 8 concurrent clients, the ratios ours/reference, our RSS idle
  * and with 10 000 snapshots, and our cycle latency at 10 000 vs 100 snapshots.
+ * Then the same cycle driven by `rpcbench` (containerd's own Go proxy client,
+ * the calls containerd itself makes; from ../shared/containerd-testsuite),
+ * warmed up, interleaved, 1 and 8 clients: p50/p99 and throughput ratios.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -108,6 +111,53 @@ async function preload(s: Server, n: number): Promise<void> {
   );
 }
 
+interface RpcBench {
+  p50_us: number;
+  p99_us: number;
+  cycles_per_s: number;
+}
+
+/** One rpcbench run (containerd's proxy client) against a socket. */
+function rpcbench(socket: string, clients: number, n: number): Promise<RpcBench> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(path.join(BIN, 'rpcbench'), ['-address', socket, '-c', String(clients), '-n', String(n)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    p.once('exit', (code) => {
+      try {
+        if (code !== 0) throw new Error(`rpcbench exited with ${code}`);
+        resolve(JSON.parse(out.trim().split('\n').pop()!) as RpcBench);
+      } catch (e) {
+        reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
+  });
+}
+
+/** rpcbench against both servers, warmed, interleaved; medians of the runs. */
+async function withRpcbench(ours: Server, ref: Server): Promise<void> {
+  if (!existsSync(path.join(BIN, 'rpcbench'))) {
+    console.log(`rpcbench: ${path.join(BIN, 'rpcbench')} missing (build ../shared/containerd-testsuite); skipped`);
+    return;
+  }
+  const sockOf = (s: Server) => path.join(path.dirname(s.root), `${path.basename(s.root)}.sock`);
+  for (const s of [ours, ref]) await rpcbench(sockOf(s), 1, 50); // warm-up
+  const f = (x: number) => x.toFixed(2);
+  for (const clients of [1, 8]) {
+    const runs: Record<string, RpcBench[]> = { ours: [], ref: [] };
+    for (let r = 0; r < REPS * 2; r++) {
+      for (const [k, s] of (r % 2 ? [['ref', ref], ['ours', ours]] : [['ours', ours], ['ref', ref]]) as [string, Server][]) {
+        runs[k]!.push(await rpcbench(sockOf(s), clients, Math.ceil((clients === 1 ? CYCLES : CONC_CYCLES) / 2)));
+      }
+    }
+    const m = (k: string, field: keyof RpcBench) => pct(runs[k]!.map((x) => x[field]), 50);
+    console.log(
+      `rpcbench (containerd's proxy client), ${clients} client(s): p50 ours ${f(m('ours', 'p50_us') / 1000)} ms overlay ${f(m('ref', 'p50_us') / 1000)} ms ratio ${f(m('ours', 'p50_us') / m('ref', 'p50_us'))} (target <= 1.0); ` +
+        `p99 ratio ${f(m('ours', 'p99_us') / m('ref', 'p99_us'))} (target <= 1.2); throughput ${m('ours', 'cycles_per_s').toFixed(0)} vs ${m('ref', 'cycles_per_s').toFixed(0)} cycles/s ratio ${f(m('ours', 'cycles_per_s') / m('ref', 'cycles_per_s'))}${clients === 8 ? ' (target >= 1.5)' : ''}`,
+    );
+  }
+}
+
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('run as root (both snapshotters mount-check and chown)');
   const ovlBin = path.join(BIN, 'overlayserver');
@@ -138,6 +188,8 @@ async function main() {
     const p50 = { ours: pct(lat['ours']!, 50), ref: pct(lat['ref']!, 50) };
     const p99 = { ours: pct(lat['ours']!, 99), ref: pct(lat['ref']!, 99) };
     const tput = { ours: med(thr['ours']!), ref: med(thr['ref']!) };
+    // the same cycle through containerd's own client, before either server grows
+    await withRpcbench(ours, ref);
 
     // scale: latency at 100 vs SNAPSHOTS snapshots, RSS at SNAPSHOTS
     await preload(ours, 100);
