@@ -1,14 +1,12 @@
-import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import type { Logger } from 'pino';
 import type { ConfigOf, Field } from '../core/config.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
-import { socketAnswers } from '../core/metrics.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';
-import { addMetricsOption, maybeStartMetrics, stopOnSignals } from './daemon-common.js';
+import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
 
 /** Keys of the CSI plugin's TOML file: the shared volume keys plus the plugin's own (same names as the flags). */
 export const csiConfigSpec = {
@@ -66,12 +64,10 @@ export function csiCommand(): Command {
     const s = resolveCsiSettings(o, c);
     const socket = parseEndpoint(s.endpoint);
     const m = await maybeStartMetrics(s.metricsAddress, s.manager.log, {
-      ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(s.manager.cvmfsRoot) ? null : `${s.manager.cvmfsRoot} does not exist`) },
+      ready: readiness(socket, s.manager.cvmfsRoot),
     });
-    const daemon = await startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig, metrics: m.metrics });
-    stopOnSignals(async () => {
-      await daemon.stop();
-      await m.stop();
-    }, s.manager.log);
+    await serveWithMetrics(m, s.manager.log, () =>
+      startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig, metrics: m.metrics }),
+    );
   });
 }

@@ -3,7 +3,8 @@ import { type Command, Option } from 'commander';
 import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
 import { createLogger, type LogLevel } from '../core/log.js';
 import type { Logger } from 'pino';
-import { type HealthCheck, type Metrics, noMetrics } from '../core/metrics.js';
+import { existsSync } from 'node:fs';
+import { type HealthCheck, type Metrics, noMetrics, socketAnswers } from '../core/metrics.js';
 
 /** The CVMFS location flags (same names and defaults in both daemons). */
 export function addCvmfsOptions(cmd: Command): Command {
@@ -79,4 +80,37 @@ export async function maybeStartMetrics(
   const { startMetricsServer } = await import('../core/metrics.js');
   const s = await startMetricsServer({ address, log, ...checks });
   return { metrics: s.metrics, stop: () => s.stop() };
+}
+
+/** The readiness checks every daemon has: its own socket answers, its CVMFS directory exists. */
+export function readiness(socket: string, cvmfsDir: string): Record<string, HealthCheck> {
+  return {
+    socket: () => socketAnswers(socket),
+    cvmfs: () => (existsSync(cvmfsDir) ? null : `${cvmfsDir} does not exist (is CVMFS mounted?)`),
+  };
+}
+
+/**
+ * Start a daemon after its metrics server: a failed start stops the metrics
+ * server too; SIGTERM/SIGINT stop the daemon, then the metrics server.
+ */
+export async function serveWithMetrics<D extends { stop(): Promise<void> }>(
+  metrics: { stop(): Promise<void> },
+  log: Logger,
+  start: () => Promise<D>,
+  onStopping?: () => void,
+): Promise<D> {
+  let daemon: D;
+  try {
+    daemon = await start();
+  } catch (e) {
+    await metrics.stop();
+    throw e;
+  }
+  stopOnSignals(async () => {
+    onStopping?.();
+    await daemon.stop();
+    await metrics.stop();
+  }, log);
+  return daemon;
 }

@@ -1,13 +1,11 @@
-import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import type { IdmapMode } from '../graphdriver/options.js';
-import { socketAnswers } from '../core/metrics.js';
 import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
 import { systemHost } from '../core/host.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Logger } from 'pino';
-import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, resolveSettings, stopOnSignals } from './daemon-common.js';
+import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
@@ -70,12 +68,12 @@ export function graphdriverCommand(): Command {
     const mountpoint = s.location.absoluteMountpoint;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
       live: { store: () => (daemon === undefined ? 'starting' : stopped ? 'stopping' : null) },
-      ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(mountpoint) ? null : `${mountpoint} does not exist (is CVMFS mounted?)`) },
+      ready: readiness(socket, mountpoint),
     });
-    try {
+    const start = async () => {
       const volumes = s.pick<boolean>('volumes', 'volumes') ?? false;
       const also = volumes ? await volumeInterfaces(s.pick<string>('volumeConfig', 'volume-config'), s.location.cvmfsRoot, s.log, m.metrics) : undefined;
-      daemon = await startGraphDriver({
+      return startGraphDriver({
         also,
         socket,
         stateDir: s.pick<string>('stateDir', 'state-dir') ?? GRAPHDRIVER_DEFAULTS.stateDir,
@@ -85,15 +83,7 @@ export function graphdriverCommand(): Command {
         log: s.log,
         metrics: m.metrics,
       });
-    } catch (e) {
-      await m.stop();
-      throw e;
-    }
-    const d = daemon;
-    stopOnSignals(async () => {
-      stopped = true;
-      await d.stop();
-      await m.stop();
-    }, s.log);
+    };
+    daemon = await serveWithMetrics(m, s.log, start, () => (stopped = true));
   });
 }

@@ -1,9 +1,7 @@
-import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
-import { socketAnswers } from '../core/metrics.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, resolveSettings, stopOnSignals } from './daemon-common.js';
+import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
@@ -36,10 +34,10 @@ export function snapshotterCommand(): Command {
     const mountpoint = s.location.absoluteMountpoint;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
       live: { store: () => (daemon === undefined ? 'starting' : daemon.snapshotter.isOpen ? null : 'store closed') },
-      ready: { socket: () => socketAnswers(address), cvmfs: () => (existsSync(mountpoint) ? null : `${mountpoint} does not exist (is CVMFS mounted?)`) },
+      ready: readiness(address, mountpoint),
     });
-    try {
-      daemon = await startSnapshotter({
+    daemon = await serveWithMetrics(m, s.log, () =>
+      startSnapshotter({
         address,
         root: s.pick<string>('root', 'root') ?? SNAPSHOTTER_DEFAULTS.root,
         location: s.location,
@@ -47,15 +45,7 @@ export function snapshotterCommand(): Command {
         remoteLayers: s.enabled('remoteLayers', 'remote-layers'),
         log: s.log,
         metrics: m.metrics,
-      });
-    } catch (e) {
-      await m.stop();
-      throw e;
-    }
-    const d = daemon;
-    stopOnSignals(async () => {
-      await d.stop();
-      await m.stop();
-    }, s.log);
+      }),
+    );
   });
 }

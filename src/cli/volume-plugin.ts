@@ -1,12 +1,10 @@
 /** `cvmfs-thin volume-plugin`: the Docker volume plugin daemon. */
-import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import type { Field } from '../core/config.js';
 import { systemHost } from '../core/host.js';
-import { socketAnswers } from '../core/metrics.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
 import { startVolumePlugin } from '../dockervolume/server.js';
-import { addMetricsOption, maybeStartMetrics, stopOnSignals } from './daemon-common.js';
+import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
 
 export const VOLUME_PLUGIN_DEFAULTS = {
   /** Legacy plugin discovery: `-d cvmfs` / `volume-driver=cvmfs` finds /run/docker/plugins/cvmfs.sock (CERN's docker-volume-cvmfs socket). */
@@ -30,12 +28,8 @@ export function volumePluginCommand(): Command {
     const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
     const socket = s.pick<string>('socket', 'socket') ?? VOLUME_PLUGIN_DEFAULTS.socket;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log, {
-      ready: { socket: () => socketAnswers(socket), cvmfs: () => (existsSync(s.manager.cvmfsRoot) ? null : `${s.manager.cvmfsRoot} does not exist`) },
+      ready: readiness(socket, s.manager.cvmfsRoot),
     });
-    const daemon = await startVolumePlugin({ ...s.manager, socket, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' });
-    stopOnSignals(async () => {
-      await daemon.stop();
-      await m.stop();
-    }, s.manager.log);
+    await serveWithMetrics(m, s.manager.log, () => startVolumePlugin({ ...s.manager, socket, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }));
   });
 }

@@ -14,7 +14,7 @@ import { removeTree } from '../core/fsutil.js';
 import { collectPodmanStore, type PodmanGcReport, STORE_DIR } from './podman/index.js';
 import type { Publisher } from './publish.js';
 import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';
-import { pidAlive } from './util.js';
+import { pidAlive, walkFiles } from './util.js';
 
 export interface GcOptions {
   repositoryDir: string;
@@ -45,20 +45,6 @@ export interface GcReport {
 
 const HEX64 = /^[a-f0-9]{64}$/;
 
-async function* walkFiles(dir: string, depth = 0): AsyncGenerator<{ path: string; isLink: boolean; name: string }> {
-  if (depth > 24) return;
-  let ents;
-  try {
-    ents = await fsp.readdir(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  for (const e of ents) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) yield* walkFiles(p, depth + 1);
-    else yield { path: p, isLink: e.isSymbolicLink(), name: e.name };
-  }
-}
 
 /** Layer hexes of a registry manifest; null if it is not one (e.g. an index). */
 function manifestLayers(text: string): string[] | null {

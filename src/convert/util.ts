@@ -1,4 +1,6 @@
 /** Small helpers of the converter: concurrency, durations, command lines, sizes. Pure unless noted. */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { InvalidArgumentError } from '../core/errors.js';
 
 /** A counting semaphore (FIFO). */
@@ -159,4 +161,20 @@ export function pidAlive(pid: number): boolean {
 export function shortDigest(d: string): string {
   const i = d.indexOf(':');
   return i < 0 ? d.slice(0, 12) : d.slice(0, i + 13);
+}
+
+/** Every non-directory entry below `dir` (symlinks not followed), depth-limited; unreadable directories are skipped. */
+export async function* walkFiles(dir: string, depth = 0): AsyncGenerator<{ path: string; isLink: boolean; name: string }> {
+  if (depth > 24) return;
+  let ents;
+  try {
+    ents = await fsp.readdir(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of ents) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) yield* walkFiles(p, depth + 1);
+    else yield { path: p, isLink: e.isSymbolicLink(), name: e.name };
+  }
 }

@@ -10,6 +10,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { walkFiles } from '../util.js';
 import { layerRootfs, METADATA_DIR } from '../../core/cvmfs/layout.js';
 import { isDigest, type StoreImage, type StoreLayer, StorePaths } from './format.js';
 import { lstatOrNull, readImages, readLayers, type StoreIoOptions, sweepOrphans, withStore, writeImages, writeLayers } from './store-io.js';
@@ -28,19 +29,9 @@ export interface PodmanGcReport {
   errors: { path: string; message: string }[];
 }
 
-async function* manifests(dir: string, depth = 0): AsyncGenerator<string> {
-  if (depth > 24) return;
-  let ents;
-  try {
-    ents = await fsp.readdir(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  for (const e of ents) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) yield* manifests(p, depth + 1);
-    else if (e.isFile() && e.name === 'manifest.json') yield p;
-  }
+/** The image manifests recorded in `.metadata/`. */
+async function* manifests(dir: string): AsyncGenerator<string> {
+  for await (const f of walkFiles(dir)) if (!f.isLink && f.name === 'manifest.json') yield f.path;
 }
 
 /** Config digests and layer digests referenced by the tree's manifests. */
