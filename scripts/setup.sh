@@ -36,3 +36,8 @@ fi
 if [ -d /usr/share/gocode/src/github.com/docker/docker/daemon/graphdriver/graphtest ] && [ ! -x /tmp/graphtest/bin/graphtest.test ]; then
   sh test/graphtest/build.sh
 fi
+
+# containerd's archive.Apply as a command, for the extractor parity tests (test/tar/apply-parity*.test.ts)
+if [ -d /usr/share/gocode/src/github.com/containerd/containerd/archive ]; then
+  sh test/applyparity/build.sh
+fi

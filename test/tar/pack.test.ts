@@ -49,7 +49,10 @@ describe.skipIf(needs({ root: true, binaries: ['setfattr', 'mknod'] }))('packDir
     const buf = await collect(packDirectory(src, { includeRoot: true }));
     const dest = fresh();
     await extractBuf(buf, { dest, whiteouts: 'keep' });
-    expect(snapshot(dest, { root: true })).toEqual(snapshot(src, { root: true }));
+    // trusted.* xattrs are packed but never extracted (like containerd's archive.Apply)
+    const noTrusted = { root: true, ignoreXattrs: (x: string) => x.startsWith('trusted.') };
+    expect(snapshot(dest, noTrusted)).toEqual(snapshot(src, noTrusted));
+    expect(snapshot(dest, { root: true })['dir']!.xattrs?.['trusted.thin']).toBeUndefined();
   });
 
   it('GNU tar reads it to the same tree', async () => {
@@ -169,7 +172,10 @@ describe.skipIf(needs({ root: true }))('packDirectory options', () => {
     const buf = await collect(packDirectory(d));
     const dest = fresh();
     await extractBuf(buf, { dest, whiteouts: 'keep' });
-    expect(snapshot(dest)).toEqual(snapshot(d));
+    // a time before 1970 is packed as it is (below) but extracted as 1970-01-01, like containerd and Docker
+    const want = snapshot(d);
+    want[`${'x'.repeat(200)}/${'y'.repeat(200)}`]!.mtimeNs = '0';
+    expect(snapshot(dest)).toEqual(want);
     expect(Object.keys(snapshot(d))).toHaveLength(3);
     expect(snapshot(dest)['hex:636166e9']).toMatchObject({ mtimeNs: '1893456000000000001', size: 6 });
     const hs = headers(buf);

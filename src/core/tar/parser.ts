@@ -270,6 +270,11 @@ export class TarParser {
       throw unsafe(this.current, 'bad-header', `invalid numeric field in header at offset ${this.offset}`);
     }
     h.mode &= 0o7777;
+    // GNU headers may carry an atime (as Go reads it; a PAX atime overrides it)
+    if (isGnu && b[off + 345] !== 0) {
+      const at = numeric(b, off + 345, 12);
+      if (!Number.isNaN(at)) h.atime = { sec: at, nsec: 0 };
+    }
     if (this.longName !== null) h.name = this.longName;
     if (this.longLink !== null) h.linkname = this.longLink;
     if (this.pax) this.applyPax(h, this.pax);
@@ -280,7 +285,8 @@ export class TarParser {
     this.longLink = null;
     this.current = h.name;
 
-    if (h.type === 'file' && h.name.endsWith('/')) h.type = 'dir';
+    // only the old type '\0' means a directory by a trailing slash (Go's archive/tar)
+    if (flag === T.AREG && h.name.endsWith('/')) h.type = 'dir';
     // header-only types carry no data (Go's archive/tar)
     const dataSize = h.type === 'file' ? h.size : 0;
     if (h.type !== 'file') h.size = 0;

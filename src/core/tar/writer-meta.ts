@@ -2,13 +2,13 @@
  * Metadata application for LayerWriter: the owner of each entry (the tar's
  * ids, mapped through the userns maps, or none when ownership is not
  * preserved) and whether a chown or chmod is needed after creation (umask,
- * setgid parents, default ACLs), xattrs (dropping `trusted.overlay.*` and
+ * setgid parents, default ACLs), xattrs (dropping `trusted.*` and
  * `user.*` where the kernel refuses them), the writer's statistics, and the
  * deferred directory modes and times applied once the parser ended.
  */
 import { lchmod, lsetxattr, lutimesNs, lgetxattr } from '../sys.js';
 import { ioError, unsafe } from './errors.js';
-import type { TarHeader } from './headers.js';
+import type { TarHeader, TarTime } from './headers.js';
 import { toHost } from './idmap.js';
 import { fsPath } from './paths.js';
 import { DestTree, type DirInfo, type WriterOptions } from './writer-tree.js';
@@ -29,8 +29,18 @@ export interface WriterStats {
   opaques: number;
   /** AUFS metadata entries (`.wh..wh.plnk` …) skipped in overlay/apply mode */
   skipped: number;
-  /** xattrs not applied: `trusted.overlay.*` from the tar, `user.*` on symlinks/devices */
+  /** xattrs not applied: `trusted.*` from the tar, `user.*` on symlinks/devices, any the file system does not support */
   droppedXattrs: number;
+}
+
+/** The latest time a 64-bit nanosecond count since 1970 holds (Go's time bound in archive.Apply). */
+const MAX_SEC = 9_223_372_036;
+const MAX_SEC_NSEC = 854_775_807;
+const EPOCH: TarTime = { sec: 0, nsec: 0 };
+
+function boundTime(t: TarTime): TarTime {
+  if (t.sec < 0 || t.sec > MAX_SEC || (t.sec === MAX_SEC && t.nsec > MAX_SEC_NSEC)) return EPOCH;
+  return t;
 }
 
 export class MetadataWriter extends DestTree {
@@ -101,19 +111,40 @@ export class MetadataWriter extends DestTree {
     return (mode & 0o7777) !== (mode & 0o777 & ~this.o.umask);
   }
 
+  /**
+   * Set the entry's xattrs on p. Like containerd's archive.Apply: `trusted.*`
+   * is never set (a layer must not steer overlayfs: opaque, redirect,
+   * metacopy), `user.*` is dropped where the kernel refuses it (symlinks,
+   * devices, fifos), and an xattr the file system does not support is
+   * dropped; each one dropped is counted.
+   */
   protected setXattrs(p: string | Buffer, h: TarHeader, userAllowed: boolean): void {
     for (const [name, value] of h.xattrs!) {
-      if (name.startsWith('trusted.overlay.')) {
+      if (name.startsWith('trusted.') || (!userAllowed && name.startsWith('user.'))) {
         this.stats.droppedXattrs++;
         continue;
       }
-      if (!userAllowed && name.startsWith('user.')) {
-        // the kernel refuses user.* on symlinks and device nodes
+      try {
+        lsetxattr(p, fsPath(name), value);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
         this.stats.droppedXattrs++;
         continue;
       }
-      lsetxattr(p, fsPath(name), value);
       if (name.startsWith('system.posix_acl_')) this.forceChmod = true;
     }
+  }
+
+  /**
+   * [atime, mtime] to set for an entry, as containerd's archive.Apply does:
+   * atime is the later of the entry's atime and mtime (mtime when it has
+   * none), and a time before 1970 or after 2262 (outside a 64-bit
+   * nanosecond count) becomes 1970-01-01.
+   */
+  protected timesOf(h: TarHeader): [TarTime, TarTime] {
+    const m = h.mtime;
+    const a = h.atime && (h.atime.sec > m.sec || (h.atime.sec === m.sec && h.atime.nsec > m.nsec)) ? h.atime : m;
+    return [boundTime(a), boundTime(m)];
   }
 }

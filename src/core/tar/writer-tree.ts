@@ -2,12 +2,13 @@
  * Path resolution below the extraction destination, for LayerWriter: the
  * cache of resolved directories, parents resolved *inside dest* (symlinks met
  * on the way followed with dest as the root, `..` never above it, missing
- * plain parents created 0755 and owned by mapped root), removal of whatever
+ * plain parents created exactly 0755, owned by the mapped root with an id map), removal of whatever
  * an entry replaces (dropping cached resolutions and deferred directory
  * metadata it invalidates), and the apply-mode bookkeeping of what this
  * layer wrote (opaque directories). Also the writer's options.
  */
 import fs from 'node:fs';
+import { lchmod } from '../sys.js';
 import { unsafe } from './errors.js';
 import type { TarTime } from './headers.js';
 import { toHost, type IdMaps } from './idmap.js';
@@ -101,12 +102,15 @@ export class DestTree {
     if (!st) {
       if (!create) return null;
       fs.mkdirSync(p, 0o755);
-      const info: DirInfo = { real: rel, sgid: parent.sgid, uid: this.euid, gid: parent.sgid ? parent.gid : this.egid };
-      if (this.o.preserveOwnership) {
-        // implicit parents belong to (mapped) root, like Docker's MkdirAllAndChown
-        const m = this.o.idMap;
-        const uid = m ? toHost(m.uids, 0) : 0;
-        const gid = m ? toHost(m.gids, 0) : 0;
+      // exactly 0755 like containerd's mkparent (mkdir + chmod): whatever the umask, no inherited setgid
+      if ((this.o.umask & 0o755) !== 0 || parent.sgid) lchmod(p, 0o755);
+      const info: DirInfo = { real: rel, sgid: false, uid: this.euid, gid: parent.sgid ? parent.gid : this.egid };
+      const m = this.o.idMap;
+      if (this.o.preserveOwnership && m) {
+        // with an id map, implicit parents belong to the mapped root, like Docker's MkdirAllAndChown;
+        // without one they keep the creator and the inherited group, like containerd's mkparent
+        const uid = toHost(m.uids, 0);
+        const gid = toHost(m.gids, 0);
         if (uid !== null && gid !== null && (uid !== this.euid || gid !== info.gid)) {
           fs.lchownSync(p, uid, gid);
           info.uid = uid;

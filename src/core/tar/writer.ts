@@ -20,7 +20,9 @@
  * - metadata is set through fds or l* calls (lchown, fchmodat NOFOLLOW,
  *   utimensat NOFOLLOW, lsetxattr); directory modes and times are applied
  *   at the end, and dropped for any directory replaced meanwhile;
- * - hardlink targets must already exist inside dest and not be directories.
+ * - hardlink targets must already exist inside dest and not be directories;
+ *   a hardlink entry's owner, xattrs, mode and times are applied to the
+ *   shared inode (the last entry wins), like containerd's archive.Apply.
  */
 import fs from 'node:fs';
 import { ThinError } from '../errors.js';
@@ -38,6 +40,7 @@ export type { WhiteoutMode, WriterOptions } from './writer-tree.js';
 
 const O_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 const NAME_MAX = 255;
+const S_ISGID = 0o2000;
 
 function errCode(e: unknown): string | undefined {
   return (e as { code?: string } | null)?.code;
@@ -157,8 +160,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
           // owner and times of the whiteout entry (overlayfs ignores them; a Diff packs them back)
           const chowned = this.chownNeeded(h, parent);
           if (chowned) fs.lchownSync(p, chowned[0], chowned[1]);
-          const at = h.atime ?? h.mtime;
-          lutimesNs(p, at.sec, at.nsec, h.mtime.sec, h.mtime.nsec);
+          this.setTimes(p, h);
           return;
         }
         if (mode === 'apply') {
@@ -229,8 +231,8 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     if (chowned) fs.fchownSync(fd, chowned[0], chowned[1]);
     if (this.chmodNeeded(h.mode, chowned !== null)) fs.fchmodSync(fd, h.mode);
     if (h.xattrs) this.setXattrs(this.abs(this.fdRel), h, true);
-    const at = h.atime ?? h.mtime;
-    futimesNs(fd, at.sec, at.nsec, h.mtime.sec, h.mtime.nsec);
+    const [at, mt] = this.timesOf(h);
+    futimesNs(fd, at.sec, at.nsec, mt.sec, mt.nsec);
   }
 
   private closeFd(): void {
@@ -273,8 +275,17 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
       info.uid = own[0];
       info.gid = own[1];
     }
+    // the setgid bit now (the rest of the mode waits for the end): what is created below
+    // inherits the group as with containerd, which sets a directory's mode at once
+    const sgid = (h.mode & S_ISGID) !== 0;
+    if (info.sgid !== sgid) {
+      const cur = fs.lstatSync(p).mode & 0o7777;
+      lchmod(p, sgid ? cur | S_ISGID : cur & ~S_ISGID);
+      info.sgid = sgid;
+    }
     if (h.xattrs) this.setXattrs(p, h, true);
-    this.deferred.set(rel, { mode: h.mode, atime: h.atime ?? h.mtime, mtime: h.mtime });
+    const [atime, mtime] = this.timesOf(h);
+    this.deferred.set(rel, { mode: h.mode, atime, mtime });
   }
 
   private symlinkEntry(h: TarHeader, parent: DirInfo, rel: string): void {
@@ -291,8 +302,12 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     const chowned = this.chownNeeded(h, parent);
     if (chowned) fs.lchownSync(p, chowned[0], chowned[1]);
     if (h.xattrs) this.setXattrs(p, h, false);
-    const at = h.atime ?? h.mtime;
-    lutimesNs(p, at.sec, at.nsec, h.mtime.sec, h.mtime.nsec);
+    this.setTimes(p, h);
+  }
+
+  private setTimes(p: string | Buffer, h: TarHeader): void {
+    const [at, mt] = this.timesOf(h);
+    lutimesNs(p, at.sec, at.nsec, mt.sec, mt.nsec);
   }
 
   private linkEntry(h: TarHeader, rel: string): void {
@@ -307,16 +322,26 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     if (!st) throw unsafe(h.name, 'hardlink-target-missing', `hardlink target ${JSON.stringify(h.linkname)} does not exist (yet)`);
     if (st.isDirectory()) throw unsafe(h.name, 'hardlink-to-directory', `hardlink target ${JSON.stringify(h.linkname)} is a directory`);
     this.stats.hardlinks++;
-    if (trel === rel) return; // a link to itself
-    const tp = this.abs(trel);
     const p = this.abs(rel);
-    try {
-      fs.linkSync(tp, p);
-    } catch (e) {
-      if (errCode(e) !== 'EEXIST') throw e;
-      this.remove(rel);
-      fs.linkSync(tp, p);
+    // a link to itself only gets its metadata (containerd fails on it: it removes the target first)
+    if (trel !== rel) {
+      const tp = this.abs(trel);
+      try {
+        fs.linkSync(tp, p);
+      } catch (e) {
+        if (errCode(e) !== 'EEXIST') throw e;
+        this.remove(rel);
+        fs.linkSync(tp, p);
+      }
     }
+    // The link entry's own metadata goes onto the shared inode (the last entry wins), in
+    // containerd's order: lchown (always: like containerd's, it clears setuid/setgid and
+    // security.capability of the inode), xattrs, chmod (not on a symlink), times.
+    const own = this.ownerOf(h);
+    if (own) fs.lchownSync(p, own[0], own[1]);
+    if (h.xattrs) this.setXattrs(p, h, st.isFile());
+    if (!st.isSymbolicLink()) lchmod(p, h.mode);
+    this.setTimes(p, h);
   }
 
   private nodeEntry(h: TarHeader, parent: DirInfo, rel: string): void {
@@ -335,8 +360,6 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     if (chowned) fs.lchownSync(p, chowned[0], chowned[1]);
     if (this.chmodNeeded(h.mode, chowned !== null)) lchmod(p, h.mode);
     if (h.xattrs) this.setXattrs(p, h, false);
-    const at = h.atime ?? h.mtime;
-    lutimesNs(p, at.sec, at.nsec, h.mtime.sec, h.mtime.nsec);
+    this.setTimes(p, h);
   }
-
 }
