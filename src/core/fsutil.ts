@@ -49,15 +49,18 @@ export function mountsUnder(dir: string, mounts: MountInfo[] = readMountinfo()):
  * Remove a directory tree, refusing to do so while anything is mounted at or
  * below it: `rm -rf` across a mount point would delete the mounted file
  * system's content (a bind-mounted host dir, a CVMFS layer).
+ * Most trees removed are empty (an unused upper or work dir): one rmdir first,
+ * synchronous by default (no thread-pool round trip); `background` work passes
+ * `{ sync: false }` so that it never holds up the event loop.
  */
-export async function removeTree(dir: string, mounts?: MountInfo[]): Promise<void> {
+export async function removeTree(dir: string, mounts?: MountInfo[], o: { sync?: boolean } = {}): Promise<void> {
   const under = mountsUnder(dir, mounts);
   if (under.length > 0) {
     throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
   }
-  // most trees removed are empty (an unused upper or work dir): one rmdir, no thread-pool round trips
   try {
-    rmdirSync(dir);
+    if (o.sync === false) await fsp.rmdir(dir);
+    else rmdirSync(dir);
     return;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;

@@ -9,6 +9,11 @@ export class Gate {
   private exclusiveHeld = false;
   private waiters: (() => void)[] = [];
 
+  /** Shared sections running now. */
+  get running(): number {
+    return this.active;
+  }
+
   private wake() {
     const w = this.waiters;
     this.waiters = [];

@@ -15,8 +15,12 @@
  * commit, the reason LMDB and bbolt preallocate too); replay stops at the
  * first zero length.
  * Measured here: a synchronous O_DSYNC write takes ~0.4 ms, the same write
- * through the thread pool ~0.9 ms (thread wake-up latency), so the short
- * synchronous write wins for latency, and batching keeps it rare under load. On open, records are replayed until the first torn or corrupt one,
+ * through the thread pool ~0.9 ms (thread wake-up latency), so for a single
+ * client the synchronous write wins. While the store's owner serves several
+ * requests (`busy`), a synchronous write would stall them all for the sync:
+ * then the batch goes through the thread pool and the next one gathers
+ * meanwhile (one write in flight at a time, so records stay in order).
+ * On open, records are replayed until the first torn or corrupt one,
  * where the journal is truncated: a crash at any instant leaves the state as it
  * was after some prefix of the acknowledged-or-not records, and every
  * acknowledged record is in that prefix.
@@ -34,61 +38,18 @@
  * deletes, so replaying a journal over a newer state (a crash between the
  * rename and the truncation) converges to the same state.
  */
-import { closeSync, constants, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, constants, fdatasyncSync, write as writeCb, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { InternalError } from './errors.js';
 import { fsyncDir } from './fsutil.js';
+import { decodeRecords, encodeRecord } from './journal-records.js';
 import type { Metrics } from './metrics.js';
 
-const CRC_TABLE = (() => {
-  const t = new Int32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c;
-  }
-  return t;
-})();
+export { crc32, decodeRecords, encodeRecord } from './journal-records.js';
 
-export function crc32(buf: Uint8Array): number {
-  let c = -1;
-  for (let i = 0; i < buf.length; i++) c = CRC_TABLE[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ -1) >>> 0;
-}
-
-const HEADER = 8;
-/** A record larger than this is treated as corruption on replay. */
-const MAX_RECORD = 64 << 20;
-
-export function encodeRecord(rec: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(rec), 'utf8');
-  const out = Buffer.allocUnsafe(HEADER + body.length);
-  out.writeUInt32LE(body.length, 0);
-  out.writeUInt32LE(crc32(body), 4);
-  body.copy(out, HEADER);
-  return out;
-}
-
-/** Decode records; returns them and the byte length of the valid prefix. */
-export function decodeRecords<R>(buf: Buffer): { records: R[]; validBytes: number } {
-  const records: R[] = [];
-  let off = 0;
-  while (off + HEADER <= buf.length) {
-    const len = buf.readUInt32LE(off);
-    const crc = buf.readUInt32LE(off + 4);
-    if (len === 0 || len > MAX_RECORD || off + HEADER + len > buf.length) break;
-    const body = buf.subarray(off + HEADER, off + HEADER + len);
-    if (crc32(body) !== crc) break;
-    try {
-      records.push(JSON.parse(body.toString('utf8')) as R);
-    } catch {
-      break;
-    }
-    off += HEADER + len;
-  }
-  return { records, validBytes: off };
-}
+const fsWrite = promisify(writeCb);
 
 export interface JournalOptions {
   dir: string;
@@ -97,7 +58,15 @@ export interface JournalOptions {
   compactAfterBytes?: number;
   /** Called once when a write fails: the caller must stop (the files stay consistent). */
   onFatal: (e: Error) => void;
-  /** Told of every durable group commit: seconds of the synchronous write, records in it (metrics). */
+  /**
+   * True while the daemon serves other requests besides the one appending: the
+   * batch is then written through the thread pool instead of synchronously, so
+   * the event loop goes on serving them while the disk syncs (group commit
+   * becomes a pipeline: one write in flight, the next batch gathering). With a
+   * single client the synchronous write is faster (no thread-pool round trip).
+   */
+  busy?: (() => boolean) | undefined;
+  /** Told of every durable group commit: seconds of the write, records in it (metrics). */
   onCommit?: ((seconds: number, records: number) => void) | undefined;
 }
 
@@ -127,8 +96,24 @@ const isNoSpace = (e: unknown) => NO_SPACE.has((e as NodeJS.ErrnoException).code
 const STEP = 1 << 20;
 const AHEAD = STEP / 2;
 
+interface Pending {
+  buf: Buffer;
+  resolve: () => void;
+  reject: (e: Error) => void;
+  durable: (() => void) | undefined;
+}
+
+/** Positional write of all of `data` through the thread pool. */
+async function writeFully(fd: number, data: Buffer, pos: number): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += (await fsWrite(fd, data, off, data.length - off, pos + off)).bytesWritten;
+}
+
 export class Journal<R> {
-  private pending: { buf: Buffer; resolve: () => void; reject: (e: Error) => void; durable: (() => void) | undefined }[] = [];
+  private pending: Pending[] = [];
+  /** An asynchronous write is in flight (see `busy`); `idle` waits for its end. */
+  private writing = false;
+  private idle: (() => void)[] = [];
   /** Compaction failed for lack of space: try again once the journal grew by another step (or threshold). */
   private compactRetryAt = 0;
   private compactScheduled = false;
@@ -209,6 +194,7 @@ export class Journal<R> {
 
   private flush(): void {
     this.scheduled = false;
+    if (this.writing) return; // the write in flight flushes what gathered meanwhile when it ends
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
@@ -218,15 +204,36 @@ export class Journal<R> {
       if (this.failed) throw this.failed;
       data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((b) => b.buf));
       if (this.size + data.length > this.allocated) this.preallocate(this.size + data.length);
+      if (this.opts.busy?.() && !this.closed) {
+        // other requests are being served: write in the thread pool, so that the event loop
+        // serves them while the disk syncs; what they append meanwhile is the next batch
+        this.writing = true;
+        writeFully(this.fd, data, this.size).then(
+          () => this.written(batch, data!, t0),
+          (e: unknown) => this.writeFailed(batch, data!, e),
+        );
+        return;
+      }
       let off = 0;
       while (off < data.length) off += writeSync(this.fd, data, off, data.length - off, this.size + off);
-      this.size += data.length;
-      this.commits++;
     } catch (e) {
-      const err = !this.failed && isNoSpace(e) && data ? this.noSpace(e, data.length) : (this.fail(e), this.failed!);
-      for (const b of batch) b.reject(err);
+      this.writeFailed(batch, data, e);
       return;
     }
+    this.written(batch, data, t0);
+  }
+
+  private writeFailed(batch: Pending[], data: Buffer | null, e: unknown): void {
+    this.writing = false;
+    const err = !this.failed && isNoSpace(e) && data ? this.noSpace(e, data.length) : (this.fail(e), this.failed!);
+    for (const b of batch) b.reject(err);
+    this.afterWrite();
+  }
+
+  private written(batch: Pending[], data: Buffer, t0: bigint): void {
+    this.writing = false;
+    this.size += data.length;
+    this.commits++;
     if (this.opts.onCommit) this.opts.onCommit(Number(process.hrtime.bigint() - t0) / 1e9, batch.length);
     for (const b of batch) b.durable?.();
     for (const b of batch) b.resolve();
@@ -236,6 +243,7 @@ export class Journal<R> {
       this.compactScheduled = true;
       setImmediate(() => {
         this.compactScheduled = false;
+        if (this.writing) return; // the next write's end schedules it again
         if (!this.closed && !this.failed) this.compact();
       });
     }
@@ -247,6 +255,23 @@ export class Journal<R> {
         if (!isNoSpace(e)) this.fail(e);
       }
     }
+    this.afterWrite();
+  }
+
+  /** After an asynchronous write: what gathered meanwhile goes next (after this turn's continuations). */
+  private afterWrite(): void {
+    const waiters = this.idle;
+    this.idle = [];
+    for (const w of waiters) w();
+    if (this.pending.length && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Resolves when no write is in flight. */
+  private async settle(): Promise<void> {
+    while (this.writing) await new Promise<void>((r) => this.idle.push(r));
   }
 
   /**
@@ -321,12 +346,17 @@ export class Journal<R> {
   /** Force a compaction now (tests; shutdown). */
   async compactNow(): Promise<void> {
     this.flush();
+    await this.settle();
+    this.flush();
+    await this.settle();
     if (this.snapshotFn && !this.failed) this.compact();
   }
 
   async close(): Promise<void> {
-    this.flush();
+    await this.settle();
     this.closed = true;
+    this.flush(); // synchronously: closed
+    await this.settle();
     closeSync(this.fd);
   }
 }

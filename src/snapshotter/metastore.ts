@@ -66,8 +66,8 @@ export class MetaStore {
 
   private constructor(private readonly journal: Journal<StoreRecord>) {}
 
-  static async open(dir: string, onFatal: (e: Error) => void, onCommit?: JournalOptions['onCommit']): Promise<MetaStore> {
-    const { journal, state, records } = await Journal.open<StoreRecord>({ dir, name: 'metadata', onFatal, onCommit });
+  static async open(dir: string, onFatal: (e: Error) => void, onCommit?: JournalOptions['onCommit'], busy?: JournalOptions['busy']): Promise<MetaStore> {
+    const { journal, state, records } = await Journal.open<StoreRecord>({ dir, name: 'metadata', onFatal, onCommit, busy });
     const store = new MetaStore(journal);
     if (state !== null) {
       const st = state as StoreState;

@@ -57,7 +57,6 @@ export interface SnapshotterOptions {
 export class Snapshotter {
   private readonly clock = new Clock();
   private readonly locks = new KeyedMutex();
-  private readonly gate = new Gate();
   private readonly snapshotsDir: string;
   private readonly workDirs: string;
   private readonly indexOff = overlayIndexOff();
@@ -73,6 +72,7 @@ export class Snapshotter {
     private readonly store: MetaStore,
     private readonly stack: LayerStack,
     private readonly lock: RootLock,
+    private readonly gate: Gate,
   ) {
     this.log = opts.log;
     this.snapshotsDir = path.join(opts.root, 'snapshots');
@@ -97,7 +97,9 @@ export class Snapshotter {
           'found data of the previous containerd-cvmfs-grpc snapshotter; it is left untouched and not used: remove images pulled with it (ctr images rm) so that containerd pulls them again',
         );
       }
-      const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined), journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'));
+      // mutations run in the gate's shared sections: more than one at a time means other clients wait
+      const gate = new Gate();
+      const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined), journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'), () => gate.running > 1);
       const stack = await LayerStack.open({
         root,
         location: opts.location,
@@ -106,7 +108,7 @@ export class Snapshotter {
         factsFile: path.join(root, 'metadata', 'layer-facts.json'),
         alloc: () => store.allocId(),
       });
-      const s = new Snapshotter({ ...opts, root }, store, stack, lock);
+      const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate);
       await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
         for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);

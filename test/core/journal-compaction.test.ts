@@ -17,13 +17,14 @@ async function reopen(dir: string): Promise<Map<string, number>> {
   return m;
 }
 
-describe('journal compaction and the order of applying', () => {
+// busy: batches written through the thread pool while the next one gathers (a daemon serving several clients)
+describe.each([false, true])('journal compaction and the order of applying (busy: %s)', (busy) => {
   const base = tempDir('journal-compaction-');
 
   it('keeps the record that triggers compaction for a store that applies after its append resolved', async () => {
     const dir = path.join(base, 'after');
     const state = new Map<string, number>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10 });
+    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10, busy: () => busy });
     journal.onSnapshot(() => Object.fromEntries(state));
     // as core/volumes/store.ts does: await the append, then apply
     const put = async (k: string, v: number) => {
@@ -43,7 +44,7 @@ describe('journal compaction and the order of applying', () => {
   it('keeps every record for a store that applies in the durable callback', async () => {
     const dir = path.join(base, 'durable');
     const state = new Map<string, number>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10 });
+    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10, busy: () => busy });
     journal.onSnapshot(() => Object.fromEntries(state));
     const put = (k: string, v: number) => journal.append({ k, v }, () => state.set(k, v));
     for (let i = 0; i < 100; i++) await Promise.all([put(`x${i}`, i), put(`y${i}`, -i)]);

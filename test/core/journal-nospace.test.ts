@@ -28,8 +28,8 @@ interface Rec {
   v: string;
 }
 
-describe.skipIf(needs({ root: true }))('journal on a full disk', () => {
-  const base = tempDir('journal-nospace-');
+describe.skipIf(needs({ root: true })).each([false, true])('journal on a full disk (busy: %s)', (busy) => {
+  const base = tempDir(`journal-nospace-${busy}-`);
   const fsDir = path.join(base, 'tmpfs');
   let mounted = false;
   beforeAll(() => {
@@ -45,7 +45,7 @@ describe.skipIf(needs({ root: true }))('journal on a full disk', () => {
     const dir = path.join(fsDir, 'j');
     const fatal: Error[] = [];
     const state = new Map<string, string>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => fatal.push(e), compactAfterBytes: 1 << 30 });
+    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => fatal.push(e), compactAfterBytes: 1 << 30, busy: () => busy });
     const put = (k: string) => {
       const r = { k, v: 'x'.repeat(20_000) };
       return journal.append(r, () => state.set(r.k, r.v));
@@ -87,7 +87,7 @@ describe.skipIf(needs({ root: true }))('journal on a full disk', () => {
     const dir = path.join(fsDir, 'c');
     const fatal: Error[] = [];
     const state = new Map<string, string>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => fatal.push(e), compactAfterBytes: 64 << 10 });
+    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => fatal.push(e), compactAfterBytes: 64 << 10, busy: () => busy });
     journal.onSnapshot(() => Object.fromEntries(state));
     const put = (k: string, n = 10_000) => {
       const r = { k, v: 'y'.repeat(n) };
