@@ -151,7 +151,7 @@ export interface SnapshotOptions {
   nlink?: boolean;
 }
 
-function typeOf(st: fs.BigIntStats): string {
+export function typeOf(st: fs.BigIntStats): string {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';

@@ -16,7 +16,7 @@ import { Readable } from 'node:stream';
 import { expect } from 'vitest';
 import { lgetxattr, llistxattr } from '../../src/core/sys.js';
 import { extractLayer, type WhiteoutMode } from '../../src/core/tar/index.js';
-import { rawEntry, tar } from './helpers.js';
+import { rawEntry, tar, typeOf } from './helpers.js';
 
 export const T1 = 1_500_000_000;
 export const T2 = 1_550_000_000;
@@ -87,16 +87,6 @@ export interface PNode {
   /** the other paths sharing this inode */
   sameInode?: string[];
   xattrs?: Record<string, string>;
-}
-
-function typeOf(st: fs.BigIntStats): string {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isCharacterDevice()) return 'char';
-  if (st.isBlockDevice()) return 'block';
-  if (st.isFIFO()) return 'fifo';
-  return 'other';
 }
 
 const timeOf = (ns: bigint): string => (ns >= STARTED_NS ? 'now' : String(ns));
