@@ -183,19 +183,24 @@ export class GraphDriver {
   /**
    * Every layer endpoint runs through here: not closed, initialised, inside
    * the gate (close() and Cleanup wait for it), holding the layers' locks, and
-   * still on the Init it started on.
+   * still on the Init it started on. `shared` names (a parent whose children
+   * are created or removed) are held alongside other shared holders.
    */
-  private guard<T>(names: (a: Active) => string[], fn: (a: Active) => Promise<T>): Promise<T> {
+  private guard<T>(names: (a: Active) => string[], fn: (a: Active) => Promise<T>, shared: (a: Active) => string[] = () => []): Promise<T> {
     const a0 = this.need();
-    return this.gate.shared(() => this.locked(a0, names(a0), fn));
+    return this.gate.shared(() => this.locked(a0, names(a0), fn, shared(a0)));
   }
 
-  private locked<T>(a0: Active, names: string[], fn: (a: Active) => Promise<T>): Promise<T> {
-    return this.locks.with(names, async () => {
-      const a = this.need();
-      if (a !== a0) throw new UnavailableError('graph driver was re-initialised during the request');
-      return fn(a);
-    });
+  private locked<T>(a0: Active, names: string[], fn: (a: Active) => Promise<T>, shared: string[] = []): Promise<T> {
+    return this.locks.with(
+      names,
+      async () => {
+        const a = this.need();
+        if (a !== a0) throw new UnavailableError('graph driver was re-initialised during the request');
+        return fn(a);
+      },
+      shared,
+    );
   }
 
   /**
@@ -253,7 +258,7 @@ export class GraphDriver {
     checkLayerStorageOpt(storageOpt);
     if (id === parent) throw new InvalidArgumentError(`layer ${id} cannot be its own parent`);
     await this.guard(
-      () => [id, parent],
+      () => [id],
       async (a) => {
         if (parent !== '') {
           if (!a.store.get(parent)) throw new NotFoundError(`parent layer ${parent} does not exist`, 'CVMFS_THIN_NO_SUCH_LAYER');
@@ -270,12 +275,13 @@ export class GraphDriver {
         }
         await a.store.create(id, parent, rw, a.owner);
       },
+      () => [parent], // containers of one image are created at once; a Remove of the parent waits
     );
   }
 
   async remove(id: string): Promise<void> {
     await this.guard(
-      (a0) => [id, a0.store.get(id)?.rec.parent ?? ''],
+      () => [id],
       async (a) => {
         const l = a.store.get(id);
         if (!l) {
@@ -292,6 +298,7 @@ export class GraphDriver {
         await a.store.remove(l);
         if (l.rec.thin) await this.gcMasks(a);
       },
+      (a0) => [a0.store.get(id)?.rec.parent ?? ''],
     );
   }
 

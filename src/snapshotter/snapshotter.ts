@@ -189,15 +189,19 @@ export class Snapshotter {
     this.check();
     if (key === '') throw new InvalidArgumentError('snapshot key must not be empty');
     validateLabels(labels, `snapshot ${key}`);
+    const remote = kind === 'active' && this.remoteLayers && labels[LABEL_SNAPSHOT_REF];
+    // the parent is held shared (it cannot be removed meanwhile; siblings are created at once);
+    // serving a remote layer commits the target under the parent: that path holds both alone
+    const [mine, theirs] = remote ? [[key, parent, remote], []] : [[key], [parent]];
     return this.gate.shared(() =>
-      this.locks.with([key, parent], async () => {
+      this.locks.with(mine, async () => {
         if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
         if (parent !== '') {
           const p = this.store.get(parent);
           if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`);
           if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`);
         }
-        if (kind === 'active' && this.remoteLayers && labels[LABEL_SNAPSHOT_REF]) {
+        if (remote) {
           const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.clock, log: this.log }, parent, labels);
           this.metrics.inc('remote_layers_total', { result: target ? 'served' : 'fallback' });
           if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
@@ -245,7 +249,7 @@ export class Snapshotter {
           if (!this.store.get(key)) await this.discard(id, links);
           throw e;
         }
-      }),
+      }, theirs),
     );
   }
 
@@ -315,7 +319,8 @@ export class Snapshotter {
     this.check();
     return this.gate.shared(async () => {
       const r0 = this.must(key);
-      await this.locks.with([key, r0.parent], async () => {
+      // the parent shared, as creation holds it: a Remove of the parent waits, siblings do not
+      await this.locks.with([key], async () => {
         const r = this.must(key);
         const kids = this.store.children(key);
         if (kids.size > 0) {
@@ -324,7 +329,7 @@ export class Snapshotter {
         await this.store.write({ del: [key] });
         // data goes after the record: a crash in between leaves an orphan for Cleanup
         this.removals.push(r);
-      });
+      }, [r0.parent]);
     });
   }
 

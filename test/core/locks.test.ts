@@ -45,6 +45,64 @@ describe('KeyedMutex', () => {
     const r = await Promise.all([m.with(['p', 'q'], async () => sleep(3).then(() => 1)), m.with(['q', 'p'], async () => sleep(3).then(() => 2))]);
     expect(r).toEqual([1, 2]);
   });
+
+  it('lets shared holders of a name run together, and an exclusive one alone', async () => {
+    const m = new KeyedMutex();
+    const log: string[] = [];
+    let inside = 0;
+    let max = 0;
+    const child = (k: string) =>
+      m.with(
+        [k],
+        async () => {
+          inside++;
+          max = Math.max(max, inside);
+          await sleep(5);
+          log.push(k);
+          inside--;
+        },
+        ['parent'],
+      );
+    const all = [child('c1'), child('c2'), child('c3')];
+    // the parent's own removal waits for every shared holder, and holds back the ones after it
+    const removal = m.with(['parent'], async () => {
+      log.push(`removal with ${inside} inside`);
+    });
+    all.push(child('c4'));
+    await Promise.all([...all, removal]);
+    expect(max).toBe(3);
+    expect(log).toEqual(['c1', 'c2', 'c3', 'removal with 0 inside', 'c4']);
+  });
+
+  it('treats a name given both ways as exclusive, and releases shared names after a failure', async () => {
+    const m = new KeyedMutex();
+    let inside = 0;
+    let max = 0;
+    const body = async () => {
+      inside++;
+      max = Math.max(max, inside);
+      await sleep(3);
+      inside--;
+    };
+    await Promise.all([m.with(['p'], body, ['p']), m.with([], body, ['p'])]);
+    expect(max).toBe(1);
+    await expect(m.with(['a'], async () => Promise.reject(new Error('boom')), ['p'])).rejects.toThrow('boom');
+    let ran = false;
+    await m.with(['p'], async () => {
+      ran = true;
+    });
+    expect(ran).toBe(true);
+  });
+
+  it('does not deadlock with shared and exclusive holds of the same names in opposite order', async () => {
+    const m = new KeyedMutex();
+    const r = await Promise.all([
+      m.with(['a'], async () => sleep(3).then(() => 1), ['b']),
+      m.with(['b'], async () => sleep(3).then(() => 2), ['a']),
+      m.with([], async () => sleep(3).then(() => 3), ['a', 'b']),
+    ]);
+    expect(r).toEqual([1, 2, 3]);
+  });
 });
 
 describe('Gate', () => {

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
 import { ThinError } from '../../src/core/errors.js';
 import { systemHost } from '../../src/core/host.js';
+import { type Metrics, noMetrics } from '../../src/core/metrics.js';
 import { silentLogger } from '../../src/core/log.js';
 import type { Mount } from '../../src/core/mounts.js';
 import { startSnapshotter } from '../../src/snapshotter/server.js';
@@ -164,6 +165,34 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(sn.stat('sha256:c1').kind).toBe('committed');
     expect(lowers(await sn.prepare('ctr', 'sha256:c1', {}))).toEqual([conv.dir]);
     expect(await kind(sn.prepare('k2', '', labels('sha256:c2', `sha256:${'e'.repeat(64)}`)))).toBe('ok');
+    // two pulls of the same layer at once (two namespaces): one remote snapshot, both told it exists
+    const both = await Promise.all(['n1', 'n2'].map((k) => sn.prepare(k, '', labels('sha256:c3', conv.digest)).catch((e: Error) => e.message)));
+    expect(both).toEqual([expect.stringContaining('"sha256:c3"'), expect.stringContaining('"sha256:c3"')]);
+    expect(sn.list((i) => i.name.startsWith('sha256:c3')).map((i) => i.name)).toEqual(['sha256:c3']);
+    expect(await sn.cleanup()).toEqual({ dirs: 0, links: 0, masks: 0 }); // nothing made twice and orphaned
+  });
+
+  it('creates and removes siblings on one parent at once (one shared commit), while a Remove of the parent waits for them', async () => {
+    await sn.close();
+    const batches: number[] = [];
+    const metrics: Metrics = { ...noMetrics, enabled: true, observe: (name, _l, v) => void (name === 'journal_batch_records' && batches.push(v)) };
+    sn = await Snapshotter.open({ root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host, log: silentLogger(), metrics });
+    await sn.prepare('base-x', '', {});
+    await sn.commit('base', 'base-x', {});
+    batches.length = 0;
+    const keys = Array.from({ length: 8 }, (_, i) => `c${i}`);
+    const prepares = keys.map((k) => sn.prepare(k, 'base', {}));
+    // the parent's removal queues behind the creations already running and then sees their children
+    const removal = kind(sn.remove('base'));
+    await Promise.all(prepares);
+    expect(await removal).toBe('failed-precondition');
+    // siblings did not wait for each other's durable write: their records went down together
+    expect(Math.max(...batches)).toBeGreaterThan(1);
+    batches.length = 0;
+    await Promise.all(keys.map((k) => sn.remove(k)));
+    expect(Math.max(...batches)).toBeGreaterThan(1);
+    expect(await kind(sn.remove('base'))).toBe('ok');
+    expect(sn.list(() => true)).toEqual([]);
   });
 
   it('Cleanup removes orphans and unused masks, but nothing below a mount point the host reports', async () => {
