@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type MountInfo, removeTree } from '../core/fsutil.js';
 import type { Host } from '../core/host.js';
-import type { LayerStack, ShortLinks } from '../core/stack/index.js';
+import { type LayerStack, linkName, type ShortLinks } from '../core/stack/index.js';
 import type { MetaStore, SnapshotRecord } from './metastore.js';
 
 export class Removals {
@@ -105,8 +105,9 @@ export async function recoverData(store: MetaStore, links: ShortLinks, dataDirs:
       if (Number.isSafeInteger(n)) store.bumpNextId(n);
     }
   }
+  // links to CVMFS layers are checked now; a snapshot's link to its own directory when first used (ShortLinks.ensure)
   const owned = function* () {
-    for (const r of store.all()) yield* Object.entries(r.links);
+    for (const r of store.all()) for (const [name, target] of Object.entries(r.links)) if (name !== linkName(r.id)) yield [name, target] as [string, string];
   };
   const fixed = await links.recover(owned());
   if (fixed) log.warn({ fixed }, 'recreated missing short links');

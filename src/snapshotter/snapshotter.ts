@@ -168,6 +168,8 @@ export class Snapshotter {
       lowers.filter((l) => l.external).map((l) => l.real),
       `snapshot ${r.name}`,
     );
+    // a snapshot's link to its own directory is made when it first serves as a lower (once per process)
+    for (const l of lowers) this.stack.links.ensure(l.link, l.real);
     return computeMounts({
       readonly: r.kind === 'view',
       fs: this.fsDir(r.id),
@@ -229,20 +231,29 @@ export class Snapshotter {
           // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
           const lowers = chainLowers(this.node, parent);
           const mounts = await this.mountsFor(rec, lowers);
-          // local directories: synchronous calls (a few µs each) beat a thread-pool round trip each
-          mkdirSync(fs, { mode: 0o755 });
-          if (kind === 'active') {
-            mkdirSync(this.workDir(id), { mode: 0o711 });
-            links[linkName(id)] = fs;
-            this.stack.links.create(linkName(id), fs);
-          }
+          // the link to the new directory is owned now, made when a child first needs it (mountsFor)
+          const own = kind === 'active' ? linkName(id) : undefined;
+          if (own) links[own] = fs;
           const top = lowers[0];
-          if (top) {
-            // like containerd's overlay: the new upper dir takes the owner of the top lower
-            // (which may be on CVMFS: never block the event loop on it)
-            const st = !top.external && top.real.startsWith(this.snapshotsDir) ? statSync(top.real) : await fsp.stat(top.real);
-            if (st.uid !== 0 || st.gid !== 0) this.stack.host.lchown(fs, st.uid, st.gid);
+          // like containerd's overlay: the new upper dir takes the owner of the top lower
+          // (which may be on CVMFS: never block the event loop on it)
+          const localTop = top && !top.external && top.real.startsWith(this.snapshotsDir);
+          let owner: { uid: number; gid: number } | undefined;
+          if (this.gate.running > 1) {
+            // other requests wait meanwhile: the directories through the thread pool, at once
+            const [st] = await Promise.all([
+              top ? fsp.stat(top.real) : undefined,
+              fsp.mkdir(fs, { mode: 0o755 }),
+              own ? fsp.mkdir(this.workDir(id), { mode: 0o711 }) : undefined,
+            ]);
+            owner = st;
+          } else {
+            // alone: synchronous calls (tens of µs each) beat thread-pool round trips
+            mkdirSync(fs, { mode: 0o755 });
+            if (own) mkdirSync(this.workDir(id), { mode: 0o711 });
+            if (top) owner = localTop ? statSync(top.real) : await fsp.stat(top.real);
           }
+          if (owner && (owner.uid !== 0 || owner.gid !== 0)) this.stack.host.lchown(fs, owner.uid, owner.gid);
           await this.store.write({ put: [rec] });
           return mounts;
         } catch (e) {

@@ -76,6 +76,8 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(ms[0]!.type).toBe('overlay');
     expect(ms[0]!.options).toEqual(expect.arrayContaining([`upperdir=${path.join(root, 'snapshots', '2')}`, `workdir=${path.join(root, 'work', '2')}`]));
     expect(lowers(ms)).toEqual([path.join(root, 'snapshots', '1')]);
+    // the link to a snapshot's directory is made when it first serves as a lower: only A's exists
+    expect(readdirSync(path.join(root, 'l'))).toEqual(['1']);
     // a view of one layer is a read-only bind of it
     expect(await sn.view('v', 'A', {})).toEqual([{ type: 'bind', source: path.join(root, 'snapshots', '1'), options: ['ro', 'rbind'] }]);
     expect(await sn.mounts('c')).toEqual(ms);
@@ -219,6 +221,9 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     const conv = addLayer(repoRoot, 'conv', { f: 'x' }, { converter: true });
     await thinImage('thin', thinJson(REPO, [conv]));
     await sn.prepare('ctr', 'thin', { k: 'v' });
+    const [locDir] = await sn.prepare('loc-x', '', {});
+    await sn.commit('loc', 'loc-x', {});
+    const locMounts = await sn.prepare('child', 'loc', {});
     const before = sn.list(() => true);
     const ms = await sn.mounts('ctr');
     await sn.close();
@@ -227,6 +232,9 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(sn.list(() => true)).toEqual(before);
     expect(await sn.mounts('ctr')).toEqual(ms);
     expect(lowers(ms)).toEqual([conv.dir]);
+    // a local snapshot's own link comes back when it is next used as a lower
+    expect(await sn.mounts('child')).toEqual(locMounts);
+    expect(lowers(locMounts)).toEqual([locDir!.source]);
     const [m] = await sn.prepare('new', '', {});
     expect(Number(path.basename(m!.source))).toBeGreaterThan(Math.max(...readdirSync(path.join(root, 'snapshots')).filter((d) => d !== path.basename(m!.source)).map(Number)));
   });

@@ -6,7 +6,7 @@
  * from an allocator: the caller's durable counter (the snapshotter's ids), or
  * by default a counter recovered from the names in use.
  */
-import { symlinkSync } from 'node:fs';
+import { readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { ensureSymlink, unlinkIfExists } from '../fsutil.js';
@@ -22,6 +22,11 @@ export interface LinkBatch {
 
 export class ShortLinks {
   private next = 1;
+  /** Names on disk, as far as this registry knows: complete once `recover` listed the directory. */
+  private readonly onDisk = new Set<string>();
+  private listed = false;
+  /** Names created or checked (pointing at their target) since this registry opened. */
+  private readonly verified = new Set<string>();
 
   constructor(
     readonly dir: string,
@@ -38,9 +43,36 @@ export class ShortLinks {
     return linkName(this.alloc());
   }
 
+  private made(name: string): void {
+    this.onDisk.add(name);
+    this.verified.add(name);
+  }
+
   /** Create link `name` → `target` (synchronous: one symlink(2), cheaper than a thread-pool round trip). */
   create(name: string, target: string): void {
     symlinkSync(target, this.path(name));
+    this.made(name);
+  }
+
+  /**
+   * Make sure link `name` → `target` exists, creating or correcting it: for
+   * links made lazily, when first used (the snapshotter's link to a
+   * snapshot's own directory is needed only once the snapshot is a lower).
+   * Checked once per name and process.
+   */
+  ensure(name: string, target: string): void {
+    if (this.verified.has(name)) return;
+    let cur: string | null = null;
+    try {
+      cur = readlinkSync(this.path(name));
+    } catch {
+      /* missing, or not a symlink */
+    }
+    if (cur !== target) {
+      rmSync(this.path(name), { force: true });
+      symlinkSync(target, this.path(name));
+    }
+    this.made(name);
   }
 
   /** Link each target under a fresh name; on failure nothing is left behind. */
@@ -54,6 +86,7 @@ export class ShortLinks {
       for (const t of targets) {
         const name = this.allocate();
         await fsp.symlink(t, this.path(name));
+        this.made(name);
         made.set(name, t);
       }
     } catch (e) {
@@ -63,8 +96,14 @@ export class ShortLinks {
     return batch;
   }
 
+  /** Remove links (missing ones are fine; a link known not to exist costs no system call). */
   remove(names: Iterable<string>): void {
-    for (const n of names) unlinkIfExists(this.path(n));
+    for (const n of names) {
+      if (this.listed && !this.onDisk.has(n)) continue;
+      unlinkIfExists(this.path(n));
+      this.onDisk.delete(n);
+      this.verified.delete(n);
+    }
   }
 
   /**
@@ -78,12 +117,17 @@ export class ShortLinks {
       const v = Number.parseInt(n, 36);
       if (Number.isSafeInteger(v) && v > max) max = v;
     };
-    for (const n of await fsp.readdir(this.dir)) bump(n);
+    for (const n of await fsp.readdir(this.dir)) {
+      bump(n);
+      this.onDisk.add(n);
+    }
+    this.listed = true;
     for (const n of alsoInUse) bump(n);
     let fixed = 0;
     for (const [name, target] of owned) {
       bump(name);
       if (await ensureSymlink(this.path(name), target)) fixed++;
+      this.made(name);
     }
     if (max + 1 > this.next) this.next = max + 1;
     return fixed;
@@ -95,6 +139,8 @@ export class ShortLinks {
     for (const name of await fsp.readdir(this.dir)) {
       if (owned.has(name)) continue;
       await fsp.rm(this.path(name), { force: true });
+      this.onDisk.delete(name);
+      this.verified.delete(name);
       n++;
     }
     return n;
