@@ -49,15 +49,14 @@ export function mountsUnder(dir: string, mounts: MountInfo[] = readMountinfo()):
  * Remove a directory tree, refusing to do so while anything is mounted at or
  * below it: `rm -rf` across a mount point would delete the mounted file
  * system's content (a bind-mounted host dir, a CVMFS layer).
- * Most trees removed are empty (an unused upper or work dir): one rmdir first,
- * synchronous by default (no thread-pool round trip); `background` work passes
+ * Most trees removed are empty (an unused upper or work dir): one rmdir first
+ * (it cannot cross a mount point: a mount point answers EBUSY, a directory
+ * with one below it ENOTEMPTY), and the mount table is consulted only when
+ * that fails — `mounts` may be a function, called then. Synchronous by
+ * default (no thread-pool round trip); `background` work passes
  * `{ sync: false }` so that it never holds up the event loop.
  */
-export async function removeTree(dir: string, mounts?: MountInfo[], o: { sync?: boolean } = {}): Promise<void> {
-  const under = mountsUnder(dir, mounts);
-  if (under.length > 0) {
-    throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
-  }
+export async function removeTree(dir: string, mounts?: MountInfo[] | (() => MountInfo[]), o: { sync?: boolean } = {}): Promise<void> {
   try {
     if (o.sync === false) await fsp.rmdir(dir);
     else rmdirSync(dir);
@@ -65,6 +64,10 @@ export async function removeTree(dir: string, mounts?: MountInfo[], o: { sync?: 
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return;
+    const under = mountsUnder(dir, typeof mounts === 'function' ? mounts() : mounts);
+    if (under.length > 0) {
+      throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
+    }
     if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
   }
   await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });

@@ -34,7 +34,9 @@ export class Removals {
       .then(async () => {
         while (this.queue.length) {
           const batch = this.queue.splice(0, 64);
-          const mounts = this.host.mountinfo();
+          // read only if a directory is not empty (removeTree: rmdir first)
+          let table: MountInfo[] | undefined;
+          const mounts = () => (table ??= this.host.mountinfo());
           for (let i = 0; i < batch.length; i += 8) {
             await Promise.all(batch.slice(i, i + 8).map((rec) => this.removeData(rec, mounts)));
             await new Promise<void>((resolve) => setImmediate(resolve));
@@ -46,7 +48,7 @@ export class Removals {
       });
   }
 
-  private async removeData(rec: SnapshotRecord, mounts: MountInfo[]): Promise<void> {
+  private async removeData(rec: SnapshotRecord, mounts: () => MountInfo[]): Promise<void> {
     try {
       this.links.remove(Object.keys(rec.links));
       if (rec.source === 'remote') return;

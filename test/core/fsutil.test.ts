@@ -30,6 +30,20 @@ describe('removeTree', () => {
     await expect(removeTree(path.join(dir, 'missing'))).resolves.toBeUndefined();
   });
 
+  it('reads the mount table only when a directory is not empty', async () => {
+    const unread = () => {
+      throw new Error('mount table read for an empty directory');
+    };
+    mkdirSync(path.join(dir, 'e2'));
+    await removeTree(path.join(dir, 'e2'), unread, { sync: false });
+    expect(existsSync(path.join(dir, 'e2'))).toBe(false);
+    mkdirSync(path.join(dir, 'f2/x'), { recursive: true });
+    await expect(removeTree(path.join(dir, 'f2'), unread)).rejects.toThrow(/mount table read/);
+    let reads = 0;
+    await removeTree(path.join(dir, 'f2'), () => (reads++, []));
+    expect([reads, existsSync(path.join(dir, 'f2'))]).toEqual([1, false]);
+  });
+
   it('unlinkIfExists removes a symlink, not its target, and ignores a missing one', () => {
     const target = path.join(dir, 'target');
     mkdirSync(target);
@@ -57,6 +71,22 @@ describe('removeTree', () => {
       expect(readFileSync(path.join(host, 'precious'), 'utf8')).toBe('keep me');
       await removeTree(tree);
       expect(existsSync(tree)).toBe(false);
+    });
+
+    it('refuses an empty directory that is itself a mount point (rmdir answers EBUSY), naming the mount', async () => {
+      const src = path.join(dir, 'empty-src');
+      const mp = path.join(dir, 'empty-mp');
+      mkdirSync(src);
+      mkdirSync(mp);
+      mount(src, mp, null, MS_BIND, null);
+      try {
+        await expect(removeTree(mp, undefined, { sync: false })).rejects.toThrow(/refusing to remove .*empty-mp: 1 mount/);
+        expect(existsSync(mp)).toBe(true);
+      } finally {
+        umount(mp);
+      }
+      await removeTree(mp);
+      expect(existsSync(mp)).toBe(false);
     });
   });
 });
