@@ -248,7 +248,8 @@ export class Snapshotter {
             ]);
             owner = st;
           } else {
-            // alone: synchronous calls (tens of µs each) beat thread-pool round trips
+            // alone: synchronous calls beat thread-pool round trips (measured with one client, even
+            // where a mkdir takes ~0.4 ms: cycle p50 1.04x the reference this way, 1.16x through the pool)
             mkdirSync(fs, { mode: 0o755 });
             if (own) mkdirSync(this.workDir(id), { mode: 0o711 });
             if (top) owner = localTop ? statSync(top.real) : await fsp.stat(top.real);
