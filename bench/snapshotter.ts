@@ -176,9 +176,11 @@ async function main() {
     await sleep(1500);
     const rssIdle = rssMiB(ours.proc.pid!);
     const refRssIdle = rssMiB(ref.proc.pid!);
-    // warm up both (JIT, page cache)
-    await single(ours, 30);
-    await single(ref, 30);
+    // warm up both (JIT, page cache): ~700 cycles each, alone and 8 at once
+    for (const s of [ours, ref]) {
+      await single(s, 300);
+      await concurrent(s, 8, 50);
+    }
 
     // interleave in small blocks (alternating which server goes first): this machine's
     // speed drifts, and both must see the same drift
