@@ -3,6 +3,21 @@ import { describe, expect, it } from 'vitest';
 import { Gate } from '../../src/core/gate.js';
 import { KeyedMutex } from '../../src/core/keyed-mutex.js';
 
+/** A section body that counts how many run at once (`max`). */
+function counter(ms: number) {
+  const c = {
+    inside: 0,
+    max: 0,
+    body: async () => {
+      c.inside++;
+      c.max = Math.max(c.max, c.inside);
+      await sleep(ms);
+      c.inside--;
+    },
+  };
+  return c;
+}
+
 describe('KeyedMutex', () => {
   it('runs sections on the same name one at a time (fast path and queued path)', async () => {
     const m = new KeyedMutex();
@@ -26,16 +41,9 @@ describe('KeyedMutex', () => {
 
   it('lets unrelated names run concurrently and releases after a failure', async () => {
     const m = new KeyedMutex();
-    let inside = 0;
-    let max = 0;
-    const body = async () => {
-      inside++;
-      max = Math.max(max, inside);
-      await sleep(5);
-      inside--;
-    };
-    await Promise.all([m.with(['a'], body), m.with(['b'], body), m.with(['c'], body)]);
-    expect(max).toBe(3);
+    const c = counter(5);
+    await Promise.all([m.with(['a'], c.body), m.with(['b'], c.body), m.with(['c'], c.body)]);
+    expect(c.max).toBe(3);
     await expect(m.with(['a'], async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
     expect(await m.with(['a'], async () => 'free again')).toBe('free again');
   });
@@ -76,16 +84,9 @@ describe('KeyedMutex', () => {
 
   it('treats a name given both ways as exclusive, and releases shared names after a failure', async () => {
     const m = new KeyedMutex();
-    let inside = 0;
-    let max = 0;
-    const body = async () => {
-      inside++;
-      max = Math.max(max, inside);
-      await sleep(3);
-      inside--;
-    };
-    await Promise.all([m.with(['p'], body, ['p']), m.with([], body, ['p'])]);
-    expect(max).toBe(1);
+    const c = counter(3);
+    await Promise.all([m.with(['p'], c.body, ['p']), m.with([], c.body, ['p'])]);
+    expect(c.max).toBe(1);
     await expect(m.with(['a'], async () => Promise.reject(new Error('boom')), ['p'])).rejects.toThrow('boom');
     let ran = false;
     await m.with(['p'], async () => {
