@@ -197,6 +197,19 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(sn.list(() => true)).toEqual([]);
   });
 
+  it('a Prepare whose directory cannot be made while others are in flight leaves nothing behind', async () => {
+    const [b] = await sn.prepare('a', '', {});
+    await sn.commit('A', 'a', {});
+    const next = Number(path.basename(b!.source)) + 2; // the second of the three below
+    writeFileSync(path.join(root, 'work', String(next)), 'in the way');
+    const r = await Promise.allSettled(['c1', 'c2', 'c3'].map((k) => sn.prepare(k, 'A', {})));
+    expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(await kind(() => sn.stat('c2'))).toBe('not-found');
+    await sn.settled();
+    expect(readdirSync(path.join(root, 'snapshots'))).not.toContain(String(next));
+    expect(await sn.cleanup()).toEqual({ dirs: 0, links: 0, masks: 0 });
+  });
+
   it('Cleanup removes orphans and unused masks, but nothing below a mount point the host reports', async () => {
     const ducc = addLayer(repoRoot, 'ducc', { '.wh.x': '', y: 'y' });
     await thinImage('thin', thinJson(REPO, [ducc]));
