@@ -12,13 +12,14 @@
  * whole cycle, on vs off, and the ratio on/off (target <= 1.05).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SnapClient } from '../test/helpers/grpc.js';
 import { LeanSnapClient } from './lib/h2-snapshots.js';
+import { stopServers } from './lib/servers.js';
 
 const CYCLES = Number(process.env['BENCH_CYCLES'] ?? 400);
 const REPS = Number(process.env['BENCH_REPS'] ?? 5);
@@ -112,12 +113,7 @@ async function main() {
     console.log(`  Prepare OK counted by the "on" daemon: ${counted} (cycles run against it: ${on.lat.cycle.length + 50})`);
   } finally {
     clearInterval(scraper);
-    for (const s of [on, off]) {
-      s.lean.close();
-      s.proc.kill('SIGTERM');
-    }
-    await sleep(1000);
-    rmSync(dir, { recursive: true, force: true });
+    await stopServers([on, off], dir);
   }
 }
 

@@ -17,12 +17,13 @@
  * warmed up, interleaved, 1 and 8 clients: p50/p99 and throughput ratios.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SnapClient } from '../test/helpers/grpc.js';
 import { LeanSnapClient } from './lib/h2-snapshots.js';
+import { stopServers } from './lib/servers.js';
 
 const CYCLES = Number(process.env['BENCH_CYCLES'] ?? 300);
 const CONC_CYCLES = Number(process.env['BENCH_CONC_CYCLES'] ?? 100); // per client and rep
@@ -225,13 +226,7 @@ async function main() {
     console.log(`RSS with ${listed} snapshots: ours ${rssN.toFixed(1)} MiB steady (target <= 100), ${rssNow.toFixed(1)} MiB right after preload + List; preload took ${preloadS.toFixed(1)} s; List of all: ${listMs.toFixed(0)} ms`);
     console.log(`cycle p50 at ${listed} snapshots ${f(atN)} ms vs at 100: ${f(at100)} ms   ratio ${f(atN / at100)}   (target <= 1.2)`);
   } finally {
-    for (const s of [ours, ref]) {
-      s.client.close();
-      s.lean.close();
-      s.proc.kill('SIGTERM');
-    }
-    await sleep(1000);
-    rmSync(dir, { recursive: true, force: true });
+    await stopServers([ours, ref], dir);
   }
 }
 

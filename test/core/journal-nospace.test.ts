@@ -4,24 +4,12 @@
  * replayed after a reopen, the journal is not failed (no onFatal) and commits
  * again once space returns; compaction on a full disk is retried later.
  */
-import { closeSync, existsSync, mkdirSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Journal } from '../../src/core/journal.js';
 import { mount, umount } from '../../src/core/sys.js';
-import { needs, tempDir } from '../helpers/env.js';
-
-function fill(file: string): void {
-  const fd = openSync(file, 'a');
-  const buf = Buffer.alloc(16 << 10, 1);
-  try {
-    for (;;) writeSync(fd, buf);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
-  } finally {
-    closeSync(fd);
-  }
-}
+import { fillFileSystem, needs, tempDir } from '../helpers/env.js';
 
 interface Rec {
   k: string;
@@ -53,7 +41,7 @@ describe.skipIf(needs({ root: true })).each([false, true])('journal on a full di
     await put('first');
     // the next step is reserved ahead of need
     expect(statSync(path.join(dir, 'kv.journal')).size).toBeGreaterThanOrEqual(1 << 20);
-    fill(path.join(fsDir, 'filler'));
+    fillFileSystem(path.join(fsDir, 'filler'));
     const ok: string[] = [];
     let err: Error | undefined;
     for (let i = 0; i < 200 && !err; i++) {
@@ -94,7 +82,7 @@ describe.skipIf(needs({ root: true })).each([false, true])('journal on a full di
       return journal.append(r, () => state.set(r.k, r.v));
     };
     for (let i = 0; i < 5; i++) await put(`p${i}`);
-    fill(path.join(fsDir, 'filler'));
+    fillFileSystem(path.join(fsDir, 'filler'));
     // past the compaction threshold while full: the state file cannot be written
     for (let i = 5; i < 12; i++) await put(`p${i}`);
     expect(fatal).toEqual([]);

@@ -4,7 +4,7 @@
  * without them they skip and say why.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll } from 'vitest';
@@ -40,3 +40,16 @@ export function tempDir(prefix = 'cvmfs-thin-test-'): string {
 
 /** Absolute path of the built CLI (tests run after `npm run build`). */
 export const CLI = path.resolve(import.meta.dirname, '../../bin/cvmfs-thin.js');
+
+/** Fill the file system holding `file` (appending to it) until ENOSPC, in `chunk`-byte writes. */
+export function fillFileSystem(file: string, chunk = 16 << 10): void {
+  const fd = openSync(file, 'a');
+  const buf = Buffer.alloc(chunk, 1);
+  try {
+    for (;;) writeSync(fd, buf);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+  } finally {
+    closeSync(fd);
+  }
+}

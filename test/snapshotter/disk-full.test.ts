@@ -4,27 +4,14 @@
  * changes nothing; the daemon keeps serving reads, does not exit, and works
  * again when space returns; a restart finds exactly the acknowledged changes.
  */
-import { closeSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mount, umount } from '../../src/core/sys.js';
 import { type Daemon, startDaemon } from '../helpers/daemon.js';
-import { needs, tempDir } from '../helpers/env.js';
+import { fillFileSystem, needs, tempDir } from '../helpers/env.js';
 import { grpcCode } from '../helpers/grpc.js';
-
-/** Fill the file system of `file` until ENOSPC. */
-function fill(file: string): void {
-  const fd = openSync(file, 'a');
-  const buf = Buffer.alloc(64 << 10, 1);
-  try {
-    for (;;) writeSync(fd, buf);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 describe.skipIf(needs({ root: true }))('snapshotter on a full disk', () => {
   const base = tempDir('sn-diskfull-');
@@ -52,7 +39,7 @@ describe.skipIf(needs({ root: true }))('snapshotter on a full disk', () => {
     const c = d.client;
     await c.prepare('before');
     await c.commit('before-c', 'before');
-    fill(filler);
+    fillFileSystem(filler, 64 << 10);
     // 32 KiB of labels per snapshot: the journal's reserved space runs out after a few dozen
     const labels = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`l${i}`, 'x'.repeat(4000)]));
     const made: string[] = [];
