@@ -56,7 +56,9 @@ export interface ExtractOptions {
    *   (a self-contained overlayfs lower layer);
    * - apply: delete the whiteout's target / empty the opaque dir's pre-existing content
    *   (applying a layer onto a merged tree);
-   * - keep: write `.wh.*` entries as they are (plain empty files), like DUCC.
+   * - keep: write `.wh.*` entries as they are (plain empty files), like DUCC;
+   * - record: write neither (nothing a CVMFS publish interprets or drops) and return
+   *   the deletions, opaque directories and xattrs in `record` (a layer's record).
    */
   whiteouts: WhiteoutMode;
   /** userns remap (container → host ids); ids outside the maps are refused */
@@ -94,8 +96,8 @@ export async function extractLayerFile(file: string, opts: ExtractOptions): Prom
 }
 
 async function extract(src: Source, opts: ExtractOptions): Promise<ExtractResult> {
-  if (!['overlay', 'apply', 'keep'].includes(opts.whiteouts)) {
-    throw new InvalidArgumentError(`extractLayer: whiteouts must be overlay, apply or keep, not ${String(opts.whiteouts)}`);
+  if (!['overlay', 'apply', 'keep', 'record'].includes(opts.whiteouts)) {
+    throw new InvalidArgumentError(`extractLayer: whiteouts must be overlay, apply, keep or record, not ${String(opts.whiteouts)}`);
   }
   opts.signal?.throwIfAborted();
   let dest: string;

@@ -6,7 +6,7 @@
  * `user.*` where the kernel refuses them), the writer's statistics, and the
  * deferred directory modes and times applied once the parser ended.
  */
-import { lchmod, lsetxattr, lutimesNs, lgetxattr } from '../sys.js';
+import { lchmod, lsetxattr, lutimesNs, lgetxattr, llistxattr } from '../sys.js';
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader, TarTime } from './headers.js';
 import { toHost } from './idmap.js';
@@ -31,6 +31,23 @@ export interface WriterStats {
   skipped: number;
   /** xattrs not applied: `trusted.*` from the tar, `user.*` on symlinks/devices, any the file system does not support */
   droppedXattrs: number;
+  /** record mode: what the layer's whiteouts and xattrs say, for a per-layer record (see LayerRecordData) */
+  record?: LayerRecordData;
+}
+
+/**
+ * What a layer extracted in `record` mode leaves out of its directory or may
+ * lose on the way to a CVMFS repository (UTF-8 paths relative to the layer
+ * root, the layer's own resolved paths): OCI deletions and opaque
+ * directories, and every xattr its entries carry (a publish may drop them).
+ */
+export interface LayerRecordData {
+  /** `dir/.wh.name` → `dir/name` */
+  deleted: string[];
+  /** directories holding `.wh..wh..opq` ('' = the layer root) */
+  opaque: string[];
+  /** xattrs on the extracted entries (`trusted.*` never), values base64 */
+  xattrs: { path: string; name: string; value: string }[];
 }
 
 /** The latest time a 64-bit nanosecond count since 1970 holds (Go's time bound in archive.Apply). */
@@ -69,8 +86,42 @@ export class MetadataWriter extends DestTree {
     }
   }
 
+  /** record mode: deletions, opaque dirs, paths that got xattrs (read back at the end) */
+  protected readonly rec: { deleted: Set<string>; opaque: Set<string>; xattrs: Set<string> } | null =
+    this.o.whiteouts === 'record' ? { deleted: new Set(), opaque: new Set(), xattrs: new Set() } : null;
+
+  /** A byte-string path as the record's UTF-8 text; a name that is not UTF-8 cannot be recorded. */
+  protected recordName(rel: string, entry: string): string {
+    const b = Buffer.from(rel, 'latin1');
+    const t = b.toString('utf8');
+    if (!Buffer.from(t, 'utf8').equals(b)) throw unsafe(entry, 'bad-whiteout', `name ${JSON.stringify(rel)} is not UTF-8 and cannot be written to the layer's record`);
+    return t;
+  }
+
+  /** The record of a record-mode extraction: xattrs as they are on disk now (last entry won, removed paths gone). */
+  private collectRecord(): LayerRecordData {
+    const r = this.rec!;
+    const xattrs: LayerRecordData['xattrs'] = [];
+    for (const rel of [...r.xattrs].sort()) {
+      const p = this.abs(rel);
+      let names: string[];
+      try {
+        names = llistxattr(p);
+      } catch {
+        continue; // removed or replaced by a later entry
+      }
+      for (const name of names.sort()) {
+        if (name.startsWith('trusted.')) continue;
+        const v = lgetxattr(p, name);
+        if (v) xattrs.push({ path: this.recordName(rel, rel), name, value: v.toString('base64') });
+      }
+    }
+    return { deleted: [...r.deleted].sort(), opaque: [...r.opaque].sort(), xattrs };
+  }
+
   /** Apply deferred directory modes and times. Call once, after the parser ended. */
   finish(): void {
+    if (this.rec) this.stats.record = this.collectRecord();
     for (const [rel, d] of this.deferred) {
       const p = this.abs(rel);
       try {
@@ -118,7 +169,8 @@ export class MetadataWriter extends DestTree {
    * devices, fifos), and an xattr the file system does not support is
    * dropped; each one dropped is counted.
    */
-  protected setXattrs(p: string | Buffer, h: TarHeader, userAllowed: boolean): void {
+  protected setXattrs(p: string | Buffer, h: TarHeader, userAllowed: boolean, rel: string): void {
+    this.rec?.xattrs.add(rel);
     for (const [name, value] of h.xattrs!) {
       if (name.startsWith('trusted.') || (!userAllowed && name.startsWith('user.'))) {
         this.stats.droppedXattrs++;

@@ -14,7 +14,7 @@ import type { TarTime } from './headers.js';
 import { toHost, type IdMaps } from './idmap.js';
 import { fsPath, joinRel, parentOf } from './paths.js';
 
-export type WhiteoutMode = 'overlay' | 'apply' | 'keep';
+export type WhiteoutMode = 'overlay' | 'apply' | 'keep' | 'record';
 
 export interface WriterOptions {
   /** absolute, symlink-free path of an existing directory */

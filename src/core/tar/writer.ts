@@ -149,6 +149,11 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
           this.emptyOpaque(d.real);
           return;
         }
+        if (mode === 'record') {
+          const d = this.resolveDir(comps, comps.length - 1, true, h.name)!;
+          this.rec!.opaque.add(this.recordName(d.real, h.name));
+          return;
+        }
       } else if (w.kind === 'whiteout') {
         s.whiteouts++;
         if (mode === 'overlay') {
@@ -167,6 +172,14 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
           const parent = this.resolveDir(comps, comps.length - 1, true, h.name)!;
           this.mark(parent.real);
           this.remove(joinRel(parent.real, w.target));
+          return;
+        }
+        if (mode === 'record') {
+          // as overlay mode, without the device: the deletion is recorded for the layers below
+          const parent = this.resolveDir(comps, comps.length - 1, true, h.name)!;
+          const rel = joinRel(parent.real, w.target);
+          this.remove(rel);
+          this.rec!.deleted.add(this.recordName(rel, h.name));
           return;
         }
       } else if (mode !== 'keep') {
@@ -230,7 +243,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     const chowned = this.chownNeeded(h, this.parentOfCur);
     if (chowned) fs.fchownSync(fd, chowned[0], chowned[1]);
     if (this.chmodNeeded(h.mode, chowned !== null)) fs.fchmodSync(fd, h.mode);
-    if (h.xattrs) this.setXattrs(this.abs(this.fdRel), h, true);
+    if (h.xattrs) this.setXattrs(this.abs(this.fdRel), h, true, this.fdRel);
     const [at, mt] = this.timesOf(h);
     futimesNs(fd, at.sec, at.nsec, mt.sec, mt.nsec);
   }
@@ -283,7 +296,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
       lchmod(p, sgid ? cur | S_ISGID : cur & ~S_ISGID);
       info.sgid = sgid;
     }
-    if (h.xattrs) this.setXattrs(p, h, true);
+    if (h.xattrs) this.setXattrs(p, h, true, rel);
     const [atime, mtime] = this.timesOf(h);
     this.deferred.set(rel, { mode: h.mode, atime, mtime });
   }
@@ -301,7 +314,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     this.stats.symlinks++;
     const chowned = this.chownNeeded(h, parent);
     if (chowned) fs.lchownSync(p, chowned[0], chowned[1]);
-    if (h.xattrs) this.setXattrs(p, h, false);
+    if (h.xattrs) this.setXattrs(p, h, false, rel);
     this.setTimes(p, h);
   }
 
@@ -339,7 +352,12 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     // security.capability of the inode), xattrs, chmod (not on a symlink), times.
     const own = this.ownerOf(h);
     if (own) fs.lchownSync(p, own[0], own[1]);
-    if (h.xattrs) this.setXattrs(p, h, st.isFile());
+    if (h.xattrs) this.setXattrs(p, h, st.isFile(), rel);
+    // record mode: the shared inode's xattrs (the lchown may have cleared a capability) under both names
+    if (this.rec && (h.xattrs || this.rec.xattrs.has(trel))) {
+      this.rec.xattrs.add(rel);
+      this.rec.xattrs.add(trel);
+    }
     if (!st.isSymbolicLink()) lchmod(p, h.mode);
     this.setTimes(p, h);
   }
@@ -359,7 +377,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     const chowned = this.chownNeeded(h, parent);
     if (chowned) fs.lchownSync(p, chowned[0], chowned[1]);
     if (this.chmodNeeded(h.mode, chowned !== null)) lchmod(p, h.mode);
-    if (h.xattrs) this.setXattrs(p, h, false);
+    if (h.xattrs) this.setXattrs(p, h, false, rel);
     this.setTimes(p, h);
   }
 }
