@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   CVMFS_THIN_BAD_MANIFEST: { kind: 'invalid-argument', meaning: 'A thin image manifest (thin.json) is invalid; the message names the field.' },
   CVMFS_THIN_LAYER_MISSING: { kind: 'failed-precondition', meaning: 'A layer a thin image lists does not exist in CVMFS.' },
   CVMFS_THIN_REPO_UNAVAILABLE: { kind: 'failed-precondition', meaning: 'A repository a thin image names is not mounted (is CVMFS mounted?).' },
+  CVMFS_THIN_BAD_LAYER_RECORD: { kind: 'failed-precondition', meaning: "A layer's record (.metadata/cvmfs-thin-layer.json, version 2) is invalid; the message names the field." },
   CVMFS_THIN_LAYER_UNAVAILABLE: { kind: 'unavailable', meaning: 'A CVMFS layer directory cannot be reached right now (is CVMFS mounted?).' },
   CVMFS_THIN_MOUNT: { kind: ['internal', 'failed-precondition'], meaning: 'An overlay mount of a layer stack failed, or its options do not fit in one page.' },
   CVMFS_THIN_ROOT_LOCKED: { kind: 'failed-precondition', meaning: 'Another daemon holds the state directory (one daemon per state directory).' },

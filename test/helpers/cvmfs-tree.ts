@@ -4,7 +4,7 @@
  */
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { layerMarker, layerRootfs, type LayerMarker } from '../../src/core/cvmfs/layout.js';
+import { layerMarker, layerRootfs, type LayerMarker, type LayerRecord } from '../../src/core/cvmfs/layout.js';
 import { sha256Hex } from '../../src/core/digest.js';
 import { lsetxattr, mkWhiteout } from '../../src/core/sys.js';
 
@@ -37,13 +37,20 @@ export interface FakeLayer {
   dir: string;
 }
 
-/** A layer in `<repo>/.layers/<xx>/<hex>/layerfs`; `converter: true` adds our marker (overlay whiteouts). */
-export function addLayer(repoRoot: string, name: string, entries: Record<string, Entry>, opts: { converter?: boolean } = {}): FakeLayer {
+/**
+ * A layer in `<repo>/.layers/<xx>/<hex>/layerfs`; `converter: true` adds our
+ * version 1 marker (overlay whiteouts), `record` our version 2 marker with
+ * that record (what survives a CVMFS publish; write no whiteouts then).
+ */
+export function addLayer(repoRoot: string, name: string, entries: Record<string, Entry>, opts: { converter?: boolean; record?: Partial<LayerRecord> | unknown } = {}): FakeLayer {
   const hex = sha256Hex(`layer:${name}:${JSON.stringify(Object.keys(entries))}`);
   const dir = layerRootfs(repoRoot, hex);
   writeTree(dir, entries);
-  if (opts.converter) {
-    const m: LayerMarker = { schema: 'cvmfs-thin/layer', version: 1, digest: `sha256:${hex}`, diff_id: `sha256:${sha256Hex(name)}`, whiteouts: 'overlay', created: new Date().toISOString() };
+  const base = { schema: 'cvmfs-thin/layer', digest: `sha256:${hex}`, diff_id: `sha256:${sha256Hex(name)}`, created: new Date().toISOString() } as const;
+  let m: LayerMarker | Record<string, unknown> | null = null;
+  if (opts.converter) m = { ...base, version: 1, whiteouts: 'overlay' };
+  if (opts.record !== undefined) m = { ...base, version: 2, whiteouts: 'record', record: opts.record };
+  if (m) {
     mkdirSync(path.dirname(layerMarker(repoRoot, hex)), { recursive: true });
     writeFileSync(layerMarker(repoRoot, hex), JSON.stringify(m));
   }

@@ -55,7 +55,7 @@ describe.skipIf(needs({ root: true }))('whiteouts: record mode', () => {
     });
     const snap = snapshot(dest);
     expect(Object.keys(snap).filter((k) => k.split('/').some((c) => c.startsWith('.wh.')))).toEqual([]);
-    for (const [k, v] of Object.entries(snap)) expect(v.type === 'char' && v.rdev === 0, k).toBe(false);
+    for (const [k, v] of Object.entries(snap)) expect(v.type, k).not.toBe('char');
     expect(llistxattr(path.join(dest, 'o'))).toEqual([]);
     // parents of whiteouts exist, as in overlay mode
     expect(fs.statSync(path.join(dest, 'deep/er')).isDirectory()).toBe(true);

@@ -5,36 +5,31 @@
  *  1. a DUCC `.chains/<id>` directory of the whole stack (whiteouts applied,
  *     tar ownership kept) is preferred when it exists: one lower for the stack;
  *  2. a layer carrying our marker (`.metadata/cvmfs-thin-layer.json`, written
- *     by `cvmfs-thin convert`) holds overlay whiteouts and is used as is;
+ *     by `cvmfs-thin convert`): version 1 holds overlay whiteouts and is used
+ *     as is; version 2 (what survives a CVMFS publish) holds none, and its
+ *     record (deletions, opaque dirs, xattrs, hidden catalog markers) is
+ *     turned into masks (masks.ts), built once;
  *  3. any other layer (DUCC's `layerfs`, which keeps OCI `.wh.*` entries as
- *     plain files, cvmfs#3756) is scanned once; if it has whiteouts, two small
- *     local "mask" directories are built next to it: one *below* it with the
+ *     plain files, cvmfs#3756) is scanned once; if it has whiteouts or
+ *     `.cvmfscatalog` files, masks are built from the scan: one *below* it with the
  *     overlay whiteouts/opaque dirs its `.wh.*` entries stand for, one *above*
- *     it hiding the `.wh.*` files themselves (directories in the upper mask
- *     copy the layer's own attributes).
+ *     it hiding the `.wh.*` and catalog files themselves.
  *
  * The result is a list of host directories, top first, for overlay lowerdir.
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import type { Stats } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors.js';
-import { isInside, pathExists, removeTree } from '../fsutil.js';
+import { isInside, pathExists } from '../fsutil.js';
 import { type Host, systemHost } from '../host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
-import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../whiteout.js';
-import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, type LayerMarker } from './layout.js';
+import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, type LayerMarker, type LayerRecord, LayerRecordError, parseLayerMarker } from './layout.js';
+import { buildMasks, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
 
-export interface WhiteoutScan {
-  /** Relative paths of `.wh.<name>` entries. */
-  whiteouts: string[];
-  /** Relative paths of directories holding `.wh..wh..opq`. */
-  opaques: string[];
-  entries: number;
-}
+export { scanWhiteouts, type WhiteoutScan } from './masks.js';
 
 /** What we remember about a layer directory (cached durably by the caller). */
 export interface LayerFacts {
@@ -42,6 +37,8 @@ export interface LayerFacts {
   mode: 'overlay' | 'clean' | 'masked';
   /** Mask directory (for 'masked'). */
   masks?: string | undefined;
+  /** Which masks hold something (for 'masked'; both when absent, as facts cached by older versions). */
+  parts?: ('above' | 'below')[] | undefined;
 }
 
 /** Where facts are kept (core/stack/facts.ts for the daemons). */
@@ -158,136 +155,91 @@ export class CvmfsLayers {
     let facts = this.cache.get(key);
     if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
     if (!facts) {
-      if (repoRoot && hex && (await this.readMarker(repoRoot, hex))) {
+      const marker = repoRoot && hex ? await this.readMarker(repoRoot, hex) : null;
+      if (marker?.whiteouts === 'overlay') {
         facts = { mode: 'overlay' };
       } else {
-        const scan = await scanWhiteouts(dir);
-        if (scan.whiteouts.length === 0 && scan.opaques.length === 0) facts = { mode: 'clean' };
+        const plan = marker ? await this.planFromRecord(dir, marker.record!) : planFromScan(await scanWhiteouts(dir));
+        if (emptyPlan(plan)) facts = { mode: 'clean' };
         else {
           const masks = path.join(this.maskRoot, createHash('sha256').update(dir).digest('hex').slice(0, 32));
-          await buildMasks(dir, scan, masks, this.host);
-          facts = { mode: 'masked', masks };
-          this.log?.info({ layer: dir, whiteouts: scan.whiteouts.length, opaques: scan.opaques.length }, 'layer keeps OCI whiteouts as plain files; built overlay masks');
+          await buildMasks(dir, plan, masks, this.host);
+          const parts: ('above' | 'below')[] = [];
+          if (plan.hide.length + plan.fixups.length > 0) parts.push('above');
+          if (plan.deleted.length + plan.opaque.length > 0) parts.push('below');
+          facts = { mode: 'masked', masks, parts };
+          this.log?.info(
+            { layer: dir, from: marker ? 'record' : 'scan', deleted: plan.deleted.length, opaques: plan.opaque.length, hidden: plan.hide.length, copied: plan.fixups.length },
+            marker ? "built overlay masks from the layer's record" : 'layer keeps OCI whiteouts as plain files; built overlay masks',
+          );
         }
       }
       await this.cache.put(key, facts);
     }
     if (facts.mode !== 'masked') return { dirs: [dir], flattened: false, how: [facts.mode] };
     const m = facts.masks!;
+    const parts = facts.parts ?? ['above', 'below'];
+    const res: ResolvedStack = { dirs: [], flattened: false, how: [] };
+    if (parts.includes('above')) {
+      res.dirs.push(path.join(m, 'above'));
+      res.how.push('mask-above');
+    }
+    res.dirs.push(dir);
+    res.how.push('masked');
     // below the base layer there is nothing to hide
-    return isBase
-      ? { dirs: [path.join(m, 'above'), dir], flattened: false, how: ['mask-above', 'masked'] }
-      : { dirs: [path.join(m, 'above'), dir, path.join(m, 'below')], flattened: false, how: ['mask-above', 'masked', 'mask-below'] };
+    if (!isBase && parts.includes('below')) {
+      res.dirs.push(path.join(m, 'below'));
+      res.how.push('mask-below');
+    }
+    return res;
   }
 
+  /**
+   * The masks a version 2 layer needs: its deletions and opaque dirs below
+   * it, its hidden files above it, and a copy above it of every entry whose
+   * recorded xattrs the layer directory no longer has (a publish without
+   * CVMFS_INCLUDE_XATTRS, or an ingest, drops them).
+   */
+  private async planFromRecord(dir: string, r: LayerRecord): Promise<MaskPlan> {
+    const xattrs = new Map<string, Xattr[]>();
+    for (const x of r.xattrs) {
+      let l = xattrs.get(x.path);
+      if (!l) xattrs.set(x.path, (l = []));
+      l.push({ name: x.name, value: Buffer.from(x.value, 'base64') });
+    }
+    const fixups: string[] = [];
+    for (const [p, want] of xattrs) {
+      const abs = path.join(dir, p);
+      const lost = want.some((x) => {
+        try {
+          return !this.host.lgetxattr(abs, x.name)?.equals(x.value);
+        } catch {
+          return true;
+        }
+      });
+      if (lost && (await pathExists(abs))) fixups.push(p);
+    }
+    return { deleted: r.deleted, opaque: r.opaque, hide: r.hidden, fixups: fixups.sort(), xattrs };
+  }
+
+  /** Our marker of the layer: null when there is none or it is not ours for this layer; throws for a malformed record. */
   async readMarker(repoRoot: string, hex: string): Promise<LayerMarker | null> {
+    const file = layerMarker(repoRoot, hex);
+    let text: string;
     try {
-      const m = JSON.parse(await fsp.readFile(layerMarker(repoRoot, hex), 'utf8')) as Partial<LayerMarker>;
-      if (m.schema === 'cvmfs-thin/layer' && m.whiteouts === 'overlay' && m.digest === `sha256:${hex}`) return m as LayerMarker;
-      this.log?.warn({ hex }, 'layer marker present but not valid for this layer; scanning instead');
-      return null;
+      text = await fsp.readFile(file, 'utf8');
     } catch {
       return null;
     }
-  }
-}
-
-
-/** Find the OCI whiteout entries of a layer tree (reads directories only). */
-export async function scanWhiteouts(root: string): Promise<WhiteoutScan> {
-  const res: WhiteoutScan = { whiteouts: [], opaques: [], entries: 0 };
-  const queue: string[] = [''];
-  const worker = async () => {
-    for (;;) {
-      const rel = queue.pop();
-      if (rel === undefined) return;
-      const ents = await fsp.readdir(path.join(root, rel), { withFileTypes: true });
-      for (const e of ents) {
-        res.entries++;
-        const p = rel === '' ? e.name : `${rel}/${e.name}`;
-        const w = classifyWhiteout(e.name);
-        if (w?.kind === 'opaque') res.opaques.push(rel);
-        else if (w?.kind === 'whiteout') res.whiteouts.push(p);
-        else if (e.isDirectory()) queue.push(p);
-      }
-    }
-  };
-  // a few directory reads in flight: CVMFS answers readdir from its catalog
-  for (;;) {
-    const n = Math.min(8, queue.length);
-    if (n === 0) break;
-    await Promise.all(Array.from({ length: n }, worker));
-  }
-  res.whiteouts.sort();
-  res.opaques.sort();
-  return res;
-}
-
-async function copyDirAttrs(host: Host, src: Stats, srcPath: string, dst: string): Promise<void> {
-  await fsp.chmod(dst, src.mode & 0o7777);
-  host.lchown(dst, src.uid, src.gid);
-  for (const name of host.llistxattr(srcPath)) {
-    if (name.startsWith('trusted.overlay.')) continue;
-    const v = host.lgetxattr(srcPath, name);
-    if (v) {
-      try {
-        host.lsetxattr(dst, name, v);
-      } catch {
-        /* e.g. security.selinux on a host without it: attributes are best effort */
-      }
+    try {
+      const m = parseLayerMarker(text, hex);
+      if (!m) this.log?.warn({ hex }, 'layer marker present but not valid for this layer; scanning instead');
+      return m;
+    } catch (e) {
+      if (!(e instanceof LayerRecordError)) throw e;
+      throw new FailedPreconditionError(`layer record ${file}: ${e.message}`, 'CVMFS_THIN_BAD_LAYER_RECORD');
     }
   }
-  await fsp.lutimes(dst, src.atime, src.mtime);
 }
 
-/** Build `<dest>/below` and `<dest>/above` for a scanned layer, atomically (`<dest>/done` last). */
-export async function buildMasks(layer: string, scan: WhiteoutScan, dest: string, host: Host = systemHost): Promise<void> {
-  const tmp = `${dest}.tmp-${process.pid}-${Date.now()}`;
-  await removeTree(tmp);
-  const below = path.join(tmp, 'below');
-  const above = path.join(tmp, 'above');
-  await fsp.mkdir(below, { recursive: true, mode: 0o755 });
-  await fsp.mkdir(above, { recursive: true, mode: 0o755 });
-  // below: what the .wh.* entries mean for the layers under this one
-  for (const w of scan.whiteouts) {
-    const dir = path.dirname(w);
-    const target = path.basename(w).slice(4);
-    await fsp.mkdir(path.join(below, dir), { recursive: true, mode: 0o755 });
-    host.mkWhiteout(path.join(below, dir, target));
-  }
-  for (const d of scan.opaques) {
-    await fsp.mkdir(path.join(below, d), { recursive: true, mode: 0o755 });
-    host.lsetxattr(path.join(below, d), OVERLAY_OPAQUE_XATTR, 'y');
-  }
-  // above: hide the .wh.* files; every directory on the way copies the layer's attributes
-  const dirs = new Set<string>(['']);
-  const names = [...scan.whiteouts, ...scan.opaques.map((d) => (d === '' ? '.wh..wh..opq' : `${d}/.wh..wh..opq`))];
-  for (const n of names) {
-    let d = path.dirname(n);
-    while (d !== '.' && d !== '') {
-      dirs.add(d);
-      d = path.dirname(d);
-    }
-  }
-  const sorted = [...dirs].sort((a, b) => a.split('/').length - b.split('/').length);
-  for (const d of sorted) if (d !== '') await fsp.mkdir(path.join(above, d), { mode: 0o755 });
-  for (const n of names) host.mkWhiteout(path.join(above, n));
-  // attributes deepest first, so that setting a parent's mtime is not undone by its children
-  for (const d of sorted.reverse()) {
-    const src = path.join(layer, d);
-    await copyDirAttrs(host, await fsp.lstat(src), src, path.join(above, d));
-  }
-  await fsp.writeFile(path.join(tmp, 'done'), `${layer}\n`);
-  if (await pathExists(path.join(dest, 'done'))) {
-    // built meanwhile by a concurrent request: keep that one
-    await removeTree(tmp);
-    return;
-  }
-  await removeTree(dest);
-  try {
-    await fsp.rename(tmp, dest);
-  } catch (e) {
-    await removeTree(tmp);
-    if (!(await pathExists(path.join(dest, 'done')))) throw e;
-  }
-}
+

@@ -36,18 +36,103 @@ export function duccChainIds(layerHexes: readonly string[]): string[] {
   return out;
 }
 
+/**
+ * What a layer directory cannot say itself after a CVMFS publish (version 2,
+ * `whiteouts: "record"`): paths are UTF-8, relative to `layerfs`, without
+ * `.`/`..` components (the layer's own resolved paths).
+ */
+export interface LayerRecord {
+  /** OCI deletions (`dir/.wh.name` → `dir/name`): hidden in the layers below. */
+  deleted: string[];
+  /** Opaque directories (`dir/.wh..wh..opq`; '' = the layer root). */
+  opaque: string[];
+  /** xattrs of the layer's entries (never `trusted.*`), values base64: restored when the publish dropped them. */
+  xattrs: { path: string; name: string; value: string }[];
+  /** Files inside `layerfs` that are not part of the image (nested-catalog markers `.cvmfscatalog`). */
+  hidden: string[];
+}
+
 /** The marker file's content. */
 export interface LayerMarker {
   schema: 'cvmfs-thin/layer';
-  version: 1;
+  /** 1: `whiteouts: "overlay"`; 2: `whiteouts: "record"` with `record`. */
+  version: 1 | 2;
   /** sha256:<hex> of the compressed blob (the directory name). */
   digest: string;
   /** sha256 of the uncompressed tar. */
   diff_id: string;
-  /** How OCI whiteouts were written into layerfs. */
-  whiteouts: 'overlay';
+  /** How OCI whiteouts are kept: as overlayfs whiteouts in layerfs, or in `record`. */
+  whiteouts: 'overlay' | 'record';
   created: string;
   /** Entry counts, for information. */
   entries?: number;
   whiteout_count?: number;
+  /** Hardlinked names in the layer (a CVMFS publish splits them into copies). */
+  hardlinks?: number;
+  record?: LayerRecord;
+}
+
+export class LayerRecordError extends Error {
+  constructor(readonly field: string, readonly reason: string) {
+    super(`${field}: ${reason}`);
+  }
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** A path of a record: relative, no empty/`.`/`..` component, no NUL ('' only where `root` is allowed). */
+function checkRel(v: unknown, field: string, root: boolean): string {
+  if (typeof v !== 'string') throw new LayerRecordError(field, 'not a string');
+  if (v === '') {
+    if (root) return v;
+    throw new LayerRecordError(field, 'empty path');
+  }
+  if (v.includes('\0') || v.startsWith('/') || v.split('/').some((c) => c === '' || c === '.' || c === '..')) {
+    throw new LayerRecordError(field, `${JSON.stringify(v)} is not a relative path inside the layer`);
+  }
+  return v;
+}
+
+function checkList(v: unknown, field: string, root: boolean): string[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new LayerRecordError(field, 'not a list');
+  return v.map((x, i) => checkRel(x, `${field}[${i}]`, root));
+}
+
+/**
+ * Parse a layer marker for the layer `hex`. Returns null when it is not ours
+ * for this layer (another schema, digest or whiteout form: the reader scans
+ * instead); throws LayerRecordError naming the field when a version 2
+ * record is malformed or hostile (a path leaving the layer, a trusted.* xattr).
+ */
+export function parseLayerMarker(text: string, hex: string): LayerMarker | null {
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isObj(m) || m['schema'] !== 'cvmfs-thin/layer' || m['digest'] !== `sha256:${hex}`) return null;
+  if (m['whiteouts'] === 'overlay') return m as unknown as LayerMarker;
+  if (m['whiteouts'] !== 'record') return null;
+  const r = m['record'];
+  if (!isObj(r)) throw new LayerRecordError('record', 'missing or not an object');
+  const xs = r['xattrs'] ?? [];
+  if (!Array.isArray(xs)) throw new LayerRecordError('record.xattrs', 'not a list');
+  const xattrs = xs.map((x: unknown, i) => {
+    const f = `record.xattrs[${i}]`;
+    if (!isObj(x)) throw new LayerRecordError(f, 'not an object');
+    const name = x['name'];
+    if (typeof name !== 'string' || !/^(user|security|system)\.[\x21-\x7e]{1,250}$/.test(name)) throw new LayerRecordError(`${f}.name`, `${JSON.stringify(name)} is not a user.*, security.* or system.* xattr name`);
+    const value = x['value'];
+    if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length > 87_384) throw new LayerRecordError(`${f}.value`, 'not base64 (at most 64 KiB)');
+    return { path: checkRel(x['path'], `${f}.path`, true), name, value };
+  });
+  const record: LayerRecord = {
+    deleted: checkList(r['deleted'], 'record.deleted', false),
+    opaque: checkList(r['opaque'], 'record.opaque', true),
+    xattrs,
+    hidden: checkList(r['hidden'], 'record.hidden', false),
+  };
+  return { ...(m as unknown as LayerMarker), record };
 }
