@@ -35,7 +35,7 @@ function setup() {
     put: async (k, f) => void facts.set(k, f),
   });
   const merged = async (ls: FakeLayer[]) => {
-    const r = await layers.resolveThin(parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO] }));
+    const r = await layers.resolveThin(parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO }));
     const target = path.join(work, `m${mounted.length}`);
     for (const d of ['', '-upper', '-work']) fs.mkdirSync(target + d);
     mount('overlay', target, 'overlay', 0, `lowerdir=${r.dirs.join(':')},upperdir=${target}-upper,workdir=${target}-work`);
@@ -115,7 +115,7 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
   ])('a hostile record is refused naming the field, and nothing is written (%#)', async (record, msg) => {
     const { repo, layers, work } = setup();
     const l = addLayer(repo, 'bad', { a: 'a' }, { record });
-    const m = parseThinManifest(thinJson(REPO, [addLayer(repo, 'low', { b: 'b' }), l]), { allowedRepositories: [REPO] });
+    const m = parseThinManifest(thinJson(REPO, [addLayer(repo, 'low', { b: 'b' }), l]), { allowedRepositories: [REPO], defaultRepository: REPO });
     const err = await layers.resolveThin(m).then(
       () => null,
       (e: unknown) => e as { code: string; message: string },
