@@ -240,7 +240,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
       expect(errCode(() => fs.writeFileSync(path.join(simPaths(S).repo, 'x'), ''))).toBe('EROFS');
     });
 
-    it('-k keeps the tar owners; --catalog makes a nested catalog; the base is replaced as a whole', () => {
+    it('-k keeps the tar owners; --catalog makes a nested catalog; a second ingest merges into the base, -d BASE replaces it', () => {
       const S = newSim(base, { owner: { uid: 990, gid: 991 } });
       ingest(S, { base: 'L', tar: { bytes: layer }, keepOwnership: true, catalog: true });
       expect(fs.lstatSync(pub(S, 'L/etc/conf')).uid).toBe(1000);
@@ -248,9 +248,14 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
       expect(fs.lstatSync(pub(S, 'L/.cvmfscatalog')).isFile()).toBe(true);
       expect(catalogEntries(pub(S)).get('/L')).toBeGreaterThan(5);
       const other = fs.mkdtempSync(path.join(base, 'staging-'));
+      fs.mkdirSync(path.join(other, 'etc'));
+      fs.writeFileSync(path.join(other, 'etc/conf'), 'new');
       fs.writeFileSync(path.join(other, 'only'), 'o');
       ingest(S, { base: '/L/', tar: { bytes: tarOf(other) } });
-      expect(fs.readdirSync(pub(S, 'L'))).toEqual(['only']);
+      expect(fs.readdirSync(pub(S, 'L')).sort()).toEqual(['.cvmfscatalog', '.wh.gone', 'cap', 'etc', 'h1', 'h2', 'ln', 'only']);
+      expect([fs.readFileSync(pub(S, 'L/etc/conf'), 'utf8'), fs.lstatSync(pub(S, 'L/etc/conf')).uid]).toEqual(['new', 990]);
+      ingest(S, { base: 'L', tar: { bytes: tarOf(other) }, deletes: ['L'] });
+      expect(fs.readdirSync(pub(S, 'L')).sort()).toEqual(['etc', 'only']);
     });
 
     it('is refused while a transaction is open, and through the CLI reads the tar from stdin', () => {

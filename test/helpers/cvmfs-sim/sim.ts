@@ -367,7 +367,9 @@ function cleanRel(p: string, what: string): string {
 /**
  * `cvmfs_server ingest`: a tar extracted (GNU tar, no xattrs) under `base`,
  * hard links split, owners → repository owner unless `-k`, `.wh.*` kept as
- * plain files; `base` replaced as a whole. Refused while a transaction is open.
+ * plain files. Like CVMFS's tarball ingestion the tar is merged into an
+ * existing `base` (an entry of the tar replaces the one of the same name,
+ * others stay); `-d` paths are removed first. Refused while a transaction is open.
  */
 export function ingest(S: string, o: IngestOptions): void {
   const p = simPaths(S);
@@ -390,19 +392,22 @@ export function ingest(S: string, o: IngestOptions): void {
     if (r.error) throw r.error;
     if (r.status !== 0) throw new SimError(`ingest: the tar does not extract: ${r.stderr.toString().trim() || `tar exit ${r.status}`}`);
     normalizeIngested(p.ingestTmp, cfg, o.keepOwnership ?? false);
-    if (o.catalog) {
-      const marker = path.join(p.ingestTmp, CATALOG_MARKER);
-      const dst = fs.lstatSync(p.ingestTmp, { bigint: true });
-      if (!exists(marker)) fs.writeFileSync(marker, '', { mode: 0o644 });
-      fs.chownSync(marker, cfg.owner.uid, cfg.owner.gid);
-      applyMeta(p.ingestTmp, false, metaOf(dst, [], cfg.mtimeNs));
-    }
     linkCopy(p.published, p.next);
     for (const d of deletes) rmTree(path.join(p.next, d));
     const dest = path.join(p.next, base);
     mkParents(p.next, path.dirname(base), cfg);
-    rmTree(dest);
-    fs.renameSync(p.ingestTmp, dest);
+    if (lstatOrNull(dest)?.isDirectory()) mergeInto(p.ingestTmp, dest);
+    else {
+      rmTree(dest);
+      fs.renameSync(p.ingestTmp, dest);
+    }
+    if (o.catalog) {
+      const marker = path.join(dest, CATALOG_MARKER);
+      const dst = fs.lstatSync(dest, { bigint: true });
+      if (!exists(marker)) fs.writeFileSync(marker, '', { mode: 0o644 });
+      fs.chownSync(marker, cfg.owner.uid, cfg.owner.gid);
+      applyMeta(dest, false, metaOf(dst, [], cfg.mtimeNs));
+    }
     const over = catalogsOverLimit(p.next, cfg.catalogLimit);
     if (over.length > 0) throw new SimError(`ingest failed: ${over.join('; ')}. Split it into nested catalogs (--catalog) or raise the limit`);
     unmountAll(p.repo);
@@ -416,6 +421,24 @@ export function ingest(S: string, o: IngestOptions): void {
       fs.rmSync(p.state, { force: true });
     }
   }
+}
+
+/** Move `src`'s entries into the existing directory `dest`: same-named entries are replaced, directories merged (and given `src`'s attributes). */
+function mergeInto(src: string, dest: string): void {
+  const st = fs.lstatSync(src, { bigint: true });
+  for (const n of fs.readdirSync(src)) {
+    const s = path.join(src, n);
+    const d = path.join(dest, n);
+    const ds = lstatOrNull(d);
+    if (ds?.isDirectory() && fs.lstatSync(s).isDirectory()) {
+      mergeInto(s, d);
+      continue;
+    }
+    if (ds) rmTree(d);
+    fs.renameSync(s, d);
+  }
+  if (llistxattr(dest).length > 0) renewDirectory(dest);
+  applyMeta(dest, false, metaOf(st, [], true));
 }
 
 /** Missing parents of `rel` inside `root`: directories 0755 of the repository owner. */
