@@ -8,10 +8,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { lgetxattr, llistxattr, lsetxattr, mknod, S_IFCHR } from '../../src/core/sys.js';
+import { lgetxattr, llistxattr, lsetxattr, mknod, MNT_DETACH, S_IFCHR, umount } from '../../src/core/sys.js';
 import { needs } from '../helpers/env.js';
+import { simCommand } from '../helpers/cvmfs-sim/command.js';
+import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';
 import { abort, catalogEntries, inTransaction as txOpen, ingest, publish, simPaths, transaction } from '../helpers/cvmfs-sim/sim.js';
+import { mountPublishedStack } from '../helpers/cvmfs-sim/stack.js';
 import { CAPABILITY, inTransaction, mode, newSim, runSim, simBase, tarOf } from '../helpers/cvmfs-sim/testing.js';
+import { hardLinkGroups, treeDiff, treeSnapshot, type TreeNode } from '../helpers/cvmfs-sim/tree-diff.js';
+import { runCli } from './cli.js';
 
 const errCode = (fn: () => unknown): string | undefined => {
   try {
@@ -294,4 +299,62 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
     expect(fs.existsSync(S)).toBe(false);
     expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(S);
   });
+});
+
+const noApplytool = applytoolMissing();
+if (noApplytool) process.stderr.write(`[skip] converter through a real publish: ${noApplytool}\n`);
+
+/**
+ * The converter's layers published by the simulator, stacked by the
+ * snapshotter's CvmfsLayers from what a client sees, against containerd's own
+ * unpack of the same image. Identical except hard links: a publish splits
+ * them (nlink 1, same content), which no reader can undo.
+ */
+describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }) ?? noApplytool)('converter through a real publish', () => {
+  const REPO = 'test.example.org';
+  const base = simBase('cvmfs-sim-e2e-');
+  let image: ThreeLayerImage;
+  let want: Map<string, TreeNode>;
+
+  beforeAll(() => {
+    image = buildThreeLayerImage(path.join(base, 'image'));
+    const ref = path.join(base, 'reference');
+    referenceRootfs(image, ref);
+    want = treeSnapshot(ref);
+    expect(hardLinkGroups(ref), 'containerd keeps the hard link pair').toEqual([['hl/one', 'hl/two']]);
+  });
+
+  const cases = [
+    { name: 'transaction path, repository with CVMFS_INCLUDE_XATTRS', includeXattrs: true, ingest: false },
+    { name: 'transaction path, repository without xattrs', includeXattrs: false, ingest: false },
+    { name: 'ingest path (ingest --catalog -k per layer)', includeXattrs: false, ingest: true },
+  ];
+
+  it.each(cases)('$name: the rootfs is containerd\'s', async (c) => {
+    const S = newSim(base, { includeXattrs: c.includeXattrs });
+    const id = path.basename(S);
+    const hooks = [
+      ['--transaction-command', simCommand('transaction', S)],
+      ['--publish-command', simCommand('publish', S)],
+      ['--abort-command', simCommand('abort', '-f', S)],
+      ['--lock-file', path.join(base, `${id}.lock`)],
+      c.ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : [],
+    ].flat();
+    const args = ['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks];
+    const r = await runCli(args, { timeoutMs: 300_000 });
+    // a failed conversion must still have aborted its transaction
+    expect({ exit: r.code, transactionLeftOpen: txOpen(S) }, `convert: ${r.stderr}\n${r.stdout}`).toEqual({ exit: 0, transactionLeftOpen: false });
+
+    const target = path.join(base, `${id}-rootfs`);
+    const stack = await mountPublishedStack({ published: simPaths(S).published, repository: REPO, hexes: image.hexes, work: path.join(base, `${id}-stack`), target });
+    try {
+      const got = treeSnapshot(target);
+      expect(treeDiff(want, got), `merged rootfs vs containerd's (stack: ${stack.how.join(', ')})`).toEqual([]);
+      // the one accepted difference: the pair is two copies now
+      expect(hardLinkGroups(target)).toEqual([]);
+      expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
+    } finally {
+      umount(target, MNT_DETACH);
+    }
+  }, 600_000);
 });

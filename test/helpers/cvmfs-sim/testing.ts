@@ -1,17 +1,25 @@
 /** Test helpers around the simulator: state dirs cleaned up (mounts first), writes inside a transaction, small tars. */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll } from 'vitest';
+import { afterAll, beforeAll } from 'vitest';
 import { MNT_DETACH, umount } from '../../../src/core/sys.js';
 import { mountPoints } from './fsops.js';
 import { init, type InitOptions, publish, simPaths, transaction } from './sim.js';
 import { simArgv } from './command.js';
 
-/** A directory for simulated repositories; everything mounted under it is detached and it is removed after the file. */
+/**
+ * A directory for simulated repositories, made before the file's first test;
+ * everything mounted under it is detached and it is removed after the file
+ * (neither happens when no test of the file runs).
+ */
 export function simBase(prefix = 'cvmfs-sim-test-'): string {
-  const base = fs.mkdtempSync(path.join(fs.realpathSync(os.tmpdir()), prefix));
+  const base = path.join(fs.realpathSync(os.tmpdir()), `${prefix}${process.pid}-${randomBytes(4).toString('hex')}`);
+  beforeAll(() => {
+    fs.mkdirSync(base, { mode: 0o700 });
+  });
   afterAll(() => {
     cleanUnder(base);
     fs.rmSync(base, { recursive: true, force: true });
