@@ -12,7 +12,7 @@ import { lgetxattr, llistxattr, lsetxattr, mknod, MNT_DETACH, S_IFCHR, umount } 
 import { needs } from '../helpers/env.js';
 import { simCommand } from '../helpers/cvmfs-sim/command.js';
 import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';
-import { abort, catalogEntries, inTransaction as txOpen, ingest, publish, simPaths, transaction } from '../helpers/cvmfs-sim/sim.js';
+import { abort, catalogEntries, ingest, publish, simPaths, transaction, transactionOpen } from '../helpers/cvmfs-sim/sim.js';
 import { mountPublishedStack } from '../helpers/cvmfs-sim/stack.js';
 import { CAPABILITY, inTransaction, mode, newSim, runSim, simBase, tarOf } from '../helpers/cvmfs-sim/testing.js';
 import { hardLinkGroups, treeDiff, treeSnapshot, type TreeNode } from '../helpers/cvmfs-sim/tree-diff.js';
@@ -185,7 +185,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
     transaction(S);
     fs.writeFileSync(path.join(simPaths(S).repo, 'x'), 'x');
     abort(S);
-    expect(txOpen(S)).toBe(false);
+    expect(transactionOpen(S)).toBe(false);
     expect(fs.readdirSync(pub(S))).toEqual([]);
     expect(errCode(() => fs.writeFileSync(path.join(simPaths(S).repo, 'x'), 'x'))).toBe('EROFS');
   });
@@ -198,7 +198,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
     fs.mkdirSync(path.join(repo, 'many'));
     for (let i = 0; i < 12; i++) fs.writeFileSync(path.join(repo, 'many', `f${i}`), '');
     expect(() => publish(S)).toThrow(/catalog at \/ has more than 10 entries \(15\)/);
-    expect(txOpen(S)).toBe(true);
+    expect(transactionOpen(S)).toBe(true);
     fs.writeFileSync(path.join(repo, 'still-writable'), '');
     expect(fs.readdirSync(pub(S))).toEqual(['first']);
     abort(S);
@@ -343,7 +343,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }) ?
     const args = ['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks];
     const r = await runCli(args, { timeoutMs: 300_000 });
     // a failed conversion must still have aborted its transaction
-    expect({ exit: r.code, transactionLeftOpen: txOpen(S) }, `convert: ${r.stderr}\n${r.stdout}`).toEqual({ exit: 0, transactionLeftOpen: false });
+    expect({ exit: r.code, transactionLeftOpen: transactionOpen(S) }, `convert: ${r.stderr}\n${r.stdout}`).toEqual({ exit: 0, transactionLeftOpen: false });
 
     const target = path.join(base, `${id}-rootfs`);
     const stack = await mountPublishedStack({ published: simPaths(S).published, repository: REPO, hexes: image.hexes, work: path.join(base, `${id}-stack`), target });

@@ -14,7 +14,7 @@
  *
  * Exit status: 0 done, 1 refused or failed (one line on stderr), 2 bad usage.
  */
-import { abort, inTransaction, ingest, init, publish, readConfig, rmfs, SimError, simPaths, transaction, type IngestOptions } from './sim.js';
+import { abort, ingest, init, publish, readConfig, rmfs, SimError, simPaths, transaction, transactionOpen, type IngestOptions } from './sim.js';
 
 class Usage extends Error {}
 
@@ -113,7 +113,7 @@ function main(argv: string[]): number {
     }
     case 'status': {
       const cfg = readConfig(S);
-      process.stdout.write(`${JSON.stringify({ ...cfg, root: simPaths(S).root, transaction: inTransaction(S) })}\n`);
+      process.stdout.write(`${JSON.stringify({ ...cfg, root: simPaths(S).root, transaction: transactionOpen(S) })}\n`);
       return 0;
     }
     case 'rmfs':

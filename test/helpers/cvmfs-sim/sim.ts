@@ -151,7 +151,7 @@ function readState(p: SimPaths): OpenState | null {
   }
 }
 
-export function inTransaction(S: string): boolean {
+export function transactionOpen(S: string): boolean {
   return readState(simPaths(S))?.kind === 'transaction';
 }
 
