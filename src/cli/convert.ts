@@ -42,9 +42,10 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--force', 'convert even if the tree says the image is up to date')
     .option('--overwrite-layers', 'replace layers that exist without a cvmfs-thin marker (e.g. written by DUCC)')
     .addOption(
-      new Option('--whiteouts <how>', 'overlay: write overlayfs whiteouts and mark the layer (default); keep: leave OCI .wh.* files as DUCC does (for publishing through a CVMFS union mount)')
-        .choices(['overlay', 'keep'])
-        .default('overlay'),
+      new Option(
+        '--whiteouts <how>',
+        'record: deletions, opaque dirs and xattrs in a record beside the layer, nothing a CVMFS publish drops (default when publishing or writing into a transaction); overlay: overlayfs whiteouts in the layer (default for a plain tree); keep: OCI .wh.* files as DUCC writes them (ingest only)',
+      ).choices(['record', 'overlay', 'keep']),
     )
     .option('--max-layer-size <bytes>', 'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)', parseSize('--max-layer-size'), 256 * 1024 ** 3)
     .option('--max-layer-entries <n>', 'refuse a layer with more tar entries (default 10000000)', positiveInt('--max-layer-entries'), 10_000_000)
@@ -57,6 +58,8 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--publish-command <cmd>', 'run after writing, e.g. "cvmfs_server publish {repository}"')
     .option('--abort-command <cmd>', 'run when writing or publishing failed, e.g. "cvmfs_server abort -f {repository}"')
     .option('--cvmfs-server', 'shorthand for the three cvmfs_server transaction/publish/abort -f commands')
+    .option('--ingest', 'publish each layer by streaming it to cvmfs_server ingest (DUCC\'s way; no local unpack), then the metadata in one transaction; with --cvmfs-server')
+    .option('--ingest-command <cmd>', 'the ingest command (layer tar on stdin; {base} = .layers/<xx>/<digest>), default with --cvmfs-server --ingest: "cvmfs_server ingest --catalog -k -t - -b {base} {repository}"')
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
     .option('--tmp-dir <dir>', 'where archives are unpacked for reading (default: the system temp dir)')
     .option('--json', 'print a machine-readable summary on stdout')
@@ -75,7 +78,9 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     flat: o['flat'] as boolean | undefined,
     force: o['force'] as boolean | undefined,
     overwriteLayers: o['overwriteLayers'] as boolean | undefined,
-    whiteouts: o['whiteouts'] as 'overlay' | 'keep' | undefined,
+    whiteouts: o['whiteouts'] as 'record' | 'overlay' | 'keep' | undefined,
+    ingest: o['ingest'] as boolean | undefined,
+    ingestCommand: o['ingestCommand'] as string | undefined,
     podmanStore: o['podmanStore'] as boolean | undefined,
     jobs: o['jobs'] as number | undefined,
     creds: o['creds'] ? parseCreds(String(o['creds']), '--creds') : undefined,

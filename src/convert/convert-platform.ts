@@ -44,7 +44,30 @@ export class PlatformConverter {
       signal: o.signal,
       overwriteForeign: o.overwriteForeign,
       whiteouts: o.whiteouts,
+      catalogCut: o.catalogCut,
+      ingest: o.publisher.ingests ? o.publisher : undefined,
     });
+  }
+
+  /**
+   * Ingest mode, before the run's transaction: publish every layer of the
+   * selected images that the repository lacks through the ingest hook (each
+   * its own transaction), so the transaction that follows only writes
+   * metadata (and finds the layers present).
+   */
+  protected async ingestMissing(source: ImageSource, description: string): Promise<void> {
+    const { images } = await this.resolve(source, description);
+    for (const img of images) {
+      const configBytes = await source.blobBytes(img.manifest.config, MAX_CONFIG_BYTES);
+      const config = parseConfig(configBytes, `${description}: config ${img.manifest.config.digest}`, img.manifest.layers.length);
+      const diffIds = config.rootfs?.diff_ids;
+      const count = img.manifest.layers.length;
+      // one at a time: every ingest is a transaction of the repository, and they queue on its lock anyway
+      for (const [index, desc] of img.manifest.layers.entries()) {
+        if ((await this.tree.layerState(desc.digest.slice(7))) !== null) continue;
+        await this.unpacker.unpack({ source, desc, diffId: diffIds?.[index], image: description, index, count });
+      }
+    }
   }
 
   protected async resolve(source: ImageSource, description: string): Promise<{ images: PlatformImage[]; indexDigest: string | null }> {

@@ -32,6 +32,7 @@ import { buildThinImage, buildThinIndex } from './thin.js';
 import { addImageToPodmanStore, podmanInput, podmanName } from './podman/index.js';
 import { promises as fsp } from 'node:fs';
 import { PlatformConverter } from './convert-platform.js';
+import type { LayerForm } from './whiteouts.js';
 
 export { errorSummary, type ErrorSummary, type ImageSummary, type LayerSummary } from './summary.js';
 
@@ -46,7 +47,10 @@ export interface ConverterOptions {
   /** Convert even when the tree says it is up to date (DUCC's --convert-again). */
   force?: boolean | undefined;
   overwriteForeign?: boolean | undefined;
-  whiteouts?: 'overlay' | 'keep' | undefined;
+  /** The layer form (whiteouts.ts resolves the default and refuses what cannot be published). */
+  whiteouts?: LayerForm | undefined;
+  /** Entries above which a record-form layer gets nested catalogs (default catalogs.ts CATALOG_CUT). */
+  catalogCut?: number | undefined;
   /** Also add each image to `<repositoryDir>/podmanStore` (podman / CRI-O additional image store). */
   podmanStore?: boolean | undefined;
   /** Layers unpacked at once, across all images of the run. */
@@ -134,6 +138,15 @@ export class Converter extends PlatformConverter {
       source = await openSource(job.source, this.o.registries, this.o.transport);
     } catch (e) {
       return failed(e);
+    }
+    if (this.o.publisher.ingests) {
+      // the layers first, each through its own ingest; the metadata in one transaction after
+      try {
+        await this.ingestMissing(source, description);
+      } catch (e) {
+        await source.close().catch(() => undefined);
+        return failed(e);
+      }
     }
     try {
       return await this.o.publisher.session(async () => {

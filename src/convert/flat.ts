@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { CHAINS_DIR, chainDir, DIRTY_CHAINS_DIR, dirtyChainMarker, duccChainIds, FLAT_DIR, flatDir, layerRootfs } from '../core/cvmfs/layout.js';
+import { CHAINS_DIR, chainDir, DIRTY_CHAINS_DIR, dirtyChainMarker, duccChainIds, FLAT_DIR, flatDir, layerMarker, type LayerRecord, layerRootfs, parseLayerMarker } from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fsutil.js';
 import { lgetxattr, llistxattr, lsetxattr, lutimesNs, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '../core/sys.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../core/whiteout.js';
@@ -73,6 +73,8 @@ interface ApplyState {
   links: Map<string, string>;
   entries: number;
   sinceYield: number;
+  /** source paths that are not image content (a record's catalog markers) */
+  hidden: Set<string>;
 }
 
 /** glibc major()/minor() of a dev_t. */
@@ -113,6 +115,7 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
   for (const name of names) {
     if (classifyWhiteout(name)) continue;
     const s = `${srcDir}/${name}`;
+    if (state.hidden.has(s)) continue;
     const d = `${dstDir}/${name}`;
     const st = lstatBig(s);
     let dst = lstatOrNull(d);
@@ -141,13 +144,43 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
   }
 }
 
-/** Apply the tree `src` (a layer in overlay or OCI form, or a merged tree) onto `dst` with overlay semantics. */
-export async function applyTree(src: string, dst: string): Promise<number> {
-  const state: ApplyState = { links: new Map(), entries: 0, sinceYield: 0 };
+/**
+ * Apply the tree `src` (a layer in overlay or OCI form, or a merged tree)
+ * onto `dst` with overlay semantics. A layer kept in record form (marker
+ * version 2) has its deletions and opaque dirs applied first, its hidden
+ * catalog markers skipped and its recorded xattrs set last (a publish may
+ * have dropped them from `src`).
+ */
+export async function applyTree(src: string, dst: string, record?: LayerRecord): Promise<number> {
+  const state: ApplyState = { links: new Map(), entries: 0, sinceYield: 0, hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)) };
   if (isOpaque(src)) for (const n of fs.readdirSync(fp(dst), { encoding: enc })) rmrf(`${dst}/${n}`);
+  if (record) {
+    for (const d of record.opaque) {
+      const p = d === '' ? dst : `${dst}/${bs(d)}`;
+      if (lstatOrNull(p)?.isDirectory()) for (const n of fs.readdirSync(fp(p), { encoding: enc })) rmrf(`${p}/${n}`);
+    }
+    for (const w of record.deleted) rmrf(`${dst}/${bs(w)}`);
+  }
   await applyDir(src, dst, state);
   copyMeta(src, lstatBig(src), dst);
+  for (const x of record?.xattrs ?? []) {
+    const p = x.path === '' ? dst : `${dst}/${bs(x.path)}`;
+    if (lstatOrNull(p)) lsetxattr(sp(p), x.name, Buffer.from(x.value, 'base64'));
+  }
   return state.entries;
+}
+
+/** UTF-8 text (a record's path) → byte string. */
+const bs = (t: string): string => Buffer.from(t, 'utf8').toString(enc);
+
+/** The record of a layer in record form, or undefined. */
+async function layerRecord(root: string, hex: string): Promise<LayerRecord | undefined> {
+  try {
+    return parseLayerMarker(await fsp.readFile(layerMarker(root, hex), 'utf8'), hex)?.record;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
 }
 
 export interface MergeResult {
@@ -186,7 +219,7 @@ export async function buildMerged(
       await fsp.mkdir(tmp, { mode: 0o755 });
       try {
         if (prev) await applyTree(prev, tmp);
-        await applyTree(layerRootfs(root, hexes[i]!), tmp);
+        await applyTree(layerRootfs(root, hexes[i]!), tmp, await layerRecord(root, hexes[i]!));
         await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
         if (lstatOrNull(final)) await removeTree(final); // a dirty leftover
         await tree.commitDir(tmp, final);
@@ -209,7 +242,7 @@ export async function buildMerged(
       await fsp.mkdir(tmp, { mode: 0o755 });
       try {
         if (prev) await applyTree(prev, tmp);
-        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp);
+        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp, await layerRecord(root, h));
         await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
         await addSingularityFiles(tmp, opts.flat.config);
         await tree.commitDir(tmp, final);

@@ -21,6 +21,10 @@ import type { Progress } from './progress.js';
 import { CATALOG_MARKER, type RepoTree } from './repo.js';
 import { decompress, type ExtractLimits, extractLayer } from './tar.js';
 import { type Semaphore, shortDigest } from './util.js';
+import { addNestedCatalogs, CATALOG_CUT } from './catalogs.js';
+import type { LayerForm } from './whiteouts.js';
+import { ingestLayer } from './ingest.js';
+import type { Publisher } from './publish.js';
 
 export interface LayerOutcome {
   digest: string;
@@ -57,25 +61,38 @@ export interface UnpackerOptions {
   overwriteForeign?: boolean | undefined;
   /**
    * 'overlay' (default): OCI whiteouts become overlayfs whiteouts and the layer gets
-   * our marker. 'keep': `.wh.*` entries stay plain files, as DUCC writes them (for
-   * publishing through a CVMFS union mount, whose overlayfs would take 0/0 devices
-   * for deletions); readers then mask them.
+   * our marker (version 1). 'record': nothing a CVMFS publish interprets or drops is
+   * written into layerfs; deletions, opaque dirs, xattrs and nested catalog markers
+   * go into the marker's record (version 2), which readers turn into masks.
+   * 'keep': `.wh.*` entries stay plain files, as DUCC writes them; readers mask them.
+   * (whiteouts.ts decides and refuses what cannot be published.)
    */
-  whiteouts?: 'overlay' | 'keep' | undefined;
+  whiteouts?: LayerForm | undefined;
+  /** record form: entries above which a layer gets nested catalogs (default CATALOG_CUT) */
+  catalogCut?: number | undefined;
+  /** Publish missing layers through this publisher's ingest hook instead of unpacking them. */
+  ingest?: Publisher | undefined;
 }
 
 export class LayerUnpacker {
   private readonly inflight = new Map<string, Promise<LayerOutcome>>();
+  /** What this run did to a layer (an ingested layer is present afterwards: its summary keeps saying what happened). */
+  private readonly done = new Map<string, LayerOutcome>();
   constructor(private readonly o: UnpackerOptions) {}
 
   unpack(job: LayerJob): Promise<LayerOutcome> {
     const hex = job.desc.digest.slice(7);
+    const d = this.done.get(hex);
+    if (d) return Promise.resolve(d);
     let p = this.inflight.get(hex);
     if (!p) {
       p = this.o.jobs.run(() => this.unpackOnce(job, hex));
       this.inflight.set(hex, p);
       p.then(
-        () => this.inflight.delete(hex),
+        (r) => {
+          this.inflight.delete(hex);
+          if (r.status === 'unpacked') this.done.set(hex, r);
+        },
         () => this.inflight.delete(hex),
       );
     }
@@ -110,6 +127,30 @@ export class LayerUnpacker {
     return e;
   }
 
+  /** The layer through the ingest hook: streamed, never unpacked here. */
+  private async ingestOnce(job: LayerJob, compression: Parameters<typeof decompress>[1], key: string, t0: number, ctx: { image: string; layer: string }): Promise<LayerOutcome> {
+    const { desc } = job;
+    try {
+      const r = await ingestLayer({
+        blob: job.source.openBlob(desc),
+        desc,
+        compression,
+        diffId: job.diffId,
+        publisher: this.o.ingest!,
+        log: this.o.log,
+        limits: this.o.limits,
+        catalogCut: this.o.catalogCut ?? CATALOG_CUT,
+        onBytes: (n) => this.o.progress.layerBytes(key, n),
+        onEntries: (n) => this.o.progress.layerFiles(key, n),
+      });
+      this.o.progress.layerDone(key, 'ingested');
+      return { digest: desc.digest, status: 'unpacked', bytes: desc.size, files: r.entries, entries: r.entries, whiteouts: r.whiteouts, opaques: r.opaques, diffId: r.diffId, seconds: (Date.now() - t0) / 1000 };
+    } catch (e) {
+      this.o.progress.layerDone(key, 'FAILED');
+      throw ConvertError.wrap(await this.blameContent(job, e), ctx);
+    }
+  }
+
   private async unpackOnce(job: LayerJob, hex: string): Promise<LayerOutcome> {
     const { desc } = job;
     const layerName = `${job.index + 1}/${job.count} ${desc.digest}`;
@@ -127,7 +168,8 @@ export class LayerUnpacker {
       seconds: (Date.now() - t0) / 1000,
     });
     const state = await this.o.tree.layerState(hex);
-    if (state === 'ours' || (state === 'foreign' && (!this.o.overwriteForeign || this.o.whiteouts === 'keep'))) {
+    const form = this.o.whiteouts ?? 'overlay';
+    if (state === 'ours' || (state === 'foreign' && (!this.o.overwriteForeign || form === 'keep'))) {
       await this.o.tree.touchLayer(hex);
       this.o.log.debug({ layer: desc.digest, state }, 'layer already in the repository');
       return present(state === 'ours' ? 'present' : 'present-foreign');
@@ -140,6 +182,7 @@ export class LayerUnpacker {
     }
     const key = `${job.image}#${hex}`;
     this.o.progress.layerStart(key, `${shortDigest(desc.digest)} (${job.index + 1}/${job.count})`, desc.size);
+    if (this.o.ingest) return this.ingestOnce(job, compression, key, t0, ctx);
     const tmp = await this.o.tree.tmpLayerDir(hex);
     const rootfs = path.join(tmp, LAYER_ROOTFS);
     try {
@@ -153,7 +196,7 @@ export class LayerUnpacker {
         const tar = decompress(verifier, compression);
         res = await extractLayer(tar, {
           dest: rootfs,
-          whiteouts: this.o.whiteouts ?? 'overlay',
+          whiteouts: form,
           ...(this.o.limits ? { limits: this.o.limits } : {}),
           ...(this.o.signal ? { signal: this.o.signal } : {}),
           onProgress: (p) => this.o.progress.layerFiles(key, p.entries),
@@ -176,18 +219,22 @@ export class LayerUnpacker {
       const meta = path.join(tmp, METADATA_DIR);
       await fsp.mkdir(meta, { mode: 0o755 });
       const created = new Date().toISOString();
+      const cut = this.o.catalogCut ?? CATALOG_CUT;
+      const hidden = form === 'record' && res.entries > cut ? await addNestedCatalogs(rootfs, cut) : [];
       const marker: LayerMarker = {
         schema: 'cvmfs-thin/layer',
-        version: 1,
+        version: form === 'record' ? 2 : 1,
         digest: desc.digest,
         diff_id: res.diffId,
-        whiteouts: 'overlay',
+        whiteouts: form === 'record' ? 'record' : 'overlay',
         created,
         entries: res.entries,
         whiteout_count: res.whiteouts + res.opaques,
+        hardlinks: res.hardlinks,
+        ...(form === 'record' ? { record: { ...res.record!, hidden } } : {}),
       };
-      // the marker tells readers the layer holds overlay whiteouts: only then
-      if ((this.o.whiteouts ?? 'overlay') === 'overlay') await fsp.writeFile(path.join(meta, LAYER_MARKER), `${JSON.stringify(marker, null, 2)}\n`, { mode: 0o644 });
+      // the marker tells readers how the layer keeps its deletions (none for 'keep': readers scan)
+      if (form !== 'keep') await fsp.writeFile(path.join(meta, LAYER_MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o644 });
       // DUCC's podman LayerInfo
       const layersJson = [
         { id: res.diffId.slice(7), created, 'compressed-diff-digest': desc.digest, 'compressed-size': desc.size, 'diff-digest': res.diffId, 'diff-size': res.bytes },

@@ -11,7 +11,8 @@ import { accessSync, constants as fsConstants } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { UnavailableError } from '../core/errors.js';
+import { InvalidArgumentError, UnavailableError } from '../core/errors.js';
+import type { Readable } from 'node:stream';
 import { isContained } from './errors.js';
 import { acquireLock, type HeldLock } from './lock.js';
 import { splitCommand } from './util.js';
@@ -20,7 +21,15 @@ export interface PublishHooks {
   transaction?: string[] | undefined;
   publish?: string[] | undefined;
   abort?: string[] | undefined;
+  /**
+   * Publishes one layer from a tar on its stdin, in a transaction of its own
+   * (`cvmfs_server ingest`); `{base}` is the layer's directory in the repository.
+   */
+  ingest?: string[] | undefined;
 }
+
+/** DUCC's ingest of a layer, keeping the tar's owners (`-k`) and one catalog per layer. */
+export const CVMFS_SERVER_INGEST = ['cvmfs_server', 'ingest', '--catalog', '-k', '-t', '-', '-b', '{base}', '{repository}'];
 
 export interface PublisherOptions {
   hooks: PublishHooks;
@@ -32,17 +41,20 @@ export interface PublisherOptions {
   lockTimeoutMs?: number | undefined;
 }
 
-/** `cvmfs_server transaction {repository}` etc. from CLI strings; `--cvmfs-server` fills all three. */
-export function hooksFromOptions(o: { transactionCmd?: string; publishCmd?: string; abortCmd?: string; cvmfsServer?: boolean }): PublishHooks {
+/** `cvmfs_server transaction {repository}` etc. from CLI strings; `--cvmfs-server` fills all three (and the ingest with `--ingest`). */
+export function hooksFromOptions(o: { transactionCmd?: string; publishCmd?: string; abortCmd?: string; ingestCmd?: string; cvmfsServer?: boolean; ingest?: boolean }): PublishHooks {
   const h: PublishHooks = {};
   if (o.cvmfsServer) {
     h.transaction = ['cvmfs_server', 'transaction', '{repository}'];
     h.publish = ['cvmfs_server', 'publish', '{repository}'];
     h.abort = ['cvmfs_server', 'abort', '-f', '{repository}'];
+    if (o.ingest) h.ingest = CVMFS_SERVER_INGEST;
   }
   if (o.transactionCmd) h.transaction = splitCommand(o.transactionCmd, '--transaction-command');
   if (o.publishCmd) h.publish = splitCommand(o.publishCmd, '--publish-command');
   if (o.abortCmd) h.abort = splitCommand(o.abortCmd, '--abort-command');
+  if (o.ingestCmd) h.ingest = splitCommand(o.ingestCmd, '--ingest-command');
+  if (o.ingest && !h.ingest) throw new InvalidArgumentError('--ingest needs --cvmfs-server or --ingest-command');
   return h;
 }
 
@@ -81,36 +93,92 @@ export class Publisher {
     return Boolean(h.transaction || h.publish || h.abort);
   }
 
+  /** Layers go through the ingest hook. */
+  get ingests(): boolean {
+    return Boolean(this.o.hooks.ingest);
+  }
+
   private serial(fn: () => Promise<void>): Promise<void> {
     const next = this.chain.then(fn);
     this.chain = next.catch(() => undefined);
     return next;
   }
 
-  private argv(cmd: string[]): string[] {
-    return cmd.map((a) => a.replaceAll('{repository}', this.o.repository).replaceAll('{repository_dir}', this.o.repositoryDir));
+  private argv(cmd: string[], base?: string): string[] {
+    return cmd.map((a) => {
+      const v = a.replaceAll('{repository}', this.o.repository).replaceAll('{repository_dir}', this.o.repositoryDir);
+      return base === undefined ? v : v.replaceAll('{base}', base);
+    });
   }
 
-  private run(step: 'transaction' | 'publish' | 'abort', cmd: string[]): Promise<void> {
-    const argv = this.argv(cmd);
+  /**
+   * Run a hook. With `input`, it is the hook's stdin; if the input fails, the
+   * hook's whole process group is killed *before* its stdin closes (a tar
+   * cut short must not be taken for a complete one) and the input's error is
+   * thrown.
+   */
+  private run(step: 'transaction' | 'publish' | 'abort' | 'ingest', cmd: string[], input?: { base: string; stream: Readable }): Promise<void> {
+    const argv = this.argv(cmd, input?.base);
     this.o.log.info({ step, argv }, 'publishing hook');
     return new Promise((resolve, reject) => {
+      let inputError: unknown = null;
       // stdout of hooks goes to our stderr: our stdout carries --json
       const child = spawn(argv[0]!, argv.slice(1), {
-        stdio: ['ignore', 2, 2],
-        env: { ...process.env, CVMFS_THIN_REPOSITORY: this.o.repository, CVMFS_THIN_REPOSITORY_DIR: this.o.repositoryDir, CVMFS_THIN_STEP: step },
+        stdio: [input ? 'pipe' : 'ignore', 2, 2],
+        detached: input !== undefined,
+        env: { ...process.env, CVMFS_THIN_REPOSITORY: this.o.repository, CVMFS_THIN_REPOSITORY_DIR: this.o.repositoryDir, CVMFS_THIN_STEP: step, ...(input ? { CVMFS_THIN_BASE: input.base } : {}) },
       });
+      if (input) {
+        const stdin = child.stdin!;
+        stdin.on('error', () => undefined); // EPIPE when the hook exits early: its exit status tells
+        input.stream.on('error', (e) => {
+          inputError ??= e;
+          try {
+            if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+          } catch {
+            /* already gone */
+          }
+          input.stream.unpipe(stdin);
+          stdin.destroy();
+        });
+        input.stream.pipe(stdin);
+      }
       child.on('error', (e) => {
         this.steps.push({ step, ok: false });
         reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))}: ${e.message}`, 'CVMFS_THIN_HOOK_FAILED'));
       });
       child.on('exit', (code, sig) => {
-        const ok = code === 0;
+        const ok = code === 0 && inputError === null;
         this.steps.push({ step, ok });
         if (ok) resolve();
+        else if (inputError !== null) reject(inputError);
         else reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))} failed (${sig ? `signal ${sig}` : `exit status ${code}`})`, 'CVMFS_THIN_HOOK_FAILED'));
       });
     });
+  }
+
+  /**
+   * Publish one layer through the ingest hook, under the host-wide lock and
+   * never inside our own transaction (an ingest opens and publishes its own).
+   * If the layer's stream fails, the hook is killed and the abort hook runs.
+   */
+  async ingest(base: string, stream: Readable): Promise<void> {
+    if (!this.o.hooks.ingest) throw new InvalidArgumentError('no ingest hook configured');
+    // another image's transaction of this process: wait for it (an ingest is never called from inside one)
+    while (this.tx) await this.tx.closed.catch(() => undefined);
+    const lockFile = this.o.lockFile ?? defaultLockFile(this.o.repository);
+    const lock = await acquireLock(lockFile, {
+      ...(this.o.lockTimeoutMs !== undefined ? { timeoutMs: this.o.lockTimeoutMs } : {}),
+      onWait: () => this.o.log.warn({ lockFile }, 'another converter is publishing to this repository; waiting'),
+    });
+    try {
+      await this.run('ingest', this.o.hooks.ingest, { base, stream });
+    } catch (e) {
+      if (this.o.hooks.abort) await this.run('abort', this.o.hooks.abort).catch((ae: unknown) => this.o.log.error({ err: ae }, 'abort hook failed too'));
+      throw e;
+    } finally {
+      lock.release();
+    }
   }
 
   private async openTx(): Promise<void> {

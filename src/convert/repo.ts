@@ -8,7 +8,7 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { InternalError, InvalidArgumentError } from '../core/errors.js';
-import { CHAINS_DIR, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, layerDir, layerMarker, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { CHAINS_DIR, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, layerDir, layerMarker, METADATA_DIR, parseLayerMarker } from '../core/cvmfs/layout.js';
 import { pathExists, removeTree, writeFileAtomic } from '../core/fsutil.js';
 import { pidAlive } from './util.js';
 
@@ -92,8 +92,7 @@ export class RepoTree {
       return null;
     }
     try {
-      const m = JSON.parse(await fsp.readFile(layerMarker(this.root, hex), 'utf8')) as Partial<LayerMarker>;
-      if (m.schema === 'cvmfs-thin/layer' && m.whiteouts === 'overlay' && m.digest === `sha256:${hex}`) return 'ours';
+      if (parseLayerMarker(await fsp.readFile(layerMarker(this.root, hex), 'utf8'), hex)) return 'ours';
     } catch {
       /* no marker */
     }

@@ -9,6 +9,7 @@ import { parsePlatform } from './image/platform.js';
 import { Registries, type TransportOptions } from './image/transports.js';
 import { createProgress, type Progress } from './progress.js';
 import { hooksFromOptions, Publisher } from './publish.js';
+import { type LayerForm, resolveLayerForm } from './whiteouts.js';
 import type { Credentials } from './registry/auth.js';
 import type { ExtractLimits } from './tar.js';
 import { formatBytes } from './util.js';
@@ -22,7 +23,10 @@ export interface RunFlags {
   flat?: boolean | undefined;
   force?: boolean | undefined;
   overwriteLayers?: boolean | undefined;
-  whiteouts?: 'overlay' | 'keep' | undefined;
+  whiteouts?: LayerForm | undefined;
+  ingest?: boolean | undefined;
+  ingestCommand?: string | undefined;
+  catalogCut?: number | undefined;
   podmanStore?: boolean | undefined;
   jobs?: number | undefined;
   creds?: Credentials | undefined;
@@ -74,13 +78,21 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     tmpDir: flags.tmpDir,
   };
   const registries = new Registries(transport);
+  const hooks = hooksFromOptions({
+    transactionCmd: flags.transactionCommand,
+    publishCmd: flags.publishCommand,
+    abortCmd: flags.abortCommand,
+    ingestCmd: flags.ingestCommand,
+    cvmfsServer: flags.cvmfsServer,
+    ingest: flags.ingest,
+  } as Parameters<typeof hooksFromOptions>[0]);
+  // before anything is opened: refuse a layer form the publish would destroy
+  const whiteouts = resolveLayerForm(flags.whiteouts, { transaction: Boolean(hooks.transaction || hooks.publish), ingest: Boolean(hooks.ingest), repositoryDir: dir });
+  if (flags.podmanStore && whiteouts === 'record') {
+    log.warn('layers are written in record form (for a CVMFS publish): images whose layers delete files cannot be added to the podman store');
+  }
   const publisher = new Publisher({
-    hooks: hooksFromOptions({
-      transactionCmd: flags.transactionCommand,
-      publishCmd: flags.publishCommand,
-      abortCmd: flags.abortCommand,
-      cvmfsServer: flags.cvmfsServer,
-    } as Parameters<typeof hooksFromOptions>[0]),
+    hooks,
     repository,
     repositoryDir: dir,
     lockFile: flags.lockFile,
@@ -97,7 +109,8 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     flat: flags.flat,
     force: flags.force,
     overwriteForeign: flags.overwriteLayers,
-    whiteouts: flags.whiteouts,
+    whiteouts,
+    catalogCut: flags.catalogCut,
     podmanStore: flags.podmanStore,
     jobs: flags.jobs ?? Math.max(2, os.availableParallelism()),
     limits: flags.limits,

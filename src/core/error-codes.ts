@@ -66,6 +66,8 @@ export const ERROR_CODES = {
   CVMFS_THIN_LOCK_TIMEOUT: { kind: 'unavailable', meaning: 'Another process held the publishing lock for longer than the timeout.' },
   CVMFS_THIN_HOOK_FAILED: { kind: 'unavailable', meaning: 'A publishing hook (transaction, publish, abort) could not run or exited non-zero.' },
   CVMFS_THIN_ABORTED: { kind: 'unavailable', meaning: 'The publishing transaction was aborted after a failed write; nothing of it was published.' },
+  CVMFS_THIN_INGEST_INCOMPLETE: { kind: 'unavailable', meaning: 'The ingest hook exited successfully before the layer was streamed to its end; the layer is not taken as published.' },
+  CVMFS_THIN_CANNOT_PUBLISH: { kind: 'invalid-argument', meaning: 'The options ask for a layer form a CVMFS publish destroys (overlay whiteouts, plain .wh.* files through a transaction); refused before any transaction.' },
 
   // ------------------------------------------------------------ podman additional image store
   CVMFS_THIN_PODMAN_BAD_DIGEST: { kind: 'invalid-argument', meaning: 'A podman store record holds something that is not a sha256 digest.' },
@@ -75,9 +77,13 @@ export const ERROR_CODES = {
   CVMFS_THIN_PODMAN_IMAGE_MISSING: { kind: 'not-found', meaning: 'The image is not converted in the repository, so it cannot be added to the podman store.' },
   CVMFS_THIN_PODMAN_LAYER_MISSING: { kind: 'not-found', meaning: 'A layer of the image is not in the repository.' },
   CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS: { kind: 'failed-precondition', meaning: 'A layer keeps OCI whiteouts as plain files, which the podman store cannot serve.' },
+  CVMFS_THIN_PODMAN_RECORD_WHITEOUTS: { kind: 'failed-precondition', meaning: "A layer keeps its deletions in its record (the form that survives a CVMFS publish), which podman cannot read: the podman store would show deleted files." },
 
   // ------------------------------------------------------------ snapshotter
   CVMFS_THIN_REMOTE_SNAPSHOT: { kind: 'already-exists', meaning: 'A remote (CVMFS) layer was committed for the snapshot: containerd skips the download (expected answer, not a failure).' },
+
+  // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/stack/probe.ts)
+  CVMFS_THIN_CVMFS_STALLED: { kind: 'unavailable', meaning: 'A CVMFS mount did not answer within cvmfs-timeout (a stalled client: server or proxy unreachable); the message names the directory and the deadline.' },
 
   // ------------------------------------------------------------ graph driver and Docker plugins
   CVMFS_THIN_BAD_LAYER_ID: { kind: 'invalid-argument', meaning: 'A layer ID from dockerd is not valid.' },

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../core/errors.js';
-import { layerMarker, layerMetadataDir, layerRootfs, type LayerMarker } from '../../core/cvmfs/layout.js';
+import { layerMarker, layerMetadataDir, layerRootfs, parseLayerMarker } from '../../core/cvmfs/layout.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
 import {
   bigDataFileName,
@@ -145,10 +145,15 @@ async function hasPlainWhiteouts(dir: string, depth = 0): Promise<string | null>
 }
 
 /** How the repository layer writes deletions: our marker, or a scan. */
-async function whiteoutMode(repoDir: string, hex: string): Promise<{ mode: LayerNote['whiteouts']; example: string | null }> {
+async function whiteoutMode(repoDir: string, hex: string): Promise<{ mode: LayerNote['whiteouts'] | 'record'; example: string | null }> {
   try {
-    const m = JSON.parse(await fsp.readFile(layerMarker(repoDir, hex), 'utf8')) as Partial<LayerMarker>;
-    if (m.schema === 'cvmfs-thin/layer' && m.whiteouts === 'overlay' && m.digest === `sha256:${hex}`) return { mode: 'overlay', example: null };
+    const m = parseLayerMarker(await fsp.readFile(layerMarker(repoDir, hex), 'utf8'), hex);
+    if (m?.whiteouts === 'overlay') return { mode: 'overlay', example: null };
+    if (m?.record) {
+      const r = m.record;
+      const ex = r.deleted[0] ?? (r.opaque[0] !== undefined ? `${r.opaque[0]}/ (opaque)` : r.hidden[0]);
+      return ex === undefined ? { mode: 'none', example: null } : { mode: 'record', example: ex };
+    }
   } catch {
     /* no marker: a DUCC layer or --whiteouts keep */
   }
@@ -242,6 +247,13 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
     const st = await lstatOrNull(layerRootfs(path.resolve(repoDir), hex)).catch(() => null);
     if (!st?.isDirectory()) throw new NotFoundError(`podman store: layer ${i} sha256:${hex} is not in the repository (${layerRootfs(repoDir, hex)} is missing)`, 'CVMFS_THIN_PODMAN_LAYER_MISSING');
     const w = await whiteoutMode(path.resolve(repoDir), hex);
+    if (w.mode === 'record') {
+      throw new FailedPreconditionError(
+        `podman store: layer sha256:${hex} keeps its deletions in its record (e.g. ${w.example}), the form that survives a CVMFS publish, and podman stacks layer directories itself: containers would show deleted files. ` +
+          'Build the podman store from a tree converted without publishing (overlay whiteouts), or convert with --ingest --whiteouts keep for nodes that use fuse-overlayfs',
+        'CVMFS_THIN_PODMAN_RECORD_WHITEOUTS',
+      );
+    }
     if (w.mode === 'plain') {
       const msg = `layer sha256:${hex} keeps deletions as plain .wh.* files (e.g. ${path.relative(layerRootfs(repoDir, hex), w.example!)}), which kernel overlay does not apply`;
       if (!o.allowPlainWhiteouts) {

@@ -1,7 +1,8 @@
 /**
  * The tar library shared by the converter and the graph driver.
  *
- * - extractLayer: uncompressed layer tar → directory (overlay/apply/keep whiteouts)
+ * - extractLayer: uncompressed layer tar → directory (overlay/apply/keep/record whiteouts)
+ * - LayerRewriter: layer tar → the same layer as a tar for a streamed publish (ingest), whiteouts and xattrs into a record
  * - decompress / compressionForMediaType: gzip, zstd, sniffing
  * - packDirectory / packEntries: directory or in-memory entries → tar stream
  * - UnsafeTarError: every refusal (reason says which)
@@ -9,6 +10,8 @@
 export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractProgress, type ExtractResult, type WhiteoutMode, type WriterStats } from './extract.js';
 export { UnsafeTarError, TarIoError, UNSAFE_TAR_CODE, TAR_IO_CODE, type UnsafeTarReason } from './errors.js';
 export type { IdMap, IdMaps } from './idmap.js';
+export { LayerRewriter, type RewriteOptions, type RewriteResult } from './rewrite.js';
+export type { LayerRecordData } from './writer-meta.js';
 export { packDirectory, packEntries, packEntriesToBuffer, type MemEntry, type PackChange, type PackOptions } from './pack.js';
 export {
   decompress,

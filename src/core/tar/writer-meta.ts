@@ -10,7 +10,7 @@ import { lchmod, lsetxattr, lutimesNs, lgetxattr, llistxattr } from '../sys.js';
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader, TarTime } from './headers.js';
 import { toHost } from './idmap.js';
-import { fsPath } from './paths.js';
+import { fsPath, recordPath } from './paths.js';
 import { DestTree, type DirInfo, type WriterOptions } from './writer-tree.js';
 
 export interface WriterStats {
@@ -90,12 +90,8 @@ export class MetadataWriter extends DestTree {
   protected readonly rec: { deleted: Set<string>; opaque: Set<string>; xattrs: Set<string> } | null =
     this.o.whiteouts === 'record' ? { deleted: new Set(), opaque: new Set(), xattrs: new Set() } : null;
 
-  /** A byte-string path as the record's UTF-8 text; a name that is not UTF-8 cannot be recorded. */
   protected recordName(rel: string, entry: string): string {
-    const b = Buffer.from(rel, 'latin1');
-    const t = b.toString('utf8');
-    if (!Buffer.from(t, 'utf8').equals(b)) throw unsafe(entry, 'bad-whiteout', `name ${JSON.stringify(rel)} is not UTF-8 and cannot be written to the layer's record`);
-    return t;
+    return recordPath(rel, entry);
   }
 
   /** The record of a record-mode extraction: xattrs as they are on disk now (last entry won, removed paths gone). */

@@ -31,7 +31,7 @@ import { classifyWhiteout, AUFS_META_PREFIX, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREF
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader } from './headers.js';
 import type { TarParserHandler } from './parser.js';
-import { cleanName, fsPath, joinRel } from './paths.js';
+import { cleanName, entryComponents, fsPath, joinRel, NAME_MAX } from './paths.js';
 import { MetadataWriter } from './writer-meta.js';
 import type { DirInfo } from './writer-tree.js';
 
@@ -39,7 +39,6 @@ export type { WriterStats } from './writer-meta.js';
 export type { WhiteoutMode, WriterOptions } from './writer-tree.js';
 
 const O_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
-const NAME_MAX = 255;
 const S_ISGID = 0o2000;
 
 function errCode(e: unknown): string | undefined {
@@ -102,16 +101,7 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     const s = this.stats;
     s.entries++;
     if (s.entries > this.o.maxEntries) throw unsafe(h.name, 'too-many-entries', `more than ${this.o.maxEntries} entries`);
-    if (h.name.includes('\0')) throw unsafe(h.name, 'nul-in-name', 'NUL byte in name');
-    if (h.name.length > this.o.maxNameBytes) throw unsafe(h.name.slice(0, 256) + '…', 'name-too-long', `name of ${h.name.length} bytes exceeds ${this.o.maxNameBytes}`);
-    const comps = cleanName(h.name);
-    if (comps === null) throw unsafe(h.name, 'path-escape', 'name escapes the destination');
-    for (const c of comps) if (c.length > NAME_MAX) throw unsafe(h.name, 'name-too-long', `path component of ${c.length} bytes exceeds ${NAME_MAX}`);
-    if (h.type === 'link' || h.type === 'symlink') {
-      if (h.linkname.includes('\0')) throw unsafe(h.name, 'nul-in-name', 'NUL byte in link name');
-      if (h.linkname.length > this.o.maxNameBytes) throw unsafe(h.name, 'name-too-long', `link name of ${h.linkname.length} bytes exceeds ${this.o.maxNameBytes}`);
-      if (h.linkname.length === 0) throw unsafe(h.name, 'bad-header', 'empty link name');
-    }
+    const comps = entryComponents(h, this.o.maxNameBytes);
 
     if (comps.length === 0) {
       if (h.type !== 'dir') throw unsafe(h.name, 'replace-root', `a ${h.type} entry cannot replace the destination directory itself`);
