@@ -59,6 +59,7 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--abort-command <cmd>', 'run when writing or publishing failed, e.g. "cvmfs_server abort -f {repository}"')
     .option('--cvmfs-server', 'shorthand for the three cvmfs_server transaction/publish/abort -f commands')
     .option('--ingest', 'publish each layer by streaming it to cvmfs_server ingest (DUCC\'s way; no local unpack), then the metadata in one transaction; with --cvmfs-server')
+    .option('--nested-catalog-entries <n>', 'a published layer with more entries gets nested catalogs (.cvmfscatalog, hidden from containers) so that no catalog holds more (default 100000; CVMFS refuses a catalog over 200000)', positiveInt('--nested-catalog-entries'))
     .option('--ingest-command <cmd>', 'the ingest command (layer tar on stdin; {base} = .layers/<xx>/<digest>), default with --cvmfs-server --ingest: "cvmfs_server ingest --catalog -k -t - -b {base} {repository}"')
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
     .option('--tmp-dir <dir>', 'where archives are unpacked for reading (default: the system temp dir)')
@@ -81,6 +82,7 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     whiteouts: o['whiteouts'] as 'record' | 'overlay' | 'keep' | undefined,
     ingest: o['ingest'] as boolean | undefined,
     ingestCommand: o['ingestCommand'] as string | undefined,
+    catalogCut: o['nestedCatalogEntries'] as number | undefined,
     podmanStore: o['podmanStore'] as boolean | undefined,
     jobs: o['jobs'] as number | undefined,
     creds: o['creds'] ? parseCreds(String(o['creds']), '--creds') : undefined,
