@@ -1,10 +1,13 @@
 /** What the two daemon commands share: CVMFS options, config precedence, logging, signals. */
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
 import { createLogger, type LogLevel } from '../core/log.js';
 import type { Logger } from 'pino';
 import { existsSync } from 'node:fs';
+import { systemHost } from '../core/host.js';
 import { type HealthCheck, type Metrics, noMetrics, socketAnswers } from '../core/metrics.js';
+import { cvmfsMountState } from '../core/stack/mount-health.js';
+import { CvmfsProbe } from '../core/stack/probe.js';
 
 /** The CVMFS location flags (same names and defaults in both daemons). */
 export function addCvmfsOptions(cmd: Command): Command {
@@ -13,7 +16,14 @@ export function addCvmfsOptions(cmd: Command): Command {
     .option('--repository <name>', 'CVMFS repository holding unpacked layers (default unpacked.cern.ch)')
     .option('--absolute-mountpoint <dir>', 'where that repository is mounted (default <cvmfs-root>/<repository>)')
     .option('--cvmfs-root <dir>', 'where CVMFS repositories are mounted (default /cvmfs)')
-    .option('--allowed-repository <name...>', 'repositories thin images may reference (default: the repository)');
+    .option('--allowed-repository <name...>', 'repositories thin images may reference (default: the repository)')
+    .option('--cvmfs-timeout <seconds>', 'a CVMFS mount that does not answer for this long fails the request (stalled client; default 10)', seconds)
+    .option('--check-interval <seconds>', 'look for running containers on a dead CVMFS mount this often, 0 = never (default 30)', seconds);
+}
+
+function seconds(v: string): number {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${JSON.stringify(v)} is not a number of seconds`);
+  return Number(v);
 }
 
 export interface DaemonSettings<S extends Record<string, Field>> {
@@ -22,6 +32,9 @@ export interface DaemonSettings<S extends Record<string, Field>> {
   /** A --no-x boolean flag against its config key, default true. */
   enabled(flag: string, key: keyof S & string): boolean;
   location: CvmfsLocation;
+  /** `cvmfs-timeout` and `check-interval`, in ms (undefined: the defaults). */
+  cvmfsTimeoutMs: number | undefined;
+  checkIntervalMs: number | undefined;
   log: Logger;
 }
 
@@ -43,7 +56,10 @@ export function resolveSettings<S extends Record<string, Field>>(
     allowedRepositories: pick('allowedRepository', 'allowed-repositories'),
   });
   const enabled = (flag: string, key: keyof S & string) => (fromCli(flag) ? Boolean(o[flag]) : ((file[key] as boolean | undefined) ?? true));
-  return { pick, enabled, location, log };
+  const ms = (v: number | undefined) => (v === undefined ? undefined : v * 1000);
+  const cvmfsTimeoutMs = ms(pick<number>('cvmfsTimeout', 'cvmfs-timeout'));
+  if (cvmfsTimeoutMs === 0) throw new InvalidArgumentError('--cvmfs-timeout must be at least 1 second');
+  return { pick, enabled, location, log, cvmfsTimeoutMs, checkIntervalMs: ms(pick<number>('checkInterval', 'check-interval')) };
 }
 
 /** Stop cleanly on SIGTERM/SIGINT (stopping never deletes or unmounts data). */
@@ -82,12 +98,22 @@ export async function maybeStartMetrics(
   return { metrics: s.metrics, stop: () => s.stop() };
 }
 
-/** The readiness checks every daemon has: its own socket answers, its CVMFS directory exists. */
-export function readiness(socket: string, cvmfsDir: string): Record<string, HealthCheck> {
-  return {
-    socket: () => socketAnswers(socket),
-    cvmfs: () => (existsSync(cvmfsDir) ? null : `${cvmfsDir} does not exist (is CVMFS mounted?)`),
-  };
+/**
+ * The readiness checks every daemon has: its own socket answers, its CVMFS
+ * directory exists. With `timeoutMs` (the layer daemons), the CVMFS mount
+ * is asked off the process within that deadline (a stalled client never
+ * hangs the check), and a dead client fails it too.
+ */
+export function readiness(socket: string, cvmfsDir: string, timeoutMs?: number | null, log?: Logger): Record<string, HealthCheck> {
+  let cvmfs: HealthCheck = () => (existsSync(cvmfsDir) ? null : `${cvmfsDir} does not exist (is CVMFS mounted?)`);
+  if (timeoutMs !== undefined && log) {
+    const probe = new CvmfsProbe({ host: systemHost, log, timeoutMs: timeoutMs ?? undefined });
+    cvmfs = async () => {
+      const s = await cvmfsMountState(probe, cvmfsDir);
+      return s.state === 'ok' ? null : s.state === 'absent' ? `${cvmfsDir} does not exist (is CVMFS mounted?)` : s.detail;
+    };
+  }
+  return { socket: () => socketAnswers(socket), cvmfs };
 }
 
 /**

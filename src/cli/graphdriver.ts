@@ -68,7 +68,7 @@ export function graphdriverCommand(): Command {
     const mountpoint = s.location.absoluteMountpoint;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
       live: { store: () => (daemon === undefined ? 'starting' : stopped ? 'stopping' : null) },
-      ready: readiness(socket, mountpoint),
+      ready: readiness(socket, mountpoint, s.cvmfsTimeoutMs ?? null, s.log),
     });
     const start = async () => {
       const volumes = s.pick<boolean>('volumes', 'volumes') ?? false;
@@ -82,6 +82,8 @@ export function graphdriverCommand(): Command {
         idmappedLayers: s.pick<IdmapMode>('idmappedLayers', 'idmapped-layers') ?? 'auto',
         log: s.log,
         metrics: m.metrics,
+        cvmfsTimeoutMs: s.cvmfsTimeoutMs,
+        checkIntervalMs: s.checkIntervalMs,
       });
     };
     daemon = await serveWithMetrics(m, s.log, start, () => (stopped = true));

@@ -34,7 +34,7 @@ export function snapshotterCommand(): Command {
     const mountpoint = s.location.absoluteMountpoint;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.log, {
       live: { store: () => (daemon === undefined ? 'starting' : daemon.snapshotter.isOpen ? null : 'store closed') },
-      ready: readiness(address, mountpoint),
+      ready: readiness(address, mountpoint, s.cvmfsTimeoutMs ?? null, s.log),
     });
     daemon = await serveWithMetrics(m, s.log, () =>
       startSnapshotter({
@@ -45,6 +45,8 @@ export function snapshotterCommand(): Command {
         remoteLayers: s.enabled('remoteLayers', 'remote-layers'),
         log: s.log,
         metrics: m.metrics,
+        cvmfsTimeoutMs: s.cvmfsTimeoutMs,
+        checkIntervalMs: s.checkIntervalMs,
       }),
     );
   });

@@ -56,6 +56,10 @@ export const cvmfsKeys = {
   'cvmfs-root': { type: 'string', check: checkAbs },
   'allowed-repositories': { type: 'string[]', check: checkRepo },
   'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
+  /** Seconds a CVMFS mount may take to answer before a request fails (a stalled client). */
+  'cvmfs-timeout': { type: 'integer', min: 1, max: 600 },
+  /** Seconds between checks of running containers for a dead CVMFS lower (0: never). */
+  'check-interval': { type: 'integer', min: 0, max: 86400 },
 } as const satisfies Record<string, Field>;
 
 export function cvmfsLocation(opts: {

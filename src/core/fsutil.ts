@@ -9,6 +9,8 @@ export interface MountInfo {
   fsType: string;
   source: string;
   options: string;
+  /** The file system's own options (mountinfo's last field: an overlay's `lowerdir=`, `upperdir=`), raw (octal escapes kept). */
+  superOptions?: string;
 }
 
 /** `\040`-style octal escapes of /proc/self/mountinfo. */
@@ -30,6 +32,7 @@ export function parseMountinfo(text: string): MountInfo[] {
       options: f[5]!,
       fsType: f[sep + 1]!,
       source: unescapeMountinfo(f[sep + 2]!),
+      superOptions: f[sep + 3] ?? '',
     });
   }
   return out;

@@ -16,6 +16,7 @@ import { execFile } from 'node:child_process';
 import { statfsSync } from 'node:fs';
 import { type MountInfo, readMountinfo } from './fsutil.js';
 import { mountOverlay } from './stack/overlay-mount.js';
+import { probeHelper } from './stack/probe-child.js';
 import * as sys from './sys.js';
 
 export type { MountInfo };
@@ -54,6 +55,22 @@ export interface OverlayMount {
   relativeTo?: string | undefined;
 }
 
+/**
+ * A read-only probe of a path that may be on a FUSE file system (CVMFS):
+ * statfs (always answered by the FUSE daemon: tells a dead or stalled client),
+ * stat (owner, device, directory?) or readdir (through an overlay: reaches
+ * every lower layer). `required`: stop the probe after this one fails.
+ */
+export interface FsProbeOp {
+  op: 'statfs' | 'stat' | 'readdir';
+  path: string;
+  required?: boolean;
+}
+
+export type FsProbeResult =
+  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number }
+  | { ok: false; code: string; message: string };
+
 export interface Host {
   /** mount(2). */
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
@@ -81,6 +98,13 @@ export interface Host {
   lchown(path: PathArg, uid: number, gid: number): void;
   /** flock(2); false when LOCK_NB and held elsewhere. */
   flock(fd: number, op: number): boolean;
+  /**
+   * Run probes (in order) where a hung FUSE file system cannot block this
+   * process: a helper process (stack/probe-child.ts). One result per
+   * operation run. The answer may never come (the caller keeps the deadline,
+   * see stack/probe.ts); `signal` says the caller stopped waiting.
+   */
+  probeFs(ops: readonly FsProbeOp[], signal?: AbortSignal): Promise<FsProbeResult[]>;
   /** Run a program without a shell. Never rejects for a non-zero exit: the caller reads `code`. */
   exec(file: string, args: readonly string[], opts?: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<ExecResult>;
 }
@@ -137,6 +161,7 @@ export const systemHost: Host = {
   mountinfo: readMountinfo,
   mountOverlay,
   statfsType: (p) => statfsSync(p).type,
+  probeFs: (ops, signal) => probeHelper.run(ops, signal),
   idmappedBindMount: sys.idmappedBindMount,
   mknod: sys.mknod,
   mkWhiteout: sys.mkWhiteout,

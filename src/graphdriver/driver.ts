@@ -24,6 +24,7 @@ import { Gate } from '../core/gate.js';
 import type { Host } from '../core/host.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { LayerStack } from '../core/stack/index.js';
+import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
 import { lockRoot, type RootLock } from '../core/stack/root-lock.js';
 import { packDirectory } from '../core/tar/index.js';
 import type { IdMaps } from '../core/tar/idmap.js';
@@ -34,27 +35,17 @@ import { effective, INIT_SCHEMA, type InitState, loadInitState, saveInitState } 
 import { applyLayer } from './apply.js';
 import { metadataOf, statusOf } from './status.js';
 import { LayerStore } from './layer-store.js';
+import { graphdriverMonitor } from './health.js';
 import { Mounter } from './mounter.js';
-import { checkLayerStorageOpt, type IdmapMode, parseInitOptions } from './options.js';
+import type { GraphDriverConfig } from './config.js';
+import { checkLayerStorageOpt, parseInitOptions } from './options.js';
 import type { Change, InitRequest } from './protocol.js';
 import { MAX_LOWERS } from './stack.js';
 
 export type { InitState } from './init-state.js';
 export type { LayerRecord, ThinLower, ThinRecord } from './layer-store.js';
 
-export interface GraphDriverConfig {
-  /** Where the last Init is remembered. */
-  stateDir: string;
-  /** The plugin's own CVMFS settings (flags/TOML); Init.Opts override them. */
-  location: CvmfsLocation;
-  thinImages: boolean;
-  idmappedLayers: IdmapMode;
-  /** Side effects on the node (systemHost in the daemon, a recording host in tests). */
-  host: Host;
-  log: Logger;
-  /** The socket served, recorded in the lock files (who holds the state). */
-  socket?: string;
-}
+export type { GraphDriverConfig } from './config.js';
 
 /** Lock name for the shared mask directories (not a valid layer ID). */
 const MASKS_LOCK = ':masks';
@@ -71,6 +62,7 @@ interface Active {
   stack: LayerStack;
   store: LayerStore;
   mounter: Mounter;
+  monitor: MountMonitor;
   /** One driver per Home. */
   lock: RootLock;
 }
@@ -147,19 +139,22 @@ export class GraphDriver {
     // one driver per Home too (two plugins with their own state dirs, one dockerd data root)
     const lock = prev?.home === home ? prev.lock : lockRoot(home, this.host, { daemon: 'cvmfs-thin graphdriver', address: this.cfg.socket }, 0o711);
     prev?.mounter.close();
+    prev?.monitor.stop();
     if (prev && prev.lock !== lock) prev.lock.release();
     this.active = undefined;
     let stack: LayerStack;
     let store: LayerStore;
     try {
-      stack = await LayerStack.open({ root: home, location: eff.location, host: this.host, log: this.log, factsFile: path.join(home, 'layer-facts.json') });
+      const onStall = () => this.cfg.metrics?.inc('cvmfs_stalls_total', { daemon: 'graphdriver' });
+      stack = await LayerStack.open({ root: home, location: eff.location, host: this.host, log: this.log, factsFile: path.join(home, 'layer-facts.json'), cvmfsTimeoutMs: this.cfg.cvmfsTimeoutMs, onStall });
       store = await LayerStore.load(home, stack, this.host, this.log, why === 'init');
     } catch (e) {
       lock.release();
       throw e;
     }
     const mounter = new Mounter(this.host, store, stack, idMaps, eff.idmappedLayers, this.log);
-    const a: Active = { init, home, location: eff.location, thinImages: eff.thinImages, idMaps, owner: idMaps ? { uid, gid } : undefined, stack, store, mounter, lock };
+    const monitor = graphdriverMonitor({ home, stack, log: this.log, metrics: this.cfg.metrics, intervalMs: this.cfg.checkIntervalMs });
+    const a: Active = { init, home, location: eff.location, thinImages: eff.thinImages, idMaps, owner: idMaps ? { uid, gid } : undefined, stack, store, mounter, monitor, lock };
     this.active = a;
     await this.gcMasks(a);
     if (why === 'restore') await mounter.remountReferenced();
@@ -317,6 +312,11 @@ export class GraphDriver {
     );
   }
 
+  /** Mounted layers on a dead or stalled CVMFS lower, found now (also every check-interval). */
+  checkMounts(): Promise<BrokenOverlay[]> {
+    return this.need().monitor.check();
+  }
+
   exists(id: string): boolean {
     return this.active?.store.get(id) !== undefined;
   }
@@ -391,6 +391,7 @@ export class GraphDriver {
     if (this.closed) return;
     this.closed = true;
     await this.gate.drain();
+    this.active?.monitor.stop();
     this.active?.mounter.close();
     this.active?.lock.release();
     this.lock.release();

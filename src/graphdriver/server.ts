@@ -26,6 +26,9 @@ export interface GraphDriverDaemonOptions {
   host?: Host;
   /** Default: records nothing. */
   metrics?: Metrics | undefined;
+  /** Deadline of questions to CVMFS (default 10 s); period of the check of mounted layers on a dead CVMFS (default 30 s, 0: never). */
+  cvmfsTimeoutMs?: number | undefined;
+  checkIntervalMs?: number | undefined;
   /** More plugin interfaces on the same socket (the volume plugin: one driver name for both), closed after the driver. */
   also?: { interfaces: PluginInterface[]; close(): Promise<void> } | undefined;
 }
@@ -57,7 +60,7 @@ function counted(driver: GraphDriver, routes: Record<string, Route>, m: Metrics)
         }
         return res;
       } catch (e) {
-        if (toThinError(e).code === 'CVMFS_THIN_LAYER_UNAVAILABLE') m.inc('cvmfs_unavailable_total', { daemon: 'graphdriver' });
+        if (['CVMFS_THIN_LAYER_UNAVAILABLE', 'CVMFS_THIN_CVMFS_STALLED'].includes(toThinError(e).code)) m.inc('cvmfs_unavailable_total', { daemon: 'graphdriver' });
         throw e;
       }
     };
@@ -140,6 +143,9 @@ export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<Run
     host: o.host ?? systemHost,
     socket: o.socket,
     log,
+    metrics: o.metrics,
+    cvmfsTimeoutMs: o.cvmfsTimeoutMs,
+    checkIntervalMs: o.checkIntervalMs,
   });
   let p: PluginServer;
   try {

@@ -56,7 +56,10 @@ export async function serveRemote(c: RemoteContext, parent: string, labels: Reco
   const loc = stack.location;
   let rollback = () => {};
   try {
-    const dir = await stack.cvmfs.locate(loc.repository, path.relative(loc.absoluteMountpoint, layerRootfs(loc.absoluteMountpoint, d.hex)), LABEL_LAYER_DIGEST);
+    const rel = path.relative(loc.absoluteMountpoint, layerRootfs(loc.absoluteMountpoint, d.hex));
+    // a dead or stalled CVMFS: fall back at once (or at the deadline) rather than hang in locate()
+    await stack.checkRepositories([{ repository: loc.repository, rel }], `remote layer ${d.hex}`);
+    const dir = await stack.cvmfs.locate(loc.repository, rel, LABEL_LAYER_DIGEST);
     if (!dir) {
       log.info({ target, layer: d.hex }, 'layer not in CVMFS: normal layer (containerd downloads it)');
       return null;

@@ -21,6 +21,10 @@ export interface SnapshotterDaemonOptions {
   host?: Host;
   /** Default: records nothing. */
   metrics?: Metrics | undefined;
+  /** Deadline of questions to CVMFS (default 10 s). */
+  cvmfsTimeoutMs?: number | undefined;
+  /** Period of the check of running containers on a dead CVMFS (default 30 s, 0: never). */
+  checkIntervalMs?: number | undefined;
 }
 
 export interface RunningDaemon {
@@ -44,6 +48,8 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     address: o.address,
     log,
     metrics: o.metrics,
+    cvmfsTimeoutMs: o.cvmfsTimeoutMs,
+    checkIntervalMs: o.checkIntervalMs,
     onFatal: (e) => {
       if (fatal) return;
       fatal = true;

@@ -30,7 +30,7 @@ export function toPbInfo(i: Info): PbInfo {
 const toPbMounts = (ms: Mount[]): PbMount[] => ms.map((m) => ({ type: m.type, source: m.source, target: '', options: m.options }));
 
 /** Errors that mean a CVMFS directory was not reachable (cvmfs_unavailable_total). */
-const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_LAYER_UNAVAILABLE']);
+const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_LAYER_UNAVAILABLE', 'CVMFS_THIN_CVMFS_STALLED']);
 
 export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = noMetrics): SnapshotsServer {
   const record = (method: string, started: bigint, e?: unknown): ReturnType<typeof toServiceError> | undefined => {

@@ -9,50 +9,26 @@
 import { existsSync, mkdirSync, promises as fsp, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
 import { AlreadyExistsError, FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors.js';
 import { diskUsage, removeTree, type Usage } from '../core/fsutil.js';
 import { Gate } from '../core/gate.js';
-import type { Host } from '../core/host.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type Mount, overlayIndexOff } from '../core/mounts.js';
-import { type ChainLower, chainLowers, type ChainNode, LayerStack, linkName } from '../core/stack/index.js';
+import { type ChainLower, chainLowers, type ChainNode, type DirOwner, LayerStack, linkName } from '../core/stack/index.js';
+import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
 import { lockRoot, type RootLock } from '../core/stack/root-lock.js';
 import { journalMetrics } from '../core/journal.js';
 import { type Metrics, noMetrics } from '../core/metrics.js';
 import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
-import { type Kind, MetaStore, type SnapshotRecord, type Time } from './metastore.js';
+import { MetaStore, type SnapshotRecord } from './metastore.js';
+import type { Info, SnapshotterOptions } from './options.js';
+import { snapshotterMonitor } from './health.js';
 import { serveRemote } from './remote.js';
 import { recoverData, Removals } from './removal.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
 
-export interface Info {
-  name: string;
-  parent: string;
-  kind: Kind;
-  created: Time;
-  updated: Time;
-  labels: Record<string, string>;
-}
-
-export interface SnapshotterOptions {
-  root: string;
-  location: CvmfsLocation;
-  /** Side effects on the node (systemHost in the daemon, a recording host in tests). */
-  host: Host;
-  /** Recognise thin images (default true). */
-  thinImages?: boolean;
-  /** Serve layers found in CVMFS as remote snapshots (default true). */
-  remoteLayers?: boolean;
-  log: Logger;
-  /** Called when the metadata store cannot commit: the process must stop. */
-  onFatal?: (e: Error) => void;
-  /** The socket served, recorded in the root's lock file (who holds the root). */
-  address?: string;
-  /** Default: records nothing. */
-  metrics?: Metrics | undefined;
-}
+export type { Info, SnapshotterOptions } from './options.js';
 
 export class Snapshotter {
   private readonly clock = new Clock();
@@ -65,6 +41,7 @@ export class Snapshotter {
   private readonly log: Logger;
   private readonly removals: Removals;
   private readonly metrics: Metrics;
+  private readonly monitor: MountMonitor;
   private closed = false;
 
   private constructor(
@@ -81,6 +58,7 @@ export class Snapshotter {
     this.remoteLayers = opts.remoteLayers ?? true;
     this.metrics = opts.metrics ?? noMetrics;
     this.removals = new Removals(opts.host, stack.links, (id) => [this.fsDir(id), this.workDir(id)], opts.log);
+    this.monitor = snapshotterMonitor({ root: opts.root, stack, store, log: opts.log, metrics: opts.metrics, intervalMs: opts.checkIntervalMs });
   }
 
   static async open(opts: SnapshotterOptions): Promise<Snapshotter> {
@@ -107,20 +85,29 @@ export class Snapshotter {
         log: opts.log,
         factsFile: path.join(root, 'metadata', 'layer-facts.json'),
         alloc: () => store.allocId(),
+        cvmfsTimeoutMs: opts.cvmfsTimeoutMs,
+        onStall: () => opts.metrics?.inc('cvmfs_stalls_total', { daemon: 'snapshotter' }),
       });
       const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate);
       await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
         for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);
       });
-      if (!existsSync(opts.location.absoluteMountpoint)) {
-        opts.log.warn({ path: opts.location.absoluteMountpoint }, 'CVMFS repository mountpoint does not exist (is CVMFS mounted?); thin images and remote layers will not be available until it is');
-      }
       return s;
     } catch (e) {
       lock.release();
       throw e;
     }
+  }
+
+  /** Running containers on a dead or stalled CVMFS lower, found now (also every check-interval). */
+  checkMounts(): Promise<BrokenOverlay[]> {
+    return this.monitor.check();
+  }
+
+  /** Readiness: null when the repository's CVMFS mount answers within the deadline, else why not. */
+  cvmfsReady(): Promise<string | null> {
+    return this.stack.cvmfsReady();
   }
 
   /** The store is open (health: false once close() began). */
@@ -163,20 +150,22 @@ export class Snapshotter {
     return { parent: r.parent, lowers, external: r.source !== 'local', terminal: r.terminal };
   };
 
-  private async mountsFor(r: SnapshotRecord, lowers: ChainLower[] = chainLowers(this.node, r.parent)): Promise<Mount[]> {
-    await this.stack.checkAvailable(
+  /** The mounts of `r`, after its CVMFS lowers answered (with their owners). */
+  private async mountsFor(r: SnapshotRecord, lowers: ChainLower[] = chainLowers(this.node, r.parent)): Promise<{ mounts: Mount[]; owners: Map<string, DirOwner> }> {
+    const owners = await this.stack.checkAvailable(
       lowers.filter((l) => l.external).map((l) => l.real),
       `snapshot ${r.name}`,
     );
     // a snapshot's link to its own directory is made when it first serves as a lower (once per process)
     for (const l of lowers) this.stack.links.ensure(l.link, l.real);
-    return computeMounts({
+    const mounts = computeMounts({
       readonly: r.kind === 'view',
       fs: this.fsDir(r.id),
       work: r.kind === 'active' ? this.workDir(r.id) : undefined,
       lowers: lowers.map((l) => ({ overlay: this.stack.links.path(l.link), real: l.real })),
       indexOff: this.indexOff,
     });
+    return { mounts, owners };
   }
 
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -230,31 +219,32 @@ export class Snapshotter {
         try {
           // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
           const lowers = chainLowers(this.node, parent);
-          const mounts = await this.mountsFor(rec, lowers);
+          const { mounts, owners } = await this.mountsFor(rec, lowers);
           // the link to the new directory is owned now, made when a child first needs it (mountsFor)
           const own = kind === 'active' ? linkName(id) : undefined;
           if (own) links[own] = fs;
           const top = lowers[0];
           // like containerd's overlay: the new upper dir takes the owner of the top lower
-          // (which may be on CVMFS: never block the event loop on it)
+          // (on CVMFS: as the availability check saw it, never asked again here)
           const localTop = top && !top.external && top.real.startsWith(this.snapshotsDir);
-          let owner: { uid: number; gid: number } | undefined;
+          let owner: { uid: number; gid: number } | undefined = top && owners.get(top.real);
+          const statTop = top && !owner ? top.real : undefined;
           if (this.gate.running > 1) {
             // other requests wait meanwhile: the directories through the thread pool, at once
             // (all settled before a failure is handled: the clean-up must not race a mkdir)
             const [st, ...made] = await Promise.allSettled([
-              top ? fsp.stat(top.real) : undefined,
+              statTop ? fsp.stat(statTop) : undefined,
               fsp.mkdir(fs, { mode: 0o755 }),
               own ? fsp.mkdir(this.workDir(id), { mode: 0o711 }) : undefined,
             ]);
             for (const r of [...made, st]) if (r.status === 'rejected') throw r.reason;
-            owner = st.status === 'fulfilled' ? st.value : undefined;
+            if (st.status === 'fulfilled' && st.value) owner = st.value;
           } else {
             // alone: synchronous calls beat thread-pool round trips (measured with one client, even
             // where a mkdir takes ~0.4 ms: cycle p50 1.04x the reference this way, 1.16x through the pool)
             mkdirSync(fs, { mode: 0o755 });
             if (own) mkdirSync(this.workDir(id), { mode: 0o711 });
-            if (top) owner = localTop ? statSync(top.real) : await fsp.stat(top.real);
+            if (statTop) owner = localTop ? statSync(statTop) : await fsp.stat(statTop);
           }
           if (owner && (owner.uid !== 0 || owner.gid !== 0)) this.stack.host.lchown(fs, owner.uid, owner.gid);
           await this.store.write({ put: [rec] });
@@ -279,7 +269,7 @@ export class Snapshotter {
     this.check();
     const r = this.must(key);
     if (r.kind === 'committed') throw new FailedPreconditionError(`snapshot ${key} is committed: only active and view snapshots have mounts`);
-    return this.mountsFor(r);
+    return (await this.mountsFor(r)).mounts;
   }
 
   async commit(name: string, key: string, labels: Record<string, string>, rebaseParent = ''): Promise<void> {
@@ -404,6 +394,7 @@ export class Snapshotter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.monitor.stop();
     await this.gate.drain();
     await this.settled();
     try {

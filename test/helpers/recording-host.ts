@@ -3,9 +3,9 @@
  * and keeps a simulated mount table, so the daemons' semantics can be tested
  * as an ordinary user. Plain file I/O still happens for real (in temp dirs).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, promises as fsp, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bindSteps, type ExecResult, FS_MAGIC, type Host, type MountInfo, type OverlayMount, type PathArg } from '../../src/core/host.js';
+import { bindSteps, type ExecResult, FS_MAGIC, type FsProbeOp, type FsProbeResult, type Host, type MountInfo, type OverlayMount, type PathArg } from '../../src/core/host.js';
 import { MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SHARED, MS_SLAVE } from '../../src/core/sys.js';
 
 export interface HostCall {
@@ -27,6 +27,9 @@ export class RecordingHost implements Host {
   readonly mounts: SimMount[] = [];
   /** Paths whose statfs answers ENOTCONN (a dead FUSE process). */
   readonly broken = new Set<string>();
+  /** Paths whose probes never answer until `unstall` (a stalled FUSE process). */
+  readonly stalled = new Set<string>();
+  private readonly stallWaiters: (() => void)[] = [];
   /** statfs magic per path (default: ext4-like 0xef53). */
   readonly magic = new Map<string, number>();
   /** Failure to inject: op name → error code thrown on the next call (then cleared). */
@@ -101,7 +104,43 @@ export class RecordingHost implements Host {
 
   mountinfo(): MountInfo[] {
     this.calls.push({ op: 'mountinfo', args: [] });
-    return this.mounts.map((m) => ({ mountPoint: m.mountPoint, root: m.root, fsType: m.fsType, source: m.source, options: m.readonly ? 'ro' : 'rw' }));
+    return this.mounts.map((m) => ({ mountPoint: m.mountPoint, root: m.root, fsType: m.fsType, source: m.source, options: m.readonly ? 'ro' : 'rw', superOptions: m.superOptions ?? '' }));
+  }
+
+  private under(set: ReadonlySet<string>, p: string): boolean {
+    const r = path.resolve(p);
+    for (const b of set) if (r === b || r.startsWith(`${b}/`)) return true;
+    return false;
+  }
+
+  /** A stalled path answers again: its waiting probes run. */
+  unstall(p?: string): void {
+    if (p === undefined) this.stalled.clear();
+    else this.stalled.delete(p);
+    for (const w of this.stallWaiters.splice(0)) w();
+  }
+
+  /** Probes run here, on real paths: `broken` answers ENOTCONN, `stalled` waits for `unstall`. */
+  async probeFs(ops: readonly FsProbeOp[]): Promise<FsProbeResult[]> {
+    this.calls.push({ op: 'probeFs', args: ops.map((o) => `${o.op} ${o.path}`) });
+    const out: FsProbeResult[] = [];
+    for (const o of ops) {
+      while (this.under(this.stalled, o.path)) await new Promise<void>((r) => this.stallWaiters.push(r));
+      let r: FsProbeResult;
+      try {
+        if (this.under(this.broken, o.path)) throw errno('ENOTCONN', `${o.op} ${o.path}`);
+        if (o.op === 'statfs') r = { ok: true, type: this.statfsType(o.path) };
+        else if (o.op === 'stat') {
+          const st = await fsp.stat(o.path);
+          r = { ok: true, uid: st.uid, gid: st.gid, dev: st.dev, dir: st.isDirectory() };
+        } else r = { ok: true, entries: (await fsp.readdir(o.path)).length };
+      } catch (e) {
+        r = { ok: false, code: (e as NodeJS.ErrnoException).code ?? 'EIO', message: (e as Error).message };
+      }
+      out.push(r);
+      if (!r.ok && o.required) break;
+    }
+    return out;
   }
 
   statfsType(p: string): number {
@@ -116,7 +155,8 @@ export class RecordingHost implements Host {
     const abs = (p: string) => path.resolve(o.relativeTo ?? process.cwd(), p);
     this.record('mountOverlay', { target: path.resolve(o.target), lowers: o.lowers.map(abs), upper: o.upper && abs(o.upper), work: o.work && abs(o.work), options: [...(o.options ?? [])] });
     const t = path.resolve(o.target);
-    this.mounts.push({ mountPoint: t, root: '/', fsType: 'overlay', source: 'overlay', options: o.upper ? 'rw' : 'ro', readonly: !o.upper, propagation: 'private' });
+    const superOptions = [...(o.options ?? []), ...o.lowers.map((l) => `lowerdir+=${abs(l)}`), ...(o.upper ? [`upperdir=${abs(o.upper)}`, `workdir=${abs(o.work ?? '')}`] : [])].join(',');
+    this.mounts.push({ mountPoint: t, root: '/', fsType: 'overlay', source: 'overlay', options: o.upper ? 'rw' : 'ro', readonly: !o.upper, propagation: 'private', superOptions });
   }
 
   idmappedBindMount(source: string, target: string, usernsFd: number): void {

@@ -12,19 +12,27 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../config.js';
+import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { CvmfsLayers } from '../cvmfs/layers.js';
 import { UnavailableError } from '../errors.js';
 import { type MountInfo, removeTree } from '../fsutil.js';
-import type { Host } from '../host.js';
+import type { FsProbeOp, FsProbeResult, Host } from '../host.js';
 import { readThinLayer } from '../thin/layer.js';
 import type { ThinManifest } from '../thin/manifest.js';
 import { FactsFile } from './facts.js';
 import { type LinkBatch, ShortLinks } from './links.js';
+import { CvmfsProbe, cvmfsRootOf } from './probe.js';
 
 export { chainLowers, type ChainLower, type ChainNode } from './chain.js';
 export { FactsFile } from './facts.js';
 export { type LinkBatch, linkName, ShortLinks } from './links.js';
+export { CvmfsProbe, cvmfsRootOf, DEFAULT_CVMFS_TIMEOUT_MS, StalledError } from './probe.js';
+
+/** Owner of a CVMFS directory, as the availability check saw it. */
+export interface DirOwner {
+  uid: number;
+  gid: number;
+}
 
 export interface LayerStackOptions {
   /** State directory holding `l/` and `masks/`. */
@@ -36,6 +44,10 @@ export interface LayerStackOptions {
   factsFile: string;
   /** Allocator of short-link numbers (default: the registry's own counter). */
   alloc?: () => number;
+  /** Deadline of every CVMFS probe (default 10 s: `cvmfs-timeout`). */
+  cvmfsTimeoutMs?: number | undefined;
+  /** A CVMFS probe became overdue (the daemon's stall counter). */
+  onStall?: (mount: string) => void;
 }
 
 /** A thin layer resolved and linked. */
@@ -56,6 +68,8 @@ export class LayerStack {
   readonly masksDir: string;
   readonly location: CvmfsLocation;
   readonly host: Host;
+  /** Every question to CVMFS, with a deadline and off the process (probe.ts). */
+  readonly probe: CvmfsProbe;
   private readonly log: Logger;
 
   private constructor(
@@ -67,6 +81,7 @@ export class LayerStack {
     this.log = o.log;
     this.masksDir = path.join(o.root, 'masks');
     this.links = new ShortLinks(path.join(o.root, 'l'), o.alloc);
+    this.probe = new CvmfsProbe({ host: o.host, log: o.log, timeoutMs: o.cvmfsTimeoutMs, onStall: o.onStall });
     this.cvmfs = new CvmfsLayers(o.location, this.masksDir, facts, o.log, o.host);
   }
 
@@ -90,6 +105,11 @@ export class LayerStack {
     }
     if (!thin) return null;
     const m = thin.manifest;
+    // resolving reads CVMFS on the thread pool: only once its mounts answered within the deadline
+    await this.checkRepositories(
+      m.layers.map((l) => ({ repository: l.repository, rel: l.path })),
+      `thin image ${String(ctx['snapshot'] ?? ctx['id'] ?? dir)}`,
+    );
     const resolved = await this.cvmfs.resolveThin(m);
     const links = await this.links.link(resolved.dirs);
     const lowers = [...links.made].map(([link, d]) => ({ link, dir: d }));
@@ -99,40 +119,71 @@ export class LayerStack {
   }
 
   /**
-   * A clear Unavailable error, rather than a failed mount, when a CVMFS
-   * directory went away or its client died. Every directory is checked with
-   * access(2) (on the thread pool); the file system of each repository (the
-   * part before `/.layers/`, `/.chains/`, `/.flat/`) once through the host's
-   * statfs, which answers ENOTCONN for a dead FUSE client. Masks are local.
+   * A clear Unavailable error, rather than a failed mount or a hung request,
+   * when a CVMFS directory went away, its client died (ENOTCONN) or stalls
+   * (no answer within the deadline: CVMFS_THIN_CVMFS_STALLED). Per mount
+   * point (the part before `/.layers/`, `/.chains/`, `/.flat/`): one statfs,
+   * which the FUSE client always answers itself, then a stat of each
+   * directory, all in the probe helper (probe.ts). Masks are local. Returns
+   * the owner of each directory checked.
    */
-  async checkAvailable(dirs: readonly string[], of: string): Promise<void> {
-    const unavailable = (dir: string, e: unknown) =>
-      new UnavailableError(
-        `layer directory ${dir} of ${of} is not available (${(e as NodeJS.ErrnoException).code === 'ENOTCONN' ? 'its CVMFS client is not connected' : 'is CVMFS mounted?'})`,
-        'CVMFS_THIN_LAYER_UNAVAILABLE',
-      );
-    const repos = new Map<string, string>();
+  async checkAvailable(dirs: readonly string[], of: string): Promise<Map<string, DirOwner>> {
+    const byRoot = new Map<string, string[]>();
     for (const d of dirs) {
       if (d.startsWith(this.masksDir + path.sep)) continue;
-      const root = /^(.*?)\/\.(?:layers|chains|flat)\//.exec(d)?.[1] ?? d;
-      if (!repos.has(root)) repos.set(root, d);
+      const root = cvmfsRootOf(d);
+      byRoot.set(root, [...(byRoot.get(root) ?? []), d]);
     }
-    for (const [root, dir] of repos) {
-      try {
-        this.host.statfsType(root);
-      } catch (e) {
-        throw unavailable(dir, e);
-      }
-    }
+    const owners = new Map<string, DirOwner>();
     await Promise.all(
-      dirs.map(async (dir) => {
-        try {
-          await fsp.access(dir);
-        } catch (e) {
-          throw unavailable(dir, e);
+      [...byRoot].map(async ([root, ds]) => {
+        const first: FsProbeOp = { op: 'statfs', path: root };
+        const ops = ds.map((d): FsProbeOp => ({ op: 'stat', path: d }));
+        const r = await this.probe.run(root, ops, `layer directory ${ds[0]} of ${of}`, first);
+        const fs = CvmfsProbe.get(r, first);
+        if (fs && !fs.ok) throw unavailable(ds[0]!, of, root, fs);
+        for (const [i, d] of ds.entries()) {
+          const a = CvmfsProbe.get(r, ops[i]!);
+          if (!a || !a.ok) throw unavailable(d, of, root, a ?? { ok: false, code: 'EIO', message: 'no answer' });
+          if (a.dir === false) throw new UnavailableError(`layer directory ${d} of ${of} is not a directory`, 'CVMFS_THIN_LAYER_UNAVAILABLE');
+          owners.set(d, { uid: a.uid ?? 0, gid: a.gid ?? 0 });
         }
       }),
     );
+    return owners;
+  }
+
+  /**
+   * Before CVMFS paths are resolved on the thread pool (thin manifests,
+   * remote layers): the mounts of `layers` answer (statfs) within the
+   * deadline, and a stat of each layer path has brought its entries into the
+   * kernel's cache. A dead client: LAYER_UNAVAILABLE; a stalled one:
+   * CVMFS_STALLED. A repository or layer that is not there is left to the
+   * resolver, which names it.
+   */
+  async checkRepositories(layers: readonly { repository: string; rel: string }[], of: string): Promise<void> {
+    const byRoot = new Map<string, string[]>();
+    for (const l of layers) {
+      const mp = repositoryMountpoint(this.location, l.repository);
+      byRoot.set(mp, [...(byRoot.get(mp) ?? []), path.join(mp, l.rel)]);
+    }
+    await Promise.all(
+      [...byRoot].map(async ([mp, ds]) => {
+        const first: FsProbeOp = { op: 'statfs', path: mp };
+        const r = await this.probe.run(mp, ds.map((d) => ({ op: 'stat', path: d })), `${of}: CVMFS repository at ${mp}`, first);
+        const fs = CvmfsProbe.get(r, first);
+        if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
+      }),
+    );
+  }
+
+  /** Readiness: null when the repository mount answers within the deadline, else why not. Never throws. */
+  async cvmfsReady(): Promise<string | null> {
+    const mp = this.location.absoluteMountpoint;
+    const a = await this.probe.answer(mp, { op: 'statfs', path: mp }, 'readiness');
+    if (a === 'stalled') return `${mp} does not answer within ${this.probe.timeoutMs / 1000} s (CVMFS stalled)`;
+    if (!a.ok) return a.code === 'ENOENT' ? `${mp} does not exist (is CVMFS mounted?)` : a.code === 'ENOTCONN' ? `${mp}: the CVMFS client is not connected (it died; remount it)` : `${mp}: ${a.message}`;
+    return null;
   }
 
   /** The mask directory names (under masks/) that `dirs` use. */
@@ -159,4 +210,14 @@ export class LayerStack {
     }
     return removed;
   }
+}
+
+function unavailable(dir: string, of: string, root: string, r: Extract<FsProbeResult, { ok: false }>): UnavailableError {
+  const why =
+    r.code === 'ENOTCONN'
+      ? `its CVMFS client is not connected): the client of ${root} died; mount it again — new containers then work, running ones on it must be restarted`
+      : r.code === 'ENOENT' || r.code === 'ENOTDIR'
+        ? 'is CVMFS mounted?)'
+        : `${r.code}: ${r.message})`;
+  return new UnavailableError(`layer directory ${dir} of ${of} is not available (${why}`, 'CVMFS_THIN_LAYER_UNAVAILABLE');
 }

@@ -1,0 +1,185 @@
+/**
+ * Probing CVMFS paths for systemHost.probeFs (host.ts): in a small helper
+ * process, never in the daemon.
+ *
+ * A FUSE file system whose daemon stalls (cvmfs2 waiting for a server that is
+ * gone, or a stopped process) blocks every system call on it until it
+ * answers. In the daemon such a call would block the event loop (a
+ * synchronous call) or a libuv pool thread (fs.promises: four of them and the
+ * journal writes wait too), and — measured with Node 20 — a thread stuck in
+ * the kernel also keeps `process.exit()` from returning, worker threads
+ * included. A helper process has none of these problems: its stuck calls
+ * occupy its own thread pool, it is killed when too many are stuck (a
+ * request not yet read by the FUSE daemon ends with the kill; one the daemon
+ * is working on ends when it answers, in the orphan), and it kills itself
+ * when the daemon goes away.
+ *
+ * The helper runs `node -e` with the script below (plain CommonJS: it works
+ * the same from dist/ and under tsx), started on the first probe and stopped
+ * after a while without probes. Each message is one probe: its operations run
+ * in order, stopping after a failed one marked `required`; probes run
+ * concurrently.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import type { FsProbeOp, FsProbeResult } from '../host.js';
+
+const HELPER = String.raw`'use strict';
+const fsp = require('node:fs').promises;
+async function one(o) {
+  try {
+    if (o.op === 'statfs') return { ok: true, type: (await fsp.statfs(o.path)).type };
+    if (o.op === 'stat') {
+      const s = await fsp.stat(o.path);
+      return { ok: true, uid: s.uid, gid: s.gid, dev: s.dev, dir: s.isDirectory() };
+    }
+    if (o.op === 'readdir') return { ok: true, entries: (await fsp.readdir(o.path)).length };
+    return { ok: false, code: 'EINVAL', message: 'unknown probe ' + o.op };
+  } catch (e) {
+    return { ok: false, code: e.code || 'EIO', message: e.message };
+  }
+}
+process.on('message', async (m) => {
+  const results = [];
+  for (const o of m.ops) {
+    const r = await one(o);
+    results.push(r);
+    if (!r.ok && o.required) break;
+  }
+  if (process.connected) process.send({ id: m.id, results });
+});
+// the daemon went away: end now (exit() would wait for a call stuck in FUSE)
+process.on('disconnect', () => process.kill(process.pid, 'SIGKILL'));
+`;
+
+/** Stuck probes tolerated in one helper before it is replaced (its thread pool has HELPER_THREADS). */
+export const MAX_STUCK = 8;
+const HELPER_THREADS = 16;
+/** A helper without probes for this long is stopped (started again on the next probe). */
+const IDLE_MS = 5 * 60_000;
+
+interface Pending {
+  ops: readonly FsProbeOp[];
+  resolve(r: FsProbeResult[]): void;
+  reject(e: Error): void;
+  /** The caller gave up waiting (its deadline passed): counted as stuck. */
+  abandoned: boolean;
+}
+
+export class ProbeHelper {
+  private child: ChildProcess | undefined;
+  private readonly pending = new Map<number, { p: Pending; child: ChildProcess }>();
+  private nextId = 1;
+  private idle: NodeJS.Timeout | undefined;
+  /** Helpers started (tests, logs). */
+  started = 0;
+
+  /**
+   * Run `ops` in the helper. The promise settles when the helper answers,
+   * which may be never for a stalled FUSE (the caller keeps its own
+   * deadline); `signal` tells the helper the caller stopped waiting.
+   */
+  run(ops: readonly FsProbeOp[], signal?: AbortSignal): Promise<FsProbeResult[]> {
+    return new Promise((resolve, reject) => {
+      const p: Pending = { ops, resolve, reject, abandoned: false };
+      const id = this.nextId++;
+      this.send(id, p);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const e = this.pending.get(id);
+          if (!e) return;
+          e.p.abandoned = true;
+          if (this.stuck(e.child) >= MAX_STUCK) this.replace(e.child);
+        },
+        { once: true },
+      );
+    });
+  }
+
+  /** Probes abandoned in `child` and not answered. */
+  private stuck(child: ChildProcess): number {
+    let n = 0;
+    for (const e of this.pending.values()) if (e.child === child && e.p.abandoned) n++;
+    return n;
+  }
+
+  private send(id: number, p: Pending): void {
+    const child = this.ensure();
+    this.pending.set(id, { p, child });
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = undefined;
+    child.send({ id, ops: p.ops }, (err) => {
+      if (err) this.settle(id, new Error(`CVMFS probe helper: ${err.message}`));
+    });
+  }
+
+  private ensure(): ChildProcess {
+    if (this.child) return this.child;
+    // no NODE_OPTIONS: a loader of the daemon's (tsx under tests) would only slow the helper
+    const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', HELPER], {
+      stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+      env: { UV_THREADPOOL_SIZE: String(HELPER_THREADS), PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      serialization: 'json',
+    });
+    this.started++;
+    child.unref();
+    (child.channel as { unref?: () => void } | undefined)?.unref?.();
+    child.on('message', (m: { id: number; results: FsProbeResult[] }) => this.settle(m.id, m.results));
+    const gone = (why: string) => {
+      if (this.child === child) this.child = undefined;
+      for (const [id, e] of [...this.pending]) if (e.child === child) this.settle(id, new Error(`CVMFS probe helper ${why}`));
+    };
+    child.on('error', (e) => gone(`failed: ${e.message}`));
+    child.on('exit', (code, sig) => gone(`exited (${sig ?? code})`));
+    this.child = child;
+    return child;
+  }
+
+  private settle(id: number, r: FsProbeResult[] | Error): void {
+    const e = this.pending.get(id);
+    if (!e) return;
+    this.pending.delete(id);
+    if (r instanceof Error) e.p.reject(r);
+    else e.p.resolve(r);
+    if (this.pending.size === 0 && this.child && !this.idle) {
+      this.idle = setTimeout(() => this.stop(), IDLE_MS);
+      this.idle.unref();
+    }
+  }
+
+  /**
+   * Too many probes stuck in `child`: kill it, fail its stuck probes, and
+   * send the others again to a new helper.
+   */
+  private replace(child: ChildProcess): void {
+    if (this.child === child) this.child = undefined;
+    const again: Pending[] = [];
+    for (const [id, e] of [...this.pending]) {
+      if (e.child !== child) continue;
+      this.pending.delete(id);
+      if (e.p.abandoned) e.p.reject(new Error('CVMFS probe helper replaced: the probe never answered'));
+      else again.push(e.p);
+    }
+    child.kill('SIGKILL');
+    for (const p of again) this.send(this.nextId++, p);
+  }
+
+  /** Stop the helper (pending probes fail). */
+  stop(): void {
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = undefined;
+    const child = this.child;
+    this.child = undefined;
+    if (!child) return;
+    for (const [id, e] of [...this.pending]) if (e.child === child) this.settle(id, new Error('CVMFS probe helper stopped'));
+    child.kill('SIGKILL');
+  }
+
+  /** The helper's pid (tests). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+}
+
+/** The process-wide helper of systemHost. */
+export const probeHelper = new ProbeHelper();
