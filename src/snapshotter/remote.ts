@@ -67,7 +67,7 @@ export async function serveRemote(c: RemoteContext, parent: string, labels: Reco
     // a DUCC chain for the whole stack, when every layer below is remote too
     const below = remoteChain(store, parent);
     const chain = below && below.length > 0 ? await stack.cvmfs.findChain(loc.repository, [...below, d.hex]) : null;
-    const resolved = chain ? { dirs: [chain], flattened: true, how: ['chain'] } : await stack.cvmfs.layerDirs(dir, loc.absoluteMountpoint, d.hex, parent === '');
+    const resolved = chain ? await stack.cvmfs.chainDirs(chain, loc.absoluteMountpoint, [...below!, d.hex]) : await stack.cvmfs.layerDirs(dir, loc.absoluteMountpoint, d.hex, parent === '');
     const links = await stack.links.link(resolved.dirs);
     rollback = links.rollback;
     const id = store.allocId();

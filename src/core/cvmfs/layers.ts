@@ -26,8 +26,9 @@ import { FailedPreconditionError, ThinManifestError } from '../errors.js';
 import { isInside, pathExists } from '../fsutil.js';
 import { type Host, systemHost } from '../host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
-import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, type LayerMarker, type LayerRecord, LayerRecordError, parseLayerMarker } from './layout.js';
-import { buildMasks, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
+import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, layerRootfs, type LayerMarker, type LayerRecord, LayerRecordError, parseLayerMarker } from './layout.js';
+import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
+import { lostModes, rootCatalog, specialModes } from './chains.js';
 
 export { scanWhiteouts, type WhiteoutScan } from './masks.js';
 
@@ -100,8 +101,9 @@ export class CvmfsLayers {
     const hexes = m.layers.map((l) => l.hex);
     const repos = new Set(m.layers.map((l) => l.repository));
     if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) !== null)) {
-      const chain = await this.findChain([...repos][0]!, hexes);
-      if (chain) return { dirs: [chain], flattened: true, how: ['chain'] };
+      const repo = [...repos][0]!;
+      const chain = await this.findChain(repo, hexes);
+      if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes);
     }
     const dirs: string[] = [];
     const how: string[] = [];
@@ -147,6 +149,40 @@ export class CvmfsLayers {
       /* not dirty */
     }
     return dir;
+  }
+
+  /**
+   * A chain made overlay-correct: its root catalog marker hidden and, for a
+   * chain over layers that are not ours (DUCC's), the special bits its writer
+   * dropped restored from the layers (chains.ts). Built once, cached.
+   */
+  async chainDirs(chain: string, repoRoot: string, hexes: readonly string[]): Promise<ResolvedStack> {
+    const key = `chain:${chain}`;
+    let facts = this.cache.get(key);
+    if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
+    if (!facts) {
+      const t0 = Date.now();
+      const ours = (await Promise.all(hexes.map((h) => this.readMarker(repoRoot, h).catch(() => null)))).every((m) => m !== null);
+      const hide = (await rootCatalog(chain)) ? [CATALOG_MARKER] : [];
+      let modes = new Map<string, number>();
+      let walked = 0;
+      if (!ours) {
+        const found = await specialModes([...hexes].reverse().map((h) => layerRootfs(repoRoot, h)));
+        modes = await lostModes(chain, found.modes);
+        walked = found.entries;
+      }
+      const plan: MaskPlan = { deleted: [], opaque: [], hide, fixups: [...modes.keys()].sort(), xattrs: new Map(), modes };
+      if (emptyPlan(plan)) facts = { mode: 'clean' };
+      else {
+        const masks = path.join(this.maskRoot, createHash('sha256').update(key).digest('hex').slice(0, 32));
+        await buildMasks(chain, plan, masks, this.host);
+        facts = { mode: 'masked', masks, parts: ['above'] };
+      }
+      this.log?.info({ chain, ducc: !ours, walked, restored: modes.size, hidden: hide.length, ms: Date.now() - t0 }, 'chain checked');
+      await this.cache.put(key, facts);
+    }
+    if (facts.mode !== 'masked') return { dirs: [chain], flattened: true, how: ['chain'] };
+    return { dirs: [path.join(facts.masks!, 'above'), chain], flattened: true, how: ['mask-above', 'chain'] };
   }
 
   /** Overlay-correct directories for one layer (top first): [above-mask], layer, [below-mask]. */

@@ -52,6 +52,8 @@ export interface MaskPlan {
    * client lists its own magic `user.*` attributes there.
    */
   xattrs: Map<string, Xattr[]>;
+  /** Modes (07777) to give copied entries instead of the layer's (special bits a DUCC chain lost). */
+  modes?: Map<string, number>;
 }
 
 export interface Xattr {
@@ -105,9 +107,9 @@ export async function scanWhiteouts(root: string): Promise<WhiteoutScan> {
 }
 
 /** Owner, mode, the recorded xattrs and times of an entry onto its copy, in an order that keeps each. */
-async function copyAttrs(host: Host, src: Stats, dst: string, xattrs: readonly Xattr[] = []): Promise<void> {
+async function copyAttrs(host: Host, src: Stats, dst: string, xattrs: readonly Xattr[] = [], mode?: number): Promise<void> {
   host.lchown(dst, src.uid, src.gid); // first: a chown clears setuid bits and security.capability
-  if (!src.isSymbolicLink()) await fsp.chmod(dst, src.mode & 0o7777);
+  if (!src.isSymbolicLink()) await fsp.chmod(dst, mode ?? src.mode & 0o7777);
   for (const x of xattrs) {
     try {
       host.lsetxattr(dst, x.name, x.value);
@@ -174,12 +176,12 @@ export async function buildMasks(layer: string, plan: MaskPlan, dest: string, ho
     const st = await copyEntry(layer, f, path.join(above, f));
     if (!st) continue;
     if (st.isDirectory()) dirs.add(f);
-    else await copyAttrs(host, st, path.join(above, f), plan.xattrs.get(f));
+    else await copyAttrs(host, st, path.join(above, f), plan.xattrs.get(f), plan.modes?.get(f));
   }
   for (const n of plan.hide) host.mkWhiteout(path.join(above, n));
   // directory attributes deepest first, so that setting a parent's mtime is not undone by its children
   for (const d of [...dirs].sort((a, b) => b.split('/').length - a.split('/').length)) {
-    await copyAttrs(host, await fsp.lstat(path.join(layer, d)), path.join(above, d), plan.xattrs.get(d));
+    await copyAttrs(host, await fsp.lstat(path.join(layer, d)), path.join(above, d), plan.xattrs.get(d), plan.modes?.get(d));
   }
   await fsp.writeFile(path.join(tmp, 'done'), `${layer}\n`);
   if (await pathExists(path.join(dest, 'done'))) {
