@@ -8,7 +8,7 @@ import { Converter, type ImageSummary } from './convert.js';
 import { parsePlatform } from './image/platform.js';
 import { Registries, type TransportOptions } from './image/transports.js';
 import { createProgress, type Progress } from './progress.js';
-import { hooksFromOptions, Publisher } from './publish.js';
+import { hooksFromOptions, Publisher, serverConfWarnings } from './publish.js';
 import { type LayerForm, resolveLayerForm } from './whiteouts.js';
 import type { Credentials } from './registry/auth.js';
 import type { ExtractLimits } from './tar.js';
@@ -88,6 +88,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
   } as Parameters<typeof hooksFromOptions>[0]);
   // before anything is opened: refuse a layer form the publish would destroy
   const whiteouts = resolveLayerForm(flags.whiteouts, { transaction: Boolean(hooks.transaction || hooks.publish), ingest: Boolean(hooks.ingest), repositoryDir: dir });
+  if (flags.cvmfsServer) for (const w of serverConfWarnings(repository, { transaction: Boolean(hooks.transaction) })) log.warn(w);
   if (flags.podmanStore && whiteouts === 'record') {
     log.warn('layers are written in record form (for a CVMFS publish): images whose layers delete files cannot be added to the podman store');
   }
