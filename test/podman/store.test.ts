@@ -81,6 +81,8 @@ describe('podman store: layout', () => {
     for (const f of ['overlay-layers/layers.lock', 'overlay-images/images.lock']) expect(fs.statSync(S(repo, f)).size).toBe(64);
     expect(fs.statSync(S(repo, 'overlay-layers', 'layers.json')).mode & 0o777).toBe(0o644);
     expect(fs.existsSync(S(repo, '.cvmfs-thin-update'))).toBe(false);
+    // nested catalogs for a published store (as DUCC's)
+    for (const d of ['', 'overlay', 'overlay-images']) expect(fs.statSync(S(repo, d, '.cvmfscatalog')).isFile()).toBe(true);
     expect(await checkPodmanStore(repo)).toEqual({ images: 1, layers: 3, problems: [] });
   });
 

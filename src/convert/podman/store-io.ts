@@ -13,6 +13,7 @@
  * (through the Host seam); containers/storage readers take fcntl read locks,
  * which flock never blocks.
  */
+import { CATALOG_MARKER } from '../../core/cvmfs/masks.js';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -90,6 +91,13 @@ export async function ensureSkeleton(p: StorePaths): Promise<void> {
   for (const d of [p.root, p.overlay, p.links, p.layersDir, p.imagesDir]) await ensureRealDir(d);
   await ensureLockFile(p.layersLock);
   await ensureLockFile(p.imagesLock);
+  // nested catalogs, as DUCC's store has them: a published store of thousands of images stays
+  // below CVMFS's 200 000 entries per catalog (containers/storage never lists these directories)
+  for (const d of [p.root, p.overlay, p.imagesDir]) {
+    await fsp.writeFile(path.join(d, CATALOG_MARKER), '', { flag: 'wx', mode: 0o644 }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+  }
 }
 
 export async function readJsonArray<T extends { id: string }>(file: string, what: string): Promise<T[]> {
