@@ -16,11 +16,11 @@
  * (writeback not included, for either side). Ours includes Node's start-up.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { content } from './lib/content.js';
+import { type Layer, makeLayer, writeLayout } from './lib/oci.js';
 
 const BYTES = Number(process.env['BENCH_BYTES'] ?? 1024 ** 3);
 const FILES = Number(process.env['BENCH_FILES'] ?? 50_000);
@@ -35,62 +35,6 @@ if (!fs.existsSync(path.resolve(import.meta.dirname, '../dist/cli/main.js'))) {
   process.exit(1);
 }
 
-
-interface Layer {
-  file: string;
-  digest: string;
-  diffId: string;
-  size: number;
-}
-
-const sha = (f: string) => {
-  const h = createHash('sha256');
-  const fd = fs.openSync(f, 'r');
-  const buf = Buffer.allocUnsafe(8 << 20);
-  for (;;) {
-    const n = fs.readSync(fd, buf, 0, buf.length, null);
-    if (n === 0) break;
-    h.update(buf.subarray(0, n));
-  }
-  fs.closeSync(fd);
-  return `sha256:${h.digest('hex')}`;
-};
-
-function makeLayer(stage: string, out: string): Layer {
-  const tar = `${out}.tar`;
-  execFileSync('tar', ['--format=pax', '--numeric-owner', '-C', stage, '-cf', tar, '.']);
-  const diffId = sha(tar);
-  execFileSync('gzip', ['-1', '-n', '-f', tar]);
-  const file = `${tar}.gz`;
-  return { file, digest: sha(file), diffId, size: fs.statSync(file).size };
-}
-
-function writeLayout(layout: string, tag: string, layers: Layer[]): void {
-  const blobs = path.join(layout, 'blobs', 'sha256');
-  fs.mkdirSync(blobs, { recursive: true });
-  fs.writeFileSync(path.join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  const put = (b: Buffer) => {
-    const d = `sha256:${createHash('sha256').update(b).digest('hex')}`;
-    fs.writeFileSync(path.join(blobs, d.slice(7)), b);
-    return { digest: d, size: b.length };
-  };
-  for (const l of layers) fs.linkSync(l.file, path.join(blobs, l.digest.slice(7)));
-  const cfg = put(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } })));
-  const man = put(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...cfg },
-        layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size })),
-      }),
-    ),
-  );
-  fs.writeFileSync(
-    path.join(layout, 'index.json'),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...man, annotations: { 'org.opencontainers.image.ref.name': tag } }] }),
-  );
-}
 
 function buildByteHeavy(): { layout: string; layers: Layer[]; bytes: number } {
   const layers: Layer[] = [];
