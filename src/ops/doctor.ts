@@ -5,12 +5,14 @@
  * options, so tests run on copies.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Host } from '../core/host.js';
+import { silentLogger } from '../core/log.js';
+import { CvmfsProbe } from '../core/stack/probe.js';
+import { cvmfsClientChecks, cvmfsMountChecks } from './doctor-cvmfs.js';
 import { inspectContainerdConfig } from './containerd-config.js';
 import { inspectDaemonJson } from './daemon-json.js';
 import { PLUGIN_DIR, SNAPSHOTTER_ADDRESS } from './setup.js';
@@ -44,7 +46,18 @@ export interface DoctorOptions {
   overlayParameters?: string;
   kernelRelease?: string;
   timeoutMs?: number;
+  /** State directories whose containers are checked (default: the config files' `root` / `state-dir`, else the daemons' defaults). */
+  snapshotterRoot?: string | undefined;
+  graphdriverStateDir?: string | undefined;
+  /** The CVMFS client's programs and the environment they are found in (tests: fakes on PATH). */
+  cvmfsConfig?: string | undefined;
+  cvmfsTalk?: string | undefined;
+  env?: NodeJS.ProcessEnv | undefined;
 }
+
+/** The daemons' default state directories (src/cli/snapshotter.ts, src/cli/graphdriver.ts). */
+const SNAPSHOTTER_ROOT = '/var/lib/containerd-cvmfs-grpc';
+const GRAPHDRIVER_STATE_DIR = '/var/lib/cvmfs-thin/graphdriver';
 
 function readText(file: string): string | null {
   try {
@@ -136,7 +149,29 @@ function overlayChecks(o: DoctorOptions): Check[] {
   return out;
 }
 
-async function cvmfsChecks(o: DoctorOptions): Promise<Check[]> {
+/** The string-list key of a daemon's TOML config. */
+function tomlList(file: string, key: string): string[] {
+  const t = readText(file);
+  if (t === null) return [];
+  try {
+    const v = parseTomlFile(t, file)[key];
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/** The graph driver's Home, from the Init it remembered. */
+function graphdriverHome(stateDir: string): string | undefined {
+  try {
+    const s = JSON.parse(readFileSync(path.join(stateDir, 'driver.json'), 'utf8')) as { home?: unknown };
+    return typeof s.home === 'string' ? s.home : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function cvmfsChecks(o: DoctorOptions, probe: CvmfsProbe): Promise<Check[]> {
   const cfgRoot = tomlKey(o.snapshotterConfig, 'cvmfs-root') ?? tomlKey(o.graphdriverConfig, 'cvmfs-root');
   const root = path.resolve(o.cvmfsRoot ?? cfgRoot ?? '/cvmfs');
   const repo = o.repository ?? tomlKey(o.snapshotterConfig, 'repository') ?? tomlKey(o.graphdriverConfig, 'repository') ?? 'unpacked.cern.ch';
@@ -155,14 +190,42 @@ async function cvmfsChecks(o: DoctorOptions): Promise<Check[]> {
   } else {
     out.push({ id: 'cvmfs-root', status: 'warn', detail: `${root} exists but nothing is mounted there (a plain directory: a stand-in, or CVMFS not set up)`, fix: 'cvmfs_config setup (autofs) or mount the repositories; ignore for a local stand-in tree' });
   }
-  try {
-    const st = await withTimeout(stat(path.join(mp, '.layers')), ms, `${mp}/.layers`);
-    if (!st.isDirectory()) throw new Error(`${mp}/.layers is not a directory`);
-    out.push({ id: 'repository', status: 'pass', detail: `${repo} reachable at ${mp}, holding .layers` });
-  } catch (e) {
-    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? (existsSync(mp) ? `${mp} has no .layers directory` : `${mp} does not exist`) : (e as Error).message;
+  // asked in the probe helper: a stalled CVMFS answers nothing, and must not hang the doctor
+  // (statfs first: the kernel answers a stat from its cache even for a dead or stalled client)
+  const layers = path.join(mp, '.layers');
+  const a = await probe.answer(mp, { op: 'stat', path: layers }, 'doctor', { op: 'statfs', path: mp });
+  if (a !== 'stalled' && a.ok && a.dir) out.push({ id: 'repository', status: 'pass', detail: `${repo} reachable at ${mp}, holding .layers` });
+  else {
+    const why =
+      a === 'stalled'
+        ? `${layers}: no answer within ${ms / 1000} s (the CVMFS client stalls)`
+        : a.ok
+          ? `${layers} is not a directory`
+          : a.code === 'ENOENT'
+            ? existsSync(mp)
+              ? `${mp} has no .layers directory`
+              : `${mp} does not exist`
+            : a.code === 'ENOTCONN'
+              ? `${mp} answers ENOTCONN (its CVMFS client died)`
+              : a.message;
     out.push({ id: 'repository', status: 'fail', detail: `${repo}: ${why}`, fix: `make ${repo} available at ${mp} (the repository with DUCC's .layers/<xx>/<digest>/layerfs), or set repository / absolute-mountpoint (--repository, --cvmfs-root)` });
   }
+  const allowed = [...tomlList(o.snapshotterConfig, 'allowed-repositories'), ...tomlList(o.graphdriverConfig, 'allowed-repositories')];
+  const mounted = o.host.mountinfo().filter((m) => m.source === 'cvmfs2' && path.dirname(m.mountPoint) === root).map((m) => path.basename(m.mountPoint));
+  const stateDir = o.graphdriverStateDir ?? tomlKey(o.graphdriverConfig, 'state-dir') ?? GRAPHDRIVER_STATE_DIR;
+  const home = graphdriverHome(stateDir);
+  const co = {
+    host: o.host,
+    probe,
+    cvmfsRoot: root,
+    repositories: [...new Set([repo, ...allowed, ...mounted])].slice(0, 16),
+    stateRoots: [o.snapshotterRoot ?? tomlKey(o.snapshotterConfig, 'root') ?? SNAPSHOTTER_ROOT, ...(home ? [home] : [])].map((r) => path.resolve(r)),
+    timeoutMs: ms,
+    cvmfsConfig: o.cvmfsConfig,
+    cvmfsTalk: o.cvmfsTalk,
+    env: o.env,
+  };
+  out.push(...(await cvmfsMountChecks(co)), ...(await cvmfsClientChecks(co)));
   return out;
 }
 
@@ -257,7 +320,8 @@ function idmapCheck(o: DoctorOptions): Check {
 
 /** Run every check. */
 export async function runDoctor(o: DoctorOptions): Promise<Check[]> {
-  const checks: Check[] = [...overlayChecks(o), ...(await cvmfsChecks(o))];
+  const probe = new CvmfsProbe({ host: o.host, log: silentLogger(), timeoutMs: o.timeoutMs ?? 10_000 });
+  const checks: Check[] = [...overlayChecks(o), ...(await cvmfsChecks(o, probe))];
   const address = tomlKey(o.snapshotterConfig, 'address') ?? SNAPSHOTTER_ADDRESS;
   const ctd = containerdUse(o, address);
   const dkr = await dockerUse(o, ctd.names);

@@ -183,10 +183,15 @@ export class CvmfsProbe {
     this.host.probeFs(ops, ctl.signal).then(done, (e: unknown) => done(e instanceof Error ? e : new Error(String(e))));
   }
 
-  /** One operation under its own key: its answer, or 'stalled'. Never throws. */
-  async answer(key: string, op: FsProbeOp, what: string): Promise<ProbeAnswer> {
+  /**
+   * One operation under `key` (after `first`, whose failure is the answer):
+   * its answer, or 'stalled'. Never throws.
+   */
+  async answer(key: string, op: FsProbeOp, what: string, first?: FsProbeOp): Promise<ProbeAnswer> {
     try {
-      const r = await this.run(key, [op], what);
+      const r = await this.run(key, [op], what, first);
+      const f = first && r.get(opKey(first));
+      if (f && !f.ok) return f;
       return r.get(opKey(op)) ?? { ok: false, code: 'EIO', message: 'no answer' };
     } catch (e) {
       if (e instanceof StalledError) return 'stalled';
