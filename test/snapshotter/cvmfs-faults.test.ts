@@ -125,8 +125,16 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
     expect(r.status).toBe(503);
     expect(JSON.parse(r.body).checks.cvmfs).toContain('ENOTCONN');
 
-    // the admin mounts a new client: new containers get it through the same short links
+    // CVMFS 2.12's watchdog unmounts a killed client's mount (lazily) about 2 s later: the path is an
+    // empty directory until autofs or the admin mounts a new client; ctr1 keeps the dead mount
     fuses[0]!.detach();
+    const gone = await failure(d.client.prepare('ctr2', 'img'));
+    expect(gone.code).toBe(status.UNAVAILABLE);
+    expect(gone.details).toContain('of snapshot ctr2 is not available (is CVMFS mounted?)');
+    expect(errnoOf(() => readdirSync(c1))).toBe('ENOTCONN');
+    await new Promise((r2) => setTimeout(r2, 1500));
+    expect((await scrape(msock))('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' })).toBe(1);
+    // a new client: new containers get it through the same short links
     fuses.push(await FuseStandin.mount(tree, mp));
     const c2 = run(await d.client.prepare('ctr2', 'img'), 'ctr2');
     expect(readFileSync(path.join(c2, 'etc/hello'), 'utf8')).toBe('hello\n');
