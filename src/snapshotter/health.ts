@@ -31,10 +31,13 @@ export function snapshotterMonitor(o: { root: string; stack: LayerStack; store: 
       return {};
     },
   });
-  monitor.start();
-  // the repository's mount at start, off the event loop: a stalled or dead one is said now
-  void o.stack.cvmfsReady().then((why) => {
-    if (why) o.log.warn({ path: o.stack.location.absoluteMountpoint, why }, 'CVMFS repository is not available; thin images and remote layers will not be available until it is');
-  });
   return monitor;
+}
+
+/** Once open: start the periodic check, and say now (off the event loop) if the repository's mount is dead, stalled or missing. */
+export function startWatching(monitor: MountMonitor, stack: LayerStack, log: Logger): void {
+  monitor.start();
+  void stack.cvmfsReady().then((why) => {
+    if (why) log.warn({ path: stack.location.absoluteMountpoint, why }, 'CVMFS repository is not available; thin images and remote layers will not be available until it is');
+  });
 }

@@ -22,7 +22,7 @@ import { type Metrics, noMetrics } from '../core/metrics.js';
 import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
 import { MetaStore, type SnapshotRecord } from './metastore.js';
 import type { Info, SnapshotterOptions } from './options.js';
-import { snapshotterMonitor } from './health.js';
+import { snapshotterMonitor, startWatching } from './health.js';
 import { serveRemote } from './remote.js';
 import { recoverData, Removals } from './removal.js';
 
@@ -93,6 +93,7 @@ export class Snapshotter {
       s.metrics.onCollect(() => {
         for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);
       });
+      startWatching(s.monitor, stack, opts.log);
       return s;
     } catch (e) {
       lock.release();

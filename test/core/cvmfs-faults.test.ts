@@ -3,11 +3,12 @@
  * fuse-overlayfs mount stands in for /cvmfs/unpacked.cern.ch
  * (test/helpers/fuse-standin.ts); `kill -9` leaves a real ENOTCONN mount,
  * `kill -STOP` a real stall. The probe helper, then the graph driver's Get
- * (real overlay mounts on the FUSE lowers) and its check of mounted layers.
+ * (real overlay mounts on the FUSE lowers) and its check of mounted layers;
+ * the snapshotter's check of a container whose lowerdir= containerd shortened.
  * The snapshotter daemon: test/snapshotter/cvmfs-faults.test.ts. Needs root
  * and fuse-overlayfs.
  */
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -18,9 +19,11 @@ import { FS_MAGIC, systemHost } from '../../src/core/host.js';
 import { silentLogger } from '../../src/core/log.js';
 import { MAX_STUCK, ProbeHelper } from '../../src/core/stack/probe-child.js';
 import { GraphDriver } from '../../src/graphdriver/driver.js';
+import { Snapshotter } from '../../src/snapshotter/snapshotter.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { FuseStandin } from '../helpers/fuse-standin.js';
+import { mountAll, unmountAll } from '../helpers/mount.js';
 import { tarOf } from '../helpers/oci-image.js';
 
 const TIMEOUT_MS = 1000;
@@ -107,6 +110,29 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('a real FUS
 
     await fuse.kill9();
     expect(await helper.run([{ op: 'statfs', path: mp }])).toMatchObject([{ ok: false, code: 'ENOTCONN' }]);
+  });
+
+  it('snapshotter: a container of 150 CVMFS layers (containerd shortens its lowerdir= to relative names) is found on the dead mount', async () => {
+    const layers = Array.from({ length: 150 }, (_, i) => addLayer(tree, `l${i}`, { [`f${i}`]: String(i) }, { converter: true }));
+    const fuse = await standin();
+    const root = path.join(dir, 'sn');
+    const sn = await Snapshotter.open({ root, location: cvmfsLocation({ cvmfsRoot: path.join(dir, 'cvmfs') }), host: systemHost, log: silentLogger(), checkIntervalMs: 0, cvmfsTimeoutMs: TIMEOUT_MS });
+    cleanups.push(() => sn.close());
+    const [m0] = await sn.prepare('extract', '', {});
+    writeFileSync(path.join(m0!.source, 'thin.json'), thinJson('unpacked.cern.ch', layers));
+    await sn.commit('img', 'extract', {});
+    const rootfs = path.join(dir, 'rootfs');
+    mkdirSync(rootfs);
+    mountAll(await sn.prepare('ctr', 'img', {}), rootfs);
+    cleanups.push(() => unmountAll(rootfs));
+    const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === rootfs)!;
+    expect(line).toMatch(/lowerdir=[0-9a-z]+:/); // shortened: relative to <root>/l
+    expect(readFileSync(path.join(rootfs, 'f149'), 'utf8')).toBe('149');
+    expect(await sn.checkMounts()).toEqual([]);
+    await fuse.kill9();
+    const [b] = await sn.checkMounts();
+    expect(b).toMatchObject({ mountPoint: rootfs, reason: 'not-connected' });
+    expect(b!.lowers).toHaveLength(150);
   });
 
   describe('graph driver Get', () => {

@@ -57,7 +57,7 @@ describe('overlay options and our overlays', () => {
     expect(parseOverlayOptions('ro,lowerdir=/a\\:b:/c\\054d')).toEqual({ lowers: ['/a:b', '/c,d'], upper: undefined, work: undefined });
   });
 
-  it('finds the overlays whose lowers go through our l/ (or m/) links, absolute or relative to the root, and tells CVMFS lowers from ours and masks', () => {
+  it('finds the overlays whose lowers go through our l/ (or m/) links, absolute or relative (ours only), and tells CVMFS lowers from ours and masks', () => {
     const root = path.join(base, `r${n++}`);
     mkdirSync(path.join(root, 'l'), { recursive: true });
     symlinkSync('/cvmfs/unpacked.cern.ch/.layers/ab/abc/layerfs', path.join(root, 'l', '1'));
@@ -69,6 +69,10 @@ describe('overlay options and our overlays', () => {
       overlay('/run/b/rootfs', 'rw,lowerdir=l/1:l/4,upperdir=snapshots/8,workdir=work/8'),
       overlay('/run/c/rootfs', `rw,lowerdir+=${root}/m/1,upperdir=/elsewhere/u,workdir=/elsewhere/w`),
       overlay('/var/lib/docker/overlay2/x/merged', 'rw,lowerdir=/var/lib/docker/overlay2/l/ABC,upperdir=/u,workdir=/w'),
+      // containerd shortened a long lowerdir= relative to <root>/l; the upper dir stays absolute
+      overlay('/run/d/rootfs', `rw,upperdir=${root}/snapshots/9,workdir=${root}/work/9,lowerdir=1:4`),
+      // relative lowers of somebody else's overlay are not taken for ours
+      overlay('/run/e/rootfs', 'rw,upperdir=/other/snapshots/9,workdir=/other/work/9,lowerdir=1:4'),
       { ...overlay('/cvmfs/unpacked.cern.ch', ''), fsType: 'fuse', superOptions: 'rw' },
     ];
     const got = overlaysOf(mounts, root);
@@ -92,6 +96,14 @@ describe('overlay options and our overlays', () => {
         ],
       },
       { mountPoint: '/run/c/rootfs', upper: undefined, lowers: [{ link: `${root}/l/1`, target: cvmfs, cvmfs: true }] },
+      {
+        mountPoint: '/run/d/rootfs',
+        upper: `${root}/snapshots/9`,
+        lowers: [
+          { link: `${root}/l/1`, target: cvmfs, cvmfs: true },
+          { link: `${root}/l/4`, target: `${root}/layers/abc/diff`, cvmfs: false },
+        ],
+      },
     ]);
   });
 });

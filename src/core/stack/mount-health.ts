@@ -67,35 +67,39 @@ export interface OurOverlay {
 
 /**
  * The overlays in `mounts` with a lower through `root`'s short links.
- * Relative lowers (containerd shortens long options relative to their
- * common parent; the graph driver mounts relative to its home on older
- * kernels) are taken as relative to `root`. `readlink` reads a link of ours
- * (local: never CVMFS).
+ * Lowers are absolute, or — for an overlay whose upper dir is ours —
+ * relative: containerd shortens a long lowerdir= relative to the lowers'
+ * common parent (`<root>/l`: entries `1:2`), the graph driver mounts relative
+ * to its home on kernels before 6.8 (`l/1`, upper `layers/<id>/diff`).
+ * `readlink` reads a link of ours (local: never CVMFS).
  */
 export function overlaysOf(mounts: readonly MountInfo[], root: string, readlink: (p: string) => string | null = safeReadlink): OurOverlay[] {
   const out: OurOverlay[] = [];
   const links = path.join(root, 'l');
   const idmapped = path.join(root, 'm');
-  const masks = path.join(root, 'masks');
+  const inRoot = (p: string) => p.startsWith(root + path.sep);
   for (const m of mounts) {
     if (m.fsType !== 'overlay' || !m.superOptions) continue;
     const o = parseOverlayOptions(m.superOptions);
+    const upper = o.upper === undefined ? undefined : path.resolve(root, o.upper);
+    const ours = upper !== undefined && inRoot(upper);
     const lowers: OurLower[] = [];
     for (const entry of o.lowers) {
-      const abs = path.resolve(root, entry);
-      const dir = path.dirname(abs);
-      if (dir !== links && dir !== idmapped) continue;
-      // m/<n> is the idmapped copy of what l/<n> links to
-      const link = path.join(links, path.basename(abs));
-      const t = readlink(link);
-      if (t === null) continue;
-      const target = path.resolve(links, t);
-      const local = target === root || target.startsWith(root + path.sep);
-      lowers.push({ link, target, cvmfs: !local && !target.startsWith(masks + path.sep) });
+      const candidates = path.isAbsolute(entry) ? [entry] : ours ? [path.resolve(root, entry), path.resolve(links, entry)] : [];
+      for (const abs of candidates) {
+        const dir = path.dirname(abs);
+        if (dir !== links && dir !== idmapped) continue;
+        // m/<n> is the idmapped copy of what l/<n> links to
+        const link = path.join(links, path.basename(abs));
+        const t = readlink(link);
+        if (t === null) continue;
+        const target = path.resolve(links, t);
+        lowers.push({ link, target, cvmfs: target !== root && !inRoot(target) });
+        break;
+      }
     }
     if (lowers.length === 0) continue;
-    const upper = o.upper === undefined ? undefined : path.resolve(root, o.upper);
-    out.push({ mountPoint: m.mountPoint, upper: upper?.startsWith(root + path.sep) ? upper : undefined, lowers });
+    out.push({ mountPoint: m.mountPoint, upper: ours ? upper : undefined, lowers });
   }
   return out;
 }
