@@ -11,6 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CATALOG_MARKER } from '../core/cvmfs/masks.js';
+import { lutimesNs } from '../core/sys.js';
 
 /** Entries a nested catalog is kept below (half of CVMFS's hard limit). */
 export const CATALOG_CUT = 100_000;
@@ -38,7 +39,7 @@ export function chooseCatalogDirs(direct: ReadonlyMap<string, number>, cut = CAT
   // deepest first: children are settled before their parents
   const order = [...direct.keys()].sort((a, b) => (b === '' ? -1 : b.split('/').length) - (a === '' ? -1 : a.split('/').length));
   for (const d of order) {
-    const kids = (children.get(d) ?? []).filter((c) => (remaining.get(c) ?? 0) > 0).sort((a, b) => remaining.get(b)! - remaining.get(a)!);
+    const kids = (children.get(d) ?? []).filter((c) => (remaining.get(c) ?? 0) > 0).sort((a, b) => remaining.get(b)! - remaining.get(a)! || (a < b ? -1 : a > b ? 1 : 0));
     let total = (direct.get(d) ?? 0) + kids.reduce((a, c) => a + remaining.get(c)!, 0);
     for (const c of kids) {
       if (total <= cut) break;
@@ -73,14 +74,15 @@ export async function addNestedCatalogs(root: string, cut = CATALOG_CUT): Promis
   for (const d of dirs) {
     const dir = path.join(root, d);
     const marker = path.join(dir, CATALOG_MARKER);
-    const st = await fsp.lstat(dir);
+    const st = await fsp.lstat(dir, { bigint: true });
     try {
       await fsp.writeFile(marker, '', { flag: 'wx', mode: 0o644 });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue; // the image's own: CVMFS honours it anyway
       throw e;
     }
-    await fsp.utimes(dir, st.atime, st.mtime);
+    const ns = 1_000_000_000n;
+    lutimesNs(dir, Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
     out.push(`${d}/${CATALOG_MARKER}`);
   }
   return out;

@@ -17,7 +17,7 @@ import { RepoTree } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
 import { Semaphore } from './util.js';
 import type { ConverterOptions } from './convert.js';
-import { flatDir } from '../core/cvmfs/layout.js';
+import { flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
 import { pathExists } from '../core/fsutil.js';
 
 export interface PlatformImage {
@@ -30,6 +30,7 @@ export interface PlatformImage {
 }
 
 export class PlatformConverter {
+  private cleaned = false;
   readonly tree: RepoTree;
   protected readonly unpacker: LayerUnpacker;
 
@@ -57,10 +58,25 @@ export class PlatformConverter {
    */
   protected async ingestMissing(source: ImageSource, description: string): Promise<void> {
     const { images } = await this.resolve(source, description);
+    const todo: { img: PlatformImage; diffIds: string[] | undefined }[] = [];
+    const buckets = new Set<string>();
     for (const img of images) {
       const configBytes = await source.blobBytes(img.manifest.config, MAX_CONFIG_BYTES);
       const config = parseConfig(configBytes, `${description}: config ${img.manifest.config.digest}`, img.manifest.layers.length);
-      const diffIds = config.rootfs?.diff_ids;
+      todo.push({ img, diffIds: config.rootfs?.diff_ids });
+      for (const l of img.manifest.layers) {
+        const hex = l.digest.slice(7);
+        if ((await this.tree.layerState(hex)) === null && !(await pathExists(this.tree.bucket(LAYERS_DIR, hex)))) buckets.add(this.tree.bucket(LAYERS_DIR, hex));
+      }
+    }
+    // the directories above the layers first, in a transaction: an ingest would create them without a valid owner
+    if (buckets.size > 0) {
+      await this.o.publisher.session(async () => {
+        await this.prepare();
+        for (const b of buckets) await this.tree.ensureCatalog(b);
+      });
+    }
+    for (const { img, diffIds } of todo) {
       const count = img.manifest.layers.length;
       // one at a time: every ingest is a transaction of the repository, and they queue on its lock anyway
       for (const [index, desc] of img.manifest.layers.entries()) {
@@ -68,6 +84,14 @@ export class PlatformConverter {
         await this.unpacker.unpack({ source, desc, diffId: diffIds?.[index], image: description, index, count });
       }
     }
+  }
+
+  /** Once per run: check the tree and remove what killed converters left behind (inside a transaction when publishing). */
+  async prepare(): Promise<void> {
+    if (this.cleaned) return;
+    await this.tree.init();
+    await this.tree.cleanStaleTemps();
+    this.cleaned = true;
   }
 
   protected async resolve(source: ImageSource, description: string): Promise<{ images: PlatformImage[]; indexDigest: string | null }> {

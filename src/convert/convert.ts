@@ -101,16 +101,6 @@ export function defaultThinTarget(source: ImageReference, name: DockerReference)
 }
 
 export class Converter extends PlatformConverter {
-  private cleaned = false;
-
-  /** Once per run: check the tree and remove what killed converters left behind. */
-  async prepare(): Promise<void> {
-    if (this.cleaned) return;
-    await this.tree.init();
-    await this.tree.cleanStaleTemps();
-    this.cleaned = true;
-  }
-
   /** Convert one source (all its selected platforms). Never throws for a per-image failure: see the summaries. */
   async convert(job: ImageJob): Promise<ImageSummary[]> {
     const t0 = Date.now();

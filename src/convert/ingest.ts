@@ -30,6 +30,8 @@ export interface IngestJob {
   log: Logger;
   limits?: ExtractLimits | undefined;
   catalogCut: number;
+  /** record (default) or DUCC's plain .wh.* files (`--whiteouts keep`) */
+  form?: 'record' | 'keep' | undefined;
   onBytes?: (n: number) => void;
   onEntries?: (n: number) => void;
 }
@@ -37,8 +39,9 @@ export interface IngestJob {
 const utf8 = (b: string): string => Buffer.from(b, 'latin1').toString('utf8');
 
 /** The entries that end an ingested layer: nested catalog markers, the record, DUCC's layers.json. */
-export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: number): MemEntry[] {
-  const dirs = r.entries > catalogCut ? chooseCatalogDirs(r.direct, catalogCut).map(utf8) : [];
+export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: number, form: 'record' | 'keep' = 'record'): MemEntry[] {
+  // where the image has its own marker, CVMFS makes a catalog anyway: neither replace nor hide the image's file
+  const dirs = r.entries > catalogCut ? chooseCatalogDirs(r.direct, catalogCut).filter((d) => !r.catalogs.has(d)).map(utf8) : [];
   const hidden = dirs.map((d) => `${d}/${CATALOG_MARKER}`);
   const created = new Date().toISOString();
   const marker: LayerMarker = {
@@ -58,8 +61,8 @@ export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: nu
     ...hidden.map((h) => ({ name: `${LAYER_ROOTFS}/${h}`, data: '' })),
     { name: `${METADATA_DIR}/` },
     { name: `${METADATA_DIR}/layers.json`, data: `${JSON.stringify(layersJson)}\n` },
-    // last: its presence says the layer is complete
-    { name: `${METADATA_DIR}/${LAYER_MARKER}`, data: `${JSON.stringify(marker)}\n` },
+    // last: its presence says the layer is complete (DUCC's form has none: readers scan its .wh.* files)
+    ...(form === 'record' ? [{ name: `${METADATA_DIR}/${LAYER_MARKER}`, data: `${JSON.stringify(marker)}\n` }] : []),
   ];
 }
 
@@ -73,6 +76,8 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
   let result: RewriteResult | null = null;
   const rewriter = new LayerRewriter({
     prefix: `${LAYER_ROOTFS}/`,
+    keepWhiteouts: j.form === 'keep',
+    baseEntry: true,
     ...(j.limits?.maxNameBytes !== undefined ? { maxNameBytes: j.limits.maxNameBytes } : {}),
     ...(j.limits?.maxEntries !== undefined ? { maxEntries: j.limits.maxEntries } : {}),
     ...(j.limits?.maxTotalBytes !== undefined ? { maxTotalBytes: j.limits.maxTotalBytes } : {}),
@@ -90,7 +95,7 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
       }
       result = r;
       j.onEntries?.(r.entries);
-      return ingestTrailer(r, j.desc, j.catalogCut);
+      return ingestTrailer(r, j.desc, j.catalogCut, j.form ?? 'record');
     },
   });
   const tar = decompress(verifier, j.compression);

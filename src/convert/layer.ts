@@ -140,6 +140,7 @@ export class LayerUnpacker {
         log: this.o.log,
         limits: this.o.limits,
         catalogCut: this.o.catalogCut ?? CATALOG_CUT,
+        form: this.o.whiteouts === 'keep' ? 'keep' : 'record',
         onBytes: (n) => this.o.progress.layerBytes(key, n),
         onEntries: (n) => this.o.progress.layerFiles(key, n),
       });

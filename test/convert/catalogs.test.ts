@@ -108,7 +108,7 @@ describe('chooseCatalogDirs', () => {
     expect(unsplittable).toBeGreaterThan(5);
   });
 
-  // BUG (minor, src/convert/catalogs.ts chooseCatalogDirs: children of equal size are cut in the map's
+  // Regression test (a bug found and fixed: minor, src/convert/catalogs.ts chooseCatalogDirs: children of equal size are cut in the map's
   // insertion order, `sort((a, b) => remaining(b) - remaining(a))` has no tie-break by name). The same
   // layer gets different catalogs from the ingest path (tar order) and the transaction path
   // (countEntries: readdir order of the file system), and from one Stratum-0 to another.
@@ -152,7 +152,7 @@ describe('addNestedCatalogs on an unpacked tree', () => {
     for (const [d, t] of before) expect([d, mtimeNs(path.join(root, d))]).toEqual([d, t]);
   });
 
-  // BUG (src/convert/catalogs.ts addNestedCatalogs: `fsp.utimes(dir, st.atime, st.mtime)` with the Date
+  // Regression test (a bug found and fixed: src/convert/catalogs.ts addNestedCatalogs: `fsp.utimes(dir, st.atime, st.mtime)` with the Date
   // of a non-bigint lstat keeps milliseconds only). A directory's mtime 1600000000.123456789 comes back
   // as 1600000000.123000000: a repository with CVMFS_ENABLE_MTIME_NS publishes a time the image never had.
   it('keeps sub-millisecond directory mtimes too', async () => {
@@ -207,7 +207,7 @@ describe('ingestTrailer (the ingest path’s markers)', () => {
     expect(parseLayerMarker(String(small.at(-1)!.data), 'ab'.repeat(32))?.record?.hidden).toEqual([]);
   });
 
-  // BUG (src/convert/ingest.ts ingestTrailer): the markers are chosen from entry counts only; when the
+  // Regression test (a bug found and fixed: src/convert/ingest.ts ingestTrailer): the markers are chosen from entry counts only; when the
   // image itself has `t2/.cvmfscatalog`, the trailer appends an empty `layerfs/t2/.cvmfscatalog` (an
   // ingest replaces the image's file with it) and lists it as hidden, so containers lose the image's
   // file. The transaction path (addNestedCatalogs) keeps it and does not hide it.

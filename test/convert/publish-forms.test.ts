@@ -148,15 +148,16 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
     expect(fs.readdirSync(w.repo)).toEqual([]);
   });
 
-  it('an ingest hook that exits non-zero: the error names the hook, the abort hook ran, no transaction was opened, the summary says failed', async () => {
+  // before the first ingest, one transaction creates .layers/<xx> (an ingest -k would create them without a valid owner)
+  it('an ingest hook that exits non-zero: the error names the hook, the abort hook ran, only the preparing transaction was opened, the summary says failed', async () => {
     const w = fresh();
     const r = await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', w.repo, '--repository', REPO, '--no-thin', '--json', ...touchHooks(w), '--ingest-command', 'false']);
     const s = json<Summary>(r);
     expect(r.code).toBe(1);
     expect([s.failed, s.images[0]!.status, s.images[0]!.error?.code]).toEqual([1, 'failed', 'CVMFS_THIN_HOOK_FAILED']);
     expect(s.images[0]!.error?.message).toMatch(/ingest hook "false" failed \(exit status 1\)/);
-    expect(s.publish_steps).toEqual([{ step: 'ingest', ok: false }, { step: 'abort', ok: true }]);
-    expect([fs.existsSync(w.mark('ABORTED')), fs.existsSync(w.mark('TX')), fs.existsSync(w.mark('PUB'))]).toEqual([true, false, false]);
+    expect(s.publish_steps).toEqual([{ step: 'transaction', ok: true }, { step: 'publish', ok: true }, { step: 'ingest', ok: false }, { step: 'abort', ok: true }]);
+    expect([fs.existsSync(w.mark('ABORTED')), fs.existsSync(w.mark('TX')), fs.existsSync(w.mark('PUB'))]).toEqual([true, true, true]);
   });
 
   /** A hook that keeps what it was given and says whether its stdin ended normally. */
@@ -189,7 +190,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
     const t = readTar(w.mark('got.tar'));
     expect(t.names).toContain('layerfs/etc/passwd');
     expect([t.ended, t.names.some((n) => n.startsWith('.metadata/'))]).toEqual([false, false]);
-    expect([fs.existsSync(w.mark('ABORTED')), fs.existsSync(w.mark('TX'))]).toEqual([true, false]);
+    // the preparing transaction (.layers/<xx>) ran before the ingest; none after it
+    expect([fs.existsSync(w.mark('ABORTED')), fs.existsSync(w.mark('TX'))]).toEqual([true, true]);
+    expect(s.publish_steps.map((x) => x.step)).toEqual(['transaction', 'publish', 'ingest', 'abort']);
   });
 });
 
@@ -227,7 +230,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
     expect(fs.readdirSync(pub(S))).toEqual([]);
   });
 
-  // BUG (src/convert/layer.ts unpackOnce → ingestOnce ignores `whiteouts`; src/convert/whiteouts.ts allows
+  // Regression test (a bug found and fixed: src/convert/layer.ts unpackOnce → ingestOnce ignores `whiteouts`; src/convert/whiteouts.ts allows
   // 'keep' with ingest): `--whiteouts keep --ingest-command …` is accepted, yet the layer is published in
   // record form (no .wh.* files, marker `whiteouts: "record"`); the help promises "keep: OCI .wh.* files
   // as DUCC writes them (ingest only)". Either honour it or refuse it; never replace it silently.
@@ -239,7 +242,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
     expect({ exit: r.code, refusedOrKept: r.code === 2 || fs.existsSync(whFile) }).toEqual({ exit: r.code, refusedOrKept: true });
   });
 
-  // BUG (record form, transaction path: src/core/whiteout.ts classifyWhiteout matches `.wh.` case-sensitively,
+  // Regression test (a bug found and fixed: record form, transaction path: src/core/whiteout.ts classifyWhiteout matches `.wh.` case-sensitively,
   // CVMFS's publisher case-insensitively — test/helpers/cvmfs-sim/README.md, IsWhiteoutEntry). Image
   // files named `.WH.readme` / `.Wh.notes` are written into layerfs as they are, and the publish takes
   // them for deletions: the files are silently lost (the ingest path keeps them). Record form promises

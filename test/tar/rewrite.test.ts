@@ -251,7 +251,7 @@ describe('LayerRewriter: content', () => {
     expect(byName(parse(r.out), 'layerfs/o/').h.xattrs).toBeNull();
   });
 
-  // BUG (src/core/tar/rewrite.ts, entry()/emitRoot(): the root is emitted once, with defaults 0755 and
+  // Regression test (a bug found and fixed: src/core/tar/rewrite.ts, entry()/emitRoot(): the root is emitted once, with defaults 0755 and
   // the current time, as soon as any other entry comes first; a later "./" entry is dropped). The
   // extractor (transaction path) gives the layer root the "./" entry's mode and mtime wherever it is
   // in the tar, so the two publish paths disagree on the layer root's attributes.
@@ -365,7 +365,7 @@ describe('LayerRewriter: hostile input is refused naming the entry', () => {
     expect([r.trailerCalls, parse(r.out).ended]).toEqual([0, false]);
   });
 
-  // BUG (src/core/tar/rewrite.ts, hardlink branch of entry(), ~line 163): the link name is checked with
+  // Regression test (a bug found and fixed: src/core/tar/rewrite.ts, hardlink branch of entry(), ~line 163): the link name is checked with
   // entryComponents({ ...h, name: h.linkname }), so the refusal is 'path-escape' naming the *target*
   // "../../etc/shadow" instead of 'hardlink-escape' naming the entry "h", as the extractor reports it
   // (src/core/tar/writer.ts:318) — a user cannot find the offending entry from the message.

@@ -21,6 +21,7 @@ export type UnsafeTarReason =
   | 'hardlink-target-missing' // hardlink target not (yet) extracted
   | 'hardlink-to-directory'
   | 'bad-whiteout' // ".wh.", ".wh..", ".wh..." or a whiteout used as a directory
+  | 'unpublishable-name' // record mode: a name a CVMFS publisher would take for a whiteout (".WH.x")
   // unsupported content
   | 'sparse' // GNU sparse file (type 'S' or PAX GNU.sparse.*)
   | 'unsupported-type' // any type flag other than 0 1 2 3 4 5 6 7 x g L K

@@ -28,7 +28,7 @@ import { unsafe } from './errors.js';
 import { encodeHeader, padding, type TarHeader } from './headers.js';
 import { type MemEntry, packEntriesToBuffer } from './pack.js';
 import { TarParser, type TarParserHandler } from './parser.js';
-import { entryComponents, recordPath } from './paths.js';
+import { cleanName, entryComponents, recordPath } from './paths.js';
 import type { LayerRecordData } from './writer-meta.js';
 
 export interface RewriteResult {
@@ -41,13 +41,24 @@ export interface RewriteResult {
   hardlinks: number;
   /** paths are UTF-8, relative to the layer root (without the prefix) */
   record: LayerRecordData;
-  /** directory (UTF-8, '' = root) → entries directly in it, for nested catalogs */
+  /** directory (byte string, '' = root) → entries directly in it, for nested catalogs */
   direct: Map<string, number>;
+  /** directories (byte strings) where the image itself has a `.cvmfscatalog` file */
+  catalogs: Set<string>;
 }
 
 export interface RewriteOptions {
   /** prefix of every emitted name, ending in '/' */
   prefix: string;
+  /** emit OCI whiteouts and opaque markers as the plain files they are (DUCC's form) instead of recording them */
+  keepWhiteouts?: boolean;
+  /**
+   * emit `./` first (a root-owned 0755 directory): the directory the tar is
+   * ingested into gets a real owner (`cvmfs_server ingest -k` gives a
+   * directory it creates implicitly no valid one, and root cannot write
+   * into it in a later transaction)
+   */
+  baseEntry?: boolean;
   maxNameBytes?: number;
   maxEntries?: number;
   maxTotalBytes?: number;
@@ -57,6 +68,9 @@ export interface RewriteOptions {
 }
 
 type Kind = 'dir' | 'symlink' | 'other';
+
+/** The nested-catalog marker a CVMFS publisher honours. */
+const CATALOG = '.cvmfscatalog';
 
 export class LayerRewriter extends Transform implements TarParserHandler {
   private readonly parser: TarParser;
@@ -71,6 +85,8 @@ export class LayerRewriter extends Transform implements TarParserHandler {
   private dataOpen = false;
   private pad = 0;
   private rootEmitted = false;
+  /** a `./` entry that came after other entries: emitted again at the end (its attributes must win) */
+  private lateRoot: TarHeader | null = null;
 
   constructor(private readonly o: RewriteOptions) {
     super({ highWaterMark: 1 << 20 });
@@ -98,12 +114,16 @@ export class LayerRewriter extends Transform implements TarParserHandler {
       return;
     }
     this.emitRoot(null);
+    if (this.lateRoot) this.emit_(this.lateRoot);
+    const catalogs = new Set<string>();
+    for (const [p, k] of this.kinds) if (k === 'other' && (p === CATALOG || p.endsWith(`/${CATALOG}`))) catalogs.add(p.slice(0, Math.max(0, p.length - CATALOG.length - 1)));
     const res: RewriteResult = {
       diffId: `sha256:${this.hash.digest('hex')}`,
       bytes: this.bytes,
       ...this.stats,
       record: this.record(),
       direct: this.direct,
+      catalogs,
     };
     Promise.resolve()
       .then(() => this.o.trailer(res))
@@ -131,6 +151,7 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     const comps = entryComponents(h, this.o.maxNameBytes ?? 4096);
     if (comps.length === 0) {
       if (h.type !== 'dir') throw unsafe(h.name, 'replace-root', `a ${h.type} entry cannot replace the destination directory itself`);
+      if (this.rootEmitted) this.lateRoot = { ...h, name: this.o.prefix };
       this.emitRoot(h);
       return;
     }
@@ -147,6 +168,13 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     if (base.startsWith(WHITEOUT_PREFIX)) {
       const w = classifyWhiteout(base);
       if (w === null) throw unsafe(h.name, 'bad-whiteout', `invalid whiteout name ${JSON.stringify(base)}`);
+      if (this.o.keepWhiteouts && w.kind !== 'aufs-meta') {
+        if (w.kind === 'opaque') s.opaques++;
+        else s.whiteouts++;
+        this.direct.set(parent, (this.direct.get(parent) ?? 0) + 1);
+        this.emit_({ ...h, name: this.o.prefix + rel, type: 'file', size: 0, linkname: '' });
+        return;
+      }
       if (w.kind === 'opaque') {
         s.opaques++;
         this.opaque.add(recordPath(parent, h.name));
@@ -160,7 +188,9 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     }
     let linkname = h.linkname;
     if (h.type === 'link') {
-      const t = entryComponents({ ...h, name: h.linkname, type: 'file' }, this.o.maxNameBytes ?? 4096).join('/');
+      const tc = cleanName(h.linkname);
+      if (tc === null) throw unsafe(h.name, 'hardlink-escape', `hardlink target ${JSON.stringify(h.linkname)} escapes the destination`);
+      const t = tc.join('/');
       const k = this.kinds.get(t);
       if (t === '' || k === undefined || k === 'dir') throw unsafe(h.name, k === 'dir' || t === '' ? 'hardlink-to-directory' : 'hardlink-target-missing', `hardlink target ${JSON.stringify(h.linkname)} ${k === 'dir' || t === '' ? 'is a directory' : 'was not written before it in this layer'}`);
       s.hardlinks++;
@@ -229,6 +259,9 @@ export class LayerRewriter extends Transform implements TarParserHandler {
   private emitRoot(h: TarHeader | null): void {
     if (this.rootEmitted) return;
     this.rootEmitted = true;
+    if (this.o.baseEntry) {
+      this.push(encodeHeader({ name: './', linkname: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 }, devmajor: 0, devminor: 0, uname: '', gname: '', xattrs: null }));
+    }
     const root: TarHeader = h
       ? { ...h, name: this.o.prefix }
       : { name: this.o.prefix, linkname: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 }, devmajor: 0, devminor: 0, uname: '', gname: '', xattrs: null };

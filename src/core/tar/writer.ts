@@ -111,6 +111,15 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
 
     const base = comps[comps.length - 1]!;
     const mode = this.o.whiteouts;
+    if (mode === 'record') {
+      // record mode writes what a CVMFS transaction publishes, and its publisher takes any name starting
+      // with ".wh." in any case for a deletion: such a name would silently vanish
+      for (const c of comps) {
+        if (c.length >= 4 && !c.startsWith(WHITEOUT_PREFIX) && c.slice(0, 4).toLowerCase() === WHITEOUT_PREFIX) {
+          throw unsafe(h.name, 'unpublishable-name', `${JSON.stringify(c)} would be taken for a whiteout by a CVMFS transaction's publisher and lost; publish this image with --ingest, which keeps it`);
+        }
+      }
+    }
     if (mode !== 'keep') {
       for (let i = 0; i < comps.length - 1; i++) {
         const c = comps[i]!;

@@ -42,6 +42,7 @@ import {
 import { llistxattr } from '../../../src/core/sys.js';
 
 export { SimError } from './fsops.js';
+import { implicitDirs, NO_ROOT_ENTRY, recordNoOwner, refuseWritesBelowNoOwner } from './no-owner.js';
 export { catalogEntries, CATALOG_MARKER, DEFAULT_CATALOG_LIMIT } from './catalogs.js';
 
 export interface SimConfig {
@@ -65,6 +66,8 @@ export interface SimPaths {
   upper: string;
   work: string;
   ingestTmp: string;
+  /** directories an `ingest -k` created without a valid owner (see noOwner.ts) */
+  noOwner: string;
 }
 
 export function simPaths(S: string): SimPaths {
@@ -80,6 +83,7 @@ export function simPaths(S: string): SimPaths {
     upper: path.join(root, 'scratch', 'upper'),
     work: path.join(root, 'work'),
     ingestTmp: path.join(root, 'ingest.tmp'),
+    noOwner: path.join(root, 'no-owner.json'),
   };
 }
 
@@ -233,6 +237,7 @@ export function publish(S: string, warn: Warn = quiet): PublishResult {
   };
   remount(p.repo, true);
   try {
+    refuseWritesBelowNoOwner(p);
     linkCopy(p.published, p.next);
     new Sync(p, cfg, w).touchDir('');
     const over = catalogsOverLimit(p.next, cfg.catalogLimit);
@@ -382,6 +387,7 @@ export function ingest(S: string, o: IngestOptions): void {
     fs.mkdirSync(p.ingestTmp, { mode: 0o755 });
     fs.chmodSync(p.ingestTmp, 0o755);
     fs.chownSync(p.ingestTmp, cfg.owner.uid, cfg.owner.gid);
+    fs.utimesSync(p.ingestTmp, NO_ROOT_ENTRY, NO_ROOT_ENTRY);
     const args = ['-x', '--numeric-owner', '--same-owner', '--same-permissions', '--no-xattrs', '--no-acls', '--no-selinux', '-C', p.ingestTmp, '-f'];
     const r =
       o.tar === 'stdin'
@@ -395,6 +401,7 @@ export function ingest(S: string, o: IngestOptions): void {
     linkCopy(p.published, p.next);
     for (const d of deletes) rmTree(path.join(p.next, d));
     const dest = path.join(p.next, base);
+    const implicit = o.keepOwnership ? implicitDirs(p.next, base, p.ingestTmp) : [];
     mkParents(p.next, path.dirname(base), cfg);
     if (lstatOrNull(dest)?.isDirectory()) mergeInto(p.ingestTmp, dest);
     else {
@@ -412,6 +419,7 @@ export function ingest(S: string, o: IngestOptions): void {
     if (over.length > 0) throw new SimError(`ingest failed: ${over.join('; ')}. Split it into nested catalogs (--catalog) or raise the limit`);
     unmountAll(p.repo);
     swapIn(p);
+    recordNoOwner(p, implicit);
   } finally {
     rmTree(p.next);
     rmTree(p.ingestTmp);

@@ -1,0 +1,134 @@
+/**
+ * Against a real CernVM-FS, where one is installed (`cvmfs_server` and
+ * `cvmfs2` on PATH; every CERN node has the client, a publisher the server):
+ * a Stratum-0 made for the run (`cvmfs_server mkfs`, served by a small HTTP
+ * server of this test on 127.0.0.1), the 3-layer fixture converted and
+ * published through `--cvmfs-server` (a transaction, the repository's
+ * default server.conf: no xattrs) and `--cvmfs-server --ingest`, then read
+ * through a separate `cvmfs2` client mount with a fresh cache, stacked as the
+ * snapshotter does, and compared with containerd's own unpack: identical
+ * but for hard links (a publish splits them). Where no CVMFS is installed the
+ * test says so and skips; nothing of CVMFS is part of this project.
+ */
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MNT_DETACH, umount } from '../../src/core/sys.js';
+import { runCli } from '../convert/cli.js';
+import { hasBinary, isRoot, tempDir } from '../helpers/env.js';
+import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';
+import { mountPublishedStack } from '../helpers/cvmfs-sim/stack.js';
+import { hardLinkGroups, treeDiff, treeSnapshot, type TreeNode } from '../helpers/cvmfs-sim/tree-diff.js';
+
+const missing = !isRoot ? 'root' : !hasBinary('cvmfs_server') || !hasBinary('cvmfs2') ? 'a real CernVM-FS (cvmfs_server and cvmfs2 on PATH)' : applytoolMissing();
+if (missing) process.stderr.write(`[skip] real CernVM-FS end-to-end: needs ${missing}\n`);
+
+const SRV = '/srv/cvmfs';
+const execFileP = promisify(execFile);
+
+/** The Stratum-0's storage over HTTP (what Apache serves on a publisher). */
+function serveStratum0(): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const url = decodeURIComponent((req.url ?? '/').split('?')[0]!);
+    const p = path.normalize(path.join('/srv', url));
+    if (!p.startsWith(`${SRV}/`)) return void res.writeHead(404).end();
+    fs.stat(p, (err, st) => {
+      if (err || !st.isFile()) return void res.writeHead(404).end();
+      res.writeHead(200, { 'content-length': st.size });
+      fs.createReadStream(p).pipe(res);
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+/** Run a command without blocking this process: the Stratum-0's HTTP server lives in it. */
+async function sh(cmd: string, args: string[]): Promise<string> {
+  try {
+    return (await execFileP(cmd, args, { encoding: 'utf8', timeout: 180_000, maxBuffer: 16 << 20 })).stdout;
+  } catch (e) {
+    const x = e as { code?: number; stderr?: string; stdout?: string };
+    throw new Error(`${cmd} ${args.join(' ')}: exit ${x.code}\n${x.stderr ?? ''}${x.stdout ?? ''}`);
+  }
+}
+
+describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', () => {
+  const work = tempDir('cvmfs-thin-real-');
+  const stamp = `${Date.now().toString(36)}${process.pid}`;
+  const repos: string[] = [];
+  const mounts: string[] = [];
+  let server: http.Server;
+  let image: ThreeLayerImage;
+  let want: Map<string, TreeNode>;
+
+  beforeAll(async () => {
+    server = await serveStratum0();
+    image = buildThreeLayerImage(path.join(work, 'image'));
+    const ref = path.join(work, 'reference');
+    referenceRootfs(image, ref);
+    want = treeSnapshot(ref);
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const m of mounts) spawnSync('umount', ['-l', m]);
+    for (const r of repos) await sh('cvmfs_server', ['rmfs', '-f', r]).catch((e: unknown) => process.stderr.write(`rmfs ${r}: ${(e as Error).message}\n`));
+    server?.close();
+  }, 300_000);
+
+  /** A new repository; its client mount (fresh cache: a client never goes back to a lower revision). */
+  async function makeRepo(name: string): Promise<{ repo: string; mountClient: () => Promise<string> }> {
+    const repo = `${name}-${stamp}.example.org`;
+    const port = (server.address() as AddressInfo).port;
+    repos.push(repo);
+    await sh('cvmfs_server', ['mkfs', '-o', 'root', '-p', '-w', `http://127.0.0.1:${port}/cvmfs/${repo}`, repo]);
+    return {
+      repo,
+      mountClient: async () => {
+        const cache = path.join(work, `cache-${repo}`);
+        const mnt = path.join(work, 'mnt', repo);
+        fs.mkdirSync(cache, { recursive: true });
+        fs.mkdirSync(mnt, { recursive: true });
+        const conf = path.join(work, `${repo}.conf`);
+        fs.writeFileSync(
+          conf,
+          [`CVMFS_SERVER_URL=file://${SRV}/@fqrn@`, `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`, 'CVMFS_HTTP_PROXY=DIRECT', `CVMFS_CACHE_BASE=${cache}`, `CVMFS_RELOAD_SOCKETS=${cache}`, 'CVMFS_QUOTA_LIMIT=1000', ''].join('\n'),
+        );
+        await sh('cvmfs2', ['-o', `config=${conf},allow_other`, repo, mnt]);
+        mounts.push(mnt);
+        return mnt;
+      },
+    };
+  }
+
+  async function publishAndCompare(name: string, extra: string[]): Promise<string[]> {
+    const { repo, mountClient } = await makeRepo(name);
+    const r = await runCli(['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', `/cvmfs/${repo}`, '--repository', repo, '--no-thin', '--json', '--cvmfs-server', '--lock-file', path.join(work, `${repo}.lock`), ...extra], { timeoutMs: 600_000 });
+    expect(r.code, `convert: ${r.stderr}\n${r.stdout}`).toBe(0);
+    const mnt = await mountClient();
+    const target = path.join(work, `rootfs-${name}`);
+    const stack = await mountPublishedStack({ published: mnt, repository: repo, hexes: image.hexes, work: path.join(work, `stack-${name}`), target });
+    try {
+      const got = treeSnapshot(target);
+      expect(hardLinkGroups(target)).toEqual([]);
+      expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
+      return [...treeDiff(want, got), ...(stack.how.length ? [] : ['no stack'])];
+    } finally {
+      umount(target, MNT_DETACH);
+    }
+  }
+
+  it('transaction path (--cvmfs-server, default server.conf): a client sees containerd\'s rootfs but for hard links', async () => {
+    expect(await publishAndCompare('tx', [])).toEqual([]);
+  }, 600_000);
+
+  it('ingest path (--cvmfs-server --ingest): the same', async () => {
+    expect(await publishAndCompare('in', ['--ingest'])).toEqual([]);
+  }, 600_000);
+
+  it('the publisher checks its repositories: no problems found', async () => {
+    for (const r of repos) expect(await sh('cvmfs_server', ['check', r])).toMatch(/no problems/i);
+  }, 300_000);
+});
