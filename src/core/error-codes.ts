@@ -141,7 +141,8 @@ export type ErrorCode = RegisteredErrorCode | IoErrorCode;
 export const ENVIRONMENT_NAMES = {
   CVMFS_THIN_REPOSITORY: 'Set for publishing hooks: the repository name.',
   CVMFS_THIN_REPOSITORY_DIR: 'Set for publishing hooks: the repository directory.',
-  CVMFS_THIN_STEP: 'Set for publishing hooks: transaction, publish or abort.',
+  CVMFS_THIN_STEP: 'Set for publishing hooks: transaction, publish, abort or ingest.',
+  CVMFS_THIN_BASE: "Set for the ingest hook: the layer's directory in the repository (.layers/<xx>/<digest>), as {base}.",
   CVMFS_THIN_OUTPUT_REGISTRY_PASS: "Read by wishlist: the thin-image registry's password (like DUCC_OUTPUT_REGISTRY_PASS).",
   CVMFS_THIN_FLEXVOLUME_CONFIG: 'Read by the FlexVolume driver: its configuration file.',
 } as const;
