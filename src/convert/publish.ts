@@ -7,7 +7,8 @@
  * nothing; a failed write or publish runs the abort hook.
  */
 import { spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { SERVER_CONF_DIR, xattrWarning } from '../core/cvmfs/server-conf.js';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -58,27 +59,10 @@ export function hooksFromOptions(o: { transactionCmd?: string; publishCmd?: stri
   return h;
 }
 
-/**
- * What a Stratum-0's `server.conf` does to published layers, as warnings:
- * without `CVMFS_INCLUDE_XATTRS=true` a transaction drops every xattr
- * (`security.capability`: ping, newuidmap…); an ingest drops them always.
- * Readers restore them from the layers' records (a local copy of each such
- * file at first use), so this is a cost, not a loss.
- */
-export function serverConfWarnings(repository: string, o: { transaction: boolean }, confDir = '/etc/cvmfs/repositories.d'): string[] {
-  const file = path.join(confDir, repository, 'server.conf');
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    return [];
-  }
-  const out: string[] = [];
-  const xattrs = /^\s*CVMFS_INCLUDE_XATTRS\s*=\s*["']?(true|yes|1)["']?\s*$/im.test(text);
-  if (o.transaction && !xattrs) {
-    out.push(`${file} has no CVMFS_INCLUDE_XATTRS=true: the publish drops xattrs such as security.capability; nodes restore them from each layer's record by a local copy of those files at first use (set CVMFS_INCLUDE_XATTRS=true to publish them)`);
-  }
-  return out;
+/** What a Stratum-0's `server.conf` does to published layers, as warnings (core/cvmfs/server-conf.ts). */
+export function serverConfWarnings(repository: string, o: { transaction: boolean }, confDir = SERVER_CONF_DIR): string[] {
+  const w = o.transaction ? xattrWarning(repository, confDir) : null;
+  return w ? [w] : [];
 }
 
 /** `/run/lock/cvmfs-thin-<repository>.lock` (shared by every service of the host, unlike a private /tmp), else in the temp dir. */

@@ -13,6 +13,7 @@ import type { Host } from '../core/host.js';
 import { silentLogger } from '../core/log.js';
 import { CvmfsProbe } from '../core/stack/probe.js';
 import { cvmfsClientChecks, cvmfsMountChecks } from './doctor-cvmfs.js';
+import { publishedRepositories, SERVER_CONF_DIR, serverConfFile, xattrWarning } from '../core/cvmfs/server-conf.js';
 import { inspectContainerdConfig } from './containerd-config.js';
 import { inspectDaemonJson } from './daemon-json.js';
 import { PLUGIN_DIR, SNAPSHOTTER_ADDRESS } from './setup.js';
@@ -53,6 +54,17 @@ export interface DoctorOptions {
   cvmfsConfig?: string | undefined;
   cvmfsTalk?: string | undefined;
   env?: NodeJS.ProcessEnv | undefined;
+  /** A Stratum-0's repository configurations (default /etc/cvmfs/repositories.d). */
+  cvmfsServerConfDir?: string | undefined;
+}
+
+/** On a publisher: repositories whose publishes drop xattrs (converted images then need local copies on every node). */
+function publisherChecks(confDir = SERVER_CONF_DIR): Check[] {
+  const repos = publishedRepositories(confDir);
+  if (repos.length === 0) return [];
+  const warn = repos.filter((r) => xattrWarning(r, confDir) !== null);
+  if (warn.length === 0) return [{ id: 'cvmfs-publisher', status: 'pass', detail: `this host publishes ${repos.join(', ')}, with xattrs` }];
+  return warn.map((r) => ({ id: 'cvmfs-publisher', status: 'warn' as const, detail: xattrWarning(r, confDir)!, fix: `add CVMFS_INCLUDE_XATTRS=true to ${serverConfFile(r, confDir)}` }));
 }
 
 /** The daemons' default state directories (src/cli/snapshotter.ts, src/cli/graphdriver.ts). */
@@ -225,7 +237,7 @@ async function cvmfsChecks(o: DoctorOptions, probe: CvmfsProbe): Promise<Check[]
     cvmfsTalk: o.cvmfsTalk,
     env: o.env,
   };
-  out.push(...(await cvmfsMountChecks(co)), ...(await cvmfsClientChecks(co)));
+  out.push(...(await cvmfsMountChecks(co)), ...(await cvmfsClientChecks(co)), ...publisherChecks(o.cvmfsServerConfDir));
   return out;
 }
 

@@ -46,6 +46,7 @@ function setupNode(docker = 'Docker version 20.10.24+dfsg1, build 297e128') {
     overlayParameters: path.join(root, 'sys/overlay'),
     kernelRelease: '6.1.0-13-amd64',
     timeoutMs: 3000,
+    cvmfsServerConfDir: path.join(root, 'etc/cvmfs/repositories.d'),
   };
   put(path.join(root, 'sys/overlay/index'), 'Y\n');
   put(path.join(root, 'sys/overlay/redirect_dir'), 'N\n');
@@ -58,6 +59,24 @@ const byId = (cs: Check[], id: string) => cs.filter((c) => c.id === id);
 const status = (cs: Check[], id: string) => byId(cs, id).map((c) => c.status);
 
 describe('doctor checks', () => {
+  it('on a publisher: a repository whose server.conf drops xattrs is a warning naming the file and the fix; none on a node', async () => {
+    const { o } = setupNode('');
+    expect(status(await runDoctor(o), 'cvmfs-publisher')).toEqual([]);
+    put(path.join(o.cvmfsServerConfDir!, 'unpacked.cern.ch/server.conf'), 'CVMFS_REPOSITORY_NAME=unpacked.cern.ch\n');
+    put(path.join(o.cvmfsServerConfDir!, 'ok.cern.ch/server.conf'), 'CVMFS_INCLUDE_XATTRS=true\n');
+    const cs = byId(await runDoctor(o), 'cvmfs-publisher');
+    expect(cs).toEqual([
+      {
+        id: 'cvmfs-publisher',
+        status: 'warn',
+        detail: expect.stringContaining(`${path.join(o.cvmfsServerConfDir!, 'unpacked.cern.ch/server.conf')} has no CVMFS_INCLUDE_XATTRS=true`),
+        fix: `add CVMFS_INCLUDE_XATTRS=true to ${path.join(o.cvmfsServerConfDir!, 'unpacked.cern.ch/server.conf')}`,
+      },
+    ]);
+    put(path.join(o.cvmfsServerConfDir!, 'unpacked.cern.ch/server.conf'), 'CVMFS_INCLUDE_XATTRS=true\n');
+    expect(status(await runDoctor(o), 'cvmfs-publisher')).toEqual(['pass']);
+  });
+
   it('a node set up for containerd with a live snapshotter passes; the socket going away fails', async () => {
     const { root, o, host } = setupNode('');
     const sock = path.join(root, 'sn.sock');
