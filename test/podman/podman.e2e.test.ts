@@ -205,4 +205,29 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
     expect((await checkPodmanStore(repo)).problems).toEqual([]);
     expect(await sh(kernel, name(reg, 'test/rich:v1'), 'cat /etc/keep')).toBe('kept\n');
   }, 180_000);
+
+  // podman#4739, verified: podman stacks the store's layer directories itself; kernel overlay reads
+  // deletions only as overlay whiteouts, fuse-overlayfs also as OCI .wh.* files. So a store over DUCC's
+  // form (--whiteouts keep, what an ingest keeps) is right with fuse-overlayfs only, and record-form
+  // layers (what a transaction publishes) cannot carry deletions for podman at all: refused.
+  it("DUCC's .wh.* layers: deleted files come back under kernel overlay, stay deleted under fuse-overlayfs; record layers with deletions are refused", async () => {
+    const keepRepo = path.join(work, 'repo-keep');
+    fs.mkdirSync(keepRepo);
+    const r = await runCli(['convert', `docker://${name(reg, 'test/rich:v1')}`, '--repository-dir', keepRepo, '--no-thin', '--json', '--whiteouts', 'keep', '--podman-store']);
+    expect(json<{ images: { status: string; podman?: { status: string } }[] }>(r).images.map((i) => [i.status, i.podman?.status])).toEqual([['converted', 'added']]);
+    const keepStore = path.join(keepRepo, STORE_DIR);
+    const k = makePodman(path.join(work, 'podman-keep-kernel'), { stores: [keepStore] });
+    const f = makePodman(path.join(work, 'podman-keep-fuse'), { stores: [keepStore], fuse: true });
+    podmans.push(k, f);
+    const script = 'test -e /etc/toremove && echo toremove-back || echo toremove-gone';
+    expect(await sh(k, name(reg, 'test/rich:v1'), script)).toBe('toremove-back\n');
+    expect(await sh(f, name(reg, 'test/rich:v1'), script)).toBe('toremove-gone\n');
+
+    const recRepo = path.join(work, 'repo-record');
+    fs.mkdirSync(recRepo);
+    const rr = await runCli(['convert', `docker://${name(reg, 'test/rich:v1')}`, '--repository-dir', recRepo, '--no-thin', '--json', '--whiteouts', 'record', '--podman-store']);
+    const img = json<{ images: { status: string; error?: { code: string; message: string } }[] }>(rr).images[0]!;
+    expect([img.status, img.error?.code]).toEqual(['failed', 'CVMFS_THIN_PODMAN_RECORD_WHITEOUTS']);
+    expect(img.error?.message).toMatch(/keeps its deletions in its record/);
+  }, 300_000);
 });
