@@ -86,6 +86,9 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     cvmfsServer: flags.cvmfsServer,
     ingest: flags.ingest,
   } as Parameters<typeof hooksFromOptions>[0]);
+  if (hooks.ingest && flags.overwriteLayers) {
+    throw new InvalidArgumentError('--overwrite-layers cannot be used with --ingest: an ingest merges into an existing layer directory instead of replacing it; replace DUCC\'s layers through a transaction (--cvmfs-server without --ingest)', 'CVMFS_THIN_CANNOT_PUBLISH');
+  }
   // before anything is opened: refuse a layer form the publish would destroy
   const whiteouts = resolveLayerForm(flags.whiteouts, { transaction: Boolean(hooks.transaction || hooks.publish), ingest: Boolean(hooks.ingest), repositoryDir: dir });
   if (flags.cvmfsServer) for (const w of serverConfWarnings(repository, { transaction: Boolean(hooks.transaction) })) log.warn(w);

@@ -30,3 +30,15 @@ describe('server.conf warnings', () => {
     expect(serverConfWarnings('none.example.org', { transaction: true }, dir)).toEqual([]);
   });
 });
+
+describe('options that cannot publish together', () => {
+  it('--overwrite-layers with --ingest is refused before anything runs', async () => {
+    const { runCli } = await import('./cli.js');
+    const dir = tempDir('cvmfs-thin-ovw-');
+    const marker = path.join(dir, 'TX');
+    const r = await runCli(['convert', 'oci:/nonexistent:v1', '--repository-dir', dir, '--overwrite-layers', '--ingest-command', 'false', '--transaction-command', `touch ${marker}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--overwrite-layers cannot be used with --ingest/);
+    expect(fs.existsSync(marker)).toBe(false);
+  });
+});
