@@ -7,10 +7,9 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Metrics } from '../core/metrics.js';
 import type { LayerStack } from '../core/stack/index.js';
-import { MountMonitor } from '../core/stack/mount-health.js';
+import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-health.js';
 
-/** Default period of the check of mounted layers (`check-interval`). */
-export const DEFAULT_CHECK_INTERVAL_MS = 30_000;
+export { DEFAULT_CHECK_INTERVAL_MS };
 
 export function graphdriverMonitor(o: { home: string; stack: LayerStack; log: Logger; metrics?: Metrics | undefined; intervalMs?: number | undefined }): MountMonitor {
   const layers = path.join(o.home, 'layers');

@@ -7,11 +7,10 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Metrics } from '../core/metrics.js';
 import type { LayerStack } from '../core/stack/index.js';
-import { MountMonitor } from '../core/stack/mount-health.js';
+import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-health.js';
 import type { MetaStore } from './metastore.js';
 
-/** Default period of the check of running containers (`check-interval`). */
-export const DEFAULT_CHECK_INTERVAL_MS = 30_000;
+export { DEFAULT_CHECK_INTERVAL_MS };
 
 export function snapshotterMonitor(o: { root: string; stack: LayerStack; store: MetaStore; log: Logger; metrics?: Metrics | undefined; intervalMs?: number | undefined }): MountMonitor {
   const snapshots = path.join(o.root, 'snapshots');

@@ -7,46 +7,23 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
-import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
+import { describe, expect, it } from 'vitest';
 import { chainDir, duccChainIds } from '../../src/core/cvmfs/layout.js';
-import { mount } from '../../src/core/sys.js';
-import { parseThinManifest } from '../../src/core/thin/manifest.js';
-import { addLayer, type Entry, type FakeLayer, thinJson, writeTree } from '../helpers/cvmfs-tree.js';
-import { needs, tempDir } from '../helpers/env.js';
-import { unmountAll } from '../helpers/mount.js';
+import { addLayer, type Entry, type FakeLayer, writeTree } from '../helpers/cvmfs-tree.js';
+import { needs } from '../helpers/env.js';
+import { layerStackFixture } from '../helpers/layer-stack.js';
 
-const REPO = 'unpacked.cern.ch';
-const mounted: string[] = [];
-afterEach(() => {
-  for (const m of mounted.splice(0)) unmountAll(m);
-});
+const fixture = layerStackFixture('cvmfs-thin-chains-');
 
 function setup() {
-  const work = tempDir('cvmfs-thin-chains-');
-  const repo = path.join(work, 'cvmfs', REPO);
-  fs.mkdirSync(repo, { recursive: true });
-  const facts = new Map<string, LayerFacts>();
-  const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
-    get: (k) => facts.get(k),
-    put: async (k, f) => void facts.set(k, f),
-  });
+  const f = fixture();
   const chain = (ls: FakeLayer[], entries: Record<string, Entry>) => {
     const ids = duccChainIds(ls.map((l) => l.hex));
-    const dir = chainDir(repo, ids[ids.length - 1]!);
+    const dir = chainDir(f.repo, ids[ids.length - 1]!);
     writeTree(dir, entries);
     return dir;
   };
-  const merged = async (ls: FakeLayer[]) => {
-    const r = await layers.resolveThin(parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO }));
-    const target = path.join(work, `m${mounted.length}`);
-    for (const d of ['', '-upper', '-work']) fs.mkdirSync(target + d);
-    mount('overlay', target, 'overlay', 0, `lowerdir=${r.dirs.join(':')},upperdir=${target}-upper,workdir=${target}-work`);
-    mounted.push(target);
-    return { target, how: r.how };
-  };
-  return { work, repo, merged, chain };
+  return { ...f, chain };
 }
 
 const modeOf = (p: string) => fs.lstatSync(p).mode & 0o7777;

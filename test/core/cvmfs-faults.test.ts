@@ -22,30 +22,16 @@ import { GraphDriver } from '../../src/graphdriver/driver.js';
 import { Snapshotter } from '../../src/snapshotter/snapshotter.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { needs, tempDir } from '../helpers/env.js';
-import { FuseStandin } from '../helpers/fuse-standin.js';
+import { errnoOf, failureOf, FuseStandin } from '../helpers/fuse-standin.js';
 import { mountAll, unmountAll } from '../helpers/mount.js';
 import { tarOf } from '../helpers/oci-image.js';
 
 const TIMEOUT_MS = 1000;
 
 async function failure(p: Promise<unknown>): Promise<{ code: string; kind: string; message: string; ms: number }> {
-  const t0 = Date.now();
-  try {
-    await p;
-  } catch (e) {
-    if (!ThinError.is(e)) throw e;
-    return { code: e.code, kind: e.kind, message: e.message, ms: Date.now() - t0 };
-  }
-  throw new Error('expected a failure');
-}
-
-function errnoOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code ?? 'EIO';
-  }
-  return 'ok';
+  const { error: e, ms } = await failureOf(p);
+  if (!ThinError.is(e)) throw e;
+  return { code: e.code, kind: e.kind, message: e.message, ms };
 }
 
 describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('a real FUSE client that dies or stalls', () => {

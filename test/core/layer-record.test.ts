@@ -8,42 +8,15 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
-import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
+import { describe, expect, it } from 'vitest';
 import { parseLayerMarker } from '../../src/core/cvmfs/layout.js';
-import { lgetxattr, lsetxattr, mount } from '../../src/core/sys.js';
-import { parseThinManifest } from '../../src/core/thin/manifest.js';
-import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
-import { needs, tempDir } from '../helpers/env.js';
-import { unmountAll } from '../helpers/mount.js';
+import { lgetxattr, lsetxattr } from '../../src/core/sys.js';
+import { addLayer } from '../helpers/cvmfs-tree.js';
+import { needs } from '../helpers/env.js';
+import { layerStackFixture } from '../helpers/layer-stack.js';
 
-const REPO = 'unpacked.cern.ch';
 const CAP = Buffer.from('AQAAAgAgAAAAAAAAAAAAAAAAAAA=', 'base64');
-const mounted: string[] = [];
-afterEach(() => {
-  for (const m of mounted.splice(0)) unmountAll(m);
-});
-
-function setup() {
-  const work = tempDir('cvmfs-thin-record-');
-  const repo = path.join(work, 'cvmfs', REPO);
-  fs.mkdirSync(repo, { recursive: true });
-  const facts = new Map<string, LayerFacts>();
-  const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
-    get: (k) => facts.get(k),
-    put: async (k, f) => void facts.set(k, f),
-  });
-  const merged = async (ls: FakeLayer[]) => {
-    const r = await layers.resolveThin(parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO }));
-    const target = path.join(work, `m${mounted.length}`);
-    for (const d of ['', '-upper', '-work']) fs.mkdirSync(target + d);
-    mount('overlay', target, 'overlay', 0, `lowerdir=${r.dirs.join(':')},upperdir=${target}-upper,workdir=${target}-work`);
-    mounted.push(target);
-    return { target, how: r.how };
-  };
-  return { work, repo, layers, merged, facts };
-}
+const setup = layerStackFixture('cvmfs-thin-record-');
 
 describe.skipIf(needs({ root: true }))('layers with a record (version 2) and catalog markers, on a real overlay', () => {
   it('deletions and opaque dirs hide what is below, never what the layer itself holds', async () => {
@@ -113,9 +86,9 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
     [{ deleted: 'x' }, 'record.deleted: not a list'],
     ['nope', 'record: missing or not an object'],
   ])('a hostile record is refused naming the field, and nothing is written (%#)', async (record, msg) => {
-    const { repo, layers, work } = setup();
+    const { repo, layers, work, manifest } = setup();
     const l = addLayer(repo, 'bad', { a: 'a' }, { record });
-    const m = parseThinManifest(thinJson(REPO, [addLayer(repo, 'low', { b: 'b' }), l]), { allowedRepositories: [REPO], defaultRepository: REPO });
+    const m = manifest([addLayer(repo, 'low', { b: 'b' }), l]);
     const err = await layers.resolveThin(m).then(
       () => null,
       (e: unknown) => e as { code: string; message: string },

@@ -76,3 +76,24 @@ export class FuseStandin {
     this.detach();
   }
 }
+
+/** What a call answers after a fault: the errno of a synchronous fs call, or 'ok'. */
+export function errnoOf(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? 'EIO';
+  }
+  return 'ok';
+}
+
+/** The error a promise fails with and how long it took; throws if it succeeds. */
+export async function failureOf(p: Promise<unknown>): Promise<{ error: unknown; ms: number }> {
+  const t0 = Date.now();
+  try {
+    await p;
+  } catch (error) {
+    return { error, ms: Date.now() - t0 };
+  }
+  throw new Error('expected a failure');
+}

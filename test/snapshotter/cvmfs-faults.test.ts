@@ -15,7 +15,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { addLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { type Daemon, startDaemon } from '../helpers/daemon.js';
 import { needs, tempDir } from '../helpers/env.js';
-import { FuseStandin } from '../helpers/fuse-standin.js';
+import { errnoOf, failureOf, FuseStandin } from '../helpers/fuse-standin.js';
 import type { Mount } from '../helpers/grpc.js';
 import { mountAll, unmountAll } from '../helpers/mount.js';
 import { httpGet, scrape } from '../e2e/metrics-scrape.js';
@@ -23,23 +23,9 @@ import { httpGet, scrape } from '../e2e/metrics-scrape.js';
 const TIMEOUT_S = 2;
 
 async function failure(p: Promise<unknown>): Promise<{ code: number; details: string; ms: number }> {
-  const t0 = Date.now();
-  try {
-    await p;
-  } catch (e) {
-    const err = e as { code: number; details: string };
-    return { code: err.code, details: err.details, ms: Date.now() - t0 };
-  }
-  throw new Error('expected a failure');
-}
-
-function errnoOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code ?? 'EIO';
-  }
-  return 'ok';
+  const { error, ms } = await failureOf(p);
+  const err = error as { code: number; details: string };
+  return { code: err.code, details: err.details, ms };
 }
 
 describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotter daemon over a CVMFS client that dies or stalls (real FUSE)', () => {

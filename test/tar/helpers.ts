@@ -360,3 +360,28 @@ export function buildFixtureTree(src: string): string {
   return src;
 }
 
+
+/** A fresh empty directory under `base` per call (d0, d1, …). */
+export function freshDirs(base: string): () => string {
+  let n = 0;
+  return () => {
+    const d = path.join(base, `d${n++}`);
+    fs.mkdirSync(d);
+    return d;
+  };
+}
+
+/** The whiteout kinds of one layer: a deletion in a dir and at the root, an opaque dir with new content, AUFS metadata. */
+export function whiteoutEntries(): Buffer[] {
+  return [
+    rawEntry({ name: 'd/', type: '5' }),
+    rawEntry({ name: 'd/.wh.gone' }),
+    rawEntry({ name: 'd/keep' }, 'keep'),
+    rawEntry({ name: '.wh.top' }),
+    rawEntry({ name: 'o/', type: '5', mode: 0o750 }),
+    rawEntry({ name: 'o/.wh..wh..opq' }),
+    rawEntry({ name: 'o/new' }, 'new'),
+    rawEntry({ name: '.wh..wh.plnk/', type: '5' }),
+    rawEntry({ name: '.wh..wh.plnk/123.456' }, 'aufs hardlink store'),
+  ];
+}

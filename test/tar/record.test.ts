@@ -9,28 +9,15 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { llistxattr } from '../../src/core/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
-import { extractBuf, paxEntry, rawEntry, snapshot, tar, type Thread } from './helpers.js';
+import { extractBuf, freshDirs, paxEntry, rawEntry, snapshot, tar, type Thread, whiteoutEntries } from './helpers.js';
 
 const base = tempDir('cvmfs-thin-record-');
-let n = 0;
-const fresh = (): string => {
-  const d = path.join(base, `d${n++}`);
-  fs.mkdirSync(d);
-  return d;
-};
+const fresh = freshDirs(base);
 
 const CAP = Buffer.from('AQAAAgAgAAAAAAAAAAAAAAAAAAA=', 'base64');
 
 const layer = tar(
-  rawEntry({ name: 'd/', type: '5' }),
-  rawEntry({ name: 'd/.wh.gone' }),
-  rawEntry({ name: 'd/keep' }, 'keep'),
-  rawEntry({ name: '.wh.top' }),
-  rawEntry({ name: 'o/', type: '5', mode: 0o750 }),
-  rawEntry({ name: 'o/.wh..wh..opq' }),
-  rawEntry({ name: 'o/new' }, 'new'),
-  rawEntry({ name: '.wh..wh.plnk/', type: '5' }),
-  rawEntry({ name: '.wh..wh.plnk/123.456' }, 'aufs hardlink store'),
+  ...whiteoutEntries(),
   rawEntry({ name: 'deep/er/.wh.x' }),
   paxEntry([['SCHILY.xattr.security.capability', CAP], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]),
   rawEntry({ name: 'bin/ping', mode: 0o755 }, 'ping'),

@@ -10,28 +10,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { lgetxattr } from '../../src/core/sys.js';
 import { extractLayerFile } from '../../src/core/tar/index.js';
 import { hasBinary, needs, tempDir } from '../helpers/env.js';
-import { extractBuf, rawEntry, snapshot, tar, type Thread } from './helpers.js';
+import { extractBuf, freshDirs, rawEntry, snapshot, tar, type Thread, whiteoutEntries } from './helpers.js';
 
 const base = tempDir('cvmfs-thin-whiteouts-');
-let n = 0;
-const fresh = (): string => {
-  const d = path.join(base, `d${n++}`);
-  fs.mkdirSync(d);
-  return d;
-};
+const fresh = freshDirs(base);
 
-const layer = tar(
-  rawEntry({ name: 'd/', type: '5' }),
-  rawEntry({ name: 'd/.wh.gone' }),
-  rawEntry({ name: 'd/keep' }, 'keep'),
-  rawEntry({ name: '.wh.top' }),
-  rawEntry({ name: 'o/', type: '5', mode: 0o750 }),
-  rawEntry({ name: 'o/.wh..wh..opq' }),
-  rawEntry({ name: 'o/new' }, 'new'),
-  rawEntry({ name: 'o/sub/new2' }, 'new2'),
-  rawEntry({ name: '.wh..wh.plnk/', type: '5' }),
-  rawEntry({ name: '.wh..wh.plnk/123.456' }, 'aufs hardlink store'),
-);
+const layer = tar(...whiteoutEntries(), rawEntry({ name: 'o/sub/new2' }, 'new2'));
 
 describe.skipIf(needs({ root: true, binaries: ['getfattr'] }))('whiteouts: overlay mode', () => {
   it.each<Thread>(['worker', 'inline'])('.wh.x → char 0/0, .wh..wh..opq → trusted.overlay.opaque=y (%s)', async (thread) => {

@@ -25,6 +25,9 @@ import { type Metrics, noMetrics } from '../metrics.js';
 import { type CvmfsProbe, cvmfsRootOf } from './probe.js';
 
 /** An overlay mount's own options: lower layers (top first), upper and work dirs, as written (relative or absolute). */
+
+/** Default period of the check of mounted layers / running containers (`check-interval`). */
+export const DEFAULT_CHECK_INTERVAL_MS = 30_000;
 export interface OverlayOptions {
   lowers: string[];
   upper: string | undefined;
