@@ -21,7 +21,7 @@ import { TarParser } from '../../src/core/tar/parser.js';
 import { LayerRewriter, type RewriteOptions, type RewriteResult } from '../../src/core/tar/rewrite.js';
 import { lgetxattr } from '../../src/core/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
-import { END, extractBuf, paxEntry, rawEntry, streamOf, tar } from './helpers.js';
+import { END, extractBuf, paxEntry, rawEntry, streamOf, tar, whiteoutEntries } from './helpers.js';
 
 const PREFIX = 'layerfs/';
 const TRAILER: MemEntry[] = [{ name: '.metadata/' }, { name: '.metadata/record.json', data: '{"last":true}\n' }];
@@ -267,14 +267,7 @@ describe('LayerRewriter: content', () => {
 
   it.skipIf(needs({ root: true }))('the record equals the extractor’s record mode for the same layer (ingest and transaction paths agree)', async () => {
     const input = tar(
-      rawEntry({ name: 'd/', type: '5' }),
-      rawEntry({ name: 'd/.wh.gone' }),
-      rawEntry({ name: 'd/keep' }, 'keep'),
-      rawEntry({ name: '.wh.top' }),
-      rawEntry({ name: 'o/', type: '5', mode: 0o750 }),
-      rawEntry({ name: 'o/.wh..wh..opq' }),
-      rawEntry({ name: '.wh..wh.plnk/', type: '5' }),
-      rawEntry({ name: '.wh..wh.plnk/1.2' }, 'x'),
+      ...whiteoutEntries(),
       paxEntry([['SCHILY.xattr.security.capability', CAP], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]),
       rawEntry({ name: 'bin/ping', mode: 0o755 }, 'ping'),
       paxEntry([['SCHILY.xattr.user.note', 'n1']]),
