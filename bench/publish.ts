@@ -12,7 +12,9 @@
  * the same run. The publisher is test/helpers/cvmfs-sim (a real overlayfs
  * union, the publish rules of a real Stratum-0, GNU tar for the ingest);
  * where a real CernVM-FS server is installed (`cvmfs_server` on PATH) the two
- * publish paths also run against a real Stratum-0 made for the run. DUCC's
+ * publish paths also run against a real Stratum-0 made for the run (its
+ * default URL, http://localhost/cvmfs/<repo>: the publisher's web server must
+ * serve /srv/cvmfs). DUCC's
  * figures (the note cvmfs-real.md: 14 s and 31 transaction/publish pairs for a
  * 2-layer image) are printed beside ours for reference — not measured here.
  *
@@ -141,7 +143,7 @@ function simHooks(S: string, ingest: boolean): string[] {
 }
 
 function realServer(name: string): { repoDir: string; hooks: (ingest: boolean) => string[]; remove: () => void } {
-  execFileSync('cvmfs_server', ['mkfs', '-o', 'root', name], { stdio: 'ignore' });
+  execFileSync('cvmfs_server', ['mkfs', '-o', 'root', '-p', name], { stdio: 'ignore' });
   return {
     repoDir: `/cvmfs/${name}`,
     hooks: (ingest) => ['--cvmfs-server', ...(ingest ? ['--ingest'] : [])],
