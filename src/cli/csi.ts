@@ -64,7 +64,7 @@ export function csiCommand(): Command {
     const s = resolveCsiSettings(o, c);
     const socket = parseEndpoint(s.endpoint);
     const m = await maybeStartMetrics(s.metricsAddress, s.manager.log, {
-      ready: readiness(socket, s.manager.cvmfsRoot),
+      ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });
     await serveWithMetrics(m, s.manager.log, () =>
       startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig, metrics: m.metrics }),

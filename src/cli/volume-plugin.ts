@@ -28,7 +28,7 @@ export function volumePluginCommand(): Command {
     const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
     const socket = s.pick<string>('socket', 'socket') ?? VOLUME_PLUGIN_DEFAULTS.socket;
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log, {
-      ready: readiness(socket, s.manager.cvmfsRoot),
+      ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });
     await serveWithMetrics(m, s.manager.log, () => startVolumePlugin({ ...s.manager, socket, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }));
   });

@@ -136,8 +136,10 @@ export class CsiNode {
 
   /**
    * Usage from statfs of the published path (for CVMFS: its cache), and the
-   * condition: a target that is no longer mounted, or whose FUSE client died
-   * (ENOTCONN), is abnormal.
+   * condition: a target that is no longer mounted, whose FUSE client died
+   * (ENOTCONN) or stalls (no answer within cvmfs-timeout), is abnormal. The
+   * target is asked in the probe helper first; the usage is read only once
+   * it answered.
    */
   async stats(r: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = required(r.volumeId, 'volume_id');
@@ -152,15 +154,17 @@ export class CsiNode {
       abnormal = true;
       message = `${p} is not mounted any more (unmounted behind the plugin's back?)`;
     } else {
-      try {
-        this.o.host.statfsType(p);
-      } catch (e) {
+      const health = await this.m.pathHealth(p);
+      if (health !== 'ok') {
         abnormal = true;
-        const code = (e as NodeJS.ErrnoException).code ?? '';
         message =
-          code === 'ENOTCONN'
+          health === 'broken'
             ? `${p}: transport endpoint is not connected (the CVMFS client serving ${h.key} died; the plugin's health check remounts it)`
-            : `${p}: ${(e as Error).message}`;
+            : health === 'stalled'
+              ? `${p} does not answer within ${this.m.backends.timeoutMs / 1000} s (cvmfs-timeout): the CVMFS client serving ${h.key} is stalled (server or proxy unreachable?)`
+              : health === 'absent'
+                ? `${p} does not exist`
+                : `${p} could not be checked`;
       }
     }
     const usage = [

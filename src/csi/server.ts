@@ -39,6 +39,8 @@ export interface CsiDaemonOptions {
   maxVolumesPerNode?: number | undefined;
   idleUnmountMs?: number | undefined;
   mountTimeoutMs?: number | undefined;
+  /** Deadline of every question to CVMFS (default 10 s). */
+  cvmfsTimeoutMs?: number | undefined;
   checkIntervalMs?: number | undefined;
   host?: Host | undefined;
   log: Logger;
@@ -93,6 +95,7 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
     clientConfigKeys: o.clientConfigKeys,
     idleUnmountMs: o.idleUnmountMs,
     mountTimeoutMs: o.mountTimeoutMs,
+    cvmfsTimeoutMs: o.cvmfsTimeoutMs,
     checkIntervalMs: o.checkIntervalMs,
     host,
     log,

@@ -31,14 +31,17 @@ describe('volume-plugin command (no root)', () => {
         'backend = "client"',
         'mount-command = "/usr/bin/mount -t cvmfs"',
         'idle-unmount = 300',
+        'cvmfs-timeout = 3',
         'log-level = "debug"',
       ].join('\n'),
     );
     const s = volumeSettings({ config: f }, null, volumePluginConfigSpec, { stateDir: '/default', loggerName: 't' });
-    expect(s.manager).toMatchObject({ stateDir: '/var/lib/x', cvmfsRoot: '/cvmfs', allow: ['*.cern.ch', 'sw.example.org'], backend: 'client', mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'], idleUnmountMs: 300_000 });
+    expect(s.manager).toMatchObject({ stateDir: '/var/lib/x', cvmfsRoot: '/cvmfs', allow: ['*.cern.ch', 'sw.example.org'], backend: 'client', mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'], idleUnmountMs: 300_000, cvmfsTimeoutMs: 3000 });
+    // the default: the snapshotter's cvmfs-timeout
+    expect(volumeSettings({}, null, volumePluginConfigSpec, { stateDir: '/default', loggerName: 't' }).manager.cvmfsTimeoutMs).toBe(10_000);
     expect(s.pick('socket', 'socket')).toBe('/run/docker/plugins/cvmfs.sock');
     expect(Object.keys(volumePluginConfigSpec).sort()).toEqual(
-      ['allowed-repositories', 'backend', 'check-interval', 'client-config-keys', 'cvmfs-root', 'idle-unmount', 'log-level', 'metrics-address', 'mount-command', 'mount-timeout', 'socket', 'state-dir'],
+      ['allowed-repositories', 'backend', 'check-interval', 'client-config-keys', 'cvmfs-root', 'cvmfs-timeout', 'idle-unmount', 'log-level', 'metrics-address', 'mount-command', 'mount-timeout', 'socket', 'state-dir'],
     );
   });
 
@@ -48,6 +51,7 @@ describe('volume-plugin command (no root)', () => {
     expect(() => load(toml('b.toml', 'backend = "autofs"'))).toThrow(/backend: must be one of host, client/);
     expect(() => load(toml('r.toml', 'state-dir = "state"'))).toThrow(/state-dir: must be an absolute path/);
     expect(() => load(toml('i.toml', 'idle-unmount = -5'))).toThrow(/idle-unmount: must be a whole number from 0 to 86400/);
+    expect(() => load(toml('c.toml', 'cvmfs-timeout = 0'))).toThrow(/cvmfs-timeout: must be a whole number from 1 to 600/);
     expect(() => load(toml('s.toml', 'idle-unmount = "30"'))).toThrow(/idle-unmount: must be a whole number/);
     expect(() => load(toml('a.toml', 'allowed-repositories = "cms.cern.ch"'))).toThrow(/allowed-repositories: must be an array of strings/);
     expect(() => load(toml('p.toml', 'allowed-repositories = ["CMS"]'))).toThrow(/allowed-repositories: "CMS"/);
@@ -89,6 +93,7 @@ describe('volume-plugin command (no root)', () => {
       [['--state-dir', 'relative/dir', '--socket', path.join(dir, 'x.sock')], 2, /^cvmfs-thin: --state-dir "relative\/dir" must be an absolute path/],
       [['--backend', 'nfs', ...state], 1, /argument 'nfs' is invalid. Allowed choices are host, client/],
       [['--idle-unmount', 'soon', ...state, '--socket', path.join(dir, 'y.sock')], 2, /^cvmfs-thin: --idle-unmount "soon": must be a whole number of seconds/],
+      [['--cvmfs-timeout', '0', ...state, '--socket', path.join(dir, 'w.sock')], 2, /^cvmfs-thin: --cvmfs-timeout must be from 1 to 600 seconds/],
       [['--allowed-repository', 'CMS', ...state, '--socket', path.join(dir, 'z.sock')], 2, /^cvmfs-thin: allowed repository "CMS": is not a fully qualified CVMFS repository name/],
       [['--socket', path.join(dir, `${'s'.repeat(120)}.sock`), ...state], 2, /is longer than 107 bytes \(the unix socket limit\)/],
     ];

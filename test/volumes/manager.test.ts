@@ -24,6 +24,7 @@ function setup(over: Partial<MountManagerOptions> = {}) {
     writeFileSync(path.join(cvmfsRoot, r, 'README'), r);
   }
   const host = new RecordingHost();
+  hosts.push(host);
   const opts: MountManagerOptions = {
     stateDir: path.join(dir, 'state'),
     cvmfsRoot,
@@ -42,7 +43,11 @@ function setup(over: Partial<MountManagerOptions> = {}) {
   return { dir, cvmfsRoot, host: opts.host as RecordingHost, opts, start };
 }
 
+const hosts: RecordingHost[] = [];
+
 afterEach(async () => {
+  // stalled probes answer (and end) before the managers close
+  for (const h of hosts.splice(0)) h.unstall();
   for (const m of open.splice(0)) await m.close().catch(() => undefined);
 });
 
@@ -206,6 +211,170 @@ describe('restart and recovery', () => {
     expect(binds(host).length).toBe(before + 2);
     expect(host.mounts.filter((x) => x.mountPoint === s.path)).toHaveLength(1);
     expect(await m.check()).toEqual([]);
+  });
+});
+
+/** The error a promise fails with and how long it took; throws if it succeeds. */
+async function failure(p: Promise<unknown>): Promise<{ error: Error & { code?: string; kind?: string }; ms: number }> {
+  const t0 = Date.now();
+  try {
+    await p;
+  } catch (error) {
+    return { error: error as Error, ms: Date.now() - t0 };
+  }
+  throw new Error('expected a failure');
+}
+
+describe('a stalled repository (no answer: every request that needs it fails within cvmfs-timeout)', () => {
+  const T = 300;
+
+  it('acquire and publish of a repository not mounted yet fail within the deadline, naming it; others are answered meanwhile; it works once it answers', async () => {
+    const { start, host, cvmfsRoot, dir } = setup({ cvmfsTimeoutMs: T });
+    const m = await start();
+    const other = await m.acquire(m.parse('atlas.cern.ch'), { id: 'other' });
+    const src = path.join(cvmfsRoot, 'cms.cern.ch');
+    host.stalled.add(src);
+    const pending = [failure(m.acquire(m.parse('cms.cern.ch'), { id: 'docker:1' })), failure(m.publish(m.parse('cms.cern.ch'), path.join(dir, 'pod', 'vol')))];
+    // meanwhile: other volumes, list, get, release
+    const t1 = Date.now();
+    await m.acquire(m.parse('atlas.cern.ch'), { id: 'other2' });
+    expect(m.list().map((v) => v.key)).toEqual(['atlas.cern.ch']);
+    expect(m.get('atlas.cern.ch')?.holders).toHaveLength(2);
+    expect(await m.release('other2')).toBe(true);
+    expect(Date.now() - t1).toBeLessThan(T / 2);
+    for (const f of await Promise.all(pending)) {
+      expect(f.error).toMatchObject({ code: 'CVMFS_THIN_CVMFS_STALLED', kind: 'unavailable' });
+      expect(f.error.message).toMatch(/^repository cms\.cern\.ch: CVMFS at .*\/cms\.cern\.ch (did not answer within 0\.3 s|has not answered for [\d.]+ s \(deadline 0\.3 s)/);
+      expect(f.ms).toBeLessThan(T + 250);
+    }
+    // known to stall: the next request fails at once
+    const fast = await failure(m.acquire(m.parse('cms.cern.ch'), { id: 'docker:2' }));
+    expect(fast.error.message).toMatch(/has not answered for [\d.]+ s \(deadline 0\.3 s, cvmfs-timeout\)/);
+    expect(fast.ms).toBeLessThan(100);
+    expect(m.get('cms.cern.ch')).toBeUndefined();
+    expect(host.mountedAt(path.join(path.dirname(other.path), 'cms.cern.ch'))).toBeUndefined();
+    expect(host.ops('probeFs').filter((c) => (c.args as string[]).includes(`statfs ${src}`))).toHaveLength(1);
+
+    // the late answer ends the stall
+    host.unstall();
+    await new Promise((r) => setTimeout(r, 20));
+    const s = await m.acquire(m.parse('cms.cern.ch'), { id: 'docker:1' });
+    expect(host.mountedAt(s.path)?.readonly).toBe(true);
+  });
+
+  it('a mounted volume whose client stalls: acquire fails within the deadline and adds no holder; release and unpublish still work; the check leaves it alone', async () => {
+    const { start, host, dir } = setup({ cvmfsTimeoutMs: T });
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const target = path.join(dir, 'pod', 'vol');
+    const s = await m.publish(spec, target);
+    await m.acquire(spec, { id: 'a' });
+    host.stalled.add(s.path);
+    host.stalled.add(target);
+    const f = await failure(m.acquire(spec, { id: 'b' }));
+    expect(f.error).toMatchObject({ code: 'CVMFS_THIN_CVMFS_STALLED' });
+    expect(f.error.message).toContain(`repository cms.cern.ch: CVMFS at ${s.path} did not answer within 0.3 s (cvmfs-timeout)`);
+    expect(f.ms).toBeGreaterThanOrEqual(T - 20);
+    expect(f.ms).toBeLessThan(T + 250);
+    expect(m.get('cms.cern.ch')?.holders.map((h) => h.id)).toEqual([target, 'a']);
+    // a stalled mount is not broken: nothing is unmounted or repaired
+    const umounts = host.ops('umount').length;
+    const t0 = Date.now();
+    expect(await m.check()).toEqual([]);
+    expect(Date.now() - t0).toBeLessThan(T + 250);
+    expect(host.ops('umount')).toHaveLength(umounts);
+    expect(await m.pathHealth(target)).toBe('stalled');
+    // going away needs no answer from CVMFS
+    expect(await m.release('a')).toBe(true);
+    expect(await m.unpublish(target)).toBe(true);
+    expect(host.mountedAt(target)).toBeUndefined();
+    expect(host.mountedAt(s.path)).toBeUndefined();
+  });
+
+  it('a dead (ENOTCONN) client is not a stall: the check mounts it again, with its targets, also those bound from a staging path', async () => {
+    const { start, host, dir } = setup({ cvmfsTimeoutMs: T });
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const staging = path.join(dir, 'globalmount');
+    const target = path.join(dir, 'pod', 'mount');
+    const s = await m.publish(spec, staging);
+    await m.publish(spec, target, { source: staging });
+    for (const p of [s.path, staging, target]) host.broken.add(p);
+    const origBind = host.bind.bind(host);
+    const rebound: string[] = [];
+    host.bind = (src, t, o) => {
+      host.broken.delete(t);
+      rebound.push(t);
+      origBind(src, t, o);
+    };
+    const t0 = Date.now();
+    expect(await m.check()).toEqual(['cms.cern.ch']);
+    expect(Date.now() - t0).toBeLessThan(T);
+    expect(rebound).toEqual([s.path, staging, target]);
+    expect(host.mountedAt(target)?.root).toBe(staging);
+    for (const p of [s.path, staging, target]) expect(host.mounts.filter((x) => x.mountPoint === p)).toHaveLength(1);
+    expect(await m.check()).toEqual([]);
+  });
+
+  it('a mount repaired by a request has its targets bound again too', async () => {
+    const { start, host, dir } = setup({ cvmfsTimeoutMs: T });
+    const m = await start();
+    const spec = m.parse('cms.cern.ch');
+    const target = path.join(dir, 'pod', 'vol');
+    const s = await m.publish(spec, target);
+    host.broken.add(s.path);
+    host.broken.add(target);
+    const origBind = host.bind.bind(host);
+    host.bind = (src, t, o) => {
+      host.broken.delete(t);
+      origBind(src, t, o);
+    };
+    await m.acquire(spec, { id: 'docker:x' });
+    expect(host.broken.size).toBe(0);
+    expect(await m.pathHealth(target)).toBe('ok');
+  });
+
+  it("the host's repository still dead: our mount is kept (and found again by the next check) until it can be bound again", async () => {
+    const { start, host, cvmfsRoot } = setup({ cvmfsTimeoutMs: T });
+    const m = await start();
+    const s = await m.acquire(m.parse('cms.cern.ch'), { id: 'a' });
+    const src = path.join(cvmfsRoot, 'cms.cern.ch');
+    host.broken.add(src);
+    host.broken.add(s.path);
+    expect(await m.check()).toEqual([]);
+    expect(host.mountedAt(s.path)).toBeDefined();
+    expect(host.ops('umount')).toHaveLength(0);
+    await expect(m.acquire(m.parse('cms.cern.ch'), { id: 'b' })).rejects.toThrow(/broken on the host/);
+    // the host mounts a new client
+    host.broken.delete(src);
+    const origBind = host.bind.bind(host);
+    host.bind = (from, t, o) => {
+      host.broken.delete(t);
+      origBind(from, t, o);
+    };
+    expect(await m.check()).toEqual(['cms.cern.ch']);
+    expect(host.mounts.filter((x) => x.mountPoint === s.path)).toHaveLength(1);
+    expect(await m.pathHealth(s.path)).toBe('ok');
+  });
+
+  it('at start, a stalled mount costs one deadline however many volumes it has, and is left mounted', async () => {
+    const { start, host, cvmfsRoot } = setup({ cvmfsTimeoutMs: T });
+    const m1 = await start();
+    const paths = [];
+    for (const r of ['cms.cern.ch', 'atlas.cern.ch', 'sft.cern.ch']) paths.push((await m1.acquire(m1.parse(r), { id: r })).path);
+    await m1.close();
+    for (const p of paths) host.stalled.add(p);
+    const before = host.ops('probeFs').length;
+    const t0 = Date.now();
+    const m2 = await start();
+    // asked in the probe (all at once), waited for one deadline
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(T - 20);
+    expect(took).toBeLessThan(2 * T);
+    expect(host.ops('probeFs').slice(before).flatMap((c) => c.args as string[]).sort()).toEqual(paths.map((p) => `statfs ${p}`).sort());
+    expect(m2.list().filter((v) => v.mounted)).toHaveLength(3);
+    expect(host.ops('umount')).toHaveLength(0);
+    expect(host.stalled.has(path.join(cvmfsRoot, 'cms.cern.ch'))).toBe(false);
   });
 });
 

@@ -3,15 +3,27 @@
  * repository appear at `<state>/mounts/<key>` and to take it away again.
  * Everything on the host goes through the Host seam. Only mount points below
  * our own `mounts/` directory are ever unmounted.
+ *
+ * Every question asked of a CVMFS path (a repository before it is bound, our
+ * mounts, the targets we bound) goes through a CvmfsProbe (stack/probe.ts):
+ * in a helper process, with a deadline. A stalled client (server or proxy
+ * gone: every system call on it hangs) then fails the request within
+ * `cvmfs-timeout` (CVMFS_THIN_CVMFS_STALLED, naming the repository and the
+ * deadline) and never blocks the event loop or a libuv pool thread. The
+ * first access of a repository that autofs has yet to mount gets the
+ * `mount-timeout` deadline instead (the automount fetches its catalog).
+ * Mounting and unmounting (mount(2), umount2(2)) never wait for the FUSE
+ * daemon, so they stay on the main thread.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { UnavailableError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
-import type { Host, MountInfo } from '../host.js';
+import type { FsProbeOp, FsProbeResult, Host, MountInfo } from '../host.js';
+import { CvmfsProbe, StalledError } from '../stack/probe.js';
 import { MNT_DETACH } from '../sys.js';
-import { clientParameters, needsClient, type VolumeSpec } from './spec.js';
+import { clientParameters, needsClient, type VolumeSpec, volumeName } from './spec.js';
 import type { VolumeRecord } from './store.js';
 import type { Backend } from './types.js';
 
@@ -23,14 +35,29 @@ export interface BackendOptions {
   backend: Backend;
   mountCommand: readonly string[];
   mountTimeoutMs: number;
+  /** Questions to CVMFS with the `cvmfs-timeout` deadline. */
+  probe: CvmfsProbe;
+  /** The first access of a repository autofs has yet to mount, with the `mount-timeout` deadline. */
+  automount: CvmfsProbe;
   host: Host;
   log: Logger;
 }
 
-export type Health = 'ok' | 'broken' | 'absent';
+/**
+ * What a statfs of a path says: ok; broken (ENOTCONN and friends: the FUSE
+ * process died); absent (ENOENT); stalled (no answer within the deadline);
+ * unknown (the probe itself failed: nothing to conclude, nothing to repair).
+ */
+export type Health = 'ok' | 'broken' | 'absent' | 'stalled' | 'unknown';
 
-function errCode(e: unknown): string | undefined {
-  return (e as NodeJS.ErrnoException | undefined)?.code;
+const seconds = (ms: number) => `${+(ms / 1000).toFixed(3)} s`;
+
+function healthOf(a: FsProbeResult | undefined): Health {
+  if (!a) return 'unknown';
+  if (a.ok) return 'ok';
+  if (a.code === 'ENOENT' || a.code === 'ENOTDIR') return 'absent';
+  if (a.code === 'ESKIPPED') return 'unknown';
+  return 'broken';
 }
 
 export class Backends {
@@ -70,16 +97,54 @@ export class Backends {
     return table.some((m) => m.mountPoint === r);
   }
 
-  /** ok, broken (ENOTCONN and friends: the FUSE process died), or absent. */
-  health(p: string): Health {
+  /** The deadline of questions to CVMFS (ms). */
+  get timeoutMs(): number {
+    return this.o.probe.timeoutMs;
+  }
+
+  /**
+   * statfs of `paths` (in order, one probe) under `key` (the volume's path:
+   * one outstanding probe per repository however many targets it has), within
+   * the deadline. Throws StalledError (naming `what` and the deadline) when
+   * no answer comes, UnavailableError when the probe helper fails.
+   */
+  async statfs(key: string, paths: readonly string[], what: string, first?: string): Promise<Map<string, Health>> {
+    const ops = paths.map((p): FsProbeOp => ({ op: 'statfs', path: p }));
+    const f: FsProbeOp | undefined = first === undefined ? undefined : { op: 'statfs', path: first };
+    const r = await this.o.probe.run(key, ops, what, f);
+    const out = new Map<string, Health>();
+    if (f) out.set(first!, healthOf(CvmfsProbe.get(r, f)));
+    for (const o of ops) out.set(o.path, healthOf(CvmfsProbe.get(r, o)));
+    return out;
+  }
+
+  /** Like statfs(), but a stall is the answer 'stalled' and a failed probe 'unknown'. Never throws. */
+  async healthOf(key: string, paths: readonly string[], what: string, first?: string): Promise<Map<string, Health>> {
     try {
-      this.o.host.statfsType(p);
-      return 'ok';
+      return await this.statfs(key, paths, what, first);
     } catch (e) {
-      const c = errCode(e);
-      if (c === 'ENOENT' || c === 'ENOTDIR') return 'absent';
-      return 'broken';
+      const h: Health = e instanceof StalledError ? 'stalled' : 'unknown';
+      if (h === 'unknown') this.o.log.warn({ key, err: (e as Error).message }, 'CVMFS probe failed');
+      return new Map([...(first === undefined ? [] : [first]), ...paths].map((p) => [p, h]));
     }
+  }
+
+  /** The health of one path (under `key`, default the path itself). Never throws. */
+  async health(p: string, key = p, what = `health check of ${p}`): Promise<Health> {
+    return (await this.healthOf(key, [p], what)).get(p) ?? 'unknown';
+  }
+
+  /**
+   * Does the first access of `src` make autofs mount it? (`src` is below an
+   * autofs mount point, not mounted yet.) Then it may take the mount timeout.
+   */
+  private autofsTrigger(src: string, table: MountInfo[] = this.o.host.mountinfo()): boolean {
+    let best: MountInfo | undefined;
+    for (const m of table) {
+      const under = src === m.mountPoint || src.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`);
+      if (under && (!best || m.mountPoint.length >= best.mountPoint.length)) best = m;
+    }
+    return best !== undefined && best.fsType === 'autofs' && best.mountPoint !== src;
   }
 
   /** Make sure the volume is mounted and healthy at its path (repairing a broken mount). */
@@ -90,18 +155,22 @@ export class Backends {
       return 'present';
     }
     const mp = this.pathOf(key, spec);
+    const what = `repository ${volumeName(spec)}`;
+    const src = path.join(this.o.cvmfsRoot, spec.repository!);
     const stacked = this.ourMounts().get(key) ?? 0;
     let repaired = false;
     if (stacked > 0) {
-      if (stacked === 1 && this.health(mp) === 'ok') return 'present';
+      // stalled: StalledError (the request fails within the deadline; the mount may answer again)
+      if (stacked === 1 && (await this.statfs(mp, [mp], what)).get(mp) === 'ok') return 'present';
+      // the host's repository first: while it is broken too, ours stays (and the next check finds it again)
+      if (backend === 'host') await this.checkSource(src, what);
       this.o.log.warn({ key, mountpoint: mp, stacked }, 'repository mount is broken or stacked; mounting it again');
       this.unmount(key);
       repaired = true;
     }
     await fsp.mkdir(mp, { recursive: true, mode: 0o755 });
     if (backend === 'host') {
-      const src = path.join(this.o.cvmfsRoot, spec.repository!);
-      await this.checkSource(src, `repository ${spec.repository}`);
+      if (!repaired) await this.checkSource(src, what);
       this.o.host.bind(src, mp, { readonly: true });
     } else {
       await this.clientMount(key, spec, mp);
@@ -110,31 +179,40 @@ export class Backends {
   }
 
   /**
-   * Stat the source (this is what triggers an autofs automount of
-   * /cvmfs/<repo>), within the mount timeout.
+   * The source answers, within the deadline, and is a directory: a statfs
+   * (what triggers an autofs automount of /cvmfs/<repo>; the FUSE client
+   * answers it itself), then a stat, both in the probe helper. A repository
+   * that autofs has yet to mount gets the mount timeout.
    */
   private async checkSource(src: string, what: string): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new UnavailableError(`${what}: ${src} did not answer within ${this.o.mountTimeoutMs} ms (CVMFS automount or network stuck?)`, 'CVMFS_THIN_CVMFS_UNAVAILABLE')), this.o.mountTimeoutMs);
-    });
+    const first: FsProbeOp = { op: 'statfs', path: src };
+    const stat: FsProbeOp = { op: 'stat', path: src };
+    const automount = this.autofsTrigger(src);
+    const probe = automount ? this.o.automount : this.o.probe;
+    let r: Map<string, FsProbeResult>;
     try {
-      const st = await Promise.race([fsp.stat(path.join(src, '.')), timeout]);
-      if (!st.isDirectory()) throw new UnavailableError(`${what}: ${src} is not a directory`, 'CVMFS_THIN_CVMFS_UNAVAILABLE');
-      this.o.host.statfsType(src);
+      r = await probe.run(src, [stat], what, first);
     } catch (e) {
+      if (e instanceof StalledError && automount) {
+        throw new StalledError(src, `${what}: ${src} was not mounted by autofs within ${seconds(probe.timeoutMs)} (mount-timeout): CVMFS automount or network stuck?`);
+      }
       if (e instanceof UnavailableError) throw e;
-      const c = errCode(e);
-      const why =
-        c === 'ENOENT'
-          ? 'does not exist (is CVMFS mounted there, and is the repository in CVMFS_REPOSITORIES or auto.cvmfs?)'
-          : c === 'ENOTCONN'
-            ? 'is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)'
-            : `cannot be read (${(e as Error).message})`;
-      throw new UnavailableError(`${what}: ${src} ${why}`, 'CVMFS_THIN_CVMFS_UNAVAILABLE', { cause: e });
-    } finally {
-      clearTimeout(timer);
+      throw new UnavailableError(`${what}: ${src} cannot be checked (${(e as Error).message})`, 'CVMFS_THIN_CVMFS_UNAVAILABLE', { cause: e });
     }
+    const fail = (a: Extract<FsProbeResult, { ok: false }>) => {
+      const why =
+        a.code === 'ENOENT'
+          ? 'does not exist (is CVMFS mounted there, and is the repository in CVMFS_REPOSITORIES or auto.cvmfs?)'
+          : a.code === 'ENOTCONN'
+            ? 'is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)'
+            : `cannot be read (${a.code}: ${a.message})`;
+      return new UnavailableError(`${what}: ${src} ${why}`, 'CVMFS_THIN_CVMFS_UNAVAILABLE');
+    };
+    const fs = CvmfsProbe.get(r, first);
+    if (fs && !fs.ok) throw fail(fs);
+    const st = CvmfsProbe.get(r, stat) ?? { ok: false, code: 'EIO', message: 'no answer' };
+    if (!st.ok) throw fail(st);
+    if (st.dir === false) throw new UnavailableError(`${what}: ${src} is not a directory`, 'CVMFS_THIN_CVMFS_UNAVAILABLE');
   }
 
   /** `mount -t cvmfs [-o config=<file>] <repo> <dir>` with the volume's client parameters. */
@@ -185,13 +263,23 @@ export class Backends {
    */
   async reconcile(volumes: ReadonlyMap<string, VolumeRecord>, repair: (rec: VolumeRecord) => Promise<void>): Promise<number> {
     const mounted = this.ourMounts();
+    // all asked at once: a stalled repository costs one deadline, not one per mount
+    const health = new Map(
+      await Promise.all(
+        [...mounted].map(async ([key, n]) => {
+          const rec = volumes.get(key);
+          const mp = rec && this.pathOf(key, rec.spec);
+          return [key, !mp || n > 1 ? undefined : await this.health(mp, mp, `start-up check of volume ${key}`)] as const;
+        }),
+      ),
+    );
     for (const [key, n] of mounted) {
       const rec = volumes.get(key);
       if (!rec) {
         this.o.log.warn({ key }, 'unmounting a repository mount left without holders');
         this.unmount(key);
         await this.removeDir(key);
-      } else if (n > 1 || this.health(this.pathOf(key, rec.spec)) === 'broken') {
+      } else if (n > 1 || health.get(key) === 'broken') {
         await repair(rec);
       }
     }

@@ -10,6 +10,7 @@ import { type ConfigOf, type Field, loadToml } from '../config.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Host } from '../host.js';
 import { createLogger, type LogLevel } from '../log.js';
+import { DEFAULT_CVMFS_TIMEOUT_MS } from '../stack/probe.js';
 import { DEFAULT_MOUNT_COMMAND } from './backend.js';
 import { DEFAULT_CLIENT_CONFIG_KEYS, RepositoryAllowlist } from './spec.js';
 import type { Backend, MountManagerOptions } from './types.js';
@@ -35,6 +36,7 @@ export const volumeKeys = {
   'client-config-keys': { type: 'string[]' },
   'idle-unmount': { type: 'integer', min: 0, max: 86_400 },
   'mount-timeout': { type: 'integer', min: 1, max: 3600 },
+  'cvmfs-timeout': { type: 'integer', min: 1, max: 600 },
   'check-interval': { type: 'integer', min: 0, max: 86_400 },
   'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
 } as const satisfies Record<string, Field>;
@@ -52,7 +54,8 @@ export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command
     .option('--mount-command <cmd>', `client backend mount command, "-o config=<file> <repo> <dir>" appended (default "${DEFAULT_MOUNT_COMMAND.join(' ')}")`)
     .option('--client-config-key <key...>', 'client parameters a volume may set (default: where to fetch from and which snapshot; see docs/volumes.md)')
     .option('--idle-unmount <seconds>', 'keep a repository mounted this long after its last user (default 0)')
-    .option('--mount-timeout <seconds>', 'a repository mount must finish within this (default 100, inside dockerd\'s 2 minutes)')
+    .option('--mount-timeout <seconds>', 'a repository mount (the mount helper, an autofs automount) must finish within this (default 100, inside dockerd\'s 2 minutes)')
+    .option('--cvmfs-timeout <seconds>', `a mounted repository that does not answer for this long fails the request (stalled client; default ${DEFAULT_CVMFS_TIMEOUT_MS / 1000})`)
     .option('--check-interval <seconds>', 'look for broken (ENOTCONN) mounts this often, 0 = never (default 30)')
     .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
 }
@@ -86,6 +89,8 @@ export function volumeSettings<S extends Record<string, Field>>(
   const allow = pick<string[]>('allowedRepository', 'allowed-repositories') ?? ['*'];
   new RepositoryAllowlist(allow); // validates the patterns given on the command line
   const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);
+  const cvmfsTimeoutMs = seconds('cvmfsTimeout', 'cvmfs-timeout', DEFAULT_CVMFS_TIMEOUT_MS);
+  if (cvmfsTimeoutMs < 1000 || cvmfsTimeoutMs > 600_000) throw new InvalidArgumentError('--cvmfs-timeout must be from 1 to 600 seconds');
   return {
     file,
     pick,
@@ -98,6 +103,7 @@ export function volumeSettings<S extends Record<string, Field>>(
       clientConfigKeys: pick<string[]>('clientConfigKey', 'client-config-keys') ?? DEFAULT_CLIENT_CONFIG_KEYS,
       idleUnmountMs: seconds('idleUnmount', 'idle-unmount', 0),
       mountTimeoutMs: seconds('mountTimeout', 'mount-timeout', 100_000),
+      cvmfsTimeoutMs,
       checkIntervalMs: seconds('checkInterval', 'check-interval', 30_000),
       log,
     },

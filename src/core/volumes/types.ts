@@ -34,8 +34,18 @@ export interface MountManagerOptions {
   idleUnmountMs?: number;
   /** Health check period (ms; 0 = off; default 30 s). */
   checkIntervalMs?: number;
-  /** A backend mount must finish within this (ms; default 100 s, inside dockerd's 2 minutes). */
+  /**
+   * A backend mount must finish within this (ms; default 100 s, inside
+   * dockerd's 2 minutes): the mount helper, and the first access of a
+   * repository that autofs has yet to mount.
+   */
   mountTimeoutMs?: number;
+  /**
+   * Deadline of every question to a mounted CVMFS (ms; default 10 s, the
+   * snapshotter's `cvmfs-timeout`): a stalled client fails the request
+   * within it (CVMFS_THIN_CVMFS_STALLED).
+   */
+  cvmfsTimeoutMs?: number | undefined;
   host: Host;
   log: Logger;
   /** Where to record volumes mounted, holders and repairs (default: nowhere). */
