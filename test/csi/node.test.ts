@@ -338,3 +338,67 @@ describe('failures and logs', () => {
     expect(logs).not.toContain('PRIVATE-PROXY');
   });
 });
+
+describe('a stalled repository (the CVMFS client does not answer)', () => {
+  const sdir = tempDir('cvmfs-thin-csi-stall-');
+  const scvmfs = path.join(sdir, 'cvmfs');
+  const ssocket = path.join(sdir, 'csi.sock');
+  const sk = new KubeletPaths(path.join(sdir, 'kubelet'));
+  const shost = new RecordingHost();
+  const T = 400;
+  let scsi: RunningCsi;
+  let sc: CsiClient;
+
+  beforeAll(async () => {
+    for (const repo of ['atlas.cern.ch', 'cms.cern.ch']) mkdirSync(path.join(scvmfs, repo), { recursive: true });
+    scsi = await startCsi({ endpoint: `unix://${ssocket}`, driverName: 'cvmfs.csi.cern.ch', nodeId: 'node-s', stateDir: path.join(sdir, 'state'), cvmfsRoot: scvmfs, allow: ['*.cern.ch'], backend: 'host', checkIntervalMs: 0, cvmfsTimeoutMs: T, host: shost, log: pino({ level: 'silent' }) });
+    sc = new CsiClient(ssocket);
+  });
+  afterAll(async () => {
+    shost.unstall();
+    sc?.close();
+    await scsi?.stop();
+  });
+
+  const timed = async (p: Promise<unknown>) => {
+    const t0 = Date.now();
+    const [cd, msg] = await Promise.all([code(p), message(p)]);
+    return { code: cd, message: msg, ms: Date.now() - t0 };
+  };
+
+  it('NodeStage and NodePublish fail with UNAVAILABLE within the deadline, naming the repository; other RPCs are answered meanwhile; stats say stalled', async () => {
+    const other = await mountPv(sc, sk, { handle: 'pv-atlas', attrs: { repository: 'atlas.cern.ch' } }, { name: 'a', uid: 'uid-a' });
+    const cms = await mountPv(sc, sk, { handle: 'pv-cms', attrs: { repository: 'cms.cern.ch' } }, { name: 'c', uid: 'uid-c' });
+    shost.stalled.add(path.join(scvmfs, 'cms.cern.ch'));
+    shost.stalled.add(path.join(sdir, 'state', 'mounts', 'cms.cern.ch'));
+    shost.stalled.add(cms.staging);
+    shost.stalled.add(cms.target);
+    const stage = timed(sc.stage({ volumeId: 'pv-cms2', stagingTargetPath: sk.staging('pv-cms2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
+    const inline = timed(mountInline(sc, sk, { repository: 'cms.cern.ch' }, { name: 'i', uid: 'uid-i' }));
+    await new Promise((r) => setTimeout(r, 50));
+    const t1 = Date.now();
+    expect((await sc.nodeCapabilities()).capabilities).toHaveLength(3);
+    expect((await sc.nodeInfo()).nodeId).toBe('node-s');
+    expect((await sc.probe()).ready).toBe(true);
+    expect(await code(sc.unpublish('pv-atlas', other.target))).toBe(status.OK);
+    expect(await code(sc.unstage('pv-atlas', other.staging))).toBe(status.OK);
+    expect(Date.now() - t1).toBeLessThan(T / 2);
+    for (const f of await Promise.all([stage, inline])) {
+      expect(f.code).toBe(status.UNAVAILABLE);
+      expect(f.message).toMatch(/^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 0\.4 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 0\.4 s, cvmfs-timeout\)): the CVMFS client is stalled/);
+      expect(f.ms).toBeLessThan(T + 300);
+    }
+    const st = await sc.stats('pv-cms', cms.target);
+    expect(st.volumeCondition).toEqual({ abnormal: true, message: `${cms.target} does not answer within 0.4 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)` });
+    // taking a stalled volume away needs no answer from it
+    expect(await code(sc.unpublish('pv-cms', cms.target))).toBe(status.OK);
+    expect(await code(sc.unstage('pv-cms', cms.staging))).toBe(status.OK);
+    expect(shost.mounts).toEqual([]);
+    shost.unstall();
+    await new Promise((r) => setTimeout(r, 20));
+    const back = await mountPv(sc, sk, { handle: 'pv-cms', attrs: { repository: 'cms.cern.ch' } }, { name: 'c', uid: 'uid-c' });
+    expect((await sc.stats('pv-cms', back.target)).volumeCondition?.abnormal).toBe(false);
+    await sc.unpublish('pv-cms', back.target);
+    await sc.unstage('pv-cms', back.staging);
+  });
+});

@@ -243,3 +243,50 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     expect(ourMounts()).toEqual([]);
   });
 });
+
+describe('VolumeDriver over a stalled repository (no root, recording host)', () => {
+  const dir = tempDir('dv-stall-');
+  const cvmfs = path.join(dir, 'cvmfs');
+  const socket = path.join(dir, 'stall.sock');
+  const T = 400;
+  const host = new RecordingHost();
+  let plugin: RunningVolumePlugin;
+  const call = (m: string, body?: unknown) => pluginCall(socket, m, body);
+
+  beforeAll(async () => {
+    for (const r of ['cms.cern.ch', 'atlas.cern.ch']) mkdirSync(path.join(cvmfs, r), { recursive: true });
+    const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot: cvmfs, allow: ['*.cern.ch'], backend: 'host', host, log: silentLogger(), checkIntervalMs: 0, cvmfsTimeoutMs: T });
+    plugin = await serveVolumePlugin(manager, socket, silentLogger());
+  });
+  afterAll(async () => {
+    host.unstall();
+    await plugin?.stop();
+  });
+
+  it('Mount answers an Err naming the repository and the deadline within it; List, Get, Path and Unmount of another volume are answered meanwhile', async () => {
+    expect((await call('VolumeDriver.Mount', { Name: 'atlas.cern.ch', ID: ID(1) })).status).toBe(200);
+    host.stalled.add(path.join(cvmfs, 'cms.cern.ch'));
+    const t0 = Date.now();
+    const mount = call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) }).then((r) => ({ r, ms: Date.now() - t0 }));
+    await new Promise((r) => setTimeout(r, 50));
+    const t1 = Date.now();
+    expect((await call('VolumeDriver.List', {})).status).toBe(200);
+    expect((await call('VolumeDriver.Get', { Name: 'cms.cern.ch' })).status).toBe(200);
+    expect((await call('VolumeDriver.Path', { Name: 'atlas.cern.ch' })).json()['Mountpoint']).toMatch(/atlas\.cern\.ch$/);
+    expect((await call('VolumeDriver.Capabilities', {})).status).toBe(200);
+    expect((await call('VolumeDriver.Unmount', { Name: 'atlas.cern.ch', ID: ID(1) })).status).toBe(200);
+    expect(Date.now() - t1).toBeLessThan(T / 2);
+    const { r, ms } = await mount;
+    expect(r.status).toBe(503);
+    expect(r.json()['Err']).toMatch(new RegExp(`^repository cms\\.cern\\.ch: CVMFS at ${cvmfs}/cms\\.cern\\.ch did not answer within 0\\.4 s \\(cvmfs-timeout\\): the CVMFS client is stalled`));
+    expect(ms).toBeGreaterThanOrEqual(T - 20);
+    expect(ms).toBeLessThan(T + 300);
+    // dockerd retries: at once while it stalls
+    const again = await call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) });
+    expect(again.json()['Err']).toMatch(/has not answered for/);
+    host.unstall();
+    await new Promise((r2) => setTimeout(r2, 20));
+    expect((await call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) })).json()).toEqual({ Mountpoint: path.join(dir, 'state', 'mounts', 'cms.cern.ch') });
+    expect((await call('VolumeDriver.Unmount', { Name: 'cms.cern.ch', ID: ID(2) })).status).toBe(200);
+  });
+});

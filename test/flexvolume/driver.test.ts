@@ -11,7 +11,7 @@ import { RecordingHost } from '../helpers/recording-host.js';
 const base = tempDir('cvmfs-thin-flex-');
 let n = 0;
 
-function setup(allowClientConfig = false) {
+function setup(allowClientConfig = false, cvmfsTimeoutMs?: number) {
   const dir = path.join(base, `t${n++}`);
   const cvmfsRoot = path.join(dir, 'cvmfs');
   for (const r of ['atlas.cern.ch', 'lhcb.cern.ch']) {
@@ -24,12 +24,12 @@ function setup(allowClientConfig = false) {
     allowClientConfig,
     async open() {
       opens++;
-      const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot, allow: ['*.cern.ch'], backend: 'host', checkIntervalMs: 0, host, log: silentLogger() });
+      const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot, allow: ['*.cern.ch'], backend: 'host', checkIntervalMs: 0, cvmfsTimeoutMs, host, log: silentLogger() });
       return { manager, close: () => manager.close() };
     },
   };
   const podDir = (pod: string) => path.join(dir, 'kubelet', 'pods', pod, 'volumes', 'cern~cvmfs', 'atlas');
-  return { dir, host, deps, podDir, opens: () => opens };
+  return { dir, cvmfsRoot, host, deps, podDir, opens: () => opens };
 }
 
 const kubeletOpts = (extra: Record<string, string>) =>
@@ -103,5 +103,28 @@ describe('FlexVolume cern/cvmfs', () => {
     host.bind('/', foreign);
     expect(await flexCall(['unmount', foreign], deps)).toMatchObject({ code: 1, result: { status: 'Failure', message: expect.stringMatching(/not mounted by cvmfs-thin/) } });
     expect(host.mountedAt(foreign)).toBeDefined();
+  });
+
+  it('mount of a stalled repository: Failure naming the repository and the deadline, within it; unmount of another pod answered; mount works once it answers', async () => {
+    const T = 300;
+    const { deps, host, podDir, cvmfsRoot } = setup(false, T);
+    expect(await flexCall(['mount', podDir('u1'), kubeletOpts({ repository: 'lhcb.cern.ch' })], deps)).toMatchObject({ code: 0 });
+    host.stalled.add(path.join(cvmfsRoot, 'atlas.cern.ch'));
+    try {
+      const t0 = Date.now();
+      const r = await flexCall(['mount', podDir('u2'), kubeletOpts({ repository: 'atlas.cern.ch' })], deps);
+      const ms = Date.now() - t0;
+      expect(r).toEqual({ code: 1, result: { status: 'Failure', message: expect.stringMatching(/^repository atlas\.cern\.ch: CVMFS at \S+\/atlas\.cern\.ch did not answer within 0\.3 s \(cvmfs-timeout\): the CVMFS client is stalled/) } });
+      expect(ms).toBeGreaterThanOrEqual(T - 20);
+      expect(ms).toBeLessThan(T + 300);
+      expect(host.mountedAt(podDir('u2'))).toBeUndefined();
+      const t1 = Date.now();
+      expect(await flexCall(['unmount', podDir('u1')], deps)).toMatchObject({ code: 0, result: { status: 'Success' } });
+      expect(Date.now() - t1).toBeLessThan(T);
+    } finally {
+      host.unstall();
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await flexCall(['mount', podDir('u2'), kubeletOpts({ repository: 'atlas.cern.ch' })], deps)).toMatchObject({ code: 0, result: { status: 'Success' } });
   });
 });
