@@ -357,6 +357,30 @@ describe('a stalled repository (no answer: every request that needs it fails wit
     expect(await m.pathHealth(s.path)).toBe('ok');
   });
 
+  it('under autofs, the first access of a repository (the automount) gets mount-timeout; a repository already mounted gets cvmfs-timeout', async () => {
+    const { start, host, cvmfsRoot } = setup({ cvmfsTimeoutMs: 200, mountTimeoutMs: 700 });
+    host.mount('auto.cvmfs', cvmfsRoot, 'autofs', 0, null);
+    const m = await start();
+    const cms = path.join(cvmfsRoot, 'cms.cern.ch');
+    host.stalled.add(cms);
+    const f = await failure(m.acquire(m.parse('cms.cern.ch'), { id: 'a' }));
+    expect(f.error).toMatchObject({ code: 'CVMFS_THIN_CVMFS_STALLED' });
+    expect(f.error.message).toBe(`repository cms.cern.ch: ${cms} was not mounted by autofs within 0.7 s (mount-timeout): CVMFS automount or network stuck?`);
+    expect(f.ms).toBeGreaterThanOrEqual(680);
+    expect(f.ms).toBeLessThan(1000);
+    // mounted by autofs meanwhile, then stalled: the CVMFS deadline
+    host.unstall();
+    const atlas = path.join(cvmfsRoot, 'atlas.cern.ch');
+    host.mount('cvmfs2', atlas, 'fuse', 0, null);
+    host.stalled.add(atlas);
+    const g = await failure(m.acquire(m.parse('atlas.cern.ch'), { id: 'b' }));
+    expect(g.error.message).toBe(`repository atlas.cern.ch: CVMFS at ${atlas} did not answer within 0.2 s (cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`);
+    expect(g.ms).toBeLessThan(500);
+    host.unstall();
+    await new Promise((r) => setTimeout(r, 20));
+    expect((await m.acquire(m.parse('cms.cern.ch'), { id: 'a' })).backend).toBe('host');
+  });
+
   it('at start, a stalled mount costs one deadline however many volumes it has, and is left mounted', async () => {
     const { start, host, cvmfsRoot } = setup({ cvmfsTimeoutMs: T });
     const m1 = await start();
