@@ -119,10 +119,10 @@ function gnuTar(layers: Layer[]): number {
 }
 
 /** One conversion; returns its time and how many publish steps (transactions, publishes, ingests) it ran. */
-function convert(layout: string, repoDir: string, hooks: string[]): { seconds: number; steps: number } {
+function convert(layout: string, repoDir: string, hooks: string[], repository = REPO): { seconds: number; steps: number } {
   let out = '';
   const seconds = timed(() => {
-    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${layout}:v1`, '--repository-dir', repoDir, '--repository', REPO, '--no-thin', '--json', '--lock-file', path.join(work, 'lock'), ...hooks], {
+    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${layout}:v1`, '--repository-dir', repoDir, '--repository', repository, '--no-thin', '--json', '--lock-file', path.join(work, 'lock'), ...hooks], {
       encoding: 'utf8',
       maxBuffer: 64 << 20,
     });
@@ -142,9 +142,10 @@ function simHooks(S: string, ingest: boolean): string[] {
   ];
 }
 
-function realServer(name: string): { repoDir: string; hooks: (ingest: boolean) => string[]; remove: () => void } {
+function realServer(name: string): { name: string; repoDir: string; hooks: (ingest: boolean) => string[]; remove: () => void } {
   execFileSync('cvmfs_server', ['mkfs', '-o', 'root', '-p', name], { stdio: 'ignore' });
   return {
+    name,
     repoDir: `/cvmfs/${name}`,
     hooks: (ingest) => ['--cvmfs-server', ...(ingest ? ['--ingest'] : [])],
     remove: () => execFileSync('cvmfs_server', ['rmfs', '-f', name], { stdio: 'ignore' }),
@@ -205,7 +206,7 @@ try {
       run(`convert + publish, ${ingest ? 'ingest' : 'transaction'} path (real cvmfs_server)`, (i) => {
         const s = realServer(`bench${ingest ? 'i' : 't'}${i}-${process.pid}.example.org`);
         try {
-          return convert(img.layout, s.repoDir, s.hooks(ingest));
+          return convert(img.layout, s.repoDir, s.hooks(ingest), s.name);
         } finally {
           s.remove();
         }
