@@ -30,7 +30,7 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
     expect(fs.readdirSync(path.join(target, 'opq'))).toEqual(['new']);
   });
 
-  it('xattrs the publish dropped come back on a copy above the layer (owner, mode, times, content kept); present ones cost no copy', async () => {
+  it('xattrs the publish dropped come back on a copy above the layer (owner, mode, times, content kept); the layer is never asked for its xattrs', async () => {
     const { repo, merged, work } = setup();
     const rec = {
       deleted: [],
@@ -55,9 +55,9 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
     expect(lgetxattr(path.join(target, 'bin/ping'), 'security.capability')).toEqual(CAP);
     expect(lgetxattr(path.join(target, 'etc'), 'user.d')?.toString()).toBe('dir');
     expect(lgetxattr(path.join(target, 'bin/kept'), 'user.k')?.toString()).toBe('v');
-    // only the two that lost theirs were copied
+    // every entry with recorded xattrs is copied (a few files per image), whether CVMFS kept them or not
     const above = path.join(work, 'masks', fs.readdirSync(path.join(work, 'masks'))[0]!, 'above');
-    expect(fs.readdirSync(path.join(above, 'bin'))).toEqual(['ping']);
+    expect(fs.readdirSync(path.join(above, 'bin')).sort()).toEqual(['kept', 'ping']);
     expect(fs.readdirSync(path.join(above, 'etc'))).toEqual([]);
   });
 

@@ -232,9 +232,11 @@ export class CvmfsLayers {
 
   /**
    * The masks a version 2 layer needs: its deletions and opaque dirs below
-   * it, its hidden files above it, and a copy above it of every entry whose
-   * recorded xattrs the layer directory no longer has (a publish without
-   * CVMFS_INCLUDE_XATTRS, or an ingest, drops them).
+   * it, its hidden files above it, and above it a copy of every entry that
+   * has recorded xattrs (a publish without CVMFS_INCLUDE_XATTRS, or an
+   * ingest, drops them). CVMFS is not asked whether it kept them: an xattr
+   * read is a synchronous call that a stalled client would never answer, and
+   * such entries are a few small files (capabilities) per image.
    */
   private async planFromRecord(dir: string, r: LayerRecord): Promise<MaskPlan> {
     const xattrs = new Map<string, Xattr[]>();
@@ -244,17 +246,7 @@ export class CvmfsLayers {
       l.push({ name: x.name, value: Buffer.from(x.value, 'base64') });
     }
     const fixups: string[] = [];
-    for (const [p, want] of xattrs) {
-      const abs = path.join(dir, p);
-      const lost = want.some((x) => {
-        try {
-          return !this.host.lgetxattr(abs, x.name)?.equals(x.value);
-        } catch {
-          return true;
-        }
-      });
-      if (lost && (await pathExists(abs))) fixups.push(p);
-    }
+    for (const p of xattrs.keys()) if (await pathExists(path.join(dir, p))) fixups.push(p);
     return { deleted: r.deleted, opaque: r.opaque, hide: r.hidden, fixups: fixups.sort(), xattrs };
   }
 
