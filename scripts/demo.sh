@@ -45,8 +45,8 @@ mkdir -p "$REPO" "$DEMO/ctd"
 step "1. a small source image (busybox, 3 layers; the top layer deletes /etc/obsolete.conf)"
 npx --no-install tsx scripts/demo-image.ts "$DEMO/hello.tar" 2>/dev/null | tee "$DEMO/source.json"
 
-step "2. convert it: unpacked layers into the CVMFS tree + a thin image"
-"${CLI[@]}" convert "oci-archive:$DEMO/hello.tar" --repository-dir "$REPO" --thin "oci-archive:$DEMO/hello_thin.tar"
+step "2. convert it: unpacked layers into the CVMFS tree + a thin image (the form a CVMFS publish keeps: deletions in a record beside each layer)"
+"${CLI[@]}" convert "oci-archive:$DEMO/hello.tar" --repository-dir "$REPO" --whiteouts record --thin "oci-archive:$DEMO/hello_thin.tar"
 echo "source image $(du -h "$DEMO/hello.tar" | cut -f1), thin image $(du -h "$DEMO/hello_thin.tar" | cut -f1); the tree:"
 (cd "$REPO" && find . -maxdepth 3 -path './.layers/*/*' -prune -print | sort | sed 's/^/  /')
 echo "thin.json inside the thin image:"
@@ -55,6 +55,11 @@ layer=$(tar -xOf "$DEMO/hello_thin.tar" index.json | node -e '
   const m=JSON.parse(cp.execFileSync("tar",["-xOf",process.argv[1],"blobs/sha256/"+idx.manifests[0].digest.slice(7)]));
   console.log(m.layers[0].digest.slice(7))' "$DEMO/hello_thin.tar")
 tar -xOf "$DEMO/hello_thin.tar" "blobs/sha256/$layer" | tar -xzO thin.json | sed 's/^/  /'
+echo "the layers' records (.layers/<xx>/<digest>/.metadata/cvmfs-thin-layer.json): what no publish would keep"
+for m in "$REPO"/.layers/*/*/.metadata/cvmfs-thin-layer.json; do
+  node -e 'const m=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); const r=m.record;
+    console.log(`  ${m.digest.slice(0,19)}…: deleted ${JSON.stringify(r.deleted)}, opaque ${JSON.stringify(r.opaque)}, xattrs ${r.xattrs.length}`)' "$m"
+done
 
 step "3. start cvmfs-thin snapshotter and a private containerd using it (proxy_plugins.cvmfs-snapshotter)"
 "${CLI[@]}" snapshotter --root "$DEMO/snapshotter" --address "$DEMO/snapshotter.sock" --absolute-mountpoint "$REPO" --log-level info 2>"$DEMO/snapshotter.log" &
