@@ -10,53 +10,16 @@
  * pod's target (bound from the staging path) again. Needs root and
  * fuse-overlayfs. The test never touches a stopped mount itself.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CLI, needs, tempDir } from '../helpers/env.js';
-import { errnoOf, FuseStandin } from '../helpers/fuse-standin.js';
-import { unmountBelow } from '../graphdriver/harness.js';
-import { code, CsiClient, KubeletPaths, message, mountCap, mountInline, mountPv } from './kubelet.js';
+import { needs } from '../helpers/env.js';
+import { errnoOf, StandinCvmfs, until } from '../helpers/fuse-standin.js';
+import { code, type CsiPlugin, KubeletPaths, message, mountCap, mountInline, mountPv, startCsiPlugin } from './kubelet.js';
 
 const TIMEOUT_S = 1;
-
-interface Plugin {
-  proc: ChildProcess;
-  client: CsiClient;
-  output: () => string;
-  stop(signal: NodeJS.Signals): Promise<number | null>;
-}
-
-async function startPlugin(args: string[], socket: string): Promise<Plugin> {
-  const proc = spawn(process.execPath, [CLI, 'csi', '--endpoint', `unix://${socket}`, '--node-id', 'node-faults', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
-  const t0 = Date.now();
-  while (!out.includes('csi plugin serving')) {
-    if (proc.exitCode !== null) throw new Error(`csi plugin exited with ${proc.exitCode}:\n${out}`);
-    if (Date.now() - t0 > 30_000) {
-      proc.kill('SIGKILL');
-      throw new Error(`csi plugin did not start:\n${out}`);
-    }
-    await sleep(50);
-  }
-  const client = new CsiClient(socket);
-  return {
-    proc,
-    client,
-    output: () => out,
-    async stop(signal) {
-      client.close();
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      return exited;
-    },
-  };
-}
 
 async function timed(p: Promise<unknown>): Promise<{ code: number; message: string; ms: number }> {
   const t0 = Date.now();
@@ -64,47 +27,25 @@ async function timed(p: Promise<unknown>): Promise<{ code: number; message: stri
   return { code: c, message: m, ms: Date.now() - t0 };
 }
 
-async function until(f: () => boolean, ms = 8000): Promise<boolean> {
-  const t0 = Date.now();
-  while (!f()) {
-    if (Date.now() - t0 > ms) return false;
-    await sleep(100);
-  }
-  return true;
-}
-
 describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin over a CVMFS client that stalls or dies (real FUSE)', () => {
-  const base = tempDir('csi-cvmfs-faults-');
-  let n = 0;
-  let dir: string;
-  let tree: string;
-  let cvmfs: string;
+  const host = new StandinCvmfs('csi-cvmfs-faults-');
   let k: KubeletPaths;
-  let plugin: Plugin | undefined;
-  const fuses: FuseStandin[] = [];
+  let plugin: CsiPlugin | undefined;
 
   beforeEach(async () => {
-    dir = path.join(base, String(n++));
-    tree = path.join(dir, 'tree');
-    cvmfs = path.join(dir, 'cvmfs');
-    k = new KubeletPaths(path.join(dir, 'kubelet'));
-    mkdirSync(path.join(tree, 'etc'), { recursive: true });
-    writeFileSync(path.join(tree, 'etc', 'hello'), 'hello from cms\n');
-    mkdirSync(path.join(cvmfs, 'cms.cern.ch'), { recursive: true });
-    mkdirSync(path.join(cvmfs, 'atlas.cern.ch'), { recursive: true });
-    writeFileSync(path.join(cvmfs, 'atlas.cern.ch', 'README'), 'atlas\n');
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
-    plugin = await startPlugin(
-      ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1', '--log-level', 'debug'],
-      path.join(dir, 'csi.sock'),
+    await host.setUp();
+    k = new KubeletPaths(path.join(host.dir, 'kubelet'));
+    plugin = await startCsiPlugin(
+      ['--state-dir', path.join(host.dir, 'state'), '--cvmfs-root', host.cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1', '--log-level', 'debug'],
+      path.join(host.dir, 'csi.sock'),
+      'node-faults',
     );
   });
 
   afterEach(async () => {
     if (plugin) await plugin.stop('SIGKILL');
     plugin = undefined;
-    while (fuses.length) await fuses.pop()!.cleanup();
-    unmountBelow(dir);
+    await host.tearDown();
   });
 
   it('a stalled client: NodeStage and NodePublish fail with UNAVAILABLE within --cvmfs-timeout, other RPCs are answered, stats say stalled; it works again after kill -CONT', async () => {
@@ -113,7 +54,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(readFileSync(path.join(cms.target, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
     const atlas = await mountPv(c, k, { handle: 'pv-atlas', attrs: { repository: 'atlas.cern.ch' } }, { name: 'p2', uid: 'uid-2' });
 
-    fuses[0]!.stop();
+    host.cms.stop();
     const stalled = [
       timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } })),
       timed(mountInline(c, k, { repository: 'cms.cern.ch' }, { name: 'p3', uid: 'uid-3' })),
@@ -141,7 +82,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(cond?.abnormal).toBe(true);
     expect(cond?.message).toBe(`${cms.target} does not answer within 1 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)`);
 
-    fuses[0]!.cont();
+    host.cms.cont();
     let again = await timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
     for (let i = 0; i < 30 && again.code !== status.OK; i++) {
       await sleep(100);
@@ -154,7 +95,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(plugin!.output()).not.toContain('mounting it again');
 
     // stalled again: taking volumes away needs no answer from CVMFS
-    fuses[0]!.stop();
+    host.cms.stop();
     const t2 = Date.now();
     expect(await code(c.unpublish('pv-cms', cms.target))).toBe(status.OK);
     expect(await code(c.unstage('pv-cms', cms.staging))).toBe(status.OK);
@@ -169,7 +110,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     const hello = path.join(cms.target, 'etc', 'hello');
     expect(readFileSync(hello, 'utf8')).toBe('hello from cms\n');
 
-    await fuses[0]!.kill9();
+    await host.cms.kill9();
     expect(errnoOf(() => readFileSync(hello))).toBe('ENOTCONN');
     const st = await c.stats('pv-cms', cms.target);
     expect(st.volumeCondition?.abnormal).toBe(true);
@@ -179,8 +120,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(dead.message).toMatch(/repository cms\.cern\.ch: \S+ is broken on the host \(Transport endpoint is not connected/);
     expect(dead.ms).toBeLessThan(500);
 
-    fuses[0]!.detach();
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
+    await host.newClient();
     expect(await until(() => errnoOf(() => readFileSync(hello)) === 'ok')).toBe(true);
     expect(readFileSync(hello, 'utf8')).toBe('hello from cms\n');
     expect(readFileSync(path.join(cms.staging, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');

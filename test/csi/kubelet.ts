@@ -4,11 +4,14 @@
  * kubelet's path layout, and its call sequence — registration (GetPluginInfo,
  * NodeGetInfo), then per volume NodeGetCapabilities, NodeStageVolume on a
  * `globalmount` path, NodePublishVolume on the pod's `mount` path, and the
- * reverse on teardown.
+ * reverse on teardown. Also the plugin it talks to: `cvmfs-thin csi` as a
+ * process (the built CLI).
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import {
   type GetPluginInfoResponse,
@@ -27,8 +30,46 @@ import {
   type VolumeCapability,
   VolumeCapability_AccessMode_Mode as Mode,
 } from '../../src/csi/proto/csi/v1/csi.js';
+import { CLI } from '../helpers/env.js';
 
 export { Mode };
+
+export interface CsiPlugin {
+  proc: ChildProcess;
+  client: CsiClient;
+  output: () => string;
+  /** Close the client, send `signal` (unless it exited), and wait for the exit code. */
+  stop(signal: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Start `cvmfs-thin csi` on `socket` and wait until it serves (its log says so). */
+export async function startCsiPlugin(args: string[], socket: string, nodeId: string): Promise<CsiPlugin> {
+  const proc = spawn(process.execPath, [CLI, 'csi', '--endpoint', `unix://${socket}`, '--node-id', nodeId, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+  const t0 = Date.now();
+  while (!out.includes('csi plugin serving')) {
+    if (proc.exitCode !== null) throw new Error(`csi plugin exited with ${proc.exitCode}:\n${out}`);
+    if (Date.now() - t0 > 30_000) {
+      proc.kill('SIGKILL');
+      throw new Error(`csi plugin did not start:\n${out}`);
+    }
+    await sleep(50);
+  }
+  const client = new CsiClient(socket);
+  return {
+    proc,
+    client,
+    output: () => out,
+    async stop(signal) {
+      client.close();
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+}
 
 type Unary<Req, Res> = (req: Req, cb: (e: ServiceError | null, r: Res) => void) => unknown;
 

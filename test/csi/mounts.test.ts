@@ -3,53 +3,16 @@
  * targets, the whole tree seeing a repository mounted after publish, and
  * kill -9 + restart with volumes published.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMountinfo } from '../../src/core/fsutil.js';
 import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT, MS_SHARED, mount, umount } from '../../src/core/sys.js';
-import { CLI, needs, tempDir } from '../helpers/env.js';
-import { code, CsiClient, KubeletPaths, mountInline, mountPv } from './kubelet.js';
+import { needs, tempDir } from '../helpers/env.js';
+import { code, type CsiPlugin, KubeletPaths, mountInline, mountPv, startCsiPlugin } from './kubelet.js';
 
 const skip = needs({ root: true });
-
-interface Plugin {
-  proc: ChildProcess;
-  client: CsiClient;
-  output: () => string;
-  kill(signal: NodeJS.Signals): Promise<void>;
-}
-
-async function startPlugin(args: string[], socket: string): Promise<Plugin> {
-  const proc = spawn(process.execPath, [CLI, 'csi', '--endpoint', `unix://${socket}`, '--node-id', 'node-root', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const t0 = Date.now();
-  while (!out.includes('csi plugin serving')) {
-    if (proc.exitCode !== null) throw new Error(`csi plugin exited with ${proc.exitCode}:\n${out}`);
-    if (Date.now() - t0 > 30_000) {
-      proc.kill('SIGKILL');
-      throw new Error(`csi plugin did not start:\n${out}`);
-    }
-    await sleep(50);
-  }
-  const client = new CsiClient(socket);
-  return {
-    proc,
-    client,
-    output: () => out,
-    async kill(signal) {
-      client.close();
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      await exited;
-    },
-  };
-}
 
 describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
   const dir = tempDir('cvmfs-thin-csi-mounts-');
@@ -59,7 +22,7 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
   const k = new KubeletPaths(path.join(dir, 'kubelet'));
   const args = ['--state-dir', state, '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch', '--log-level', 'debug'];
   const late = path.join(cvmfs, 'newrepo.cern.ch');
-  let plugin: Plugin | undefined;
+  let plugin: CsiPlugin | undefined;
 
   /** Mount points at or below a directory, from this process's (the plugin's) mount table. */
   const mountsUnder = (d: string) => readMountinfo().filter((m) => m.mountPoint === d || m.mountPoint.startsWith(`${d}/`));
@@ -78,7 +41,7 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
   });
 
   afterAll(async () => {
-    await plugin?.kill('SIGKILL');
+    await plugin?.stop('SIGKILL');
     // whatever a failed test left behind, deepest first; the stand-in last
     for (const m of [...ours(), ...mountsUnder(cvmfs), ...mountsUnder(path.join(dir, 'late-src'))].sort((a, b) => b.mountPoint.length - a.mountPoint.length)) {
       try {
@@ -90,7 +53,7 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
   });
 
   it('publishes a repository read-only: files visible, writes fail with EROFS', async () => {
-    plugin = await startPlugin(args, socket);
+    plugin = await startCsiPlugin(args, socket, 'node-root');
     const c = plugin.client;
     const { staging, target } = await mountPv(c, k, { handle: 'pv-atlas', attrs: { repository: 'atlas.cern.ch' } }, { name: 'p1', uid: 'uid-1' });
     expect(readFileSync(path.join(target, 'README'), 'utf8')).toBe('this is atlas.cern.ch\n');
@@ -152,13 +115,13 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
     const before = ours().length;
     expect(mountsUnder(path.join(state, 'mounts'))).toHaveLength(2);
 
-    await plugin!.kill('SIGKILL');
+    await plugin!.stop('SIGKILL');
     expect(existsSync(socket)).toBe(true); // left behind by the crash
     // the pods keep their files while the plugin is down
     expect(readFileSync(path.join(pv.target, 'README'), 'utf8')).toBe('this is cms.cern.ch\n');
     expect(readFileSync(path.join(inline.target, 'README'), 'utf8')).toBe('this is atlas.cern.ch\n');
 
-    plugin = await startPlugin(args, socket);
+    plugin = await startCsiPlugin(args, socket, 'node-root');
     c = plugin.client;
     expect(plugin.output()).toMatch(/"volumes":3/);
     expect(ours().length).toBe(before);
@@ -178,7 +141,7 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
     expect(await code(c.unstage('pv-cms', pv.staging))).toBe(status.OK);
     expect(await code(c.unstage('pv-tree', tree.staging))).toBe(status.OK);
     expect(ours()).toEqual([]);
-    await plugin.kill('SIGTERM');
+    await plugin.stop('SIGTERM');
     expect(plugin.proc.exitCode).toBe(0);
     expect(existsSync(socket)).toBe(false);
   });

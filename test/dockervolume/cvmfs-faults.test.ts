@@ -9,27 +9,22 @@
  * the host's repository is mounted again, then mounted again. Needs root and
  * fuse-overlayfs. The test never touches a stopped mount itself.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { needs, tempDir } from '../helpers/env.js';
-import { errnoOf, FuseStandin } from '../helpers/fuse-standin.js';
-import { pluginCall, unmountBelow } from '../graphdriver/harness.js';
+import { needs } from '../helpers/env.js';
+import { errnoOf, StandinCvmfs, until } from '../helpers/fuse-standin.js';
+import { pluginCall } from '../graphdriver/harness.js';
 import { mountCount, startVolumePlugin, type VolumePlugin } from './harness.js';
 
 const TIMEOUT_S = 1;
 const ID = (n: number) => n.toString(16).padStart(64, 'c');
 
 describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plugin over a CVMFS client that stalls or dies (real FUSE)', () => {
-  const base = tempDir('dv-cvmfs-faults-');
-  let n = 0;
-  let dir: string;
-  let tree: string;
-  let cvmfs: string;
+  const host = new StandinCvmfs('dv-cvmfs-faults-');
   let socket: string;
   let mounts: string;
   let plugin: VolumePlugin | undefined;
-  const fuses: FuseStandin[] = [];
 
   const call = async (m: string, body: unknown) => {
     const t0 = Date.now();
@@ -38,20 +33,12 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
   };
 
   beforeEach(async () => {
-    dir = path.join(base, String(n++));
-    tree = path.join(dir, 'tree');
-    cvmfs = path.join(dir, 'cvmfs');
-    socket = path.join(dir, 'cvmfs.sock');
-    mounts = path.join(dir, 'state', 'mounts');
-    mkdirSync(path.join(tree, 'etc'), { recursive: true });
-    writeFileSync(path.join(tree, 'etc', 'hello'), 'hello from cms\n');
-    mkdirSync(path.join(cvmfs, 'cms.cern.ch'), { recursive: true });
-    mkdirSync(path.join(cvmfs, 'atlas.cern.ch'), { recursive: true });
-    writeFileSync(path.join(cvmfs, 'atlas.cern.ch', 'README'), 'atlas\n');
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
+    await host.setUp();
+    socket = path.join(host.dir, 'cvmfs.sock');
+    mounts = path.join(host.dir, 'state', 'mounts');
     plugin = await startVolumePlugin(
       'unused',
-      ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1'],
+      ['--state-dir', path.join(host.dir, 'state'), '--cvmfs-root', host.cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1'],
       { socket },
     );
   });
@@ -59,18 +46,8 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
   afterEach(async () => {
     if (plugin && plugin.proc.exitCode === null && plugin.proc.signalCode === null) await plugin.stop('SIGKILL');
     plugin = undefined;
-    while (fuses.length) await fuses.pop()!.cleanup();
-    unmountBelow(dir);
+    await host.tearDown();
   });
-
-  async function until(f: () => boolean, ms = 8000): Promise<boolean> {
-    const t0 = Date.now();
-    while (!f()) {
-      if (Date.now() - t0 > ms) return false;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return true;
-  }
 
   it('a stalled client: Mount fails within --cvmfs-timeout naming the repository, other calls are answered meanwhile; it works again once the client answers', async () => {
     const cms = await call('Mount', { Name: 'cms.cern.ch', ID: ID(1) });
@@ -79,7 +56,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     expect(readFileSync(path.join(cmsPath, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
     expect((await call('Mount', { Name: 'atlas.cern.ch', ID: ID(2) })).status).toBe(200);
 
-    fuses[0]!.stop();
+    host.cms.stop();
     const t0 = Date.now();
     // two new containers on the stalled volume
     const stalled = [call('Mount', { Name: 'cms.cern.ch', ID: ID(3) }), call('Mount', { Name: 'cms.cern.ch', ID: ID(4) })];
@@ -119,7 +96,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     expect(Date.now() - t0).toBeLessThan(10_000);
 
     // it answers again: so does the plugin
-    fuses[0]!.cont();
+    host.cms.cont();
     let ok = await call('Mount', { Name: 'cms.cern.ch', ID: ID(3) });
     for (let i = 0; i < 30 && ok.status !== 200; i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -129,7 +106,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     expect(readFileSync(path.join(cmsPath, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
 
     // stalled again with a probe stuck: Unmount still works and SIGTERM still stops the plugin
-    fuses[0]!.stop();
+    host.cms.stop();
     const stuck = call('Mount', { Name: 'cms.cern.ch', ID: ID(7) });
     await new Promise((r) => setTimeout(r, 200));
     expect((await call('Unmount', { Name: 'cms.cern.ch', ID: ID(1) })).status).toBe(200);
@@ -146,11 +123,11 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     const cmsPath = cms.json['Mountpoint'] as string;
     expect(readFileSync(path.join(cmsPath, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
 
-    await fuses[0]!.kill9();
+    await host.cms.kill9();
     expect(errnoOf(() => readFileSync(path.join(cmsPath, 'etc', 'hello')))).toBe('ENOTCONN');
     const dead = await call('Mount', { Name: 'cms.cern.ch', ID: ID(2) });
     expect(dead.status).toBe(503);
-    expect(dead.json['Err']).toBe(`repository cms.cern.ch: ${path.join(cvmfs, 'cms.cern.ch')} is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)`);
+    expect(dead.json['Err']).toBe(`repository cms.cern.ch: ${path.join(host.cvmfs, 'cms.cern.ch')} is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)`);
     expect(dead.ms).toBeLessThan(500);
     // the check (every second) finds it, cannot repair it yet, and keeps our mount
     await until(() => /broken repository mount could not be repaired/.test(plugin!.output()));
@@ -158,8 +135,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     expect(mountCount(cmsPath)).toBe(1);
 
     // the admin (or autofs) mounts a new client
-    fuses[0]!.detach();
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
+    await host.newClient();
     expect(await until(() => errnoOf(() => readFileSync(path.join(cmsPath, 'etc', 'hello'))) === 'ok')).toBe(true);
     expect(readFileSync(path.join(cmsPath, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
     expect(mountCount(cmsPath)).toBe(1);

@@ -10,50 +10,35 @@
  * Needs root and fuse-overlayfs.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CLI, needs, tempDir } from '../helpers/env.js';
-import { errnoOf, FuseStandin } from '../helpers/fuse-standin.js';
-import { unmountBelow } from '../graphdriver/harness.js';
+import { CLI, needs } from '../helpers/env.js';
+import { errnoOf, StandinCvmfs } from '../helpers/fuse-standin.js';
 
 describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume cern/cvmfs over a CVMFS client that stalls or dies (real FUSE)', () => {
-  const base = tempDir('flex-cvmfs-faults-');
-  let n = 0;
-  let dir: string;
-  let tree: string;
-  let cvmfs: string;
+  const host = new StandinCvmfs('flex-cvmfs-faults-');
   let driver: string;
-  const fuses: FuseStandin[] = [];
 
   const call = (...args: string[]) => {
     const t0 = Date.now();
     const r = spawnSync(driver, args, { encoding: 'utf8', timeout: 30_000 });
     return { code: r.status, json: JSON.parse(`${r.stdout}${r.stderr}`) as { status: string; message?: string }, ms: Date.now() - t0 };
   };
-  const podDir = (uid: string, vol: string) => path.join(dir, 'kubelet', 'pods', uid, 'volumes', 'cern~cvmfs', vol);
+  const podDir = (uid: string, vol: string) => path.join(host.dir, 'kubelet', 'pods', uid, 'volumes', 'cern~cvmfs', vol);
   const opts = (repo: string) => JSON.stringify({ repository: repo, 'kubernetes.io/readwrite': 'ro' });
 
   beforeEach(async () => {
-    dir = path.join(base, String(n++));
-    tree = path.join(dir, 'tree');
-    cvmfs = path.join(dir, 'cvmfs');
-    mkdirSync(path.join(tree, 'etc'), { recursive: true });
-    writeFileSync(path.join(tree, 'etc', 'hello'), 'hello from cms\n');
-    mkdirSync(path.join(cvmfs, 'cms.cern.ch'), { recursive: true });
-    mkdirSync(path.join(cvmfs, 'atlas.cern.ch'), { recursive: true });
-    writeFileSync(path.join(cvmfs, 'atlas.cern.ch', 'README'), 'atlas\n');
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
-    const config = path.join(dir, 'flexvolume.toml');
-    writeFileSync(config, `state-dir = "${dir}/state"\ncvmfs-root = "${cvmfs}"\nallowed-repositories = ["*.cern.ch"]\ncvmfs-timeout = 1\n`);
-    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(dir, 'exec'), '--config', config], { encoding: 'utf8' });
+    await host.setUp();
+    const config = path.join(host.dir, 'flexvolume.toml');
+    writeFileSync(config, `state-dir = "${host.dir}/state"\ncvmfs-root = "${host.cvmfs}"\nallowed-repositories = ["*.cern.ch"]\ncvmfs-timeout = 1\n`);
+    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(host.dir, 'exec'), '--config', config], { encoding: 'utf8' });
     expect(inst.status, inst.stderr).toBe(0);
-    driver = path.join(dir, 'exec', 'cern~cvmfs', 'cvmfs');
+    driver = path.join(host.dir, 'exec', 'cern~cvmfs', 'cvmfs');
   });
 
   afterEach(async () => {
-    while (fuses.length) await fuses.pop()!.cleanup();
-    unmountBelow(dir);
+    await host.tearDown();
   });
 
   it('a stalled client: mount answers Failure naming the repository and the deadline, within it; other pods are answered; it works again after kill -CONT', () => {
@@ -64,7 +49,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
     expect(idle.code).toBe(0);
     expect(call('mount', podDir('u2', 'atlas'), opts('atlas.cern.ch')).code).toBe(0);
 
-    fuses[0]!.stop();
+    host.cms.stop();
     const f = call('mount', podDir('u3', 'cms'), opts('cms.cern.ch'));
     expect(f.code).toBe(1);
     expect(f.json.status).toBe('Failure');
@@ -80,7 +65,7 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
     // the stalled pod's own unmount needs no answer from CVMFS
     expect(call('unmount', podDir('u1', 'cms'))).toMatchObject({ code: 0, json: { status: 'Success' } });
 
-    fuses[0]!.cont();
+    host.cms.cont();
     expect(call('mount', podDir('u3', 'cms'), opts('cms.cern.ch'))).toMatchObject({ code: 0, json: { status: 'Success' } });
     expect(readFileSync(path.join(podDir('u3', 'cms'), 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
     expect(call('unmount', podDir('u3', 'cms')).code).toBe(0);
@@ -89,16 +74,15 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
   it('a killed client, then a new one on the host: the next call mounts ours again and binds the pod dir again', async () => {
     expect(call('mount', podDir('u1', 'cms'), opts('cms.cern.ch')).code).toBe(0);
     const hello = path.join(podDir('u1', 'cms'), 'etc', 'hello');
-    await fuses[0]!.kill9();
+    await host.cms.kill9();
     expect(errnoOf(() => readFileSync(hello))).toBe('ENOTCONN');
     const dead = call('mount', podDir('u2', 'cms'), opts('cms.cern.ch'));
     expect(dead.json.message).toMatch(/repository cms\.cern\.ch: \S+ is broken on the host \(Transport endpoint is not connected/);
-    fuses[0]!.detach();
-    fuses.push(await FuseStandin.mount(tree, path.join(cvmfs, 'cms.cern.ch')));
+    await host.newClient();
     expect(call('mount', podDir('u2', 'cms'), opts('cms.cern.ch'))).toMatchObject({ code: 0, json: { status: 'Success' } });
     expect(readFileSync(hello, 'utf8')).toBe('hello from cms\n');
     expect(readFileSync(path.join(podDir('u2', 'cms'), 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
-    expect(readFileSync(path.join(dir, 'state', 'flexvolume.log'), 'utf8')).toContain('broken repository mount repaired');
+    expect(readFileSync(path.join(host.dir, 'state', 'flexvolume.log'), 'utf8')).toContain('broken repository mount repaired');
     for (const u of ['u1', 'u2']) expect(call('unmount', podDir(u, 'cms')).code).toBe(0);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * Backend mounts of repositories: what the mount manager does to make a
- * repository appear at `<state>/mounts/<key>` and to take it away again.
- * Everything on the host goes through the Host seam. Only mount points below
+ * repository appear at `<state>/mounts/<key>` and to take it away again, and
+ * to bind a volume on its holders' targets. Everything on the host goes
+ * through the Host seam. Only mount points below
  * our own `mounts/` directory are ever unmounted.
  *
  * Every question asked of a CVMFS path (a repository before it is bound, our
@@ -254,6 +255,13 @@ export class Backends {
         this.o.host.umount(p, MNT_DETACH);
       }
     }
+  }
+
+  /** Bind the volume (or `source`, a CSI staging path) read-only on a holder's target `t`. */
+  async bindTarget(spec: VolumeSpec, key: string, t: string, source: string | undefined): Promise<void> {
+    const src = source ?? this.pathOf(key, spec);
+    const tree = spec.repository === null;
+    this.o.host.bind(src, t, { readonly: true, recursive: tree, propagation: tree ? 'rslave' : undefined });
   }
 
   /**

@@ -10,33 +10,33 @@
  * durable (journal), mounts are read from the mount table: after a restart or
  * a kill -9, orphan mounts of ours are unmounted, stacked ones reduced to one,
  * broken ones (ENOTCONN) mounted again, with the targets bound from them
- * (at start, every `check-interval`, and whenever a request finds one). Nothing
- * outside `<state>/mounts/` and the targets it bound itself is ever unmounted
- * or deleted.
+ * (at start, every `check-interval`, and whenever a request finds one:
+ * health.ts). Nothing outside `<state>/mounts/` and the targets it bound
+ * itself is ever unmounted or deleted.
  *
- * CVMFS is asked everything through one CvmfsProbe (backend.ts): a stalled
- * repository fails the requests that need it within `cvmfs-timeout`
- * (CVMFS_THIN_CVMFS_STALLED) while every other request is answered.
+ * This module keeps the holders (acquire/release, publish/unpublish, Docker
+ * definitions), the locks and the idle unmounts; backend.ts mounts and binds,
+ * health.ts checks and repairs. CVMFS is asked everything through one
+ * CvmfsProbe (backend.ts): a stalled repository fails the requests that need
+ * it within `cvmfs-timeout` (CVMFS_THIN_CVMFS_STALLED) while every other
+ * request is answered.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, toThinError, UnavailableError } from '../errors.js';
-import type { Host } from '../host.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../errors.js';
 import { Gate } from '../gate.js';
 import { journalMetrics } from '../journal.js';
 import { KeyedMutex } from '../keyed-mutex.js';
 import { type Metrics, noMetrics } from '../metrics.js';
 import { CvmfsProbe } from '../stack/probe.js';
 import { Backends, DEFAULT_MOUNT_COMMAND, type Health } from './backend.js';
+import { HealthCheck } from './health.js';
 import { DEFAULT_CLIENT_CONFIG_KEYS, parseAllowed, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';
 import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
 import { type Definition, type Holder, type MountManagerOptions, recordGauges, type VolumeState } from './types.js';
 
 export { DEFAULT_MOUNT_COMMAND, type Health };
-
-/** Failures that mean a repository did not answer (cvmfs_unavailable_total). */
-const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_CVMFS_STALLED', 'CVMFS_THIN_CVMFS_UNAVAILABLE', 'CVMFS_THIN_LAYER_UNAVAILABLE']);
 
 export interface HolderRequest {
   id: string;
@@ -57,9 +57,6 @@ export class MountManager {
   private readonly mutex = new KeyedMutex();
   private readonly idleTimers = new Map<string, NodeJS.Timeout>();
   private checkTimer: NodeJS.Timeout | undefined;
-  private checking: Promise<string[]> | undefined;
-  /** Volumes whose repair failed after their mount was taken away: the next check tries again. */
-  private readonly repairFailed = new Set<string>();
   /** Every public operation runs inside the gate: close() waits for them. */
   private readonly gate = new Gate();
   private closed = false;
@@ -67,19 +64,19 @@ export class MountManager {
   private failed: Error | null = null;
   readonly allowlist: RepositoryAllowlist;
   readonly backends: Backends;
-  private readonly host: Host;
   private readonly log: Logger;
   readonly metrics: Metrics;
   readonly daemon: string;
   /** Every question to CVMFS, with the `cvmfs-timeout` deadline, off the process (stack/probe.ts). */
   readonly probe: CvmfsProbe;
+  /** Health check and repair of mounts and targets (health.ts). */
+  private readonly health: HealthCheck;
 
   private constructor(
     private readonly o: MountManagerOptions,
     private readonly store: VolumeStore,
   ) {
     this.allowlist = new RepositoryAllowlist(o.allow);
-    this.host = o.host;
     this.log = o.log;
     this.metrics = o.metrics ?? noMetrics;
     this.daemon = o.daemon ?? 'volumes';
@@ -97,6 +94,14 @@ export class MountManager {
       host: o.host,
       log: o.log,
     });
+    this.health = new HealthCheck({
+      store,
+      backends: this.backends,
+      log: o.log,
+      metrics: this.metrics,
+      daemon: this.daemon,
+      locked: (keys, fn) => this.locked(keys, fn),
+    });
   }
 
   static async open(o: MountManagerOptions): Promise<MountManager> {
@@ -107,13 +112,13 @@ export class MountManager {
     const store = await VolumeStore.open(path.join(o.stateDir, 'metadata'), (e) => m?.fatal(e), o.metrics ? journalMetrics(o.metrics, 'volumes') : undefined);
     m = new MountManager(o, store);
     await fsp.mkdir(m.backends.mountsDir, { recursive: true, mode: 0o755 });
-    await m.reconcile();
+    await m.health.reconcile();
     m.metrics.onCollect(() => recordGauges(m.metrics, m.daemon, m.list()));
     const every = o.checkIntervalMs ?? 30_000;
     if (every > 0) {
       m.checkTimer = setInterval(() => {
         // one check at a time (a stalled repository makes one take up to cvmfs-timeout)
-        if (!m.checking) void m.check().catch((e: unknown) => m.log.error({ err: e }, 'health check failed'));
+        if (!m.health.checking) void m.check().catch((e: unknown) => m.log.error({ err: e }, 'health check failed'));
       }, every);
       m.checkTimer.unref();
     }
@@ -187,7 +192,7 @@ export class MountManager {
     this.writable();
     this.cancelIdle(key);
     const rec = structuredClone(this.store.volumes.get(key) ?? this.emptyRecord(spec));
-    const how = await this.ensure(key, spec);
+    const how = await this.health.ensure(key, spec);
     if (how !== 'present') this.log.info({ key, backend: rec.backend, how }, 'repository mounted');
     if (!rec.holders.some((x) => x.id === h.id)) {
       rec.holders.push({ id: h.id, readonly: h.readonly ?? true, since: new Date().toISOString(), meta: h.meta, ...extra });
@@ -236,8 +241,8 @@ export class MountManager {
           if (!same) throw new AlreadyExistsError(`${t} is already published with another volume or other options (${otherKey})`, 'CVMFS_THIN_TARGET_BUSY');
           if (!this.backends.isMountPoint(t)) {
             // after a reboot or a lost mount: same request, so mount again
-            if (p.source === undefined) await this.ensure(key, spec);
-            await this.bindTarget(spec, key, t, p.source);
+            if (p.source === undefined) await this.health.ensure(key, spec);
+            await this.backends.bindTarget(spec, key, t, p.source);
           }
           return this.state(this.store.volumes.get(key)!);
         }
@@ -257,7 +262,7 @@ export class MountManager {
         // the holder is durable before the bind: a crash in between leaves a holder kubelet will unpublish
         const state = await this.acquireLocked(spec, key, { id: t, readonly: p.readonly, meta: p.meta }, { target: t, createdDir, source: p.source });
         try {
-          await this.bindTarget(spec, key, t, p.source);
+          await this.backends.bindTarget(spec, key, t, p.source);
         } catch (e) {
           await this.releaseLocked(key, t).catch(() => undefined);
           if (createdDir) await fsp.rmdir(t).catch(() => undefined);
@@ -270,12 +275,6 @@ export class MountManager {
   private async isPublishedSource(src: string): Promise<boolean> {
     const k = this.store.keyOfHolder(path.resolve(src));
     return k !== undefined && this.backends.isMountPoint(src);
-  }
-
-  private async bindTarget(spec: VolumeSpec, key: string, t: string, source: string | undefined): Promise<void> {
-    const src = source ?? this.backends.pathOf(key, spec);
-    const tree = spec.repository === null;
-    this.host.bind(src, t, { readonly: true, recursive: tree, propagation: tree ? 'rslave' : undefined });
   }
 
   /** Undo publish(): unmount the target, remove the dir if we made it, release. Unknown targets are left alone. */
@@ -335,126 +334,14 @@ export class MountManager {
     return [...this.store.definitions.values()];
   }
 
-  /**
-   * The backend mount of `key` is there and healthy, mounted (again) if not;
-   * after a repair the targets bound from the broken mount are bound again.
-   * The key's lock is held.
-   */
-  private async ensure(key: string, spec: VolumeSpec): Promise<'mounted' | 'present' | 'repaired'> {
-    let how: 'mounted' | 'present' | 'repaired';
-    try {
-      how = await this.backends.ensure(key, spec);
-    } catch (e) {
-      if (CVMFS_UNAVAILABLE.has(toThinError(e).code)) this.metrics.inc('cvmfs_unavailable_total', { daemon: this.daemon });
-      throw e;
-    }
-    const rec = this.store.volumes.get(key);
-    if (how !== 'present' && rec) {
-      // mounted again under holders (a repair here, or after one that failed, a reboot, a lost mount): targets still on the old mount are bound again
-      const targets = await this.repairTargets(rec);
-      if (how === 'repaired' || this.repairFailed.delete(key) || targets > 0) {
-        this.metrics.inc('volume_repairs_total', { daemon: this.daemon });
-        this.log.warn({ key, how, targets }, 'broken repository mount repaired');
-      }
-    }
-    return how;
+  /** Health of a path we bound or of a volume's mount, within the deadline (health.ts). Never throws. */
+  pathHealth(p: string): Promise<Health> {
+    return this.health.pathHealth(p);
   }
 
-  /**
-   * Health of a path we bound (a target or staging path) or of a volume's
-   * mount, asked within the deadline (under the volume's key: one probe per
-   * repository at a time). Never throws.
-   */
-  async pathHealth(p: string): Promise<Health> {
-    const t = path.resolve(p);
-    const key = this.store.keyOfHolder(t);
-    const rec = key === undefined ? undefined : this.store.volumes.get(key);
-    return this.backends.health(t, rec ? this.backends.pathOf(rec.key, rec.spec) : t, `volume check of ${t}`);
-  }
-
-  /**
-   * Health check (every `check-interval`): each volume's mount and the
-   * targets bound from it are asked (statfs, within the deadline, all
-   * volumes at once). A broken (ENOTCONN) mount is mounted again and its
-   * targets bound again; a broken target of a healthy mount is bound again;
-   * a stalled one is left alone (it may answer again; requests that need it
-   * fail meanwhile). Returns the keys repaired.
-   */
+  /** Health check (every `check-interval`): repairs broken mounts and targets (health.ts). Returns the keys repaired. */
   check(): Promise<string[]> {
-    const run = (async () => {
-      const recs = [...this.store.volumes.values()].filter((r) => r.backend !== 'tree');
-      const mounted = this.backends.ourMounts();
-      const found = await Promise.all(
-        recs.map(async (rec) => {
-          const mp = this.backends.pathOf(rec.key, rec.spec);
-          if (!mounted.has(rec.key)) return { rec, mp: this.repairFailed.has(rec.key) ? ('broken' as Health) : ('ok' as Health), targets: [] as string[] };
-          const targets = rec.holders.flatMap((h) => (h.target ? [h.target] : []));
-          const h = await this.backends.healthOf(mp, targets, `health check of volume ${rec.key}`, mp);
-          return { rec, mp: h.get(mp)!, targets: targets.filter((t) => h.get(t) === 'broken') };
-        }),
-      );
-      const repaired: string[] = [];
-      for (const f of found) {
-        if (f.mp === 'ok' && f.targets.length === 0) continue;
-        if (f.mp === 'stalled' || f.mp === 'unknown') continue;
-        await this.locked([f.rec.key], async () => {
-          // the holders may have changed while waiting: repair what is current
-          const cur = this.store.volumes.get(f.rec.key);
-          if (!cur) return;
-          // a broken mount: mounted again with its targets; a healthy one: its broken targets bound again
-          if ((await this.ensure(cur.key, cur.spec)) !== 'present') return void repaired.push(cur.key);
-          const targets = await this.repairTargets(cur);
-          if (targets === 0) return;
-          this.metrics.inc('volume_repairs_total', { daemon: this.daemon });
-          repaired.push(cur.key);
-        }).catch((e: unknown) => {
-          if (!this.backends.ourMounts().has(f.rec.key) && this.store.volumes.has(f.rec.key)) this.repairFailed.add(f.rec.key);
-          this.log.error({ key: f.rec.key, err: (e as Error).message }, 'broken repository mount could not be repaired');
-        });
-      }
-      return repaired;
-    })();
-    this.checking = run;
-    return run.finally(() => {
-      if (this.checking === run) this.checking = undefined;
-    });
-  }
-
-  /**
-   * Bind again the targets of `rec` that are broken (asked in one probe):
-   * those bound from the volume first, then those bound from a staging path
-   * (which is one of the former). Returns how many were bound again.
-   */
-  private async repairTargets(rec: VolumeRecord): Promise<number> {
-    const holders = rec.holders.filter((h) => h.target);
-    if (holders.length === 0) return 0;
-    const mp = this.backends.pathOf(rec.key, rec.spec);
-    const health = await this.backends.healthOf(mp, holders.map((h) => h.target!), `health check of the targets of volume ${rec.key}`);
-    let n = 0;
-    for (const h of [...holders.filter((x) => x.source === undefined), ...holders.filter((x) => x.source !== undefined)]) {
-      if (health.get(h.target!) !== 'broken') continue;
-      try {
-        this.backends.unmountAll(h.target!);
-        await this.bindTarget(rec.spec, rec.key, h.target!, h.source);
-        n++;
-        this.log.warn({ key: rec.key, target: h.target }, 'target on a broken mount bound again');
-      } catch (e) {
-        this.log.error({ key: rec.key, target: h.target, err: (e as Error).message }, 'target on a broken mount could not be bound again');
-      }
-    }
-    return n;
-  }
-
-  private async repair(rec: VolumeRecord): Promise<void> {
-    await this.ensure(rec.key, rec.spec);
-  }
-
-  /** After a restart: our mount points against the holders. */
-  private async reconcile(): Promise<void> {
-    const mounted = await this.backends.reconcile(this.store.volumes, (rec) =>
-      this.repair(rec).catch((e: unknown) => this.log.error({ key: rec.key, err: (e as Error).message }, 'repair at start failed')),
-    );
-    this.log.info({ volumes: this.store.volumes.size, mounted, definitions: this.store.definitions.size }, 'volume state recovered');
+    return this.health.check();
   }
 
   private cancelIdle(key: string): void {
