@@ -42,6 +42,8 @@ repository = "unpacked.cern.ch"
 # allowed-repositories = ["unpacked.cern.ch"]
 # thin-images = true
 # remote-layers = true
+# cvmfs-timeout = 10                  # seconds a question to CVMFS may take: a stalled client fails Prepare/Mounts (Unavailable)
+# check-interval = 30                 # seconds between checks for running containers on a dead CVMFS lower; 0 = off
 # log-level = "info"
 # address = "/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock"
 # root = "/var/lib/containerd-cvmfs-grpc"
@@ -88,6 +90,8 @@ const GRAPHDRIVER_CONFIG = `# /etc/cvmfs-thin/graphdriver.toml — read by \`cvm
 # state-dir = "/var/lib/cvmfs-thin/graphdriver"
 # thin-images = true
 # idmapped-layers = "auto"                     # auto | off | require (dockerd --userns-remap)
+# cvmfs-timeout = 10                           # seconds a question to CVMFS may take: a stalled client fails Get
+# check-interval = 30                          # seconds between checks for mounted layers on a dead CVMFS; 0 = off
 # log-level = "info"
 `;
 
@@ -132,6 +136,7 @@ const VOLUME_PLUGIN_CONFIG = `# /etc/cvmfs-thin/volume-plugin.toml — read by \
 # client-config-keys = [...]                    # CVMFS_* keys a volume's clientConfig may set (docs/volumes.md)
 # idle-unmount = 0                              # seconds a repository stays mounted after its last container
 # mount-timeout = 100                           # seconds a mount may take (dockerd waits 2 minutes)
+# cvmfs-timeout = 10                            # seconds a question to a mounted CVMFS may take (a stalled client fails fast)
 # check-interval = 30                           # seconds between checks for broken (ENOTCONN) mounts; 0 = off
 # metrics-address = "127.0.0.1:9473"            # Prometheus /metrics, /healthz, /readyz (default: off)
 # log-level = "info"
