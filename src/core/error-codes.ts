@@ -110,7 +110,10 @@ export const ERROR_CODES = {
   CVMFS_THIN_CSI_MISSING_FIELD: { kind: 'invalid-argument', meaning: 'A required CSI request field is missing.' },
   CVMFS_THIN_CSI_BAD_FIELD: { kind: 'invalid-argument', meaning: 'A CSI request field is too long or holds a NUL byte.' },
   CVMFS_THIN_CSI_BAD_ATTRIBUTE: { kind: 'invalid-argument', meaning: 'A CSI volume attribute is unknown or has a bad value.' },
-  CVMFS_THIN_CSI_BAD_CAPABILITY: { kind: 'invalid-argument', meaning: 'The CSI volume capability is missing or not supported (block access, unknown mode).' },
+  CVMFS_THIN_CSI_BAD_CAPABILITY: {
+    kind: ['failed-precondition', 'invalid-argument'],
+    meaning: 'The CSI volume capability is not supported: block access, a writer mode, mount flags (failed-precondition, as the spec says); or it lacks its access type or mode (invalid-argument).',
+  },
   CVMFS_THIN_CSI_BAD_STAGING: { kind: 'failed-precondition', meaning: 'The CSI staging path holds something else or was staged for other attributes.' },
   CVMFS_THIN_CSI_VOLUME_NOT_FOUND: { kind: 'not-found', meaning: 'The CSI volume is not published or staged at the given path.' },
 

@@ -143,10 +143,20 @@ export class CsiNode {
    */
   async stats(r: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = required(r.volumeId, 'volume_id');
-    const p = requiredPath(r.volumePath, 'volume_path');
-    const h = this.m.holder(p);
-    if (!h || h.holder.meta?.['volumeId'] !== volumeId) {
-      throw new NotFoundError(`volume ${JSON.stringify(volumeId)} is not published or staged at ${p}`, 'CVMFS_THIN_CSI_VOLUME_NOT_FOUND');
+    const given = required(r.volumePath, 'volume_path');
+    // NOT_FOUND first (the spec's answer for a volume that is not at that
+    // path): a path that is not absolute, or otherwise not a path the plugin
+    // could have published on, holds no volume of ours
+    let p: string | undefined;
+    let why = '';
+    try {
+      p = requiredPath(given, 'volume_path');
+    } catch (e) {
+      why = `: ${(e as Error).message}`;
+    }
+    const h = p === undefined ? undefined : this.m.holder(p);
+    if (p === undefined || !h || h.holder.meta?.['volumeId'] !== volumeId) {
+      throw new NotFoundError(`volume ${JSON.stringify(volumeId)} is not published or staged at ${JSON.stringify(given.length > 200 ? `${given.slice(0, 200)}…` : given)}${why}`, 'CVMFS_THIN_CSI_VOLUME_NOT_FOUND');
     }
     let abnormal = false;
     let message = `volume ${h.key} is mounted and readable`;

@@ -1,8 +1,12 @@
 /**
  * Validation of CSI node requests, pure (no I/O): required fields, the volume
  * capability, and the volume attributes (`volume_context`) turned into what
- * the mount manager takes. Every refusal is an InvalidArgumentError that names
- * the field and the value.
+ * the mount manager takes. Every refusal names the field and the value. A
+ * missing or malformed field is an InvalidArgumentError; a well-formed
+ * capability that CVMFS volumes do not support (block access, a writer mode,
+ * mount flags, a mount group) is a FailedPreconditionError, as the spec's
+ * NodeStageVolume and NodePublishVolume error tables say ("Exceeds
+ * capabilities": FAILED_PRECONDITION).
  *
  * Access modes: CVMFS is read-only, so persistent volumes must be
  * MULTI_NODE_READER_ONLY (Kubernetes' ReadOnlyMany) or SINGLE_NODE_READER_ONLY.
@@ -12,7 +16,7 @@
  * in every case.
  */
 import path from 'node:path';
-import { InvalidArgumentError } from '../core/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js';
 import { type VolumeCapability, VolumeCapability_AccessMode_Mode as Mode, volumeCapability_AccessMode_ModeToJSON } from './proto/csi/v1/csi.js';
 
 /** Volume attributes we understand (cvmfs-csi's `repository` + the manager's options). */
@@ -70,28 +74,32 @@ export function isEphemeral(ctx: Record<string, string>, stagingPath: string | u
   return stagingPath === undefined;
 }
 
-/** Check the capability: a mount (never block) with a read-only access mode. Returns the mode's name. */
+/**
+ * Check the capability: a mount (never block) with a read-only access mode.
+ * Returns the mode's name. Missing parts are INVALID_ARGUMENT; what the
+ * volume cannot do is FAILED_PRECONDITION (spec: "Exceeds capabilities").
+ */
 export function checkCapability(cap: VolumeCapability | undefined, ephemeral: boolean): string {
   if (!cap) throw new InvalidArgumentError('volume_capability is required', 'CVMFS_THIN_CSI_MISSING_FIELD');
-  if (cap.block) throw new InvalidArgumentError('volume_capability: block access is not supported (CVMFS volumes are file systems; use a mount capability, volumeMode: Filesystem)', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
+  if (cap.block) throw new FailedPreconditionError('volume_capability: block access is not supported (CVMFS volumes are file systems; use a mount capability, volumeMode: Filesystem)', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
   if (!cap.mount) throw new InvalidArgumentError('volume_capability: an access type is required (mount)', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
   const mode = cap.accessMode?.mode;
   if (mode === undefined || mode === Mode.UNKNOWN) throw new InvalidArgumentError('volume_capability.access_mode is required', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
   if (!READ_ONLY_MODES.has(mode) && !(ephemeral && INLINE_MODES.has(mode))) {
-    throw new InvalidArgumentError(
+    throw new FailedPreconditionError(
       `volume_capability.access_mode ${modeName(mode)} is not supported: CVMFS volumes are read-only (use ReadOnlyMany, MULTI_NODE_READER_ONLY)`,
       'CVMFS_THIN_CSI_BAD_CAPABILITY',
     );
   }
   const bad = cap.mount.mountFlags.filter((f) => !(ACCEPTED_MOUNT_FLAGS as readonly string[]).includes(f));
   if (bad.length) {
-    throw new InvalidArgumentError(
+    throw new FailedPreconditionError(
       `volume_capability.mount.mount_flags ${bad.map(q).join(', ')} not supported (accepted: ${ACCEPTED_MOUNT_FLAGS.join(', ')}; CVMFS volumes are always mounted ro,nosuid,nodev)`,
       'CVMFS_THIN_CSI_BAD_CAPABILITY',
     );
   }
   if (cap.mount.volumeMountGroup) {
-    throw new InvalidArgumentError(`volume_capability.mount.volume_mount_group ${q(cap.mount.volumeMountGroup)} is not supported (VOLUME_MOUNT_GROUP is not advertised)`, 'CVMFS_THIN_CSI_BAD_CAPABILITY');
+    throw new FailedPreconditionError(`volume_capability.mount.volume_mount_group ${q(cap.mount.volumeMountGroup)} is not supported (VOLUME_MOUNT_GROUP is not advertised)`, 'CVMFS_THIN_CSI_BAD_CAPABILITY');
   }
   return modeName(mode);
 }

@@ -215,13 +215,13 @@ describe('inline ephemeral volumes', () => {
     await c.unpublish('e3', target);
   });
 
-  it('still refuses multi-node writer modes for inline volumes', async () => {
+  it('still refuses multi-node writer modes for inline volumes (FAILED_PRECONDITION: a capability the volume does not have)', async () => {
     const target = k.target('uid-e4', 'v');
-    expect(await code(c.publish({ volumeId: 'e4', targetPath: target, volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'e4', uid: 'uid-e4', ephemeral: true }) }))).toBe(status.INVALID_ARGUMENT);
+    expect(await code(c.publish({ volumeId: 'e4', targetPath: target, volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'e4', uid: 'uid-e4', ephemeral: true }) }))).toBe(status.FAILED_PRECONDITION);
   });
 });
 
-describe("the spec's invalid-argument table", () => {
+describe("the spec's error tables: INVALID_ARGUMENT for malformed requests, FAILED_PRECONDITION for capabilities CVMFS does not have", () => {
   const cap = mountCap();
   const ctx = { repository: 'atlas.cern.ch' };
   const target = () => k.target('uid-bad', 'v');
@@ -247,14 +247,8 @@ describe("the spec's invalid-argument table", () => {
     ['publish without volume_capability', () => c.publish({ volumeId: 'v', targetPath: target(), volumeContext: ctx }), /volume_capability is required/],
     ['publish with a relative target_path', () => c.publish({ volumeId: 'v', targetPath: 'pods/x/mount', volumeCapability: cap, volumeContext: ctx }), /must be an absolute path/],
     ['publish on /', () => c.publish({ volumeId: 'v', targetPath: '/', volumeCapability: cap, volumeContext: ctx }), /root directory/],
-    ['publish of a block volume', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /block access is not supported/],
     ['publish without access type', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /access type is required/],
     ['publish without access mode', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '' }, accessMode: undefined }, volumeContext: ctx }), /access_mode is required/],
-    ['publish of a persistent SINGLE_NODE_WRITER volume', () => c.publish({ volumeId: 'v', targetPath: target(), stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }), /SINGLE_NODE_WRITER is not supported/],
-    ['stage of a MULTI_NODE_MULTI_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: ctx }), /MULTI_NODE_MULTI_WRITER is not supported/],
-    ['stage of a MULTI_NODE_SINGLE_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_SINGLE_WRITER), volumeContext: ctx }), /MULTI_NODE_SINGLE_WRITER is not supported/],
-    ['stage with mount flag rw', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['ro', 'rw']), volumeContext: ctx }), /mount_flags "rw" not supported/],
-    ['stage with a volume_mount_group', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '1000' }, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /volume_mount_group/],
     ['an unknown attribute', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, proxy: 'http://x', Repository: 'a' } }), /unknown volume attribute\(s\) "Repository", "proxy"/],
     ["cvmfs-csi's clientConfigFilepath", () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, clientConfigFilepath: '/etc/x' } }), /clientConfigFilepath is not supported/],
     ['a repository that is not a repository name', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { repository: '../../etc' } }), /not a fully qualified CVMFS repository name/],
@@ -268,12 +262,32 @@ describe("the spec's invalid-argument table", () => {
     ["publish into the plugin's state directory", () => c.publish({ volumeId: 'v', targetPath: path.join(state, 'mounts/x'), volumeCapability: cap, volumeContext: ctx }), /not allowed/],
     ['a volume_id of 5000 characters', () => c.publish({ volumeId: 'v'.repeat(5000), targetPath: target(), volumeCapability: cap, volumeContext: ctx }), /volume_id is longer than 4096/],
     ['stats without volume_id', () => c.stats('', target()), /volume_id is required/],
+    ['stats without volume_id, with a relative path (csi-sanity)', () => c.stats('', 'some/path'), /volume_id is required/],
     ['stats without volume_path', () => c.stats('v', ''), /volume_path is required/],
   ];
   it.each(cases)('%s → INVALID_ARGUMENT naming the problem', async (_name, run, why) => {
     let err: { code?: number; details?: string } = {};
     await run().catch((e: { code?: number; details?: string }) => (err = e));
     expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(err.details).toMatch(why);
+  });
+  // the spec's NodeStageVolume/NodePublishVolume tables: "Exceeds capabilities" (capabilities
+  // not supported by the volume) is FAILED_PRECONDITION, not INVALID_ARGUMENT
+  const unsupported: [string, () => Promise<unknown>, RegExp][] = [
+    ['publish of a block volume', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /block access is not supported/],
+    ['publish of a persistent SINGLE_NODE_WRITER volume', () => c.publish({ volumeId: 'v', targetPath: target(), stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }), /SINGLE_NODE_WRITER is not supported/],
+    ['stage of a MULTI_NODE_MULTI_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: ctx }), /MULTI_NODE_MULTI_WRITER is not supported/],
+    ['stage of a MULTI_NODE_SINGLE_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_SINGLE_WRITER), volumeContext: ctx }), /MULTI_NODE_SINGLE_WRITER is not supported/],
+    ['stage with mount flag rw', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['ro', 'rw']), volumeContext: ctx }), /mount_flags "rw" not supported/],
+    ['stage with a volume_mount_group', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '1000' }, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /volume_mount_group/],
+    ['stage of a persistent SINGLE_NODE_WRITER volume (what csi-sanity asks)', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }), /SINGLE_NODE_WRITER is not supported.*read-only/],
+    ['stage of a block volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /block access is not supported/],
+    ['publish with mount flag exec', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['exec']), volumeContext: ctx }), /mount_flags "exec" not supported/],
+  ];
+  it.each(unsupported)('%s → FAILED_PRECONDITION naming the problem', async (_name, run, why) => {
+    let err: { code?: number; details?: string } = {};
+    await run().catch((e: { code?: number; details?: string }) => (err = e));
+    expect(err.code).toBe(status.FAILED_PRECONDITION);
     expect(err.details).toMatch(why);
   });
   it('left nothing mounted', () => {
@@ -284,6 +298,25 @@ describe("the spec's invalid-argument table", () => {
 describe('NodeGetVolumeStats and the volume condition', () => {
   it('NOT_FOUND for a path where the volume is not published', async () => {
     expect(await code(c.stats('pv-none', k.target('uid-none', 'v')))).toBe(status.NOT_FOUND);
+  });
+
+  it('NOT_FOUND for an unknown volume before judging the form of the path (csi-sanity sends "some/path"), naming the path', async () => {
+    for (const p of ['some/path', '/', '/a/\0b', `/${'x'.repeat(5000)}`]) {
+      let err: { code?: number; details?: string } = {};
+      await c.stats('pv-unknown', p).catch((e: { code?: number; details?: string }) => (err = e));
+      expect(err.code, p.slice(0, 20)).toBe(status.NOT_FOUND);
+      expect(err.details).toContain('pv-unknown');
+    }
+    expect(await message(c.stats('pv-unknown', 'some/path'))).toMatch(/not published or staged at "some\/path": volume_path "some\/path" must be an absolute path/);
+  });
+
+  it('NOT_FOUND for a published volume asked about at a relative path', async () => {
+    const { staging, target } = await mountPv(c, k, { handle: 'pv-rel', attrs: { repository: 'atlas.cern.ch' } }, { name: 'r', uid: 'uid-rel' });
+    expect(await code(c.stats('pv-rel', 'some/path'))).toBe(status.NOT_FOUND);
+    expect(await code(c.stats('pv-rel', path.relative('/', target)))).toBe(status.NOT_FOUND);
+    expect(await code(c.stats('pv-rel', target))).toBe(status.OK);
+    await c.unpublish('pv-rel', target);
+    await c.unstage('pv-rel', staging);
   });
 
   it('reports usage and a normal condition; abnormal when the FUSE client died or the mount vanished', async () => {
