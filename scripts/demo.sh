@@ -100,7 +100,7 @@ step "6. CVMFS repositories as Docker volumes: cvmfs-thin volume-plugin + a priv
 mkdir -p "$DEMO/cvmfs/sft.cern.ch/lcg/releases" "$DEMO/dd" "$DEMO/rootfs/bin"
 echo "LCG_105 x86_64-el9-gcc13-opt" > "$DEMO/cvmfs/sft.cern.ch/lcg/releases/README"
 "${CLI[@]}" volume-plugin --socket /run/docker/plugins/cvmfs-demo.sock --state-dir "$DEMO/volumes" \
-  --cvmfs-root "$DEMO/cvmfs" --allowed-repository '*.cern.ch' 2>"$DEMO/volume-plugin.log" &
+  --cvmfs-root "$DEMO/cvmfs" --allowed-repository '*.cern.ch' --known-volume unpacked.cern.ch 2>"$DEMO/volume-plugin.log" &
 VP_PID=$!
 /usr/sbin/dockerd --data-root "$DEMO/dd/root" --exec-root "$DEMO/dd/exec" --pidfile "$DEMO/dd/dockerd.pid" \
   -H "unix://$DEMO/dd/docker.sock" --iptables=false --ip-masq=false --bridge=none >"$DEMO/dockerd.log" 2>&1 &
@@ -115,8 +115,10 @@ echo "\$ docker volume create -d cvmfs-demo --name=sft.cern.ch"
 "$D" volume create -d cvmfs-demo --name=sft.cern.ch
 echo "\$ docker run --rm -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 cat /cvmfs/sft.cern.ch/lcg/releases/README"
 "$D" run --rm --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 cat /cvmfs/sft.cern.ch/lcg/releases/README
-echo "\$ docker run --rm -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls /cvmfs/unpacked.cern.ch   (no volume create, no --volume-driver)"
-"$D" run --rm --network none --volume-driver cvmfs-demo -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls -a /cvmfs/unpacked.cern.ch
+echo "\$ docker run --rm -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls /cvmfs/unpacked.cern.ch   (--known-volume: no volume create, no --volume-driver)"
+"$D" run --rm --network none -v unpacked.cern.ch:/cvmfs/unpacked.cern.ch demo/busybox:1 ls -a /cvmfs/unpacked.cern.ch
+echo "\$ docker volume create -d cvmfs-demo -o cache=shared --name=atlas.cern.ch   (an option is applied or refused, never dropped)"
+"$D" volume create -d cvmfs-demo -o cache=shared --name=atlas.cern.ch 2>&1 | sed 's/^/  /' || true
 echo "\$ docker run ... touch /cvmfs/sft.cern.ch/x   (repositories are read-only)"
 "$D" run --rm --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 touch /cvmfs/sft.cern.ch/x 2>&1 | sed 's/^/  /' || true
 "$D" run -d --name vol1 --network none -v sft.cern.ch:/cvmfs/sft.cern.ch demo/busybox:1 sh -c 'sleep 1000' >/dev/null

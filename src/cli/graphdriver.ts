@@ -39,7 +39,13 @@ async function volumeInterfaces(file: string | undefined, cvmfsRoot: string, log
   ]);
   const vs = volumeSettings(file ? { config: file } : {}, null, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-graphdriver' });
   const manager = await MountManager.open({ ...vs.manager, cvmfsRoot: vs.file['cvmfs-root'] ?? cvmfsRoot, log, host: systemHost, metrics, daemon: 'volume-plugin' });
-  const driver = new DockerVolumeDriver(manager, log);
+  let driver: InstanceType<typeof DockerVolumeDriver>;
+  try {
+    driver = new DockerVolumeDriver(manager, log, { knownVolumes: vs.file['known-volumes'] });
+  } catch (e) {
+    await manager.close();
+    throw e;
+  }
   return { interfaces: [volumeDriverInterface(driver)], close: () => driver.close() };
 }
 

@@ -3,6 +3,8 @@ import { Command } from 'commander';
 import type { Field } from '../core/config.js';
 import { systemHost } from '../core/host.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { parseAllowed, RepositoryAllowlist } from '../core/volumes/spec.js';
+import { checkKnownVolumes } from '../dockervolume/driver.js';
 import { startVolumePlugin } from '../dockervolume/server.js';
 import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
 
@@ -16,20 +18,24 @@ export const VOLUME_PLUGIN_DEFAULTS = {
 export const volumePluginConfigSpec = {
   ...volumeKeys,
   socket: { type: 'string', check: (v: string) => (v.startsWith('/') ? null : 'must be an absolute path') },
+  'known-volumes': { type: 'string[]' },
   'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
 export function volumePluginCommand(): Command {
   const cmd = new Command('volume-plugin')
     .description('serve a Docker volume plugin: CVMFS repositories as volumes (docker run -v cms.cern.ch:/cvmfs/cms.cern.ch)')
-    .option('--socket <path>', `unix socket to listen on (default ${VOLUME_PLUGIN_DEFAULTS.socket}; the file name is the driver name)`);
+    .option('--socket <path>', `unix socket to listen on (default ${VOLUME_PLUGIN_DEFAULTS.socket}; the file name is the driver name)`)
+    .option('--known-volume <name...>', 'volumes that exist without docker volume create (-v NAME:/path then works without --volume-driver); any other name must be created, which is how -o options reach the plugin');
   addVolumeOptions(cmd, VOLUME_PLUGIN_DEFAULTS.stateDir);
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
     const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
     const socket = s.pick<string>('socket', 'socket') ?? VOLUME_PLUGIN_DEFAULTS.socket;
+    const knownVolumes = s.pick<string[]>('knownVolume', 'known-volumes');
+    checkKnownVolumes(knownVolumes ?? [], (n) => parseAllowed(new RepositoryAllowlist(s.manager.allow), s.manager.clientConfigKeys ?? [], n, {}));
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log, {
       ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });
-    await serveWithMetrics(m, s.manager.log, () => startVolumePlugin({ ...s.manager, socket, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }));
+    await serveWithMetrics(m, s.manager.log, () => startVolumePlugin({ ...s.manager, socket, knownVolumes, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }));
   });
 }

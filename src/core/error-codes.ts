@@ -102,6 +102,7 @@ export const ERROR_CODES = {
   CVMFS_THIN_TARGET_BUSY: { kind: 'already-exists', meaning: 'The target path or holder already holds another volume or a foreign mount.' },
   CVMFS_THIN_VOLUME_EXISTS: { kind: 'already-exists', meaning: 'A volume of that name exists with other options.' },
   CVMFS_THIN_VOLUME_IN_USE: { kind: 'already-exists', meaning: 'The volume cannot be redefined while containers use it.' },
+  CVMFS_THIN_NO_SUCH_VOLUME: { kind: 'not-found', meaning: 'Docker asked for a volume that was never created (nor is mounted or in known-volumes); dockerd then calls Create with the options.' },
   CVMFS_THIN_NOT_STAGED: { kind: 'failed-precondition', meaning: 'The staging path is not staged (NodeStageVolume must succeed first).' },
   CVMFS_THIN_CVMFS_UNAVAILABLE: { kind: 'unavailable', meaning: 'The CVMFS repository does not answer or is not a directory (automount or network stuck?).' },
   CVMFS_THIN_MOUNT_FAILED: { kind: 'unavailable', meaning: 'Mounting a CVMFS repository failed, or nothing got mounted.' },

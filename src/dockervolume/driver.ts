@@ -3,23 +3,25 @@
  * (src/core/volumes/manager.ts), as the protocol was observed against
  * dockerd 20.10 (facts: the project's volume notes, §2-3):
  *
- * - Get is stateless: any valid, allowed name answers, so a plugin or dockerd
- *   restart never loses a volume and `-v cms.cern.ch:/x` works without
- *   `--volume-driver` (dockerd asks every plugin's Get for unknown names).
+ * - dockerd calls Create only when Get failed, and Create is the only call
+ *   that carries `-o` / `volume-opt=` options. So Get answers only volumes
+ *   that exist: created (a durable definition, kept across plugin and dockerd
+ *   restarts until Remove), mounted now, or listed in `known-volumes`. For any
+ *   other name Get fails ("no such volume"), dockerd calls Create, and Create
+ *   applies every option or refuses the volume naming the option: an option is
+ *   never dropped. The price: `-v repo:/x` without `--volume-driver cvmfs`
+ *   finds only existing volumes (dockerd asks every plugin's Get, then falls
+ *   back to `local`); `known-volumes` names repositories for that flow.
  *   The Name answered is exactly the one asked (dockerd adopts whatever we say).
- * - dockerd calls Create only when Get failed, so `-o` options reach us only
- *   for names Get refused; tags and hashes go in the name (`repo@tag`,
- *   `repo#hash`). Create validates and records its options.
- * - dockerd's `volume ls` shows exactly List's answer: a name that Get
- *   accepted is remembered (a definition without options, written once) until
- *   Remove, so what inspect shows, ls shows, across restarts.
+ * - dockerd's `volume ls` shows exactly List's answer: what Get answers, List
+ *   shows.
  * - Mount/Unmount are keyed by dockerd's mount ID (holder `docker:<ID>`):
  *   idempotent per ID (dockerd reuses an ID after a failed Unmount), an
  *   unknown ID unmounts successfully (after a plugin restart or a cleanup).
  *   Calls for one ID run one after another.
  */
 import type { Logger } from 'pino';
-import { AlreadyExistsError, InvalidArgumentError } from '../core/errors.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { type VolumeSpec, volumeKey } from '../core/volumes/spec.js';
 import type { Definition, Holder, VolumeState } from '../core/volumes/types.js';
@@ -56,23 +58,54 @@ function sameOpts(a: Record<string, string>, b: Record<string, string>): boolean
   return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
 }
 
+export interface DockerVolumeDriverOptions {
+  /**
+   * Names that exist without a Create (as if created without options): Get
+   * answers them, so `-v NAME:/path` works without `--volume-driver`, and
+   * volumes of docker-volume-cvmfs (which answered Get for any name) survive
+   * the move. Each must be a valid, allowed volume name.
+   */
+  knownVolumes?: readonly string[] | undefined;
+}
+
+/** Refuse a `known-volumes` entry that is not a valid, allowed volume name, naming it. */
+export function checkKnownVolumes(names: readonly string[], parse: (name: string) => unknown): void {
+  for (const n of names) {
+    try {
+      parse(n);
+    } catch (e) {
+      throw new InvalidArgumentError(`known-volumes: ${(e as Error).message}`, 'CVMFS_THIN_BAD_VOLUME');
+    }
+  }
+}
+
 export class DockerVolumeDriver {
   private readonly locks = new KeyedMutex();
+  private readonly known: ReadonlySet<string>;
 
   constructor(
     private readonly manager: VolumeManager,
     private readonly log: Logger,
-  ) {}
+    o: DockerVolumeDriverOptions = {},
+  ) {
+    checkKnownVolumes(o.knownVolumes ?? [], (n) => manager.parse(n));
+    this.known = new Set(o.knownVolumes ?? []);
+  }
 
   /**
    * The spec a name stands for: its definition's, else parsed from the name.
-   * The name is checked every time (a remembered name is refused once the
+   * The name is checked every time (a defined name is refused once the
    * allowlist no longer allows it).
    */
   private resolve(name: string): { spec: VolumeSpec; def: Definition | undefined } {
     const parsed = this.manager.parse(name);
     const def = this.manager.definition(name);
     return def ? { spec: def.spec, def } : { spec: parsed, def: undefined };
+  }
+
+  /** Is a Docker container holding this name now (whatever its definition)? */
+  private mountedByName(name: string): boolean {
+    return this.manager.list().some((st) => this.dockerHolders(name, st).length > 0);
   }
 
   /** Docker mount holders of a volume name. */
@@ -117,23 +150,23 @@ export class DockerVolumeDriver {
     });
   }
 
-  async get(name: string): Promise<VolumeInfo> {
-    let { spec, def } = this.resolve(name);
-    if (!def) {
-      // remembered for List (dockerd's `volume ls` shows only what List answers). Best effort: a
-      // failing Get makes dockerd forget the volume (it purges it from its database at start)
-      try {
-        def = await this.locks.with([`name:${name}`], async () => this.manager.definition(name) ?? (await this.manager.define(name, spec, {})));
-        spec = def.spec;
-      } catch (e) {
-        this.log.warn({ volume: name, err: (e as Error).message }, 'could not remember the volume name; answering anyway');
-      }
+  /**
+   * A volume that exists (defined, known, or mounted). Any other name is "no
+   * such volume", so that dockerd calls Create with the options.
+   */
+  get(name: string): VolumeInfo {
+    const { spec, def } = this.resolve(name);
+    if (!def && !this.known.has(name) && !this.mountedByName(name)) {
+      throw new NotFoundError(
+        `no such volume: ${name} (create it: docker volume create -d <this driver> --name=${name} [-o tag=…], or run with --volume-driver)`,
+        'CVMFS_THIN_NO_SUCH_VOLUME',
+      );
     }
     return this.describe(name, spec, def);
   }
 
   list(): VolumeInfo[] {
-    const names = new Set(this.manager.definitions().map((d) => d.name));
+    const names = new Set([...this.manager.definitions().map((d) => d.name), ...this.known]);
     const states = new Map<string, VolumeState>();
     for (const st of this.manager.list()) {
       states.set(st.key, st);

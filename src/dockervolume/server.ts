@@ -8,7 +8,7 @@ import { type PluginInterface, type PluginServer, servePlugin } from '../core/pl
 import { MountManager } from '../core/volumes/manager.js';
 import type { Metrics } from '../core/metrics.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
-import { DockerVolumeDriver, type VolumeManager } from './driver.js';
+import { DockerVolumeDriver, type DockerVolumeDriverOptions, type VolumeManager } from './driver.js';
 import { parseMountId, parseName, parseOpts } from './protocol.js';
 
 /** The VolumeDriver interface's routes (POST /VolumeDriver.<Method>). */
@@ -45,7 +45,7 @@ export function volumeDriverInterface(driver: DockerVolumeDriver): PluginInterfa
   };
 }
 
-export interface VolumePluginOptions extends MountManagerOptions {
+export interface VolumePluginOptions extends MountManagerOptions, DockerVolumeDriverOptions {
   socket: string;
 }
 
@@ -58,8 +58,8 @@ export interface RunningVolumePlugin {
 }
 
 /** Serve a driver over an already opened manager (tests pass a manager with a recording host). */
-export async function serveVolumePlugin(manager: VolumeManager, socket: string, log: Logger, metrics?: Metrics): Promise<RunningVolumePlugin> {
-  const driver = new DockerVolumeDriver(manager, log);
+export async function serveVolumePlugin(manager: VolumeManager, socket: string, log: Logger, metrics?: Metrics, o: DockerVolumeDriverOptions = {}): Promise<RunningVolumePlugin> {
+  const driver = new DockerVolumeDriver(manager, log, o);
   const plugin = await servePlugin({ socket, interfaces: [volumeDriverInterface(driver)], log, close: () => driver.close(), metrics, daemon: 'volume-plugin' });
   return {
     driver,
@@ -73,11 +73,11 @@ export async function serveVolumePlugin(manager: VolumeManager, socket: string, 
 }
 
 export async function startVolumePlugin(o: VolumePluginOptions): Promise<RunningVolumePlugin> {
-  const { socket, ...managerOptions } = o;
+  const { socket, knownVolumes, ...managerOptions } = o;
   const manager = await MountManager.open(managerOptions);
   let running: RunningVolumePlugin;
   try {
-    running = await serveVolumePlugin(manager, socket, o.log, o.metrics);
+    running = await serveVolumePlugin(manager, socket, o.log, o.metrics, { knownVolumes });
   } catch (e) {
     await manager.close();
     throw e;

@@ -99,7 +99,8 @@ const GRAPHDRIVER_CONFIG = `# /etc/cvmfs-thin/graphdriver.toml — read by \`cvm
 const VOLUME_PLUGIN_UNIT = `# Docker volume plugin for CVMFS repositories (legacy socket plugin).
 # dockerd finds it as volume driver "cvmfs" through /run/docker/plugins/cvmfs.sock,
 # the socket CERN's docker-volume-cvmfs used:
-#   docker run -v cms.cern.ch:/cvmfs/cms.cern.ch[:ro] ...        (with or without --volume-driver cvmfs)
+#   docker volume create -d cvmfs [-o tag=...] --name=cms.cern.ch    (once; or known-volumes in the config)
+#   docker run -v cms.cern.ch:/cvmfs/cms.cern.ch[:ro] ...
 # Note: cvmfs-thin graphdriver defaults to the same socket; run one of them with --socket elsewhere.
 [Unit]
 Description=cvmfs-thin Docker volume plugin
@@ -138,6 +139,8 @@ const VOLUME_PLUGIN_CONFIG = `# /etc/cvmfs-thin/volume-plugin.toml — read by \
 # mount-timeout = 100                           # seconds a mount may take (dockerd waits 2 minutes)
 # cvmfs-timeout = 10                            # seconds a question to a mounted CVMFS may take (a stalled client fails fast)
 # check-interval = 30                           # seconds between checks for broken (ENOTCONN) mounts; 0 = off
+# known-volumes = []                           # names that exist without \`docker volume create\` ("cms.cern.ch", "atlas.cern.ch@prod"):
+#                                               #   -v NAME:/path then works without --volume-driver; -o options need a created volume
 # metrics-address = "127.0.0.1:9473"            # Prometheus /metrics, /healthz, /readyz (default: off)
 # log-level = "info"
 `;

@@ -21,7 +21,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
   let image: string;
   const docker = (args: string[], o?: Parameters<Dockerd['docker']>[1]) => dockerd!.docker(args, o);
   const fails = (args: string[]) => docker(args, { allowFail: true });
-  const pluginArgs = () => ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch'];
+  const pluginArgs = () => ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch', '--known-volume', 'atlas.cern.ch'];
   const cms = () => path.join(mounts, 'cms.cern.ch');
   const runRm = async (vol: string[], script: string) => (await docker(['run', '--rm', '--network', 'none', ...vol, image, 'sh', '-c', script])).stdout;
   const names = async () => (await docker(['volume', 'ls', '--format', '{{.Driver}} {{.Name}}'])).stdout.split('\n').filter((l) => l.startsWith(`${name} `)).map((l) => l.slice(name.length + 1)).sort();
@@ -55,10 +55,38 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
   });
 
   it('volume create, ls and inspect (local scope, repository status)', async () => {
+    expect(await names()).toEqual(['atlas.cern.ch']); // --known-volume
     await docker(['volume', 'create', '-d', name, 'cms.cern.ch']);
-    expect(await names()).toEqual(['cms.cern.ch']);
+    expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch']);
     const v = JSON.parse((await docker(['volume', 'inspect', 'cms.cern.ch'])).stdout) as Record<string, unknown>[];
     expect(v[0]).toMatchObject({ Driver: name, Name: 'cms.cern.ch', Scope: 'local', Mountpoint: '', Status: { repository: 'cms.cern.ch', mounted: false } });
+    // a name never created is no volume (and stays unlisted)
+    const typo = await fails(['volume', 'inspect', 'typo.cern.ch']);
+    expect([typo.code, typo.stderr]).toEqual([1, expect.stringMatching(/No such volume: typo\.cern\.ch/i)]);
+    expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch']); // atlas: --known-volume
+    expect(mountsBelow(mounts)).toEqual([]);
+  });
+
+  it('-o and volume-opt= options of a new volume are applied, or refused naming the option', async () => {
+    await docker(['volume', 'create', '-d', name, '-o', 'tag=prod-2024', '--name=lhcb.cern.ch']);
+    const v = JSON.parse((await docker(['volume', 'inspect', 'lhcb.cern.ch'])).stdout) as { Options: Record<string, string>; Status: Record<string, unknown> }[];
+    expect([v[0]!.Options, v[0]!.Status]).toEqual([{ tag: 'prod-2024' }, expect.objectContaining({ repository: 'lhcb.cern.ch', tag: 'prod-2024', key: 'lhcb.cern.ch@prod-2024' })]);
+    await docker(['volume', 'rm', 'lhcb.cern.ch']);
+    const refused: [string, RegExp][] = [
+      ['clientConfig=CVMFS_CACHE_BASE=/tmp/x', /VolumeDriver.Create: clientConfig line 1 "CVMFS_CACHE_BASE": may not be set per volume/],
+      ['bogus=1', /VolumeDriver.Create: option "bogus": is not known \(known: tag, hash, date, clientConfig\)/],
+      ['tag=a b', /VolumeDriver.Create: tag "a b": must be 1-128 characters/],
+    ];
+    for (const [o, err] of refused) {
+      const r = await fails(['volume', 'create', '-d', name, '-o', o, '--name=lhcb.cern.ch']);
+      expect([o, r.code, r.stderr]).toEqual([o, 1, expect.stringMatching(err)]);
+    }
+    // --mount volume-opt= reaches Create too: the tagged volume needs the client backend, which this node lacks
+    const m = await fails(['run', '--rm', '--network', 'none', '--mount', `type=volume,src=lhcb.cern.ch,dst=/x,volume-driver=${name},volume-opt=tag=v2`, image, 'true']);
+    expect(m.code).toBe(125);
+    expect(JSON.parse((await docker(['volume', 'inspect', 'lhcb.cern.ch'])).stdout)[0].Status).toMatchObject({ tag: 'v2' });
+    await docker(['volume', 'rm', 'lhcb.cern.ch']);
+    expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch']);
     expect(mountsBelow(mounts)).toEqual([]);
   });
 
@@ -102,9 +130,12 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     await docker(['rm', 'c1', 'c2']);
   });
 
-  it('-v without --volume-driver finds the plugin; --mount with volume-driver= works for a new name', async () => {
+  it('-v without --volume-driver finds created and known volumes (others are local, Docker\'s default); --mount with volume-driver= works for a new name', async () => {
     expect(await runRm(['-v', 'atlas.cern.ch:/cvmfs/atlas.cern.ch'], 'cat /cvmfs/atlas.cern.ch/README')).toBe('atlas stand-in\n');
     expect((await docker(['volume', 'inspect', '--format', '{{.Driver}}', 'atlas.cern.ch'])).stdout.trim()).toBe(name);
+    expect(await runRm(['-v', 'sft.cern.ch:/sft'], 'ls -A /sft')).toBe('');
+    expect((await docker(['volume', 'inspect', '--format', '{{.Driver}}', 'sft.cern.ch'])).stdout.trim()).toBe('local');
+    await docker(['volume', 'rm', 'sft.cern.ch']);
     expect(await runRm(['--mount', `type=volume,src=sft.cern.ch,dst=/sft,volume-driver=${name},readonly`], 'sh /sft/lcg/setup.sh')).toBe('lcg\n');
     expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch', 'sft.cern.ch']);
     expect(mountsBelow(mounts)).toEqual([]);
@@ -180,11 +211,12 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     await docker(['rm', 'c4']);
   });
 
-  it('volume rm forgets a volume; using the name again brings it back', async () => {
+  it('volume rm forgets a volume (a known one stays); --volume-driver brings it back', async () => {
     await docker(['volume', 'rm', 'atlas.cern.ch', 'sft.cern.ch']);
-    expect(await names()).toEqual(['cms.cern.ch']);
-    expect(await runRm(['--volume-driver', name, '-v', 'atlas.cern.ch:/a'], 'cat /a/README')).toBe('atlas stand-in\n');
     expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch']);
+    expect((await fails(['volume', 'inspect', 'sft.cern.ch'])).code).toBe(1);
+    expect(await runRm(['--volume-driver', name, '-v', 'sft.cern.ch:/a'], 'sh /a/lcg/setup.sh')).toBe('lcg\n');
+    expect(await names()).toEqual(['atlas.cern.ch', 'cms.cern.ch', 'sft.cern.ch']);
     expect(mountsBelow(mounts)).toEqual([]);
     expect(plugin!.output()).not.toMatch(/"level":50/); // no internal errors logged
   });

@@ -51,7 +51,11 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     expect(await ok('VolumeDriver.Capabilities', {})).toEqual({ Capabilities: { Scope: 'local' } });
   });
 
-  it('Get answers any valid, allowed name without Create, with exactly the name asked', async () => {
+  it('Get answers only volumes that exist: a never-created name is "no such volume", so that dockerd calls Create with the options', async () => {
+    const miss = await call('VolumeDriver.Get', { Name: 'cms.cern.ch' });
+    expect([miss.status, miss.json()['Err']]).toEqual([404, expect.stringMatching(/^no such volume: cms\.cern\.ch \(create it: docker volume create -d/)]);
+    expect((await call('VolumeDriver.Path', { Name: 'cms.cern.ch' })).json()).toEqual({ Mountpoint: '' });
+    expect(await ok('VolumeDriver.Create', { Name: 'cms.cern.ch', Opts: {} })).toEqual({});
     const g = await ok('VolumeDriver.Get', { Name: 'cms.cern.ch' });
     expect(g).toEqual({
       Volume: {
@@ -61,16 +65,36 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
         Status: { repository: 'cms.cern.ch', key: 'cms.cern.ch', mounted: false, holders: 0, containers: 0 },
       },
     });
+    // `run --volume-driver cvmfs -v NAME:…` creates with Opts null; the name is answered exactly as asked
+    await ok('VolumeDriver.Create', { Name: 'atlas.cern.ch@trunk-previous', Opts: null });
     const t = await ok('VolumeDriver.Get', { Name: 'atlas.cern.ch@trunk-previous' });
     expect((t['Volume'] as Record<string, unknown>)['Name']).toBe('atlas.cern.ch@trunk-previous');
     expect((t['Volume'] as Record<string, unknown>)['Status']).toMatchObject({ repository: 'atlas.cern.ch', tag: 'trunk-previous' });
-    // the same CreatedAt on every Get (remembered at first sight)
     const again = await ok('VolumeDriver.Get', { Name: 'cms.cern.ch' });
     expect((again['Volume'] as Record<string, unknown>)['CreatedAt']).toBe((g['Volume'] as Record<string, unknown>)['CreatedAt']);
     expect(ourMounts()).toEqual([]);
   });
 
-  it('List shows what Get and Create accepted', async () => {
+  it('options of a new name are applied, or refused naming the option (nothing defined)', async () => {
+    const bad: [Record<string, string>, RegExp][] = [
+      [{ clientConfig: 'CVMFS_CACHE_BASE=/tmp/x' }, /clientConfig line 1 "CVMFS_CACHE_BASE": may not be set per volume/],
+      [{ tag: 'prod 2024' }, /tag "prod 2024": must be 1-128 characters/],
+      [{ tag: 'v1', hash: 'a'.repeat(40) }, /cannot have both a tag and a root hash/],
+      [{ bogus: '1' }, /option "bogus": is not known \(known: tag, hash, date, clientConfig\)/],
+    ];
+    for (const [opts, err] of bad) {
+      const r = await call('VolumeDriver.Create', { Name: 'lhcb.cern.ch', Opts: opts });
+      expect([r.status, String(r.json()['Err'])]).toEqual([400, expect.stringMatching(err)]);
+      expect((await call('VolumeDriver.Get', { Name: 'lhcb.cern.ch' })).status).toBe(404);
+    }
+    await ok('VolumeDriver.Create', { Name: 'lhcb.cern.ch', Opts: { tag: 'prod-2024' } });
+    const g = (await ok('VolumeDriver.Get', { Name: 'lhcb.cern.ch' }))['Volume'] as Record<string, unknown>;
+    expect(g['Status']).toMatchObject({ repository: 'lhcb.cern.ch', tag: 'prod-2024', key: 'lhcb.cern.ch@prod-2024' });
+    await ok('VolumeDriver.Remove', { Name: 'lhcb.cern.ch' });
+    expect((await call('VolumeDriver.Get', { Name: 'lhcb.cern.ch' })).status).toBe(404);
+  });
+
+  it('List shows what Create accepted', async () => {
     await ok('VolumeDriver.Create', { Name: 'sw.example.org', Opts: null });
     const l = await ok('VolumeDriver.List', {});
     expect((l['Volumes'] as { Name: string }[]).map((v) => v.Name)).toEqual(['atlas.cern.ch@trunk-previous', 'cms.cern.ch', 'sw.example.org']);
@@ -188,12 +212,12 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     await ok('VolumeDriver.Unmount', { Name: 'cms.cern.ch', ID: ID(9) });
   });
 
-  it('Remove forgets the name (List), unknown names are fine, Get still answers (stateless)', async () => {
+  it('Remove forgets the name (List and Get), unknown names are fine', async () => {
     await ok('VolumeDriver.Remove', { Name: 'atlas.cern.ch@trunk-previous' });
     await ok('VolumeDriver.Remove', { Name: 'never.seen.ch' });
     const l = await ok('VolumeDriver.List', {});
     expect((l['Volumes'] as { Name: string }[]).map((v) => v.Name)).toEqual(['cms.cern.ch']);
-    expect((await call('VolumeDriver.Get', { Name: 'atlas.cern.ch@trunk-previous' })).status).toBe(200);
+    expect((await call('VolumeDriver.Get', { Name: 'atlas.cern.ch@trunk-previous' })).status).toBe(404);
   });
 
   it('a plugin restart keeps holders, mounts once, and unmounts on the last Unmount', async () => {
@@ -212,14 +236,20 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     expect(ourMounts()).toEqual([]);
   });
 
-  it('Get still answers when the name cannot be remembered (a failing Get makes dockerd forget volumes)', async () => {
-    const sock2 = path.join(dir, 'closed.sock');
-    const m = await MountManager.open({ stateDir: path.join(dir, 'state2'), cvmfsRoot: cvmfs, allow: ['*'], backend: 'host', host, log: silentLogger(), checkIntervalMs: 0 });
-    const p = await serveVolumePlugin(m, sock2, silentLogger());
+  it('known-volumes exist without Create (Get, List, Mount); a bad known name refuses to start; a state that refuses writes refuses Create', async () => {
+    const sock2 = path.join(dir, 'known.sock');
+    const m = await MountManager.open({ stateDir: path.join(dir, 'state2'), cvmfsRoot: cvmfs, allow: ['*.cern.ch'], backend: 'host', host, log: silentLogger(), checkIntervalMs: 0 });
+    await expect(serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['cms.cern.ch', 'sw.example.org'] })).rejects.toThrow(
+      'known-volumes: repository "sw.example.org" is not allowed on this node (allowed: *.cern.ch)',
+    );
+    await expect(serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['../etc'] })).rejects.toThrow(/known-volumes: volume name "\.\.\/etc": is not a fully qualified/);
+    const p = await serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['cms.cern.ch', 'atlas.cern.ch@prod'] });
+    const g = await pluginCall(sock2, 'VolumeDriver.Get', { Name: 'atlas.cern.ch@prod' });
+    expect([g.status, (g.json()['Volume'] as { Status: Record<string, unknown> }).Status['tag']]).toEqual([200, 'prod']);
+    expect((await pluginCall(sock2, 'VolumeDriver.Get', { Name: 'lhcb.cern.ch' })).status).toBe(404);
+    expect(((await pluginCall(sock2, 'VolumeDriver.List', {})).json()['Volumes'] as { Name: string }[]).map((v) => v.Name)).toEqual(['atlas.cern.ch@prod', 'cms.cern.ch']);
     await m.close(); // the state refuses writes from now on
-    const g = await pluginCall(sock2, 'VolumeDriver.Get', { Name: 'cms.cern.ch' });
-    expect([g.status, (g.json()['Volume'] as Record<string, unknown>)['Name']]).toEqual([200, 'cms.cern.ch']);
-    const c = await pluginCall(sock2, 'VolumeDriver.Create', { Name: 'cms.cern.ch', Opts: { tag: 'x' } });
+    const c = await pluginCall(sock2, 'VolumeDriver.Create', { Name: 'lhcb.cern.ch', Opts: { tag: 'x' } });
     expect([c.status, c.json()['Err']]).toEqual([503, 'the volume manager is shutting down']);
     // the manager is closed already: stop only the HTTP side
     p.plugin.server.closeIdleConnections();
@@ -265,6 +295,7 @@ describe('VolumeDriver over a stalled repository (no root, recording host)', () 
 
   it('Mount answers an Err naming the repository and the deadline within it; List, Get, Path and Unmount of another volume are answered meanwhile', async () => {
     expect((await call('VolumeDriver.Mount', { Name: 'atlas.cern.ch', ID: ID(1) })).status).toBe(200);
+    expect((await call('VolumeDriver.Create', { Name: 'cms.cern.ch', Opts: null })).status).toBe(200);
     host.stalled.add(path.join(cvmfs, 'cms.cern.ch'));
     const t0 = Date.now();
     const mount = call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) }).then((r) => ({ r, ms: Date.now() - t0 }));
