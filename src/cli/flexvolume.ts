@@ -21,7 +21,7 @@ import { systemHost } from '../core/host.js';
 import { writeFileAtomic } from '../core/fsutil.js';
 import { volumeKeys, volumeSettings } from '../core/volumes/config.js';
 import { MountManager } from '../core/volumes/manager.js';
-import { flexCall } from '../flexvolume/driver.js';
+import { flexCall, isFlexOperation, notSupported } from '../flexvolume/driver.js';
 
 export const FLEX_DEFAULTS = {
   config: '/etc/cvmfs-thin/flexvolume.toml',
@@ -36,7 +36,12 @@ export const flexConfigSpec = {
   'log-file': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
-/** Run one call-out; prints exactly one JSON line and sets the exit code. */
+/**
+ * Run one call-out; prints exactly one JSON line and sets the exit code. A
+ * call-out the driver does not implement is "Not supported" even when the
+ * settings cannot be read (kubelet caches that answer; a Failure would fail
+ * the pod's volume set-up instead).
+ */
 export async function flexMain(argv: readonly string[]): Promise<void> {
   let out: { result: unknown; code: number };
   try {
@@ -70,7 +75,7 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
     });
     log.info({ call: argv[0], dir: argv[1], status: (out.result as { status: string }).status, message: (out.result as { message?: string }).message }, 'flexvolume call');
   } catch (e) {
-    out = { result: { status: 'Failure', message: (e as Error).message }, code: 1 };
+    out = argv[0] !== undefined && !isFlexOperation(argv[0]) ? notSupported(argv[0]) : { result: { status: 'Failure', message: (e as Error).message }, code: 1 };
   }
   process.stdout.write(`${JSON.stringify(out.result)}\n`);
   process.exitCode = out.code;
@@ -79,8 +84,18 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
 /** `cvmfs-thin flexvolume install`: the driver file kubelet discovers (no kubelet restart needed). */
 export function flexvolumeCommand(): Command {
   const cmd = new Command('flexvolume').description(
-    'Kubernetes FlexVolume driver cern/cvmfs: kubelet calls "init", "mount <dir> <json>", "unmount <dir>"; "install" puts the driver in place',
+    'Kubernetes FlexVolume driver cern/cvmfs: kubelet calls "init", "mount <dir> <json>", "unmount <dir>" (each prints one JSON object; any other call-out answers {"status":"Not supported"}); "install" puts the driver in place',
   );
+  // the call-outs: what kubelet runs (src/cli/main.ts hands them to flexMain before this parser)
+  const callOut = (name: string, args: string, what: string) =>
+    cmd
+      .command(`${name}${args}`)
+      .description(what)
+      .allowExcessArguments()
+      .action(async (...a: unknown[]) => flexMain([name, ...(a.slice(0, -2) as (string | undefined)[]).filter((x): x is string => x !== undefined)]));
+  callOut('init', '', 'kubelet, at discovery: prints the capabilities (mount-only: attach false)');
+  callOut('mount', ' <dir> <options-json>', 'kubelet, per pod volume: binds the repository in options.repository read-only on <dir>');
+  callOut('unmount', ' <dir>', 'kubelet, per pod volume: releases <dir>');
   cmd
     .command('install')
     .description(`write <plugin-dir>/${FLEX_DEFAULTS.driver}/cvmfs, which runs this cvmfs-thin with this Node`)

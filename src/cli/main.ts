@@ -23,8 +23,17 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   doctor: async () => (await import('./doctor.js')).doctorCommand(),
 };
 
-/** FlexVolume call-outs bypass the command parser: kubelet reads exactly one JSON object. */
-const FLEX_CALLS = new Set(['init', 'mount', 'unmount', 'attach', 'detach', 'waitforattach', 'isattached', 'mountdevice', 'unmountdevice', 'getvolumename', 'expandvolume', 'expandfs']);
+/**
+ * FlexVolume call-outs bypass the command parser: kubelet reads exactly one
+ * JSON object, also for call-outs this driver does not know (today's
+ * `getvolumename`, `expandvolume`…, or ones kubelet adds later). Only the
+ * driver's own administration (`install`) and help go through the parser.
+ */
+function isFlexCallOut(args: readonly string[]): boolean {
+  const [op] = args;
+  if (op === 'install' || op === 'help' || args.some((a) => a === '--help' || a === '-h')) return false;
+  return op === undefined || !op.startsWith('-');
+}
 
 export async function buildCli(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('cvmfs-thin')
@@ -41,7 +50,7 @@ export async function buildCli(argv: string[] = process.argv): Promise<Command> 
 }
 
 export async function main(argv: string[]): Promise<void> {
-  if (argv[2] === 'flexvolume' && (argv[3] === undefined || FLEX_CALLS.has(argv[3]))) {
+  if (argv[2] === 'flexvolume' && isFlexCallOut(argv.slice(3))) {
     await (await import('./flexvolume.js')).flexMain(argv.slice(3));
     return;
   }

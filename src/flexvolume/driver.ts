@@ -27,6 +27,29 @@ export interface FlexResult {
  */
 export const CAPABILITIES = { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } as const;
 
+/**
+ * The call-outs this driver implements. Every other one — the attach family
+ * (`attach`, `waitforattach`, `mountdevice`, …), `getvolumename`,
+ * `expandvolume`, `expandfs`, and whatever kubelet adds later — is answered
+ * `{"status":"Not supported"}` whatever its arguments, which kubelet caches
+ * per call (pkg/volume/flexvolume/driver-call.go) and then does without.
+ */
+export const FLEX_OPERATIONS = ['init', 'mount', 'unmount'] as const;
+
+export function isFlexOperation(op: string | undefined): op is (typeof FLEX_OPERATIONS)[number] {
+  return (FLEX_OPERATIONS as readonly (string | undefined)[]).includes(op);
+}
+
+/**
+ * What an unknown call-out gets. Exit code 1, like kubelet's own sample
+ * drivers: kubelet reads the status from the output either way (a non-zero
+ * exit with "Not supported" is not logged as a driver failure).
+ */
+export function notSupported(op: string): { result: FlexResult; code: number } {
+  const name = op.length > 64 ? `${op.slice(0, 64)}…` : op;
+  return { result: { status: 'Not supported', message: `${JSON.stringify(name)} is not supported by cern/cvmfs (a mount-only driver: ${FLEX_OPERATIONS.join(', ')})` }, code: 1 };
+}
+
 /** Option keys kubelet adds on its own; ignored. */
 const KUBELET_PREFIX = 'kubernetes.io/';
 const VOLUME_OPTIONS = ['tag', 'hash', 'date', 'clientConfig'];
@@ -108,7 +131,7 @@ export async function flexCall(argv: readonly string[], deps: FlexDeps): Promise
       case undefined:
         throw new InvalidArgumentError('no operation given (init, mount <dir> <json>, unmount <dir>)');
       default:
-        return { result: { status: 'Not supported', message: `${op} is not supported by cern/cvmfs (mount-only driver)` }, code: 1 };
+        return notSupported(op);
     }
     return { result, code: result.status === 'Success' ? 0 : 1 };
   } catch (e) {

@@ -14,6 +14,85 @@ import { removeTestDir, shortTempDir } from '../graphdriver/harness.js';
 
 const skip = needs({ root: true });
 
+/** Run the installed driver as kubelet does: combined stdout+stderr must be exactly one JSON object. */
+function kubeletCall(driver: string, args: string[]) {
+  const r = spawnSync(driver, args, { encoding: 'utf8', timeout: 60_000 });
+  const combined = `${r.stdout}${r.stderr}`;
+  expect(combined.trimEnd().split('\n'), `one line of output for ${args[0]}`).toHaveLength(1);
+  return { code: r.status, json: JSON.parse(combined) as { status: string; message?: string; capabilities?: Record<string, boolean> } };
+}
+
+// every call-out kubelet's driver-call.go knows besides init/mount/unmount, with its argument
+// shapes, plus ones it may add later (stray flags and JSON included)
+const OPTS = JSON.stringify({ repository: 'atlas.cern.ch', 'kubernetes.io/readwrite': 'ro' });
+const UNKNOWN_CALL_OUTS: string[][] = [
+  ['getvolumestats', '/var/lib/kubelet/pods/u/volumes/cern~cvmfs/v'],
+  ['attach', OPTS, 'node-1'],
+  ['detach', 'atlas', 'node-1'],
+  ['waitforattach', '/dev/sdx', OPTS],
+  ['isattached', OPTS, 'node-1'],
+  ['mountdevice', '/var/lib/kubelet/plugins/cern~cvmfs/mounts/atlas', '/dev/sdx', OPTS],
+  ['unmountdevice', '/var/lib/kubelet/plugins/cern~cvmfs/mounts/atlas'],
+  ['getvolumename', OPTS],
+  ['expandvolume', '/dev/sdx', OPTS, '2147483648', '1073741824'],
+  ['expandfs', OPTS, '/var/lib/kubelet/pods/u/volumes/cern~cvmfs/v', '2147483648', '1073741824'],
+  ['somecalloutfrom2030', '--force', '{"x":1}', ''],
+];
+
+describe('FlexVolume call-outs the driver does not implement, and its help', () => {
+  let dir: string;
+  let driver: string;
+  let config: string;
+
+  beforeAll(() => {
+    dir = shortTempDir('cvt-flexns-');
+    config = path.join(dir, 'flexvolume.toml');
+    writeFileSync(config, `state-dir = "${dir}/state"\ncvmfs-root = "${dir}/cvmfs"\n`);
+    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(dir, 'exec'), '--config', config], { encoding: 'utf8' });
+    expect(inst.status, inst.stderr).toBe(0);
+    driver = path.join(dir, 'exec', 'cern~cvmfs', 'cvmfs');
+  });
+
+  afterAll(() => removeTestDir(dir));
+
+  it.each(UNKNOWN_CALL_OUTS)('%s … → exactly {"status":"Not supported"} and exit 1, as kubelet caches it', (...args) => {
+    const r = kubeletCall(driver, args);
+    expect(r.code).toBe(1);
+    expect(r.json.status).toBe('Not supported');
+    expect(Object.keys(r.json).sort()).toEqual(['message', 'status']);
+    expect(r.json.message).toContain(JSON.stringify(args[0]));
+    expect(r.json.message).toMatch(/init, mount, unmount/);
+  });
+
+  it('logs unknown call-outs to its log file, never to kubelet', () => {
+    kubeletCall(driver, ['getvolumestats', '/x']);
+    expect(readFileSync(path.join(dir, 'state', 'flexvolume.log'), 'utf8')).toMatch(/"call":"getvolumestats".*"status":"Not supported"/);
+  });
+
+  it('answers Not supported even when its settings cannot be read; init then fails naming the file', () => {
+    const broken = path.join(dir, 'broken.toml');
+    writeFileSync(broken, 'state-dir = "/x"\n');
+    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(dir, 'exec-broken'), '--config', broken], { encoding: 'utf8' });
+    expect(inst.status, inst.stderr).toBe(0);
+    writeFileSync(broken, 'state-dir = [\n'); // broken after install (an operator's edit)
+    const d = path.join(dir, 'exec-broken', 'cern~cvmfs', 'cvmfs');
+    expect(kubeletCall(d, ['getvolumename', OPTS])).toMatchObject({ code: 1, json: { status: 'Not supported' } });
+    const init = kubeletCall(d, ['init']);
+    expect(init).toMatchObject({ code: 1, json: { status: 'Failure' } });
+    expect(init.json.message).toContain(broken);
+  });
+
+  it('--help lists the call-outs init, mount, unmount and install', () => {
+    const r = spawnSync(process.execPath, [CLI, 'flexvolume', '--help'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    for (const c of ['init', 'mount <dir> <options-json>', 'unmount <dir>', 'install']) expect(r.stdout.split('\n').some((l) => l.trimStart().startsWith(`${c} `)), c).toBe(true);
+    expect(r.stdout).toMatch(/Not supported/);
+    const m = spawnSync(process.execPath, [CLI, 'flexvolume', 'mount', '--help'], { encoding: 'utf8' });
+    expect(m.status, m.stderr).toBe(0);
+    expect(m.stdout).toMatch(/Usage: cvmfs-thin flexvolume mount \[options\] <dir> <options-json>/);
+  });
+});
+
 describe.skipIf(skip)('FlexVolume cern/cvmfs exec’d like kubelet', () => {
   let dir: string;
   let driver: string;
