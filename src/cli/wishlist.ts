@@ -5,7 +5,7 @@ import { createLogger, type LogLevel } from '../core/log.js';
 import { type ImageSummary } from '../convert/convert.js';
 import { errorSummary } from '../convert/convert.js';
 import { abortOnSignals, createRun, summaryLine } from '../convert/run.js';
-import { mapSettled } from '../convert/util.js';
+import { mapSettled } from '../core/concurrency.js';
 import { expandRecipe, readRecipe } from '../convert/wishlist.js';
 import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js';
 

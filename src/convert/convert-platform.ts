@@ -15,7 +15,7 @@ import { type Descriptor, type ImageConfig, type ImageManifest, MAX_CONFIG_BYTES
 import { LayerUnpacker } from './layer.js';
 import { RepoTree } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
-import { Semaphore } from './util.js';
+import { Semaphore } from '../core/concurrency.js';
 import type { ConverterOptions } from './convert.js';
 import { flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
 import { pathExists } from '../core/fsutil.js';

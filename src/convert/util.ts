@@ -1,43 +1,7 @@
-/** Small helpers of the converter: concurrency, durations, command lines, sizes. Pure unless noted. */
+/** Small helpers of the converter: durations, command lines, sizes. Pure unless noted. */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../core/errors.js';
-
-/** A counting semaphore (FIFO). */
-export class Semaphore {
-  private free: number;
-  private readonly waiters: (() => void)[] = [];
-  constructor(readonly size: number) {
-    if (!Number.isInteger(size) || size < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${size}`);
-    this.free = size;
-  }
-  async acquire(): Promise<() => void> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiters.push(resolve));
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.waiters.shift();
-      if (next) next();
-      else this.free++;
-    };
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const release = await this.acquire();
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
-
-/** Map with bounded concurrency; every item runs, results in input order (like Promise.allSettled). */
-export async function mapSettled<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
-  const sem = new Semaphore(Math.max(1, concurrency));
-  return Promise.allSettled(items.map((it, i) => sem.run(() => fn(it, i))));
-}
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 };
 

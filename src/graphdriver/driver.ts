@@ -140,6 +140,7 @@ export class GraphDriver {
     const lock = prev?.home === home ? prev.lock : lockRoot(home, this.host, { daemon: 'cvmfs-thin graphdriver', address: this.cfg.socket }, 0o711);
     prev?.mounter.close();
     prev?.monitor.stop();
+    await prev?.stack.facts.flush();
     if (prev && prev.lock !== lock) prev.lock.release();
     this.active = undefined;
     let stack: LayerStack;
@@ -391,6 +392,7 @@ export class GraphDriver {
     if (this.closed) return;
     this.closed = true;
     await this.gate.drain();
+    await this.active?.stack.facts.flush();
     this.active?.monitor.stop();
     this.active?.mounter.close();
     this.active?.lock.release();

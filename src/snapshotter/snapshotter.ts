@@ -338,9 +338,10 @@ export class Snapshotter {
     });
   }
 
-  /** Wait for background removals (Cleanup, close, tests). */
+  /** Wait for background work: removals, the layer-facts file (Cleanup, close, tests). */
   async settled(): Promise<void> {
     await this.removals.settled();
+    await this.stack.facts.flush();
   }
 
   stat(key: string): Info {

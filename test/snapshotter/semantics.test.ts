@@ -227,6 +227,7 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     // the facts of the removed masks are forgotten: the layer is scanned and masked again
     await thinImage('thin2', thinJson(REPO, [ducc]));
     expect(readdirSync(path.join(root, 'masks'))).toHaveLength(1);
+    await sn.settled(); // the facts file is written behind
     expect(JSON.parse(readFileSync(path.join(root, 'metadata', 'layer-facts.json'), 'utf8'))).toMatchObject({ [ducc.dir]: { mode: 'masked' } });
   });
 

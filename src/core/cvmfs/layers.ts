@@ -23,6 +23,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors.js';
+import { mapLimit } from '../concurrency.js';
 import { isInside, pathExists } from '../fsutil.js';
 import { type Host, systemHost } from '../host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
@@ -56,7 +57,13 @@ export interface ResolvedStack {
   how: string[];
 }
 
+/** Layers of one thin image resolved at once (each a few stats: on a cold CVMFS client, catalog loads that overlap). */
+const RESOLVE_CONCURRENCY = 16;
+
 export class CvmfsLayers {
+  /** layerDirs in progress per directory: two images sharing a new layer build its masks once. */
+  private readonly inflight = new Map<string, Promise<LayerFacts>>();
+
   constructor(
     private readonly loc: CvmfsLocation,
     /** Where mask directories are kept (a local, writable directory). */
@@ -72,13 +79,19 @@ export class CvmfsLayers {
    * stays inside the repository (symlinks included) and is a directory.
    * Returns null when it does not exist.
    */
-  async locate(repository: string, rel: string, field: string): Promise<string | null> {
+  async locate(repository: string, rel: string, field: string, realMps?: Map<string, Promise<string>>): Promise<string | null> {
     const mp = repositoryMountpoint(this.loc, repository);
     const p = path.join(mp, rel);
     let real: string;
     let realMp: string;
     try {
-      realMp = await fsp.realpath(mp);
+      let r = realMps?.get(mp);
+      if (!r) {
+        r = fsp.realpath(mp);
+        r.catch(() => undefined);
+        realMps?.set(mp, r);
+      }
+      realMp = await r;
     } catch {
       throw new FailedPreconditionError(`${field}: repository ${repository} is not available at ${mp} (is CVMFS mounted?)`, 'CVMFS_THIN_REPO_UNAVAILABLE');
     }
@@ -105,12 +118,13 @@ export class CvmfsLayers {
       const chain = await this.findChain(repo, hexes);
       if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes);
     }
-    const dirs: string[] = [];
-    const how: string[] = [];
-    for (let i = m.layers.length - 1; i >= 0; i--) {
+    // every layer at once (bounded), results top first; the first failure in manifest order is thrown
+    const realMps = new Map<string, Promise<string>>();
+    const top = [...m.layers.keys()].reverse();
+    const parts = await mapLimit(top, RESOLVE_CONCURRENCY, async (i) => {
       const l = m.layers[i]!;
       const field = `layers[${i}]`;
-      const dir = await this.locate(l.repository, l.path, `${field}.url`);
+      const dir = await this.locate(l.repository, l.path, `${field}.url`, realMps);
       if (dir === null) {
         throw new FailedPreconditionError(
           `thin image manifest: ${field}.url: layer ${l.url} does not exist in CVMFS (${path.join(repositoryMountpoint(this.loc, l.repository), l.path)})`,
@@ -118,10 +132,10 @@ export class CvmfsLayers {
         );
       }
       const repoRoot = duccLayerHex(l.path) === l.hex ? repositoryMountpoint(this.loc, l.repository) : null;
-      const r = await this.layerDirs(dir, repoRoot, l.hex, i === 0);
-      dirs.push(...r.dirs);
-      how.push(...r.how);
-    }
+      return this.layerDirs(dir, repoRoot, l.hex, i === 0);
+    });
+    const dirs = parts.flatMap((r) => r.dirs);
+    const how = parts.flatMap((r) => r.how);
     return { dirs, flattened: true, how };
   }
 
@@ -187,6 +201,32 @@ export class CvmfsLayers {
 
   /** Overlay-correct directories for one layer (top first): [above-mask], layer, [below-mask]. */
   async layerDirs(dir: string, repoRoot: string | null, hex: string | null, isBase: boolean): Promise<ResolvedStack> {
+    let p = this.inflight.get(dir);
+    if (!p) {
+      p = this.factsOf(dir, repoRoot, hex).finally(() => this.inflight.delete(dir));
+      this.inflight.set(dir, p);
+    }
+    const facts = await p;
+    if (facts.mode !== 'masked') return { dirs: [dir], flattened: false, how: [facts.mode] };
+    const m = facts.masks!;
+    const parts = facts.parts ?? ['above', 'below'];
+    const res: ResolvedStack = { dirs: [], flattened: false, how: [] };
+    if (parts.includes('above')) {
+      res.dirs.push(path.join(m, 'above'));
+      res.how.push('mask-above');
+    }
+    res.dirs.push(dir);
+    res.how.push('masked');
+    // below the base layer there is nothing to hide
+    if (!isBase && parts.includes('below')) {
+      res.dirs.push(path.join(m, 'below'));
+      res.how.push('mask-below');
+    }
+    return res;
+  }
+
+  /** What a layer directory is (cached; masks built at first sight). */
+  private async factsOf(dir: string, repoRoot: string | null, hex: string | null): Promise<LayerFacts> {
     const key = dir;
     let facts = this.cache.get(key);
     if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
@@ -212,22 +252,7 @@ export class CvmfsLayers {
       }
       await this.cache.put(key, facts);
     }
-    if (facts.mode !== 'masked') return { dirs: [dir], flattened: false, how: [facts.mode] };
-    const m = facts.masks!;
-    const parts = facts.parts ?? ['above', 'below'];
-    const res: ResolvedStack = { dirs: [], flattened: false, how: [] };
-    if (parts.includes('above')) {
-      res.dirs.push(path.join(m, 'above'));
-      res.how.push('mask-above');
-    }
-    res.dirs.push(dir);
-    res.how.push('masked');
-    // below the base layer there is nothing to hide
-    if (!isBase && parts.includes('below')) {
-      res.dirs.push(path.join(m, 'below'));
-      res.how.push('mask-below');
-    }
-    return res;
+    return facts;
   }
 
   /**

@@ -16,9 +16,12 @@
  *
  * The helper runs `node -e` with the script below (plain CommonJS: it works
  * the same from dist/ and under tsx), started on the first probe and stopped
- * after a while without probes. Each message is one probe: its operations run
- * in order, stopping after a failed one marked `required`; probes run
- * concurrently.
+ * after a while without probes. Each message is one probe: its leading
+ * operations marked `required` run in order (a failed one ends the probe),
+ * the others PROBE_PARALLEL at a time (on a cold CVMFS client each stat of a
+ * layer may load a catalog over the network: they overlap); probes run
+ * concurrently. A stuck probe holds at most PROBE_PARALLEL threads, so
+ * MAX_STUCK of them leave threads free for the others.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { FsProbeOp, FsProbeResult } from '../host.js';
@@ -38,13 +41,26 @@ async function one(o) {
     return { ok: false, code: e.code || 'EIO', message: e.message };
   }
 }
-process.on('message', async (m) => {
+const PARALLEL = Number(process.env.PROBE_PARALLEL);
+async function probe(ops) {
   const results = [];
-  for (const o of m.ops) {
-    const r = await one(o);
-    results.push(r);
-    if (!r.ok && o.required) break;
+  let i = 0;
+  for (; i < ops.length && ops[i].required; i++) {
+    results.push(await one(ops[i]));
+    if (!results[i].ok) return results;
   }
+  let next = i;
+  const worker = async () => {
+    while (next < ops.length) {
+      const k = next++;
+      results[k] = await one(ops[k]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL, ops.length - i) }, worker));
+  return results;
+}
+process.on('message', async (m) => {
+  const results = await probe(m.ops);
   if (process.connected) process.send({ id: m.id, results });
 });
 // the daemon went away: end now (exit() would wait for a call stuck in FUSE)
@@ -53,7 +69,10 @@ process.on('disconnect', () => process.kill(process.pid, 'SIGKILL'));
 
 /** Stuck probes tolerated in one helper before it is replaced (its thread pool has HELPER_THREADS). */
 export const MAX_STUCK = 8;
-const HELPER_THREADS = 16;
+/** Operations of one probe run at once (after its required ones). */
+const PROBE_PARALLEL = 8;
+/** MAX_STUCK probes stuck with PROBE_PARALLEL threads each still leave 8 threads. */
+const HELPER_THREADS = MAX_STUCK * PROBE_PARALLEL + 8;
 /** A helper without probes for this long is stopped (started again on the next probe). */
 const IDLE_MS = 5 * 60_000;
 
@@ -118,7 +137,7 @@ export class ProbeHelper {
     // no NODE_OPTIONS: a loader of the daemon's (tsx under tests) would only slow the helper
     const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', HELPER], {
       stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
-      env: { UV_THREADPOOL_SIZE: String(HELPER_THREADS), PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      env: { UV_THREADPOOL_SIZE: String(HELPER_THREADS), PROBE_PARALLEL: String(PROBE_PARALLEL), PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
       serialization: 'json',
     });
     this.started++;
