@@ -118,7 +118,7 @@ export class CvmfsLayers {
       const chain = await this.findChain(repo, hexes);
       if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes);
     }
-    // every layer at once (bounded), results top first; the first failure in manifest order is thrown
+    // every layer at once (bounded), results top first; the failure of the topmost failing layer is thrown (as one by one)
     const realMps = new Map<string, Promise<string>>();
     const top = [...m.layers.keys()].reverse();
     const parts = await mapLimit(top, RESOLVE_CONCURRENCY, async (i) => {

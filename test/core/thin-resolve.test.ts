@@ -1,0 +1,109 @@
+/**
+ * Resolving a thin image of many layers (issue 18: start time that does not
+ * depend on the layer count): the layer-facts file is written behind, once
+ * for many new layers; layers resolve concurrently but the result keeps the
+ * manifest's order and names the topmost missing layer; a
+ * layer listed twice (or by two images at once) has its masks built once;
+ * the probe helper answers a probe's stats in order while running them at
+ * once.
+ */
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { cvmfsLocation } from '../../src/core/config.js';
+import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
+import { ThinError } from '../../src/core/errors.js';
+import { FactsFile } from '../../src/core/stack/facts.js';
+import { ProbeHelper } from '../../src/core/stack/probe-child.js';
+import { parseThinManifest } from '../../src/core/thin/manifest.js';
+import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
+import { tempDir } from '../helpers/env.js';
+
+const REPO = 'unpacked.cern.ch';
+
+function fixture() {
+  const work = tempDir('thin-resolve-');
+  const repo = path.join(work, 'cvmfs', REPO);
+  const puts: string[] = [];
+  const facts = new Map<string, LayerFacts>();
+  const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
+    get: (k) => facts.get(k),
+    put: async (k, f) => {
+      puts.push(k);
+      facts.set(k, f);
+    },
+  });
+  const manifest = (ls: FakeLayer[]) => parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
+  return { work, repo, layers, manifest, puts };
+}
+
+describe('thin images of many layers', () => {
+  it('100 layers resolve top first in manifest order, each layer once; masks of a layer listed twice are built once', async () => {
+    const { repo, work, layers, manifest, puts } = fixture();
+    const ls = Array.from({ length: 100 }, (_, i) => addLayer(repo, `l${i}`, i % 10 === 0 ? { [`f${i}`]: 'x', [`.wh.f${i - 1}`]: '' } : { [`f${i}`]: 'x' }));
+    const r = await layers.resolveThin(manifest([...ls, ls[10]!]));
+    // a scanned layer with whiteouts (every 10th but the base) gets a mask below it, and one above hiding the .wh. files
+    const bare = r.dirs.filter((d) => !d.startsWith(path.join(work, 'masks')));
+    expect(bare).toEqual([ls[10]!.dir, ...ls.map((l) => l.dir).reverse()]);
+    expect(new Set(puts).size).toBe(100);
+    expect(puts).toHaveLength(100); // the layer listed twice was looked at once
+    expect(readdirSync(path.join(work, 'masks'))).toHaveLength(10);
+  });
+
+  it('a missing layer is named by its manifest field: the topmost missing one, whatever finished first', async () => {
+    const { repo, layers, manifest } = fixture();
+    const ls = Array.from({ length: 40 }, (_, i) => addLayer(repo, `m${i}`, { [`f${i}`]: 'x' }));
+    const gone = (l: FakeLayer): FakeLayer => ({ ...l, hex: l.hex.replace(/^./, (c) => (c === 'a' ? 'b' : 'a')) });
+    const m = manifest([...ls.slice(0, 5), gone(ls[5]!), ...ls.slice(6, 30), gone(ls[30]!), ...ls.slice(31)]);
+    let err: unknown;
+    try {
+      await layers.resolveThin(m);
+    } catch (e) {
+      err = e;
+    }
+    expect(ThinError.is(err) && err.code).toBe('CVMFS_THIN_LAYER_MISSING');
+    expect((err as Error).message).toMatch(/^thin image manifest: layers\[30\]\.url: layer .* does not exist in CVMFS/);
+  });
+
+  it('the layer-facts file is written behind: many puts, few writes, all of them in the file after flush; a failed write only warns', async () => {
+    const dir = tempDir('facts-');
+    const file = path.join(dir, 'facts.json');
+    const f = await FactsFile.open(file);
+    await Promise.all(Array.from({ length: 100 }, (_, i) => f.put(`/l/${i}`, { mode: 'clean' })));
+    expect(f.get('/l/99')).toEqual({ mode: 'clean' });
+    await f.flush();
+    const mtime = statSync(file).mtimeMs;
+    expect(Object.keys(JSON.parse(readFileSync(file, 'utf8')) as object)).toHaveLength(100);
+    await f.prune((x) => x.mode !== 'clean');
+    await f.flush();
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({});
+    expect(statSync(file).mtimeMs).toBeGreaterThanOrEqual(mtime);
+    // reopened: what was flushed
+    expect((await FactsFile.open(file)).get('/l/1')).toBeUndefined();
+    // a directory that does not exist: put answers, the warning is logged, nothing thrown
+    const warned: unknown[] = [];
+    const log = { warn: (o: unknown) => warned.push(o) } as unknown as Parameters<typeof FactsFile.open>[1];
+    const g = await FactsFile.open(path.join(dir, 'missing', 'facts.json'), log);
+    await g.put('/x', { mode: 'overlay' });
+    await g.flush();
+    expect(warned).toHaveLength(1);
+    expect(existsSync(path.join(dir, 'missing'))).toBe(false);
+  });
+
+  it('the probe helper runs a probe\'s stats at once and answers them in order; a failed required op ends the probe', async () => {
+    const { repo } = fixture();
+    const ls = Array.from({ length: 30 }, (_, i) => addLayer(repo, `p${i}`, { f: 'x' }));
+    const helper = new ProbeHelper();
+    try {
+      const ops = ls.flatMap((l, i) => [{ op: 'stat' as const, path: l.dir }, ...(i % 7 === 0 ? [{ op: 'stat' as const, path: `${l.dir}/missing` }] : [])]);
+      const r = await helper.run([{ op: 'statfs', path: repo, required: true }, ...ops]);
+      expect(r).toHaveLength(ops.length + 1);
+      expect(r.slice(1).map((x) => x.ok)).toEqual(ops.map((o) => !o.path.endsWith('/missing')));
+      expect(r[1]).toMatchObject({ ok: true, dir: true });
+      const stop = await helper.run([{ op: 'statfs', path: path.join(repo, 'nope'), required: true }, { op: 'stat', path: ls[0]!.dir }]);
+      expect(stop).toEqual([expect.objectContaining({ ok: false, code: 'ENOENT' })]);
+    } finally {
+      helper.stop();
+    }
+  });
+});
