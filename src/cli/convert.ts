@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { Command, Option } from 'commander';
 import { InvalidArgumentError } from '../core/errors.js';
 import { createLogger, type LogLevel } from '../core/log.js';
@@ -5,6 +6,7 @@ import { parseCreds } from '../convert/registry/auth.js';
 import { parseImageReference } from '../convert/reference.js';
 import { writeConvertMetrics } from '../convert/metrics.js';
 import { abortOnSignals, createRun, type RunFlags, summaryLine } from '../convert/run.js';
+import { sweepStaleSpools } from '../convert/image/spool-dir.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
 export function parseSize(name: string) {
@@ -62,7 +64,7 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--nested-catalog-entries <n>', 'a published layer with more entries gets nested catalogs (.cvmfscatalog, hidden from containers) so that no catalog holds more (default 100000; CVMFS refuses a catalog over 200000)', positiveInt('--nested-catalog-entries'))
     .option('--ingest-command <cmd>', 'the ingest command (layer tar on stdin; {base} = .layers/<xx>/<digest>), default with --cvmfs-server --ingest: "cvmfs_server ingest --catalog -k -t - -b {base} {repository}"')
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
-    .option('--tmp-dir <dir>', 'where archives are unpacked for reading (default: the system temp dir)')
+    .option('--tmp-dir <dir>', 'where archives are spooled for reading and writing (default: the system temp dir; spools left by killed conversions are removed once their owner is gone)')
     .option('--json', 'print a machine-readable summary on stdout')
     .option('--metrics-textfile <file>', "write the run's figures (layers, bytes, seconds, images) for node_exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/cvmfs-thin.prom")
     .option('-q, --quiet', 'no progress display')
@@ -124,6 +126,8 @@ export function convertCommand(): Command {
       name = parseDockerReference(o['name']);
     }
     const flags = runFlags(o);
+    // archive spools of conversions killed before (kill -9, a crash): removed once their owner is gone
+    await sweepStaleSpools(flags.tmpDir ?? os.tmpdir(), { log });
     const ctl = abortOnSignals(log);
     const run = createRun(flags, log, ctl.signal);
     const t0 = Date.now();

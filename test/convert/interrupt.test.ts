@@ -2,8 +2,10 @@
  * Interrupt safety: kill -9 in the middle of a layer, rerun, and the result is
  * complete and correct (no half layer ever at its final name, temporaries of
  * the dead converter removed). SIGINT stops cleanly, removing its temporaries.
+ * An archive spool left in the temp dir by a killed conversion is removed by
+ * the next run, never one of a conversion still running.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +15,7 @@ import { CLI, needs, tempDir } from '../helpers/env.js';
 import { json, runCli } from './cli.js';
 import { applyLayersOracle, diffSnapshots, mountOverlay, snapshot } from './fixtures.js';
 import { type BuiltLayer, buildLayer, writeLayout } from './images.js';
+import { OWNER_FILE, SPOOL_PREFIX } from '../../src/convert/image/spool-dir.js';
 
 interface Summary {
   images: { status: string; layers: { digest: string; status: string }[] }[];
@@ -47,6 +50,16 @@ function convertAndInterrupt(args: string[], when: () => boolean, signal: NodeJS
       resolve({ code, signal: sig, fired, stderr });
     });
   });
+}
+
+async function until<T>(what: string, f: () => T | undefined | false, timeoutMs = 60_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = f();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('interrupted conversions', () => {
@@ -119,5 +132,63 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('inte
     expect(r.stderr).toMatch(/SIGINT: stopping, cleaning up/);
     expect(temps(repo)).toEqual([]);
     expect(fs.existsSync(layerDir(repo, hex))).toBe(false);
+  });
+
+  it("an archive spool of a killed conversion is swept by the next run; a running conversion's is not", async () => {
+    const tmp = path.join(work, 'tmp');
+    fs.mkdirSync(tmp);
+    const archive = path.join(work, 'big.tar');
+    execFileSync('tar', ['-cf', archive, '-C', layout, '.']);
+    const st = path.join(work, 'st-small');
+    fs.mkdirSync(st);
+    fs.writeFileSync(path.join(st, 'hello'), 'hello\n');
+    const small = path.join(work, 'small-layout');
+    writeLayout(small, 's', [{ layers: [buildLayer(st, 'gzip', path.join(work, 'blobs'), 'small')] }]);
+    const smallArchive = path.join(work, 'small.tar');
+    execFileSync('tar', ['-cf', smallArchive, '-C', small, '.']);
+    const spools = () => fs.readdirSync(tmp).filter((n) => n.startsWith(SPOOL_PREFIX)).sort();
+    const inUse = (n: string) => fs.existsSync(path.join(tmp, n, OWNER_FILE)) && fs.existsSync(path.join(tmp, n, 'blobs'));
+    const conv = (repo: string, src: string) => {
+      fs.mkdirSync(path.join(work, repo));
+      return ['convert', src, '--repository-dir', path.join(work, repo), '--no-thin', '--jobs', '1', '--tmp-dir', tmp, '--json', '--log-level', 'info'];
+    };
+
+    // A: a conversion still running (held with SIGSTOP while its spool is in use)
+    const a = spawn(process.execPath, [CLI, ...conv('repo-spool-a', `oci-archive:${archive}:big`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let aErr = '';
+    a.stdout.resume();
+    a.stderr.on('data', (c: Buffer) => (aErr += c.toString()));
+    const aExit = new Promise<number | null>((r) => a.once('exit', (c) => r(c)));
+    try {
+      const aSpool = await until("A's spool", () => spools().find(inUse));
+      a.kill('SIGSTOP');
+
+      // K: killed -9 while its archive is being spooled; its own start-up sweep left A's spool alone
+      const k = await convertAndInterrupt(conv('repo-spool-k', `oci-archive:${archive}:big`), () => spools().some((n) => n !== aSpool && inUse(n)), 'SIGKILL');
+      expect(k.fired).toBe(true);
+      expect(k.signal).toBe('SIGKILL');
+      const kSpool = spools().filter((n) => n !== aSpool);
+      expect(kSpool).toHaveLength(1);
+      expect(spools()).toContain(aSpool);
+
+      // B: the next run removes K's spool, and not A's
+      const b = await runCli(conv('repo-spool-b', `oci-archive:${smallArchive}:s`));
+      expect(b.code, b.stderr).toBe(0);
+      expect(json<Summary>(b).images[0]!.status).toBe('converted');
+      expect(b.stderr).toContain(path.join(tmp, kSpool[0]!));
+      expect(b.stderr).toMatch(/removed the archive spool of a conversion that no longer runs/);
+      expect(spools()).toEqual([aSpool]);
+
+      // A goes on: its spool was never touched, and it removes it when done
+      a.kill('SIGCONT');
+      expect(await aExit, aErr).toBe(0);
+      expect(spools()).toEqual([]);
+      for (const l of layers) expect(fs.existsSync(layerDir(path.join(work, 'repo-spool-a'), l.digest.slice(7)))).toBe(true);
+    } finally {
+      if (a.exitCode === null && a.signalCode === null) {
+        a.kill('SIGCONT');
+        a.kill('SIGKILL');
+      }
+    }
   });
 });

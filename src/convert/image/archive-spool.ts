@@ -2,11 +2,11 @@
  * Reading an image archive (plain or gzip tar) into a private temporary
  * directory with the shared tar parser: regular files under cleaned,
  * allow-listed names only, digests computed on the way; links become
- * aliases, never links on disk. Used by the archive sources (archive.ts).
+ * aliases, never links on disk. Used by the archive sources (archive.ts),
+ * in spool directories of spool-dir.ts.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, createReadStream, mkdirSync, openSync, promises as fsp, write } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -141,10 +141,4 @@ export function resolveName(sp: Spooled, name: string): string {
     n = a;
   }
   return n;
-}
-
-export async function makeTemp(tmpRoot: string | undefined): Promise<string> {
-  const root = tmpRoot ?? os.tmpdir();
-  await fsp.mkdir(root, { recursive: true });
-  return fsp.mkdtemp(path.join(root, 'cvmfs-thin-archive-'));
 }

@@ -12,11 +12,11 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { sha256Digest } from '../../core/digest.js';
 import { NotFoundError } from '../../core/errors.js';
-import { removeTree } from '../../core/fsutil.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
 import { type DockerReference, familiarName, parseDockerReference } from '../reference.js';
 import { type MemEntry, packEntriesToBuffer } from '../tar.js';
-import { cleanArchiveName, makeTemp, resolveName, spool, type Spooled } from './archive-spool.js';
+import { cleanArchiveName, resolveName, spool, type Spooled } from './archive-spool.js';
+import { makeSpoolDir, type SpoolDir } from './spool-dir.js';
 import { OciLayoutSource, writeOciLayout } from './oci-layout.js';
 import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
 import { canonicalJson, type Descriptor, MT, type RawManifest } from './types.js';
@@ -24,18 +24,18 @@ import { canonicalJson, type Descriptor, MT, type RawManifest } from './types.js
 /** `oci-archive:` source: spool, then read as a layout. */
 export async function openOciArchive(file: string, tag: string | undefined, tmpRoot?: string): Promise<ImageSource> {
   const description = `oci-archive:${file}${tag !== undefined ? `:${tag}` : ''}`;
-  const dir = await makeTemp(tmpRoot);
+  const sd = await makeSpoolDir(tmpRoot);
   try {
-    await spool(file, dir, description);
+    await spool(file, sd.dir, description);
   } catch (e) {
-    await removeTree(dir);
+    await sd.remove();
     throw e;
   }
-  const src = new OciLayoutSource(dir, tag, description);
+  const src = new OciLayoutSource(sd.dir, tag, description);
   const close = src.close.bind(src);
   src.close = async () => {
     await close();
-    await removeTree(dir);
+    await sd.remove();
   };
   return src;
 }
@@ -61,6 +61,7 @@ export class DockerArchiveSource implements ImageSource {
   readonly description: string;
   name: DockerReference | undefined;
   private sp!: Spooled;
+  private spoolDir!: SpoolDir;
   private top!: RawManifest;
   private readonly blobs = new Map<string, string>();
 
@@ -74,12 +75,12 @@ export class DockerArchiveSource implements ImageSource {
 
   static async open(file: string, sel: { ref?: DockerReference | undefined; index?: number | undefined }, tmpRoot?: string): Promise<DockerArchiveSource> {
     const s = new DockerArchiveSource(file, sel);
-    const dir = await makeTemp(tmpRoot);
+    s.spoolDir = await makeSpoolDir(tmpRoot);
     try {
-      s.sp = await spool(file, dir, s.description);
+      s.sp = await spool(file, s.spoolDir.dir, s.description);
       await s.load();
     } catch (e) {
-      await removeTree(dir);
+      await s.spoolDir.remove();
       throw e;
     }
     return s;
@@ -175,7 +176,7 @@ export class DockerArchiveSource implements ImageSource {
     return createReadStream(this.pathOf(desc), { highWaterMark: 1 << 20 });
   }
   async close(): Promise<void> {
-    await removeTree(this.sp.dir);
+    await this.spoolDir.remove();
   }
   /** The archive file this source reads. */
   get path(): string {
@@ -220,7 +221,8 @@ export class OciArchiveTarget implements ImageTarget {
     }
   }
   async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
-    const dir = await makeTemp(this.tmpRoot);
+    const sd = await makeSpoolDir(this.tmpRoot);
+    const dir = sd.dir;
     try {
       const digest = await writeOciLayout(dir, this.tag, images, index, this.imageName);
       const entries: MemEntry[] = [
@@ -235,7 +237,7 @@ export class OciArchiveTarget implements ImageTarget {
       await packToFile(this.file, entries);
       return { digest, target: this.description };
     } finally {
-      await removeTree(dir);
+      await sd.remove();
     }
   }
 }
