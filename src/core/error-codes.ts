@@ -85,6 +85,12 @@ export const ERROR_CODES = {
   // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/stack/probe.ts)
   CVMFS_THIN_CVMFS_STALLED: { kind: 'unavailable', meaning: 'A CVMFS mount did not answer within cvmfs-timeout (a stalled client: server or proxy unreachable); the message names the directory and the deadline.' },
 
+  // ------------------------------------------------------------ access profiles (core/stack/access-recorder.ts)
+  CVMFS_THIN_NO_ACCESS_RECORDING: {
+    kind: 'failed-precondition',
+    meaning: "A container's file opens cannot be recorded (fanotify): not a mount point, not privileged (EPERM), no fanotify (ENOSYS), or a file system that refuses a filesystem mark (EINVAL…); the message names the mount point and the errno.",
+  },
+
   // ------------------------------------------------------------ graph driver and Docker plugins
   CVMFS_THIN_BAD_LAYER_ID: { kind: 'invalid-argument', meaning: 'A layer ID from dockerd is not valid.' },
   CVMFS_THIN_NO_SUCH_LAYER: { kind: 'not-found', meaning: 'A layer (or the parent layer) dockerd names does not exist.' },

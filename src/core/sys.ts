@@ -1,6 +1,6 @@
 /**
  * libc bindings for the system calls Node does not offer (mknod, extended
- * attributes, mount/umount, the new mount API, flock), loaded lazily through
+ * attributes, mount/umount, the new mount API, flock, fanotify), loaded lazily through
  * koffi so that pure modules and unprivileged tests never touch libc. The
  * daemons reach them through the Host seam (host.ts, `systemHost`); pure
  * modules and the tar workers (a Host cannot cross into a worker thread) call
@@ -33,6 +33,8 @@ interface Libc {
   futimens: (fd: number, times: Buffer) => number;
   fchmodat: (dirfd: number, path: CPath, mode: number, flags: number) => number;
   flock: (fd: number, op: number) => number;
+  fanotify_init: (flags: number, eventFFlags: number) => number;
+  fanotify_mark: (fd: number, flags: number, mask: number | bigint, dirfd: number, path: string | null) => number;
   syscall: (...args: unknown[]) => number | bigint;
   errno: () => number;
 }
@@ -55,6 +57,8 @@ function lib(): Libc {
     futimens: l.func('int futimens(int fd, const void *times)'),
     fchmodat: l.func('int fchmodat(int dirfd, const char *path, uint32_t mode, int flags)'),
     flock: l.func('int flock(int fd, int operation)'),
+    fanotify_init: l.func('int fanotify_init(unsigned int flags, unsigned int event_f_flags)'),
+    fanotify_mark: l.func('int fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path)'),
     syscall: l.func('long syscall(long number, ...)'),
     errno: () => koffi().decode(errnoLoc(), 'int') as number,
   };
@@ -64,7 +68,7 @@ function lib(): Libc {
 const ERRNO_NAMES: Record<number, string> = {
   1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 7: 'E2BIG', 13: 'EACCES', 16: 'EBUSY', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR',
   11: 'EAGAIN', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 36: 'ENAMETOOLONG', 40: 'ELOOP', 61: 'ENODATA', 95: 'EOPNOTSUPP',
-  38: 'ENOSYS', 107: 'ENOTCONN',
+  38: 'ENOSYS', 107: 'ENOTCONN', 18: 'EXDEV', 19: 'ENODEV', 24: 'EMFILE', 12: 'ENOMEM', 9: 'EBADF',
 };
 
 /** An errno failure with Node-style `code` and `syscall`. */
@@ -302,6 +306,26 @@ export function flock(fd: number, op: number): boolean {
   const e = l.errno();
   if (e === 11 /* EWOULDBLOCK */) return false;
   throw new SyscallError('flock', e, `fd ${fd}`);
+}
+
+/** fanotify(7) constants (linux/fanotify.h). */
+export const FAN_CLOEXEC = 0x1;
+export const FAN_NONBLOCK = 0x2;
+export const FAN_CLASS_NOTIF = 0x0;
+export const FAN_MARK_ADD = 0x1;
+export const FAN_MARK_FILESYSTEM = 0x100;
+export const FAN_OPEN = 0x20;
+export const FAN_OPEN_EXEC = 0x1000;
+export const FAN_Q_OVERFLOW = 0x4000;
+
+/** fanotify_init(2): a new notification group's fd. `eventFFlags` are the open flags of the event fds. */
+export function fanotifyInit(flags: number, eventFFlags: number): number {
+  return check(lib().fanotify_init(flags, eventFFlags), 'fanotify_init', '');
+}
+
+/** fanotify_mark(2) on the object `dirfd` refers to (`path` null) or on `path` relative to it. */
+export function fanotifyMark(fd: number, flags: number, mask: number, dirfd: number, path: string | null): void {
+  check(lib().fanotify_mark(fd, flags, mask, dirfd, path), 'fanotify_mark', path ?? `fd ${dirfd}`);
 }
 
 /** syscall(2) and errno, for calls without a libc wrapper (the new mount API in core/stack/overlay-mount.ts). */
