@@ -79,6 +79,8 @@ export class TarParser {
   private readonly maxPax: number;
   /** total bytes consumed */
   offset = 0;
+  /** Stream offset just past the header block being handled: valid during `entry()` (tar-split records the raw bytes up to it). */
+  headerEnd = 0;
   /** name of the current/last entry (byte string), for error messages */
   current = '';
 
@@ -100,6 +102,7 @@ export class TarParser {
       switch (this.state) {
         case S.HEADER: {
           if (this.hdrLen === 0 && n - pos >= BLOCK) {
+            this.headerEnd = this.offset + BLOCK;
             this.header(chunk, pos);
             pos += BLOCK;
             this.offset += BLOCK;
@@ -111,6 +114,7 @@ export class TarParser {
             this.offset += take;
             if (this.hdrLen === BLOCK) {
               this.hdrLen = 0;
+              this.headerEnd = this.offset;
               this.header(this.hdr, 0);
             }
           }
