@@ -26,6 +26,12 @@ function seconds(v: string): number {
   return Number(v);
 }
 
+/** A flag's whole number (commander parser). */
+export function wholeNumber(v: string): number {
+  if (!/^\d{1,9}$/.test(v) || Number(v) === 0) throw new InvalidArgumentError(`${JSON.stringify(v)} is not a positive whole number`);
+  return Number(v);
+}
+
 export interface DaemonSettings<S extends Record<string, Field>> {
   /** A setting: the flag when given on the command line, else the config key, else undefined. */
   pick<T>(flag: string, key: keyof S & string): T | undefined;

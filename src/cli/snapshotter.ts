@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
+import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
@@ -15,6 +15,10 @@ export const snapshotterConfigSpec = {
   root: { type: 'string' },
   'thin-images': { type: 'boolean' },
   'remote-layers': { type: 'boolean' },
+  prefetch: { type: 'boolean' },
+  'record-profiles': { type: 'boolean' },
+  'record-window': { type: 'integer', min: 1, max: 600 },
+  'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
   'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
@@ -26,7 +30,11 @@ export function snapshotterCommand(): Command {
     .option('--config <file>', `TOML configuration (keys: ${Object.keys(snapshotterConfigSpec).join(', ')})`);
   addCvmfsOptions(cmd)
     .option('--no-thin-images', 'do not recognise thin images')
-    .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS');
+    .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS')
+    .option('--no-prefetch', "do not read an image's access profile ahead when its container is prepared")
+    .option('--record-profiles', 'record an access profile (fanotify) from the first start of an image that has none, into <root>/profiles (publish with cvmfs-thin profile publish)')
+    .option('--record-window <seconds>', 'how long a start is recorded (default 10)', wholeNumber)
+    .option('--start-budget <ms>', 'log why a start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber);
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
     const s = resolveSettings(o, c, snapshotterConfigSpec, 'cvmfs-thin-snapshotter');
     const address = s.pick<string>('address', 'address') ?? SNAPSHOTTER_DEFAULTS.address;
@@ -47,6 +55,12 @@ export function snapshotterCommand(): Command {
         metrics: m.metrics,
         cvmfsTimeoutMs: s.cvmfsTimeoutMs,
         checkIntervalMs: s.checkIntervalMs,
+        starts: {
+          prefetch: s.enabled('prefetch', 'prefetch'),
+          record: s.pick<boolean>('recordProfiles', 'record-profiles') ?? false,
+          recordWindowMs: (s.pick<number>('recordWindow', 'record-window') ?? 10) * 1000,
+          budgetMs: s.pick<number>('startBudget', 'start-budget'),
+        },
       }),
     );
   });

@@ -58,17 +58,23 @@ export interface OverlayMount {
 /**
  * A read-only probe of a path that may be on a FUSE file system (CVMFS):
  * statfs (always answered by the FUSE daemon: tells a dead or stalled client),
- * stat (owner, device, directory?) or readdir (through an overlay: reaches
- * every lower layer). `required`: stop the probe after this one fails.
+ * stat (owner, device, directory?), readdir (through an overlay: reaches
+ * every lower layer) or read (a regular file's content, read and dropped —
+ * a prefetch: `bytes` read, at most `max`). `required`: stop the probe after
+ * this one fails.
  */
 export interface FsProbeOp {
-  op: 'statfs' | 'stat' | 'readdir';
+  op: 'statfs' | 'stat' | 'readdir' | 'read';
+  /** read: at most this many bytes. */
+  max?: number;
+  /** read: answer the content (UTF-8) as `text` (small files: profiles). */
+  text?: boolean;
   path: string;
   required?: boolean;
 }
 
 export type FsProbeResult =
-  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number }
+  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number; bytes?: number; text?: string }
   | { ok: false; code: string; message: string };
 
 export interface Host {

@@ -42,6 +42,10 @@ repository = "unpacked.cern.ch"
 # allowed-repositories = ["unpacked.cern.ch"]
 # thin-images = true
 # remote-layers = true
+# prefetch = true                     # read an image's access profile (.profiles/ in the repository) ahead at Prepare
+# record-profiles = false             # record a profile (fanotify) from the first start of an image without one, into <root>/profiles
+# record-window = 10                  # seconds a start is recorded
+# start-budget = 250                  # ms: log why a start's own work took longer (default: off); cvmfs-thin why-slow <container>
 # cvmfs-timeout = 10                  # seconds a question to CVMFS may take: a stalled client fails Prepare/Mounts (Unavailable)
 # check-interval = 30                 # seconds between checks for running containers on a dead CVMFS lower; 0 = off
 # log-level = "info"

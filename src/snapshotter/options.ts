@@ -4,6 +4,7 @@ import type { CvmfsLocation } from '../core/config.js';
 import type { Host } from '../core/host.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Kind, Time } from './metastore.js';
+import type { StartOptions } from './starts.js';
 
 export interface Info {
   name: string;
@@ -34,4 +35,6 @@ export interface SnapshotterOptions {
   cvmfsTimeoutMs?: number | undefined;
   /** Period of the check of running containers on a dead CVMFS (default 30 s, 0: only on demand: `check-interval`). */
   checkIntervalMs?: number | undefined;
+  /** Container starts: access-profile prefetch and recording, the slow-start budget. */
+  starts?: StartOptions | undefined;
 }

@@ -1,4 +1,5 @@
 /** The `cvmfs-thin snapshotter` daemon: gRPC on a unix socket, graceful, non-destructive stop. */
+import type { StartOptions } from './starts.js';
 import { promises as fsp } from 'node:fs';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -25,6 +26,8 @@ export interface SnapshotterDaemonOptions {
   cvmfsTimeoutMs?: number | undefined;
   /** Period of the check of running containers on a dead CVMFS (default 30 s, 0: never). */
   checkIntervalMs?: number | undefined;
+  /** Container starts: profile prefetch and recording, the slow-start budget. */
+  starts?: StartOptions | undefined;
 }
 
 export interface RunningDaemon {
@@ -50,6 +53,7 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     metrics: o.metrics,
     cvmfsTimeoutMs: o.cvmfsTimeoutMs,
     checkIntervalMs: o.checkIntervalMs,
+    starts: o.starts,
     onFatal: (e) => {
       if (fatal) return;
       fatal = true;

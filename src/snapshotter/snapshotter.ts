@@ -6,7 +6,7 @@
  * through the injected `Host`. Every mutating method either fully succeeds or
  * leaves no state behind (records are written last).
  */
-import { existsSync, mkdirSync, promises as fsp, statSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AlreadyExistsError, FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors.js';
@@ -23,7 +23,9 @@ import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels
 import { MetaStore, type SnapshotRecord } from './metastore.js';
 import type { Info, SnapshotterOptions } from './options.js';
 import { snapshotterMonitor, startWatching } from './health.js';
+import { makeSnapshotDirs, noteOldSnapshotter } from './dirs.js';
 import { serveRemote } from './remote.js';
+import { Starts } from './starts.js';
 import { recoverData, Removals } from './removal.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
@@ -50,6 +52,7 @@ export class Snapshotter {
     private readonly stack: LayerStack,
     private readonly lock: RootLock,
     private readonly gate: Gate,
+    private readonly starts: Starts,
   ) {
     this.log = opts.log;
     this.snapshotsDir = path.join(opts.root, 'snapshots');
@@ -69,12 +72,7 @@ export class Snapshotter {
     try {
       for (const d of ['snapshots', 'work']) await fsp.mkdir(path.join(root, d), { recursive: true, mode: 0o700 });
       await fsp.chmod(root, 0o700);
-      if (existsSync(path.join(root, 'snapshotter', 'metadata.db'))) {
-        opts.log.warn(
-          { dir: path.join(root, 'snapshotter') },
-          'found data of the previous containerd-cvmfs-grpc snapshotter; it is left untouched and not used: remove images pulled with it (ctr images rm) so that containerd pulls them again',
-        );
-      }
+      noteOldSnapshotter(root, opts.log);
       // mutations run in the gate's shared sections: more than one at a time means other clients wait
       const gate = new Gate();
       const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined), journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'), () => gate.running > 1);
@@ -88,7 +86,8 @@ export class Snapshotter {
         cvmfsTimeoutMs: opts.cvmfsTimeoutMs,
         onStall: () => opts.metrics?.inc('cvmfs_stalls_total', { daemon: 'snapshotter' }),
       });
-      const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate);
+      const starts = await Starts.open({ ...opts.starts, root, stack, host: opts.host, log: opts.log, metrics: opts.metrics ?? noMetrics, fsDir: (n) => (store.get(n) ? path.join(root, 'snapshots', String(store.get(n)!.id)) : null) });
+      const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate, starts);
       await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
         for (const [kind, source, n] of store.counts()) s.metrics.set('snapshots', { kind, source }, n);
@@ -219,36 +218,28 @@ export class Snapshotter {
         };
         try {
           // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
+          const t0 = performance.now();
           const lowers = chainLowers(this.node, parent);
           const { mounts, owners } = await this.mountsFor(rec, lowers);
+          const t1 = performance.now();
           // the link to the new directory is owned now, made when a child first needs it (mountsFor)
           const own = kind === 'active' ? linkName(id) : undefined;
           if (own) links[own] = fs;
           const top = lowers[0];
           // like containerd's overlay: the new upper dir takes the owner of the top lower
           // (on CVMFS: as the availability check saw it, never asked again here)
-          const localTop = top && !top.external && top.real.startsWith(this.snapshotsDir);
-          let owner: { uid: number; gid: number } | undefined = top && owners.get(top.real);
-          const statTop = top && !owner ? top.real : undefined;
-          if (this.gate.running > 1) {
-            // other requests wait meanwhile: the directories through the thread pool, at once
-            // (all settled before a failure is handled: the clean-up must not race a mkdir)
-            const [st, ...made] = await Promise.allSettled([
-              statTop ? fsp.stat(statTop) : undefined,
-              fsp.mkdir(fs, { mode: 0o755 }),
-              own ? fsp.mkdir(this.workDir(id), { mode: 0o711 }) : undefined,
-            ]);
-            for (const r of [...made, st]) if (r.status === 'rejected') throw r.reason;
-            if (st.status === 'fulfilled' && st.value) owner = st.value;
-          } else {
-            // alone: synchronous calls beat thread-pool round trips (measured with one client, even
-            // where a mkdir takes ~0.4 ms: cycle p50 1.04x the reference this way, 1.16x through the pool)
-            mkdirSync(fs, { mode: 0o755 });
-            if (own) mkdirSync(this.workDir(id), { mode: 0o711 });
-            if (statTop) owner = localTop ? statSync(statTop) : await fsp.stat(statTop);
-          }
-          if (owner && (owner.uid !== 0 || owner.gid !== 0)) this.stack.host.lchown(fs, owner.uid, owner.gid);
+          const owner = top && owners.get(top.real);
+          await makeSnapshotDirs(this.stack.host, {
+            fs,
+            work: own ? this.workDir(id) : undefined,
+            owner,
+            statTop: top && !owner ? top.real : undefined,
+            localTop: Boolean(top && !top.external && top.real.startsWith(this.snapshotsDir)),
+            concurrent: this.gate.running > 1,
+          });
+          const t2 = performance.now();
           await this.store.write({ put: [rec] });
+          if (kind === 'active') this.starts.prepared(key, fs, lowers, { cvmfs: ms(t1 - t0), dirs: ms(t2 - t1), journal: ms(performance.now() - t2) });
           return mounts;
         } catch (e) {
           if (!this.store.get(key)) await this.discard(id, links);
@@ -304,7 +295,9 @@ export class Snapshotter {
           source: 'local',
         };
         // a parentless layer holding only a thin manifest: its CVMFS layers become the stack
+        const t0 = performance.now();
         const thin = r.parent === '' && this.thinImages ? await this.stack.linkThin(fs, { snapshot: name }) : null;
+        if (thin) this.starts.thinResolved(name, { resolve: ms(performance.now() - t0) });
         if (thin) {
           rec = { ...rec, stack: thin.lowers.map((l) => l.link), terminal: true, source: 'thin', origin: thin.manifest.origin, links: { ...rec.links, ...Object.fromEntries(thin.links.made) } };
           if (rec.origin === undefined) delete rec.origin;
@@ -338,10 +331,16 @@ export class Snapshotter {
     });
   }
 
-  /** Wait for background work: removals, the layer-facts file (Cleanup, close, tests). */
+  /** Wait for background work: removals, the layer-facts file, start traces (Cleanup, close, tests). */
   async settled(): Promise<void> {
     await this.removals.settled();
     await this.stack.facts.flush();
+    await this.starts.traces.flush();
+  }
+
+  /** Wait for the prefetches and recordings of container starts running now (tests, benches). */
+  startsIdle(): Promise<void> {
+    return this.starts.idle();
   }
 
   stat(key: string): Info {
@@ -398,6 +397,7 @@ export class Snapshotter {
     this.closed = true;
     this.monitor.stop();
     await this.gate.drain();
+    await this.starts.close();
     await this.settled();
     try {
       await this.store.close();
@@ -406,3 +406,5 @@ export class Snapshotter {
     }
   }
 }
+
+const ms = (x: number) => Math.round(x * 100) / 100;

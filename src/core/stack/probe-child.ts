@@ -28,6 +28,25 @@ import type { FsProbeOp, FsProbeResult } from '../host.js';
 
 const HELPER = String.raw`'use strict';
 const fsp = require('node:fs').promises;
+const BUF = Buffer.allocUnsafe(1 << 18);
+// a prefetch: read a regular file through (one fixed buffer: the content is dropped), at most max bytes
+async function readFile(p, max) {
+  const fh = await fsp.open(p, require('node:fs').constants.O_RDONLY | require('node:fs').constants.O_NOFOLLOW);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw Object.assign(new Error(p + ' is not a regular file'), { code: 'EINVAL' });
+    const limit = Math.min(st.size, max === undefined ? Infinity : max);
+    let n = 0;
+    while (n < limit) {
+      const { bytesRead } = await fh.read(BUF, 0, Math.min(BUF.length, limit - n), n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    return n;
+  } finally {
+    await fh.close();
+  }
+}
 async function one(o) {
   try {
     if (o.op === 'statfs') return { ok: true, type: (await fsp.statfs(o.path)).type };
@@ -36,6 +55,12 @@ async function one(o) {
       return { ok: true, uid: s.uid, gid: s.gid, dev: s.dev, dir: s.isDirectory() };
     }
     if (o.op === 'readdir') return { ok: true, entries: (await fsp.readdir(o.path)).length };
+    if (o.op === 'read' && o.text) {
+      const b = await fsp.readFile(o.path);
+      if (o.max !== undefined && b.length > o.max) return { ok: false, code: 'EFBIG', message: o.path + ' is larger than ' + o.max + ' bytes' };
+      return { ok: true, bytes: b.length, text: b.toString('utf8') };
+    }
+    if (o.op === 'read') return { ok: true, bytes: await readFile(o.path, o.max) };
     return { ok: false, code: 'EINVAL', message: 'unknown probe ' + o.op };
   } catch (e) {
     return { ok: false, code: e.code || 'EIO', message: e.message };

@@ -1,0 +1,120 @@
+/**
+ * Access profiles (thin-image/SPEC.md §8): which files a container of an
+ * image read in its first seconds, learnt from real starts (core/stack/
+ * access-recorder.ts on a node), kept with the image in the repository
+ * (`.profiles/<xx>/<stack id>.json`, published by `cvmfs-thin profile
+ * publish`) and prefetched on every later node (core/stack/prefetch.ts).
+ *
+ * An image is its ordered layer stack: the profile's key is the DUCC chain ID
+ * of the stack's top layer, so every tag and thin manifest of the same layers
+ * shares one profile. Entries name a path in the container's root and the
+ * layer (hex digest) that served it. Pure: no file system access.
+ */
+import path from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { JsonSyntaxError, parseStrictJson } from '../json.js';
+import { duccChainIds } from '../cvmfs/layout.js';
+
+export const PROFILES_DIR = '.profiles';
+export const PROFILE_SCHEMA = 'cvmfs-thin/access-profile';
+/** Files of one profile (a start that reads more is cut: the first ones matter). */
+export const MAX_PROFILE_FILES = 20_000;
+export const MAX_PROFILE_BYTES = 8 << 20;
+
+export interface ProfileEntry {
+  /** Path in the container's root, without a leading slash. */
+  path: string;
+  /** The layer that served it (hex digest), when known. */
+  layer?: string | undefined;
+  size: number;
+  /** ms after the recording started (order of first access). */
+  at?: number | undefined;
+}
+
+export interface AccessProfile {
+  schema: typeof PROFILE_SCHEMA;
+  version: 1;
+  /** The layer stack, bottom first (hex digests). */
+  layers: string[];
+  /** false: the image opted out (no prefetch, no recording). */
+  prefetch: boolean;
+  created: string;
+  /** How it was learnt (recorder, window), free text. */
+  source?: string | undefined;
+  files: ProfileEntry[];
+}
+
+const HEX64 = /^[a-f0-9]{64}$/;
+
+/** The key of a layer stack (bottom first): its top layer's DUCC chain ID. */
+export function stackId(layers: readonly string[]): string {
+  if (layers.length === 0) throw new ProfileError('layers', 'is empty');
+  return duccChainIds(layers).at(-1)!;
+}
+
+/** Where the profile of a stack lives, relative to the repository root. */
+export function profilePath(layers: readonly string[]): string {
+  const id = stackId(layers);
+  return path.posix.join(PROFILES_DIR, id.slice(0, 2), `${id}.json`);
+}
+
+export class ProfileError extends InvalidArgumentError {
+  constructor(field: string, why: string) {
+    super(`access profile: ${field}: ${why}`, 'CVMFS_THIN_BAD_PROFILE');
+  }
+}
+
+/** A profile path: relative, normalised, no `..`, no NUL. */
+export function checkProfilePath(p: unknown, field: string): string {
+  if (typeof p !== 'string' || p === '') throw new ProfileError(field, 'must be a non-empty string');
+  if (p.length > 4096 || p.includes('\0')) throw new ProfileError(field, 'is longer than 4096 bytes or holds a NUL byte');
+  const rel = p.replace(/^\/+/, '');
+  const norm = path.posix.normalize(rel);
+  if (norm !== rel || norm === '.' || norm.startsWith('../') || norm === '..') throw new ProfileError(field, `${JSON.stringify(p)} is not a normalised path inside the container's root`);
+  return norm;
+}
+
+/** Parse and validate a profile (strict: unknown fields refused, every path checked). */
+export function parseProfile(text: string): AccessProfile {
+  if (text.length > MAX_PROFILE_BYTES) throw new ProfileError('file', `is larger than ${MAX_PROFILE_BYTES} bytes`);
+  let o: unknown;
+  try {
+    o = parseStrictJson(text);
+  } catch (e) {
+    if (e instanceof JsonSyntaxError) throw new ProfileError('file', `is not valid JSON (${e.message})`);
+    throw e;
+  }
+  if (!o || typeof o !== 'object' || Array.isArray(o)) throw new ProfileError('file', 'must be a JSON object');
+  const r = o as Record<string, unknown>;
+  for (const k of Object.keys(r)) if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files'].includes(k)) throw new ProfileError(k, 'is not a known field');
+  if (r['schema'] !== PROFILE_SCHEMA) throw new ProfileError('schema', `must be ${JSON.stringify(PROFILE_SCHEMA)}`);
+  if (r['version'] !== 1) throw new ProfileError('version', 'must be 1');
+  const layers = r['layers'];
+  if (!Array.isArray(layers) || layers.length === 0 || layers.length > 500 || !layers.every((h) => typeof h === 'string' && HEX64.test(h))) {
+    throw new ProfileError('layers', 'must be 1-500 hex sha256 digests');
+  }
+  if (typeof r['prefetch'] !== 'boolean') throw new ProfileError('prefetch', 'must be true or false');
+  if (typeof r['created'] !== 'string' || Number.isNaN(Date.parse(r['created']))) throw new ProfileError('created', 'must be a date');
+  if (r['source'] !== undefined && typeof r['source'] !== 'string') throw new ProfileError('source', 'must be a string');
+  const files = r['files'];
+  if (!Array.isArray(files) || files.length > MAX_PROFILE_FILES) throw new ProfileError('files', `must be an array of at most ${MAX_PROFILE_FILES} entries`);
+  const known = new Set(layers as string[]);
+  const out: ProfileEntry[] = files.map((f: unknown, i) => {
+    const field = `files[${i}]`;
+    if (!f || typeof f !== 'object' || Array.isArray(f)) throw new ProfileError(field, 'must be an object');
+    const e = f as Record<string, unknown>;
+    for (const k of Object.keys(e)) if (!['path', 'layer', 'size', 'at'].includes(k)) throw new ProfileError(`${field}.${k}`, 'is not a known field');
+    const layer = e['layer'];
+    if (layer !== undefined && (typeof layer !== 'string' || !known.has(layer))) throw new ProfileError(`${field}.layer`, 'must be one of the profile\'s layers');
+    const size = e['size'];
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new ProfileError(`${field}.size`, 'must be a byte count');
+    const at = e['at'];
+    if (at !== undefined && (typeof at !== 'number' || !Number.isFinite(at) || at < 0)) throw new ProfileError(`${field}.at`, 'must be a non-negative number of ms');
+    return { path: checkProfilePath(e['path'], `${field}.path`), layer: layer as string | undefined, size, at: at as number | undefined };
+  });
+  return { schema: PROFILE_SCHEMA, version: 1, layers: layers as string[], prefetch: r['prefetch'], created: r['created'], source: r['source'] as string | undefined, files: out };
+}
+
+export function serializeProfile(p: AccessProfile): string {
+  return `${JSON.stringify(p, (_k, v: unknown) => (v === undefined ? undefined : v), 1)}\n`;
+}

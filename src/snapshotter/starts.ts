@@ -1,0 +1,225 @@
+/**
+ * What the snapshotter does for a container start beyond Snapshots
+ * semantics (issue 18): the trace of the start (core/stack/start-trace.ts),
+ * the prefetch of the image's access profile, and — where the image has none
+ * — the recording of one from this start. Nothing here delays a Prepare:
+ * the profile is looked up, read ahead or recorded after it answered, off the
+ * daemon's threads (the probe helper reads CVMFS), and every failure only
+ * costs the prefetch.
+ *
+ * Profiles: `<repository>/.profiles/<xx>/<stack id>.json` (published with
+ * `cvmfs-thin profile publish`), else `<root>/profiles/<stack id>.json`
+ * (recorded on this node). A recording starts when the container's overlay
+ * (the one whose upper dir is the snapshot's) appears in the mount table,
+ * lasts `recordWindowMs`, and maps each file to the layer that served it.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { repositoryMountpoint } from '../core/config.js';
+import { writeFileAtomic } from '../core/fsutil.js';
+import type { Host } from '../core/host.js';
+import type { Metrics } from '../core/metrics.js';
+import type { ChainLower, LayerStack } from '../core/stack/index.js';
+import { overlaysOf } from '../core/stack/mount-health.js';
+import { prefetchFiles, type PrefetchOptions } from '../core/stack/prefetch.js';
+import { cvmfsCounters, StartTraces, type StartTrace } from '../core/stack/start-trace.js';
+import { readThinLayer } from '../core/thin/layer.js';
+import { type AccessProfile, PROFILE_SCHEMA, parseProfile, profilePath, serializeProfile, stackId } from '../core/thin/profile.js';
+
+const LAYER_DIR = /\/\.layers\/[0-9a-f]{2}\/([0-9a-f]{64})\/layerfs$/;
+
+export interface StartOptions {
+  /** Read an image's access profile ahead at Prepare (default true). */
+  prefetch?: boolean | undefined;
+  /** Record a profile from a start of an image that has none (default false; needs fanotify: root). */
+  record?: boolean | undefined;
+  recordWindowMs?: number | undefined;
+  /** A start whose own phases take longer logs why. */
+  budgetMs?: number | undefined;
+  prefetchLimits?: Omit<PrefetchOptions, 'signal'> | undefined;
+}
+
+interface Image {
+  name: string;
+  origin?: string | undefined;
+  hexes: string[];
+  repository: string;
+}
+
+export class Starts {
+  /** Resolve timings of thin images resolved by this process (by snapshot name), for the traces of their containers. */
+  private readonly resolved = new Map<string, Record<string, number>>();
+  private readonly images = new Map<string, Image>();
+  /** Profiles prefetched or recorded lately (stack id → ms): once per image per 10 minutes. */
+  private readonly recent = new Map<string, number>();
+  private readonly ctl = new AbortController();
+  private readonly running = new Set<Promise<void>>();
+
+  private constructor(
+    readonly traces: StartTraces,
+    private readonly o: StartOptions & { root: string; stack: LayerStack; host: Host; log: Logger; metrics: Metrics; fsDir: (name: string) => string | null },
+  ) {}
+
+  static async open(o: Starts['o']): Promise<Starts> {
+    return new Starts(await StartTraces.open(path.join(o.root, 'traces'), { daemon: 'snapshotter', metrics: o.metrics, log: o.log, budgetMs: o.budgetMs }), o);
+  }
+
+  /** A thin image was resolved (its Commit): keep the timings for its containers' traces. */
+  thinResolved(name: string, phases: Record<string, number>): void {
+    this.resolved.set(name, phases);
+    if (this.resolved.size > 256) this.resolved.delete(this.resolved.keys().next().value!);
+  }
+
+  /**
+   * A container's snapshot was prepared over `lowers`: trace it, and read
+   * ahead or record its image's profile in the background.
+   */
+  prepared(key: string, upper: string, lowers: readonly ChainLower[], phases: Record<string, number>): void {
+    const thin = lowers.find((l) => l.external)?.owner;
+    const img = thin ? this.image(thin) : null;
+    if (!img) return;
+    const t = this.traces.begin(key, { image: img.name, origin: img.origin, layers: img.hexes.length, phases: { ...(this.resolved.get(img.name) ?? {}), ...phases } });
+    this.traces.prepared(t);
+    const job = this.afterPrepare(t, img, upper, lowers.filter((l) => l.external).map((l) => l.real)).catch((e: unknown) => this.o.log.warn({ err: e, snapshot: key }, 'prefetch/recording failed'));
+    this.running.add(job);
+    void job.finally(() => this.running.delete(job));
+  }
+
+  private image(name: string): Image | null {
+    const cached = this.images.get(name);
+    if (cached) return cached;
+    const dir = this.o.fsDir(name);
+    if (!dir) return null;
+    try {
+      const thin = readThinLayer(dir, this.o.stack.location);
+      if (!thin) return null;
+      const img = { name, origin: thin.manifest.origin, hexes: thin.manifest.layers.map((l) => l.hex), repository: thin.manifest.layers.at(-1)!.repository };
+      this.images.set(name, img);
+      if (this.images.size > 256) this.images.delete(this.images.keys().next().value!);
+      return img;
+    } catch {
+      return null;
+    }
+  }
+
+  private async afterPrepare(t: StartTrace, img: Image, upper: string, dirs: string[]): Promise<void> {
+    const id = stackId(img.hexes);
+    const last = this.recent.get(id);
+    if (last !== undefined && Date.now() - last < 600_000) {
+      t.profile = 'prefetched or recorded by this node in the last 10 minutes';
+      return this.traces.finished(t);
+    }
+    this.recent.set(id, Date.now());
+    const mp = repositoryMountpoint(this.o.stack.location, img.repository);
+    const before = await cvmfsCounters(mp);
+    if (before) t.cvmfs = { before };
+    const { profile, from } = await this.findProfile(img, mp);
+    t.profile = from;
+    if (profile && !profile.prefetch) return this.traces.finished(t);
+    if (profile && this.o.prefetch !== false) {
+      const byHex = new Map<string, string>();
+      let chain: string | undefined;
+      for (const d of dirs) {
+        const m = LAYER_DIR.exec(d);
+        if (m) byHex.set(m[1]!, d);
+        else if (d.includes('/.chains/')) chain ??= d;
+      }
+      const files = profile.files.flatMap((f) => {
+        const base = f.layer ? (byHex.get(f.layer) ?? chain) : chain;
+        return base ? [{ path: path.join(base, f.path), size: f.size }] : [];
+      });
+      t.prefetch = await prefetchFiles(this.o.host, files, { ...this.o.prefetchLimits, signal: this.ctl.signal });
+      // a stale profile (most files gone): learn a new one next time
+      if (t.prefetch.missing > files.length / 2) this.recent.delete(id);
+    } else if (!profile && this.o.record === true) {
+      t.record = await this.record(id, img, upper, dirs);
+    }
+    const after = before ? await cvmfsCounters(mp) : null;
+    if (t.cvmfs && after) t.cvmfs.after = after;
+    this.traces.finished(t);
+  }
+
+  private async findProfile(img: Image, mp: string): Promise<{ profile: AccessProfile | null; from: string }> {
+    const candidates: [string, string][] = [
+      [path.join(mp, profilePath(img.hexes)), 'repository'],
+      [path.join(this.o.root, 'profiles', `${stackId(img.hexes)}.json`), 'local'],
+    ];
+    for (const [file, from] of candidates) {
+      const [a] = await this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }]);
+      if (!a?.ok) continue;
+      try {
+        const p = parseProfile(a.text ?? '');
+        if (p.layers.join() !== img.hexes.join()) return { profile: null, from: `invalid: ${file} is for other layers` };
+        return { profile: p, from: p.prefetch ? from : `disabled (${from})` };
+      } catch (e) {
+        this.o.log.warn({ file, err: (e as Error).message }, 'access profile not valid; starting without prefetch');
+        return { profile: null, from: `invalid: ${(e as Error).message}` };
+      }
+    }
+    return { profile: null, from: 'none' };
+  }
+
+  /** Wait for the container's overlay, record its opens, map them to layers, save the profile locally. */
+  private async record(id: string, img: Image, upper: string, dirs: string[]): Promise<StartTrace['record']> {
+    const t0 = Date.now();
+    let mountpoint: string | undefined;
+    while (!mountpoint && Date.now() - t0 < 30_000 && !this.ctl.signal.aborted) {
+      mountpoint = overlaysOf(this.o.host.mountinfo(), this.o.root).find((m) => m.upper === upper)?.mountPoint;
+      if (!mountpoint) await new Promise((r) => setTimeout(r, 20));
+    }
+    if (!mountpoint) return { files: 0, reason: 'the container was not mounted within 30 s', ms: Date.now() - t0 };
+    const { recordAccesses } = await import('../core/stack/access-recorder.js');
+    let rec;
+    try {
+      rec = await recordAccesses(mountpoint, { windowMs: this.o.recordWindowMs ?? 10_000, idleMs: 2_000, maxFiles: 5_000, signal: this.ctl.signal });
+    } catch (e) {
+      return { files: 0, reason: 'cannot record', ms: Date.now() - t0, error: (e as Error).message };
+    }
+    // the topmost layer holding each file served it: one probe per layer for the files not placed yet
+    const left = new Map(rec.files.map((f) => [f.path.replace(/^\/+/, ''), f]));
+    const placed = new Map<string, string | undefined>();
+    for (const d of dirs) {
+      if (left.size === 0) break;
+      const hex = LAYER_DIR.exec(d)?.[1];
+      const names = [...left.keys()];
+      const answers = await this.o.host.probeFs(names.map((n) => ({ op: 'stat' as const, path: path.join(d, n) })));
+      answers.forEach((a, i) => {
+        if (a.ok && a.dir === false) {
+          placed.set(names[i]!, hex);
+          left.delete(names[i]!);
+        }
+      });
+    }
+    const profile: AccessProfile = {
+      schema: PROFILE_SCHEMA,
+      version: 1,
+      layers: img.hexes,
+      prefetch: true,
+      created: new Date().toISOString(),
+      source: `recorded on a node from the start of ${img.origin ?? img.name} (${rec.reason})`,
+      files: rec.files.flatMap((f) => {
+        const p = f.path.replace(/^\/+/, '');
+        return placed.has(p) ? [{ path: p, layer: placed.get(p), size: f.size, at: Math.round(f.atMs) }] : [];
+      }),
+    };
+    const file = path.join(this.o.root, 'profiles', `${id}.json`);
+    await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    await writeFileAtomic(file, serializeProfile(profile));
+    this.o.log.info({ image: img.origin ?? img.name, files: profile.files.length, file }, 'recorded an access profile (publish it with cvmfs-thin profile publish)');
+    return { files: profile.files.length, reason: rec.reason, ms: Date.now() - t0, saved: file };
+  }
+
+  /** Wait for the prefetches and recordings running now, and the trace files (tests). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.all([...this.running]);
+    await this.traces.flush();
+  }
+
+  /** Stop prefetches and recordings, wait for them and the trace files. */
+  async close(): Promise<void> {
+    this.ctl.abort();
+    await Promise.all([...this.running]);
+    await this.traces.flush();
+  }
+}
