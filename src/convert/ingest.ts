@@ -11,7 +11,7 @@
  */
 import type { Logger } from 'pino';
 import { finished } from 'node:stream/promises';
-import { LAYER_MARKER, LAYER_ROOTFS, LAYERS_DIR, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { LAYER_MARKER, LAYER_ROOTFS, LAYER_TAR_SPLIT, LAYERS_DIR, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { CATALOG_MARKER } from '../core/cvmfs/masks.js';
 import { UnavailableError } from '../core/errors.js';
 import { chooseCatalogDirs } from './catalogs.js';
@@ -19,7 +19,7 @@ import { BadContentError } from './errors.js';
 import type { Descriptor } from './image/types.js';
 import { DigestVerifier } from './image/verify.js';
 import type { Publisher } from './publish.js';
-import { decompress, type ExtractLimits, LayerRewriter, type MemEntry, type RewriteResult } from './tar.js';
+import { decompress, type ExtractLimits, LayerRewriter, type MemEntry, type RewriteResult, tarSplitTee } from './tar.js';
 
 export interface IngestJob {
   blob: NodeJS.ReadableStream;
@@ -38,8 +38,8 @@ export interface IngestJob {
 
 const utf8 = (b: string): string => Buffer.from(b, 'latin1').toString('utf8');
 
-/** The entries that end an ingested layer: nested catalog markers, the record, DUCC's layers.json. */
-export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: number, form: 'record' | 'keep' = 'record'): MemEntry[] {
+/** The entries that end an ingested layer: nested catalog markers, the record, DUCC's layers.json, the tar-split (for podman). */
+export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: number, form: 'record' | 'keep' = 'record', tarSplit?: Buffer): MemEntry[] {
   // where the image has its own marker, CVMFS makes a catalog anyway: neither replace nor hide the image's file
   const dirs = r.entries > catalogCut ? chooseCatalogDirs(r.direct, catalogCut).filter((d) => !r.catalogs.has(d)).map(utf8) : [];
   const hidden = dirs.map((d) => `${d}/${CATALOG_MARKER}`);
@@ -61,6 +61,7 @@ export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: nu
     ...hidden.map((h) => ({ name: `${LAYER_ROOTFS}/${h}`, data: '' })),
     { name: `${METADATA_DIR}/` },
     { name: `${METADATA_DIR}/layers.json`, data: `${JSON.stringify(layersJson)}\n` },
+    ...(tarSplit ? [{ name: `${METADATA_DIR}/${LAYER_TAR_SPLIT}`, data: tarSplit }] : []),
     // last: its presence says the layer is complete (DUCC's form has none: readers scan its .wh.* files)
     ...(form === 'record' ? [{ name: `${METADATA_DIR}/${LAYER_MARKER}`, data: `${JSON.stringify(marker)}\n` }] : []),
   ];
@@ -74,6 +75,8 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
   j.blob.on('error', (e) => verifier.destroy(e));
   j.blob.pipe(verifier);
   let result: RewriteResult | null = null;
+  // the tar without its file contents, for podman (save, push) to rebuild this exact layer tar
+  const split = tarSplitTee({ memory: true }, j.limits?.maxPaxHeaderBytes !== undefined ? { maxPaxHeaderBytes: j.limits.maxPaxHeaderBytes } : {});
   const rewriter = new LayerRewriter({
     prefix: `${LAYER_ROOTFS}/`,
     keepWhiteouts: j.form === 'keep',
@@ -95,18 +98,22 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
       }
       result = r;
       j.onEntries?.(r.entries);
-      return ingestTrailer(r, j.desc, j.catalogCut, j.form ?? 'record');
+      const recorded = await split.done;
+      if (!recorded.ok) j.log.warn({ layer: j.desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
+      return ingestTrailer(r, j.desc, j.catalogCut, j.form ?? 'record', recorded.ok ? recorded.data : undefined);
     },
   });
   const tar = decompress(verifier, j.compression);
   tar.on('error', (e) => rewriter.destroy(e));
   verifier.on('error', (e) => rewriter.destroy(e));
-  tar.pipe(rewriter);
+  split.stream.on('error', (e) => rewriter.destroy(e));
+  tar.pipe(split.stream).pipe(rewriter);
   try {
     await j.publisher.ingest(base, rewriter);
   } finally {
     j.blob.unpipe?.(verifier);
     tar.destroy();
+    if (!result) await split.abort();
   }
   if (!result) throw new UnavailableError(`layer ${j.desc.digest}: the ingest hook exited before the layer was streamed to its end`, 'CVMFS_THIN_INGEST_INCOMPLETE');
   j.log.info({ layer: j.desc.digest, base, entries: (result as RewriteResult).entries }, 'layer ingested');

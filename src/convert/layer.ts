@@ -7,10 +7,10 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { Writable } from 'node:stream';
+import { pipeline as pipelineCb, Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import { LAYER_MARKER, LAYER_ROOTFS, layerDir, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { LAYER_MARKER, LAYER_ROOTFS, LAYER_TAR_SPLIT, layerDir, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { ThinError } from '../core/errors.js';
 import { removeTree } from '../core/fsutil.js';
 import { BadContentError, ConvertError } from './errors.js';
@@ -19,7 +19,7 @@ import { type Descriptor, layerCompression } from './image/types.js';
 import { DigestVerifier } from './image/verify.js';
 import type { Progress } from './progress.js';
 import { CATALOG_MARKER, type RepoTree } from './repo.js';
-import { decompress, type ExtractLimits, extractLayer } from './tar.js';
+import { decompress, type ExtractLimits, extractLayer, tarSplitTee } from './tar.js';
 import type { Semaphore } from '../core/concurrency.js';
 import { shortDigest } from './util.js';
 import { addNestedCatalogs, CATALOG_CUT } from './catalogs.js';
@@ -187,8 +187,11 @@ export class LayerUnpacker {
     if (this.o.ingest) return this.ingestOnce(job, compression, key, t0, ctx);
     const tmp = await this.o.tree.tmpLayerDir(hex);
     const rootfs = path.join(tmp, LAYER_ROOTFS);
+    const meta = path.join(tmp, METADATA_DIR);
+    let split: ReturnType<typeof tarSplitTee> | null = null;
     try {
       await fsp.mkdir(rootfs, { mode: 0o755 });
+      await fsp.mkdir(meta, { mode: 0o755 });
       const blob = job.source.openBlob(desc);
       const verifier = new DigestVerifier(desc.digest, desc.size, `blob ${desc.digest}`, (n) => this.o.progress.layerBytes(key, n));
       blob.on('error', (e) => verifier.destroy(e));
@@ -196,7 +199,11 @@ export class LayerUnpacker {
       let res;
       try {
         const tar = decompress(verifier, compression);
-        res = await extractLayer(tar, {
+        // the tar without its file contents, for podman (save, push) to rebuild this exact layer tar
+        split = tarSplitTee({ file: path.join(meta, LAYER_TAR_SPLIT) }, this.o.limits?.maxPaxHeaderBytes !== undefined ? { maxPaxHeaderBytes: this.o.limits.maxPaxHeaderBytes } : {});
+        // as the decompressor's own pipeline: an error on either side destroys both, nothing left unhandled
+        pipelineCb(tar, split.stream, () => undefined);
+        res = await extractLayer(split.stream, {
           dest: rootfs,
           whiteouts: form,
           ...(this.o.limits ? { limits: this.o.limits } : {}),
@@ -218,8 +225,8 @@ export class LayerUnpacker {
       if (job.diffId !== undefined && res.diffId !== job.diffId) {
         throw new BadContentError(`uncompressed content has digest ${res.diffId}, the image config declares diff_id ${job.diffId}`, 'CVMFS_THIN_DIFFID_MISMATCH');
       }
-      const meta = path.join(tmp, METADATA_DIR);
-      await fsp.mkdir(meta, { mode: 0o755 });
+      const recorded = await split.done;
+      if (!recorded.ok) this.o.log.warn({ layer: desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
       const created = new Date().toISOString();
       const cut = this.o.catalogCut ?? CATALOG_CUT;
       const hidden = form === 'record' && res.entries > cut ? await addNestedCatalogs(rootfs, cut) : [];
@@ -261,6 +268,7 @@ export class LayerUnpacker {
       };
     } catch (e) {
       this.o.progress.layerDone(key, 'FAILED');
+      await split?.abort().catch(() => undefined);
       await removeTree(tmp).catch((re: unknown) => this.o.log.error({ err: re, path: tmp }, 'cannot remove a temporary layer directory'));
       throw ConvertError.wrap(e, ctx);
     }

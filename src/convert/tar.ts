@@ -11,6 +11,8 @@ export {
   LayerRewriter,
   type MemEntry,
   type RewriteResult,
+  tarSplitTee,
+  TarSplitRecorder,
   packEntriesToBuffer,
   type ExtractLimits,
   type ExtractProgress,

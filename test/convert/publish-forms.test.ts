@@ -177,6 +177,8 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
     expect(t.ended).toBe(true);
     expect(t.names).toContain('layerfs/etc/passwd');
     expect(t.names.at(-1)).toBe('.metadata/cvmfs-thin-layer.json');
+    // the layer's tar-split (for podman save of a published store), before the record
+    expect(t.names.at(-2)).toBe('.metadata/tar-split.json.gz');
   });
 
   it('a diff_id mismatch: the hook is killed before its stdin ends (no end-of-archive, no record), the abort hook runs', async () => {

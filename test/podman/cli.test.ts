@@ -3,13 +3,17 @@
  * the tree is up to date), `--whiteouts keep` is accepted with a warning,
  * `gc` removes store entries of images it removes (listed with --dry-run).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkPodmanStore } from '../../src/convert/podman/index.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { json, runCli } from '../convert/cli.js';
 import { buildLayer, writeLayout } from '../convert/images.js';
+
+const readLayers = (repo: string) => JSON.parse(fs.readFileSync(path.join(repo, 'podmanStore', 'overlay-layers', 'layers.json'), 'utf8')) as { 'compressed-diff-digest': string; 'diff-digest': string }[];
 
 interface Summary {
   images: { status: string; podman?: { image_id: string; status: string; names: string[] }; error: { message: string } | null }[];
@@ -43,6 +47,17 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip'] }))('convert --pod
     const c = json<Summary>(await runCli(args));
     expect(c.images[0]).toMatchObject({ status: 'skipped', podman: { status: 'added' } });
     expect((await checkPodmanStore(repo)).problems).toEqual([]);
+    // each layer's tar-split rebuilds its tar from layerfs (what podman save does): the diff ID again
+    for (const l of readLayers(repo)) {
+      const dir = path.join(repo, '.layers', l['compressed-diff-digest'].slice(7, 9), l['compressed-diff-digest'].slice(7));
+      const h = createHash('sha256');
+      for (const line of gunzipSync(fs.readFileSync(path.join(dir, '.metadata', 'tar-split.json.gz'))).toString('utf8').trim().split('\n')) {
+        const e = JSON.parse(line) as { type: number; name?: string; size?: number; payload: string };
+        if (e.type === 2) h.update(Buffer.from(e.payload, 'base64'));
+        else if (e.size) h.update(fs.readFileSync(path.join(dir, 'layerfs', e.name!)));
+      }
+      expect(`sha256:${h.digest('hex')}`).toBe(l['diff-digest']);
+    }
   });
 
   it('gc removes the store entries of the images it removes', async () => {

@@ -13,11 +13,14 @@ export const METADATA_DIR = '.metadata';
 export const LAYER_ROOTFS = 'layerfs';
 /** Our record, next to layerfs, that the layer was written by cvmfs-thin with overlay whiteouts. */
 export const LAYER_MARKER = 'cvmfs-thin-layer.json';
+/** In the layer's `.metadata/`: its tar without the file contents (tar-split, gzip), from which podman rebuilds the layer tar. */
+export const LAYER_TAR_SPLIT = 'tar-split.json.gz';
 
 export const layerDir = (repoRoot: string, hex: string) => path.join(repoRoot, LAYERS_DIR, hex.slice(0, 2), hex);
 export const layerRootfs = (repoRoot: string, hex: string) => path.join(layerDir(repoRoot, hex), LAYER_ROOTFS);
 export const layerMetadataDir = (repoRoot: string, hex: string) => path.join(layerDir(repoRoot, hex), METADATA_DIR);
 export const layerMarker = (repoRoot: string, hex: string) => path.join(layerMetadataDir(repoRoot, hex), LAYER_MARKER);
+export const layerTarSplit = (repoRoot: string, hex: string) => path.join(layerMetadataDir(repoRoot, hex), LAYER_TAR_SPLIT);
 export const chainDir = (repoRoot: string, id: string) => path.join(repoRoot, CHAINS_DIR, id.slice(0, 2), id);
 export const dirtyChainMarker = (repoRoot: string, id: string) => path.join(repoRoot, DIRTY_CHAINS_DIR, id);
 export const flatDir = (repoRoot: string, configHex: string) => path.join(repoRoot, FLAT_DIR, configHex.slice(0, 2), configHex);
