@@ -52,6 +52,7 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--max-layer-size <bytes>', 'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)', parseSize('--max-layer-size'), 256 * 1024 ** 3)
     .option('--max-layer-entries <n>', 'refuse a layer with more tar entries (default 10000000)', positiveInt('--max-layer-entries'), 10_000_000)
     .option('--podman-store', 'also add the image to <repository-dir>/podmanStore, a podman/CRI-O additional image store (docs/podman.md)')
+    .option('--podman-store-root <dir>', 'where the nodes mount the repository, for the store\'s absolute layer links (default: /cvmfs/<repository> when --repository is given, else --repository-dir)')
     .option('--jobs <n>', 'layers downloaded and unpacked at once (default: max(2, CPUs))', positiveInt('--jobs'))
     .option('--creds <user:pass>', 'credentials for the source registry (default: ~/.docker/config.json)')
     .option('--dest-creds <user:pass>', 'credentials for the thin-image registry (default: ~/.docker/config.json)')
@@ -86,6 +87,7 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     ingestCommand: o['ingestCommand'] as string | undefined,
     catalogCut: o['nestedCatalogEntries'] as number | undefined,
     podmanStore: o['podmanStore'] as boolean | undefined,
+    podmanStoreRoot: o['podmanStoreRoot'] as string | undefined,
     jobs: o['jobs'] as number | undefined,
     creds: o['creds'] ? parseCreds(String(o['creds']), '--creds') : undefined,
     destCreds: o['destCreds'] ? parseCreds(String(o['destCreds']), '--dest-creds') : undefined,

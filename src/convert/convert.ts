@@ -53,6 +53,8 @@ export interface ConverterOptions {
   catalogCut?: number | undefined;
   /** Also add each image to `<repositoryDir>/podmanStore` (podman / CRI-O additional image store). */
   podmanStore?: boolean | undefined;
+  /** Where the nodes mount the repository: the podman store's `diff` links point there (default: `repositoryDir`). */
+  podmanStoreRoot?: string | undefined;
   /** Layers unpacked at once, across all images of the run. */
   jobs?: number | undefined;
   limits?: ExtractLimits | undefined;
@@ -259,7 +261,7 @@ export class Converter extends PlatformConverter {
       if (this.o.podmanStore && p.img.platformDirs.includes(undefined)) {
         try {
           const input = await podmanInput(this.o.repositoryDir, { names: [podmanName(name)], manifest: p.img.raw.bytes, config: p.configBytes });
-          const r = await addImageToPodmanStore(this.o.repositoryDir, input, { log: this.o.log, signal: this.o.signal, allowPlainWhiteouts: this.o.whiteouts === 'keep' });
+          const r = await addImageToPodmanStore(this.o.repositoryDir, input, { log: this.o.log, signal: this.o.signal, allowPlainWhiteouts: this.o.whiteouts === 'keep', storeRoot: this.o.podmanStoreRoot });
           s.podman = { image_id: r.image_id, status: r.status, names: r.names };
           for (const w of r.warnings) this.o.log.warn({ image: description }, w);
         } catch (e) {

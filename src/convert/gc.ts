@@ -9,7 +9,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
+import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fsutil.js';
 import { collectPodmanStore, type PodmanGcReport, STORE_DIR } from './podman/index.js';
 import type { Publisher } from './publish.js';
@@ -23,6 +23,8 @@ export interface GcOptions {
   log: Logger;
   publisher: Publisher;
   now?: number | undefined;
+  /** Give up waiting for the podman store's writer lock after this long (default: wait). */
+  lockTimeoutMs?: number | undefined;
 }
 
 export interface GcItem {
@@ -155,6 +157,8 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   await o.publisher.session(async () => {
     for (const c of candidates) {
       try {
+        // a layer's root may be 0555 (as podman's own unpack leaves it, see podman/layers.ts): writable again to empty it
+        if (c.kind === 'layer') await fsp.chmod(path.join(c.path, LAYER_ROOTFS), 0o755).catch(() => undefined);
         await removeTree(c.path);
         report.removed.push(c);
         o.log.info({ kind: c.kind, path: c.path, age: c.age }, 'removed');
@@ -162,8 +166,9 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
         report.errors.push({ path: c.path, message: (e as Error).message });
       }
     }
+    // planned again now that layers are gone (its images on them go at once); writes nothing when nothing goes
     if (hasStore) {
-      report.podman = await collectPodmanStore(root, { graceMs: o.graceMs, now, log: o.log });
+      report.podman = await collectPodmanStore(root, { graceMs: o.graceMs, now, log: o.log, lockTimeoutMs: o.lockTimeoutMs });
       for (const e of report.podman.errors) report.errors.push(e);
     }
   });

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_REPOSITORY, REPOSITORY_NAME } from '../core/config.js';
 import { InvalidArgumentError } from '../core/errors.js';
 import { Converter, type ImageSummary } from './convert.js';
+import { checkStoreRoot } from './podman/index.js';
 import { parsePlatform } from './image/platform.js';
 import { Registries, type TransportOptions } from './image/transports.js';
 import { createProgress, type Progress } from './progress.js';
@@ -28,6 +29,7 @@ export interface RunFlags {
   ingestCommand?: string | undefined;
   catalogCut?: number | undefined;
   podmanStore?: boolean | undefined;
+  podmanStoreRoot?: string | undefined;
   jobs?: number | undefined;
   creds?: Credentials | undefined;
   destCreds?: Credentials | undefined;
@@ -54,6 +56,18 @@ export function resolveRepository(flags: { repositoryDir?: string | undefined; r
   const dir = path.resolve(flags.repositoryDir);
   const base = path.basename(dir);
   return { dir, repository: repo ?? (REPOSITORY_NAME.test(base) ? base : DEFAULT_REPOSITORY) };
+}
+
+/**
+ * Where the nodes mount the repository, for the podman store's absolute
+ * `diff` links: `--podman-store-root`, else `/cvmfs/<repository>` when the
+ * name was given (`--repository`, a recipe's `cvmfs_repo`), else the
+ * repository directory (on a publisher: /cvmfs/<repository> itself).
+ */
+export function resolvePodmanStoreRoot(flags: { podmanStoreRoot?: string | undefined; repository?: string | undefined }, dir: string, fallbackRepo?: string): string {
+  if (flags.podmanStoreRoot !== undefined) return checkStoreRoot(flags.podmanStoreRoot.replace(/(.)\/+$/, '$1'));
+  const repo = flags.repository ?? fallbackRepo;
+  return repo !== undefined ? path.join('/cvmfs', repo) : dir;
 }
 
 export interface Run {
@@ -92,6 +106,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
   // before anything is opened: refuse a layer form the publish would destroy
   const whiteouts = resolveLayerForm(flags.whiteouts, { transaction: Boolean(hooks.transaction || hooks.publish), ingest: Boolean(hooks.ingest), repositoryDir: dir });
   if (flags.cvmfsServer) for (const w of serverConfWarnings(repository, { transaction: Boolean(hooks.transaction) })) log.warn(w);
+  const podmanStoreRoot = resolvePodmanStoreRoot(flags, dir, fallbackRepo);
   if (flags.podmanStore && whiteouts === 'record') {
     log.warn('layers are written in record form (for a CVMFS publish): images whose layers delete files cannot be added to the podman store');
   }
@@ -116,6 +131,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     whiteouts,
     catalogCut: flags.catalogCut,
     podmanStore: flags.podmanStore,
+    podmanStoreRoot,
     jobs: flags.jobs ?? Math.max(2, os.availableParallelism()),
     limits: flags.limits,
     progress,

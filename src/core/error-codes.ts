@@ -77,6 +77,10 @@ export const ERROR_CODES = {
   CVMFS_THIN_PODMAN_IMAGE_MISSING: { kind: 'not-found', meaning: 'The image is not converted in the repository, so it cannot be added to the podman store.' },
   CVMFS_THIN_PODMAN_LAYER_MISSING: { kind: 'not-found', meaning: 'A layer of the image is not in the repository.' },
   CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS: { kind: 'failed-precondition', meaning: 'A layer keeps OCI whiteouts as plain files, which the podman store cannot serve.' },
+  CVMFS_THIN_PODMAN_STORE_ROOT: {
+    kind: ['invalid-argument', 'failed-precondition'],
+    meaning: "--podman-store-root is not an absolute path (invalid-argument), or the store's layers already point into another mount point of the repository (failed-precondition).",
+  },
   CVMFS_THIN_PODMAN_RECORD_WHITEOUTS: { kind: 'failed-precondition', meaning: "A layer keeps its deletions in its record (the form that survives a CVMFS publish), which podman cannot read: the podman store would show deleted files." },
 
   // ------------------------------------------------------------ snapshotter

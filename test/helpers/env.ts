@@ -4,7 +4,7 @@
  * without them they skip and say why.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, lstatSync, mkdtempSync, openSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll } from 'vitest';
@@ -34,8 +34,25 @@ export function needs(opts: { root?: boolean; binaries?: string[] }): string | n
 /** A temporary directory removed after the test file. */
 export function tempDir(prefix = 'cvmfs-thin-test-'): string {
   const d = mkdtempSync(path.join(os.tmpdir(), prefix));
-  afterAll(() => rmSync(d, { recursive: true, force: true }));
+  afterAll(() => removeAll(d));
   return d;
+}
+
+/** rm -rf, also of directories without write permission (layer roots are 0555, as podman's): unprivileged runs need it. */
+export function removeAll(d: string): void {
+  try {
+    rmSync(d, { recursive: true, force: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EACCES' && (e as NodeJS.ErrnoException).code !== 'EPERM') throw e;
+    const open = (p: string): void => {
+      const st = lstatSync(p);
+      if (!st.isDirectory()) return;
+      chmodSync(p, 0o700);
+      for (const n of readdirSync(p)) open(path.join(p, n));
+    };
+    open(d);
+    rmSync(d, { recursive: true, force: true });
+  }
 }
 
 /** Absolute path of the built CLI (tests run after `npm run build`). */

@@ -59,7 +59,11 @@ describe('podman store: layout', () => {
     ids.forEach((id, i) => {
       const dir = S(repo, 'overlay', id);
       const hex = img.layers[i]!.digest.slice(7);
-      expect(fs.readlinkSync(path.join(dir, 'diff'))).toBe(`../../../.layers/${hex.slice(0, 2)}/${hex}/layerfs`);
+      // absolute (containers/storage refuses relative diff links), at the repository's mount point: here the directory itself
+      expect(fs.readlinkSync(path.join(dir, 'diff'))).toBe(`${repo}/.layers/${hex.slice(0, 2)}/${hex}/layerfs`);
+      expect(fs.readlinkSync(S(repo, 'overlay-layers', `${id}.tar-split.gz`))).toBe(`../../.layers/${hex.slice(0, 2)}/${hex}/.metadata/tar-split.json.gz`);
+      // podman's own unpack leaves every layer root 0555 (root-owned); a container's / gets the top layer's
+      expect(fs.statSync(path.join(dir, 'diff')).mode & 0o7777).toBe(0o555);
       expect(fs.readFileSync(path.join(dir, 'diff', i === 0 ? 'base' : i === 1 ? 'mid' : 'top'), 'utf8')).toMatch(/^(base|mid|top)\n$/);
       const link = fs.readFileSync(path.join(dir, 'link'), 'utf8');
       expect(link).toMatch(/^[A-Z2-7]{26}$/);

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import type { PodmanImageInput } from '../../src/convert/podman/index.js';
 
 const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -19,6 +20,8 @@ export interface FakeLayer {
   noMarker?: boolean;
   /** Another blob (compression) of the content of layer `sameContentAs`: same diff ID, other digest. */
   sameContentAs?: string;
+  /** Leave out the tar-split the converter records (DUCC's layers, earlier versions). */
+  noTarSplit?: boolean;
 }
 
 export interface FakeImage {
@@ -46,6 +49,7 @@ export function fakeLayer(repo: string, l: FakeLayer): { digest: string; diffId:
     fs.writeFileSync(path.join(dir, '.metadata', 'cvmfs-thin-layer.json'), JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: d.digest, diff_id: d.diffId, whiteouts: 'overlay', created: '2024-01-01T00:00:00Z' }));
   }
   fs.writeFileSync(path.join(dir, '.metadata', 'layers.json'), JSON.stringify([{ id: d.diffId.slice(7), 'diff-digest': d.diffId, 'diff-size': 10240 + l.seed.length }]));
+  if (!l.noTarSplit) fs.writeFileSync(path.join(dir, '.metadata', 'tar-split.json.gz'), gzipSync(`{"type":2,"payload":"","position":0}\n`));
   return d;
 }
 

@@ -11,14 +11,13 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../core/errors.js';
-import { layerMarker, layerMetadataDir, layerRootfs, parseLayerMarker } from '../../core/cvmfs/layout.js';
+import { layerRootfs } from '../../core/cvmfs/layout.js';
 import { writeFileAtomic } from '../../core/fsutil.js';
 import {
   bigDataFileName,
   checkName,
-  DIFF_TARGET,
+  checkStoreRoot,
   isDigest,
-  LAYER_NOTE,
   type LayerNote,
   layerIds,
   MANIFEST_KEY,
@@ -29,8 +28,11 @@ import {
   type StoreLayer,
   StorePaths,
 } from './format.js';
+import { assertMountRoot, ensureLayerDir, ensureLayerRoot, ensureTarSplitLink, layerDiffSize, reconcileMountRoot, whiteoutMode } from './layers.js';
 import { isPresent } from './present.js';
 import { lstatOrNull, readImages, readLayers, setSymlink, type StoreIoOptions, tmpName, withStore, writeImages, writeLayers } from './store-io.js';
+
+export { layerDiffSize };
 
 export interface PodmanLayerInput {
   /** Compressed blob digest: the repository's `.layers/<xx>/<hex>`. */
@@ -61,6 +63,12 @@ export interface AddOptions extends StoreIoOptions {
    * DUCC's layers): only fuse-overlayfs applies those. Default: refuse them.
    */
   allowPlainWhiteouts?: boolean | undefined;
+  /**
+   * Where the repository is mounted on the nodes that read the store
+   * (`/cvmfs/<repository>`); the layers' `diff` links point there. Default:
+   * the repository directory itself.
+   */
+  storeRoot?: string | undefined;
 }
 
 export interface AddResult {
@@ -115,90 +123,6 @@ function validate(input: PodmanImageInput): { configDigest: string; manifestDige
   return { configDigest, manifestDigest: sha256(input.manifest), created: created && !Number.isNaN(Date.parse(created)) ? created : undefined };
 }
 
-/** The uncompressed size DUCC and the converter record in `.layers/<xx>/<hex>/.metadata/layers.json`. */
-export async function layerDiffSize(repoDir: string, hex: string): Promise<number | undefined> {
-  try {
-    const v = JSON.parse(await fsp.readFile(path.join(layerMetadataDir(repoDir, hex), 'layers.json'), 'utf8')) as { 'diff-size'?: unknown }[];
-    const n = Array.isArray(v) ? v[0]?.['diff-size'] : undefined;
-    return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Does a directory tree hold a name starting with `.wh.`? (Plain whiteouts: kernel overlay ignores them.) */
-async function hasPlainWhiteouts(dir: string, depth = 0): Promise<string | null> {
-  if (depth > 256) return null;
-  let ents;
-  try {
-    ents = await fsp.readdir(dir, { withFileTypes: true });
-  } catch {
-    return null;
-  }
-  for (const e of ents) if (e.name.startsWith('.wh.')) return path.join(dir, e.name);
-  for (const e of ents) {
-    if (!e.isDirectory()) continue;
-    const f = await hasPlainWhiteouts(path.join(dir, e.name), depth + 1);
-    if (f) return f;
-  }
-  return null;
-}
-
-/** How the repository layer writes deletions: our marker, or a scan. */
-async function whiteoutMode(repoDir: string, hex: string): Promise<{ mode: LayerNote['whiteouts'] | 'record'; example: string | null }> {
-  try {
-    const m = parseLayerMarker(await fsp.readFile(layerMarker(repoDir, hex), 'utf8'), hex);
-    if (m?.whiteouts === 'overlay') return { mode: 'overlay', example: null };
-    if (m?.record) {
-      const r = m.record;
-      const ex = r.deleted[0] ?? (r.opaque[0] !== undefined ? `${r.opaque[0]}/ (opaque)` : r.hidden[0]);
-      return ex === undefined ? { mode: 'none', example: null } : { mode: 'record', example: ex };
-    }
-  } catch {
-    /* no marker: a DUCC layer or --whiteouts keep */
-  }
-  const ex = await hasPlainWhiteouts(layerRootfs(repoDir, hex));
-  return { mode: ex ? 'plain' : 'none', example: ex };
-}
-
-async function readText(p: string): Promise<string | null> {
-  try {
-    return await fsp.readFile(p, 'utf8');
-  } catch {
-    return null;
-  }
-}
-
-/** Make overlay/<id> hold exactly diff→target, link, lower and our note; replace it if anything differs. Returns true when written. */
-async function ensureLayerDir(p: StorePaths, id: string, want: { target: string; link: string; lower: string | null; note: LayerNote }): Promise<boolean> {
-  const dir = p.layer(id);
-  const st = await lstatOrNull(dir);
-  if (st?.isDirectory()) {
-    const diff = await fsp.readlink(path.join(dir, 'diff')).catch(() => null);
-    const note = await readText(path.join(dir, LAYER_NOTE));
-    // the same layer (same ID) may already point at another blob of the same content (gzip vs zstd): reuse it
-    const diffOk =
-      diff === want.target ? note === `${JSON.stringify(want.note)}\n` : diff !== null && DIFF_TARGET.test(diff) && note !== null && (await fsp.stat(path.join(dir, 'diff')).then((x) => x.isDirectory(), () => false));
-    const ok = diffOk && (await readText(path.join(dir, 'link'))) === want.link && (await readText(path.join(dir, 'lower'))) === want.lower;
-    if (ok) return false;
-  }
-  const tmp = path.join(p.overlay, tmpName(id.slice(0, 12)));
-  await fsp.mkdir(tmp, { mode: 0o755 });
-  await fsp.symlink(want.target, path.join(tmp, 'diff'));
-  await fsp.writeFile(path.join(tmp, 'link'), want.link, { mode: 0o644 });
-  if (want.lower !== null) await fsp.writeFile(path.join(tmp, 'lower'), want.lower, { mode: 0o644 });
-  await fsp.writeFile(path.join(tmp, LAYER_NOTE), `${JSON.stringify(want.note)}\n`, { mode: 0o644 });
-  if (st) {
-    const aside = path.join(p.overlay, tmpName(`old-${id.slice(0, 12)}`));
-    await fsp.rename(dir, aside);
-    await fsp.rename(tmp, dir);
-    await fsp.rm(aside, { recursive: true, force: true });
-  } else {
-    await fsp.rename(tmp, dir);
-  }
-  return true;
-}
-
 /** Big-data files of an image directory; each written atomically when missing or different. Returns true if any was written. */
 async function ensureBigData(p: StorePaths, id: string, items: { key: string; data: Buffer }[]): Promise<boolean> {
   const dir = p.image(id);
@@ -236,8 +160,9 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
 
   // already there, complete: write nothing (not even the lock's marker)
   const keys = [MANIFEST_KEY, manifestKey(v.manifestDigest), v.configDigest];
-  const paths = new StorePaths(path.resolve(repoDir));
-  if (await isPresent(paths, { imageId, names, ids, targets: hexes.map((h) => paths.diffTarget(h)), bigDataKeys: keys.slice(1) })) {
+  const storeRoot = o.storeRoot === undefined ? undefined : checkStoreRoot(o.storeRoot);
+  const paths = new StorePaths(path.resolve(repoDir), undefined, storeRoot);
+  if (await isPresent(paths, { imageId, names, ids, bigDataKeys: keys.slice(1) })) {
     return { image_id: imageId, names, status: 'present', layers_added: [], layers_reused: ids, names_moved: [], repaired: false, warnings };
   }
 
@@ -263,25 +188,38 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
     }
     modes.push(w.mode);
   }
+  // a store for another mount point is refused before anything is written
+  if ((await lstatOrNull(paths.root))?.isDirectory()) await assertMountRoot(paths, await readLayers(paths));
   const diffSizes = await Promise.all(input.layers.map((l, i) => (l.diffSize !== undefined ? l.diffSize : layerDiffSize(path.resolve(repoDir), hexes[i]!))));
 
-  return withStore(repoDir, o, async (s) => {
+  return withStore(repoDir, { ...o, storeRoot }, async (s) => {
     const p = s.paths;
     const added: string[] = [];
     const reused: string[] = [];
-    // 1. layer directories and short links (invisible to readers until layers.json lists them)
+    // 0. one mount root per store (a store of earlier versions gets absolute links)
+    const layers = await readLayers(p);
+    const relinkedOld = await reconcileMountRoot(p, layers);
+    if (relinkedOld > 0) o.log?.info({ store: p.root, links: relinkedOld }, 'podman store: diff links made absolute');
+    // 1. layer directories, tar-split and short links (invisible to readers until layers.json lists them),
+    // and the layers' roots as podman's own unpack leaves them (a container's / gets the top layer's mode)
     let lower: string | null = null;
+    const noTarSplit: string[] = [];
     for (const [i, id] of ids.entries()) {
       const link = shortLink(id);
       const note: LayerNote = { schema: 'cvmfs-thin/podman-layer', digest: input.layers[i]!.digest, diff_id: input.layers[i]!.diffId, whiteouts: modes[i]! };
-      const wrote = await ensureLayerDir(p, id, { target: p.diffTarget(hexes[i]!), link, lower, note });
+      const dir = await ensureLayerDir(p, id, { hex: hexes[i]!, link, lower, note });
+      const rooted = await ensureLayerRoot(p.localRootfs(dir.hex));
+      const [split, hasSplit] = await ensureTarSplitLink(p, id, dir.hex);
+      if (!hasSplit) noTarSplit.push(`sha256:${dir.hex}`);
       const relinked = await setSymlink(p.link(link), `../${id}/diff`);
-      (wrote || relinked ? added : reused).push(id);
+      (dir.wrote || rooted || split || relinked ? added : reused).push(id);
       lower = lower === null ? `l/${link}` : `l/${link}:${lower}`;
+    }
+    if (noTarSplit.length > 0) {
+      warnings.push(`layers without a tar-split (converted by DUCC or an earlier cvmfs-thin): ${noTarSplit.join(', ')}; podman run, commit and build work, podman save and push of this image fail ("Digest did not match")`);
     }
 
     // 2. layers.json: append the missing records (existing ones are kept as they are)
-    const layers = await readLayers(p);
     const known = new Map(layers.map((l) => [l.id, l]));
     let layersChanged = false;
     const now = new Date().toISOString();
@@ -370,7 +308,7 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
     if (changed) {
       await writeImages(p, images);
       if (status === 'present') status = 'updated';
-    } else if (bigDataWritten) {
+    } else if (bigDataWritten || added.length > 0 || relinkedOld > 0) {
       status = 'updated';
     }
     o.log?.info({ image: imageId, names, status, layers_added: added.length, layers_reused: reused.length }, 'podman store updated');

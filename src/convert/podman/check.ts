@@ -1,15 +1,17 @@
 /**
  * Checking a podman store the way containers/storage will read it: both JSON
  * files parse, names are unique, every image's layer chain is listed, every
- * layer directory has `diff` (resolving to a directory), `link`, `lower`
+ * layer directory has `diff` (an absolute link, all at one mount root, to
+ * the repository's layer: checked in the repository directory), `link`, `lower`
  * consistent with its parents and a short link back to it, every big-data
- * item exists with its recorded digest, lock files carry a token. Returns
+ * item exists with its recorded digest, tar-split links lead to a file,
+ * lock files carry a token. Returns
  * the problems found (empty: the store is valid).
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { bigDataFileName, LAST_WRITER_SIZE, StorePaths, type StoreImage, type StoreLayer } from './format.js';
+import { bigDataFileName, DIFF_TARGET, LAST_WRITER_SIZE, StorePaths, type StoreImage, type StoreLayer } from './format.js';
 import { lstatOrNull, readJsonArray } from './store-io.js';
 
 export interface StoreCheck {
@@ -18,8 +20,9 @@ export interface StoreCheck {
   problems: string[];
 }
 
-export async function checkPodmanStore(repoDir: string): Promise<StoreCheck> {
-  const p = new StorePaths(path.resolve(repoDir));
+/** `storeRoot`: the mount root the links must have (default: that of the first listed layer). */
+export async function checkPodmanStore(repoDir: string, o: { storeRoot?: string | undefined } = {}): Promise<StoreCheck> {
+  let p = new StorePaths(path.resolve(repoDir), undefined, o.storeRoot);
   const problems: string[] = [];
   let images: StoreImage[] = [];
   let layers: StoreLayer[] = [];
@@ -43,16 +46,29 @@ export async function checkPodmanStore(repoDir: string): Promise<StoreCheck> {
     if (byId.has(l.id)) problems.push(`layers.json: layer ${l.id} listed twice`);
     byId.set(l.id, l);
   }
+  if (o.storeRoot === undefined && layers[0]) {
+    const m = DIFF_TARGET.exec((await fsp.readlink(path.join(p.layer(layers[0].id), 'diff')).catch(() => null)) ?? '');
+    if (m) p = new StorePaths(p.repoDir, undefined, m[1]);
+  }
   const links = new Map<string, string>();
   for (const l of layers) {
     const dir = p.layer(l.id);
     if (l.parent !== undefined && !byId.has(l.parent)) problems.push(`layer ${l.id}: parent ${l.parent} is not listed`);
-    const diff = await fsp.stat(path.join(dir, 'diff')).catch(() => null);
-    if (!diff?.isDirectory()) problems.push(`layer ${l.id}: ${path.join(dir, 'diff')} does not lead to a directory`);
     const cd = l['compressed-diff-digest'];
     const diffLink = await fsp.readlink(path.join(dir, 'diff')).catch(() => null);
-    if (typeof cd === 'string' && /^sha256:[a-f0-9]{64}$/.test(cd) && diffLink !== p.diffTarget(cd.slice(7))) {
-      problems.push(`layer ${l.id}: diff is ${JSON.stringify(diffLink)}, not the repository's layer ${cd}`);
+    const hex = diffLink === null ? null : p.diffHex(diffLink);
+    if (hex === null) {
+      problems.push(`layer ${l.id}: diff is ${JSON.stringify(diffLink)}, not an absolute link into ${p.mountRoot}/.layers (containers/storage refuses relative ones)`);
+    } else {
+      const diff = await fsp.stat(p.localRootfs(hex)).catch(() => null);
+      if (!diff?.isDirectory()) problems.push(`layer ${l.id}: diff leads to ${p.localRootfs(hex)} in the repository directory, which is not a directory`);
+      if (typeof cd === 'string' && /^sha256:[a-f0-9]{64}$/.test(cd) && hex !== cd.slice(7)) {
+        problems.push(`layer ${l.id}: diff is ${JSON.stringify(diffLink)}, not the repository's layer ${cd}`);
+      }
+      const split = await fsp.readlink(p.tarSplit(l.id)).catch(() => null);
+      if (split !== null && (split !== p.tarSplitTarget(hex) || !(await fsp.stat(p.localTarSplit(hex)).catch(() => null))?.isFile())) {
+        problems.push(`layer ${l.id}: ${p.tarSplit(l.id)} points to ${split}, not to the tar-split of the repository's layer sha256:${hex}`);
+      }
     }
     const link = await fsp.readFile(path.join(dir, 'link'), 'utf8').catch(() => null);
     if (link === null || !/^[A-Z2-7]{26}$/.test(link)) {

@@ -4,16 +4,19 @@
  * store*. Pure: record types, IDs, file names. Paths are relative to the
  * store directory (`<repository>/podmanStore`).
  *
- *   overlay/<layer id>/diff      → ../../../.layers/<xx>/<hex>/layerfs (the repository's layer, no copy)
+ *   overlay/<layer id>/diff      → <mount root>/.layers/<xx>/<hex>/layerfs (the repository's layer, no copy;
+ *                                  absolute, as containers/storage requires, at the repository's mount point on the nodes)
  *   overlay/<layer id>/link      short link name (26 chars, no newline)
  *   overlay/<layer id>/lower     `l/<parent link>:l/<grandparent link>…` (top first; absent for a base layer)
  *   overlay/l/<link>             → ../<layer id>/diff
  *   overlay-layers/layers.json   [Layer…]      overlay-layers/layers.lock
+ *   overlay-layers/<layer id>.tar-split.gz → ../../.layers/<xx>/<hex>/.metadata/tar-split.json.gz (when the layer has one)
  *   overlay-images/images.json   [Image…]      overlay-images/images.lock
  *   overlay-images/<image id>/<big data file> (manifest, manifest-<digest>, the config)
  */
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
+import { LAYER_ROOTFS, LAYER_TAR_SPLIT, LAYERS_DIR, METADATA_DIR } from '../../core/cvmfs/layout.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { canonicalRegistry, type DockerReference } from '../reference.js';
 
@@ -35,8 +38,26 @@ export const MANIFEST_KEY = 'manifest';
 /** Length of containers/storage's last-writer token at the start of a lock file. */
 export const LAST_WRITER_SIZE = 64;
 
-/** What a store layer's `diff` may point at: a repository layer (relative to `overlay/<id>/`). */
-export const DIFF_TARGET = /^\.\.\/\.\.\/\.\.\/\.layers\/[a-f0-9]{2}\/[a-f0-9]{64}\/layerfs$/;
+/** The `diff` links of stores written by earlier versions (relative: containers/storage refuses them for commit, build, save). */
+export const OLD_DIFF_TARGET = /^\.\.\/\.\.\/\.\.\/\.layers\/[a-f0-9]{2}\/[a-f0-9]{64}\/layerfs$/;
+/** An absolute `diff` link into a repository layer: group 1 is the mount root, group 2 the layer's hex. */
+export const DIFF_TARGET = /^(\/.*)\/\.layers\/[a-f0-9]{2}\/([a-f0-9]{64})\/layerfs$/;
+/** containers/storage's tar-split of a layer, beside layers.json. */
+export const TAR_SPLIT_SUFFIX = '.tar-split.gz';
+
+/**
+ * Where the repository is mounted on the nodes that read the store
+ * (`/cvmfs/<repository>`): absolute, normalised, not `/`, no control characters.
+ */
+export function checkStoreRoot(root: unknown, what = '--podman-store-root'): string {
+  if (typeof root !== 'string' || !path.isAbsolute(root) || root === '/' || path.normalize(root) !== root || root.endsWith('/') || /[\u0000-\u001f\u007f]/.test(root)) {
+    throw new InvalidArgumentError(
+      `${what} ${JSON.stringify(root)} is not an absolute, normalised directory path (where the repository is mounted on the nodes, e.g. /cvmfs/unpacked.cern.ch)`,
+      'CVMFS_THIN_PODMAN_STORE_ROOT',
+    );
+  }
+  return root;
+}
 
 /** A `layers.json` record (containers/storage Layer; unknown fields are kept as they are). */
 export interface StoreLayer {
@@ -170,11 +191,16 @@ export function lastWriterToken(): Buffer {
 
 /** Paths of a store. */
 export class StorePaths {
+  /** Where the nodes see the repository (the `diff` links' prefix); default: the repository directory. */
+  readonly mountRoot: string;
   /** `root` overrides `<repoDir>/podmanStore` (a store being built under a temporary name). */
   constructor(
     readonly repoDir: string,
     private readonly rootOverride?: string,
-  ) {}
+    mountRoot?: string,
+  ) {
+    this.mountRoot = mountRoot ?? repoDir;
+  }
   get root(): string {
     return this.rootOverride ?? path.join(this.repoDir, STORE_DIR);
   }
@@ -214,8 +240,29 @@ export class StorePaths {
   image(id: string): string {
     return path.join(this.imagesDir, id);
   }
-  /** The `diff` symlink's target for a repository layer: relative, so the tree works wherever it is mounted. */
+  /** The `diff` symlink's target for a repository layer: absolute, at the repository's mount point on the nodes. */
   diffTarget(layerHex: string): string {
-    return path.join('..', '..', '..', '.layers', layerHex.slice(0, 2), layerHex, 'layerfs');
+    return path.join(this.mountRoot, LAYERS_DIR, layerHex.slice(0, 2), layerHex, LAYER_ROOTFS);
+  }
+  /** A `diff` target of this store's mount root → the layer's hex, else null. */
+  diffHex(target: string): string | null {
+    const m = DIFF_TARGET.exec(target);
+    return m && m[1] === this.mountRoot ? m[2]! : null;
+  }
+  /** A layer's `layerfs` in the repository directory (where this process sees it). */
+  localRootfs(layerHex: string): string {
+    return path.join(this.repoDir, LAYERS_DIR, layerHex.slice(0, 2), layerHex, LAYER_ROOTFS);
+  }
+  /** `overlay-layers/<id>.tar-split.gz`. */
+  tarSplit(id: string): string {
+    return path.join(this.layersDir, `${id}${TAR_SPLIT_SUFFIX}`);
+  }
+  /** Its target: the repository layer's own tar-split (relative: overlay-layers/ is two levels below the repository). */
+  tarSplitTarget(layerHex: string): string {
+    return path.join('..', '..', LAYERS_DIR, layerHex.slice(0, 2), layerHex, METADATA_DIR, LAYER_TAR_SPLIT);
+  }
+  /** The repository layer's tar-split, where this process sees it. */
+  localTarSplit(layerHex: string): string {
+    return path.join(this.repoDir, LAYERS_DIR, layerHex.slice(0, 2), layerHex, METADATA_DIR, LAYER_TAR_SPLIT);
   }
 }

@@ -78,6 +78,7 @@ async function removeFromStore(p: StorePaths, images: StoreImage[], layers: Stor
   for (const l of goneLayers) {
     const link = await fsp.readFile(path.join(p.layer(l.id), 'link'), 'utf8').catch(() => null);
     if (link && /^[A-Z2-7]{26}$/.test(link)) await fsp.rm(p.link(link), { force: true }).catch(() => undefined);
+    await fsp.rm(p.tarSplit(l.id), { force: true }).catch(() => undefined);
     await fsp.rm(p.layer(l.id), { recursive: true, force: true }).catch((e: Error) => errors.push({ path: p.layer(l.id), message: e.message }));
   }
   return goneLayers.map((l) => l.id);
@@ -90,11 +91,12 @@ export async function collectPodmanStore(repoDir: string, o: PodmanGcOptions): P
   const storeSt = await lstatOrNull(path.join(root, 'podmanStore'));
   if (!storeSt?.isDirectory()) return report;
   const now = o.now ?? Date.now();
-  // a dry run writes nothing (not even the update marker): it may run outside a transaction
-  if (o.dryRun) {
-    await plan(root, new StorePaths(root), now, o, report);
-    return report;
-  }
+  // a dry run writes nothing (not even the update marker): it may run outside a transaction;
+  // neither does a run with nothing to remove
+  const planned = await plan(root, new StorePaths(root), now, o, report);
+  if (o.dryRun || (planned.drop.size === 0 && report.removed_layers.length === 0)) return report;
+  report.removed_images = [];
+  report.kept_recent = [];
   return withStore(root, o, async ({ paths: p }) => {
     const { images, layers, drop } = await plan(root, p, now, o, report);
     report.removed_layers = await removeFromStore(p, images, layers, drop, report.errors);
@@ -141,6 +143,58 @@ async function plan(root: string, p: StorePaths, now: number, o: PodmanGcOptions
   for (const im of images) if (!drop.has(im.id)) for (const l of chain(im.layer, byId)) keep.add(l.id);
   report.removed_layers = layers.filter((l) => !keep.has(l.id)).map((l) => l.id);
   return { images, layers, drop };
+}
+
+/**
+ * Take names away from the store's images (`cvmfs-thin rm`): an image left
+ * without a name goes, with the layers only it used. Names no image holds
+ * are reported, not refused. A dry run reads only.
+ */
+export async function removeNamesFromPodmanStore(
+  repoDir: string,
+  names: string[],
+  o: StoreIoOptions & { dryRun?: boolean | undefined } = {},
+): Promise<{ untagged: { id: string; name: string }[]; removed_images: string[]; removed_layers: string[]; not_found: string[] }> {
+  const root = path.resolve(repoDir);
+  const decide = (images: StoreImage[], layers: StoreLayer[]) => {
+    const untagged: { id: string; name: string }[] = [];
+    const notFound: string[] = [];
+    for (const n of names) {
+      const im = images.find((i) => i.names?.includes(n));
+      if (!im) notFound.push(n);
+      else untagged.push({ id: im.id, name: n });
+    }
+    const kept = images.map((im) => ({ ...im, names: (im.names ?? []).filter((n) => !names.includes(n)) }));
+    const drop = new Set(kept.filter((im, i) => im.names.length === 0 && (images[i]!.names ?? []).length > 0).map((im) => im.id));
+    const byId = new Map(layers.map((l) => [l.id, l]));
+    const needed = new Set<string>();
+    for (const im of kept) if (!drop.has(im.id)) for (const l of chain(im.layer, byId)) needed.add(l.id);
+    return { untagged, notFound, kept, drop, goneLayers: layers.filter((l) => !needed.has(l.id)).map((l) => l.id) };
+  };
+  if (!(await lstatOrNull(path.join(root, 'podmanStore')))?.isDirectory()) return { untagged: [], removed_images: [], removed_layers: [], not_found: [...names] };
+  if (o.dryRun) {
+    const p = new StorePaths(root);
+    const d = decide(await readImages(p), await readLayers(p));
+    return { untagged: d.untagged, removed_images: [...d.drop], removed_layers: d.goneLayers, not_found: d.notFound };
+  }
+  return withStore(root, o, async ({ paths: p }) => {
+    const images = await readImages(p);
+    const layers = await readLayers(p);
+    const d = decide(images, layers);
+    if (d.untagged.length === 0) return { untagged: [], removed_images: [], removed_layers: [], not_found: d.notFound };
+    // the names first (an image keeps the ones it loses in its history, as containers/storage does)
+    const named = images.map((im, i) => {
+      const lost = (im.names ?? []).filter((n) => names.includes(n));
+      if (lost.length === 0) return im;
+      return { ...im, names: d.kept[i]!.names, 'names-history': [...lost, ...(im['names-history'] ?? []).filter((n) => !lost.includes(n))] };
+    });
+    const errors: PodmanGcReport['errors'] = [];
+    let removedLayers: string[] = [];
+    if (d.drop.size > 0) removedLayers = await removeFromStore(p, named, layers, d.drop, errors);
+    else await writeImages(p, named);
+    if (errors.length > 0) o.log?.warn({ errors }, 'podman store: some entries could not be removed (the next update sweeps them)');
+    return { untagged: d.untagged, removed_images: [...d.drop], removed_layers: removedLayers, not_found: d.notFound };
+  });
 }
 
 /** Remove images by ID (or unambiguous ID prefix) or name, with the layers only they used. */

@@ -6,10 +6,11 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { bigDataFileName, DIFF_TARGET, shortLink, type StorePaths } from './format.js';
+import { bigDataFileName, shortLink, type StorePaths } from './format.js';
+import { layerRootOk } from './layers.js';
 import { lstatOrNull, readImages, readLayers } from './store-io.js';
 
-export async function isPresent(p: StorePaths, want: { imageId: string; names: string[]; ids: string[]; targets: string[]; bigDataKeys: string[] }): Promise<boolean> {
+export async function isPresent(p: StorePaths, want: { imageId: string; names: string[]; ids: string[]; bigDataKeys: string[] }): Promise<boolean> {
   try {
     if (!(await lstatOrNull(p.root))?.isDirectory() || (await lstatOrNull(p.marker)) !== null) return false;
     const image = (await readImages(p)).find((i) => i.id === want.imageId);
@@ -21,9 +22,13 @@ export async function isPresent(p: StorePaths, want: { imageId: string; names: s
     for (const [i, id] of want.ids.entries()) {
       const l = layers.get(id);
       if (!l || (l.parent ?? null) !== (i > 0 ? want.ids[i - 1] : null)) return false;
-      const diff = await fsp.readlink(path.join(p.layer(id), 'diff'));
-      if (diff !== want.targets[i] && !DIFF_TARGET.test(diff)) return false;
-      if (!(await fsp.stat(path.join(p.layer(id), 'diff'))).isDirectory()) return false;
+      // the layer's blob, or another blob of the same content already there (gzip vs zstd), at our mount root
+      const hex = p.diffHex(await fsp.readlink(path.join(p.layer(id), 'diff')));
+      if (hex === null) return false;
+      const root = await fsp.stat(p.localRootfs(hex));
+      if (!root.isDirectory() || !layerRootOk(root)) return false;
+      const split = (await lstatOrNull(p.localTarSplit(hex)))?.isFile() === true;
+      if (split !== ((await fsp.readlink(p.tarSplit(id)).catch(() => null)) === p.tarSplitTarget(hex))) return false;
       const link = await fsp.readFile(path.join(p.layer(id), 'link'), 'utf8');
       if (link !== shortLink(id) || (await fsp.readlink(p.link(link))) !== `../${id}/diff`) return false;
     }

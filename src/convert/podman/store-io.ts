@@ -31,6 +31,8 @@ export interface StoreIoOptions {
   /** Give up waiting for another writer after this long (default: wait). */
   lockTimeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
+  /** Where the nodes mount the repository (the prefix of the `diff` links written); default: the repository directory. */
+  storeRoot?: string | undefined;
 }
 
 /** lstat that answers null for a missing path. */
@@ -162,7 +164,7 @@ export async function removeTemps(p: StorePaths, log?: Logger): Promise<string[]
 }
 
 /**
- * Remove layer directories, short links and image directories that neither
+ * Remove layer directories, short links, tar-split links and image directories that neither
  * JSON file lists (left by an update killed before it listed them). A full
  * scan: done when an interrupted update is found, and by gc. Call under the lock.
  */
@@ -182,6 +184,10 @@ export async function sweepOrphans(p: StorePaths, log?: Logger): Promise<string[
     const t = await fsp.readlink(p.link(n)).catch(() => null);
     const m = t ? /^\.\.\/([a-f0-9]{64})\/diff$/.exec(t) : null;
     if (!m || !layerIds.has(m[1]!)) await rm(p.link(n));
+  }
+  for (const n of await fsp.readdir(p.layersDir).catch(() => [] as string[])) {
+    const m = /^([a-f0-9]{64})\.tar-split\.gz$/.exec(n);
+    if (m && !layerIds.has(m[1]!)) await rm(p.tarSplit(m[1]!));
   }
   for (const n of await fsp.readdir(p.imagesDir).catch(() => [] as string[])) {
     if (/^[a-f0-9]{64}$/.test(n) && !imageIds.has(n)) await rm(p.image(n));
@@ -213,7 +219,7 @@ export interface StoreSession {
  * interrupted both tokens are renewed at the end so that readers reload.
  */
 export async function withStore<T>(repoDir: string, o: StoreIoOptions, fn: (s: StoreSession) => Promise<T>): Promise<T> {
-  const paths = new StorePaths(path.resolve(repoDir));
+  const paths = new StorePaths(path.resolve(repoDir), undefined, o.storeRoot);
   await ensureSkeleton(paths);
   const lock = await acquireLock(paths.layersLock, {
     ...(o.host ? { host: o.host } : {}),
