@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   convert: async () => (await import('./convert.js')).convertCommand(),
   wishlist: async () => (await import('./wishlist.js')).wishlistCommand(),
   gc: async () => (await import('./gc.js')).gcCommand(),
+  rm: async () => (await import('./rm.js')).rmCommand(),
   'volume-plugin': async () => (await import('./volume-plugin.js')).volumePluginCommand(),
   csi: async () => (await import('./csi.js')).csiCommand(),
   flexvolume: async () => (await import('./flexvolume.js')).flexvolumeCommand(),

@@ -47,7 +47,7 @@ export const ERROR_CODES = {
   CVMFS_THIN_UNSUPPORTED_MEDIA_TYPE: { kind: 'invalid-argument', meaning: 'A media type that is not a layer (or an unknown compression) was given to the tar library.' },
   CVMFS_THIN_UNMAPPED_ID: { kind: 'invalid-argument', meaning: 'Packing a directory met a host uid/gid outside the user-namespace id map.' },
 
-  // ------------------------------------------------------------ converter (convert, wishlist, gc)
+  // ------------------------------------------------------------ converter (convert, wishlist, gc, rm)
   CVMFS_THIN_BAD_REFERENCE: { kind: 'invalid-argument', meaning: 'An image reference or transport (docker://, oci:, oci-archive:, docker-archive:) is not valid.' },
   CVMFS_THIN_BAD_RECIPE: { kind: 'invalid-argument', meaning: 'A wishlist recipe (DUCC YAML) is invalid.' },
   CVMFS_THIN_NO_MATCH: { kind: 'invalid-argument', meaning: 'A wishlist tag pattern matches no tag of the repository.' },
@@ -67,6 +67,7 @@ export const ERROR_CODES = {
   CVMFS_THIN_HOOK_FAILED: { kind: 'unavailable', meaning: 'A publishing hook (transaction, publish, abort) could not run or exited non-zero.' },
   CVMFS_THIN_ABORTED: { kind: 'unavailable', meaning: 'The publishing transaction was aborted after a failed write; nothing of it was published.' },
   CVMFS_THIN_INGEST_INCOMPLETE: { kind: 'unavailable', meaning: 'The ingest hook exited successfully before the layer was streamed to its end; the layer is not taken as published.' },
+  CVMFS_THIN_IMAGE_NOT_FOUND: { kind: 'not-found', meaning: 'cvmfs-thin rm: the image is not in the repository (no .metadata record, no readable link, no podman store name); nothing was removed.' },
   CVMFS_THIN_CANNOT_PUBLISH: { kind: 'invalid-argument', meaning: 'The options ask for a layer form a CVMFS publish destroys (overlay whiteouts, plain .wh.* files through a transaction); refused before any transaction.' },
 
   // ------------------------------------------------------------ podman additional image store
