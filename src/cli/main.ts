@@ -22,6 +22,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   flexvolume: async () => (await import('./flexvolume.js')).flexvolumeCommand(),
   setup: async () => (await import('./setup.js')).setupCommand(),
   doctor: async () => (await import('./doctor.js')).doctorCommand(),
+  'why-slow': async () => (await import('./why-slow.js')).whySlowCommand(),
 };
 
 /**

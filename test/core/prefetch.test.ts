@@ -58,7 +58,7 @@ describe('prefetch', () => {
     const host = new RecordingHost();
     const r = await prefetchFiles(host, [...files, { path: path.join(dir, 'gone'), size: 5 }, { path: path.join(dir, 'd0'), size: 0 }]);
     expect(r).toMatchObject({ files: 40, bytes: files.reduce((a, f) => a + f.size, 0), missing: 1, failed: 1 });
-    const reads = host.ops('probeFs').flatMap((c) => c.args);
+    const reads = host.ops('probeFs').flatMap((c) => c.args as string[]);
     expect(new Set(reads).size).toBe(42);
     expect(host.ops('probeFs').every((c) => c.args.length <= 16)).toBe(true);
   });

@@ -17,7 +17,9 @@ import { PROFILE_SCHEMA, profilePath, serializeProfile, stackId, type AccessProf
 import { Snapshotter } from '../../src/snapshotter/snapshotter.js';
 import type { StartOptions } from '../../src/snapshotter/starts.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
+import { runCli } from '../helpers/daemon.js';
 import { tempDir } from '../helpers/env.js';
+import { findTrace, formatTrace } from '../../src/cli/why-slow.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 
 const REPO = 'unpacked.cern.ch';
@@ -57,7 +59,7 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     mkdirSync(path.dirname(f), { recursive: true });
     writeFileSync(f, typeof p === 'string' ? p : serializeProfile(p));
   };
-  const reads = () => host.ops('probeFs').flatMap((c) => c.args.filter((a) => a.startsWith('read ')).map((a) => a.slice(5)));
+  const reads = () => host.ops('probeFs').flatMap((c) => (c.args as string[]).filter((a) => a.startsWith('read ')).map((a) => a.slice(5)));
 
   beforeEach(async () => {
     dir = path.join(base, String(n++));
@@ -100,6 +102,20 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     await sn.startsIdle();
     expect(trace('ctr2').profile).toMatch(/in the last 10 minutes/);
     expect(reads().filter((r) => r.endsWith('main.py'))).toHaveLength(1);
+    // cvmfs-thin why-slow: by key or unique prefix; the text says where the time went
+    const traces = path.join(root, 'traces');
+    expect((await findTrace(traces, 'ctr2')).snapshot).toBe('ctr2');
+    await expect(findTrace(traces, 'ct')).rejects.toThrow(/"ct" matches 2 starts \(ctr, ctr2…\): give more of it/);
+    await expect(findTrace(traces, 'nope')).rejects.toThrow(/no trace of a start of "nope"/);
+    await expect(findTrace(path.join(root, 'missing'), 'x')).rejects.toThrow(/no start traces in .*missing \(is this the snapshotter's root\? --root\)/);
+    const text = formatTrace(t);
+    expect(text).toMatch(/^start of ctr \(snapshotter\) at .*: image test \(snapshot img\), 2 layer\(s\)\n {2}our own work: [\d.]+ ms \(budget 100000 ms\)\n/);
+    expect(text).toContain('  access profile: repository\n  prefetch: 2 file(s), 0 KiB in');
+    expect(text).toMatch(/ {4}resolve +[\d.]+ ms {2}the thin image's CVMFS layers resolved/);
+    const cli = await runCli(['why-slow', '--root', root, 'ctr2', '--json']);
+    expect([cli.code, JSON.parse(cli.out).snapshot]).toEqual([0, 'ctr2']);
+    const miss = await runCli(['why-slow', '--root', root, 'zzz']);
+    expect([miss.code, miss.out]).toEqual([1, expect.stringMatching(/^cvmfs-thin: no trace of a start of "zzz"/)]);
   });
 
   it('falls back to a profile recorded on this node; a profile of other layers, a broken or hostile one, or an opted-out image prefetch nothing', async () => {
