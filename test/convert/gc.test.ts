@@ -99,3 +99,65 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc', () => {
     expect(r.stderr).toMatch(/--grace: "soon" is not a duration/);
   });
 });
+
+describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc with nothing to remove', () => {
+  const work = tempDir('cvmfs-thin-gc-noop-');
+  const repo = path.join(work, 'repo');
+
+  /** Every entry of the tree (the root too) with inode, mode, size and ns times: a write anywhere changes this. */
+  const state = (): string[] => {
+    const out: string[] = [];
+    const visit = (p: string) => {
+      const st = fs.lstatSync(p, { bigint: true });
+      out.push(`${path.relative(repo, p) || '.'} ${st.ino} ${st.mode} ${st.size} ${st.mtimeNs} ${st.ctimeNs}`);
+      if (st.isDirectory()) for (const n of fs.readdirSync(p).sort()) visit(path.join(p, n));
+    };
+    visit(repo);
+    return out;
+  };
+
+  beforeAll(async () => {
+    const st = path.join(work, 'st');
+    fs.mkdirSync(path.join(st, 'etc'), { recursive: true });
+    fs.writeFileSync(path.join(st, 'etc', 'noop'), 'noop\n');
+    const lay = path.join(work, 'lay');
+    writeLayout(lay, 'v1', [{ layers: [buildLayer(st, 'gzip', path.join(work, 'blobs'), 'noop')] }]);
+    fs.mkdirSync(repo);
+    const r = await runCli(['convert', `oci:${lay}:v1`, '--repository-dir', repo, '--name', 'example.org/noop:v1', '--chains', '--flat', '--podman-store', '--no-thin', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  it('writes nothing (no file, no directory, no time changes anywhere, the podman store included), runs no hook, takes no lock file', async () => {
+    const before = state();
+    expect(before.some((l) => l.startsWith('podmanStore/overlay-layers/layers.json '))).toBe(true);
+    const marks = path.join(work, 'marks');
+    fs.mkdirSync(marks);
+    const lockFile = path.join(work, 'publish.lock');
+    await new Promise((r) => setTimeout(r, 20)); // a write now would show in the ns times
+    for (const extra of [[], ['--dry-run'], ['--transaction-command', `touch ${marks}/tx`, '--publish-command', `touch ${marks}/pub`, '--lock-file', lockFile]]) {
+      const r = await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json', ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      const g = json<GcReport & { podman: { removed_images: unknown[]; removed_layers: unknown[] } }>(r);
+      expect([g.removed, g.podman.removed_images, g.podman.removed_layers]).toEqual([[], [], []]);
+      expect(state(), `gc ${extra.join(' ')}`).toEqual(before);
+    }
+    expect(fs.readdirSync(marks)).toEqual([]);
+    expect(fs.existsSync(lockFile)).toBe(false);
+  });
+
+  it('removing layers of an image outside the podman store leaves the store as it was (no update marker, no new tokens)', async () => {
+    const st = path.join(work, 'st-other');
+    fs.mkdirSync(st);
+    fs.writeFileSync(path.join(st, 'other'), 'other\n');
+    const lay = path.join(work, 'lay-other');
+    const other = buildLayer(st, 'gzip', path.join(work, 'blobs'), 'other');
+    writeLayout(lay, 'v1', [{ layers: [other] }]);
+    expect((await runCli(['convert', `oci:${lay}:v1`, '--repository-dir', repo, '--name', 'example.org/other:v1', '--no-thin'])).code).toBe(0);
+    fs.rmSync(path.join(repo, '.metadata/example.org/other:v1'), { recursive: true });
+    const store = () => state().filter((l) => l.startsWith('podmanStore'));
+    const before = store();
+    const g = json<GcReport>(await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json']));
+    expect(g.removed.map((x) => x.path)).toEqual([layerDir(repo, other.digest.slice(7))]);
+    expect(store()).toEqual(before);
+  });
+});
