@@ -99,8 +99,25 @@ function withContainerd(cmd: Command): Command {
     .addOption(new Option('--config-version <n>', 'version of a new containerd config file (default: 3 for containerd 2.x, else 2)').choices(['2', '3']));
 }
 
-async function run(target: Target, o: Opts, plan: (c: CommonOptions) => Promise<Parameters<typeof runPlan>[1]>, host: Host): Promise<void> {
-  const c = common(o);
+/** Options an undo needs again: where the state and the files are, how systemctl is run. */
+const UNDO_KEYS = ['rootPrefix', 'stateDir', 'systemdDir', 'storageConf', 'containerdConfig', 'snapshotterConfig', 'daemonJson', 'graphdriverConfig', 'volumePluginConfig', 'systemctl', 'restart'];
+
+/** Those of UNDO_KEYS given on the command line, as arguments. */
+function undoArgs(cmd: Command | undefined): string[] {
+  if (!cmd) return [];
+  const out: string[] = [];
+  for (const key of UNDO_KEYS) {
+    const opt = cmd.options.find((x) => x.attributeName() === key);
+    if (!opt?.long || cmd.getOptionValueSource(key) !== 'cli') continue;
+    const v = cmd.getOptionValue(key) as unknown;
+    if (typeof v === 'boolean') out.push(opt.long);
+    else out.push(opt.long, String(v));
+  }
+  return out;
+}
+
+async function run(target: Target, o: Opts, plan: (c: CommonOptions) => Promise<Parameters<typeof runPlan>[1]>, host: Host, cmd?: Command): Promise<void> {
+  const c = { ...common(o), undoArgs: undoArgs(cmd) };
   const io = { out: (s: string) => void process.stdout.write(s) };
   if (o['undo']) await runUndo(c, target, host, io, Boolean(o['dryRun']));
   else await runPlan(c, await plan(c), host, io, Boolean(o['dryRun']));
@@ -114,7 +131,7 @@ export function setupCommand(host: Host = systemHost): Command {
       .description('containerd: proxy_plugins entry for the snapshotter (and with --kubernetes the CRI snapshotter and annotations), the snapshotter unit')
       .option('--kubernetes', 'also make CRI (kubelet) pull through the snapshotter, with disable_snapshot_annotations = false')
       .option('--bootstrap-runtime <name>', 'with --kubernetes: add a CRI runtime handler NAME on containerd\'s overlayfs snapshotter (containerd >= 1.7), for the RuntimeClass of the snapshotter\'s own DaemonSet')
-      .action(async (o: Opts) => run('containerd', o, (c) => planContainerd(c, containerdOpts(o, c, Boolean(o['kubernetes'])), host), host)),
+      .action(async (o: Opts, cmd: Command) => run('containerd', o, (c) => planContainerd(c, containerdOpts(o, c, Boolean(o['kubernetes'])), host), host, cmd)),
   );
 
   setup.addCommand(
@@ -128,7 +145,7 @@ export function setupCommand(host: Host = systemHost): Command {
       .option('--volumes', 'also set up the volume plugin (as setup volumes)')
       .option('--volume-driver-name <name>', 'volume driver name = socket /run/docker/plugins/<name>.sock', 'cvmfs')
       .option('--volume-plugin-config <file>', `the volume plugin's configuration (default ${DAEMONS['volume-plugin'].configPath})`)
-      .action(async (o: Opts) =>
+      .action(async (o: Opts, cmd: Command) =>
         run(
           'docker',
           o,
@@ -152,6 +169,7 @@ export function setupCommand(host: Host = systemHost): Command {
             );
           },
           host,
+          cmd,
         ),
       ),
   );
@@ -162,7 +180,7 @@ export function setupCommand(host: Host = systemHost): Command {
       .option('--volume-driver-name <name>', 'volume driver name = socket /run/docker/plugins/<name>.sock', 'cvmfs')
       .option('--volume-plugin-config <file>', `the volume plugin's configuration (default ${DAEMONS['volume-plugin'].configPath})`)
       .option('--graphdriver-config <file>', `the graph driver's configuration, to keep the names apart (default ${DAEMONS.graphdriver.configPath})`)
-      .action(async (o: Opts) =>
+      .action(async (o: Opts, cmd: Command) =>
         run(
           'volumes',
           o,
@@ -175,6 +193,7 @@ export function setupCommand(host: Host = systemHost): Command {
             });
           },
           host,
+          cmd,
         ),
       ),
   );
@@ -184,7 +203,7 @@ export function setupCommand(host: Host = systemHost): Command {
       .option('--storage-conf <file>', `containers/storage's configuration (default ${SETUP_DEFAULTS.storageConf})`)
       .option('--store <dir>', 'the store as the node sees it (default <cvmfs-root>/<repository>/podmanStore)')
       .option('--fuse-overlayfs', 'mount with fuse-overlayfs (rootless podman, or layers converted with --whiteouts keep)')
-      .action(async (o: Opts) =>
+      .action(async (o: Opts, cmd: Command) =>
         run(
           'podman',
           o,
@@ -195,6 +214,7 @@ export function setupCommand(host: Host = systemHost): Command {
               fuseOverlayfs: Boolean(o['fuseOverlayfs']),
             }),
           host,
+          cmd,
         ),
       ),
   );

@@ -4,6 +4,7 @@
  * as a read-only additional image store. Other keys and comments are kept; an
  * existing list of additional stores is extended, not replaced.
  */
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../core/errors.js';
 import { storageConf } from '../convert/podman/setup.js';
@@ -21,6 +22,21 @@ export interface PodmanOptions {
 
 export function defaultStore(o: CommonOptions): string {
   return path.join(o.cvmfsRoot ?? '/cvmfs', o.repository ?? 'unpacked.cern.ch', 'podmanStore');
+}
+
+/** Whether the store directory can serve: null when it looks like a store. */
+function storeMissing(dir: string): 'absent' | 'not a directory' | 'empty' | null {
+  try {
+    if (!statSync(dir).isDirectory()) return 'not a directory';
+  } catch {
+    return 'absent';
+  }
+  try {
+    statSync(path.join(dir, 'overlay-images'));
+    return null;
+  } catch {
+    return 'empty';
+  }
 }
 
 const table = (doc: Table, key: string, file: string): Table => {
@@ -52,6 +68,14 @@ export async function planPodman(o: CommonOptions, p: PodmanOptions): Promise<Pl
     });
   }
   plan.changes.push({ path: p.storageConf, before, after: Buffer.from(after) });
+  const missing = storeMissing(path.join(o.rootPrefix || '/', p.store));
+  if (missing === 'absent' || missing === 'not a directory') {
+    plan.warnings.push(
+      `${p.store} ${missing === 'absent' ? 'does not exist (yet)' : 'is not a directory'}: every podman and CRI-O command will fail ("can't stat imageStore dir") until the repository is mounted and has a store (cvmfs-thin convert --podman-store); undo with --undo if this node will not have it`,
+    );
+  } else if (missing === 'empty') {
+    plan.warnings.push(`${p.store} holds no store yet (no overlay-images/): podman lists no images from it until cvmfs-thin convert --podman-store has written one`);
+  }
   plan.warnings.push('podman reads storage.conf at every command; restart CRI-O (systemctl restart crio) if it runs');
   return plan;
 }

@@ -34,6 +34,8 @@ export interface CommonOptions {
   restart: boolean;
   repository?: string | undefined;
   cvmfsRoot?: string | undefined;
+  /** Options the undo needs again, as given (`--state-dir …`, `--storage-conf …`), for the printed undo command. */
+  undoArgs?: string[] | undefined;
 }
 
 export interface ContainerdOptions {
@@ -279,8 +281,18 @@ export async function runPlan(o: CommonOptions, plan: Plan, host: Host, io: RunO
   if (o.restart) for (const r of plan.runtimes) if (r.files.some((f) => touched.has(f))) calls.push(['restart', r.service]);
   await systemctl(o, host, calls, io, dryRun);
   if (!o.restart && plan.runtimes.some((r) => r.files.some((f) => touched.has(f)))) io.out(`restart ${plan.runtimes.map((r) => r.service).join(' and ')} for the change to take effect\n`);
-  if (!dryRun) io.out(`${plan.target}: done; originals backed up in ${o.stateDir} (undo: cvmfs-thin setup ${plan.target} --undo)\n`);
+  if (!dryRun) io.out(`${plan.target}: done; originals backed up in ${o.stateDir} (undo: ${undoCommand(plan.target, o)})\n`);
   return true;
+}
+
+/** A shell word: as it is when safe, else single-quoted. */
+export function shellWord(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+/** The command that undoes `target` with the options this run was given. */
+export function undoCommand(target: Target, o: CommonOptions): string {
+  return ['cvmfs-thin', 'setup', target, '--undo', ...(o.undoArgs ?? [])].map(shellWord).join(' ');
 }
 
 /** Undo a target: print the diff (dry run) or restore, then systemctl. */

@@ -1,11 +1,13 @@
-/** `cvmfs-thin setup podman` on copies of a node's storage.conf (unprivileged). */
+/** `cvmfs-thin setup podman` on copies of a node's storage.conf (unprivileged): the edit, the store directory warnings, the undo hint. */
+import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { describe, expect, it } from 'vitest';
 import { planPodman } from '../../src/ops/podman.js';
 import { type CommonOptions, runPlan, runUndo } from '../../src/ops/setup.js';
-import { tempDir } from '../helpers/env.js';
+import { CLI, needs, tempDir } from '../helpers/env.js';
+import { runCli } from '../convert/cli.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 
 const base = tempDir('ops-podman-');
@@ -73,5 +75,43 @@ describe('setup podman', () => {
     writeFileSync(conf, text);
     await expect(plan()).rejects.toThrow(re);
     expect(readFileSync(conf, 'utf8')).toBe(text);
+  });
+});
+
+describe('setup podman: the store directory and the undo hint', () => {
+  it.each([
+    ['missing', (_d: string) => undefined, /does not exist \(yet\): every podman and CRI-O command will fail \("can't stat imageStore dir"\)/],
+    ['a file', (d: string) => writeFileSync(d, ''), /is not a directory: every podman and CRI-O command will fail/],
+    ['an empty directory', (d: string) => mkdirSync(d, { recursive: true }), /holds no store yet \(no overlay-images\/\): podman lists no images from it/],
+    ['a store', (d: string) => mkdirSync(path.join(d, 'overlay-images'), { recursive: true }), null],
+  ])('the store is %s: warns accordingly (under --root-prefix)', async (_what, make, re) => {
+    const { o } = node();
+    const store = '/cvmfs/sw.example.org/podmanStore';
+    mkdirSync(path.join(o.rootPrefix, '/cvmfs/sw.example.org'), { recursive: true });
+    make(path.join(o.rootPrefix, store));
+    const plan = await planPodman(o, { storageConf: path.join(o.rootPrefix, 'etc/containers/storage.conf'), store, fuseOverlayfs: false });
+    const about = plan.warnings.filter((w) => w.startsWith(store));
+    if (re === null) expect(about).toEqual([]);
+    else expect(about).toEqual([expect.stringMatching(re)]);
+  });
+
+  it.skipIf(needs({ binaries: ['sh'] }))('the printed undo command keeps --root-prefix, --state-dir and --storage-conf (quoted), and undoes the change when run', async () => {
+    const root = path.join(base, 'cli node');
+    mkdirSync(path.join(root, 'etc/containers'), { recursive: true });
+    const state = path.join(base, "state dir's");
+    const conf = path.join(root, 'etc/containers/my storage.conf');
+    writeFileSync(conf, DEBIAN_STYLE);
+    const r = await runCli(['setup', 'podman', '--root-prefix', root, '--state-dir', state, '--storage-conf', conf, '--store', '/cvmfs/sw.example.org/podmanStore', '--no-restart']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/warning: \/cvmfs\/sw\.example\.org\/podmanStore does not exist/);
+    const m = /\(undo: (cvmfs-thin setup podman --undo .*)\)\n/.exec(r.stdout);
+    expect(m?.[1]).toBe(`cvmfs-thin setup podman --undo --root-prefix '${root}' --state-dir '${state.replace("'", "'\\''")}' --storage-conf '${conf}' --no-restart`);
+    expect(readFileSync(conf, 'utf8')).not.toBe(DEBIAN_STYLE);
+    const undo = await new Promise<number | null>((res) => {
+      const c = spawn('sh', ['-c', m![1]!.replace(/^cvmfs-thin /, `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} `)], { stdio: 'ignore' });
+      c.on('exit', (code) => res(code));
+    });
+    expect(undo).toBe(0);
+    expect(readFileSync(conf, 'utf8')).toBe(DEBIAN_STYLE);
   });
 });
