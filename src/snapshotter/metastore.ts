@@ -12,7 +12,9 @@
  * shared cache of core/stack (earlier versions journalled them; such records
  * and the `facts` of an old state file are ignored).
  */
+import { InternalError } from '../core/errors.js';
 import { Journal, type JournalOptions } from '../core/journal.js';
+import type { ChainNode } from '../core/stack/index.js';
 
 export type Kind = 'active' | 'view' | 'committed';
 /** [seconds, nanoseconds] since the Unix epoch. */
@@ -167,4 +169,15 @@ export class MetaStore {
   async close(): Promise<void> {
     await this.journal.close();
   }
+}
+
+/** A snapshot as a link in a chain of lowers (core/stack/chain.ts). */
+export function chainNode(name: string, r: SnapshotRecord | undefined): ChainNode | undefined {
+  if (!r) return undefined;
+  const lowers = r.stack.map((link) => {
+    const real = r.links[link];
+    if (real === undefined) throw new InternalError(`snapshot ${name} lists link ${link} it does not own`);
+    return { link, real };
+  });
+  return { parent: r.parent, lowers, external: r.source !== 'local', terminal: r.terminal };
 }

@@ -26,6 +26,14 @@ export class Removals {
     private readonly log: Logger,
   ) {}
 
+  /** Remove the directories and links of a snapshot whose creation failed (no record owns them). */
+  async discard(id: number, links: Record<string, string>): Promise<void> {
+    this.links.remove(Object.keys(links));
+    for (const dir of this.dirsOf(id)) {
+      await removeTree(dir, this.host.mountinfo()).catch((e: unknown) => this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'));
+    }
+  }
+
   /** Remove the data of a snapshot whose record is gone (a crash before this leaves an orphan for Cleanup). */
   push(r: SnapshotRecord): void {
     this.queue.push(r);

@@ -9,8 +9,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { AlreadyExistsError, FailedPreconditionError, InternalError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors.js';
-import { diskUsage, removeTree, type Usage } from '../core/fsutil.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors.js';
+import { diskUsage, type Usage } from '../core/fsutil.js';
 import { Gate } from '../core/gate.js';
 import { KeyedMutex } from '../core/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type Mount, overlayIndexOff } from '../core/mounts.js';
@@ -20,7 +20,7 @@ import { lockRoot, type RootLock } from '../core/stack/root-lock.js';
 import { journalMetrics } from '../core/journal.js';
 import { type Metrics, noMetrics } from '../core/metrics.js';
 import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
-import { MetaStore, type SnapshotRecord } from './metastore.js';
+import { chainNode, MetaStore, type SnapshotRecord } from './metastore.js';
 import type { Info, SnapshotterOptions } from './options.js';
 import { snapshotterMonitor, startWatching } from './health.js';
 import { makeSnapshotDirs, noteOldSnapshotter } from './dirs.js';
@@ -139,16 +139,7 @@ export class Snapshotter {
     return path.join(this.workDirs, String(id));
   }
 
-  private readonly node = (n: string): ChainNode | undefined => {
-    const r = this.store.get(n);
-    if (!r) return undefined;
-    const lowers = r.stack.map((link) => {
-      const real = r.links[link];
-      if (real === undefined) throw new InternalError(`snapshot ${n} lists link ${link} it does not own`);
-      return { link, real };
-    });
-    return { parent: r.parent, lowers, external: r.source !== 'local', terminal: r.terminal };
-  };
+  private readonly node = (n: string): ChainNode | undefined => chainNode(n, this.store.get(n));
 
   /** The mounts of `r`, after its CVMFS lowers answered (with their owners). */
   private async mountsFor(r: SnapshotRecord, lowers: ChainLower[] = chainLowers(this.node, r.parent)): Promise<{ mounts: Mount[]; owners: Map<string, DirOwner> }> {
@@ -242,19 +233,11 @@ export class Snapshotter {
           if (kind === 'active') this.starts.prepared(key, fs, lowers, { cvmfs: ms(t1 - t0), dirs: ms(t2 - t1), journal: ms(performance.now() - t2) });
           return mounts;
         } catch (e) {
-          if (!this.store.get(key)) await this.discard(id, links);
+          if (!this.store.get(key)) await this.removals.discard(id, links);
           throw e;
         }
       }, theirs),
     );
-  }
-
-  /** Remove a data directory and links that no record owns (failed creation). */
-  private async discard(id: number, links: Record<string, string>): Promise<void> {
-    this.stack.links.remove(Object.keys(links));
-    for (const dir of [this.fsDir(id), this.workDir(id)]) {
-      await removeTree(dir, this.stack.host.mountinfo()).catch((e: unknown) => this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'));
-    }
   }
 
   async mounts(key: string): Promise<Mount[]> {
