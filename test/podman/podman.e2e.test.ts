@@ -16,7 +16,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { json, runCli } from '../convert/cli.js';
 import { buildRichLayers, diffSnapshots, type RichImage, snapshot, type Snapshot } from '../convert/fixtures.js';
 import { type BuiltLayer, buildLayer, skopeoPush, writeLayout } from '../convert/images.js';
-import { makePodman, type Podman } from './podman.js';
+import { makePodman, type Podman, sh } from './podman.js';
 
 const CONFIG = { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['/bin/sh'] };
 
@@ -45,32 +45,15 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
     const s = json<{ images: { status: string; error: unknown }[] }>(r);
     expect(s.images.map((i) => i.status), JSON.stringify(s)).toEqual(['converted']);
   };
-  // detached + poll + logs + rm. Not `podman wait`: podman 4.3 counts conmon as alive while it
-  // is an unreaped zombie (here: reparented to a PID 1 that reaps late) and then waits out its
-  // 20 s cleanup timeout; `inspect` reads conmon's exit file, so it sees the exit at once.
-  let runs = 0;
-  const sh = async (p: Podman, image: string, script: string) => {
-    const ctr = `cvmfs-thin-podman-${process.pid}-${runs++}`;
-    await p.run(['run', '-d', '--name', ctr, '--pull', 'never', '--network', 'none', image, 'sh', '-c', script]);
-    try {
-      let state = '';
-      for (let i = 0; i < 600; i++) {
-        state = (await p.run(['inspect', '--format', '{{.State.Status}} {{.State.ExitCode}}', ctr])).stdout.trim();
-        if (!state.startsWith('running') && !state.startsWith('created') && !state.startsWith('configured')) break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      // `stopped`: exited, podman's cleanup not yet run (see above); the exit code is conmon's
-      expect(state).toMatch(/^(exited|stopped) 0$/);
-      return (await p.run(['logs', ctr])).stdout;
-    } finally {
-      await p.run(['rm', '-f', ctr]);
-    }
-  };
+  /** The container's file system, its root's mode and owner under the key '/' (podman takes them from the image's top layer root). */
   const mountedSnapshot = async (p: Podman, image: string, pull: string): Promise<Snapshot> => {
     const id = (await p.run(['create', '--pull', pull, '--network', 'none', image])).stdout.trim();
     const mnt = (await p.run(['mount', id])).stdout.trim();
     try {
-      return snapshot(mnt);
+      const snap = snapshot(mnt);
+      const st = fs.statSync(mnt);
+      snap.entries.set('/', { type: 'dir', mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, xattrs: [] });
+      return snap;
     } finally {
       await p.run(['umount', id]);
       await p.run(['rm', id]);
@@ -159,6 +142,8 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
     const pulled = await mountedSnapshot(puller, name(reg, 'test/rich:v1'), 'always');
     const fromStore = await mountedSnapshot(kernel, name(reg, 'test/rich:v1'), 'never');
     expect(pulled.entries.size).toBeGreaterThan(30);
+    // the container's / as podman's own unpack makes it (0555, root), not the tar's 0755
+    expect(pulled.entries.get('/')).toMatchObject({ mode: 0o555, uid: 0, gid: 0 });
     expect(diffSnapshots(pulled, fromStore, ['pulled', 'store (kernel overlay)'])).toEqual([]);
     const fuse = makePodman(path.join(work, 'podman-fuse'), { stores: [store], fuse: true });
     podmans.push(fuse);

@@ -79,3 +79,29 @@ export function makePodman(dir: string, o: { stores?: string[]; fuse?: boolean; 
     },
   };
 }
+
+let runs = 0;
+/**
+ * Run `sh -c script` in a container of `image` (never pulled) and return its
+ * output; the container must exit 0 (and is removed, unless `keep` names it). Detached + poll + logs + rm, not
+ * `podman wait`: podman 4.3 counts conmon as alive while it is an unreaped
+ * zombie (here: reparented to a PID 1 that reaps late) and then waits out its
+ * 20 s cleanup timeout; `inspect` reads conmon's exit file, so it sees the exit at once.
+ */
+export async function sh(p: Podman, image: string, script: string, o: { keep?: string } = {}): Promise<string> {
+  const ctr = o.keep ?? `cvmfs-thin-podman-${process.pid}-${runs++}`;
+  await p.run(['run', '-d', '--name', ctr, '--pull', 'never', '--network', 'none', image, 'sh', '-c', script]);
+  try {
+    let state = '';
+    for (let i = 0; i < 600; i++) {
+      state = (await p.run(['inspect', '--format', '{{.State.Status}} {{.State.ExitCode}}', ctr])).stdout.trim();
+      if (!state.startsWith('running') && !state.startsWith('created') && !state.startsWith('configured')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // `stopped`: exited, podman's cleanup not yet run (see above); the exit code is conmon's
+    if (!/^(exited|stopped) 0$/.test(state)) throw new Error(`container of ${image} ended ${JSON.stringify(state)}: ${(await p.run(['logs', ctr], { allowFail: true })).stdout}`);
+    return (await p.run(['logs', ctr])).stdout;
+  } finally {
+    if (o.keep === undefined) await p.run(['rm', '-f', ctr]);
+  }
+}
