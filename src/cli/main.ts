@@ -23,6 +23,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   setup: async () => (await import('./setup.js')).setupCommand(),
   doctor: async () => (await import('./doctor.js')).doctorCommand(),
   'why-slow': async () => (await import('./why-slow.js')).whySlowCommand(),
+  profile: async () => (await import('./profile.js')).profileCommand(),
 };
 
 /**

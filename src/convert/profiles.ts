@@ -1,0 +1,92 @@
+/**
+ * Access profiles in a repository (thin-image/SPEC.md §8): publish profiles
+ * recorded on nodes (`<snapshotter root>/profiles/*.json`) into
+ * `.profiles/<xx>/<stack id>.json`, and opt an image out of prefetching
+ * (a profile with `"prefetch": false` and no files). Each profile is
+ * validated before anything is written; everything is written in one
+ * publishing session (a cvmfs_server transaction on a publisher).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { METADATA_DIR } from '../core/cvmfs/layout.js';
+import { NotFoundError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fsutil.js';
+import { type AccessProfile, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
+import type { Publisher } from './publish.js';
+import { duccImageName, parseDockerReference } from './reference.js';
+import type { ImageRecord } from './repo.js';
+import { CATALOG_MARKER, IMAGE_RECORD } from './repo.js';
+
+export interface ProfileWrite {
+  /** Relative to the repository. */
+  path: string;
+  profile: AccessProfile;
+  /** What it replaced: none, or a profile with this many files. */
+  replaced: number | null;
+}
+
+/** Read and validate profile files (a bad one stops everything, naming the file). */
+export async function readProfiles(files: readonly string[]): Promise<AccessProfile[]> {
+  const out: AccessProfile[] = [];
+  for (const f of files) {
+    let text: string;
+    try {
+      text = await fsp.readFile(f, 'utf8');
+    } catch (e) {
+      throw new NotFoundError(`profile ${f}: ${(e as Error).message}`);
+    }
+    try {
+      out.push(parseProfile(text));
+    } catch (e) {
+      (e as Error).message = `${f}: ${(e as Error).message}`;
+      throw e;
+    }
+  }
+  return out;
+}
+
+/** The layers (hex, bottom first) of a converted image, from its `.metadata` record. */
+export async function imageLayers(repositoryDir: string, image: string): Promise<string[]> {
+  const tree = duccImageName(parseDockerReference(image.replace(/^docker:\/\//, '')));
+  const file = path.join(repositoryDir, METADATA_DIR, tree, IMAGE_RECORD);
+  let rec: ImageRecord;
+  try {
+    rec = JSON.parse(await fsp.readFile(file, 'utf8')) as ImageRecord;
+  } catch {
+    throw new NotFoundError(`image ${image} is not converted in ${repositoryDir} (no ${path.relative(repositoryDir, file)}; a multi-platform image: give its platform's layers with a profile file)`, 'CVMFS_THIN_IMAGE_NOT_FOUND');
+  }
+  return rec.layers.map((d) => d.replace(/^sha256:/, ''));
+}
+
+/** An opt-out: this image is neither prefetched nor recorded. */
+export function disabledProfile(layers: string[], why: string): AccessProfile {
+  return { schema: PROFILE_SCHEMA, version: 1, layers, prefetch: false, created: new Date().toISOString(), source: why, files: [] };
+}
+
+/** Write `profiles` into the repository in one publishing session. */
+export async function publishProfiles(repositoryDir: string, profiles: readonly AccessProfile[], publisher: Publisher, dryRun = false): Promise<ProfileWrite[]> {
+  const writes: ProfileWrite[] = [];
+  for (const p of profiles) {
+    const rel = profilePath(p.layers);
+    let replaced: number | null = null;
+    try {
+      replaced = parseProfile(await fsp.readFile(path.join(repositoryDir, rel), 'utf8')).files.length;
+    } catch {
+      /* none, or not valid: replaced */
+    }
+    writes.push({ path: rel, profile: p, replaced });
+  }
+  if (dryRun || writes.length === 0) return writes;
+  await publisher.session(async () => {
+    // its own catalog: profiles change more often than layers
+    const dir = path.join(repositoryDir, PROFILES_DIR);
+    await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
+    await fsp.writeFile(path.join(dir, CATALOG_MARKER), '', { flag: 'a' });
+    for (const w of writes) {
+      const f = path.join(repositoryDir, w.path);
+      await fsp.mkdir(path.dirname(f), { recursive: true, mode: 0o755 });
+      await writeFileAtomic(f, serializeProfile(w.profile));
+    }
+  });
+  return writes;
+}
