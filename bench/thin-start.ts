@@ -31,82 +31,35 @@
  * from the page cache over loopback: no network latency (BENCH_LATENCY_MS adds
  * a delay to every HTTP answer), so cold figures are a lower bound.
  *
+ * The Stratum-0, the client and the nodes are bench/lib/cvmfs-real.ts and bench/lib/start.ts
+ * (shared with bench/layer-count.ts).
+ *
  * Env: BENCH_RUNS (default 3), BENCH_FILES (small files in the base layer,
  * default 10000), BENCH_LATENCY_MS (default 0), BENCH_KEEP=1 (keep the work dir).
  * Needs root, cvmfs_server, cvmfs2, cvmfs_talk, containerd, ctr, runc, busybox-static.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
-import { type Containerd, startContainerd } from '../test/helpers/containerd.js';
+import { startContainerd } from '../test/helpers/containerd.js';
 import { buildImage, busyboxEntries, type TarEntry, writeOciArchive } from '../test/helpers/oci-image.js';
-import { content } from './lib/content.js';
+import { CVMFS_BINARIES, cvmfsClient, makeStratum0, publishArgs, serveStratum0 } from './lib/cvmfs-real.js';
+import { files, range } from './lib/images.js';
+import { cleanup, cleanupOnSignals, convert, median, missingOf, onCleanup, pullRun as ctrPullRun, requireBuild, type Sample, SN, startSnapshotter, unmountBelow } from './lib/start.js';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const FILES = Number(process.env['BENCH_FILES'] ?? 10_000);
 const LATENCY = Number(process.env['BENCH_LATENCY_MS'] ?? 0);
-const CLI = path.resolve(import.meta.dirname, '../bin/cvmfs-thin.js');
-const SN = 'cvmfs-snapshotter';
-const SRV = '/srv/cvmfs';
-const execFileP = promisify(execFile);
 const log = (s: string) => process.stderr.write(`[thin-start] ${s}\n`);
 
-const have = (b: string) => spawnOk('sh', ['-c', `command -v ${b}`]);
-function spawnOk(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const missing = [
-  ...(process.getuid?.() === 0 ? [] : ['root']),
-  ...['cvmfs_server', 'cvmfs2', 'cvmfs_talk', 'containerd', 'ctr', 'runc'].filter((b) => !have(b)),
-  ...(fs.existsSync('/bin/busybox') ? [] : ['/bin/busybox (busybox-static)']),
-];
+const missing = missingOf([...CVMFS_BINARIES, 'containerd', 'ctr', 'runc']);
 if (missing.length) {
   process.stdout.write(`bench/thin-start.ts: skipped, needs ${missing.join(', ')}\n`);
   process.exit(0);
 }
-if (!fs.existsSync(path.resolve(import.meta.dirname, '../dist/cli/main.js'))) {
-  process.stderr.write('bench/thin-start.ts: dist/ is missing; run `npm run build` first\n');
-  process.exit(1);
-}
-
-/** Run a command without blocking the event loop (the Stratum-0's HTTP server lives in this process). */
-async function sh(cmd: string, args: string[], timeout = 600_000): Promise<string> {
-  try {
-    return (await execFileP(cmd, args, { encoding: 'utf8', timeout, maxBuffer: 64 << 20 })).stdout;
-  } catch (e) {
-    const x = e as { code?: number; stderr?: string; stdout?: string };
-    throw new Error(`${cmd} ${args.join(' ')}: exit ${x.code}\n${x.stderr ?? ''}${x.stdout ?? ''}`);
-  }
-}
-
-async function timed<T>(f: () => Promise<T>): Promise<[number, T]> {
-  const t0 = process.hrtime.bigint();
-  const r = await f();
-  return [Number(process.hrtime.bigint() - t0) / 1e9, r];
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
+requireBuild('bench/thin-start.ts');
 
 // ---- the image -------------------------------------------------------------------------------
-
-const dirsOf = (paths: string[]): TarEntry[] => [...new Set(paths.flatMap((p) => p.split('/').slice(0, -1).map((_, i, a) => `${a.slice(0, i + 1).join('/')}/`)))].map((d) => ({ path: d, type: 'dir' as const }));
-/** Files of these sizes (and their directories), then `extra` entries (their directories too). */
-const files = (list: [string, number][], extra: TarEntry[] = []): TarEntry[] => [...dirsOf([...list.map(([p]) => p), ...extra.map((e) => e.path)]), ...list.map(([p, size], i) => ({ path: p, content: content(size, i + size) })), ...extra];
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** What the container does: read 5 files (+ busybox itself), check a file deleted by layer 2. */
 const CMD = ['/bin/sh', '-c', 'cat /app/app.conf /etc/conf/c7 /usr/share/d12/f2413 /usr/lib/lib17.so /opt/data/part3.bin | md5sum; wc -c < /opt/data/part3.bin; test -e /usr/share/d0/f100 || echo deleted-ok'];
@@ -129,116 +82,14 @@ async function buildBenchImage(file: string): Promise<{ name: string; gz: number
   return { name, gz: img.layers.reduce((a, l) => a + l.blob.length, 0), raw: img.layers.reduce((a, l) => a + l.raw.length, 0), entries: layers.reduce((a, l) => a + l.length, 0) };
 }
 
-// ---- the pieces, each with its cleanup --------------------------------------------------------
-
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
-let cleaning: Promise<void> | undefined;
-const cleanup = () =>
-  (cleaning ??= (async () => {
-    for (const f of cleanups.reverse()) await Promise.resolve().then(f).catch((e: unknown) => log(`cleanup: ${(e as Error).message}`));
-  })());
-for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => {
-    log(`${sig}: cleaning up`);
-    void cleanup().then(() => process.exit(130));
-  });
-
-/** The Stratum-0's storage over HTTP (what Apache serves on a publisher). */
-async function serveStratum0(): Promise<number> {
-  const server = http.createServer((req, res) => {
-    const p = path.normalize(path.join('/srv', decodeURIComponent((req.url ?? '/').split('?')[0]!)));
-    const answer = () =>
-      fs.stat(p, (err, st) => {
-        if (!p.startsWith(`${SRV}/`) || err || !st.isFile()) return void res.writeHead(404).end();
-        res.writeHead(200, { 'content-length': st.size });
-        fs.createReadStream(p).pipe(res);
-      });
-    if (LATENCY > 0) setTimeout(answer, LATENCY);
-    else answer();
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-  return (server.address() as AddressInfo).port;
-}
-
-/** The client: own config and cache; `mountFresh` unmounts, wipes the cache and mounts again. */
-function client(work: string, repo: string, port: number) {
-  const cache = path.join(work, 'client-cache');
-  const mnt = path.join(work, 'cvmfs', repo);
-  const conf = path.join(work, 'client.conf');
-  const socket = path.join(cache, repo, `cvmfs_io.${repo}`);
-  fs.mkdirSync(mnt, { recursive: true });
-  fs.writeFileSync(conf, [`CVMFS_SERVER_URL=http://127.0.0.1:${port}/cvmfs/@fqrn@`, `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`, 'CVMFS_HTTP_PROXY=DIRECT', `CVMFS_CACHE_BASE=${cache}`, `CVMFS_RELOAD_SOCKETS=${cache}`, 'CVMFS_QUOTA_LIMIT=4000', ''].join('\n'));
-  const mounted = () => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mnt);
-  const unmount = async () => {
-    if (mounted()) await sh('umount', [mnt]);
-  };
-  cleanups.push(() => (mounted() ? sh('umount', ['-l', mnt]) : undefined));
-  return {
-    mnt,
-    async mountFresh() {
-      await unmount();
-      fs.rmSync(cache, { recursive: true, force: true });
-      fs.mkdirSync(cache, { recursive: true });
-      await sh('cvmfs2', ['-o', `config=${conf},allow_other`, repo, mnt]);
-    },
-    /** download counters of the running client */
-    async downloads(): Promise<{ bytes: number; requests: number }> {
-      const out = await sh('cvmfs_talk', ['-p', socket, 'internal', 'affairs']);
-      const get = (k: string) => Number(new RegExp(`^download\\.${k}\\|(\\d+)\\|`, 'm').exec(out)?.[1] ?? NaN);
-      return { bytes: get('sz_transferred_bytes'), requests: get('n_requests') };
-    },
-  };
-}
-
-async function startSnapshotter(dir: string, repo: string, mnt: string): Promise<{ socket: string; stop: () => Promise<void> }> {
-  const socket = path.join(dir, 'sn.sock');
-  const proc: ChildProcess = spawn(process.execPath, [CLI, 'snapshotter', '--root', path.join(dir, 'sn'), '--address', socket, '--repository', repo, '--absolute-mountpoint', mnt, '--log-level', 'info'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let out = '';
-  proc.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-64_000)));
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const stop = async () => {
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-    await exited;
-  };
-  cleanups.push(stop);
-  const t0 = Date.now();
-  while (!fs.existsSync(socket) || !out.includes('snapshotter serving')) {
-    if (proc.exitCode !== null) throw new Error(`snapshotter exited with ${proc.exitCode}:\n${out}`);
-    if (Date.now() - t0 > 30_000) throw new Error(`snapshotter did not start:\n${out}`);
-    await sleep(50);
-  }
-  return { socket, stop };
-}
-
-/** Unmount whatever is still mounted below `dir` (containerd's overlays), deepest first. */
-async function unmountBelow(dir: string): Promise<void> {
-  const ms = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${dir}/`));
-  for (const m of ms.sort().reverse()) await sh('umount', ['-l', m]).catch(() => undefined);
-}
-
-// ---- one pull+run ---------------------------------------------------------------------------
-
-interface Sample {
-  import: number;
-  run: number;
-  total: number;
-  bytes?: number;
-  requests?: number;
-}
-
-async function pullRun(ctd: Containerd, archive: string, image: string, id: string, snapshotter?: string): Promise<{ s: Sample; out: string }> {
-  const sn = snapshotter ? ['--snapshotter', snapshotter] : [];
-  await sh('sync', []);
-  const [imp] = await timed(() => ctd.ctr(['image', 'import', ...sn, archive], { timeoutMs: 600_000 }));
-  const [run, out] = await timed(() => ctd.ctr(['run', '--rm', ...sn, image, id, ...CMD], { timeoutMs: 600_000 }));
-  return { s: { import: imp, run, total: imp + run }, out };
-}
+const pullRun = (ctd: Parameters<typeof ctrPullRun>[0], archive: string, image: string, id: string, snapshotter?: string) => ctrPullRun(ctd, archive, image, id, CMD, snapshotter);
 
 // ---- main -----------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cvmfs-thin-bench-start-'));
-  cleanups.push(async () => {
+  cleanupOnSignals(log);
+  onCleanup(async () => {
     await unmountBelow(work);
     if (!process.env['BENCH_KEEP']) fs.rmSync(work, { recursive: true, force: true });
   });
@@ -249,19 +100,15 @@ async function main(): Promise<void> {
   const img = await buildBenchImage(fullTar);
   process.stdout.write(`image: 4 layers, ${img.entries} tar entries, ${(img.raw / 1e6).toFixed(1)} MB of layer tars, ${(img.gz / 1e6).toFixed(1)} MB compressed (gzip); OCI archive ${(fs.statSync(fullTar).size / 1e6).toFixed(1)} MB\n`);
 
-  const port = await serveStratum0();
+  const port = await serveStratum0(LATENCY);
   const repo = `thinstart${process.pid}.example.org`;
   log(`cvmfs_server mkfs ${repo}...`);
-  cleanups.push(() => sh('cvmfs_server', ['rmfs', '-f', repo]));
-  await sh('cvmfs_server', ['mkfs', '-o', 'root', '-p', '-w', `http://127.0.0.1:${port}/cvmfs/${repo}`, repo]);
+  await makeStratum0(repo, port);
   const thinTar = path.join(work, 'thin.tar');
   log('cvmfs-thin convert --cvmfs-server...');
-  const [convertS] = await timed(() =>
-    sh(process.execPath, [CLI, 'convert', `oci-archive:${fullTar}`, '--repository-dir', `/cvmfs/${repo}`, '--repository', repo, '--cvmfs-server', '--thin', `oci-archive:${thinTar}`, '--lock-file', path.join(work, 'convert.lock'), '--quiet']),
-  );
-  const thinName = (JSON.parse(execFileSync('tar', ['-xOf', thinTar, 'index.json'], { encoding: 'utf8' })) as { manifests: { annotations: Record<string, string> }[] }).manifests[0]!.annotations['io.containerd.image.name']!;
+  const { seconds: convertS, thinName } = await convert(`oci-archive:${fullTar}`, { ...publishArgs(repo), thinTar, lockFile: path.join(work, 'convert.lock') });
   process.stdout.write(`convert + publish (cvmfs-thin convert --cvmfs-server, transaction path, real Stratum-0): ${convertS.toFixed(1)} s, once, not in the figures below; thin archive ${fs.statSync(thinTar).size} bytes\n`);
-  const cl = client(work, repo, port);
+  const cl = cvmfsClient(work, repo, port);
 
   const rows: Record<'full' | 'fullOurs' | 'cold' | 'warm', Sample[]> = { full: [], fullOurs: [], cold: [], warm: [] };
   let mountBytes = 0;
@@ -272,9 +119,9 @@ async function main(): Promise<void> {
     await cl.mountFresh(); // before the snapshotter starts: it is a node's /cvmfs mount
     const mountDl = await cl.downloads();
     mountBytes = mountDl.bytes;
-    const sn = await startSnapshotter(dir, repo, cl.mnt);
+    const sn = await startSnapshotter(dir, { repository: repo, mountpoint: cl.mnt });
     const ctd = await startContainerd(path.join(dir, 'ctd'), sn.socket, SN);
-    cleanups.push(() => (ctd.proc.exitCode === null && ctd.proc.signalCode === null ? ctd.stop() : undefined));
+    onCleanup(() => (ctd.proc.exitCode === null && ctd.proc.signalCode === null ? ctd.stop() : undefined));
     try {
       const outs: string[] = [];
       const full = async () => {
@@ -341,5 +188,5 @@ try {
   process.stderr.write(`bench/thin-start.ts failed: ${e instanceof Error ? e.message : String(e)}\n`);
   process.exitCode = 1;
 } finally {
-  await cleanup();
+  await cleanup(log);
 }

@@ -1,4 +1,4 @@
-/** Test images for the benches: a staged directory → gzip layer (GNU tar, PAX, numeric owners), and a minimal OCI layout. */
+/** Test images for the benches: a staged directory → gzip (or plain tar) layer (GNU tar, PAX, numeric owners), and a minimal OCI layout. */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -9,6 +9,8 @@ export interface Layer {
   digest: string;
   diffId: string;
   size: number;
+  /** default: gzip */
+  mediaType?: string;
 }
 
 export const sha = (f: string) => {
@@ -24,10 +26,11 @@ export const sha = (f: string) => {
   return `sha256:${h.digest('hex')}`;
 };
 
-export function makeLayer(stage: string, out: string): Layer {
+export function makeLayer(stage: string, out: string, opts: { gzip?: boolean } = {}): Layer {
   const tar = `${out}.tar`;
   execFileSync('tar', ['--format=pax', '--numeric-owner', '-C', stage, '-cf', tar, '.']);
   const diffId = sha(tar);
+  if (opts.gzip === false) return { file: tar, digest: diffId, diffId, size: fs.statSync(tar).size, mediaType: 'application/vnd.oci.image.layer.v1.tar' };
   execFileSync('gzip', ['-1', '-n', '-f', tar]);
   const file = `${tar}.gz`;
   return { file, digest: sha(file), diffId, size: fs.statSync(file).size };
@@ -50,7 +53,7 @@ export function writeLayout(layout: string, tag: string, layers: Layer[]): void 
         schemaVersion: 2,
         mediaType: 'application/vnd.oci.image.manifest.v1+json',
         config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...cfg },
-        layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size })),
+        layers: layers.map((l) => ({ mediaType: l.mediaType ?? 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size })),
       }),
     ),
   );
