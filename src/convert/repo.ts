@@ -119,6 +119,8 @@ export class RepoTree {
       const aside = path.join(path.dirname(final), tmpName(`old-${path.basename(final)}`));
       await fsp.rename(final, aside);
       await fsp.rename(tmp, final);
+      // a layer in a podman store has a 0555 root (podman/layers.ts): writable again to empty it
+      await fsp.chmod(path.join(aside, LAYER_ROOTFS), 0o755).catch(() => undefined);
       await removeTree(aside);
       return true;
     }
