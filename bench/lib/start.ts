@@ -83,14 +83,16 @@ export function cleanupOnSignals(log: (s: string) => void): void {
 
 export interface Snapshotter {
   socket: string;
+  /** its --root */
+  root: string;
   stop: () => Promise<void>;
   /** its stderr: all of it with `keepLog`, else the last 64 kB */
   log: () => string;
 }
 
-export async function startSnapshotter(dir: string, opts: { repository: string; mountpoint: string; logLevel?: string; keepLog?: boolean }): Promise<Snapshotter> {
+export async function startSnapshotter(dir: string, opts: { repository: string; mountpoint: string; logLevel?: string; keepLog?: boolean; args?: string[] }): Promise<Snapshotter> {
   const socket = path.join(dir, 'sn.sock');
-  const args = [CLI, 'snapshotter', '--root', path.join(dir, 'sn'), '--address', socket, '--repository', opts.repository, '--absolute-mountpoint', opts.mountpoint, '--log-level', opts.logLevel ?? 'info'];
+  const args = [CLI, 'snapshotter', '--root', path.join(dir, 'sn'), '--address', socket, '--repository', opts.repository, '--absolute-mountpoint', opts.mountpoint, '--log-level', opts.logLevel ?? 'info', ...(opts.args ?? [])];
   const proc: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let out = '';
   proc.stderr!.on('data', (d: Buffer) => (out = opts.keepLog ? out + d.toString() : (out + d.toString()).slice(-64_000)));
@@ -106,7 +108,7 @@ export async function startSnapshotter(dir: string, opts: { repository: string; 
     if (Date.now() - t0 > 30_000) throw new Error(`snapshotter did not start:\n${out}`);
     await sleep(50);
   }
-  return { socket, stop, log: () => out };
+  return { socket, root: path.join(dir, 'sn'), stop, log: () => out };
 }
 
 /** Unmount whatever is still mounted below `dir` (containerd's overlays, the snapshotter's binds), deepest first. */

@@ -80,6 +80,8 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     { address: o.address, root: o.root, repository: o.location.repository, mountpoint: o.location.absoluteMountpoint, thinImages: o.thinImages, remoteLayers: o.remoteLayers },
     'snapshotter serving',
   );
+  // the CVMFS probe helper started now (~80 ms of process start), not by the first image's Commit
+  void sn.cvmfsReady().then((why) => why && log.warn({ mountpoint: o.location.absoluteMountpoint, why }, 'CVMFS is not ready yet'));
   let stopping: Promise<void> | null = null;
   return {
     snapshotter: sn,

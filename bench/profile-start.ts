@@ -1,0 +1,137 @@
+/**
+ * Cold CVMFS caches and access profiles (issue 18, item 2): the first start of an image on a
+ * node whose CVMFS cache is cold, with and without the image's access profile, against a warm
+ * start, on a real CernVM-FS client, in one run.
+ *
+ *   npm run build && npx tsx bench/profile-start.ts
+ *
+ * Setup (not timed): an image whose start reads hundreds of files (busybox-static as /bin/sh,
+ * BENCH_FILES files of 8–120 kB under /app/lib in one layer, a few more layers of other
+ * files), published into a Stratum-0 made for the run (`cvmfs-thin convert --cvmfs-server`),
+ * its storage served over HTTP by this process with BENCH_LATENCY_MS added to every answer (a
+ * network), read through a separate cvmfs2 client (bench/lib/cvmfs-real.ts). The profile is
+ * learnt as a node would: a start on a node running `cvmfs-thin snapshotter --record-profiles`,
+ * then `cvmfs-thin profile publish --cvmfs-server` of what it recorded (one more transaction).
+ *
+ * Each run starts fresh nodes (containerd + snapshotter, empty roots) and times `ctr image
+ * import` + `ctr run --rm` of the thin image, running a command that reads every file once:
+ *   - cold, no profile: client unmounted, cache wiped, mounted; snapshotter --no-prefetch;
+ *   - cold, profile: the same, with the snapshotter's default (prefetch after Prepare);
+ *   - warm: a second node on the kept client (a node that ran the image before).
+ * The order of the two cold rows alternates. Medians; ratios against warm; the client's
+ * download counters per row; one cold start's `cvmfs-thin why-slow`.
+ *
+ * Env: BENCH_RUNS (default 3), BENCH_FILES (default 400), BENCH_LATENCY_MS (default 5),
+ * BENCH_KEEP=1. Needs root, containerd, ctr, runc, busybox-static, cvmfs_server, cvmfs2, cvmfs_talk.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { buildImage, busyboxEntries, writeOciArchive } from '../test/helpers/oci-image.js';
+import { CVMFS_BINARIES, cvmfsClient, makeStratum0, publishArgs, serveStratum0 } from './lib/cvmfs-real.js';
+import { files, range } from './lib/images.js';
+import { CLI, cleanup, cleanupOnSignals, convert, median, missingOf, type Node, onCleanup, pullRun, requireBuild, SN, sh, startNode } from './lib/start.js';
+
+const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
+const FILES = Number(process.env['BENCH_FILES'] ?? 400);
+const LATENCY = Number(process.env['BENCH_LATENCY_MS'] ?? 5);
+const REPO = 'profile.bench.org';
+const log = (s: string) => process.stderr.write(`[profile-start] ${s}\n`);
+const out = (s: string): void => void process.stdout.write(`${s}\n`);
+
+const missing = missingOf(['containerd', 'ctr', 'runc', ...CVMFS_BINARIES]);
+if (missing.length) {
+  out(`bench/profile-start.ts: skipped, needs ${missing.join(', ')}`);
+  process.exit(0);
+}
+requireBuild('bench/profile-start.ts');
+
+const CMD = ['/bin/sh', '-c', 'cat /app/lib/* | md5sum; cat /etc/app.conf'];
+
+async function main(): Promise<void> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cvmfs-thin-bench-profile-'));
+  cleanupOnSignals(log);
+  onCleanup(() => (process.env['BENCH_KEEP'] ? undefined : fs.rmSync(work, { recursive: true, force: true })));
+  out(`cvmfs-thin profile-start benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, ${FILES} files read at start, +${LATENCY} ms per Stratum-0 answer, median of ${RUNS} runs)`);
+
+  // ---- the image and the Stratum-0 (not timed) ----
+  const libs = range(FILES).map((i): [string, number] => [`app/lib/m${String(i).padStart(4, '0')}.py`, 8192 + ((i * 7919) % 114_688)]);
+  const other = range(3).map((k) => files(range(300).map((i): [string, number] => [`usr/share/d${k}/f${i}`, 2048 + i]), [], 10_000 * (k + 1)));
+  const img = await buildImage('bench.org/profile/app:1', [busyboxEntries('profile'), ...other, files(libs, [{ path: 'etc/app.conf', content: 'app=1\n' }], 1 << 20)]);
+  const archive = path.join(work, 'app.tar');
+  await writeOciArchive(archive, img);
+  const port = await serveStratum0(LATENCY);
+  await makeStratum0(REPO, port);
+  const pub = publishArgs(REPO);
+  const thinTar = path.join(work, 'thin.tar');
+  const conv = await convert(`oci-archive:${archive}`, { ...pub, thinTar, lockFile: path.join(work, 'convert.lock') });
+  log(`converted and published in ${conv.seconds.toFixed(1)} s`);
+  const client = cvmfsClient(work, REPO, port);
+  let n = 0;
+  const node = (args: string[] = []) => startNode(path.join(work, `node${n++}`), { repository: REPO, mountpoint: client.mnt, args });
+  const start = async (nd: Node, id: string) => {
+    const before = await client.downloads();
+    const { s, out: o } = await pullRun(nd.ctd, thinTar, conv.thinName, id, CMD, SN);
+    if (!o.includes('app=1')) throw new Error(`unexpected output: ${o}`);
+    const after = await client.downloads();
+    return { ...s, bytes: after.bytes - before.bytes, requests: after.requests - before.requests };
+  };
+
+  // ---- learn the profile: one cold start on a recording node, then publish it ----
+  await client.mountFresh();
+  const rec = await node(['--record-profiles', '--record-window', '5']);
+  await start(rec, 'record');
+  const profiles = path.join(rec.sn.root, 'profiles');
+  const t0 = Date.now();
+  while (!(fs.existsSync(profiles) && fs.readdirSync(profiles).some((f) => f.endsWith('.json')))) {
+    if (Date.now() - t0 > 30_000) throw new Error(`no profile recorded:\n${rec.sn.log()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const recorded = fs.readdirSync(profiles).map((f) => path.join(profiles, f));
+  log(await sh(process.execPath, [CLI, 'profile', 'show', recorded[0]!]).then((s) => s.split('\n').slice(0, 2).join('; ')));
+  await sh(process.execPath, [CLI, 'profile', 'publish', '--repository-dir', pub.repositoryDir, '--repository', REPO, '--cvmfs-server', '--lock-file', path.join(work, 'convert.lock'), ...recorded]);
+  await rec.stop();
+
+  // ---- the runs ----
+  const rows: Record<string, { total: number[]; run: number[]; bytes: number[]; requests: number[] }> = {};
+  const add = (k: string, s: Awaited<ReturnType<typeof start>>) => {
+    const r = (rows[k] ??= { total: [], run: [], bytes: [], requests: [] });
+    r.total.push(s.total);
+    r.run.push(s.run);
+    r.bytes.push(s.bytes);
+    r.requests.push(s.requests);
+  };
+  let whySlow = '';
+  for (let i = 0; i < RUNS; i++) {
+    const order = i % 2 === 0 ? (['none', 'profile'] as const) : (['profile', 'none'] as const);
+    for (const which of order) {
+      await client.mountFresh();
+      const cold = await node(which === 'none' ? ['--no-prefetch'] : []);
+      add(`cold, ${which === 'none' ? 'no profile' : 'profile'}`, await start(cold, `c${i}`));
+      if (which === 'profile' && !whySlow) {
+        await new Promise((r) => setTimeout(r, 1500)); // the trace is finished after the prefetch
+        whySlow = await sh(process.execPath, [CLI, 'why-slow', '--root', cold.sn.root, `c${i}`]);
+      }
+      await cold.stop();
+      const warm = await node();
+      add('warm', await start(warm, `w${i}`));
+      await warm.stop();
+    }
+  }
+
+  const warm = median(rows['warm']!.total);
+  out(`${'row'.padEnd(20)} ${'pull+run s'.padStart(10)} ${'run s'.padStart(7)} ${'x warm'.padStart(7)} ${'downloads'.padStart(10)} ${'MB fetched'.padStart(10)}`);
+  for (const [k, r] of Object.entries(rows)) {
+    out(`${k.padEnd(20)} ${median(r.total).toFixed(3).padStart(10)} ${median(r.run).toFixed(3).padStart(7)} ${(median(r.total) / warm).toFixed(2).padStart(7)} ${String(median(r.requests)).padStart(10)} ${(median(r.bytes) / 1e6).toFixed(1).padStart(10)}`);
+  }
+  out(`cold with profile / warm: ${(median(rows['cold, profile']!.total) / warm).toFixed(2)} (target <= 1.3); cold without / warm: ${(median(rows['cold, no profile']!.total) / warm).toFixed(2)}`);
+  out(`one cold start with its profile (cvmfs-thin why-slow):\n${whySlow}`);
+}
+
+main()
+  .then(() => cleanup(log))
+  .catch(async (e: unknown) => {
+    process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    await cleanup(log);
+    process.exit(1);
+  });
