@@ -18,7 +18,11 @@ const PHASES: Record<string, string> = {
   journal: 'its record written (fsync)',
 };
 
-/** The trace of `id`: a snapshot key, or a unique prefix of one. */
+/**
+ * The trace of `id`: a snapshot key as the snapshotter saw it (containerd's
+ * `<namespace>/<n>/<key>`), the key containerd was given (the container ID
+ * for ctr and the CRI), or a unique prefix of that.
+ */
 export async function findTrace(dir: string, id: string): Promise<StartTrace> {
   if (id === '') throw new InvalidArgumentError('give a container ID or snapshot key');
   const read = async (f: string) => JSON.parse(await fsp.readFile(f, 'utf8')) as StartTrace;
@@ -29,17 +33,19 @@ export async function findTrace(dir: string, id: string): Promise<StartTrace> {
   }
   let names: string[];
   try {
-    names = await fsp.readdir(dir);
+    names = (await fsp.readdir(dir)).filter((n) => n.endsWith('.json'));
   } catch {
     throw new NotFoundError(`no start traces in ${dir} (is this the snapshotter's root? --root)`);
   }
-  const prefix = path.basename(traceFile(dir, id)).replace(/\.json$/, '');
-  const hits = names.filter((n) => n.endsWith('.json') && n.startsWith(prefix));
-  if (hits.length === 0) throw new NotFoundError(`no trace of a start of ${JSON.stringify(id)} in ${dir} (the snapshotter keeps the newest 500, of containers of thin images)`);
-  if (hits.length > 1) {
-    throw new InvalidArgumentError(`${JSON.stringify(id)} matches ${hits.length} starts (${hits.slice(0, 5).map((h) => decodeURIComponent(h.slice(0, -5))).join(', ')}…): give more of it`);
+  const keys = names.map((n) => ({ n, key: decodeURIComponent(n.slice(0, -5)) }));
+  const last = (k: string) => k.slice(k.lastIndexOf('/') + 1);
+  const tiers = [(k: string) => last(k) === id, (k: string) => last(k).startsWith(id), (k: string) => k.startsWith(id)];
+  for (const match of tiers) {
+    const hits = keys.filter((x) => match(x.key));
+    if (hits.length === 1) return read(path.join(dir, hits[0]!.n));
+    if (hits.length > 1) throw new InvalidArgumentError(`${JSON.stringify(id)} matches ${hits.length} starts (${hits.slice(0, 5).map((h) => h.key).join(', ')}…): give more of it`);
   }
-  return read(path.join(dir, hits[0]!));
+  throw new NotFoundError(`no trace of a start of ${JSON.stringify(id)} in ${dir} (the snapshotter keeps the newest 500, of containers of thin images)`);
 }
 
 const kib = (n: number) => (n >= 1024 ? `${(n / 1024).toFixed(1)} MiB` : `${n} KiB`);

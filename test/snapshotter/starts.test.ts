@@ -105,6 +105,11 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     // cvmfs-thin why-slow: by key or unique prefix; the text says where the time went
     const traces = path.join(root, 'traces');
     expect((await findTrace(traces, 'ctr2')).snapshot).toBe('ctr2');
+    // containerd's keys are <namespace>/<n>/<key>: the container ID finds them
+    await sn.prepare('default/17/4f2a9c', 'img', {});
+    await sn.startsIdle();
+    expect((await findTrace(traces, '4f2a9c')).snapshot).toBe('default/17/4f2a9c');
+    expect((await findTrace(traces, '4f2')).snapshot).toBe('default/17/4f2a9c');
     await expect(findTrace(traces, 'ct')).rejects.toThrow(/"ct" matches 2 starts \(ctr, ctr2…\): give more of it/);
     await expect(findTrace(traces, 'nope')).rejects.toThrow(/no trace of a start of "nope"/);
     await expect(findTrace(path.join(root, 'missing'), 'x')).rejects.toThrow(/no start traces in .*missing \(is this the snapshotter's root\? --root\)/);
