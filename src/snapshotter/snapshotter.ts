@@ -280,7 +280,7 @@ export class Snapshotter {
         // a parentless layer holding only a thin manifest: its CVMFS layers become the stack
         const t0 = performance.now();
         const thin = r.parent === '' && this.thinImages ? await this.stack.linkThin(fs, { snapshot: name }) : null;
-        if (thin) this.starts.thinResolved(name, { resolve: ms(performance.now() - t0) });
+        const resolveMs = ms(performance.now() - t0);
         if (thin) {
           rec = { ...rec, stack: thin.lowers.map((l) => l.link), terminal: true, source: 'thin', origin: thin.manifest.origin, links: { ...rec.links, ...Object.fromEntries(thin.links.made) } };
           if (rec.origin === undefined) delete rec.origin;
@@ -291,7 +291,9 @@ export class Snapshotter {
           thin?.links.rollback();
           throw e;
         }
-        if (thin) this.metrics.inc('thin_images_resolved_total', { daemon: 'snapshotter' });
+        if (!thin) return;
+        this.metrics.inc('thin_images_resolved_total', { daemon: 'snapshotter' });
+        this.starts.thinResolved(name, { resolve: resolveMs }, thin.lowers.map((l) => l.dir));
       }),
     );
   }

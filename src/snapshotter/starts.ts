@@ -22,7 +22,7 @@ import type { Host } from '../core/host.js';
 import type { Metrics } from '../core/metrics.js';
 import type { ChainLower, LayerStack } from '../core/stack/index.js';
 import { overlaysOf } from '../core/stack/mount-health.js';
-import { prefetchFiles, type PrefetchOptions } from '../core/stack/prefetch.js';
+import { prefetchFiles, type PrefetchOptions, type PrefetchResult } from '../core/stack/prefetch.js';
 import { cvmfsCounters, StartTraces, type StartTrace } from '../core/stack/start-trace.js';
 import { readThinLayer } from '../core/thin/layer.js';
 import { type AccessProfile, PROFILE_SCHEMA, parseProfile, profilePath, serializeProfile, stackId } from '../core/thin/profile.js';
@@ -40,6 +40,14 @@ export interface StartOptions {
   prefetchLimits?: Omit<PrefetchOptions, 'signal'> | undefined;
 }
 
+interface Outcome {
+  /** Where the profile came from (StartTrace.profile). */
+  from: string;
+  profile: AccessProfile | null;
+  prefetch?: PrefetchResult | undefined;
+  startedAt: string;
+}
+
 interface Image {
   name: string;
   origin?: string | undefined;
@@ -51,8 +59,10 @@ export class Starts {
   /** Resolve timings of thin images resolved by this process (by snapshot name), for the traces of their containers. */
   private readonly resolved = new Map<string, Record<string, number>>();
   private readonly images = new Map<string, Image>();
-  /** Profiles prefetched or recorded lately (stack id → ms): once per image per 10 minutes. */
-  private readonly recent = new Map<string, number>();
+  /** Read-aheads of the last 10 minutes, by stack id: one per image, joined by its containers. */
+  private readonly jobs = new Map<string, { at: number; outcome: Promise<Outcome> }>();
+  /** Stacks recorded by this process (once each). */
+  private readonly recorded = new Set<string>();
   private readonly ctl = new AbortController();
   private readonly running = new Set<Promise<void>>();
 
@@ -65,10 +75,22 @@ export class Starts {
     return new Starts(await StartTraces.open(path.join(o.root, 'traces'), { daemon: 'snapshotter', metrics: o.metrics, log: o.log, budgetMs: o.budgetMs }), o);
   }
 
-  /** A thin image was resolved (its Commit): keep the timings for its containers' traces. */
-  thinResolved(name: string, phases: Record<string, number>): void {
+  /**
+   * A thin image was resolved (its Commit, at pull): keep the timings for its
+   * containers' traces, and start reading its profile ahead now — the
+   * container that follows finds its files fetched or being fetched.
+   */
+  thinResolved(name: string, phases: Record<string, number>, dirs: readonly string[]): void {
     this.resolved.set(name, phases);
     if (this.resolved.size > 256) this.resolved.delete(this.resolved.keys().next().value!);
+    const img = this.o.prefetch === false ? null : this.image(name);
+    if (img) this.track(this.readAhead(img, dirs).then(() => undefined), name);
+  }
+
+  private track(job: Promise<void>, what: string): void {
+    const j = job.catch((e: unknown) => this.o.log.warn({ err: e, snapshot: what }, 'prefetch/recording failed'));
+    this.running.add(j);
+    void j.finally(() => this.running.delete(j));
   }
 
   /**
@@ -81,9 +103,7 @@ export class Starts {
     if (!img) return;
     const t = this.traces.begin(key, { image: img.name, origin: img.origin, layers: img.hexes.length, phases: { ...(this.resolved.get(img.name) ?? {}), ...phases } });
     this.traces.prepared(t);
-    const job = this.afterPrepare(t, img, upper, lowers.filter((l) => l.external).map((l) => l.real)).catch((e: unknown) => this.o.log.warn({ err: e, snapshot: key }, 'prefetch/recording failed'));
-    this.running.add(job);
-    void job.finally(() => this.running.delete(job));
+    this.track(this.afterPrepare(t, img, upper, lowers.filter((l) => l.external).map((l) => l.real)), key);
   }
 
   private image(name: string): Image | null {
@@ -103,21 +123,17 @@ export class Starts {
     }
   }
 
-  private async afterPrepare(t: StartTrace, img: Image, upper: string, dirs: string[]): Promise<void> {
+  /** The image's profile read ahead: the one of the last 10 minutes (running or done), else a new one. */
+  private readAhead(img: Image, dirs: readonly string[]): Promise<Outcome> {
     const id = stackId(img.hexes);
-    const last = this.recent.get(id);
-    if (last !== undefined && Date.now() - last < 600_000) {
-      t.profile = 'prefetched or recorded by this node in the last 10 minutes';
-      return this.traces.finished(t);
-    }
-    this.recent.set(id, Date.now());
-    const mp = repositoryMountpoint(this.o.stack.location, img.repository);
-    const before = await cvmfsCounters(mp);
-    if (before) t.cvmfs = { before };
-    const { profile, from } = await this.findProfile(img, mp);
-    t.profile = from;
-    if (profile && !profile.prefetch) return this.traces.finished(t);
-    if (profile && this.o.prefetch !== false) {
+    const now = Date.now();
+    const j = this.jobs.get(id);
+    if (j && now - j.at < 600_000) return j.outcome;
+    for (const [k, v] of this.jobs) if (now - v.at >= 600_000) this.jobs.delete(k);
+    const outcome = (async (): Promise<Outcome> => {
+      const startedAt = new Date().toISOString();
+      const { profile, from } = await this.findProfile(img, repositoryMountpoint(this.o.stack.location, img.repository));
+      if (!profile?.prefetch || this.o.prefetch === false) return { from, profile, startedAt };
       const byHex = new Map<string, string>();
       let chain: string | undefined;
       for (const d of dirs) {
@@ -129,10 +145,27 @@ export class Starts {
         const base = f.layer ? (byHex.get(f.layer) ?? chain) : chain;
         return base ? [{ path: path.join(base, f.path), size: f.size }] : [];
       });
-      t.prefetch = await prefetchFiles(this.o.host, files, { ...this.o.prefetchLimits, signal: this.ctl.signal });
-      // a stale profile (most files gone): learn a new one next time
-      if (t.prefetch.missing > files.length / 2) this.recent.delete(id);
-    } else if (!profile && this.o.record === true) {
+      const prefetch = await prefetchFiles(this.o.host, files, { ...this.o.prefetchLimits, signal: this.ctl.signal });
+      // a stale profile (most files gone): looked up again, and learnt again by a recording node, next time
+      if (prefetch.missing > files.length / 2) this.jobs.delete(id);
+      return { from, profile, prefetch, startedAt };
+    })();
+    this.jobs.set(id, { at: now, outcome });
+    return outcome;
+  }
+
+  private async afterPrepare(t: StartTrace, img: Image, upper: string, dirs: string[]): Promise<void> {
+    const id = stackId(img.hexes);
+    const mp = repositoryMountpoint(this.o.stack.location, img.repository);
+    const before = await cvmfsCounters(mp);
+    if (before) t.cvmfs = { before };
+    const o = await this.readAhead(img, dirs);
+    t.profile = o.from;
+    t.prefetch = o.prefetch;
+    t.prefetchStarted = o.startedAt;
+    const stale = o.prefetch !== undefined && o.prefetch.missing > o.prefetch.files;
+    if ((!o.profile || stale) && this.o.record === true && !this.recorded.has(id)) {
+      this.recorded.add(id);
       t.record = await this.record(id, img, upper, dirs);
     }
     const after = before ? await cvmfsCounters(mp) : null;

@@ -78,7 +78,7 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     await sn.close();
   });
 
-  it('reads the repository profile ahead after Prepare; the trace has the phases, the profile and the prefetch', async () => {
+  it('reads the repository profile ahead from the pull (Commit) on; a container\'s trace has the phases, the profile and the prefetch it joined', async () => {
     publish(
       profile([
         { path: 'bin/sh', layer: layers[0]!.hex, size: 5 },
@@ -87,20 +87,23 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
       ]),
     );
     await image();
+    await sn.startsIdle();
+    // read at the pull, before any container
+    expect(reads().filter((r) => !r.endsWith('.json'))).toEqual([path.join(layers[0]!.dir, 'bin/sh'), path.join(layers[1]!.dir, 'app/main.py'), path.join(layers[1]!.dir, 'app/gone.py')]);
     const ms = await sn.prepare('ctr', 'img', {});
     expect(ms[0]!.type).toBe('overlay');
     await sn.startsIdle();
-    expect(reads().filter((r) => !r.endsWith('.json'))).toEqual([path.join(layers[0]!.dir, 'bin/sh'), path.join(layers[1]!.dir, 'app/main.py'), path.join(layers[1]!.dir, 'app/gone.py')]);
     const t = trace('ctr');
     expect(t).toMatchObject({ schema: 'cvmfs-thin/start-trace', snapshot: 'ctr', image: 'img', origin: 'test', layers: 2, profile: 'repository', budgetMs: 100_000 });
     expect(Object.keys(t.phases).sort()).toEqual(['cvmfs', 'dirs', 'journal', 'resolve']);
     expect(t.prefetch).toMatchObject({ files: 2, bytes: 13, missing: 1, failed: 0 });
+    expect(Date.parse(t.prefetchStarted!)).toBeLessThanOrEqual(Date.parse(t.started));
     expect(t.verdict).toMatch(/^within budget; .* ms of our own work .*; prefetch read 2 file\(s\)/);
     // a view (no container) and a second container of the same image soon after: no second prefetch
     await sn.view('v', 'img', {});
     await sn.prepare('ctr2', 'img', {});
     await sn.startsIdle();
-    expect(trace('ctr2').profile).toMatch(/in the last 10 minutes/);
+    expect(trace('ctr2')).toMatchObject({ profile: 'repository', prefetchStarted: t.prefetchStarted, prefetch: t.prefetch });
     expect(reads().filter((r) => r.endsWith('main.py'))).toHaveLength(1);
     // cvmfs-thin why-slow: by key or unique prefix; the text says where the time went
     const traces = path.join(root, 'traces');
@@ -174,6 +177,7 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     expect(warn).toMatchObject({ level: 40, snapshot: '../../evil/ctr', image: 'img', layers: 2 });
     expect((warn!['phases'] as Record<string, number>)['cvmfs']).toBeGreaterThanOrEqual(25);
     expect(trace('../../evil/ctr').snapshot).toBe('../../evil/ctr');
+    expect(reads().filter((r) => !r.endsWith('.json'))).toEqual([]); // --no-prefetch: nothing read ahead
     expect(traceFile(path.join(root, 'traces'), '../../evil/ctr').startsWith(path.join(root, 'traces') + path.sep)).toBe(true);
   });
 

@@ -11,6 +11,12 @@ import type { FsProbeOp, Host } from '../host.js';
 
 /** Reads one probe holds (the helper runs up to 8 of them at once). */
 const CHUNK = 16;
+/**
+ * A CVMFS client fetches a whole file when it is opened, unless the file is
+ * chunked (files above the minimum chunk size, 4 MiB by default): smaller
+ * files are opened and one byte read, larger ones read through.
+ */
+const WHOLE_ON_OPEN = 4 << 20;
 
 export interface PrefetchOptions {
   /** Files read at once (default 16). */
@@ -23,8 +29,9 @@ export interface PrefetchOptions {
 }
 
 export interface PrefetchResult {
-  /** Files read. */
+  /** Files read (brought into the client's cache). */
   files: number;
+  /** Their sizes, as the profile gives them. */
   bytes: number;
   /** Listed files not found (the profile is older than the image, or the path is not a file). */
   missing: number;
@@ -45,6 +52,7 @@ export async function prefetchFiles(host: Host, files: readonly { path: string; 
   const res: PrefetchResult = { files: 0, bytes: 0, missing: 0, failed: 0, ms: 0 };
   // what fits the budgets, decided up front from the profile's sizes (reads are capped at them too)
   const todo: FsProbeOp[] = [];
+  const sizes: number[] = [];
   let planned = 0;
   for (const f of files) {
     if (todo.length >= maxFiles) {
@@ -56,13 +64,15 @@ export async function prefetchFiles(host: Host, files: readonly { path: string; 
       break;
     }
     planned += f.size;
-    todo.push({ op: 'read', path: f.path, max: Math.max(f.size, 1) + (1 << 16) });
+    todo.push({ op: 'read', path: f.path, max: f.size <= WHOLE_ON_OPEN ? 1 : f.size + (1 << 16) });
+    sizes.push(f.size);
   }
   const inFlight = Math.max(1, Math.ceil((o.concurrency ?? PREFETCH_DEFAULTS.concurrency) / 8));
   let next = 0;
   const worker = async () => {
     while (next < todo.length && !o.signal?.aborted) {
-      const chunk = todo.slice(next, next + CHUNK);
+      const at = next;
+      const chunk = todo.slice(at, at + CHUNK);
       next += chunk.length;
       const ctl = new AbortController();
       const stop = () => ctl.abort();
@@ -94,10 +104,10 @@ export async function prefetchFiles(host: Host, files: readonly { path: string; 
         res.failed += chunk.length;
         continue;
       }
-      for (const a of answers) {
+      for (const [i, a] of answers.entries()) {
         if (a.ok) {
           res.files++;
-          res.bytes += a.bytes ?? 0;
+          res.bytes += sizes[at + i]!;
         } else if (a.code === 'ENOENT' || a.code === 'ENOTDIR' || a.code === 'EINVAL' || a.code === 'ELOOP') res.missing++;
         else res.failed++;
       }

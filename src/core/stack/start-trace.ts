@@ -46,6 +46,8 @@ export interface StartTrace {
   /** Where the access profile came from: repository, local, none, disabled, or invalid: <why>. */
   profile?: string | undefined;
   prefetch?: PrefetchResult | undefined;
+  /** When the read-ahead started: at the image's pull (Commit) or at an earlier container's start. */
+  prefetchStarted?: string | undefined;
   record?: { files: number; reason: string; ms: number; saved?: string | undefined; error?: string | undefined } | undefined;
   cvmfs?: { before: CvmfsCounters; after?: CvmfsCounters | undefined } | undefined;
   budgetMs?: number | undefined;
@@ -76,8 +78,8 @@ export function verdictOf(t: StartTrace): string {
   const top = Object.entries(t.phases)
     .sort((a, b) => b[1] - a[1])
     .slice(0, 2)
-    .map(([k, v]) => `${k} ${v} ms`);
-  const parts = [`${total} ms of our own work (${top.join(', ')})`];
+    .map(([k, v]) => `${k} ${v.toFixed(1)} ms`);
+  const parts = [`${total.toFixed(1)} ms of our own work (${top.join(', ')})`];
   if (t.cvmfs?.after) {
     const d = t.cvmfs.after.downloads - t.cvmfs.before.downloads;
     parts.push(`CVMFS downloaded ${d} file(s), ${t.cvmfs.after.rxKiB - t.cvmfs.before.rxKiB} KiB, catalogs loaded ${t.cvmfs.before.catalogs} -> ${t.cvmfs.after.catalogs}`);
