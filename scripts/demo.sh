@@ -95,6 +95,9 @@ step "5. what the snapshotter holds: the thin layer (its lowers are the CVMFS di
 grep 'thin image: its CVMFS layers' "$DEMO/snapshotter.log" | tail -1 | node -e '
   const l = JSON.parse(require("fs").readFileSync(0, "utf8"));
   console.log(`  snapshotter log: thin image with ${l.layers} CVMFS layers, mounted as ${l.lowers} lower directories (${l.how.join(", ")})`)'
+echo "\$ cvmfs-thin why-slow demo2   (where the time of that start went: the snapshotter traces every start)"
+sleep 1
+"${CLI[@]}" why-slow --root "$DEMO/snapshotter" demo2 | sed 's/^/  /'
 
 step "6. CVMFS repositories as Docker volumes: cvmfs-thin volume-plugin + a private dockerd"
 mkdir -p "$DEMO/cvmfs/sft.cern.ch/lcg/releases" "$DEMO/dd" "$DEMO/rootfs/bin"
