@@ -60,11 +60,12 @@ export interface OverlayMount {
  * statfs (always answered by the FUSE daemon: tells a dead or stalled client),
  * stat (owner, device, directory?), readdir (through an overlay: reaches
  * every lower layer) or read (a regular file's content, read and dropped —
- * a prefetch: `bytes` read, at most `max`). `required`: stop the probe after
- * this one fails.
+ * a prefetch: `bytes` read, at most `max`) or realpath (the resolved path,
+ * and whether it is a directory). `required`: stop the probe after this one
+ * fails.
  */
 export interface FsProbeOp {
-  op: 'statfs' | 'stat' | 'readdir' | 'read';
+  op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath';
   /** read: at most this many bytes. */
   max?: number;
   /** read: answer the content (UTF-8) as `text` (small files: profiles). */
@@ -74,7 +75,7 @@ export interface FsProbeOp {
 }
 
 export type FsProbeResult =
-  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number; bytes?: number; text?: string }
+  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number; bytes?: number; text?: string; real?: string }
   | { ok: false; code: string; message: string };
 
 export interface Host {

@@ -7,13 +7,16 @@
  * the probe helper answers a probe's stats in order while running them at
  * once.
  */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
 import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
 import { ThinError } from '../../src/core/errors.js';
+import { silentLogger } from '../../src/core/log.js';
 import { FactsFile } from '../../src/core/stack/facts.js';
+import { LayerStack } from '../../src/core/stack/index.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 import { ProbeHelper } from '../../src/core/stack/probe-child.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
@@ -105,5 +108,36 @@ describe('thin images of many layers', () => {
     } finally {
       helper.stop();
     }
+  });
+
+  it('a thin image is resolved from one probe batch (realpath of each layer, its marker); a layer that escapes the repository, is a file or is missing is named', async () => {
+    const { work, repo, manifest } = fixture();
+    const host = new RecordingHost();
+    const stack = await LayerStack.open({ root: path.join(work, 'state'), location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), host, log: silentLogger(), factsFile: path.join(work, 'state', 'facts.json') });
+    const ls = Array.from({ length: 6 }, (_, i) => addLayer(repo, `k${i}`, { [`f${i}`]: 'x' }, { converter: true }));
+    const thinDir = (m: FakeLayer[]) => {
+      const d = path.join(work, `thin-${Math.random().toString(36).slice(2)}`);
+      mkdirSync(d);
+      writeFileSync(path.join(d, 'thin.json'), thinJson(REPO, m));
+      return d;
+    };
+    const r = await stack.linkThin(thinDir(ls), { snapshot: 'ok' });
+    expect(r!.lowers.map((l) => l.dir)).toEqual(ls.map((l) => l.dir).reverse());
+    expect(r!.how).toEqual(['overlay']);
+    const batch = host.ops('probeFs').at(-1)!.args as string[];
+    expect(batch.filter((a) => a.startsWith('realpath ')).length).toBe(7); // the mount and 6 layers
+    expect(batch.filter((a) => a.startsWith('read ') && a.endsWith('cvmfs-thin-layer.json')).length).toBe(6);
+    // hostile: a layer directory that is a symlink out of the repository, or a file
+    const outside = path.join(work, 'elsewhere');
+    mkdirSync(outside);
+    renameSync(ls[2]!.dir, `${ls[2]!.dir}.away`);
+    symlinkSync(outside, ls[2]!.dir);
+    await expect(stack.linkThin(thinDir(ls), { snapshot: 'escape' })).rejects.toThrow(/layers\[2\]\.url: .* resolves to .*elsewhere, outside repository unpacked\.cern\.ch/);
+    rmSync(ls[2]!.dir);
+    writeFileSync(ls[2]!.dir, 'not a dir');
+    await expect(stack.linkThin(thinDir(ls), { snapshot: 'file' })).rejects.toThrow(/layers\[2\]\.url: .* is not a directory/);
+    rmSync(ls[2]!.dir);
+    await expect(stack.linkThin(thinDir(ls), { snapshot: 'gone' })).rejects.toThrow(/layers\[2\]\.url: layer .* does not exist in CVMFS/);
+    void manifest;
   });
 });

@@ -133,6 +133,9 @@ export class RecordingHost implements Host {
         else if (o.op === 'stat') {
           const st = await fsp.stat(o.path);
           r = { ok: true, uid: st.uid, gid: st.gid, dev: st.dev, dir: st.isDirectory() };
+        } else if (o.op === 'realpath') {
+          const real = await fsp.realpath(o.path);
+          r = { ok: true, real, dir: (await fsp.stat(real)).isDirectory() };
         } else if (o.op === 'read') {
           const b = await fsp.readFile(o.path);
           r = o.text ? { ok: true, bytes: b.length, text: b.toString('utf8') } : { ok: true, bytes: Math.min(b.length, o.max ?? b.length) };

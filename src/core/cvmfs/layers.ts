@@ -49,6 +49,16 @@ export interface LayerFactsCache {
   put(key: string, facts: LayerFacts): Promise<void>;
 }
 
+/**
+ * What a thin image's resolution asked of CVMFS ahead, in one batch through
+ * the probe helper (core/stack/index.ts): resolved paths (or the errno code)
+ * and file contents (null: absent). Anything not in it is asked here.
+ */
+export interface KnownPaths {
+  real: Map<string, { real: string; dir: boolean } | { code: string; message: string }>;
+  text: Map<string, string | null>;
+}
+
 /** A resolved stack: host directories, top first. `flattened` = the stack is complete by itself. */
 export interface ResolvedStack {
   dirs: string[];
@@ -79,9 +89,19 @@ export class CvmfsLayers {
    * stays inside the repository (symlinks included) and is a directory.
    * Returns null when it does not exist.
    */
-  async locate(repository: string, rel: string, field: string, realMps?: Map<string, Promise<string>>): Promise<string | null> {
+  async locate(repository: string, rel: string, field: string, realMps?: Map<string, Promise<string>>, known?: KnownPaths): Promise<string | null> {
     const mp = repositoryMountpoint(this.loc, repository);
     const p = path.join(mp, rel);
+    const [kmp, kp] = [known?.real.get(mp), known?.real.get(p)];
+    if (kmp && 'real' in kmp && kp) {
+      if ('code' in kp) {
+        if (kp.code === 'ENOENT' || kp.code === 'ENOTDIR') return null;
+        throw Object.assign(new Error(kp.message), { code: kp.code });
+      }
+      if (!isInside(kmp.real, kp.real)) throw new ThinManifestError(field, `${p} resolves to ${kp.real}, outside repository ${repository}`);
+      if (!kp.dir) throw new ThinManifestError(field, `${p} is not a directory`);
+      return kp.real;
+    }
     let real: string;
     let realMp: string;
     try {
@@ -110,7 +130,7 @@ export class CvmfsLayers {
   }
 
   /** Resolve every layer of a thin manifest; throws naming the field when a layer is missing. */
-  async resolveThin(m: ThinManifest): Promise<ResolvedStack> {
+  async resolveThin(m: ThinManifest, known?: KnownPaths): Promise<ResolvedStack> {
     const hexes = m.layers.map((l) => l.hex);
     const repos = new Set(m.layers.map((l) => l.repository));
     if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) !== null)) {
@@ -124,7 +144,7 @@ export class CvmfsLayers {
     const parts = await mapLimit(top, RESOLVE_CONCURRENCY, async (i) => {
       const l = m.layers[i]!;
       const field = `layers[${i}]`;
-      const dir = await this.locate(l.repository, l.path, `${field}.url`, realMps);
+      const dir = await this.locate(l.repository, l.path, `${field}.url`, realMps, known);
       if (dir === null) {
         throw new FailedPreconditionError(
           `thin image manifest: ${field}.url: layer ${l.url} does not exist in CVMFS (${path.join(repositoryMountpoint(this.loc, l.repository), l.path)})`,
@@ -132,7 +152,7 @@ export class CvmfsLayers {
         );
       }
       const repoRoot = duccLayerHex(l.path) === l.hex ? repositoryMountpoint(this.loc, l.repository) : null;
-      return this.layerDirs(dir, repoRoot, l.hex, i === 0);
+      return this.layerDirs(dir, repoRoot, l.hex, i === 0, known);
     });
     const dirs = parts.flatMap((r) => r.dirs);
     const how = parts.flatMap((r) => r.how);
@@ -200,10 +220,10 @@ export class CvmfsLayers {
   }
 
   /** Overlay-correct directories for one layer (top first): [above-mask], layer, [below-mask]. */
-  async layerDirs(dir: string, repoRoot: string | null, hex: string | null, isBase: boolean): Promise<ResolvedStack> {
+  async layerDirs(dir: string, repoRoot: string | null, hex: string | null, isBase: boolean, known?: KnownPaths): Promise<ResolvedStack> {
     let p = this.inflight.get(dir);
     if (!p) {
-      p = this.factsOf(dir, repoRoot, hex).finally(() => this.inflight.delete(dir));
+      p = this.factsOf(dir, repoRoot, hex, known).finally(() => this.inflight.delete(dir));
       this.inflight.set(dir, p);
     }
     const facts = await p;
@@ -226,12 +246,12 @@ export class CvmfsLayers {
   }
 
   /** What a layer directory is (cached; masks built at first sight). */
-  private async factsOf(dir: string, repoRoot: string | null, hex: string | null): Promise<LayerFacts> {
+  private async factsOf(dir: string, repoRoot: string | null, hex: string | null, known?: KnownPaths): Promise<LayerFacts> {
     const key = dir;
     let facts = this.cache.get(key);
     if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
     if (!facts) {
-      const marker = repoRoot && hex ? await this.readMarker(repoRoot, hex) : null;
+      const marker = repoRoot && hex ? await this.readMarker(repoRoot, hex, known) : null;
       if (marker?.whiteouts === 'overlay') {
         facts = { mode: 'overlay' };
       } else {
@@ -276,13 +296,18 @@ export class CvmfsLayers {
   }
 
   /** Our marker of the layer: null when there is none or it is not ours for this layer; throws for a malformed record. */
-  async readMarker(repoRoot: string, hex: string): Promise<LayerMarker | null> {
+  async readMarker(repoRoot: string, hex: string, known?: KnownPaths): Promise<LayerMarker | null> {
     const file = layerMarker(repoRoot, hex);
     let text: string;
-    try {
-      text = await fsp.readFile(file, 'utf8');
-    } catch {
-      return null;
+    const k = known?.text.get(file);
+    if (k === null) return null;
+    if (k !== undefined) text = k;
+    else {
+      try {
+        text = await fsp.readFile(file, 'utf8');
+      } catch {
+        return null;
+      }
     }
     try {
       const m = parseLayerMarker(text, hex);

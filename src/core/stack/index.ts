@@ -13,12 +13,13 @@ import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
-import { CvmfsLayers } from '../cvmfs/layers.js';
+import { CvmfsLayers, type KnownPaths } from '../cvmfs/layers.js';
+import { layerMarker } from '../cvmfs/layout.js';
 import { UnavailableError } from '../errors.js';
 import { type MountInfo, removeTree } from '../fsutil.js';
 import type { FsProbeOp, FsProbeResult, Host } from '../host.js';
 import { readThinLayer } from '../thin/layer.js';
-import type { ThinManifest } from '../thin/manifest.js';
+import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { FactsFile } from './facts.js';
 import { type LinkBatch, ShortLinks } from './links.js';
 import { CvmfsProbe, cvmfsRootOf } from './probe.js';
@@ -105,12 +106,10 @@ export class LayerStack {
     }
     if (!thin) return null;
     const m = thin.manifest;
-    // resolving reads CVMFS on the thread pool: only once its mounts answered within the deadline
-    await this.checkRepositories(
-      m.layers.map((l) => ({ repository: l.repository, rel: l.path })),
-      `thin image ${String(ctx['snapshot'] ?? ctx['id'] ?? dir)}`,
-    );
-    const resolved = await this.cvmfs.resolveThin(m);
+    // what resolving needs of CVMFS, asked in one batch of the probe helper (with the deadline);
+    // the resolver asks the thread pool only for what this did not answer
+    const known = await this.askThin(m, `thin image ${String(ctx['snapshot'] ?? ctx['id'] ?? dir)}`);
+    const resolved = await this.cvmfs.resolveThin(m, known);
     const links = await this.links.link(resolved.dirs);
     const lowers = [...links.made].map(([link, d]) => ({ link, dir: d }));
     const how = [...new Set(resolved.how)];
@@ -175,6 +174,41 @@ export class LayerStack {
         if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
       }),
     );
+  }
+
+  /**
+   * A thin image's CVMFS questions in one probe per mount: statfs (a dead or
+   * stalled client fails here, as in checkRepositories), the realpath of the
+   * mount and of every layer, and the marker of every layer in the DUCC
+   * layout — on a cold client each layer's catalog loads once, 8 at a time,
+   * instead of a dozen FUSE round trips per layer on the daemon's thread pool.
+   */
+  async askThin(m: ThinManifest, of: string): Promise<KnownPaths> {
+    const known: KnownPaths = { real: new Map(), text: new Map() };
+    const byMp = new Map<string, FsProbeOp[]>();
+    for (const l of m.layers) {
+      const mp = repositoryMountpoint(this.location, l.repository);
+      const ops = byMp.get(mp) ?? [{ op: 'realpath', path: mp }];
+      ops.push({ op: 'realpath', path: path.join(mp, l.path) });
+      if (duccLayerHex(l.path) === l.hex) ops.push({ op: 'read', path: layerMarker(mp, l.hex), text: true, max: 1 << 20 });
+      byMp.set(mp, ops);
+    }
+    await Promise.all(
+      [...byMp].map(async ([mp, ops]) => {
+        const first: FsProbeOp = { op: 'statfs', path: mp };
+        const r = await this.probe.run(mp, ops, `${of}: CVMFS repository at ${mp}`, first);
+        const fs = CvmfsProbe.get(r, first);
+        if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
+        for (const o of ops) {
+          const a = CvmfsProbe.get(r, o);
+          if (!a) continue;
+          if (o.op === 'realpath') known.real.set(o.path, a.ok ? { real: a.real!, dir: a.dir === true } : { code: a.code, message: a.message });
+          else if (a.ok) known.text.set(o.path, a.text ?? '');
+          else if (a.code === 'ENOENT' || a.code === 'ENOTDIR') known.text.set(o.path, null);
+        }
+      }),
+    );
+    return known;
   }
 
   /** Readiness: null when the repository mount answers within the deadline, else why not. Never throws. */

@@ -55,6 +55,10 @@ async function one(o) {
       return { ok: true, uid: s.uid, gid: s.gid, dev: s.dev, dir: s.isDirectory() };
     }
     if (o.op === 'readdir') return { ok: true, entries: (await fsp.readdir(o.path)).length };
+    if (o.op === 'realpath') {
+      const real = await fsp.realpath(o.path);
+      return { ok: true, real, dir: (await fsp.stat(real)).isDirectory() };
+    }
     if (o.op === 'read' && o.text) {
       const b = await fsp.readFile(o.path);
       if (o.max !== undefined && b.length > o.max) return { ok: false, code: 'EFBIG', message: o.path + ' is larger than ' + o.max + ' bytes' };
