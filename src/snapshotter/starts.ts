@@ -179,10 +179,31 @@ export class Starts {
       [path.join(this.o.root, 'profiles', `${stackId(img.hexes)}.json`), 'local'],
     ];
     for (const [file, from] of candidates) {
-      const [a] = await this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }]);
-      if (!a?.ok) continue;
+      let text: string;
       try {
-        const p = parseProfile(a.text ?? '');
+        if (from === 'local') text = await fsp.readFile(file, 'utf8');
+        else {
+          // through the probe helper, beside the daemon's own probes (never queued before a Prepare's),
+          // with the cvmfs-timeout deadline: a stalled client gives "unavailable", it never hangs this
+          const ctl = new AbortController();
+          let timer: NodeJS.Timeout | undefined;
+          const a = await Promise.race([
+            this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
+            new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), this.o.stack.probe.timeoutMs))),
+          ]);
+          clearTimeout(timer);
+          if (a === 'stalled') {
+            ctl.abort();
+            return { profile: null, from: `unavailable: ${file} did not answer within ${this.o.stack.probe.timeoutMs / 1000} s (cvmfs-timeout)` };
+          }
+          if (!a?.ok) continue;
+          text = a.text ?? '';
+        }
+      } catch {
+        continue;
+      }
+      try {
+        const p = parseProfile(text);
         if (p.layers.join() !== img.hexes.join()) return { profile: null, from: `invalid: ${file} is for other layers` };
         return { profile: p, from: p.prefetch ? from : `disabled (${from})` };
       } catch (e) {
@@ -249,10 +270,15 @@ export class Starts {
     await this.traces.flush();
   }
 
-  /** Stop prefetches and recordings, wait for them and the trace files. */
+  /**
+   * Stop prefetches and recordings and wait for them — at most 2 s: one stuck
+   * in a stalled CVMFS (a getfattr, a read) must not hold the daemon's stop.
+   */
   async close(): Promise<void> {
     this.ctl.abort();
-    await Promise.all([...this.running]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all([...this.running]), new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
     await this.traces.flush();
   }
 }

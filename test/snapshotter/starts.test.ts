@@ -181,6 +181,28 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     expect(traceFile(path.join(root, 'traces'), '../../evil/ctr').startsWith(path.join(root, 'traces') + path.sep)).toBe(true);
   });
 
+  it('a stalled CVMFS never holds a stop: a read-ahead stuck in it is left behind within 2 s; a stalled profile lookup is named in the trace', async () => {
+    publish(profile([{ path: 'bin/sh', layer: layers[0]!.hex, size: 5 }]));
+    host.stalled.add(path.join(layers[0]!.dir, 'bin'));
+    await image();
+    await sn.prepare('ctr', 'img', {});
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    await sn.close();
+    expect(Date.now() - t0).toBeLessThan(3000);
+    host.unstall();
+    // a profile lookup in a stalled repository: "unavailable", within the probe's deadline
+    sn = await Snapshotter.open({ root: path.join(dir, 'root2'), location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host, log: silentLogger(), cvmfsTimeoutMs: 300 });
+    host.stalled.add(path.join(repoRoot, '.profiles'));
+    const ms = await sn.prepare('extract-x', '', {});
+    writeFileSync(path.join(ms[0]!.source, 'thin.json'), thinJson(REPO, layers));
+    await sn.commit('x', 'extract-x', {});
+    await sn.prepare('ctr-x', 'x', {});
+    await sn.startsIdle();
+    host.unstall();
+    expect(JSON.parse(readFileSync(traceFile(path.join(dir, 'root2', 'traces'), 'ctr-x'), 'utf8')).profile).toMatch(/^unavailable: .*\.json did not answer within 0\.3 s \(cvmfs-timeout\)$/);
+  });
+
   it('an ordinary image (no thin layer) leaves no trace; silent logger, no budget: nothing logged', async () => {
     await sn.close();
     sn = await Snapshotter.open({ root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host, log: silentLogger() });

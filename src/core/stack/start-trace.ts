@@ -63,12 +63,19 @@ export function traceFile(dir: string, key: string): string {
 /** The CVMFS client's counters of the repository mounted at `mp` (null: not CVMFS, no getfattr, or no answer in time). */
 export function cvmfsCounters(mp: string, timeoutMs = 2000): Promise<CvmfsCounters | null> {
   return new Promise((resolve) => {
-    execFile('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', mp], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout) => {
+    // a getfattr stuck in a stalled FUSE cannot be killed until it answers: answer null at the deadline anyway
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve(null);
+    }, timeoutMs);
+    const child = execFile('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', mp], (err, stdout) => {
+      clearTimeout(timer);
       if (err) return resolve(null);
       const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(stdout.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
       const c = { downloads: v('ndownload'), rxKiB: v('rx'), catalogs: v('nclg') };
       resolve(Object.values(c).every(Number.isFinite) ? c : null);
     });
+    child.unref();
   });
 }
 
