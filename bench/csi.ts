@@ -22,9 +22,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readMountinfo } from '../src/core/fsutil.js';
-import { silentLogger } from '../src/core/log.js';
-import { MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT, mount, umount } from '../src/core/sys.js';
+import { readMountinfo } from '../src/core/fs/fsutil.js';
+import { silentLogger } from '../src/core/telemetry/log.js';
+import { MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT, mount, umount } from '../src/core/host/sys.js';
 import { startCsi } from '../src/csi/server.js';
 import { CsiClient, mountCap } from '../test/csi/kubelet.js';
 

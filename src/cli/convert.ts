@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { Command, Option } from 'commander';
-import { InvalidArgumentError } from '../core/errors.js';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { parseCreds } from '../convert/registry/auth.js';
 import { parseImageReference } from '../convert/reference.js';
 import { writeConvertMetrics } from '../convert/metrics.js';

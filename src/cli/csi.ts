@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import type { Logger } from 'pino';
 import type { ConfigOf, Field } from '../core/config.js';
-import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';
 import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';

@@ -1,13 +1,13 @@
 /** What the two daemon commands share: CVMFS options, config precedence, logging, signals. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import type { Logger } from 'pino';
 import { existsSync } from 'node:fs';
-import { systemHost } from '../core/host.js';
-import { type HealthCheck, type Metrics, noMetrics, socketAnswers } from '../core/metrics.js';
+import { systemHost } from '../core/host/host.js';
+import { type HealthCheck, type Metrics, noMetrics, socketAnswers } from '../core/telemetry/metrics.js';
 import { cvmfsMountState } from '../core/stack/mount-health.js';
-import { CvmfsProbe } from '../core/stack/probe.js';
+import { CvmfsProbe } from '../core/host/probe.js';
 
 /** The CVMFS location flags (same names and defaults in both daemons). */
 export function addCvmfsOptions(cmd: Command): Command {
@@ -99,7 +99,7 @@ export async function maybeStartMetrics(
   checks: { live?: Record<string, HealthCheck>; ready?: Record<string, HealthCheck> } = {},
 ): Promise<{ metrics: Metrics; stop(): Promise<void> }> {
   if (!address) return { metrics: noMetrics, stop: async () => {} };
-  const { startMetricsServer } = await import('../core/metrics.js');
+  const { startMetricsServer } = await import('../core/telemetry/metrics.js');
   const s = await startMetricsServer({ address, log, ...checks });
   return { metrics: s.metrics, stop: () => s.stop() };
 }

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { Command } from 'commander';
-import { InvalidArgumentError } from '../core/errors.js';
-import { type Host, systemHost } from '../core/host.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { type Host, systemHost } from '../core/host/host.js';
 import { formatChecks, runDoctor } from '../ops/doctor.js';
 import { DAEMONS } from '../ops/templates.js';
 import { SETUP_DEFAULTS } from './setup.js';

@@ -16,10 +16,10 @@ import { Command } from 'commander';
 import pino from 'pino';
 import { acquireLock } from '../convert/lock.js';
 import { type Field, loadToml } from '../core/config.js';
-import { InvalidArgumentError } from '../core/errors.js';
-import { systemHost } from '../core/host.js';
-import { writeFileAtomic } from '../core/fsutil.js';
-import { volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { systemHost } from '../core/host/host.js';
+import { writeFileAtomic } from '../core/fs/fsutil.js';
+import { volumeKeys, volumeSettings } from './volume-config.js';
 import { MountManager } from '../core/volumes/manager.js';
 import { flexCall, isFlexOperation, notSupported } from '../flexvolume/driver.js';
 

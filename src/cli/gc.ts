@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { collectGarbage } from '../convert/gc.js';
 import { parseDuration } from '../convert/util.js';
 import { addPublishingOptions, publishingFromOptions } from './publishing.js';

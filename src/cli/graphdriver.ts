@@ -2,8 +2,8 @@ import { Command, Option } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import type { IdmapMode } from '../graphdriver/options.js';
 import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
-import { systemHost } from '../core/host.js';
-import type { Metrics } from '../core/metrics.js';
+import { systemHost } from '../core/host/host.js';
+import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Logger } from 'pino';
 import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
 
@@ -31,7 +31,7 @@ export const graphdriverConfigSpec = {
  */
 async function volumeInterfaces(file: string | undefined, cvmfsRoot: string, log: Logger, metrics: Metrics): Promise<NonNullable<GraphDriverDaemonOptions['also']>> {
   const [{ volumeSettings }, { volumePluginConfigSpec, VOLUME_PLUGIN_DEFAULTS }, { MountManager }, { DockerVolumeDriver }, { volumeDriverInterface }] = await Promise.all([
-    import('../core/volumes/config.js'),
+    import('./volume-config.js'),
     import('./volume-plugin.js'),
     import('../core/volumes/manager.js'),
     import('../dockervolume/driver.js'),

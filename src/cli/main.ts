@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import v8 from 'node:v8';
 import { Command } from 'commander';
-import { ThinError } from '../core/errors.js';
+import { ThinError } from '../core/errors/errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 

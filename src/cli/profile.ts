@@ -5,7 +5,7 @@
  * for an image, `show` one.
  */
 import { Command, Option } from 'commander';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { stackId } from '../core/thin/profile.js';
 import { disabledProfile, imageLayers, publishProfiles, readProfiles, type ProfileWrite } from '../convert/profiles.js';
 import { addPublishingOptions, publishingFromOptions } from './publishing.js';

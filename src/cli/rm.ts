@@ -3,7 +3,7 @@
  * podman store (src/convert/remove.ts); their layers go with the next `gc`.
  */
 import { Command, Option } from 'commander';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { removeImages } from '../convert/remove.js';
 import { addPublishingOptions, publishingFromOptions } from './publishing.js';
 

@@ -1,8 +1,8 @@
 import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { InvalidArgumentError } from '../core/errors.js';
-import { type Host, systemHost } from '../core/host.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { type Host, systemHost } from '../core/host/host.js';
 import type { Target } from '../ops/files.js';
 import {
   type CommonOptions,

@@ -1,8 +1,8 @@
 /** `cvmfs-thin volume-plugin`: the Docker volume plugin daemon. */
 import { Command } from 'commander';
 import type { Field } from '../core/config.js';
-import { systemHost } from '../core/host.js';
-import { addVolumeOptions, volumeKeys, volumeSettings } from '../core/volumes/config.js';
+import { systemHost } from '../core/host/host.js';
+import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
 import { parseAllowed, RepositoryAllowlist } from '../core/volumes/spec.js';
 import { checkKnownVolumes } from '../dockervolume/driver.js';
 import { startVolumePlugin } from '../dockervolume/server.js';

@@ -7,7 +7,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
-import { InvalidArgumentError, NotFoundError } from '../core/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../core/errors/errors.js';
 import { type StartTrace, traceFile, verdictOf } from '../core/stack/start-trace.js';
 import { SNAPSHOTTER_DEFAULTS } from './snapshotter.js';
 

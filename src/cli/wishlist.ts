@@ -1,11 +1,11 @@
 import { writeConvertMetrics } from '../convert/metrics.js';
 import { Command } from 'commander';
-import { InvalidArgumentError } from '../core/errors.js';
-import { createLogger, type LogLevel } from '../core/log.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { type ImageSummary } from '../convert/convert.js';
 import { errorSummary } from '../convert/convert.js';
 import { abortOnSignals, createRun, summaryLine } from '../convert/run.js';
-import { mapSettled } from '../core/concurrency.js';
+import { mapSettled } from '../core/util/concurrency.js';
 import { expandRecipe, readRecipe } from '../convert/wishlist.js';
 import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js';
 

@@ -11,7 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CATALOG_MARKER } from '../core/cvmfs/masks.js';
-import { lutimesNs } from '../core/sys.js';
+import { lutimesNs } from '../core/host/sys.js';
 
 /** Entries a nested catalog is kept below (half of CVMFS's hard limit). */
 export const CATALOG_CUT = 100_000;

@@ -6,7 +6,7 @@
  * layers in parallel and building chains / flat trees, into its summary.
  * Converter (convert.ts) builds on it and does the orchestration.
  */
-import { ThinError } from '../core/errors.js';
+import { ThinError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
 import { buildMerged } from './flat.js';
 import { formatPlatform, hostPlatform, imageEntries, platformDirName, platformMatches, selectPlatform } from './image/platform.js';
@@ -15,10 +15,10 @@ import { type Descriptor, type ImageConfig, type ImageManifest, MAX_CONFIG_BYTES
 import { LayerUnpacker } from './layer.js';
 import { RepoTree } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
-import { Semaphore } from '../core/concurrency.js';
+import { Semaphore } from '../core/util/concurrency.js';
 import type { ConverterOptions } from './convert.js';
 import { flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
-import { pathExists } from '../core/fsutil.js';
+import { pathExists } from '../core/fs/fsutil.js';
 
 export interface PlatformImage {
   desc: Descriptor | null;

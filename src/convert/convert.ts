@@ -11,7 +11,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InternalError } from '../core/errors.js';
+import { InternalError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
 import { formatPlatform, type PlatformSpec } from './image/platform.js';
 import type { ImageSource, ImageToWrite } from './image/source.js';

@@ -3,7 +3,7 @@
  * applies the layer and the tar entry, so a bad wishlist entry or a hostile
  * layer can be found at once.
  */
-import { type ErrorCode, type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors.js';
+import { type ErrorCode, type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors/errors.js';
 
 export class BadReferenceError extends InvalidArgumentError {
   constructor(message: string) {

@@ -10,7 +10,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
-import { removeTree } from '../core/fsutil.js';
+import { removeTree } from '../core/fs/fsutil.js';
 import { collectPodmanStore, type PodmanGcReport, STORE_DIR } from './podman/index.js';
 import type { Publisher } from './publish.js';
 import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';

@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { finished } from 'node:stream/promises';
 import { LAYER_MARKER, LAYER_ROOTFS, LAYER_TAR_SPLIT, LAYERS_DIR, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { CATALOG_MARKER } from '../core/cvmfs/masks.js';
-import { UnavailableError } from '../core/errors.js';
+import { UnavailableError } from '../core/errors/errors.js';
 import { chooseCatalogDirs } from './catalogs.js';
 import { BadContentError } from './errors.js';
 import type { Descriptor } from './image/types.js';

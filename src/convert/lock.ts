@@ -6,9 +6,9 @@
  */
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
-import { UnavailableError } from '../core/errors.js';
-import { type Host, systemHost } from '../core/host.js';
-import { LOCK_EX, LOCK_NB } from '../core/sys.js';
+import { UnavailableError } from '../core/errors/errors.js';
+import { type Host, systemHost } from '../core/host/host.js';
+import { LOCK_EX, LOCK_NB } from '../core/host/sys.js';
 import { sleep } from './util.js';
 
 export interface HeldLock {

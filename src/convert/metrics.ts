@@ -7,7 +7,7 @@
 import type { ImageSummary } from './convert.js';
 
 export async function writeConvertMetrics(file: string, summaries: readonly ImageSummary[], seconds: number): Promise<void> {
-  const { createRegistry, writeTextfile } = await import('../core/metrics.js');
+  const { createRegistry, writeTextfile } = await import('../core/telemetry/metrics.js');
   const { metrics, registry } = await createRegistry({ defaultMetrics: false });
   let converted = 0;
   let present = 0;

@@ -9,8 +9,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { METADATA_DIR } from '../core/cvmfs/layout.js';
-import { NotFoundError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { NotFoundError } from '../core/errors/errors.js';
+import { writeFileAtomic } from '../core/fs/fsutil.js';
 import { type AccessProfile, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
 import type { Publisher } from './publish.js';
 import { duccImageName, parseDockerReference } from './reference.js';

@@ -12,7 +12,7 @@ import { SERVER_CONF_DIR, xattrWarning } from '../core/cvmfs/server-conf.js';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InvalidArgumentError, UnavailableError } from '../core/errors.js';
+import { InvalidArgumentError, UnavailableError } from '../core/errors/errors.js';
 import type { Readable } from 'node:stream';
 import { isContained } from './errors.js';
 import { acquireLock, type HeldLock } from './lock.js';

@@ -7,9 +7,9 @@
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InternalError, InvalidArgumentError } from '../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../core/errors/errors.js';
 import { CHAINS_DIR, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, layerDir, layerMarker, METADATA_DIR, parseLayerMarker } from '../core/cvmfs/layout.js';
-import { pathExists, removeTree, writeFileAtomic } from '../core/fsutil.js';
+import { pathExists, removeTree, writeFileAtomic } from '../core/fs/fsutil.js';
 import { pidAlive } from './util.js';
 
 export const CATALOG_MARKER = '.cvmfscatalog';

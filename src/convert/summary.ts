@@ -5,7 +5,7 @@
  * error part of one (code, kind, message and the image, layer and entry it
  * names).
  */
-import { type ErrorCode, toThinError } from '../core/errors.js';
+import { type ErrorCode, toThinError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
 import type { LayerOutcome } from './layer.js';
 

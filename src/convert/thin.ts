@@ -6,7 +6,7 @@
  * the same image twice gives the same digests.
  */
 import { gzipSync } from 'node:zlib';
-import { sha256Digest } from '../core/digest.js';
+import { sha256Digest } from '../core/util/digest.js';
 import { duccLayerPath, parseThinManifest, serializeThinManifest, THIN_MANIFEST_NAME } from '../core/thin/manifest.js';
 import type { ImageToWrite } from './image/source.js';
 import { packEntriesToBuffer } from './tar.js';

@@ -1,7 +1,7 @@
 /** Small helpers of the converter: durations, command lines, sizes. Pure unless noted. */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 };
 

@@ -15,8 +15,8 @@
  */
 import { statfsSync } from 'node:fs';
 import path from 'node:path';
-import { InvalidArgumentError } from '../core/errors.js';
-import { FS_MAGIC } from '../core/host.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { FS_MAGIC } from '../core/host/host.js';
 
 export type LayerForm = 'overlay' | 'keep' | 'record';
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from './errors/errors.js';
 
 /** Where CVMFS repositories are found and which ones images may reference. Shared by both daemons. */
 export interface CvmfsLocation {

@@ -5,7 +5,7 @@
  * plugin fault to retry.
  */
 import { Metadata, type ServiceError, status } from '@grpc/grpc-js';
-import { type ErrorKind, toThinError } from '../core/errors.js';
+import { type ErrorKind, toThinError } from '../core/errors/errors.js';
 
 const CODES: Record<ErrorKind, status> = {
   'invalid-argument': status.INVALID_ARGUMENT,

@@ -14,8 +14,8 @@
  */
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
-import { FailedPreconditionError, NotFoundError } from '../core/errors.js';
-import type { Host } from '../core/host.js';
+import { FailedPreconditionError, NotFoundError } from '../core/errors/errors.js';
+import type { Host } from '../core/host/host.js';
 import type { MountManager } from '../core/volumes/manager.js';
 import { volumeKey } from '../core/volumes/spec.js';
 import {

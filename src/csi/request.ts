@@ -16,7 +16,7 @@
  * in every case.
  */
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../core/errors/errors.js';
 import { type VolumeCapability, VolumeCapability_AccessMode_Mode as Mode, volumeCapability_AccessMode_ModeToJSON } from './proto/csi/v1/csi.js';
 
 /** Volume attributes we understand (cvmfs-csi's `repository` + the manager's options). */

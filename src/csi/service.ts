@@ -2,8 +2,8 @@
 import { readFileSync } from 'node:fs';
 import { type handleUnaryCall, type sendUnaryData, type ServerUnaryCall, type ServiceError, status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { toThinError } from '../core/errors.js';
-import { type Metrics, noMetrics, recordRequest } from '../core/metrics.js';
+import { toThinError } from '../core/errors/errors.js';
+import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
 import { toServiceError, unimplemented } from './grpc-errors.js';
 import type { CsiNode } from './node.js';
 import type { IdentityServer, NodeServer } from './proto/csi/v1/csi.js';

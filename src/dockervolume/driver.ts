@@ -21,8 +21,8 @@
  *   Calls for one ID run one after another.
  */
 import type { Logger } from 'pino';
-import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../core/errors.js';
-import { KeyedMutex } from '../core/keyed-mutex.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../core/errors/errors.js';
+import { KeyedMutex } from '../core/util/keyed-mutex.js';
 import { type VolumeSpec, volumeKey } from '../core/volumes/spec.js';
 import type { Definition, Holder, VolumeState } from '../core/volumes/types.js';
 

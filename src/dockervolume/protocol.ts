@@ -3,7 +3,7 @@
  * decoding. Pure: no I/O. dockerd sends Go-encoded JSON (CamelCase field
  * names, `Opts` is `null` from `run -v` and `{}` from `volume create`).
  */
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 
 /** The endpoints after `VolumeDriver.`. */
 export const VOLUME_METHODS = ['Create', 'Remove', 'Mount', 'Unmount', 'Path', 'Get', 'List', 'Capabilities'] as const;

@@ -1,12 +1,12 @@
 /**
  * The Docker volume plugin's edge: the VolumeDriver route table on the shared
- * plugin transport (src/core/plugin-http.ts), and the daemon that opens the
+ * plugin transport (src/edge/plugin-http.ts), and the daemon that opens the
  * mount manager and serves it. Errors are mapped once, by the transport.
  */
 import type { Logger } from 'pino';
-import { type PluginInterface, type PluginServer, servePlugin } from '../core/plugin-http.js';
+import { type PluginInterface, type PluginServer, servePlugin } from '../edge/plugin-http.js';
 import { MountManager } from '../core/volumes/manager.js';
-import type { Metrics } from '../core/metrics.js';
+import type { Metrics } from '../core/telemetry/metrics.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
 import { DockerVolumeDriver, type DockerVolumeDriverOptions, type VolumeManager } from './driver.js';
 import { parseMountId, parseName, parseOpts } from './protocol.js';

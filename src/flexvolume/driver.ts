@@ -10,7 +10,7 @@
  * Pod spec (CERN's, unchanged):
  *   flexVolume: { driver: "cern/cvmfs", options: { repository: "atlas.cern.ch" } }
  */
-import { InvalidArgumentError, toThinError } from '../core/errors.js';
+import { InvalidArgumentError, toThinError } from '../core/errors/errors.js';
 import type { MountManager } from '../core/volumes/manager.js';
 
 export type FlexStatus = 'Success' | 'Failure' | 'Not supported';

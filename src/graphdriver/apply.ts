@@ -7,8 +7,8 @@
 import { promises as fsp } from 'node:fs';
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { removeTree } from '../core/fsutil.js';
-import type { Host } from '../core/host.js';
+import { removeTree } from '../core/fs/fsutil.js';
+import type { Host } from '../core/host/host.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { type ExtractOptions, type ExtractResult, extractLayer } from '../core/tar/index.js';
 import type { IdMaps } from '../core/tar/idmap.js';

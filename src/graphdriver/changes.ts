@@ -11,8 +11,8 @@
 import { promises as fsp } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
-import { type Host, systemHost } from '../core/host.js';
-import { OVERLAY_OPAQUE_XATTR } from '../core/whiteout.js';
+import { type Host, systemHost } from '../core/host/host.js';
+import { OVERLAY_OPAQUE_XATTR } from '../core/fs/whiteout.js';
 import { CHANGE_ADD, CHANGE_DELETE, CHANGE_MODIFY, type Change } from './protocol.js';
 
 export interface FileInfo {

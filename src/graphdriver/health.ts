@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Metrics } from '../core/metrics.js';
+import type { Metrics } from '../core/telemetry/metrics.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-health.js';
 

@@ -10,9 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { NotFoundError } from '../core/errors.js';
-import { fsyncDir, removeTree, writeFileAtomic } from '../core/fsutil.js';
-import type { Host } from '../core/host.js';
+import { NotFoundError } from '../core/errors/errors.js';
+import { fsyncDir, removeTree, writeFileAtomic } from '../core/fs/fsutil.js';
+import type { Host } from '../core/host/host.js';
 import type { ChainNode, LayerStack } from '../core/stack/index.js';
 
 export interface ThinLower {

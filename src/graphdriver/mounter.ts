@@ -8,11 +8,11 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { FailedPreconditionError, InternalError, UnavailableError } from '../core/errors.js';
-import type { Host } from '../core/host.js';
-import { overlayIndexOff } from '../core/mounts.js';
+import { FailedPreconditionError, InternalError, UnavailableError } from '../core/errors/errors.js';
+import type { Host } from '../core/host/host.js';
+import { overlayIndexOff } from '../core/stack/mounts.js';
 import type { LayerStack } from '../core/stack/index.js';
-import { MNT_DETACH } from '../core/sys.js';
+import { MNT_DETACH } from '../core/host/sys.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import type { Layer, LayerStore, ThinLower } from './layer-store.js';
 import type { IdmapMode } from './options.js';

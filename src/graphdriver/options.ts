@@ -9,7 +9,7 @@
  */
 import path from 'node:path';
 import { REPOSITORY_NAME } from '../core/config.js';
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 
 export type IdmapMode = 'auto' | 'off' | 'require';
 

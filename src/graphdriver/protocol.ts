@@ -4,7 +4,7 @@
  * Content-Type; empty values are omitted, so every field is optional on the
  * wire and defaults here.
  */
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 import type { IdMap } from '../core/tar/idmap.js';
 
 /** Every endpoint a graph driver plugin serves (POST /<name>). */

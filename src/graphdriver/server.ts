@@ -1,16 +1,16 @@
 /**
  * The graph driver plugin's edge: the GraphDriver interface's routes on the
- * shared Docker plugin transport (core/plugin-http.ts: HTTP/1.1 on a unix
+ * shared Docker plugin transport (edge/plugin-http.ts: HTTP/1.1 on a unix
  * socket, JSON bodies, `{"Err": "..."}` errors, graceful stop). ApplyDiff
  * reads its body as a stream; Diff answers a raw tar.
  */
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
-import { toThinError } from '../core/errors.js';
-import { type Host, systemHost } from '../core/host.js';
-import { type Metrics, noMetrics } from '../core/metrics.js';
-import { type PluginInterface, type PluginServer, type Route, type RouteContext, servePlugin, STREAMED } from '../core/plugin-http.js';
+import { toThinError } from '../core/errors/errors.js';
+import { type Host, systemHost } from '../core/host/host.js';
+import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
+import { type PluginInterface, type PluginServer, type Route, type RouteContext, servePlugin, STREAMED } from '../edge/plugin-http.js';
 import { GraphDriver } from './driver.js';
 import type { IdmapMode } from './options.js';
 import { METHODS, parseApplyDiffQuery, parseInitRequest, parseLayerRequest } from './protocol.js';

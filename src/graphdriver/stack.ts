@@ -9,9 +9,9 @@
  * manifest resolved to take its place. Lowers are named by `l/<n>` short
  * links, or `m/<n>` idmapped mounts of the thin lowers.
  */
-import { InternalError } from '../core/errors.js';
-import type { OverlayMount } from '../core/host.js';
-import { dedupeLowers } from '../core/mounts.js';
+import { InternalError } from '../core/errors/errors.js';
+import type { OverlayMount } from '../core/host/host.js';
+import { dedupeLowers } from '../core/stack/mounts.js';
 import { chainLowers, type ChainNode } from '../core/stack/index.js';
 
 export interface StackEntry {

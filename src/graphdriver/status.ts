@@ -1,8 +1,8 @@
 /** GraphDriver.Status (what `docker info` shows under "Storage Driver: cvmfs") and GetMetadata. */
 import path from 'node:path';
 import type { CvmfsLocation } from '../core/config.js';
-import { isInside } from '../core/fsutil.js';
-import type { Host } from '../core/host.js';
+import { isInside } from '../core/fs/fsutil.js';
+import type { Host } from '../core/host/host.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import type { LayerStore } from './layer-store.js';
 import type { Mounter } from './mounter.js';

@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fsp, readlinkSync } from 'node:fs';
-import { UnavailableError } from '../core/errors.js';
+import { UnavailableError } from '../core/errors/errors.js';
 import type { IdMap } from '../core/tar/idmap.js';
 
 /** The text of a /proc/<pid>/uid_map file. Pure. */

@@ -5,7 +5,7 @@
  * read by 2.x) and version 3 files (containerd 2.x) are edited in place;
  * version 1 files are refused.
  */
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 import { editToml, isTable, parseTomlFile, type Table, tableAt } from './toml-edit.js';
 
 export interface ContainerdSettings {

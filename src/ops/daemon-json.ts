@@ -4,7 +4,7 @@
  * its order; the file's indentation is kept (JSON has no comments to keep).
  */
 import { isDeepStrictEqual } from 'node:util';
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 
 export type DockerMode = 'graphdriver' | 'containerd-store';
 

@@ -12,9 +12,9 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { REPOSITORY_NAME } from '../core/config.js';
-import type { Host, MountInfo } from '../core/host.js';
+import type { Host, MountInfo } from '../core/host/host.js';
 import { brokenOverlays, cvmfsMountState, overlaysOf } from '../core/stack/mount-health.js';
-import type { CvmfsProbe } from '../core/stack/probe.js';
+import type { CvmfsProbe } from '../core/host/probe.js';
 import type { Check } from './doctor.js';
 
 export interface CvmfsDoctorOptions {

@@ -15,8 +15,8 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsutil.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../core/errors/errors.js';
+import { writeFileAtomic } from '../core/fs/fsutil.js';
 import { unifiedDiff } from './diff.js';
 
 export type Target = 'containerd' | 'docker' | 'volumes' | 'podman';

@@ -6,7 +6,7 @@
  */
 import { statSync } from 'node:fs';
 import path from 'node:path';
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 import { storageConf } from '../convert/podman/setup.js';
 import { readIfExists } from './files.js';
 import type { CommonOptions, Plan } from './setup.js';

@@ -6,8 +6,8 @@
  * manifest in files.ts; systemctl goes through the Host seam.
  */
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from '../core/errors.js';
-import type { Host } from '../core/host.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../core/errors/errors.js';
+import type { Host } from '../core/host/host.js';
 import { editContainerdConfig } from './containerd-config.js';
 import { type DockerMode, editDaemonJson } from './daemon-json.js';
 import { changed, changeDiff, type FileChange, readIfExists, SetupState, type Target } from './files.js';

@@ -11,7 +11,7 @@
  * (else we refuse to write it).
  */
 import { parse as parseToml, TomlError } from 'smol-toml';
-import { InternalError, InvalidArgumentError } from '../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../core/errors/errors.js';
 
 /** A TOML table as the parsers return it. */
 export type Table = Record<string, unknown>;

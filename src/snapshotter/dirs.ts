@@ -7,7 +7,7 @@
 import { existsSync, mkdirSync, promises as fsp, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Host } from '../core/host.js';
+import type { Host } from '../core/host/host.js';
 
 export interface NewDirs {
   fs: string;

@@ -4,7 +4,7 @@
  * selectors `fieldpath [("=="|"!="|"~=") value]`. Pure.
  */
 import { createRequire } from 'node:module';
-import { InternalError, InvalidArgumentError } from '../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../core/errors/errors.js';
 
 export type Adaptor = (fieldpath: string[]) => [string, boolean];
 export type Filter = (a: Adaptor) => boolean;

@@ -1,6 +1,6 @@
 /** The one place where internal errors become gRPC statuses (containerd errdefs semantics). */
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import { type ErrorKind, toThinError } from '../core/errors.js';
+import { type ErrorKind, toThinError } from '../core/errors/errors.js';
 
 const CODES: Record<ErrorKind, status> = {
   'invalid-argument': status.INVALID_ARGUMENT,

@@ -1,5 +1,5 @@
 /** Labels and timestamps of snapshots, as containerd's snapshots/storage treats them. Pure. */
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 import type { Time } from './metastore.js';
 
 export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';

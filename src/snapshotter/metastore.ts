@@ -1,6 +1,6 @@
 /**
  * Durable, transactional snapshot metadata: the whole model in memory, every
- * mutation a journal record (src/core/journal.ts) committed with group commit
+ * mutation a journal record (src/core/state/journal.ts) committed with group commit
  * before the RPC answers. A mutation's puts and deletes are one record, so
  * they are atomic; a crash at any instant leaves a consistent store.
  *
@@ -12,8 +12,8 @@
  * shared cache of core/stack (earlier versions journalled them; such records
  * and the `facts` of an old state file are ignored).
  */
-import { InternalError } from '../core/errors.js';
-import { Journal, type JournalOptions } from '../core/journal.js';
+import { InternalError } from '../core/errors/errors.js';
+import { Journal, type JournalOptions } from '../core/state/journal.js';
 import type { ChainNode } from '../core/stack/index.js';
 
 export type Kind = 'active' | 'view' | 'committed';

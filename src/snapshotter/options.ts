@@ -1,8 +1,8 @@
 /** The snapshotter's options and the snapshot info it answers (snapshotter.ts). */
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/config.js';
-import type { Host } from '../core/host.js';
-import type { Metrics } from '../core/metrics.js';
+import type { Host } from '../core/host/host.js';
+import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Kind, Time } from './metastore.js';
 import type { StartOptions } from './starts.js';
 

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { layerRootfs } from '../core/cvmfs/layout.js';
-import { parseDigest } from '../core/digest.js';
+import { parseDigest } from '../core/util/digest.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { cleanLabels, type Clock, LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF } from './labels.js';
 import type { MetaStore, SnapshotRecord } from './metastore.js';

@@ -9,8 +9,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type MountInfo, removeTree } from '../core/fsutil.js';
-import type { Host } from '../core/host.js';
+import { type MountInfo, removeTree } from '../core/fs/fsutil.js';
+import type { Host } from '../core/host/host.js';
 import { type LayerStack, linkName, type ShortLinks } from '../core/stack/index.js';
 import type { MetaStore, SnapshotRecord } from './metastore.js';
 

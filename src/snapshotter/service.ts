@@ -1,9 +1,9 @@
 /** gRPC edge: containerd.services.snapshots.v1.Snapshots → Snapshotter. */
 import { type handleServerStreamingCall, type handleUnaryCall, type sendUnaryData, type ServerUnaryCall, status as GrpcStatus } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { InvalidArgumentError, toThinError } from '../core/errors.js';
-import { type Metrics, noMetrics, recordRequest } from '../core/metrics.js';
-import type { Mount } from '../core/mounts.js';
+import { InvalidArgumentError, toThinError } from '../core/errors/errors.js';
+import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
+import type { Mount } from '../core/stack/mounts.js';
 import { parseFilters, snapshotAdaptor } from './filters.js';
 import { toServiceError } from './grpc-errors.js';
 import { listBatches } from './list-batches.js';

@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { DockerArchiveSource, DockerArchiveTarget, OciArchiveTarget, openOciArchive } from '../../src/convert/image/archive.js';
 import type { ImageToWrite } from '../../src/convert/image/source.js';
 import { buildThinImage } from '../../src/convert/thin.js';
-import { ThinError } from '../../src/core/errors.js';
+import { ThinError } from '../../src/core/errors/errors.js';
 import { tempDir } from '../helpers/env.js';
 import { rawEntry, tar } from '../tar/helpers.js';
 

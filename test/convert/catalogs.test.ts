@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { addNestedCatalogs, CATALOG_CUT, chooseCatalogDirs, countEntries } from '../../src/convert/catalogs.js';
 import { ingestTrailer } from '../../src/convert/ingest.js';
 import { parseLayerMarker } from '../../src/core/cvmfs/layout.js';
-import { lutimesNs } from '../../src/core/sys.js';
+import { lutimesNs } from '../../src/core/host/sys.js';
 import { LayerRewriter, type RewriteResult } from '../../src/core/tar/rewrite.js';
 import { tempDir } from '../helpers/env.js';
 import { rawEntry, streamOf, tar } from '../tar/helpers.js';

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { lgetxattr, llistxattr, lsetxattr, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '../../src/core/sys.js';
+import { lgetxattr, llistxattr, lsetxattr, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '../../src/core/host/sys.js';
 import { type BuiltLayer, buildLayer, type Compression } from './images.js';
 
 /** security.capability = cap_setgid,cap_setuid+ep (v2); the 0xc0 byte is not valid UTF-8. */

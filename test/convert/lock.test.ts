@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { acquireLock } from '../../src/convert/lock.js';
-import { ThinError } from '../../src/core/errors.js';
-import { LOCK_EX, LOCK_NB } from '../../src/core/sys.js';
+import { ThinError } from '../../src/core/errors/errors.js';
+import { LOCK_EX, LOCK_NB } from '../../src/core/host/sys.js';
 import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 

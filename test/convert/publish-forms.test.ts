@@ -10,10 +10,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { FS_MAGIC } from '../../src/core/host.js';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { FS_MAGIC } from '../../src/core/host/host.js';
+import { InvalidArgumentError } from '../../src/core/errors/errors.js';
 import { duccChainIds, parseLayerMarker } from '../../src/core/cvmfs/layout.js';
-import { mount, MNT_DETACH, umount } from '../../src/core/sys.js';
+import { mount, MNT_DETACH, umount } from '../../src/core/host/sys.js';
 import { TarParser } from '../../src/core/tar/parser.js';
 import { type LayerForm, resolveLayerForm } from '../../src/convert/whiteouts.js';
 import { needs, tempDir } from '../helpers/env.js';
@@ -244,7 +244,7 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
     expect({ exit: r.code, refusedOrKept: r.code === 2 || fs.existsSync(whFile) }).toEqual({ exit: r.code, refusedOrKept: true });
   });
 
-  // Regression test (a bug found and fixed: record form, transaction path: src/core/whiteout.ts classifyWhiteout matches `.wh.` case-sensitively,
+  // Regression test (a bug found and fixed: record form, transaction path: src/core/fs/whiteout.ts classifyWhiteout matches `.wh.` case-sensitively,
   // CVMFS's publisher case-insensitively — test/helpers/cvmfs-sim/README.md, IsWhiteoutEntry). Image
   // files named `.WH.readme` / `.Wh.notes` are written into layerfs as they are, and the publish takes
   // them for deletions: the files are silently lost (the ingest path keeps them). Record form promises

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { lgetxattr, llistxattr, lsetxattr, mknod, MNT_DETACH, S_IFCHR, umount } from '../../src/core/sys.js';
+import { lgetxattr, llistxattr, lsetxattr, mknod, MNT_DETACH, S_IFCHR, umount } from '../../src/core/host/sys.js';
 import { needs } from '../helpers/env.js';
 import { simCommand } from '../helpers/cvmfs-sim/command.js';
 import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { RegistryError } from '../../src/convert/errors.js';
 import { type FetchFn, RegistryClient } from '../../src/convert/registry/client.js';
 import { RETRY_STATUS, Retrier, retryDelay, RetryLater, withRetries } from '../../src/convert/registry/retry.js';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 
 const REG = 'reg.example:5000';
 const BASE = `https://${REG}`;

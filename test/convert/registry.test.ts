@@ -7,7 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { DigestVerifier } from '../../src/convert/image/verify.js';
 import { RegistryClient } from '../../src/convert/registry/client.js';
 import { needs } from '../helpers/env.js';

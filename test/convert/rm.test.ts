@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../../src/core/log.js';
+import { createLogger } from '../../src/core/telemetry/log.js';
 import { collectGarbage } from '../../src/convert/gc.js';
 import { acquireLock } from '../../src/convert/lock.js';
 import { addImageToPodmanStore, checkPodmanStore } from '../../src/convert/podman/index.js';

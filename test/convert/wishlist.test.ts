@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { RegistryClient } from '../../src/convert/registry/client.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';

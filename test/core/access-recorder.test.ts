@@ -12,9 +12,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { InvalidArgumentError } from '../../src/core/errors/errors.js';
 import { containerPath, NoAccessRecordingError, parseFanotifyEvents, recordAccesses } from '../../src/core/stack/access-recorder.js';
-import { mknod, mount, S_IFCHR, umount } from '../../src/core/sys.js';
+import { mknod, mount, S_IFCHR, umount } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 
 const run = promisify(execFile);

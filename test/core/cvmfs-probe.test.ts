@@ -1,5 +1,5 @@
 /**
- * The CVMFS probe's semantics (core/stack/probe.ts) through the recording
+ * The CVMFS probe's semantics (core/host/probe.ts) through the recording
  * host: one outstanding probe per mount, batching, the deadline, failing at
  * once while a mount stalls, one retry per deadline, the late answer; and
  * LayerStack.checkAvailable's errors. test/core/cvmfs-faults.test.ts does the
@@ -9,10 +9,10 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
-import { ThinError } from '../../src/core/errors.js';
-import { silentLogger } from '../../src/core/log.js';
+import { ThinError } from '../../src/core/errors/errors.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { LayerStack } from '../../src/core/stack/index.js';
-import { CvmfsProbe, cvmfsRootOf, StalledError } from '../../src/core/stack/probe.js';
+import { CvmfsProbe, cvmfsRootOf, StalledError } from '../../src/core/host/probe.js';
 import { addLayer } from '../helpers/cvmfs-tree.js';
 import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';

@@ -1,5 +1,5 @@
 /**
- * The error-code registry (src/core/error-codes.ts) against the code base:
+ * The error-code registry (src/core/errors/codes.ts) against the code base:
  * every `CVMFS_THIN_*` literal under src/ is a registered code (or a listed
  * environment variable name), every registered code is used, and
  * docs/errors.md is exactly what scripts/gen-errors-doc.ts generates.
@@ -7,12 +7,12 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ENVIRONMENT_NAMES, ERROR_CODES, errorCodeInfo, IO_CODE_PREFIX, isErrorCode, kindsOf } from '../../src/core/error-codes.js';
-import { InvalidArgumentError, ThinError, toThinError } from '../../src/core/errors.js';
+import { ENVIRONMENT_NAMES, ERROR_CODES, errorCodeInfo, IO_CODE_PREFIX, isErrorCode, kindsOf } from '../../src/core/errors/codes.js';
+import { InvalidArgumentError, ThinError, toThinError } from '../../src/core/errors/errors.js';
 import { ERRORS_DOC, renderErrorsDoc } from '../../scripts/gen-errors-doc.js';
 
 const SRC = path.resolve(import.meta.dirname, '../../src');
-const REGISTRY = path.join(SRC, 'core/error-codes.ts');
+const REGISTRY = path.join(SRC, 'core/errors/codes.ts');
 
 function sourceFiles(dir: string): string[] {
   const out: string[] = [];
@@ -59,7 +59,7 @@ describe('error codes', () => {
   it('every CVMFS_THIN_* literal under src/ is in the registry (or is a listed environment variable)', () => {
     const unknown = uses.filter((u) => (u.prefix ? u.name !== IO_CODE_PREFIX : !isErrorCode(u.name) && !Object.hasOwn(ENVIRONMENT_NAMES, u.name)));
     expect(
-      unknown.map((u) => `${u.where}: ${u.name}${u.prefix ? '${…}' : ''} (add it to src/core/error-codes.ts, then run npx tsx scripts/gen-errors-doc.ts)`),
+      unknown.map((u) => `${u.where}: ${u.name}${u.prefix ? '${…}' : ''} (add it to src/core/errors/codes.ts, then run npx tsx scripts/gen-errors-doc.ts)`),
     ).toEqual([]);
   });
 

@@ -1,8 +1,8 @@
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { removeTree, unlinkIfExists } from '../../src/core/fsutil.js';
-import { MS_BIND, mount, umount } from '../../src/core/sys.js';
+import { removeTree, unlinkIfExists } from '../../src/core/fs/fsutil.js';
+import { MS_BIND, mount, umount } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 
 describe('removeTree', () => {

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Journal } from '../../src/core/journal.js';
+import { Journal } from '../../src/core/state/journal.js';
 import { tempDir } from '../helpers/env.js';
 
 interface Rec {

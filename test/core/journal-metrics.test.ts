@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Journal, journalMetrics } from '../../src/core/journal.js';
-import { createRegistry, noMetrics } from '../../src/core/metrics.js';
+import { Journal, journalMetrics } from '../../src/core/state/journal.js';
+import { createRegistry, noMetrics } from '../../src/core/telemetry/metrics.js';
 import { tempDir } from '../helpers/env.js';
 import { metricValue } from '../e2e/metrics-scrape.js';
 

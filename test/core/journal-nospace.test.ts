@@ -7,8 +7,8 @@
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Journal } from '../../src/core/journal.js';
-import { mount, umount } from '../../src/core/sys.js';
+import { Journal } from '../../src/core/state/journal.js';
+import { mount, umount } from '../../src/core/host/sys.js';
 import { fillFileSystem, needs, tempDir } from '../helpers/env.js';
 
 interface Rec {

@@ -1,7 +1,7 @@
 import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { crc32, decodeRecords, encodeRecord, Journal } from '../../src/core/journal.js';
+import { crc32, decodeRecords, encodeRecord, Journal } from '../../src/core/state/journal.js';
 import { tempDir } from '../helpers/env.js';
 
 type Rec = { k: string; v: number | null };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { JsonSyntaxError, parseStrictJson } from '../../src/core/json.js';
+import { JsonSyntaxError, parseStrictJson } from '../../src/core/util/json.js';
 
 describe('strict JSON', () => {
   it('parses what JSON.parse parses', () => {

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseLayerMarker } from '../../src/core/cvmfs/layout.js';
-import { lgetxattr, lsetxattr } from '../../src/core/sys.js';
+import { lgetxattr, lsetxattr } from '../../src/core/host/sys.js';
 import { addLayer } from '../helpers/cvmfs-tree.js';
 import { needs } from '../helpers/env.js';
 import { layerStackFixture } from '../helpers/layer-stack.js';

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { Gate } from '../../src/core/gate.js';
-import { KeyedMutex } from '../../src/core/keyed-mutex.js';
+import { Gate } from '../../src/core/util/gate.js';
+import { KeyedMutex } from '../../src/core/util/keyed-mutex.js';
 
 /** A section body that counts how many run at once (`max`). */
 function counter(ms: number) {

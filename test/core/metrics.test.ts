@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
-import { metricsDoc } from '../../src/core/metrics-doc.js';
-import { createRegistry, type MetricsServer, noMetrics, parseMetricsAddress, recordRequest, startMetricsServer, writeTextfile } from '../../src/core/metrics.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import { metricsDoc } from '../../src/core/telemetry/metrics-doc.js';
+import { createRegistry, type MetricsServer, noMetrics, parseMetricsAddress, recordRequest, startMetricsServer, writeTextfile } from '../../src/core/telemetry/metrics.js';
 import { tempDir } from '../helpers/env.js';
 
 const dir = tempDir('cvmfs-thin-metrics-');

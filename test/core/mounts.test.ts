@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { computeMounts, dedupeLowers } from '../../src/core/mounts.js';
+import { computeMounts, dedupeLowers } from '../../src/core/stack/mounts.js';
 
 const L = (n: string) => ({ overlay: `/r/l/${n}`, real: `/real/${n}` });
 

@@ -1,14 +1,14 @@
 /**
- * systemHost's overlay mounting (core/stack/overlay-mount.ts): the new mount
+ * systemHost's overlay mounting (core/host/overlay-mount.ts): the new mount
  * API with one fsconfig per lower (no chdir, no one-page limit) and the
  * mount(2) fallback for kernels before 6.8.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
-import { fsMountOverlay, hasLowerdirAppend, legacyMountOverlay, MAX_MOUNT_DATA, overlayMountData } from '../../src/core/stack/overlay-mount.js';
-import { umount } from '../../src/core/sys.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
+import { fsMountOverlay, hasLowerdirAppend, legacyMountOverlay, MAX_MOUNT_DATA, overlayMountData } from '../../src/core/host/overlay-mount.js';
+import { umount } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 
 describe('overlay mount data and kernel check (pure)', () => {

@@ -7,8 +7,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
-import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT, MS_SHARED, mount, umount } from '../../src/core/sys.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
+import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT, MS_SHARED, mount, umount } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { code, type CsiPlugin, KubeletPaths, mountInline, mountPv, startCsiPlugin } from './kubelet.js';
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MS_REC } from '../../src/core/sys.js';
+import { MS_REC } from '../../src/core/host/sys.js';
 import { VERSION } from '../../src/csi/service.js';
 import { type RunningCsi, startCsi } from '../../src/csi/server.js';
 import { NodeServiceCapability_RPC_Type as Rpc, VolumeUsage_Unit as Unit } from '../../src/csi/proto/csi/v1/csi.js';

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { csiCommand, resolveCsiSettings } from '../../src/cli/csi.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../../src/csi/server.js';
 import { checkCapability, isEphemeral, parseAttributes, requiredPath } from '../../src/csi/request.js';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { tempDir } from '../helpers/env.js';
 import { Mode, mountCap } from './kubelet.js';
 

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { volumePluginConfigSpec } from '../../src/cli/volume-plugin.js';
-import { volumeSettings } from '../../src/core/volumes/config.js';
+import { volumeSettings } from '../../src/cli/volume-config.js';
 import { tempDir } from '../helpers/env.js';
 import { pluginCall } from '../graphdriver/harness.js';
 import { runVolumePluginCommand, startVolumePlugin } from './harness.js';

@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { readMountinfo } from '../../src/core/fsutil.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
 import { CLI } from '../helpers/env.js';
 import { buildImage, busyboxEntries, writeDockerArchive } from '../helpers/oci-image.js';
 import { type Dockerd, type Plugin, startPluginDaemon } from '../graphdriver/harness.js';

@@ -1,5 +1,5 @@
 /**
- * The shared Docker plugin transport (src/core/plugin-http.ts) over a real
+ * The shared Docker plugin transport (src/edge/plugin-http.ts) over a real
  * unix socket, without root: several interfaces on one socket, the error
  * mapping, body limits, streaming both ways, socket housekeeping and stop.
  */
@@ -9,9 +9,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../src/core/errors.js';
-import { silentLogger } from '../../src/core/log.js';
-import { MAX_JSON_BODY, type PluginServer, readBody, servePlugin, STREAMED, toHttpError } from '../../src/core/plugin-http.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../src/core/errors/errors.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import { MAX_JSON_BODY, type PluginServer, readBody, servePlugin, STREAMED, toHttpError } from '../../src/edge/plugin-http.js';
 import { tempDir } from '../helpers/env.js';
 import { pluginCall } from '../graphdriver/harness.js';
 

@@ -7,7 +7,7 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
 import { type RunningVolumePlugin, serveVolumePlugin } from '../../src/dockervolume/server.js';
 import { tempDir } from '../helpers/env.js';

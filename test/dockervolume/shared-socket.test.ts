@@ -8,9 +8,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { systemHost } from '../../src/core/host.js';
-import { silentLogger } from '../../src/core/log.js';
-import { type PluginServer, servePlugin } from '../../src/core/plugin-http.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import { type PluginServer, servePlugin } from '../../src/edge/plugin-http.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
 import { DockerVolumeDriver } from '../../src/dockervolume/driver.js';
 import { volumeDriverInterface } from '../../src/dockervolume/server.js';

@@ -17,7 +17,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MNT_DETACH, umount } from '../../src/core/sys.js';
+import { MNT_DETACH, umount } from '../../src/core/host/sys.js';
 import { runCli } from '../convert/cli.js';
 import { hasBinary, isRoot, tempDir } from '../helpers/env.js';
 import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';

@@ -2,7 +2,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
 import { flexCall, type FlexDeps } from '../../src/flexvolume/driver.js';
 import { tempDir } from '../helpers/env.js';

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
 import { CLI, needs } from '../helpers/env.js';
 import { removeTestDir, shortTempDir } from '../graphdriver/harness.js';
 

@@ -6,7 +6,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
 import { needs } from '../helpers/env.js';
 import { buildImage, buildThinImage, busyboxEntries, tarOf, unpackDuccStyle, writeDockerArchive } from '../helpers/oci-image.js';
 import { type Dockerd, layerDirs, type Plugin, removeTestDir, shortTempDir, startDockerd, startPlugin } from './harness.js';

@@ -10,8 +10,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import http from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readMountinfo } from '../../src/core/fsutil.js';
-import { MNT_DETACH, umount } from '../../src/core/sys.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
+import { MNT_DETACH, umount } from '../../src/core/host/sys.js';
 import { CLI } from '../helpers/env.js';
 
 /** The Debian docker.io CLI (20.10): another, newer docker CLI may come first in PATH. */

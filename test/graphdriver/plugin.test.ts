@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
 import { addLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { needs } from '../helpers/env.js';
 import { tarOf } from '../helpers/oci-image.js';

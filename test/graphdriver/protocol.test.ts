@@ -8,9 +8,9 @@ import {
   NotFoundError,
   ThinManifestError,
   UnavailableError,
-} from '../../src/core/errors.js';
+} from '../../src/core/errors/errors.js';
 import { UnsafeTarError } from '../../src/core/tar/errors.js';
-import { httpStatus, parseJsonBody, toHttpError } from '../../src/core/plugin-http.js';
+import { httpStatus, parseJsonBody, toHttpError } from '../../src/edge/plugin-http.js';
 import { checkLayerStorageOpt, parseInitOptions } from '../../src/graphdriver/options.js';
 import {
   isMethod,
@@ -21,7 +21,7 @@ import {
   parseLayerRequest,
   validateLayerId,
 } from '../../src/graphdriver/protocol.js';
-import { MAX_MOUNT_DATA, overlayMountData } from '../../src/core/stack/overlay-mount.js';
+import { MAX_MOUNT_DATA, overlayMountData } from '../../src/core/host/overlay-mount.js';
 import { type ChainNode } from '../../src/core/stack/index.js';
 import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from '../../src/graphdriver/stack.js';
 import { idMapText } from '../../src/graphdriver/userns.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { type RunningGraphDriver, startGraphDriver } from '../../src/graphdriver/server.js';
 import { addLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { runCli } from '../helpers/daemon.js';

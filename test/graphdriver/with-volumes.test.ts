@@ -6,7 +6,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
 import { needs } from '../helpers/env.js';
 import { loadBusybox } from '../dockervolume/harness.js';
 import { type Dockerd, type Plugin, pluginCall, removeTestDir, shortTempDir, startDockerd, startPlugin } from './harness.js';

@@ -5,8 +5,8 @@
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { layerMarker, layerRootfs, type LayerMarker, type LayerRecord } from '../../src/core/cvmfs/layout.js';
-import { sha256Hex } from '../../src/core/digest.js';
-import { lsetxattr, mkWhiteout } from '../../src/core/sys.js';
+import { sha256Hex } from '../../src/core/util/digest.js';
+import { lsetxattr, mkWhiteout } from '../../src/core/host/sys.js';
 
 export type Entry =
   | string // file content

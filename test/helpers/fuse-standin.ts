@@ -15,7 +15,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MNT_DETACH, umount } from '../../src/core/sys.js';
+import { MNT_DETACH, umount } from '../../src/core/host/sys.js';
 import { unmountBelow } from '../graphdriver/harness.js';
 import { tempDir } from './env.js';
 

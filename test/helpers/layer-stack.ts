@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
 import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
-import { mount } from '../../src/core/sys.js';
+import { mount } from '../../src/core/host/sys.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { type FakeLayer, thinJson } from './cvmfs-tree.js';
 import { tempDir } from './env.js';

@@ -1,7 +1,7 @@
 /** Mount what a snapshotter returns, the way containerd's mount.All does (incl. lowerdir compaction). */
 import path from 'node:path';
-import type { Mount } from '../../src/core/mounts.js';
-import { MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, umount } from '../../src/core/sys.js';
+import type { Mount } from '../../src/core/stack/mounts.js';
+import { MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, umount } from '../../src/core/host/sys.js';
 
 export function mountAll(ms: Mount[], target: string): void {
   for (const m of ms) {

@@ -1,12 +1,12 @@
 /**
- * A Host (src/core/host.ts) that does no system call: it records every call
+ * A Host (src/core/host/host.ts) that does no system call: it records every call
  * and keeps a simulated mount table, so the daemons' semantics can be tested
  * as an ordinary user. Plain file I/O still happens for real (in temp dirs).
  */
 import { mkdirSync, promises as fsp, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bindSteps, type ExecResult, FS_MAGIC, type FsProbeOp, type FsProbeResult, type Host, type MountInfo, type OverlayMount, type PathArg } from '../../src/core/host.js';
-import { MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SHARED, MS_SLAVE } from '../../src/core/sys.js';
+import { bindSteps, type ExecResult, FS_MAGIC, type FsProbeOp, type FsProbeResult, type Host, type MountInfo, type OverlayMount, type PathArg } from '../../src/core/host/host.js';
+import { MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SHARED, MS_SLAVE } from '../../src/core/host/sys.js';
 
 export interface HostCall {
   op: string;

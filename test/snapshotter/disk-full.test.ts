@@ -8,7 +8,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mount, umount } from '../../src/core/sys.js';
+import { mount, umount } from '../../src/core/host/sys.js';
 import { type Daemon, startDaemon } from '../helpers/daemon.js';
 import { fillFileSystem, needs, tempDir } from '../helpers/env.js';
 import { grpcCode } from '../helpers/grpc.js';

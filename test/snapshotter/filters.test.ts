@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { InvalidArgumentError } from '../../src/core/errors/errors.js';
 import { compileGoRegexp, parseFilters, snapshotAdaptor, unquote } from '../../src/snapshotter/filters.js';
 
 const snaps: { name: string; parent: string; kind: string; labels: Record<string, string> }[] = [

@@ -8,11 +8,11 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameS
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
-import { ThinError } from '../../src/core/errors.js';
-import { systemHost } from '../../src/core/host.js';
-import { type Metrics, noMetrics } from '../../src/core/metrics.js';
-import { silentLogger } from '../../src/core/log.js';
-import type { Mount } from '../../src/core/mounts.js';
+import { ThinError } from '../../src/core/errors/errors.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { type Metrics, noMetrics } from '../../src/core/telemetry/metrics.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import type { Mount } from '../../src/core/stack/mounts.js';
 import { startSnapshotter } from '../../src/snapshotter/server.js';
 import { LABEL_LAYER_DIGEST, LABEL_SNAPSHOT_REF, Snapshotter } from '../../src/snapshotter/snapshotter.js';
 import { addLayer, thinJson } from '../helpers/cvmfs-tree.js';

@@ -11,7 +11,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { type StartTrace, traceFile } from '../../src/core/stack/start-trace.js';
 import { PROFILE_SCHEMA, profilePath, serializeProfile, stackId, type AccessProfile } from '../../src/core/thin/profile.js';
 import { Snapshotter } from '../../src/snapshotter/snapshotter.js';

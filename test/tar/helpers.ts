@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { expect } from 'vitest';
-import { lgetxattr, llistxattr } from '../../src/core/sys.js';
+import { lgetxattr, llistxattr } from '../../src/core/host/sys.js';
 import { extractLayer, UnsafeTarError, type ExtractOptions, type ExtractResult, type UnsafeTarReason } from '../../src/core/tar/index.js';
 
 export interface RawHeader {

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { lsetxattr, lutimesNs, mkWhiteout } from '../../src/core/sys.js';
+import { lsetxattr, lutimesNs, mkWhiteout } from '../../src/core/host/sys.js';
 import { packDirectory, packEntries, packEntriesToBuffer } from '../../src/core/tar/index.js';
 import { TarParser } from '../../src/core/tar/parser.js';
 import type { TarHeader } from '../../src/core/tar/headers.js';

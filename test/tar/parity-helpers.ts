@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { expect } from 'vitest';
-import { lgetxattr, llistxattr } from '../../src/core/sys.js';
+import { lgetxattr, llistxattr } from '../../src/core/host/sys.js';
 import { extractLayer, type WhiteoutMode } from '../../src/core/tar/index.js';
 import { rawEntry, tar, typeOf } from './helpers.js';
 

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { llistxattr } from '../../src/core/sys.js';
+import { llistxattr } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { extractBuf, freshDirs, paxEntry, rawEntry, snapshot, tar, type Thread, whiteoutEntries } from './helpers.js';
 

@@ -19,7 +19,7 @@ import { UnsafeTarError, type UnsafeTarReason } from '../../src/core/tar/errors.
 import type { TarHeader } from '../../src/core/tar/headers.js';
 import { TarParser } from '../../src/core/tar/parser.js';
 import { LayerRewriter, type RewriteOptions, type RewriteResult } from '../../src/core/tar/rewrite.js';
-import { lgetxattr } from '../../src/core/sys.js';
+import { lgetxattr } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
 import { END, extractBuf, paxEntry, rawEntry, streamOf, tar, whiteoutEntries } from './helpers.js';
 

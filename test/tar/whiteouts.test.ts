@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { lgetxattr } from '../../src/core/sys.js';
+import { lgetxattr } from '../../src/core/host/sys.js';
 import { extractLayerFile } from '../../src/core/tar/index.js';
 import { hasBinary, needs, tempDir } from '../helpers/env.js';
 import { extractBuf, freshDirs, rawEntry, snapshot, tar, type Thread, whiteoutEntries } from './helpers.js';

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/config.js';
-import { ThinManifestError } from '../../src/core/errors.js';
+import { ThinManifestError } from '../../src/core/errors/errors.js';
 import { readThinLayer } from '../../src/core/thin/layer.js';
 import { duccLayerPath } from '../../src/core/thin/manifest.js';
 

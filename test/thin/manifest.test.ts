@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ThinManifestError } from '../../src/core/errors.js';
+import { ThinManifestError } from '../../src/core/errors/errors.js';
 import {
   duccLayerHex,
   duccLayerPath,

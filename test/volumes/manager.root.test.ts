@@ -7,11 +7,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readMountinfo } from '../../src/core/fsutil.js';
-import { systemHost } from '../../src/core/host.js';
-import { silentLogger } from '../../src/core/log.js';
+import { readMountinfo } from '../../src/core/fs/fsutil.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
-import { MS_BIND, MS_SHARED, mount } from '../../src/core/sys.js';
+import { MS_BIND, MS_SHARED, mount } from '../../src/core/host/sys.js';
 import { needs } from '../helpers/env.js';
 import { removeTestDir, shortTempDir } from '../graphdriver/harness.js';
 

@@ -5,10 +5,10 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/log.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
 import type { MountManagerOptions } from '../../src/core/volumes/types.js';
-import { MS_BIND, MS_REC, MS_SLAVE } from '../../src/core/sys.js';
+import { MS_BIND, MS_REC, MS_SLAVE } from '../../src/core/host/sys.js';
 import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 
@@ -507,7 +507,7 @@ describe('client backend', () => {
 
 describe('metrics', () => {
   it('volumes mounted by backend, holders and repairs', async () => {
-    const { createRegistry } = await import('../../src/core/metrics.js');
+    const { createRegistry } = await import('../../src/core/telemetry/metrics.js');
     const { metrics, registry } = await createRegistry({ defaultMetrics: false });
     const { start, host } = setup({ metrics, daemon: 'volume-plugin' });
     const m = await start();

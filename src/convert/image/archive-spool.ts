@@ -10,7 +10,7 @@ import { closeSync, createReadStream, mkdirSync, openSync, promises as fsp, writ
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { NotFoundError } from '../../core/errors.js';
+import { NotFoundError } from '../../core/errors/errors.js';
 import { BadContentError } from '../errors.js';
 import { TarParser } from '../tar.js';
 

@@ -10,8 +10,8 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { sha256Digest } from '../../core/digest.js';
-import { NotFoundError } from '../../core/errors.js';
+import { sha256Digest } from '../../core/util/digest.js';
+import { NotFoundError } from '../../core/errors/errors.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
 import { type DockerReference, familiarName, parseDockerReference } from '../reference.js';
 import { type MemEntry, packEntriesToBuffer } from '../tar.js';

@@ -2,9 +2,9 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { parseDigest, sha256Digest } from '../../core/digest.js';
-import { NotFoundError } from '../../core/errors.js';
-import { writeFileAtomic } from '../../core/fsutil.js';
+import { parseDigest, sha256Digest } from '../../core/util/digest.js';
+import { NotFoundError } from '../../core/errors/errors.js';
+import { writeFileAtomic } from '../../core/fs/fsutil.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
 import { acquireLock } from '../lock.js';
 import { type DockerReference, parseDockerReference } from '../reference.js';

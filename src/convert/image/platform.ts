@@ -1,5 +1,5 @@
 /** Platforms (`os/arch[/variant]`), the host's default, and choosing manifests from an index. Pure. */
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InvalidArgumentError } from '../../core/errors/errors.js';
 import type { Descriptor, ImageIndex, Platform } from './types.js';
 import { isIndexMediaType, isManifestMediaType } from './types.js';
 

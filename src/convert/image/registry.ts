@@ -1,6 +1,6 @@
 /** `docker://` sources and targets on the registry client. */
 import type { Readable } from 'node:stream';
-import { sha256Digest } from '../../core/digest.js';
+import { sha256Digest } from '../../core/util/digest.js';
 import { BadContentError } from '../errors.js';
 import { type DockerReference, formatDockerReference } from '../reference.js';
 import type { RegistryClient } from '../registry/client.js';

@@ -26,8 +26,8 @@ import { closeSync, constants as C, fstatSync, lstatSync, openSync, promises as 
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { removeTree } from '../../core/fsutil.js';
-import { flock, LOCK_EX, LOCK_NB } from '../../core/sys.js';
+import { removeTree } from '../../core/fs/fsutil.js';
+import { flock, LOCK_EX, LOCK_NB } from '../../core/host/sys.js';
 
 export const SPOOL_PREFIX = 'cvmfs-thin-archive-';
 /** `#` is not allowed in archive entry names (archive-spool.ts SAFE_NAME): no spooled file can land on it. */

@@ -3,8 +3,8 @@
  * indexes, configs; strict parsing (duplicate keys refused) with errors that
  * name the field. Pure.
  */
-import { parseDigest, sha256Digest } from '../../core/digest.js';
-import { JsonSyntaxError, parseStrictJson } from '../../core/json.js';
+import { parseDigest, sha256Digest } from '../../core/util/digest.js';
+import { JsonSyntaxError, parseStrictJson } from '../../core/util/json.js';
 import { BadContentError } from '../errors.js';
 import { compressionForMediaType } from '../tar.js';
 

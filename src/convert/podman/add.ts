@@ -10,9 +10,9 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../core/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../core/errors/errors.js';
 import { layerRootfs } from '../../core/cvmfs/layout.js';
-import { writeFileAtomic } from '../../core/fsutil.js';
+import { writeFileAtomic } from '../../core/fs/fsutil.js';
 import {
   bigDataFileName,
   checkName,

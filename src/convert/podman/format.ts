@@ -17,7 +17,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { LAYER_ROOTFS, LAYER_TAR_SPLIT, LAYERS_DIR, METADATA_DIR } from '../../core/cvmfs/layout.js';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InvalidArgumentError } from '../../core/errors/errors.js';
 import { canonicalRegistry, type DockerReference } from '../reference.js';
 
 export const STORE_DIR = 'podmanStore';

@@ -8,7 +8,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { layerMarker, layerMetadataDir, layerRootfs, parseLayerMarker } from '../../core/cvmfs/layout.js';
-import { FailedPreconditionError } from '../../core/errors.js';
+import { FailedPreconditionError } from '../../core/errors/errors.js';
 import { DIFF_TARGET, LAYER_NOTE, type LayerNote, OLD_DIFF_TARGET, type StoreLayer, type StorePaths } from './format.js';
 import { lstatOrNull, setSymlink, tmpName } from './store-io.js';
 

@@ -6,7 +6,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { InvalidArgumentError, NotFoundError } from '../../core/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../core/errors/errors.js';
 import { METADATA_DIR } from '../../core/cvmfs/layout.js';
 import { type DockerReference, parseDockerReference } from '../reference.js';
 import { MULTIARCH_DIR } from '../repo.js';

@@ -10,7 +10,7 @@
  * URL, auth, tokens, `request`) is in session.ts.
  */
 import { Readable } from 'node:stream';
-import { sha256Digest } from '../../core/digest.js';
+import { sha256Digest } from '../../core/util/digest.js';
 import { BadContentError, RegistryError } from '../errors.js';
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, type RawManifest } from '../image/types.js';
 import { drain, pullScope, pushScope, readLimited } from './http.js';

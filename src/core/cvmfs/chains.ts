@@ -17,7 +17,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CATALOG_MARKER } from './masks.js';
-import { classifyWhiteout } from '../whiteout.js';
+import { classifyWhiteout } from '../fs/whiteout.js';
 
 const SPECIAL = 0o7000;
 

@@ -3,7 +3,7 @@
  * (see thin-image/SPEC.md §Layout). Pure path arithmetic and IDs.
  */
 import path from 'node:path';
-import { sha256Hex } from '../digest.js';
+import { sha256Hex } from '../util/digest.js';
 
 export const LAYERS_DIR = '.layers';
 export const CHAINS_DIR = '.chains';

@@ -20,9 +20,9 @@
 import { promises as fsp } from 'node:fs';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
-import { pathExists, removeTree } from '../fsutil.js';
-import { type Host, systemHost } from '../host.js';
-import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../whiteout.js';
+import { pathExists, removeTree } from '../fs/fsutil.js';
+import { type Host, systemHost } from '../host/host.js';
+import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../fs/whiteout.js';
 
 /** The nested-catalog marker a CVMFS publisher honours (never part of an image). */
 export const CATALOG_MARKER = '.cvmfscatalog';

@@ -28,11 +28,11 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, readSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors/errors.js';
 import {
   FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_MARK_ADD, FAN_MARK_FILESYSTEM, FAN_NONBLOCK, FAN_OPEN, FAN_OPEN_EXEC, FAN_Q_OVERFLOW,
   fanotifyInit, fanotifyMark, SyscallError,
-} from '../sys.js';
+} from '../host/sys.js';
 
 /** A regular file: absolute path as the container sees it, size, when its first open was read, executed at some point. */
 export interface AccessRecord { path: string; size: number; atMs: number; exec: boolean }

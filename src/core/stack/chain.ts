@@ -5,7 +5,7 @@
  * contribution is complete by itself (a thin image's CVMFS layers, a DUCC
  * chain), below which the walk stops.
  */
-import { InternalError } from '../errors.js';
+import { InternalError } from '../errors/errors.js';
 
 /** What one ancestor contributes. */
 export interface ChainNode {

@@ -11,7 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { LayerFacts, LayerFactsCache } from '../cvmfs/layers.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { writeFileAtomic } from '../fs/fsutil.js';
 
 export class FactsFile implements LayerFactsCache {
   /** The write in progress (it writes the map as it is when it starts). */

@@ -15,19 +15,19 @@ import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
 import { CvmfsLayers, type KnownPaths } from '../cvmfs/layers.js';
 import { layerMarker } from '../cvmfs/layout.js';
-import { UnavailableError } from '../errors.js';
-import { type MountInfo, removeTree } from '../fsutil.js';
-import type { FsProbeOp, FsProbeResult, Host } from '../host.js';
+import { UnavailableError } from '../errors/errors.js';
+import { type MountInfo, removeTree } from '../fs/fsutil.js';
+import type { FsProbeOp, FsProbeResult, Host } from '../host/host.js';
 import { readThinLayer } from '../thin/layer.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { FactsFile } from './facts.js';
 import { type LinkBatch, ShortLinks } from './links.js';
-import { CvmfsProbe, cvmfsRootOf } from './probe.js';
+import { CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
 export { chainLowers, type ChainLower, type ChainNode } from './chain.js';
 export { FactsFile } from './facts.js';
 export { type LinkBatch, linkName, ShortLinks } from './links.js';
-export { CvmfsProbe, cvmfsRootOf, DEFAULT_CVMFS_TIMEOUT_MS, StalledError } from './probe.js';
+export { CvmfsProbe, cvmfsRootOf, DEFAULT_CVMFS_TIMEOUT_MS, StalledError } from '../host/probe.js';
 
 /** Owner of a CVMFS directory, as the availability check saw it. */
 export interface DirOwner {

@@ -9,7 +9,7 @@
 import { readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { ensureSymlink, unlinkIfExists } from '../fsutil.js';
+import { ensureSymlink, unlinkIfExists } from '../fs/fsutil.js';
 
 export const linkName = (n: number): string => n.toString(36);
 

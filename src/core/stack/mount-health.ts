@@ -19,10 +19,10 @@
 import { readlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { MountInfo } from '../fsutil.js';
-import type { Host } from '../host.js';
-import { type Metrics, noMetrics } from '../metrics.js';
-import { type CvmfsProbe, cvmfsRootOf } from './probe.js';
+import type { MountInfo } from '../fs/fsutil.js';
+import type { Host } from '../host/host.js';
+import { type Metrics, noMetrics } from '../telemetry/metrics.js';
+import { type CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
 /** An overlay mount's own options: lower layers (top first), upper and work dirs, as written (relative or absolute). */
 

@@ -7,7 +7,7 @@
  * with the files), stopping at `maxBytes` / `maxFiles` or when aborted. It
  * never fails: what it could not read is counted.
  */
-import type { FsProbeOp, Host } from '../host.js';
+import type { FsProbeOp, Host } from '../host/host.js';
 
 /** Reads one probe holds (the helper runs up to 8 of them at once). */
 const CHUNK = 16;

@@ -14,8 +14,8 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { writeFileAtomic } from '../fsutil.js';
-import type { Metrics } from '../metrics.js';
+import { writeFileAtomic } from '../fs/fsutil.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { PrefetchResult } from './prefetch.js';
 
 export const TRACE_SCHEMA = 'cvmfs-thin/start-trace';

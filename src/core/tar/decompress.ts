@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { Duplex, PassThrough, pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { Decompress as FzstdDecompress } from 'fzstd';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 export type Compression = 'gzip' | 'zstd' | 'none';
 

@@ -5,7 +5,7 @@
  * entry as text (UTF-8, invalid bytes shown as U+FFFD), or '' when no entry is
  * known (e.g. a truncated header).
  */
-import { InternalError, InvalidArgumentError } from '../errors.js';
+import { InternalError, InvalidArgumentError } from '../errors/errors.js';
 
 export type UnsafeTarReason =
   // names

@@ -8,7 +8,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
-import { type ErrorCode, type ErrorKind, ThinError } from '../errors.js';
+import { type ErrorCode, type ErrorKind, ThinError } from '../errors/errors.js';
 import { TarIoError, unsafe, UnsafeTarError, type UnsafeTarReason } from './errors.js';
 import type { IdMaps } from './idmap.js';
 import { TarParser } from './parser.js';

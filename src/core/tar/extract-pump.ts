@@ -4,7 +4,7 @@
  * listeners removed on failure, abort or stop (the caller owns the stream).
  */
 import type { Readable } from 'node:stream';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 /**
  * Feed `onChunk` every chunk of `r` until its end. When onChunk returns a

@@ -23,7 +23,7 @@
 import { createHash } from 'node:crypto';
 import fs, { promises as fsp } from 'node:fs';
 import { Readable } from 'node:stream';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 import { CTL_ABORT, deserializeError, runJob, SLOT_SIZE, SLOTS, type FromWorker, type JobConfig } from './extract-core.js';
 import { WorkerJob } from './extract-pool.js';
 import { pump } from './extract-pump.js';

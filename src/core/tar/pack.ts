@@ -12,9 +12,9 @@
  */
 import { promises as fsp, type BigIntStats } from 'node:fs';
 import { Readable } from 'node:stream';
-import { InvalidArgumentError } from '../errors.js';
-import { lgetxattr, llistxattr } from '../sys.js';
-import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../whiteout.js';
+import { InvalidArgumentError } from '../errors/errors.js';
+import { lgetxattr, llistxattr } from '../host/sys.js';
+import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../fs/whiteout.js';
 import { ioError } from './errors.js';
 import { bstr, encodeHeader, END_OF_ARCHIVE, padding, type EntryType, type TarHeader, type TarTime } from './headers.js';
 import { toContainer, type IdMaps } from './idmap.js';

@@ -23,7 +23,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
-import { classifyWhiteout, AUFS_META_PREFIX, WHITEOUT_PREFIX } from '../whiteout.js';
+import { classifyWhiteout, AUFS_META_PREFIX, WHITEOUT_PREFIX } from '../fs/whiteout.js';
 import { unsafe } from './errors.js';
 import { encodeHeader, padding, type TarHeader } from './headers.js';
 import { type MemEntry, packEntriesToBuffer } from './pack.js';

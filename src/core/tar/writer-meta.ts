@@ -6,7 +6,7 @@
  * `user.*` where the kernel refuses them), the writer's statistics, and the
  * deferred directory modes and times applied once the parser ended.
  */
-import { lchmod, lsetxattr, lutimesNs, lgetxattr, llistxattr } from '../sys.js';
+import { lchmod, lsetxattr, lutimesNs, lgetxattr, llistxattr } from '../host/sys.js';
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader, TarTime } from './headers.js';
 import { toHost } from './idmap.js';

@@ -8,7 +8,7 @@
  * layer wrote (opaque directories). Also the writer's options.
  */
 import fs from 'node:fs';
-import { lchmod } from '../sys.js';
+import { lchmod } from '../host/sys.js';
 import { unsafe } from './errors.js';
 import type { TarTime } from './headers.js';
 import { toHost, type IdMaps } from './idmap.js';

@@ -25,9 +25,9 @@
  *   shared inode (the last entry wins), like containerd's archive.Apply.
  */
 import fs from 'node:fs';
-import { ThinError } from '../errors.js';
-import { lchmod, lsetxattr, lutimesNs, futimesNs, mknod, mkWhiteout, S_IFBLK, S_IFCHR, S_IFIFO } from '../sys.js';
-import { classifyWhiteout, AUFS_META_PREFIX, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../whiteout.js';
+import { ThinError } from '../errors/errors.js';
+import { lchmod, lsetxattr, lutimesNs, futimesNs, mknod, mkWhiteout, S_IFBLK, S_IFCHR, S_IFIFO } from '../host/sys.js';
+import { classifyWhiteout, AUFS_META_PREFIX, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../fs/whiteout.js';
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader } from './headers.js';
 import type { TarParserHandler } from './parser.js';

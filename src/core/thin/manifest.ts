@@ -5,8 +5,8 @@
  * the snapshotter, the graph driver and the converter.
  */
 import { REPOSITORY_NAME } from '../config.js';
-import { ThinManifestError } from '../errors.js';
-import { JsonSyntaxError, parseStrictJson } from '../json.js';
+import { ThinManifestError } from '../errors/errors.js';
+import { JsonSyntaxError, parseStrictJson } from '../util/json.js';
 
 /** File names a thin layer may carry its manifest under (first is current; others are historical). */
 export const THIN_MANIFEST_NAMES = ['thin.json', '.thin.json', '.thin'] as const;

@@ -11,8 +11,8 @@
  * layer (hex digest) that served it. Pure: no file system access.
  */
 import path from 'node:path';
-import { InvalidArgumentError } from '../errors.js';
-import { JsonSyntaxError, parseStrictJson } from '../json.js';
+import { InvalidArgumentError } from '../errors/errors.js';
+import { JsonSyntaxError, parseStrictJson } from '../util/json.js';
 import { duccChainIds } from '../cvmfs/layout.js';
 
 export const PROFILES_DIR = '.profiles';

@@ -19,11 +19,11 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { UnavailableError } from '../errors.js';
-import { writeFileAtomic } from '../fsutil.js';
-import type { FsProbeOp, FsProbeResult, Host, MountInfo } from '../host.js';
-import { CvmfsProbe, StalledError } from '../stack/probe.js';
-import { MNT_DETACH } from '../sys.js';
+import { UnavailableError } from '../errors/errors.js';
+import { writeFileAtomic } from '../fs/fsutil.js';
+import type { FsProbeOp, FsProbeResult, Host, MountInfo } from '../host/host.js';
+import { CvmfsProbe, StalledError } from '../host/probe.js';
+import { MNT_DETACH } from '../host/sys.js';
 import { clientParameters, needsClient, type VolumeSpec, volumeName } from './spec.js';
 import type { VolumeRecord } from './store.js';
 import type { Backend } from './types.js';

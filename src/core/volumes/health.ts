@@ -10,8 +10,8 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { toThinError } from '../errors.js';
-import type { Metrics } from '../metrics.js';
+import { toThinError } from '../errors/errors.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { Backends, Health } from './backend.js';
 import type { VolumeSpec } from './spec.js';
 import type { VolumeRecord, VolumeStore } from './store.js';

@@ -24,12 +24,12 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../errors.js';
-import { Gate } from '../gate.js';
-import { journalMetrics } from '../journal.js';
-import { KeyedMutex } from '../keyed-mutex.js';
-import { type Metrics, noMetrics } from '../metrics.js';
-import { CvmfsProbe } from '../stack/probe.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../errors/errors.js';
+import { Gate } from '../util/gate.js';
+import { journalMetrics } from '../state/journal.js';
+import { KeyedMutex } from '../util/keyed-mutex.js';
+import { type Metrics, noMetrics } from '../telemetry/metrics.js';
+import { CvmfsProbe } from '../host/probe.js';
 import { Backends, DEFAULT_MOUNT_COMMAND, type Health } from './backend.js';
 import { HealthCheck } from './health.js';
 import { DEFAULT_CLIENT_CONFIG_KEYS, parseAllowed, RepositoryAllowlist, type VolumeSpec, volumeKey } from './spec.js';

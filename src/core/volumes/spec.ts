@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { REPOSITORY_NAME } from '../config.js';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 export interface VolumeSpec {
   /** The repository, or null for the whole /cvmfs tree (CSI without `repository`). */

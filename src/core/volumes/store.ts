@@ -1,11 +1,11 @@
 /**
  * The mount manager's durable state: volumes with their holders, and Docker
- * volume definitions, on the shared journal (src/core/journal.ts). Every
+ * volume definitions, on the shared journal (src/core/state/journal.ts). Every
  * change is one full-value record committed (group commit, O_DSYNC) before the
  * caller answers, so a kill -9 at any instant leaves a state that the manager
  * reconciles with the mount table when it opens again.
  */
-import { Journal, type JournalOptions } from '../journal.js';
+import { Journal, type JournalOptions } from '../state/journal.js';
 import type { Backend, Definition, Holder } from './types.js';
 import type { VolumeSpec } from './spec.js';
 

@@ -3,8 +3,8 @@
  * front-ends (Docker volume plugin, CSI node plugin, FlexVolume driver).
  */
 import type { Logger } from 'pino';
-import type { Host } from '../host.js';
-import type { Metrics } from '../metrics.js';
+import type { Host } from '../host/host.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { VolumeSpec } from './spec.js';
 
 /**

@@ -15,7 +15,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { lsetxattr, mknod, S_IFCHR, S_IFIFO } from '../../../src/core/sys.js';
+import { lsetxattr, mknod, S_IFCHR, S_IFIFO } from '../../../src/core/host/sys.js';
 import { buildLayer, type BuiltLayer, writeLayout } from '../../convert/images.js';
 import { APPLYTOOL, applyContainerd } from '../../tar/parity-helpers.js';
 import { CAPABILITY } from './testing.js';

@@ -39,7 +39,7 @@ import {
   typeName,
   unmountAll,
 } from './fsops.js';
-import { llistxattr } from '../../../src/core/sys.js';
+import { llistxattr } from '../../../src/core/host/sys.js';
 
 export { SimError } from './fsops.js';
 import { implicitDirs, NO_ROOT_ENTRY, recordNoOwner, refuseWritesBelowNoOwner } from './no-owner.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { cvmfsLocation } from '../../../src/core/config.js';
 import { CvmfsLayers, type LayerFacts, type LayerFactsCache, type ResolvedStack } from '../../../src/core/cvmfs/layers.js';
 import { duccLayerPath, parseThinManifest, serializeThinManifest } from '../../../src/core/thin/manifest.js';
-import { mount, MS_RDONLY } from '../../../src/core/sys.js';
+import { mount, MS_RDONLY } from '../../../src/core/host/sys.js';
 
 export class MemoryFacts implements LayerFactsCache {
   readonly facts = new Map<string, LayerFacts>();

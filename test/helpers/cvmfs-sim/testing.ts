@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
-import { MNT_DETACH, umount } from '../../../src/core/sys.js';
+import { MNT_DETACH, umount } from '../../../src/core/host/sys.js';
 import { mountPoints } from './fsops.js';
 import { init, type InitOptions, publish, simPaths, transaction } from './sim.js';
 import { simArgv } from './command.js';

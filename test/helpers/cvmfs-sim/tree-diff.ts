@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { lgetxattr, llistxattr } from '../../../src/core/sys.js';
+import { lgetxattr, llistxattr } from '../../../src/core/host/sys.js';
 import { typeName } from './fsops.js';
 
 export interface TreeNode {

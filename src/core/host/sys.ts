@@ -328,7 +328,7 @@ export function fanotifyMark(fd: number, flags: number, mask: number, dirfd: num
   check(lib().fanotify_mark(fd, flags, mask, dirfd, path), 'fanotify_mark', path ?? `fd ${dirfd}`);
 }
 
-/** syscall(2) and errno, for calls without a libc wrapper (the new mount API in core/stack/overlay-mount.ts). */
+/** syscall(2) and errno, for calls without a libc wrapper (the new mount API in core/host/overlay-mount.ts). */
 export function rawSyscall(): { syscall: (...a: unknown[]) => number | bigint; errno: () => number } {
   const l = lib();
   return { syscall: l.syscall, errno: l.errno };

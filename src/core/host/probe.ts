@@ -11,8 +11,8 @@
  * client) until one answers. A late answer clears the stall.
  */
 import type { Logger } from 'pino';
-import { UnavailableError } from '../errors.js';
-import type { FsProbeOp, FsProbeResult, Host } from '../host.js';
+import { UnavailableError } from '../errors/errors.js';
+import type { FsProbeOp, FsProbeResult, Host } from './host.js';
 
 export const DEFAULT_CVMFS_TIMEOUT_MS = 10_000;
 

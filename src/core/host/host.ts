@@ -14,9 +14,9 @@
  */
 import { execFile } from 'node:child_process';
 import { statfsSync } from 'node:fs';
-import { type MountInfo, readMountinfo } from './fsutil.js';
-import { mountOverlay } from './stack/overlay-mount.js';
-import { probeHelper } from './stack/probe-child.js';
+import { type MountInfo, readMountinfo } from '../fs/fsutil.js';
+import { mountOverlay } from './overlay-mount.js';
+import { probeHelper } from './probe-child.js';
 import * as sys from './sys.js';
 
 export type { MountInfo };

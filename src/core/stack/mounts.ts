@@ -4,7 +4,7 @@
  * lower directories (top first) of its parent chain.
  */
 import { existsSync } from 'node:fs';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 export interface Mount {
   type: string;

@@ -17,9 +17,9 @@
 import { closeSync, readSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FailedPreconditionError } from '../errors.js';
-import type { OverlayMount } from '../host.js';
-import { mount, rawSyscall, SyscallError } from '../sys.js';
+import { FailedPreconditionError } from '../errors/errors.js';
+import type { OverlayMount } from './host.js';
+import { mount, rawSyscall, SyscallError } from './sys.js';
 
 /** mount(2) copies one page of options, NUL included. */
 export const MAX_MOUNT_DATA = 4095;

@@ -42,10 +42,10 @@ import { closeSync, constants, fdatasyncSync, write as writeCb, fsyncSync, ftrun
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { InternalError } from './errors.js';
-import { fsyncDir } from './fsutil.js';
+import { InternalError } from '../errors/errors.js';
+import { fsyncDir } from '../fs/fsutil.js';
 import { decodeRecords, encodeRecord } from './journal-records.js';
-import type { Metrics } from './metrics.js';
+import type { Metrics } from '../telemetry/metrics.js';
 
 export { crc32, decodeRecords, encodeRecord } from './journal-records.js';
 

@@ -15,9 +15,9 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { InvalidArgumentError } from './errors.js';
-import { writeFileAtomic } from './fsutil.js';
-import { prepareSocket } from './socket.js';
+import { InvalidArgumentError } from '../errors/errors.js';
+import { writeFileAtomic } from '../fs/fsutil.js';
+import { prepareSocket } from '../host/socket.js';
 
 type Kind = 'counter' | 'gauge' | 'histogram';
 

@@ -6,14 +6,14 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import type { Logger } from 'pino';
-import { type ConfigOf, type Field, loadToml } from '../config.js';
-import { InvalidArgumentError } from '../errors.js';
-import type { Host } from '../host.js';
-import { createLogger, type LogLevel } from '../log.js';
-import { DEFAULT_CVMFS_TIMEOUT_MS } from '../stack/probe.js';
-import { DEFAULT_MOUNT_COMMAND } from './backend.js';
-import { DEFAULT_CLIENT_CONFIG_KEYS, RepositoryAllowlist } from './spec.js';
-import type { Backend, MountManagerOptions } from './types.js';
+import { type ConfigOf, type Field, loadToml } from '../core/config.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import type { Host } from '../core/host/host.js';
+import { createLogger, type LogLevel } from '../core/telemetry/log.js';
+import { DEFAULT_CVMFS_TIMEOUT_MS } from '../core/host/probe.js';
+import { DEFAULT_MOUNT_COMMAND } from '../core/volumes/backend.js';
+import { DEFAULT_CLIENT_CONFIG_KEYS, RepositoryAllowlist } from '../core/volumes/spec.js';
+import type { Backend, MountManagerOptions } from '../core/volumes/types.js';
 
 const checkAbs = (v: string) => (path.isAbsolute(v) ? null : 'must be an absolute path');
 const checkSeconds = (v: string) => (/^\d{1,7}$/.test(v) ? null : 'must be a whole number of seconds');

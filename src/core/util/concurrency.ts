@@ -1,5 +1,5 @@
 /** Bounded concurrency, shared by the converter and the layer stack. */
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 /** A counting semaphore (FIFO). */
 export class Semaphore {

@@ -16,9 +16,9 @@ import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { type ErrorKind, InvalidArgumentError, NotFoundError, toThinError } from './errors.js';
-import { type Metrics, noMetrics, recordRequest } from './metrics.js';
-import { prepareSocket } from './socket.js';
+import { type ErrorKind, InvalidArgumentError, NotFoundError, toThinError } from '../core/errors/errors.js';
+import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
+import { prepareSocket } from '../core/host/socket.js';
 
 /** The content type go-plugins-helpers answers with (dockerd does not check it). */
 export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.1+json';

@@ -8,9 +8,9 @@
  */
 import { closeSync, constants, ftruncateSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { FailedPreconditionError } from '../errors.js';
-import type { Host } from '../host.js';
-import { LOCK_EX, LOCK_NB } from '../sys.js';
+import { FailedPreconditionError } from '../errors/errors.js';
+import type { Host } from '../host/host.js';
+import { LOCK_EX, LOCK_NB } from '../host/sys.js';
 
 /** Who holds a lock (written into the lock file by the holder). */
 export interface LockHolder {

@@ -1,16 +1,16 @@
 /**
  * Typed errors shared by every part of cvmfs-thin. Each class has a stable
  * `code` string (like undici's UND_ERR_*), listed with its meaning in the
- * registry src/core/error-codes.ts (a code not listed there does not compile;
+ * registry src/core/errors/codes.ts (a code not listed there does not compile;
  * table: docs/errors.md), and a `kind` that the edges map to a protocol status
  * in exactly one place each (gRPC: src/snapshotter/grpc-errors.ts and
- * src/csi/grpc-errors.ts, HTTP: src/core/plugin-http.ts). The `kind` values
+ * src/csi/grpc-errors.ts, HTTP: src/edge/plugin-http.ts). The `kind` values
  * mirror containerd's errdefs classes, so a snapshotter answer means the same
  * thing as containerd's own.
  */
-import type { ErrorCode } from './error-codes.js';
+import type { ErrorCode } from './codes.js';
 
-export type { ErrorCode } from './error-codes.js';
+export type { ErrorCode } from './codes.js';
 
 export type ErrorKind =
   | 'invalid-argument'

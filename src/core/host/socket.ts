@@ -2,7 +2,7 @@
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from './errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors/errors.js';
 
 /** Linux sun_path is 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH = 107;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../errors/errors.js';
 
 /** A parsed content digest. Only sha256 is used by the OCI images and the DUCC layout we serve. */
 export interface Digest {

@@ -87,7 +87,7 @@ export const ERROR_CODES = {
   // ------------------------------------------------------------ snapshotter
   CVMFS_THIN_REMOTE_SNAPSHOT: { kind: 'already-exists', meaning: 'A remote (CVMFS) layer was committed for the snapshot: containerd skips the download (expected answer, not a failure).' },
 
-  // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/stack/probe.ts)
+  // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/host/probe.ts)
   CVMFS_THIN_BAD_PROFILE: { kind: 'invalid-argument', meaning: 'An access profile (.profiles/…json) is not valid; the message names the field. The image starts without prefetch.' },
   CVMFS_THIN_CVMFS_STALLED: { kind: 'unavailable', meaning: 'A CVMFS mount did not answer within cvmfs-timeout (a stalled client: server or proxy unreachable); the message names the directory and the deadline.' },
 

@@ -24,7 +24,7 @@
  * MAX_STUCK of them leave threads free for the others.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import type { FsProbeOp, FsProbeResult } from '../host.js';
+import type { FsProbeOp, FsProbeResult } from './host.js';
 
 const HELPER = String.raw`'use strict';
 const fsp = require('node:fs').promises;
