@@ -35,7 +35,6 @@ if (!fs.existsSync(path.resolve(import.meta.dirname, '../dist/cli/main.js'))) {
   process.exit(1);
 }
 
-
 function buildByteHeavy(): { layout: string; layers: Layer[]; bytes: number } {
   const layers: Layer[] = [];
   const nLayers = 4;
@@ -140,9 +139,7 @@ try {
   fs.rmSync(byteHeavy.layout, { recursive: true, force: true });
   const fileHeavy = buildFileHeavy();
   const b = bench('file-heavy', fileHeavy, FILES);
-  process.stdout.write(
-    `summary: byte-heavy ${(a.ours / a.tar).toFixed(2)} (target <= 1.0), file-heavy ${(b.ours / b.tar).toFixed(2)} (target <= 1.5)\n`,
-  );
+  process.stdout.write(`summary: byte-heavy ${(a.ours / a.tar).toFixed(2)} (target <= 1.0), file-heavy ${(b.ours / b.tar).toFixed(2)} (target <= 1.5)\n`);
 } finally {
   if (!process.env['BENCH_KEEP']) fs.rmSync(work, { recursive: true, force: true });
 }

@@ -53,7 +53,17 @@ async function main(): Promise<void> {
   writeFileSync(path.join(repo, 'README'), 'bench\n');
   const socket = path.join(dir, 'csi.sock');
   const state = path.join(dir, 'state');
-  const csi = await startCsi({ endpoint: `unix://${socket}`, driverName: 'cvmfs.csi.cern.ch', nodeId: 'bench', stateDir: state, cvmfsRoot: cvmfs, allow: ['*'], backend: 'host', checkIntervalMs: 0, log: silentLogger() });
+  const csi = await startCsi({
+    endpoint: `unix://${socket}`,
+    driverName: 'cvmfs.csi.cern.ch',
+    nodeId: 'bench',
+    stateDir: state,
+    cvmfsRoot: cvmfs,
+    allow: ['*'],
+    backend: 'host',
+    checkIntervalMs: 0,
+    log: silentLogger(),
+  });
   const c = new CsiClient(socket);
   const pods = path.join(dir, 'pods');
   const target = (i: number) => path.join(pods, `p${i}`, 'mount');
@@ -101,7 +111,9 @@ async function main(): Promise<void> {
     console.log(`CSI publish+unpublish, ${RUNS} runs (p50 / p90):`);
     console.log(`  ours (gRPC, 2 binds, journal)   ${ms(p50)} / ${ms(pct(ours, 90))}`);
     console.log(`  bind+ro+umount syscalls        ${ms(pct(sysBase, 50))} / ${ms(pct(sysBase, 90))}   ratio ours/this ${(p50 / pct(sysBase, 50)).toFixed(1)}x`);
-    console.log(`  mount(8)+umount(8) execs (${execBase.length})  ${ms(pct(execBase, 50))} / ${ms(pct(execBase, 90))}   ratio ours/this ${(p50 / pct(execBase, 50)).toFixed(2)}x`);
+    console.log(
+      `  mount(8)+umount(8) execs (${execBase.length})  ${ms(pct(execBase, 50))} / ${ms(pct(execBase, 90))}   ratio ours/this ${(p50 / pct(execBase, 50)).toFixed(2)}x`,
+    );
 
     // concurrent publishes of one repository
     for (let i = 1; i <= CONCURRENT; i++) mkdirSync(path.join(pods, `p${i}`), { recursive: true });
@@ -111,12 +123,16 @@ async function main(): Promise<void> {
     const backend = readMountinfo().filter((m) => m.mountPoint.startsWith(`${state}/mounts/`)).length;
     const bound = targets.filter((x) => readMountinfo().some((m) => m.mountPoint === x)).length;
     const down = await timed(() => Promise.all(targets.map((x) => c.unpublish('pv-bench', x))));
-    console.log(`${CONCURRENT} concurrent publishes of ${REPO}: ${CONCURRENT - failures} succeeded, ${bound} targets bound, ${backend} backend mount(s); ${wall.toFixed(1)} ms for all, unpublish of all ${down.toFixed(1)} ms; ${ourMounts()} mounts left`);
+    console.log(
+      `${CONCURRENT} concurrent publishes of ${REPO}: ${CONCURRENT - failures} succeeded, ${bound} targets bound, ${backend} backend mount(s); ${wall.toFixed(1)} ms for all, unpublish of all ${down.toFixed(1)} ms; ${ourMounts()} mounts left`,
+    );
     if (failures || backend !== 1 || bound !== CONCURRENT || ourMounts() !== 0) process.exitCode = 1;
   } finally {
     c.close();
     await csi.stop();
-    for (const m of readMountinfo().filter((x) => x.mountPoint.startsWith(`${dir}/`)).reverse()) {
+    for (const m of readMountinfo()
+      .filter((x) => x.mountPoint.startsWith(`${dir}/`))
+      .reverse()) {
       try {
         umount(m.mountPoint, MNT_DETACH);
       } catch {

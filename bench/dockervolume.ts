@@ -50,7 +50,16 @@ async function main(): Promise<void> {
     mkdirSync(path.join(cvmfs, 'cms.cern.ch'), { recursive: true });
     writeFileSync(path.join(cvmfs, 'cms.cern.ch', 'README'), 'cms\n');
     const mounts = path.join(dir, 'state', 'mounts');
-    plugin = await startVolumePlugin(name, ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', 'cms.cern.ch', '--log-level', 'warn']);
+    plugin = await startVolumePlugin(name, [
+      '--state-dir',
+      path.join(dir, 'state'),
+      '--cvmfs-root',
+      cvmfs,
+      '--allowed-repository',
+      'cms.cern.ch',
+      '--log-level',
+      'warn',
+    ]);
     dockerd = await startDockerd(path.join(dir, 'd'), 'overlay2', ['--log-level', 'warn']);
     const d = dockerd;
     const version = (await d.docker(['version', '--format', '{{.Server.Version}}'])).stdout.trim();
@@ -112,7 +121,7 @@ async function main(): Promise<void> {
     const out = [
       `dockerd ${version} (overlay2), busybox image, ${RUNS} interleaved rounds per dockerd measure, ${RAW} raw plugin rounds`,
       '',
-      'through dockerd (cvmfs = our plugin, local = dockerd\'s local driver)',
+      "through dockerd (cvmfs = our plugin, local = dockerd's local driver)",
       line('docker run --rm -v VOL:/x:ro cat', run.cvmfs, run.local),
       line('docker start + stop (Mount+Unmount)', ss.cvmfs, ss.local),
       '',

@@ -36,7 +36,6 @@ function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): void {
   execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'], ...opts });
 }
 
-
 function buildByteHeavy(dir: string): void {
   fs.mkdirSync(dir, { recursive: true });
   const nfiles = 8;
@@ -124,7 +123,9 @@ async function compare(label: string, tarArgs: (dest: string) => string[], ours:
   }
   const ta = median(a);
   const tb = median(b);
-  console.log(`${label.padEnd(34)} tar ${ta.toFixed(2)}s  ours ${tb.toFixed(2)}s  ratio ${(tb / ta).toFixed(2)}  (runs tar ${a.map((x) => x.toFixed(2)).join('/')}, ours ${b.map((x) => x.toFixed(2)).join('/')})`);
+  console.log(
+    `${label.padEnd(34)} tar ${ta.toFixed(2)}s  ours ${tb.toFixed(2)}s  ratio ${(tb / ta).toFixed(2)}  (runs tar ${a.map((x) => x.toFixed(2)).join('/')}, ours ${b.map((x) => x.toFixed(2)).join('/')})`,
+  );
 }
 
 /** Parse-only throughput of our parser vs tar-stream (no fs), MB/s. */
@@ -160,7 +161,9 @@ async function parseOnly(file: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  console.log(`bench: ${os.cpus().length} cpus, node ${process.version}, work dir ${work}, byte-heavy ${(BYTES / 2 ** 20).toFixed(0)} MiB, file-heavy ${FILES} files, ${RUNS} runs (median)`);
+  console.log(
+    `bench: ${os.cpus().length} cpus, node ${process.version}, work dir ${work}, byte-heavy ${(BYTES / 2 ** 20).toFixed(0)} MiB, file-heavy ${FILES} files, ${RUNS} runs (median)`,
+  );
   if (spawnSync('tar', ['--version']).status !== 0) throw new Error('GNU tar is needed');
   const bytesTree = path.join(work, 'tree-bytes');
   const filesTree = path.join(work, 'tree-files');
@@ -182,21 +185,35 @@ async function main(): Promise<void> {
   const rs = (f: string): fs.ReadStream => fs.createReadStream(f, { highWaterMark: 1 << 20 });
   for (const [name, l] of Object.entries(layers)) {
     await parseOnly(l.tar);
-    await compare(`${name}: tar -xf (ours from stream)`, (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d], (d) => extractLayer(rs(l.tar), { dest: d, whiteouts: 'overlay' }));
-    await compare(`${name}: tar -xf (ours from file)`, (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d], (d) =>
-      extractLayerFile(l.tar, { dest: d, whiteouts: 'overlay' }),
+    await compare(
+      `${name}: tar -xf (ours from stream)`,
+      (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d],
+      (d) => extractLayer(rs(l.tar), { dest: d, whiteouts: 'overlay' }),
     );
-    await compare(`${name}: tar -xf (ours inline)`, (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d], (d) =>
-      extractLayer(rs(l.tar), { dest: d, whiteouts: 'overlay', thread: 'inline' }),
+    await compare(
+      `${name}: tar -xf (ours from file)`,
+      (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d],
+      (d) => extractLayerFile(l.tar, { dest: d, whiteouts: 'overlay' }),
     );
-    await compare(`${name}: tar -xzf`, (d) => ['--numeric-owner', '-xpzf', l.tgz, '-C', d], (d) =>
-      extractLayer(decompress(rs(l.tgz), 'gzip'), { dest: d, whiteouts: 'overlay' }),
+    await compare(
+      `${name}: tar -xf (ours inline)`,
+      (d) => ['--numeric-owner', '-xpf', l.tar, '-C', d],
+      (d) => extractLayer(rs(l.tar), { dest: d, whiteouts: 'overlay', thread: 'inline' }),
     );
-    await compare(`${name}: tar --zstd -xf (ours: zstd process)`, (d) => ['--numeric-owner', '--zstd', '-xpf', l.tzst, '-C', d], (d) =>
-      extractLayer(decompress(rs(l.tzst), 'zstd', { zstd: 'process' }), { dest: d, whiteouts: 'overlay' }),
+    await compare(
+      `${name}: tar -xzf`,
+      (d) => ['--numeric-owner', '-xpzf', l.tgz, '-C', d],
+      (d) => extractLayer(decompress(rs(l.tgz), 'gzip'), { dest: d, whiteouts: 'overlay' }),
     );
-    await compare(`${name}: tar --zstd -xf (ours: fzstd)`, (d) => ['--numeric-owner', '--zstd', '-xpf', l.tzst, '-C', d], (d) =>
-      extractLayer(decompress(rs(l.tzst), 'zstd', { zstd: 'js' }), { dest: d, whiteouts: 'overlay' }),
+    await compare(
+      `${name}: tar --zstd -xf (ours: zstd process)`,
+      (d) => ['--numeric-owner', '--zstd', '-xpf', l.tzst, '-C', d],
+      (d) => extractLayer(decompress(rs(l.tzst), 'zstd', { zstd: 'process' }), { dest: d, whiteouts: 'overlay' }),
+    );
+    await compare(
+      `${name}: tar --zstd -xf (ours: fzstd)`,
+      (d) => ['--numeric-owner', '--zstd', '-xpf', l.tzst, '-C', d],
+      (d) => extractLayer(decompress(rs(l.tzst), 'zstd', { zstd: 'js' }), { dest: d, whiteouts: 'overlay' }),
     );
   }
   // decompression alone, MB/s of output

@@ -45,7 +45,11 @@ async function timed(f: () => Promise<unknown>): Promise<number> {
 
 function fillerEntries(): TarEntry[] {
   const per = Math.max(1, Math.floor((MB * 1024 * 1024) / FILES));
-  const out: TarEntry[] = [{ path: 'usr/', type: 'dir' }, { path: 'usr/share/', type: 'dir' }, { path: 'usr/share/filler/', type: 'dir' }];
+  const out: TarEntry[] = [
+    { path: 'usr/', type: 'dir' },
+    { path: 'usr/share/', type: 'dir' },
+    { path: 'usr/share/filler/', type: 'dir' },
+  ];
   const dirs = Math.ceil(FILES / 100);
   for (let d = 0; d < dirs; d++) out.push({ path: `usr/share/filler/d${d}/`, type: 'dir' });
   for (let i = 0; i < FILES; i++) out.push({ path: `usr/share/filler/d${Math.floor(i / 100)}/f${i}`, content: randomBytes(per) });
@@ -66,7 +70,11 @@ async function main(): Promise<void> {
     const img = await buildImage('bench/app:1', [
       busyboxEntries('bench'),
       fillerEntries(),
-      [{ path: 'etc/', type: 'dir' }, { path: 'etc/.wh.salt', content: '' }, { path: 'etc/app.conf', content: 'x=1\n' }],
+      [
+        { path: 'etc/', type: 'dir' },
+        { path: 'etc/.wh.salt', content: '' },
+        { path: 'etc/app.conf', content: 'x=1\n' },
+      ],
     ]);
     for (const l of img.layers) unpackDuccStyle(repo, l);
     const thinText = JSON.stringify({ version: '1.0', origin: 'bench/app:1', layers: img.layers.map((l) => ({ digest: l.digest.slice(7) })) });
@@ -104,7 +112,18 @@ async function main(): Promise<void> {
       tOursNormal.push(await timed(() => run(o, 'bench/app:1')));
     }
     // the thin container really sees the CVMFS files
-    const check = (await o.docker(['run', '--rm', '--network', 'none', 'bench/thin:1', 'sh', '-c', 'cat /etc/app.conf; ls /usr/share/filler | wc -l; test -e /etc/salt || echo deleted'])).stdout;
+    const check = (
+      await o.docker([
+        'run',
+        '--rm',
+        '--network',
+        'none',
+        'bench/thin:1',
+        'sh',
+        '-c',
+        'cat /etc/app.conf; ls /usr/share/filler | wc -l; test -e /etc/salt || echo deleted',
+      ])
+    ).stdout;
     if (check !== `x=1\n${Math.ceil(FILES / 100)}\ndeleted\n`) throw new Error(`thin container sees the wrong tree: ${JSON.stringify(check)}`);
 
     // ---- load and run from nothing
@@ -114,14 +133,18 @@ async function main(): Promise<void> {
     for (let i = 0; i < LOADS; i++) {
       await o.docker(['rmi', 'bench/thin:1']);
       await r.docker(['rmi', 'bench/app:1']);
-      lThin.push(await timed(async () => {
-        await o.docker(['load', '-i', thinTar]);
-        await run(o, 'bench/thin:1');
-      }));
-      lRef.push(await timed(async () => {
-        await r.docker(['load', '-i', normalTar]);
-        await run(r, 'bench/app:1');
-      }));
+      lThin.push(
+        await timed(async () => {
+          await o.docker(['load', '-i', thinTar]);
+          await run(o, 'bench/thin:1');
+        }),
+      );
+      lRef.push(
+        await timed(async () => {
+          await r.docker(['load', '-i', normalTar]);
+          await run(r, 'bench/app:1');
+        }),
+      );
     }
 
     const w = { thin: median(tThin), ref: median(tRef), oursNormal: median(tOursNormal) };

@@ -47,7 +47,22 @@ import path from 'node:path';
 import { buildImage, writeOciArchive } from '../test/helpers/oci-image.js';
 import { CVMFS_BINARIES, cvmfsClient, makeStratum0, publishArgs, serveStratum0 } from './lib/cvmfs-real.js';
 import { LARGE_CMD, SPREAD_CMD, spreadLayers, writeLargeImage } from './lib/images.js';
-import { cleanup, cleanupOnSignals, convert, have, median, missingOf, type Node, onCleanup, pullRun, requireBuild, SN, sh, startNode, unmountBelow } from './lib/start.js';
+import {
+  cleanup,
+  cleanupOnSignals,
+  convert,
+  have,
+  median,
+  missingOf,
+  type Node,
+  onCleanup,
+  pullRun,
+  requireBuild,
+  SN,
+  sh,
+  startNode,
+  unmountBelow,
+} from './lib/start.js';
 import { medianPhases, type Phase, printTrace, traceOf } from './lib/start-trace.js';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 5);
@@ -76,7 +91,8 @@ const add = (rows: Rows, key: string, n: N, x: number) => ((rows[key] ??= { 5: [
 /** Every container must print the same; the first output is kept to be shown. */
 let expected: string | undefined;
 function check(o: string, what: string): void {
-  if (!o.includes('deleted-ok') || !/^new\.conf$/m.test(o) || /old\d\.conf/.test(o)) throw new Error(`${what}: a deletion or the opaque directory is wrong:\n${o}`);
+  if (!o.includes('deleted-ok') || !/^new\.conf$/m.test(o) || /old\d\.conf/.test(o))
+    throw new Error(`${what}: a deletion or the opaque directory is wrong:\n${o}`);
   if (expected !== undefined && o !== expected) throw new Error(`${what}: the containers disagree:\n${expected}---\n${o}`);
   expected = o;
 }
@@ -100,13 +116,16 @@ async function withNode<T>(dir: string, repository: string, mountpoint: string, 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cvmfs-thin-bench-layers-'));
   onExit(work);
-  out(`cvmfs-thin layer-count benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, containerd ${(await sh('containerd', ['--version'])).split(' ')[2] ?? '?'}, median of ${RUNS} runs; load average ${os.loadavg()[0]!.toFixed(1)})`);
+  out(
+    `cvmfs-thin layer-count benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, containerd ${(await sh('containerd', ['--version'])).split(' ')[2] ?? '?'}, median of ${RUNS} runs; load average ${os.loadavg()[0]!.toFixed(1)})`,
+  );
 
   // ---- images, converted into the stand-in tree (not timed) ----
   const repository = 'unpacked.example.org';
   const tree = path.join(work, 'standin', repository);
   fs.mkdirSync(tree, { recursive: true });
-  const convertTo = (source: string, thin: string, o: { repositoryDir: string; repository: string; extra?: string[] }) => convert(source, { ...o, thinTar: path.join(work, thin), lockFile: path.join(work, 'convert.lock') });
+  const convertTo = (source: string, thin: string, o: { repositoryDir: string; repository: string; extra?: string[] }) =>
+    convert(source, { ...o, thinTar: path.join(work, thin), lockFile: path.join(work, 'convert.lock') });
   const images = {} as Record<N, Image>;
   for (const n of NS) {
     log(`building and converting the ${n}-layer image...`);
@@ -118,7 +137,9 @@ async function main(): Promise<void> {
     images[n] = { full, fullName: img.name, thin: path.join(work, `thin-${n}.tar`), thinName: c.thinName };
     const raw = img.layers.reduce((a, l) => a + l.raw.length, 0);
     const gz = img.layers.reduce((a, l) => a + l.blob.length, 0);
-    out(`image ${n} layers: ${layers.reduce((a, l) => a + l.length, 0)} tar entries, ${(raw / 1e6).toFixed(1)} MB of layer tars, ${(gz / 1e6).toFixed(1)} MB gzip; convert into the stand-in tree ${c.seconds.toFixed(1)} s (not timed below)`);
+    out(
+      `image ${n} layers: ${layers.reduce((a, l) => a + l.length, 0)} tar entries, ${(raw / 1e6).toFixed(1)} MB of layer tars, ${(gz / 1e6).toFixed(1)} MB gzip; convert into the stand-in tree ${c.seconds.toFixed(1)} s (not timed below)`,
+    );
   }
 
   // ---- stand-in tree: thin pull+run, run only, floor ----
@@ -194,7 +215,9 @@ async function main(): Promise<void> {
   const head = (title: string) => out(`\n${title.padEnd(52)}   5 layers  100 layers   100/5   target   per layer`);
   const row = (r: Rows, key: string, label: string, target = '') => {
     const [a, b] = [median(r[key]![5]), median(r[key]![100])];
-    out(`  ${label.padEnd(50)} ${ms(a)}    ${ms(b)}   ${(b / a).toFixed(2).padStart(5)}   ${target.padEnd(6)}  ${(((b - a) / 95) * 1000).toFixed(2).padStart(6)} ms`);
+    out(
+      `  ${label.padEnd(50)} ${ms(a)}    ${ms(b)}   ${(b / a).toFixed(2).padStart(5)}   ${target.padEnd(6)}  ${(((b - a) / 95) * 1000).toFixed(2).padStart(6)} ms`,
+    );
   };
   head(`stand-in tree (medians of ${RUNS})`);
   row(rows, 'pull', 'thin pull+run (ctr image import + ctr run --rm)', '≤ 1.15');
@@ -221,7 +244,9 @@ async function main(): Promise<void> {
         for (const n of i % 2 ? [...NS].reverse() : NS) {
           log(`trace ${i + 1}/${RUNS}: ${label}, ${n} layers`);
           await before?.();
-          traces[n].push(await withNode(path.join(work, `trace-${i}-${n}`), repo, mnt, (node) => traceOf(node, imgs[n].thin, imgs[n].thinName, SPREAD_CMD), 'debug'));
+          traces[n].push(
+            await withNode(path.join(work, `trace-${i}-${n}`), repo, mnt, (node) => traceOf(node, imgs[n].thin, imgs[n].thinName, SPREAD_CMD), 'debug'),
+          );
         }
       }
       for (const n of NS) printTrace(`${label}, ${n} layers`, medianPhases(traces[n]), out);
@@ -232,7 +257,8 @@ async function main(): Promise<void> {
   if (!SIZE) return out('\nsize case: skipped (BENCH_SIZE=0)');
   const st = fs.statfsSync(work);
   const free = st.bavail * st.bsize;
-  if (free < 30e9) return out(`\nsize case: skipped, ${(free / 1e9).toFixed(1)} GB free in ${os.tmpdir()} (needs 30 GB for the 10 GB image, its layout and its tree)`);
+  if (free < 30e9)
+    return out(`\nsize case: skipped, ${(free / 1e9).toFixed(1)} GB free in ${os.tmpdir()} (needs 30 GB for the 10 GB image, its layout and its tree)`);
   const sizes = [
     ['1 GB', 1e9],
     ['10 GB', 10e9],

@@ -35,9 +35,25 @@ interface Server {
 
 async function start(dir: string, name: string, extra: string[]): Promise<Server> {
   const socket = path.join(dir, `${name}.sock`);
-  const proc = spawn(process.execPath, [CLI, 'snapshotter', '--root', path.join(dir, name), '--address', socket, '--absolute-mountpoint', path.join(dir, 'cvmfs'), '--log-level', 'warn', ...extra], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  const proc = spawn(
+    process.execPath,
+    [
+      CLI,
+      'snapshotter',
+      '--root',
+      path.join(dir, name),
+      '--address',
+      socket,
+      '--absolute-mountpoint',
+      path.join(dir, 'cvmfs'),
+      '--log-level',
+      'warn',
+      ...extra,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
   const probe = new SnapClient(socket);
   const t0 = Date.now();
   for (;;) {
@@ -104,11 +120,15 @@ async function main() {
     }
     const text = await scrape(msock);
     const counted = /cvmfs_thin_requests_total\{daemon="snapshotter",method="Prepare",code="OK"\} (\d+)/.exec(text)?.[1];
-    console.log(`metrics cost: snapshotter with --metrics-address (on) vs without (off), same run, interleaved; ${CYCLES} cycles x ${REPS} reps each, ${scrapes} scrapes`);
+    console.log(
+      `metrics cost: snapshotter with --metrics-address (on) vs without (off), same run, interleaved; ${CYCLES} cycles x ${REPS} reps each, ${scrapes} scrapes`,
+    );
     for (const r of RPCS) {
       const a = p50(on.lat[r]);
       const b = p50(off.lat[r]);
-      console.log(`  ${r.padEnd(8)} p50 on ${a.toFixed(3)} ms   off ${b.toFixed(3)} ms   ratio on/off ${(a / b).toFixed(3)}${r === 'cycle' ? '   (target <= 1.05)' : ''}`);
+      console.log(
+        `  ${r.padEnd(8)} p50 on ${a.toFixed(3)} ms   off ${b.toFixed(3)} ms   ratio on/off ${(a / b).toFixed(3)}${r === 'cycle' ? '   (target <= 1.05)' : ''}`,
+      );
     }
     console.log(`  Prepare OK counted by the "on" daemon: ${counted} (cycles run against it: ${on.lat.cycle.length + 50})`);
   } finally {

@@ -55,12 +55,24 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'cvmfs-thin-bench-profile-'));
   cleanupOnSignals(log);
   onCleanup(() => (process.env['BENCH_KEEP'] ? undefined : fs.rmSync(work, { recursive: true, force: true })));
-  out(`cvmfs-thin profile-start benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, ${FILES} files read at start, +${LATENCY} ms per Stratum-0 answer, median of ${RUNS} runs)`);
+  out(
+    `cvmfs-thin profile-start benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, ${FILES} files read at start, +${LATENCY} ms per Stratum-0 answer, median of ${RUNS} runs)`,
+  );
 
   // ---- the image and the Stratum-0 (not timed) ----
   const libs = range(FILES).map((i): [string, number] => [`app/lib/m${String(i).padStart(4, '0')}.py`, 8192 + ((i * 7919) % 114_688)]);
-  const other = range(3).map((k) => files(range(300).map((i): [string, number] => [`usr/share/d${k}/f${i}`, 2048 + i]), [], 10_000 * (k + 1)));
-  const img = await buildImage('bench.org/profile/app:1', [busyboxEntries('profile'), ...other, files(libs, [{ path: 'etc/app.conf', content: 'app=1\n' }], 1 << 20)]);
+  const other = range(3).map((k) =>
+    files(
+      range(300).map((i): [string, number] => [`usr/share/d${k}/f${i}`, 2048 + i]),
+      [],
+      10_000 * (k + 1),
+    ),
+  );
+  const img = await buildImage('bench.org/profile/app:1', [
+    busyboxEntries('profile'),
+    ...other,
+    files(libs, [{ path: 'etc/app.conf', content: 'app=1\n' }], 1 << 20),
+  ]);
   const archive = path.join(work, 'app.tar');
   await writeOciArchive(archive, img);
   const port = await serveStratum0(LATENCY);
@@ -101,7 +113,19 @@ async function main(): Promise<void> {
   }
   const recorded = fs.readdirSync(profiles).map((f) => path.join(profiles, f));
   log(await sh(process.execPath, [CLI, 'profile', 'show', recorded[0]!]).then((s) => s.split('\n').slice(0, 2).join('; ')));
-  await sh(process.execPath, [CLI, 'profile', 'publish', '--repository-dir', pub.repositoryDir, '--repository', REPO, '--cvmfs-server', '--lock-file', path.join(work, 'convert.lock'), ...recorded]);
+  await sh(process.execPath, [
+    CLI,
+    'profile',
+    'publish',
+    '--repository-dir',
+    pub.repositoryDir,
+    '--repository',
+    REPO,
+    '--cvmfs-server',
+    '--lock-file',
+    path.join(work, 'convert.lock'),
+    ...recorded,
+  ]);
   await rec.stop();
 
   // ---- the runs ----
@@ -133,12 +157,18 @@ async function main(): Promise<void> {
   }
 
   const warm = median(rows['warm']!.total);
-  out(`${'row'.padEnd(36)} ${'pull+run s'.padStart(10)} ${'run s'.padStart(7)} ${'x warm'.padStart(7)} ${'downloads'.padStart(10)} ${'MB fetched'.padStart(10)}`);
+  out(
+    `${'row'.padEnd(36)} ${'pull+run s'.padStart(10)} ${'run s'.padStart(7)} ${'x warm'.padStart(7)} ${'downloads'.padStart(10)} ${'MB fetched'.padStart(10)}`,
+  );
   for (const [k, r] of Object.entries(rows)) {
-    out(`${k.padEnd(36)} ${median(r.total).toFixed(3).padStart(10)} ${median(r.run).toFixed(3).padStart(7)} ${(median(r.total) / warm).toFixed(2).padStart(7)} ${String(median(r.requests)).padStart(10)} ${(median(r.bytes) / 1e6).toFixed(1).padStart(10)}`);
+    out(
+      `${k.padEnd(36)} ${median(r.total).toFixed(3).padStart(10)} ${median(r.run).toFixed(3).padStart(7)} ${(median(r.total) / warm).toFixed(2).padStart(7)} ${String(median(r.requests)).padStart(10)} ${(median(r.bytes) / 1e6).toFixed(1).padStart(10)}`,
+    );
   }
   const ratio = (k: string) => (median(rows[k]!.total) / warm).toFixed(2);
-  out(`cold with profile / warm: ${ratio('cold, profile')} (target <= 1.3); run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`);
+  out(
+    `cold with profile / warm: ${ratio('cold, profile')} (target <= 1.3); run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
+  );
   out(`one cold start with its profile (cvmfs-thin why-slow):\n${whySlow}`);
 }
 

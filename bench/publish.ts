@@ -122,10 +122,27 @@ function gnuTar(layers: Layer[]): number {
 function convert(layout: string, repoDir: string, hooks: string[], repository = REPO): { seconds: number; steps: number } {
   let out = '';
   const seconds = timed(() => {
-    const r = spawnSync(process.execPath, [CLI, 'convert', `oci:${layout}:v1`, '--repository-dir', repoDir, '--repository', repository, '--no-thin', '--json', '--lock-file', path.join(work, 'lock'), ...hooks], {
-      encoding: 'utf8',
-      maxBuffer: 64 << 20,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [
+        CLI,
+        'convert',
+        `oci:${layout}:v1`,
+        '--repository-dir',
+        repoDir,
+        '--repository',
+        repository,
+        '--no-thin',
+        '--json',
+        '--lock-file',
+        path.join(work, 'lock'),
+        ...hooks,
+      ],
+      {
+        encoding: 'utf8',
+        maxBuffer: 64 << 20,
+      },
+    );
     if (r.status !== 0) throw new Error(`convert failed (${r.status}): ${r.stderr}`);
     out = r.stdout;
   });
@@ -135,9 +152,12 @@ function convert(layout: string, repoDir: string, hooks: string[], repository = 
 
 function simHooks(S: string, ingest: boolean): string[] {
   return [
-    '--transaction-command', simCommand('transaction', S),
-    '--publish-command', simCommand('publish', S),
-    '--abort-command', simCommand('abort', '-f', S),
+    '--transaction-command',
+    simCommand('transaction', S),
+    '--publish-command',
+    simCommand('publish', S),
+    '--abort-command',
+    simCommand('abort', '-f', S),
     ...(ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : []),
   ];
 }
@@ -157,13 +177,26 @@ async function chainFirstUse(img: { layout: string; layers: Layer[] }): Promise<
   for (const kind of ['ours', 'ducc'] as const) {
     const repo = path.join(work, `chains-${kind}`, REPO);
     fs.mkdirSync(repo, { recursive: true });
-    const args = [CLI, 'convert', `oci:${img.layout}:v1`, '--repository-dir', repo, '--no-thin', '--quiet', '--chains', ...(kind === 'ducc' ? ['--whiteouts', 'keep'] : [])];
+    const args = [
+      CLI,
+      'convert',
+      `oci:${img.layout}:v1`,
+      '--repository-dir',
+      repo,
+      '--no-thin',
+      '--quiet',
+      '--chains',
+      ...(kind === 'ducc' ? ['--whiteouts', 'keep'] : []),
+    ];
     const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
     if (r.status !== 0) throw new Error('convert --chains failed');
     const hexes = img.layers.map((l) => l.digest.slice(7));
     const ids = duccChainIds(hexes);
     const facts = new Map<string, LayerFacts>();
-    const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, `masks-${kind}`), { get: (k) => facts.get(k), put: async (k, f) => void facts.set(k, f) });
+    const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, `masks-${kind}`), {
+      get: (k) => facts.get(k),
+      put: async (k, f) => void facts.set(k, f),
+    });
     const t0 = process.hrtime.bigint();
     await layers.chainDirs(chainDir(repo, ids[ids.length - 1]!), repo, hexes);
     res[kind] = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -172,7 +205,9 @@ async function chainFirstUse(img: { layout: string; layers: Layer[] }): Promise<
 }
 
 try {
-  process.stdout.write(`cvmfs-thin publish benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, ${FILES} files in the base layer, median of ${RUNS})\n`);
+  process.stdout.write(
+    `cvmfs-thin publish benchmark (${os.availableParallelism()} CPUs, Node ${process.version}, ${FILES} files in the base layer, median of ${RUNS})\n`,
+  );
   const img = buildImage();
   const gz = img.layers.reduce((a, l) => a + l.size, 0);
   process.stdout.write(`image: ${img.layers.length} layers, ~${img.entries} entries, ${(gz / 1e6).toFixed(1)} MB gzip\n`);
@@ -216,10 +251,15 @@ try {
     process.stdout.write('(no cvmfs_server on PATH: the real Stratum-0 rows are not measured)\n');
   }
   const base = rows[0]!.seconds;
-  for (const r of rows) process.stdout.write(`  ${r.name.padEnd(66)} ${r.seconds.toFixed(2)} s  ratio ${(r.seconds / base).toFixed(2)}${r.steps ? `  (${r.steps} publish steps)` : ''}\n`);
+  for (const r of rows)
+    process.stdout.write(
+      `  ${r.name.padEnd(66)} ${r.seconds.toFixed(2)} s  ratio ${(r.seconds / base).toFixed(2)}${r.steps ? `  (${r.steps} publish steps)` : ''}\n`,
+    );
   process.stdout.write('  DUCC (cvmfs-real.md, a 2-layer image on a real Stratum-0): 14 s, 31 transaction/publish pairs — for reference, not measured here\n');
   const c = await chainFirstUse(img);
-  process.stdout.write(`chain first use (CvmfsLayers.chainDirs): over our layers ${c.ours.toFixed(1)} ms; over layers without our marker (DUCC's: walk of every layer) ${c.ducc.toFixed(1)} ms, ratio ${(c.ducc / c.ours).toFixed(1)}\n`);
+  process.stdout.write(
+    `chain first use (CvmfsLayers.chainDirs): over our layers ${c.ours.toFixed(1)} ms; over layers without our marker (DUCC's: walk of every layer) ${c.ducc.toFixed(1)} ms, ratio ${(c.ducc / c.ours).toFixed(1)}\n`,
+  );
 } finally {
   if (!process.env['BENCH_KEEP']) fs.rmSync(work, { recursive: true, force: true });
 }

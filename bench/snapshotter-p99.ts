@@ -73,10 +73,28 @@ async function measure(v: Variant, dir: string, port: number) {
   const root = path.join(dir, v.name.replace(/\W+/g, '-'));
   const sock = `${root}.sock`;
   const lines: Rpc[] = [];
-  const proc: ChildProcess = spawn(process.execPath, [...(v.node ?? []), CLI, 'snapshotter', '--root', root, '--address', sock, '--absolute-mountpoint', path.join(dir, 'cvmfs'), '--log-level', 'debug', '--metrics-address', `127.0.0.1:${port}`], {
-    stdio: ['ignore', 'ignore', 'pipe'], // the log goes to stderr
-    env: { ...process.env, ...v.env },
-  });
+  const proc: ChildProcess = spawn(
+    process.execPath,
+    [
+      ...(v.node ?? []),
+      CLI,
+      'snapshotter',
+      '--root',
+      root,
+      '--address',
+      sock,
+      '--absolute-mountpoint',
+      path.join(dir, 'cvmfs'),
+      '--log-level',
+      'debug',
+      '--metrics-address',
+      `127.0.0.1:${port}`,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'], // the log goes to stderr
+      env: { ...process.env, ...v.env },
+    },
+  );
   let buf = '';
   proc.stderr!.on('data', (d: Buffer) => {
     buf += d.toString();
@@ -98,7 +116,10 @@ async function measure(v: Variant, dir: string, port: number) {
     await sleep(300);
     const before = await scrape(port);
     const from = lines.length;
-    const res = JSON.parse((await run(path.join(BIN, 'rpcbench'), ['-address', sock, '-c', '1', '-n', String(CYCLES)])).trim().split('\n').pop()!) as { p50_us: number; p99_us: number };
+    const res = JSON.parse((await run(path.join(BIN, 'rpcbench'), ['-address', sock, '-c', '1', '-n', String(CYCLES)])).trim().split('\n').pop()!) as {
+      p50_us: number;
+      p99_us: number;
+    };
     const after = await scrape(port);
     await sleep(200);
     const rpcs = lines.slice(from);
@@ -129,7 +150,10 @@ async function measure(v: Variant, dir: string, port: number) {
       slow: { wall: avg(slow, 'wall'), handlers: avg(slow, 'handlers'), between: avg(slow, 'between') },
       gcMinor: delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_count{kind="minor"}'),
       gcMajor: delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_count{kind="major"}'),
-      gcMs: 1000 * (delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_sum{kind="minor"}') + delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_sum{kind="major"}')),
+      gcMs:
+        1000 *
+        (delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_sum{kind="minor"}') +
+          delta(before, after, 'cvmfs_thin_nodejs_gc_duration_seconds_sum{kind="major"}')),
       commits: delta(before, after, 'cvmfs_thin_journal_commit_seconds_count{store="snapshotter"}'),
       commitMs: 1000 * delta(before, after, 'cvmfs_thin_journal_commit_seconds_sum{store="snapshotter"}'),
     };
@@ -143,10 +167,7 @@ async function main() {
   if (process.getuid?.() !== 0) throw new Error('run as root');
   if (!existsSync(path.join(BIN, 'rpcbench'))) throw new Error(`${BIN}/rpcbench missing: build ../shared/containerd-testsuite first`);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-p99-'));
-  const variants: Variant[] = [
-    { name: 'as shipped' },
-    { name: 'young generation 64 MiB', node: ['--min-semi-space-size=64', '--max-semi-space-size=64'] },
-  ];
+  const variants: Variant[] = [{ name: 'as shipped' }, { name: 'young generation 64 MiB', node: ['--min-semi-space-size=64', '--max-semi-space-size=64'] }];
   const f = (x: number) => x.toFixed(2);
   try {
     console.log(`snapshotter p99 attribution: ${CYCLES} cycles x ${REPS} reps per variant, 1 client (rpcbench), interleaved; times in ms`);

@@ -90,9 +90,11 @@ async function single(s: Server, n: number, parent = ''): Promise<number[]> {
 
 async function concurrent(s: Server, clients: number, perClient: number): Promise<number> {
   const t = performance.now();
-  await Promise.all(Array.from({ length: clients }, async () => {
-    for (let i = 0; i < perClient; i++) await cycle(s.lean, '');
-  }));
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      for (let i = 0; i < perClient; i++) await cycle(s.lean, '');
+    }),
+  );
   return (clients * perClient) / ((performance.now() - t) / 1000);
 }
 
@@ -154,11 +156,23 @@ async function withRpcbench(ours: Server, ref: Server): Promise<void> {
   for (const clients of [1, 8]) {
     const runs: Record<string, RpcBench[]> = { ours: [], ref: [] };
     for (let r = 0; r < REPS * 2; r++) {
-      for (const [k, s] of (r % 2 ? [['ref', ref], ['ours', ours]] : [['ours', ours], ['ref', ref]]) as [string, Server][]) {
+      for (const [k, s] of (r % 2
+        ? [
+            ['ref', ref],
+            ['ours', ours],
+          ]
+        : [
+            ['ours', ours],
+            ['ref', ref],
+          ]) as [string, Server][]) {
         runs[k]!.push(await rpcbench(sockOf(s), clients, Math.ceil((clients === 1 ? CYCLES : CONC_CYCLES) / 2)));
       }
     }
-    const m = (k: string, field: keyof RpcBench) => pct(runs[k]!.map((x) => x[field]), 50);
+    const m = (k: string, field: keyof RpcBench) =>
+      pct(
+        runs[k]!.map((x) => x[field]),
+        50,
+      );
     console.log(
       `rpcbench (containerd's proxy client), ${clients} client(s): p50 ours ${f(m('ours', 'p50_us') / 1000)} ms overlay ${f(m('ref', 'p50_us') / 1000)} ms ratio ${f(m('ours', 'p50_us') / m('ref', 'p50_us'))} (target <= 1.0); ` +
         `p99 ratio ${f(m('ours', 'p99_us') / m('ref', 'p99_us'))} (target <= 1.2); throughput ${m('ours', 'cycles_per_s').toFixed(0)} vs ${m('ref', 'cycles_per_s').toFixed(0)} cycles/s ratio ${f(m('ours', 'cycles_per_s') / m('ref', 'cycles_per_s'))}${clients === 8 ? ' (target >= 1.5)' : ''}`,
@@ -171,8 +185,31 @@ async function main() {
   const ovlBin = path.join(BIN, 'overlayserver');
   if (!existsSync(ovlBin)) throw new Error(`${ovlBin} missing: build ../shared/containerd-testsuite (build.sh) first`);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-sn-'));
-  const ours = await start('cvmfs-thin', process.execPath, [CLI, 'snapshotter', '--root', path.join(dir, 'ours'), '--address', path.join(dir, 'ours.sock'), '--absolute-mountpoint', path.join(dir, 'cvmfs'), '--log-level', 'warn'], path.join(dir, 'ours.sock'), path.join(dir, 'ours'));
-  const ref = await start('overlay (Go)', ovlBin, ['-root', path.join(dir, 'ref'), '-address', path.join(dir, 'ref.sock')], path.join(dir, 'ref.sock'), path.join(dir, 'ref'));
+  const ours = await start(
+    'cvmfs-thin',
+    process.execPath,
+    [
+      CLI,
+      'snapshotter',
+      '--root',
+      path.join(dir, 'ours'),
+      '--address',
+      path.join(dir, 'ours.sock'),
+      '--absolute-mountpoint',
+      path.join(dir, 'cvmfs'),
+      '--log-level',
+      'warn',
+    ],
+    path.join(dir, 'ours.sock'),
+    path.join(dir, 'ours'),
+  );
+  const ref = await start(
+    'overlay (Go)',
+    ovlBin,
+    ['-root', path.join(dir, 'ref'), '-address', path.join(dir, 'ref.sock')],
+    path.join(dir, 'ref.sock'),
+    path.join(dir, 'ref'),
+  );
   try {
     await sleep(1500);
     const rssIdle = rssMiB(ours.proc.pid!);
@@ -189,7 +226,15 @@ async function main() {
     const thr: Record<string, number[]> = { ours: [], ref: [] };
     const blocks = REPS * 4;
     for (let r = 0; r < blocks; r++) {
-      for (const [k, s] of (r % 2 ? [['ref', ref], ['ours', ours]] : [['ours', ours], ['ref', ref]]) as [string, Server][]) {
+      for (const [k, s] of (r % 2
+        ? [
+            ['ref', ref],
+            ['ours', ours],
+          ]
+        : [
+            ['ours', ours],
+            ['ref', ref],
+          ]) as [string, Server][]) {
         lat[k]!.push(...(await single(s, Math.ceil(CYCLES / 4))));
         thr[k]!.push(await concurrent(s, 8, Math.ceil(CONC_CYCLES / 4)));
       }
@@ -217,13 +262,19 @@ async function main() {
     const rssN = rssMiB(ours.proc.pid!);
 
     const f = (x: number) => x.toFixed(2);
-    console.log(`cvmfs-thin snapshotter benchmark (${CYCLES} cycles x ${REPS} reps; 8 clients x ${CONC_CYCLES} cycles; baseline: containerd overlay snapshotter, Go, same run)`);
+    console.log(
+      `cvmfs-thin snapshotter benchmark (${CYCLES} cycles x ${REPS} reps; 8 clients x ${CONC_CYCLES} cycles; baseline: containerd overlay snapshotter, Go, same run)`,
+    );
     console.log(`cycle = Prepare -> Mounts -> Commit -> Remove, one client`);
     console.log(`  p50  ours ${f(p50.ours)} ms   overlay ${f(p50.ref)} ms   ratio ours/overlay ${f(p50.ours / p50.ref)}   (target <= 1.0)`);
     console.log(`  p99  ours ${f(p99.ours)} ms   overlay ${f(p99.ref)} ms   ratio ours/overlay ${f(p99.ours / p99.ref)}`);
-    console.log(`8 concurrent clients: ours ${tput.ours.toFixed(0)} cycles/s   overlay ${tput.ref.toFixed(0)} cycles/s   ratio ${f(tput.ours / tput.ref)}   (target >= 1.5)`);
+    console.log(
+      `8 concurrent clients: ours ${tput.ours.toFixed(0)} cycles/s   overlay ${tput.ref.toFixed(0)} cycles/s   ratio ${f(tput.ours / tput.ref)}   (target >= 1.5)`,
+    );
     console.log(`RSS idle: ours ${rssIdle.toFixed(1)} MiB (target <= 60)   overlay ${refRssIdle.toFixed(1)} MiB`);
-    console.log(`RSS with ${listed} snapshots: ours ${rssN.toFixed(1)} MiB steady (target <= 100), ${rssNow.toFixed(1)} MiB right after preload + List; preload took ${preloadS.toFixed(1)} s; List of all: ${listMs.toFixed(0)} ms`);
+    console.log(
+      `RSS with ${listed} snapshots: ours ${rssN.toFixed(1)} MiB steady (target <= 100), ${rssNow.toFixed(1)} MiB right after preload + List; preload took ${preloadS.toFixed(1)} s; List of all: ${listMs.toFixed(0)} ms`,
+    );
     console.log(`cycle p50 at ${listed} snapshots ${f(atN)} ms vs at 100: ${f(at100)} ms   ratio ${f(atN / at100)}   (target <= 1.2)`);
   } finally {
     await stopServers([ours, ref], dir);

@@ -45,7 +45,20 @@ import { startContainerd } from '../test/helpers/containerd.js';
 import { buildImage, busyboxEntries, type TarEntry, writeOciArchive } from '../test/helpers/oci-image.js';
 import { CVMFS_BINARIES, cvmfsClient, makeStratum0, publishArgs, serveStratum0 } from './lib/cvmfs-real.js';
 import { files, range } from './lib/images.js';
-import { cleanup, cleanupOnSignals, convert, median, missingOf, onCleanup, pullRun as ctrPullRun, requireBuild, type Sample, SN, startSnapshotter, unmountBelow } from './lib/start.js';
+import {
+  cleanup,
+  cleanupOnSignals,
+  convert,
+  median,
+  missingOf,
+  onCleanup,
+  pullRun as ctrPullRun,
+  requireBuild,
+  type Sample,
+  SN,
+  startSnapshotter,
+  unmountBelow,
+} from './lib/start.js';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const FILES = Number(process.env['BENCH_FILES'] ?? 10_000);
@@ -62,7 +75,11 @@ requireBuild('bench/thin-start.ts');
 // ---- the image -------------------------------------------------------------------------------
 
 /** What the container does: read 5 files (+ busybox itself), check a file deleted by layer 2. */
-const CMD = ['/bin/sh', '-c', 'cat /app/app.conf /etc/conf/c7 /usr/share/d12/f2413 /usr/lib/lib17.so /opt/data/part3.bin | md5sum; wc -c < /opt/data/part3.bin; test -e /usr/share/d0/f100 || echo deleted-ok'];
+const CMD = [
+  '/bin/sh',
+  '-c',
+  'cat /app/app.conf /etc/conf/c7 /usr/share/d12/f2413 /usr/lib/lib17.so /opt/data/part3.bin | md5sum; wc -c < /opt/data/part3.bin; test -e /usr/share/d0/f100 || echo deleted-ok',
+];
 
 async function buildBenchImage(file: string): Promise<{ name: string; gz: number; raw: number; entries: number }> {
   const share = range(FILES).map((i): [string, number] => [`usr/share/d${Math.floor(i / 200)}/f${i}`, 256 + ((i * 7919) % 2048)]);
@@ -79,10 +96,16 @@ async function buildBenchImage(file: string): Promise<{ name: string; gz: number
   const name = 'bench.example.org/thin-start/app:1';
   const img = await buildImage(name, layers, { config: { Cmd: CMD } });
   await writeOciArchive(file, img);
-  return { name, gz: img.layers.reduce((a, l) => a + l.blob.length, 0), raw: img.layers.reduce((a, l) => a + l.raw.length, 0), entries: layers.reduce((a, l) => a + l.length, 0) };
+  return {
+    name,
+    gz: img.layers.reduce((a, l) => a + l.blob.length, 0),
+    raw: img.layers.reduce((a, l) => a + l.raw.length, 0),
+    entries: layers.reduce((a, l) => a + l.length, 0),
+  };
 }
 
-const pullRun = (ctd: Parameters<typeof ctrPullRun>[0], archive: string, image: string, id: string, snapshotter?: string) => ctrPullRun(ctd, archive, image, id, CMD, snapshotter);
+const pullRun = (ctd: Parameters<typeof ctrPullRun>[0], archive: string, image: string, id: string, snapshotter?: string) =>
+  ctrPullRun(ctd, archive, image, id, CMD, snapshotter);
 
 // ---- main -----------------------------------------------------------------------------------
 
@@ -98,7 +121,9 @@ async function main(): Promise<void> {
   log('building the image...');
   const fullTar = path.join(work, 'full.tar');
   const img = await buildBenchImage(fullTar);
-  process.stdout.write(`image: 4 layers, ${img.entries} tar entries, ${(img.raw / 1e6).toFixed(1)} MB of layer tars, ${(img.gz / 1e6).toFixed(1)} MB compressed (gzip); OCI archive ${(fs.statSync(fullTar).size / 1e6).toFixed(1)} MB\n`);
+  process.stdout.write(
+    `image: 4 layers, ${img.entries} tar entries, ${(img.raw / 1e6).toFixed(1)} MB of layer tars, ${(img.gz / 1e6).toFixed(1)} MB compressed (gzip); OCI archive ${(fs.statSync(fullTar).size / 1e6).toFixed(1)} MB\n`,
+  );
 
   const port = await serveStratum0(LATENCY);
   const repo = `thinstart${process.pid}.example.org`;
@@ -107,7 +132,9 @@ async function main(): Promise<void> {
   const thinTar = path.join(work, 'thin.tar');
   log('cvmfs-thin convert --cvmfs-server...');
   const { seconds: convertS, thinName } = await convert(`oci-archive:${fullTar}`, { ...publishArgs(repo), thinTar, lockFile: path.join(work, 'convert.lock') });
-  process.stdout.write(`convert + publish (cvmfs-thin convert --cvmfs-server, transaction path, real Stratum-0): ${convertS.toFixed(1)} s, once, not in the figures below; thin archive ${fs.statSync(thinTar).size} bytes\n`);
+  process.stdout.write(
+    `convert + publish (cvmfs-thin convert --cvmfs-server, transaction path, real Stratum-0): ${convertS.toFixed(1)} s, once, not in the figures below; thin archive ${fs.statSync(thinTar).size} bytes\n`,
+  );
   const cl = cvmfsClient(work, repo, port);
 
   const rows: Record<'full' | 'fullOurs' | 'cold' | 'warm', Sample[]> = { full: [], fullOurs: [], cold: [], warm: [] };
@@ -125,7 +152,10 @@ async function main(): Promise<void> {
     try {
       const outs: string[] = [];
       const full = async () => {
-        for (const [key, snap] of [['full', undefined], ['fullOurs', SN]] as const) {
+        for (const [key, snap] of [
+          ['full', undefined],
+          ['fullOurs', SN],
+        ] as const) {
           const r = await pullRun(ctd, fullTar, img.name, `ts-${process.pid}-${i}-${key}`, snap);
           rows[key].push(r.s);
           outs.push(r.out);
@@ -151,7 +181,8 @@ async function main(): Promise<void> {
         await full();
       }
       if (new Set(outs).size !== 1 || !outs[0]!.includes('deleted-ok')) throw new Error(`the containers disagree:\n${outs.join('---\n')}`);
-      if (i === 0) process.stdout.write(`the command (${CMD.join(' ')}) printed, the same in every container:\n  ${outs[0]!.trim().split('\n').join('\n  ')}\n`);
+      if (i === 0)
+        process.stdout.write(`the command (${CMD.join(' ')}) printed, the same in every container:\n  ${outs[0]!.trim().split('\n').join('\n  ')}\n`);
     } finally {
       await ctd.stop();
       await sn.stop();
@@ -170,7 +201,9 @@ async function main(): Promise<void> {
   process.stdout.write(`\n${''.padEnd(48)}   import       run     total   total/baseline   (medians of ${RUNS}; ctr image import, ctr run --rm)\n`);
   for (const [k, label] of names) {
     const m = (g: (s: Sample) => number) => median(rows[k].map(g));
-    process.stdout.write(`  ${label.padEnd(48)}${f(m((s) => s.import))} ${f(m((s) => s.run))} ${f(m((s) => s.total))}   ${(m((s) => s.total) / base).toFixed(2).padStart(6)}\n`);
+    process.stdout.write(
+      `  ${label.padEnd(48)}${f(m((s) => s.import))} ${f(m((s) => s.run))} ${f(m((s) => s.total))}   ${(m((s) => s.total) / base).toFixed(2).padStart(6)}\n`,
+    );
   }
   const mb = (x: number) => `${(x / 1e6).toFixed(2)} MB`;
   const cold = median(rows.cold.map((s) => s.bytes!));
@@ -179,7 +212,9 @@ async function main(): Promise<void> {
       `  cold pull+run ${mb(cold)} in ${median(rows.cold.map((s) => s.requests!))} requests = ${((100 * cold) / img.gz).toFixed(1)} % of the compressed image (${mb(img.gz)}); ` +
       `warm pull+run ${mb(median(rows.warm.map((s) => s.bytes!)))} in ${median(rows.warm.map((s) => s.requests!))} requests\n`,
   );
-  process.stdout.write(`(Stratum-0 over HTTP on 127.0.0.1 from the page cache, ${LATENCY ? `+${LATENCY} ms per answer, no bandwidth limit` : 'no network latency or bandwidth limit'}; the full image comes from a local archive, no registry download either)\n`);
+  process.stdout.write(
+    `(Stratum-0 over HTTP on 127.0.0.1 from the page cache, ${LATENCY ? `+${LATENCY} ms per answer, no bandwidth limit` : 'no network latency or bandwidth limit'}; the full image comes from a local archive, no registry download either)\n`,
+  );
 }
 
 try {

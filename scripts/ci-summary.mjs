@@ -42,7 +42,8 @@ const main = JSON.parse(readFileSync(report, 'utf8'));
 let results = load(report);
 const lines = [];
 const dead = deadWorkers();
-for (const [file, trace] of dead) lines.push(`WORKER DIED in the middle of ${file} (${/^exit /m.test(trace) ? 'it exited' : 'no exit handler ran: a signal or a native crash'}): ${trace}`);
+for (const [file, trace] of dead)
+  lines.push(`WORKER DIED in the middle of ${file} (${/^exit /m.test(trace) ? 'it exited' : 'no exit handler ran: a signal or a native crash'}): ${trace}`);
 if (rerun && existsSync(rerun)) {
   const again = load(rerun);
   const rerunFiles = new Set(again.map((r) => r.name));
@@ -60,7 +61,9 @@ for (const f of results) {
     if (a.status === 'passed') passed++;
     else {
       failed++;
-      lines.push(`NOT PASSED (${a.status}): ${f.name} > ${a.fullName}${a.failureMessages?.length ? `\n    ${a.failureMessages[0].split('\n')[0].slice(0, 300)}` : ''}`);
+      lines.push(
+        `NOT PASSED (${a.status}): ${f.name} > ${a.fullName}${a.failureMessages?.length ? `\n    ${a.failureMessages[0].split('\n')[0].slice(0, 300)}` : ''}`,
+      );
     }
   }
   if (f.status !== 'passed' && f.assertionResults.length === 0) {

@@ -15,8 +15,16 @@ const img = await buildImage(
   name,
   [
     [...busyboxEntries('demo'), { path: 'etc/obsolete.conf', content: 'this file is deleted by the top layer\n' }],
-    [{ path: 'usr/', type: 'dir' }, { path: 'usr/share/', type: 'dir' }, { path: 'usr/share/hello/', type: 'dir' }, { path: 'usr/share/hello/message', content: 'Hello from a thin image: this file was read from the CVMFS tree.\n' }],
-    [{ path: 'etc/.wh.obsolete.conf', content: '' }, { path: 'etc/motd', content: 'cvmfs-thin demo\n' }],
+    [
+      { path: 'usr/', type: 'dir' },
+      { path: 'usr/share/', type: 'dir' },
+      { path: 'usr/share/hello/', type: 'dir' },
+      { path: 'usr/share/hello/message', content: 'Hello from a thin image: this file was read from the CVMFS tree.\n' },
+    ],
+    [
+      { path: 'etc/.wh.obsolete.conf', content: '' },
+      { path: 'etc/motd', content: 'cvmfs-thin demo\n' },
+    ],
   ],
   { config: { Cmd: ['/bin/cat', '/usr/share/hello/message'], Env: ['PATH=/bin'], WorkingDir: '/', Labels: { 'org.example.demo': 'yes' } } },
 );

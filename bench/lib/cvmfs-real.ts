@@ -57,8 +57,23 @@ export function cvmfsClient(work: string, repo: string, port: number): CvmfsClie
   const conf = path.join(work, 'client.conf');
   const socket = path.join(cache, repo, `cvmfs_io.${repo}`);
   fs.mkdirSync(mnt, { recursive: true });
-  fs.writeFileSync(conf, [`CVMFS_SERVER_URL=http://127.0.0.1:${port}/cvmfs/@fqrn@`, `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`, 'CVMFS_HTTP_PROXY=DIRECT', `CVMFS_CACHE_BASE=${cache}`, `CVMFS_RELOAD_SOCKETS=${cache}`, 'CVMFS_QUOTA_LIMIT=4000', ''].join('\n'));
-  const mounted = () => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mnt);
+  fs.writeFileSync(
+    conf,
+    [
+      `CVMFS_SERVER_URL=http://127.0.0.1:${port}/cvmfs/@fqrn@`,
+      `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`,
+      'CVMFS_HTTP_PROXY=DIRECT',
+      `CVMFS_CACHE_BASE=${cache}`,
+      `CVMFS_RELOAD_SOCKETS=${cache}`,
+      'CVMFS_QUOTA_LIMIT=4000',
+      '',
+    ].join('\n'),
+  );
+  const mounted = () =>
+    fs
+      .readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .some((l) => l.split(' ')[4] === mnt);
   const unmount = async () => {
     if (mounted()) await sh('umount', [mnt]);
   };

@@ -13,14 +13,31 @@ import { type Layer, makeLayer, writeLayout } from './oci.js';
 
 export const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 /** Directory entries (`a/`, `a/b/`) for the parents of these paths. */
-export const dirsOf = (paths: string[]): TarEntry[] => [...new Set(paths.flatMap((p) => p.split('/').slice(0, -1).map((_, i, a) => `${a.slice(0, i + 1).join('/')}/`)))].map((d) => ({ path: d, type: 'dir' as const }));
+export const dirsOf = (paths: string[]): TarEntry[] =>
+  [
+    ...new Set(
+      paths.flatMap((p) =>
+        p
+          .split('/')
+          .slice(0, -1)
+          .map((_, i, a) => `${a.slice(0, i + 1).join('/')}/`),
+      ),
+    ),
+  ].map((d) => ({ path: d, type: 'dir' as const }));
 /** Files of these sizes (and their directories), then `extra` entries (their directories too); file i's content is seeded by seed0 + i + size. */
-export const files = (list: [string, number][], extra: TarEntry[] = [], seed0 = 0): TarEntry[] => [...dirsOf([...list.map(([p]) => p), ...extra.map((e) => e.path)]), ...list.map(([p, size], i) => ({ path: p, content: content(size, seed0 + i + size) })), ...extra];
+export const files = (list: [string, number][], extra: TarEntry[] = [], seed0 = 0): TarEntry[] => [
+  ...dirsOf([...list.map(([p]) => p), ...extra.map((e) => e.path)]),
+  ...list.map(([p, size], i) => ({ path: p, content: content(size, seed0 + i + size) })),
+  ...extra,
+];
 const firstOfEach = (es: TarEntry[]) => es.filter((e, i) => es.findIndex((x) => x.path === e.path) === i);
 
 // ---- the layer-count image ------------------------------------------------------------------
 
-const SHELL = firstOfEach([...busyboxEntries('layer-count'), ...['md5sum', 'head', 'ls'].map((a) => ({ path: `bin/${a}`, type: 'symlink' as const, target: 'busybox' }))]);
+const SHELL = firstOfEach([
+  ...busyboxEntries('layer-count'),
+  ...['md5sum', 'head', 'ls'].map((a) => ({ path: `bin/${a}`, type: 'symlink' as const, target: 'busybox' })),
+]);
 /** Files later deleted by whiteouts in upper layers, a directory made opaque, a file replaced. */
 const DOOMED = range(40).map((i): [string, number] => [`var/cache/old/f${i}`, 1024 + i]);
 const BASE: [string, number][] = [...DOOMED, ...range(10).map((i): [string, number] => [`etc/conf.d/old${i}.conf`, 300 + i]), ['app/app.conf', 700]];
@@ -41,8 +58,18 @@ export function spreadLayers(n: number): TarEntry[][] {
   const layers: TarEntry[][] = [firstOfEach([...SHELL, ...files(BASE, [], 1 << 20)])];
   const per = BODY.length / (n - 1);
   for (let k = 1; k < n; k++) {
-    const whiteouts = DOOMED.filter((_, d) => n - 1 - (d % Math.min(n - 1, 20)) === k).map(([p]): TarEntry => ({ path: p.replace(/[^/]+$/, (b) => `.wh.${b}`), content: '' }));
-    const top: TarEntry[] = k === n - 1 ? [{ path: 'etc/conf.d/.wh..wh..opq', content: '' }, { path: 'etc/conf.d/new.conf', content: 'new=1\n' }, { path: 'app/app.conf', content: 'version=2\n' }] : [];
+    const whiteouts = DOOMED.filter((_, d) => n - 1 - (d % Math.min(n - 1, 20)) === k).map(([p]): TarEntry => ({
+      path: p.replace(/[^/]+$/, (b) => `.wh.${b}`),
+      content: '',
+    }));
+    const top: TarEntry[] =
+      k === n - 1
+        ? [
+            { path: 'etc/conf.d/.wh..wh..opq', content: '' },
+            { path: 'etc/conf.d/new.conf', content: 'new=1\n' },
+            { path: 'app/app.conf', content: 'version=2\n' },
+          ]
+        : [];
     const [from, to] = [Math.round((k - 1) * per), Math.round(k * per)];
     layers.push(files(BODY.slice(from, to), [...whiteouts, ...top], from));
   }
@@ -50,7 +77,11 @@ export function spreadLayers(n: number): TarEntry[][] {
 }
 
 /** What the container does: read files from bottom to top layers, check a deletion and the opaque directory. */
-export const SPREAD_CMD = ['/bin/sh', '-c', 'cat /app/app.conf /usr/share/pkg3/f480 /usr/share/pkg38/f5777 /usr/lib/lib17.so /usr/lib/lib290.so /opt/data/part3.bin | md5sum; test -e /var/cache/old/f7 || echo deleted-ok; ls /etc/conf.d'];
+export const SPREAD_CMD = [
+  '/bin/sh',
+  '-c',
+  'cat /app/app.conf /usr/share/pkg3/f480 /usr/share/pkg38/f5777 /usr/lib/lib17.so /usr/lib/lib290.so /opt/data/part3.bin | md5sum; test -e /var/cache/old/f7 || echo deleted-ok; ls /etc/conf.d',
+];
 
 // ---- the large-file image -------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ export function writeLayout(layout: string, tag: string, layers: Layer[]): void 
     return { digest: d, size: b.length };
   };
   for (const l of layers) fs.linkSync(l.file, path.join(blobs, l.digest.slice(7)));
-  const cfg = put(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } })));
+  const cfg = put(
+    Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } })),
+  );
   const man = put(
     Buffer.from(
       JSON.stringify({
@@ -59,7 +61,9 @@ export function writeLayout(layout: string, tag: string, layers: Layer[]): void 
   );
   fs.writeFileSync(
     path.join(layout, 'index.json'),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...man, annotations: { 'org.opencontainers.image.ref.name': tag } }] }),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...man, annotations: { 'org.opencontainers.image.ref.name': tag } }],
+    }),
   );
 }
-

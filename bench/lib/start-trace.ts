@@ -87,11 +87,23 @@ const med = (xs: number[]) => {
 };
 /** Phases of several traces of the same thing: per method, the median count and time (0 where a trace lacks it). */
 export function medianPhases(traces: Phase[][]): Phase[] {
-  const calls = (ms: Map<string, Calls>[]) => new Map([...new Set(ms.flatMap((m) => [...m.keys()]))].map((k) => [k, { n: med(ms.map((m) => m.get(k)?.n ?? 0)), ms: med(ms.map((m) => m.get(k)?.ms ?? 0)), failed: med(ms.map((m) => m.get(k)?.failed ?? 0)) }]));
+  const calls = (ms: Map<string, Calls>[]) =>
+    new Map(
+      [...new Set(ms.flatMap((m) => [...m.keys()]))].map((k) => [
+        k,
+        { n: med(ms.map((m) => m.get(k)?.n ?? 0)), ms: med(ms.map((m) => m.get(k)?.ms ?? 0)), failed: med(ms.map((m) => m.get(k)?.failed ?? 0)) },
+      ]),
+    );
   return traces[0]!.map((p, i) => {
     const ps = traces.map((t) => t[i]!);
     const shims = ps.flatMap((x) => (x.shim ? [x.shim] : []));
-    return { name: p.name, wallMs: med(ps.map((x) => x.wallMs)), calls: calls(ps.map((x) => x.calls)), after: calls(ps.map((x) => x.after)), ...(shims.length ? { shim: [0, 1, 2].map((j) => med(shims.map((x) => x[j]!))) as [number, number, number] } : {}) };
+    return {
+      name: p.name,
+      wallMs: med(ps.map((x) => x.wallMs)),
+      calls: calls(ps.map((x) => x.calls)),
+      after: calls(ps.map((x) => x.after)),
+      ...(shims.length ? { shim: [0, 1, 2].map((j) => med(shims.map((x) => x[j]!))) as [number, number, number] } : {}),
+    };
   });
 }
 
@@ -106,7 +118,10 @@ export function printTrace(title: string, phases: Phase[], out: (s: string) => v
   out(`\nwhere the time goes, ${title} (snapshotter at --log-level debug: calls per command, count and total time; medians):`);
   for (const p of phases) {
     out(`  ${p.name.padEnd(20)} wall ${p.wallMs.toFixed(0).padStart(5)} ms, in the snapshotter ${sum(p.calls).toFixed(1).padStart(6)} ms: ${list(p.calls)}`);
-    if (p.shim) out(`  ${''.padEnd(20)} containerd: ctr → shim started ${p.shim[0].toFixed(0)} ms, shim (runc create+start, the command, exit) ${p.shim[1].toFixed(0)} ms, shim gone → ctr done ${p.shim[2].toFixed(0)} ms`);
+    if (p.shim)
+      out(
+        `  ${''.padEnd(20)} containerd: ctr → shim started ${p.shim[0].toFixed(0)} ms, shim (runc create+start, the command, exit) ${p.shim[1].toFixed(0)} ms, shim gone → ctr done ${p.shim[2].toFixed(0)} ms`,
+      );
     if (p.after.size) out(`  ${''.padEnd(20)} after it (garbage collection, not in the wall time): ${list(p.after)}`);
   }
 }

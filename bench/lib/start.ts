@@ -69,7 +69,10 @@ let cleaning: Promise<void> | undefined;
 export const onCleanup = (f: () => Promise<unknown> | unknown) => void cleanups.push(f);
 export const cleanup = (log: (s: string) => void = () => {}) =>
   (cleaning ??= (async () => {
-    for (const f of cleanups.reverse()) await Promise.resolve().then(f).catch((e: unknown) => log(`cleanup: ${(e as Error).message}`));
+    for (const f of cleanups.reverse())
+      await Promise.resolve()
+        .then(f)
+        .catch((e: unknown) => log(`cleanup: ${(e as Error).message}`));
   })());
 export function cleanupOnSignals(log: (s: string) => void): void {
   for (const sig of ['SIGINT', 'SIGTERM'] as const)
@@ -90,9 +93,26 @@ export interface Snapshotter {
   log: () => string;
 }
 
-export async function startSnapshotter(dir: string, opts: { repository: string; mountpoint: string; logLevel?: string; keepLog?: boolean; args?: string[] }): Promise<Snapshotter> {
+export async function startSnapshotter(
+  dir: string,
+  opts: { repository: string; mountpoint: string; logLevel?: string; keepLog?: boolean; args?: string[] },
+): Promise<Snapshotter> {
   const socket = path.join(dir, 'sn.sock');
-  const args = [CLI, 'snapshotter', '--root', path.join(dir, 'sn'), '--address', socket, '--repository', opts.repository, '--absolute-mountpoint', opts.mountpoint, '--log-level', opts.logLevel ?? 'info', ...(opts.args ?? [])];
+  const args = [
+    CLI,
+    'snapshotter',
+    '--root',
+    path.join(dir, 'sn'),
+    '--address',
+    socket,
+    '--repository',
+    opts.repository,
+    '--absolute-mountpoint',
+    opts.mountpoint,
+    '--log-level',
+    opts.logLevel ?? 'info',
+    ...(opts.args ?? []),
+  ];
   const proc: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let out = '';
   proc.stderr!.on('data', (d: Buffer) => (out = opts.keepLog ? out + d.toString() : (out + d.toString()).slice(-64_000)));
@@ -113,7 +133,11 @@ export async function startSnapshotter(dir: string, opts: { repository: string; 
 
 /** Unmount whatever is still mounted below `dir` (containerd's overlays, the snapshotter's binds), deepest first. */
 export async function unmountBelow(dir: string): Promise<void> {
-  const ms = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${dir}/`));
+  const ms = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m.startsWith(`${dir}/`));
   for (const m of ms.sort().reverse()) await sh('umount', ['-l', m]).catch(() => undefined);
 }
 
@@ -144,15 +168,33 @@ export async function startNode(dir: string, opts: Parameters<typeof startSnapsh
 // ---- images ---------------------------------------------------------------------------------
 
 /** `cvmfs-thin convert` of `source` into `repositoryDir` (`extra`: e.g. --cvmfs-server); the thin image's archive and name. */
-export async function convert(source: string, o: { repositoryDir: string; repository: string; thinTar: string; lockFile: string; extra?: string[] }): Promise<{ seconds: number; thinName: string }> {
-  const args = [CLI, 'convert', source, '--repository-dir', o.repositoryDir, '--repository', o.repository, ...(o.extra ?? []), '--thin', `oci-archive:${o.thinTar}`, '--lock-file', o.lockFile, '--quiet'];
+export async function convert(
+  source: string,
+  o: { repositoryDir: string; repository: string; thinTar: string; lockFile: string; extra?: string[] },
+): Promise<{ seconds: number; thinName: string }> {
+  const args = [
+    CLI,
+    'convert',
+    source,
+    '--repository-dir',
+    o.repositoryDir,
+    '--repository',
+    o.repository,
+    ...(o.extra ?? []),
+    '--thin',
+    `oci-archive:${o.thinTar}`,
+    '--lock-file',
+    o.lockFile,
+    '--quiet',
+  ];
   const [seconds] = await timed(() => sh(process.execPath, args, 3_600_000));
   return { seconds, thinName: imageNameOf(o.thinTar) };
 }
 
 /** The image name (io.containerd.image.name) in an OCI archive's index.json. */
 export const imageNameOf = (archive: string): string =>
-  (JSON.parse(execFileSync('tar', ['-xOf', archive, 'index.json'], { encoding: 'utf8' })) as { manifests: { annotations: Record<string, string> }[] }).manifests[0]!.annotations['io.containerd.image.name']!;
+  (JSON.parse(execFileSync('tar', ['-xOf', archive, 'index.json'], { encoding: 'utf8' })) as { manifests: { annotations: Record<string, string> }[] })
+    .manifests[0]!.annotations['io.containerd.image.name']!;
 
 export interface Sample {
   import: number;
@@ -163,7 +205,14 @@ export interface Sample {
 }
 
 /** `sync`, then timed `ctr image import` and `ctr run --rm` of `cmd` (import skipped when `archive` is undefined: the image is there). */
-export async function pullRun(ctd: Containerd, archive: string | undefined, image: string, id: string, cmd: string[], snapshotter?: string): Promise<{ s: Sample; out: string }> {
+export async function pullRun(
+  ctd: Containerd,
+  archive: string | undefined,
+  image: string,
+  id: string,
+  cmd: string[],
+  snapshotter?: string,
+): Promise<{ s: Sample; out: string }> {
   const sn = snapshotter ? ['--snapshotter', snapshotter] : [];
   await sh('sync', []);
   const [imp] = archive ? await timed(() => ctd.ctr(['image', 'import', ...sn, archive], { timeoutMs: 600_000 })) : [0];

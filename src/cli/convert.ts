@@ -49,27 +49,56 @@ export function addConversionOptions(cmd: Command): Command {
         'record: deletions, opaque dirs and xattrs in a record beside the layer, nothing a CVMFS publish drops (default when publishing or writing into a transaction); overlay: overlayfs whiteouts in the layer (default for a plain tree); keep: OCI .wh.* files as DUCC writes them (ingest only)',
       ).choices(['record', 'overlay', 'keep']),
     )
-    .option('--max-layer-size <bytes>', 'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)', parseSize('--max-layer-size'), 256 * 1024 ** 3)
+    .option(
+      '--max-layer-size <bytes>',
+      'refuse a layer whose uncompressed tar is larger (suffixes K, M, G, T; default 256G)',
+      parseSize('--max-layer-size'),
+      256 * 1024 ** 3,
+    )
     .option('--max-layer-entries <n>', 'refuse a layer with more tar entries (default 10000000)', positiveInt('--max-layer-entries'), 10_000_000)
     .option('--podman-store', 'also add the image to <repository-dir>/podmanStore, a podman/CRI-O additional image store (docs/podman.md)')
-    .option('--podman-store-root <dir>', 'where the nodes mount the repository, for the store\'s absolute layer links (default: /cvmfs/<repository> when --repository is given, else --repository-dir)')
+    .option(
+      '--podman-store-root <dir>',
+      "where the nodes mount the repository, for the store's absolute layer links (default: /cvmfs/<repository> when --repository is given, else --repository-dir)",
+    )
     .option('--jobs <n>', 'layers downloaded and unpacked at once (default: max(2, CPUs))', positiveInt('--jobs'))
     .option('--creds <user:pass>', 'credentials for the source registry (default: ~/.docker/config.json)')
     .option('--dest-creds <user:pass>', 'credentials for the thin-image registry (default: ~/.docker/config.json)')
     .option('--insecure', 'allow plain HTTP to registries (loopback registries always may)')
-    .option('--transaction-command <cmd>', 'run before writing (no shell; {repository} and {repository_dir} are replaced), e.g. "cvmfs_server transaction {repository}"')
+    .option(
+      '--transaction-command <cmd>',
+      'run before writing (no shell; {repository} and {repository_dir} are replaced), e.g. "cvmfs_server transaction {repository}"',
+    )
     .option('--publish-command <cmd>', 'run after writing, e.g. "cvmfs_server publish {repository}"')
     .option('--abort-command <cmd>', 'run when writing or publishing failed, e.g. "cvmfs_server abort -f {repository}"')
     .option('--cvmfs-server', 'shorthand for the three cvmfs_server transaction/publish/abort -f commands')
-    .option('--ingest', 'publish each layer by streaming it to cvmfs_server ingest (DUCC\'s way; no local unpack), then the metadata in one transaction; with --cvmfs-server')
-    .option('--nested-catalog-entries <n>', 'a published layer with more entries gets nested catalogs (.cvmfscatalog, hidden from containers) so that no catalog holds more (default 100000; CVMFS refuses a catalog over 200000)', positiveInt('--nested-catalog-entries'))
-    .option('--ingest-command <cmd>', 'the ingest command (layer tar on stdin; {base} = .layers/<xx>/<digest>), default with --cvmfs-server --ingest: "cvmfs_server ingest --catalog -k -t - -b {base} {repository}"')
+    .option(
+      '--ingest',
+      "publish each layer by streaming it to cvmfs_server ingest (DUCC's way; no local unpack), then the metadata in one transaction; with --cvmfs-server",
+    )
+    .option(
+      '--nested-catalog-entries <n>',
+      'a published layer with more entries gets nested catalogs (.cvmfscatalog, hidden from containers) so that no catalog holds more (default 100000; CVMFS refuses a catalog over 200000)',
+      positiveInt('--nested-catalog-entries'),
+    )
+    .option(
+      '--ingest-command <cmd>',
+      'the ingest command (layer tar on stdin; {base} = .layers/<xx>/<digest>), default with --cvmfs-server --ingest: "cvmfs_server ingest --catalog -k -t - -b {base} {repository}"',
+    )
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
-    .option('--tmp-dir <dir>', 'where archives are spooled for reading and writing (default: the system temp dir; spools left by killed conversions are removed once their owner is gone)')
+    .option(
+      '--tmp-dir <dir>',
+      'where archives are spooled for reading and writing (default: the system temp dir; spools left by killed conversions are removed once their owner is gone)',
+    )
     .option('--json', 'print a machine-readable summary on stdout')
-    .option('--metrics-textfile <file>', "write the run's figures (layers, bytes, seconds, images) for node_exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/cvmfs-thin.prom")
+    .option(
+      '--metrics-textfile <file>',
+      "write the run's figures (layers, bytes, seconds, images) for node_exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/cvmfs-thin.prom",
+    )
     .option('-q, --quiet', 'no progress display')
-    .addOption(new Option('--log-level <level>', 'log level of the JSON logs on stderr').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('warn'));
+    .addOption(
+      new Option('--log-level <level>', 'log level of the JSON logs on stderr').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('warn'),
+    );
 }
 
 export function runFlags(o: Record<string, unknown>): RunFlags {

@@ -67,7 +67,14 @@ export function csiCommand(): Command {
       ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });
     await serveWithMetrics(m, s.manager.log, () =>
-      startCsi({ ...s.manager, endpoint: s.endpoint, nodeId: s.nodeId, driverName: s.driverName, allowEphemeralClientConfig: s.allowEphemeralClientConfig, metrics: m.metrics }),
+      startCsi({
+        ...s.manager,
+        endpoint: s.endpoint,
+        nodeId: s.nodeId,
+        driverName: s.driverName,
+        allowEphemeralClientConfig: s.allowEphemeralClientConfig,
+        metrics: m.metrics,
+      }),
     );
   });
 }

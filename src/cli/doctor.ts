@@ -17,8 +17,8 @@ export function doctorCommand(host: Host = systemHost): Command {
       'check this node for cvmfs-thin (overlayfs, /cvmfs, the repository, dead or stalled CVMFS mounts and the containers on them, the CVMFS client configuration, containerd/dockerd configuration, sockets, Docker version, idmapped mounts) and say what to fix; exit 1 on a failure',
     )
     .option('--json', 'print the checks as JSON')
-    .option('--cvmfs-root <dir>', 'where CVMFS is mounted (default: the daemons\' config files, else /cvmfs)')
-    .option('--repository <name>', 'the repository with the layers (default: the daemons\' config files, else unpacked.cern.ch)')
+    .option('--cvmfs-root <dir>', "where CVMFS is mounted (default: the daemons' config files, else /cvmfs)")
+    .option('--repository <name>', "the repository with the layers (default: the daemons' config files, else unpacked.cern.ch)")
     .option('--root-prefix <dir>', 'prefix of every default file path below')
     .option('--containerd-config <file>', `containerd's configuration (default ${SETUP_DEFAULTS.containerdConfig})`)
     .option('--daemon-json <file>', `dockerd's configuration (default ${SETUP_DEFAULTS.daemonJson})`)

@@ -46,7 +46,10 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
   let out: { result: unknown; code: number };
   try {
     const configFile = process.env['CVMFS_THIN_FLEXVOLUME_CONFIG'] ?? (existsSync(FLEX_DEFAULTS.config) ? FLEX_DEFAULTS.config : undefined);
-    const s = volumeSettings(configFile ? { config: configFile } : {}, null, flexConfigSpec, { stateDir: FLEX_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-flexvolume' });
+    const s = volumeSettings(configFile ? { config: configFile } : {}, null, flexConfigSpec, {
+      stateDir: FLEX_DEFAULTS.stateDir,
+      loggerName: 'cvmfs-thin-flexvolume',
+    });
     const file = configFile ? loadToml(configFile, flexConfigSpec) : {};
     const logFile = file['log-file'] ?? path.join(s.manager.stateDir, 'flexvolume.log');
     mkdirSync(path.dirname(logFile), { recursive: true });
@@ -73,9 +76,13 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
         }
       },
     });
-    log.info({ call: argv[0], dir: argv[1], status: (out.result as { status: string }).status, message: (out.result as { message?: string }).message }, 'flexvolume call');
+    log.info(
+      { call: argv[0], dir: argv[1], status: (out.result as { status: string }).status, message: (out.result as { message?: string }).message },
+      'flexvolume call',
+    );
   } catch (e) {
-    out = argv[0] !== undefined && !isFlexOperation(argv[0]) ? notSupported(argv[0]) : { result: { status: 'Failure', message: (e as Error).message }, code: 1 };
+    out =
+      argv[0] !== undefined && !isFlexOperation(argv[0]) ? notSupported(argv[0]) : { result: { status: 'Failure', message: (e as Error).message }, code: 1 };
   }
   process.stdout.write(`${JSON.stringify(out.result)}\n`);
   process.exitCode = out.code;

@@ -23,7 +23,8 @@ export function gcCommand(): Command {
       } else {
         const verb = report.dry_run ? 'would remove' : 'removed';
         for (const r of report.removed) process.stdout.write(`${verb} ${r.kind} ${r.path} (unchanged for ${formatAge(r.age)})\n`);
-        for (const im of report.podman?.removed_images ?? []) process.stdout.write(`${verb} podman store image ${im.id.slice(0, 12)} ${im.names.join(' ')} (${im.reason})\n`);
+        for (const im of report.podman?.removed_images ?? [])
+          process.stdout.write(`${verb} podman store image ${im.id.slice(0, 12)} ${im.names.join(' ')} (${im.reason})\n`);
         for (const e of report.errors) process.stderr.write(`cvmfs-thin: cannot remove ${e.path}: ${e.message}\n`);
         process.stderr.write(
           `gc ${dir}: ${verb} ${report.removed.length}, kept ${report.kept_recent.length} unreferenced within the grace period; referenced: ${report.referenced.layers} layers, ${report.referenced.chains} chains, ${report.referenced.flat} flat trees of ${report.referenced.images} images\n`,
@@ -39,4 +40,3 @@ function formatAge(s: number): string {
   if (s < 172800) return `${Math.round(s / 3600)} h`;
   return `${Math.round(s / 86400)} d`;
 }
-

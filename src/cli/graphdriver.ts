@@ -29,16 +29,32 @@ export const graphdriverConfigSpec = {
  * `--volumes`: the Docker volume plugin's VolumeDriver on the graph driver's
  * socket, so that both keep CERN's driver name `cvmfs` (one socket, one name).
  */
-async function volumeInterfaces(file: string | undefined, cvmfsRoot: string, log: Logger, metrics: Metrics): Promise<NonNullable<GraphDriverDaemonOptions['also']>> {
-  const [{ volumeSettings }, { volumePluginConfigSpec, VOLUME_PLUGIN_DEFAULTS }, { MountManager }, { DockerVolumeDriver }, { volumeDriverInterface }] = await Promise.all([
-    import('./volume-config.js'),
-    import('./volume-plugin.js'),
-    import('../core/volumes/manager.js'),
-    import('../dockervolume/driver.js'),
-    import('../dockervolume/server.js'),
-  ]);
-  const vs = volumeSettings(file ? { config: file } : {}, null, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-graphdriver' });
-  const manager = await MountManager.open({ ...vs.manager, cvmfsRoot: vs.file['cvmfs-root'] ?? cvmfsRoot, log, host: systemHost, metrics, daemon: 'volume-plugin' });
+async function volumeInterfaces(
+  file: string | undefined,
+  cvmfsRoot: string,
+  log: Logger,
+  metrics: Metrics,
+): Promise<NonNullable<GraphDriverDaemonOptions['also']>> {
+  const [{ volumeSettings }, { volumePluginConfigSpec, VOLUME_PLUGIN_DEFAULTS }, { MountManager }, { DockerVolumeDriver }, { volumeDriverInterface }] =
+    await Promise.all([
+      import('./volume-config.js'),
+      import('./volume-plugin.js'),
+      import('../core/volumes/manager.js'),
+      import('../dockervolume/driver.js'),
+      import('../dockervolume/server.js'),
+    ]);
+  const vs = volumeSettings(file ? { config: file } : {}, null, volumePluginConfigSpec, {
+    stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir,
+    loggerName: 'cvmfs-thin-graphdriver',
+  });
+  const manager = await MountManager.open({
+    ...vs.manager,
+    cvmfsRoot: vs.file['cvmfs-root'] ?? cvmfsRoot,
+    log,
+    host: systemHost,
+    metrics,
+    daemon: 'volume-plugin',
+  });
   let driver: InstanceType<typeof DockerVolumeDriver>;
   try {
     driver = new DockerVolumeDriver(manager, log, { knownVolumes: vs.file['known-volumes'] });
@@ -58,11 +74,10 @@ export function graphdriverCommand(): Command {
   addCvmfsOptions(cmd)
     .option('--no-thin-images', 'do not recognise thin images (every layer is an ordinary layer)')
     .addOption(
-      new Option('--idmapped-layers <mode>', 'with dockerd --userns-remap, idmapped mounts of CVMFS layers: auto (use when the file system allows), off, require').choices([
-        'auto',
-        'off',
-        'require',
-      ]),
+      new Option(
+        '--idmapped-layers <mode>',
+        'with dockerd --userns-remap, idmapped mounts of CVMFS layers: auto (use when the file system allows), off, require',
+      ).choices(['auto', 'off', 'require']),
     )
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
     .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');

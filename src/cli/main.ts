@@ -40,7 +40,9 @@ function isFlexCallOut(args: readonly string[]): boolean {
 
 export async function buildCli(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('cvmfs-thin')
-    .description('Run container images straight from CernVM-FS (containerd snapshotter, Docker graph driver, image converter) and mount CVMFS repositories as volumes (Docker volume plugin, Kubernetes CSI and FlexVolume)')
+    .description(
+      'Run container images straight from CernVM-FS (containerd snapshotter, Docker graph driver, image converter) and mount CVMFS repositories as volumes (Docker volume plugin, Kubernetes CSI and FlexVolume)',
+    )
     .version(pkg.version, '-v, --version')
     .showHelpAfterError();
   const sub = argv[2];

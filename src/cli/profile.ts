@@ -23,11 +23,15 @@ function report(dir: string, writes: ProfileWrite[], dryRun: boolean): void {
 }
 
 export function profileCommand(): Command {
-  const cmd = new Command('profile').description("access profiles: what a container of an image reads in its first seconds, read ahead by the snapshotter at every later start");
+  const cmd = new Command('profile').description(
+    'access profiles: what a container of an image reads in its first seconds, read ahead by the snapshotter at every later start',
+  );
   cmd.addCommand(
     addPublishingOptions(
       new Command('publish')
-        .description('validate profiles recorded on nodes (snapshotter --record-profiles: <root>/profiles/*.json) and write them into the repository (.profiles/<xx>/<stack id>.json)')
+        .description(
+          'validate profiles recorded on nodes (snapshotter --record-profiles: <root>/profiles/*.json) and write them into the repository (.profiles/<xx>/<stack id>.json)',
+        )
         .argument('<file...>', 'profile files'),
     )
       .option('--dry-run', 'validate and say what would be written')

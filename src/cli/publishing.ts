@@ -19,7 +19,10 @@ export function addPublishingOptions(cmd: Command): Command {
     .option('--abort-command <cmd>', 'run when a change failed')
     .option('--cvmfs-server', 'shorthand for the three cvmfs_server commands')
     .option('--lock-file <file>', 'host-wide lock serialising publications (default /run/lock/cvmfs-thin-<repository>.lock)')
-    .option('--lock-timeout <duration>', 'give up when a converter holds the publishing lock (or the podman store) longer than this, e.g. 30s, 10m (default: wait)');
+    .option(
+      '--lock-timeout <duration>',
+      'give up when a converter holds the publishing lock (or the podman store) longer than this, e.g. 30s, 10m (default: wait)',
+    );
 }
 
 export interface Publishing {

@@ -10,7 +10,9 @@ import { addPublishingOptions, publishingFromOptions } from './publishing.js';
 export function rmCommand(): Command {
   return addPublishingOptions(
     new Command('rm')
-      .description("remove converted images from the repository: .metadata/<name> (every platform), the readable link, the podman store's name (and the store image when it has no other); their layers go with the next gc")
+      .description(
+        "remove converted images from the repository: .metadata/<name> (every platform), the readable link, the podman store's name (and the store image when it has no other); their layers go with the next gc",
+      )
       .argument('<image...>', 'registry/repository:tag as converted (docker:// optional; no tag means :latest)'),
   )
     .option('--dry-run', 'list what would be removed, remove nothing')
@@ -29,7 +31,12 @@ export function rmCommand(): Command {
         const what = [...r.metadata, ...r.links.map((l) => `link ${l}`), ...(r.podman_name ? [`podman store name ${r.podman_name}`] : [])];
         process.stdout.write(`${verb} ${r.tree_name}: ${what.join(', ')}\n`);
       }
-      for (const id of report.podman?.removed_images ?? []) process.stdout.write(`${verb} podman store image ${id.slice(0, 12)} (no name left) and ${report.podman?.removed_layers.length ?? 0} store layers only it used\n`);
-      process.stderr.write(`rm ${dir}: ${verb} ${report.removed.length} image(s); their layers, chains and flat trees stay until cvmfs-thin gc finds them unreferenced\n`);
+      for (const id of report.podman?.removed_images ?? [])
+        process.stdout.write(
+          `${verb} podman store image ${id.slice(0, 12)} (no name left) and ${report.podman?.removed_layers.length ?? 0} store layers only it used\n`,
+        );
+      process.stderr.write(
+        `rm ${dir}: ${verb} ${report.removed.length} image(s); their layers, chains and flat trees stay until cvmfs-thin gc finds them unreferenced\n`,
+      );
     });
 }

@@ -4,16 +4,7 @@ import { Command, Option } from 'commander';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import type { Target } from '../ops/files.js';
-import {
-  type CommonOptions,
-  type ContainerdOptions,
-  planContainerd,
-  planDocker,
-  planVolumes,
-  runPlan,
-  runUndo,
-  SNAPSHOTTER_ADDRESS,
-} from '../ops/setup.js';
+import { type CommonOptions, type ContainerdOptions, planContainerd, planDocker, planVolumes, runPlan, runUndo, SNAPSHOTTER_ADDRESS } from '../ops/setup.js';
 import { defaultStore, planPodman } from '../ops/podman.js';
 import { DAEMONS, PACKAGED_EXEC } from '../ops/templates.js';
 
@@ -45,7 +36,9 @@ export function defaultExec(): string {
 function common(o: Opts): CommonOptions {
   const prefix = o['rootPrefix'] ? path.resolve(String(o['rootPrefix'])) : '';
   const p = (flag: string, def: string) => path.resolve((o[flag] as string | undefined) ?? path.join(prefix || '/', def));
-  const systemctl = String(o['systemctl'] ?? 'systemctl').trim().split(/\s+/);
+  const systemctl = String(o['systemctl'] ?? 'systemctl')
+    .trim()
+    .split(/\s+/);
   if (systemctl[0] === '') throw new InvalidArgumentError('--systemctl: empty command');
   return {
     rootPrefix: prefix,
@@ -79,7 +72,7 @@ function withCommon(cmd: Command): Command {
   return cmd
     .option('--dry-run', 'print the exact changes (unified diff) and the systemctl calls; change nothing')
     .option('--undo', 'restore the files this target changed, byte for byte, and remove the ones it created')
-    .option('--root-prefix <dir>', 'prefix of every default path below (a copy of a node\'s root, or the host\'s root mounted in a pod)')
+    .option('--root-prefix <dir>', "prefix of every default path below (a copy of a node's root, or the host's root mounted in a pod)")
     .option('--state-dir <dir>', `backups and the manifest for --undo (default ${SETUP_DEFAULTS.stateDir})`)
     .option('--systemd-dir <dir>', `where units are installed (default ${SETUP_DEFAULTS.systemdDir})`)
     .option('--no-units', 'do not install our systemd units or daemon config files (the daemon runs elsewhere, e.g. as a DaemonSet)')
@@ -100,7 +93,19 @@ function withContainerd(cmd: Command): Command {
 }
 
 /** Options an undo needs again: where the state and the files are, how systemctl is run. */
-const UNDO_KEYS = ['rootPrefix', 'stateDir', 'systemdDir', 'storageConf', 'containerdConfig', 'snapshotterConfig', 'daemonJson', 'graphdriverConfig', 'volumePluginConfig', 'systemctl', 'restart'];
+const UNDO_KEYS = [
+  'rootPrefix',
+  'stateDir',
+  'systemdDir',
+  'storageConf',
+  'containerdConfig',
+  'snapshotterConfig',
+  'daemonJson',
+  'graphdriverConfig',
+  'volumePluginConfig',
+  'systemctl',
+  'restart',
+];
 
 /** Those of UNDO_KEYS given on the command line, as arguments. */
 function undoArgs(cmd: Command | undefined): string[] {
@@ -124,21 +129,32 @@ async function run(target: Target, o: Opts, plan: (c: CommonOptions) => Promise<
 }
 
 export function setupCommand(host: Host = systemHost): Command {
-  const setup = new Command('setup').description('configure this node: containerd, dockerd, the volume plugin and podman/CRI-O for cvmfs-thin (idempotent; --dry-run shows the diff; --undo restores)');
+  const setup = new Command('setup').description(
+    'configure this node: containerd, dockerd, the volume plugin and podman/CRI-O for cvmfs-thin (idempotent; --dry-run shows the diff; --undo restores)',
+  );
 
   setup.addCommand(
     withContainerd(withCommon(new Command('containerd')))
       .description('containerd: proxy_plugins entry for the snapshotter (and with --kubernetes the CRI snapshotter and annotations), the snapshotter unit')
       .option('--kubernetes', 'also make CRI (kubelet) pull through the snapshotter, with disable_snapshot_annotations = false')
-      .option('--bootstrap-runtime <name>', 'with --kubernetes: add a CRI runtime handler NAME on containerd\'s overlayfs snapshotter (containerd >= 1.7), for the RuntimeClass of the snapshotter\'s own DaemonSet')
+      .option(
+        '--bootstrap-runtime <name>',
+        "with --kubernetes: add a CRI runtime handler NAME on containerd's overlayfs snapshotter (containerd >= 1.7), for the RuntimeClass of the snapshotter's own DaemonSet",
+      )
       .action(async (o: Opts, cmd: Command) => run('containerd', o, (c) => planContainerd(c, containerdOpts(o, c, Boolean(o['kubernetes'])), host), host, cmd)),
   );
 
   setup.addCommand(
     withContainerd(withCommon(new Command('docker')))
-      .description('dockerd: daemon.json for the graph driver (Docker 20.10-27) or the containerd image store with the snapshotter (Docker >= 24), and their units')
+      .description(
+        'dockerd: daemon.json for the graph driver (Docker 20.10-27) or the containerd image store with the snapshotter (Docker >= 24), and their units',
+      )
       .option('--daemon-json <file>', `dockerd's configuration (default ${SETUP_DEFAULTS.daemonJson})`)
-      .addOption(new Option('--mode <mode>', 'graphdriver, containerd-store, or auto: graph driver for Docker 20.10-27, containerd image store for 28+').choices(['auto', 'graphdriver', 'containerd-store']).default('auto'))
+      .addOption(
+        new Option('--mode <mode>', 'graphdriver, containerd-store, or auto: graph driver for Docker 20.10-27, containerd image store for 28+')
+          .choices(['auto', 'graphdriver', 'containerd-store'])
+          .default('auto'),
+      )
       .option('--docker-version <version>', 'the Docker version (default: dockerd --version)')
       .option('--graphdriver-name <name>', 'storage driver name = socket /run/docker/plugins/<name>.sock', 'cvmfs')
       .option('--graphdriver-config <file>', `the graph driver's configuration (default ${DAEMONS.graphdriver.configPath})`)

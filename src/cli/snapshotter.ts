@@ -32,7 +32,10 @@ export function snapshotterCommand(): Command {
     .option('--no-thin-images', 'do not recognise thin images')
     .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS')
     .option('--no-prefetch', "do not read an image's access profile ahead when its container is prepared")
-    .option('--record-profiles', 'record an access profile (fanotify) from the first start of an image that has none, into <root>/profiles (publish with cvmfs-thin profile publish)')
+    .option(
+      '--record-profiles',
+      'record an access profile (fanotify) from the first start of an image that has none, into <root>/profiles (publish with cvmfs-thin profile publish)',
+    )
     .option('--record-window <seconds>', 'how long a start is recorded (default 10)', wholeNumber)
     .option('--start-budget <ms>', 'log why a start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber);
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {

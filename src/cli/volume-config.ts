@@ -50,12 +50,23 @@ export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command
     .option('--state-dir <dir>', `mount points and durable state (default ${defaultStateDir})`)
     .option('--cvmfs-root <dir>', 'where the host mounts CVMFS repositories (default /cvmfs)')
     .option('--allowed-repository <pattern...>', 'repositories that may be mounted: names, *.domain suffixes, or * (default *)')
-    .addOption(new Option('--backend <kind>', 'host: bind <cvmfs-root>/<repo> (autofs or mounted by the host); client: mount privately with the CVMFS mount helper (default host)').choices(['host', 'client']))
+    .addOption(
+      new Option(
+        '--backend <kind>',
+        'host: bind <cvmfs-root>/<repo> (autofs or mounted by the host); client: mount privately with the CVMFS mount helper (default host)',
+      ).choices(['host', 'client']),
+    )
     .option('--mount-command <cmd>', `client backend mount command, "-o config=<file> <repo> <dir>" appended (default "${DEFAULT_MOUNT_COMMAND.join(' ')}")`)
     .option('--client-config-key <key...>', 'client parameters a volume may set (default: where to fetch from and which snapshot; see docs/volumes.md)')
     .option('--idle-unmount <seconds>', 'keep a repository mounted this long after its last user (default 0)')
-    .option('--mount-timeout <seconds>', 'a repository mount (the mount helper, an autofs automount) must finish within this (default 100, inside dockerd\'s 2 minutes)')
-    .option('--cvmfs-timeout <seconds>', `a mounted repository that does not answer for this long fails the request (stalled client; default ${DEFAULT_CVMFS_TIMEOUT_MS / 1000})`)
+    .option(
+      '--mount-timeout <seconds>',
+      "a repository mount (the mount helper, an autofs automount) must finish within this (default 100, inside dockerd's 2 minutes)",
+    )
+    .option(
+      '--cvmfs-timeout <seconds>',
+      `a mounted repository that does not answer for this long fails the request (stalled client; default ${DEFAULT_CVMFS_TIMEOUT_MS / 1000})`,
+    )
     .option('--check-interval <seconds>', 'look for broken (ENOTCONN) mounts this often, 0 = never (default 30)')
     .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
 }
@@ -74,7 +85,8 @@ export function volumeSettings<S extends Record<string, Field>>(
     const v = pick<string | number>(flag, key);
     if (v === undefined) return dflt;
     if (typeof v === 'number') return v * 1000;
-    if (checkSeconds(v)) throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
+    if (checkSeconds(v))
+      throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
     return Number(v) * 1000;
   };
   const mc = pick<string>('mountCommand', 'mount-command');

@@ -26,7 +26,10 @@ export function volumePluginCommand(): Command {
   const cmd = new Command('volume-plugin')
     .description('serve a Docker volume plugin: CVMFS repositories as volumes (docker run -v cms.cern.ch:/cvmfs/cms.cern.ch)')
     .option('--socket <path>', `unix socket to listen on (default ${VOLUME_PLUGIN_DEFAULTS.socket}; the file name is the driver name)`)
-    .option('--known-volume <name...>', 'volumes that exist without docker volume create (-v NAME:/path then works without --volume-driver); any other name must be created, which is how -o options reach the plugin');
+    .option(
+      '--known-volume <name...>',
+      'volumes that exist without docker volume create (-v NAME:/path then works without --volume-driver); any other name must be created, which is how -o options reach the plugin',
+    );
   addVolumeOptions(cmd, VOLUME_PLUGIN_DEFAULTS.stateDir);
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
     const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
@@ -36,6 +39,8 @@ export function volumePluginCommand(): Command {
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log, {
       ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });
-    await serveWithMetrics(m, s.manager.log, () => startVolumePlugin({ ...s.manager, socket, knownVolumes, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }));
+    await serveWithMetrics(m, s.manager.log, () =>
+      startVolumePlugin({ ...s.manager, socket, knownVolumes, host: systemHost, metrics: m.metrics, daemon: 'volume-plugin' }),
+    );
   });
 }

@@ -43,7 +43,13 @@ export async function findTrace(dir: string, id: string): Promise<StartTrace> {
   for (const match of tiers) {
     const hits = keys.filter((x) => match(x.key));
     if (hits.length === 1) return read(path.join(dir, hits[0]!.n));
-    if (hits.length > 1) throw new InvalidArgumentError(`${JSON.stringify(id)} matches ${hits.length} starts (${hits.slice(0, 5).map((h) => h.key).join(', ')}…): give more of it`);
+    if (hits.length > 1)
+      throw new InvalidArgumentError(
+        `${JSON.stringify(id)} matches ${hits.length} starts (${hits
+          .slice(0, 5)
+          .map((h) => h.key)
+          .join(', ')}…): give more of it`,
+      );
   }
   throw new NotFoundError(`no trace of a start of ${JSON.stringify(id)} in ${dir} (the snapshotter keeps the newest 500, of containers of thin images)`);
 }
@@ -58,11 +64,19 @@ export function formatTrace(t: StartTrace): string {
   out.push(`  access profile: ${t.profile ?? 'not looked up yet'}`);
   if (t.prefetch) {
     const p = t.prefetch;
-    out.push(`  prefetch: ${p.files} file(s), ${kib(Math.round(p.bytes / 1024))} in ${p.ms} ms (missing ${p.missing}, failed ${p.failed}${p.stopped ? `, stopped: ${p.stopped}` : ''})`);
+    out.push(
+      `  prefetch: ${p.files} file(s), ${kib(Math.round(p.bytes / 1024))} in ${p.ms} ms (missing ${p.missing}, failed ${p.failed}${p.stopped ? `, stopped: ${p.stopped}` : ''})`,
+    );
   }
-  if (t.record) out.push(`  recorded: ${t.record.files} file(s) in ${t.record.ms} ms (${t.record.reason})${t.record.saved ? ` -> ${t.record.saved}` : ''}${t.record.error ? `: ${t.record.error}` : ''}`);
+  if (t.record)
+    out.push(
+      `  recorded: ${t.record.files} file(s) in ${t.record.ms} ms (${t.record.reason})${t.record.saved ? ` -> ${t.record.saved}` : ''}${t.record.error ? `: ${t.record.error}` : ''}`,
+    );
   const c = t.cvmfs;
-  if (c?.after) out.push(`  CVMFS client meanwhile: ${c.after.downloads - c.before.downloads} download(s), ${kib(c.after.rxKiB - c.before.rxKiB)} from the network, catalogs loaded ${c.before.catalogs} -> ${c.after.catalogs}`);
+  if (c?.after)
+    out.push(
+      `  CVMFS client meanwhile: ${c.after.downloads - c.before.downloads} download(s), ${kib(c.after.rxKiB - c.before.rxKiB)} from the network, catalogs loaded ${c.before.catalogs} -> ${c.after.catalogs}`,
+    );
   else if (c) out.push(`  CVMFS client at the start: ${c.before.downloads} download(s) so far, ${c.before.catalogs} catalog(s) loaded`);
   else out.push('  CVMFS client counters: not available (not a CVMFS mount, or getfattr missing)');
   out.push(`  verdict: ${t.verdict ?? verdictOf(t)}`);
@@ -71,7 +85,9 @@ export function formatTrace(t: StartTrace): string {
 
 export function whySlowCommand(): Command {
   return new Command('why-slow')
-    .description("print where the time of a container start went: the snapshotter's phases, the image's access profile and prefetch, what the CVMFS client fetched")
+    .description(
+      "print where the time of a container start went: the snapshotter's phases, the image's access profile and prefetch, what the CVMFS client fetched",
+    )
     .argument('<container>', 'container ID (the snapshot key ctr and the CRI use), or a unique prefix of it')
     .option('--root <dir>', `the snapshotter's state directory (default ${SNAPSHOTTER_DEFAULTS.root})`)
     .option('--json', 'print the trace as JSON')

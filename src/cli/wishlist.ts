@@ -11,7 +11,7 @@ import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js'
 
 export function wishlistCommand(): Command {
   const cmd = new Command('wishlist')
-    .description("convert every image of a DUCC recipe (wishlist) that is not converted yet; skips what is done, continues past failures")
+    .description('convert every image of a DUCC recipe (wishlist) that is not converted yet; skips what is done, continues past failures')
     .argument('<file>', 'DUCC recipe YAML (version, user, cvmfs_repo, output_format, input)')
     .option('--image-jobs <n>', 'images converted at once (default 2)', (v: string) => {
       const n = Number(v);
@@ -35,9 +35,16 @@ export function wishlistCommand(): Command {
       log.warn({ recipe: recipe.cvmfs_repo, repository: run.repository }, 'using the repository name of --repository-dir, not the recipe cvmfs_repo');
     }
     const t0 = Date.now();
-    const { wishes, errors } = await expandRecipe(recipe, run.registries, { noThin: o['thin'] === false, insecureRegistries: run.transport.insecureRegistries! });
+    const { wishes, errors } = await expandRecipe(recipe, run.registries, {
+      noThin: o['thin'] === false,
+      insecureRegistries: run.transport.insecureRegistries!,
+    });
     if (o['dryRun']) {
-      const out = wishes.map((w) => ({ input: w.input, image: `docker://${w.ref.registry}/${w.ref.repository}${w.ref.tag ? `:${w.ref.tag}` : ''}${w.ref.digest ? `@${w.ref.digest}` : ''}`, thin: w.output }));
+      const out = wishes.map((w) => ({
+        input: w.input,
+        image: `docker://${w.ref.registry}/${w.ref.repository}${w.ref.tag ? `:${w.ref.tag}` : ''}${w.ref.digest ? `@${w.ref.digest}` : ''}`,
+        thin: w.output,
+      }));
       if (flags.json) process.stdout.write(`${JSON.stringify({ images: out, errors: errors.map((e) => errorSummary(e.error)) }, null, 2)}\n`);
       else for (const w of out) process.stdout.write(`${w.image}${w.thin ? ` -> ${w.thin}` : ''}\n`);
       for (const e of errors) process.stderr.write(`cvmfs-thin: ${e.error.message}\n`);

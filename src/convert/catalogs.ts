@@ -39,7 +39,9 @@ export function chooseCatalogDirs(direct: ReadonlyMap<string, number>, cut = CAT
   // deepest first: children are settled before their parents
   const order = [...direct.keys()].sort((a, b) => (b === '' ? -1 : b.split('/').length) - (a === '' ? -1 : a.split('/').length));
   for (const d of order) {
-    const kids = (children.get(d) ?? []).filter((c) => (remaining.get(c) ?? 0) > 0).sort((a, b) => remaining.get(b)! - remaining.get(a)! || (a < b ? -1 : a > b ? 1 : 0));
+    const kids = (children.get(d) ?? [])
+      .filter((c) => (remaining.get(c) ?? 0) > 0)
+      .sort((a, b) => remaining.get(b)! - remaining.get(a)! || (a < b ? -1 : a > b ? 1 : 0));
     let total = (direct.get(d) ?? 0) + kids.reduce((a, c) => a + remaining.get(c)!, 0);
     for (const c of kids) {
       if (total <= cut) break;

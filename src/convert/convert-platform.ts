@@ -11,7 +11,16 @@ import { ConvertError } from './errors.js';
 import { buildMerged } from './flat.js';
 import { formatPlatform, hostPlatform, imageEntries, platformDirName, platformMatches, selectPlatform } from './image/platform.js';
 import type { ImageSource } from './image/source.js';
-import { type Descriptor, type ImageConfig, type ImageManifest, MAX_CONFIG_BYTES, parseConfig, parseManifest, type Platform, type RawManifest } from './image/types.js';
+import {
+  type Descriptor,
+  type ImageConfig,
+  type ImageManifest,
+  MAX_CONFIG_BYTES,
+  parseConfig,
+  parseManifest,
+  type Platform,
+  type RawManifest,
+} from './image/types.js';
 import { LayerUnpacker } from './layer.js';
 import { RepoTree } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
@@ -66,7 +75,8 @@ export class PlatformConverter {
       todo.push({ img, diffIds: config.rootfs?.diff_ids });
       for (const l of img.manifest.layers) {
         const hex = l.digest.slice(7);
-        if ((await this.tree.layerState(hex)) === null && !(await pathExists(this.tree.bucket(LAYERS_DIR, hex)))) buckets.add(this.tree.bucket(LAYERS_DIR, hex));
+        if ((await this.tree.layerState(hex)) === null && !(await pathExists(this.tree.bucket(LAYERS_DIR, hex))))
+          buckets.add(this.tree.bucket(LAYERS_DIR, hex));
       }
     }
     // the directories above the layers first, in a transaction: an ingest would create them without a valid owner
@@ -104,18 +114,22 @@ export class PlatformConverter {
     const chosen = this.o.allPlatforms ? imageEntries(parsed.index) : [selectPlatform(parsed.index, want, description)];
     if (chosen.length === 0) throw new ConvertError({ image: description }, 'the index lists no runnable image', 'invalid-argument', 'CVMFS_THIN_NO_PLATFORM');
     const images: PlatformImage[] = [];
-    const defaultEntry = this.o.allPlatforms ? (() => {
-      try {
-        return selectPlatform(parsed.index, want, description);
-      } catch {
-        return null;
-      }
-    })() : null;
+    const defaultEntry = this.o.allPlatforms
+      ? (() => {
+          try {
+            return selectPlatform(parsed.index, want, description);
+          } catch {
+            return null;
+          }
+        })()
+      : null;
     for (const d of chosen) {
       const raw = await source.manifest(d);
-      if (raw.digest !== d.digest) throw new ConvertError({ image: description }, `manifest ${d.digest} has digest ${raw.digest}`, 'invalid-argument', 'CVMFS_THIN_DIGEST_MISMATCH');
+      if (raw.digest !== d.digest)
+        throw new ConvertError({ image: description }, `manifest ${d.digest} has digest ${raw.digest}`, 'invalid-argument', 'CVMFS_THIN_DIGEST_MISMATCH');
       const p = parseManifest({ ...raw, mediaType: raw.mediaType || d.mediaType }, `${description}@${d.digest}`);
-      if (p.kind !== 'manifest') throw new ConvertError({ image: description }, `nested index ${d.digest} is not supported`, 'invalid-argument', 'CVMFS_THIN_UNSUPPORTED');
+      if (p.kind !== 'manifest')
+        throw new ConvertError({ image: description }, `nested index ${d.digest} is not supported`, 'invalid-argument', 'CVMFS_THIN_UNSUPPORTED');
       const platform: Platform = d.platform ?? { os: want.os, architecture: want.architecture };
       const dirs: (string | undefined)[] = [];
       if (this.o.allPlatforms) {
@@ -162,7 +176,12 @@ export class PlatformConverter {
         // a single-platform image: its platform is in its config
         platform = { os: config.os ?? 'linux', architecture: config.architecture ?? 'amd64', variant: config.variant };
         if (this.o.platform && !platformMatches(this.o.platform, platform)) {
-          throw new ConvertError({ image: description }, `the image is ${formatPlatform(platform)}, not the requested ${formatPlatform(this.o.platform)}`, 'invalid-argument', 'CVMFS_THIN_NO_PLATFORM');
+          throw new ConvertError(
+            { image: description },
+            `the image is ${formatPlatform(platform)}, not the requested ${formatPlatform(this.o.platform)}`,
+            'invalid-argument',
+            'CVMFS_THIN_NO_PLATFORM',
+          );
         }
         summary.platform = formatPlatform(platform);
       }
@@ -205,7 +224,16 @@ export class PlatformConverter {
         return { digest: d.digest, status: v.status, bytes: v.bytes, files: v.files, whiteouts: v.whiteouts, opaques: v.opaques, seconds: v.seconds };
       }
       firstError ??= r.reason;
-      return { digest: d.digest, status: 'failed', bytes: 0, files: 0, whiteouts: 0, opaques: 0, seconds: 0, error: ThinError.is(r.reason) || r.reason instanceof Error ? (r.reason as Error).message : String(r.reason) };
+      return {
+        digest: d.digest,
+        status: 'failed',
+        bytes: 0,
+        files: 0,
+        whiteouts: 0,
+        opaques: 0,
+        seconds: 0,
+        error: ThinError.is(r.reason) || r.reason instanceof Error ? (r.reason as Error).message : String(r.reason),
+      };
     });
     if (firstError !== null) {
       summary.error = errorSummary(ConvertError.wrap(firstError, { image: label }));

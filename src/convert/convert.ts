@@ -18,19 +18,12 @@ import type { ImageSource, ImageToWrite } from './image/source.js';
 import { openSource, openTarget, type Registries, type TransportOptions } from './image/transports.js';
 import type { Progress } from './progress.js';
 import type { Publisher } from './publish.js';
-import {
-  type DockerReference,
-  defaultThinReference,
-  duccImageName,
-  formatImageReference,
-  type ImageReference,
-} from './reference.js';
+import { type DockerReference, defaultThinReference, duccImageName, formatImageReference, type ImageReference } from './reference.js';
 import type { ImageRecord } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
 import type { ExtractLimits } from './tar.js';
 import { buildThinImage, buildThinIndex } from './thin.js';
 import { addImageToPodmanStore, podmanInput, podmanName } from './podman/index.js';
-import { promises as fsp } from 'node:fs';
 import { PlatformConverter } from './convert-platform.js';
 import type { LayerForm } from './whiteouts.js';
 
@@ -77,7 +70,13 @@ export interface ImageJob {
 /** Name of a local source that carries none: `localhost/<file name>:<tag>`. */
 function localName(ref: ImageReference): DockerReference {
   const p = 'path' in ref ? ref.path : 'image';
-  const base = path.basename(p).replace(/\.(tar|tgz|tar\.gz)$/, '').toLowerCase().replace(/[^a-z0-9._-]+/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || 'image';
+  const base =
+    path
+      .basename(p)
+      .replace(/\.(tar|tgz|tar\.gz)$/, '')
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]+/g, '-')
+      .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || 'image';
   const tag = ref.transport === 'oci' || ref.transport === 'oci-archive' ? ref.tag : undefined;
   return { registry: 'localhost', repository: base, tag: tag && /^[\w][\w.-]{0,127}$/.test(tag) ? tag : 'latest' };
 }
@@ -175,9 +174,7 @@ export class Converter extends PlatformConverter {
     const multi = resolved.indexDigest !== null && this.o.allPlatforms === true;
 
     // per platform: layers, chains/flat
-    const perPlatform = await Promise.all(
-      resolved.images.map((img) => this.convertPlatform(source, img, description, treeName, thinDesc, multi)),
-    );
+    const perPlatform = await Promise.all(resolved.images.map((img) => this.convertPlatform(source, img, description, treeName, thinDesc, multi)));
     const ok = perPlatform.filter((p) => p.summary.status !== 'failed');
     if (ok.length !== perPlatform.length || ok.length === 0) {
       for (const p of perPlatform) p.summary.seconds = (Date.now() - t0) / 1000;
@@ -203,7 +200,9 @@ export class Converter extends PlatformConverter {
             }),
           );
         }
-        const index = multi ? buildThinIndex(images, { 'org.opencontainers.image.base.name': description, 'org.opencontainers.image.base.digest': resolved.indexDigest! }) : null;
+        const index = multi
+          ? buildThinIndex(images, { 'org.opencontainers.image.base.name': description, 'org.opencontainers.image.base.digest': resolved.indexDigest! })
+          : null;
         const expected = index ? index.digest : images[0]!.manifest.digest;
         const current = allSkipped ? await target.current().catch(() => null) : null;
         const expectedAtTarget = thinRef?.transport === 'docker-archive' ? images[0]!.config.digest : expected;
@@ -261,7 +260,12 @@ export class Converter extends PlatformConverter {
       if (this.o.podmanStore && p.img.platformDirs.includes(undefined)) {
         try {
           const input = await podmanInput(this.o.repositoryDir, { names: [podmanName(name)], manifest: p.img.raw.bytes, config: p.configBytes });
-          const r = await addImageToPodmanStore(this.o.repositoryDir, input, { log: this.o.log, signal: this.o.signal, allowPlainWhiteouts: this.o.whiteouts === 'keep', storeRoot: this.o.podmanStoreRoot });
+          const r = await addImageToPodmanStore(this.o.repositoryDir, input, {
+            log: this.o.log,
+            signal: this.o.signal,
+            allowPlainWhiteouts: this.o.whiteouts === 'keep',
+            storeRoot: this.o.podmanStoreRoot,
+          });
           s.podman = { image_id: r.image_id, status: r.status, names: r.names };
           for (const w of r.warnings) this.o.log.warn({ image: description }, w);
         } catch (e) {

@@ -20,8 +20,15 @@ export class RegistryError extends ThinError {
   }
   static fromStatus(status: number, what: string, detail: string): RegistryError {
     const kind: ErrorKind =
-      status === 404 ? 'not-found' : status === 401 || status === 403 ? 'failed-precondition' : status >= 500 || status === 429 ? 'unavailable' : 'invalid-argument';
-    const hint = status === 401 ? ' (authentication required: use --creds user:pass or `docker login`)' : status === 403 ? ' (access denied for these credentials)' : '';
+      status === 404
+        ? 'not-found'
+        : status === 401 || status === 403
+          ? 'failed-precondition'
+          : status >= 500 || status === 429
+            ? 'unavailable'
+            : 'invalid-argument';
+    const hint =
+      status === 401 ? ' (authentication required: use --creds user:pass or `docker login`)' : status === 403 ? ' (access denied for these credentials)' : '';
     return new RegistryError(kind, `${what}: HTTP ${status}${detail ? `: ${detail}` : ''}${hint}`, status);
   }
 }
@@ -61,13 +68,9 @@ export class ConvertError extends ThinError {
   /** Wrap any error with context; context already present on the error is kept. */
   static wrap(e: unknown, ctx: ConvertContext): ConvertError {
     if (e instanceof ConvertError) {
-      return new ConvertError(
-        { image: e.image ?? ctx.image, layer: e.layer ?? ctx.layer, entry: e.entry ?? ctx.entry },
-        e.reason,
-        e.kind,
-        e.code,
-        { cause: e.cause ?? e },
-      );
+      return new ConvertError({ image: e.image ?? ctx.image, layer: e.layer ?? ctx.layer, entry: e.entry ?? ctx.entry }, e.reason, e.kind, e.code, {
+        cause: e.cause ?? e,
+      });
     }
     const entry = entryOf(e);
     const reason = reasonOf(e);

@@ -10,7 +10,19 @@ import fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { CHAINS_DIR, chainDir, DIRTY_CHAINS_DIR, dirtyChainMarker, duccChainIds, FLAT_DIR, flatDir, layerMarker, type LayerRecord, layerRootfs, parseLayerMarker } from '../core/cvmfs/layout.js';
+import {
+  CHAINS_DIR,
+  chainDir,
+  DIRTY_CHAINS_DIR,
+  dirtyChainMarker,
+  duccChainIds,
+  FLAT_DIR,
+  flatDir,
+  layerMarker,
+  type LayerRecord,
+  layerRootfs,
+  parseLayerMarker,
+} from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fs/fsutil.js';
 import { lgetxattr, llistxattr, lsetxattr, lutimesNs, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '../core/host/sys.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../core/fs/whiteout.js';

@@ -47,7 +47,6 @@ export interface GcReport {
 
 const HEX64 = /^[a-f0-9]{64}$/;
 
-
 /** Layer hexes of a registry manifest; null if it is not one (e.g. an index). */
 function manifestLayers(text: string): string[] | null {
   try {
@@ -62,7 +61,14 @@ function manifestLayers(text: string): string[] | null {
 export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   const root = path.resolve(o.repositoryDir);
   const now = o.now ?? Date.now();
-  const report: GcReport = { dry_run: o.dryRun, removed: [], kept_recent: [], referenced: { layers: 0, chains: 0, flat: 0, images: 0 }, errors: [], podman: null };
+  const report: GcReport = {
+    dry_run: o.dryRun,
+    removed: [],
+    kept_recent: [],
+    referenced: { layers: 0, chains: 0, flat: 0, images: 0 },
+    errors: [],
+    podman: null,
+  };
 
   // 1. what is referenced
   const usedLayers = new Set<string>();
@@ -87,7 +93,9 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   }
   // readable links: every symlink outside the dot directories (and in .multiarch) that points into .flat
   const flatRoot = path.join(root, FLAT_DIR);
-  const tops = (await fsp.readdir(root, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory() && (!e.name.startsWith('.') || e.name === '.multiarch'));
+  const tops = (await fsp.readdir(root, { withFileTypes: true }).catch(() => [])).filter(
+    (e) => e.isDirectory() && (!e.name.startsWith('.') || e.name === '.multiarch'),
+  );
   for (const t of tops) {
     for await (const f of walkFiles(path.join(root, t.name))) {
       if (!f.isLink) continue;
@@ -139,7 +147,10 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   const dirty = path.join(root, DIRTY_CHAINS_DIR);
   for (const n of await fsp.readdir(dirty).catch(() => [] as string[])) {
     if (!HEX64.test(n)) continue;
-    const chainExists = await fsp.lstat(path.join(root, CHAINS_DIR, n.slice(0, 2), n)).then(() => true, () => false);
+    const chainExists = await fsp.lstat(path.join(root, CHAINS_DIR, n.slice(0, 2), n)).then(
+      () => true,
+      () => false,
+    );
     if (!chainExists || !usedChains.has(n)) await consider('dirty-chain-marker', path.join(dirty, n), false);
   }
 

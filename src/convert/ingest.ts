@@ -41,7 +41,12 @@ const utf8 = (b: string): string => Buffer.from(b, 'latin1').toString('utf8');
 /** The entries that end an ingested layer: nested catalog markers, the record, DUCC's layers.json, the tar-split (for podman). */
 export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: number, form: 'record' | 'keep' = 'record', tarSplit?: Buffer): MemEntry[] {
   // where the image has its own marker, CVMFS makes a catalog anyway: neither replace nor hide the image's file
-  const dirs = r.entries > catalogCut ? chooseCatalogDirs(r.direct, catalogCut).filter((d) => !r.catalogs.has(d)).map(utf8) : [];
+  const dirs =
+    r.entries > catalogCut
+      ? chooseCatalogDirs(r.direct, catalogCut)
+          .filter((d) => !r.catalogs.has(d))
+          .map(utf8)
+      : [];
   const hidden = dirs.map((d) => `${d}/${CATALOG_MARKER}`);
   const created = new Date().toISOString();
   const marker: LayerMarker = {
@@ -56,7 +61,9 @@ export function ingestTrailer(r: RewriteResult, desc: Descriptor, catalogCut: nu
     hardlinks: r.hardlinks,
     record: { ...r.record, hidden },
   };
-  const layersJson = [{ id: r.diffId.slice(7), created, 'compressed-diff-digest': desc.digest, 'compressed-size': desc.size, 'diff-digest': r.diffId, 'diff-size': r.bytes }];
+  const layersJson = [
+    { id: r.diffId.slice(7), created, 'compressed-diff-digest': desc.digest, 'compressed-size': desc.size, 'diff-digest': r.diffId, 'diff-size': r.bytes },
+  ];
   return [
     ...hidden.map((h) => ({ name: `${LAYER_ROOTFS}/${h}`, data: '' })),
     { name: `${METADATA_DIR}/` },
@@ -99,7 +106,8 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
       result = r;
       j.onEntries?.(r.entries);
       const recorded = await split.done;
-      if (!recorded.ok) j.log.warn({ layer: j.desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
+      if (!recorded.ok)
+        j.log.warn({ layer: j.desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
       return ingestTrailer(r, j.desc, j.catalogCut, j.form ?? 'record', recorded.ok ? recorded.data : undefined);
     },
   });
@@ -115,7 +123,8 @@ export async function ingestLayer(j: IngestJob): Promise<RewriteResult> {
     tar.destroy();
     if (!result) await split.abort();
   }
-  if (!result) throw new UnavailableError(`layer ${j.desc.digest}: the ingest hook exited before the layer was streamed to its end`, 'CVMFS_THIN_INGEST_INCOMPLETE');
+  if (!result)
+    throw new UnavailableError(`layer ${j.desc.digest}: the ingest hook exited before the layer was streamed to its end`, 'CVMFS_THIN_INGEST_INCOMPLETE');
   j.log.info({ layer: j.desc.digest, base, entries: (result as RewriteResult).entries }, 'layer ingested');
   return result;
 }

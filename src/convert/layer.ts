@@ -100,7 +100,9 @@ export class LayerUnpacker {
     // another image may have started this layer: name this caller's image and position
     return p.catch((e: unknown) => {
       if (!(e instanceof ConvertError)) throw e;
-      throw new ConvertError({ image: job.image, layer: `${job.index + 1}/${job.count} ${job.desc.digest}`, entry: e.entry }, e.reason, e.kind, e.code, { cause: e });
+      throw new ConvertError({ image: job.image, layer: `${job.index + 1}/${job.count} ${job.desc.digest}`, entry: e.entry }, e.reason, e.kind, e.code, {
+        cause: e,
+      });
     });
   }
 
@@ -129,7 +131,13 @@ export class LayerUnpacker {
   }
 
   /** The layer through the ingest hook: streamed, never unpacked here. */
-  private async ingestOnce(job: LayerJob, compression: Parameters<typeof decompress>[1], key: string, t0: number, ctx: { image: string; layer: string }): Promise<LayerOutcome> {
+  private async ingestOnce(
+    job: LayerJob,
+    compression: Parameters<typeof decompress>[1],
+    key: string,
+    t0: number,
+    ctx: { image: string; layer: string },
+  ): Promise<LayerOutcome> {
     const { desc } = job;
     try {
       const r = await ingestLayer({
@@ -146,7 +154,17 @@ export class LayerUnpacker {
         onEntries: (n) => this.o.progress.layerFiles(key, n),
       });
       this.o.progress.layerDone(key, 'ingested');
-      return { digest: desc.digest, status: 'unpacked', bytes: desc.size, files: r.entries, entries: r.entries, whiteouts: r.whiteouts, opaques: r.opaques, diffId: r.diffId, seconds: (Date.now() - t0) / 1000 };
+      return {
+        digest: desc.digest,
+        status: 'unpacked',
+        bytes: desc.size,
+        files: r.entries,
+        entries: r.entries,
+        whiteouts: r.whiteouts,
+        opaques: r.opaques,
+        diffId: r.diffId,
+        seconds: (Date.now() - t0) / 1000,
+      };
     } catch (e) {
       this.o.progress.layerDone(key, 'FAILED');
       throw ConvertError.wrap(await this.blameContent(job, e), ctx);
@@ -200,7 +218,10 @@ export class LayerUnpacker {
       try {
         const tar = decompress(verifier, compression);
         // the tar without its file contents, for podman (save, push) to rebuild this exact layer tar
-        split = tarSplitTee({ file: path.join(meta, LAYER_TAR_SPLIT) }, this.o.limits?.maxPaxHeaderBytes !== undefined ? { maxPaxHeaderBytes: this.o.limits.maxPaxHeaderBytes } : {});
+        split = tarSplitTee(
+          { file: path.join(meta, LAYER_TAR_SPLIT) },
+          this.o.limits?.maxPaxHeaderBytes !== undefined ? { maxPaxHeaderBytes: this.o.limits.maxPaxHeaderBytes } : {},
+        );
         // as the decompressor's own pipeline: an error on either side destroys both, nothing left unhandled
         pipelineCb(tar, split.stream, () => undefined);
         res = await extractLayer(split.stream, {
@@ -223,10 +244,14 @@ export class LayerUnpacker {
         throw await this.blameContent(job, e);
       }
       if (job.diffId !== undefined && res.diffId !== job.diffId) {
-        throw new BadContentError(`uncompressed content has digest ${res.diffId}, the image config declares diff_id ${job.diffId}`, 'CVMFS_THIN_DIFFID_MISMATCH');
+        throw new BadContentError(
+          `uncompressed content has digest ${res.diffId}, the image config declares diff_id ${job.diffId}`,
+          'CVMFS_THIN_DIFFID_MISMATCH',
+        );
       }
       const recorded = await split.done;
-      if (!recorded.ok) this.o.log.warn({ layer: desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
+      if (!recorded.ok)
+        this.o.log.warn({ layer: desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
       const created = new Date().toISOString();
       const cut = this.o.catalogCut ?? CATALOG_CUT;
       const hidden = form === 'record' && res.entries > cut ? await addNestedCatalogs(rootfs, cut) : [];
@@ -246,7 +271,14 @@ export class LayerUnpacker {
       if (form !== 'keep') await fsp.writeFile(path.join(meta, LAYER_MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o644 });
       // DUCC's podman LayerInfo
       const layersJson = [
-        { id: res.diffId.slice(7), created, 'compressed-diff-digest': desc.digest, 'compressed-size': desc.size, 'diff-digest': res.diffId, 'diff-size': res.bytes },
+        {
+          id: res.diffId.slice(7),
+          created,
+          'compressed-diff-digest': desc.digest,
+          'compressed-size': desc.size,
+          'diff-digest': res.diffId,
+          'diff-size': res.bytes,
+        },
       ];
       await fsp.writeFile(path.join(meta, 'layers.json'), `${JSON.stringify(layersJson)}\n`, { mode: 0o644 });
       await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
@@ -254,7 +286,10 @@ export class LayerUnpacker {
       const replace = state === 'foreign' || (await this.o.tree.layerState(hex)) === null;
       const committed = await this.o.tree.commitDir(tmp, layerDir(this.o.tree.root, hex), { replace });
       this.o.progress.layerDone(key, committed ? 'unpacked' : 'present');
-      this.o.log.info({ image: job.image, layer: desc.digest, entries: res.entries, bytes: res.bytes, whiteouts: res.whiteouts, opaques: res.opaques }, committed ? 'layer unpacked' : 'layer appeared meanwhile');
+      this.o.log.info(
+        { image: job.image, layer: desc.digest, entries: res.entries, bytes: res.bytes, whiteouts: res.whiteouts, opaques: res.opaques },
+        committed ? 'layer unpacked' : 'layer appeared meanwhile',
+      );
       return {
         digest: desc.digest,
         status: committed ? 'unpacked' : 'present',

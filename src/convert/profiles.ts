@@ -53,7 +53,10 @@ export async function imageLayers(repositoryDir: string, image: string): Promise
   try {
     rec = JSON.parse(await fsp.readFile(file, 'utf8')) as ImageRecord;
   } catch {
-    throw new NotFoundError(`image ${image} is not converted in ${repositoryDir} (no ${path.relative(repositoryDir, file)}; a multi-platform image: give its platform's layers with a profile file)`, 'CVMFS_THIN_IMAGE_NOT_FOUND');
+    throw new NotFoundError(
+      `image ${image} is not converted in ${repositoryDir} (no ${path.relative(repositoryDir, file)}; a multi-platform image: give its platform's layers with a profile file)`,
+      'CVMFS_THIN_IMAGE_NOT_FOUND',
+    );
   }
   return rec.layers.map((d) => d.replace(/^sha256:/, ''));
 }
@@ -64,7 +67,12 @@ export function disabledProfile(layers: string[], why: string): AccessProfile {
 }
 
 /** Write `profiles` into the repository in one publishing session. */
-export async function publishProfiles(repositoryDir: string, profiles: readonly AccessProfile[], publisher: Publisher, dryRun = false): Promise<ProfileWrite[]> {
+export async function publishProfiles(
+  repositoryDir: string,
+  profiles: readonly AccessProfile[],
+  publisher: Publisher,
+  dryRun = false,
+): Promise<ProfileWrite[]> {
   const writes: ProfileWrite[] = [];
   for (const p of profiles) {
     const rel = profilePath(p.layers);

@@ -43,7 +43,14 @@ export interface PublisherOptions {
 }
 
 /** `cvmfs_server transaction {repository}` etc. from CLI strings; `--cvmfs-server` fills all three (and the ingest with `--ingest`). */
-export function hooksFromOptions(o: { transactionCmd?: string; publishCmd?: string; abortCmd?: string; ingestCmd?: string; cvmfsServer?: boolean; ingest?: boolean }): PublishHooks {
+export function hooksFromOptions(o: {
+  transactionCmd?: string;
+  publishCmd?: string;
+  abortCmd?: string;
+  ingestCmd?: string;
+  cvmfsServer?: boolean;
+  ingest?: boolean;
+}): PublishHooks {
   const h: PublishHooks = {};
   if (o.cvmfsServer) {
     h.transaction = ['cvmfs_server', 'transaction', '{repository}'];
@@ -133,7 +140,13 @@ export class Publisher {
       const child = spawn(argv[0]!, argv.slice(1), {
         stdio: [input ? 'pipe' : 'ignore', 2, 2],
         detached: input !== undefined,
-        env: { ...process.env, CVMFS_THIN_REPOSITORY: this.o.repository, CVMFS_THIN_REPOSITORY_DIR: this.o.repositoryDir, CVMFS_THIN_STEP: step, ...(input ? { CVMFS_THIN_BASE: input.base } : {}) },
+        env: {
+          ...process.env,
+          CVMFS_THIN_REPOSITORY: this.o.repository,
+          CVMFS_THIN_REPOSITORY_DIR: this.o.repositoryDir,
+          CVMFS_THIN_STEP: step,
+          ...(input ? { CVMFS_THIN_BASE: input.base } : {}),
+        },
       });
       if (input) {
         const stdin = child.stdin!;
@@ -159,7 +172,13 @@ export class Publisher {
         this.steps.push({ step, ok });
         if (ok) resolve();
         else if (inputError !== null) reject(inputError);
-        else reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))} failed (${sig ? `signal ${sig}` : `exit status ${code}`})`, 'CVMFS_THIN_HOOK_FAILED'));
+        else
+          reject(
+            new UnavailableError(
+              `${step} hook ${JSON.stringify(argv.join(' '))} failed (${sig ? `signal ${sig}` : `exit status ${code}`})`,
+              'CVMFS_THIN_HOOK_FAILED',
+            ),
+          );
       });
     });
   }

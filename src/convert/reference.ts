@@ -186,13 +186,16 @@ export function parseWishImage(s: string): WishImage {
   const sm = /^([a-z]+):\/\//.exec(rest);
   if (sm) {
     if (sm[1] === 'http') scheme = 'http';
-    else if (sm[1] !== 'https' && sm[1] !== 'docker') throw new BadReferenceError(`image ${JSON.stringify(s)}: scheme ${sm[1]}:// is not http, https or docker`);
+    else if (sm[1] !== 'https' && sm[1] !== 'docker')
+      throw new BadReferenceError(`image ${JSON.stringify(s)}: scheme ${sm[1]}:// is not http, https or docker`);
     rest = rest.slice(sm[0].length);
   }
   const firstSlash = rest.indexOf('/');
   const host = firstSlash < 0 ? '' : rest.slice(0, firstSlash);
   if (!host.includes('.') && !host.includes(':') && host !== 'localhost') {
-    throw new BadReferenceError(`image ${JSON.stringify(s)}: impossible to identify the registry (write REGISTRY/REPOSITORY[:TAG], e.g. registry.hub.docker.com/library/centos:7)`);
+    throw new BadReferenceError(
+      `image ${JSON.stringify(s)}: impossible to identify the registry (write REGISTRY/REPOSITORY[:TAG], e.g. registry.hub.docker.com/library/centos:7)`,
+    );
   }
   const ref = parseDockerReference(rest, { allowWildcardTag: true });
   const wildcard = ref.tag !== undefined && ref.tag.includes('*');

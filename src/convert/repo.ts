@@ -43,7 +43,6 @@ export function tmpOwner(name: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-
 export class RepoTree {
   constructor(
     readonly root: string,
@@ -161,9 +160,7 @@ export class RepoTree {
 
   /** `.metadata/<name>/` or, per platform, `.metadata/.multiarch/<platform>/<name>/`. */
   metadataDir(name: string, platformDir?: string): string {
-    return platformDir
-      ? path.join(this.root, METADATA_DIR, MULTIARCH_DIR, platformDir, name)
-      : path.join(this.root, METADATA_DIR, name);
+    return platformDir ? path.join(this.root, METADATA_DIR, MULTIARCH_DIR, platformDir, name) : path.join(this.root, METADATA_DIR, name);
   }
 
   async readRecord(name: string, platformDir?: string): Promise<ImageRecord | null> {

@@ -46,9 +46,13 @@ export interface RunFlags {
 }
 
 /** `--repository` defaults to the directory's name when that is a repository name (`/cvmfs/unpacked.cern.ch`). */
-export function resolveRepository(flags: { repositoryDir?: string | undefined; repository?: string | undefined }, fallbackRepo?: string): { dir: string; repository: string } {
+export function resolveRepository(
+  flags: { repositoryDir?: string | undefined; repository?: string | undefined },
+  fallbackRepo?: string,
+): { dir: string; repository: string } {
   const repo = flags.repository ?? fallbackRepo;
-  if (repo !== undefined && !REPOSITORY_NAME.test(repo)) throw new InvalidArgumentError(`--repository ${JSON.stringify(repo)} is not a CVMFS repository name (like unpacked.cern.ch)`);
+  if (repo !== undefined && !REPOSITORY_NAME.test(repo))
+    throw new InvalidArgumentError(`--repository ${JSON.stringify(repo)} is not a CVMFS repository name (like unpacked.cern.ch)`);
   if (!flags.repositoryDir) {
     if (!repo) throw new InvalidArgumentError('--repository-dir is required (the repository root, e.g. /cvmfs/unpacked.cern.ch during a transaction)');
     return { dir: path.join('/cvmfs', repo), repository: repo };
@@ -64,7 +68,11 @@ export function resolveRepository(flags: { repositoryDir?: string | undefined; r
  * name was given (`--repository`, a recipe's `cvmfs_repo`), else the
  * repository directory (on a publisher: /cvmfs/<repository> itself).
  */
-export function resolvePodmanStoreRoot(flags: { podmanStoreRoot?: string | undefined; repository?: string | undefined }, dir: string, fallbackRepo?: string): string {
+export function resolvePodmanStoreRoot(
+  flags: { podmanStoreRoot?: string | undefined; repository?: string | undefined },
+  dir: string,
+  fallbackRepo?: string,
+): string {
   if (flags.podmanStoreRoot !== undefined) return checkStoreRoot(flags.podmanStoreRoot.replace(/(.)\/+$/, '$1'));
   const repo = flags.repository ?? fallbackRepo;
   return repo !== undefined ? path.join('/cvmfs', repo) : dir;
@@ -101,10 +109,17 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     ingest: flags.ingest,
   } as Parameters<typeof hooksFromOptions>[0]);
   if (hooks.ingest && flags.overwriteLayers) {
-    throw new InvalidArgumentError('--overwrite-layers cannot be used with --ingest: an ingest merges into an existing layer directory instead of replacing it; replace DUCC\'s layers through a transaction (--cvmfs-server without --ingest)', 'CVMFS_THIN_CANNOT_PUBLISH');
+    throw new InvalidArgumentError(
+      "--overwrite-layers cannot be used with --ingest: an ingest merges into an existing layer directory instead of replacing it; replace DUCC's layers through a transaction (--cvmfs-server without --ingest)",
+      'CVMFS_THIN_CANNOT_PUBLISH',
+    );
   }
   // before anything is opened: refuse a layer form the publish would destroy
-  const whiteouts = resolveLayerForm(flags.whiteouts, { transaction: Boolean(hooks.transaction || hooks.publish), ingest: Boolean(hooks.ingest), repositoryDir: dir });
+  const whiteouts = resolveLayerForm(flags.whiteouts, {
+    transaction: Boolean(hooks.transaction || hooks.publish),
+    ingest: Boolean(hooks.ingest),
+    repositoryDir: dir,
+  });
   if (flags.cvmfsServer) for (const w of serverConfWarnings(repository, { transaction: Boolean(hooks.transaction) })) log.warn(w);
   const podmanStoreRoot = resolvePodmanStoreRoot(flags, dir, fallbackRepo);
   if (flags.podmanStore && whiteouts === 'record') {
@@ -149,7 +164,9 @@ export function summaryLine(s: ImageSummary): string {
   if (s.status === 'failed') return `FAILED     ${what}: ${s.error?.message ?? 'unknown error'}`;
   const unpacked = s.layers.filter((l) => l.status === 'unpacked');
   const bytes = unpacked.reduce((a, l) => a + l.bytes, 0);
-  const parts = [`${s.layers.length} layers (${unpacked.length} unpacked, ${s.layers.length - unpacked.length} present${unpacked.length ? `, ${formatBytes(bytes)}` : ''})`];
+  const parts = [
+    `${s.layers.length} layers (${unpacked.length} unpacked, ${s.layers.length - unpacked.length} present${unpacked.length ? `, ${formatBytes(bytes)}` : ''})`,
+  ];
   if (s.flat) parts.push(`flat ${s.flat}`);
   if (s.thin) parts.push(`thin ${s.thin.target}@${s.thin.digest}`);
   return `${s.status === 'skipped' ? 'up to date' : 'converted '} ${what}: ${parts.join(', ')}`;

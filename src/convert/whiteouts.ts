@@ -41,7 +41,13 @@ export interface FormContext {
 
 export function resolveLayerForm(asked: LayerForm | undefined, c: FormContext, fsType: (dir: string) => number | null = fsTypeOf): LayerForm {
   const union = fsType(c.repositoryDir) === FS_MAGIC.OVERLAY;
-  const via = c.ingest ? 'cvmfs_server ingest' : c.transaction ? 'the publishing hooks' : union ? `${c.repositoryDir} (an overlay union mount: a CVMFS transaction)` : null;
+  const via = c.ingest
+    ? 'cvmfs_server ingest'
+    : c.transaction
+      ? 'the publishing hooks'
+      : union
+        ? `${c.repositoryDir} (an overlay union mount: a CVMFS transaction)`
+        : null;
   if (asked === undefined) return via ? 'record' : 'overlay';
   if (asked === 'overlay' && via) {
     throw new InvalidArgumentError(

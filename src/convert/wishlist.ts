@@ -84,7 +84,8 @@ export const DEFAULT_OUTPUT_FORMAT = '$(scheme)://$(registry)/$(repository)_thin
 /** DUCC's formatOutputImage. */
 export function formatOutput(format: string | undefined, w: WishImage, ref: DockerReference): string {
   const f = format && format.trim() !== '' ? format : DEFAULT_OUTPUT_FORMAT;
-  const reference = ref.tag !== undefined && ref.digest !== undefined ? `:${ref.tag}@${ref.digest}` : ref.tag !== undefined ? `:${ref.tag}` : `@${ref.digest ?? ''}`;
+  const reference =
+    ref.tag !== undefined && ref.digest !== undefined ? `:${ref.tag}@${ref.digest}` : ref.tag !== undefined ? `:${ref.tag}` : `@${ref.digest ?? ''}`;
   return f
     .replaceAll('$(scheme)', w.scheme)
     .replaceAll('$(registry)', w.host)
@@ -167,7 +168,8 @@ export async function expandRecipe(
       const tags = await regs.client(w.ref.registry, 'source').listTags(w.ref.repository);
       const re = tagGlob(w.ref.tag!);
       const matched = tags.filter((t) => re.test(t)).sort();
-      if (matched.length === 0) throw new InvalidArgumentError(`no tag of ${w.ref.registry}/${w.ref.repository} matches ${JSON.stringify(w.ref.tag)}`, 'CVMFS_THIN_NO_MATCH');
+      if (matched.length === 0)
+        throw new InvalidArgumentError(`no tag of ${w.ref.registry}/${w.ref.repository} matches ${JSON.stringify(w.ref.tag)}`, 'CVMFS_THIN_NO_MATCH');
       for (const t of matched) add(w, { ...w.ref, tag: t });
     } catch (e) {
       errors.push({ input, error: ConvertError.wrap(e, { image: input }) });

@@ -37,12 +37,12 @@ type FieldValue<F> = F extends { type: 'string' }
   : F extends { type: 'boolean' }
     ? boolean
     : F extends { type: 'integer' }
-    ? number
-    : F extends { type: 'string[]' }
-      ? string[]
-      : F extends { type: 'enum'; values: readonly (infer V)[] }
-        ? V
-        : never;
+      ? number
+      : F extends { type: 'string[]' }
+        ? string[]
+        : F extends { type: 'enum'; values: readonly (infer V)[] }
+          ? V
+          : never;
 
 export type ConfigOf<S extends Record<string, Field>> = { [K in keyof S]?: FieldValue<S[K]> };
 
@@ -122,8 +122,7 @@ export function validateConfig<S extends Record<string, Field>>(raw: Record<stri
         out[k] = n;
         continue;
       }
-    }
-    else if (f.type === 'enum') bad = typeof v !== 'string' || !f.values.includes(v) ? `must be one of ${f.values.join(', ')}` : null;
+    } else if (f.type === 'enum') bad = typeof v !== 'string' || !f.values.includes(v) ? `must be one of ${f.values.join(', ')}` : null;
     else if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) bad = 'must be an array of strings';
     else for (const x of v as string[]) bad ??= f.check?.(x) ? `${JSON.stringify(x)}: ${f.check(x)}` : null;
     if (bad) problems.push(`${k}: ${bad}`);

@@ -68,7 +68,10 @@ export class CsiNode {
     if (!h) return undefined;
     const meta = h.holder.meta ?? {};
     if (meta['volumeId'] !== volumeId || meta['role'] !== role) {
-      const what = meta['role'] === role || !meta['role'] ? `volume ${JSON.stringify(meta['volumeId'] ?? h.key)}` : `a ${meta['role']} of volume ${JSON.stringify(meta['volumeId'])}`;
+      const what =
+        meta['role'] === role || !meta['role']
+          ? `volume ${JSON.stringify(meta['volumeId'] ?? h.key)}`
+          : `a ${meta['role']} of volume ${JSON.stringify(meta['volumeId'])}`;
       throw new NotFoundError(`${field} ${p} holds ${what}, not volume ${JSON.stringify(volumeId)}`, 'CVMFS_THIN_CSI_VOLUME_NOT_FOUND');
     }
     return h;
@@ -108,13 +111,20 @@ export class CsiNode {
     if (staging !== undefined) {
       if (staging === target) throw new FailedPreconditionError(`target_path and staging_target_path are both ${target}`, 'CVMFS_THIN_CSI_BAD_STAGING');
       const staged = this.m.holder(staging);
-      if (!staged) throw new FailedPreconditionError(`staging_target_path ${staging} is not staged (NodeStageVolume must succeed first)`, 'CVMFS_THIN_NOT_STAGED');
+      if (!staged)
+        throw new FailedPreconditionError(`staging_target_path ${staging} is not staged (NodeStageVolume must succeed first)`, 'CVMFS_THIN_NOT_STAGED');
       const meta = staged.holder.meta ?? {};
       if (meta['role'] !== 'stage' || meta['volumeId'] !== volumeId) {
-        throw new FailedPreconditionError(`staging_target_path ${staging} holds ${meta['role'] ?? 'a holder'} of volume ${JSON.stringify(meta['volumeId'] ?? staged.key)}, not a staging of ${JSON.stringify(volumeId)}`, 'CVMFS_THIN_CSI_BAD_STAGING');
+        throw new FailedPreconditionError(
+          `staging_target_path ${staging} holds ${meta['role'] ?? 'a holder'} of volume ${JSON.stringify(meta['volumeId'] ?? staged.key)}, not a staging of ${JSON.stringify(volumeId)}`,
+          'CVMFS_THIN_CSI_BAD_STAGING',
+        );
       }
       if (staged.key !== volumeKey(spec)) {
-        throw new FailedPreconditionError(`staging_target_path ${staging} was staged as ${staged.key}, but the volume attributes now say ${volumeKey(spec)}`, 'CVMFS_THIN_CSI_BAD_STAGING');
+        throw new FailedPreconditionError(
+          `staging_target_path ${staging} was staged as ${staged.key}, but the volume attributes now say ${volumeKey(spec)}`,
+          'CVMFS_THIN_CSI_BAD_STAGING',
+        );
       }
     }
     const meta = { role: 'publish', volumeId, mode, readonly: String(r.readonly), staging: staging ?? '', ephemeral: String(ephemeral) };
@@ -156,7 +166,10 @@ export class CsiNode {
     }
     const h = p === undefined ? undefined : this.m.holder(p);
     if (p === undefined || !h || h.holder.meta?.['volumeId'] !== volumeId) {
-      throw new NotFoundError(`volume ${JSON.stringify(volumeId)} is not published or staged at ${JSON.stringify(given.length > 200 ? `${given.slice(0, 200)}…` : given)}${why}`, 'CVMFS_THIN_CSI_VOLUME_NOT_FOUND');
+      throw new NotFoundError(
+        `volume ${JSON.stringify(volumeId)} is not published or staged at ${JSON.stringify(given.length > 200 ? `${given.slice(0, 200)}…` : given)}${why}`,
+        'CVMFS_THIN_CSI_VOLUME_NOT_FOUND',
+      );
     }
     let abnormal = false;
     let message = `volume ${h.key} is mounted and readable`;

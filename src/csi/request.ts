@@ -45,7 +45,8 @@ export function modeName(m: Mode | undefined): string {
 /** A REQUIRED string field. */
 export function required(value: string | undefined, field: string): string {
   if (typeof value !== 'string' || value === '') throw new InvalidArgumentError(`${field} is required`, 'CVMFS_THIN_CSI_MISSING_FIELD');
-  if (value.length > MAX_ID && !field.endsWith('path')) throw new InvalidArgumentError(`${field} is longer than ${MAX_ID} characters`, 'CVMFS_THIN_CSI_BAD_FIELD');
+  if (value.length > MAX_ID && !field.endsWith('path'))
+    throw new InvalidArgumentError(`${field} is longer than ${MAX_ID} characters`, 'CVMFS_THIN_CSI_BAD_FIELD');
   return value;
 }
 
@@ -70,7 +71,8 @@ export function isEphemeral(ctx: Record<string, string>, stagingPath: string | u
   const flag = ctx[EPHEMERAL_KEY];
   if (flag === 'true') return true;
   if (flag === 'false') return false;
-  if (flag !== undefined) throw new InvalidArgumentError(`volume attribute ${EPHEMERAL_KEY} ${q(flag)} must be "true" or "false"`, 'CVMFS_THIN_CSI_BAD_ATTRIBUTE');
+  if (flag !== undefined)
+    throw new InvalidArgumentError(`volume attribute ${EPHEMERAL_KEY} ${q(flag)} must be "true" or "false"`, 'CVMFS_THIN_CSI_BAD_ATTRIBUTE');
   return stagingPath === undefined;
 }
 
@@ -81,7 +83,11 @@ export function isEphemeral(ctx: Record<string, string>, stagingPath: string | u
  */
 export function checkCapability(cap: VolumeCapability | undefined, ephemeral: boolean): string {
   if (!cap) throw new InvalidArgumentError('volume_capability is required', 'CVMFS_THIN_CSI_MISSING_FIELD');
-  if (cap.block) throw new FailedPreconditionError('volume_capability: block access is not supported (CVMFS volumes are file systems; use a mount capability, volumeMode: Filesystem)', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
+  if (cap.block)
+    throw new FailedPreconditionError(
+      'volume_capability: block access is not supported (CVMFS volumes are file systems; use a mount capability, volumeMode: Filesystem)',
+      'CVMFS_THIN_CSI_BAD_CAPABILITY',
+    );
   if (!cap.mount) throw new InvalidArgumentError('volume_capability: an access type is required (mount)', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
   const mode = cap.accessMode?.mode;
   if (mode === undefined || mode === Mode.UNKNOWN) throw new InvalidArgumentError('volume_capability.access_mode is required', 'CVMFS_THIN_CSI_BAD_CAPABILITY');
@@ -99,7 +105,10 @@ export function checkCapability(cap: VolumeCapability | undefined, ephemeral: bo
     );
   }
   if (cap.mount.volumeMountGroup) {
-    throw new FailedPreconditionError(`volume_capability.mount.volume_mount_group ${q(cap.mount.volumeMountGroup)} is not supported (VOLUME_MOUNT_GROUP is not advertised)`, 'CVMFS_THIN_CSI_BAD_CAPABILITY');
+    throw new FailedPreconditionError(
+      `volume_capability.mount.volume_mount_group ${q(cap.mount.volumeMountGroup)} is not supported (VOLUME_MOUNT_GROUP is not advertised)`,
+      'CVMFS_THIN_CSI_BAD_CAPABILITY',
+    );
   }
   return modeName(mode);
 }

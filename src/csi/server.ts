@@ -61,14 +61,17 @@ export function parseEndpoint(endpoint: string): string {
   let p = endpoint;
   if (p.startsWith('unix://')) p = p.slice('unix://'.length);
   else if (p.startsWith('unix:')) p = p.slice('unix:'.length);
-  else if (/^[a-z][a-z0-9+.-]*:/i.test(p)) throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: only unix sockets are supported (unix:///csi/csi.sock)`);
+  else if (/^[a-z][a-z0-9+.-]*:/i.test(p))
+    throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: only unix sockets are supported (unix:///csi/csi.sock)`);
   if (!path.isAbsolute(p)) throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: the socket path must be absolute (unix:///csi/csi.sock)`);
   return path.resolve(p);
 }
 
 export function checkDriverName(name: string): string {
   if (!DRIVER_NAME.test(name)) {
-    throw new InvalidArgumentError(`driver name ${JSON.stringify(name)}: at most 63 characters, letters, digits, '-' and '.', starting and ending with a letter or digit (like cvmfs.csi.cern.ch)`);
+    throw new InvalidArgumentError(
+      `driver name ${JSON.stringify(name)}: at most 63 characters, letters, digits, '-' and '.', starting and ending with a letter or digit (like cvmfs.csi.cern.ch)`,
+    );
   }
   return name;
 }
@@ -105,7 +108,14 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
   let server: Server | undefined;
   try {
     await prepareSocket(socket);
-    const node = new CsiNode({ manager, host, nodeId: o.nodeId, allowEphemeralClientConfig: o.allowEphemeralClientConfig, maxVolumesPerNode: o.maxVolumesPerNode, log });
+    const node = new CsiNode({
+      manager,
+      host,
+      nodeId: o.nodeId,
+      allowEphemeralClientConfig: o.allowEphemeralClientConfig,
+      maxVolumesPerNode: o.maxVolumesPerNode,
+      log,
+    });
     server = new Server({ 'grpc.enable_channelz': 0 });
     server.addService(IdentityService, createIdentityService({ driverName: o.driverName, ready: () => true, log, metrics: o.metrics }));
     server.addService(NodeService, createNodeService(node, log, o.metrics));
@@ -119,7 +129,16 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
   }
   const srv = server;
   log.info(
-    { endpoint: socket, driver: o.driverName, nodeId: o.nodeId, stateDir: o.stateDir, cvmfsRoot: o.cvmfsRoot, backend: o.backend, allow: o.allow, volumes: manager.list().length },
+    {
+      endpoint: socket,
+      driver: o.driverName,
+      nodeId: o.nodeId,
+      stateDir: o.stateDir,
+      cvmfsRoot: o.cvmfsRoot,
+      backend: o.backend,
+      allow: o.allow,
+      volumes: manager.list().length,
+    },
     'csi plugin serving',
   );
   let stopping: Promise<void> | null = null;

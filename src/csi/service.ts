@@ -65,10 +65,22 @@ function safeDescribe<Req>(d: Describe<Req>, r: Req): Record<string, unknown> {
 export function createIdentityService(o: { driverName: string; ready: () => boolean; log: Logger; metrics?: Metrics | undefined }): IdentityServer {
   const unary = unaryFactory(o.log, o.metrics ?? noMetrics);
   return {
-    getPluginInfo: unary('GetPluginInfo', () => ({}), () => ({ name: o.driverName, vendorVersion: VERSION, manifest: { implementation: 'cvmfs-thin' } })),
+    getPluginInfo: unary(
+      'GetPluginInfo',
+      () => ({}),
+      () => ({ name: o.driverName, vendorVersion: VERSION, manifest: { implementation: 'cvmfs-thin' } }),
+    ),
     // node only: no CONTROLLER_SERVICE, no topology constraints (every node can serve every repository)
-    getPluginCapabilities: unary('GetPluginCapabilities', () => ({}), () => ({ capabilities: [] })),
-    probe: unary('Probe', () => ({}), () => ({ ready: o.ready() })),
+    getPluginCapabilities: unary(
+      'GetPluginCapabilities',
+      () => ({}),
+      () => ({ capabilities: [] }),
+    ),
+    probe: unary(
+      'Probe',
+      () => ({}),
+      () => ({ ready: o.ready() }),
+    ),
   };
 }
 
@@ -78,31 +90,66 @@ export function createNodeService(node: CsiNode, log: Logger, metrics: Metrics =
   // volume_context may hold clientConfig: log its keys only; never secrets
   const ctxKeys = (c: Record<string, string> | undefined) => Object.keys(c ?? {});
   return {
-    nodeStageVolume: unary('NodeStageVolume', (r) => ({ volumeId: r.volumeId, staging: r.stagingTargetPath, context: ctxKeys(r.volumeContext), repository: r.volumeContext?.['repository'] }), async (r) => {
-      await node.stage(r);
-      return empty;
-    }),
-    nodeUnstageVolume: unary('NodeUnstageVolume', (r) => ({ volumeId: r.volumeId, staging: r.stagingTargetPath }), async (r) => {
-      await node.unstage(r);
-      return empty;
-    }),
+    nodeStageVolume: unary(
+      'NodeStageVolume',
+      (r) => ({ volumeId: r.volumeId, staging: r.stagingTargetPath, context: ctxKeys(r.volumeContext), repository: r.volumeContext?.['repository'] }),
+      async (r) => {
+        await node.stage(r);
+        return empty;
+      },
+    ),
+    nodeUnstageVolume: unary(
+      'NodeUnstageVolume',
+      (r) => ({ volumeId: r.volumeId, staging: r.stagingTargetPath }),
+      async (r) => {
+        await node.unstage(r);
+        return empty;
+      },
+    ),
     nodePublishVolume: unary(
       'NodePublishVolume',
-      (r) => ({ volumeId: r.volumeId, target: r.targetPath, staging: r.stagingTargetPath, readonly: r.readonly, context: ctxKeys(r.volumeContext), repository: r.volumeContext?.['repository'] }),
+      (r) => ({
+        volumeId: r.volumeId,
+        target: r.targetPath,
+        staging: r.stagingTargetPath,
+        readonly: r.readonly,
+        context: ctxKeys(r.volumeContext),
+        repository: r.volumeContext?.['repository'],
+      }),
       async (r) => {
         await node.publish(r);
         return empty;
       },
     ),
-    nodeUnpublishVolume: unary('NodeUnpublishVolume', (r) => ({ volumeId: r.volumeId, target: r.targetPath }), async (r) => {
-      await node.unpublish(r);
-      return empty;
-    }),
-    nodeGetVolumeStats: unary('NodeGetVolumeStats', (r) => ({ volumeId: r.volumeId, path: r.volumePath }), (r) => node.stats(r)),
-    nodeExpandVolume: unary('NodeExpandVolume', (r) => ({ volumeId: r.volumeId }), () => {
-      throw unimplemented('NodeExpandVolume', 'CVMFS volumes are read-only and have no size (EXPAND_VOLUME is not advertised)');
-    }),
-    nodeGetCapabilities: unary('NodeGetCapabilities', () => ({}), () => node.capabilities()),
-    nodeGetInfo: unary('NodeGetInfo', () => ({}), () => node.info()),
+    nodeUnpublishVolume: unary(
+      'NodeUnpublishVolume',
+      (r) => ({ volumeId: r.volumeId, target: r.targetPath }),
+      async (r) => {
+        await node.unpublish(r);
+        return empty;
+      },
+    ),
+    nodeGetVolumeStats: unary(
+      'NodeGetVolumeStats',
+      (r) => ({ volumeId: r.volumeId, path: r.volumePath }),
+      (r) => node.stats(r),
+    ),
+    nodeExpandVolume: unary(
+      'NodeExpandVolume',
+      (r) => ({ volumeId: r.volumeId }),
+      () => {
+        throw unimplemented('NodeExpandVolume', 'CVMFS volumes are read-only and have no size (EXPAND_VOLUME is not advertised)');
+      },
+    ),
+    nodeGetCapabilities: unary(
+      'NodeGetCapabilities',
+      () => ({}),
+      () => node.capabilities(),
+    ),
+    nodeGetInfo: unary(
+      'NodeGetInfo',
+      () => ({}),
+      () => node.info(),
+    ),
   };
 }

@@ -203,7 +203,10 @@ export class DockerVolumeDriver {
       const held = this.manager.holder(holderId(id));
       const heldName = held?.holder.meta?.['name'];
       if (held && heldName !== name) {
-        throw new InvalidArgumentError(`mount ID ${id} already holds volume ${JSON.stringify(heldName ?? held.key)}, not ${JSON.stringify(name)}`, 'CVMFS_THIN_BAD_REQUEST');
+        throw new InvalidArgumentError(
+          `mount ID ${id} already holds volume ${JSON.stringify(heldName ?? held.key)}, not ${JSON.stringify(name)}`,
+          'CVMFS_THIN_BAD_REQUEST',
+        );
       }
       const st = await this.manager.acquire(spec, { id: holderId(id), readonly: true, meta: { name } });
       this.log.info({ volume: name, id, path: st.path, holders: st.holders.length, again: Boolean(held) }, 'volume mounted');

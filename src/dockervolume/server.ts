@@ -58,7 +58,13 @@ export interface RunningVolumePlugin {
 }
 
 /** Serve a driver over an already opened manager (tests pass a manager with a recording host). */
-export async function serveVolumePlugin(manager: VolumeManager, socket: string, log: Logger, metrics?: Metrics, o: DockerVolumeDriverOptions = {}): Promise<RunningVolumePlugin> {
+export async function serveVolumePlugin(
+  manager: VolumeManager,
+  socket: string,
+  log: Logger,
+  metrics?: Metrics,
+  o: DockerVolumeDriverOptions = {},
+): Promise<RunningVolumePlugin> {
   const driver = new DockerVolumeDriver(manager, log, o);
   const plugin = await servePlugin({ socket, interfaces: [volumeDriverInterface(driver)], log, close: () => driver.close(), metrics, daemon: 'volume-plugin' });
   return {

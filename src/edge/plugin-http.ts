@@ -181,7 +181,9 @@ export function createPluginHandler(interfaces: readonly PluginInterface[], log:
     };
     const route = table.get(method);
     if (route === undefined) {
-      fail(new NotFoundError(`unknown plugin method ${JSON.stringify(method)} (this plugin implements ${implementsList.join(', ')})`, 'CVMFS_THIN_UNKNOWN_METHOD'));
+      fail(
+        new NotFoundError(`unknown plugin method ${JSON.stringify(method)} (this plugin implements ${implementsList.join(', ')})`, 'CVMFS_THIN_UNKNOWN_METHOD'),
+      );
       return;
     }
     if (req.method !== 'POST') {
@@ -196,15 +198,12 @@ export function createPluginHandler(interfaces: readonly PluginInterface[], log:
     } catch (e) {
       answer = Promise.reject(e);
     }
-    answer.then(
-      (r) => {
-        if (r === STREAMED) return done(200);
-        if (!req.complete) req.resume();
-        send(res, 200, r ?? {});
-        done(200);
-      },
-      fail,
-    );
+    answer.then((r) => {
+      if (r === STREAMED) return done(200);
+      if (!req.complete) req.resume();
+      send(res, 200, r ?? {});
+      done(200);
+    }, fail);
   };
 }
 

@@ -47,7 +47,10 @@ export function isFlexOperation(op: string | undefined): op is (typeof FLEX_OPER
  */
 export function notSupported(op: string): { result: FlexResult; code: number } {
   const name = op.length > 64 ? `${op.slice(0, 64)}…` : op;
-  return { result: { status: 'Not supported', message: `${JSON.stringify(name)} is not supported by cern/cvmfs (a mount-only driver: ${FLEX_OPERATIONS.join(', ')})` }, code: 1 };
+  return {
+    result: { status: 'Not supported', message: `${JSON.stringify(name)} is not supported by cern/cvmfs (a mount-only driver: ${FLEX_OPERATIONS.join(', ')})` },
+    code: 1,
+  };
 }
 
 /** Option keys kubelet adds on its own; ignored. */

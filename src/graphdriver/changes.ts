@@ -111,7 +111,7 @@ export async function computeChanges(upper: TreeReader, lowers: readonly TreeRea
     if (fi.type === 'dir') await walk(rel);
   };
   const walk = async (dir: string): Promise<void> => {
-    const names = (await upper.readdir(dir)).sort((a, b) => (Buffer.compare(Buffer.from(a), Buffer.from(b))));
+    const names = (await upper.readdir(dir)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
     for (const n of names) {
       const rel = dir === '' ? n : `${dir}/${n}`;
       const fi = await upper.lstat(rel);

@@ -91,7 +91,10 @@ export class GraphDriver {
     if (!saved) return d;
     try {
       await d.activate(saved, 'restore');
-      cfg.log.info({ home: saved.home, layers: d.active?.store.size }, 'restored the state of the last GraphDriver.Init (dockerd does not call Init again when only the plugin restarts)');
+      cfg.log.info(
+        { home: saved.home, layers: d.active?.store.size },
+        'restored the state of the last GraphDriver.Init (dockerd does not call Init again when only the plugin restarts)',
+      );
     } catch (e) {
       cfg.log.error({ err: e, home: saved.home }, 'cannot restore the saved Init state; waiting for GraphDriver.Init');
     }
@@ -122,7 +125,14 @@ export class GraphDriver {
     });
     const a = this.active!;
     this.log.info(
-      { home: a.home, opts: req.opts, userns: a.idMaps ? a.idMaps.uids : null, layers: a.store.size, repository: a.location.repository, mountpoint: a.location.absoluteMountpoint },
+      {
+        home: a.home,
+        opts: req.opts,
+        userns: a.idMaps ? a.idMaps.uids : null,
+        layers: a.store.size,
+        repository: a.location.repository,
+        mountpoint: a.location.absoluteMountpoint,
+      },
       'GraphDriver.Init',
     );
   }
@@ -147,7 +157,15 @@ export class GraphDriver {
     let store: LayerStore;
     try {
       const onStall = () => this.cfg.metrics?.inc('cvmfs_stalls_total', { daemon: 'graphdriver' });
-      stack = await LayerStack.open({ root: home, location: eff.location, host: this.host, log: this.log, factsFile: path.join(home, 'layer-facts.json'), cvmfsTimeoutMs: this.cfg.cvmfsTimeoutMs, onStall });
+      stack = await LayerStack.open({
+        root: home,
+        location: eff.location,
+        host: this.host,
+        log: this.log,
+        factsFile: path.join(home, 'layer-facts.json'),
+        cvmfsTimeoutMs: this.cfg.cvmfsTimeoutMs,
+        onStall,
+      });
       store = await LayerStore.load(home, stack, this.host, this.log, why === 'init');
     } catch (e) {
       lock.release();
@@ -155,7 +173,19 @@ export class GraphDriver {
     }
     const mounter = new Mounter(this.host, store, stack, idMaps, eff.idmappedLayers, this.log);
     const monitor = graphdriverMonitor({ home, stack, log: this.log, metrics: this.cfg.metrics, intervalMs: this.cfg.checkIntervalMs });
-    const a: Active = { init, home, location: eff.location, thinImages: eff.thinImages, idMaps, owner: idMaps ? { uid, gid } : undefined, stack, store, mounter, monitor, lock };
+    const a: Active = {
+      init,
+      home,
+      location: eff.location,
+      thinImages: eff.thinImages,
+      idMaps,
+      owner: idMaps ? { uid, gid } : undefined,
+      stack,
+      store,
+      mounter,
+      monitor,
+      lock,
+    };
     this.active = a;
     await this.gcMasks(a);
     if (why === 'restore') await mounter.remountReferenced();
@@ -259,7 +289,8 @@ export class GraphDriver {
         if (parent !== '') {
           if (!a.store.get(parent)) throw new NotFoundError(`parent layer ${parent} does not exist`, 'CVMFS_THIN_NO_SUCH_LAYER');
           const depth = a.mounter.stackOf(parent).length + 1;
-          if (depth >= MAX_LOWERS) throw new FailedPreconditionError(`layer ${id} would have ${depth} lower layers; overlayfs allows ${MAX_LOWERS - 1} below a container layer`);
+          if (depth >= MAX_LOWERS)
+            throw new FailedPreconditionError(`layer ${id} would have ${depth} lower layers; overlayfs allows ${MAX_LOWERS - 1} below a container layer`);
         }
         const existing = a.store.get(id);
         if (existing) {

@@ -11,7 +11,13 @@ import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-hea
 
 export { DEFAULT_CHECK_INTERVAL_MS };
 
-export function graphdriverMonitor(o: { home: string; stack: LayerStack; log: Logger; metrics?: Metrics | undefined; intervalMs?: number | undefined }): MountMonitor {
+export function graphdriverMonitor(o: {
+  home: string;
+  stack: LayerStack;
+  log: Logger;
+  metrics?: Metrics | undefined;
+  intervalMs?: number | undefined;
+}): MountMonitor {
   const layers = path.join(o.home, 'layers');
   const monitor = new MountMonitor({
     daemon: 'graphdriver',
@@ -22,7 +28,10 @@ export function graphdriverMonitor(o: { home: string; stack: LayerStack; log: Lo
     metrics: o.metrics,
     intervalMs: o.intervalMs ?? DEFAULT_CHECK_INTERVAL_MS,
     // layers/<id>/merged is the mount of layer <id>
-    describe: (ov): Record<string, string> => (path.basename(ov.mountPoint) === 'merged' && path.dirname(path.dirname(ov.mountPoint)) === layers ? { layer: path.basename(path.dirname(ov.mountPoint)) } : {}),
+    describe: (ov): Record<string, string> =>
+      path.basename(ov.mountPoint) === 'merged' && path.dirname(path.dirname(ov.mountPoint)) === layers
+        ? { layer: path.basename(path.dirname(ov.mountPoint)) }
+        : {},
   });
   monitor.start();
   return monitor;

@@ -91,7 +91,10 @@ export function parseInitOptions(opts: readonly string[]): DriverOptions {
       case 'cvmfsMountMethod':
         // the 2018 plugin's option: "external" (repositories mounted by the host) is what this driver always does
         if (value !== 'external') {
-          bad(opt, 'this driver does not run cvmfs2 itself: mount the repositories on the host (autofs or cvmfs_config) and use cvmfsMountMethod=external or leave it out');
+          bad(
+            opt,
+            'this driver does not run cvmfs2 itself: mount the repositories on the host (autofs or cvmfs_config) and use cvmfsMountMethod=external or leave it out',
+          );
         }
         break;
       case 'overlay2.override_kernel_check':

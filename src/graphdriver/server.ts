@@ -56,11 +56,13 @@ function counted(driver: GraphDriver, routes: Record<string, Route>, m: Metrics)
         const res = await r(c);
         if (name === 'ApplyDiff') {
           const id = c.url.searchParams.get('id');
-          if (id !== null && driver.exists(id) && driver.getMetadata(id)['CvmfsThinImage'] === 'true') m.inc('thin_images_resolved_total', { daemon: 'graphdriver' });
+          if (id !== null && driver.exists(id) && driver.getMetadata(id)['CvmfsThinImage'] === 'true')
+            m.inc('thin_images_resolved_total', { daemon: 'graphdriver' });
         }
         return res;
       } catch (e) {
-        if (['CVMFS_THIN_LAYER_UNAVAILABLE', 'CVMFS_THIN_CVMFS_STALLED'].includes(toThinError(e).code)) m.inc('cvmfs_unavailable_total', { daemon: 'graphdriver' });
+        if (['CVMFS_THIN_LAYER_UNAVAILABLE', 'CVMFS_THIN_CVMFS_STALLED'].includes(toThinError(e).code))
+          m.inc('cvmfs_unavailable_total', { daemon: 'graphdriver' });
         throw e;
       }
     };
@@ -155,7 +157,14 @@ export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<Run
       await driver.close();
       await o.also?.close();
     };
-    p = await servePlugin({ socket: o.socket, interfaces: [graphDriverInterface(driver, metrics), ...(o.also?.interfaces ?? [])], log, close, metrics, daemon: 'graphdriver' });
+    p = await servePlugin({
+      socket: o.socket,
+      interfaces: [graphDriverInterface(driver, metrics), ...(o.also?.interfaces ?? [])],
+      log,
+      close,
+      metrics,
+      daemon: 'graphdriver',
+    });
   } catch (e) {
     await driver.close();
     await o.also?.close();

@@ -27,7 +27,12 @@ export interface StackEntry {
 
 /** Lower directories of a layer whose parent is `parent`, nearest first; thin lowers through m/ when `idmapped`. */
 export function stackOf(get: (id: string) => ChainNode | undefined, parent: string, idmapped: boolean): StackEntry[] {
-  return chainLowers(get, parent, 'layer').map((l) => ({ rel: `${l.external && idmapped ? 'm' : 'l'}/${l.link}`, real: l.real, external: l.external, layer: l.owner }));
+  return chainLowers(get, parent, 'layer').map((l) => ({
+    rel: `${l.external && idmapped ? 'm' : 'l'}/${l.link}`,
+    real: l.real,
+    external: l.external,
+    layer: l.owner,
+  }));
 }
 
 /** overlayfs refuses more lower layers than this. */

@@ -25,7 +25,9 @@ export interface ContainerdSettings {
 
 /** The CRI runtimes table of a config version. */
 export function criRuntimes(version: 2 | 3): string[] {
-  return version === 2 ? ['plugins', 'io.containerd.grpc.v1.cri', 'containerd', 'runtimes'] : ['plugins', 'io.containerd.cri.v1.runtime', 'containerd', 'runtimes'];
+  return version === 2
+    ? ['plugins', 'io.containerd.grpc.v1.cri', 'containerd', 'runtimes']
+    : ['plugins', 'io.containerd.cri.v1.runtime', 'containerd', 'runtimes'];
 }
 
 /** The CRI table of a config version (its snapshotter and disable_snapshot_annotations keys). */
@@ -92,7 +94,10 @@ export async function editContainerdConfig(text: string | null, file: string, s:
   const disabled = doc['disabled_plugins'];
   if (s.kubernetes && Array.isArray(disabled)) {
     const cri = disabled.filter((d) => d === 'cri' || d === 'io.containerd.grpc.v1.cri' || (typeof d === 'string' && d.startsWith('io.containerd.cri.v1.')));
-    if (cri.length > 0) warnings.push(`${file}: disabled_plugins contains ${cri.map((c) => JSON.stringify(c)).join(', ')}: Kubernetes needs the CRI plugin enabled (not changed by setup)`);
+    if (cri.length > 0)
+      warnings.push(
+        `${file}: disabled_plugins contains ${cri.map((c) => JSON.stringify(c)).join(', ')}: Kubernetes needs the CRI plugin enabled (not changed by setup)`,
+      );
   }
   const proxies = doc['proxy_plugins'];
   if (isTable(proxies)) {
@@ -104,7 +109,10 @@ export async function editContainerdConfig(text: string | null, file: string, s:
 }
 
 /** What a config says about our snapshotter, for `doctor`. */
-export function inspectContainerdConfig(text: string, file: string): { version: 2 | 3; proxies: Record<string, string>; criSnapshotter: string | undefined; annotations: boolean } {
+export function inspectContainerdConfig(
+  text: string,
+  file: string,
+): { version: 2 | 3; proxies: Record<string, string>; criSnapshotter: string | undefined; annotations: boolean } {
   const doc = parseTomlFile(text, file);
   const version = configVersion(doc, file);
   const proxies: Record<string, string> = {};

@@ -30,9 +30,13 @@ export function parseDaemonJson(text: string, file: string): Record<string, unkn
       const line = before.split('\n').length;
       where = `line ${line}, column ${Number(pos[1]) - before.lastIndexOf('\n')}: `;
     } else if (/Unexpected end/.test(msg)) where = `line ${text.split('\n').length}: `;
-    throw new InvalidArgumentError(`${file}: ${where}not valid JSON (${msg.replace(/ in JSON at position \d+.*$/, '')}); the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
+    throw new InvalidArgumentError(
+      `${file}: ${where}not valid JSON (${msg.replace(/ in JSON at position \d+.*$/, '')}); the file was not changed`,
+      'CVMFS_THIN_BAD_CONFIG',
+    );
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError(`${file}: not a JSON object; the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new InvalidArgumentError(`${file}: not a JSON object; the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
   return v as Record<string, unknown>;
 }
 
@@ -61,13 +65,14 @@ export function editDaemonJson(text: string | null, file: string, mode: DockerMo
     }
   } else {
     const f = doc['features'];
-    if (f !== undefined && (typeof f !== 'object' || f === null || Array.isArray(f))) throw new InvalidArgumentError(`${file}: "features" is not an object; the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
+    if (f !== undefined && (typeof f !== 'object' || f === null || Array.isArray(f)))
+      throw new InvalidArgumentError(`${file}: "features" is not an object; the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
     doc['features'] = { ...(f as Record<string, unknown> | undefined), 'containerd-snapshotter': true };
   }
   doc['storage-driver'] = driver;
   if (previousDriver !== driver) {
     warnings.push(
-      `${file}: storage driver ${previousDriver ? `"${previousDriver}"` : '(dockerd\'s default)'} → "${driver}": images and containers of the previous driver are hidden (they stay on disk) until it is switched back`,
+      `${file}: storage driver ${previousDriver ? `"${previousDriver}"` : "(dockerd's default)"} → "${driver}": images and containers of the previous driver are hidden (they stay on disk) until it is switched back`,
     );
     if (before['storage-opts'] !== undefined) {
       delete doc['storage-opts'];

@@ -26,8 +26,10 @@ function script(a: string[], b: string[]): Op[] {
   let i = 0;
   let j = 0;
   while (i < n || j < m) {
-    if (i < n && j < m && a[i] === b[j]) ops.push({ kind: ' ', line: a[i++]! }), j++;
-    else if (j < m && (i === n || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) ops.push({ kind: '+', line: b[j++]! });
+    if (i < n && j < m && a[i] === b[j]) {
+      ops.push({ kind: ' ', line: a[i++]! });
+      j++;
+    } else if (j < m && (i === n || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) ops.push({ kind: '+', line: b[j++]! });
     else ops.push({ kind: '-', line: a[i++]! });
   }
   // deletions before insertions inside a change, as diff(1) prints them

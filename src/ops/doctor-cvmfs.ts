@@ -58,7 +58,12 @@ export async function cvmfsMountChecks(o: CvmfsDoctorOptions): Promise<Check[]> 
         fix: `umount -l ${s.mount} and mount it again (autofs mounts it on the next access; or cvmfs_config reload); containers using it must be restarted`,
       });
     } else if (s.state === 'stalled') {
-      out.push({ id: 'cvmfs-mounts', status: 'fail', detail: s.detail, fix: 'check the servers and proxies the client uses (cvmfs_talk -i <repository> host info / proxy info, cvmfs_config stat -v)' });
+      out.push({
+        id: 'cvmfs-mounts',
+        status: 'fail',
+        detail: s.detail,
+        fix: 'check the servers and proxies the client uses (cvmfs_talk -i <repository> host info / proxy info, cvmfs_config stat -v)',
+      });
     }
   }
   if (cvmfs.length > 0 && out.length === 0) out.push({ id: 'cvmfs-mounts', status: 'pass', detail: `${cvmfs.length} CVMFS mount(s) answer` });
@@ -77,10 +82,19 @@ export async function cvmfsMountChecks(o: CvmfsDoctorOptions): Promise<Check[]> 
     });
   }
   if (stalled.length > 0) {
-    out.push({ id: 'container-mounts', status: 'warn', detail: `${stalled.length} running container(s) have a lower layer on a CVMFS mount that does not answer: ${list(stalled)}`, fix: 'see cvmfs-mounts: once the client answers, they work again' });
+    out.push({
+      id: 'container-mounts',
+      status: 'warn',
+      detail: `${stalled.length} running container(s) have a lower layer on a CVMFS mount that does not answer: ${list(stalled)}`,
+      fix: 'see cvmfs-mounts: once the client answers, they work again',
+    });
   }
   if (broken.length === 0) {
-    out.push(overlays.length > 0 ? { id: 'container-mounts', status: 'pass', detail: `${overlays.length} running container(s) on CVMFS layers, all answering` } : { id: 'container-mounts', status: 'skip', detail: 'no running containers on CVMFS layers' });
+    out.push(
+      overlays.length > 0
+        ? { id: 'container-mounts', status: 'pass', detail: `${overlays.length} running container(s) on CVMFS layers, all answering` }
+        : { id: 'container-mounts', status: 'skip', detail: 'no running containers on CVMFS layers' },
+    );
   }
   return out;
 }
@@ -131,7 +145,9 @@ export function configChecks(repo: string, cfg: Map<string, { value: string; fro
     id: 'cvmfs-config',
     status: server ? 'pass' : 'fail',
     detail: `${repo}: CVMFS_SERVER_URL=${server || '(empty)'}${from('CVMFS_SERVER_URL')}; CVMFS_HTTP_PROXY=${proxy || '(empty)'}${from('CVMFS_HTTP_PROXY')}; CVMFS_QUOTA_LIMIT=${quota ?? '(unset)'}${quota && quota !== '-1' ? ' MB' : ''}${from('CVMFS_QUOTA_LIMIT')}`,
-    ...(server ? {} : { fix: `the client has no server for ${repo}: install its domain configuration (cvmfs-config-default) or set CVMFS_SERVER_URL in ${local}` }),
+    ...(server
+      ? {}
+      : { fix: `the client has no server for ${repo}: install its domain configuration (cvmfs-config-default) or set CVMFS_SERVER_URL in ${local}` }),
   });
   if (isOn(get('CVMFS_CLAIM_OWNERSHIP'))) {
     out.push({
@@ -173,7 +189,10 @@ export function configChecks(repo: string, cfg: Map<string, { value: string; fro
 /** Where `cvmfs_talk -i <repo>` connects (cvmfs_talk.cc: DeterminePaths). */
 export function talkSocket(repo: string, cfg: Map<string, { value: string }>): string | null {
   const get = (k: string) => cfg.get(k)?.value || undefined;
-  const ws = get('CVMFS_WORKSPACE') ?? get('CVMFS_CACHE_DIR') ?? (get('CVMFS_CACHE_BASE') ? path.join(get('CVMFS_CACHE_BASE')!, isOn(get('CVMFS_SHARED_CACHE')) ? 'shared' : repo) : undefined);
+  const ws =
+    get('CVMFS_WORKSPACE') ??
+    get('CVMFS_CACHE_DIR') ??
+    (get('CVMFS_CACHE_BASE') ? path.join(get('CVMFS_CACHE_BASE')!, isOn(get('CVMFS_SHARED_CACHE')) ? 'shared' : repo) : undefined);
   return ws ? path.join(ws, `cvmfs_io.${repo}`) : null;
 }
 
@@ -184,14 +203,27 @@ export async function cvmfsClientChecks(o: CvmfsDoctorOptions): Promise<Check[]>
   const exec = (file: string, args: string[]) => o.host.exec(file, args, { timeoutMs: o.timeoutMs, ...(o.env ? { env: o.env } : {}) });
   // showconfig takes seconds (it runs cvmfs2 -o parse and a grep per key): the repositories at once, a few at a time
   const shown: Promise<Awaited<ReturnType<typeof exec>>>[] = [];
-  for (const [i, repo] of o.repositories.entries()) shown.push(i < 4 ? exec(cfgCmd, ['showconfig', repo]) : shown[i - 4]!.then(() => exec(cfgCmd, ['showconfig', repo])));
+  for (const [i, repo] of o.repositories.entries())
+    shown.push(i < 4 ? exec(cfgCmd, ['showconfig', repo]) : shown[i - 4]!.then(() => exec(cfgCmd, ['showconfig', repo])));
   const out: Check[] = [];
   for (const [i, repo] of o.repositories.entries()) {
     const r = await shown[i]!;
-    if (r.code === 127 && /ENOENT|not found/.test(r.stderr)) return [{ id: 'cvmfs-client', status: 'skip', detail: `${cfgCmd} not found: no CVMFS client installed here (or not on PATH); its configuration is not checked` }];
+    if (r.code === 127 && /ENOENT|not found/.test(r.stderr))
+      return [
+        {
+          id: 'cvmfs-client',
+          status: 'skip',
+          detail: `${cfgCmd} not found: no CVMFS client installed here (or not on PATH); its configuration is not checked`,
+        },
+      ];
     const cfg = parseShowconfig(r.stdout);
     if (r.code !== 0 || !cfg.has('CVMFS_REPOSITORY_NAME')) {
-      out.push({ id: 'cvmfs-config', status: 'warn', detail: `${cfgCmd} showconfig ${repo} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().split('\n')[0] ?? ''}`, fix: `run ${cfgCmd} showconfig ${repo} and cvmfs_config chksetup` });
+      out.push({
+        id: 'cvmfs-config',
+        status: 'warn',
+        detail: `${cfgCmd} showconfig ${repo} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().split('\n')[0] ?? ''}`,
+        fix: `run ${cfgCmd} showconfig ${repo} and cvmfs_config chksetup`,
+      });
       continue;
     }
     out.push(...configChecks(repo, cfg));
@@ -213,7 +245,16 @@ export async function cvmfsClientChecks(o: CvmfsDoctorOptions): Promise<Check[]>
       const active = lines.find((l) => /^Active (host|proxy)/.test(l.trim()));
       answers.push(q === 'revision' ? `revision ${lines[0]!.trim()}` : (active ?? lines[0] ?? '').trim());
     }
-    out.push(failed ? { id: 'cvmfs-client', status: 'warn', detail: `${repo}: the client does not answer on ${sock}: ${failed}`, fix: `cvmfs_config probe ${repo}; if it hangs or fails, cvmfs_config reload ${repo}` } : { id: 'cvmfs-client', status: 'pass', detail: `${repo}: ${answers.join('; ')}` });
+    out.push(
+      failed
+        ? {
+            id: 'cvmfs-client',
+            status: 'warn',
+            detail: `${repo}: the client does not answer on ${sock}: ${failed}`,
+            fix: `cvmfs_config probe ${repo}; if it hangs or fails, cvmfs_config reload ${repo}`,
+          }
+        : { id: 'cvmfs-client', status: 'pass', detail: `${repo}: ${answers.join('; ')}` },
+    );
   }
   return out;
 }

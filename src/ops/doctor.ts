@@ -64,7 +64,12 @@ function publisherChecks(confDir = SERVER_CONF_DIR): Check[] {
   if (repos.length === 0) return [];
   const warn = repos.filter((r) => xattrWarning(r, confDir) !== null);
   if (warn.length === 0) return [{ id: 'cvmfs-publisher', status: 'pass', detail: `this host publishes ${repos.join(', ')}, with xattrs` }];
-  return warn.map((r) => ({ id: 'cvmfs-publisher', status: 'warn' as const, detail: xattrWarning(r, confDir)!, fix: `add CVMFS_INCLUDE_XATTRS=true to ${serverConfFile(r, confDir)}` }));
+  return warn.map((r) => ({
+    id: 'cvmfs-publisher',
+    status: 'warn' as const,
+    detail: xattrWarning(r, confDir)!,
+    fix: `add CVMFS_INCLUDE_XATTRS=true to ${serverConfFile(r, confDir)}`,
+  }));
 }
 
 /** The daemons' default state directories (src/cli/snapshotter.ts, src/cli/graphdriver.ts). */
@@ -118,11 +123,20 @@ async function probeSocket(socket: string, kind: 'grpc' | 'plugin', ms: number):
   }
   return withTimeout(
     new Promise<string | null>((resolve) => {
-      const req = http.request({ socketPath: socket, method: 'POST', path: '/Plugin.Activate', headers: { Accept: 'application/vnd.docker.plugins.v1.2+json', 'Content-Length': 0 }, agent: false }, (res) => {
-        let body = '';
-        res.on('data', (d: Buffer) => (body += d.toString()));
-        res.on('end', () => resolve(res.statusCode === 200 && body.includes('Implements') ? null : `Plugin.Activate answered ${res.statusCode}`));
-      });
+      const req = http.request(
+        {
+          socketPath: socket,
+          method: 'POST',
+          path: '/Plugin.Activate',
+          headers: { Accept: 'application/vnd.docker.plugins.v1.2+json', 'Content-Length': 0 },
+          agent: false,
+        },
+        (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve(res.statusCode === 200 && body.includes('Implements') ? null : `Plugin.Activate answered ${res.statusCode}`));
+        },
+      );
       req.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? e.message));
       req.end();
     }),
@@ -138,7 +152,12 @@ function overlayChecks(o: DoctorOptions): Check[] {
   const dir = o.overlayParameters ?? '/sys/module/overlay/parameters';
   const out: Check[] = [];
   if (!/\boverlay$/m.test(fs)) {
-    out.push({ id: 'overlayfs', status: 'fail', detail: 'the kernel has no overlay file system loaded', fix: 'modprobe overlay (and add "overlay" to /etc/modules-load.d/)' });
+    out.push({
+      id: 'overlayfs',
+      status: 'fail',
+      detail: 'the kernel has no overlay file system loaded',
+      fix: 'modprobe overlay (and add "overlay" to /etc/modules-load.d/)',
+    });
     return out;
   }
   out.push({ id: 'overlayfs', status: 'pass', detail: 'overlay file system available' });
@@ -156,7 +175,11 @@ function overlayChecks(o: DoctorOptions): Check[] {
       fix: `echo N > /sys/module/overlay/parameters/${bad[0]} (for every: ${bad.map((b) => `${b}=off`).join(' ')} in "options overlay …" under /etc/modprobe.d/)`,
     });
   } else {
-    out.push({ id: 'overlay-parameters', status: 'pass', detail: `${shown}${index === 'Y' ? ' (our overlay mounts pass index=off, as containerd and dockerd do)' : ''}` });
+    out.push({
+      id: 'overlay-parameters',
+      status: 'pass',
+      detail: `${shown}${index === 'Y' ? ' (our overlay mounts pass index=off, as containerd and dockerd do)' : ''}`,
+    });
   }
   return out;
 }
@@ -194,13 +217,27 @@ async function cvmfsChecks(o: DoctorOptions, probe: CvmfsProbe): Promise<Check[]
   const at = mounts.filter((m) => m.mountPoint === root);
   const below = mounts.filter((m) => m.mountPoint.startsWith(`${root}/`) && /fuse|cvmfs/.test(`${m.fsType} ${m.source}`));
   if (!existsSync(root)) {
-    out.push({ id: 'cvmfs-root', status: 'fail', detail: `${root} does not exist`, fix: 'install the CVMFS client and run cvmfs_config setup (autofs mounts /cvmfs/<repository> on access), or mount the repositories there; or pass --cvmfs-root' });
+    out.push({
+      id: 'cvmfs-root',
+      status: 'fail',
+      detail: `${root} does not exist`,
+      fix: 'install the CVMFS client and run cvmfs_config setup (autofs mounts /cvmfs/<repository> on access), or mount the repositories there; or pass --cvmfs-root',
+    });
   } else if (at.some((m) => m.fsType === 'autofs')) {
-    out.push({ id: 'cvmfs-root', status: 'pass', detail: `${root} is automounted (autofs)${below.length ? `; mounted now: ${below.map((m) => path.basename(m.mountPoint)).join(', ')}` : ''}` });
+    out.push({
+      id: 'cvmfs-root',
+      status: 'pass',
+      detail: `${root} is automounted (autofs)${below.length ? `; mounted now: ${below.map((m) => path.basename(m.mountPoint)).join(', ')}` : ''}`,
+    });
   } else if (below.length > 0 || at.some((m) => /fuse|cvmfs/.test(`${m.fsType} ${m.source}`))) {
     out.push({ id: 'cvmfs-root', status: 'pass', detail: `${root} has CVMFS mounts: ${[...at, ...below].map((m) => m.mountPoint).join(', ')}` });
   } else {
-    out.push({ id: 'cvmfs-root', status: 'warn', detail: `${root} exists but nothing is mounted there (a plain directory: a stand-in, or CVMFS not set up)`, fix: 'cvmfs_config setup (autofs) or mount the repositories; ignore for a local stand-in tree' });
+    out.push({
+      id: 'cvmfs-root',
+      status: 'warn',
+      detail: `${root} exists but nothing is mounted there (a plain directory: a stand-in, or CVMFS not set up)`,
+      fix: 'cvmfs_config setup (autofs) or mount the repositories; ignore for a local stand-in tree',
+    });
   }
   // asked in the probe helper: a stalled CVMFS answers nothing, and must not hang the doctor
   // (statfs first: the kernel answers a stat from its cache even for a dead or stalled client)
@@ -220,10 +257,18 @@ async function cvmfsChecks(o: DoctorOptions, probe: CvmfsProbe): Promise<Check[]
             : a.code === 'ENOTCONN'
               ? `${mp} answers ENOTCONN (its CVMFS client died)`
               : a.message;
-    out.push({ id: 'repository', status: 'fail', detail: `${repo}: ${why}`, fix: `make ${repo} available at ${mp} (the repository with DUCC's .layers/<xx>/<digest>/layerfs), or set repository / absolute-mountpoint (--repository, --cvmfs-root)` });
+    out.push({
+      id: 'repository',
+      status: 'fail',
+      detail: `${repo}: ${why}`,
+      fix: `make ${repo} available at ${mp} (the repository with DUCC's .layers/<xx>/<digest>/layerfs), or set repository / absolute-mountpoint (--repository, --cvmfs-root)`,
+    });
   }
   const allowed = [...tomlList(o.snapshotterConfig, 'allowed-repositories'), ...tomlList(o.graphdriverConfig, 'allowed-repositories')];
-  const mounted = o.host.mountinfo().filter((m) => m.source === 'cvmfs2' && path.dirname(m.mountPoint) === root).map((m) => path.basename(m.mountPoint));
+  const mounted = o.host
+    .mountinfo()
+    .filter((m) => m.source === 'cvmfs2' && path.dirname(m.mountPoint) === root)
+    .map((m) => path.basename(m.mountPoint));
   const stateDir = o.graphdriverStateDir ?? tomlKey(o.graphdriverConfig, 'state-dir') ?? GRAPHDRIVER_STATE_DIR;
   const home = graphdriverHome(stateDir);
   const co = {
@@ -255,16 +300,45 @@ function containerdUse(o: DoctorOptions, address: string): Use & { names: string
   try {
     info = inspectContainerdConfig(text, o.containerdConfig);
   } catch (e) {
-    return { checks: [{ id: 'containerd-config', status: 'fail', detail: (e as Error).message, fix: `fix ${o.containerdConfig}` }], sockets: [], used: false, names: [] };
+    return {
+      checks: [{ id: 'containerd-config', status: 'fail', detail: (e as Error).message, fix: `fix ${o.containerdConfig}` }],
+      sockets: [],
+      used: false,
+      names: [],
+    };
   }
-  const names = Object.entries(info.proxies).filter(([, a]) => a === address).map(([n]) => n);
+  const names = Object.entries(info.proxies)
+    .filter(([, a]) => a === address)
+    .map(([n]) => n);
   if (names.length === 0) {
     const other = Object.keys(info.proxies);
-    return { checks: [{ id: 'containerd-config', status: 'skip', detail: `containerd has no proxy plugin on ${address}${other.length ? ` (proxy plugins: ${other.join(', ')})` : ''}`, fix: 'cvmfs-thin setup containerd' }], sockets: [], used: false, names };
+    return {
+      checks: [
+        {
+          id: 'containerd-config',
+          status: 'skip',
+          detail: `containerd has no proxy plugin on ${address}${other.length ? ` (proxy plugins: ${other.join(', ')})` : ''}`,
+          fix: 'cvmfs-thin setup containerd',
+        },
+      ],
+      sockets: [],
+      used: false,
+      names,
+    };
   }
-  const cri = info.criSnapshotter && names.includes(info.criSnapshotter) ? `; Kubernetes (CRI) pulls use it, snapshot annotations ${info.annotations ? 'on' : 'OFF (remote layers need disable_snapshot_annotations = false)'}` : '';
+  const cri =
+    info.criSnapshotter && names.includes(info.criSnapshotter)
+      ? `; Kubernetes (CRI) pulls use it, snapshot annotations ${info.annotations ? 'on' : 'OFF (remote layers need disable_snapshot_annotations = false)'}`
+      : '';
   return {
-    checks: [{ id: 'containerd-config', status: cri && !info.annotations ? 'warn' : 'pass', detail: `version ${info.version}: proxy_plugins.${names.join(', ')} → ${address}${cri}`, ...(cri && !info.annotations ? { fix: 'cvmfs-thin setup containerd --kubernetes' } : {}) }],
+    checks: [
+      {
+        id: 'containerd-config',
+        status: cri && !info.annotations ? 'warn' : 'pass',
+        detail: `version ${info.version}: proxy_plugins.${names.join(', ')} → ${address}${cri}`,
+        ...(cri && !info.annotations ? { fix: 'cvmfs-thin setup containerd --kubernetes' } : {}),
+      },
+    ],
     sockets: [[address, 'grpc', 'snapshotter', DAEMONS.snapshotter.unit]],
     used: true,
     names,
@@ -275,7 +349,7 @@ async function dockerUse(o: DoctorOptions, ctdNames: string[]): Promise<Use> {
   const checks: Check[] = [];
   const r = await o.host.exec('dockerd', ['--version'], { timeoutMs: 10_000 });
   const m = /(\d+)\.(\d+)/.exec(r.stdout);
-  const version = r.code === 0 && m ? [Number(m[1]), Number(m[2])] as const : undefined;
+  const version = r.code === 0 && m ? ([Number(m[1]), Number(m[2])] as const) : undefined;
   const text = readText(o.daemonJson);
   let d: ReturnType<typeof inspectDaemonJson> | undefined;
   if (text !== null) {
@@ -294,24 +368,64 @@ async function dockerUse(o: DoctorOptions, ctdNames: string[]): Promise<Use> {
     checks.push({ id: 'docker-config', status: 'pass', detail: `containerd image store with snapshotter ${d.driver}` });
   } else if (d && d.driver === gdName && !d.containerdStore) {
     mode = 'graphdriver';
-    if (!d.experimental) checks.push({ id: 'docker-config', status: 'fail', detail: `storage-driver ${gdName} without "experimental": true: dockerd refuses graph driver plugins`, fix: `cvmfs-thin setup docker` });
+    if (!d.experimental)
+      checks.push({
+        id: 'docker-config',
+        status: 'fail',
+        detail: `storage-driver ${gdName} without "experimental": true: dockerd refuses graph driver plugins`,
+        fix: `cvmfs-thin setup docker`,
+      });
     else checks.push({ id: 'docker-config', status: 'pass', detail: `graph driver ${gdName} (${gdSocket}), experimental` });
     sockets.push([gdSocket, 'plugin', 'graph driver', DAEMONS.graphdriver.unit]);
-  } else if (d) checks.push({ id: 'docker-config', status: 'skip', detail: `dockerd's storage driver is ${d.driver ?? 'its default'}${d.containerdStore ? ' (containerd image store)' : ''}: not cvmfs-thin`, fix: 'cvmfs-thin setup docker' });
+  } else if (d)
+    checks.push({
+      id: 'docker-config',
+      status: 'skip',
+      detail: `dockerd's storage driver is ${d.driver ?? 'its default'}${d.containerdStore ? ' (containerd image store)' : ''}: not cvmfs-thin`,
+      fix: 'cvmfs-thin setup docker',
+    });
   if (!version) checks.push({ id: 'docker-version', status: 'skip', detail: 'dockerd not found' });
   else {
     const [maj, min] = version;
     const v = `${maj}.${min}`;
     const old = maj < 20 || (maj === 20 && min < 10);
     if (mode === 'graphdriver') {
-      if (old || maj >= 28) checks.push({ id: 'docker-version', status: 'fail', detail: `Docker ${v} ${old ? 'is older than 20.10' : 'has no graph driver plugins (removed in 28)'}`, fix: old ? 'upgrade Docker' : 'cvmfs-thin setup docker --mode containerd-store' });
+      if (old || maj >= 28)
+        checks.push({
+          id: 'docker-version',
+          status: 'fail',
+          detail: `Docker ${v} ${old ? 'is older than 20.10' : 'has no graph driver plugins (removed in 28)'}`,
+          fix: old ? 'upgrade Docker' : 'cvmfs-thin setup docker --mode containerd-store',
+        });
       else if (maj === 27) {
         const dropins = path.join(o.systemdDir, 'docker.service.d');
-        const has = existsSync(dropins) && readdirSync(dropins).some((f) => f.endsWith('.conf') && (readText(path.join(dropins, f)) ?? '').includes('DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS'));
-        checks.push(has ? { id: 'docker-version', status: 'pass', detail: `Docker ${v}: graph driver plugins enabled by DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS` } : { id: 'docker-version', status: 'fail', detail: `Docker ${v} loads graph driver plugins only with DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS=1`, fix: 'cvmfs-thin setup docker (adds a docker.service drop-in)' });
+        const has =
+          existsSync(dropins) &&
+          readdirSync(dropins).some((f) => f.endsWith('.conf') && (readText(path.join(dropins, f)) ?? '').includes('DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS'));
+        checks.push(
+          has
+            ? { id: 'docker-version', status: 'pass', detail: `Docker ${v}: graph driver plugins enabled by DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS` }
+            : {
+                id: 'docker-version',
+                status: 'fail',
+                detail: `Docker ${v} loads graph driver plugins only with DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS=1`,
+                fix: 'cvmfs-thin setup docker (adds a docker.service drop-in)',
+              },
+        );
       } else checks.push({ id: 'docker-version', status: 'pass', detail: `Docker ${v} supports graph driver plugins (with experimental)` });
-    } else if (mode === 'containerd-store' && maj < 24) checks.push({ id: 'docker-version', status: 'fail', detail: `Docker ${v} has no containerd image store (24 or later)`, fix: 'upgrade Docker, or cvmfs-thin setup docker --mode graphdriver' });
-    else checks.push({ id: 'docker-version', status: old ? 'warn' : 'pass', detail: `Docker ${v}: ${old ? 'too old for cvmfs-thin' : maj >= 28 ? 'containerd image store only' : maj >= 24 ? 'graph driver or containerd image store' : 'graph driver'}` });
+    } else if (mode === 'containerd-store' && maj < 24)
+      checks.push({
+        id: 'docker-version',
+        status: 'fail',
+        detail: `Docker ${v} has no containerd image store (24 or later)`,
+        fix: 'upgrade Docker, or cvmfs-thin setup docker --mode graphdriver',
+      });
+    else
+      checks.push({
+        id: 'docker-version',
+        status: old ? 'warn' : 'pass',
+        detail: `Docker ${v}: ${old ? 'too old for cvmfs-thin' : maj >= 28 ? 'containerd image store only' : maj >= 24 ? 'graph driver or containerd image store' : 'graph driver'}`,
+      });
   }
   return { checks, sockets, used: mode !== undefined };
 }
@@ -320,8 +434,18 @@ function idmapCheck(o: DoctorOptions): Check {
   const rel = o.kernelRelease ?? os.release();
   const m = /^(\d+)\.(\d+)/.exec(rel);
   const v = m ? Number(m[1]) * 1000 + Number(m[2]) : 0;
-  if (v >= 6012) return { id: 'idmapped-mounts', status: 'pass', detail: `kernel ${rel}: idmapped mounts, overlay on idmapped layers, and FUSE idmapping (if the CVMFS client allows it)` };
-  if (v >= 5019) return { id: 'idmapped-mounts', status: 'pass', detail: `kernel ${rel}: idmapped mounts and overlay on idmapped layers (FUSE, i.e. a real /cvmfs, needs 6.12)` };
+  if (v >= 6012)
+    return {
+      id: 'idmapped-mounts',
+      status: 'pass',
+      detail: `kernel ${rel}: idmapped mounts, overlay on idmapped layers, and FUSE idmapping (if the CVMFS client allows it)`,
+    };
+  if (v >= 5019)
+    return {
+      id: 'idmapped-mounts',
+      status: 'pass',
+      detail: `kernel ${rel}: idmapped mounts and overlay on idmapped layers (FUSE, i.e. a real /cvmfs, needs 6.12)`,
+    };
   return {
     id: 'idmapped-mounts',
     status: 'warn',
@@ -341,14 +465,29 @@ export async function runDoctor(o: DoctorOptions): Promise<Check[]> {
   if (!ctd.used && !dkr.used) {
     // a node with only the volume plugin needs no image runtime
     const volumesOnly = existsSync(path.join(o.systemdDir, DAEMONS['volume-plugin'].unit));
-    checks.push({ id: 'runtime', status: volumesOnly ? 'warn' : 'fail', detail: `neither containerd nor dockerd is configured to use cvmfs-thin${volumesOnly ? ' (only the volume plugin is installed)' : ''}`, fix: 'cvmfs-thin setup containerd [--kubernetes], or cvmfs-thin setup docker' });
+    checks.push({
+      id: 'runtime',
+      status: volumesOnly ? 'warn' : 'fail',
+      detail: `neither containerd nor dockerd is configured to use cvmfs-thin${volumesOnly ? ' (only the volume plugin is installed)' : ''}`,
+      fix: 'cvmfs-thin setup containerd [--kubernetes], or cvmfs-thin setup docker',
+    });
   }
   const sockets = [...ctd.sockets, ...dkr.sockets];
   const volSocket = tomlKey(o.volumePluginConfig, 'socket') ?? `${PLUGIN_DIR}/cvmfs.sock`;
-  if (existsSync(path.join(o.systemdDir, DAEMONS['volume-plugin'].unit)) && !sockets.some((s) => s[0] === volSocket)) sockets.push([volSocket, 'plugin', 'volume plugin', DAEMONS['volume-plugin'].unit]);
+  if (existsSync(path.join(o.systemdDir, DAEMONS['volume-plugin'].unit)) && !sockets.some((s) => s[0] === volSocket))
+    sockets.push([volSocket, 'plugin', 'volume plugin', DAEMONS['volume-plugin'].unit]);
   for (const [socket, kind, what, unit] of sockets) {
     const err = await probeSocket(socket, kind, o.timeoutMs ?? 10_000);
-    checks.push(err === null ? { id: 'socket', status: 'pass', detail: `${what} answers on ${socket}` } : { id: 'socket', status: 'fail', detail: `${what} not answering on ${socket}: ${err}`, fix: `systemctl start ${unit} (journalctl -u ${unit} for why it stopped)` });
+    checks.push(
+      err === null
+        ? { id: 'socket', status: 'pass', detail: `${what} answers on ${socket}` }
+        : {
+            id: 'socket',
+            status: 'fail',
+            detail: `${what} not answering on ${socket}: ${err}`,
+            fix: `systemctl start ${unit} (journalctl -u ${unit} for why it stopped)`,
+          },
+    );
   }
   checks.push(idmapCheck(o));
   return checks;
@@ -357,7 +496,9 @@ export async function runDoctor(o: DoctorOptions): Promise<Check[]> {
 const MARK: Record<Status, string> = { pass: 'ok  ', warn: 'WARN', fail: 'FAIL', skip: '-   ' };
 
 export function formatChecks(checks: readonly Check[]): string {
-  const lines = checks.map((c) => `${MARK[c.status]} ${c.id}: ${c.detail}${c.fix && (c.status === 'warn' || c.status === 'fail') ? `\n       fix: ${c.fix}` : ''}`);
+  const lines = checks.map(
+    (c) => `${MARK[c.status]} ${c.id}: ${c.detail}${c.fix && (c.status === 'warn' || c.status === 'fail') ? `\n       fix: ${c.fix}` : ''}`,
+  );
   const fails = checks.filter((c) => c.status === 'fail').length;
   const warns = checks.filter((c) => c.status === 'warn').length;
   lines.push(fails ? `${fails} check(s) failed${warns ? `, ${warns} warning(s)` : ''}` : `all checks passed${warns ? ` (${warns} warning(s))` : ''}`);

@@ -87,7 +87,8 @@ export class SetupState {
     } catch (e) {
       throw new FailedPreconditionError(`${file}: not valid JSON (${(e as Error).message}); fix or remove it`, 'CVMFS_THIN_BAD_STATE');
     }
-    if (m.version !== 1 || typeof m.files !== 'object' || m.files === null) throw new FailedPreconditionError(`${file}: unknown format`, 'CVMFS_THIN_BAD_STATE');
+    if (m.version !== 1 || typeof m.files !== 'object' || m.files === null)
+      throw new FailedPreconditionError(`${file}: unknown format`, 'CVMFS_THIN_BAD_STATE');
     m.dirs ??= {};
     return new SetupState(dir, m);
   }
@@ -145,7 +146,10 @@ export class SetupState {
         }
         this.m.files[c.path] = { backup, mode, targets: [target], written: '' };
       } else if (!e.targets.includes(target)) e.targets.push(target);
-      for (const d of missingDirs(path.dirname(c.path))) (this.m.dirs[d] ??= []).includes(target) || this.m.dirs[d]!.push(target);
+      for (const d of missingDirs(path.dirname(c.path))) {
+        const owners = (this.m.dirs[d] ??= []);
+        if (!owners.includes(target)) owners.push(target);
+      }
       this.m.files[c.path]!.written = c.after ? sha(c.after) : '';
       await this.save();
       if (c.after === null) unlinkSync(c.path);
@@ -169,7 +173,8 @@ export class SetupState {
     for (const [p, e] of Object.entries(this.m.files)) {
       if (!e.targets.includes(target) || e.targets.length > 1) continue;
       const now = readIfExists(p);
-      if ((now === null ? '' : sha(now)) !== e.written) warnings.push(`${p} was changed after setup wrote it; those changes are saved in ${path.join(this.dir, 'replaced')}`);
+      if ((now === null ? '' : sha(now)) !== e.written)
+        warnings.push(`${p} was changed after setup wrote it; those changes are saved in ${path.join(this.dir, 'replaced')}`);
       const original = e.backup === null ? null : readFileSync(path.join(this.dir, e.backup));
       changes.push({ path: p, before: now, after: original, ...(e.mode !== null ? { mode: e.mode } : {}) });
     }

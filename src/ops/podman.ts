@@ -55,13 +55,19 @@ export async function planPodman(o: CommonOptions, p: PodmanOptions): Promise<Pl
     after = await editToml(before.toString('utf8'), p.storageConf, (doc) => {
       const storage = table(doc, 'storage', p.storageConf);
       if (storage['driver'] !== undefined && storage['driver'] !== 'overlay') {
-        throw new InvalidArgumentError(`${p.storageConf}: storage.driver is ${JSON.stringify(storage['driver'])}; additional image stores of CVMFS need "overlay"`, 'CVMFS_THIN_BAD_CONFIG');
+        throw new InvalidArgumentError(
+          `${p.storageConf}: storage.driver is ${JSON.stringify(storage['driver'])}; additional image stores of CVMFS need "overlay"`,
+          'CVMFS_THIN_BAD_CONFIG',
+        );
       }
       storage['driver'] = 'overlay';
       const options = table(storage, 'options', p.storageConf);
       const stores = options['additionalimagestores'] ?? [];
       if (!Array.isArray(stores) || !stores.every((s) => typeof s === 'string')) {
-        throw new InvalidArgumentError(`${p.storageConf}: storage.options.additionalimagestores is not a list of paths; the file was not changed`, 'CVMFS_THIN_BAD_CONFIG');
+        throw new InvalidArgumentError(
+          `${p.storageConf}: storage.options.additionalimagestores is not a list of paths; the file was not changed`,
+          'CVMFS_THIN_BAD_CONFIG',
+        );
       }
       if (!stores.includes(p.store)) options['additionalimagestores'] = [...stores, p.store];
       if (p.fuseOverlayfs) table(options, 'overlay', p.storageConf)['mount_program'] = '/usr/bin/fuse-overlayfs';
@@ -74,7 +80,9 @@ export async function planPodman(o: CommonOptions, p: PodmanOptions): Promise<Pl
       `${p.store} ${missing === 'absent' ? 'does not exist (yet)' : 'is not a directory'}: every podman and CRI-O command will fail ("can't stat imageStore dir") until the repository is mounted and has a store (cvmfs-thin convert --podman-store); undo with --undo if this node will not have it`,
     );
   } else if (missing === 'empty') {
-    plan.warnings.push(`${p.store} holds no store yet (no overlay-images/): podman lists no images from it until cvmfs-thin convert --podman-store has written one`);
+    plan.warnings.push(
+      `${p.store} holds no store yet (no overlay-images/): podman lists no images from it until cvmfs-thin convert --podman-store has written one`,
+    );
   }
   plan.warnings.push('podman reads storage.conf at every command; restart CRI-O (systemctl restart crio) if it runs');
   return plan;

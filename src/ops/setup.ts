@@ -139,7 +139,12 @@ export async function planContainerd(o: CommonOptions, c: ContainerdOptions, hos
   if (!path.isAbsolute(address)) throw new InvalidArgumentError(`snapshotter address ${JSON.stringify(address)} must be an absolute path`);
   const before = readIfExists(c.containerdConfig);
   const version = c.configVersion ?? (before ? 2 : ((await containerdMajor(host)) ?? 1) >= 2 ? 3 : 2);
-  const ed = await editContainerdConfig(before?.toString('utf8') ?? null, c.containerdConfig, { pluginName: c.pluginName, address, kubernetes: c.kubernetes, bootstrapRuntime: c.bootstrapRuntime }, version);
+  const ed = await editContainerdConfig(
+    before?.toString('utf8') ?? null,
+    c.containerdConfig,
+    { pluginName: c.pluginName, address, kubernetes: c.kubernetes, bootstrapRuntime: c.bootstrapRuntime },
+    version,
+  );
   const changes = [fileChange(c.containerdConfig, before, ed.text)];
   const units: string[] = [];
   if (o.units) {
@@ -155,7 +160,11 @@ export async function dockerVersion(d: DockerOptions, host: Host): Promise<[numb
   let v = d.dockerVersion;
   if (v === undefined) {
     const r = await host.exec('dockerd', ['--version'], { timeoutMs: 10_000 });
-    if (r.code !== 0) throw new FailedPreconditionError(`cannot tell the Docker version (dockerd --version: ${(r.stderr || r.stdout).trim()}): pass --docker-version or --mode`, 'CVMFS_THIN_NO_DOCKER');
+    if (r.code !== 0)
+      throw new FailedPreconditionError(
+        `cannot tell the Docker version (dockerd --version: ${(r.stderr || r.stdout).trim()}): pass --docker-version or --mode`,
+        'CVMFS_THIN_NO_DOCKER',
+      );
     v = r.stdout;
   }
   const m = /(\d+)\.(\d+)/.exec(v);
@@ -166,9 +175,15 @@ export async function dockerVersion(d: DockerOptions, host: Host): Promise<[numb
 /** graph driver for 20.10–27, containerd image store for ≥ 28; refused below 20.10. */
 export function dockerMode(requested: DockerMode | 'auto', [major, minor]: [number, number]): DockerMode {
   const v = `${major}.${minor}`;
-  if (major < 20 || (major === 20 && minor < 10)) throw new FailedPreconditionError(`Docker ${v} is too old: the graph driver needs 20.10–27, the containerd image store 24 or later`, 'CVMFS_THIN_UNSUPPORTED_DOCKER');
-  if (requested === 'graphdriver' && major >= 28) throw new FailedPreconditionError(`Docker ${v} has no graph driver plugins (removed in 28): use --mode containerd-store`, 'CVMFS_THIN_UNSUPPORTED_DOCKER');
-  if (requested === 'containerd-store' && major < 24) throw new FailedPreconditionError(`Docker ${v} has no containerd image store (24 or later): use --mode graphdriver`, 'CVMFS_THIN_UNSUPPORTED_DOCKER');
+  if (major < 20 || (major === 20 && minor < 10))
+    throw new FailedPreconditionError(
+      `Docker ${v} is too old: the graph driver needs 20.10–27, the containerd image store 24 or later`,
+      'CVMFS_THIN_UNSUPPORTED_DOCKER',
+    );
+  if (requested === 'graphdriver' && major >= 28)
+    throw new FailedPreconditionError(`Docker ${v} has no graph driver plugins (removed in 28): use --mode containerd-store`, 'CVMFS_THIN_UNSUPPORTED_DOCKER');
+  if (requested === 'containerd-store' && major < 24)
+    throw new FailedPreconditionError(`Docker ${v} has no containerd image store (24 or later): use --mode graphdriver`, 'CVMFS_THIN_UNSUPPORTED_DOCKER');
   if (requested !== 'auto') return requested;
   return major >= 28 ? 'containerd-store' : 'graphdriver';
 }
@@ -198,7 +213,8 @@ export async function planDocker(o: CommonOptions, d: DockerOptions, host: Host)
   const before = readIfExists(d.daemonJson);
   if (mode === 'graphdriver') {
     if (d.volumes) refuseClash(d.graphdriverName, d.volumes.volumeDriverName);
-    else if (readIfExists(path.join(o.systemdDir, DAEMONS['volume-plugin'].unit))) refuseClash(d.graphdriverName, socketName(configKey(d.volumePluginConfig, 'socket')));
+    else if (readIfExists(path.join(o.systemdDir, DAEMONS['volume-plugin'].unit)))
+      refuseClash(d.graphdriverName, socketName(configKey(d.volumePluginConfig, 'socket')));
     const ed = editDaemonJson(before?.toString('utf8') ?? null, d.daemonJson, 'graphdriver', d.graphdriverName);
     plan.changes.push(fileChange(d.daemonJson, before, ed.text));
     plan.warnings.push(...ed.warnings);
@@ -232,10 +248,14 @@ export async function planDocker(o: CommonOptions, d: DockerOptions, host: Host)
 export async function planVolumes(o: CommonOptions, v: VolumesOptions, graphdriverName?: string): Promise<Plan> {
   checkName('volume driver name', v.volumeDriverName);
   if (graphdriverName !== undefined) refuseClash(graphdriverName, v.volumeDriverName);
-  else if (readIfExists(path.join(o.systemdDir, DAEMONS.graphdriver.unit))) refuseClash(socketName(configKey(v.graphdriverConfig, 'socket')), v.volumeDriverName);
+  else if (readIfExists(path.join(o.systemdDir, DAEMONS.graphdriver.unit)))
+    refuseClash(socketName(configKey(v.graphdriverConfig, 'socket')), v.volumeDriverName);
   const plan: Plan = { target: 'volumes', changes: [], warnings: [], units: [], runtimes: [] };
   if (!o.units) return plan;
-  const keys = { ...(v.volumeDriverName !== 'cvmfs' ? { socket: `${PLUGIN_DIR}/${v.volumeDriverName}.sock` } : {}), ...(o.cvmfsRoot ? { 'cvmfs-root': o.cvmfsRoot } : {}) };
+  const keys = {
+    ...(v.volumeDriverName !== 'cvmfs' ? { socket: `${PLUGIN_DIR}/${v.volumeDriverName}.sock` } : {}),
+    ...(o.cvmfsRoot ? { 'cvmfs-root': o.cvmfsRoot } : {}),
+  };
   plan.changes.push(await daemonConfig('volume-plugin', v.volumePluginConfig, keys), unitChange(o, 'volume-plugin', v.volumePluginConfig));
   plan.units.push(DAEMONS['volume-plugin'].unit);
   return plan;
@@ -258,7 +278,11 @@ async function systemctl(o: CommonOptions, host: Host, calls: string[][], io: Ru
   for (const a of calls) {
     const [file, ...rest] = [...o.systemctl, ...a];
     const r = await host.exec(file!, rest, { timeoutMs: 120_000 });
-    if (r.code !== 0) throw new FailedPreconditionError(`${[file, ...rest].join(' ')} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim()}`, 'CVMFS_THIN_SYSTEMCTL_FAILED');
+    if (r.code !== 0)
+      throw new FailedPreconditionError(
+        `${[file, ...rest].join(' ')} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim()}`,
+        'CVMFS_THIN_SYSTEMCTL_FAILED',
+      );
     io.out(`ran: ${[file, ...rest].join(' ')}\n`);
   }
 }
@@ -280,7 +304,8 @@ export async function runPlan(o: CommonOptions, plan: Plan, host: Host, io: RunO
   if (unitsChanged) calls.push(['enable', ...plan.units], ['restart', ...plan.units]);
   if (o.restart) for (const r of plan.runtimes) if (r.files.some((f) => touched.has(f))) calls.push(['restart', r.service]);
   await systemctl(o, host, calls, io, dryRun);
-  if (!o.restart && plan.runtimes.some((r) => r.files.some((f) => touched.has(f)))) io.out(`restart ${plan.runtimes.map((r) => r.service).join(' and ')} for the change to take effect\n`);
+  if (!o.restart && plan.runtimes.some((r) => r.files.some((f) => touched.has(f))))
+    io.out(`restart ${plan.runtimes.map((r) => r.service).join(' and ')} for the change to take effect\n`);
   if (!dryRun) io.out(`${plan.target}: done; originals backed up in ${o.stateDir} (undo: ${undoCommand(plan.target, o)})\n`);
   return true;
 }

@@ -104,7 +104,10 @@ export async function editToml(text: string, file: string, mutate: (doc: Table) 
   try {
     got = parseToml(out) as Table;
   } catch (e) {
-    throw new InternalError(`${file}: the edited file would not be valid TOML (${(e as Error).message.split('\n')[0]}); the file was not changed`, 'CVMFS_THIN_EDIT_FAILED');
+    throw new InternalError(
+      `${file}: the edited file would not be valid TOML (${(e as Error).message.split('\n')[0]}); the file was not changed`,
+      'CVMFS_THIN_EDIT_FAILED',
+    );
   }
   if (!sameDocument(got, expected)) {
     throw new InternalError(`${file}: the edited file would not hold exactly the intended settings; the file was not changed`, 'CVMFS_THIN_EDIT_FAILED');

@@ -323,7 +323,9 @@ export function compileGoRegexp(src: string): GoRegexp {
     return engine().RE2JS.compile(src);
   } catch (e) {
     if (e instanceof InternalError) throw e;
-    throw new ParseError(`filters: ~= pattern ${JSON.stringify(src)} is not an RE2 regexp (no backreferences or lookaround): ${(e as Error).message.replace(/^error parsing regexp: /, '')}`);
+    throw new ParseError(
+      `filters: ~= pattern ${JSON.stringify(src)} is not an RE2 regexp (no backreferences or lookaround): ${(e as Error).message.replace(/^error parsing regexp: /, '')}`,
+    );
   }
 }
 

@@ -12,7 +12,14 @@ import type { MetaStore } from './metastore.js';
 
 export { DEFAULT_CHECK_INTERVAL_MS };
 
-export function snapshotterMonitor(o: { root: string; stack: LayerStack; store: MetaStore; log: Logger; metrics?: Metrics | undefined; intervalMs?: number | undefined }): MountMonitor {
+export function snapshotterMonitor(o: {
+  root: string;
+  stack: LayerStack;
+  store: MetaStore;
+  log: Logger;
+  metrics?: Metrics | undefined;
+  intervalMs?: number | undefined;
+}): MountMonitor {
   const snapshots = path.join(o.root, 'snapshots');
   const monitor = new MountMonitor({
     daemon: 'snapshotter',
@@ -37,6 +44,10 @@ export function snapshotterMonitor(o: { root: string; stack: LayerStack; store: 
 export function startWatching(monitor: MountMonitor, stack: LayerStack, log: Logger): void {
   monitor.start();
   void stack.cvmfsReady().then((why) => {
-    if (why) log.warn({ path: stack.location.absoluteMountpoint, why }, 'CVMFS repository is not available; thin images and remote layers will not be available until it is');
+    if (why)
+      log.warn(
+        { path: stack.location.absoluteMountpoint, why },
+        'CVMFS repository is not available; thin images and remote layers will not be available until it is',
+      );
   });
 }

@@ -48,7 +48,12 @@ export function checkUpdatePaths(name: string, paths: readonly string[]): void {
 }
 
 /** The labels after an Update: all replaced (no paths, or `labels`), or the named keys set/removed. Validated. */
-export function updatedLabels(current: Record<string, string>, labels: Record<string, string>, paths: readonly string[], of = 'snapshot'): Record<string, string> {
+export function updatedLabels(
+  current: Record<string, string>,
+  labels: Record<string, string>,
+  paths: readonly string[],
+  of = 'snapshot',
+): Record<string, string> {
   let next: Record<string, string>;
   if (paths.length === 0 || paths.includes('labels')) next = { ...labels };
   else {

@@ -21,7 +21,7 @@ export interface RemoteContext {
 /** The snapshots below `parent` are all remote: their layer hexes, bottom first (null if not). */
 function remoteChain(store: MetaStore, parent: string): string[] | null {
   const hexes: string[] = [];
-  for (let n = parent; n !== ''; ) {
+  for (let n = parent; n !== '';) {
     const r = store.get(n);
     if (!r?.layerDigest) return null;
     hexes.unshift(r.layerDigest.slice(7));
@@ -67,7 +67,9 @@ export async function serveRemote(c: RemoteContext, parent: string, labels: Reco
     // a DUCC chain for the whole stack, when every layer below is remote too
     const below = remoteChain(store, parent);
     const chain = below && below.length > 0 ? await stack.cvmfs.findChain(loc.repository, [...below, d.hex]) : null;
-    const resolved = chain ? await stack.cvmfs.chainDirs(chain, loc.absoluteMountpoint, [...below!, d.hex]) : await stack.cvmfs.layerDirs(dir, loc.absoluteMountpoint, d.hex, parent === '');
+    const resolved = chain
+      ? await stack.cvmfs.chainDirs(chain, loc.absoluteMountpoint, [...below!, d.hex])
+      : await stack.cvmfs.layerDirs(dir, loc.absoluteMountpoint, d.hex, parent === '');
     const links = await stack.links.link(resolved.dirs);
     rollback = links.rollback;
     const id = store.allocId();

@@ -30,7 +30,9 @@ export class Removals {
   async discard(id: number, links: Record<string, string>): Promise<void> {
     this.links.remove(Object.keys(links));
     for (const dir of this.dirsOf(id)) {
-      await removeTree(dir, this.host.mountinfo()).catch((e: unknown) => this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'));
+      await removeTree(dir, this.host.mountinfo()).catch((e: unknown) =>
+        this.log.error({ err: e, dir }, 'could not remove directory of a failed snapshot; Cleanup will retry'),
+      );
     }
   }
 

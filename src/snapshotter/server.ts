@@ -77,7 +77,14 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
     throw e;
   }
   log.info(
-    { address: o.address, root: o.root, repository: o.location.repository, mountpoint: o.location.absoluteMountpoint, thinImages: o.thinImages, remoteLayers: o.remoteLayers },
+    {
+      address: o.address,
+      root: o.root,
+      repository: o.location.repository,
+      mountpoint: o.location.absoluteMountpoint,
+      thinImages: o.thinImages,
+      remoteLayers: o.remoteLayers,
+    },
     'snapshotter serving',
   );
   // the CVMFS probe helper started now (~80 ms of process start), not by the first image's Commit

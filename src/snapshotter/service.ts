@@ -49,7 +49,8 @@ export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = n
       const started = metrics.enabled ? process.hrtime.bigint() : 0n;
       const ok = (res: Res) => {
         // at: when the call reached the handler (ms since the epoch, µs resolution: bench/snapshotter-p99.ts)
-        if (log.isLevelEnabled('debug')) log.debug({ method, ...describe(call.request), at: +(performance.timeOrigin + t0).toFixed(3), ms: +(performance.now() - t0).toFixed(3) }, 'rpc');
+        if (log.isLevelEnabled('debug'))
+          log.debug({ method, ...describe(call.request), at: +(performance.timeOrigin + t0).toFixed(3), ms: +(performance.now() - t0).toFixed(3) }, 'rpc');
         record(method, started);
         cb(null, res);
       };
@@ -84,36 +85,72 @@ export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = n
     } catch (e) {
       const err = record('List', started, e)!;
       log.debug({ method: 'List', filters: call.request.filters, code: err.code, err: err.message }, 'rpc failed');
-      call.emit("error", err);
+      call.emit('error', err);
     }
   };
 
   const empty: Empty = {};
   return {
-    prepare: unary('Prepare', (r) => ({ key: r.key, parent: r.parent, labels: r.labels }), async (r) => ({ mounts: toPbMounts(await sn.prepare(r.key, r.parent, r.labels)) })),
-    view: unary('View', (r) => ({ key: r.key, parent: r.parent }), async (r) => ({ mounts: toPbMounts(await sn.view(r.key, r.parent, r.labels)) })),
-    mounts: unary('Mounts', (r) => ({ key: r.key }), async (r) => ({ mounts: toPbMounts(await sn.mounts(r.key)) })),
-    commit: unary('Commit', (r) => ({ name: r.name, key: r.key }), async (r) => {
-      await sn.commit(r.name, r.key, r.labels, r.parent);
-      return empty;
-    }),
-    remove: unary('Remove', (r) => ({ key: r.key }), async (r) => {
-      await sn.remove(r.key);
-      return empty;
-    }),
-    stat: unary('Stat', (r) => ({ key: r.key }), (r) => ({ info: toPbInfo(sn.stat(r.key)) })),
-    update: unary('Update', (r) => ({ name: r.info?.name, paths: r.updateMask }), async (r) => {
-      if (!r.info) throw new InvalidArgumentError('update request carries no snapshot info');
-      return { info: toPbInfo(await sn.update({ name: r.info.name, labels: r.info.labels }, r.updateMask ?? [])) };
-    }),
+    prepare: unary(
+      'Prepare',
+      (r) => ({ key: r.key, parent: r.parent, labels: r.labels }),
+      async (r) => ({ mounts: toPbMounts(await sn.prepare(r.key, r.parent, r.labels)) }),
+    ),
+    view: unary(
+      'View',
+      (r) => ({ key: r.key, parent: r.parent }),
+      async (r) => ({ mounts: toPbMounts(await sn.view(r.key, r.parent, r.labels)) }),
+    ),
+    mounts: unary(
+      'Mounts',
+      (r) => ({ key: r.key }),
+      async (r) => ({ mounts: toPbMounts(await sn.mounts(r.key)) }),
+    ),
+    commit: unary(
+      'Commit',
+      (r) => ({ name: r.name, key: r.key }),
+      async (r) => {
+        await sn.commit(r.name, r.key, r.labels, r.parent);
+        return empty;
+      },
+    ),
+    remove: unary(
+      'Remove',
+      (r) => ({ key: r.key }),
+      async (r) => {
+        await sn.remove(r.key);
+        return empty;
+      },
+    ),
+    stat: unary(
+      'Stat',
+      (r) => ({ key: r.key }),
+      (r) => ({ info: toPbInfo(sn.stat(r.key)) }),
+    ),
+    update: unary(
+      'Update',
+      (r) => ({ name: r.info?.name, paths: r.updateMask }),
+      async (r) => {
+        if (!r.info) throw new InvalidArgumentError('update request carries no snapshot info');
+        return { info: toPbInfo(await sn.update({ name: r.info.name, labels: r.info.labels }, r.updateMask ?? [])) };
+      },
+    ),
     list,
-    usage: unary('Usage', (r) => ({ key: r.key }), async (r) => {
-      const u = await sn.usage(r.key);
-      return { size: u.size, inodes: u.inodes };
-    }),
-    cleanup: unary('Cleanup', () => ({}), async () => {
-      await sn.cleanup();
-      return empty;
-    }),
+    usage: unary(
+      'Usage',
+      (r) => ({ key: r.key }),
+      async (r) => {
+        const u = await sn.usage(r.key);
+        return { size: u.size, inodes: u.inodes };
+      },
+    ),
+    cleanup: unary(
+      'Cleanup',
+      () => ({}),
+      async () => {
+        await sn.cleanup();
+        return empty;
+      },
+    ),
   };
 }

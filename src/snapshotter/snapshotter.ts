@@ -75,7 +75,12 @@ export class Snapshotter {
       noteOldSnapshotter(root, opts.log);
       // mutations run in the gate's shared sections: more than one at a time means other clients wait
       const gate = new Gate();
-      const store = await MetaStore.open(path.join(root, 'metadata'), opts.onFatal ?? (() => undefined), journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'), () => gate.running > 1);
+      const store = await MetaStore.open(
+        path.join(root, 'metadata'),
+        opts.onFatal ?? (() => undefined),
+        journalMetrics(opts.metrics ?? noMetrics, 'snapshotter'),
+        () => gate.running > 1,
+      );
       const stack = await LayerStack.open({
         root,
         location: opts.location,
@@ -86,7 +91,15 @@ export class Snapshotter {
         cvmfsTimeoutMs: opts.cvmfsTimeoutMs,
         onStall: () => opts.metrics?.inc('cvmfs_stalls_total', { daemon: 'snapshotter' }),
       });
-      const starts = await Starts.open({ ...opts.starts, root, stack, host: opts.host, log: opts.log, metrics: opts.metrics ?? noMetrics, fsDir: (n) => (store.get(n) ? path.join(root, 'snapshots', String(store.get(n)!.id)) : null) });
+      const starts = await Starts.open({
+        ...opts.starts,
+        root,
+        stack,
+        host: opts.host,
+        log: opts.log,
+        metrics: opts.metrics ?? noMetrics,
+        fsDir: (n) => (store.get(n) ? path.join(root, 'snapshots', String(store.get(n)!.id)) : null),
+      });
       const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate, starts);
       await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
@@ -142,7 +155,10 @@ export class Snapshotter {
   private readonly node = (n: string): ChainNode | undefined => chainNode(n, this.store.get(n));
 
   /** The mounts of `r`, after its CVMFS lowers answered (with their owners). */
-  private async mountsFor(r: SnapshotRecord, lowers: ChainLower[] = chainLowers(this.node, r.parent)): Promise<{ mounts: Mount[]; owners: Map<string, DirOwner> }> {
+  private async mountsFor(
+    r: SnapshotRecord,
+    lowers: ChainLower[] = chainLowers(this.node, r.parent),
+  ): Promise<{ mounts: Mount[]; owners: Map<string, DirOwner> }> {
     const owners = await this.stack.checkAvailable(
       lowers.filter((l) => l.external).map((l) => l.real),
       `snapshot ${r.name}`,
@@ -176,67 +192,71 @@ export class Snapshotter {
     // serving a remote layer commits the target under the parent: that path holds both alone
     const [mine, theirs] = remote ? [[key, parent, remote], []] : [[key], [parent]];
     return this.gate.shared(() =>
-      this.locks.with(mine, async () => {
-        if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
-        if (parent !== '') {
-          const p = this.store.get(parent);
-          if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`);
-          if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`);
-        }
-        if (remote) {
-          const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.clock, log: this.log }, parent, labels);
-          this.metrics.inc('remote_layers_total', { result: target ? 'served' : 'fallback' });
-          if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
-        }
-        const id = this.store.allocId();
-        const links: Record<string, string> = {};
-        const fs = this.fsDir(id);
-        const now = this.clock.now();
-        const rec: SnapshotRecord = {
-          name: key,
-          kind,
-          parent,
-          id,
-          created: now,
-          updated: now,
-          labels: cleanLabels(labels),
-          size: 0,
-          inodes: 0,
-          links,
-          stack: [],
-          terminal: false,
-          source: 'local',
-        };
-        try {
-          // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
-          const t0 = performance.now();
-          const lowers = chainLowers(this.node, parent);
-          const { mounts, owners } = await this.mountsFor(rec, lowers);
-          const t1 = performance.now();
-          // the link to the new directory is owned now, made when a child first needs it (mountsFor)
-          const own = kind === 'active' ? linkName(id) : undefined;
-          if (own) links[own] = fs;
-          const top = lowers[0];
-          // like containerd's overlay: the new upper dir takes the owner of the top lower
-          // (on CVMFS: as the availability check saw it, never asked again here)
-          const owner = top && owners.get(top.real);
-          await makeSnapshotDirs(this.stack.host, {
-            fs,
-            work: own ? this.workDir(id) : undefined,
-            owner,
-            statTop: top && !owner ? top.real : undefined,
-            localTop: Boolean(top && !top.external && top.real.startsWith(this.snapshotsDir)),
-            concurrent: this.gate.running > 1,
-          });
-          const t2 = performance.now();
-          await this.store.write({ put: [rec] });
-          if (kind === 'active') this.starts.prepared(key, fs, lowers, { cvmfs: ms(t1 - t0), dirs: ms(t2 - t1), journal: ms(performance.now() - t2) });
-          return mounts;
-        } catch (e) {
-          if (!this.store.get(key)) await this.removals.discard(id, links);
-          throw e;
-        }
-      }, theirs),
+      this.locks.with(
+        mine,
+        async () => {
+          if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
+          if (parent !== '') {
+            const p = this.store.get(parent);
+            if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`);
+            if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`);
+          }
+          if (remote) {
+            const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.clock, log: this.log }, parent, labels);
+            this.metrics.inc('remote_layers_total', { result: target ? 'served' : 'fallback' });
+            if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
+          }
+          const id = this.store.allocId();
+          const links: Record<string, string> = {};
+          const fs = this.fsDir(id);
+          const now = this.clock.now();
+          const rec: SnapshotRecord = {
+            name: key,
+            kind,
+            parent,
+            id,
+            created: now,
+            updated: now,
+            labels: cleanLabels(labels),
+            size: 0,
+            inodes: 0,
+            links,
+            stack: [],
+            terminal: false,
+            source: 'local',
+          };
+          try {
+            // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
+            const t0 = performance.now();
+            const lowers = chainLowers(this.node, parent);
+            const { mounts, owners } = await this.mountsFor(rec, lowers);
+            const t1 = performance.now();
+            // the link to the new directory is owned now, made when a child first needs it (mountsFor)
+            const own = kind === 'active' ? linkName(id) : undefined;
+            if (own) links[own] = fs;
+            const top = lowers[0];
+            // like containerd's overlay: the new upper dir takes the owner of the top lower
+            // (on CVMFS: as the availability check saw it, never asked again here)
+            const owner = top && owners.get(top.real);
+            await makeSnapshotDirs(this.stack.host, {
+              fs,
+              work: own ? this.workDir(id) : undefined,
+              owner,
+              statTop: top && !owner ? top.real : undefined,
+              localTop: Boolean(top && !top.external && top.real.startsWith(this.snapshotsDir)),
+              concurrent: this.gate.running > 1,
+            });
+            const t2 = performance.now();
+            await this.store.write({ put: [rec] });
+            if (kind === 'active') this.starts.prepared(key, fs, lowers, { cvmfs: ms(t1 - t0), dirs: ms(t2 - t1), journal: ms(performance.now() - t2) });
+            return mounts;
+          } catch (e) {
+            if (!this.store.get(key)) await this.removals.discard(id, links);
+            throw e;
+          }
+        },
+        theirs,
+      ),
     );
   }
 
@@ -256,9 +276,12 @@ export class Snapshotter {
         if (this.store.get(name)) throw new AlreadyExistsError(`snapshot ${name} already exists`);
         const r = this.store.get(key);
         if (!r) throw new NotFoundError(`snapshot ${key} does not exist`);
-        if (r.kind !== 'active') throw new FailedPreconditionError(`snapshot ${key} is ${r.kind === 'view' ? 'a view' : 'committed'}: only active snapshots can be committed`);
+        if (r.kind !== 'active')
+          throw new FailedPreconditionError(`snapshot ${key} is ${r.kind === 'view' ? 'a view' : 'committed'}: only active snapshots can be committed`);
         if (rebaseParent !== '' && rebaseParent !== r.parent) {
-          throw new FailedPreconditionError(`commit of ${key} onto parent ${rebaseParent}: rebase is not supported (the snapshot's parent is ${JSON.stringify(r.parent)})`);
+          throw new FailedPreconditionError(
+            `commit of ${key} onto parent ${rebaseParent}: rebase is not supported (the snapshot's parent is ${JSON.stringify(r.parent)})`,
+          );
         }
         const fs = this.fsDir(r.id);
         const usage = await diskUsage(fs);
@@ -282,7 +305,14 @@ export class Snapshotter {
         const thin = r.parent === '' && this.thinImages ? await this.stack.linkThin(fs, { snapshot: name }) : null;
         const resolveMs = ms(performance.now() - t0);
         if (thin) {
-          rec = { ...rec, stack: thin.lowers.map((l) => l.link), terminal: true, source: 'thin', origin: thin.manifest.origin, links: { ...rec.links, ...Object.fromEntries(thin.links.made) } };
+          rec = {
+            ...rec,
+            stack: thin.lowers.map((l) => l.link),
+            terminal: true,
+            source: 'thin',
+            origin: thin.manifest.origin,
+            links: { ...rec.links, ...Object.fromEntries(thin.links.made) },
+          };
           if (rec.origin === undefined) delete rec.origin;
         }
         try {
@@ -293,7 +323,11 @@ export class Snapshotter {
         }
         if (!thin) return;
         this.metrics.inc('thin_images_resolved_total', { daemon: 'snapshotter' });
-        this.starts.thinResolved(name, { resolve: resolveMs }, thin.lowers.map((l) => l.dir));
+        this.starts.thinResolved(
+          name,
+          { resolve: resolveMs },
+          thin.lowers.map((l) => l.dir),
+        );
       }),
     );
   }
@@ -303,16 +337,20 @@ export class Snapshotter {
     return this.gate.shared(async () => {
       const r0 = this.must(key);
       // the parent shared, as creation holds it: a Remove of the parent waits, siblings do not
-      await this.locks.with([key], async () => {
-        const r = this.must(key);
-        const kids = this.store.children(key);
-        if (kids.size > 0) {
-          throw new FailedPreconditionError(`cannot remove snapshot ${key}: it has ${kids.size} child snapshot(s) (${[...kids].slice(0, 3).join(', ')})`);
-        }
-        await this.store.write({ del: [key] });
-        // data goes after the record: a crash in between leaves an orphan for Cleanup
-        this.removals.push(r);
-      }, [r0.parent]);
+      await this.locks.with(
+        [key],
+        async () => {
+          const r = this.must(key);
+          const kids = this.store.children(key);
+          if (kids.size > 0) {
+            throw new FailedPreconditionError(`cannot remove snapshot ${key}: it has ${kids.size} child snapshot(s) (${[...kids].slice(0, 3).join(', ')})`);
+          }
+          await this.store.write({ del: [key] });
+          // data goes after the record: a crash in between leaves an orphan for Cleanup
+          this.removals.push(r);
+        },
+        [r0.parent],
+      );
     });
   }
 

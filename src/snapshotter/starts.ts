@@ -84,7 +84,11 @@ export class Starts {
     this.resolved.set(name, phases);
     if (this.resolved.size > 256) this.resolved.delete(this.resolved.keys().next().value!);
     const img = this.o.prefetch === false ? null : this.image(name);
-    if (img) this.track(this.readAhead(img, dirs).then(() => undefined), name);
+    if (img)
+      this.track(
+        this.readAhead(img, dirs).then(() => undefined),
+        name,
+      );
   }
 
   private track(job: Promise<void>, what: string): void {
@@ -101,9 +105,22 @@ export class Starts {
     const thin = lowers.find((l) => l.external)?.owner;
     const img = thin ? this.image(thin) : null;
     if (!img) return;
-    const t = this.traces.begin(key, { image: img.name, origin: img.origin, layers: img.hexes.length, phases: { ...(this.resolved.get(img.name) ?? {}), ...phases } });
+    const t = this.traces.begin(key, {
+      image: img.name,
+      origin: img.origin,
+      layers: img.hexes.length,
+      phases: { ...(this.resolved.get(img.name) ?? {}), ...phases },
+    });
     this.traces.prepared(t);
-    this.track(this.afterPrepare(t, img, upper, lowers.filter((l) => l.external).map((l) => l.real)), key);
+    this.track(
+      this.afterPrepare(
+        t,
+        img,
+        upper,
+        lowers.filter((l) => l.external).map((l) => l.real),
+      ),
+      key,
+    );
   }
 
   private image(name: string): Image | null {
@@ -260,7 +277,10 @@ export class Starts {
     const file = path.join(this.o.root, 'profiles', `${id}.json`);
     await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     await writeFileAtomic(file, serializeProfile(profile));
-    this.o.log.info({ image: img.origin ?? img.name, files: profile.files.length, file }, 'recorded an access profile (publish it with cvmfs-thin profile publish)');
+    this.o.log.info(
+      { image: img.origin ?? img.name, files: profile.files.length, file },
+      'recorded an access profile (publish it with cvmfs-thin profile publish)',
+    );
     return { files: profile.files.length, reason: rec.reason, ms: Date.now() - t0, saved: file };
   }
 

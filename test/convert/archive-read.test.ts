@@ -53,7 +53,11 @@ describe('archive sources', () => {
       const src = await openOciArchive(f, 't1', dir);
       try {
         expect((await src.topManifest()).digest).toBe(img.manifest.digest);
-        expect((await src.blobBytes({ mediaType: img.config.mediaType, digest: img.config.digest, size: img.config.bytes.length }, 1 << 20)).equals(img.config.bytes)).toBe(true);
+        expect(
+          (await src.blobBytes({ mediaType: img.config.mediaType, digest: img.config.digest, size: img.config.bytes.length }, 1 << 20)).equals(
+            img.config.bytes,
+          ),
+        ).toBe(true);
       } finally {
         await src.close();
       }
@@ -106,7 +110,11 @@ describe('archive sources', () => {
     ['an absolute entry', () => tar(rawEntry({ name: '/etc/x' }, 'x')), /entry "\/etc\/x" is absolute/],
     ['a truncated archive', () => rawEntry({ name: 'index.json' }, 'x'.repeat(2000)).subarray(0, 1000), /not a readable tar archive: .*truncated/],
     ['a bad header checksum', () => tar(rawEntry({ name: 'index.json', checksumDelta: 1 }, '{}')), /not a readable tar archive: .*checksum/],
-    ['corrupt gzip', () => Buffer.concat([gzipSync(tar(rawEntry({ name: 'index.json' }, '{}'))).subarray(0, 20), Buffer.alloc(40, 0xaa)]), /not a readable tar archive/],
+    [
+      'corrupt gzip',
+      () => Buffer.concat([gzipSync(tar(rawEntry({ name: 'index.json' }, '{}'))).subarray(0, 20), Buffer.alloc(40, 0xaa)]),
+      /not a readable tar archive/,
+    ],
   ])('refuses %s with CVMFS_THIN_BAD_ARCHIVE', async (_what, bytes, message) => {
     const file = path.join(dir, 'bad.tar');
     fs.writeFileSync(file, bytes());

@@ -55,13 +55,34 @@ describe('chooseCatalogDirs', () => {
   it('a flat directory over the cut cannot be split: nothing for the layer root, nothing below a flat subdirectory', () => {
     expect(chooseCatalogDirs(new Map([['', 500]]), 100)).toEqual([]);
     // the big directory may get its own catalog (the layer's stays small), but nothing can split it further
-    const cuts = chooseCatalogDirs(new Map([['', 3], ['big', 500], ['small', 3]]), 100);
+    const cuts = chooseCatalogDirs(
+      new Map([
+        ['', 3],
+        ['big', 500],
+        ['small', 3],
+      ]),
+      100,
+    );
     expect(cuts).toEqual(['big']);
-    expect(catalogSizes(new Map([['', 3], ['big', 500], ['small', 3]]), cuts).get('')).toBeLessThanOrEqual(100);
+    expect(
+      catalogSizes(
+        new Map([
+          ['', 3],
+          ['big', 500],
+          ['small', 3],
+        ]),
+        cuts,
+      ).get(''),
+    ).toBeLessThanOrEqual(100);
   });
 
   it('nothing when the layer is under the cut; the default cut is half of CVMFS’s limit', () => {
-    const direct = new Map([['', 4], ['a', 30], ['b', 30], ['a/c', 30]]);
+    const direct = new Map([
+      ['', 4],
+      ['a', 30],
+      ['b', 30],
+      ['a/c', 30],
+    ]);
     expect(chooseCatalogDirs(direct, 100)).toEqual([]);
     expect(CATALOG_CUT).toBe(100_000);
   });
@@ -113,7 +134,12 @@ describe('chooseCatalogDirs', () => {
   // layer gets different catalogs from the ingest path (tar order) and the transaction path
   // (countEntries: readdir order of the file system), and from one Stratum-0 to another.
   it('the choice depends on the tree only, not on the order its directories were seen in', () => {
-    const entries: [string, number][] = [['', 2], ['a', 60], ['b', 60], ['c', 10]];
+    const entries: [string, number][] = [
+      ['', 2],
+      ['a', 60],
+      ['b', 60],
+      ['c', 10],
+    ];
     const forward = chooseCatalogDirs(new Map(entries), 100);
     const backward = chooseCatalogDirs(new Map([...entries].reverse()), 100);
     expect(forward).toEqual(backward);
@@ -196,11 +222,21 @@ describe('ingestTrailer (the ingest path’s markers)', () => {
     const trailer = ingestTrailer(r, desc, 100);
     const names = trailer.map((e) => e.name);
     expect(names).toEqual([
-      'layerfs/t0/.cvmfscatalog', 'layerfs/t1/.cvmfscatalog', 'layerfs/t2/.cvmfscatalog', 'layerfs/t3/.cvmfscatalog',
-      '.metadata/', '.metadata/layers.json', '.metadata/cvmfs-thin-layer.json',
+      'layerfs/t0/.cvmfscatalog',
+      'layerfs/t1/.cvmfscatalog',
+      'layerfs/t2/.cvmfscatalog',
+      'layerfs/t3/.cvmfscatalog',
+      '.metadata/',
+      '.metadata/layers.json',
+      '.metadata/cvmfs-thin-layer.json',
     ]);
     const marker = parseLayerMarker(String(trailer.at(-1)!.data), 'ab'.repeat(32));
-    expect(marker?.record).toEqual({ deleted: ['etc/gone'], opaque: [], xattrs: [], hidden: ['t0/.cvmfscatalog', 't1/.cvmfscatalog', 't2/.cvmfscatalog', 't3/.cvmfscatalog'] });
+    expect(marker?.record).toEqual({
+      deleted: ['etc/gone'],
+      opaque: [],
+      xattrs: [],
+      hidden: ['t0/.cvmfscatalog', 't1/.cvmfscatalog', 't2/.cvmfscatalog', 't3/.cvmfscatalog'],
+    });
     expect(marker).toMatchObject({ version: 2, whiteouts: 'record', diff_id: r.diffId, entries: r.entries });
     const small = ingestTrailer(r, desc, r.entries);
     expect(small.map((e) => e.name)).toEqual(['.metadata/', '.metadata/layers.json', '.metadata/cvmfs-thin-layer.json']);

@@ -15,7 +15,7 @@ export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutM
       [CLI, ...args],
       { env: { ...process.env, ...opts.env }, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 },
       (err, stdout, stderr) => {
-        const code = err ? (typeof (err as NodeJS.ErrnoException & { code?: unknown }).code === 'number' ? ((err as unknown as { code: number }).code) : 1) : 0;
+        const code = err ? (typeof (err as NodeJS.ErrnoException & { code?: unknown }).code === 'number' ? (err as unknown as { code: number }).code : 1) : 0;
         resolve({ code, stdout, stderr });
       },
     );

@@ -268,7 +268,8 @@ export function diffSnapshots(a: Snapshot, b: Snapshot, labels = ['expected', 'a
     else if (JSON.stringify(e) !== JSON.stringify(f)) out.push(`${p}: ${labels[0]} ${JSON.stringify(e)} != ${labels[1]} ${JSON.stringify(f)}`);
   }
   for (const p of b.entries.keys()) if (!a.entries.has(p)) out.push(`${p}: only in ${labels[1]}`);
-  if (JSON.stringify(a.links) !== JSON.stringify(b.links)) out.push(`hardlinks: ${labels[0]} ${JSON.stringify(a.links)} != ${labels[1]} ${JSON.stringify(b.links)}`);
+  if (JSON.stringify(a.links) !== JSON.stringify(b.links))
+    out.push(`hardlinks: ${labels[0]} ${JSON.stringify(a.links)} != ${labels[1]} ${JSON.stringify(b.links)}`);
   return out;
 }
 

@@ -46,7 +46,10 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc', () => {
     cfgA = writeLayout(la, 'a', [{ layers: [l1, l2] }]).images[0]!.configDigest;
     cfgB = writeLayout(lb, 'b', [{ layers: [l1, l3], config: { Env: ['B=1'] } }]).images[0]!.configDigest;
     fs.mkdirSync(repo);
-    for (const [lay, tag, name] of [[la, 'a', 'example.org/app:a'], [lb, 'b', 'example.org/app:b']] as const) {
+    for (const [lay, tag, name] of [
+      [la, 'a', 'example.org/app:a'],
+      [lb, 'b', 'example.org/app:b'],
+    ] as const) {
       const r = await runCli(['convert', `oci:${lay}:${tag}`, '--repository-dir', repo, '--name', name, '--chains', '--flat', '--no-thin', '--json']);
       expect(r.code, r.stderr).toBe(0);
     }
@@ -75,7 +78,12 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc', () => {
     old(flatDir(repo, cfgA.slice(7)));
     const dry = json<GcReport>(await runCli(['gc', '--repository-dir', repo, '--grace', '2d', '--dry-run', '--json']));
     expect(dry.dry_run).toBe(true);
-    expect(dry.removed.filter((x) => x.kind !== 'temporary').map((x) => x.path).sort()).toEqual([...victims].sort());
+    expect(
+      dry.removed
+        .filter((x) => x.kind !== 'temporary')
+        .map((x) => x.path)
+        .sort(),
+    ).toEqual([...victims].sort());
     for (const v of victims) expect(fs.existsSync(v)).toBe(true);
 
     const real = await runCli(['gc', '--repository-dir', repo, '--grace', '2d']);
@@ -85,7 +93,13 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc', () => {
     expect(fs.readdirSync(path.join(repo, '.layers', l3.digest.slice(7, 9))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
     // image a is intact
     const hA = duccChainIds([l1, l2].map((l) => l.digest.slice(7)));
-    for (const p of [layerDir(repo, l1.digest.slice(7)), layerDir(repo, l2.digest.slice(7)), chainDir(repo, hA[0]!), chainDir(repo, hA[1]!), flatDir(repo, cfgA.slice(7))]) {
+    for (const p of [
+      layerDir(repo, l1.digest.slice(7)),
+      layerDir(repo, l2.digest.slice(7)),
+      chainDir(repo, hA[0]!),
+      chainDir(repo, hA[1]!),
+      flatDir(repo, cfgA.slice(7)),
+    ]) {
       expect(fs.existsSync(p), p).toBe(true);
     }
     expect(fs.realpathSync(path.join(repo, 'example.org/app:a'))).toBe(flatDir(repo, cfgA.slice(7)));
@@ -123,7 +137,19 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc with nothing to remove
     const lay = path.join(work, 'lay');
     writeLayout(lay, 'v1', [{ layers: [buildLayer(st, 'gzip', path.join(work, 'blobs'), 'noop')] }]);
     fs.mkdirSync(repo);
-    const r = await runCli(['convert', `oci:${lay}:v1`, '--repository-dir', repo, '--name', 'example.org/noop:v1', '--chains', '--flat', '--podman-store', '--no-thin', '--json']);
+    const r = await runCli([
+      'convert',
+      `oci:${lay}:v1`,
+      '--repository-dir',
+      repo,
+      '--name',
+      'example.org/noop:v1',
+      '--chains',
+      '--flat',
+      '--podman-store',
+      '--no-thin',
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
   });
 
@@ -134,7 +160,11 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc with nothing to remove
     fs.mkdirSync(marks);
     const lockFile = path.join(work, 'publish.lock');
     await new Promise((r) => setTimeout(r, 20)); // a write now would show in the ns times
-    for (const extra of [[], ['--dry-run'], ['--transaction-command', `touch ${marks}/tx`, '--publish-command', `touch ${marks}/pub`, '--lock-file', lockFile]]) {
+    for (const extra of [
+      [],
+      ['--dry-run'],
+      ['--transaction-command', `touch ${marks}/tx`, '--publish-command', `touch ${marks}/pub`, '--lock-file', lockFile],
+    ]) {
       const r = await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json', ...extra]);
       expect(r.code, r.stderr).toBe(0);
       const g = json<GcReport & { podman: { removed_images: unknown[]; removed_layers: unknown[] } }>(r);

@@ -15,7 +15,12 @@ import { ATTACKS, CONTAINED, hostileTar, layerFromTar } from './hostile.js';
 import { type BuiltLayer, buildLayer, writeLayout } from './images.js';
 
 interface Summary {
-  images: { status: string; layers: { digest: string; status: string }[]; thin: unknown; error: { message: string; image?: string; layer?: string; entry?: string } | null }[];
+  images: {
+    status: string;
+    layers: { digest: string; status: string }[];
+    thin: unknown;
+    error: { message: string; image?: string; layer?: string; entry?: string } | null;
+  }[];
   failed: number;
 }
 
@@ -139,6 +144,8 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip'] }))('hostile layer
     const r = await runCli(['convert', `oci:${layout}:v1`, '--repository-dir', repo]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
-    expect(r.stderr.trim()).toMatch(new RegExp(`^cvmfs-thin: image oci:${layout}:v1: layer 2/2 ${bad.digest}: entry "\\.\\./\\.\\./\\.\\./\\.\\./escaped-dotdot": .*\\(path-escape\\)$`));
+    expect(r.stderr.trim()).toMatch(
+      new RegExp(`^cvmfs-thin: image oci:${layout}:v1: layer 2/2 ${bad.digest}: entry "\\.\\./\\.\\./\\.\\./\\.\\./escaped-dotdot": .*\\(path-escape\\)$`),
+    );
   });
 });

@@ -56,7 +56,14 @@ export async function hostileTar(entries: HEntry[]): Promise<Buffer> {
     pack.on('data', (c: unknown) => chunks.push(c as Buffer));
     const done = new Promise<void>((r) => pack.on('end', () => r()));
     const data = e.data !== undefined ? Buffer.from(e.data) : undefined;
-    const header = { name: e.name, type: e.type ?? 'file', linkname: e.linkname, mode: e.mode ?? (e.type === 'directory' ? 0o755 : 0o644), mtime: new Date(0), ...(data ? { size: data.length } : {}) };
+    const header = {
+      name: e.name,
+      type: e.type ?? 'file',
+      linkname: e.linkname,
+      mode: e.mode ?? (e.type === 'directory' ? 0o755 : 0o644),
+      mtime: new Date(0),
+      ...(data ? { size: data.length } : {}),
+    };
     if (data) pack.entry(header, data);
     else pack.entry(header);
     pack.finalize();
@@ -75,7 +82,15 @@ export function layerFromTar(tar: Buffer, file: string): BuiltLayer {
   fs.writeFileSync(file, gz);
   fs.writeFileSync(`${file}.tar`, tar);
   const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-  return { file, digest: sha(gz), diffId: sha(tar), size: gz.length, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', compression: 'gzip', tar: `${file}.tar` };
+  return {
+    file,
+    digest: sha(gz),
+    diffId: sha(tar),
+    size: gz.length,
+    mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+    compression: 'gzip',
+    tar: `${file}.tar`,
+  };
 }
 
 /** The attacks of issue point 3, each as the middle layer of an image; `entry` is what the error must name. */
@@ -99,8 +114,15 @@ export const ATTACKS: { name: string; entries: HEntry[]; entry: string }[] = [
     entry: 'up/escaped-dir/',
   },
   { name: 'hardlink to outside', entries: [{ name: 'hl', type: 'link', linkname: '../../../../etc/passwd' }], entry: 'hl' },
-  { name: 'hardlink to a name not extracted yet', entries: [{ name: 'hl2', type: 'link', linkname: 'later' }, { name: 'later', data: 'x' }], entry: 'hl2' },
-  { name: 'whiteout aiming outside', entries: [{ name: 'etc/.wh...' , data: '' }], entry: 'etc/.wh...' },
+  {
+    name: 'hardlink to a name not extracted yet',
+    entries: [
+      { name: 'hl2', type: 'link', linkname: 'later' },
+      { name: 'later', data: 'x' },
+    ],
+    entry: 'hl2',
+  },
+  { name: 'whiteout aiming outside', entries: [{ name: 'etc/.wh...', data: '' }], entry: 'etc/.wh...' },
   { name: 'GNU sparse entry', entries: [{ name: 'sparse-file', rawType: 'S', data: '' }], entry: 'sparse-file' },
   { name: 'unknown entry type', entries: [{ name: 'weird', rawType: 'Z', data: '' }], entry: 'weird' },
 ];

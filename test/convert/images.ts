@@ -26,7 +26,9 @@ const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex'
 
 /** tar a staging directory (GNU tar, PAX, all xattrs, numeric owners, sorted, fixed mtime for entries that have none). */
 export function tarDirectory(staging: string, out: string): void {
-  execFileSync('tar', ['--format=pax', '--xattrs', "--xattrs-include=*", '--numeric-owner', '--sort=name', '-C', staging, '-cf', out, '.'], { stdio: 'inherit' });
+  execFileSync('tar', ['--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', staging, '-cf', out, '.'], {
+    stdio: 'inherit',
+  });
 }
 
 export function compressLayer(tarFile: string, compression: Compression, outDir: string): BuiltLayer {
@@ -128,7 +130,11 @@ export function writeLayout(layout: string, tag: string, specs: ImageSpec[], asI
           mediaType: 'application/vnd.oci.image.manifest.v1+json',
           digest: im.manifestDigest,
           size: im.manifest.length,
-          platform: { os: specs[i]!.os ?? 'linux', architecture: specs[i]!.architecture ?? 'amd64', ...(specs[i]!.variant ? { variant: specs[i]!.variant } : {}) },
+          platform: {
+            os: specs[i]!.os ?? 'linux',
+            architecture: specs[i]!.architecture ?? 'amd64',
+            ...(specs[i]!.variant ? { variant: specs[i]!.variant } : {}),
+          },
         })),
       }),
     );
@@ -143,7 +149,9 @@ export function writeLayout(layout: string, tag: string, specs: ImageSpec[], asI
   } catch {
     /* new */
   }
-  const manifests = (existing.manifests as { annotations?: Record<string, string> }[]).filter((m) => m.annotations?.['org.opencontainers.image.ref.name'] !== tag);
+  const manifests = (existing.manifests as { annotations?: Record<string, string> }[]).filter(
+    (m) => m.annotations?.['org.opencontainers.image.ref.name'] !== tag,
+  );
   manifests.push({ ...top, annotations: { 'org.opencontainers.image.ref.name': tag } } as never);
   fs.writeFileSync(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests }));
   return { top: top.digest, images };
@@ -152,7 +160,9 @@ export function writeLayout(layout: string, tag: string, specs: ImageSpec[], asI
 function run(cmd: string, args: string[]): Promise<void> {
   // async: a token server may live in the test process
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { maxBuffer: 16 << 20 }, (err, _out, stderr) => (err ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr || err.message}`)) : resolve()));
+    execFile(cmd, args, { maxBuffer: 16 << 20 }, (err, _out, stderr) =>
+      err ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr || err.message}`)) : resolve(),
+    );
   });
 }
 

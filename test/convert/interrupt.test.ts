@@ -33,7 +33,11 @@ function temps(repo: string): string[] {
 }
 
 /** Start a conversion and send `signal` once `when()` holds; resolves with the exit code / signal. */
-function convertAndInterrupt(args: string[], when: () => boolean, signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; fired: boolean; stderr: string }> {
+function convertAndInterrupt(
+  args: string[],
+  when: () => boolean,
+  signal: NodeJS.Signals,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; fired: boolean; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
@@ -107,7 +111,11 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('inte
     expect(s.images[0]!.layers.map((l) => l.status)).toEqual(['present', 'unpacked', 'unpacked']);
     expect(temps(repo)).toEqual([]);
     const oracleDir = path.join(work, 'oracle');
-    applyLayersOracle(layers.map((l) => l.tar), oracleDir, work);
+    applyLayersOracle(
+      layers.map((l) => l.tar),
+      oracleDir,
+      work,
+    );
     const mnt = path.join(work, 'mnt');
     const umount = mountOverlay(hex.map((h) => layerRootfs(repo, h)).reverse(), mnt);
     try {
@@ -146,7 +154,11 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('inte
     writeLayout(small, 's', [{ layers: [buildLayer(st, 'gzip', path.join(work, 'blobs'), 'small')] }]);
     const smallArchive = path.join(work, 'small.tar');
     execFileSync('tar', ['-cf', smallArchive, '-C', small, '.']);
-    const spools = () => fs.readdirSync(tmp).filter((n) => n.startsWith(SPOOL_PREFIX)).sort();
+    const spools = () =>
+      fs
+        .readdirSync(tmp)
+        .filter((n) => n.startsWith(SPOOL_PREFIX))
+        .sort();
     const inUse = (n: string) => fs.existsSync(path.join(tmp, n, OWNER_FILE)) && fs.existsSync(path.join(tmp, n, 'blobs'));
     const conv = (repo: string, src: string) => {
       fs.mkdirSync(path.join(work, repo));

@@ -64,7 +64,12 @@ describe('acquireLock', () => {
 
   it('stops waiting when the signal aborts', async () => {
     const ctl = new AbortController();
-    const p = acquireLock(path.join(dir, 'abort.lock'), { host: new BusyHost(Number.POSITIVE_INFINITY), pollMs: 1, signal: ctl.signal, onWait: () => ctl.abort(new Error('stop')) });
+    const p = acquireLock(path.join(dir, 'abort.lock'), {
+      host: new BusyHost(Number.POSITIVE_INFINITY),
+      pollMs: 1,
+      signal: ctl.signal,
+      onWait: () => ctl.abort(new Error('stop')),
+    });
     await expect(p).rejects.toThrow('stop');
   });
 

@@ -84,29 +84,35 @@ describe('resolveLayerForm', () => {
   });
 
   it('--whiteouts keep is refused with a transaction or a union (the publisher takes .wh.* for deletions)', () => {
-    for (const [c, fsType, via] of [[ctx({ transaction: true }), plain, 'the publishing hooks'], [ctx(), union, `${dir} (an overlay union mount`]] as const) {
+    for (const [c, fsType, via] of [
+      [ctx({ transaction: true }), plain, 'the publishing hooks'],
+      [ctx(), union, `${dir} (an overlay union mount`],
+    ] as const) {
       const e = refusal(() => resolveLayerForm('keep' as LayerForm, c, fsType));
       expect(e.message).toContain(`--whiteouts keep cannot be published through ${via}`);
       expect(e.message).toMatch(/takes \.wh\.\* files for deletions/);
     }
   });
 
-  it.skipIf(needs({ root: true }))('without an injected probe: a directory not made yet on a real overlay mount is a union (record), on a plain file system not', () => {
-    const base = fs.mkdtempSync(path.join('/tmp', 'forms-fs-'));
-    const [lower, upper, work, mnt] = ['lower', 'upper', 'work', 'mnt'].map((d) => path.join(base, d));
-    for (const d of [lower!, upper!, work!, mnt!]) fs.mkdirSync(d);
-    mount('overlay', mnt!, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
-    try {
-      const at = (repositoryDir: string) => resolveLayerForm(undefined, { transaction: false, ingest: false, repositoryDir });
-      expect(at(path.join(mnt!, 'not/made/yet'))).toBe('record');
-      expect(() => resolveLayerForm('overlay', { transaction: false, ingest: false, repositoryDir: mnt! })).toThrow(/overlay union mount/);
-      expect(fs.statfsSync(base).type).not.toBe(FS_MAGIC.OVERLAY);
-      expect(at(path.join(base, 'plain'))).toBe('overlay');
-    } finally {
-      umount(mnt!, MNT_DETACH);
-      fs.rmSync(base, { recursive: true, force: true });
-    }
-  });
+  it.skipIf(needs({ root: true }))(
+    'without an injected probe: a directory not made yet on a real overlay mount is a union (record), on a plain file system not',
+    () => {
+      const base = fs.mkdtempSync(path.join('/tmp', 'forms-fs-'));
+      const [lower, upper, work, mnt] = ['lower', 'upper', 'work', 'mnt'].map((d) => path.join(base, d));
+      for (const d of [lower!, upper!, work!, mnt!]) fs.mkdirSync(d);
+      mount('overlay', mnt!, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
+      try {
+        const at = (repositoryDir: string) => resolveLayerForm(undefined, { transaction: false, ingest: false, repositoryDir });
+        expect(at(path.join(mnt!, 'not/made/yet'))).toBe('record');
+        expect(() => resolveLayerForm('overlay', { transaction: false, ingest: false, repositoryDir: mnt! })).toThrow(/overlay union mount/);
+        expect(fs.statfsSync(base).type).not.toBe(FS_MAGIC.OVERLAY);
+        expect(at(path.join(base, 'plain'))).toBe('overlay');
+      } finally {
+        umount(mnt!, MNT_DETACH);
+        fs.rmSync(base, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 /** A one-layer image built without root: etc/passwd, a whiteout-free layer. */
@@ -133,7 +139,16 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
   beforeAll(() => {
     image = smallImage(path.join(base, 'image'));
   });
-  const touchHooks = (w: ReturnType<typeof fresh>) => ['--transaction-command', `touch ${w.mark('TX')}`, '--publish-command', `touch ${w.mark('PUB')}`, '--abort-command', `touch ${w.mark('ABORTED')}`, '--lock-file', w.mark('lock')];
+  const touchHooks = (w: ReturnType<typeof fresh>) => [
+    '--transaction-command',
+    `touch ${w.mark('TX')}`,
+    '--publish-command',
+    `touch ${w.mark('PUB')}`,
+    '--abort-command',
+    `touch ${w.mark('ABORTED')}`,
+    '--lock-file',
+    w.mark('lock'),
+  ];
 
   it.each([
     ['overlay', 'transaction hooks', [] as string[], /--whiteouts overlay cannot be published through the publishing hooks/],
@@ -141,7 +156,20 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
     ['overlay', 'an ingest hook', ['--ingest-command', 'cat'], /--whiteouts overlay cannot be published through cvmfs_server ingest/],
   ])('--whiteouts %s with %s: exit 2 (bad usage), no hook ran, the repository untouched', async (form, _what, extra, message) => {
     const w = fresh();
-    const r = await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', w.repo, '--repository', REPO, '--no-thin', '--json', '--whiteouts', form, ...touchHooks(w), ...extra]);
+    const r = await runCli([
+      'convert',
+      `oci:${image.layout}:v1`,
+      '--repository-dir',
+      w.repo,
+      '--repository',
+      REPO,
+      '--no-thin',
+      '--json',
+      '--whiteouts',
+      form,
+      ...touchHooks(w),
+      ...extra,
+    ]);
     expect([r.code, r.stderr]).toEqual([2, expect.stringMatching(message)]);
     expect(r.stdout).toBe('');
     expect(['TX', 'PUB', 'ABORTED'].filter((m) => fs.existsSync(w.mark(m)))).toEqual([]);
@@ -151,12 +179,29 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
   // before the first ingest, one transaction creates .layers/<xx> (an ingest -k would create them without a valid owner)
   it('an ingest hook that exits non-zero: the error names the hook, the abort hook ran, only the preparing transaction was opened, the summary says failed', async () => {
     const w = fresh();
-    const r = await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', w.repo, '--repository', REPO, '--no-thin', '--json', ...touchHooks(w), '--ingest-command', 'false']);
+    const r = await runCli([
+      'convert',
+      `oci:${image.layout}:v1`,
+      '--repository-dir',
+      w.repo,
+      '--repository',
+      REPO,
+      '--no-thin',
+      '--json',
+      ...touchHooks(w),
+      '--ingest-command',
+      'false',
+    ]);
     const s = json<Summary>(r);
     expect(r.code).toBe(1);
     expect([s.failed, s.images[0]!.status, s.images[0]!.error?.code]).toEqual([1, 'failed', 'CVMFS_THIN_HOOK_FAILED']);
     expect(s.images[0]!.error?.message).toMatch(/ingest hook "false" failed \(exit status 1\)/);
-    expect(s.publish_steps).toEqual([{ step: 'transaction', ok: true }, { step: 'publish', ok: true }, { step: 'ingest', ok: false }, { step: 'abort', ok: true }]);
+    expect(s.publish_steps).toEqual([
+      { step: 'transaction', ok: true },
+      { step: 'publish', ok: true },
+      { step: 'ingest', ok: false },
+      { step: 'abort', ok: true },
+    ]);
     expect([fs.existsSync(w.mark('ABORTED')), fs.existsSync(w.mark('TX')), fs.existsSync(w.mark('PUB'))]).toEqual([true, true, true]);
   });
 
@@ -171,7 +216,18 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
 
   it('control: a good layer reaches the ingest hook whole, the record last, then end-of-archive and EOF', async () => {
     const w = fresh();
-    await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', w.repo, '--repository', REPO, '--no-thin', '--json', ...touchHooks(w), ...recordingIngest(w)]);
+    await runCli([
+      'convert',
+      `oci:${image.layout}:v1`,
+      '--repository-dir',
+      w.repo,
+      '--repository',
+      REPO,
+      '--no-thin',
+      '--json',
+      ...touchHooks(w),
+      ...recordingIngest(w),
+    ]);
     expect(fs.existsSync(w.mark('COMPLETE'))).toBe(true);
     const t = readTar(w.mark('got.tar'));
     expect(t.ended).toBe(true);
@@ -184,7 +240,18 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
   it('a diff_id mismatch: the hook is killed before its stdin ends (no end-of-archive, no record), the abort hook runs', async () => {
     const bad = smallImage(path.join(base, 'bad-diffid'), `sha256:${'1'.repeat(64)}`);
     const w = fresh();
-    const r = await runCli(['convert', `oci:${bad.layout}:v1`, '--repository-dir', w.repo, '--repository', REPO, '--no-thin', '--json', ...touchHooks(w), ...recordingIngest(w)]);
+    const r = await runCli([
+      'convert',
+      `oci:${bad.layout}:v1`,
+      '--repository-dir',
+      w.repo,
+      '--repository',
+      REPO,
+      '--no-thin',
+      '--json',
+      ...touchHooks(w),
+      ...recordingIngest(w),
+    ]);
     const s = json<Summary>(r);
     expect([r.code, s.images[0]!.error?.code]).toEqual([1, 'CVMFS_THIN_DIFFID_MISMATCH']);
     expect(s.images[0]!.error?.message).toContain(`declares diff_id sha256:${'1'.repeat(64)}`);
@@ -209,14 +276,21 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
   });
 
   const hooks = (S: string, o: { ingest?: boolean } = {}) => [
-    '--transaction-command', simCommand('transaction', S),
-    '--publish-command', simCommand('publish', S),
-    '--abort-command', simCommand('abort', '-f', S),
-    '--lock-file', `${S}.lock`,
+    '--transaction-command',
+    simCommand('transaction', S),
+    '--publish-command',
+    simCommand('publish', S),
+    '--abort-command',
+    simCommand('abort', '-f', S),
+    '--lock-file',
+    `${S}.lock`,
     ...(o.ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : []),
   ];
   const convert = async (S: string, layout: string, extra: string[], o: { ingest?: boolean } = {}) => {
-    const r = await runCli(['convert', `oci:${layout}:v1`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks(S, o), ...extra], { timeoutMs: 300_000 });
+    const r = await runCli(
+      ['convert', `oci:${layout}:v1`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks(S, o), ...extra],
+      { timeoutMs: 300_000 },
+    );
     return { r, s: json<Summary>(r) };
   };
   const pub = (S: string, ...p: string[]) => path.join(simPaths(S).published, ...p);
@@ -226,7 +300,19 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
 
   it('--whiteouts keep with the simulator’s hooks: exit 2, the simulator never opened a transaction, nothing published', async () => {
     const S = newSim(base);
-    const r = await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks(S), '--whiteouts', 'keep']);
+    const r = await runCli([
+      'convert',
+      `oci:${image.layout}:v1`,
+      '--repository-dir',
+      simPaths(S).repo,
+      '--repository',
+      REPO,
+      '--no-thin',
+      '--json',
+      ...hooks(S),
+      '--whiteouts',
+      'keep',
+    ]);
     expect([r.code, r.stderr]).toEqual([2, expect.stringMatching(/--whiteouts keep cannot be published/)]);
     noTransaction(S);
     expect(fs.readdirSync(pub(S))).toEqual([]);
@@ -238,7 +324,22 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
   // as DUCC writes them (ingest only)". Either honour it or refuse it; never replace it silently.
   it('--whiteouts keep with ingest: the asked form is published (DUCC’s .wh.* files) or refused, not silently replaced', async () => {
     const S = newSim(base);
-    const r = await runCli(['convert', `oci:${image.layout}:v1`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks(S, { ingest: true }), '--whiteouts', 'keep'], { timeoutMs: 300_000 });
+    const r = await runCli(
+      [
+        'convert',
+        `oci:${image.layout}:v1`,
+        '--repository-dir',
+        simPaths(S).repo,
+        '--repository',
+        REPO,
+        '--no-thin',
+        '--json',
+        ...hooks(S, { ingest: true }),
+        '--whiteouts',
+        'keep',
+      ],
+      { timeoutMs: 300_000 },
+    );
     noTransaction(S);
     const whFile = path.join(layerPub(S, image.hexes[1]!), 'layerfs/.wh.gone');
     expect({ exit: r.code, refusedOrKept: r.code === 2 || fs.existsSync(whFile) }).toEqual({ exit: r.code, refusedOrKept: true });
@@ -261,7 +362,9 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
     noTransaction(S);
     const L = path.join(layerPub(S, layer.digest.slice(7)), 'layerfs');
     const kept = ['.WH.readme', 'docs/.Wh.notes'].filter((f) => fs.existsSync(path.join(L, f)));
-    expect({ exit: r.code, kept: r.code === 0 ? kept : 'refused' }).toEqual(r.code === 0 ? { exit: 0, kept: ['.WH.readme', 'docs/.Wh.notes'] } : { exit: r.code, kept: 'refused' });
+    expect({ exit: r.code, kept: r.code === 0 ? kept : 'refused' }).toEqual(
+      r.code === 0 ? { exit: 0, kept: ['.WH.readme', 'docs/.Wh.notes'] } : { exit: r.code, kept: 'refused' },
+    );
   });
 
   describe('a layer that fails while streamed to the ingest hook', () => {
@@ -331,7 +434,10 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
         return e.isDirectory() ? [p, ...walk(root, p)] : [p];
       });
 
-    it.each([{ path: 'transaction', ingest: false }, { path: 'ingest', ingest: true }])('--nested-catalog-entries 100, $path path: published with hidden markers; a stack shows every file and no marker', async (c) => {
+    it.each([
+      { path: 'transaction', ingest: false },
+      { path: 'ingest', ingest: true },
+    ])('--nested-catalog-entries 100, $path path: published with hidden markers; a stack shows every file and no marker', async (c) => {
       const S = newSim(base, { catalogLimit: 150 });
       const { r } = await convert(S, big.layout, ['--nested-catalog-entries', '100'], { ingest: c.ingest });
       expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -342,7 +448,13 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
       expect(markerOf(S, big.hexes[0]!)?.record?.hidden).toEqual([]);
       for (const [cat, n] of catalogEntries(pub(S))) expect([cat, n <= 150]).toEqual([cat, true]);
       const target = path.join(base, `${path.basename(S)}-rootfs`);
-      await mountPublishedStack({ published: simPaths(S).published, repository: REPO, hexes: big.hexes, work: path.join(base, `${path.basename(S)}-stack`), target });
+      await mountPublishedStack({
+        published: simPaths(S).published,
+        repository: REPO,
+        hexes: big.hexes,
+        work: path.join(base, `${path.basename(S)}-stack`),
+        target,
+      });
       try {
         const seen = walk(target);
         expect(seen.filter((p) => p.endsWith('.cvmfscatalog'))).toEqual([]);
@@ -353,7 +465,10 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
       }
     });
 
-    it.each([{ path: 'transaction', ingest: false }, { path: 'ingest', ingest: true }])('without the option (cut 100 000) the $path publish fails on the catalog limit and leaves no transaction open', async (c) => {
+    it.each([
+      { path: 'transaction', ingest: false },
+      { path: 'ingest', ingest: true },
+    ])('without the option (cut 100 000) the $path publish fails on the catalog limit and leaves no transaction open', async (c) => {
       const S = newSim(base, { catalogLimit: 150 });
       const { r, s } = await convert(S, big.layout, [], { ingest: c.ingest });
       expect([r.code, s.images[0]!.status]).toEqual([1, 'failed']);
@@ -376,7 +491,9 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
       const { r } = await convert(S, image.layout, ['--chains', '--flat']);
       expect(r.code, r.stdout + r.stderr).toBe(0);
       noTransaction(S);
-      const manifestHex = (JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] }).manifests[0]!.digest.slice(7);
+      const manifestHex = (
+        JSON.parse(fs.readFileSync(path.join(image.layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] }
+      ).manifests[0]!.digest.slice(7);
       const manifest = JSON.parse(fs.readFileSync(path.join(image.layout, 'blobs/sha256', manifestHex), 'utf8')) as { config: { digest: string } };
       const flat = pub(S, '.flat', manifest.config.digest.slice(7, 9), manifest.config.digest.slice(7));
       const chainId = duccChainIds(image.hexes).at(-1)!;
@@ -386,8 +503,25 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))(
       //  - in the flat tree, what Apptainer needs (DUCC's addition): `.singularity.d/**`, the links to
       //    it, and the mount points and files it binds over (/proc, /sys, /var/tmp, /root, /etc/hosts, /etc/resolv.conf);
       //  - hard links: a publish splits them into copies (same content; tree-diff ignores link counts).
-      const singularity = ['.exec', '.run', '.shell', '.test', 'environment', 'singularity', 'proc', 'sys', 'var', 'var/tmp', 'root', 'etc/hosts', 'etc/resolv.conf'];
-      for (const [tree, extra] of [[chain, ['.cvmfscatalog']], [flat, ['.cvmfscatalog', '.singularity.d', ...singularity]]] as const) {
+      const singularity = [
+        '.exec',
+        '.run',
+        '.shell',
+        '.test',
+        'environment',
+        'singularity',
+        'proc',
+        'sys',
+        'var',
+        'var/tmp',
+        'root',
+        'etc/hosts',
+        'etc/resolv.conf',
+      ];
+      for (const [tree, extra] of [
+        [chain, ['.cvmfscatalog']],
+        [flat, ['.cvmfscatalog', '.singularity.d', ...singularity]],
+      ] as const) {
         const got = treeSnapshot(tree);
         const added = [...got.keys()].filter((p) => !want.has(p));
         expect(added.filter((p) => !p.startsWith('.singularity.d/')).sort(), tree).toEqual([...extra].sort());

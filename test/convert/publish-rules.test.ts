@@ -288,7 +288,12 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish s
     const S = path.join(base, 'cli');
     expect(runSim(['init', S, '--owner', 'nobody']).code).toBe(2);
     expect(runSim(['init', S, '--owner', '1000:1000', '--include-xattrs', '--catalog-limit', '100']).code).toBe(0);
-    expect(JSON.parse(runSim(['status', S]).stdout)).toMatchObject({ owner: { uid: 1000, gid: 1000 }, includeXattrs: true, catalogLimit: 100, transaction: false });
+    expect(JSON.parse(runSim(['status', S]).stdout)).toMatchObject({
+      owner: { uid: 1000, gid: 1000 },
+      includeXattrs: true,
+      catalogLimit: 100,
+      transaction: false,
+    });
     const bad = runSim(['publish', S]);
     expect([bad.code, bad.stderr]).toEqual([1, `cvmfs-sim: ${S}: no transaction is open\n`]);
     expect(runSim(['frobnicate', S]).code).toBe(2);
@@ -330,31 +335,41 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }) ?
     { name: 'ingest path (ingest --catalog -k per layer)', includeXattrs: false, ingest: true },
   ];
 
-  it.each(cases)('$name: the rootfs is containerd\'s', async (c) => {
-    const S = newSim(base, { includeXattrs: c.includeXattrs });
-    const id = path.basename(S);
-    const hooks = [
-      ['--transaction-command', simCommand('transaction', S)],
-      ['--publish-command', simCommand('publish', S)],
-      ['--abort-command', simCommand('abort', '-f', S)],
-      ['--lock-file', path.join(base, `${id}.lock`)],
-      c.ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : [],
-    ].flat();
-    const args = ['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks];
-    const r = await runCli(args, { timeoutMs: 300_000 });
-    // a failed conversion must still have aborted its transaction
-    expect({ exit: r.code, transactionLeftOpen: transactionOpen(S) }, `convert: ${r.stderr}\n${r.stdout}`).toEqual({ exit: 0, transactionLeftOpen: false });
+  it.each(cases)(
+    "$name: the rootfs is containerd's",
+    async (c) => {
+      const S = newSim(base, { includeXattrs: c.includeXattrs });
+      const id = path.basename(S);
+      const hooks = [
+        ['--transaction-command', simCommand('transaction', S)],
+        ['--publish-command', simCommand('publish', S)],
+        ['--abort-command', simCommand('abort', '-f', S)],
+        ['--lock-file', path.join(base, `${id}.lock`)],
+        c.ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : [],
+      ].flat();
+      const args = ['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks];
+      const r = await runCli(args, { timeoutMs: 300_000 });
+      // a failed conversion must still have aborted its transaction
+      expect({ exit: r.code, transactionLeftOpen: transactionOpen(S) }, `convert: ${r.stderr}\n${r.stdout}`).toEqual({ exit: 0, transactionLeftOpen: false });
 
-    const target = path.join(base, `${id}-rootfs`);
-    const stack = await mountPublishedStack({ published: simPaths(S).published, repository: REPO, hexes: image.hexes, work: path.join(base, `${id}-stack`), target });
-    try {
-      const got = treeSnapshot(target);
-      expect(treeDiff(want, got), `merged rootfs vs containerd's (stack: ${stack.how.join(', ')})`).toEqual([]);
-      // the one accepted difference: the pair is two copies now
-      expect(hardLinkGroups(target)).toEqual([]);
-      expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
-    } finally {
-      umount(target, MNT_DETACH);
-    }
-  }, 600_000);
+      const target = path.join(base, `${id}-rootfs`);
+      const stack = await mountPublishedStack({
+        published: simPaths(S).published,
+        repository: REPO,
+        hexes: image.hexes,
+        work: path.join(base, `${id}-stack`),
+        target,
+      });
+      try {
+        const got = treeSnapshot(target);
+        expect(treeDiff(want, got), `merged rootfs vs containerd's (stack: ${stack.how.join(', ')})`).toEqual([]);
+        // the one accepted difference: the pair is two copies now
+        expect(hardLinkGroups(target)).toEqual([]);
+        expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
+      } finally {
+        umount(target, MNT_DETACH);
+      }
+    },
+    600_000,
+  );
 });

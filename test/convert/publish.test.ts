@@ -69,7 +69,19 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('publ
     const repo = path.join(work, 'repo-ok');
     fs.mkdirSync(repo);
     const marker = path.join(work, 'shell-ran');
-    const r = await runCli(['convert', `oci:${layoutA}:v1`, '--repository-dir', repo, '--repository', 'test.cern.ch', '--no-thin', '--json', ...hooks(), '--publish-command', `${hook} publish {repository} "$(touch ${marker})"`]);
+    const r = await runCli([
+      'convert',
+      `oci:${layoutA}:v1`,
+      '--repository-dir',
+      repo,
+      '--repository',
+      'test.cern.ch',
+      '--no-thin',
+      '--json',
+      ...hooks(),
+      '--publish-command',
+      `${hook} publish {repository} "$(touch ${marker})"`,
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const s = json<Summary>(r);
     expect(s.publish_steps).toEqual([
@@ -100,7 +112,16 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('publ
     expect(a.code, a.stderr).toBe(0);
     expect(b.code, b.stderr).toBe(0);
     const steps = logLines().map((l) => l.split(' ')[0] + ' ' + l.split(' ')[1]);
-    expect(steps).toEqual(['transaction start', 'transaction end', 'publish start', 'publish end', 'transaction start', 'transaction end', 'publish start', 'publish end']);
+    expect(steps).toEqual([
+      'transaction start',
+      'transaction end',
+      'publish start',
+      'publish end',
+      'transaction start',
+      'transaction end',
+      'publish start',
+      'publish end',
+    ]);
   });
 
   it('a failing transaction step writes nothing', async () => {
@@ -128,7 +149,14 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'mount'] }))('publ
       const r = await runCli(['convert', `oci:${layoutA}:v1`, '--repository-dir', repo, '--no-thin', '--json', ...hooks()]);
       expect(r.code).toBe(1);
       expect(json<Summary>(r).images[0]!.error?.message).toMatch(/publish hook .* failed/);
-      expect(logLines().map((l) => l.split(' ').slice(0, 2).join(' '))).toEqual(['transaction start', 'transaction end', 'publish start', 'publish fail', 'abort start', 'abort end']);
+      expect(logLines().map((l) => l.split(' ').slice(0, 2).join(' '))).toEqual([
+        'transaction start',
+        'transaction end',
+        'publish start',
+        'publish fail',
+        'abort start',
+        'abort end',
+      ]);
     } finally {
       fs.rmSync(path.join(failDir, 'publish'));
     }

@@ -81,14 +81,20 @@ describe('registry client retries (injected fetch)', () => {
   });
 
   it('does not retry statuses that will not change (404, 400)', async () => {
-    const f = scripted((c) => (c.url.pathname === '/v2/' ? new Response(null, { status: 200 }) : new Response('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such tag"}]}', { status: 404 })));
+    const f = scripted((c) =>
+      c.url.pathname === '/v2/'
+        ? new Response(null, { status: 200 })
+        : new Response('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such tag"}]}', { status: 404 }),
+    );
     await expect(client(f.fetch).getManifest('t/a', 'nope')).rejects.toThrow(/manifest nope: HTTP 404: MANIFEST_UNKNOWN: no such tag/);
     expect(f.count(/manifests/)).toBe(1);
   });
 
   it('gives up on a status after the last attempt and reports the status', async () => {
     const f = scripted((c) => (c.url.pathname === '/v2/' ? new Response(null, { status: 200 }) : new Response('down', { status: 503 })));
-    const err = await client(f.fetch).getManifest('t/a', 'v1').catch((e: unknown) => e);
+    const err = await client(f.fetch)
+      .getManifest('t/a', 'v1')
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RegistryError);
     expect((err as RegistryError).kind).toBe('unavailable');
     expect((err as RegistryError).status).toBe(503);
@@ -98,7 +104,9 @@ describe('registry client retries (injected fetch)', () => {
 
   it('gives up on network errors with an error naming the URL, the cause and the attempts', async () => {
     const f = scripted((c) => (c.url.pathname === '/v2/' ? new Response(null, { status: 200 }) : netError('ECONNREFUSED')));
-    const err = await client(f.fetch).getManifest('t/a', 'v1').catch((e: unknown) => e);
+    const err = await client(f.fetch)
+      .getManifest('t/a', 'v1')
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RegistryError);
     expect((err as RegistryError).code).toBe('CVMFS_THIN_REGISTRY');
     expect((err as RegistryError).kind).toBe('unavailable');
@@ -159,7 +167,9 @@ describe('registry client retries (injected fetch)', () => {
       if (c.url.host === 'auth.example') return netError('ENOTFOUND');
       return new Response(null, { status: 401, headers: { 'www-authenticate': 'Bearer realm="https://auth.example/token"' } });
     });
-    await expect(client(f.fetch).getManifest('t/a', 'v1')).rejects.toThrow(`registry ${REG}: token server https://auth.example: read ENOTFOUND (after 3 attempts)`);
+    await expect(client(f.fetch).getManifest('t/a', 'v1')).rejects.toThrow(
+      `registry ${REG}: token server https://auth.example: read ENOTFOUND (after 3 attempts)`,
+    );
   });
 });
 

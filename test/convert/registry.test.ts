@@ -47,7 +47,9 @@ describe.skipIf(needs({ binaries: ['docker-registry', 'openssl'] }))('registry c
     const small = randomBytes(500);
     const big = randomBytes(300 * 1024 + 17);
     expect(await c.pushBlob('t/a', { digest: sha(small), size: small.length }, small)).toBe('uploaded');
-    expect(await c.pushBlob('t/a', { digest: sha(big), size: big.length }, () => Readable.from([big.subarray(0, 100_000), big.subarray(100_000)]))).toBe('uploaded');
+    expect(await c.pushBlob('t/a', { digest: sha(big), size: big.length }, () => Readable.from([big.subarray(0, 100_000), big.subarray(100_000)]))).toBe(
+      'uploaded',
+    );
     expect(await c.pushBlob('t/a', { digest: sha(big), size: big.length }, big)).toBe('exists');
     expect(await c.pushBlob('t/b', { digest: sha(big), size: big.length }, big, ['t/a'])).toBe('mounted');
     expect(await c.pushBlob('t/b', { digest: sha(small), size: small.length }, small, ['t/a'])).toBe('mounted');
@@ -72,7 +74,9 @@ describe.skipIf(needs({ binaries: ['docker-registry', 'openssl'] }))('registry c
     const wrong = `sha256:${'0'.repeat(64)}`;
     const v = new DigestVerifier(wrong, blob.length, 'layer X');
     // the registry serves the blob under its true digest; claim another one
-    await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(v))).rejects.toThrow(/layer X does not match its digest: content has digest sha256:[0-9a-f]{64}, the manifest declares sha256:0{64}/);
+    await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(v))).rejects.toThrow(
+      /layer X does not match its digest: content has digest sha256:[0-9a-f]{64}, the manifest declares sha256:0{64}/,
+    );
     const short = new DigestVerifier(sha(blob), blob.length + 1, 'layer Y');
     await expect(readAll(c.openBlob('t/c', sha(blob), blob.length).pipe(short))).rejects.toThrow(/layer Y: got 1000 bytes, the manifest declares 1001/);
     await expect(c.getManifest('t/c', 'missing')).rejects.toThrow(/t\/c: manifest missing: HTTP 404/);

@@ -58,7 +58,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('repeat conversions and co
     expect(second.images[0]!.thin).toEqual(first.images[0]!.thin);
     expect(stamp(written(d))).toBe(before);
     // a different target is a different conversion
-    const third = json<Summary>(await runCli(['convert', `oci:${layouts.gzip}:v1`, '--repository-dir', repo, '--thin', `oci:${path.join(d, 'elsewhere')}`, '--json']));
+    const third = json<Summary>(
+      await runCli(['convert', `oci:${layouts.gzip}:v1`, '--repository-dir', repo, '--thin', `oci:${path.join(d, 'elsewhere')}`, '--json']),
+    );
     expect(third).toMatchObject({ converted: 1, skipped: 0 });
   });
 
@@ -69,7 +71,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('repeat conversions and co
     const layout = path.join(work, `corrupt-${c}`);
     fs.cpSync(layouts[c]!, layout, { recursive: true });
     const manifest = JSON.parse(fs.readFileSync(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
-    const m = JSON.parse(fs.readFileSync(path.join(layout, 'blobs/sha256', manifest.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    const m = JSON.parse(fs.readFileSync(path.join(layout, 'blobs/sha256', manifest.manifests[0]!.digest.slice(7)), 'utf8')) as {
+      layers: { digest: string }[];
+    };
     const layerDigest = m.layers[0]!.digest;
     const blob = path.join(layout, 'blobs/sha256', layerDigest.slice(7));
     const bytes = fs.readFileSync(blob);

@@ -60,8 +60,10 @@ function state(repo: string): string[] {
   walk(repo);
   return out;
 }
-const exists = (repo: string, rel: string) => fs.existsSync(path.join(repo, rel)) || fs.lstatSync(path.join(repo, rel), { throwIfNoEntry: false }) !== undefined;
-const storeNames = (repo: string) => readJson<{ names?: string[] }[]>(path.join(repo, 'podmanStore', 'overlay-images', 'images.json')).flatMap((i) => i.names ?? []);
+const exists = (repo: string, rel: string) =>
+  fs.existsSync(path.join(repo, rel)) || fs.lstatSync(path.join(repo, rel), { throwIfNoEntry: false }) !== undefined;
+const storeNames = (repo: string) =>
+  readJson<{ names?: string[] }[]>(path.join(repo, 'podmanStore', 'overlay-images', 'images.json')).flatMap((i) => i.names ?? []);
 const plain = (repo: string) => new Publisher({ hooks: {}, repository: 'test.example.org', repositoryDir: repo, log });
 
 describe('rm', () => {
@@ -78,7 +80,8 @@ describe('rm', () => {
       },
     ]);
     expect(r.podman).toMatchObject({ removed_images: [a.configDigest.slice(7)], removed_layers: [expect.any(String)] });
-    for (const gone of ['.metadata/registry.example.org/team/app:1', '.metadata/.multiarch', 'registry.example.org/team/app:1', '.multiarch']) expect(exists(repo, gone), gone).toBe(false);
+    for (const gone of ['.metadata/registry.example.org/team/app:1', '.metadata/.multiarch', 'registry.example.org/team/app:1', '.multiarch'])
+      expect(exists(repo, gone), gone).toBe(false);
     // the other image is untouched
     expect(exists(repo, '.metadata/registry.example.org/team/other:2/manifest.json')).toBe(true);
     expect(fs.readlinkSync(path.join(repo, 'registry.example.org/team/other:2'))).toBe('../../.flat/bb/b');
@@ -98,14 +101,23 @@ describe('rm', () => {
     await addImageToPodmanStore(repo, { ...a.input, names: ['registry.example.org/team/app:latest'] });
     const before = state(repo);
     const dry = await removeImages({ repositoryDir: repo, images: ['registry.example.org/team/app:1'], dryRun: true, log, publisher: plain(repo) });
-    expect(dry).toMatchObject({ dry_run: true, removed: [{ tree_name: 'registry.example.org/team/app:1' }], podman: { removed_images: [], removed_layers: [] } });
+    expect(dry).toMatchObject({
+      dry_run: true,
+      removed: [{ tree_name: 'registry.example.org/team/app:1' }],
+      podman: { removed_images: [], removed_layers: [] },
+    });
     expect(state(repo)).toEqual(before);
     await removeImages({ repositoryDir: repo, images: ['registry.example.org/team/app:1'], dryRun: false, log, publisher: plain(repo) });
     expect(storeNames(repo).sort()).toEqual(['registry.example.org/team/app:latest', 'registry.example.org/team/other:2']);
   });
 
   it.each([
-    ['an image that is not there (beside one that is)', ['registry.example.org/team/app:1', 'registry.example.org/team/app:2'], 'CVMFS_THIN_IMAGE_NOT_FOUND', /registry\.example\.org\/team\/app:2 .*is not in .*nothing was removed/],
+    [
+      'an image that is not there (beside one that is)',
+      ['registry.example.org/team/app:1', 'registry.example.org/team/app:2'],
+      'CVMFS_THIN_IMAGE_NOT_FOUND',
+      /registry\.example\.org\/team\/app:2 .*is not in .*nothing was removed/,
+    ],
     ['a repository name in capitals', ['registry.example.org/Team/app:1'], 'CVMFS_THIN_BAD_REFERENCE', /must be lower case/],
     ['a path that climbs', ['registry.example.org/../../etc:1'], 'CVMFS_THIN_BAD_REFERENCE', /not valid/],
     ['a bad tag', ['registry.example.org/team/app:-x'], 'CVMFS_THIN_BAD_REFERENCE', /tag "-x" is not valid/],
@@ -122,7 +134,9 @@ describe('rm', () => {
 
   it('refuses a repository directory that does not exist', async () => {
     const missing = path.join(work, 'no-such-repo');
-    await expect(removeImages({ repositoryDir: missing, images: ['registry.example.org/a:1'], dryRun: false, log, publisher: plain(missing) })).rejects.toThrow(/does not exist/);
+    await expect(removeImages({ repositoryDir: missing, images: ['registry.example.org/a:1'], dryRun: false, log, publisher: plain(missing) })).rejects.toThrow(
+      /does not exist/,
+    );
   });
 });
 
@@ -131,11 +145,26 @@ describe('cvmfs-thin rm (the command)', () => {
     const { repo } = await tree();
     const hooks = path.join(work, `hooks-${n}.log`);
     const hook = (step: string) => `sh -c "echo ${step} >> ${hooks}"`;
-    const r = await runCli(['rm', 'registry.example.org/team/other:2', '--repository-dir', repo, '--transaction-command', hook('transaction'), '--publish-command', hook('publish'), '--lock-file', path.join(work, 'lock'), '--json']);
+    const r = await runCli([
+      'rm',
+      'registry.example.org/team/other:2',
+      '--repository-dir',
+      repo,
+      '--transaction-command',
+      hook('transaction'),
+      '--publish-command',
+      hook('publish'),
+      '--lock-file',
+      path.join(work, 'lock'),
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(json<{ removed: { tree_name: string }[]; publish_steps: { step: string; ok: boolean }[] }>(r)).toMatchObject({
       removed: [{ tree_name: 'registry.example.org/team/other:2' }],
-      publish_steps: [{ step: 'transaction', ok: true }, { step: 'publish', ok: true }],
+      publish_steps: [
+        { step: 'transaction', ok: true },
+        { step: 'publish', ok: true },
+      ],
     });
     expect(fs.readFileSync(hooks, 'utf8')).toBe('transaction\npublish\n');
     const missing = await runCli(['rm', 'registry.example.org/team/other:2', '--repository-dir', repo]);
@@ -143,14 +172,25 @@ describe('cvmfs-thin rm (the command)', () => {
     const bad = await runCli(['rm', 'registry.example.org/X:1', '--repository-dir', repo]);
     expect([bad.code, bad.stderr]).toEqual([2, expect.stringMatching(/^cvmfs-thin: image reference "registry\.example\.org\/X:1": .*lower case/)]);
     const human = await runCli(['rm', 'registry.example.org/team/app:1', '--repository-dir', repo, '--dry-run']);
-    expect(human.stdout).toMatch(/^would remove registry\.example\.org\/team\/app:1: \.metadata\/registry\.example\.org\/team\/app:1, .*podman store name registry\.example\.org\/team\/app:1\n/);
+    expect(human.stdout).toMatch(
+      /^would remove registry\.example\.org\/team\/app:1: \.metadata\/registry\.example\.org\/team\/app:1, .*podman store name registry\.example\.org\/team\/app:1\n/,
+    );
     expect(human.stderr).toMatch(/stay until cvmfs-thin gc/);
   });
 
   it('a failing transaction hook: nothing is removed, exit 1', async () => {
     const { repo } = await tree();
     const before = state(repo);
-    const r = await runCli(['rm', 'registry.example.org/team/app:1', '--repository-dir', repo, '--transaction-command', 'false', '--lock-file', path.join(work, 'lock')]);
+    const r = await runCli([
+      'rm',
+      'registry.example.org/team/app:1',
+      '--repository-dir',
+      repo,
+      '--transaction-command',
+      'false',
+      '--lock-file',
+      path.join(work, 'lock'),
+    ]);
     expect([r.code, r.stderr]).toEqual([1, expect.stringMatching(/transaction hook "false" failed/)]);
     expect(state(repo)).toEqual(before);
   });
@@ -159,7 +199,18 @@ describe('cvmfs-thin rm (the command)', () => {
     const { repo } = await tree();
     const lockFile = path.join(work, `publish-${n}.lock`);
     const held = await acquireLock(lockFile);
-    const args = ['rm', 'registry.example.org/team/app:1', '--repository-dir', repo, '--transaction-command', 'true', '--publish-command', 'true', '--lock-file', lockFile];
+    const args = [
+      'rm',
+      'registry.example.org/team/app:1',
+      '--repository-dir',
+      repo,
+      '--transaction-command',
+      'true',
+      '--publish-command',
+      'true',
+      '--lock-file',
+      lockFile,
+    ];
     try {
       const before = state(repo);
       const t0 = Date.now();

@@ -36,7 +36,17 @@ describe('options that cannot publish together', () => {
     const { runCli } = await import('./cli.js');
     const dir = tempDir('cvmfs-thin-ovw-');
     const marker = path.join(dir, 'TX');
-    const r = await runCli(['convert', 'oci:/nonexistent:v1', '--repository-dir', dir, '--overwrite-layers', '--ingest-command', 'false', '--transaction-command', `touch ${marker}`]);
+    const r = await runCli([
+      'convert',
+      'oci:/nonexistent:v1',
+      '--repository-dir',
+      dir,
+      '--overwrite-layers',
+      '--ingest-command',
+      'false',
+      '--transaction-command',
+      `touch ${marker}`,
+    ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--overwrite-layers cannot be used with --ingest/);
     expect(fs.existsSync(marker)).toBe(false);

@@ -20,7 +20,11 @@ const freshRoot = () => {
   fs.mkdirSync(r, { mode: 0o755 });
   return r;
 };
-const spools = (root: string) => fs.readdirSync(root).filter((x) => x.startsWith(SPOOL_PREFIX)).sort();
+const spools = (root: string) =>
+  fs
+    .readdirSync(root)
+    .filter((x) => x.startsWith(SPOOL_PREFIX))
+    .sort();
 
 /** Another process that makes a spool in `root` (the built module, as a conversion does) and waits. */
 async function ownerProcess(root: string): Promise<{ child: ChildProcess; dir: string }> {
@@ -41,7 +45,8 @@ const children: ChildProcess[] = [];
 afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
-const killed = (c: ChildProcess) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : (c.once('exit', () => r()), c.kill('SIGKILL'))));
+const killed = (c: ChildProcess) =>
+  new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : (c.once('exit', () => r()), c.kill('SIGKILL'))));
 
 /** A directory that looks like an abandoned spool: `#owner` present, nobody holding it. */
 function abandonedSpool(root: string, name: string): string {

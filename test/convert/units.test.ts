@@ -57,7 +57,11 @@ describe('transport syntax', () => {
     expect(parseImageReference('oci:/x/lay:v1')).toEqual({ transport: 'oci', path: '/x/lay', tag: 'v1' });
     expect(parseImageReference('oci:/x/lay')).toEqual({ transport: 'oci', path: '/x/lay', tag: undefined });
     expect(parseImageReference('oci-archive:/x/a.tar:t')).toEqual({ transport: 'oci-archive', path: '/x/a.tar', tag: 't' });
-    expect(parseImageReference('docker-archive:/x/a.tar:busybox:1')).toMatchObject({ transport: 'docker-archive', path: '/x/a.tar', ref: { repository: 'library/busybox', tag: '1' } });
+    expect(parseImageReference('docker-archive:/x/a.tar:busybox:1')).toMatchObject({
+      transport: 'docker-archive',
+      path: '/x/a.tar',
+      ref: { repository: 'library/busybox', tag: '1' },
+    });
     expect(parseImageReference('docker-archive:/x/a.tar:@2')).toEqual({ transport: 'docker-archive', path: '/x/a.tar', index: 2 });
     expect(formatImageReference(parseImageReference('docker-archive:/x/a.tar:busybox:1'))).toBe('docker-archive:/x/a.tar:busybox:1');
   });
@@ -73,7 +77,12 @@ describe('transport syntax', () => {
 describe('DUCC wishlist syntax', () => {
   it('parses recipe images and globs', () => {
     const w = parseWishImage('https://registry.hub.docker.com/atlas/analysisbase:21.2.1*');
-    expect(w).toMatchObject({ scheme: 'https', wildcard: true, host: 'registry.hub.docker.com', ref: { registry: 'docker.io', repository: 'atlas/analysisbase', tag: '21.2.1*' } });
+    expect(w).toMatchObject({
+      scheme: 'https',
+      wildcard: true,
+      host: 'registry.hub.docker.com',
+      ref: { registry: 'docker.io', repository: 'atlas/analysisbase', tag: '21.2.1*' },
+    });
     expect(parseWishImage('http://127.0.0.1:5000/a/b:c').scheme).toBe('http');
     expect(() => parseWishImage('centos:7')).toThrow(/identify the registry/);
     const re = tagGlob('21.2.1*');
@@ -85,8 +94,13 @@ describe('DUCC wishlist syntax', () => {
   it('formats output names like DUCC', () => {
     const w = parseWishImage('https://registry.hub.docker.com/library/centos:centos7');
     expect(formatOutput(undefined, w, w.ref)).toBe('https://registry.hub.docker.com/library/centos_thin:centos7');
-    expect(formatOutput('https://gitlab-registry.cern.ch/unpacked/sync/$(image)', w, w.ref)).toBe('https://gitlab-registry.cern.ch/unpacked/sync/library/centos:centos7');
-    expect(outputTarget('http://127.0.0.1:5000/x/y:1')).toMatchObject({ ref: { transport: 'docker', ref: { registry: '127.0.0.1:5000', repository: 'x/y', tag: '1' } }, insecureRegistry: '127.0.0.1:5000' });
+    expect(formatOutput('https://gitlab-registry.cern.ch/unpacked/sync/$(image)', w, w.ref)).toBe(
+      'https://gitlab-registry.cern.ch/unpacked/sync/library/centos:centos7',
+    );
+    expect(outputTarget('http://127.0.0.1:5000/x/y:1')).toMatchObject({
+      ref: { transport: 'docker', ref: { registry: '127.0.0.1:5000', repository: 'x/y', tag: '1' } },
+      insecureRegistry: '127.0.0.1:5000',
+    });
     expect(outputTarget('oci:/tmp/l:t').ref).toEqual({ transport: 'oci', path: '/tmp/l', tag: 't' });
   });
   it('validates recipes, naming the bad key or line', () => {
@@ -177,15 +191,27 @@ describe('manifests and platforms', () => {
     expect(selectPlatform(p.index, parsePlatform('linux/amd64'), 'x').digest).toBe(d('1'));
     expect(selectPlatform(p.index, parsePlatform('linux/aarch64'), 'x').digest).toBe(d('2'));
     expect(selectPlatform(p.index, parsePlatform('linux/arm64/v8'), 'x').digest).toBe(d('2'));
-    expect(() => selectPlatform(p.index, parsePlatform('linux/arm/v7'), 'img')).toThrow(/no image for platform linux\/arm\/v7 \(available: linux\/amd64, linux\/arm64\/v8, linux\/arm\/v6\); choose one with --platform/);
+    expect(() => selectPlatform(p.index, parsePlatform('linux/arm/v7'), 'img')).toThrow(
+      /no image for platform linux\/arm\/v7 \(available: linux\/amd64, linux\/arm64\/v8, linux\/arm\/v6\); choose one with --platform/,
+    );
     expect(() => parsePlatform('linux')).toThrow(/OS\/ARCH/);
     expect(formatPlatform({ os: 'linux', architecture: 'arm', variant: 'v7' })).toBe('linux/arm/v7');
   });
   it('refuses what is not an image, naming the field', () => {
     expect(() => parseManifest({ ...raw, bytes: Buffer.from('{"schemaVersion":1}') }, 'm')).toThrow(/schema 1/);
-    expect(() => parseManifest({ ...raw, bytes: Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"x","size":1},"layers":[]}') }, 'm')).toThrow(/m.config.digest/);
+    expect(() =>
+      parseManifest(
+        {
+          ...raw,
+          bytes: Buffer.from('{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"x","size":1},"layers":[]}'),
+        },
+        'm',
+      ),
+    ).toThrow(/m.config.digest/);
     expect(() => parseManifest({ ...raw, bytes: Buffer.from('{"schemaVersion":2,"a":1,"a":2}') }, 'm')).toThrow(/duplicate key/);
-    expect(() => parseConfig(Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [d('1')] } })), 'cfg', 2)).toThrow(/1 entries but the manifest lists 2 layers/);
+    expect(() => parseConfig(Buffer.from(JSON.stringify({ rootfs: { type: 'layers', diff_ids: [d('1')] } })), 'cfg', 2)).toThrow(
+      /1 entries but the manifest lists 2 layers/,
+    );
     expect(() => layerCompression('application/vnd.oci.image.layer.v1.tar+gzip+encrypted', 'layer x')).toThrow(/encrypted/);
     expect(() => layerCompression('application/vnd.cncf.helm.chart.content.v1.tar+gzip', 'layer x')).toThrow(/layer x: media type .* is not an image layer/);
     expect(layerCompression('application/vnd.docker.image.rootfs.diff.tar.gzip', 'l')).toBe('gzip');
@@ -195,7 +221,10 @@ describe('manifests and platforms', () => {
 
 describe('errors name image, layer and entry', () => {
   it('wraps tar refusals', () => {
-    const e = ConvertError.wrap(new UnsafeTarError('../etc/passwd', 'path-escape', 'leaves the destination'), { image: 'docker://h/a:1', layer: '2/3 sha256:abc' });
+    const e = ConvertError.wrap(new UnsafeTarError('../etc/passwd', 'path-escape', 'leaves the destination'), {
+      image: 'docker://h/a:1',
+      layer: '2/3 sha256:abc',
+    });
     expect(e.message).toBe('image docker://h/a:1: layer 2/3 sha256:abc: entry "../etc/passwd": leaves the destination (path-escape)');
     expect(e.entry).toBe('../etc/passwd');
     expect(e.kind).toBe('invalid-argument');
@@ -257,7 +286,15 @@ describe('thin image', () => {
     const size = Number.parseInt(tar.subarray(124, 135).toString(), 8);
     expect(tar.subarray(512 + 512 + Math.ceil(size / 512) * 512, 512 + 512 + Math.ceil(size / 512) * 512 + 512).every((x) => x === 0)).toBe(true);
     const m = parseThinManifest(tar.subarray(512, 512 + size), { defaultRepository: 'unpacked.cern.ch', allowedRepositories: ['unpacked.cern.ch'] });
-    expect(m.layers).toEqual([{ digest: `sha256:${hex}`, hex, repository: 'unpacked.cern.ch', path: `.layers/cc/${hex}/layerfs`, url: `cvmfs://unpacked.cern.ch/.layers/cc/${hex}/layerfs` }]);
+    expect(m.layers).toEqual([
+      {
+        digest: `sha256:${hex}`,
+        hex,
+        repository: 'unpacked.cern.ch',
+        path: `.layers/cc/${hex}/layerfs`,
+        url: `cvmfs://unpacked.cern.ch/.layers/cc/${hex}/layerfs`,
+      },
+    ]);
     expect(m.origin).toBe('docker://h.io/a:1');
     const man = JSON.parse(a.manifest.bytes.toString()) as { annotations: Record<string, string> };
     expect(man.annotations['org.opencontainers.image.base.digest']).toBe(input.manifestDigest);

@@ -92,9 +92,20 @@ describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar
     const s = json<WlSummary>(r);
     expect(s.converted).toBe(4);
     expect(s.failed).toBe(3);
-    const byStatus = (st: string) => s.images.filter((i) => i.status === st).map((i) => i.source).sort();
-    expect(byStatus('converted')).toEqual(['1.0', '1.1', '1.10'].map((t) => `docker://${reg.host}/wl/app:${t}`).concat(`docker://${reg.host}/wl/other:latest`).sort());
-    expect(s.images.find((i) => i.source.endsWith('wl/bad:1'))?.error?.message).toMatch(/layer 2\/2 sha256:[0-9a-f]{64}: entry "\.\.\/\.\.\/\.\.\/\.\.\/escaped-dotdot"/);
+    const byStatus = (st: string) =>
+      s.images
+        .filter((i) => i.status === st)
+        .map((i) => i.source)
+        .sort();
+    expect(byStatus('converted')).toEqual(
+      ['1.0', '1.1', '1.10']
+        .map((t) => `docker://${reg.host}/wl/app:${t}`)
+        .concat(`docker://${reg.host}/wl/other:latest`)
+        .sort(),
+    );
+    expect(s.images.find((i) => i.source.endsWith('wl/bad:1'))?.error?.message).toMatch(
+      /layer 2\/2 sha256:[0-9a-f]{64}: entry "\.\.\/\.\.\/\.\.\/\.\.\/escaped-dotdot"/,
+    );
     expect(s.images.find((i) => i.source.endsWith('wl/missing:1'))?.error?.message).toMatch(/wl\/missing: manifest 1: HTTP 404/);
     expect(s.expansion_errors.map((e) => e.input)).toEqual([`http://${reg.host}/wl/app:9.*`]);
     const c = new RegistryClient({ registry: reg.host, credentials: null, log: silentLogger() });

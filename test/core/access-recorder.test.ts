@@ -25,8 +25,13 @@ function event(mask: number, fd: number, pid: number, extra = 0, le = true): Buf
   const w32 = (v: number, o: number) => (le ? b.writeUInt32LE(v >>> 0, o) : b.writeUInt32BE(v >>> 0, o));
   w32(24 + extra, 0);
   b[4] = 3;
-  le ? b.writeUInt16LE(24, 6) : b.writeUInt16BE(24, 6);
-  le ? b.writeBigUInt64LE(BigInt(mask), 8) : b.writeBigUInt64BE(BigInt(mask), 8);
+  if (le) {
+    b.writeUInt16LE(24, 6);
+    b.writeBigUInt64LE(BigInt(mask), 8);
+  } else {
+    b.writeUInt16BE(24, 6);
+    b.writeBigUInt64BE(BigInt(mask), 8);
+  }
   w32(fd, 16);
   w32(pid, 20);
   return b;
@@ -49,7 +54,13 @@ describe('fanotify event parsing (pure)', () => {
   it('reads only `len` bytes of the buffer; a truncated tail and a malformed record are leftover', () => {
     const two = Buffer.concat([event(0x20, 3, 1), event(0x20, 4, 2)]);
     const big = Buffer.concat([two, Buffer.alloc(100)]);
-    expect(parseFanotifyEvents(big, two.length)).toEqual({ events: [{ mask: 0x20, fd: 3, pid: 1 }, { mask: 0x20, fd: 4, pid: 2 }], leftover: 0 });
+    expect(parseFanotifyEvents(big, two.length)).toEqual({
+      events: [
+        { mask: 0x20, fd: 3, pid: 1 },
+        { mask: 0x20, fd: 4, pid: 2 },
+      ],
+      leftover: 0,
+    });
     expect(parseFanotifyEvents(big, two.length + 10).leftover).toBe(10);
     expect(parseFanotifyEvents(two, 30)).toEqual({ events: [{ mask: 0x20, fd: 3, pid: 1 }], leftover: 6 });
     const bad = event(0x20, 5, 1);
@@ -65,7 +76,10 @@ describe('fanotify event parsing (pure)', () => {
 
   it('big-endian records', () => {
     const buf = Buffer.concat([event(0x1020, 11, 12, 0, false), event(0x4000, -1, 0, 0, false)]);
-    expect(parseFanotifyEvents(buf, buf.length, false).events).toEqual([{ mask: 0x1020, fd: 11, pid: 12 }, { mask: 0x4000, fd: -1, pid: 0 }]);
+    expect(parseFanotifyEvents(buf, buf.length, false).events).toEqual([
+      { mask: 0x1020, fd: 11, pid: 12 },
+      { mask: 0x4000, fd: -1, pid: 0 },
+    ]);
   });
 
   it('paths: the host mount point stripped, normalised; /proc, /sys, /dev, deleted and non-path links dropped', () => {
@@ -88,141 +102,160 @@ describe('fanotify event parsing (pure)', () => {
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot', 'setpriv'] }))('recording a container-like process on a real overlay (root)', () => {
-  const base = tempDir('cvmfs-thin-access-');
-  let n = 0;
-  let mounted: string | undefined;
+describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot', 'setpriv'] }))(
+  'recording a container-like process on a real overlay (root)',
+  () => {
+    const base = tempDir('cvmfs-thin-access-');
+    let n = 0;
+    let mounted: string | undefined;
 
-  afterEach(() => {
-    if (mounted && fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${mounted} `)) umount(mounted);
-    mounted = undefined;
-  });
+    afterEach(() => {
+      if (mounted && fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${mounted} `)) umount(mounted);
+      mounted = undefined;
+    });
 
-  /** An overlay whose lower holds /bin/busybox, /a (6 bytes), /b (7), /dir/c (3000), /etc/hosts, a device /null. */
-  function overlay(): string {
-    const d = path.join(base, String(n++));
-    for (const s of ['lower/bin', 'lower/dir', 'lower/etc', 'upper', 'work', 'merged']) fs.mkdirSync(path.join(d, s), { recursive: true });
-    fs.copyFileSync('/bin/busybox', path.join(d, 'lower/bin/busybox'));
-    fs.chmodSync(path.join(d, 'lower/bin/busybox'), 0o755);
-    fs.writeFileSync(path.join(d, 'lower/a'), 'hello\n');
-    fs.writeFileSync(path.join(d, 'lower/b'), 'worlds\n');
-    fs.writeFileSync(path.join(d, 'lower/dir/c'), 'c'.repeat(3000));
-    fs.writeFileSync(path.join(d, 'lower/etc/hosts'), '127.0.0.1 localhost\n');
-    mknod(path.join(d, 'lower/null'), S_IFCHR | 0o666, 1, 3);
-    const merged = path.join(d, 'merged');
-    mount('overlay', merged, 'overlay', 0, `lowerdir=${d}/lower,upperdir=${d}/upper,workdir=${d}/work`);
-    mounted = merged;
-    return merged;
-  }
+    /** An overlay whose lower holds /bin/busybox, /a (6 bytes), /b (7), /dir/c (3000), /etc/hosts, a device /null. */
+    function overlay(): string {
+      const d = path.join(base, String(n++));
+      for (const s of ['lower/bin', 'lower/dir', 'lower/etc', 'upper', 'work', 'merged']) fs.mkdirSync(path.join(d, s), { recursive: true });
+      fs.copyFileSync('/bin/busybox', path.join(d, 'lower/bin/busybox'));
+      fs.chmodSync(path.join(d, 'lower/bin/busybox'), 0o755);
+      fs.writeFileSync(path.join(d, 'lower/a'), 'hello\n');
+      fs.writeFileSync(path.join(d, 'lower/b'), 'worlds\n');
+      fs.writeFileSync(path.join(d, 'lower/dir/c'), 'c'.repeat(3000));
+      fs.writeFileSync(path.join(d, 'lower/etc/hosts'), '127.0.0.1 localhost\n');
+      mknod(path.join(d, 'lower/null'), S_IFCHR | 0o666, 1, 3);
+      const merged = path.join(d, 'merged');
+      mount('overlay', merged, 'overlay', 0, `lowerdir=${d}/lower,upperdir=${d}/upper,workdir=${d}/work`);
+      mounted = merged;
+      return merged;
+    }
 
-  /** What runc does, roughly: a private mount namespace, the rootfs rbind-mounted on itself, chroot into it. */
-  const container = (mp: string, script: string) =>
-    run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --rbind ${mp} ${mp} && exec chroot ${mp} /bin/busybox sh -c '${script}'`]);
+    /** What runc does, roughly: a private mount namespace, the rootfs rbind-mounted on itself, chroot into it. */
+    const container = (mp: string, script: string) =>
+      run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --rbind ${mp} ${mp} && exec chroot ${mp} /bin/busybox sh -c '${script}'`]);
 
-  it('records the files opened inside (and by the host before), each once, in order, regular files only, with sizes and exec', async () => {
-    const mp = overlay();
-    const before = fdCount();
-    const rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 800, maxFiles: 100 });
-    await sleep(50);
-    await run('cat', [path.join(mp, 'etc/hosts')]); // runc-like: through the host's mount, before the chroot
-    await container(mp, 'busybox cat /a; busybox cat /b; busybox cat /a /dir/c; echo x > /null; busybox ls /dir; echo new > /made; busybox cat /made');
-    const r = await rec;
-    expect(r.reason).toBe('idle');
-    expect(r.files.map((f) => [f.path, f.size, f.exec])).toEqual([
-      ['/etc/hosts', 20, false],
-      ['/bin/busybox', fs.statSync('/bin/busybox').size, true],
-      ['/a', 6, false],
-      ['/b', 7, false],
-      ['/dir/c', 3000, false],
-      ['/made', 4, false], // written by the container (upper layer): the prefetcher skips what CVMFS does not hold
-    ]);
-    const at = r.files.map((f) => f.atMs);
-    expect(at).toEqual([...at].sort((x, y) => x - y));
-    expect(r.events).toBeGreaterThanOrEqual(8); // repeated opens and the device counted as events
-    expect(r.dropped).toBe(0);
-    expect(fdCount()).toBe(before);
-  });
+    it('records the files opened inside (and by the host before), each once, in order, regular files only, with sizes and exec', async () => {
+      const mp = overlay();
+      const before = fdCount();
+      const rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 800, maxFiles: 100 });
+      await sleep(50);
+      await run('cat', [path.join(mp, 'etc/hosts')]); // runc-like: through the host's mount, before the chroot
+      await container(mp, 'busybox cat /a; busybox cat /b; busybox cat /a /dir/c; echo x > /null; busybox ls /dir; echo new > /made; busybox cat /made');
+      const r = await rec;
+      expect(r.reason).toBe('idle');
+      expect(r.files.map((f) => [f.path, f.size, f.exec])).toEqual([
+        ['/etc/hosts', 20, false],
+        ['/bin/busybox', fs.statSync('/bin/busybox').size, true],
+        ['/a', 6, false],
+        ['/b', 7, false],
+        ['/dir/c', 3000, false],
+        ['/made', 4, false], // written by the container (upper layer): the prefetcher skips what CVMFS does not hold
+      ]);
+      const at = r.files.map((f) => f.atMs);
+      expect(at).toEqual([...at].sort((x, y) => x - y));
+      expect(r.events).toBeGreaterThanOrEqual(8); // repeated opens and the device counted as events
+      expect(r.dropped).toBe(0);
+      expect(fdCount()).toBe(before);
+    });
 
-  it('stops after the window, after idleness, at maxFiles, on abort (also given aborted), when the overlay is unmounted', async () => {
-    const mp = overlay();
-    const before = fdCount();
-    let t = performance.now();
-    let r = await recordAccesses(mp, { windowMs: 300, maxFiles: 10 });
-    expect([r.reason, r.files]).toEqual(['window', []]);
-    expect(performance.now() - t).toBeGreaterThanOrEqual(290);
+    it('stops after the window, after idleness, at maxFiles, on abort (also given aborted), when the overlay is unmounted', async () => {
+      const mp = overlay();
+      const before = fdCount();
+      let t = performance.now();
+      let r = await recordAccesses(mp, { windowMs: 300, maxFiles: 10 });
+      expect([r.reason, r.files]).toEqual(['window', []]);
+      expect(performance.now() - t).toBeGreaterThanOrEqual(290);
 
-    t = performance.now();
-    r = await recordAccesses(mp, { windowMs: 10_000, idleMs: 300, maxFiles: 10 });
-    expect(r.reason).toBe('idle');
-    expect(performance.now() - t).toBeLessThan(2000);
+      t = performance.now();
+      r = await recordAccesses(mp, { windowMs: 10_000, idleMs: 300, maxFiles: 10 });
+      expect(r.reason).toBe('idle');
+      expect(performance.now() - t).toBeLessThan(2000);
 
-    const capped = recordAccesses(mp, { windowMs: 10_000, maxFiles: 2, pollMs: 5 });
-    await container(mp, 'busybox cat /a /b /dir/c /etc/hosts');
-    r = await capped;
-    expect([r.reason, r.files.map((f) => f.path)]).toEqual(['max-files', ['/bin/busybox', '/a']]);
+      const capped = recordAccesses(mp, { windowMs: 10_000, maxFiles: 2, pollMs: 5 });
+      await container(mp, 'busybox cat /a /b /dir/c /etc/hosts');
+      r = await capped;
+      expect([r.reason, r.files.map((f) => f.path)]).toEqual(['max-files', ['/bin/busybox', '/a']]);
 
-    const ac = new AbortController();
-    const aborted = recordAccesses(mp, { windowMs: 10_000, maxFiles: 10, signal: ac.signal });
-    setTimeout(() => ac.abort(), 100);
-    expect((await aborted).reason).toBe('aborted');
-    expect((await recordAccesses(mp, { windowMs: 10_000, maxFiles: 10, signal: AbortSignal.abort() })).reason).toBe('aborted');
+      const ac = new AbortController();
+      const aborted = recordAccesses(mp, { windowMs: 10_000, maxFiles: 10, signal: ac.signal });
+      setTimeout(() => ac.abort(), 100);
+      expect((await aborted).reason).toBe('aborted');
+      expect((await recordAccesses(mp, { windowMs: 10_000, maxFiles: 10, signal: AbortSignal.abort() })).reason).toBe('aborted');
 
-    t = performance.now();
-    const gone = recordAccesses(mp, { windowMs: 20_000, maxFiles: 10 });
-    await sleep(100);
-    umount(mp);
-    expect((await gone).reason).toBe('unmounted');
-    expect(performance.now() - t).toBeLessThan(2000);
-    expect(fdCount()).toBe(before);
-  });
+      t = performance.now();
+      const gone = recordAccesses(mp, { windowMs: 20_000, maxFiles: 10 });
+      await sleep(100);
+      umount(mp);
+      expect((await gone).reason).toBe('unmounted');
+      expect(performance.now() - t).toBeLessThan(2000);
+      expect(fdCount()).toBe(before);
+    });
 
-  it('many opens: several reads, every event fd closed; a queue overflow (16384 events unread) is counted as dropped', async () => {
-    const mp = overlay();
-    const before = fdCount();
-    let rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 1000, maxFiles: 1000 });
-    await container(mp, 'for i in $(busybox seq 1 300); do echo $i > /f$i; busybox cat /f$i /a /b > /made; done');
-    let r = await rec;
-    expect(r.files.length).toBeGreaterThanOrEqual(300);
-    expect(r.events).toBeGreaterThan(900); // more than one 256-event read
-    expect(new Set(r.files.map((f) => f.path)).size).toBe(r.files.length);
-    expect(r.dropped).toBe(0);
+    it('many opens: several reads, every event fd closed; a queue overflow (16384 events unread) is counted as dropped', async () => {
+      const mp = overlay();
+      const before = fdCount();
+      let rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 1000, maxFiles: 1000 });
+      await container(mp, 'for i in $(busybox seq 1 300); do echo $i > /f$i; busybox cat /f$i /a /b > /made; done');
+      let r = await rec;
+      expect(r.files.length).toBeGreaterThanOrEqual(300);
+      expect(r.events).toBeGreaterThan(900); // more than one 256-event read
+      expect(new Set(r.files.map((f) => f.path)).size).toBe(r.files.length);
+      expect(r.dropped).toBe(0);
 
-    const many = path.join(mp, 'many');
-    fs.mkdirSync(many);
-    for (let i = 0; i < 17_000; i++) fs.writeFileSync(path.join(many, String(i)), '');
-    rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 1000, maxFiles: 20_000 });
-    await sleep(50);
-    execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --rbind ${mp} ${mp} && exec chroot ${mp} /bin/busybox sh -c 'busybox cat /many/*'`]); // blocks: nothing is read meanwhile
-    r = await rec;
-    expect(r.dropped).toBeGreaterThanOrEqual(1);
-    expect(r.files.length).toBeGreaterThan(16_000);
-    expect(r.files.length).toBeLessThan(17_001);
-    expect(fdCount()).toBe(before);
-  });
+      const many = path.join(mp, 'many');
+      fs.mkdirSync(many);
+      for (let i = 0; i < 17_000; i++) fs.writeFileSync(path.join(many, String(i)), '');
+      rec = recordAccesses(mp, { windowMs: 20_000, idleMs: 1000, maxFiles: 20_000 });
+      await sleep(50);
+      execFileSync('unshare', [
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `mount --rbind ${mp} ${mp} && exec chroot ${mp} /bin/busybox sh -c 'busybox cat /many/*'`,
+      ]); // blocks: nothing is read meanwhile
+      r = await rec;
+      expect(r.dropped).toBeGreaterThanOrEqual(1);
+      expect(r.files.length).toBeGreaterThan(16_000);
+      expect(r.files.length).toBeLessThan(17_001);
+      expect(fdCount()).toBe(before);
+    });
 
-  it('a typed error when fanotify cannot watch: missing path, not a mount point, no CAP_SYS_ADMIN', async () => {
-    const before = fdCount();
-    const missing = path.join(base, 'nope');
-    const e1 = await recordAccesses(missing, { windowMs: 100, maxFiles: 5 }).catch((e: unknown) => e);
-    expect(e1).toBeInstanceOf(NoAccessRecordingError);
-    expect(e1).toMatchObject({ code: 'CVMFS_THIN_NO_ACCESS_RECORDING', kind: 'failed-precondition', errno: 'ENOENT', mountpoint: missing });
-    expect((e1 as Error).message).toContain(missing);
+    it('a typed error when fanotify cannot watch: missing path, not a mount point, no CAP_SYS_ADMIN', async () => {
+      const before = fdCount();
+      const missing = path.join(base, 'nope');
+      const e1 = await recordAccesses(missing, { windowMs: 100, maxFiles: 5 }).catch((e: unknown) => e);
+      expect(e1).toBeInstanceOf(NoAccessRecordingError);
+      expect(e1).toMatchObject({ code: 'CVMFS_THIN_NO_ACCESS_RECORDING', kind: 'failed-precondition', errno: 'ENOENT', mountpoint: missing });
+      expect((e1 as Error).message).toContain(missing);
 
-    const e2 = await recordAccesses(base, { windowMs: 100, maxFiles: 5 }).catch((e: unknown) => e);
-    expect(e2).toMatchObject({ code: 'CVMFS_THIN_NO_ACCESS_RECORDING', errno: undefined, message: `cannot record file opens on ${base}: not a mount point` });
-    expect(fdCount()).toBe(before);
+      const e2 = await recordAccesses(base, { windowMs: 100, maxFiles: 5 }).catch((e: unknown) => e);
+      expect(e2).toMatchObject({ code: 'CVMFS_THIN_NO_ACCESS_RECORDING', errno: undefined, message: `cannot record file opens on ${base}: not a mount point` });
+      expect(fdCount()).toBe(before);
 
-    const mp = overlay();
-    const mod = path.resolve(import.meta.dirname, '../../src/core/stack/access-recorder.ts');
-    const script = `const { recordAccesses } = await import(${JSON.stringify(mod)});
+      const mp = overlay();
+      const mod = path.resolve(import.meta.dirname, '../../src/core/stack/access-recorder.ts');
+      const script = `const { recordAccesses } = await import(${JSON.stringify(mod)});
       try { await recordAccesses(${JSON.stringify(mp)}, { windowMs: 100, maxFiles: 5 }); console.log('{}'); }
       catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, errno: e.errno, message: e.message })); }`;
-    const { stdout } = await run('setpriv', ['--bounding-set=-sys_admin', '--inh-caps=-sys_admin', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script]);
-    expect(JSON.parse(stdout)).toEqual({
-      name: 'NoAccessRecordingError',
-      code: 'CVMFS_THIN_NO_ACCESS_RECORDING',
-      errno: 'EPERM',
-      message: `cannot record file opens on ${mp}: fanotify_init: EPERM`,
+      const { stdout } = await run('setpriv', [
+        '--bounding-set=-sys_admin',
+        '--inh-caps=-sys_admin',
+        process.execPath,
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        script,
+      ]);
+      expect(JSON.parse(stdout)).toEqual({
+        name: 'NoAccessRecordingError',
+        code: 'CVMFS_THIN_NO_ACCESS_RECORDING',
+        errno: 'EPERM',
+        message: `cannot record file opens on ${mp}: fanotify_init: EPERM`,
+      });
     });
-  });
-});
+  },
+);

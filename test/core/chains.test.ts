@@ -29,7 +29,7 @@ function setup() {
 const modeOf = (p: string) => fs.lstatSync(p).mode & 0o7777;
 
 describe.skipIf(needs({ root: true }))('DUCC and cvmfs-thin chains on a real overlay', () => {
-  it("a DUCC chain: special bits from the layers, owners and content from the chain, the root catalog marker hidden", async () => {
+  it('a DUCC chain: special bits from the layers, owners and content from the chain, the root catalog marker hidden', async () => {
     const { repo, merged, chain } = setup();
     const l1 = addLayer(repo, 'l1', { 'bin/su': 'su', 'tmp/': { dir: true }, 'usr/bin/passwd': 'pw', 'gone/x': 'x', 'sg/': { dir: true } });
     const l2 = addLayer(repo, 'l2', { 'usr/bin/passwd': 'pw2', '.wh.gone': '', '.cvmfscatalog': '' });

@@ -102,7 +102,14 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('a real FUS
     const layers = Array.from({ length: 150 }, (_, i) => addLayer(tree, `l${i}`, { [`f${i}`]: String(i) }, { converter: true }));
     const fuse = await standin();
     const root = path.join(dir, 'sn');
-    const sn = await Snapshotter.open({ root, location: cvmfsLocation({ cvmfsRoot: path.join(dir, 'cvmfs') }), host: systemHost, log: silentLogger(), checkIntervalMs: 0, cvmfsTimeoutMs: TIMEOUT_MS });
+    const sn = await Snapshotter.open({
+      root,
+      location: cvmfsLocation({ cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host: systemHost,
+      log: silentLogger(),
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: TIMEOUT_MS,
+    });
     cleanups.push(() => sn.close());
     const [m0] = await sn.prepare('extract', '', {});
     writeFileSync(path.join(m0!.source, 'thin.json'), thinJson('unpacked.cern.ch', layers));
@@ -111,7 +118,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('a real FUS
     mkdirSync(rootfs);
     mountAll(await sn.prepare('ctr', 'img', {}), rootfs);
     cleanups.push(() => unmountAll(rootfs));
-    const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === rootfs)!;
+    const line = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[4] === rootfs)!;
     expect(line).toMatch(/lowerdir=[0-9a-z]+:/); // shortened: relative to <root>/l
     expect(readFileSync(path.join(rootfs, 'f149'), 'utf8')).toBe('149');
     expect(await sn.checkMounts()).toEqual([]);
@@ -207,7 +216,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('a real FUS
       expect(Date.now() - t0).toBeLessThan(500);
       const f = await failure(stalled);
       expect(f).toMatchObject({ code: 'CVMFS_THIN_CVMFS_STALLED', kind: 'unavailable' });
-      expect(f.message).toMatch(new RegExp(`^layer directory ${mp}/\\.layers/.* of layer ${ID('2')}: CVMFS at ${mp} did not answer within 1 s \\(cvmfs-timeout\\)`));
+      expect(f.message).toMatch(
+        new RegExp(`^layer directory ${mp}/\\.layers/.* of layer ${ID('2')}: CVMFS at ${mp} did not answer within 1 s \\(cvmfs-timeout\\)`),
+      );
       expect(f.ms).toBeGreaterThanOrEqual(TIMEOUT_MS - 20);
       expect(f.ms).toBeLessThan(TIMEOUT_MS + 500);
       const fast = await failure(gd.get(ID('3')));

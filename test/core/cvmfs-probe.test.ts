@@ -152,7 +152,10 @@ describe('LayerStack.checkAvailable through the probe', () => {
     s.host.broken.clear();
 
     const gone = await failure(stack.checkAvailable([`${a.dir}-gone`], 'snapshot ctr'));
-    expect(gone).toMatchObject({ code: 'CVMFS_THIN_LAYER_UNAVAILABLE', message: `layer directory ${a.dir}-gone of snapshot ctr is not available (is CVMFS mounted?)` });
+    expect(gone).toMatchObject({
+      code: 'CVMFS_THIN_LAYER_UNAVAILABLE',
+      message: `layer directory ${a.dir}-gone of snapshot ctr is not available (is CVMFS mounted?)`,
+    });
 
     s.host.stalled.add(s.repo);
     const stalled = await failure(stack.checkAvailable([a.dir], 'snapshot ctr'));
@@ -171,7 +174,9 @@ describe('LayerStack.checkAvailable through the probe', () => {
     await expect(stack.checkRepositories([{ repository: 'unpacked.cern.ch', rel: '.layers/ab/x/layerfs' }], 'thin image t')).resolves.toBeUndefined();
     await expect(stack.checkRepositories([{ repository: 'other.cern.ch', rel: 'x' }], 'thin image t')).resolves.toBeUndefined();
     s.host.broken.add(s.repo);
-    expect((await failure(stack.checkRepositories([{ repository: 'unpacked.cern.ch', rel: 'x' }], 'thin image t'))).message).toContain('its CVMFS client is not connected');
+    expect((await failure(stack.checkRepositories([{ repository: 'unpacked.cern.ch', rel: 'x' }], 'thin image t'))).message).toContain(
+      'its CVMFS client is not connected',
+    );
     s.host.broken.clear();
     s.host.stalled.add(s.repo);
     expect((await failure(stack.checkRepositories([{ repository: 'unpacked.cern.ch', rel: 'x' }], 'thin image t'))).code).toBe('CVMFS_THIN_CVMFS_STALLED');

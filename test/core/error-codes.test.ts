@@ -111,7 +111,9 @@ describe('error codes', () => {
     let checked = 0;
     for (const f of sourceFiles(SRC)) {
       const text = readFileSync(f, 'utf8');
-      for (const m of text.matchAll(/new (InvalidArgumentError|NotFoundError|AlreadyExistsError|FailedPreconditionError|UnavailableError|InternalError|BadContentError)\(/g)) {
+      for (const m of text.matchAll(
+        /new (InvalidArgumentError|NotFoundError|AlreadyExistsError|FailedPreconditionError|UnavailableError|InternalError|BadContentError)\(/g,
+      )) {
         // the call's code: the first quoted code before the statement ends (or the next `new X`)
         const rest = text.slice(m.index + m[0].length, m.index + m[0].length + 800);
         const stop = rest.search(/;\s*\n|\bnew [A-Z]/);
@@ -119,7 +121,9 @@ describe('error codes', () => {
         if (code === undefined || !isErrorCode(code)) continue;
         checked++;
         if (!kindsOf(code).includes(kindOf[m[1]!] as never)) {
-          wrong.push(`${path.relative(SRC, f)}:${text.slice(0, m.index).split('\n').length}: new ${m[1]}(…, '${code}') but the registry says ${kindsOf(code).join(' / ')}`);
+          wrong.push(
+            `${path.relative(SRC, f)}:${text.slice(0, m.index).split('\n').length}: new ${m[1]}(…, '${code}') but the registry says ${kindsOf(code).join(' / ')}`,
+          );
         }
       }
     }

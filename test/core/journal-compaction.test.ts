@@ -10,7 +10,13 @@ interface Rec {
 
 /** Replay what a reopened journal holds into a map. */
 async function reopen(dir: string): Promise<Map<string, number>> {
-  const o = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; } });
+  const o = await Journal.open<Rec>({
+    dir,
+    name: 'kv',
+    onFatal: (e) => {
+      throw e;
+    },
+  });
   const m = new Map(Object.entries((o.state ?? {}) as Record<string, number>));
   for (const r of o.records) m.set(r.k, r.v);
   await o.journal.close();
@@ -24,7 +30,15 @@ describe.each([false, true])('journal compaction and the order of applying (busy
   it('keeps the record that triggers compaction for a store that applies after its append resolved', async () => {
     const dir = path.join(base, 'after');
     const state = new Map<string, number>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10, busy: () => busy });
+    const { journal } = await Journal.open<Rec>({
+      dir,
+      name: 'kv',
+      onFatal: (e) => {
+        throw e;
+      },
+      compactAfterBytes: 4 << 10,
+      busy: () => busy,
+    });
     journal.onSnapshot(() => Object.fromEntries(state));
     // as core/volumes/store.ts does: await the append, then apply
     const put = async (k: string, v: number) => {
@@ -44,7 +58,15 @@ describe.each([false, true])('journal compaction and the order of applying (busy
   it('keeps every record for a store that applies in the durable callback', async () => {
     const dir = path.join(base, 'durable');
     const state = new Map<string, number>();
-    const { journal } = await Journal.open<Rec>({ dir, name: 'kv', onFatal: (e) => { throw e; }, compactAfterBytes: 4 << 10, busy: () => busy });
+    const { journal } = await Journal.open<Rec>({
+      dir,
+      name: 'kv',
+      onFatal: (e) => {
+        throw e;
+      },
+      compactAfterBytes: 4 << 10,
+      busy: () => busy,
+    });
     journal.onSnapshot(() => Object.fromEntries(state));
     const put = (k: string, v: number) => journal.append({ k, v }, () => state.set(k, v));
     for (let i = 0; i < 100; i++) await Promise.all([put(`x${i}`, i), put(`y${i}`, -i)]);

@@ -10,7 +10,14 @@ describe('journal commit observer', () => {
 
   it('reports each group commit once, with its record count, after the write', async () => {
     const seen: [number, number][] = [];
-    const { journal } = await Journal.open<{ n: number }>({ dir: path.join(dir, 'a'), name: 'kv', onFatal: (e) => { throw e; }, onCommit: (s, n) => seen.push([s, n]) });
+    const { journal } = await Journal.open<{ n: number }>({
+      dir: path.join(dir, 'a'),
+      name: 'kv',
+      onFatal: (e) => {
+        throw e;
+      },
+      onCommit: (s, n) => seen.push([s, n]),
+    });
     await Promise.all([journal.append({ n: 1 }), journal.append({ n: 2 }), journal.append({ n: 3 })]);
     await journal.append({ n: 4 });
     expect(seen.map(([, n]) => n)).toEqual([3, 1]);
@@ -22,7 +29,14 @@ describe('journal commit observer', () => {
   it('records into journal_commit_seconds and journal_batch_records by store; nothing without metrics', async () => {
     expect(journalMetrics(noMetrics, 'volumes')).toBeUndefined();
     const r = await createRegistry({ defaultMetrics: false });
-    const { journal } = await Journal.open<{ n: number }>({ dir: path.join(dir, 'b'), name: 'kv', onFatal: (e) => { throw e; }, onCommit: journalMetrics(r.metrics, 'volumes') });
+    const { journal } = await Journal.open<{ n: number }>({
+      dir: path.join(dir, 'b'),
+      name: 'kv',
+      onFatal: (e) => {
+        throw e;
+      },
+      onCommit: journalMetrics(r.metrics, 'volumes'),
+    });
     await Promise.all([journal.append({ n: 1 }), journal.append({ n: 2 })]);
     await journal.append({ n: 3 });
     const text = await r.registry.metrics();

@@ -67,7 +67,11 @@ describe('journal', () => {
     expect(b.discardedBytes).toBeGreaterThan(0);
     expect(b.kv.size).toBe(5);
     expect(decodeRecords(readFileSync(file)).validBytes).toBe(valid);
-    expect(readFileSync(file).subarray(valid).every((x) => x === 0)).toBe(true);
+    expect(
+      readFileSync(file)
+        .subarray(valid)
+        .every((x) => x === 0),
+    ).toBe(true);
     await b.set('after-torn', 1);
     await b.journal.close();
     // a flipped byte inside the last record: that record and nothing after it is dropped

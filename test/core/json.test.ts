@@ -16,8 +16,7 @@ describe('strict JSON', () => {
     expect(Object.hasOwn(v, '__proto__')).toBe(true);
     expect(({} as Record<string, unknown>)['polluted']).toBeUndefined();
   });
-  it.each(['{', '{"a" 1}', '[1,]', '{"a":1,}', "{'a':1}", '01', 'NaN', '"\\x"', '"a\tb"', 'true false', '[' .repeat(100) + ']'.repeat(100)])(
-    'rejects %j',
-    (t) => expect(() => parseStrictJson(t)).toThrow(JsonSyntaxError),
+  it.each(['{', '{"a" 1}', '[1,]', '{"a":1,}', "{'a':1}", '01', 'NaN', '"\\x"', '"a\tb"', 'true false', '['.repeat(100) + ']'.repeat(100)])('rejects %j', (t) =>
+    expect(() => parseStrictJson(t)).toThrow(JsonSyntaxError),
   );
 });

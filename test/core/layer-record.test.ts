@@ -22,7 +22,12 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
   it('deletions and opaque dirs hide what is below, never what the layer itself holds', async () => {
     const { repo, merged } = setup();
     const l1 = addLayer(repo, 'base', { 'etc/gone': 'x', 'etc/keep': 'k', 'dir/a': 'a', 'dir/sub/b': 'b', 'opq/old': 'o', 'opq/sub/deep': 'd' });
-    const l2 = addLayer(repo, 'top', { 'opq/new': 'n', 'etc/added': 'y' }, { record: { deleted: ['etc/gone', 'dir'], opaque: ['opq'], xattrs: [], hidden: [] } });
+    const l2 = addLayer(
+      repo,
+      'top',
+      { 'opq/new': 'n', 'etc/added': 'y' },
+      { record: { deleted: ['etc/gone', 'dir'], opaque: ['opq'], xattrs: [], hidden: [] } },
+    );
     const { target, how } = await merged([l1, l2]);
     expect(how).toEqual(['masked', 'mask-below', 'clean']);
     expect(fs.readdirSync(path.join(target, 'etc')).sort()).toEqual(['added', 'keep']);
@@ -64,7 +69,12 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
   it('nested catalog markers are never visible: hidden by the record, or found by the scan of a DUCC layer', async () => {
     const { repo, merged } = setup();
     const ducc = addLayer(repo, 'ducc', { '.cvmfscatalog': '', 'usr/bin/x': 'x', 'usr/.cvmfscatalog': '' });
-    const ours = addLayer(repo, 'ours', { 'big/.cvmfscatalog': '', 'big/f': 'f' }, { record: { deleted: [], opaque: [], xattrs: [], hidden: ['big/.cvmfscatalog'] } });
+    const ours = addLayer(
+      repo,
+      'ours',
+      { 'big/.cvmfscatalog': '', 'big/f': 'f' },
+      { record: { deleted: [], opaque: [], xattrs: [], hidden: ['big/.cvmfscatalog'] } },
+    );
     const { target } = await merged([ducc, ours]);
     expect(fs.readdirSync(target).sort()).toEqual(['big', 'usr']);
     expect(fs.readdirSync(path.join(target, 'big'))).toEqual(['f']);
@@ -73,15 +83,21 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
 
   it('a record layer without anything to mask is used as is', async () => {
     const { repo, merged } = setup();
-    const l = addLayer(repo, 'plain', { 'a': 'a' }, { record: { deleted: [], opaque: [], xattrs: [], hidden: [] } });
+    const l = addLayer(repo, 'plain', { a: 'a' }, { record: { deleted: [], opaque: [], xattrs: [], hidden: [] } });
     expect((await merged([l])).how).toEqual(['clean']);
   });
 
   it.each([
-    [{ deleted: ['../../../../etc/passwd'], opaque: [], xattrs: [], hidden: [] }, 'record.deleted[0]: "../../../../etc/passwd" is not a relative path inside the layer'],
+    [
+      { deleted: ['../../../../etc/passwd'], opaque: [], xattrs: [], hidden: [] },
+      'record.deleted[0]: "../../../../etc/passwd" is not a relative path inside the layer',
+    ],
     [{ deleted: [], opaque: ['/abs'], xattrs: [], hidden: [] }, 'record.opaque[0]: "/abs" is not a relative path'],
     [{ deleted: [], opaque: [], xattrs: [], hidden: ['a/./b'] }, 'record.hidden[0]'],
-    [{ deleted: [], opaque: [], xattrs: [{ path: 'x', name: 'trusted.overlay.redirect', value: '' }], hidden: [] }, 'record.xattrs[0].name: "trusted.overlay.redirect" is not a user.*'],
+    [
+      { deleted: [], opaque: [], xattrs: [{ path: 'x', name: 'trusted.overlay.redirect', value: '' }], hidden: [] },
+      'record.xattrs[0].name: "trusted.overlay.redirect" is not a user.*',
+    ],
     [{ deleted: [], opaque: [], xattrs: [{ path: 'x', name: 'user.a', value: '%%%' }], hidden: [] }, 'record.xattrs[0].value: not base64'],
     [{ deleted: 'x' }, 'record.deleted: not a list'],
     ['nope', 'record: missing or not an object'],
@@ -101,7 +117,9 @@ describe.skipIf(needs({ root: true }))('layers with a record (version 2) and cat
 
   it('a marker for another digest or of another schema is not ours (the layer is scanned)', () => {
     const hex = 'a'.repeat(64);
-    expect(parseLayerMarker(JSON.stringify({ schema: 'cvmfs-thin/layer', digest: `sha256:${'b'.repeat(64)}`, whiteouts: 'record', record: {} }), hex)).toBeNull();
+    expect(
+      parseLayerMarker(JSON.stringify({ schema: 'cvmfs-thin/layer', digest: `sha256:${'b'.repeat(64)}`, whiteouts: 'record', record: {} }), hex),
+    ).toBeNull();
     expect(parseLayerMarker('{not json', hex)).toBeNull();
     expect(parseLayerMarker(JSON.stringify({ schema: 'other', digest: `sha256:${hex}` }), hex)).toBeNull();
   });

@@ -4,7 +4,15 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { metricsDoc } from '../../src/core/telemetry/metrics-doc.js';
-import { createRegistry, type MetricsServer, noMetrics, parseMetricsAddress, recordRequest, startMetricsServer, writeTextfile } from '../../src/core/telemetry/metrics.js';
+import {
+  createRegistry,
+  type MetricsServer,
+  noMetrics,
+  parseMetricsAddress,
+  recordRequest,
+  startMetricsServer,
+  writeTextfile,
+} from '../../src/core/telemetry/metrics.js';
 import { tempDir } from '../helpers/env.js';
 
 const dir = tempDir('cvmfs-thin-metrics-');
@@ -16,11 +24,14 @@ afterEach(async () => {
 function get(address: string, p: string): Promise<{ status: number; body: string; type: string }> {
   const where = parseMetricsAddress(address);
   return new Promise((resolve, reject) => {
-    const req = http.request({ ...('socket' in where ? { socketPath: where.socket } : { host: where.host.replace(/^\[|\]$/g, ''), port: where.port }), path: p }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, type: String(res.headers['content-type']) }));
-    });
+    const req = http.request(
+      { ...('socket' in where ? { socketPath: where.socket } : { host: where.host.replace(/^\[|\]$/g, ''), port: where.port }), path: p },
+      (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, type: String(res.headers['content-type']) }));
+      },
+    );
     req.once('error', reject);
     req.end();
   });

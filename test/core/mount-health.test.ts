@@ -52,8 +52,16 @@ function capture() {
 
 describe('overlay options and our overlays', () => {
   it('parses lowerdir= (with escaped colons and octal escapes) and lowerdir+= as the kernel shows them', () => {
-    expect(parseOverlayOptions('rw,lowerdir=l/1:l/2,upperdir=snapshots/5,workdir=work/5,index=off')).toEqual({ lowers: ['l/1', 'l/2'], upper: 'snapshots/5', work: 'work/5' });
-    expect(parseOverlayOptions('rw,lowerdir+=/s/l/1,lowerdir+=/s/l/2,upperdir=/s/u,workdir=/s/w,uuid=on')).toEqual({ lowers: ['/s/l/1', '/s/l/2'], upper: '/s/u', work: '/s/w' });
+    expect(parseOverlayOptions('rw,lowerdir=l/1:l/2,upperdir=snapshots/5,workdir=work/5,index=off')).toEqual({
+      lowers: ['l/1', 'l/2'],
+      upper: 'snapshots/5',
+      work: 'work/5',
+    });
+    expect(parseOverlayOptions('rw,lowerdir+=/s/l/1,lowerdir+=/s/l/2,upperdir=/s/u,workdir=/s/w,uuid=on')).toEqual({
+      lowers: ['/s/l/1', '/s/l/2'],
+      upper: '/s/u',
+      work: '/s/w',
+    });
     expect(parseOverlayOptions('ro,lowerdir=/a\\:b:/c\\054d')).toEqual({ lowers: ['/a:b', '/c,d'], upper: undefined, work: undefined });
   });
 
@@ -138,7 +146,13 @@ describe('brokenOverlays and MountMonitor (recording host)', () => {
     expect(broken[0]!.detail).toContain('ENOTCONN (Transport endpoint is not connected: its CVMFS client died)');
     expect(broken[1]!.detail).toContain('CVMFS was mounted again since; only new containers see the new mount');
     // each repository asked once, the healthy overlays read through once each
-    expect(host.ops('probeFs').map((c) => c.args).flat().sort()).toEqual([...repos.map((r) => `statfs ${r}`), `readdir ${mps[1]}`, `readdir ${mps[2]}`].sort());
+    expect(
+      host
+        .ops('probeFs')
+        .map((c) => c.args)
+        .flat()
+        .sort(),
+    ).toEqual([...repos.map((r) => `statfs ${r}`), `readdir ${mps[1]}`, `readdir ${mps[2]}`].sort());
     host.unstall();
   });
 
@@ -155,7 +169,16 @@ describe('brokenOverlays and MountMonitor (recording host)', () => {
     host.mounts.push(overlay(mp, `rw,lowerdir=${root}/l/1,upperdir=${root}/snapshots/1,workdir=${root}/work/1`));
     const metrics = recorder();
     const { log, lines, warnings } = capture();
-    const m = new MountMonitor({ daemon: 'snapshotter', root, host, probe: new CvmfsProbe({ host, log, timeoutMs: 300 }), log, metrics, intervalMs: 0, describe: () => ({ snapshot: 'ctr-key' }) });
+    const m = new MountMonitor({
+      daemon: 'snapshotter',
+      root,
+      host,
+      probe: new CvmfsProbe({ host, log, timeoutMs: 300 }),
+      log,
+      metrics,
+      intervalMs: 0,
+      describe: () => ({ snapshot: 'ctr-key' }),
+    });
     const gauge = (reason: string) => metrics.values.get(`broken_mounts${JSON.stringify({ daemon: 'snapshotter', reason })}`);
     expect(await m.check()).toEqual([]);
     expect([gauge('not-connected'), gauge('stalled')]).toEqual([0, 0]);
@@ -186,7 +209,14 @@ describe('the daemons report their containers', () => {
     mkdirSync(repo, { recursive: true });
     const host = new RecordingHost();
     const { log, warnings } = capture();
-    const sn = await Snapshotter.open({ root: path.join(dir, 'root'), location: cvmfsLocation({ cvmfsRoot: path.join(dir, 'cvmfs') }), host, log, checkIntervalMs: 0, cvmfsTimeoutMs: 300 });
+    const sn = await Snapshotter.open({
+      root: path.join(dir, 'root'),
+      location: cvmfsLocation({ cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host,
+      log,
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: 300,
+    });
     dirs.push(sn);
     const l = addLayer(repo, 'x', { f: 'x' }, { converter: true });
     const [m0] = await sn.prepare('extract', '', {});
@@ -209,7 +239,16 @@ describe('the daemons report their containers', () => {
     mkdirSync(repo, { recursive: true });
     const host = new RecordingHost();
     const { log, warnings } = capture();
-    const gd = await GraphDriver.open({ stateDir: path.join(dir, 'state'), location: cvmfsLocation({ absoluteMountpoint: repo }), thinImages: true, idmappedLayers: 'auto', host, log, checkIntervalMs: 0, cvmfsTimeoutMs: 300 });
+    const gd = await GraphDriver.open({
+      stateDir: path.join(dir, 'state'),
+      location: cvmfsLocation({ absoluteMountpoint: repo }),
+      thinImages: true,
+      idmappedLayers: 'auto',
+      host,
+      log,
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: 300,
+    });
     dirs.push(gd);
     const home = path.join(dir, 'home');
     await gd.init({ home, opts: [], uidMaps: [], gidMaps: [] });

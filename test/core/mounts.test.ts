@@ -28,7 +28,13 @@ describe('mount computation (containerd overlay rules)', () => {
   });
   it('keeps 500 short-link lowers within what containerd can mount (4 KiB page after compaction)', () => {
     const lowers = Array.from({ length: 500 }, (_, i) => ({ overlay: `/var/lib/containerd-cvmfs-grpc/l/${(i + 100000).toString(36)}`, real: `/x/${i}` }));
-    const [m] = computeMounts({ readonly: false, fs: '/var/lib/containerd-cvmfs-grpc/snapshots/99999/fs', work: '/var/lib/containerd-cvmfs-grpc/snapshots/99999/work', lowers, indexOff: true });
+    const [m] = computeMounts({
+      readonly: false,
+      fs: '/var/lib/containerd-cvmfs-grpc/snapshots/99999/fs',
+      work: '/var/lib/containerd-cvmfs-grpc/snapshots/99999/work',
+      lowers,
+      indexOff: true,
+    });
     // containerd's compactLowerdirOption strips the common parent directory of the lowerdirs
     const opts = m!.options.map((o) => (o.startsWith('lowerdir=') ? o.replaceAll('/var/lib/containerd-cvmfs-grpc/l/', '') : o));
     expect(opts.join(',').length).toBeLessThan(4096);

@@ -13,7 +13,9 @@ import { needs, tempDir } from '../helpers/env.js';
 
 describe('overlay mount data and kernel check (pure)', () => {
   it('builds mount(2) options in overlay order', () => {
-    expect(overlayMountData({ target: '/t', lowers: ['l/1', 'l/2'], upper: 'u', work: 'w', options: ['index=off'] })).toBe('index=off,workdir=w,upperdir=u,lowerdir=l/1:l/2');
+    expect(overlayMountData({ target: '/t', lowers: ['l/1', 'l/2'], upper: 'u', work: 'w', options: ['index=off'] })).toBe(
+      'index=off,workdir=w,upperdir=u,lowerdir=l/1:l/2',
+    );
     expect(overlayMountData({ target: '/t', lowers: ['/a'] })).toBe('lowerdir=/a');
   });
   it('knows which kernels take lowerdir+', () => {
@@ -78,7 +80,7 @@ describe.skipIf(needs({ root: true }) ?? (hasLowerdirAppend() ? null : 'needs Li
     expect(readFileSync(path.join(t, 'x'), 'utf8')).toBe('top');
   });
 
-  it('names the kernel\'s reason when it refuses', () => {
+  it("names the kernel's reason when it refuses", () => {
     const t = target('m3');
     targets.pop();
     expect(() => fsMountOverlay({ target: t, lowers: [path.join(dir, 'missing')] })).toThrow(/fsconfig .*ENOENT.*lowerdir\+=/);

@@ -14,10 +14,17 @@ import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 
 const H = (c: string) => c.repeat(64);
-const base: AccessProfile = { schema: 'cvmfs-thin/access-profile', version: 1, layers: [H('a'), H('b')], prefetch: true, created: '2026-12-06T00:00:00Z', files: [{ path: 'bin/sh', layer: H('a'), size: 10, at: 3 }] };
+const base: AccessProfile = {
+  schema: 'cvmfs-thin/access-profile',
+  version: 1,
+  layers: [H('a'), H('b')],
+  prefetch: true,
+  created: '2026-12-06T00:00:00Z',
+  files: [{ path: 'bin/sh', layer: H('a'), size: 10, at: 3 }],
+};
 
 describe('access profiles', () => {
-  it('round-trips, and keys a stack by its top layer\'s DUCC chain ID', () => {
+  it("round-trips, and keys a stack by its top layer's DUCC chain ID", () => {
     expect(parseProfile(serializeProfile(base))).toEqual({ ...base, source: undefined });
     expect(stackId([H('a'), H('b')])).toBe(duccChainIds([H('a'), H('b')])[1]);
     expect(stackId([H('a'), H('b')])).not.toBe(stackId([H('b'), H('a')]));

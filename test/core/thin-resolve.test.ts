@@ -93,7 +93,7 @@ describe('thin images of many layers', () => {
     expect(existsSync(path.join(dir, 'missing'))).toBe(false);
   });
 
-  it('the probe helper runs a probe\'s stats at once and answers them in order; a failed required op ends the probe', async () => {
+  it("the probe helper runs a probe's stats at once and answers them in order; a failed required op ends the probe", async () => {
     const { repo } = fixture();
     const ls = Array.from({ length: 30 }, (_, i) => addLayer(repo, `p${i}`, { f: 'x' }));
     const helper = new ProbeHelper();
@@ -103,7 +103,10 @@ describe('thin images of many layers', () => {
       expect(r).toHaveLength(ops.length + 1);
       expect(r.slice(1).map((x) => x.ok)).toEqual(ops.map((o) => !o.path.endsWith('/missing')));
       expect(r[1]).toMatchObject({ ok: true, dir: true });
-      const stop = await helper.run([{ op: 'statfs', path: path.join(repo, 'nope'), required: true }, { op: 'stat', path: ls[0]!.dir }]);
+      const stop = await helper.run([
+        { op: 'statfs', path: path.join(repo, 'nope'), required: true },
+        { op: 'stat', path: ls[0]!.dir },
+      ]);
       expect(stop).toEqual([expect.objectContaining({ ok: false, code: 'ENOENT' })]);
     } finally {
       helper.stop();
@@ -113,7 +116,13 @@ describe('thin images of many layers', () => {
   it('a thin image is resolved from one probe batch (realpath of each layer, its marker); a layer that escapes the repository, is a file or is missing is named', async () => {
     const { work, repo, manifest } = fixture();
     const host = new RecordingHost();
-    const stack = await LayerStack.open({ root: path.join(work, 'state'), location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), host, log: silentLogger(), factsFile: path.join(work, 'state', 'facts.json') });
+    const stack = await LayerStack.open({
+      root: path.join(work, 'state'),
+      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      host,
+      log: silentLogger(),
+      factsFile: path.join(work, 'state', 'facts.json'),
+    });
     const ls = Array.from({ length: 6 }, (_, i) => addLayer(repo, `k${i}`, { [`f${i}`]: 'x' }, { converter: true }));
     const thinDir = (m: FakeLayer[]) => {
       const d = path.join(work, `thin-${Math.random().toString(36).slice(2)}`);
@@ -132,7 +141,9 @@ describe('thin images of many layers', () => {
     mkdirSync(outside);
     renameSync(ls[2]!.dir, `${ls[2]!.dir}.away`);
     symlinkSync(outside, ls[2]!.dir);
-    await expect(stack.linkThin(thinDir(ls), { snapshot: 'escape' })).rejects.toThrow(/layers\[2\]\.url: .* resolves to .*elsewhere, outside repository unpacked\.cern\.ch/);
+    await expect(stack.linkThin(thinDir(ls), { snapshot: 'escape' })).rejects.toThrow(
+      /layers\[2\]\.url: .* resolves to .*elsewhere, outside repository unpacked\.cern\.ch/,
+    );
     rmSync(ls[2]!.dir);
     writeFileSync(ls[2]!.dir, 'not a dir');
     await expect(stack.linkThin(thinDir(ls), { snapshot: 'file' })).rejects.toThrow(/layers\[2\]\.url: .* is not a directory/);

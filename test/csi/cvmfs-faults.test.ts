@@ -36,7 +36,20 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     await host.setUp();
     k = new KubeletPaths(path.join(host.dir, 'kubelet'));
     plugin = await startCsiPlugin(
-      ['--state-dir', path.join(host.dir, 'state'), '--cvmfs-root', host.cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1', '--log-level', 'debug'],
+      [
+        '--state-dir',
+        path.join(host.dir, 'state'),
+        '--cvmfs-root',
+        host.cvmfs,
+        '--allowed-repository',
+        '*.cern.ch',
+        '--cvmfs-timeout',
+        String(TIMEOUT_S),
+        '--check-interval',
+        '1',
+        '--log-level',
+        'debug',
+      ],
       path.join(host.dir, 'csi.sock'),
       'node-faults',
     );
@@ -56,7 +69,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
 
     host.cms.stop();
     const stalled = [
-      timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } })),
+      timed(
+        c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }),
+      ),
       timed(mountInline(c, k, { repository: 'cms.cern.ch' }, { name: 'p3', uid: 'uid-3' })),
     ];
     await sleep(100);
@@ -70,7 +85,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     const fs = await Promise.all(stalled);
     for (const f of fs) {
       expect(f.code).toBe(status.UNAVAILABLE);
-      expect(f.message).toMatch(/^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/);
+      expect(f.message).toMatch(
+        /^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/,
+      );
     }
     const slowest = Math.max(...fs.map((f) => f.ms));
     expect(slowest).toBeGreaterThanOrEqual(TIMEOUT_S * 1000 - 50);
@@ -80,13 +97,19 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(st.ms).toBeLessThan(TIMEOUT_S * 1000 + 1000);
     const cond = (await c.stats('pv-cms', cms.target)).volumeCondition;
     expect(cond?.abnormal).toBe(true);
-    expect(cond?.message).toBe(`${cms.target} does not answer within 1 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)`);
+    expect(cond?.message).toBe(
+      `${cms.target} does not answer within 1 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)`,
+    );
 
     host.cms.cont();
-    let again = await timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
+    let again = await timed(
+      c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }),
+    );
     for (let i = 0; i < 30 && again.code !== status.OK; i++) {
       await sleep(100);
-      again = await timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
+      again = await timed(
+        c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }),
+      );
     }
     expect(again.code).toBe(status.OK);
     expect(readFileSync(path.join(k.staging('pv-cms-2'), 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
@@ -115,7 +138,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     const st = await c.stats('pv-cms', cms.target);
     expect(st.volumeCondition?.abnormal).toBe(true);
     expect(st.volumeCondition?.message).toMatch(/transport endpoint is not connected/);
-    const dead = await timed(c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
+    const dead = await timed(
+      c.stage({ volumeId: 'pv-cms-2', stagingTargetPath: k.staging('pv-cms-2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }),
+    );
     expect(dead.code).toBe(status.UNAVAILABLE);
     expect(dead.message).toMatch(/repository cms\.cern\.ch: \S+ is broken on the host \(Transport endpoint is not connected/);
     expect(dead.ms).toBeLessThan(500);
@@ -124,7 +149,10 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('CSI plugin
     expect(await until(() => errnoOf(() => readFileSync(hello)) === 'ok')).toBe(true);
     expect(readFileSync(hello, 'utf8')).toBe('hello from cms\n');
     expect(readFileSync(path.join(cms.staging, 'etc', 'hello'), 'utf8')).toBe('hello from cms\n');
-    const rebound = plugin!.output().split('\n').filter((l) => l.includes('target on a broken mount bound again'));
+    const rebound = plugin!
+      .output()
+      .split('\n')
+      .filter((l) => l.includes('target on a broken mount bound again'));
     expect(rebound.some((l) => l.includes(`"target":"${cms.staging}"`))).toBe(true);
     expect(rebound.some((l) => l.includes(`"target":"${cms.target}"`))).toBe(true);
     expect(plugin!.output()).toContain('broken repository mount repaired');

@@ -113,7 +113,11 @@ export class CsiClient {
     return call(this.node, this.node.nodeUnpublishVolume as Unary<object, object>, NodeUnpublishVolumeRequest.fromPartial({ volumeId, targetPath }));
   }
   stats(volumeId: string, volumePath: string): Promise<NodeGetVolumeStatsResponse> {
-    return call(this.node, this.node.nodeGetVolumeStats as Unary<object, NodeGetVolumeStatsResponse>, NodeGetVolumeStatsRequest.fromPartial({ volumeId, volumePath }));
+    return call(
+      this.node,
+      this.node.nodeGetVolumeStats as Unary<object, NodeGetVolumeStatsResponse>,
+      NodeGetVolumeStatsRequest.fromPartial({ volumeId, volumePath }),
+    );
   }
   expand(volumeId: string, volumePath: string): Promise<object> {
     return call(this.node, this.node.nodeExpandVolume as Unary<object, object>, NodeExpandVolumeRequest.fromPartial({ volumeId, volumePath }));
@@ -212,9 +216,21 @@ export async function mountPv(
 }
 
 /** kubelet's inline (ephemeral) volume: publish only, SINGLE_NODE_WRITER, volume id from the pod. */
-export async function mountInline(c: CsiClient, k: KubeletPaths, attrs: Record<string, string>, pod: { name: string; uid: string }, volume = 'cvmfs'): Promise<{ volumeId: string; target: string }> {
+export async function mountInline(
+  c: CsiClient,
+  k: KubeletPaths,
+  attrs: Record<string, string>,
+  pod: { name: string; uid: string },
+  volume = 'cvmfs',
+): Promise<{ volumeId: string; target: string }> {
   const volumeId = `csi-${createHash('sha256').update(`${pod.uid}${volume}`).digest('hex')}`;
   const target = k.target(pod.uid, volume);
-  await c.publish({ volumeId, targetPath: target, volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), readonly: true, volumeContext: podContext(attrs, { ...pod, ephemeral: true }) });
+  await c.publish({
+    volumeId,
+    targetPath: target,
+    volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER),
+    readonly: true,
+    volumeContext: podContext(attrs, { ...pod, ephemeral: true }),
+  });
   return { volumeId, target };
 }

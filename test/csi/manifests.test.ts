@@ -21,11 +21,13 @@ import { csiConfigSpec } from '../../src/cli/csi.js';
 import { validateConfig } from '../../src/core/config.js';
 import { ACCEPTED_MOUNT_FLAGS, KNOWN_ATTRIBUTES } from '../../src/csi/request.js';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 type Obj = Record<string, any>;
 
 const ROOT = path.resolve(import.meta.dirname, '../../packaging/kubernetes/csi');
-const files = (d: string): string[] => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(path.join(d, e.name)) : e.name.endsWith('.yaml') ? [path.join(d, e.name)] : []));
+const files = (d: string): string[] =>
+  readdirSync(d, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? files(path.join(d, e.name)) : e.name.endsWith('.yaml') ? [path.join(d, e.name)] : [],
+  );
 const docs: { file: string; doc: Obj }[] = files(ROOT).flatMap((file) =>
   parseAllDocuments(readFileSync(file, 'utf8')).map((d) => {
     if (d.errors.length) throw new Error(`${file}: ${d.errors[0]!.message}`);
@@ -57,9 +59,20 @@ function strictErrors(objs: Obj[]): string[] {
   const virtual = new Map<string, string>();
   objs.forEach((d, i) => {
     const kind = d['kind'] as string;
-    virtual.set(path.join(dir, `__k8s_strict_${i}.ts`), `import type { I${kind} } from '${modelPath(d)}';\nexport const x: I${kind} = ${JSON.stringify(d, null, 1)};\n`);
+    virtual.set(
+      path.join(dir, `__k8s_strict_${i}.ts`),
+      `import type { I${kind} } from '${modelPath(d)}';\nexport const x: I${kind} = ${JSON.stringify(d, null, 1)};\n`,
+    );
   });
-  const options: ts.CompilerOptions = { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, strict: true, noEmit: true, skipLibCheck: true, types: [] };
+  const options: ts.CompilerOptions = {
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    target: ts.ScriptTarget.ES2022,
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    types: [],
+  };
   const host = ts.createCompilerHost(options);
   const getSourceFile = host.getSourceFile.bind(host);
   host.getSourceFile = (f, lang, ...rest) => (virtual.has(f) ? ts.createSourceFile(f, virtual.get(f)!, lang) : getSourceFile(f, lang, ...rest));
@@ -125,10 +138,16 @@ describe('what the schemas cannot check', () => {
   const ds = () => one('DaemonSet');
   const pod = () => ds()['spec']['template']['spec'] as Obj;
   const container = (name: string) => (pod()['containers'] as Obj[]).find((c) => c['name'] === name)!;
-  const args = (c: Obj) => Object.fromEntries((c['args'] as string[]).filter((a) => a.startsWith('--')).map((a) => [a.split('=')[0], a.split('=').slice(1).join('=')]));
+  const args = (c: Obj) =>
+    Object.fromEntries((c['args'] as string[]).filter((a) => a.startsWith('--')).map((a) => [a.split('=')[0], a.split('=').slice(1).join('=')]));
 
   it('CSIDriver: node-only, pod info, persistent + inline, no fsGroup changes', () => {
-    expect(drv()['spec']).toMatchObject({ attachRequired: false, podInfoOnMount: true, volumeLifecycleModes: ['Persistent', 'Ephemeral'], fsGroupPolicy: 'None' });
+    expect(drv()['spec']).toMatchObject({
+      attachRequired: false,
+      podInfoOnMount: true,
+      volumeLifecycleModes: ['Persistent', 'Ephemeral'],
+      fsGroupPolicy: 'None',
+    });
   });
 
   it('one driver name everywhere: CSIDriver, --driver-name, socket dirs, examples', () => {
@@ -139,8 +158,13 @@ describe('what the schemas cannot check', () => {
     const pluginDir = (pod()['volumes'] as Obj[]).find((v) => v['name'] === 'plugin-dir')!;
     expect(pluginDir['hostPath']['path']).toBe(`/var/lib/kubelet/plugins/${name}`);
     // the registrar's own liveness probe names the same socket
-    expect(container('node-driver-registrar')['livenessProbe']['exec']['command']).toContain(`--kubelet-registration-path=/var/lib/kubelet/plugins/${name}/csi.sock`);
-    const drivers = [...all('PersistentVolume').map((pv) => pv['spec']['csi']['driver']), ...all('Pod').flatMap((p) => (p['spec']['volumes'] as Obj[]).filter((v) => v['csi']).map((v) => v['csi']['driver']))];
+    expect(container('node-driver-registrar')['livenessProbe']['exec']['command']).toContain(
+      `--kubelet-registration-path=/var/lib/kubelet/plugins/${name}/csi.sock`,
+    );
+    const drivers = [
+      ...all('PersistentVolume').map((pv) => pv['spec']['csi']['driver']),
+      ...all('Pod').flatMap((p) => (p['spec']['volumes'] as Obj[]).filter((v) => v['csi']).map((v) => v['csi']['driver'])),
+    ];
     expect(drivers.length).toBeGreaterThan(0);
     expect(new Set(drivers)).toEqual(new Set([name]));
   });
@@ -172,7 +196,11 @@ describe('what the schemas cannot check', () => {
     }
     expect([...volumes].filter((v) => !used.has(v))).toEqual([]);
     const mounts = Object.fromEntries((container('cvmfs-thin')['volumeMounts'] as Obj[]).map((m) => [m['mountPath'], m['mountPropagation'] ?? 'None']));
-    expect(mounts).toMatchObject({ '/var/lib/kubelet/pods': 'Bidirectional', '/var/lib/kubelet/plugins/kubernetes.io/csi': 'Bidirectional', '/cvmfs': 'HostToContainer' });
+    expect(mounts).toMatchObject({
+      '/var/lib/kubelet/pods': 'Bidirectional',
+      '/var/lib/kubelet/plugins/kubernetes.io/csi': 'Bidirectional',
+      '/cvmfs': 'HostToContainer',
+    });
   });
 
   it('least privilege: a ServiceAccount of its own without token, and no Role at all (the plugin never calls the API)', () => {
@@ -183,7 +211,8 @@ describe('what the schemas cannot check', () => {
     expect(pod()['automountServiceAccountToken']).toBe(false);
     expect(docs.filter((d) => /Role/.test(d.doc['kind'] as string))).toEqual([]);
     expect(one('Namespace')['metadata']['labels']['pod-security.kubernetes.io/enforce']).toBe('privileged');
-    for (const c of ['node-driver-registrar', 'liveness-probe']) expect(container(c)['securityContext']).toMatchObject({ privileged: false, allowPrivilegeEscalation: false });
+    for (const c of ['node-driver-registrar', 'liveness-probe'])
+      expect(container(c)['securityContext']).toMatchObject({ privileged: false, allowPrivilegeEscalation: false });
   });
 
   it("the ConfigMap's csi.toml is a valid plugin config, mounted where --config points", () => {
@@ -209,7 +238,9 @@ describe('what the schemas cannot check', () => {
       expect(pvc?.['spec']['storageClassName']).toBe('');
     }
     const wholeTree = new Set<string>();
-    for (const pv of all('PersistentVolume')) if (!pv['spec']['csi']['volumeAttributes']?.['repository']) wholeTree.add(`pvc:${all('PersistentVolumeClaim').find((c) => c['spec']['volumeName'] === pv['metadata']['name'])?.['metadata']['name']}`);
+    for (const pv of all('PersistentVolume'))
+      if (!pv['spec']['csi']['volumeAttributes']?.['repository'])
+        wholeTree.add(`pvc:${all('PersistentVolumeClaim').find((c) => c['spec']['volumeName'] === pv['metadata']['name'])?.['metadata']['name']}`);
     let checked = 0;
     for (const p of all('Pod')) {
       const vols = p['spec']['volumes'] as Obj[];
@@ -222,7 +253,9 @@ describe('what the schemas cannot check', () => {
         for (const m of c['volumeMounts'] as Obj[]) {
           const v = vols.find((x) => x['name'] === m['name'])!;
           expect(v, `${p['metadata']['name']}: volume ${m['name']}`).toBeDefined();
-          const tree = (v['csi'] && !v['csi']['volumeAttributes']?.['repository']) || (v['persistentVolumeClaim'] && wholeTree.has(`pvc:${v['persistentVolumeClaim']['claimName']}`));
+          const tree =
+            (v['csi'] && !v['csi']['volumeAttributes']?.['repository']) ||
+            (v['persistentVolumeClaim'] && wholeTree.has(`pvc:${v['persistentVolumeClaim']['claimName']}`));
           if (tree) {
             expect(m['mountPropagation'], `${p['metadata']['name']}: ${m['name']} is the whole tree`).toBe('HostToContainer');
             checked++;

@@ -134,7 +134,11 @@ describe.skipIf(skip)('CSI plugin with real mounts (root)', () => {
     expect(ours().length).toBe(before);
     expect((await c.stats('pv-cms', pv.target)).volumeCondition?.abnormal).toBe(false);
 
-    for (const [id, t] of [['pv-cms', pv.target], [inline.volumeId, inline.target], ['pv-tree', tree.target]] as const) {
+    for (const [id, t] of [
+      ['pv-cms', pv.target],
+      [inline.volumeId, inline.target],
+      ['pv-tree', tree.target],
+    ] as const) {
       expect(await code(c.unpublish(id, t))).toBe(status.OK);
       expect(existsSync(t)).toBe(false);
     }

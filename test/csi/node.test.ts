@@ -93,7 +93,14 @@ describe('kubelet lifecycle of a persistent volume', () => {
     expect(host.mountedAt(target)!.root).toBe(staging);
 
     // the same call again (kubelet retries): OK, nothing mounted twice
-    const again = { volumeId: pv.handle, stagingTargetPath: staging, targetPath: target, volumeCapability: mountCap(), readonly: false, volumeContext: podContext(pv.attrs, { name: 'p1', uid: 'uid-1', ephemeral: false }) };
+    const again = {
+      volumeId: pv.handle,
+      stagingTargetPath: staging,
+      targetPath: target,
+      volumeCapability: mountCap(),
+      readonly: false,
+      volumeContext: podContext(pv.attrs, { name: 'p1', uid: 'uid-1', ephemeral: false }),
+    };
     expect(await code(c.publish(again))).toBe(status.OK);
     expect(await code(c.stage({ volumeId: pv.handle, stagingTargetPath: staging, volumeCapability: mountCap(), volumeContext: pv.attrs }))).toBe(status.OK);
     expect(mountedAt(target)).toBe(1);
@@ -102,9 +109,17 @@ describe('kubelet lifecycle of a persistent volume', () => {
     // same target, other arguments: ALREADY_EXISTS, and the existing mount is untouched
     expect(await code(c.publish({ ...again, readonly: true }))).toBe(status.ALREADY_EXISTS);
     expect(await code(c.publish({ ...again, volumeCapability: mountCap(Mode.SINGLE_NODE_READER_ONLY) }))).toBe(status.ALREADY_EXISTS);
-    expect(await code(c.publish({ ...again, volumeId: 'pv-cms', stagingTargetPath: '', volumeContext: { repository: 'cms.cern.ch' } }))).toBe(status.ALREADY_EXISTS);
-    expect(await code(c.stage({ volumeId: 'pv-other', stagingTargetPath: staging, volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }))).toBe(status.ALREADY_EXISTS);
-    expect(await code(c.stage({ volumeId: pv.handle, stagingTargetPath: staging, volumeCapability: mountCap(Mode.SINGLE_NODE_READER_ONLY), volumeContext: pv.attrs }))).toBe(status.ALREADY_EXISTS);
+    expect(await code(c.publish({ ...again, volumeId: 'pv-cms', stagingTargetPath: '', volumeContext: { repository: 'cms.cern.ch' } }))).toBe(
+      status.ALREADY_EXISTS,
+    );
+    expect(
+      await code(c.stage({ volumeId: 'pv-other', stagingTargetPath: staging, volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } })),
+    ).toBe(status.ALREADY_EXISTS);
+    expect(
+      await code(
+        c.stage({ volumeId: pv.handle, stagingTargetPath: staging, volumeCapability: mountCap(Mode.SINGLE_NODE_READER_ONLY), volumeContext: pv.attrs }),
+      ),
+    ).toBe(status.ALREADY_EXISTS);
     expect(mountedAt(target)).toBe(1);
     expect(host.mountedAt(target)!.root).toBe(staging);
 
@@ -134,7 +149,9 @@ describe('kubelet lifecycle of a persistent volume', () => {
     expect(await message(c.publish({ ...base, stagingTargetPath: notStaged }))).toMatch(/not staged/);
     await c.stage({ volumeId: 'pv-y', stagingTargetPath: k.staging('pv-y'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } });
     expect(await code(c.publish({ ...base, stagingTargetPath: k.staging('pv-y') }))).toBe(status.FAILED_PRECONDITION);
-    expect(await code(c.publish({ ...base, volumeId: 'pv-y', stagingTargetPath: k.staging('pv-y'), volumeContext: { repository: 'sft.cern.ch' } }))).toBe(status.FAILED_PRECONDITION);
+    expect(await code(c.publish({ ...base, volumeId: 'pv-y', stagingTargetPath: k.staging('pv-y'), volumeContext: { repository: 'sft.cern.ch' } }))).toBe(
+      status.FAILED_PRECONDITION,
+    );
     expect(mountedAt(target)).toBe(0);
     await c.unstage('pv-y', k.staging('pv-y'));
     expect(backendMounts()).toBe(0);
@@ -170,7 +187,13 @@ describe('kubelet lifecycle of a persistent volume', () => {
 
   it('kubelet retries racing: 10 identical publishes of one target at once all succeed, one bind', async () => {
     const target = k.target('uid-race', 'pv-race');
-    const req = { volumeId: 'pv-race', targetPath: target, volumeCapability: mountCap(), stagingTargetPath: '', volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'r', uid: 'uid-race', ephemeral: false }) };
+    const req = {
+      volumeId: 'pv-race',
+      targetPath: target,
+      volumeCapability: mountCap(),
+      stagingTargetPath: '',
+      volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'r', uid: 'uid-race', ephemeral: false }),
+    };
     const codes = await Promise.all(Array.from({ length: 10 }, () => code(c.publish(req))));
     expect(codes).toEqual(Array(10).fill(status.OK));
     expect(mountedAt(target)).toBe(1);
@@ -184,7 +207,19 @@ describe('kubelet lifecycle of a persistent volume', () => {
   it('50 concurrent publishes of one repository: all succeed, one backend mount', async () => {
     const targets = Array.from({ length: 50 }, (_, i) => k.target(`uid-c${i}`, 'pv-conc'));
     const attrs = { repository: 'atlas.cern.ch' };
-    const codes = await Promise.all(targets.map((t) => code(c.publish({ volumeId: 'pv-conc', targetPath: t, volumeCapability: mountCap(), volumeContext: podContext(attrs, { name: 'x', uid: 'u', ephemeral: false }), stagingTargetPath: '' }))));
+    const codes = await Promise.all(
+      targets.map((t) =>
+        code(
+          c.publish({
+            volumeId: 'pv-conc',
+            targetPath: t,
+            volumeCapability: mountCap(),
+            volumeContext: podContext(attrs, { name: 'x', uid: 'u', ephemeral: false }),
+            stagingTargetPath: '',
+          }),
+        ),
+      ),
+    );
     expect(codes.every((x) => x === 0)).toBe(true);
     expect(backendMounts()).toBe(1);
     expect(targets.every((t) => mountedAt(t) === 1)).toBe(true);
@@ -204,7 +239,9 @@ describe('inline ephemeral volumes', () => {
   it('refuses clientConfig from pod authors (inline), naming it', async () => {
     const p = mountInline(c, k, { repository: 'cms.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=http://proxy:3128' }, { name: 'e2', uid: 'uid-e2' });
     expect(await code(p)).toBe(status.INVALID_ARGUMENT);
-    expect(await message(mountInline(c, k, { repository: 'cms.cern.ch', clientConfig: 'x' }, { name: 'e2', uid: 'uid-e2' }))).toMatch(/clientConfig.*inline ephemeral/);
+    expect(await message(mountInline(c, k, { repository: 'cms.cern.ch', clientConfig: 'x' }, { name: 'e2', uid: 'uid-e2' }))).toMatch(
+      /clientConfig.*inline ephemeral/,
+    );
   });
 
   it('treats a publish without staging path and without the ephemeral flag as inline', async () => {
@@ -217,7 +254,16 @@ describe('inline ephemeral volumes', () => {
 
   it('still refuses multi-node writer modes for inline volumes (FAILED_PRECONDITION: a capability the volume does not have)', async () => {
     const target = k.target('uid-e4', 'v');
-    expect(await code(c.publish({ volumeId: 'e4', targetPath: target, volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'e4', uid: 'uid-e4', ephemeral: true }) }))).toBe(status.FAILED_PRECONDITION);
+    expect(
+      await code(
+        c.publish({
+          volumeId: 'e4',
+          targetPath: target,
+          volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER),
+          volumeContext: podContext({ repository: 'cms.cern.ch' }, { name: 'e4', uid: 'uid-e4', ephemeral: true }),
+        }),
+      ),
+    ).toBe(status.FAILED_PRECONDITION);
   });
 });
 
@@ -245,22 +291,88 @@ describe("the spec's error tables: INVALID_ARGUMENT for malformed requests, FAIL
     ['publish without volume_id', () => c.publish({ targetPath: target(), volumeCapability: cap, volumeContext: ctx }), /volume_id is required/],
     ['publish without target_path', () => c.publish({ volumeId: 'v', volumeCapability: cap, volumeContext: ctx }), /target_path is required/],
     ['publish without volume_capability', () => c.publish({ volumeId: 'v', targetPath: target(), volumeContext: ctx }), /volume_capability is required/],
-    ['publish with a relative target_path', () => c.publish({ volumeId: 'v', targetPath: 'pods/x/mount', volumeCapability: cap, volumeContext: ctx }), /must be an absolute path/],
+    [
+      'publish with a relative target_path',
+      () => c.publish({ volumeId: 'v', targetPath: 'pods/x/mount', volumeCapability: cap, volumeContext: ctx }),
+      /must be an absolute path/,
+    ],
     ['publish on /', () => c.publish({ volumeId: 'v', targetPath: '/', volumeCapability: cap, volumeContext: ctx }), /root directory/],
-    ['publish without access type', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /access type is required/],
-    ['publish without access mode', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '' }, accessMode: undefined }, volumeContext: ctx }), /access_mode is required/],
-    ['an unknown attribute', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, proxy: 'http://x', Repository: 'a' } }), /unknown volume attribute\(s\) "Repository", "proxy"/],
-    ["cvmfs-csi's clientConfigFilepath", () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, clientConfigFilepath: '/etc/x' } }), /clientConfigFilepath is not supported/],
-    ['a repository that is not a repository name', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { repository: '../../etc' } }), /not a fully qualified CVMFS repository name/],
-    ['a repository outside the allowlist', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { repository: 'evil.example.org' } }), /not allowed on this node/],
-    ['a malformed root hash', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, hash: 'xyz' } }), /root hash/],
-    ['a client setting that may not be set per volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, clientConfig: 'CVMFS_CACHE_BASE=/tmp' } }), /CVMFS_CACHE_BASE.*may not be set per volume/],
-    ['a tag on the whole tree', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { tag: 'prod' } }), /need a repository/],
-    ['a bad ephemeral flag', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: cap, volumeContext: { ...ctx, 'csi.storage.k8s.io/ephemeral': 'yes' } }), /must be "true" or "false"/],
-    ['publish on a target that is a file', () => c.publish({ volumeId: 'v', targetPath: fileTarget(), volumeCapability: cap, volumeContext: ctx }), /exists and is not a directory/],
-    ['publish on a target that is a symlink to elsewhere', () => c.publish({ volumeId: 'v', targetPath: linkTarget(), volumeCapability: cap, volumeContext: ctx }), /exists and is not a directory/],
-    ["publish into the plugin's state directory", () => c.publish({ volumeId: 'v', targetPath: path.join(state, 'mounts/x'), volumeCapability: cap, volumeContext: ctx }), /not allowed/],
-    ['a volume_id of 5000 characters', () => c.publish({ volumeId: 'v'.repeat(5000), targetPath: target(), volumeCapability: cap, volumeContext: ctx }), /volume_id is longer than 4096/],
+    [
+      'publish without access type',
+      () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }),
+      /access type is required/,
+    ],
+    [
+      'publish without access mode',
+      () =>
+        c.publish({
+          volumeId: 'v',
+          targetPath: target(),
+          volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '' }, accessMode: undefined },
+          volumeContext: ctx,
+        }),
+      /access_mode is required/,
+    ],
+    [
+      'an unknown attribute',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, proxy: 'http://x', Repository: 'a' } }),
+      /unknown volume attribute\(s\) "Repository", "proxy"/,
+    ],
+    [
+      "cvmfs-csi's clientConfigFilepath",
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, clientConfigFilepath: '/etc/x' } }),
+      /clientConfigFilepath is not supported/,
+    ],
+    [
+      'a repository that is not a repository name',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { repository: '../../etc' } }),
+      /not a fully qualified CVMFS repository name/,
+    ],
+    [
+      'a repository outside the allowlist',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { repository: 'evil.example.org' } }),
+      /not allowed on this node/,
+    ],
+    [
+      'a malformed root hash',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, hash: 'xyz' } }),
+      /root hash/,
+    ],
+    [
+      'a client setting that may not be set per volume',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { ...ctx, clientConfig: 'CVMFS_CACHE_BASE=/tmp' } }),
+      /CVMFS_CACHE_BASE.*may not be set per volume/,
+    ],
+    [
+      'a tag on the whole tree',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: cap, volumeContext: { tag: 'prod' } }),
+      /need a repository/,
+    ],
+    [
+      'a bad ephemeral flag',
+      () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: cap, volumeContext: { ...ctx, 'csi.storage.k8s.io/ephemeral': 'yes' } }),
+      /must be "true" or "false"/,
+    ],
+    [
+      'publish on a target that is a file',
+      () => c.publish({ volumeId: 'v', targetPath: fileTarget(), volumeCapability: cap, volumeContext: ctx }),
+      /exists and is not a directory/,
+    ],
+    [
+      'publish on a target that is a symlink to elsewhere',
+      () => c.publish({ volumeId: 'v', targetPath: linkTarget(), volumeCapability: cap, volumeContext: ctx }),
+      /exists and is not a directory/,
+    ],
+    [
+      "publish into the plugin's state directory",
+      () => c.publish({ volumeId: 'v', targetPath: path.join(state, 'mounts/x'), volumeCapability: cap, volumeContext: ctx }),
+      /not allowed/,
+    ],
+    [
+      'a volume_id of 5000 characters',
+      () => c.publish({ volumeId: 'v'.repeat(5000), targetPath: target(), volumeCapability: cap, volumeContext: ctx }),
+      /volume_id is longer than 4096/,
+    ],
     ['stats without volume_id', () => c.stats('', target()), /volume_id is required/],
     ['stats without volume_id, with a relative path (csi-sanity)', () => c.stats('', 'some/path'), /volume_id is required/],
     ['stats without volume_path', () => c.stats('v', ''), /volume_path is required/],
@@ -274,15 +386,76 @@ describe("the spec's error tables: INVALID_ARGUMENT for malformed requests, FAIL
   // the spec's NodeStageVolume/NodePublishVolume tables: "Exceeds capabilities" (capabilities
   // not supported by the volume) is FAILED_PRECONDITION, not INVALID_ARGUMENT
   const unsupported: [string, () => Promise<unknown>, RegExp][] = [
-    ['publish of a block volume', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /block access is not supported/],
-    ['publish of a persistent SINGLE_NODE_WRITER volume', () => c.publish({ volumeId: 'v', targetPath: target(), stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }), /SINGLE_NODE_WRITER is not supported/],
-    ['stage of a MULTI_NODE_MULTI_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: ctx }), /MULTI_NODE_MULTI_WRITER is not supported/],
-    ['stage of a MULTI_NODE_SINGLE_WRITER volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_SINGLE_WRITER), volumeContext: ctx }), /MULTI_NODE_SINGLE_WRITER is not supported/],
-    ['stage with mount flag rw', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['ro', 'rw']), volumeContext: ctx }), /mount_flags "rw" not supported/],
-    ['stage with a volume_mount_group', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '1000' }, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /volume_mount_group/],
-    ['stage of a persistent SINGLE_NODE_WRITER volume (what csi-sanity asks)', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }), /SINGLE_NODE_WRITER is not supported.*read-only/],
-    ['stage of a block volume', () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } }, volumeContext: ctx }), /block access is not supported/],
-    ['publish with mount flag exec', () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['exec']), volumeContext: ctx }), /mount_flags "exec" not supported/],
+    [
+      'publish of a block volume',
+      () =>
+        c.publish({
+          volumeId: 'v',
+          targetPath: target(),
+          volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } },
+          volumeContext: ctx,
+        }),
+      /block access is not supported/,
+    ],
+    [
+      'publish of a persistent SINGLE_NODE_WRITER volume',
+      () =>
+        c.publish({
+          volumeId: 'v',
+          targetPath: target(),
+          stagingTargetPath: staging(),
+          volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER),
+          volumeContext: ctx,
+        }),
+      /SINGLE_NODE_WRITER is not supported/,
+    ],
+    [
+      'stage of a MULTI_NODE_MULTI_WRITER volume',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_MULTI_WRITER), volumeContext: ctx }),
+      /MULTI_NODE_MULTI_WRITER is not supported/,
+    ],
+    [
+      'stage of a MULTI_NODE_SINGLE_WRITER volume',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_SINGLE_WRITER), volumeContext: ctx }),
+      /MULTI_NODE_SINGLE_WRITER is not supported/,
+    ],
+    [
+      'stage with mount flag rw',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['ro', 'rw']), volumeContext: ctx }),
+      /mount_flags "rw" not supported/,
+    ],
+    [
+      'stage with a volume_mount_group',
+      () =>
+        c.stage({
+          volumeId: 'v',
+          stagingTargetPath: staging(),
+          volumeCapability: { mount: { fsType: '', mountFlags: [], volumeMountGroup: '1000' }, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } },
+          volumeContext: ctx,
+        }),
+      /volume_mount_group/,
+    ],
+    [
+      'stage of a persistent SINGLE_NODE_WRITER volume (what csi-sanity asks)',
+      () => c.stage({ volumeId: 'v', stagingTargetPath: staging(), volumeCapability: mountCap(Mode.SINGLE_NODE_WRITER), volumeContext: ctx }),
+      /SINGLE_NODE_WRITER is not supported.*read-only/,
+    ],
+    [
+      'stage of a block volume',
+      () =>
+        c.stage({
+          volumeId: 'v',
+          stagingTargetPath: staging(),
+          volumeCapability: { block: {}, accessMode: { mode: Mode.MULTI_NODE_READER_ONLY } },
+          volumeContext: ctx,
+        }),
+      /block access is not supported/,
+    ],
+    [
+      'publish with mount flag exec',
+      () => c.publish({ volumeId: 'v', targetPath: target(), volumeCapability: mountCap(Mode.MULTI_NODE_READER_ONLY, ['exec']), volumeContext: ctx }),
+      /mount_flags "exec" not supported/,
+    ],
   ];
   it.each(unsupported)('%s → FAILED_PRECONDITION naming the problem', async (_name, run, why) => {
     let err: { code?: number; details?: string } = {};
@@ -307,7 +480,9 @@ describe('NodeGetVolumeStats and the volume condition', () => {
       expect(err.code, p.slice(0, 20)).toBe(status.NOT_FOUND);
       expect(err.details).toContain('pv-unknown');
     }
-    expect(await message(c.stats('pv-unknown', 'some/path'))).toMatch(/not published or staged at "some\/path": volume_path "some\/path" must be an absolute path/);
+    expect(await message(c.stats('pv-unknown', 'some/path'))).toMatch(
+      /not published or staged at "some\/path": volume_path "some\/path" must be an absolute path/,
+    );
   });
 
   it('NOT_FOUND for a published volume asked about at a relative path', async () => {
@@ -340,7 +515,14 @@ describe('NodeGetVolumeStats and the volume condition', () => {
     expect(gone.volumeCondition!.message).toMatch(/not mounted/);
 
     // kubelet publishes again after noticing: same request, mounted again
-    await c.publish({ volumeId: 'pv-st', stagingTargetPath: staging, targetPath: target, volumeCapability: mountCap(), readonly: false, volumeContext: podContext({ repository: 'atlas.cern.ch' }, { name: 's', uid: 'uid-s', ephemeral: false }) });
+    await c.publish({
+      volumeId: 'pv-st',
+      stagingTargetPath: staging,
+      targetPath: target,
+      volumeCapability: mountCap(),
+      readonly: false,
+      volumeContext: podContext({ repository: 'atlas.cern.ch' }, { name: 's', uid: 'uid-s', ephemeral: false }),
+    });
     expect(mountedAt(target)).toBe(1);
     await c.unpublish('pv-st', target);
     await c.unstage('pv-st', staging);
@@ -357,14 +539,19 @@ describe('failures and logs', () => {
 
   it('never logs secrets or clientConfig values', async () => {
     const target = k.target('uid-sec', 'v');
-    await c.publish({
-      volumeId: 'pv-sec',
-      targetPath: target,
-      volumeCapability: mountCap(),
-      secrets: { token: 'S3CRET-TOKEN' },
-      volumeContext: podContext({ repository: 'atlas.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=http://PRIVATE-PROXY:3128' }, { name: 'x', uid: 'y', ephemeral: false }),
-      stagingTargetPath: '',
-    }).catch(() => undefined);
+    await c
+      .publish({
+        volumeId: 'pv-sec',
+        targetPath: target,
+        volumeCapability: mountCap(),
+        secrets: { token: 'S3CRET-TOKEN' },
+        volumeContext: podContext(
+          { repository: 'atlas.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=http://PRIVATE-PROXY:3128' },
+          { name: 'x', uid: 'y', ephemeral: false },
+        ),
+        stagingTargetPath: '',
+      })
+      .catch(() => undefined);
     await c.unpublish('pv-sec', target);
     expect(logs).toContain('NodePublishVolume');
     expect(logs).not.toContain('S3CRET-TOKEN');
@@ -384,7 +571,19 @@ describe('a stalled repository (the CVMFS client does not answer)', () => {
 
   beforeAll(async () => {
     for (const repo of ['atlas.cern.ch', 'cms.cern.ch']) mkdirSync(path.join(scvmfs, repo), { recursive: true });
-    scsi = await startCsi({ endpoint: `unix://${ssocket}`, driverName: 'cvmfs.csi.cern.ch', nodeId: 'node-s', stateDir: path.join(sdir, 'state'), cvmfsRoot: scvmfs, allow: ['*.cern.ch'], backend: 'host', checkIntervalMs: 0, cvmfsTimeoutMs: T, host: shost, log: pino({ level: 'silent' }) });
+    scsi = await startCsi({
+      endpoint: `unix://${ssocket}`,
+      driverName: 'cvmfs.csi.cern.ch',
+      nodeId: 'node-s',
+      stateDir: path.join(sdir, 'state'),
+      cvmfsRoot: scvmfs,
+      allow: ['*.cern.ch'],
+      backend: 'host',
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: T,
+      host: shost,
+      log: pino({ level: 'silent' }),
+    });
     sc = new CsiClient(ssocket);
   });
   afterAll(async () => {
@@ -406,7 +605,9 @@ describe('a stalled repository (the CVMFS client does not answer)', () => {
     shost.stalled.add(path.join(sdir, 'state', 'mounts', 'cms.cern.ch'));
     shost.stalled.add(cms.staging);
     shost.stalled.add(cms.target);
-    const stage = timed(sc.stage({ volumeId: 'pv-cms2', stagingTargetPath: sk.staging('pv-cms2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }));
+    const stage = timed(
+      sc.stage({ volumeId: 'pv-cms2', stagingTargetPath: sk.staging('pv-cms2'), volumeCapability: mountCap(), volumeContext: { repository: 'cms.cern.ch' } }),
+    );
     const inline = timed(mountInline(sc, sk, { repository: 'cms.cern.ch' }, { name: 'i', uid: 'uid-i' }));
     await new Promise((r) => setTimeout(r, 50));
     const t1 = Date.now();
@@ -418,11 +619,16 @@ describe('a stalled repository (the CVMFS client does not answer)', () => {
     expect(Date.now() - t1).toBeLessThan(T / 2);
     for (const f of await Promise.all([stage, inline])) {
       expect(f.code).toBe(status.UNAVAILABLE);
-      expect(f.message).toMatch(/^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 0\.4 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 0\.4 s, cvmfs-timeout\)): the CVMFS client is stalled/);
+      expect(f.message).toMatch(
+        /^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 0\.4 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 0\.4 s, cvmfs-timeout\)): the CVMFS client is stalled/,
+      );
       expect(f.ms).toBeLessThan(T + 300);
     }
     const st = await sc.stats('pv-cms', cms.target);
-    expect(st.volumeCondition).toEqual({ abnormal: true, message: `${cms.target} does not answer within 0.4 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)` });
+    expect(st.volumeCondition).toEqual({
+      abnormal: true,
+      message: `${cms.target} does not answer within 0.4 s (cvmfs-timeout): the CVMFS client serving cms.cern.ch is stalled (server or proxy unreachable?)`,
+    });
     // taking a stalled volume away needs no answer from it
     expect(await code(sc.unpublish('pv-cms', cms.target))).toBe(status.OK);
     expect(await code(sc.unstage('pv-cms', cms.staging))).toBe(status.OK);

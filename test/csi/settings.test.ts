@@ -25,18 +25,45 @@ describe('settings: flags, then environment, then config file, then defaults', (
   it('defaults are cvmfs-csi compatible', () => {
     const s = settings([]);
     expect(s).toMatchObject({ endpoint: CSI_DEFAULTS.endpoint, driverName: 'cvmfs.csi.cern.ch', nodeId: os.hostname(), allowEphemeralClientConfig: false });
-    expect(s.manager).toMatchObject({ stateDir: '/var/lib/cvmfs-thin/csi', cvmfsRoot: '/cvmfs', allow: ['*'], backend: 'host', mountCommand: ['mount', '-t', 'cvmfs'], idleUnmountMs: 0 });
+    expect(s.manager).toMatchObject({
+      stateDir: '/var/lib/cvmfs-thin/csi',
+      cvmfsRoot: '/cvmfs',
+      allow: ['*'],
+      backend: 'host',
+      mountCommand: ['mount', '-t', 'cvmfs'],
+      idleUnmountMs: 0,
+    });
   });
 
   it('CSI_ENDPOINT and NODE_ID beat the config file; flags beat both', () => {
     const cfg = path.join(dir, 'a.toml');
-    writeFileSync(cfg, 'endpoint = "unix:///from/config.sock"\nnode-id = "cfg-node"\nallowed-repositories = ["cms.cern.ch"]\nbackend = "client"\nmount-command = "/usr/bin/mount -t cvmfs"\nallow-ephemeral-client-config = true\nidle-unmount = 60\n');
+    writeFileSync(
+      cfg,
+      'endpoint = "unix:///from/config.sock"\nnode-id = "cfg-node"\nallowed-repositories = ["cms.cern.ch"]\nbackend = "client"\nmount-command = "/usr/bin/mount -t cvmfs"\nallow-ephemeral-client-config = true\nidle-unmount = 60\n',
+    );
     const env = { CSI_ENDPOINT: 'unix:///from/env.sock', NODE_ID: 'env-node' };
     const a = settings(['--config', cfg], env);
     expect(a).toMatchObject({ endpoint: 'unix:///from/env.sock', nodeId: 'env-node', allowEphemeralClientConfig: true });
     expect(a.manager).toMatchObject({ allow: ['cms.cern.ch'], backend: 'client', mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'], idleUnmountMs: 60_000 });
     expect(settings(['--config', cfg], {})).toMatchObject({ endpoint: 'unix:///from/config.sock', nodeId: 'cfg-node' });
-    const b = settings(['--config', cfg, '--endpoint', '/flag.sock', '--node-id', 'flag-node', '--allowed-repository', 'a.cern.ch', '*.egi.eu', '--backend', 'host', '--mount-command', 'mount  -t cvmfs'], env);
+    const b = settings(
+      [
+        '--config',
+        cfg,
+        '--endpoint',
+        '/flag.sock',
+        '--node-id',
+        'flag-node',
+        '--allowed-repository',
+        'a.cern.ch',
+        '*.egi.eu',
+        '--backend',
+        'host',
+        '--mount-command',
+        'mount  -t cvmfs',
+      ],
+      env,
+    );
     expect(b).toMatchObject({ endpoint: '/flag.sock', nodeId: 'flag-node' });
     expect(b.manager).toMatchObject({ allow: ['a.cern.ch', '*.egi.eu'], backend: 'host', mountCommand: ['mount', '-t', 'cvmfs'] });
   });
@@ -71,7 +98,19 @@ describe('settings: flags, then environment, then config file, then defaults', (
   it('refuses to start on a socket path that is not a socket', async () => {
     const notSocket = path.join(dir, 'file');
     writeFileSync(notSocket, '');
-    await expect(startCsi({ endpoint: notSocket, driverName: 'cvmfs.csi.cern.ch', nodeId: 'n', stateDir: path.join(dir, 'state'), cvmfsRoot: dir, allow: ['*'], backend: 'host', checkIntervalMs: 0, log: silentLogger() })).rejects.toThrow(/not a socket/);
+    await expect(
+      startCsi({
+        endpoint: notSocket,
+        driverName: 'cvmfs.csi.cern.ch',
+        nodeId: 'n',
+        stateDir: path.join(dir, 'state'),
+        cvmfsRoot: dir,
+        allow: ['*'],
+        backend: 'host',
+        checkIntervalMs: 0,
+        log: silentLogger(),
+      }),
+    ).rejects.toThrow(/not a socket/);
   });
 });
 
@@ -105,7 +144,11 @@ describe('request checks', () => {
     expect(parseAttributes(ctx, { ephemeral: true, allowEphemeralClientConfig: false })).toEqual({ repository: 'a.cern.ch', opts: { tag: 'prod' } });
     expect(parseAttributes({}, { ephemeral: false, allowEphemeralClientConfig: false })).toEqual({ repository: undefined, opts: {} });
     expect(() => parseAttributes({ Repository: 'a.cern.ch' }, { ephemeral: false, allowEphemeralClientConfig: false })).toThrow(/"Repository"/);
-    expect(() => parseAttributes({ clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' }, { ephemeral: true, allowEphemeralClientConfig: false })).toThrow(/not allowed in inline ephemeral/);
-    expect(parseAttributes({ repository: 'a.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' }, { ephemeral: true, allowEphemeralClientConfig: true }).opts).toEqual({ clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' });
+    expect(() => parseAttributes({ clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' }, { ephemeral: true, allowEphemeralClientConfig: false })).toThrow(
+      /not allowed in inline ephemeral/,
+    );
+    expect(
+      parseAttributes({ repository: 'a.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' }, { ephemeral: true, allowEphemeralClientConfig: true }).opts,
+    ).toEqual({ clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' });
   });
 });

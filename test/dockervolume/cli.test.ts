@@ -37,14 +37,35 @@ describe('volume-plugin command (no root)', () => {
       ].join('\n'),
     );
     const s = volumeSettings({ config: f }, null, volumePluginConfigSpec, { stateDir: '/default', loggerName: 't' });
-    expect(s.manager).toMatchObject({ stateDir: '/var/lib/x', cvmfsRoot: '/cvmfs', allow: ['*.cern.ch', 'sw.example.org'], backend: 'client', mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'], idleUnmountMs: 300_000, cvmfsTimeoutMs: 3000 });
+    expect(s.manager).toMatchObject({
+      stateDir: '/var/lib/x',
+      cvmfsRoot: '/cvmfs',
+      allow: ['*.cern.ch', 'sw.example.org'],
+      backend: 'client',
+      mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'],
+      idleUnmountMs: 300_000,
+      cvmfsTimeoutMs: 3000,
+    });
     // the default: the snapshotter's cvmfs-timeout
     expect(volumeSettings({}, null, volumePluginConfigSpec, { stateDir: '/default', loggerName: 't' }).manager.cvmfsTimeoutMs).toBe(10_000);
     expect(s.pick('socket', 'socket')).toBe('/run/docker/plugins/cvmfs.sock');
     expect(s.pick('knownVolume', 'known-volumes')).toEqual(['cms.cern.ch', 'atlas.cern.ch@prod']);
-    expect(Object.keys(volumePluginConfigSpec).sort()).toEqual(
-      ['allowed-repositories', 'backend', 'check-interval', 'client-config-keys', 'cvmfs-root', 'cvmfs-timeout', 'idle-unmount', 'known-volumes', 'log-level', 'metrics-address', 'mount-command', 'mount-timeout', 'socket', 'state-dir'],
-    );
+    expect(Object.keys(volumePluginConfigSpec).sort()).toEqual([
+      'allowed-repositories',
+      'backend',
+      'check-interval',
+      'client-config-keys',
+      'cvmfs-root',
+      'cvmfs-timeout',
+      'idle-unmount',
+      'known-volumes',
+      'log-level',
+      'metrics-address',
+      'mount-command',
+      'mount-timeout',
+      'socket',
+      'state-dir',
+    ]);
   });
 
   it('refuses unknown keys, bad values and bad TOML, naming them', () => {
@@ -65,7 +86,10 @@ describe('volume-plugin command (no root)', () => {
     const cvmfs = path.join(dir, 'cvmfs');
     for (const r of ['cms.cern.ch', 'atlas.cern.ch']) mkdirSync(path.join(cvmfs, r), { recursive: true });
     const socket = path.join(dir, 'p.sock');
-    const f = toml('p.toml', `state-dir = "${path.join(dir, 'state')}"\ncvmfs-root = "${cvmfs}"\nallowed-repositories = ["cms.cern.ch"]\nidle-unmount = 5\nknown-volumes = ["cms.cern.ch"]\n`);
+    const f = toml(
+      'p.toml',
+      `state-dir = "${path.join(dir, 'state')}"\ncvmfs-root = "${cvmfs}"\nallowed-repositories = ["cms.cern.ch"]\nidle-unmount = 5\nknown-volumes = ["cms.cern.ch"]\n`,
+    );
     const p = await startVolumePlugin('unused', ['--config', f], { socket });
     try {
       expect((await pluginCall(socket, 'VolumeDriver.Get', { Name: 'cms.cern.ch' })).status).toBe(200);
@@ -78,11 +102,15 @@ describe('volume-plugin command (no root)', () => {
     }
     expect(existsSync(socket)).toBe(false);
     expect(p.output()).toContain('volume plugin stopped; mounts kept');
-    const q = await startVolumePlugin('unused', ['--config', f, '--allowed-repository', 'atlas.cern.ch', '*.example.org', '--known-volume', 'atlas.cern.ch'], { socket });
+    const q = await startVolumePlugin('unused', ['--config', f, '--allowed-repository', 'atlas.cern.ch', '*.example.org', '--known-volume', 'atlas.cern.ch'], {
+      socket,
+    });
     try {
       expect((await pluginCall(socket, 'VolumeDriver.Get', { Name: 'atlas.cern.ch' })).status).toBe(200);
       expect((await pluginCall(socket, 'VolumeDriver.Get', { Name: 'sw.example.org' })).json()['Err']).toMatch(/^no such volume: sw\.example\.org/);
-      expect((await pluginCall(socket, 'VolumeDriver.Get', { Name: 'cms.cern.ch' })).json()['Err']).toMatch(/not allowed on this node \(allowed: atlas.cern.ch, \*.example.org\)/);
+      expect((await pluginCall(socket, 'VolumeDriver.Get', { Name: 'cms.cern.ch' })).json()['Err']).toMatch(
+        /not allowed on this node \(allowed: atlas.cern.ch, \*.example.org\)/,
+      );
     } finally {
       await q.stop();
     }
@@ -97,8 +125,16 @@ describe('volume-plugin command (no root)', () => {
       [['--backend', 'nfs', ...state], 1, /argument 'nfs' is invalid. Allowed choices are host, client/],
       [['--idle-unmount', 'soon', ...state, '--socket', path.join(dir, 'y.sock')], 2, /^cvmfs-thin: --idle-unmount "soon": must be a whole number of seconds/],
       [['--cvmfs-timeout', '0', ...state, '--socket', path.join(dir, 'w.sock')], 2, /^cvmfs-thin: --cvmfs-timeout must be from 1 to 600 seconds/],
-      [['--allowed-repository', 'CMS', ...state, '--socket', path.join(dir, 'z.sock')], 2, /^cvmfs-thin: allowed repository "CMS": is not a fully qualified CVMFS repository name/],
-      [['--known-volume', 'CMS', ...state, '--socket', path.join(dir, 'k.sock')], 2, /^cvmfs-thin: known-volumes: volume name "CMS": is not a fully qualified CVMFS repository name/],
+      [
+        ['--allowed-repository', 'CMS', ...state, '--socket', path.join(dir, 'z.sock')],
+        2,
+        /^cvmfs-thin: allowed repository "CMS": is not a fully qualified CVMFS repository name/,
+      ],
+      [
+        ['--known-volume', 'CMS', ...state, '--socket', path.join(dir, 'k.sock')],
+        2,
+        /^cvmfs-thin: known-volumes: volume name "CMS": is not a fully qualified CVMFS repository name/,
+      ],
       [['--socket', path.join(dir, `${'s'.repeat(120)}.sock`), ...state], 2, /is longer than 107 bytes \(the unix socket limit\)/],
     ];
     for (const [args, code, err] of cases) {

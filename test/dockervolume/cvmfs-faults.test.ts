@@ -38,7 +38,18 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     mounts = path.join(host.dir, 'state', 'mounts');
     plugin = await startVolumePlugin(
       'unused',
-      ['--state-dir', path.join(host.dir, 'state'), '--cvmfs-root', host.cvmfs, '--allowed-repository', '*.cern.ch', '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1'],
+      [
+        '--state-dir',
+        path.join(host.dir, 'state'),
+        '--cvmfs-root',
+        host.cvmfs,
+        '--allowed-repository',
+        '*.cern.ch',
+        '--cvmfs-timeout',
+        String(TIMEOUT_S),
+        '--check-interval',
+        '1',
+      ],
       { socket },
     );
   });
@@ -77,7 +88,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     const fs = await Promise.all(stalled);
     for (const f of fs) {
       expect(f.status).toBe(503);
-      expect(f.json['Err']).toMatch(/^repository cms\.cern\.ch: CVMFS at \S+\/cms\.cern\.ch (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/);
+      expect(f.json['Err']).toMatch(
+        /^repository cms\.cern\.ch: CVMFS at \S+\/cms\.cern\.ch (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/,
+      );
     }
     const slowest = Math.max(...fs.map((f) => f.ms));
     expect(slowest).toBeGreaterThanOrEqual(TIMEOUT_S * 1000 - 50);
@@ -127,7 +140,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('volume plu
     expect(errnoOf(() => readFileSync(path.join(cmsPath, 'etc', 'hello')))).toBe('ENOTCONN');
     const dead = await call('Mount', { Name: 'cms.cern.ch', ID: ID(2) });
     expect(dead.status).toBe(503);
-    expect(dead.json['Err']).toBe(`repository cms.cern.ch: ${path.join(host.cvmfs, 'cms.cern.ch')} is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)`);
+    expect(dead.json['Err']).toBe(
+      `repository cms.cern.ch: ${path.join(host.cvmfs, 'cms.cern.ch')} is broken on the host (Transport endpoint is not connected: the CVMFS client died; remount it on the host)`,
+    );
     expect(dead.ms).toBeLessThan(500);
     // the check (every second) finds it, cannot repair it yet, and keeps our mount
     await until(() => /broken repository mount could not be repaired/.test(plugin!.output()));

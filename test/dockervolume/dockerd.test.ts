@@ -21,10 +21,24 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
   let image: string;
   const docker = (args: string[], o?: Parameters<Dockerd['docker']>[1]) => dockerd!.docker(args, o);
   const fails = (args: string[]) => docker(args, { allowFail: true });
-  const pluginArgs = () => ['--state-dir', path.join(dir, 'state'), '--cvmfs-root', cvmfs, '--allowed-repository', '*.cern.ch', '--known-volume', 'atlas.cern.ch'];
+  const pluginArgs = () => [
+    '--state-dir',
+    path.join(dir, 'state'),
+    '--cvmfs-root',
+    cvmfs,
+    '--allowed-repository',
+    '*.cern.ch',
+    '--known-volume',
+    'atlas.cern.ch',
+  ];
   const cms = () => path.join(mounts, 'cms.cern.ch');
   const runRm = async (vol: string[], script: string) => (await docker(['run', '--rm', '--network', 'none', ...vol, image, 'sh', '-c', script])).stdout;
-  const names = async () => (await docker(['volume', 'ls', '--format', '{{.Driver}} {{.Name}}'])).stdout.split('\n').filter((l) => l.startsWith(`${name} `)).map((l) => l.slice(name.length + 1)).sort();
+  const names = async () =>
+    (await docker(['volume', 'ls', '--format', '{{.Driver}} {{.Name}}'])).stdout
+      .split('\n')
+      .filter((l) => l.startsWith(`${name} `))
+      .map((l) => l.slice(name.length + 1))
+      .sort();
 
   beforeAll(async () => {
     dir = shortTempDir('dvol-');
@@ -69,8 +83,14 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
 
   it('-o and volume-opt= options of a new volume are applied, or refused naming the option', async () => {
     await docker(['volume', 'create', '-d', name, '-o', 'tag=prod-2024', '--name=lhcb.cern.ch']);
-    const v = JSON.parse((await docker(['volume', 'inspect', 'lhcb.cern.ch'])).stdout) as { Options: Record<string, string>; Status: Record<string, unknown> }[];
-    expect([v[0]!.Options, v[0]!.Status]).toEqual([{ tag: 'prod-2024' }, expect.objectContaining({ repository: 'lhcb.cern.ch', tag: 'prod-2024', key: 'lhcb.cern.ch@prod-2024' })]);
+    const v = JSON.parse((await docker(['volume', 'inspect', 'lhcb.cern.ch'])).stdout) as {
+      Options: Record<string, string>;
+      Status: Record<string, unknown>;
+    }[];
+    expect([v[0]!.Options, v[0]!.Status]).toEqual([
+      { tag: 'prod-2024' },
+      expect.objectContaining({ repository: 'lhcb.cern.ch', tag: 'prod-2024', key: 'lhcb.cern.ch@prod-2024' }),
+    ]);
     await docker(['volume', 'rm', 'lhcb.cern.ch']);
     const refused: [string, RegExp][] = [
       ['clientConfig=CVMFS_CACHE_BASE=/tmp/x', /VolumeDriver.Create: clientConfig line 1 "CVMFS_CACHE_BASE": may not be set per volume/],
@@ -82,7 +102,16 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
       expect([o, r.code, r.stderr]).toEqual([o, 1, expect.stringMatching(err)]);
     }
     // --mount volume-opt= reaches Create too: the tagged volume needs the client backend, which this node lacks
-    const m = await fails(['run', '--rm', '--network', 'none', '--mount', `type=volume,src=lhcb.cern.ch,dst=/x,volume-driver=${name},volume-opt=tag=v2`, image, 'true']);
+    const m = await fails([
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      '--mount',
+      `type=volume,src=lhcb.cern.ch,dst=/x,volume-driver=${name},volume-opt=tag=v2`,
+      image,
+      'true',
+    ]);
     expect(m.code).toBe(125);
     expect(JSON.parse((await docker(['volume', 'inspect', 'lhcb.cern.ch'])).stdout)[0].Status).toMatchObject({ tag: 'v2' });
     await docker(['volume', 'rm', 'lhcb.cern.ch']);
@@ -104,7 +133,19 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
 
   it('two containers share one backend mount (-v and --mount volume-driver=); it goes with the last', async () => {
     await docker(['run', '-d', '--name', 'c1', '--network', 'none', '-v', 'cms.cern.ch:/cvmfs/cms.cern.ch', image, 'sleep', '1000']);
-    await docker(['run', '-d', '--name', 'c2', '--network', 'none', '--mount', `type=volume,src=cms.cern.ch,dst=/c,volume-driver=${name},readonly`, image, 'sleep', '1000']);
+    await docker([
+      'run',
+      '-d',
+      '--name',
+      'c2',
+      '--network',
+      'none',
+      '--mount',
+      `type=volume,src=cms.cern.ch,dst=/c,volume-driver=${name},readonly`,
+      image,
+      'sleep',
+      '1000',
+    ]);
     expect((await docker(['exec', 'c1', 'cat', '/cvmfs/cms.cern.ch/README'])).stdout).toBe('cms stand-in\n');
     expect((await docker(['exec', 'c2', 'cat', '/c/README'])).stdout).toBe('cms stand-in\n');
     expect(mountCount(cms())).toBe(1);
@@ -130,7 +171,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     await docker(['rm', 'c1', 'c2']);
   });
 
-  it('-v without --volume-driver finds created and known volumes (others are local, Docker\'s default); --mount with volume-driver= works for a new name', async () => {
+  it("-v without --volume-driver finds created and known volumes (others are local, Docker's default); --mount with volume-driver= works for a new name", async () => {
     expect(await runRm(['-v', 'atlas.cern.ch:/cvmfs/atlas.cern.ch'], 'cat /cvmfs/atlas.cern.ch/README')).toBe('atlas stand-in\n');
     expect((await docker(['volume', 'inspect', '--format', '{{.Driver}}', 'atlas.cern.ch'])).stdout.trim()).toBe(name);
     expect(await runRm(['-v', 'sft.cern.ch:/sft'], 'ls -A /sft')).toBe('');
@@ -194,7 +235,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     });
   }
 
-  it('a dockerd restart keeps the volumes listed and usable; a running container\'s volume is released at shutdown', async () => {
+  it("a dockerd restart keeps the volumes listed and usable; a running container's volume is released at shutdown", async () => {
     await docker(['create', '--name', 'c4', '--network', 'none', '-v', 'sft.cern.ch:/sft', image, 'sh', '/sft/lcg/setup.sh']);
     await docker(['run', '-d', '--name', 'c5', '--stop-timeout', '1', '--network', 'none', '-v', 'atlas.cern.ch:/a', image, 'sleep', '1000']);
     expect(mountsBelow(mounts)).toEqual([path.join(mounts, 'atlas.cern.ch')]);

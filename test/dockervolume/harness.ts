@@ -11,7 +11,6 @@ import { CLI } from '../helpers/env.js';
 import { buildImage, busyboxEntries, writeDockerArchive } from '../helpers/oci-image.js';
 import { type Dockerd, type Plugin, startPluginDaemon } from '../graphdriver/harness.js';
 
-
 export type VolumePlugin = Plugin;
 
 /**

@@ -56,7 +56,7 @@ describe('managed plugin config.json', () => {
     expect(flag('--socket')).toBe(`/run/docker/plugins/${cfg.Interface.Socket}`);
   });
 
-  it('propagates the mount manager\'s mounts directory and sees the host\'s /cvmfs with slave propagation', () => {
+  it("propagates the mount manager's mounts directory and sees the host's /cvmfs with slave propagation", () => {
     expect(cfg.PropagatedMount).toBe(path.join(flag('--state-dir')!, 'mounts'));
     const cvmfs = cfg.Mounts.find((m) => m.Destination === flag('--cvmfs-root'));
     expect(cvmfs).toMatchObject({ Name: 'cvmfs', Source: '/cvmfs', Type: 'bind', Settable: ['source'] });
@@ -115,7 +115,9 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
 
   it('serves volumes to containers through the propagated mount, shares and releases them', async () => {
     await docker(['volume', 'create', '-d', PLUGIN, 'cms.cern.ch']);
-    expect((await docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/cvmfs/cms.cern.ch:ro', image, 'cat', '/cvmfs/cms.cern.ch/README'])).stdout).toBe('managed cms\n');
+    expect(
+      (await docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/cvmfs/cms.cern.ch:ro', image, 'cat', '/cvmfs/cms.cern.ch/README'])).stdout,
+    ).toBe('managed cms\n');
     await docker(['run', '-d', '--name', 'm1', '--network', 'none', '-v', 'cms.cern.ch:/c', image, 'sleep', '1000']);
     const pluginsDir = path.join(dir, 'd', 'root', 'plugins');
     const id = readdirSync(pluginsDir).find((n) => existsSync(path.join(pluginsDir, n, 'propagated-mount')))!;
@@ -128,9 +130,13 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     const v = JSON.parse((await docker(['volume', 'inspect', 'cms.cern.ch'])).stdout) as { Driver: string; Mountpoint: string }[];
     // inspect shows the plugin's own path; dockerd rewrites it below propagated-mount only for Mount
     expect(v[0]).toMatchObject({ Driver: PLUGIN, Mountpoint: '/var/lib/cvmfs-thin/volumes/mounts/cms.cern.ch' });
-    expect((await docker(['run', '--rm', '--network', 'none', '--volume-driver', PLUGIN, '-v', 'cms.cern.ch:/c', image, 'cat', '/c/README'])).stdout).toBe('managed cms\n');
+    expect((await docker(['run', '--rm', '--network', 'none', '--volume-driver', PLUGIN, '-v', 'cms.cern.ch:/c', image, 'cat', '/c/README'])).stdout).toBe(
+      'managed cms\n',
+    );
     // read-only also in the propagated copies dockerd binds into containers (a volume without :ro)
-    const w = await dockerd!.docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/c', image, 'sh', '-c', 'echo x > /c/written'], { allowFail: true });
+    const w = await dockerd!.docker(['run', '--rm', '--network', 'none', '-v', 'cms.cern.ch:/c', image, 'sh', '-c', 'echo x > /c/written'], {
+      allowFail: true,
+    });
     expect(w.code).not.toBe(0);
     expect(w.stderr).toMatch(/Read-only file system/);
     expect(existsSync(path.join(dir, 'cvmfs', 'cms.cern.ch', 'written'))).toBe(false);

@@ -109,7 +109,7 @@ describe('plugin HTTP transport (no root)', () => {
     expect(toHttpError(new UnavailableError('x', 'CVMFS_THIN_MOUNT_FAILED')).code).toBe('CVMFS_THIN_MOUNT_FAILED');
   });
 
-  it('refuses unknown methods, other interfaces\' names, GET, bad JSON and oversized bodies', async () => {
+  it("refuses unknown methods, other interfaces' names, GET, bad JSON and oversized bodies", async () => {
     const u = await call('VolumeDriver.Nope', {});
     expect(u.status).toBe(404);
     expect(u.json()['Err']).toBe('unknown plugin method "VolumeDriver.Nope" (this plugin implements VolumeDriver, GraphDriver)');
@@ -156,7 +156,9 @@ describe('plugin HTTP transport (no root)', () => {
     await expect(servePlugin({ socket: file, interfaces: [], log: silentLogger() })).rejects.toThrow(/exists and is not a socket/);
     // a stale socket: bound by a server that went away without removing it
     const stale = path.join(dir, 'stale.sock');
-    const child = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => console.log('up'))`], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     await new Promise((r) => child.stdout!.once('data', r));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
@@ -169,9 +171,18 @@ describe('plugin HTTP transport (no root)', () => {
 
   it('refuses bad interface tables', async () => {
     const log = silentLogger();
-    await expect(servePlugin({ socket: path.join(dir, 'x.sock'), interfaces: [{ name: 'Plugin', routes: {} }], log })).rejects.toThrow(/bad plugin interface name/);
+    await expect(servePlugin({ socket: path.join(dir, 'x.sock'), interfaces: [{ name: 'Plugin', routes: {} }], log })).rejects.toThrow(
+      /bad plugin interface name/,
+    );
     await expect(
-      servePlugin({ socket: path.join(dir, 'y.sock'), interfaces: [{ name: 'A', routes: { X: async () => 1 } }, { name: 'A', routes: { X: async () => 2 } }], log }),
+      servePlugin({
+        socket: path.join(dir, 'y.sock'),
+        interfaces: [
+          { name: 'A', routes: { X: async () => 1 } },
+          { name: 'A', routes: { X: async () => 2 } },
+        ],
+        log,
+      }),
     ).rejects.toThrow(/defined twice/);
   });
 

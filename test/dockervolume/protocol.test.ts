@@ -184,7 +184,9 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     await Promise.all(ids.map((id) => ok('VolumeDriver.Mount', { Name: 'atlas.cern.ch', ID: id })));
     expect(ourMounts()).toEqual([path.join(mounts, 'atlas.cern.ch')]);
     expect(host.ops('mount').filter((c) => c.args[1] === path.join(mounts, 'atlas.cern.ch') && c.args[0] !== '')).toHaveLength(1);
-    await Promise.all(ids.map((id, i) => (i % 2 ? ok('VolumeDriver.Unmount', { Name: 'atlas.cern.ch', ID: id }) : ok('VolumeDriver.Mount', { Name: 'atlas.cern.ch', ID: id }))));
+    await Promise.all(
+      ids.map((id, i) => (i % 2 ? ok('VolumeDriver.Unmount', { Name: 'atlas.cern.ch', ID: id }) : ok('VolumeDriver.Mount', { Name: 'atlas.cern.ch', ID: id }))),
+    );
     expect(ourMounts()).toEqual([path.join(mounts, 'atlas.cern.ch')]);
     await Promise.all(ids.map((id) => ok('VolumeDriver.Unmount', { Name: 'atlas.cern.ch', ID: id })));
     expect(ourMounts()).toEqual([]);
@@ -201,14 +203,22 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
     const r = await call('VolumeDriver.Mount', { Name: 'sw.example.org', ID: ID(8) });
     expect(r.status).toBe(503);
     expect(r.json()['Err']).toMatch(/succeeded but nothing is mounted/);
-    expect(host.ops('exec').at(-1)!.args).toEqual(['mount', ['-t', 'cvmfs', '-o', `config=${path.join(state, 'client', 'sw.example.org@v1.conf')}`, 'sw.example.org', path.join(mounts, 'sw.example.org@v1')]]);
+    expect(host.ops('exec').at(-1)!.args).toEqual([
+      'mount',
+      ['-t', 'cvmfs', '-o', `config=${path.join(state, 'client', 'sw.example.org@v1.conf')}`, 'sw.example.org', path.join(mounts, 'sw.example.org@v1')],
+    ]);
     await ok('VolumeDriver.Create', { Name: 'sw.example.org', Opts: { date: '2024-05-01T00:00:00Z' } });
-    expect(((await ok('VolumeDriver.Get', { Name: 'sw.example.org' }))['Volume'] as { Status: Record<string, unknown> }).Status).toMatchObject({ date: '2024-05-01T00:00:00Z' });
+    expect(((await ok('VolumeDriver.Get', { Name: 'sw.example.org' }))['Volume'] as { Status: Record<string, unknown> }).Status).toMatchObject({
+      date: '2024-05-01T00:00:00Z',
+    });
     await ok('VolumeDriver.Remove', { Name: 'sw.example.org' });
     // redefining a volume that containers use is refused
     await ok('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(9) });
     const busy = await call('VolumeDriver.Create', { Name: 'cms.cern.ch', Opts: { tag: 'v2' } });
-    expect([busy.status, busy.json()['Err']]).toEqual([409, 'volume cms.cern.ch is mounted with options {}; it cannot be redefined with {"tag":"v2"} while containers use it']);
+    expect([busy.status, busy.json()['Err']]).toEqual([
+      409,
+      'volume cms.cern.ch is mounted with options {}; it cannot be redefined with {"tag":"v2"} while containers use it',
+    ]);
     await ok('VolumeDriver.Unmount', { Name: 'cms.cern.ch', ID: ID(9) });
   });
 
@@ -238,16 +248,29 @@ describe('VolumeDriver protocol (no root, recording host)', () => {
 
   it('known-volumes exist without Create (Get, List, Mount); a bad known name refuses to start; a state that refuses writes refuses Create', async () => {
     const sock2 = path.join(dir, 'known.sock');
-    const m = await MountManager.open({ stateDir: path.join(dir, 'state2'), cvmfsRoot: cvmfs, allow: ['*.cern.ch'], backend: 'host', host, log: silentLogger(), checkIntervalMs: 0 });
+    const m = await MountManager.open({
+      stateDir: path.join(dir, 'state2'),
+      cvmfsRoot: cvmfs,
+      allow: ['*.cern.ch'],
+      backend: 'host',
+      host,
+      log: silentLogger(),
+      checkIntervalMs: 0,
+    });
     await expect(serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['cms.cern.ch', 'sw.example.org'] })).rejects.toThrow(
       'known-volumes: repository "sw.example.org" is not allowed on this node (allowed: *.cern.ch)',
     );
-    await expect(serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['../etc'] })).rejects.toThrow(/known-volumes: volume name "\.\.\/etc": is not a fully qualified/);
+    await expect(serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['../etc'] })).rejects.toThrow(
+      /known-volumes: volume name "\.\.\/etc": is not a fully qualified/,
+    );
     const p = await serveVolumePlugin(m, sock2, silentLogger(), undefined, { knownVolumes: ['cms.cern.ch', 'atlas.cern.ch@prod'] });
     const g = await pluginCall(sock2, 'VolumeDriver.Get', { Name: 'atlas.cern.ch@prod' });
     expect([g.status, (g.json()['Volume'] as { Status: Record<string, unknown> }).Status['tag']]).toEqual([200, 'prod']);
     expect((await pluginCall(sock2, 'VolumeDriver.Get', { Name: 'lhcb.cern.ch' })).status).toBe(404);
-    expect(((await pluginCall(sock2, 'VolumeDriver.List', {})).json()['Volumes'] as { Name: string }[]).map((v) => v.Name)).toEqual(['atlas.cern.ch@prod', 'cms.cern.ch']);
+    expect(((await pluginCall(sock2, 'VolumeDriver.List', {})).json()['Volumes'] as { Name: string }[]).map((v) => v.Name)).toEqual([
+      'atlas.cern.ch@prod',
+      'cms.cern.ch',
+    ]);
     await m.close(); // the state refuses writes from now on
     const c = await pluginCall(sock2, 'VolumeDriver.Create', { Name: 'lhcb.cern.ch', Opts: { tag: 'x' } });
     expect([c.status, c.json()['Err']]).toEqual([503, 'the volume manager is shutting down']);
@@ -285,7 +308,16 @@ describe('VolumeDriver over a stalled repository (no root, recording host)', () 
 
   beforeAll(async () => {
     for (const r of ['cms.cern.ch', 'atlas.cern.ch']) mkdirSync(path.join(cvmfs, r), { recursive: true });
-    const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot: cvmfs, allow: ['*.cern.ch'], backend: 'host', host, log: silentLogger(), checkIntervalMs: 0, cvmfsTimeoutMs: T });
+    const manager = await MountManager.open({
+      stateDir: path.join(dir, 'state'),
+      cvmfsRoot: cvmfs,
+      allow: ['*.cern.ch'],
+      backend: 'host',
+      host,
+      log: silentLogger(),
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: T,
+    });
     plugin = await serveVolumePlugin(manager, socket, silentLogger());
   });
   afterAll(async () => {
@@ -309,7 +341,11 @@ describe('VolumeDriver over a stalled repository (no root, recording host)', () 
     expect(Date.now() - t1).toBeLessThan(T / 2);
     const { r, ms } = await mount;
     expect(r.status).toBe(503);
-    expect(r.json()['Err']).toMatch(new RegExp(`^repository cms\\.cern\\.ch: CVMFS at ${cvmfs}/cms\\.cern\\.ch did not answer within 0\\.4 s \\(cvmfs-timeout\\): the CVMFS client is stalled`));
+    expect(r.json()['Err']).toMatch(
+      new RegExp(
+        `^repository cms\\.cern\\.ch: CVMFS at ${cvmfs}/cms\\.cern\\.ch did not answer within 0\\.4 s \\(cvmfs-timeout\\): the CVMFS client is stalled`,
+      ),
+    );
     expect(ms).toBeGreaterThanOrEqual(T - 20);
     expect(ms).toBeLessThan(T + 300);
     // dockerd retries: at once while it stalls
@@ -317,7 +353,9 @@ describe('VolumeDriver over a stalled repository (no root, recording host)', () 
     expect(again.json()['Err']).toMatch(/has not answered for/);
     host.unstall();
     await new Promise((r2) => setTimeout(r2, 20));
-    expect((await call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) })).json()).toEqual({ Mountpoint: path.join(dir, 'state', 'mounts', 'cms.cern.ch') });
+    expect((await call('VolumeDriver.Mount', { Name: 'cms.cern.ch', ID: ID(2) })).json()).toEqual({
+      Mountpoint: path.join(dir, 'state', 'mounts', 'cms.cern.ch'),
+    });
     expect((await call('VolumeDriver.Unmount', { Name: 'cms.cern.ch', ID: ID(2) })).status).toBe(200);
   });
 });

@@ -30,7 +30,14 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     dir = shortTempDir('dvs-');
     mkdirSync(path.join(dir, 'cvmfs', 'cms.cern.ch'), { recursive: true });
     writeFileSync(path.join(dir, 'cvmfs', 'cms.cern.ch', 'README'), 'shared socket\n');
-    const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot: path.join(dir, 'cvmfs'), allow: ['*.cern.ch'], backend: 'host', host: systemHost, log: silentLogger() });
+    const manager = await MountManager.open({
+      stateDir: path.join(dir, 'state'),
+      cvmfsRoot: path.join(dir, 'cvmfs'),
+      allow: ['*.cern.ch'],
+      backend: 'host',
+      host: systemHost,
+      log: silentLogger(),
+    });
     const driver = new DockerVolumeDriver(manager, silentLogger());
     const graph = { name: 'GraphDriver', routes: { Status: async () => (graphCalls++, { Status: [] }) } };
     server = await servePlugin({ socket, interfaces: [graph, volumeDriverInterface(driver)], log: silentLogger(), close: () => driver.close() });

@@ -13,8 +13,42 @@ import { CLI, needs } from '../helpers/env.js';
 
 const BIN = path.join(process.env['CTDTS_BIN'] ?? '/tmp/ctdts/bin', 'proxysuite.test');
 
-const SUITE = ['Basic', 'StatActive', 'StatComitted', 'TransitivityTest', 'PreareViewFailingtest', 'Update', 'Remove', 'Walk', 'LayerFileupdate', 'RemoveDirectoryInLowerLayer', 'Chown', 'DirectoryPermissionOnCommit', 'RemoveIntermediateSnapshot', 'DeletedFilesInChildSnapshot', 'MoveFileFromLowerLayer', 'ViewReadonly', 'StatInWalk', 'CloseTwice', 'RootPermission', '128LayersMount'];
-const CONFORMANCE = ['ErrorCodes', 'KindsParentsTimestamps', 'Labels', 'WalkFilters', 'ContainerdStyleKeys', 'Usage', 'MountsRPC', 'ViewReadonlyMultiLayer', 'CleanupRPC', 'ConcurrentPrepare', 'RestartPersistence', 'RemoteSnapshots'];
+const SUITE = [
+  'Basic',
+  'StatActive',
+  'StatComitted',
+  'TransitivityTest',
+  'PreareViewFailingtest',
+  'Update',
+  'Remove',
+  'Walk',
+  'LayerFileupdate',
+  'RemoveDirectoryInLowerLayer',
+  'Chown',
+  'DirectoryPermissionOnCommit',
+  'RemoveIntermediateSnapshot',
+  'DeletedFilesInChildSnapshot',
+  'MoveFileFromLowerLayer',
+  'ViewReadonly',
+  'StatInWalk',
+  'CloseTwice',
+  'RootPermission',
+  '128LayersMount',
+];
+const CONFORMANCE = [
+  'ErrorCodes',
+  'KindsParentsTimestamps',
+  'Labels',
+  'WalkFilters',
+  'ContainerdStyleKeys',
+  'Usage',
+  'MountsRPC',
+  'ViewReadonlyMultiLayer',
+  'CleanupRPC',
+  'ConcurrentPrepare',
+  'RestartPersistence',
+  'RemoteSnapshots',
+];
 
 describe.skipIf(needs({ root: true, binaries: [BIN] }))("containerd's snapshotter conformance suite against cvmfs-thin", () => {
   const results = new Map<string, string>();
@@ -22,7 +56,11 @@ describe.skipIf(needs({ root: true, binaries: [BIN] }))("containerd's snapshotte
   beforeAll(async () => {
     const cmd = `${process.execPath} ${CLI} snapshotter --root {root} --address {socket} --absolute-mountpoint {unpacked} --log-level warn`;
     try {
-      const r = await promisify(execFile)(BIN, ['-test.v', '-test.timeout', '600s', '-server-cmd', cmd], { cwd: '/tmp', maxBuffer: 64 << 20, timeout: 900_000 });
+      const r = await promisify(execFile)(BIN, ['-test.v', '-test.timeout', '600s', '-server-cmd', cmd], {
+        cwd: '/tmp',
+        maxBuffer: 64 << 20,
+        timeout: 900_000,
+      });
       output = r.stdout + r.stderr;
     } catch (e) {
       const x = e as { stdout?: string; stderr?: string };

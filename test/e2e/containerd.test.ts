@@ -23,11 +23,18 @@ const SN = 'cvmfs-snapshotter';
 function markConverterLayer(repoRoot: string, l: { digest: string; diffId: string }) {
   const file = layerMarker(repoRoot, l.digest.slice(7));
   mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: l.digest, diff_id: l.diffId, whiteouts: 'overlay', created: new Date().toISOString() }));
+  writeFileSync(
+    file,
+    JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: l.digest, diff_id: l.diffId, whiteouts: 'overlay', created: new Date().toISOString() }),
+  );
 }
 
 const thinDoc = (layers: { digest: string }[]) =>
-  JSON.stringify({ version: '1.0', origin: 'e2e', layers: layers.map((l) => ({ digest: l.digest.slice(7), url: `cvmfs://${REPO}/.layers/${l.digest.slice(7, 9)}/${l.digest.slice(7)}/layerfs` })) });
+  JSON.stringify({
+    version: '1.0',
+    origin: 'e2e',
+    layers: layers.map((l) => ({ digest: l.digest.slice(7), url: `cvmfs://${REPO}/.layers/${l.digest.slice(7, 9)}/${l.digest.slice(7)}/layerfs` })),
+  });
 
 describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))('containerd end to end', () => {
   const base = tempDir('e2e-ctd-');
@@ -64,8 +71,16 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
   it('runs a thin image imported with plain ctr: files come from the CVMFS tree, deletions stay deleted', async () => {
     // the image's real layers, unpacked in the repository tree
     const real = await buildImage('docker.io/e2e/real:1', [
-      [...busyboxEntries('thin'), { path: 'etc/deleted-by-ducc-layer', content: 'x' }, { path: 'etc/deleted-by-our-layer', content: 'y' }, { path: 'opt/dir/old', content: 'o' }],
-      [{ path: 'etc/.wh.deleted-by-ducc-layer', content: '' }, { path: 'only-in-cvmfs.txt', content: 'served by cvmfs\n' }],
+      [
+        ...busyboxEntries('thin'),
+        { path: 'etc/deleted-by-ducc-layer', content: 'x' },
+        { path: 'etc/deleted-by-our-layer', content: 'y' },
+        { path: 'opt/dir/old', content: 'o' },
+      ],
+      [
+        { path: 'etc/.wh.deleted-by-ducc-layer', content: '' },
+        { path: 'only-in-cvmfs.txt', content: 'served by cvmfs\n' },
+      ],
     ]);
     const [l1, l2] = real.layers as [BuiltLayer, BuiltLayer];
     unpackDuccStyle(repoRoot, l1);
@@ -92,8 +107,16 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     expect(after('cvmfs_thin_snapshots', { kind: 'committed', source: 'thin' })).toBe(1);
     const commits = (f: typeof after) => f('cvmfs_thin_requests_total', { daemon: 'snapshotter', method: 'Commit', code: 'OK' });
     expect(commits(after) - commits(before)).toBe(1);
-    expect(after('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' })).toBeGreaterThan(before('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' }));
-    const out = await run(thin.name, 'thin1', 'sh', '-c', 'cat /only-in-cvmfs.txt /top.txt; ls /opt/dir; ls -a /etc; test -e /thin.json && echo THIN-VISIBLE; echo $CVMFS_IMAGE');
+    expect(after('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' })).toBeGreaterThan(
+      before('cvmfs_thin_journal_batch_records_count', { store: 'snapshotter' }),
+    );
+    const out = await run(
+      thin.name,
+      'thin1',
+      'sh',
+      '-c',
+      'cat /only-in-cvmfs.txt /top.txt; ls /opt/dir; ls -a /etc; test -e /thin.json && echo THIN-VISIBLE; echo $CVMFS_IMAGE',
+    );
     expect(out).toContain('served by cvmfs\ntop layer\nnew\n');
     expect(out).not.toContain('deleted-by-ducc-layer');
     expect(out).not.toContain('deleted-by-our-layer');
@@ -103,7 +126,10 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
   });
 
   it('refuses a thin image with a bad manifest at import, clearly, and keeps serving', async () => {
-    const bad = await buildThinImage('docker.io/e2e/bad:1', JSON.stringify({ version: '1.0', layers: [{ digest: 'a'.repeat(64), url: 'cvmfs://evil.example/.layers/aa/x' }] }));
+    const bad = await buildThinImage(
+      'docker.io/e2e/bad:1',
+      JSON.stringify({ version: '1.0', layers: [{ digest: 'a'.repeat(64), url: 'cvmfs://evil.example/.layers/aa/x' }] }),
+    );
     const tar = path.join(base, 'bad.tar');
     await writeOciArchive(tar, bad);
     const before = await scrape(metricsSock);
@@ -112,13 +138,18 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     const after = await scrape(metricsSock);
     const refused = (f: typeof after) => f('cvmfs_thin_requests_total', { daemon: 'snapshotter', method: 'Commit', code: 'INVALID_ARGUMENT' });
     expect(refused(after) - refused(before)).toBeGreaterThanOrEqual(1);
-    expect(after('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' })).toBe(before('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' }));
+    expect(after('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' })).toBe(
+      before('cvmfs_thin_thin_images_resolved_total', { daemon: 'snapshotter' }),
+    );
   });
 
   it.skipIf(needs({ binaries: [LABELPULL] }))('skips the download of layers present in CVMFS (CRI labels via labelpull), fetches the missing one', async () => {
     const img = await buildImage('docker.io/e2e/remote:1', [
       [...busyboxEntries('remote'), { path: 'etc/gone', content: 'g' }],
-      [{ path: 'etc/.wh.gone', content: '' }, { path: 'layer2.txt', content: 'two\n' }],
+      [
+        { path: 'etc/.wh.gone', content: '' },
+        { path: 'layer2.txt', content: 'two\n' },
+      ],
       [{ path: 'layer3.txt', content: 'three\n' }],
     ]);
     unpackDuccStyle(repoRoot, img.layers[0]!);

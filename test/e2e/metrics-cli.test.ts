@@ -54,9 +54,13 @@ describe.skipIf(needs({ root: true }))('daemons with --metrics-address', () => {
   });
 
   it('snapshotter: a bad --metrics-address is refused clearly before anything starts', async () => {
-    await expect(startDaemon(['--root', path.join(base, 'sn-bad'), '--absolute-mountpoint', repo, '--metrics-address', 'nonsense'], path.join(base, 'sn-bad.sock'), 10_000)).rejects.toThrow(
-      /--metrics-address "nonsense": want host:port, :port or an absolute unix socket path/,
-    );
+    await expect(
+      startDaemon(
+        ['--root', path.join(base, 'sn-bad'), '--absolute-mountpoint', repo, '--metrics-address', 'nonsense'],
+        path.join(base, 'sn-bad.sock'),
+        10_000,
+      ),
+    ).rejects.toThrow(/--metrics-address "nonsense": want host:port, :port or an absolute unix socket path/);
     expect(existsSync(path.join(base, 'sn-bad.sock'))).toBe(false);
   });
 

@@ -24,7 +24,11 @@ import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLaye
 import { mountPublishedStack } from '../helpers/cvmfs-sim/stack.js';
 import { hardLinkGroups, treeDiff, treeSnapshot, type TreeNode } from '../helpers/cvmfs-sim/tree-diff.js';
 
-const missing = !isRoot ? 'root' : !hasBinary('cvmfs_server') || !hasBinary('cvmfs2') ? 'a real CernVM-FS (cvmfs_server and cvmfs2 on PATH)' : applytoolMissing();
+const missing = !isRoot
+  ? 'root'
+  : !hasBinary('cvmfs_server') || !hasBinary('cvmfs2')
+    ? 'a real CernVM-FS (cvmfs_server and cvmfs2 on PATH)'
+    : applytoolMissing();
 if (missing) process.stderr.write(`[skip] real CernVM-FS end-to-end: needs ${missing}\n`);
 
 const SRV = '/srv/cvmfs';
@@ -94,7 +98,15 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
         const conf = path.join(work, `${repo}.conf`);
         fs.writeFileSync(
           conf,
-          [`CVMFS_SERVER_URL=file://${SRV}/@fqrn@`, `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`, 'CVMFS_HTTP_PROXY=DIRECT', `CVMFS_CACHE_BASE=${cache}`, `CVMFS_RELOAD_SOCKETS=${cache}`, 'CVMFS_QUOTA_LIMIT=1000', ''].join('\n'),
+          [
+            `CVMFS_SERVER_URL=file://${SRV}/@fqrn@`,
+            `CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/${repo}.pub`,
+            'CVMFS_HTTP_PROXY=DIRECT',
+            `CVMFS_CACHE_BASE=${cache}`,
+            `CVMFS_RELOAD_SOCKETS=${cache}`,
+            'CVMFS_QUOTA_LIMIT=1000',
+            '',
+          ].join('\n'),
         );
         await sh('cvmfs2', ['-o', `config=${conf},allow_other`, repo, mnt]);
         mounts.push(mnt);
@@ -105,7 +117,23 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
 
   async function publishAndCompare(name: string, extra: string[]): Promise<string[]> {
     const { repo, mountClient } = await makeRepo(name);
-    const r = await runCli(['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', `/cvmfs/${repo}`, '--repository', repo, '--no-thin', '--json', '--cvmfs-server', '--lock-file', path.join(work, `${repo}.lock`), ...extra], { timeoutMs: 600_000 });
+    const r = await runCli(
+      [
+        'convert',
+        `oci:${image.layout}:${image.tag}`,
+        '--repository-dir',
+        `/cvmfs/${repo}`,
+        '--repository',
+        repo,
+        '--no-thin',
+        '--json',
+        '--cvmfs-server',
+        '--lock-file',
+        path.join(work, `${repo}.lock`),
+        ...extra,
+      ],
+      { timeoutMs: 600_000 },
+    );
     expect(r.code, `convert: ${r.stderr}\n${r.stdout}`).toBe(0);
     const mnt = await mountClient();
     const target = path.join(work, `rootfs-${name}`);
@@ -120,7 +148,7 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
     }
   }
 
-  it('transaction path (--cvmfs-server, default server.conf): a client sees containerd\'s rootfs but for hard links', async () => {
+  it("transaction path (--cvmfs-server, default server.conf): a client sees containerd's rootfs but for hard links", async () => {
     expect(await publishAndCompare('tx', [])).toEqual([]);
   }, 600_000);
 

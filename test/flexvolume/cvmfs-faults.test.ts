@@ -32,7 +32,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
     await host.setUp();
     const config = path.join(host.dir, 'flexvolume.toml');
     writeFileSync(config, `state-dir = "${host.dir}/state"\ncvmfs-root = "${host.cvmfs}"\nallowed-repositories = ["*.cern.ch"]\ncvmfs-timeout = 1\n`);
-    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(host.dir, 'exec'), '--config', config], { encoding: 'utf8' });
+    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(host.dir, 'exec'), '--config', config], {
+      encoding: 'utf8',
+    });
     expect(inst.status, inst.stderr).toBe(0);
     driver = path.join(host.dir, 'exec', 'cern~cvmfs', 'cvmfs');
   });
@@ -53,7 +55,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
     const f = call('mount', podDir('u3', 'cms'), opts('cms.cern.ch'));
     expect(f.code).toBe(1);
     expect(f.json.status).toBe('Failure');
-    expect(f.json.message).toMatch(/^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/);
+    expect(f.json.message).toMatch(
+      /^repository cms\.cern\.ch: CVMFS at \S+ (did not answer within 1 s \(cvmfs-timeout\)|has not answered for [\d.]+ s \(deadline 1 s, cvmfs-timeout\)): the CVMFS client is stalled \(server or proxy unreachable\?\)$/,
+    );
     // one deadline (the start-up check finds the stalled mount, the mount then fails at once) plus a process start
     expect(f.ms).toBeGreaterThanOrEqual(950);
     expect(f.ms).toBeLessThan(idle.ms + 2000);
@@ -61,7 +65,9 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('FlexVolume
     const other = call('unmount', podDir('u2', 'atlas'));
     expect(other).toMatchObject({ code: 0, json: { status: 'Success' } });
     expect(other.ms).toBeLessThan(idle.ms + 2000);
-    process.stderr.write(`[figure] FlexVolume mount on a stalled repository: Failure after ${f.ms} ms; unmount of another pod ${other.ms} ms (${idle.ms} ms without a stall; cvmfs-timeout 1 s)\n`);
+    process.stderr.write(
+      `[figure] FlexVolume mount on a stalled repository: Failure after ${f.ms} ms; unmount of another pod ${other.ms} ms (${idle.ms} ms without a stall; cvmfs-timeout 1 s)\n`,
+    );
     // the stalled pod's own unmount needs no answer from CVMFS
     expect(call('unmount', podDir('u1', 'cms'))).toMatchObject({ code: 0, json: { status: 'Success' } });
 

@@ -24,7 +24,16 @@ function setup(allowClientConfig = false, cvmfsTimeoutMs?: number) {
     allowClientConfig,
     async open() {
       opens++;
-      const manager = await MountManager.open({ stateDir: path.join(dir, 'state'), cvmfsRoot, allow: ['*.cern.ch'], backend: 'host', checkIntervalMs: 0, cvmfsTimeoutMs, host, log: silentLogger() });
+      const manager = await MountManager.open({
+        stateDir: path.join(dir, 'state'),
+        cvmfsRoot,
+        allow: ['*.cern.ch'],
+        backend: 'host',
+        checkIntervalMs: 0,
+        cvmfsTimeoutMs,
+        host,
+        log: silentLogger(),
+      });
       return { manager, close: () => manager.close() };
     },
   };
@@ -33,13 +42,25 @@ function setup(allowClientConfig = false, cvmfsTimeoutMs?: number) {
 }
 
 const kubeletOpts = (extra: Record<string, string>) =>
-  JSON.stringify({ 'kubernetes.io/fsType': '', 'kubernetes.io/readwrite': 'ro', 'kubernetes.io/pvOrVolumeName': 'atlas', 'kubernetes.io/pod.name': 'p', 'kubernetes.io/pod.namespace': 'default', 'kubernetes.io/pod.uid': 'u1', 'kubernetes.io/serviceAccount.name': 'default', ...extra });
+  JSON.stringify({
+    'kubernetes.io/fsType': '',
+    'kubernetes.io/readwrite': 'ro',
+    'kubernetes.io/pvOrVolumeName': 'atlas',
+    'kubernetes.io/pod.name': 'p',
+    'kubernetes.io/pod.namespace': 'default',
+    'kubernetes.io/pod.uid': 'u1',
+    'kubernetes.io/serviceAccount.name': 'default',
+    ...extra,
+  });
 
 describe('FlexVolume cern/cvmfs', () => {
   it('init answers Success with a mount-only, no-chown, no-relabel capability set', async () => {
     const { deps, opens } = setup();
     const r = await flexCall(['init'], deps);
-    expect(r).toEqual({ code: 0, result: { status: 'Success', capabilities: { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } } });
+    expect(r).toEqual({
+      code: 0,
+      result: { status: 'Success', capabilities: { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } },
+    });
     expect(opens()).toBe(0);
   });
 
@@ -57,7 +78,10 @@ describe('FlexVolume cern/cvmfs', () => {
     expect(await flexCall(['unmount', podDir('u2')], deps)).toMatchObject({ code: 0 });
     expect(host.mounts).toHaveLength(0);
     // kubelet may repeat an unmount (after a reboot): still Success
-    expect(await flexCall(['unmount', podDir('u2')], deps)).toMatchObject({ code: 0, result: { status: 'Success', message: `${podDir('u2')} is not mounted` } });
+    expect(await flexCall(['unmount', podDir('u2')], deps)).toMatchObject({
+      code: 0,
+      result: { status: 'Success', message: `${podDir('u2')} is not mounted` },
+    });
   });
 
   it.each([
@@ -96,12 +120,17 @@ describe('FlexVolume cern/cvmfs', () => {
       host.mount('cvmfs2', args[args.length - 1]!, 'fuse', 1, null);
       return { code: 0, stdout: '', stderr: '' };
     };
-    expect(await flexCall(['mount', podDir('u3'), kubeletOpts({ repository: 'atlas.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' })], deps)).toMatchObject({ code: 0 });
+    expect(await flexCall(['mount', podDir('u3'), kubeletOpts({ repository: 'atlas.cern.ch', clientConfig: 'CVMFS_HTTP_PROXY=DIRECT' })], deps)).toMatchObject({
+      code: 0,
+    });
     expect(host.ops('exec')).toHaveLength(1);
     const foreign = path.join(dir, 'foreign');
     mkdirSync(foreign);
     host.bind('/', foreign);
-    expect(await flexCall(['unmount', foreign], deps)).toMatchObject({ code: 1, result: { status: 'Failure', message: expect.stringMatching(/not mounted by cvmfs-thin/) } });
+    expect(await flexCall(['unmount', foreign], deps)).toMatchObject({
+      code: 1,
+      result: { status: 'Failure', message: expect.stringMatching(/not mounted by cvmfs-thin/) },
+    });
     expect(host.mountedAt(foreign)).toBeDefined();
   });
 
@@ -114,7 +143,15 @@ describe('FlexVolume cern/cvmfs', () => {
       const t0 = Date.now();
       const r = await flexCall(['mount', podDir('u2'), kubeletOpts({ repository: 'atlas.cern.ch' })], deps);
       const ms = Date.now() - t0;
-      expect(r).toEqual({ code: 1, result: { status: 'Failure', message: expect.stringMatching(/^repository atlas\.cern\.ch: CVMFS at \S+\/atlas\.cern\.ch did not answer within 0\.3 s \(cvmfs-timeout\): the CVMFS client is stalled/) } });
+      expect(r).toEqual({
+        code: 1,
+        result: {
+          status: 'Failure',
+          message: expect.stringMatching(
+            /^repository atlas\.cern\.ch: CVMFS at \S+\/atlas\.cern\.ch did not answer within 0\.3 s \(cvmfs-timeout\): the CVMFS client is stalled/,
+          ),
+        },
+      });
       expect(ms).toBeGreaterThanOrEqual(T - 20);
       expect(ms).toBeLessThan(T + 300);
       expect(host.mountedAt(podDir('u2'))).toBeUndefined();
@@ -125,6 +162,9 @@ describe('FlexVolume cern/cvmfs', () => {
       host.unstall();
     }
     await new Promise((r) => setTimeout(r, 20));
-    expect(await flexCall(['mount', podDir('u2'), kubeletOpts({ repository: 'atlas.cern.ch' })], deps)).toMatchObject({ code: 0, result: { status: 'Success' } });
+    expect(await flexCall(['mount', podDir('u2'), kubeletOpts({ repository: 'atlas.cern.ch' })], deps)).toMatchObject({
+      code: 0,
+      result: { status: 'Success' },
+    });
   });
 });

@@ -72,7 +72,9 @@ describe('FlexVolume call-outs the driver does not implement, and its help', () 
   it('answers Not supported even when its settings cannot be read; init then fails naming the file', () => {
     const broken = path.join(dir, 'broken.toml');
     writeFileSync(broken, 'state-dir = "/x"\n');
-    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(dir, 'exec-broken'), '--config', broken], { encoding: 'utf8' });
+    const inst = spawnSync(process.execPath, [CLI, 'flexvolume', 'install', '--plugin-dir', path.join(dir, 'exec-broken'), '--config', broken], {
+      encoding: 'utf8',
+    });
     expect(inst.status, inst.stderr).toBe(0);
     writeFileSync(broken, 'state-dir = [\n'); // broken after install (an operator's edit)
     const d = path.join(dir, 'exec-broken', 'cern~cvmfs', 'cvmfs');
@@ -85,7 +87,11 @@ describe('FlexVolume call-outs the driver does not implement, and its help', () 
   it('--help lists the call-outs init, mount, unmount and install', () => {
     const r = spawnSync(process.execPath, [CLI, 'flexvolume', '--help'], { encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);
-    for (const c of ['init', 'mount <dir> <options-json>', 'unmount <dir>', 'install']) expect(r.stdout.split('\n').some((l) => l.trimStart().startsWith(`${c} `)), c).toBe(true);
+    for (const c of ['init', 'mount <dir> <options-json>', 'unmount <dir>', 'install'])
+      expect(
+        r.stdout.split('\n').some((l) => l.trimStart().startsWith(`${c} `)),
+        c,
+      ).toBe(true);
     expect(r.stdout).toMatch(/Not supported/);
     const m = spawnSync(process.execPath, [CLI, 'flexvolume', 'mount', '--help'], { encoding: 'utf8' });
     expect(m.status, m.stderr).toBe(0);
@@ -105,7 +111,13 @@ describe.skipIf(skip)('FlexVolume cern/cvmfs exec’d like kubelet', () => {
   };
   const podDir = (uid: string, vol: string) => path.join(dir, 'kubelet', 'pods', uid, 'volumes', 'cern~cvmfs', vol);
   const opts = (repo: string, uid: string) =>
-    JSON.stringify({ repository: repo, 'kubernetes.io/fsType': '', 'kubernetes.io/readwrite': 'ro', 'kubernetes.io/pod.uid': uid, 'kubernetes.io/pvOrVolumeName': repo.split('.')[0] });
+    JSON.stringify({
+      repository: repo,
+      'kubernetes.io/fsType': '',
+      'kubernetes.io/readwrite': 'ro',
+      'kubernetes.io/pod.uid': uid,
+      'kubernetes.io/pvOrVolumeName': repo.split('.')[0],
+    });
 
   beforeAll(() => {
     dir = shortTempDir('cvt-flex-');
@@ -129,7 +141,10 @@ describe.skipIf(skip)('FlexVolume cern/cvmfs exec’d like kubelet', () => {
   });
 
   it('init, mount for two pods, unmount: one JSON object per call, read-only binds, logs to the file', () => {
-    expect(call('init')).toEqual({ code: 0, json: { status: 'Success', capabilities: { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } } });
+    expect(call('init')).toEqual({
+      code: 0,
+      json: { status: 'Success', capabilities: { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } },
+    });
     const a = podDir('uid-a', 'atlas');
     const b = podDir('uid-b', 'atlas');
     expect(call('mount', a, opts('atlas.cern.ch', 'uid-a'))).toMatchObject({ code: 0, json: { status: 'Success' } });

@@ -40,7 +40,7 @@ function tree(entries: Record<string, Node>): TreeReader {
 const F: Node = { t: 'file' };
 
 describe('lookup through the lower stack (what overlay would show)', () => {
-  const top = tree({ 'etc/gone': { t: 'whiteout' }, 'opq': { t: 'dir', opaque: true }, 'opq/mine': F, 'filedir': F });
+  const top = tree({ 'etc/gone': { t: 'whiteout' }, opq: { t: 'dir', opaque: true }, 'opq/mine': F, filedir: F });
   const bottom = tree({ 'etc/gone': F, 'etc/kept': F, 'opq/hidden': F, 'filedir/under': F, 'deep/a/b': F });
   it('finds files in lower layers, nearest first', async () => {
     expect((await lookupInStack([top, bottom], 'etc/kept'))?.type).toBe('file');
@@ -59,7 +59,7 @@ describe('lookup through the lower stack (what overlay would show)', () => {
 
 describe('changes of a layer against its lowers (overlay2 semantics)', () => {
   it('reports adds, modifications and deletions, with the parent directory as modified', async () => {
-    const lower = tree({ 'etc/passwd': F, 'etc/group': F, 'bin/sh': F, 'tmp': { t: 'dir' } });
+    const lower = tree({ 'etc/passwd': F, 'etc/group': F, 'bin/sh': F, tmp: { t: 'dir' } });
     const upper = tree({ 'etc/passwd': F, 'etc/group': { t: 'whiteout' }, 'tmp/new': F, 'root/.ash_history': F });
     expect(await computeChanges(upper, [lower])).toEqual([
       { Path: '/etc', Kind: 0 },
@@ -73,7 +73,7 @@ describe('changes of a layer against its lowers (overlay2 semantics)', () => {
   });
   it('leaves out a copied-up directory that did not change, but keeps one whose entries changed', async () => {
     const lower = tree({ 'a/x': F, 'b/y': F });
-    const upper = tree({ 'a/x': F, 'b': { t: 'dir', mode: 0o700 } });
+    const upper = tree({ 'a/x': F, b: { t: 'dir', mode: 0o700 } });
     // 'a' is identical (mode, size, mtime) and only holds a modified file: not an add or delete, so it is omitted
     expect(await computeChanges(upper, [lower])).toEqual([
       { Path: '/a/x', Kind: 0 },
@@ -82,22 +82,22 @@ describe('changes of a layer against its lowers (overlay2 semantics)', () => {
   });
   it('reports an opaque directory as deleted and its new content as added, like overlay2', async () => {
     const lower = tree({ 'data/old': F });
-    const upper = tree({ 'data': { t: 'dir', opaque: true }, 'data/new': F });
+    const upper = tree({ data: { t: 'dir', opaque: true }, 'data/new': F });
     expect(await computeChanges(upper, [lower])).toEqual([
       { Path: '/data', Kind: 2 },
       { Path: '/data/new', Kind: 1 },
     ]);
   });
   it('treats everything as added when there is no lower layer', async () => {
-    expect(await computeChanges(tree({ 'x/y': F, 'l': { t: 'symlink' } }), [])).toEqual([
+    expect(await computeChanges(tree({ 'x/y': F, l: { t: 'symlink' } }), [])).toEqual([
       { Path: '/l', Kind: 1 },
       { Path: '/x', Kind: 1 },
       { Path: '/x/y', Kind: 1 },
     ]);
   });
   it('sees through a whited-out lower file when the file is created again (modification, not add)', async () => {
-    const lower2 = tree({ 'f': F });
-    const lower1 = tree({ 'f': { t: 'whiteout' } });
+    const lower2 = tree({ f: F });
+    const lower1 = tree({ f: { t: 'whiteout' } });
     // overlay shows nothing at /f below the container layer: recreating it is an add
     expect(await computeChanges(tree({ f: F }), [lower1, lower2])).toEqual([{ Path: '/f', Kind: 1 }]);
     expect(await computeChanges(tree({ f: F }), [lower2])).toEqual([{ Path: '/f', Kind: 0 }]);

@@ -125,7 +125,13 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     const { execFileSync } = await import('node:child_process');
     execFileSync('tar', ['-xf', path.join(out, 'thin2.tar'), '-C', x]);
     const manifest = JSON.parse(readFileSync(path.join(x, 'manifest.json'), 'utf8')) as { Layers: string[] }[];
-    const layers = manifest[0]!.Layers.map((l) => execFileSync('tar', ['-tf', path.join(x, l)]).toString().trim().split('\n').sort());
+    const layers = manifest[0]!.Layers.map((l) =>
+      execFileSync('tar', ['-tf', path.join(x, l)])
+        .toString()
+        .trim()
+        .split('\n')
+        .sort(),
+    );
     expect(layers[0]).toEqual(['thin.json']);
     expect(layers[1]).toEqual(['bin/', 'bin/.wh.wc', 'data/', 'data/mine.txt', 'etc/', 'etc/passwd']);
     await docker(['rmi', 'test/thin:2', 'test/thin:1']);

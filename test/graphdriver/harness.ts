@@ -127,7 +127,11 @@ export interface Dockerd {
 }
 
 /** Run a command, collecting output; rejects on a non-zero exit unless allowFail. */
-export async function run(cmd: string, args: string[], opts: { input?: Buffer | string; timeoutMs?: number; allowFail?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export async function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: Buffer | string; timeoutMs?: number; allowFail?: boolean; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
   const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
   let stdout = '';
   let stderr = '';
@@ -155,15 +159,21 @@ export async function startDockerd(dir: string, driver: string, extra: string[] 
   mkdirSync(cliConfig, { recursive: true });
   const args = [
     '--experimental',
-    '--data-root', root,
-    '--exec-root', exec,
-    '--pidfile', pidfile,
-    '-H', `unix://${sock}`,
+    '--data-root',
+    root,
+    '--exec-root',
+    exec,
+    '--pidfile',
+    pidfile,
+    '-H',
+    `unix://${sock}`,
     '--iptables=false',
     '--ip-masq=false',
     '--bridge=none',
-    '--log-level', 'debug',
-    '-s', driver,
+    '--log-level',
+    'debug',
+    '-s',
+    driver,
     ...extra,
   ];
   const proc = spawn(DOCKERD, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
@@ -210,7 +220,12 @@ export interface RawResponse {
 }
 
 /** One plugin request over the unix socket, as dockerd makes it (POST, no Content-Type). */
-export function pluginCall(socket: string, method: string, body?: unknown, opts: { query?: string; raw?: Buffer | NodeJS.ReadableStream; chunked?: boolean } = {}): Promise<RawResponse> {
+export function pluginCall(
+  socket: string,
+  method: string,
+  body?: unknown,
+  opts: { query?: string; raw?: Buffer | NodeJS.ReadableStream; chunked?: boolean } = {},
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { Accept: 'application/vnd.docker.plugins.v1.2+json' };
     let payload: Buffer | undefined;
@@ -241,7 +256,10 @@ export function pluginCall(socket: string, method: string, body?: unknown, opts:
 export function layerDirs(home: string): string[] {
   const d = path.join(home, 'layers');
   if (!existsSync(d)) return [];
-  return execFileSync('ls', ['-A', d]).toString().split('\n').filter((s) => s !== '');
+  return execFileSync('ls', ['-A', d])
+    .toString()
+    .split('\n')
+    .filter((s) => s !== '');
 }
 
 export function readText(p: string): string {

@@ -26,7 +26,13 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     cvmfsRoot = path.join(dir, 'cvmfs');
     const repo = path.join(cvmfsRoot, 'unpacked.cern.ch');
     mkdirSync(repo, { recursive: true });
-    const src = await buildImage('src:1', [busyboxEntries(), [{ path: 'data/', type: 'dir' }, { path: 'data/only-in-cvmfs.txt', content: 'managed cvmfs\n' }]]);
+    const src = await buildImage('src:1', [
+      busyboxEntries(),
+      [
+        { path: 'data/', type: 'dir' },
+        { path: 'data/only-in-cvmfs.txt', content: 'managed cvmfs\n' },
+      ],
+    ]);
     for (const l of src.layers) unpackDuccStyle(repo, l);
     const thin = JSON.stringify({ version: '1.0', layers: src.layers.map((l) => ({ digest: l.digest.slice(7) })) });
     await writeDockerArchive(path.join(dir, 'thin.tar'), await buildThinImage('test/thin:1', thin));

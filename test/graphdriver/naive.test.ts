@@ -67,7 +67,13 @@ describe('naive diffs against another parent (unprivileged, recording host)', ()
   /** ID(1) base: etc/a etc/b opt/x; ID(2) on it; ID(3) on ID(2), whose view is ID(1)'s files with etc/b changed, etc/new added, opt gone. */
   async function threeLayers(): Promise<void> {
     await gd.create(ID(1), '', false, {});
-    await apply(ID(1), '', [{ path: 'etc/', type: 'dir' }, { path: 'etc/a', content: 'a' }, { path: 'etc/b', content: 'b' }, { path: 'opt/', type: 'dir' }, { path: 'opt/x', content: 'x' }]);
+    await apply(ID(1), '', [
+      { path: 'etc/', type: 'dir' },
+      { path: 'etc/a', content: 'a' },
+      { path: 'etc/b', content: 'b' },
+      { path: 'opt/', type: 'dir' },
+      { path: 'opt/x', content: 'x' },
+    ]);
     await gd.create(ID(2), ID(1), false, {});
     await gd.create(ID(3), ID(2), true, {});
     cpSync(diffDir(ID(1)), merged(ID(3)), { recursive: true, preserveTimestamps: true });
@@ -82,14 +88,21 @@ describe('naive diffs against another parent (unprivileged, recording host)', ()
     repo = path.join(dir, 'cvmfs', 'unpacked.cern.ch');
     mkdirSync(repo, { recursive: true });
     host = new RecordingHost();
-    gd = await GraphDriver.open({ stateDir: path.join(dir, 'state'), location: cvmfsLocation({ absoluteMountpoint: repo }), thinImages: true, idmappedLayers: 'auto', host, log: silentLogger() });
+    gd = await GraphDriver.open({
+      stateDir: path.join(dir, 'state'),
+      location: cvmfsLocation({ absoluteMountpoint: repo }),
+      thinImages: true,
+      idmappedLayers: 'auto',
+      host,
+      log: silentLogger(),
+    });
     await gd.init({ home, opts: [], uidMaps: [], gidMaps: [] });
   });
   afterEach(async () => {
     await gd.close();
   });
 
-  it('compares the layer\'s view with a grandparent\'s: changed directories first, a deleted directory once; mounted only for the answer', async () => {
+  it("compares the layer's view with a grandparent's: changed directories first, a deleted directory once; mounted only for the answer", async () => {
     await threeLayers();
     const want = [
       { Path: '/etc', Kind: 0 },
@@ -137,7 +150,10 @@ describe('naive diffs against another parent (unprivileged, recording host)', ()
 
   it('ApplyDiff against another parent unpacks onto the view (whiteouts delete), answers DiffSize against it, and reads a refused body to its end', async () => {
     await threeLayers();
-    const size = await apply(ID(3), '', [{ path: 'etc/.wh.a', content: '' }, { path: 'z', content: 'zzzz' }]);
+    const size = await apply(ID(3), '', [
+      { path: 'etc/.wh.a', content: '' },
+      { path: 'z', content: 'zzzz' },
+    ]);
     expect(readdirSync(merged(ID(3))).sort()).toEqual(['etc', 'z']);
     expect(readdirSync(path.join(merged(ID(3)), 'etc')).sort()).toEqual(['b', 'new']);
     expect(size).toBe(2 + 3 + 4);
@@ -165,7 +181,11 @@ describe('naive diffs against another parent (unprivileged, recording host)', ()
     expect(await kind(apply(ID(5), ID(1), [{ path: 'f', content: 'f' }]))).toBe('failed-precondition');
     expect(readdirSync(diffDir(ID(5)))).toEqual(['thin.json']);
     // reading a thin layer against another parent is fine: its view is its thin.json
-    expect(await gd.changes(ID(5), ID(1))).toEqual([{ Path: '/thin.json', Kind: 1 }, { Path: '/etc', Kind: 2 }, { Path: '/opt', Kind: 2 }]);
+    expect(await gd.changes(ID(5), ID(1))).toEqual([
+      { Path: '/thin.json', Kind: 1 },
+      { Path: '/etc', Kind: 2 },
+      { Path: '/opt', Kind: 2 },
+    ]);
   });
 });
 

@@ -28,7 +28,8 @@ const SIMPLE = [
 ].join(' && ');
 const SCRIPT = `${SIMPLE} && rm -rf /opt/tree && mkdir /opt/tree && echo fresh > /opt/tree/new`;
 
-const LISTING = 'find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -print | sort | while read f; do stat -c "%n %A %u:%g %s %h" "$f"; done';
+const LISTING =
+  'find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -print | sort | while read f; do stat -c "%n %A %u:%g %s %h" "$f"; done';
 
 describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] }))('ordinary images: same behaviour as overlay2', () => {
   const name = `cvmfs-gd-parity-${process.pid}`;
@@ -42,8 +43,20 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
     await writeDockerArchive(
       path.join(dir, 'img.tar'),
       await buildImage('test/parity:1', [
-        [...busyboxEntries('p'), { path: 'etc/layer1-only', content: '1' }, { path: 'opt/', type: 'dir' }, { path: 'opt/tree/', type: 'dir' }, { path: 'opt/tree/old', content: 'old' }],
-        [{ path: 'etc/', type: 'dir' }, { path: 'etc/.wh.salt', content: '' }, { path: 'var/', type: 'dir' }, { path: 'var/.wh..wh..opq', content: '' }, { path: 'var/new', content: 'v' }],
+        [
+          ...busyboxEntries('p'),
+          { path: 'etc/layer1-only', content: '1' },
+          { path: 'opt/', type: 'dir' },
+          { path: 'opt/tree/', type: 'dir' },
+          { path: 'opt/tree/old', content: 'old' },
+        ],
+        [
+          { path: 'etc/', type: 'dir' },
+          { path: 'etc/.wh.salt', content: '' },
+          { path: 'var/', type: 'dir' },
+          { path: 'var/.wh..wh..opq', content: '' },
+          { path: 'var/new', content: 'v' },
+        ],
       ]),
     );
     plugin = await startPlugin(name, ['--state-dir', path.join(dir, 'state'), '--absolute-mountpoint', path.join(dir, 'nocvmfs')]);

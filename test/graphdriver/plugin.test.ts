@@ -99,13 +99,34 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     if (dir) removeTestDir(dir);
   });
 
-  const apply = (id: string, parent: string, tar: Buffer) => call('GraphDriver.ApplyDiff', undefined, { query: `id=${id}&parent=${parent}`, raw: tar, chunked: true });
+  const apply = (id: string, parent: string, tar: Buffer) =>
+    call('GraphDriver.ApplyDiff', undefined, { query: `id=${id}&parent=${parent}`, raw: tar, chunked: true });
 
   it('mounts a layer with lowers on Get, counts references, unmounts on the last Put', async () => {
     await call('GraphDriver.Create', { ID: ID(1) });
-    expect((await apply(ID(1), '', await tarOf([{ path: 'etc/', type: 'dir' }, { path: 'etc/motd', content: 'base\n' }, { path: 'etc/old', content: 'old' }]))).status).toBe(200);
+    expect(
+      (
+        await apply(
+          ID(1),
+          '',
+          await tarOf([
+            { path: 'etc/', type: 'dir' },
+            { path: 'etc/motd', content: 'base\n' },
+            { path: 'etc/old', content: 'old' },
+          ]),
+        )
+      ).status,
+    ).toBe(200);
     await call('GraphDriver.Create', { ID: ID(2), Parent: ID(1) });
-    const r = await apply(ID(2), ID(1), await tarOf([{ path: 'etc/', type: 'dir' }, { path: 'etc/.wh.old', content: '' }, { path: 'etc/new', content: 'new' }]));
+    const r = await apply(
+      ID(2),
+      ID(1),
+      await tarOf([
+        { path: 'etc/', type: 'dir' },
+        { path: 'etc/.wh.old', content: '' },
+        { path: 'etc/new', content: 'new' },
+      ]),
+    );
     expect(r.status, r.body.toString()).toBe(200);
     await call('GraphDriver.CreateReadWrite', { ID: `${ID(3)}-init`, Parent: ID(2) });
     await call('GraphDriver.CreateReadWrite', { ID: ID(3), Parent: `${ID(3)}-init` });
@@ -125,7 +146,7 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     expect(mounted(merged)).toBe(false);
   });
 
-  it('answers Diff, Changes and DiffSize with only the container layer\'s own changes', async () => {
+  it("answers Diff, Changes and DiffSize with only the container layer's own changes", async () => {
     const merged = (await call('GraphDriver.Get', { ID: ID(3) })).json()['Dir'] as string;
     writeFileSync(path.join(merged, 'etc/motd'), 'changed\n');
     writeFileSync(path.join(merged, 'added'), 'added!');
@@ -211,7 +232,14 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
       ['bad whiteout', rawTar([{ name: '.wh..', content: '' }]), /whiteout/i],
     ];
     // a symlink to an absolute path outside, then a file through it: lands inside the layer (chroot semantics) or is refused
-    cases.push(['write through symlink', rawTar([{ name: 'ln', type: '2', linkname: outside }, { name: 'ln/sentinel', content: 'pwned' }]), /./]);
+    cases.push([
+      'write through symlink',
+      rawTar([
+        { name: 'ln', type: '2', linkname: outside },
+        { name: 'ln/sentinel', content: 'pwned' },
+      ]),
+      /./,
+    ]);
     const id = ID(40);
     await call('GraphDriver.Create', { ID: id });
     for (const [what, tar, re] of cases) {
@@ -244,7 +272,9 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     expect((await call('GraphDriver.Get', { ID: ID(60) })).json()['Err']).toBe(`layer ${ID(60)} does not exist`);
     expect((await call('GraphDriver.Put', { ID: ID(60) })).status).toBe(404);
     expect((await call('GraphDriver.Remove', { ID: ID(1) })).json()['Err']).toMatch(/based on it/);
-    expect((await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(1)}&parent=`, raw: await tarOf([{ path: 'x', content: '' }]) })).json()['Err']).toMatch(/already has content/);
+    expect(
+      (await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(1)}&parent=`, raw: await tarOf([{ path: 'x', content: '' }]) })).json()['Err'],
+    ).toMatch(/already has content/);
     for (const m of ['Diff', 'Changes', 'DiffSize']) {
       const r = await call(`GraphDriver.${m}`, { ID: ID(2), Parent: ID(61) });
       expect(r.status, m).toBe(404);
@@ -254,10 +284,17 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     expect(r.json()['Err']).toBe(`parent layer ${ID(61)} does not exist`);
   });
 
-  it('applies a diff against another parent than the layer\'s own onto its mounted view (naive, as overlay2), and puts it back', async () => {
+  it("applies a diff against another parent than the layer's own onto its mounted view (naive, as overlay2), and puts it back", async () => {
     const merged2 = path.join(home, 'layers', ID(2), 'merged');
     // parent "": the tar is applied onto everything the layer shows; the answer is DiffSize against ""
-    const r = await apply(ID(2), '', await tarOf([{ path: 'x', content: 'xx' }, { path: 'etc/.wh.motd', content: '' }]));
+    const r = await apply(
+      ID(2),
+      '',
+      await tarOf([
+        { path: 'x', content: 'xx' },
+        { path: 'etc/.wh.motd', content: '' },
+      ]),
+    );
     expect(r.status, r.body.toString()).toBe(200);
     expect(mounted(merged2)).toBe(false);
     expect(r.json()['Size']).toBe((await call('GraphDriver.DiffSize', { ID: ID(2), Parent: '' })).json()['Size']);
@@ -279,11 +316,15 @@ describe.skipIf(needs({ root: true, binaries: ['unshare'] }))('graph driver plug
     ]);
     // and the whole view of the container layer above it, as a tar and as changes against ""
     const all = await listTar((await call('GraphDriver.Diff', { ID: ID(3), Parent: '' })).body);
-    expect(all).toMatchObject({ 'added': 'added!', 'etc/': 'directory', 'etc/motd': 'changed\n', 'x': 'xx' });
+    expect(all).toMatchObject({ added: 'added!', 'etc/': 'directory', 'etc/motd': 'changed\n', x: 'xx' });
     expect(Object.keys(all).filter((n) => n.includes('.wh.') || n.includes('old') || n === 'etc/new')).toEqual([]);
     const ch3 = (await call('GraphDriver.Changes', { ID: ID(3), Parent: '' })).json()['Changes'] as { Path: string; Kind: number }[];
     expect(ch3.every((c) => c.Kind === 1)).toBe(true);
-    expect(ch3.map((c) => c.Path).sort()).toEqual(Object.keys(all).map((n) => `/${n.replace(/\/$/, '')}`).sort());
+    expect(ch3.map((c) => c.Path).sort()).toEqual(
+      Object.keys(all)
+        .map((n) => `/${n.replace(/\/$/, '')}`)
+        .sort(),
+    );
     expect(readMountinfo().filter((m) => m.mountPoint.startsWith(`${home}/`))).toEqual([]);
   });
 

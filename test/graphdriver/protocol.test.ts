@@ -12,15 +12,7 @@ import {
 import { UnsafeTarError } from '../../src/core/tar/errors.js';
 import { httpStatus, parseJsonBody, toHttpError } from '../../src/edge/plugin-http.js';
 import { checkLayerStorageOpt, parseInitOptions } from '../../src/graphdriver/options.js';
-import {
-  isMethod,
-  METHODS,
-  parseApplyDiffQuery,
-  parseIdMaps,
-  parseInitRequest,
-  parseLayerRequest,
-  validateLayerId,
-} from '../../src/graphdriver/protocol.js';
+import { isMethod, METHODS, parseApplyDiffQuery, parseIdMaps, parseInitRequest, parseLayerRequest, validateLayerId } from '../../src/graphdriver/protocol.js';
 import { MAX_MOUNT_DATA, overlayMountData } from '../../src/core/host/overlay-mount.js';
 import { type ChainNode } from '../../src/core/stack/index.js';
 import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from '../../src/graphdriver/stack.js';
@@ -97,7 +89,12 @@ describe('request decoding', () => {
     ).toThrow(/overlap/);
     expect(() => parseIdMaps([{ container_id: -1, host_id: 1, size: 1 }], 'U')).toThrow(/integer/);
     expect(() => parseIdMaps({}, 'U')).toThrow(/array/);
-    expect(idMapText([{ containerId: 0, hostId: 100000, size: 65536 }, { containerId: 65536, hostId: 1, size: 1 }])).toBe('0 100000 65536\n65536 1 1\n');
+    expect(
+      idMapText([
+        { containerId: 0, hostId: 100000, size: 65536 },
+        { containerId: 65536, hostId: 1, size: 1 },
+      ]),
+    ).toBe('0 100000 65536\n65536 1 1\n');
   });
   it('knows every endpoint of the protocol', () => {
     expect(METHODS).toHaveLength(16);
@@ -184,7 +181,17 @@ describe('lower computation', () => {
   add({ id: 'base', parent: '', link: '1' });
   add({ id: 'mid', parent: 'base', link: '2' });
   add({ id: 'top', parent: 'mid', link: '3' });
-  add({ id: 'thin', parent: '', link: '4', thin: { lowers: [{ link: '5', dir: '/cvmfs/r/.layers/bb/b/layerfs' }, { link: '6', dir: '/cvmfs/r/.layers/aa/a/layerfs' }] } });
+  add({
+    id: 'thin',
+    parent: '',
+    link: '4',
+    thin: {
+      lowers: [
+        { link: '5', dir: '/cvmfs/r/.layers/bb/b/layerfs' },
+        { link: '6', dir: '/cvmfs/r/.layers/aa/a/layerfs' },
+      ],
+    },
+  });
   add({ id: 'c-init', parent: 'thin', link: '7' });
   add({ id: 'c', parent: 'c-init', link: '8' });
   add({ id: 'loop1', parent: 'loop2', link: '9' });

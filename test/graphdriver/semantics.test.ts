@@ -39,7 +39,14 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
   let host: RecordingHost;
   let gd: GraphDriver;
   const open = () =>
-    GraphDriver.open({ stateDir: path.join(dir, 'state'), location: cvmfsLocation({ absoluteMountpoint: repo }), thinImages: true, idmappedLayers: 'auto', host, log: silentLogger() });
+    GraphDriver.open({
+      stateDir: path.join(dir, 'state'),
+      location: cvmfsLocation({ absoluteMountpoint: repo }),
+      thinImages: true,
+      idmappedLayers: 'auto',
+      host,
+      log: silentLogger(),
+    });
   const apply = async (id: string, entries: TarEntry[]) => gd.applyDiff(id, '', Readable.from([await tarOf(entries)]));
   const overlays = () => host.ops('mountOverlay').map((c) => c.args[0] as Required<OverlayMount>);
   const merged = (id: string) => path.join(home, 'layers', id, 'merged');
@@ -78,7 +85,7 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
     expect(host.ops('umount').map((c) => c.args[0])).toEqual([merged(ID(2))]);
   });
 
-  it('mounts a thin image\'s CVMFS layers below the layers above it, never its own thin.json', async () => {
+  it("mounts a thin image's CVMFS layers below the layers above it, never its own thin.json", async () => {
     const l1 = addLayer(repo, 'base', { 'bin/tool': 'x' }, { converter: true });
     const l2 = addLayer(repo, 'ducc', { 'etc/.wh.gone': '', 'data/f': 'y' });
     await gd.create(ID(3), '', false, {});
@@ -91,7 +98,9 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
     const masks = path.join(home, 'masks', readdirSync(path.join(home, 'masks'))[0]!);
     expect(real).toEqual([`../layers/${ID(4)}-init/diff`, path.join(masks, 'above'), l2.dir, path.join(masks, 'below'), l1.dir]);
     expect(host.ops('mknod').length).toBe(2); // the DUCC whiteout in both masks
-    expect(gd.getMetadata(ID(4))['LowerDir']).toBe([path.join(home, 'layers', `${ID(4)}-init`, 'diff'), path.join(masks, 'above'), l2.dir, path.join(masks, 'below'), l1.dir].join(':'));
+    expect(gd.getMetadata(ID(4))['LowerDir']).toBe(
+      [path.join(home, 'layers', `${ID(4)}-init`, 'diff'), path.join(masks, 'above'), l2.dir, path.join(masks, 'below'), l1.dir].join(':'),
+    );
   });
 
   it('answers Unavailable rather than mounting when a CVMFS layer is gone, and an InternalError naming the layer when the mount fails', async () => {
@@ -145,7 +154,13 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
 
   it('answers Changes and DiffSize of a container layer against its lowers (opaque dirs read through the host)', async () => {
     await gd.create(ID(1), '', false, {});
-    await apply(ID(1), [{ path: 'etc/', type: 'dir' }, { path: 'etc/a', content: 'a' }, { path: 'etc/b', content: 'b' }, { path: 'opt/', type: 'dir' }, { path: 'opt/x', content: 'x' }]);
+    await apply(ID(1), [
+      { path: 'etc/', type: 'dir' },
+      { path: 'etc/a', content: 'a' },
+      { path: 'etc/b', content: 'b' },
+      { path: 'opt/', type: 'dir' },
+      { path: 'opt/x', content: 'x' },
+    ]);
     await gd.create(ID(2), ID(1), true, {});
     const diff = path.join(home, 'layers', ID(2), 'diff');
     mkdirSync(path.join(diff, 'etc'));
@@ -185,7 +200,8 @@ describe('graph driver semantics (unprivileged, recording host)', () => {
     await closing;
     expect(closed).toBe(true);
     expect(bytes).toBeGreaterThan(100_000);
-    for (const call of [gd.remove(ID(1)), gd.diff(ID(1), ''), gd.changes(ID(1), ''), gd.diffSize(ID(1), ''), gd.get(ID(1))]) expect(await kind(call)).toBe('unavailable');
+    for (const call of [gd.remove(ID(1)), gd.diff(ID(1), ''), gd.changes(ID(1), ''), gd.diffSize(ID(1), ''), gd.get(ID(1))])
+      expect(await kind(call)).toBe('unavailable');
   });
 
   it('Remove, Changes and DiffSize take the layer lock: a Remove waits for a running ApplyDiff', async () => {
@@ -220,7 +236,9 @@ describe('one graph driver per state directory and per Home (flock, unprivileged
     const a = await GraphDriver.open(cfg(path.join(base, 'state'), '/run/docker/plugins/a.sock'));
     await a.init({ home, opts: [], uidMaps: [], gidMaps: [] });
     await a.create(ID(1), '', false, {});
-    await expect(GraphDriver.open(cfg(path.join(base, 'state'), '/run/docker/plugins/b.sock'))).rejects.toThrow(/state is in use by cvmfs-thin graphdriver \(pid \d+, \/run\/docker\/plugins\/a\.sock/);
+    await expect(GraphDriver.open(cfg(path.join(base, 'state'), '/run/docker/plugins/b.sock'))).rejects.toThrow(
+      /state is in use by cvmfs-thin graphdriver \(pid \d+, \/run\/docker\/plugins\/a\.sock/,
+    );
     const b = await GraphDriver.open(cfg(path.join(base, 'state2'), '/run/docker/plugins/b.sock'));
     expect(await kind(b.init({ home, opts: [], uidMaps: [], gidMaps: [] }))).toBe('failed-precondition');
     expect(b.home).toBeUndefined();

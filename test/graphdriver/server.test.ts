@@ -141,7 +141,10 @@ describe('graph driver HTTP edge (no root)', () => {
 
   it('refuses a bad thin manifest with the field name, and leaves the layer empty', async () => {
     await call('GraphDriver.Create', { ID: ID(5) });
-    const bad = JSON.stringify({ version: '1.0', layers: [{ digest: 'c'.repeat(64), url: 'cvmfs://evil.example.org/.layers/cc/' + 'c'.repeat(64) + '/layerfs' }] });
+    const bad = JSON.stringify({
+      version: '1.0',
+      layers: [{ digest: 'c'.repeat(64), url: 'cvmfs://evil.example.org/.layers/cc/' + 'c'.repeat(64) + '/layerfs' }],
+    });
     const r = await call('GraphDriver.ApplyDiff', undefined, { query: `id=${ID(5)}&parent=`, raw: await tarOf([{ path: 'thin.json', content: bad }]) });
     expect(r.status).toBe(400);
     expect(r.json()['Err']).toMatch(/thin image manifest: layers\[0\]\.url: repository "evil.example.org" is not allowed/);
@@ -176,7 +179,7 @@ describe('graph driver HTTP edge (no root)', () => {
     expect((await call('GraphDriver.CreateReadWrite', { ID: ID(2) })).status).toBe(409);
   });
 
-  it('answers Diff, Changes and DiffSize against another parent than the layer\'s own (naive, views unmounted here)', async () => {
+  it("answers Diff, Changes and DiffSize against another parent than the layer's own (naive, views unmounted here)", async () => {
     // two base layers: their views are their diff dirs; ID(2) against the thin layer ID(3) holding thin.json
     const d = await call('GraphDriver.Diff', { ID: ID(2), Parent: ID(3) });
     expect(d.status, d.body.toString()).toBe(200);
@@ -236,7 +239,10 @@ describe('cvmfs-thin graphdriver CLI (no root)', () => {
   it('serves on the socket from the config file (flags win), and stops cleanly on SIGTERM', async () => {
     const cfg = path.join(dir, 'good.toml');
     const socket = path.join(dir, 'cli.sock');
-    writeFileSync(cfg, `socket = "${path.join(dir, 'unused.sock')}"\nstate-dir = "${path.join(dir, 'state')}"\nrepository = "sft.cern.ch"\nidmapped-layers = "off"\nlog-level = "info"\n`);
+    writeFileSync(
+      cfg,
+      `socket = "${path.join(dir, 'unused.sock')}"\nstate-dir = "${path.join(dir, 'state')}"\nrepository = "sft.cern.ch"\nidmapped-layers = "off"\nlog-level = "info"\n`,
+    );
     const proc = spawn(process.execPath, [CLI, 'graphdriver', '--config', cfg, '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     proc.stderr.on('data', (d: Buffer) => (out += d.toString()));

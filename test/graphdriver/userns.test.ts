@@ -58,7 +58,13 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     repo = path.join(dir, 'cvmfs', REPO);
     home = path.join(dir, 'd', 'root', `${BASE}.${BASE}`, name);
     mkdirSync(repo, { recursive: true });
-    const src = await buildImage('src:1', [busyboxEntries(), [{ path: 'data/', type: 'dir' }, { path: 'data/only-in-cvmfs.txt', content: 'cvmfs\n' }]]);
+    const src = await buildImage('src:1', [
+      busyboxEntries(),
+      [
+        { path: 'data/', type: 'dir' },
+        { path: 'data/only-in-cvmfs.txt', content: 'cvmfs\n' },
+      ],
+    ]);
     for (const l of src.layers) unpackDuccStyle(repo, l);
     const thin = JSON.stringify({ version: '1.0', layers: src.layers.map((l) => ({ digest: l.digest.slice(7) })) });
     await writeDockerArchive(path.join(dir, 'thin.tar'), await buildThinImage('test/thin:1', thin));
@@ -86,14 +92,16 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
 
   it('extracts ordinary layers with the maps: right owners inside, shifted on the host', async () => {
     await docker(['load', '-i', path.join(dir, 'plain.tar')]);
-    expect(await run('test/plain:1', 'stat -c "%u:%g %n" /bin/busybox /etc/owned; touch /tmp/new && echo wrote')).toBe('0:0 /bin/busybox\n1000:1000 /etc/owned\nwrote\n');
+    expect(await run('test/plain:1', 'stat -c "%u:%g %n" /bin/busybox /etc/owned; touch /tmp/new && echo wrote')).toBe(
+      '0:0 /bin/busybox\n1000:1000 /etc/owned\nwrote\n',
+    );
     const layer = JSON.parse((await docker(['image', 'inspect', '--format', '{{json .GraphDriver.Data}}', 'test/plain:1'])).stdout) as Record<string, string>;
     const upper = layer['UpperDir']!;
     expect(statSync(path.join(upper, 'bin', 'busybox')).uid).toBe(BASE);
     expect(statSync(path.join(upper, 'etc', 'owned')).uid).toBe(BASE + 1000);
   });
 
-  it('shows CVMFS files of a thin image with the container\'s root as owner (idmapped mounts), writable by it', async () => {
+  it("shows CVMFS files of a thin image with the container's root as owner (idmapped mounts), writable by it", async () => {
     await docker(['load', '-i', path.join(dir, 'thin.tar')]);
     expect(await run('test/thin:1', 'stat -c "%u:%g %n" /bin/busybox /data/only-in-cvmfs.txt; echo new > /data/new && cat /data/new')).toBe(
       '0:0 /bin/busybox\n0:0 /data/only-in-cvmfs.txt\nnew\n',
@@ -102,7 +110,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     expect(statSync(path.join(repo, '.layers')).uid).toBe(0);
   });
 
-  it('commits a thin container with ids mapped back to the container\'s', async () => {
+  it("commits a thin container with ids mapped back to the container's", async () => {
     await docker(['run', '--name', 'c1', '--network', 'none', 'test/thin:1', 'sh', '-c', 'echo mine > /data/mine.txt']);
     expect((await docker(['diff', 'c1'])).stdout).toBe('C /data\nA /data/mine.txt\n');
     await docker(['commit', 'c1', 'test/thin:2']);

@@ -38,14 +38,30 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc'] 
   it('activates with both interfaces and refuses bad volume names on the shared socket', async () => {
     const a = await pluginCall(plugin!.socket, 'Plugin.Activate');
     expect(a.json()).toEqual({ Implements: ['GraphDriver', 'VolumeDriver'] });
-    expect((await pluginCall(plugin!.socket, 'VolumeDriver.Get', { Name: 'evil.example.org' })).json()['Err']).toMatch(/not allowed on this node \(allowed: \*\.cern\.ch\)/);
+    expect((await pluginCall(plugin!.socket, 'VolumeDriver.Get', { Name: 'evil.example.org' })).json()['Err']).toMatch(
+      /not allowed on this node \(allowed: \*\.cern\.ch\)/,
+    );
   });
 
   it('dockerd uses it as storage driver and volume driver at once; the volume goes with the container', async () => {
     const info = await dockerd!.docker(['info', '--format', '{{.Driver}}']);
     expect(info.stdout.trim()).toBe(name);
     const image = await loadBusybox(dockerd!, dir);
-    await dockerd!.docker(['run', '-d', '--name', 'gdv1', '--network', 'none', '--volume-driver', name, '-v', 'cms.cern.ch:/cvmfs/cms.cern.ch', image, 'sleep', '1000']);
+    await dockerd!.docker([
+      'run',
+      '-d',
+      '--name',
+      'gdv1',
+      '--network',
+      'none',
+      '--volume-driver',
+      name,
+      '-v',
+      'cms.cern.ch:/cvmfs/cms.cern.ch',
+      image,
+      'sleep',
+      '1000',
+    ]);
     expect((await dockerd!.docker(['exec', 'gdv1', 'cat', '/cvmfs/cms.cern.ch/README'])).stdout).toBe('one socket\n');
     const w = await dockerd!.docker(['exec', 'gdv1', 'sh', '-c', 'echo x > /cvmfs/cms.cern.ch/w'], { allowFail: true });
     expect(w.code).not.toBe(0);

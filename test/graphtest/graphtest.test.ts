@@ -24,7 +24,17 @@ const GRAPHTEST_SRC = '/usr/share/gocode/src/github.com/docker/docker/daemon/gra
 const TESTS = ['CreateEmpty', 'CreateBase', 'CreateSnap', '128LayerRead', 'DiffApply10Files', 'Changes'];
 /** Ours, in test/graphtest/suite/naive_test.go: Changes/DiffSize/Diff against a grandparent and "", moby's archive package as the reference. */
 const EXTRA = ['NaiveDiffOtherParent'];
-const BENCHMARKS = ['Exists', 'GetEmpty', 'DiffBase', 'DiffSmallUpper', 'Diff10KFileUpper', 'Diff10KFilesBottom', 'DiffApply100', 'Diff20Layers', 'Read20Layers'];
+const BENCHMARKS = [
+  'Exists',
+  'GetEmpty',
+  'DiffBase',
+  'DiffSmallUpper',
+  'Diff10KFileUpper',
+  'Diff10KFilesBottom',
+  'DiffApply100',
+  'Diff20Layers',
+  'Read20Layers',
+];
 
 function skipReason(): string | null {
   const r = needs({ root: true, binaries: ['go'] });
@@ -105,7 +115,10 @@ describe.skipIf(skipReason())("moby's graphtest suite against cvmfs-thin graphdr
     expect(results.get(`Benchmark${c}`), failureLog(`Benchmark${c}`)).toBe('PASS');
   });
   it('ran every case through the plugin: no skip, setup/teardown passed, one Init per driver instance under the suite home', () => {
-    expect([...results.entries()].filter(([, v]) => v === 'SKIP'), output.slice(-6000)).toEqual([]);
+    expect(
+      [...results.entries()].filter(([, v]) => v === 'SKIP'),
+      output.slice(-6000),
+    ).toEqual([]);
     expect(results.get('TestSetup'), failureLog('TestSetup')).toBe('PASS');
     expect(results.get('TestTeardown'), failureLog('TestTeardown')).toBe('PASS');
     expect(results.size).toBe(TESTS.length + EXTRA.length + BENCHMARKS.length + 2);

@@ -42,7 +42,12 @@ export interface FakeLayer {
  * version 1 marker (overlay whiteouts), `record` our version 2 marker with
  * that record (what survives a CVMFS publish; write no whiteouts then).
  */
-export function addLayer(repoRoot: string, name: string, entries: Record<string, Entry>, opts: { converter?: boolean; record?: Partial<LayerRecord> | unknown } = {}): FakeLayer {
+export function addLayer(
+  repoRoot: string,
+  name: string,
+  entries: Record<string, Entry>,
+  opts: { converter?: boolean; record?: Partial<LayerRecord> | unknown } = {},
+): FakeLayer {
   const hex = sha256Hex(`layer:${name}:${JSON.stringify(Object.keys(entries))}`);
   const dir = layerRootfs(repoRoot, hex);
   writeTree(dir, entries);
@@ -58,5 +63,10 @@ export function addLayer(repoRoot: string, name: string, entries: Record<string,
 }
 
 export function thinJson(repo: string, layers: FakeLayer[], extra: Record<string, unknown> = {}): string {
-  return JSON.stringify({ version: '1.0', origin: 'test', ...extra, layers: layers.map((l) => ({ digest: l.hex, url: `cvmfs://${repo}/.layers/${l.hex.slice(0, 2)}/${l.hex}/layerfs` })) });
+  return JSON.stringify({
+    version: '1.0',
+    origin: 'test',
+    ...extra,
+    layers: layers.map((l) => ({ digest: l.hex, url: `cvmfs://${repo}/.layers/${l.hex.slice(0, 2)}/${l.hex}/layerfs` })),
+  });
 }

@@ -115,7 +115,10 @@ export async function writeOciArchive(file: string, img: BuiltImage): Promise<vo
       },
     ],
   };
-  const blobs = new Map<string, Buffer>([[img.configDigest, img.config], [img.manifestDigest, img.manifest]]);
+  const blobs = new Map<string, Buffer>([
+    [img.configDigest, img.config],
+    [img.manifestDigest, img.manifest],
+  ]);
   for (const l of img.layers) blobs.set(l.digest, l.blob);
   const entries: TarEntry[] = [
     { path: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' },
@@ -134,7 +137,10 @@ export async function writeDockerArchive(file: string, img: BuiltImage): Promise
   const entries: TarEntry[] = [
     { path: 'manifest.json', content: JSON.stringify(manifest) },
     { path: `${img.configDigest.slice(7)}.json`, content: img.config },
-    ...img.layers.flatMap((l) => [{ path: `${l.diffId.slice(7)}/`, type: 'dir' as const }, { path: `${l.diffId.slice(7)}/layer.tar`, content: l.raw }]),
+    ...img.layers.flatMap((l) => [
+      { path: `${l.diffId.slice(7)}/`, type: 'dir' as const },
+      { path: `${l.diffId.slice(7)}/layer.tar`, content: l.raw },
+    ]),
   ];
   writeFileSync(file, await tarOf(entries));
 }

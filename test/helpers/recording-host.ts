@@ -5,7 +5,17 @@
  */
 import { mkdirSync, promises as fsp, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bindSteps, type ExecResult, FS_MAGIC, type FsProbeOp, type FsProbeResult, type Host, type MountInfo, type OverlayMount, type PathArg } from '../../src/core/host/host.js';
+import {
+  bindSteps,
+  type ExecResult,
+  FS_MAGIC,
+  type FsProbeOp,
+  type FsProbeResult,
+  type Host,
+  type MountInfo,
+  type OverlayMount,
+  type PathArg,
+} from '../../src/core/host/host.js';
 import { MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SHARED, MS_SLAVE } from '../../src/core/host/sys.js';
 
 export interface HostCall {
@@ -85,7 +95,15 @@ export class RecordingHost implements Host {
       }
       return;
     }
-    this.mounts.push({ mountPoint: t, root: '/', fsType: fstype ?? 'none', source: source ?? 'none', options: (flags & MS_RDONLY) !== 0 ? 'ro' : 'rw', readonly: (flags & MS_RDONLY) !== 0, propagation: 'private' });
+    this.mounts.push({
+      mountPoint: t,
+      root: '/',
+      fsType: fstype ?? 'none',
+      source: source ?? 'none',
+      options: (flags & MS_RDONLY) !== 0 ? 'ro' : 'rw',
+      readonly: (flags & MS_RDONLY) !== 0,
+      propagation: 'private',
+    });
   }
 
   umount(target: string, flags = 0): void {
@@ -104,7 +122,14 @@ export class RecordingHost implements Host {
 
   mountinfo(): MountInfo[] {
     this.calls.push({ op: 'mountinfo', args: [] });
-    return this.mounts.map((m) => ({ mountPoint: m.mountPoint, root: m.root, fsType: m.fsType, source: m.source, options: m.readonly ? 'ro' : 'rw', superOptions: m.superOptions ?? '' }));
+    return this.mounts.map((m) => ({
+      mountPoint: m.mountPoint,
+      root: m.root,
+      fsType: m.fsType,
+      source: m.source,
+      options: m.readonly ? 'ro' : 'rw',
+      superOptions: m.superOptions ?? '',
+    }));
   }
 
   private under(set: ReadonlySet<string>, p: string): boolean {
@@ -159,10 +184,29 @@ export class RecordingHost implements Host {
   /** An overlay mount: recorded with its lowers resolved, and added to the mount table as `overlay`. */
   mountOverlay(o: OverlayMount): void {
     const abs = (p: string) => path.resolve(o.relativeTo ?? process.cwd(), p);
-    this.record('mountOverlay', { target: path.resolve(o.target), lowers: o.lowers.map(abs), upper: o.upper && abs(o.upper), work: o.work && abs(o.work), options: [...(o.options ?? [])] });
+    this.record('mountOverlay', {
+      target: path.resolve(o.target),
+      lowers: o.lowers.map(abs),
+      upper: o.upper && abs(o.upper),
+      work: o.work && abs(o.work),
+      options: [...(o.options ?? [])],
+    });
     const t = path.resolve(o.target);
-    const superOptions = [...(o.options ?? []), ...o.lowers.map((l) => `lowerdir+=${abs(l)}`), ...(o.upper ? [`upperdir=${abs(o.upper)}`, `workdir=${abs(o.work ?? '')}`] : [])].join(',');
-    this.mounts.push({ mountPoint: t, root: '/', fsType: 'overlay', source: 'overlay', options: o.upper ? 'rw' : 'ro', readonly: !o.upper, propagation: 'private', superOptions });
+    const superOptions = [
+      ...(o.options ?? []),
+      ...o.lowers.map((l) => `lowerdir+=${abs(l)}`),
+      ...(o.upper ? [`upperdir=${abs(o.upper)}`, `workdir=${abs(o.work ?? '')}`] : []),
+    ].join(',');
+    this.mounts.push({
+      mountPoint: t,
+      root: '/',
+      fsType: 'overlay',
+      source: 'overlay',
+      options: o.upper ? 'rw' : 'ro',
+      readonly: !o.upper,
+      propagation: 'private',
+      superOptions,
+    });
   }
 
   idmappedBindMount(source: string, target: string, usernsFd: number): void {

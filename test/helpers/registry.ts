@@ -61,10 +61,36 @@ function b64url(b: Buffer | string): string {
   return Buffer.from(b).toString('base64url');
 }
 
-function startTokenServer(dir: string, auth: TokenAuth, service: string, issuer: string, seen: TestRegistry['tokenRequests']): Promise<{ server: http.Server; realm: string; certFile: string }> {
+function startTokenServer(
+  dir: string,
+  auth: TokenAuth,
+  service: string,
+  issuer: string,
+  seen: TestRegistry['tokenRequests'],
+): Promise<{ server: http.Server; realm: string; certFile: string }> {
   const keyFile = path.join(dir, 'token.key');
   const certFile = path.join(dir, 'token.crt');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=cvmfs-thin test token issuer'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=cvmfs-thin test token issuer',
+    ],
+    { stdio: 'ignore' },
+  );
   const key = createPrivateKey(readFileSync(keyFile));
   const der = execFileSync('openssl', ['x509', '-in', certFile, '-outform', 'DER']);
   const server = http.createServer((req, res) => {
@@ -85,7 +111,10 @@ function startTokenServer(dir: string, auth: TokenAuth, service: string, issuer:
       }
       account = user;
     }
-    const scopes = u.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
+    const scopes = u.searchParams
+      .getAll('scope')
+      .flatMap((s) => s.split(' '))
+      .filter(Boolean);
     seen.push({ account, scopes });
     const access = scopes
       .map((s) => {
@@ -101,7 +130,9 @@ function startTokenServer(dir: string, auth: TokenAuth, service: string, issuer:
     const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
     const sig = sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
     const token = `${input}.${b64url(sig)}`;
-    res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ token, access_token: token, expires_in: 300, issued_at: new Date().toISOString() }));
+    res
+      .writeHead(200, { 'Content-Type': 'application/json' })
+      .end(JSON.stringify({ token, access_token: token, expires_in: 300, issued_at: new Date().toISOString() }));
   });
   return new Promise((resolve) => {
     server.listen(0, '127.0.0.1', () => {
@@ -182,32 +213,37 @@ export async function startFaultyProxy(target: string, rules: FaultRules): Promi
       tooMany--;
       log.push({ method: req.method ?? '', path: p, status: 429, range });
       req.resume();
-      res.writeHead(429, { 'Retry-After': rules.tooManyRequests.retryAfter, 'Content-Type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}');
+      res
+        .writeHead(429, { 'Retry-After': rules.tooManyRequests.retryAfter, 'Content-Type': 'application/json' })
+        .end('{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}');
       return;
     }
-    const up = http.request({ host: target.split(':')[0], port: Number(target.split(':')[1]), method: req.method, path: p, headers: { ...req.headers, host: target } }, (ur) => {
-      const headers = { ...ur.headers };
-      if (typeof headers.location === 'string') headers.location = headers.location.replace(`http://${target}`, `http://${self}`);
-      log.push({ method: req.method ?? '', path: p, status: ur.statusCode ?? 0, range });
-      res.writeHead(ur.statusCode ?? 502, headers);
-      const drop = rules.dropBlob && drops > 0 && req.method === 'GET' && rules.dropBlob.match.test(p) && (ur.statusCode === 200 || ur.statusCode === 206);
-      if (!drop) {
-        ur.pipe(res);
-        return;
-      }
-      drops--;
-      let sent = 0;
-      ur.on('data', (c: Buffer) => {
-        if (sent >= rules.dropBlob!.afterBytes) return;
-        const room = rules.dropBlob!.afterBytes - sent;
-        res.write(c.subarray(0, room));
-        sent += Math.min(room, c.length);
-        if (sent >= rules.dropBlob!.afterBytes) {
-          ur.destroy();
-          res.socket?.destroy();
+    const up = http.request(
+      { host: target.split(':')[0], port: Number(target.split(':')[1]), method: req.method, path: p, headers: { ...req.headers, host: target } },
+      (ur) => {
+        const headers = { ...ur.headers };
+        if (typeof headers.location === 'string') headers.location = headers.location.replace(`http://${target}`, `http://${self}`);
+        log.push({ method: req.method ?? '', path: p, status: ur.statusCode ?? 0, range });
+        res.writeHead(ur.statusCode ?? 502, headers);
+        const drop = rules.dropBlob && drops > 0 && req.method === 'GET' && rules.dropBlob.match.test(p) && (ur.statusCode === 200 || ur.statusCode === 206);
+        if (!drop) {
+          ur.pipe(res);
+          return;
         }
-      });
-    });
+        drops--;
+        let sent = 0;
+        ur.on('data', (c: Buffer) => {
+          if (sent >= rules.dropBlob!.afterBytes) return;
+          const room = rules.dropBlob!.afterBytes - sent;
+          res.write(c.subarray(0, room));
+          sent += Math.min(room, c.length);
+          if (sent >= rules.dropBlob!.afterBytes) {
+            ur.destroy();
+            res.socket?.destroy();
+          }
+        });
+      },
+    );
     up.on('error', () => res.destroy());
     req.pipe(up);
   });

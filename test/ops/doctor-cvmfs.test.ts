@@ -59,7 +59,9 @@ describe('the CVMFS client configuration', () => {
     });
     expect(c.get('CVMFS_STRANGE')).toEqual({ value: "it's", from: '/etc/cvmfs/default.local' });
     expect(talkSocket('unpacked.cern.ch', c)).toBe('/var/lib/cvmfs/shared/cvmfs_io.unpacked.cern.ch');
-    expect(talkSocket('unpacked.cern.ch', parseShowconfig('CVMFS_CACHE_BASE=/c\nCVMFS_SHARED_CACHE=no\n'))).toBe('/c/unpacked.cern.ch/cvmfs_io.unpacked.cern.ch');
+    expect(talkSocket('unpacked.cern.ch', parseShowconfig('CVMFS_CACHE_BASE=/c\nCVMFS_SHARED_CACHE=no\n'))).toBe(
+      '/c/unpacked.cern.ch/cvmfs_io.unpacked.cern.ch',
+    );
     expect(talkSocket('x.cern.ch', parseShowconfig('CVMFS_WORKSPACE=/w\nCVMFS_CACHE_BASE=/c\n'))).toBe('/w/cvmfs_io.x.cern.ch');
   });
 
@@ -69,13 +71,22 @@ describe('the CVMFS client configuration', () => {
     expect(stock[0]!.detail).toContain('CVMFS_QUOTA_LIMIT=4000 MB (from /etc/cvmfs/default.conf)');
     const warns = stock.filter((c) => c.status === 'warn');
     expect(warns.map((w) => w.detail.split(':')[1]!.trim().split('=')[0])).toEqual(['CVMFS_CLAIM_OWNERSHIP', 'CVMFS_HTTP_PROXY is not set']);
-    expect(warns[0]).toMatchObject({ detail: expect.stringContaining('the owners in images are lost'), fix: expect.stringContaining('CVMFS_CLAIM_OWNERSHIP=no') });
+    expect(warns[0]).toMatchObject({
+      detail: expect.stringContaining('the owners in images are lost'),
+      fix: expect.stringContaining('CVMFS_CLAIM_OWNERSHIP=no'),
+    });
     const worse = configChecks('x.cern.ch', parseShowconfig(`${STOCK}CVMFS_QUOTA_LIMIT=500\nCVMFS_HIDE_MAGIC_XATTRS=no\nCVMFS_SERVER_URL=\n`));
     expect(worse[0]).toMatchObject({ status: 'fail', fix: expect.stringContaining('no server') });
     expect(worse.map((c) => c.detail)).toEqual(
-      expect.arrayContaining([expect.stringContaining('CVMFS_QUOTA_LIMIT=500 MB: a cache smaller than 1 GiB'), expect.stringContaining('CVMFS_HIDE_MAGIC_XATTRS=no: every file lists')]),
+      expect.arrayContaining([
+        expect.stringContaining('CVMFS_QUOTA_LIMIT=500 MB: a cache smaller than 1 GiB'),
+        expect.stringContaining('CVMFS_HIDE_MAGIC_XATTRS=no: every file lists'),
+      ]),
     );
-    const good = configChecks('unpacked.cern.ch', parseShowconfig(`${STOCK}CVMFS_CLAIM_OWNERSHIP=no\nCVMFS_HTTP_PROXY='http://squid:3128'\nCVMFS_QUOTA_LIMIT=-1\n`));
+    const good = configChecks(
+      'unpacked.cern.ch',
+      parseShowconfig(`${STOCK}CVMFS_CLAIM_OWNERSHIP=no\nCVMFS_HTTP_PROXY='http://squid:3128'\nCVMFS_QUOTA_LIMIT=-1\n`),
+    );
     expect(good.map((c) => c.status)).toEqual(['pass']);
   });
 
@@ -113,7 +124,15 @@ echo "CVMFS_SERVER_URL='http://s1/cvmfs/$2'    # from /etc/cvmfs/domain.d/cern.c
 esac`,
     );
     const env = { ...process.env, PATH: `${bin}:/usr/bin:/bin` };
-    const opts = { host: systemHost, probe: new CvmfsProbe({ host: systemHost, log: silentLogger(), timeoutMs: 1000 }), cvmfsRoot: path.join(dir, 'cvmfs'), repositories: ['unpacked.cern.ch', 'cms.cern.ch'], stateRoots: [], timeoutMs: 1000, env };
+    const opts = {
+      host: systemHost,
+      probe: new CvmfsProbe({ host: systemHost, log: silentLogger(), timeoutMs: 1000 }),
+      cvmfsRoot: path.join(dir, 'cvmfs'),
+      repositories: ['unpacked.cern.ch', 'cms.cern.ch'],
+      stateRoots: [],
+      timeoutMs: 1000,
+      env,
+    };
     return { dir, bin, cache, env, opts, socket: (repo: string) => writeFileSync(path.join(cache, 'shared', `cvmfs_io.${repo}`), '') };
   }
 
@@ -129,7 +148,11 @@ esac`,
       'unpacked.cern.ch: CVMFS_SERVER_URL=http://s1/cvmfs/unpacked.cern.ch (from /etc/cvmfs/domain.d/cern.ch.conf); CVMFS_HTTP_PROXY=DIRECT (from /etc/cvmfs/default.local); CVMFS_QUOTA_LIMIT=20000 MB (from /etc/cvmfs/default.local)',
     );
     expect(byId(cs, 'cvmfs-client')).toEqual([
-      { id: 'cvmfs-client', status: 'pass', detail: 'unpacked.cern.ch: revision 42; Active host 0: http://s1/cvmfs/unpacked.cern.ch; Active proxy: [0] DIRECT' },
+      {
+        id: 'cvmfs-client',
+        status: 'pass',
+        detail: 'unpacked.cern.ch: revision 42; Active host 0: http://s1/cvmfs/unpacked.cern.ch; Active proxy: [0] DIRECT',
+      },
       { id: 'cvmfs-client', status: 'skip', detail: `cms.cern.ch: no client running (no ${f.cache}/shared/cvmfs_io.cms.cern.ch)` },
     ]);
   });
@@ -137,16 +160,27 @@ esac`,
   it('no client installed: skipped; a client that fails or hangs: warned, within the timeout', async () => {
     const none = fakeClient();
     expect(await cvmfsClientChecks({ ...none.opts, env: { ...process.env, PATH: path.join(none.dir, 'empty') } })).toEqual([
-      { id: 'cvmfs-client', status: 'skip', detail: 'cvmfs_config not found: no CVMFS client installed here (or not on PATH); its configuration is not checked' },
+      {
+        id: 'cvmfs-client',
+        status: 'skip',
+        detail: 'cvmfs_config not found: no CVMFS client installed here (or not on PATH); its configuration is not checked',
+      },
     ]);
     const bad = fakeClient({ config: 'echo "cvmfs_config: cannot read /etc/cvmfs/default.conf" >&2; exit 1', talk: 'exit 0' });
-    expect(byId(await cvmfsClientChecks(bad.opts), 'cvmfs-config')[0]).toMatchObject({ status: 'warn', detail: 'cvmfs_config showconfig unpacked.cern.ch failed (exit 1): cvmfs_config: cannot read /etc/cvmfs/default.conf' });
+    expect(byId(await cvmfsClientChecks(bad.opts), 'cvmfs-config')[0]).toMatchObject({
+      status: 'warn',
+      detail: 'cvmfs_config showconfig unpacked.cern.ch failed (exit 1): cvmfs_config: cannot read /etc/cvmfs/default.conf',
+    });
     const hung = fakeClient({ talk: 'exec sleep 30' });
     hung.socket('unpacked.cern.ch');
     const t0 = Date.now();
     const cs = await cvmfsClientChecks({ ...hung.opts, repositories: ['unpacked.cern.ch'] });
     expect(Date.now() - t0).toBeLessThan(5000);
-    expect(byId(cs, 'cvmfs-client')[0]).toMatchObject({ status: 'warn', detail: expect.stringContaining('the client does not answer on'), fix: expect.stringContaining('cvmfs_config probe unpacked.cern.ch') });
+    expect(byId(cs, 'cvmfs-client')[0]).toMatchObject({
+      status: 'warn',
+      detail: expect.stringContaining('the client does not answer on'),
+      fix: expect.stringContaining('cvmfs_config probe unpacked.cern.ch'),
+    });
   });
 });
 
@@ -175,9 +209,25 @@ describe('dead and stalled CVMFS mounts and the containers on them (recording ho
     mkdirSync(rootfs, { recursive: true });
     host.mounts.push(
       { mountPoint: repo, root: '/', fsType: 'fuse', source: 'cvmfs2', options: 'ro', readonly: true, propagation: 'shared', superOptions: 'ro,user_id=0' },
-      { mountPoint: rootfs, root: '/', fsType: 'overlay', source: 'overlay', options: 'rw', readonly: false, propagation: 'private', superOptions: `rw,lowerdir=${root}/l/1,upperdir=${root}/snapshots/3,workdir=${root}/work/3` },
+      {
+        mountPoint: rootfs,
+        root: '/',
+        fsType: 'overlay',
+        source: 'overlay',
+        options: 'rw',
+        readonly: false,
+        propagation: 'private',
+        superOptions: `rw,lowerdir=${root}/l/1,upperdir=${root}/snapshots/3,workdir=${root}/work/3`,
+      },
     );
-    const opts = { host, probe: new CvmfsProbe({ host, log: silentLogger(), timeoutMs: 300 }), cvmfsRoot, repositories: [], stateRoots: [root], timeoutMs: 300 };
+    const opts = {
+      host,
+      probe: new CvmfsProbe({ host, log: silentLogger(), timeoutMs: 300 }),
+      cvmfsRoot,
+      repositories: [],
+      stateRoots: [root],
+      timeoutMs: 300,
+    };
     expect((await cvmfsMountChecks(opts)).map((c) => [c.id, c.status])).toEqual([
       ['cvmfs-mounts', 'pass'],
       ['container-mounts', 'pass'],
@@ -185,7 +235,12 @@ describe('dead and stalled CVMFS mounts and the containers on them (recording ho
     host.broken.add(repo);
     const dead = await cvmfsMountChecks(opts);
     expect(dead).toEqual([
-      { id: 'cvmfs-mounts', status: 'fail', detail: `${repo} answers ENOTCONN (Transport endpoint is not connected: its CVMFS client died)`, fix: expect.stringContaining(`umount -l ${repo}`) },
+      {
+        id: 'cvmfs-mounts',
+        status: 'fail',
+        detail: `${repo} answers ENOTCONN (Transport endpoint is not connected: its CVMFS client died)`,
+        fix: expect.stringContaining(`umount -l ${repo}`),
+      },
       {
         id: 'container-mounts',
         status: 'fail',
@@ -222,7 +277,14 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('doctor ove
     const fuse = await FuseStandin.mount(tree, mp);
     cleanups.push(() => fuse.cleanup());
     const root = path.join(dir, 'sn');
-    const sn = await Snapshotter.open({ root, location: cvmfsLocation({ cvmfsRoot }), host: systemHost, log: silentLogger(), checkIntervalMs: 0, cvmfsTimeoutMs: 1000 });
+    const sn = await Snapshotter.open({
+      root,
+      location: cvmfsLocation({ cvmfsRoot }),
+      host: systemHost,
+      log: silentLogger(),
+      checkIntervalMs: 0,
+      cvmfsTimeoutMs: 1000,
+    });
     cleanups.push(() => sn.close());
     const [m0] = await sn.prepare('extract', '', {});
     writeFileSync(path.join(m0!.source, 'thin.json'), thinJson('unpacked.cern.ch', [layer]));
@@ -260,7 +322,11 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('doctor ove
     cs = await doctor(x);
     expect(byId(cs, 'repository')[0]).toMatchObject({ status: 'fail', detail: `unpacked.cern.ch: ${x.mp} answers ENOTCONN (its CVMFS client died)` });
     expect(byId(cs, 'cvmfs-mounts')[0]).toMatchObject({ status: 'fail', detail: expect.stringContaining(`${x.mp} answers ENOTCONN`) });
-    expect(byId(cs, 'container-mounts')[0]).toMatchObject({ status: 'fail', detail: expect.stringContaining(`${x.rootfs} (upper ${x.root}/snapshots/`), fix: expect.stringContaining('restart those containers') });
+    expect(byId(cs, 'container-mounts')[0]).toMatchObject({
+      status: 'fail',
+      detail: expect.stringContaining(`${x.rootfs} (upper ${x.root}/snapshots/`),
+      fix: expect.stringContaining('restart those containers'),
+    });
     expect(byId(cs, 'cvmfs-client')[0]).toMatchObject({ status: 'skip' });
   });
 
@@ -268,7 +334,10 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('doctor ove
     const x = await node();
     x.fuse.stop();
     const t0 = Date.now();
-    const r = await runCli(['doctor', '--json', '--root-prefix', x.prefix, '--cvmfs-root', x.cvmfsRoot, '--snapshotter-root', x.root, '--timeout', '1'], 30_000);
+    const r = await runCli(
+      ['doctor', '--json', '--root-prefix', x.prefix, '--cvmfs-root', x.cvmfsRoot, '--snapshotter-root', x.root, '--timeout', '1'],
+      30_000,
+    );
     const ms = Date.now() - t0;
     const rep = JSON.parse(r.out) as { ok: boolean; checks: Check[] };
     expect(r.code).toBe(1);

@@ -32,7 +32,8 @@ function listen(socket: string): Promise<void> {
 function setupNode(docker = 'Docker version 20.10.24+dfsg1, build 297e128') {
   const root = path.join(base, `n${++n}`);
   const host = new RecordingHost();
-  host.execHandler = (file) => (file === 'dockerd' ? { code: docker ? 0 : 127, stdout: docker ? `${docker}\n` : '', stderr: '' } : { code: 0, stdout: '', stderr: '' });
+  host.execHandler = (file) =>
+    file === 'dockerd' ? { code: docker ? 0 : 127, stdout: docker ? `${docker}\n` : '', stderr: '' } : { code: 0, stdout: '', stderr: '' };
   const o: DoctorOptions = {
     host,
     containerdConfig: path.join(root, 'etc/containerd/config.toml'),
@@ -81,7 +82,10 @@ describe('doctor checks', () => {
     const { root, o, host } = setupNode('');
     const sock = path.join(root, 'sn.sock');
     put(o.snapshotterConfig, `address = "${sock}"\n`);
-    put(o.containerdConfig, `version = 2\n[proxy_plugins.cvmfs-snapshotter]\n  type = "snapshot"\n  address = "${sock}"\n[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "cvmfs-snapshotter"\n  disable_snapshot_annotations = false\n`);
+    put(
+      o.containerdConfig,
+      `version = 2\n[proxy_plugins.cvmfs-snapshotter]\n  type = "snapshot"\n  address = "${sock}"\n[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "cvmfs-snapshotter"\n  disable_snapshot_annotations = false\n`,
+    );
     host.mounts.push({ mountPoint: o.cvmfsRoot!, root: '/', fsType: 'autofs', source: 'systemd-1', options: 'rw', readonly: false, propagation: 'shared' });
     await listen(sock);
     const cs = await runDoctor(o);
@@ -127,7 +131,10 @@ describe('doctor checks', () => {
     expect(byId(cs, 'runtime')[0]).toMatchObject({ status: 'fail', fix: expect.stringContaining('cvmfs-thin setup containerd') });
     put(o.containerdConfig, 'version = 2\n[proxy_plugins\n');
     cs = await runDoctor(o);
-    expect(byId(cs, 'containerd-config')[0]).toMatchObject({ status: 'fail', detail: expect.stringMatching(/config\.toml: line 2, column \d+: not valid TOML/) });
+    expect(byId(cs, 'containerd-config')[0]).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(/config\.toml: line 2, column \d+: not valid TOML/),
+    });
   });
 
   it('Docker: graph driver versions (20.10 ok, 27 needs the drop-in, 28 fails), experimental required, plugin socket probed', async () => {

@@ -16,7 +16,6 @@ import { snapshotterConfigSpec, snapshotterCommand } from '../../src/cli/snapsho
 import { validateConfig } from '../../src/core/config.js';
 import { editContainerdConfig, newConfig } from '../../src/ops/containerd-config.js';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 type Obj = Record<string, any>;
 
 const ROOT = path.resolve(import.meta.dirname, '../../packaging/kubernetes/snapshotter');
@@ -46,8 +45,21 @@ async function schemaErrors(d: Obj): Promise<string | null> {
 function strictErrors(objs: Obj[]): string[] {
   const dir = path.resolve(import.meta.dirname);
   const virtual = new Map<string, string>();
-  objs.forEach((d, i) => virtual.set(path.join(dir, `__k8s_ops_${i}.ts`), `import type { I${d['kind']} } from '${modelPath(d)}';\nexport const x: I${d['kind']} = ${JSON.stringify(d, null, 1)};\n`));
-  const options: ts.CompilerOptions = { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, strict: true, noEmit: true, skipLibCheck: true, types: [] };
+  objs.forEach((d, i) =>
+    virtual.set(
+      path.join(dir, `__k8s_ops_${i}.ts`),
+      `import type { I${d['kind']} } from '${modelPath(d)}';\nexport const x: I${d['kind']} = ${JSON.stringify(d, null, 1)};\n`,
+    ),
+  );
+  const options: ts.CompilerOptions = {
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    target: ts.ScriptTarget.ES2022,
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    types: [],
+  };
   const host = ts.createCompilerHost(options);
   const getSourceFile = host.getSourceFile.bind(host);
   host.getSourceFile = (f, lang, ...rest) => (virtual.has(f) ? ts.createSourceFile(f, virtual.get(f)!, lang) : getSourceFile(f, lang, ...rest));
@@ -108,7 +120,11 @@ describe('what the schemas cannot check', () => {
       const pod = d['spec']['template']['spec'] as Obj;
       const volumes = new Set((pod['volumes'] as Obj[] | undefined)?.map((v) => v['name'] as string));
       const used = new Set<string>();
-      for (const c of [...(pod['initContainers'] ?? []), ...pod['containers']] as Obj[]) for (const m of (c['volumeMounts'] ?? []) as Obj[]) expect(volumes, `${c['name']} mounts ${m['name']}`).toContain(m['name']), used.add(m['name']);
+      for (const c of [...(pod['initContainers'] ?? []), ...pod['containers']] as Obj[])
+        for (const m of (c['volumeMounts'] ?? []) as Obj[]) {
+          expect(volumes, `${c['name']} mounts ${m['name']}`).toContain(m['name']);
+          used.add(m['name']);
+        }
       expect([...volumes].filter((v) => !used.has(v))).toEqual([]);
       expect(d['metadata']['namespace']).toBe(named('Namespace', 'cvmfs-thin')['metadata']['name']);
     }
@@ -141,11 +157,20 @@ describe('what the schemas cannot check', () => {
     expect(flags(args)['--bootstrap-runtime']).toBe(boot['handler']);
     expect(sn()['runtimeClassName']).toBe(boot['metadata']['name']);
     expect(setupPod()['runtimeClassName']).toBeUndefined();
-    const merged = await editContainerdConfig(newConfig(2), 'config.toml', { pluginName: 'cvmfs-snapshotter', address: snConfig().address!, kubernetes: true, bootstrapRuntime: boot['handler'] }, 2);
+    const merged = await editContainerdConfig(
+      newConfig(2),
+      'config.toml',
+      { pluginName: 'cvmfs-snapshotter', address: snConfig().address!, kubernetes: true, bootstrapRuntime: boot['handler'] },
+      2,
+    );
     expect(parseToml(merged.text)).toEqual(parseToml(cm()['data']['containerd-config.toml'] as string));
     // the host paths setup edits under --root-prefix
     const prefix = flags(args)['--root-prefix']!;
-    for (const [inPod, onHost] of [[`${prefix}/etc/containerd`, '/etc/containerd'], [`${prefix}/var/lib/cvmfs-thin`, '/var/lib/cvmfs-thin'], [`${prefix}/run/systemd`, '/run/systemd']]) {
+    for (const [inPod, onHost] of [
+      [`${prefix}/etc/containerd`, '/etc/containerd'],
+      [`${prefix}/var/lib/cvmfs-thin`, '/var/lib/cvmfs-thin'],
+      [`${prefix}/run/systemd`, '/run/systemd'],
+    ]) {
       expect(hostPathOf(setupPod(), init, inPod!)).toBe(onHost);
     }
     // nsenter into PID 1 needs the host's PID namespace and privileges

@@ -29,7 +29,8 @@ export function makeNodeRootfs(root: string, node = process.execPath): void {
     copyFileSync(src, d);
     if (mode !== undefined) chmodSync(d, mode);
   };
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'usr/local/bin', 'etc', 'root', 'tmp', 'var/tmp', 'proc', 'sys', 'dev', 'run']) mkdirSync(path.join(root, d), { recursive: true });
+  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'usr/local/bin', 'etc', 'root', 'tmp', 'var/tmp', 'proc', 'sys', 'dev', 'run'])
+    mkdirSync(path.join(root, d), { recursive: true });
   chmodSync(path.join(root, 'tmp'), 0o1777);
   const nodeReal = realpathSync(node);
   put('usr/bin/node', nodeReal, 0o755);

@@ -16,7 +16,16 @@ let n = 0;
 function node() {
   const root = path.join(base, `n${++n}`);
   mkdirSync(path.join(root, 'etc/containers'), { recursive: true });
-  const o: CommonOptions = { rootPrefix: root, stateDir: path.join(root, 'state'), systemdDir: path.join(root, 'etc/systemd/system'), units: true, exec: 'cvmfs-thin', systemctl: ['systemctl'], systemdRunning: false, restart: true };
+  const o: CommonOptions = {
+    rootPrefix: root,
+    stateDir: path.join(root, 'state'),
+    systemdDir: path.join(root, 'etc/systemd/system'),
+    units: true,
+    exec: 'cvmfs-thin',
+    systemctl: ['systemctl'],
+    systemdRunning: false,
+    restart: true,
+  };
   const conf = path.join(root, 'etc/containers/storage.conf');
   const out: string[] = [];
   const io = { out: (s: string) => void out.push(s) };
@@ -60,7 +69,9 @@ describe('setup podman', () => {
   it('creates the file when there is none, with fuse-overlayfs on request', async () => {
     const { o, conf, io, host, plan } = node();
     await runPlan(o, await plan(true), host, io, false);
-    const doc = parseToml(readFileSync(conf, 'utf8')) as { storage: { driver: string; options: { additionalimagestores: string[]; overlay: { mount_program: string } } } };
+    const doc = parseToml(readFileSync(conf, 'utf8')) as {
+      storage: { driver: string; options: { additionalimagestores: string[]; overlay: { mount_program: string } } };
+    };
     expect(doc.storage.driver).toBe('overlay');
     expect(doc.storage.options.additionalimagestores).toEqual(['/cvmfs/unpacked.cern.ch/podmanStore']);
     expect(doc.storage.options.overlay.mount_program).toBe('/usr/bin/fuse-overlayfs');
@@ -95,23 +106,40 @@ describe('setup podman: the store directory and the undo hint', () => {
     else expect(about).toEqual([expect.stringMatching(re)]);
   });
 
-  it.skipIf(needs({ binaries: ['sh'] }))('the printed undo command keeps --root-prefix, --state-dir and --storage-conf (quoted), and undoes the change when run', async () => {
-    const root = path.join(base, 'cli node');
-    mkdirSync(path.join(root, 'etc/containers'), { recursive: true });
-    const state = path.join(base, "state dir's");
-    const conf = path.join(root, 'etc/containers/my storage.conf');
-    writeFileSync(conf, DEBIAN_STYLE);
-    const r = await runCli(['setup', 'podman', '--root-prefix', root, '--state-dir', state, '--storage-conf', conf, '--store', '/cvmfs/sw.example.org/podmanStore', '--no-restart']);
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/warning: \/cvmfs\/sw\.example\.org\/podmanStore does not exist/);
-    const m = /\(undo: (cvmfs-thin setup podman --undo .*)\)\n/.exec(r.stdout);
-    expect(m?.[1]).toBe(`cvmfs-thin setup podman --undo --root-prefix '${root}' --state-dir '${state.replace("'", "'\\''")}' --storage-conf '${conf}' --no-restart`);
-    expect(readFileSync(conf, 'utf8')).not.toBe(DEBIAN_STYLE);
-    const undo = await new Promise<number | null>((res) => {
-      const c = spawn('sh', ['-c', m![1]!.replace(/^cvmfs-thin /, `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} `)], { stdio: 'ignore' });
-      c.on('exit', (code) => res(code));
-    });
-    expect(undo).toBe(0);
-    expect(readFileSync(conf, 'utf8')).toBe(DEBIAN_STYLE);
-  });
+  it.skipIf(needs({ binaries: ['sh'] }))(
+    'the printed undo command keeps --root-prefix, --state-dir and --storage-conf (quoted), and undoes the change when run',
+    async () => {
+      const root = path.join(base, 'cli node');
+      mkdirSync(path.join(root, 'etc/containers'), { recursive: true });
+      const state = path.join(base, "state dir's");
+      const conf = path.join(root, 'etc/containers/my storage.conf');
+      writeFileSync(conf, DEBIAN_STYLE);
+      const r = await runCli([
+        'setup',
+        'podman',
+        '--root-prefix',
+        root,
+        '--state-dir',
+        state,
+        '--storage-conf',
+        conf,
+        '--store',
+        '/cvmfs/sw.example.org/podmanStore',
+        '--no-restart',
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/warning: \/cvmfs\/sw\.example\.org\/podmanStore does not exist/);
+      const m = /\(undo: (cvmfs-thin setup podman --undo .*)\)\n/.exec(r.stdout);
+      expect(m?.[1]).toBe(
+        `cvmfs-thin setup podman --undo --root-prefix '${root}' --state-dir '${state.replace("'", "'\\''")}' --storage-conf '${conf}' --no-restart`,
+      );
+      expect(readFileSync(conf, 'utf8')).not.toBe(DEBIAN_STYLE);
+      const undo = await new Promise<number | null>((res) => {
+        const c = spawn('sh', ['-c', m![1]!.replace(/^cvmfs-thin /, `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} `)], { stdio: 'ignore' });
+        c.on('exit', (code) => res(code));
+      });
+      expect(undo).toBe(0);
+      expect(readFileSync(conf, 'utf8')).toBe(DEBIAN_STYLE);
+    },
+  );
 });

@@ -27,13 +27,22 @@ async function thinImage(repoRoot: string, name: string, salt: string): Promise<
   unpackDuccStyle(repoRoot, l);
   const marker = layerMarker(repoRoot, l.digest.slice(7));
   mkdirSync(path.dirname(marker), { recursive: true });
-  writeFileSync(marker, JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: l.digest, diff_id: l.diffId, whiteouts: 'overlay', created: new Date().toISOString() }));
+  writeFileSync(
+    marker,
+    JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: l.digest, diff_id: l.diffId, whiteouts: 'overlay', created: new Date().toISOString() }),
+  );
   const hex = l.digest.slice(7);
-  return buildThinImage(name, JSON.stringify({ version: '1.0', origin: name, layers: [{ digest: hex, url: `cvmfs://${REPO}/.layers/${hex.slice(0, 2)}/${hex}/layerfs` }] }));
+  return buildThinImage(
+    name,
+    JSON.stringify({ version: '1.0', origin: name, layers: [{ digest: hex, url: `cvmfs://${REPO}/.layers/${hex.slice(0, 2)}/${hex}/layerfs` }] }),
+  );
 }
 
 /** Start containerd from a config file as it is (the address is the one in the file). */
-async function containerdFrom(config: string, address: string): Promise<{ proc: ChildProcess; log: () => string; ctr: (a: string[]) => string; stop: () => Promise<void> }> {
+async function containerdFrom(
+  config: string,
+  address: string,
+): Promise<{ proc: ChildProcess; log: () => string; ctr: (a: string[]) => string; stop: () => Promise<void> }> {
   const proc = spawn('containerd', ['--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -67,14 +76,28 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
   let stock: string;
   let sn: Daemon | undefined;
   let ctd: Awaited<ReturnType<typeof containerdFrom>> | undefined;
-  const setup = (...a: string[]) => runCli(['setup', 'containerd', '--root-prefix', root, '--kubernetes', '--bootstrap-runtime', 'cvmfs-thin-bootstrap', '--snapshotter-address', snSock, '--exec', '/usr/bin/env cvmfs-thin', ...a]);
+  const setup = (...a: string[]) =>
+    runCli([
+      'setup',
+      'containerd',
+      '--root-prefix',
+      root,
+      '--kubernetes',
+      '--bootstrap-runtime',
+      'cvmfs-thin-bootstrap',
+      '--snapshotter-address',
+      snSock,
+      '--exec',
+      '/usr/bin/env cvmfs-thin',
+      ...a,
+    ]);
 
   beforeAll(() => {
     // a node's stock config, with containerd's own paths moved into the test directory
     stock = execFileSync('containerd', ['config', 'default'], { encoding: 'utf8' })
       .replace(/^root = ".*"$/m, `root = "${dir}/root"`)
       .replace(/^state = ".*"$/m, `state = "${dir}/state"`)
-      .replace(/^(\[grpc\]\n  address = )".*"$/m, `$1"${address}"`);
+      .replace(/^(\[grpc\]\n {2}address = )".*"$/m, `$1"${address}"`);
     expect(stock).toContain(`address = "${address}"`);
     mkdirSync(path.dirname(config), { recursive: true });
     writeFileSync(config, stock);
@@ -110,7 +133,9 @@ describe.skipIf(needs({ root: true, binaries: ['containerd', 'ctr', 'runc'] }))(
     const tar = path.join(dir, 'thin.tar');
     await writeOciArchive(tar, img);
     ctd.ctr(['image', 'import', '--snapshotter', 'cvmfs-snapshotter', tar]);
-    expect(ctd.ctr(['run', '--rm', '--snapshotter', 'cvmfs-snapshotter', img.name, 'ops1', 'cat', '/only-in-cvmfs.txt', '/etc/salt'])).toBe('served by cvmfs (ctd)\nctd\n');
+    expect(ctd.ctr(['run', '--rm', '--snapshotter', 'cvmfs-snapshotter', img.name, 'ops1', 'cat', '/only-in-cvmfs.txt', '/etc/salt'])).toBe(
+      'served by cvmfs (ctd)\nctd\n',
+    );
     // CRI: containerd loaded the [plugins."io.containerd.grpc.v1.cri".containerd] keys setup wrote
     expect(ctd.log()).toMatch(/Snapshotter:cvmfs-snapshotter/);
     expect(ctd.log()).toMatch(/DisableSnapshotAnnotations:false/);
@@ -180,13 +205,36 @@ describe.skipIf(needs({ root: true, binaries: [DOCKERD, DOCKER] }))('setup docke
   it('configures (Docker version from dockerd --version); dockerd started from the daemon.json runs a thin image', async () => {
     const r = await setup();
     expect(r.code, r.out).toBe(0);
-    expect(JSON.parse(readFileSync(daemonJson, 'utf8'))).toEqual({ debug: true, 'log-opts': { 'max-size': '10m' }, experimental: true, 'storage-driver': name });
+    expect(JSON.parse(readFileSync(daemonJson, 'utf8'))).toEqual({
+      debug: true,
+      'log-opts': { 'max-size': '10m' },
+      experimental: true,
+      'storage-driver': name,
+    });
     const gdConfig = path.join(root, 'etc/cvmfs-thin/graphdriver.toml');
     expect(readFileSync(gdConfig, 'utf8')).toContain(`\nsocket = "/run/docker/plugins/${name}.sock"\n`);
     plugin = await startPlugin(name, ['--config', gdConfig, '--state-dir', path.join(dir, 'gd-state'), '--absolute-mountpoint', repoRoot]);
     // dockerd with nothing but the file setup wrote (plus its private paths)
     mkdirSync(path.join(dir, 'cli'), { recursive: true });
-    dockerd = spawn(DOCKERD, ['--config-file', daemonJson, '--data-root', path.join(dir, 'data'), '--exec-root', path.join(dir, 'exec'), '--pidfile', path.join(dir, 'dockerd.pid'), '-H', `unix://${sock}`, '--iptables=false', '--ip-masq=false', '--bridge=none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    dockerd = spawn(
+      DOCKERD,
+      [
+        '--config-file',
+        daemonJson,
+        '--data-root',
+        path.join(dir, 'data'),
+        '--exec-root',
+        path.join(dir, 'exec'),
+        '--pidfile',
+        path.join(dir, 'dockerd.pid'),
+        '-H',
+        `unix://${sock}`,
+        '--iptables=false',
+        '--ip-masq=false',
+        '--bridge=none',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let log = '';
     dockerd.stdout!.on('data', (d: Buffer) => (log += d.toString()));
     dockerd.stderr!.on('data', (d: Buffer) => (log += d.toString()));
@@ -199,7 +247,9 @@ describe.skipIf(needs({ root: true, binaries: [DOCKERD, DOCKER] }))('setup docke
     const tar = path.join(dir, 'thin.tar');
     await writeDockerArchive(tar, await thinImage(repoRoot, 'ops/thin:1', 'dkr'));
     await docker(['load', '-i', tar]);
-    expect((await docker(['run', '--rm', '--network', 'none', 'ops/thin:1', 'cat', '/only-in-cvmfs.txt', '/etc/salt'])).stdout).toBe('served by cvmfs (dkr)\ndkr\n');
+    expect((await docker(['run', '--rm', '--network', 'none', 'ops/thin:1', 'cat', '/only-in-cvmfs.txt', '/etc/salt'])).stdout).toBe(
+      'served by cvmfs (dkr)\ndkr\n',
+    );
   });
 
   it('a second run changes nothing; --undo restores daemon.json byte for byte', async () => {

@@ -9,7 +9,17 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSy
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { type CommonOptions, type ContainerdOptions, type DockerOptions, dockerMode, planContainerd, planDocker, planVolumes, runPlan, runUndo } from '../../src/ops/setup.js';
+import {
+  type CommonOptions,
+  type ContainerdOptions,
+  type DockerOptions,
+  dockerMode,
+  planContainerd,
+  planDocker,
+  planVolumes,
+  runPlan,
+  runUndo,
+} from '../../src/ops/setup.js';
 import { hasBinary, tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
 
@@ -33,7 +43,12 @@ function node(opts: Partial<CommonOptions> = {}): Node {
   const root = path.join(base, `node${++n}`);
   mkdirSync(root, { recursive: true });
   const host = new RecordingHost();
-  host.execHandler = (file, args) => (file === 'dockerd' ? { code: 0, stdout: 'Docker version 20.10.24+dfsg1, build 297e128\n', stderr: '' } : file === 'containerd' && args[0] === '--version' ? { code: 127, stdout: '', stderr: 'not found' } : { code: 0, stdout: '', stderr: '' });
+  host.execHandler = (file, args) =>
+    file === 'dockerd'
+      ? { code: 0, stdout: 'Docker version 20.10.24+dfsg1, build 297e128\n', stderr: '' }
+      : file === 'containerd' && args[0] === '--version'
+        ? { code: 127, stdout: '', stderr: 'not found' }
+        : { code: 0, stdout: '', stderr: '' };
   const o: CommonOptions = {
     rootPrefix: root,
     stateDir: path.join(base, `state${n}`),
@@ -80,7 +95,11 @@ function put(file: string, content: string | Buffer, mode = 0o644): void {
 }
 
 const stock = () => readFileSync(path.join(FIX, 'containerd-1.6-default.toml'), 'utf8');
-const execs = (h: RecordingHost) => h.ops('exec').map((c) => [c.args[0], ...(c.args[1] as string[])].join(' ')).filter((c) => c.startsWith('systemctl'));
+const execs = (h: RecordingHost) =>
+  h
+    .ops('exec')
+    .map((c) => [c.args[0], ...(c.args[1] as string[])].join(' '))
+    .filter((c) => c.startsWith('systemctl'));
 
 describe('setup containerd', () => {
   let t: Node;
@@ -106,7 +125,9 @@ describe('setup containerd', () => {
     ]);
     expect(b.slice(a.length - 1).join('\n')).toContain('[proxy_plugins.cvmfs-snapshotter]');
     // the daemon's files
-    expect(readFileSync(path.join(t.o.systemdDir, 'cvmfs-thin-snapshotter.service'), 'utf8')).toContain('ExecStart=/usr/bin/env cvmfs-thin snapshotter --config=/etc/containerd-cvmfs-grpc/config.toml\n');
+    expect(readFileSync(path.join(t.o.systemdDir, 'cvmfs-thin-snapshotter.service'), 'utf8')).toContain(
+      'ExecStart=/usr/bin/env cvmfs-thin snapshotter --config=/etc/containerd-cvmfs-grpc/config.toml\n',
+    );
     expect(readFileSync(t.ctd.snapshotterConfig, 'utf8')).toBe(readFileSync(path.resolve(import.meta.dirname, '../../packaging/systemd/config.toml'), 'utf8'));
     expect(execs(t.host)).toEqual([
       'systemctl daemon-reload',
@@ -139,20 +160,36 @@ root = '/var/lib/containerd'
     put(t.ctd.containerdConfig, hand);
     await runPlan(t.o, await planContainerd(t.o, { ...t.ctd, kubernetes: true }, t.host), t.host, t.io, false);
     const after = readFileSync(t.ctd.containerdConfig, 'utf8');
-    for (const keep of ['# node config — managed by hand', 'version = 2 # keep me', "root = '/var/lib/containerd'", '  # CRI settings', '   # the default', '  # another snapshotter', '    address = "/run/stargz.sock"', '# containerd-cvmfs-grpc']) {
+    for (const keep of [
+      '# node config — managed by hand',
+      'version = 2 # keep me',
+      "root = '/var/lib/containerd'",
+      '  # CRI settings',
+      '   # the default',
+      '  # another snapshotter',
+      '    address = "/run/stargz.sock"',
+      '# containerd-cvmfs-grpc',
+    ]) {
       expect(after).toContain(keep);
     }
     expect(after).toContain('    address = "/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock" # containerd-cvmfs-grpc');
     expect(after).toContain('    snapshotter = "cvmfs-snapshotter"   # the default');
     const doc = parseToml(after) as any;
-    expect(doc.plugins['io.containerd.grpc.v1.cri'].containerd).toEqual({ snapshotter: 'cvmfs-snapshotter', default_runtime_name: 'runc', disable_snapshot_annotations: false });
+    expect(doc.plugins['io.containerd.grpc.v1.cri'].containerd).toEqual({
+      snapshotter: 'cvmfs-snapshotter',
+      default_runtime_name: 'runc',
+      disable_snapshot_annotations: false,
+    });
     expect(doc.proxy_plugins.stargz).toEqual({ type: 'snapshot', address: '/run/stargz.sock' });
   });
 
   it.each([
     ['an inline proxy_plugins table', 'version = 2\nproxy_plugins = { other = { type = "snapshot", address = "/x" } }\n'],
     ['dotted keys', 'version = 2\n[proxy_plugins]\ncvmfs-snapshotter.type = "snapshot"\ncvmfs-snapshotter.address = "/old"\n'],
-    ['an inline CRI table', 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  containerd = { snapshotter = "overlayfs", default_runtime_name = "runc" }\n'],
+    [
+      'an inline CRI table',
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  containerd = { snapshotter = "overlayfs", default_runtime_name = "runc" }\n',
+    ],
     ['CRLF line endings', 'version = 2\r\n# a comment\r\n[grpc]\r\n  address = "/x"\r\n'],
   ])('edits a config written with %s, in its own style, to the same settings', async (_n, text) => {
     put(t.ctd.containerdConfig, text);
@@ -161,9 +198,16 @@ root = '/var/lib/containerd'
     const doc = parseToml(after) as any;
     expect(doc.proxy_plugins['cvmfs-snapshotter']).toEqual({ type: 'snapshot', address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock' });
     expect(doc.plugins['io.containerd.grpc.v1.cri'].containerd).toMatchObject({ snapshotter: 'cvmfs-snapshotter', disable_snapshot_annotations: false });
-    if (text.includes('\r\n')) expect(after.split('\n').slice(0, -1).every((l) => l.endsWith('\r'))).toBe(true);
+    if (text.includes('\r\n'))
+      expect(
+        after
+          .split('\n')
+          .slice(0, -1)
+          .every((l) => l.endsWith('\r')),
+      ).toBe(true);
     if (text.includes('other =')) expect(doc.proxy_plugins.other).toEqual({ type: 'snapshot', address: '/x' });
-    if (text.includes('default_runtime_name')) expect(after).toMatch(/containerd = \{ snapshotter = "cvmfs-snapshotter", default_runtime_name = "runc", disable_snapshot_annotations = false \}/);
+    if (text.includes('default_runtime_name'))
+      expect(after).toMatch(/containerd = \{ snapshotter = "cvmfs-snapshotter", default_runtime_name = "runc", disable_snapshot_annotations = false \}/);
     expect(await runPlan(t.o, await planContainerd(t.o, { ...t.ctd, kubernetes: true }, t.host), t.host, t.io, false)).toBe(false);
   });
 
@@ -175,13 +219,17 @@ root = '/var/lib/containerd'
     const doc = parseToml(after) as any;
     expect(doc.plugins['io.containerd.cri.v1.images'].snapshotter).toBe('cvmfs-snapshotter');
     expect(doc.plugins['io.containerd.cri.v1.images'].disable_snapshot_annotations).toBe(false);
-    expect(doc.proxy_plugins['cvmfs-snapshotter']).toEqual({ type: 'snapshot', address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock', exports: { enable_remote_snapshot_annotations: 'true' } });
+    expect(doc.proxy_plugins['cvmfs-snapshotter']).toEqual({
+      type: 'snapshot',
+      address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
+      exports: { enable_remote_snapshot_annotations: 'true' },
+    });
     expect(doc.plugins['io.containerd.grpc.v1.cri']).toBeUndefined();
     expect(after).toContain('    snapshotter = "cvmfs-snapshotter"\n    disable_snapshot_annotations = false\n    discard_unpacked_layers = false\n');
     expect(after).toContain("  'io.containerd.timeout.bolt.open' = '0s'");
   });
 
-  it('adds a bootstrap runtime handler on overlayfs with the default runtime\'s runc options (v2 and v3)', async () => {
+  it("adds a bootstrap runtime handler on overlayfs with the default runtime's runc options (v2 and v3)", async () => {
     await runPlan(t.o, await planContainerd(t.o, { ...t.ctd, kubernetes: true, bootstrapRuntime: 'cvmfs-thin-bootstrap' }, t.host), t.host, t.io, false);
     const rts = (parseToml(readFileSync(t.ctd.containerdConfig, 'utf8')) as any).plugins['io.containerd.grpc.v1.cri'].containerd.runtimes;
     expect(rts['cvmfs-thin-bootstrap']).toEqual({ runtime_type: 'io.containerd.runc.v2', snapshotter: 'overlayfs', options: { ...rts.runc.options } });
@@ -240,7 +288,9 @@ root = '/var/lib/containerd'
     put(t.ctd.containerdConfig, bad);
     const line = bad.split('\n').findIndex((l) => l.includes('oops')) + 1;
     const before = t.snapshot();
-    await expect(planContainerd(t.o, t.ctd, t.host)).rejects.toThrow(new RegExp(`config\\.toml: line ${line}, column \\d+: not valid TOML .*the file was not changed`));
+    await expect(planContainerd(t.o, t.ctd, t.host)).rejects.toThrow(
+      new RegExp(`config\\.toml: line ${line}, column \\d+: not valid TOML .*the file was not changed`),
+    );
     expect(t.snapshot()).toEqual(before);
     expect(existsSync(t.o.stateDir)).toBe(false);
   });
@@ -263,7 +313,11 @@ root = '/var/lib/containerd'
     t.host.calls.length = 0;
     await runUndo(t.o, 'containerd', t.host, t.io, false);
     expect(t.snapshot()).toEqual(before);
-    expect(execs(t.host)).toEqual(['systemctl restart containerd.service', 'systemctl disable --now cvmfs-thin-snapshotter.service', 'systemctl daemon-reload']);
+    expect(execs(t.host)).toEqual([
+      'systemctl restart containerd.service',
+      'systemctl disable --now cvmfs-thin-snapshotter.service',
+      'systemctl daemon-reload',
+    ]);
     t.out.length = 0;
     expect(await runUndo(t.o, 'containerd', t.host, t.io, false)).toBe(false);
     expect(t.out.join('')).toBe('containerd: nothing to undo\n');
@@ -304,7 +358,7 @@ root = '/var/lib/containerd'
     expect(t.out.join('')).toContain('systemd is not running here; run:\n  systemctl daemon-reload\n  systemctl enable cvmfs-thin-snapshotter.service\n');
   });
 
-  it('--no-units: only containerd\'s config (the snapshotter runs elsewhere), another address from the snapshotter config', async () => {
+  it("--no-units: only containerd's config (the snapshotter runs elsewhere), another address from the snapshotter config", async () => {
     const o = { ...t.o, units: false };
     put(t.ctd.snapshotterConfig, 'address = "/run/elsewhere/sn.sock"\n');
     await runPlan(o, await planContainerd(o, t.ctd, t.host), t.host, t.io, false);
@@ -317,7 +371,10 @@ root = '/var/lib/containerd'
 describe('setup docker', () => {
   it('graph driver (20.10): experimental + storage-driver, other keys kept in order, the previous driver named', async () => {
     const t = node();
-    put(t.docker.daemonJson, '{\n    "log-driver": "journald",\n    "storage-driver": "overlay2",\n    "storage-opts": ["overlay2.size=10G"],\n    "live-restore": true\n}\n');
+    put(
+      t.docker.daemonJson,
+      '{\n    "log-driver": "journald",\n    "storage-driver": "overlay2",\n    "storage-opts": ["overlay2.size=10G"],\n    "live-restore": true\n}\n',
+    );
     const plan = await planDocker(t.o, t.docker, t.host);
     await runPlan(t.o, plan, t.host, t.io, false);
     const text = readFileSync(t.docker.daemonJson, 'utf8');
@@ -326,13 +383,20 @@ describe('setup docker', () => {
     expect(t.out.join('')).toMatch(/removed "storage-opts"/);
     expect(readFileSync(path.join(t.o.systemdDir, 'cvmfs-thin-graphdriver.service'), 'utf8')).toContain('Before=docker.service');
     expect(existsSync(path.join(t.o.systemdDir, 'docker.service.d'))).toBe(false);
-    expect(execs(t.host)).toEqual(['systemctl daemon-reload', 'systemctl enable cvmfs-thin-graphdriver.service', 'systemctl restart cvmfs-thin-graphdriver.service', 'systemctl restart docker.service']);
+    expect(execs(t.host)).toEqual([
+      'systemctl daemon-reload',
+      'systemctl enable cvmfs-thin-graphdriver.service',
+      'systemctl restart cvmfs-thin-graphdriver.service',
+      'systemctl restart docker.service',
+    ]);
   });
 
   it('Docker 27 gets the DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS drop-in; 28 the containerd store; 19.03 is refused', async () => {
     const t = node();
     await runPlan(t.o, await planDocker(t.o, { ...t.docker, dockerVersion: '27.5.1' }, t.host), t.host, t.io, false);
-    expect(readFileSync(path.join(t.o.systemdDir, 'docker.service.d/cvmfs-thin-graphdriver-plugins.conf'), 'utf8')).toContain('Environment=DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS=1');
+    expect(readFileSync(path.join(t.o.systemdDir, 'docker.service.d/cvmfs-thin-graphdriver-plugins.conf'), 'utf8')).toContain(
+      'Environment=DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS=1',
+    );
     expect(dockerMode('auto', [28, 0])).toBe('containerd-store');
     expect(dockerMode('auto', [24, 0])).toBe('graphdriver');
     expect(() => dockerMode('auto', [19, 3])).toThrow(/Docker 19\.3 is too old/);
@@ -369,7 +433,9 @@ describe('setup docker', () => {
     await runPlan(t.o, await planDocker(t.o, { ...t.docker, graphdriverName: 'cvmfs-gd' }, t.host), t.host, t.io, false);
     expect(readFileSync(t.docker.graphdriverConfig, 'utf8')).toMatch(/\nsocket = "\/run\/docker\/plugins\/cvmfs-gd\.sock"\n/);
     expect(JSON.parse(readFileSync(t.docker.daemonJson, 'utf8'))['storage-driver']).toBe('cvmfs-gd');
-    expect(readFileSync(path.join(t.o.systemdDir, 'cvmfs-thin-volume-plugin.service'), 'utf8')).toContain('ExecStart=/usr/bin/env cvmfs-thin volume-plugin --config=/etc/cvmfs-thin/volume-plugin.toml');
+    expect(readFileSync(path.join(t.o.systemdDir, 'cvmfs-thin-volume-plugin.service'), 'utf8')).toContain(
+      'ExecStart=/usr/bin/env cvmfs-thin volume-plugin --config=/etc/cvmfs-thin/volume-plugin.toml',
+    );
   });
 });
 

@@ -13,7 +13,11 @@ import { needs, tempDir } from '../helpers/env.js';
 import { json, runCli } from '../convert/cli.js';
 import { buildLayer, writeLayout } from '../convert/images.js';
 
-const readLayers = (repo: string) => JSON.parse(fs.readFileSync(path.join(repo, 'podmanStore', 'overlay-layers', 'layers.json'), 'utf8')) as { 'compressed-diff-digest': string; 'diff-digest': string }[];
+const readLayers = (repo: string) =>
+  JSON.parse(fs.readFileSync(path.join(repo, 'podmanStore', 'overlay-layers', 'layers.json'), 'utf8')) as {
+    'compressed-diff-digest': string;
+    'diff-digest': string;
+  }[];
 
 interface Summary {
   images: { status: string; podman?: { image_id: string; status: string; names: string[] }; error: { message: string } | null }[];
@@ -51,7 +55,10 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip'] }))('convert --pod
     for (const l of readLayers(repo)) {
       const dir = path.join(repo, '.layers', l['compressed-diff-digest'].slice(7, 9), l['compressed-diff-digest'].slice(7));
       const h = createHash('sha256');
-      for (const line of gunzipSync(fs.readFileSync(path.join(dir, '.metadata', 'tar-split.json.gz'))).toString('utf8').trim().split('\n')) {
+      for (const line of gunzipSync(fs.readFileSync(path.join(dir, '.metadata', 'tar-split.json.gz')))
+        .toString('utf8')
+        .trim()
+        .split('\n')) {
         const e = JSON.parse(line) as { type: number; name?: string; size?: number; payload: string };
         if (e.type === 2) h.update(Buffer.from(e.payload, 'base64'));
         else if (e.size) h.update(fs.readFileSync(path.join(dir, 'layerfs', e.name!)));
@@ -62,9 +69,13 @@ describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip'] }))('convert --pod
 
   it('gc removes the store entries of the images it removes', async () => {
     fs.rmSync(path.join(repo, '.metadata', 'localhost'), { recursive: true });
-    const dry = json<{ podman: { removed_images: { names: string[] }[] } }>(await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--dry-run', '--json']));
+    const dry = json<{ podman: { removed_images: { names: string[] }[] } }>(
+      await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--dry-run', '--json']),
+    );
     expect(dry.podman.removed_images.map((i) => i.names)).toEqual([['localhost/cli/app:v1']]);
-    const r = json<{ podman: { removed_images: unknown[]; removed_layers: unknown[] } }>(await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json']));
+    const r = json<{ podman: { removed_images: unknown[]; removed_layers: unknown[] } }>(
+      await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json']),
+    );
     expect(r.podman.removed_images).toHaveLength(1);
     expect(r.podman.removed_layers).toHaveLength(2);
     expect(await checkPodmanStore(repo)).toEqual({ images: 0, layers: 0, problems: [] });

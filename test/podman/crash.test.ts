@@ -19,10 +19,17 @@ const CHILD = path.join(import.meta.dirname, 'child.mjs');
 const built = fs.existsSync(path.join(path.dirname(CLI), '..', 'dist', 'convert', 'podman', 'index.js'));
 
 function writeList(file: string, images: FakeImage[]): void {
-  fs.writeFileSync(file, JSON.stringify(images.map((i) => ({ ...i.input, manifest: i.input.manifest.toString('base64'), config: i.input.config.toString('base64') }))));
+  fs.writeFileSync(
+    file,
+    JSON.stringify(images.map((i) => ({ ...i.input, manifest: i.input.manifest.toString('base64'), config: i.input.config.toString('base64') }))),
+  );
 }
 
-function runChild(repo: string, list: string, killAfterMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; added: number; stderr: string }> {
+function runChild(
+  repo: string,
+  list: string,
+  killAfterMs?: number,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; added: number; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CHILD, repo, list], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -45,7 +52,9 @@ describe.skipIf(!built ? 'needs `npm run build` (dist/)' : false)('podman store:
 
   beforeAll(() => {
     fs.mkdirSync(repo);
-    images = Array.from({ length: 24 }, (_, i) => fakeImage(repo, `registry.example.org/app${i % 6}:${i}`, [{ seed: 'base' }, { seed: `mid${i % 4}` }, { seed: `top${i}` }]));
+    images = Array.from({ length: 24 }, (_, i) =>
+      fakeImage(repo, `registry.example.org/app${i % 6}:${i}`, [{ seed: 'base' }, { seed: `mid${i % 4}` }, { seed: `top${i}` }]),
+    );
     writeList(list, images);
   });
 
@@ -77,28 +86,32 @@ describe.skipIf(!built ? 'needs `npm run build` (dist/)' : false)('podman store:
     expect(fs.readdirSync(path.join(store, 'overlay')).filter((n) => n !== 'l' && n !== '.cvmfscatalog' && !ids.has(n))).toEqual([]);
   }, 120_000);
 
-  it.skipIf(needs({ root: true, binaries: ['podman'] }))('podman lists every image of a store killed mid-update', async () => {
-    const repo3 = path.join(work, 'repo3');
-    fs.mkdirSync(repo3);
-    const imgs = Array.from({ length: 16 }, (_, i) => fakeImage(repo3, `registry.example.org/k${i}:1`, [{ seed: 'base' }, { seed: `k${i}` }]));
-    writeList(path.join(work, 'k.json'), imgs);
-    const podman = makePodman(path.join(work, 'podman'), { stores: [path.join(repo3, 'podmanStore')] });
-    try {
-      for (const delay of [150, 300, 450]) {
-        await runChild(repo3, path.join(work, 'k.json'), delay);
-        if (!fs.existsSync(path.join(repo3, 'podmanStore'))) continue;
-        const file = path.join(repo3, 'podmanStore', 'overlay-images', 'images.json');
-        const listed = (fs.existsSync(file) ? readJson<{ names: string[] }[]>(file) : []).flatMap((i) => i.names).sort();
-        const seen = (JSON.parse((await podman.run(['images', '--format', 'json'])).stdout) as { Names: string[] }[]).flatMap((i) => i.Names).sort();
-        expect(seen).toEqual(listed);
+  it.skipIf(needs({ root: true, binaries: ['podman'] }))(
+    'podman lists every image of a store killed mid-update',
+    async () => {
+      const repo3 = path.join(work, 'repo3');
+      fs.mkdirSync(repo3);
+      const imgs = Array.from({ length: 16 }, (_, i) => fakeImage(repo3, `registry.example.org/k${i}:1`, [{ seed: 'base' }, { seed: `k${i}` }]));
+      writeList(path.join(work, 'k.json'), imgs);
+      const podman = makePodman(path.join(work, 'podman'), { stores: [path.join(repo3, 'podmanStore')] });
+      try {
+        for (const delay of [150, 300, 450]) {
+          await runChild(repo3, path.join(work, 'k.json'), delay);
+          if (!fs.existsSync(path.join(repo3, 'podmanStore'))) continue;
+          const file = path.join(repo3, 'podmanStore', 'overlay-images', 'images.json');
+          const listed = (fs.existsSync(file) ? readJson<{ names: string[] }[]>(file) : []).flatMap((i) => i.names).sort();
+          const seen = (JSON.parse((await podman.run(['images', '--format', 'json'])).stdout) as { Names: string[] }[]).flatMap((i) => i.Names).sort();
+          expect(seen).toEqual(listed);
+        }
+        expect((await runChild(repo3, path.join(work, 'k.json'))).code).toBe(0);
+        const seen = (JSON.parse((await podman.run(['images', '--format', 'json'])).stdout) as unknown[]).length;
+        expect(seen).toBe(16);
+      } finally {
+        await podman.destroy();
       }
-      expect((await runChild(repo3, path.join(work, 'k.json'))).code).toBe(0);
-      const seen = (JSON.parse((await podman.run(['images', '--format', 'json'])).stdout) as unknown[]).length;
-      expect(seen).toBe(16);
-    } finally {
-      await podman.destroy();
-    }
-  }, 120_000);
+    },
+    120_000,
+  );
 
   it('two writers at once serialise on the store lock and lose nothing', async () => {
     const repo2 = path.join(work, 'repo2');
@@ -112,7 +125,9 @@ describe.skipIf(!built ? 'needs `npm run build` (dist/)' : false)('podman store:
     expect(rb.code, rb.stderr).toBe(0);
     const c = await checkPodmanStore(repo2);
     expect(c).toEqual({ images: 24, layers: 25, problems: [] });
-    const names = readJson<{ names: string[] }[]>(path.join(repo2, 'podmanStore', 'overlay-images', 'images.json')).flatMap((i) => i.names).sort();
+    const names = readJson<{ names: string[] }[]>(path.join(repo2, 'podmanStore', 'overlay-images', 'images.json'))
+      .flatMap((i) => i.names)
+      .sort();
     expect(names).toEqual([...a, ...b].map((i) => i.input.names[0]!).sort());
   }, 120_000);
 });

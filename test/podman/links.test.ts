@@ -9,13 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import {
-  addImageToPodmanStore,
-  checkPodmanStore,
-  collectPodmanStore,
-  layerIds,
-  removeNamesFromPodmanStore,
-} from '../../src/convert/podman/index.js';
+import { addImageToPodmanStore, checkPodmanStore, collectPodmanStore, layerIds, removeNamesFromPodmanStore } from '../../src/convert/podman/index.js';
 import { resolvePodmanStoreRoot } from '../../src/convert/run.js';
 import { tempDir } from '../helpers/env.js';
 import { fakeImage, readJson } from './tree.js';
@@ -37,7 +31,9 @@ function storeState(repo: string): string[] {
     for (const e of fs.readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
       const p = path.join(d, e.name);
       const st = fs.lstatSync(p);
-      out.push(`${path.relative(repo, p)} ${st.mode} ${st.mtimeMs} ${st.ctimeMs} ${e.isFile() ? fs.readFileSync(p).toString('hex') : e.isSymbolicLink() ? fs.readlinkSync(p) : ''}`);
+      out.push(
+        `${path.relative(repo, p)} ${st.mode} ${st.mtimeMs} ${st.ctimeMs} ${e.isFile() ? fs.readFileSync(p).toString('hex') : e.isSymbolicLink() ? fs.readlinkSync(p) : ''}`,
+      );
       if (e.isDirectory()) walk(p);
     }
   };
@@ -71,7 +67,10 @@ describe('podman store: diff links at the mount point', () => {
   ])('refuses a mount root that is %s, before writing anything', async (_what, root) => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }]);
-    await expect(addImageToPodmanStore(repo, img.input, { storeRoot: root })).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_STORE_ROOT', kind: 'invalid-argument' });
+    await expect(addImageToPodmanStore(repo, img.input, { storeRoot: root })).rejects.toMatchObject({
+      code: 'CVMFS_THIN_PODMAN_STORE_ROOT',
+      kind: 'invalid-argument',
+    });
     expect(fs.existsSync(S(repo))).toBe(false);
   });
 
@@ -111,7 +110,9 @@ describe('podman store: diff links at the mount point', () => {
     expect(resolvePodmanStoreRoot({ repository: 'sw.example.org' }, '/srv/tree')).toBe('/cvmfs/sw.example.org');
     expect(resolvePodmanStoreRoot({}, '/srv/tree', 'recipe.example.org')).toBe('/cvmfs/recipe.example.org');
     expect(resolvePodmanStoreRoot({}, '/cvmfs/unpacked.cern.ch')).toBe('/cvmfs/unpacked.cern.ch');
-    expect(() => resolvePodmanStoreRoot({ podmanStoreRoot: 'relative/dir' }, '/srv/tree')).toThrow(expect.objectContaining({ code: 'CVMFS_THIN_PODMAN_STORE_ROOT' }));
+    expect(() => resolvePodmanStoreRoot({ podmanStoreRoot: 'relative/dir' }, '/srv/tree')).toThrow(
+      expect.objectContaining({ code: 'CVMFS_THIN_PODMAN_STORE_ROOT' }),
+    );
   });
 });
 
@@ -121,7 +122,9 @@ describe('podman store: tar-splits and layer roots', () => {
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'ducc', noTarSplit: true }]);
     const r = await addImageToPodmanStore(repo, img.input);
     const [x, ducc] = layerIds(img.layers.map((l) => l.diffId));
-    expect(fs.readFileSync(S(repo, 'overlay-layers', `${x}.tar-split.gz`))).toEqual(fs.readFileSync(path.join(repo, '.layers', img.layers[0]!.digest.slice(7, 9), img.layers[0]!.digest.slice(7), '.metadata', 'tar-split.json.gz')));
+    expect(fs.readFileSync(S(repo, 'overlay-layers', `${x}.tar-split.gz`))).toEqual(
+      fs.readFileSync(path.join(repo, '.layers', img.layers[0]!.digest.slice(7, 9), img.layers[0]!.digest.slice(7), '.metadata', 'tar-split.json.gz')),
+    );
     expect(fs.existsSync(S(repo, 'overlay-layers', `${ducc}.tar-split.gz`))).toBe(false);
     expect(r.warnings).toEqual([expect.stringMatching(new RegExp(`without a tar-split.*${img.layers[1]!.digest}.*podman save and push of this image fail`))]);
     expect((await checkPodmanStore(repo)).problems).toEqual([]);
@@ -166,8 +169,16 @@ describe('podman store: removal by name', () => {
   it('an image keeps its other names; one left without a name goes with the layers and tar-split links only it used', async () => {
     const { repo, a, b } = await twoImages();
     const r1 = await removeNamesFromPodmanStore(repo, ['registry.example.org/a:1']);
-    expect(r1).toEqual({ untagged: [{ id: a.configDigest.slice(7), name: 'registry.example.org/a:1' }], removed_images: [], removed_layers: [], not_found: [] });
-    expect(namesOf(repo).find((i) => i.id === a.configDigest.slice(7))).toMatchObject({ names: ['registry.example.org/a:latest'], 'names-history': ['registry.example.org/a:1'] });
+    expect(r1).toEqual({
+      untagged: [{ id: a.configDigest.slice(7), name: 'registry.example.org/a:1' }],
+      removed_images: [],
+      removed_layers: [],
+      not_found: [],
+    });
+    expect(namesOf(repo).find((i) => i.id === a.configDigest.slice(7))).toMatchObject({
+      names: ['registry.example.org/a:latest'],
+      'names-history': ['registry.example.org/a:1'],
+    });
     const [, bTop] = layerIds(b.layers.map((l) => l.diffId));
     const r2 = await removeNamesFromPodmanStore(repo, ['registry.example.org/b:1', 'registry.example.org/never:1']);
     expect(r2).toMatchObject({ removed_images: [b.configDigest.slice(7)], removed_layers: [bTop], not_found: ['registry.example.org/never:1'] });

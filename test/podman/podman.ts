@@ -71,7 +71,11 @@ export function makePodman(dir: string, o: { stores?: string[]; fuse?: boolean; 
       await run(['rm', '--all', '--force'], { allowFail: true });
       await run(['umount', '--all', '--force'], { allowFail: true });
       // anything still mounted below the directory (fuse-overlayfs, overlay)
-      const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${dir}/`));
+      const mounts = fs
+        .readFileSync('/proc/self/mountinfo', 'utf8')
+        .split('\n')
+        .map((l) => l.split(' ')[4] ?? '')
+        .filter((m) => m.startsWith(`${dir}/`));
       for (const m of mounts.sort((a, b) => b.length - a.length)) {
         await new Promise<void>((r) => execFile('umount', ['-l', m], () => r()));
       }
@@ -99,7 +103,8 @@ export async function sh(p: Podman, image: string, script: string, o: { keep?: s
       await new Promise((r) => setTimeout(r, 100));
     }
     // `stopped`: exited, podman's cleanup not yet run (see above); the exit code is conmon's
-    if (!/^(exited|stopped) 0$/.test(state)) throw new Error(`container of ${image} ended ${JSON.stringify(state)}: ${(await p.run(['logs', ctr], { allowFail: true })).stdout}`);
+    if (!/^(exited|stopped) 0$/.test(state))
+      throw new Error(`container of ${image} ended ${JSON.stringify(state)}: ${(await p.run(['logs', ctr], { allowFail: true })).stdout}`);
     return (await p.run(['logs', ctr])).stdout;
   } finally {
     if (o.keep === undefined) await p.run(['rm', '-f', ctr]);

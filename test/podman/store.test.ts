@@ -52,7 +52,14 @@ describe('podman store: layout', () => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/team/app:1', [{ seed: 'base' }, { seed: 'mid' }, { seed: 'top' }]);
     const r = await addImageToPodmanStore(repo, img.input);
-    expect(r).toMatchObject({ status: 'added', image_id: img.configDigest.slice(7), names: ['registry.example.org/team/app:1'], names_moved: [], repaired: false, warnings: [] });
+    expect(r).toMatchObject({
+      status: 'added',
+      image_id: img.configDigest.slice(7),
+      names: ['registry.example.org/team/app:1'],
+      names_moved: [],
+      repaired: false,
+      warnings: [],
+    });
     const ids = layerIds(img.layers.map((l) => l.diffId));
     expect(ids[0]).toBe(img.layers[0]!.diffId.slice(7));
     expect(r.layers_added).toEqual(ids);
@@ -69,15 +76,29 @@ describe('podman store: layout', () => {
       expect(link).toMatch(/^[A-Z2-7]{26}$/);
       expect(link).toBe(shortLink(id));
       expect(fs.readlinkSync(S(repo, 'overlay', 'l', link))).toBe(`../${id}/diff`);
-      const lower = ids.slice(0, i).reverse().map((p) => `l/${shortLink(p)}`).join(':');
+      const lower = ids
+        .slice(0, i)
+        .reverse()
+        .map((p) => `l/${shortLink(p)}`)
+        .join(':');
       if (i === 0) expect(fs.existsSync(path.join(dir, 'lower'))).toBe(false);
       else expect(fs.readFileSync(path.join(dir, 'lower'), 'utf8')).toBe(lower);
     });
     const layers = layersOf(repo);
-    expect(layers.map((l) => [l.id, l.parent ?? null])).toEqual([[ids[0], null], [ids[1], ids[0]], [ids[2], ids[1]]]);
+    expect(layers.map((l) => [l.id, l.parent ?? null])).toEqual([
+      [ids[0], null],
+      [ids[1], ids[0]],
+      [ids[2], ids[1]],
+    ]);
     expect(layers[1]).toMatchObject({ 'compressed-diff-digest': img.layers[1]!.digest, 'diff-digest': img.layers[1]!.diffId, 'diff-size': 10240 + 3 });
     const [im] = imagesOf(repo);
-    expect(im).toMatchObject({ id: img.configDigest.slice(7), digest: img.manifestDigest, names: ['registry.example.org/team/app:1'], layer: ids[2], created: '2024-01-02T03:04:05Z' });
+    expect(im).toMatchObject({
+      id: img.configDigest.slice(7),
+      digest: img.manifestDigest,
+      names: ['registry.example.org/team/app:1'],
+      layer: ids[2],
+      created: '2024-01-02T03:04:05Z',
+    });
     expect(im!['big-data-names']).toEqual(['manifest', `manifest-${img.manifestDigest}`, img.configDigest]);
     expect(fs.readFileSync(S(repo, 'overlay-images', im!.id, 'manifest'))).toEqual(img.input.manifest);
     expect(fs.readFileSync(S(repo, 'overlay-images', im!.id, bigDataFileName(img.configDigest)))).toEqual(img.input.config);
@@ -197,14 +218,29 @@ describe('podman store: hostile and broken input', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
     const bad = async (input: typeof a.input, code: string, msg: RegExp) => {
-      const e = await addImageToPodmanStore(repo, input).then(() => null, (x: unknown) => x as { code: string; message: string });
+      const e = await addImageToPodmanStore(repo, input).then(
+        () => null,
+        (x: unknown) => x as { code: string; message: string },
+      );
       expect(e?.code).toBe(code);
       expect(e?.message).toMatch(msg);
     };
-    await bad({ ...a.input, config: Buffer.from(a.input.config.toString().replace('amd64', 'arm64')) }, 'CVMFS_THIN_PODMAN_BAD_INPUT', /manifest names config "sha256:[0-9a-f]{64}", the config given has digest sha256:/);
+    await bad(
+      { ...a.input, config: Buffer.from(a.input.config.toString().replace('amd64', 'arm64')) },
+      'CVMFS_THIN_PODMAN_BAD_INPUT',
+      /manifest names config "sha256:[0-9a-f]{64}", the config given has digest sha256:/,
+    );
     await bad({ ...a.input, layers: a.input.layers.slice(1) }, 'CVMFS_THIN_PODMAN_BAD_INPUT', /the manifest has 2 layers, 1 were given/);
-    await bad({ ...a.input, layers: [a.input.layers[0]!, { ...a.input.layers[1]!, diffId: a.input.layers[0]!.diffId }] }, 'CVMFS_THIN_PODMAN_BAD_INPUT', /layer 1 has diff ID .* the config says/);
-    await bad({ ...a.input, layers: [a.input.layers[0]!, { ...a.input.layers[1]!, digest: 'sha256:../../etc' }] }, 'CVMFS_THIN_PODMAN_BAD_DIGEST', /layer 1 digest: "sha256:..\/..\/etc" is not a sha256 digest/);
+    await bad(
+      { ...a.input, layers: [a.input.layers[0]!, { ...a.input.layers[1]!, diffId: a.input.layers[0]!.diffId }] },
+      'CVMFS_THIN_PODMAN_BAD_INPUT',
+      /layer 1 has diff ID .* the config says/,
+    );
+    await bad(
+      { ...a.input, layers: [a.input.layers[0]!, { ...a.input.layers[1]!, digest: 'sha256:../../etc' }] },
+      'CVMFS_THIN_PODMAN_BAD_DIGEST',
+      /layer 1 digest: "sha256:..\/..\/etc" is not a sha256 digest/,
+    );
     await bad({ ...a.input, names: ['has space/x:1'] }, 'CVMFS_THIN_PODMAN_BAD_NAME', /image name "has space\/x:1"/);
     await bad({ ...a.input, names: [] }, 'CVMFS_THIN_PODMAN_BAD_NAME', /at least one name/);
     await bad({ ...a.input, manifest: Buffer.from('[1]') }, 'CVMFS_THIN_PODMAN_BAD_INPUT', /manifest is not a JSON object/);
@@ -215,8 +251,14 @@ describe('podman store: hostile and broken input', () => {
 
   it('refuses layers with plain .wh.* whiteouts (kernel overlay ignores them) unless told the nodes use fuse-overlayfs', async () => {
     const repo = newRepo();
-    const a = fakeImage(repo, 'registry.example.org/ducc:1', [{ seed: 'x', noMarker: true }, { seed: 'y', plainWhiteout: true }]);
-    const e = await addImageToPodmanStore(repo, a.input).then(() => null, (x: unknown) => x as { code: string; message: string });
+    const a = fakeImage(repo, 'registry.example.org/ducc:1', [
+      { seed: 'x', noMarker: true },
+      { seed: 'y', plainWhiteout: true },
+    ]);
+    const e = await addImageToPodmanStore(repo, a.input).then(
+      () => null,
+      (x: unknown) => x as { code: string; message: string },
+    );
     expect(e?.code).toBe('CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS');
     expect(e?.message).toContain('.wh.y-gone');
     const r = await addImageToPodmanStore(repo, a.input, { allowPlainWhiteouts: true });
@@ -237,7 +279,9 @@ describe('podman store: hostile and broken input', () => {
     fs.unlinkSync(S(repo));
     await addImageToPodmanStore(repo, a.input);
     fs.writeFileSync(S(repo, 'overlay-layers', 'layers.json'), '{"id": 1}');
-    await expect(addImageToPodmanStore(repo, fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]).input)).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_BAD_STORE' });
+    await expect(addImageToPodmanStore(repo, fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]).input)).rejects.toMatchObject({
+      code: 'CVMFS_THIN_PODMAN_BAD_STORE',
+    });
     expect(fs.readFileSync(S(repo, 'overlay-layers', 'layers.json'), 'utf8')).toBe('{"id": 1}');
     await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/../../etc:1')).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_BAD_NAME' });
     await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/never/converted:1')).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_IMAGE_MISSING' });

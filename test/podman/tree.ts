@@ -46,9 +46,15 @@ export function fakeLayer(repo: string, l: FakeLayer): { digest: string; diffId:
   if (l.plainWhiteout) fs.writeFileSync(path.join(dir, 'layerfs', `.wh.${l.seed}-gone`), '');
   fs.mkdirSync(path.join(dir, '.metadata'), { recursive: true });
   if (!l.noMarker && !l.plainWhiteout) {
-    fs.writeFileSync(path.join(dir, '.metadata', 'cvmfs-thin-layer.json'), JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: d.digest, diff_id: d.diffId, whiteouts: 'overlay', created: '2024-01-01T00:00:00Z' }));
+    fs.writeFileSync(
+      path.join(dir, '.metadata', 'cvmfs-thin-layer.json'),
+      JSON.stringify({ schema: 'cvmfs-thin/layer', version: 1, digest: d.digest, diff_id: d.diffId, whiteouts: 'overlay', created: '2024-01-01T00:00:00Z' }),
+    );
   }
-  fs.writeFileSync(path.join(dir, '.metadata', 'layers.json'), JSON.stringify([{ id: d.diffId.slice(7), 'diff-digest': d.diffId, 'diff-size': 10240 + l.seed.length }]));
+  fs.writeFileSync(
+    path.join(dir, '.metadata', 'layers.json'),
+    JSON.stringify([{ id: d.diffId.slice(7), 'diff-digest': d.diffId, 'diff-size': 10240 + l.seed.length }]),
+  );
   if (!l.noTarSplit) fs.writeFileSync(path.join(dir, '.metadata', 'tar-split.json.gz'), gzipSync(`{"type":2,"payload":"","position":0}\n`));
   return d;
 }
@@ -56,7 +62,16 @@ export function fakeLayer(repo: string, l: FakeLayer): { digest: string; diffId:
 /** Build a converted image in `repo` and return what the converter would pass to the store. */
 export function fakeImage(repo: string, treeName: string, layers: FakeLayer[], extra: Record<string, unknown> = {}): FakeImage {
   const ls = layers.map((l) => fakeLayer(repo, l));
-  const config = Buffer.from(JSON.stringify({ created: '2024-01-02T03:04:05Z', architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] }, rootfs: { type: 'layers', diff_ids: ls.map((l) => l.diffId) }, ...extra }));
+  const config = Buffer.from(
+    JSON.stringify({
+      created: '2024-01-02T03:04:05Z',
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Cmd: ['/bin/sh'] },
+      rootfs: { type: 'layers', diff_ids: ls.map((l) => l.diffId) },
+      ...extra,
+    }),
+  );
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,

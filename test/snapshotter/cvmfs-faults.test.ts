@@ -49,7 +49,20 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
     addLayer(tree, 'base', { 'etc/hello': 'hello\n', 'bin/x': 'x' }, { converter: true });
     fuses.push(await FuseStandin.mount(tree, mp));
     d = await startDaemon(
-      ['--root', path.join(dir, 'root'), '--cvmfs-root', path.join(dir, 'cvmfs'), '--cvmfs-timeout', String(TIMEOUT_S), '--check-interval', '1', '--metrics-address', msock, '--log-level', 'info'],
+      [
+        '--root',
+        path.join(dir, 'root'),
+        '--cvmfs-root',
+        path.join(dir, 'cvmfs'),
+        '--cvmfs-timeout',
+        String(TIMEOUT_S),
+        '--check-interval',
+        '1',
+        '--metrics-address',
+        msock,
+        '--log-level',
+        'info',
+      ],
       path.join(dir, 'sn.sock'),
     );
   });
@@ -71,7 +84,10 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
   function run(ms: Mount[], name: string): string {
     const t = path.join(dir, 'containers', name);
     mkdirSync(t, { recursive: true });
-    mountAll(ms.map((m) => ({ type: m.type, source: m.source, options: m.options })), t);
+    mountAll(
+      ms.map((m) => ({ type: m.type, source: m.source, options: m.options })),
+      t,
+    );
     rootfs.push(t);
     return t;
   }
@@ -102,7 +118,10 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
     expect((await d.client.stat('ctr1')).name).toBe('ctr1');
 
     // the check (every second here) finds ctr1's overlay; the daemon stays healthy, not ready
-    const v = await until(() => scrape(msock), (s) => s('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' }) === 1);
+    const v = await until(
+      () => scrape(msock),
+      (s) => s('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' }) === 1,
+    );
     expect(v('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' })).toBe(1);
     expect(v('cvmfs_thin_cvmfs_unavailable_total', { daemon: 'snapshotter' })).toBe(3);
     expect(d.output()).toMatch(new RegExp(`"mountPoint":"${c1}","snapshot":"ctr1","reason":"not-connected".*restart the container`));
@@ -134,7 +153,10 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
     unmountAll(rootfs.shift()!);
     const again = run(await d.client.mounts('ctr1'), 'ctr1-again');
     expect(readFileSync(path.join(again, 'etc/hello'), 'utf8')).toBe('hello\n');
-    await until(() => scrape(msock), (s) => s('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' }) === 0);
+    await until(
+      () => scrape(msock),
+      (s) => s('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' }) === 0,
+    );
     expect((await scrape(msock))('cvmfs_thin_broken_mounts', { daemon: 'snapshotter', reason: 'not-connected' })).toBe(0);
   });
 
@@ -145,7 +167,11 @@ describe.skipIf(needs({ root: true, binaries: ['fuse-overlayfs'] }))('snapshotte
 
     fuses[0]!.stop();
     const t0 = Date.now();
-    const stalled = [failure(d.client.prepare('ctr2', 'img')), ...Array.from({ length: 8 }, (_, i) => failure(d.client.prepare(`many${i}`, 'img'))), failure(d.client.mounts('ctr1'))];
+    const stalled = [
+      failure(d.client.prepare('ctr2', 'img')),
+      ...Array.from({ length: 8 }, (_, i) => failure(d.client.prepare(`many${i}`, 'img'))),
+      failure(d.client.mounts('ctr1')),
+    ];
     // meanwhile: reads, and writes through the journal (a local Prepare, Commit, Remove)
     await new Promise((r) => setTimeout(r, 200));
     const t1 = Date.now();

@@ -24,7 +24,10 @@ describe.skipIf(needs({ root: true }))('snapshotter daemon', () => {
     for (const d of daemons) await d.stop('SIGKILL');
   });
   const start = async (name: string, extra: string[] = []) => {
-    const d = await startDaemon(['--root', path.join(base, name), '--absolute-mountpoint', repo, '--log-level', 'debug', ...extra], path.join(base, `${name}.sock`));
+    const d = await startDaemon(
+      ['--root', path.join(base, name), '--absolute-mountpoint', repo, '--log-level', 'debug', ...extra],
+      path.join(base, `${name}.sock`),
+    );
     daemons.push(d);
     return d;
   };

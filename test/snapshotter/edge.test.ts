@@ -143,12 +143,36 @@ describe('List replies bounded by bytes (unprivileged)', () => {
     for (let i = 0; i < 12; i++) {
       const id = store.allocId();
       await store.write({
-        put: [{ name: `big-${String(i).padStart(2, '0')}`, kind: 'committed', parent: '', id, created: [1, 0], updated: [1, 0], labels, size: 0, inodes: 0, links: {}, stack: [], terminal: false, source: 'local' }],
+        put: [
+          {
+            name: `big-${String(i).padStart(2, '0')}`,
+            kind: 'committed',
+            parent: '',
+            id,
+            created: [1, 0],
+            updated: [1, 0],
+            labels,
+            size: 0,
+            inodes: 0,
+            links: {},
+            stack: [],
+            terminal: false,
+            source: 'local',
+          },
+        ],
       });
     }
     await store.close();
     const address = path.join(base, 'list.sock');
-    const daemon = await startSnapshotter({ address, root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(base, 'cvmfs') }), thinImages: true, remoteLayers: true, log: silentLogger(), host: new RecordingHost() });
+    const daemon = await startSnapshotter({
+      address,
+      root,
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(base, 'cvmfs') }),
+      thinImages: true,
+      remoteLayers: true,
+      log: silentLogger(),
+      host: new RecordingHost(),
+    });
     const c = new SnapClient(address);
     try {
       const replies: Info[][] = [];

@@ -10,7 +10,10 @@ const snaps: { name: string; parent: string; kind: string; labels: Record<string
 ];
 const names = (...filters: string[]) => {
   const f = parseFilters(filters);
-  return snaps.filter((s) => f(snapshotAdaptor(s))).map((s) => s.name).sort();
+  return snaps
+    .filter((s) => f(snapshotAdaptor(s)))
+    .map((s) => s.name)
+    .sort();
 };
 
 describe('containerd filter language', () => {
@@ -22,7 +25,10 @@ describe('containerd filter language', () => {
     [['parent==p'], ['a', 'v']],
     [['parent==""'], ['np', 'p']],
     [['parent!=""'], ['a', 'v']],
-    [['name==a', 'name==v'], ['a', 'v']],
+    [
+      ['name==a', 'name==v'],
+      ['a', 'v'],
+    ],
     [['name==a,kind==view'], []],
     [['labels.l'], ['a', 'v']],
     [['labels.l==2'], ['v']],

@@ -34,7 +34,12 @@ async function kind(p: Promise<unknown> | (() => unknown)): Promise<string> {
 /** The lowerdir= entries of an overlay mount, resolved through the short links. */
 function lowers(ms: Mount[]): string[] {
   const o = ms[0]!.options.find((x) => x.startsWith('lowerdir='));
-  return o ? o.slice('lowerdir='.length).split(':').map((l) => readlinkSync(l)) : [];
+  return o
+    ? o
+        .slice('lowerdir='.length)
+        .split(':')
+        .map((l) => readlinkSync(l))
+    : [];
 }
 
 describe('snapshotter semantics (unprivileged, recording host)', () => {
@@ -85,7 +90,7 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(host.ops('mount')).toEqual([]);
   });
 
-  it('keeps containerd\'s error semantics', async () => {
+  it("keeps containerd's error semantics", async () => {
     await sn.prepare('a', '', {});
     expect(await kind(sn.prepare('a', '', {}))).toBe('already-exists');
     expect(await kind(sn.prepare('b', 'a', {}))).toBe('invalid-argument'); // parent not committed
@@ -105,7 +110,7 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(sn.list(() => true)).toEqual([]);
   });
 
-  it('mounts a thin image\'s CVMFS layers, with masks built through the host for DUCC whiteouts', async () => {
+  it("mounts a thin image's CVMFS layers, with masks built through the host for DUCC whiteouts", async () => {
     const conv = addLayer(repoRoot, 'conv', { 'bin/tool': 'tool', 'etc/shadow': 's' }, { converter: true });
     const ducc = addLayer(repoRoot, 'ducc', { 'etc/.wh.shadow': '', 'opt/.wh..wh..opq': '', 'data/x': 'x' });
     await thinImage('thin', thinJson(REPO, [conv, ducc]));
@@ -178,7 +183,13 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     await sn.close();
     const batches: number[] = [];
     const metrics: Metrics = { ...noMetrics, enabled: true, observe: (name, _l, v) => void (name === 'journal_batch_records' && batches.push(v)) };
-    sn = await Snapshotter.open({ root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host, log: silentLogger(), metrics });
+    sn = await Snapshotter.open({
+      root,
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host,
+      log: silentLogger(),
+      metrics,
+    });
     await sn.prepare('base-x', '', {});
     await sn.commit('base', 'base-x', {});
     batches.length = 0;
@@ -250,7 +261,13 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(await sn.mounts('child')).toEqual(locMounts);
     expect(lowers(locMounts)).toEqual([locDir!.source]);
     const [m] = await sn.prepare('new', '', {});
-    expect(Number(path.basename(m!.source))).toBeGreaterThan(Math.max(...readdirSync(path.join(root, 'snapshots')).filter((d) => d !== path.basename(m!.source)).map(Number)));
+    expect(Number(path.basename(m!.source))).toBeGreaterThan(
+      Math.max(
+        ...readdirSync(path.join(root, 'snapshots'))
+          .filter((d) => d !== path.basename(m!.source))
+          .map(Number),
+      ),
+    );
   });
 
   it('refuses requests after close', async () => {
@@ -287,7 +304,13 @@ describe('one snapshotter per root (flock, unprivileged)', () => {
 
   it('the daemon: a second one on another socket refuses to start, and the first keeps serving', async () => {
     const root = path.join(base, 'droot');
-    const o = { root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(base, 'cvmfs') }), thinImages: true, remoteLayers: true, log: silentLogger() };
+    const o = {
+      root,
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(base, 'cvmfs') }),
+      thinImages: true,
+      remoteLayers: true,
+      log: silentLogger(),
+    };
     const first = await startSnapshotter({ ...o, address: path.join(base, 'a.sock') });
     try {
       await expect(startSnapshotter({ ...o, address: path.join(base, 'b.sock') })).rejects.toThrow(/is in use by cvmfs-thin snapshotter .*a\.sock/);

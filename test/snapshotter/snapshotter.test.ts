@@ -38,7 +38,12 @@ describe.skipIf(needs({ root: true }))('snapshotter semantics (root, real overla
   const mounted: string[] = [];
 
   const open = () =>
-    Snapshotter.open({ root: path.join(dir, 'root'), location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host: systemHost, log: silentLogger() });
+    Snapshotter.open({
+      root: path.join(dir, 'root'),
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host: systemHost,
+      log: silentLogger(),
+    });
 
   beforeEach(async () => {
     dir = path.join(base, String(n++));
@@ -71,7 +76,12 @@ describe.skipIf(needs({ root: true }))('snapshotter semantics (root, real overla
 
   function layers(): { conv: FakeLayer; ducc: FakeLayer; top: FakeLayer } {
     // base: written by cvmfs-thin convert (overlay whiteouts + marker)
-    const conv = addLayer(repoRoot, 'conv', { 'bin/tool': 'tool', 'etc/passwd': 'root:x:0:0', 'etc/shadow': 'secret', 'opt/old/a': 'a', 'var/cache/x': 'x' }, { converter: true });
+    const conv = addLayer(
+      repoRoot,
+      'conv',
+      { 'bin/tool': 'tool', 'etc/passwd': 'root:x:0:0', 'etc/shadow': 'secret', 'opt/old/a': 'a', 'var/cache/x': 'x' },
+      { converter: true },
+    );
     // middle: DUCC style: OCI whiteouts kept as plain files
     const ducc = addLayer(repoRoot, 'ducc', { 'etc/.wh.shadow': '', 'opt/old/.wh..wh..opq': '', 'opt/old/b': 'b', 'data/ducc.txt': 'from ducc' });
     // top: converter style, deletes var/cache with an overlay whiteout
@@ -161,7 +171,9 @@ describe.skipIf(needs({ root: true }))('snapshotter semantics (root, real overla
   it('refuses a thin manifest whose layer is not in CVMFS, or escapes it through a symlink', async () => {
     const { conv } = layers();
     const missing = { ...conv, hex: 'f'.repeat(64) };
-    await expect(thinImage('m', thinJson(REPO, [conv, missing]))).rejects.toThrow(/layers\[1\]\.url: layer cvmfs:\/\/unpacked\.cern\.ch\/\.layers\/ff\/f+\/layerfs does not exist/);
+    await expect(thinImage('m', thinJson(REPO, [conv, missing]))).rejects.toThrow(
+      /layers\[1\]\.url: layer cvmfs:\/\/unpacked\.cern\.ch\/\.layers\/ff\/f+\/layerfs does not exist/,
+    );
     const escape = addLayer(repoRoot, 'escape', {});
     const outside = path.join(dir, 'outside');
     mkdirSync(outside);

@@ -34,7 +34,13 @@ describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot'] }
   });
 
   const snapshotter = (root: string, record: boolean) =>
-    Snapshotter.open({ root, location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host: systemHost, log: silentLogger(), starts: { record, recordWindowMs: 1500 } });
+    Snapshotter.open({
+      root,
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host: systemHost,
+      log: silentLogger(),
+      starts: { record, recordWindowMs: 1500 },
+    });
 
   it('records the files a container opens, by layer; another node prefetches them from the repository profile', async () => {
     mkdirSync(repoRoot, { recursive: true });
@@ -59,7 +65,14 @@ describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot'] }
       // what runc does: a new mount namespace with the rootfs bound onto itself, then chroot
       // (containerd mounts in another process: give the daemon's mount-table poll a moment to mark it)
       await new Promise((r) => setTimeout(r, 300));
-      await execFileP('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --rbind ${target} ${target} && chroot ${target} /bin/sh -c 'cat /etc/os-release /app/main.py; echo written > /tmp-out'`]);
+      await execFileP('unshare', [
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `mount --rbind ${target} ${target} && chroot ${target} /bin/sh -c 'cat /etc/os-release /app/main.py; echo written > /tmp-out'`,
+      ]);
       await sn.startsIdle();
       unmountAll(target);
       const t = JSON.parse(readFileSync(traceFile(path.join(root, 'traces'), 'ctr'), 'utf8')) as StartTrace;

@@ -78,7 +78,7 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     await sn.close();
   });
 
-  it('reads the repository profile ahead from the pull (Commit) on; a container\'s trace has the phases, the profile and the prefetch it joined', async () => {
+  it("reads the repository profile ahead from the pull (Commit) on; a container's trace has the phases, the profile and the prefetch it joined", async () => {
     publish(
       profile([
         { path: 'bin/sh', layer: layers[0]!.hex, size: 5 },
@@ -89,12 +89,24 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     await image();
     await sn.startsIdle();
     // read at the pull, before any container
-    expect(reads().filter((r) => !r.endsWith('.json'))).toEqual([path.join(layers[0]!.dir, 'bin/sh'), path.join(layers[1]!.dir, 'app/main.py'), path.join(layers[1]!.dir, 'app/gone.py')]);
+    expect(reads().filter((r) => !r.endsWith('.json'))).toEqual([
+      path.join(layers[0]!.dir, 'bin/sh'),
+      path.join(layers[1]!.dir, 'app/main.py'),
+      path.join(layers[1]!.dir, 'app/gone.py'),
+    ]);
     const ms = await sn.prepare('ctr', 'img', {});
     expect(ms[0]!.type).toBe('overlay');
     await sn.startsIdle();
     const t = trace('ctr');
-    expect(t).toMatchObject({ schema: 'cvmfs-thin/start-trace', snapshot: 'ctr', image: 'img', origin: 'test', layers: 2, profile: 'repository', budgetMs: 100_000 });
+    expect(t).toMatchObject({
+      schema: 'cvmfs-thin/start-trace',
+      snapshot: 'ctr',
+      image: 'img',
+      origin: 'test',
+      layers: 2,
+      profile: 'repository',
+      budgetMs: 100_000,
+    });
     expect(Object.keys(t.phases).sort()).toEqual(['cvmfs', 'dirs', 'journal', 'resolve']);
     expect(t.prefetch).toMatchObject({ files: 2, bytes: 13, missing: 1, failed: 0 });
     expect(Date.parse(t.prefetchStarted!)).toBeLessThanOrEqual(Date.parse(t.started));
@@ -133,8 +145,16 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
       () => [profile([{ path: 'app/main.py', size: 8 }], { prefetch: false }), null, /^disabled \(repository\)$/],
       () => ['{"schema": "cvmfs-thin/access-profile", "version": 1', null, /^invalid: access profile: file: is not valid JSON/],
       () => [serializeProfile(profile([])).replace('"files"', '"extra": 1, "files"'), null, /^invalid: access profile: extra: is not a known field/],
-      () => [profile([{ path: '../../../etc/shadow', layer: layers[0]!.hex, size: 1 }]), null, /^invalid: access profile: files\[0\]\.path: "\.\.\/\.\.\/\.\.\/etc\/shadow" is not a normalised path/],
-      () => [profile([{ path: 'x', layer: 'f'.repeat(64), size: 1 }]), null, /^invalid: access profile: files\[0\]\.layer: must be one of the profile's layers/],
+      () => [
+        profile([{ path: '../../../etc/shadow', layer: layers[0]!.hex, size: 1 }]),
+        null,
+        /^invalid: access profile: files\[0\]\.path: "\.\.\/\.\.\/\.\.\/etc\/shadow" is not a normalised path/,
+      ],
+      () => [
+        profile([{ path: 'x', layer: 'f'.repeat(64), size: 1 }]),
+        null,
+        /^invalid: access profile: files\[0\]\.layer: must be one of the profile's layers/,
+      ],
       () => [profile([], { layers: ['a'.repeat(64)] }), null, /^invalid: .* is for other layers$/],
       () => [null, null, /^none$/],
     ];
@@ -144,7 +164,10 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
       root = path.join(dir, 'root');
       repoRoot = path.join(dir, 'cvmfs', REPO);
       mkdirSync(repoRoot, { recursive: true });
-      layers = [addLayer(repoRoot, 'b', { 'etc/passwd': 'root:x:0:0' }, { converter: true }), addLayer(repoRoot, 'a', { 'app/main.py': 'print(1)' }, { converter: true })];
+      layers = [
+        addLayer(repoRoot, 'b', { 'etc/passwd': 'root:x:0:0' }, { converter: true }),
+        addLayer(repoRoot, 'a', { 'app/main.py': 'print(1)' }, { converter: true }),
+      ];
       host = new RecordingHost();
       sn = await open();
       const [repo, local, want] = c();
@@ -192,7 +215,13 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     expect(Date.now() - t0).toBeLessThan(3000);
     host.unstall();
     // a profile lookup in a stalled repository: "unavailable", within the probe's deadline
-    sn = await Snapshotter.open({ root: path.join(dir, 'root2'), location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }), host, log: silentLogger(), cvmfsTimeoutMs: 300 });
+    sn = await Snapshotter.open({
+      root: path.join(dir, 'root2'),
+      location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(dir, 'cvmfs') }),
+      host,
+      log: silentLogger(),
+      cvmfsTimeoutMs: 300,
+    });
     host.stalled.add(path.join(repoRoot, '.profiles'));
     const ms = await sn.prepare('extract-x', '', {});
     writeFileSync(path.join(ms[0]!.source, 'thin.json'), thinJson(REPO, layers));
@@ -200,7 +229,9 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     await sn.prepare('ctr-x', 'x', {});
     await sn.startsIdle();
     host.unstall();
-    expect(JSON.parse(readFileSync(traceFile(path.join(dir, 'root2', 'traces'), 'ctr-x'), 'utf8')).profile).toMatch(/^unavailable: .*\.json did not answer within 0\.3 s \(cvmfs-timeout\)$/);
+    expect(JSON.parse(readFileSync(traceFile(path.join(dir, 'root2', 'traces'), 'ctr-x'), 'utf8')).profile).toMatch(
+      /^unavailable: .*\.json did not answer within 0\.3 s \(cvmfs-timeout\)$/,
+    );
   });
 
   it('an ordinary image (no thin layer) leaves no trace; silent logger, no budget: nothing logged', async () => {

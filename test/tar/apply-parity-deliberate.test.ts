@@ -65,7 +65,12 @@ describe.skipIf(skip)("deliberate differences from containerd's archive.Apply", 
     const dir = await applyBoth(base, 'wh-as-dir', [tar(rawEntry({ name: '.wh.x/y', mtime: T1 }, 'y'))], 'overlay');
     expect(dir.ctdOut[0]!.error).toBe('');
     expect(dir.oursOut[0]!.error).toMatch(/whiteout/);
-    const plnk = await applyBoth(base, 'aufs-plnk', [tar(rawEntry({ name: '.wh..wh.plnk/', type: '5' }), rawEntry({ name: '.wh..wh.plnk/123', mtime: T1 }, 'p'))], 'overlay');
+    const plnk = await applyBoth(
+      base,
+      'aufs-plnk',
+      [tar(rawEntry({ name: '.wh..wh.plnk/', type: '5' }), rawEntry({ name: '.wh..wh.plnk/123', mtime: T1 }, 'p'))],
+      'overlay',
+    );
     expect(plnk.ctdOut[0]!.error).toBe('');
     expect(fs.existsSync(path.join(plnk.ctd, '.wh..wh.plnk/123'))).toBe(true);
     expect(plnk.oursOut[0]!.error).toBe('');
@@ -76,7 +81,12 @@ describe.skipIf(skip)("deliberate differences from containerd's archive.Apply", 
     const c = await applyBoth(base, 'contiguous', [tar(rawEntry({ name: 'c', type: '7', mtime: T1 }, 'c'))], 'overlay');
     expect(c.ctdOut[0]!.error).toMatch(/unhandled tar header type/);
     expect(fs.readFileSync(path.join(c.ours, 'c'), 'utf8')).toBe('c');
-    const self = await applyBoth(base, 'self-link', [tar(rawEntry({ name: 's', mtime: T1 }, 's'), rawEntry({ name: 's', type: '1', linkname: 's', mode: 0o600, mtime: T2 }))], 'overlay');
+    const self = await applyBoth(
+      base,
+      'self-link',
+      [tar(rawEntry({ name: 's', mtime: T1 }, 's'), rawEntry({ name: 's', type: '1', linkname: 's', mode: 0o600, mtime: T2 }))],
+      'overlay',
+    );
     expect(self.ctdOut[0]!.ok).toBe(false);
     expect(self.oursOut[0]!.error).toBe('');
     expect(psnapshot(self.ours)['s']).toMatchObject({ mode: 0o600, mtime: `${T2}000000000`, content: expect.any(String) });
@@ -101,4 +111,3 @@ describe.skipIf(skip)("deliberate differences: whiteouts of this layer's own ent
     expect(fs.readdirSync(r.ours)).toEqual([]);
   });
 });
-

@@ -59,9 +59,15 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
 
     it('hardlinks: the last entry wins on the shared inode (owner, mode, times, xattrs)', async () => {
       const layer = tar(
-        paxEntry([['SCHILY.xattr.user.a', 'target'], ['SCHILY.xattr.security.capability', cap]]),
+        paxEntry([
+          ['SCHILY.xattr.user.a', 'target'],
+          ['SCHILY.xattr.security.capability', cap],
+        ]),
         rawEntry({ name: 't', mode: 0o4755, uid: 1, gid: 1, mtime: T1 }, 'shared'),
-        paxEntry([['SCHILY.xattr.user.b', 'link'], ['mtime', `${T2}.123456789`]]),
+        paxEntry([
+          ['SCHILY.xattr.user.b', 'link'],
+          ['mtime', `${T2}.123456789`],
+        ]),
         rawEntry({ name: 'l', type: '1', linkname: 't', mode: 0o640, uid: 2, gid: 3, mtime: T2 }),
         // a chain: a link to a link, then a link to the first name again
         rawEntry({ name: 'chain/c1', type: '1', linkname: 'l', mode: 0o600, uid: 4, gid: 4, mtime: T3 }),
@@ -99,9 +105,17 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
       const layer = tar(
         paxEntry([['path', long]]),
         rawEntry({ name: 'ignored', mode: 0o640, mtime: 1 }, 'long'),
-        paxEntry([['mtime', `${T1}.987654321`], ['atime', `${T3}.5`], ['uid', '3000000'], ['gid', '3000001']]),
+        paxEntry([
+          ['mtime', `${T1}.987654321`],
+          ['atime', `${T3}.5`],
+          ['uid', '3000000'],
+          ['gid', '3000001'],
+        ]),
         rawEntry({ name: 'paxmeta', mode: 0o640, mtime: 1 }, 'meta'),
-        paxEntry([['linkpath', `/${long}`], ['path', 'long-link']]),
+        paxEntry([
+          ['linkpath', `/${long}`],
+          ['path', 'long-link'],
+        ]),
         rawEntry({ name: 'x', type: '1', linkname: 'y', mode: 0o600, mtime: T2 }),
         paxEntry([['linkpath', 't'.repeat(300)]]),
         rawEntry({ name: 'long-sym', type: '2', linkname: 'short', mtime: T1 }),
@@ -114,15 +128,24 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
           ['atime', `${T1}`],
         ]),
         rawEntry({ name: 'xattrs', mode: 0o755, mtime: T2 }, 'x'),
-        paxEntry([['SCHILY.xattr.user.dir', 'd'], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]),
+        paxEntry([
+          ['SCHILY.xattr.user.dir', 'd'],
+          ['SCHILY.xattr.trusted.overlay.opaque', 'y'],
+        ]),
         rawEntry({ name: 'xdir/', type: '5', mtime: T2 }),
-        paxEntry([['SCHILY.xattr.user.sym', 'dropped'], ['SCHILY.xattr.security.selinux', 'unconfined_u:object_r:tmp_t:s0']]),
+        paxEntry([
+          ['SCHILY.xattr.user.sym', 'dropped'],
+          ['SCHILY.xattr.security.selinux', 'unconfined_u:object_r:tmp_t:s0'],
+        ]),
         rawEntry({ name: 'xsym', type: '2', linkname: 'xattrs', mtime: T2 }),
         paxEntry([['mtime', '-1000.5']]),
         rawEntry({ name: 'before-1970', mtime: T1 }, 'b'),
         paxEntry([['mtime', '99999999999']]),
         rawEntry({ name: 'after-2262', mtime: T1 }, 'a'),
-        paxEntry([['mtime', `${T2}.000000001`], ['atime', `${T2}`]]),
+        paxEntry([
+          ['mtime', `${T2}.000000001`],
+          ['atime', `${T2}`],
+        ]),
         rawEntry({ name: 'precise-dir/', type: '5', mtime: T1 }),
         gnuLong('L', `gnu/${'g'.repeat(150)}`),
         rawEntry({ name: 'gnu-ignored', format: 'gnu', mtime: T1 }, 'gnu long name'),
@@ -242,10 +265,7 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
       rawEntry({ name: 'k/f', mode: 0o644, mtime: T1 }, 'one'),
       rawEntry({ name: 'k/l', type: '1', linkname: 'k/f', mtime: T1 }),
     );
-    const two = tar(
-      rawEntry({ name: 'k/.wh.f', mtime: T2 }),
-      rawEntry({ name: 'k/l2', type: '1', linkname: 'k/l', mode: 0o600, uid: 3, mtime: T2 }),
-    );
+    const two = tar(rawEntry({ name: 'k/.wh.f', mtime: T2 }), rawEntry({ name: 'k/l2', type: '1', linkname: 'k/l', mode: 0o600, uid: 3, mtime: T2 }));
     await expectParity(base, 'two-layers', [one, two], 'apply');
   });
 

@@ -180,7 +180,13 @@ describe('replacement semantics (later entries win)', () => {
   it('PAX records: path, linkpath, size, uid/gid, mtime, atime; global headers ignored; trailing garbage hashed', async () => {
     const dest = fresh();
     const body = tar(
-      paxEntry([['comment', 'global'], ['path', 'ignored-global']], 'g'),
+      paxEntry(
+        [
+          ['comment', 'global'],
+          ['path', 'ignored-global'],
+        ],
+        'g',
+      ),
       paxEntry([
         ['path', 'pax/named/file'],
         ['mtime', '1234567890.5'],
@@ -304,7 +310,6 @@ describe('progress, abort, errors of the input', () => {
     // @ts-expect-error: an invalid mode
     await expect(extractBuf(tar(), { dest: fresh(), whiteouts: 'bogus' })).rejects.toMatchObject({ kind: 'invalid-argument' });
   });
-
 });
 
 describe.skipIf(needs({ root: true }))('file system errors', () => {
@@ -315,7 +320,9 @@ describe.skipIf(needs({ root: true }))('file system errors', () => {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', ro]);
     try {
       for (const thread of ['worker', 'inline'] as const) {
-        const err = await extractBuf(tar(rawEntry({ name: 'ok' }, 'x'), rawEntry({ name: 'ro/x' }, 'x')), { dest, whiteouts: 'overlay', thread }).catch((e: unknown) => e);
+        const err = await extractBuf(tar(rawEntry({ name: 'ok' }, 'x'), rawEntry({ name: 'ro/x' }, 'x')), { dest, whiteouts: 'overlay', thread }).catch(
+          (e: unknown) => e,
+        );
         expect(err).toBeInstanceOf(TarIoError);
         expect(err).toMatchObject({ entry: 'ro/x', errno: 'EROFS', code: 'CVMFS_THIN_TAR_IO', kind: 'internal' });
         expect((err as Error).message).toContain('"ro/x"');
@@ -330,7 +337,11 @@ describe('errors across the worker boundary', () => {
   it('keep their class, code and kind', () => {
     const round = (e: unknown) => deserializeError(JSON.parse(JSON.stringify(serializeError(e))) as Parameters<typeof deserializeError>[0]);
     const bad = round(new InvalidArgumentError('gzip: incorrect header check', 'CVMFS_THIN_BAD_COMPRESSED_DATA'));
-    expect(ThinError.is(bad) && [bad.kind, bad.code, bad.message]).toEqual(['invalid-argument', 'CVMFS_THIN_BAD_COMPRESSED_DATA', 'gzip: incorrect header check']);
+    expect(ThinError.is(bad) && [bad.kind, bad.code, bad.message]).toEqual([
+      'invalid-argument',
+      'CVMFS_THIN_BAD_COMPRESSED_DATA',
+      'gzip: incorrect header check',
+    ]);
     const unsafe = round(new UnsafeTarError('a/../../b', 'path-escape', 'climbs out'));
     expect(unsafe).toBeInstanceOf(UnsafeTarError);
     expect((unsafe as UnsafeTarError).entry).toBe('a/../../b');

@@ -360,7 +360,6 @@ export function buildFixtureTree(src: string): string {
   return src;
 }
 
-
 /** A fresh empty directory under `base` per call (d0, d1, …). */
 export function freshDirs(base: string): () => string {
   let n = 0;

@@ -64,11 +64,9 @@ describe.each<Thread>(['worker', 'inline'])('hostile tars (%s)', (thread) => {
   });
 
   it('symlink-to-dir escape (relative ../..): clamped at dest, refused when nothing is there', async () => {
-    const { sb } = await refused(
-      tar(rawEntry({ name: 'up', type: '2', linkname: '../outside' }), rawEntry({ name: 'up/canary' }, 'pwned')),
-      'symlink-parent',
-      { entry: 'up/canary' },
-    );
+    const { sb } = await refused(tar(rawEntry({ name: 'up', type: '2', linkname: '../outside' }), rawEntry({ name: 'up/canary' }, 'pwned')), 'symlink-parent', {
+      entry: 'up/canary',
+    });
     expect(fs.readlinkSync(path.join(sb.dest, 'up'))).toBe('../outside');
     // a chain climbing above dest (a -> b/../..) is clamped at dest: what follows is created inside
     const sb2 = sandbox(base, 'chain');
@@ -129,7 +127,11 @@ describe.each<Thread>(['worker', 'inline'])('hostile tars (%s)', (thread) => {
     const sb = sandbox(base, 'whsym');
     const before = sb.outsideState();
     await expect(
-      extractBuf(tar(rawEntry({ name: 's', type: '2', linkname: sb.outside }), rawEntry({ name: 's/.wh.canary' })), { dest: sb.dest, whiteouts: 'apply', thread }),
+      extractBuf(tar(rawEntry({ name: 's', type: '2', linkname: sb.outside }), rawEntry({ name: 's/.wh.canary' })), {
+        dest: sb.dest,
+        whiteouts: 'apply',
+        thread,
+      }),
     ).rejects.toMatchObject({ reason: 'symlink-parent', entry: 's/.wh.canary' });
     expect(sb.outsideState()).toEqual(before);
   });
@@ -231,7 +233,7 @@ describe.each<Thread>(['worker', 'inline'])('hostile tars (%s)', (thread) => {
 
   it('a name that is . or ..', async () => {
     await refused(tar(rawEntry({ name: '..' }, 'x')), 'path-escape', { entry: '..' });
-    await refused(tar(rawEntry({ name: '../' , type: '5'})), 'path-escape', { entry: '../' });
+    await refused(tar(rawEntry({ name: '../', type: '5' })), 'path-escape', { entry: '../' });
     await refused(tar(rawEntry({ name: '.' }, 'x')), 'replace-root', { entry: '.' });
     // "./" as a directory is the root itself: its metadata applies to dest
     const sb = sandbox(base, 'dotdir');
@@ -271,7 +273,13 @@ describe.each<Thread>(['worker', 'inline'])('hostile tars (%s)', (thread) => {
   it('trusted.overlay.* xattrs from the tar are dropped', async () => {
     const sb = sandbox(base, 'ovlx');
     const res = await extractBuf(
-      tar(paxEntry([['SCHILY.xattr.trusted.overlay.redirect', '/etc'], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]), rawEntry({ name: 'd/', type: '5' })),
+      tar(
+        paxEntry([
+          ['SCHILY.xattr.trusted.overlay.redirect', '/etc'],
+          ['SCHILY.xattr.trusted.overlay.opaque', 'y'],
+        ]),
+        rawEntry({ name: 'd/', type: '5' }),
+      ),
       { dest: sb.dest, whiteouts: 'overlay', thread },
     );
     expect(res.droppedXattrs).toBe(2);

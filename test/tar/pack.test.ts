@@ -232,8 +232,20 @@ describe('packEntries', () => {
 
   it('stamps a given mtime (negative ones through PAX), refuses a fractional one; the buffer form is the same tar', async () => {
     const t = Date.parse('2024-01-01T00:00:00Z') / 1000;
-    const buf = packEntriesToBuffer([{ name: 'a', data: 'x', mtime: t }, { name: 'old', data: 'y', mtime: -86_400 }]);
-    expect(buf.equals(await collect(packEntries([{ name: 'a', data: 'x', mtime: t }, { name: 'old', data: 'y', mtime: -86_400 }])))).toBe(true);
+    const buf = packEntriesToBuffer([
+      { name: 'a', data: 'x', mtime: t },
+      { name: 'old', data: 'y', mtime: -86_400 },
+    ]);
+    expect(
+      buf.equals(
+        await collect(
+          packEntries([
+            { name: 'a', data: 'x', mtime: t },
+            { name: 'old', data: 'y', mtime: -86_400 },
+          ]),
+        ),
+      ),
+    ).toBe(true);
     expect(headers(buf).map((h) => [h.name, h.mtime.sec])).toEqual([
       ['a', t],
       ['old', -86_400],

@@ -181,10 +181,22 @@ export async function applyBoth(base: string, name: string, layers: Buffer[], wh
 }
 
 /** Both appliers succeed on every layer and produce the same tree. */
-export async function expectParity(base: string, name: string, layers: Buffer[], whiteouts: 'overlay' | 'apply', lower?: Buffer): Promise<Record<string, PNode>> {
+export async function expectParity(
+  base: string,
+  name: string,
+  layers: Buffer[],
+  whiteouts: 'overlay' | 'apply',
+  lower?: Buffer,
+): Promise<Record<string, PNode>> {
   const r = await applyBoth(base, name, layers, whiteouts, lower);
-  expect(r.ctdOut.map((o) => o.error), 'containerd applies every layer').toEqual(layers.map(() => ''));
-  expect(r.oursOut.map((o) => o.error), 'we apply every layer').toEqual(layers.map(() => ''));
+  expect(
+    r.ctdOut.map((o) => o.error),
+    'containerd applies every layer',
+  ).toEqual(layers.map(() => ''));
+  expect(
+    r.oursOut.map((o) => o.error),
+    'we apply every layer',
+  ).toEqual(layers.map(() => ''));
   const a = psnapshot(r.ctd);
   const b = psnapshot(r.ours);
   withoutWhiteoutTimes(a, b);

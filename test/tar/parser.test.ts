@@ -48,7 +48,8 @@ const H = (over: Partial<TarHeader>): TarHeader => ({
 
 describe('header fields', () => {
   it('numeric: octal with padding, base-256, malformed', () => {
-    const f = (s: string | number[]): number => numeric(typeof s === 'string' ? Buffer.from(s, 'latin1') : Buffer.from(s), 0, typeof s === 'string' ? s.length : s.length);
+    const f = (s: string | number[]): number =>
+      numeric(typeof s === 'string' ? Buffer.from(s, 'latin1') : Buffer.from(s), 0, typeof s === 'string' ? s.length : s.length);
     expect(f('0000644\0')).toBe(0o644);
     expect(f('   755 \0')).toBe(0o755);
     expect(f('\0\0\0\0\0\0\0\0')).toBe(0);
@@ -193,7 +194,14 @@ describe('encodeHeader', () => {
       H({ name: 'ns', mtime: { sec: 1, nsec: 1 }, size: 1 }),
       H({ name: 'neg', mtime: { sec: -100, nsec: 250_000_000 }, size: 1 }),
       H({ name: 'at', atime: { sec: 10, nsec: 5 }, size: 1 }),
-      H({ name: 'xa', xattrs: new Map([['security.capability', Buffer.from('01000002c0', 'hex')], ['user.z', Buffer.alloc(0)]]), size: 1 }),
+      H({
+        name: 'xa',
+        xattrs: new Map([
+          ['security.capability', Buffer.from('01000002c0', 'hex')],
+          ['user.z', Buffer.alloc(0)],
+        ]),
+        size: 1,
+      }),
       H({ name: 'l', type: 'symlink', linkname: '/very/'.repeat(30) }),
       H({ name: 'dev', type: 'block', devmajor: 259, devminor: 1_048_575 }),
       H({ name: 'dir', type: 'dir', mode: 0o1777 }),

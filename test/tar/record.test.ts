@@ -19,7 +19,10 @@ const CAP = Buffer.from('AQAAAgAgAAAAAAAAAAAAAAAAAAA=', 'base64');
 const layer = tar(
   ...whiteoutEntries(),
   rawEntry({ name: 'deep/er/.wh.x' }),
-  paxEntry([['SCHILY.xattr.security.capability', CAP], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]),
+  paxEntry([
+    ['SCHILY.xattr.security.capability', CAP],
+    ['SCHILY.xattr.trusted.overlay.opaque', 'y'],
+  ]),
   rawEntry({ name: 'bin/ping', mode: 0o755 }, 'ping'),
   paxEntry([['SCHILY.xattr.user.note', 'n1']]),
   rawEntry({ name: 'note', mode: 0o644 }, 'note'),
@@ -51,10 +54,19 @@ describe.skipIf(needs({ root: true }))('whiteouts: record mode', () => {
 
   it('a whiteout removes what the same layer wrote before it and the deletion stays recorded; a later entry comes back', async () => {
     const dest = fresh();
-    const res = await extractBuf(tar(rawEntry({ name: 'y/', type: '5' }), rawEntry({ name: 'y/z' }, 'z'), rawEntry({ name: '.wh.y' }), rawEntry({ name: '.wh.x' }), rawEntry({ name: 'x' }, 'back')), {
-      dest,
-      whiteouts: 'record',
-    });
+    const res = await extractBuf(
+      tar(
+        rawEntry({ name: 'y/', type: '5' }),
+        rawEntry({ name: 'y/z' }, 'z'),
+        rawEntry({ name: '.wh.y' }),
+        rawEntry({ name: '.wh.x' }),
+        rawEntry({ name: 'x' }, 'back'),
+      ),
+      {
+        dest,
+        whiteouts: 'record',
+      },
+    );
     expect(fs.existsSync(path.join(dest, 'y'))).toBe(false);
     expect(fs.readFileSync(path.join(dest, 'x'), 'utf8')).toBe('back');
     expect(res.record?.deleted).toEqual(['x', 'y']);
@@ -62,10 +74,20 @@ describe.skipIf(needs({ root: true }))('whiteouts: record mode', () => {
 
   it('xattrs of a file removed or replaced later in the layer are not recorded', async () => {
     const dest = fresh();
-    const res = await extractBuf(tar(paxEntry([['SCHILY.xattr.user.a', '1']]), rawEntry({ name: 'f' }, 'a'), rawEntry({ name: 'f' }, 'b'), paxEntry([['SCHILY.xattr.user.b', '2']]), rawEntry({ name: 'g' }, 'g'), rawEntry({ name: '.wh.g' })), {
-      dest,
-      whiteouts: 'record',
-    });
+    const res = await extractBuf(
+      tar(
+        paxEntry([['SCHILY.xattr.user.a', '1']]),
+        rawEntry({ name: 'f' }, 'a'),
+        rawEntry({ name: 'f' }, 'b'),
+        paxEntry([['SCHILY.xattr.user.b', '2']]),
+        rawEntry({ name: 'g' }, 'g'),
+        rawEntry({ name: '.wh.g' }),
+      ),
+      {
+        dest,
+        whiteouts: 'record',
+      },
+    );
     expect(res.record?.xattrs).toEqual([]);
     expect(res.record?.deleted).toEqual(['g']);
   });

@@ -35,7 +35,10 @@ interface Run {
   trailerCalls: number;
 }
 
-async function rewrite(input: Buffer, o: { chunk?: number; trailer?: (r: RewriteResult) => MemEntry[] | Promise<MemEntry[]> } & Partial<Omit<RewriteOptions, 'trailer'>> = {}): Promise<Run> {
+async function rewrite(
+  input: Buffer,
+  o: { chunk?: number; trailer?: (r: RewriteResult) => MemEntry[] | Promise<MemEntry[]> } & Partial<Omit<RewriteOptions, 'trailer'>> = {},
+): Promise<Run> {
   const { chunk, trailer, ...opts } = o;
   const parts: Buffer[] = [];
   let result: RewriteResult | null = null;
@@ -125,11 +128,19 @@ const NS_TIME = '1600000000.123456789';
 const CONTENT = tar(
   rawEntry({ name: './', type: '5', mode: 0o755, mtime: 1_500_000_000 }),
   rawEntry({ name: 'etc/', type: '5', mode: 0o755 }),
-  paxEntry([['uname', 'alice'], ['gname', 'staff'], ['mtime', NS_TIME]]),
+  paxEntry([
+    ['uname', 'alice'],
+    ['gname', 'staff'],
+    ['mtime', NS_TIME],
+  ]),
   rawEntry({ name: 'etc/passwd', mode: 0o640, uid: 1000, gid: 1001 }, 'root:x:0:0::/root:/bin/sh\n'),
   rawEntry({ name: 'bin/', type: '5', mode: 0o755 }),
   rawEntry({ name: 'bin/tool', mode: 0o4755 }, '#!/bin/sh\n'),
-  paxEntry([['SCHILY.xattr.security.capability', CAP], ['SCHILY.xattr.user.note', 'hello'], ['SCHILY.xattr.trusted.secret', 'no']]),
+  paxEntry([
+    ['SCHILY.xattr.security.capability', CAP],
+    ['SCHILY.xattr.user.note', 'hello'],
+    ['SCHILY.xattr.trusted.secret', 'no'],
+  ]),
   rawEntry({ name: 'bin/ping', mode: 0o755 }, 'ping'),
   rawEntry({ name: 'tmp/', type: '5', mode: 0o1777 }),
   rawEntry({ name: 'dev/', type: '5', mode: 0o755 }),
@@ -146,8 +157,21 @@ describe('LayerRewriter: content', () => {
     expect(r.err).toBeNull();
     const p = parse(r.out);
     expect(names(p)).toEqual([
-      'layerfs/', 'layerfs/etc/', 'layerfs/etc/passwd', 'layerfs/bin/', 'layerfs/bin/tool', 'layerfs/bin/ping', 'layerfs/tmp/', 'layerfs/dev/',
-      'layerfs/dev/null', 'layerfs/dev/sda', 'layerfs/fifo', 'layerfs/lnk', 'layerfs/etc/hard', '.metadata/', '.metadata/record.json',
+      'layerfs/',
+      'layerfs/etc/',
+      'layerfs/etc/passwd',
+      'layerfs/bin/',
+      'layerfs/bin/tool',
+      'layerfs/bin/ping',
+      'layerfs/tmp/',
+      'layerfs/dev/',
+      'layerfs/dev/null',
+      'layerfs/dev/sda',
+      'layerfs/fifo',
+      'layerfs/lnk',
+      'layerfs/etc/hard',
+      '.metadata/',
+      '.metadata/record.json',
     ]);
     for (const e of p.entries) expect([e.h.name, e.h.uname, e.h.gname]).toEqual([e.h.name, '', '']);
     const passwd = byName(p, 'layerfs/etc/passwd');
@@ -176,25 +200,36 @@ describe('LayerRewriter: content', () => {
     });
   });
 
-  it.skipIf(needs({ root: true, binaries: ['tar'] }))('GNU tar extracts the output as the layer (modes, owners, ns mtimes, devices, fifo, links, xattrs)', async () => {
-    const r = await rewrite(CONTENT);
-    const dir = tempDirOnce();
-    const res = spawnSync('tar', ['-x', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '-C', dir, '-f', '-'], { input: r.out, encoding: 'buffer' });
-    expect([res.status, res.stderr.toString()]).toEqual([0, '']);
-    const L = (f: string) => path.join(dir, 'layerfs', f);
-    const st = (f: string) => fs.lstatSync(L(f), { bigint: true });
-    expect([st('etc/passwd').uid, st('etc/passwd').gid, st('etc/passwd').mode & 0o7777n, st('etc/passwd').mtimeNs]).toEqual([1000n, 1001n, 0o640n, 1_600_000_000_123_456_789n]);
-    expect(st('bin/tool').mode & 0o7777n).toBe(0o4755n);
-    expect(st('tmp').mode & 0o7777n).toBe(0o1777n);
-    expect([st('dev/null').isCharacterDevice(), st('dev/null').rdev]).toEqual([true, 259n]);
-    expect(st('dev/sda').isBlockDevice()).toBe(true);
-    expect(st('fifo').isFIFO()).toBe(true);
-    expect(fs.readlinkSync(L('lnk'))).toBe('../etc/passwd');
-    expect([st('etc/hard').ino, st('etc/hard').nlink]).toEqual([st('etc/passwd').ino, 2n]);
-    expect(lgetxattr(L('bin/ping'), 'security.capability')).toEqual(CAP);
-    expect(lgetxattr(L('bin/ping'), 'trusted.secret')).toBeNull();
-    expect(fs.readFileSync(path.join(dir, '.metadata/record.json'), 'utf8')).toBe('{"last":true}\n');
-  });
+  it.skipIf(needs({ root: true, binaries: ['tar'] }))(
+    'GNU tar extracts the output as the layer (modes, owners, ns mtimes, devices, fifo, links, xattrs)',
+    async () => {
+      const r = await rewrite(CONTENT);
+      const dir = tempDirOnce();
+      const res = spawnSync('tar', ['-x', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '-C', dir, '-f', '-'], {
+        input: r.out,
+        encoding: 'buffer',
+      });
+      expect([res.status, res.stderr.toString()]).toEqual([0, '']);
+      const L = (f: string) => path.join(dir, 'layerfs', f);
+      const st = (f: string) => fs.lstatSync(L(f), { bigint: true });
+      expect([st('etc/passwd').uid, st('etc/passwd').gid, st('etc/passwd').mode & 0o7777n, st('etc/passwd').mtimeNs]).toEqual([
+        1000n,
+        1001n,
+        0o640n,
+        1_600_000_000_123_456_789n,
+      ]);
+      expect(st('bin/tool').mode & 0o7777n).toBe(0o4755n);
+      expect(st('tmp').mode & 0o7777n).toBe(0o1777n);
+      expect([st('dev/null').isCharacterDevice(), st('dev/null').rdev]).toEqual([true, 259n]);
+      expect(st('dev/sda').isBlockDevice()).toBe(true);
+      expect(st('fifo').isFIFO()).toBe(true);
+      expect(fs.readlinkSync(L('lnk'))).toBe('../etc/passwd');
+      expect([st('etc/hard').ino, st('etc/hard').nlink]).toEqual([st('etc/passwd').ino, 2n]);
+      expect(lgetxattr(L('bin/ping'), 'security.capability')).toEqual(CAP);
+      expect(lgetxattr(L('bin/ping'), 'trusted.secret')).toBeNull();
+      expect(fs.readFileSync(path.join(dir, '.metadata/record.json'), 'utf8')).toBe('{"last":true}\n');
+    },
+  );
 
   it('whiteouts, opaque markers and AUFS metadata are not emitted; they are in the record', async () => {
     const input = tar(
@@ -222,21 +257,29 @@ describe('LayerRewriter: content', () => {
   it('xattrs: the last entry of a path wins; a path removed or replaced loses them; a hard link has its target’s', async () => {
     const x = (k: string, v: string | Buffer) => paxEntry([[`SCHILY.xattr.${k}`, v]]);
     const input = tar(
-      x('user.a', '1'), rawEntry({ name: 'f' }, 'f1'),
-      x('user.a', '2'), rawEntry({ name: 'f' }, 'f2'),
-      x('user.g', 'g'), rawEntry({ name: 'g' }),
+      x('user.a', '1'),
+      rawEntry({ name: 'f' }, 'f1'),
+      x('user.a', '2'),
+      rawEntry({ name: 'f' }, 'f2'),
+      x('user.g', 'g'),
       rawEntry({ name: 'g' }),
-      x('user.h', 'h'), rawEntry({ name: 'h' }),
+      rawEntry({ name: 'g' }),
+      x('user.h', 'h'),
+      rawEntry({ name: 'h' }),
       rawEntry({ name: '.wh.h' }),
       rawEntry({ name: 'd/', type: '5' }),
-      x('user.z', 'z'), rawEntry({ name: 'd/e' }),
+      x('user.z', 'z'),
+      rawEntry({ name: 'd/e' }),
       rawEntry({ name: '.wh.d' }),
       rawEntry({ name: 'k/', type: '5' }),
-      x('user.q', 'q'), rawEntry({ name: 'k/m' }),
+      x('user.q', 'q'),
+      rawEntry({ name: 'k/m' }),
       rawEntry({ name: 'k' }, 'now a file'),
-      x('user.t', 't'), rawEntry({ name: 't' }),
+      x('user.t', 't'),
+      rawEntry({ name: 't' }),
       rawEntry({ name: 'l', type: '1', linkname: 't' }),
-      x('trusted.overlay.opaque', 'y'), rawEntry({ name: 'o/', type: '5' }),
+      x('trusted.overlay.opaque', 'y'),
+      rawEntry({ name: 'o/', type: '5' }),
     );
     const r = await rewrite(input);
     expect(r.err).toBeNull();
@@ -268,7 +311,10 @@ describe('LayerRewriter: content', () => {
   it.skipIf(needs({ root: true }))('the record equals the extractor’s record mode for the same layer (ingest and transaction paths agree)', async () => {
     const input = tar(
       ...whiteoutEntries(),
-      paxEntry([['SCHILY.xattr.security.capability', CAP], ['SCHILY.xattr.trusted.overlay.opaque', 'y']]),
+      paxEntry([
+        ['SCHILY.xattr.security.capability', CAP],
+        ['SCHILY.xattr.trusted.overlay.opaque', 'y'],
+      ]),
       rawEntry({ name: 'bin/ping', mode: 0o755 }, 'ping'),
       paxEntry([['SCHILY.xattr.user.note', 'n1']]),
       rawEntry({ name: 'note' }, 'note'),
@@ -299,7 +345,12 @@ describe('LayerRewriter: diff_id and trailer', () => {
   });
 
   it('the trailer comes last, once, right before the only end-of-archive marker', async () => {
-    const r = await rewrite(small, { trailer: async (res) => [{ name: 'layerfs/a/.cvmfscatalog', data: '' }, { name: '.metadata/n', data: String(res.entries) }] });
+    const r = await rewrite(small, {
+      trailer: async (res) => [
+        { name: 'layerfs/a/.cvmfscatalog', data: '' },
+        { name: '.metadata/n', data: String(res.entries) },
+      ],
+    });
     expect([r.err, r.trailerCalls]).toEqual([null, 1]);
     expect(r.out.length % 512).toBe(0);
     expect(r.out.subarray(-1024).equals(END)).toBe(true);
@@ -344,7 +395,11 @@ describe('LayerRewriter: hostile input is refused naming the entry', () => {
   it('a hard link to a path not written yet (or not by this layer), or deleted by it', async () => {
     await refused(tar(rawEntry({ name: 'h', type: '1', linkname: 'later' }), rawEntry({ name: 'later' }, 'x')), 'hardlink-target-missing', 'h');
     await refused(tar(rawEntry({ name: 'h', type: '1', linkname: 'etc/passwd' })), 'hardlink-target-missing', 'h');
-    await refused(tar(rawEntry({ name: 't' }, 't'), rawEntry({ name: '.wh.t' }), rawEntry({ name: 'h', type: '1', linkname: 't' })), 'hardlink-target-missing', 'h');
+    await refused(
+      tar(rawEntry({ name: 't' }, 't'), rawEntry({ name: '.wh.t' }), rawEntry({ name: 'h', type: '1', linkname: 't' })),
+      'hardlink-target-missing',
+      'h',
+    );
   });
 
   it('a hard link to a directory or to the layer root', async () => {

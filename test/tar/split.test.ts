@@ -108,7 +108,13 @@ describe('tar-split recorder', () => {
       'sym',
       'empty',
     ]);
-    expect(files.find((l) => l.name === 'etc/hello')).toEqual({ type: 1, name: 'etc/hello', size: hello.length, payload: new Crc64().update(hello).digest().toString('base64'), position: 5 });
+    expect(files.find((l) => l.name === 'etc/hello')).toEqual({
+      type: 1,
+      name: 'etc/hello',
+      size: hello.length,
+      payload: new Crc64().update(hello).digest().toString('base64'),
+      position: 5,
+    });
     // header-only entries: no size, a null payload (as Go encodes a nil []byte)
     expect(text).toContain('{"type":1,"name":"./","payload":null,"position":1}\n');
     expect(sha256(assemble(lines, readSample))).toBe(sha256(sample));
@@ -126,7 +132,11 @@ describe('tar-split recorder', () => {
   });
 
   it.each([
-    ['two entries with one name (tar-split keeps one file per name)', tar(rawEntry({ name: 'x' }, '1'), rawEntry({ name: './x' }, '2')), /two entries named "x"/],
+    [
+      'two entries with one name (tar-split keeps one file per name)',
+      tar(rawEntry({ name: 'x' }, '1'), rawEntry({ name: './x' }, '2')),
+      /two entries named "x"/,
+    ],
     ['a truncated tar', rawEntry({ name: 'x' }, 'abc').subarray(0, 600), /truncated/],
     ['a corrupt header', tar(rawEntry({ name: 'x', checksumDelta: 1 }, 'abc')), /checksum/],
   ])('gives up on %s without throwing', (_what, t, re) => {
@@ -135,7 +145,18 @@ describe('tar-split recorder', () => {
   });
 
   it('cleans names as Go filepath.Clean does', () => {
-    expect(['', '.', './', 'a/', './a/./b/', 'a//b', 'a/../b', '../a', '/..', '/a/b/../c/'].map(cleanName)).toEqual(['.', '.', '.', 'a', 'a/b', 'a/b', 'b', '../a', '/', '/a/c']);
+    expect(['', '.', './', 'a/', './a/./b/', 'a//b', 'a/../b', '../a', '/..', '/a/b/../c/'].map(cleanName)).toEqual([
+      '.',
+      '.',
+      '.',
+      'a',
+      'a/b',
+      'a/b',
+      'b',
+      '../a',
+      '/',
+      '/a/c',
+    ]);
   });
 });
 
@@ -193,7 +214,11 @@ describe('tarSplitTee', () => {
     const res = await extractLayer(tee.stream, { dest, whiteouts: 'overlay' });
     expect(res.diffId).toBe(sha256(t));
     expect((await tee.done).ok).toBe(true);
-    const lines = gunzipSync(fs.readFileSync(file)).toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as Line);
+    const lines = gunzipSync(fs.readFileSync(file))
+      .toString('utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Line);
     expect(sha256(assemble(lines, (n) => fs.readFileSync(path.join(dest, n.toString('utf8')))))).toBe(sha256(t));
   });
 });

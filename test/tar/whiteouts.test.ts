@@ -36,10 +36,19 @@ describe.skipIf(needs({ root: true, binaries: ['getfattr'] }))('whiteouts: overl
 
   it('a later entry replaces a whiteout, a later whiteout replaces an entry', async () => {
     const dest = fresh();
-    await extractBuf(tar(rawEntry({ name: '.wh.x' }), rawEntry({ name: 'x' }, 'back'), rawEntry({ name: 'y/', type: '5' }), rawEntry({ name: 'y/z' }, 'z'), rawEntry({ name: '.wh.y' })), {
-      dest,
-      whiteouts: 'overlay',
-    });
+    await extractBuf(
+      tar(
+        rawEntry({ name: '.wh.x' }),
+        rawEntry({ name: 'x' }, 'back'),
+        rawEntry({ name: 'y/', type: '5' }),
+        rawEntry({ name: 'y/z' }, 'z'),
+        rawEntry({ name: '.wh.y' }),
+      ),
+      {
+        dest,
+        whiteouts: 'overlay',
+      },
+    );
     expect(fs.readFileSync(path.join(dest, 'x'), 'utf8')).toBe('back');
     expect(fs.lstatSync(path.join(dest, 'y')).isCharacterDevice()).toBe(true);
   });
@@ -177,7 +186,15 @@ describe.skipIf(!overlayOk ? 'needs root and overlayfs' : null)('overlay oracle'
   it('overlay-mode layers mounted with overlayfs == the same layers applied in apply mode', async () => {
     expect(hasBinary('tar')).toBe(true);
     const l1 = layerTar('1', {
-      dirs: { etc: {}, 'usr/bin': {}, 'usr/lib': {}, 'var/log': {}, 'opt/app/data/sub': {}, 'opt/tool': {}, 'home/user': { mode: 0o700, uid: 1000, gid: 1000 } },
+      dirs: {
+        etc: {},
+        'usr/bin': {},
+        'usr/lib': {},
+        'var/log': {},
+        'opt/app/data/sub': {},
+        'opt/tool': {},
+        'home/user': { mode: 0o700, uid: 1000, gid: 1000 },
+      },
       files: {
         'etc/passwd': 'root:x:0:0\n',
         'etc/group': 'root:x:0:\n',
@@ -190,12 +207,21 @@ describe.skipIf(!overlayOk ? 'needs root and overlayfs' : null)('overlay oracle'
         'opt/tool/bin': 'tool',
         'home/user/.bashrc': { data: 'rc1', uid: 1000, gid: 1000, mode: 0o600 },
       },
-      symlinks: { 'usr/lib/libx.so': 'libx.so.1', 'bin': 'usr/bin' },
+      symlinks: { 'usr/lib/libx.so': 'libx.so.1', bin: 'usr/bin' },
       hardlinks: { 'usr/bin/c': 'usr/bin/a' },
       xattrs: { 'usr/bin/b': { 'user.origin': 'layer1' } },
     });
     const l2 = layerTar('2', {
-      dirs: { etc: {}, usr: { mode: 0o750 }, 'usr/bin': {}, var: {}, 'opt/app/data': { mode: 0o711 }, 'etc/conf': {}, opt: {}, 'home/user': { mode: 0o700, uid: 1000, gid: 1000 } },
+      dirs: {
+        etc: {},
+        usr: { mode: 0o750 },
+        'usr/bin': {},
+        var: {},
+        'opt/app/data': { mode: 0o711 },
+        'etc/conf': {},
+        opt: {},
+        'home/user': { mode: 0o700, uid: 1000, gid: 1000 },
+      },
       files: {
         'etc/.wh.group': '',
         'etc/hosts': '127.0.0.1 localhost\n',

@@ -31,7 +31,7 @@ describe('thin layer detection (shared by snapshotter and graph driver)', () => 
   });
 
   it('treats any other layer as ordinary: extra entries, other names, empty, a directory or symlink named thin.json', () => {
-    expect(readThinLayer(layer({ 'thin.json': good, 'etc': 'x' }), loc)).toBeNull();
+    expect(readThinLayer(layer({ 'thin.json': good, etc: 'x' }), loc)).toBeNull();
     expect(readThinLayer(layer({ 'manifest.json': good }), loc)).toBeNull();
     expect(readThinLayer(layer({}), loc)).toBeNull();
     const d = layer({});

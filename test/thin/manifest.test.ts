@@ -2,14 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ThinManifestError } from '../../src/core/errors/errors.js';
-import {
-  duccLayerHex,
-  duccLayerPath,
-  MAX_MANIFEST_BYTES,
-  parseCvmfsUrl,
-  parseThinManifest,
-  serializeThinManifest,
-} from '../../src/core/thin/manifest.js';
+import { duccLayerHex, duccLayerPath, MAX_MANIFEST_BYTES, parseCvmfsUrl, parseThinManifest, serializeThinManifest } from '../../src/core/thin/manifest.js';
 
 const opts = { defaultRepository: 'unpacked.cern.ch', allowedRepositories: ['unpacked.cern.ch', 'sft.cern.ch'] };
 const H1 = 'a'.repeat(64);
@@ -28,7 +21,17 @@ function err(text: string): ThinManifestError {
 
 describe('thin.json parsing', () => {
   it('reads what DUCC writes (bare hex digests, cvmfs:// URLs), base layer first', () => {
-    const m = parseThinManifest(JSON.stringify({ version: '1.0', origin: 'x', layers: [{ digest: H1, url: url(H1) }, { digest: H2, url: url(H2) }] }), opts);
+    const m = parseThinManifest(
+      JSON.stringify({
+        version: '1.0',
+        origin: 'x',
+        layers: [
+          { digest: H1, url: url(H1) },
+          { digest: H2, url: url(H2) },
+        ],
+      }),
+      opts,
+    );
     expect(m.layers.map((l) => l.hex)).toEqual([H1, H2]);
     expect(m.layers[0]).toMatchObject({ digest: `sha256:${H1}`, repository: 'unpacked.cern.ch', path: `.layers/aa/${H1}/layerfs` });
     expect(m.origin).toBe('x');

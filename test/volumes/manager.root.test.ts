@@ -57,7 +57,16 @@ describe.skipIf(skip)('mount manager on real mounts', () => {
   });
 
   const open = async (backend: 'host' | 'client' = 'host') => {
-    const m = await MountManager.open({ stateDir, cvmfsRoot, allow: ['*.cern.ch'], backend, mountCommand: [standinHelper, '-t', 'cvmfs'], checkIntervalMs: 0, host: systemHost, log: silentLogger() });
+    const m = await MountManager.open({
+      stateDir,
+      cvmfsRoot,
+      allow: ['*.cern.ch'],
+      backend,
+      mountCommand: [standinHelper, '-t', 'cvmfs'],
+      checkIntervalMs: 0,
+      host: systemHost,
+      log: silentLogger(),
+    });
     managers.push(m);
     return m;
   };

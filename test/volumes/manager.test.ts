@@ -244,7 +244,9 @@ describe('a stalled repository (no answer: every request that needs it fails wit
     expect(Date.now() - t1).toBeLessThan(T / 2);
     for (const f of await Promise.all(pending)) {
       expect(f.error).toMatchObject({ code: 'CVMFS_THIN_CVMFS_STALLED', kind: 'unavailable' });
-      expect(f.error.message).toMatch(/^repository cms\.cern\.ch: CVMFS at .*\/cms\.cern\.ch (did not answer within 0\.3 s|has not answered for [\d.]+ s \(deadline 0\.3 s)/);
+      expect(f.error.message).toMatch(
+        /^repository cms\.cern\.ch: CVMFS at .*\/cms\.cern\.ch (did not answer within 0\.3 s|has not answered for [\d.]+ s \(deadline 0\.3 s)/,
+      );
       expect(f.ms).toBeLessThan(T + 250);
     }
     // known to stall: the next request fails at once
@@ -374,7 +376,9 @@ describe('a stalled repository (no answer: every request that needs it fails wit
     host.mount('cvmfs2', atlas, 'fuse', 0, null);
     host.stalled.add(atlas);
     const g = await failure(m.acquire(m.parse('atlas.cern.ch'), { id: 'b' }));
-    expect(g.error.message).toBe(`repository atlas.cern.ch: CVMFS at ${atlas} did not answer within 0.2 s (cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`);
+    expect(g.error.message).toBe(
+      `repository atlas.cern.ch: CVMFS at ${atlas} did not answer within 0.2 s (cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`,
+    );
     expect(g.ms).toBeLessThan(500);
     host.unstall();
     await new Promise((r) => setTimeout(r, 20));
@@ -395,7 +399,13 @@ describe('a stalled repository (no answer: every request that needs it fails wit
     const took = Date.now() - t0;
     expect(took).toBeGreaterThanOrEqual(T - 20);
     expect(took).toBeLessThan(2 * T);
-    expect(host.ops('probeFs').slice(before).flatMap((c) => c.args as string[]).sort()).toEqual(paths.map((p) => `statfs ${p}`).sort());
+    expect(
+      host
+        .ops('probeFs')
+        .slice(before)
+        .flatMap((c) => c.args as string[])
+        .sort(),
+    ).toEqual(paths.map((p) => `statfs ${p}`).sort());
     expect(m2.list().filter((v) => v.mounted)).toHaveLength(3);
     expect(host.ops('umount')).toHaveLength(0);
     expect(host.stalled.has(path.join(cvmfsRoot, 'cms.cern.ch'))).toBe(false);

@@ -103,13 +103,15 @@ export class DockerArchiveSource implements ImageSource {
       if (!entry) throw new NotFoundError(`${what}: the archive holds ${entries.length} image(s); @${this.sel.index} does not exist`);
     } else if (this.sel.ref) {
       const want = this.sel.ref;
-      entry = entries.find((e) => (e.RepoTags ?? []).some((t) => {
-        try {
-          return sameRef(parseDockerReference(t), want);
-        } catch {
-          return false;
-        }
-      }));
+      entry = entries.find((e) =>
+        (e.RepoTags ?? []).some((t) => {
+          try {
+            return sameRef(parseDockerReference(t), want);
+          } catch {
+            return false;
+          }
+        }),
+      );
       if (!entry) {
         const tags = entries.flatMap((e) => e.RepoTags ?? []);
         throw new NotFoundError(`${what}: no image tagged ${familiarName(want)} (tags: ${tags.join(', ') || 'none'})`);
@@ -119,7 +121,8 @@ export class DockerArchiveSource implements ImageSource {
     } else {
       throw new BadReferenceError(`${what}: the archive holds ${entries.length} images; name one with :REF or :@INDEX`);
     }
-    if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers)) throw new BadContentError(`${what}: manifest.json entry lacks Config or Layers`, 'CVMFS_THIN_BAD_ARCHIVE');
+    if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers))
+      throw new BadContentError(`${what}: manifest.json entry lacks Config or Layers`, 'CVMFS_THIN_BAD_ARCHIVE');
     if (!this.name && entry.RepoTags?.[0]) {
       try {
         this.name = parseDockerReference(entry.RepoTags[0]);
@@ -131,7 +134,8 @@ export class DockerArchiveSource implements ImageSource {
       const clean = cleanArchiveName(n, what);
       const r = clean ? resolveName(this.sp, clean) : undefined;
       const info = r ? this.sp.files.get(r) : undefined;
-      if (!r || !info) throw new BadContentError(`${what}: ${kind} ${JSON.stringify(n)} is listed in manifest.json but missing from the archive`, 'CVMFS_THIN_BAD_ARCHIVE');
+      if (!r || !info)
+        throw new BadContentError(`${what}: ${kind} ${JSON.stringify(n)} is listed in manifest.json but missing from the archive`, 'CVMFS_THIN_BAD_ARCHIVE');
       return { rel: r, ...info };
     };
     const cfg = fileOf(entry.Config, 'config');
@@ -270,7 +274,9 @@ export class DockerArchiveTarget implements ImageTarget {
   }
   async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
     if (images.length !== 1 || index) {
-      throw new BadReferenceError(`${this.description}: a docker archive holds one platform; write multi-platform thin images to docker://, oci: or oci-archive:`);
+      throw new BadReferenceError(
+        `${this.description}: a docker archive holds one platform; write multi-platform thin images to docker://, oci: or oci-archive:`,
+      );
     }
     const img = images[0]!;
     const cfgHex = img.config.digest.slice(7);

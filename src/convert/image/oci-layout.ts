@@ -25,7 +25,9 @@ async function readIndex(dir: string, what: string): Promise<{ raw: RawManifest;
   try {
     bytes = await fsp.readFile(path.join(dir, 'index.json'));
   } catch (e) {
-    throw new NotFoundError(`${what}: ${path.join(dir, 'index.json')}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not an OCI image layout (no index.json)' : (e as Error).message}`);
+    throw new NotFoundError(
+      `${what}: ${path.join(dir, 'index.json')}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not an OCI image layout (no index.json)' : (e as Error).message}`,
+    );
   }
   const raw: RawManifest = { bytes, mediaType: MT.ociIndex, digest: sha256Digest(bytes) };
   const p = parseManifest(raw, `${what}: index.json`);
@@ -91,11 +93,16 @@ export class OciLayoutSource implements ImageSource {
     try {
       bytes = await fsp.readFile(blobPath(this.dir, desc.digest));
     } catch (e) {
-      throw new NotFoundError(`${this.description}: blob ${desc.digest}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing from the layout' : (e as Error).message}`);
+      throw new NotFoundError(
+        `${this.description}: blob ${desc.digest}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing from the layout' : (e as Error).message}`,
+      );
     }
     const got = sha256Digest(bytes);
     if (got !== desc.digest || bytes.length !== desc.size) {
-      throw new BadContentError(`${this.description}: blob ${desc.digest}: content has digest ${got} and ${bytes.length} bytes (declared ${desc.size})`, 'CVMFS_THIN_DIGEST_MISMATCH');
+      throw new BadContentError(
+        `${this.description}: blob ${desc.digest}: content has digest ${got} and ${bytes.length} bytes (declared ${desc.size})`,
+        'CVMFS_THIN_DIGEST_MISMATCH',
+      );
     }
     return bytes;
   }

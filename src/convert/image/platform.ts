@@ -85,7 +85,10 @@ export function selectPlatform(index: ImageIndex, want: PlatformSpec, what: stri
   const matches = withPlatform.filter((d) => platformMatches(want, d.platform!));
   if (matches.length === 0) {
     const avail = withPlatform.map((d) => formatPlatform(d.platform!)).join(', ') || '(none declared)';
-    throw new InvalidArgumentError(`${what}: no image for platform ${formatPlatform(want)} (available: ${avail}); choose one with --platform or use --all-platforms`, 'CVMFS_THIN_NO_PLATFORM');
+    throw new InvalidArgumentError(
+      `${what}: no image for platform ${formatPlatform(want)} (available: ${avail}); choose one with --platform or use --all-platforms`,
+      'CVMFS_THIN_NO_PLATFORM',
+    );
   }
   const wantVariant = normVariant(want.architecture, want.variant ?? hostDefaultVariant(want));
   const exact = matches.find((d) => normVariant(d.platform!.architecture, d.platform!.variant) === wantVariant);

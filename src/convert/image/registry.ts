@@ -22,7 +22,8 @@ export class RegistrySource implements ImageSource {
   }
   async manifest(desc: Descriptor): Promise<RawManifest> {
     const m = await this.client.getManifest(this.ref.repository, desc.digest);
-    if (m.bytes.length !== desc.size) throw new BadContentError(`${this.description}: manifest ${desc.digest} has ${m.bytes.length} bytes, the index declares ${desc.size}`);
+    if (m.bytes.length !== desc.size)
+      throw new BadContentError(`${this.description}: manifest ${desc.digest} has ${m.bytes.length} bytes, the index declares ${desc.size}`);
     return { ...m, mediaType: m.mediaType || desc.mediaType };
   }
   blobBytes(desc: Descriptor, limit: number): Promise<Buffer> {

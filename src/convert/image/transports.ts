@@ -77,4 +77,3 @@ export function openTarget(ref: ImageReference, regs: Registries, o: TransportOp
       return new DockerArchiveTarget(ref.path, ref.ref ?? name);
   }
 }
-

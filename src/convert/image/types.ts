@@ -179,7 +179,10 @@ export function parseManifest(raw: RawManifest, what: string): ParsedManifest {
   const inner = str(o, 'mediaType', what, true);
   const declared = raw.mediaType.split(';')[0]!.trim();
   if (o['schemaVersion'] === 1 || declared === MT.dockerSchema1 || declared === MT.dockerSchema1Signed) {
-    throw new BadContentError(`${what}: Docker schema 1 manifests are not supported (deprecated since 2017); re-push the image with a current client`, 'CVMFS_THIN_UNSUPPORTED');
+    throw new BadContentError(
+      `${what}: Docker schema 1 manifests are not supported (deprecated since 2017); re-push the image with a current client`,
+      'CVMFS_THIN_UNSUPPORTED',
+    );
   }
   if (o['schemaVersion'] !== 2) throw new BadContentError(`${what}.schemaVersion: must be 2`);
   let mt = inner ?? declared;
@@ -216,7 +219,8 @@ export function parseConfig(bytes: Buffer, what: string, layerCount: number): Im
   const o = parseJson(bytes, what) as ImageConfig;
   const rootfs = o.rootfs;
   if (rootfs !== undefined) {
-    if (typeof rootfs !== 'object' || rootfs === null || !Array.isArray(rootfs.diff_ids)) throw new BadContentError(`${what}.rootfs.diff_ids: must be an array`);
+    if (typeof rootfs !== 'object' || rootfs === null || !Array.isArray(rootfs.diff_ids))
+      throw new BadContentError(`${what}.rootfs.diff_ids: must be an array`);
     rootfs.diff_ids.forEach((d, i) => {
       if (typeof d !== 'string' || !parseDigest(d)) throw new BadContentError(`${what}.rootfs.diff_ids[${i}]: ${JSON.stringify(d)} is not a sha256 digest`);
     });

@@ -36,7 +36,12 @@ export class DigestVerifier extends Transform {
     }
     const got = `sha256:${this.hash.digest('hex')}`;
     if (got !== this.digest) {
-      cb(new BadContentError(`${this.what} does not match its digest: content has digest ${got}, the manifest declares ${this.digest}`, 'CVMFS_THIN_DIGEST_MISMATCH'));
+      cb(
+        new BadContentError(
+          `${this.what} does not match its digest: content has digest ${got}, the manifest declares ${this.digest}`,
+          'CVMFS_THIN_DIGEST_MISMATCH',
+        ),
+      );
       return;
     }
     this.verified = true;

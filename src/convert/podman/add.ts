@@ -104,20 +104,37 @@ function validate(input: PodmanImageInput): { configDigest: string; manifestDige
   const config = parseJson(input.config, 'config');
   const configDigest = sha256(input.config);
   const mc = manifest['config'] as { digest?: unknown } | undefined;
-  if (mc?.digest !== configDigest) throw new InvalidArgumentError(`podman store: the manifest names config ${JSON.stringify(mc?.digest)}, the config given has digest ${configDigest}`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
+  if (mc?.digest !== configDigest)
+    throw new InvalidArgumentError(
+      `podman store: the manifest names config ${JSON.stringify(mc?.digest)}, the config given has digest ${configDigest}`,
+      'CVMFS_THIN_PODMAN_BAD_INPUT',
+    );
   const ml = manifest['layers'];
-  if (!Array.isArray(ml)) throw new InvalidArgumentError('podman store: the manifest has no layers list (an index is not an image)', 'CVMFS_THIN_PODMAN_BAD_INPUT');
+  if (!Array.isArray(ml))
+    throw new InvalidArgumentError('podman store: the manifest has no layers list (an index is not an image)', 'CVMFS_THIN_PODMAN_BAD_INPUT');
   if (input.layers.length === 0) throw new InvalidArgumentError('podman store: an image without layers cannot be stored', 'CVMFS_THIN_PODMAN_BAD_INPUT');
-  if (ml.length !== input.layers.length) throw new InvalidArgumentError(`podman store: the manifest has ${ml.length} layers, ${input.layers.length} were given`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
+  if (ml.length !== input.layers.length)
+    throw new InvalidArgumentError(`podman store: the manifest has ${ml.length} layers, ${input.layers.length} were given`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
   const diffIds = ((config['rootfs'] as { diff_ids?: unknown } | undefined)?.diff_ids ?? []) as unknown[];
   if (!Array.isArray(diffIds) || diffIds.length !== input.layers.length) {
-    throw new InvalidArgumentError(`podman store: the config lists ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${input.layers.length} layers`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
+    throw new InvalidArgumentError(
+      `podman store: the config lists ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${input.layers.length} layers`,
+      'CVMFS_THIN_PODMAN_BAD_INPUT',
+    );
   }
   input.layers.forEach((l, i) => {
     mustDigest(l.digest, `layer ${i} digest`);
     mustDigest(l.diffId, `layer ${i} diff ID`);
-    if ((ml[i] as { digest?: unknown }).digest !== l.digest) throw new InvalidArgumentError(`podman store: layer ${i} is ${l.digest}, the manifest says ${JSON.stringify((ml[i] as { digest?: unknown }).digest)}`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
-    if (diffIds[i] !== l.diffId) throw new InvalidArgumentError(`podman store: layer ${i} has diff ID ${l.diffId}, the config says ${JSON.stringify(diffIds[i])}`, 'CVMFS_THIN_PODMAN_BAD_INPUT');
+    if ((ml[i] as { digest?: unknown }).digest !== l.digest)
+      throw new InvalidArgumentError(
+        `podman store: layer ${i} is ${l.digest}, the manifest says ${JSON.stringify((ml[i] as { digest?: unknown }).digest)}`,
+        'CVMFS_THIN_PODMAN_BAD_INPUT',
+      );
+    if (diffIds[i] !== l.diffId)
+      throw new InvalidArgumentError(
+        `podman store: layer ${i} has diff ID ${l.diffId}, the config says ${JSON.stringify(diffIds[i])}`,
+        'CVMFS_THIN_PODMAN_BAD_INPUT',
+      );
   });
   const created = input.created ?? (typeof config['created'] === 'string' ? config['created'] : undefined);
   return { configDigest, manifestDigest: sha256(input.manifest), created: created && !Number.isNaN(Date.parse(created)) ? created : undefined };
@@ -170,7 +187,11 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
   const modes: LayerNote['whiteouts'][] = [];
   for (const [i, hex] of hexes.entries()) {
     const st = await lstatOrNull(layerRootfs(path.resolve(repoDir), hex)).catch(() => null);
-    if (!st?.isDirectory()) throw new NotFoundError(`podman store: layer ${i} sha256:${hex} is not in the repository (${layerRootfs(repoDir, hex)} is missing)`, 'CVMFS_THIN_PODMAN_LAYER_MISSING');
+    if (!st?.isDirectory())
+      throw new NotFoundError(
+        `podman store: layer ${i} sha256:${hex} is not in the repository (${layerRootfs(repoDir, hex)} is missing)`,
+        'CVMFS_THIN_PODMAN_LAYER_MISSING',
+      );
     const w = await whiteoutMode(path.resolve(repoDir), hex);
     if (w.mode === 'record') {
       throw new FailedPreconditionError(
@@ -182,7 +203,10 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
     if (w.mode === 'plain') {
       const msg = `layer sha256:${hex} keeps deletions as plain .wh.* files (e.g. ${path.relative(layerRootfs(repoDir, hex), w.example!)}), which kernel overlay does not apply`;
       if (!o.allowPlainWhiteouts) {
-        throw new FailedPreconditionError(`podman store: ${msg}; convert with --whiteouts overlay (and --overwrite-layers for DUCC's layers), or allow it for nodes that use fuse-overlayfs`, 'CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS');
+        throw new FailedPreconditionError(
+          `podman store: ${msg}; convert with --whiteouts overlay (and --overwrite-layers for DUCC's layers), or allow it for nodes that use fuse-overlayfs`,
+          'CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS',
+        );
       }
       warnings.push(`${msg}: nodes must use fuse-overlayfs (mount_program)`);
     }
@@ -216,7 +240,9 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
       lower = lower === null ? `l/${link}` : `l/${link}:${lower}`;
     }
     if (noTarSplit.length > 0) {
-      warnings.push(`layers without a tar-split (converted by DUCC or an earlier cvmfs-thin): ${noTarSplit.join(', ')}; podman run, commit and build work, podman save and push of this image fail ("Digest did not match")`);
+      warnings.push(
+        `layers without a tar-split (converted by DUCC or an earlier cvmfs-thin): ${noTarSplit.join(', ')}; podman run, commit and build work, podman save and push of this image fail ("Digest did not match")`,
+      );
     }
 
     // 2. layers.json: append the missing records (existing ones are kept as they are)
@@ -264,7 +290,16 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
     let status: AddResult['status'] = 'present';
     const moved: AddResult['names_moved'] = [];
     if (!image) {
-      image = { id: imageId, digest: v.manifestDigest, names: [], layer: ids[ids.length - 1]!, 'big-data-names': [], 'big-data-sizes': {}, 'big-data-digests': {}, created: v.created ?? now };
+      image = {
+        id: imageId,
+        digest: v.manifestDigest,
+        names: [],
+        layer: ids[ids.length - 1]!,
+        'big-data-names': [],
+        'big-data-sizes': {},
+        'big-data-digests': {},
+        created: v.created ?? now,
+      };
       images.push(image);
       status = 'added';
     }
@@ -312,6 +347,15 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
       status = 'updated';
     }
     o.log?.info({ image: imageId, names, status, layers_added: added.length, layers_reused: reused.length }, 'podman store updated');
-    return { image_id: imageId, names, status, layers_added: added, layers_reused: reused, names_moved: moved, repaired: s.recovered || s.cleaned.length > 0, warnings };
+    return {
+      image_id: imageId,
+      names,
+      status,
+      layers_added: added,
+      layers_reused: reused,
+      names_moved: moved,
+      repaired: s.recovered || s.cleaned.length > 0,
+      warnings,
+    };
   });
 }

@@ -58,7 +58,9 @@ export async function checkPodmanStore(repoDir: string, o: { storeRoot?: string 
     const diffLink = await fsp.readlink(path.join(dir, 'diff')).catch(() => null);
     const hex = diffLink === null ? null : p.diffHex(diffLink);
     if (hex === null) {
-      problems.push(`layer ${l.id}: diff is ${JSON.stringify(diffLink)}, not an absolute link into ${p.mountRoot}/.layers (containers/storage refuses relative ones)`);
+      problems.push(
+        `layer ${l.id}: diff is ${JSON.stringify(diffLink)}, not an absolute link into ${p.mountRoot}/.layers (containers/storage refuses relative ones)`,
+      );
     } else {
       const diff = await fsp.stat(p.localRootfs(hex)).catch(() => null);
       if (!diff?.isDirectory()) problems.push(`layer ${l.id}: diff leads to ${p.localRootfs(hex)} in the repository directory, which is not a directory`);
@@ -95,7 +97,8 @@ export async function checkPodmanStore(repoDir: string, o: { storeRoot?: string 
   for (const im of images) {
     for (const n of im.names ?? []) {
       const other = names.get(n);
-      if (other !== undefined) problems.push(`images.json: name ${n} held by ${other} and ${im.id} (containers/storage refuses a read-only store with duplicate names)`);
+      if (other !== undefined)
+        problems.push(`images.json: name ${n} held by ${other} and ${im.id} (containers/storage refuses a read-only store with duplicate names)`);
       names.set(n, im.id);
     }
     if (im.layer === undefined || !byId.has(im.layer)) problems.push(`image ${im.id}: top layer ${im.layer} is not listed`);

@@ -50,7 +50,14 @@ export const TAR_SPLIT_SUFFIX = '.tar-split.gz';
  * (`/cvmfs/<repository>`): absolute, normalised, not `/`, no control characters.
  */
 export function checkStoreRoot(root: unknown, what = '--podman-store-root'): string {
-  if (typeof root !== 'string' || !path.isAbsolute(root) || root === '/' || path.normalize(root) !== root || root.endsWith('/') || /[\u0000-\u001f\u007f]/.test(root)) {
+  if (
+    typeof root !== 'string' ||
+    !path.isAbsolute(root) ||
+    root === '/' ||
+    path.normalize(root) !== root ||
+    root.endsWith('/') ||
+    /[\u0000-\u001f\u007f]/.test(root)
+  ) {
     throw new InvalidArgumentError(
       `${what} ${JSON.stringify(root)} is not an absolute, normalised directory path (where the repository is mounted on the nodes, e.g. /cvmfs/unpacked.cern.ch)`,
       'CVMFS_THIN_PODMAN_STORE_ROOT',
@@ -109,7 +116,8 @@ export function isHex64(s: unknown): s is string {
 }
 
 export function mustDigest(s: unknown, what: string): string {
-  if (!isDigest(s)) throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a sha256 digest (want sha256:<64 lowercase hex>)`, 'CVMFS_THIN_PODMAN_BAD_DIGEST');
+  if (!isDigest(s))
+    throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a sha256 digest (want sha256:<64 lowercase hex>)`, 'CVMFS_THIN_PODMAN_BAD_DIGEST');
   return s;
 }
 
@@ -172,7 +180,10 @@ export function podmanName(r: DockerReference): string {
 /** A store name we accept: a reference without white space or control characters, at most 512 bytes. */
 export function checkName(n: unknown): string {
   if (typeof n !== 'string' || n.length === 0 || n.length > 512 || /[\s\u0000-\u001f\u007f]/.test(n) || !n.includes('/')) {
-    throw new InvalidArgumentError(`podman store: image name ${JSON.stringify(n)} is not a full reference (registry/repository:tag)`, 'CVMFS_THIN_PODMAN_BAD_NAME');
+    throw new InvalidArgumentError(
+      `podman store: image name ${JSON.stringify(n)} is not a full reference (registry/repository:tag)`,
+      'CVMFS_THIN_PODMAN_BAD_NAME',
+    );
   }
   return n;
 }

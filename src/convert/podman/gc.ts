@@ -54,7 +54,7 @@ async function referenced(repoDir: string): Promise<{ configs: Set<string>; laye
 function chain(top: string | undefined, byId: Map<string, StoreLayer>): StoreLayer[] {
   const out: StoreLayer[] = [];
   const seen = new Set<string>();
-  for (let id = top; id !== undefined && !seen.has(id); ) {
+  for (let id = top; id !== undefined && !seen.has(id);) {
     seen.add(id);
     const l = byId.get(id);
     if (!l) break;
@@ -65,7 +65,13 @@ function chain(top: string | undefined, byId: Map<string, StoreLayer>): StoreLay
 }
 
 /** Remove `drop` images and every layer no kept image needs; returns the removed layer IDs. */
-async function removeFromStore(p: StorePaths, images: StoreImage[], layers: StoreLayer[], drop: Set<string>, errors: PodmanGcReport['errors']): Promise<string[]> {
+async function removeFromStore(
+  p: StorePaths,
+  images: StoreImage[],
+  layers: StoreLayer[],
+  drop: Set<string>,
+  errors: PodmanGcReport['errors'],
+): Promise<string[]> {
   const keptImages = images.filter((im) => !drop.has(im.id));
   const byId = new Map(layers.map((l) => [l.id, l]));
   const needed = new Set<string>();
@@ -74,7 +80,8 @@ async function removeFromStore(p: StorePaths, images: StoreImage[], layers: Stor
   const goneLayers = layers.filter((l) => !needed.has(l.id));
   if (keptImages.length !== images.length) await writeImages(p, keptImages);
   if (goneLayers.length > 0) await writeLayers(p, keptLayers);
-  for (const id of drop) await fsp.rm(p.image(id), { recursive: true, force: true }).catch((e: Error) => errors.push({ path: p.image(id), message: e.message }));
+  for (const id of drop)
+    await fsp.rm(p.image(id), { recursive: true, force: true }).catch((e: Error) => errors.push({ path: p.image(id), message: e.message }));
   for (const l of goneLayers) {
     const link = await fsp.readFile(path.join(p.layer(l.id), 'link'), 'utf8').catch(() => null);
     if (link && /^[A-Z2-7]{26}$/.test(link)) await fsp.rm(p.link(link), { force: true }).catch(() => undefined);
@@ -107,7 +114,13 @@ export async function collectPodmanStore(repoDir: string, o: PodmanGcOptions): P
 }
 
 /** Decide what goes (fills `report.removed_images`, `kept_recent`, and `removed_layers` as planned). */
-async function plan(root: string, p: StorePaths, now: number, o: PodmanGcOptions, report: PodmanGcReport): Promise<{ images: StoreImage[]; layers: StoreLayer[]; drop: Set<string> }> {
+async function plan(
+  root: string,
+  p: StorePaths,
+  now: number,
+  o: PodmanGcOptions,
+  report: PodmanGcReport,
+): Promise<{ images: StoreImage[]; layers: StoreLayer[]; drop: Set<string> }> {
   const ref = await referenced(root);
   const images = await readImages(p);
   const layers = await readLayers(p);
@@ -171,7 +184,8 @@ export async function removeNamesFromPodmanStore(
     for (const im of kept) if (!drop.has(im.id)) for (const l of chain(im.layer, byId)) needed.add(l.id);
     return { untagged, notFound, kept, drop, goneLayers: layers.filter((l) => !needed.has(l.id)).map((l) => l.id) };
   };
-  if (!(await lstatOrNull(path.join(root, 'podmanStore')))?.isDirectory()) return { untagged: [], removed_images: [], removed_layers: [], not_found: [...names] };
+  if (!(await lstatOrNull(path.join(root, 'podmanStore')))?.isDirectory())
+    return { untagged: [], removed_images: [], removed_layers: [], not_found: [...names] };
   if (o.dryRun) {
     const p = new StorePaths(root);
     const d = decide(await readImages(p), await readLayers(p));
@@ -198,7 +212,11 @@ export async function removeNamesFromPodmanStore(
 }
 
 /** Remove images by ID (or unambiguous ID prefix) or name, with the layers only they used. */
-export async function removeImagesFromPodmanStore(repoDir: string, refs: string[], o: StoreIoOptions = {}): Promise<{ removed_images: string[]; removed_layers: string[]; not_found: string[] }> {
+export async function removeImagesFromPodmanStore(
+  repoDir: string,
+  refs: string[],
+  o: StoreIoOptions = {},
+): Promise<{ removed_images: string[]; removed_layers: string[]; not_found: string[] }> {
   return withStore(path.resolve(repoDir), o, async ({ paths: p }) => {
     const images = await readImages(p);
     const layers = await readLayers(p);

@@ -97,7 +97,11 @@ export async function readText(p: string): Promise<string | null> {
  * another blob of the same content (gzip vs zstd: same ID) is kept. Returns
  * whether it was written and the blob `diff` points at.
  */
-export async function ensureLayerDir(p: StorePaths, id: string, want: { hex: string; link: string; lower: string | null; note: LayerNote }): Promise<{ wrote: boolean; hex: string }> {
+export async function ensureLayerDir(
+  p: StorePaths,
+  id: string,
+  want: { hex: string; link: string; lower: string | null; note: LayerNote },
+): Promise<{ wrote: boolean; hex: string }> {
   const dir = p.layer(id);
   const target = p.diffTarget(want.hex);
   const st = await lstatOrNull(dir);
@@ -106,7 +110,14 @@ export async function ensureLayerDir(p: StorePaths, id: string, want: { hex: str
     const note = await readText(path.join(dir, LAYER_NOTE));
     const other = diff === null || diff === target ? null : p.diffHex(diff);
     const diffOk =
-      diff === target ? note === `${JSON.stringify(want.note)}\n` : other !== null && note !== null && (await fsp.stat(p.localRootfs(other)).then((x) => x.isDirectory(), () => false));
+      diff === target
+        ? note === `${JSON.stringify(want.note)}\n`
+        : other !== null &&
+          note !== null &&
+          (await fsp.stat(p.localRootfs(other)).then(
+            (x) => x.isDirectory(),
+            () => false,
+          ));
     const ok = diffOk && (await readText(path.join(dir, 'link'))) === want.link && (await readText(path.join(dir, 'lower'))) === want.lower;
     if (ok) return { wrote: false, hex: other ?? want.hex };
   }

@@ -52,7 +52,11 @@ async function ensureRealDir(dir: string): Promise<void> {
     await fsp.mkdir(dir, { mode: 0o755 });
     return;
   }
-  if (!st.isDirectory()) throw new FailedPreconditionError(`podman store: ${dir} exists and is not a directory (a symbolic link or a file is refused)`, 'CVMFS_THIN_PODMAN_BAD_STORE');
+  if (!st.isDirectory())
+    throw new FailedPreconditionError(
+      `podman store: ${dir} exists and is not a directory (a symbolic link or a file is refused)`,
+      'CVMFS_THIN_PODMAN_BAD_STORE',
+    );
 }
 
 /** A lock file with a valid last-writer token (created when missing; a shorter one gets a token). */
@@ -77,7 +81,8 @@ export async function touchLock(file: string): Promise<void> {
 /** Create the store's directories and lock files (idempotent). */
 export async function ensureSkeleton(p: StorePaths): Promise<void> {
   const repo = await lstatOrNull(p.repoDir);
-  if (!repo || !repo.isDirectory()) throw new InvalidArgumentError(`podman store: repository directory ${p.repoDir} does not exist`, 'CVMFS_THIN_PODMAN_BAD_STORE');
+  if (!repo || !repo.isDirectory())
+    throw new InvalidArgumentError(`podman store: repository directory ${p.repoDir} does not exist`, 'CVMFS_THIN_PODMAN_BAD_STORE');
   if ((await lstatOrNull(p.root)) === null) {
     // a new store appears whole (directories and lock files) or not at all
     const tmpRoot = path.join(p.repoDir, tmpName('podmanStore'));
@@ -115,7 +120,10 @@ export async function readJsonArray<T extends { id: string }>(file: string, what
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new FailedPreconditionError(`podman store: ${file} is not valid JSON (${(e as Error).message}); remove the store directory and convert again to rebuild it`, 'CVMFS_THIN_PODMAN_BAD_STORE');
+    throw new FailedPreconditionError(
+      `podman store: ${file} is not valid JSON (${(e as Error).message}); remove the store directory and convert again to rebuild it`,
+      'CVMFS_THIN_PODMAN_BAD_STORE',
+    );
   }
   if (!Array.isArray(v) || v.some((x) => typeof x !== 'object' || x === null || typeof (x as { id?: unknown }).id !== 'string')) {
     throw new FailedPreconditionError(`podman store: ${file} is not a list of ${what} records with an "id"`, 'CVMFS_THIN_PODMAN_BAD_STORE');

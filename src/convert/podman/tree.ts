@@ -62,14 +62,18 @@ export async function addTreeImageToPodmanStore(
   }
   const rel = o.platformDir ? path.join(METADATA_DIR, MULTIARCH_DIR, o.platformDir, treeName) : path.join(METADATA_DIR, treeName);
   const dir = path.resolve(repoDir, rel);
-  if (!dir.startsWith(path.resolve(repoDir, METADATA_DIR) + path.sep)) throw new InvalidArgumentError(`podman store: image name ${JSON.stringify(treeName)} leaves .metadata`, 'CVMFS_THIN_PODMAN_BAD_NAME');
+  if (!dir.startsWith(path.resolve(repoDir, METADATA_DIR) + path.sep))
+    throw new InvalidArgumentError(`podman store: image name ${JSON.stringify(treeName)} leaves .metadata`, 'CVMFS_THIN_PODMAN_BAD_NAME');
   let manifest: Buffer;
   let config: Buffer;
   try {
     manifest = await fsp.readFile(path.join(dir, 'manifest.json'));
     config = await fsp.readFile(path.join(dir, 'config.json'));
   } catch {
-    throw new NotFoundError(`podman store: image ${treeName} is not converted in ${repoDir} (no ${rel}/manifest.json and config.json)`, 'CVMFS_THIN_PODMAN_IMAGE_MISSING');
+    throw new NotFoundError(
+      `podman store: image ${treeName} is not converted in ${repoDir} (no ${rel}/manifest.json and config.json)`,
+      'CVMFS_THIN_PODMAN_IMAGE_MISSING',
+    );
   }
   const input = await podmanInput(repoDir, { names: o.names ?? [podmanName(ref)], manifest, config });
   return addImageToPodmanStore(repoDir, input, o);

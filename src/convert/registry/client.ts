@@ -68,8 +68,16 @@ export class RegistryClient extends RegistrySession {
     const self = this;
     async function* gen(): AsyncGenerator<Buffer> {
       let offset = 0;
-      const retrier = new Retrier(self.retry, `${what}: download`, (cause, attempts) =>
-        new RegistryError('unavailable', `${what}: download interrupted at byte ${offset} of ${size}: ${describeCause(cause)} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`, undefined, { cause }),
+      const retrier = new Retrier(
+        self.retry,
+        `${what}: download`,
+        (cause, attempts) =>
+          new RegistryError(
+            'unavailable',
+            `${what}: download interrupted at byte ${offset} of ${size}: ${describeCause(cause)} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`,
+            undefined,
+            { cause },
+          ),
       );
       for (;;) {
         const headers: Record<string, string> = offset > 0 ? { Range: `bytes=${offset}-` } : {};
@@ -114,7 +122,12 @@ export class RegistryClient extends RegistrySession {
    * from each of `mountFrom` first. `data` is the content (small blobs) or a
    * function opening it (large ones; called again for each retry).
    */
-  pushBlob(repo: string, desc: { digest: string; size: number }, data: Buffer | (() => Readable), mountFrom: readonly string[] = []): Promise<'exists' | 'mounted' | 'uploaded'> {
+  pushBlob(
+    repo: string,
+    desc: { digest: string; size: number },
+    data: Buffer | (() => Readable),
+    mountFrom: readonly string[] = [],
+  ): Promise<'exists' | 'mounted' | 'uploaded'> {
     return pushBlob(this, repo, desc, data, mountFrom);
   }
 
@@ -130,7 +143,8 @@ export class RegistryClient extends RegistrySession {
     if (res.status !== 201 && res.status !== 200 && res.status !== 202) await this.fail(res, what);
     await drain(res);
     const d = res.headers.get('docker-content-digest');
-    if (d && d.startsWith('sha256:') && d !== raw.digest) throw new BadContentError(`${what}: registry stored it as ${d}, expected ${raw.digest}`, 'CVMFS_THIN_DIGEST_MISMATCH');
+    if (d && d.startsWith('sha256:') && d !== raw.digest)
+      throw new BadContentError(`${what}: registry stored it as ${d}, expected ${raw.digest}`, 'CVMFS_THIN_DIGEST_MISMATCH');
     return raw.digest;
   }
 
@@ -145,7 +159,8 @@ export class RegistryClient extends RegistrySession {
       const res: Response = await this.request('GET', next, { scopes: [pullScope(repo)], what, absolute: abs });
       if (!res.ok) await this.fail(res, what);
       const body = (await res.json().catch(() => null)) as { tags?: unknown } | null;
-      if (!body || (body.tags !== null && body.tags !== undefined && !Array.isArray(body.tags))) throw new BadContentError(`${what}: answer is not {"tags": [...]}`);
+      if (!body || (body.tags !== null && body.tags !== undefined && !Array.isArray(body.tags)))
+        throw new BadContentError(`${what}: answer is not {"tags": [...]}`);
       for (const t of (body.tags as unknown[] | null) ?? []) if (typeof t === 'string') tags.push(t);
       const link = res.headers.get('link');
       const m = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link) : null;

@@ -24,7 +24,13 @@ function withDigest(location: string, digest: string): string {
   return u.toString();
 }
 
-export async function pushBlob(c: RegistryClient, repo: string, desc: Desc, data: Buffer | (() => Readable), mountFrom: readonly string[]): Promise<'exists' | 'mounted' | 'uploaded'> {
+export async function pushBlob(
+  c: RegistryClient,
+  repo: string,
+  desc: Desc,
+  data: Buffer | (() => Readable),
+  mountFrom: readonly string[],
+): Promise<'exists' | 'mounted' | 'uploaded'> {
   const what = `${c.registry}/${repo}: push blob ${desc.digest}`;
   if (await c.blobExists(repo, desc.digest)) return 'exists';
   const base = await c.baseUrl();

@@ -103,7 +103,10 @@ export class Retrier {
     if (signal?.aborted) throw signal.reason ?? cause;
     if (this.last) throw this.giveUp(cause, this.attempt + 1, status);
     const delayMs = retryDelay(this.attempt, retryAfter, this.policy.backoffMs);
-    this.policy.log?.info({ what: this.what, attempt: this.attempt + 1, delayMs, ...(status ? { status } : { err: describeCause(cause) }) }, 'retrying after a transient failure');
+    this.policy.log?.info(
+      { what: this.what, attempt: this.attempt + 1, delayMs, ...(status ? { status } : { err: describeCause(cause) }) },
+      'retrying after a transient failure',
+    );
     this.attempt++;
     await sleep(delayMs, signal);
   }

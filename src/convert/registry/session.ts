@@ -169,7 +169,8 @@ export class RegistrySession {
     if (!ch) return null;
     const creds = await this.creds;
     if (ch.scheme === 'basic') {
-      if (!creds || creds.identityToken) throw new RegistryError('failed-precondition', `registry ${this.registry}: requires a username and password (use --creds or docker login)`, 401);
+      if (!creds || creds.identityToken)
+        throw new RegistryError('failed-precondition', `registry ${this.registry}: requires a username and password (use --creds or docker login)`, 401);
       return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
     }
     const key = [...new Set(scopes)].sort().join(' ');

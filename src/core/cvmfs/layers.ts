@@ -27,7 +27,17 @@ import { mapLimit } from '../util/concurrency.js';
 import { isInside, pathExists } from '../fs/fsutil.js';
 import { type Host, systemHost } from '../host/host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
-import { chainDir, dirtyChainMarker, duccChainIds, layerMarker, layerRootfs, type LayerMarker, type LayerRecord, LayerRecordError, parseLayerMarker } from './layout.js';
+import {
+  chainDir,
+  dirtyChainMarker,
+  duccChainIds,
+  layerMarker,
+  layerRootfs,
+  type LayerMarker,
+  type LayerRecord,
+  LayerRecordError,
+  parseLayerMarker,
+} from './layout.js';
 import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
 import { lostModes, rootCatalog, specialModes } from './chains.js';
 
@@ -265,7 +275,14 @@ export class CvmfsLayers {
           if (plan.deleted.length + plan.opaque.length > 0) parts.push('below');
           facts = { mode: 'masked', masks, parts };
           this.log?.info(
-            { layer: dir, from: marker ? 'record' : 'scan', deleted: plan.deleted.length, opaques: plan.opaque.length, hidden: plan.hide.length, copied: plan.fixups.length },
+            {
+              layer: dir,
+              from: marker ? 'record' : 'scan',
+              deleted: plan.deleted.length,
+              opaques: plan.opaque.length,
+              hidden: plan.hide.length,
+              copied: plan.fixups.length,
+            },
             marker ? "built overlay masks from the layer's record" : 'layer keeps OCI whiteouts as plain files; built overlay masks',
           );
         }
@@ -319,5 +336,3 @@ export class CvmfsLayers {
     }
   }
 }
-
-

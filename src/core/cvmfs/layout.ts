@@ -76,7 +76,10 @@ export interface LayerMarker {
 }
 
 export class LayerRecordError extends Error {
-  constructor(readonly field: string, readonly reason: string) {
+  constructor(
+    readonly field: string,
+    readonly reason: string,
+  ) {
     super(`${field}: ${reason}`);
   }
 }
@@ -126,9 +129,11 @@ export function parseLayerMarker(text: string, hex: string): LayerMarker | null 
     const f = `record.xattrs[${i}]`;
     if (!isObj(x)) throw new LayerRecordError(f, 'not an object');
     const name = x['name'];
-    if (typeof name !== 'string' || !/^(user|security|system)\.[\x21-\x7e]{1,250}$/.test(name)) throw new LayerRecordError(`${f}.name`, `${JSON.stringify(name)} is not a user.*, security.* or system.* xattr name`);
+    if (typeof name !== 'string' || !/^(user|security|system)\.[\x21-\x7e]{1,250}$/.test(name))
+      throw new LayerRecordError(`${f}.name`, `${JSON.stringify(name)} is not a user.*, security.* or system.* xattr name`);
     const value = x['value'];
-    if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length > 87_384) throw new LayerRecordError(`${f}.value`, 'not base64 (at most 64 KiB)');
+    if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length > 87_384)
+      throw new LayerRecordError(`${f}.value`, 'not base64 (at most 64 KiB)');
     return { path: checkRel(x['path'], `${f}.path`, true), name, value };
   });
   const record: LayerRecord = {

@@ -25,7 +25,10 @@ export const ERROR_CODES = {
   CVMFS_THIN_INVALID_ARGUMENT: { kind: 'invalid-argument', meaning: 'Bad input (default code of InvalidArgumentError).' },
   CVMFS_THIN_NOT_FOUND: { kind: 'not-found', meaning: 'Something named does not exist (default code of NotFoundError).' },
   CVMFS_THIN_ALREADY_EXISTS: { kind: 'already-exists', meaning: 'Something with that name exists already (default code of AlreadyExistsError).' },
-  CVMFS_THIN_FAILED_PRECONDITION: { kind: 'failed-precondition', meaning: 'The request is valid but the state does not allow it (default code of FailedPreconditionError).' },
+  CVMFS_THIN_FAILED_PRECONDITION: {
+    kind: 'failed-precondition',
+    meaning: 'The request is valid but the state does not allow it (default code of FailedPreconditionError).',
+  },
   CVMFS_THIN_UNAVAILABLE: { kind: 'unavailable', meaning: 'A transient failure; retrying later may work (default code of UnavailableError).' },
   CVMFS_THIN_INTERNAL: { kind: 'internal', meaning: 'A bug or an unexpected failure (default code of InternalError; anything thrown that is not typed).' },
 
@@ -33,22 +36,34 @@ export const ERROR_CODES = {
   CVMFS_THIN_BAD_MANIFEST: { kind: 'invalid-argument', meaning: 'A thin image manifest (thin.json) is invalid; the message names the field.' },
   CVMFS_THIN_LAYER_MISSING: { kind: 'failed-precondition', meaning: 'A layer a thin image lists does not exist in CVMFS.' },
   CVMFS_THIN_REPO_UNAVAILABLE: { kind: 'failed-precondition', meaning: 'A repository a thin image names is not mounted (is CVMFS mounted?).' },
-  CVMFS_THIN_BAD_LAYER_RECORD: { kind: 'failed-precondition', meaning: "A layer's record (.metadata/cvmfs-thin-layer.json, version 2) is invalid; the message names the field." },
+  CVMFS_THIN_BAD_LAYER_RECORD: {
+    kind: 'failed-precondition',
+    meaning: "A layer's record (.metadata/cvmfs-thin-layer.json, version 2) is invalid; the message names the field.",
+  },
   CVMFS_THIN_LAYER_UNAVAILABLE: { kind: 'unavailable', meaning: 'A CVMFS layer directory cannot be reached right now (is CVMFS mounted?).' },
   CVMFS_THIN_MOUNT: { kind: ['internal', 'failed-precondition'], meaning: 'An overlay mount of a layer stack failed, or its options do not fit in one page.' },
   CVMFS_THIN_ROOT_LOCKED: { kind: 'failed-precondition', meaning: 'Another daemon holds the state directory (one daemon per state directory).' },
 
   // ------------------------------------------------------------ tar library (src/core/tar)
-  CVMFS_THIN_UNSAFE_TAR: { kind: 'invalid-argument', meaning: 'A layer tar is refused (path escape, bad header, limits…); the message names the entry and the reason.' },
+  CVMFS_THIN_UNSAFE_TAR: {
+    kind: 'invalid-argument',
+    meaning: 'A layer tar is refused (path escape, bad header, limits…); the message names the entry and the reason.',
+  },
   CVMFS_THIN_TAR_IO: { kind: 'internal', meaning: 'Writing an extracted entry failed (ENOSPC, EACCES…); the message names the entry and the errno.' },
   CVMFS_THIN_INPUT_CLOSED: { kind: 'invalid-argument', meaning: 'The tar stream ended before its end-of-archive marker, or was already destroyed.' },
   CVMFS_THIN_BAD_COMPRESSED_DATA: { kind: 'invalid-argument', meaning: 'A compressed layer does not decompress (corrupt gzip/zstd data).' },
   CVMFS_THIN_DECOMPRESSOR: { kind: 'invalid-argument', meaning: 'The external zstd decompressor could not be started.' },
-  CVMFS_THIN_UNSUPPORTED_MEDIA_TYPE: { kind: 'invalid-argument', meaning: 'A media type that is not a layer (or an unknown compression) was given to the tar library.' },
+  CVMFS_THIN_UNSUPPORTED_MEDIA_TYPE: {
+    kind: 'invalid-argument',
+    meaning: 'A media type that is not a layer (or an unknown compression) was given to the tar library.',
+  },
   CVMFS_THIN_UNMAPPED_ID: { kind: 'invalid-argument', meaning: 'Packing a directory met a host uid/gid outside the user-namespace id map.' },
 
   // ------------------------------------------------------------ converter (convert, wishlist, gc, rm)
-  CVMFS_THIN_BAD_REFERENCE: { kind: 'invalid-argument', meaning: 'An image reference or transport (docker://, oci:, oci-archive:, docker-archive:) is not valid.' },
+  CVMFS_THIN_BAD_REFERENCE: {
+    kind: 'invalid-argument',
+    meaning: 'An image reference or transport (docker://, oci:, oci-archive:, docker-archive:) is not valid.',
+  },
   CVMFS_THIN_BAD_RECIPE: { kind: 'invalid-argument', meaning: 'A wishlist recipe (DUCC YAML) is invalid.' },
   CVMFS_THIN_NO_MATCH: { kind: 'invalid-argument', meaning: 'A wishlist tag pattern matches no tag of the repository.' },
   CVMFS_THIN_NO_PLATFORM: { kind: 'invalid-argument', meaning: 'The image has no variant for the requested platform.' },
@@ -66,46 +81,84 @@ export const ERROR_CODES = {
   CVMFS_THIN_LOCK_TIMEOUT: { kind: 'unavailable', meaning: 'Another process held the publishing lock for longer than the timeout.' },
   CVMFS_THIN_HOOK_FAILED: { kind: 'unavailable', meaning: 'A publishing hook (transaction, publish, abort) could not run or exited non-zero.' },
   CVMFS_THIN_ABORTED: { kind: 'unavailable', meaning: 'The publishing transaction was aborted after a failed write; nothing of it was published.' },
-  CVMFS_THIN_INGEST_INCOMPLETE: { kind: 'unavailable', meaning: 'The ingest hook exited successfully before the layer was streamed to its end; the layer is not taken as published.' },
-  CVMFS_THIN_IMAGE_NOT_FOUND: { kind: 'not-found', meaning: 'cvmfs-thin rm: the image is not in the repository (no .metadata record, no readable link, no podman store name); nothing was removed.' },
-  CVMFS_THIN_CANNOT_PUBLISH: { kind: 'invalid-argument', meaning: 'The options ask for a layer form a CVMFS publish destroys (overlay whiteouts, plain .wh.* files through a transaction); refused before any transaction.' },
+  CVMFS_THIN_INGEST_INCOMPLETE: {
+    kind: 'unavailable',
+    meaning: 'The ingest hook exited successfully before the layer was streamed to its end; the layer is not taken as published.',
+  },
+  CVMFS_THIN_IMAGE_NOT_FOUND: {
+    kind: 'not-found',
+    meaning: 'cvmfs-thin rm: the image is not in the repository (no .metadata record, no readable link, no podman store name); nothing was removed.',
+  },
+  CVMFS_THIN_CANNOT_PUBLISH: {
+    kind: 'invalid-argument',
+    meaning:
+      'The options ask for a layer form a CVMFS publish destroys (overlay whiteouts, plain .wh.* files through a transaction); refused before any transaction.',
+  },
 
   // ------------------------------------------------------------ podman additional image store
   CVMFS_THIN_PODMAN_BAD_DIGEST: { kind: 'invalid-argument', meaning: 'A podman store record holds something that is not a sha256 digest.' },
   CVMFS_THIN_PODMAN_BAD_INPUT: { kind: 'invalid-argument', meaning: 'The manifest or config given for the podman store is not a usable image.' },
   CVMFS_THIN_PODMAN_BAD_NAME: { kind: 'invalid-argument', meaning: 'A podman store image name is missing or not a full reference.' },
-  CVMFS_THIN_PODMAN_BAD_STORE: { kind: ['failed-precondition', 'invalid-argument'], meaning: 'The podman store directory or one of its files is not what it must be (invalid-argument: the repository directory given does not exist).' },
+  CVMFS_THIN_PODMAN_BAD_STORE: {
+    kind: ['failed-precondition', 'invalid-argument'],
+    meaning: 'The podman store directory or one of its files is not what it must be (invalid-argument: the repository directory given does not exist).',
+  },
   CVMFS_THIN_PODMAN_IMAGE_MISSING: { kind: 'not-found', meaning: 'The image is not converted in the repository, so it cannot be added to the podman store.' },
   CVMFS_THIN_PODMAN_LAYER_MISSING: { kind: 'not-found', meaning: 'A layer of the image is not in the repository.' },
-  CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS: { kind: 'failed-precondition', meaning: 'A layer keeps OCI whiteouts as plain files, which the podman store cannot serve.' },
+  CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS: {
+    kind: 'failed-precondition',
+    meaning: 'A layer keeps OCI whiteouts as plain files, which the podman store cannot serve.',
+  },
   CVMFS_THIN_PODMAN_STORE_ROOT: {
     kind: ['invalid-argument', 'failed-precondition'],
-    meaning: "--podman-store-root is not an absolute path (invalid-argument), or the store's layers already point into another mount point of the repository (failed-precondition).",
+    meaning:
+      "--podman-store-root is not an absolute path (invalid-argument), or the store's layers already point into another mount point of the repository (failed-precondition).",
   },
-  CVMFS_THIN_PODMAN_RECORD_WHITEOUTS: { kind: 'failed-precondition', meaning: "A layer keeps its deletions in its record (the form that survives a CVMFS publish), which podman cannot read: the podman store would show deleted files." },
+  CVMFS_THIN_PODMAN_RECORD_WHITEOUTS: {
+    kind: 'failed-precondition',
+    meaning:
+      'A layer keeps its deletions in its record (the form that survives a CVMFS publish), which podman cannot read: the podman store would show deleted files.',
+  },
 
   // ------------------------------------------------------------ snapshotter
-  CVMFS_THIN_REMOTE_SNAPSHOT: { kind: 'already-exists', meaning: 'A remote (CVMFS) layer was committed for the snapshot: containerd skips the download (expected answer, not a failure).' },
+  CVMFS_THIN_REMOTE_SNAPSHOT: {
+    kind: 'already-exists',
+    meaning: 'A remote (CVMFS) layer was committed for the snapshot: containerd skips the download (expected answer, not a failure).',
+  },
 
   // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/host/probe.ts)
-  CVMFS_THIN_BAD_PROFILE: { kind: 'invalid-argument', meaning: 'An access profile (.profiles/…json) is not valid; the message names the field. The image starts without prefetch.' },
-  CVMFS_THIN_CVMFS_STALLED: { kind: 'unavailable', meaning: 'A CVMFS mount did not answer within cvmfs-timeout (a stalled client: server or proxy unreachable); the message names the directory and the deadline.' },
+  CVMFS_THIN_BAD_PROFILE: {
+    kind: 'invalid-argument',
+    meaning: 'An access profile (.profiles/…json) is not valid; the message names the field. The image starts without prefetch.',
+  },
+  CVMFS_THIN_CVMFS_STALLED: {
+    kind: 'unavailable',
+    meaning:
+      'A CVMFS mount did not answer within cvmfs-timeout (a stalled client: server or proxy unreachable); the message names the directory and the deadline.',
+  },
 
   // ------------------------------------------------------------ access profiles (core/stack/access-recorder.ts)
   CVMFS_THIN_NO_ACCESS_RECORDING: {
     kind: 'failed-precondition',
-    meaning: "A container's file opens cannot be recorded (fanotify): not a mount point, not privileged (EPERM), no fanotify (ENOSYS), or a file system that refuses a filesystem mark (EINVAL…); the message names the mount point and the errno.",
+    meaning:
+      "A container's file opens cannot be recorded (fanotify): not a mount point, not privileged (EPERM), no fanotify (ENOSYS), or a file system that refuses a filesystem mark (EINVAL…); the message names the mount point and the errno.",
   },
 
   // ------------------------------------------------------------ graph driver and Docker plugins
   CVMFS_THIN_BAD_LAYER_ID: { kind: 'invalid-argument', meaning: 'A layer ID from dockerd is not valid.' },
   CVMFS_THIN_NO_SUCH_LAYER: { kind: 'not-found', meaning: 'A layer (or the parent layer) dockerd names does not exist.' },
-  CVMFS_THIN_NOT_INITIALISED: { kind: 'failed-precondition', meaning: 'The graph driver is not initialised: dockerd has not called GraphDriver.Init and there is no saved state.' },
+  CVMFS_THIN_NOT_INITIALISED: {
+    kind: 'failed-precondition',
+    meaning: 'The graph driver is not initialised: dockerd has not called GraphDriver.Init and there is no saved state.',
+  },
   CVMFS_THIN_BAD_STORAGE_OPT: { kind: 'invalid-argument', meaning: 'A graph driver storage option is unknown, malformed or not supported.' },
   CVMFS_THIN_IDMAP: { kind: 'unavailable', meaning: 'An idmapped mount of a CVMFS layer for --userns-remap cannot be made.' },
   CVMFS_THIN_USERNS: { kind: 'unavailable', meaning: 'A user namespace for an id map could not be created (unshare).' },
   CVMFS_THIN_UNKNOWN_METHOD: { kind: 'not-found', meaning: 'A Docker plugin request names a method this plugin does not implement.' },
-  CVMFS_THIN_BAD_REQUEST: { kind: 'invalid-argument', meaning: 'A Docker plugin request is malformed or contradicts the state (e.g. a mount ID reused for another volume).' },
+  CVMFS_THIN_BAD_REQUEST: {
+    kind: 'invalid-argument',
+    meaning: 'A Docker plugin request is malformed or contradicts the state (e.g. a mount ID reused for another volume).',
+  },
 
   // ------------------------------------------------------------ CVMFS volumes (Docker volume plugin, CSI, FlexVolume)
   CVMFS_THIN_BAD_VOLUME: { kind: 'invalid-argument', meaning: 'A volume name or option is invalid; the message names it.' },
@@ -114,7 +167,10 @@ export const ERROR_CODES = {
   CVMFS_THIN_TARGET_BUSY: { kind: 'already-exists', meaning: 'The target path or holder already holds another volume or a foreign mount.' },
   CVMFS_THIN_VOLUME_EXISTS: { kind: 'already-exists', meaning: 'A volume of that name exists with other options.' },
   CVMFS_THIN_VOLUME_IN_USE: { kind: 'already-exists', meaning: 'The volume cannot be redefined while containers use it.' },
-  CVMFS_THIN_NO_SUCH_VOLUME: { kind: 'not-found', meaning: 'Docker asked for a volume that was never created (nor is mounted or in known-volumes); dockerd then calls Create with the options.' },
+  CVMFS_THIN_NO_SUCH_VOLUME: {
+    kind: 'not-found',
+    meaning: 'Docker asked for a volume that was never created (nor is mounted or in known-volumes); dockerd then calls Create with the options.',
+  },
   CVMFS_THIN_NOT_STAGED: { kind: 'failed-precondition', meaning: 'The staging path is not staged (NodeStageVolume must succeed first).' },
   CVMFS_THIN_CVMFS_UNAVAILABLE: { kind: 'unavailable', meaning: 'The CVMFS repository does not answer or is not a directory (automount or network stuck?).' },
   CVMFS_THIN_MOUNT_FAILED: { kind: 'unavailable', meaning: 'Mounting a CVMFS repository failed, or nothing got mounted.' },
@@ -125,7 +181,8 @@ export const ERROR_CODES = {
   CVMFS_THIN_CSI_BAD_ATTRIBUTE: { kind: 'invalid-argument', meaning: 'A CSI volume attribute is unknown or has a bad value.' },
   CVMFS_THIN_CSI_BAD_CAPABILITY: {
     kind: ['failed-precondition', 'invalid-argument'],
-    meaning: 'The CSI volume capability is not supported: block access, a writer mode, mount flags (failed-precondition, as the spec says); or it lacks its access type or mode (invalid-argument).',
+    meaning:
+      'The CSI volume capability is not supported: block access, a writer mode, mount flags (failed-precondition, as the spec says); or it lacks its access type or mode (invalid-argument).',
   },
   CVMFS_THIN_CSI_BAD_STAGING: { kind: 'failed-precondition', meaning: 'The CSI staging path holds something else or was staged for other attributes.' },
   CVMFS_THIN_CSI_VOLUME_NOT_FOUND: { kind: 'not-found', meaning: 'The CSI volume is not published or staged at the given path.' },
@@ -136,14 +193,21 @@ export const ERROR_CODES = {
   CVMFS_THIN_EDIT_FAILED: { kind: 'internal', meaning: 'An edited configuration file would not be valid or exact; the file was not changed.' },
   CVMFS_THIN_MISSING_DEPENDENCY: { kind: 'internal', meaning: 'An optional npm package needed for this operation is not installed.' },
   CVMFS_THIN_NO_DOCKER: { kind: 'failed-precondition', meaning: 'The Docker version cannot be told (dockerd --version failed); pass it explicitly.' },
-  CVMFS_THIN_UNSUPPORTED_DOCKER: { kind: 'failed-precondition', meaning: 'This Docker version does not support the requested mode (graph driver 20.10–27, containerd store 24+).' },
+  CVMFS_THIN_UNSUPPORTED_DOCKER: {
+    kind: 'failed-precondition',
+    meaning: 'This Docker version does not support the requested mode (graph driver 20.10–27, containerd store 24+).',
+  },
   CVMFS_THIN_NAME_CLASH: { kind: 'invalid-argument', meaning: 'Two plugins would get the same socket name.' },
   CVMFS_THIN_SYSTEMCTL_FAILED: { kind: 'failed-precondition', meaning: 'A systemctl call made by the set-up failed.' },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 /** Codes made from an errno name at run time: `CVMFS_THIN_IO_ENOSPC`, `CVMFS_THIN_IO_EACCES`, … */
 export const IO_CODE_PREFIX = 'CVMFS_THIN_IO_';
-export const IO_CODE_INFO: ErrorCodeInfo = { kind: 'internal', meaning: 'An I/O error named by its errno: the converter (CVMFS_THIN_IO_EROFS…), or the snapshotter metadata journal on a full disk (CVMFS_THIN_IO_ENOSPC, answered as RESOURCE_EXHAUSTED).' };
+export const IO_CODE_INFO: ErrorCodeInfo = {
+  kind: 'internal',
+  meaning:
+    'An I/O error named by its errno: the converter (CVMFS_THIN_IO_EROFS…), or the snapshotter metadata journal on a full disk (CVMFS_THIN_IO_ENOSPC, answered as RESOURCE_EXHAUSTED).',
+};
 
 export type RegisteredErrorCode = keyof typeof ERROR_CODES;
 export type IoErrorCode = `CVMFS_THIN_IO_${string}`;

@@ -12,13 +12,7 @@ import type { ErrorCode } from './codes.js';
 
 export type { ErrorCode } from './codes.js';
 
-export type ErrorKind =
-  | 'invalid-argument'
-  | 'not-found'
-  | 'already-exists'
-  | 'failed-precondition'
-  | 'unavailable'
-  | 'internal';
+export type ErrorKind = 'invalid-argument' | 'not-found' | 'already-exists' | 'failed-precondition' | 'unavailable' | 'internal';
 
 const BRAND = Symbol.for('cvmfs-thin.error');
 

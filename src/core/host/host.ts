@@ -179,19 +179,14 @@ export const systemHost: Host = {
   flock: sys.flock,
   exec(file, args, opts = {}) {
     return new Promise((resolve) => {
-      execFile(
-        file,
-        [...args],
-        { timeout: opts.timeoutMs ?? 0, env: opts.env ?? process.env, maxBuffer: 4 << 20, encoding: 'utf8' },
-        (err, stdout, stderr) => {
-          if (!err) return resolve({ code: 0, stdout, stderr });
-          const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
-          if (typeof e.code === 'number') return resolve({ code: e.code, stdout, stderr });
-          // spawn failures (ENOENT, EACCES) and timeouts: no exit code
-          const why = e.killed ? `killed after ${opts.timeoutMs} ms` : e.message;
-          resolve({ code: 127, stdout, stderr: `${stderr}${stderr ? '\n' : ''}${file}: ${why}` });
-        },
-      );
+      execFile(file, [...args], { timeout: opts.timeoutMs ?? 0, env: opts.env ?? process.env, maxBuffer: 4 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+        if (!err) return resolve({ code: 0, stdout, stderr });
+        const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
+        if (typeof e.code === 'number') return resolve({ code: e.code, stdout, stderr });
+        // spawn failures (ENOENT, EACCES) and timeouts: no exit code
+        const why = e.killed ? `killed after ${opts.timeoutMs} ms` : e.message;
+        resolve({ code: 127, stdout, stderr: `${stderr}${stderr ? '\n' : ''}${file}: ${why}` });
+      });
     });
   },
 };

@@ -50,7 +50,10 @@ export function mountOverlay(o: OverlayMount): void {
 export function legacyMountOverlay(o: OverlayMount): void {
   const data = overlayMountData(o);
   if (Buffer.byteLength(data) > MAX_MOUNT_DATA) {
-    throw new FailedPreconditionError(`overlay options for ${o.target} are ${Buffer.byteLength(data)} bytes, more than one page (kernels before 6.8)`, 'CVMFS_THIN_MOUNT');
+    throw new FailedPreconditionError(
+      `overlay options for ${o.target} are ${Buffer.byteLength(data)} bytes, more than one page (kernels before 6.8)`,
+      'CVMFS_THIN_MOUNT',
+    );
   }
   const target = path.resolve(o.target);
   const cwd = process.cwd();
@@ -106,9 +109,10 @@ export function fsMountOverlay(o: OverlayMount): void {
     throw e;
   };
   const set = (key: string, value: string | null) => {
-    const r = value === null
-      ? Number(l.syscall(SYS_FSCONFIG, 'int', fd, 'uint', FSCONFIG_SET_FLAG, 'str', key, 'void *', null, 'int', 0))
-      : Number(l.syscall(SYS_FSCONFIG, 'int', fd, 'uint', FSCONFIG_SET_STRING, 'str', key, 'str', value, 'int', 0));
+    const r =
+      value === null
+        ? Number(l.syscall(SYS_FSCONFIG, 'int', fd, 'uint', FSCONFIG_SET_FLAG, 'str', key, 'void *', null, 'int', 0))
+        : Number(l.syscall(SYS_FSCONFIG, 'int', fd, 'uint', FSCONFIG_SET_STRING, 'str', key, 'str', value, 'int', 0));
     if (r < 0) fail('fsconfig', l.errno(), value === null ? key : `${key}=${value}`);
   };
   try {

@@ -106,7 +106,10 @@ export class CvmfsProbe {
     if (st.inflight?.overdue) {
       if (now - st.lastExpired < this.timeoutMs) {
         return Promise.reject(
-          new StalledError(key, `${what}: CVMFS at ${key} has not answered for ${this.seconds(now - (st.stalledSince ?? st.inflight.sentAt))} (deadline ${this.seconds()}, cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`),
+          new StalledError(
+            key,
+            `${what}: CVMFS at ${key} has not answered for ${this.seconds(now - (st.stalledSince ?? st.inflight.sentAt))} (deadline ${this.seconds()}, cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`,
+          ),
         );
       }
       // try again once per deadline: the stuck probe stays in the helper, its late answer is still heard
@@ -124,7 +127,12 @@ export class CvmfsProbe {
           if (i >= 0) state.queue.splice(i, 1);
           // a caller waited the whole deadline: the probe it waits for (or behind) is overdue
           state.inflight?.expire();
-          reject(new StalledError(key, `${what}: CVMFS at ${key} did not answer within ${this.seconds()} (cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`));
+          reject(
+            new StalledError(
+              key,
+              `${what}: CVMFS at ${key} did not answer within ${this.seconds()} (cvmfs-timeout): the CVMFS client is stalled (server or proxy unreachable?)`,
+            ),
+          );
         }, this.timeoutMs),
       };
       state.queue.push(w);
@@ -155,7 +163,10 @@ export class CvmfsProbe {
       st.lastExpired = Date.now();
       st.stalledSince ??= inflight.sentAt;
       ctl.abort();
-      this.log.warn({ mount: key, timeoutMs: this.timeoutMs, since: new Date(st.stalledSince).toISOString() }, 'CVMFS does not answer within the deadline (cvmfs-timeout): requests that need it fail with CVMFS_THIN_CVMFS_STALLED until it answers');
+      this.log.warn(
+        { mount: key, timeoutMs: this.timeoutMs, since: new Date(st.stalledSince).toISOString() },
+        'CVMFS does not answer within the deadline (cvmfs-timeout): requests that need it fail with CVMFS_THIN_CVMFS_STALLED until it answers',
+      );
       this.onStall(key);
     };
     const overdue = setTimeout(expire, this.timeoutMs);

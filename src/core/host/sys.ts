@@ -66,9 +66,31 @@ function lib(): Libc {
 }
 
 const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 7: 'E2BIG', 13: 'EACCES', 16: 'EBUSY', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR',
-  11: 'EAGAIN', 22: 'EINVAL', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 36: 'ENAMETOOLONG', 40: 'ELOOP', 61: 'ENODATA', 95: 'EOPNOTSUPP',
-  38: 'ENOSYS', 107: 'ENOTCONN', 18: 'EXDEV', 19: 'ENODEV', 24: 'EMFILE', 12: 'ENOMEM', 9: 'EBADF',
+  1: 'EPERM',
+  2: 'ENOENT',
+  5: 'EIO',
+  7: 'E2BIG',
+  13: 'EACCES',
+  16: 'EBUSY',
+  17: 'EEXIST',
+  20: 'ENOTDIR',
+  21: 'EISDIR',
+  11: 'EAGAIN',
+  22: 'EINVAL',
+  28: 'ENOSPC',
+  30: 'EROFS',
+  34: 'ERANGE',
+  36: 'ENAMETOOLONG',
+  40: 'ELOOP',
+  61: 'ENODATA',
+  95: 'EOPNOTSUPP',
+  38: 'ENOSYS',
+  107: 'ENOTCONN',
+  18: 'EXDEV',
+  19: 'ENODEV',
+  24: 'EMFILE',
+  12: 'ENOMEM',
+  9: 'EBADF',
 };
 
 /** An errno failure with Node-style `code` and `syscall`. */
@@ -173,7 +195,11 @@ export function llistxattr(path: PathArg): string[] {
       if (l.errno() === 34) continue;
       throw new SyscallError('llistxattr', l.errno(), path);
     }
-    return buf.subarray(0, got).toString('latin1').split('\0').filter((s) => s.length > 0);
+    return buf
+      .subarray(0, got)
+      .toString('latin1')
+      .split('\0')
+      .filter((s) => s.length > 0);
   }
 }
 
@@ -268,7 +294,11 @@ const MOUNT_ATTR_NODEV = 0x4n;
  * `propagation` is MS_SLAVE/MS_PRIVATE/MS_SHARED for the new tree.
  */
 export function readonlyBindMount(source: string, target: string, opts: { recursive?: boolean; propagation?: number } = {}): void {
-  detachedBind(source, target, { recursive: opts.recursive ?? false, attrSet: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, propagation: opts.propagation ?? 0 });
+  detachedBind(source, target, {
+    recursive: opts.recursive ?? false,
+    attrSet: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    propagation: opts.propagation ?? 0,
+  });
 }
 
 function detachedBind(source: string, target: string, o: { recursive: boolean; attrSet: bigint; propagation?: number; usernsFd?: number }): void {

@@ -30,12 +30,26 @@ import os from 'node:os';
 import path from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError } from '../errors/errors.js';
 import {
-  FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_MARK_ADD, FAN_MARK_FILESYSTEM, FAN_NONBLOCK, FAN_OPEN, FAN_OPEN_EXEC, FAN_Q_OVERFLOW,
-  fanotifyInit, fanotifyMark, SyscallError,
+  FAN_CLASS_NOTIF,
+  FAN_CLOEXEC,
+  FAN_MARK_ADD,
+  FAN_MARK_FILESYSTEM,
+  FAN_NONBLOCK,
+  FAN_OPEN,
+  FAN_OPEN_EXEC,
+  FAN_Q_OVERFLOW,
+  fanotifyInit,
+  fanotifyMark,
+  SyscallError,
 } from '../host/sys.js';
 
 /** A regular file: absolute path as the container sees it, size, when its first open was read, executed at some point. */
-export interface AccessRecord { path: string; size: number; atMs: number; exec: boolean }
+export interface AccessRecord {
+  path: string;
+  size: number;
+  atMs: number;
+  exec: boolean;
+}
 
 export interface RecordOptions {
   windowMs: number; // stop this long after the start
@@ -67,7 +81,11 @@ export class NoAccessRecordingError extends FailedPreconditionError {
   }
 }
 
-export interface FanotifyEvent { mask: number; fd: number; pid: number }
+export interface FanotifyEvent {
+  mask: number;
+  fd: number;
+  pid: number;
+}
 
 const METADATA_LEN = 24;
 const METADATA_VERSION = 3;
@@ -150,7 +168,11 @@ function openGroup(mp: string): { fan: number; dev: string } {
 }
 
 function closeQuietly(fd: number): void {
-  try { closeSync(fd); } catch { /* already closed */ }
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
+  }
 }
 
 /** Read errors that end the recording (anything else is the kernel failing to open one event's fd: that event is lost). */
@@ -220,7 +242,9 @@ export async function recordAccesses(mountpoint: string, o: RecordOptions): Prom
         if (ev.fd < 0) continue;
         try {
           if (!overflow) note(ev, now);
-        } catch { /* gone or unreadable: not recorded */ } finally {
+        } catch {
+          /* gone or unreadable: not recorded */
+        } finally {
           closeQuietly(ev.fd);
         }
       }

@@ -31,7 +31,7 @@ export interface ChainLower {
 export function chainLowers(get: (name: string) => ChainNode | undefined, parent: string, noun = 'snapshot'): ChainLower[] {
   const out: ChainLower[] = [];
   const seen = new Set<string>();
-  for (let n = parent; n !== ''; ) {
+  for (let n = parent; n !== '';) {
     if (seen.has(n)) throw new InternalError(`parent chain of ${parent} loops at ${n}`);
     seen.add(n);
     const node = get(n);

@@ -113,7 +113,10 @@ export class LayerStack {
     const links = await this.links.link(resolved.dirs);
     const lowers = [...links.made].map(([link, d]) => ({ link, dir: d }));
     const how = [...new Set(resolved.how)];
-    this.log.info({ ...ctx, layers: m.layers.length, lowers: lowers.length, how, origin: m.origin }, 'thin image: its CVMFS layers are the lowers of the layers above');
+    this.log.info(
+      { ...ctx, layers: m.layers.length, lowers: lowers.length, how, origin: m.origin },
+      'thin image: its CVMFS layers are the lowers of the layers above',
+    );
     return { file: thin.file, manifest: m, lowers, how, links };
   }
 
@@ -169,7 +172,12 @@ export class LayerStack {
     await Promise.all(
       [...byRoot].map(async ([mp, ds]) => {
         const first: FsProbeOp = { op: 'statfs', path: mp };
-        const r = await this.probe.run(mp, ds.map((d) => ({ op: 'stat', path: d })), `${of}: CVMFS repository at ${mp}`, first);
+        const r = await this.probe.run(
+          mp,
+          ds.map((d) => ({ op: 'stat', path: d })),
+          `${of}: CVMFS repository at ${mp}`,
+          first,
+        );
         const fs = CvmfsProbe.get(r, first);
         if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
       }),
@@ -216,7 +224,12 @@ export class LayerStack {
     const mp = this.location.absoluteMountpoint;
     const a = await this.probe.answer(mp, { op: 'statfs', path: mp }, 'readiness');
     if (a === 'stalled') return `${mp} does not answer within ${this.probe.timeoutMs / 1000} s (CVMFS stalled)`;
-    if (!a.ok) return a.code === 'ENOENT' ? `${mp} does not exist (is CVMFS mounted?)` : a.code === 'ENOTCONN' ? `${mp}: the CVMFS client is not connected (it died; remount it)` : `${mp}: ${a.message}`;
+    if (!a.ok)
+      return a.code === 'ENOENT'
+        ? `${mp} does not exist (is CVMFS mounted?)`
+        : a.code === 'ENOTCONN'
+          ? `${mp}: the CVMFS client is not connected (it died; remount it)`
+          : `${mp}: ${a.message}`;
     return null;
   }
 

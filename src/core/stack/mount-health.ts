@@ -45,7 +45,13 @@ export function parseOverlayOptions(superOptions: string): OverlayOptions {
     if (i < 0) continue;
     const key = opt.slice(0, i);
     const value = unescape(opt.slice(i + 1));
-    if (key === 'lowerdir') out.lowers.push(...value.split(/(?<!\\):/).map((p) => p.replace(/\\:/g, ':')).filter((p) => p !== ''));
+    if (key === 'lowerdir')
+      out.lowers.push(
+        ...value
+          .split(/(?<!\\):/)
+          .map((p) => p.replace(/\\:/g, ':'))
+          .filter((p) => p !== ''),
+      );
     else if (key === 'lowerdir+') out.lowers.push(value);
     else if (key === 'upperdir') out.upper = value;
     else if (key === 'workdir') out.work = value;
@@ -136,7 +142,8 @@ export async function cvmfsMountState(probe: CvmfsProbe, mount: string): Promise
   const a = await probe.answer(mount, { op: 'statfs', path: mount }, `mount check of ${mount}`);
   if (a === 'stalled') return { mount, state: 'stalled', detail: `${mount} does not answer within ${probe.timeoutMs / 1000} s (the CVMFS client stalls)` };
   if (a.ok) return { mount, state: 'ok', detail: `${mount} answers` };
-  if (a.code === 'ENOTCONN') return { mount, state: 'not-connected', detail: `${mount} answers ENOTCONN (Transport endpoint is not connected: its CVMFS client died)` };
+  if (a.code === 'ENOTCONN')
+    return { mount, state: 'not-connected', detail: `${mount} answers ENOTCONN (Transport endpoint is not connected: its CVMFS client died)` };
   if (a.code === 'ENOENT' || a.code === 'ENOTDIR') return { mount, state: 'absent', detail: `${mount} does not exist` };
   return { mount, state: 'error', detail: `${mount}: ${a.message}` };
 }
@@ -165,7 +172,12 @@ export async function brokenOverlays(probe: CvmfsProbe, overlays: readonly OurOv
       const a = await probe.answer(o.mountPoint, { op: 'readdir', path: o.mountPoint }, `overlay check of ${o.mountPoint}`);
       if (a === 'stalled') out.push({ ...o, reason: 'stalled', detail: `reading ${o.mountPoint} does not answer within ${probe.timeoutMs / 1000} s`, cvmfs });
       else if (!a.ok && a.code === 'ENOTCONN') {
-        out.push({ ...o, reason: 'not-connected', detail: `${o.mountPoint} answers ENOTCONN: a lower layer is on a CVMFS mount whose client died (CVMFS was mounted again since; only new containers see the new mount)`, cvmfs });
+        out.push({
+          ...o,
+          reason: 'not-connected',
+          detail: `${o.mountPoint} answers ENOTCONN: a lower layer is on a CVMFS mount whose client died (CVMFS was mounted again since; only new containers see the new mount)`,
+          cvmfs,
+        });
       }
     }
   };
@@ -228,7 +240,8 @@ export class MountMonitor {
     const overlays = overlaysOf(this.o.host.mountinfo(), this.o.root);
     const broken = await brokenOverlays(this.o.probe, overlays);
     const m = this.o.metrics ?? noMetrics;
-    for (const reason of ['not-connected', 'stalled'] as const) m.set('broken_mounts', { daemon: this.o.daemon, reason }, broken.filter((b) => b.reason === reason).length);
+    for (const reason of ['not-connected', 'stalled'] as const)
+      m.set('broken_mounts', { daemon: this.o.daemon, reason }, broken.filter((b) => b.reason === reason).length);
     const now = new Map(broken.map((b) => [b.mountPoint, b.reason]));
     for (const b of broken) {
       if (this.known.get(b.mountPoint) === b.reason) continue;

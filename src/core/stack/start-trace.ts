@@ -89,9 +89,14 @@ export function verdictOf(t: StartTrace): string {
   const parts = [`${total.toFixed(1)} ms of our own work (${top.join(', ')})`];
   if (t.cvmfs?.after) {
     const d = t.cvmfs.after.downloads - t.cvmfs.before.downloads;
-    parts.push(`CVMFS downloaded ${d} file(s), ${t.cvmfs.after.rxKiB - t.cvmfs.before.rxKiB} KiB, catalogs loaded ${t.cvmfs.before.catalogs} -> ${t.cvmfs.after.catalogs}`);
+    parts.push(
+      `CVMFS downloaded ${d} file(s), ${t.cvmfs.after.rxKiB - t.cvmfs.before.rxKiB} KiB, catalogs loaded ${t.cvmfs.before.catalogs} -> ${t.cvmfs.after.catalogs}`,
+    );
   }
-  if (t.prefetch) parts.push(`prefetch read ${t.prefetch.files} file(s), ${Math.round(t.prefetch.bytes / 1024)} KiB in ${t.prefetch.ms} ms${t.prefetch.stopped ? ` (stopped: ${t.prefetch.stopped})` : ''}`);
+  if (t.prefetch)
+    parts.push(
+      `prefetch read ${t.prefetch.files} file(s), ${Math.round(t.prefetch.bytes / 1024)} KiB in ${t.prefetch.ms} ms${t.prefetch.stopped ? ` (stopped: ${t.prefetch.stopped})` : ''}`,
+    );
   else if (t.profile) parts.push(`no prefetch (profile: ${t.profile})`);
   if (t.budgetMs !== undefined) parts.unshift(total > t.budgetMs ? `over the ${t.budgetMs} ms budget` : 'within budget');
   return parts.join('; ');
@@ -111,7 +116,17 @@ export class StartTraces {
   }
 
   begin(snapshot: string, fields: Partial<StartTrace> = {}): StartTrace {
-    return { schema: TRACE_SCHEMA, version: 1, snapshot, daemon: this.o.daemon, started: new Date().toISOString(), layers: 0, phases: {}, ...fields, budgetMs: this.o.budgetMs };
+    return {
+      schema: TRACE_SCHEMA,
+      version: 1,
+      snapshot,
+      daemon: this.o.daemon,
+      started: new Date().toISOString(),
+      layers: 0,
+      phases: {},
+      ...fields,
+      budgetMs: this.o.budgetMs,
+    };
   }
 
   /** The daemon's part of the start is done: histograms, the budget check, the file. */

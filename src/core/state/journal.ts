@@ -38,7 +38,19 @@
  * deletes, so replaying a journal over a newer state (a crash between the
  * rename and the truncation) converges to the same state.
  */
-import { closeSync, constants, fdatasyncSync, write as writeCb, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fdatasyncSync,
+  write as writeCb,
+  fsyncSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -289,7 +301,11 @@ export class Journal<R> {
       this.fail(z);
       return this.failed!;
     }
-    return new InternalError(`metadata journal in ${this.opts.dir}: no space left on the device; the change was not made (${(e as Error).message})`, `CVMFS_THIN_IO_${(e as NodeJS.ErrnoException).code ?? 'ENOSPC'}`, { cause: e });
+    return new InternalError(
+      `metadata journal in ${this.opts.dir}: no space left on the device; the change was not made (${(e as Error).message})`,
+      `CVMFS_THIN_IO_${(e as NodeJS.ErrnoException).code ?? 'ENOSPC'}`,
+      { cause: e },
+    );
   }
 
   /** Extend the file with zeros (1 MiB steps) up to at least `need` bytes. */

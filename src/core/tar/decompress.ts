@@ -81,7 +81,10 @@ function typedZlibErrors<T extends Duplex>(z: T, what: string): T {
   const destroy = z._destroy;
   z._destroy = function (this: T, err: Error | null, cb: (e?: Error | null) => void): void {
     const code = (err as NodeJS.ErrnoException | null)?.code;
-    const typed = err && typeof code === 'string' && code.startsWith('Z_') ? new InvalidArgumentError(`${what}: ${err.message}`, 'CVMFS_THIN_BAD_COMPRESSED_DATA', { cause: err }) : err;
+    const typed =
+      err && typeof code === 'string' && code.startsWith('Z_')
+        ? new InvalidArgumentError(`${what}: ${err.message}`, 'CVMFS_THIN_BAD_COMPRESSED_DATA', { cause: err })
+        : err;
     destroy.call(this, typed, cb);
   };
   return z;

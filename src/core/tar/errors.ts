@@ -51,7 +51,7 @@ export class UnsafeTarError extends InvalidArgumentError {
 /** Entry names are carried as latin1 "byte strings"; show them as UTF-8 text. */
 export function printableName(bstr: string): string {
   // fast path: pure ASCII is the same in both
-  // eslint-disable-next-line no-control-regex
+
   return /^[\x00-\x7f]*$/.test(bstr) ? bstr : Buffer.from(bstr, 'latin1').toString('utf8');
 }
 
@@ -81,11 +81,7 @@ export class TarIoError extends InternalError {
 export function ioError(bname: string, e: unknown): TarIoError {
   const err = e instanceof Error ? e : new Error(String(e));
   const x = err as Error & { code?: unknown; syscall?: unknown };
-  return new TarIoError(
-    printableName(bname),
-    typeof x.code === 'string' ? x.code : 'EIO',
-    typeof x.syscall === 'string' ? x.syscall : '',
-    err.message,
-    { cause: err },
-  );
+  return new TarIoError(printableName(bname), typeof x.code === 'string' ? x.code : 'EIO', typeof x.syscall === 'string' ? x.syscall : '', err.message, {
+    cause: err,
+  });
 }

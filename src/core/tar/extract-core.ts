@@ -10,7 +10,6 @@ import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
 import { type ErrorCode, type ErrorKind, ThinError } from '../errors/errors.js';
 import { TarIoError, unsafe, UnsafeTarError, type UnsafeTarReason } from './errors.js';
-import type { IdMaps } from './idmap.js';
 import { TarParser } from './parser.js';
 import { LayerWriter, type WriterOptions, type WriterStats } from './writer.js';
 

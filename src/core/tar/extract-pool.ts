@@ -26,7 +26,11 @@ function workerSource(): { url: URL; eval?: string } {
     // running from TypeScript sources (tsx, vitest): the worker needs tsx's loader too
     const url = new URL('./extract-worker.ts', here);
     // the ESM build of tsx's API (its CJS build registers a wrong hook path)
-    const api = pathToFileURL(createRequire(here).resolve('tsx/esm/api').replace(/\.cjs$/, '.mjs')).href;
+    const api = pathToFileURL(
+      createRequire(here)
+        .resolve('tsx/esm/api')
+        .replace(/\.cjs$/, '.mjs'),
+    ).href;
     const code = `import(${JSON.stringify(api)}).then((m) => { (m.register ?? m.default.register)(); return import(${JSON.stringify(url.href)}); });`;
     return { url, eval: code };
   }
@@ -81,10 +85,7 @@ export class WorkerJob {
   onFail: ((e: Error) => void) | null = null;
   readonly pw: PooledWorker;
 
-  constructor(
-    onMessage: (m: Exclude<FromWorker, { t: 'done' } | { t: 'error' }>) => void,
-    signal: AbortSignal | undefined,
-  ) {
+  constructor(onMessage: (m: Exclude<FromWorker, { t: 'done' } | { t: 'error' }>) => void, signal: AbortSignal | undefined) {
     this.pw = takeWorker();
     const w = this.pw.w;
     this.done = new Promise((res, rej) => {
@@ -97,8 +98,7 @@ export class WorkerJob {
       else if (m.t === 'error') {
         if (!this.failed) this.workerReported = true;
         this.fail(deserializeError(m.err));
-      }
-      else if (!this.failed) onMessage(m);
+      } else if (!this.failed) onMessage(m);
     });
     w.on('error', (e) => {
       this.reusable = false;

@@ -38,13 +38,10 @@ export function pump(r: Readable, onChunk: (c: Buffer) => void | Promise<void>, 
         const res = onChunk(typeof c === 'string' ? Buffer.from(c) : c);
         if (res) {
           r.pause();
-          const mine = res.then(
-            () => {
-              if (pending === mine) pending = null;
-              if (!finished) r.resume();
-            },
-            fail,
-          );
+          const mine = res.then(() => {
+            if (pending === mine) pending = null;
+            if (!finished) r.resume();
+          }, fail);
           pending = mine;
         }
       } catch (e) {

@@ -290,9 +290,11 @@ async function runStreamInWorker(r: Readable, cfg: JobConfig, opts: ExtractOptio
 }
 
 /** Atomics.waitAsync (in Node ≥ 16; not in the ES2023 lib typings). */
-const waitAsync = (Atomics as unknown as {
-  waitAsync(a: Int32Array, i: number, v: number): { async: false; value: string } | { async: true; value: Promise<string> };
-}).waitAsync;
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(a: Int32Array, i: number, v: number): { async: false; value: string } | { async: true; value: Promise<string> };
+  }
+).waitAsync;
 
 function never(): never {
   throw new Error('internal: hasher finished without a digest');

@@ -48,7 +48,6 @@ export function fromBstr(b: string): Buffer {
   return Buffer.from(b, 'latin1');
 }
 
-// eslint-disable-next-line no-control-regex
 const ASCII = /^[\x00-\x7f]*$/;
 export function isAscii(s: string): boolean {
   return ASCII.test(s);

@@ -8,7 +8,16 @@
  * - packDirectory / packEntries: directory or in-memory entries → tar stream
  * - UnsafeTarError: every refusal (reason says which)
  */
-export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractProgress, type ExtractResult, type WhiteoutMode, type WriterStats } from './extract.js';
+export {
+  extractLayer,
+  extractLayerFile,
+  type ExtractLimits,
+  type ExtractOptions,
+  type ExtractProgress,
+  type ExtractResult,
+  type WhiteoutMode,
+  type WriterStats,
+} from './extract.js';
 export { UnsafeTarError, TarIoError, UNSAFE_TAR_CODE, TAR_IO_CODE, type UnsafeTarReason } from './errors.js';
 export type { IdMap, IdMaps } from './idmap.js';
 export { LayerRewriter, type RewriteOptions, type RewriteResult } from './rewrite.js';

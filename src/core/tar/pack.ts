@@ -103,7 +103,10 @@ async function* packGen(dir: string, opts: PackOptions): AsyncGenerator<Buffer> 
     const u = toContainer(m.uids, uid);
     const g = toContainer(m.gids, gid);
     if (u === null || g === null) {
-      throw new InvalidArgumentError(`pack ${JSON.stringify(rel)}: host ${u === null ? `uid ${uid}` : `gid ${gid}`} is outside the id map`, 'CVMFS_THIN_UNMAPPED_ID');
+      throw new InvalidArgumentError(
+        `pack ${JSON.stringify(rel)}: host ${u === null ? `uid ${uid}` : `gid ${gid}`} is outside the id map`,
+        'CVMFS_THIN_UNMAPPED_ID',
+      );
     }
     return [u, g];
   };
@@ -281,7 +284,8 @@ export function packEntriesToBuffer(entries: readonly MemEntry[]): Buffer {
     const h = baseHeader(name, type);
     h.mode = e.mode ?? (type === 'dir' ? 0o755 : type === 'symlink' ? 0o777 : 0o644);
     if (e.mtime !== undefined) {
-      if (!Number.isSafeInteger(e.mtime)) throw new InvalidArgumentError(`packEntries: ${JSON.stringify(e.name)}: mtime ${e.mtime} is not a whole number of seconds`);
+      if (!Number.isSafeInteger(e.mtime))
+        throw new InvalidArgumentError(`packEntries: ${JSON.stringify(e.name)}: mtime ${e.mtime} is not a whole number of seconds`);
       h.mtime = { sec: e.mtime, nsec: 0 };
     }
     if (type === 'symlink') {

@@ -17,20 +17,7 @@
  * zero blocks. Anything after the end-of-archive marker is ignored.
  */
 import { unsafe } from './errors.js';
-import {
-  BLOCK,
-  checksumOk,
-  field,
-  isZeroBlock,
-  latin1,
-  numeric,
-  padding,
-  parsePax,
-  parsePaxTime,
-  T,
-  type EntryType,
-  type TarHeader,
-} from './headers.js';
+import { BLOCK, checksumOk, field, isZeroBlock, latin1, numeric, padding, parsePax, parsePaxTime, T, type EntryType, type TarHeader } from './headers.js';
 
 export interface TarParserHandler {
   /** A new entry. Its data (header.size bytes) follows through data(). */
@@ -270,7 +257,14 @@ export class TarParser {
       gname: isUstar || isGnu ? field(b, off + 297, 32) : '',
       xattrs: null,
     };
-    if (Number.isNaN(h.mode) || Number.isNaN(h.uid) || Number.isNaN(h.gid) || Number.isNaN(h.mtime.sec) || Number.isNaN(h.devmajor) || Number.isNaN(h.devminor)) {
+    if (
+      Number.isNaN(h.mode) ||
+      Number.isNaN(h.uid) ||
+      Number.isNaN(h.gid) ||
+      Number.isNaN(h.mtime.sec) ||
+      Number.isNaN(h.devmajor) ||
+      Number.isNaN(h.devminor)
+    ) {
       throw unsafe(this.current, 'bad-header', `invalid numeric field in header at offset ${this.offset}`);
     }
     h.mode &= 0o7777;

@@ -75,6 +75,7 @@ export function joinRel(parent: string, name: string): string {
 export function recordPath(rel: string, entry: string): string {
   const b = Buffer.from(rel, 'latin1');
   const t = b.toString('utf8');
-  if (!Buffer.from(t, 'utf8').equals(b)) throw unsafe(entry, 'bad-whiteout', `name ${JSON.stringify(rel)} is not UTF-8 and cannot be written to the layer's record`);
+  if (!Buffer.from(t, 'utf8').equals(b))
+    throw unsafe(entry, 'bad-whiteout', `name ${JSON.stringify(rel)} is not UTF-8 and cannot be written to the layer's record`);
   return t;
 }

@@ -116,7 +116,8 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     this.emitRoot(null);
     if (this.lateRoot) this.emit_(this.lateRoot);
     const catalogs = new Set<string>();
-    for (const [p, k] of this.kinds) if (k === 'other' && (p === CATALOG || p.endsWith(`/${CATALOG}`))) catalogs.add(p.slice(0, Math.max(0, p.length - CATALOG.length - 1)));
+    for (const [p, k] of this.kinds)
+      if (k === 'other' && (p === CATALOG || p.endsWith(`/${CATALOG}`))) catalogs.add(p.slice(0, Math.max(0, p.length - CATALOG.length - 1)));
     const res: RewriteResult = {
       diffId: `sha256:${this.hash.digest('hex')}`,
       bytes: this.bytes,
@@ -127,10 +128,13 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     };
     Promise.resolve()
       .then(() => this.o.trailer(res))
-      .then((extra) => {
-        this.push(packEntriesToBuffer(extra));
-        cb();
-      }, (e: unknown) => cb(e as Error));
+      .then(
+        (extra) => {
+          this.push(packEntriesToBuffer(extra));
+          cb();
+        },
+        (e: unknown) => cb(e as Error),
+      );
   }
 
   private record(): LayerRecordData {
@@ -192,7 +196,12 @@ export class LayerRewriter extends Transform implements TarParserHandler {
       if (tc === null) throw unsafe(h.name, 'hardlink-escape', `hardlink target ${JSON.stringify(h.linkname)} escapes the destination`);
       const t = tc.join('/');
       const k = this.kinds.get(t);
-      if (t === '' || k === undefined || k === 'dir') throw unsafe(h.name, k === 'dir' || t === '' ? 'hardlink-to-directory' : 'hardlink-target-missing', `hardlink target ${JSON.stringify(h.linkname)} ${k === 'dir' || t === '' ? 'is a directory' : 'was not written before it in this layer'}`);
+      if (t === '' || k === undefined || k === 'dir')
+        throw unsafe(
+          h.name,
+          k === 'dir' || t === '' ? 'hardlink-to-directory' : 'hardlink-target-missing',
+          `hardlink target ${JSON.stringify(h.linkname)} ${k === 'dir' || t === '' ? 'is a directory' : 'was not written before it in this layer'}`,
+        );
       s.hardlinks++;
       linkname = this.o.prefix + t;
       // the link shares its target's inode: its xattrs are the target's, or the entry's own
@@ -225,7 +234,12 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     for (let i = 0; i < comps.length - 1; i++) {
       p = p === '' ? comps[i]! : `${p}/${comps[i]}`;
       const k = this.kinds.get(p);
-      if (k === 'symlink') throw unsafe(name, 'symlink-parent', `parent ${JSON.stringify(p)} is a symlink written by this layer: a streamed publish (ingest) cannot resolve it; publish this image through a transaction`);
+      if (k === 'symlink')
+        throw unsafe(
+          name,
+          'symlink-parent',
+          `parent ${JSON.stringify(p)} is a symlink written by this layer: a streamed publish (ingest) cannot resolve it; publish this image through a transaction`,
+        );
       if (k === 'other') throw unsafe(name, 'parent-not-directory', `parent ${JSON.stringify(p)} is not a directory`);
       if (k === undefined) {
         this.kinds.set(p, 'dir');
@@ -260,11 +274,41 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     if (this.rootEmitted) return;
     this.rootEmitted = true;
     if (this.o.baseEntry) {
-      this.push(encodeHeader({ name: './', linkname: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 }, devmajor: 0, devminor: 0, uname: '', gname: '', xattrs: null }));
+      this.push(
+        encodeHeader({
+          name: './',
+          linkname: '',
+          type: 'dir',
+          mode: 0o755,
+          uid: 0,
+          gid: 0,
+          size: 0,
+          mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 },
+          devmajor: 0,
+          devminor: 0,
+          uname: '',
+          gname: '',
+          xattrs: null,
+        }),
+      );
     }
     const root: TarHeader = h
       ? { ...h, name: this.o.prefix }
-      : { name: this.o.prefix, linkname: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 }, devmajor: 0, devminor: 0, uname: '', gname: '', xattrs: null };
+      : {
+          name: this.o.prefix,
+          linkname: '',
+          type: 'dir',
+          mode: 0o755,
+          uid: 0,
+          gid: 0,
+          size: 0,
+          mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 },
+          devmajor: 0,
+          devminor: 0,
+          uname: '',
+          gname: '',
+          xattrs: null,
+        };
     if (h) this.setXattrs('', h);
     this.emit_(root);
   }

@@ -144,7 +144,12 @@ export class DestTree {
         continue;
       }
       const next = this.step(cur, c, false, bname, ctx);
-      if (!next) throw unsafe(bname, 'symlink-parent', `parent symlink ${JSON.stringify(via)} -> ${JSON.stringify(target)} does not resolve to a directory inside the destination`);
+      if (!next)
+        throw unsafe(
+          bname,
+          'symlink-parent',
+          `parent symlink ${JSON.stringify(via)} -> ${JSON.stringify(target)} does not resolve to a directory inside the destination`,
+        );
       cur = next;
     }
     return cur;

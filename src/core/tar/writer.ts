@@ -52,7 +52,6 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
   private cur: TarHeader | null = null;
   private curName = '';
 
-
   // ------------------------------------------------------------ handler
 
   entry(h: TarHeader): void {
@@ -89,7 +88,6 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
     }
   }
 
-
   /** Release the open file, if any (after an error). */
   abort(): void {
     if (this.fd >= 0) this.closeFd();
@@ -116,7 +114,11 @@ export class LayerWriter extends MetadataWriter implements TarParserHandler {
       // with ".wh." in any case for a deletion: such a name would silently vanish
       for (const c of comps) {
         if (c.length >= 4 && !c.startsWith(WHITEOUT_PREFIX) && c.slice(0, 4).toLowerCase() === WHITEOUT_PREFIX) {
-          throw unsafe(h.name, 'unpublishable-name', `${JSON.stringify(c)} would be taken for a whiteout by a CVMFS transaction's publisher and lost; publish this image with --ingest, which keeps it`);
+          throw unsafe(
+            h.name,
+            'unpublishable-name',
+            `${JSON.stringify(c)} would be taken for a whiteout by a CVMFS transaction's publisher and lost; publish this image with --ingest, which keeps it`,
+          );
         }
       }
     }

@@ -4,10 +4,7 @@ export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 
 /** JSON lines on stderr (stdout stays free for command output). */
 export function createLogger(level: LogLevel = 'info', name = 'cvmfs-thin'): Logger {
-  return pino(
-    { name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
-    pino.destination({ dest: 2, sync: true }),
-  );
+  return pino({ name, level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ dest: 2, sync: true }));
 }
 
 /** A logger that drops everything (tests, library use). */

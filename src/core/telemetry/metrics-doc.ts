@@ -26,7 +26,7 @@ export function metricsDoc(): string {
     '`cvmfs_thin_broken_mounts` (checked every `check-interval`, default 30 s), in a warning naming the',
     'mount point and the snapshot key or layer ID, and in `cvmfs-thin doctor`.',
     '',
-    'The converter writes the `convert_*` metrics to a file for node_exporter\'s textfile collector with',
+    "The converter writes the `convert_*` metrics to a file for node_exporter's textfile collector with",
     '`cvmfs-thin convert … --metrics-textfile /var/lib/node_exporter/textfile/cvmfs-thin.prom`.',
     '',
     '| metric | type | labels | meaning |',

@@ -32,24 +32,70 @@ const LATENCY = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 /** Every metric the daemons and the converter export (without the `cvmfs_thin_` prefix). */
 export const METRICS = {
-  requests_total: { kind: 'counter', help: 'Requests answered, by daemon, method (RPC or endpoint) and result code (gRPC status name, or HTTP-style OK/error kind)', labels: ['daemon', 'method', 'code'] },
+  requests_total: {
+    kind: 'counter',
+    help: 'Requests answered, by daemon, method (RPC or endpoint) and result code (gRPC status name, or HTTP-style OK/error kind)',
+    labels: ['daemon', 'method', 'code'],
+  },
   request_duration_seconds: { kind: 'histogram', help: 'Request latency by daemon and method', labels: ['daemon', 'method'], buckets: LATENCY },
-  snapshots: { kind: 'gauge', help: 'Snapshots held by the snapshotter, by kind (active, view, committed) and source (local, thin, remote)', labels: ['kind', 'source'] },
+  snapshots: {
+    kind: 'gauge',
+    help: 'Snapshots held by the snapshotter, by kind (active, view, committed) and source (local, thin, remote)',
+    labels: ['kind', 'source'],
+  },
   thin_images_resolved_total: { kind: 'counter', help: 'Thin image layers (thin.json) resolved into CVMFS lower directories, by daemon', labels: ['daemon'] },
-  remote_layers_total: { kind: 'counter', help: 'CRI-labelled layers: served from CVMFS (download skipped) or fallback (not in CVMFS: downloaded)', labels: ['result'] },
-  cvmfs_unavailable_total: { kind: 'counter', help: 'Requests that failed because a CVMFS directory was not reachable (gone, client dead, or stalled past cvmfs-timeout), by daemon', labels: ['daemon'] },
-  cvmfs_stalls_total: { kind: 'counter', help: 'Probes of a CVMFS mount that did not answer within cvmfs-timeout (a stalled client; while it stalls, one more per timeout), by daemon', labels: ['daemon'] },
-  broken_mounts: { kind: 'gauge', help: 'Overlay mounts of running containers with a lower layer on a CVMFS mount that is dead (reason=not-connected: restart them) or stalled (reason=stalled), found by the last check', labels: ['daemon', 'reason'] },
-  journal_commit_seconds: { kind: 'histogram', help: 'Durable journal group commits: time of the synchronous write', labels: ['store'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1] },
+  remote_layers_total: {
+    kind: 'counter',
+    help: 'CRI-labelled layers: served from CVMFS (download skipped) or fallback (not in CVMFS: downloaded)',
+    labels: ['result'],
+  },
+  cvmfs_unavailable_total: {
+    kind: 'counter',
+    help: 'Requests that failed because a CVMFS directory was not reachable (gone, client dead, or stalled past cvmfs-timeout), by daemon',
+    labels: ['daemon'],
+  },
+  cvmfs_stalls_total: {
+    kind: 'counter',
+    help: 'Probes of a CVMFS mount that did not answer within cvmfs-timeout (a stalled client; while it stalls, one more per timeout), by daemon',
+    labels: ['daemon'],
+  },
+  broken_mounts: {
+    kind: 'gauge',
+    help: 'Overlay mounts of running containers with a lower layer on a CVMFS mount that is dead (reason=not-connected: restart them) or stalled (reason=stalled), found by the last check',
+    labels: ['daemon', 'reason'],
+  },
+  journal_commit_seconds: {
+    kind: 'histogram',
+    help: 'Durable journal group commits: time of the synchronous write',
+    labels: ['store'],
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1],
+  },
   journal_batch_records: { kind: 'histogram', help: 'Records per journal group commit', labels: ['store'], buckets: [1, 2, 4, 8, 16, 32, 64, 128] },
   mounts_held: { kind: 'gauge', help: 'Mounts the daemon holds for its clients (graph driver: layers got and not put; volumes: holders)', labels: ['daemon'] },
   volumes_mounted: { kind: 'gauge', help: 'Repository mounts of the volume manager, by backend (host, client, tree)', labels: ['daemon', 'backend'] },
   volume_repairs_total: { kind: 'counter', help: 'Broken (ENOTCONN) repository mounts mounted again', labels: ['daemon'] },
-  start_phase_seconds: { kind: 'histogram', help: 'Container starts: time of each phase of the daemon\'s work (resolve: a thin image\'s layers; prepare: the container snapshot; prefetch: its access profile read ahead), see cvmfs-thin why-slow', labels: ['daemon', 'phase'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120] },
-  prefetch_files_total: { kind: 'counter', help: 'Files of access profiles prefetched, by result (read, missing: not in the image any more, failed)', labels: ['result'] },
+  start_phase_seconds: {
+    kind: 'histogram',
+    help: "Container starts: time of each phase of the daemon's work (resolve: a thin image's layers; prepare: the container snapshot; prefetch: its access profile read ahead), see cvmfs-thin why-slow",
+    labels: ['daemon', 'phase'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
+  },
+  prefetch_files_total: {
+    kind: 'counter',
+    help: 'Files of access profiles prefetched, by result (read, missing: not in the image any more, failed)',
+    labels: ['result'],
+  },
   prefetch_bytes_total: { kind: 'counter', help: 'Bytes of access profiles read ahead from CVMFS (from its cache or the network)', labels: [] },
-  start_cvmfs_download_bytes_total: { kind: 'counter', help: 'Bytes the CVMFS client downloaded during container starts (its user.rx attribute, from Prepare to the end of the prefetch)', labels: [] },
-  convert_layers_total: { kind: 'counter', help: 'Converter: layers unpacked (result=converted) or found already present (result=present)', labels: ['result'] },
+  start_cvmfs_download_bytes_total: {
+    kind: 'counter',
+    help: 'Bytes the CVMFS client downloaded during container starts (its user.rx attribute, from Prepare to the end of the prefetch)',
+    labels: [],
+  },
+  convert_layers_total: {
+    kind: 'counter',
+    help: 'Converter: layers unpacked (result=converted) or found already present (result=present)',
+    labels: ['result'],
+  },
   convert_bytes_total: { kind: 'counter', help: 'Converter: compressed layer bytes read', labels: [] },
   convert_seconds_total: { kind: 'counter', help: 'Converter: wall time spent converting images', labels: [] },
   convert_images_total: { kind: 'counter', help: 'Converter: images converted, by result (ok, error, skipped)', labels: ['result'] },
@@ -108,7 +154,8 @@ export async function createRegistry(opts: { defaultMetrics?: boolean } = {}): P
     else if (d.kind === 'gauge') made.set(name, new prom.Gauge(common));
     else made.set(name, new prom.Histogram({ ...common, buckets: [...(d.buckets ?? LATENCY)] }));
   }
-  const get = (n: MetricName) => made.get(n) as never as { inc(l: object, v?: number): void; set(l: object, v: number): void; observe(l: object, v: number): void };
+  const get = (n: MetricName) =>
+    made.get(n) as never as { inc(l: object, v?: number): void; set(l: object, v: number): void; observe(l: object, v: number): void };
   const metrics: Metrics = {
     enabled: true,
     inc: (n, l, by = 1) => get(n).inc(l, by),
@@ -169,7 +216,9 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<Metri
       return;
     }
     if (url === '/healthz' || url === '/readyz') {
-      runChecks(url === '/healthz' ? o.live : { ...o.live, ...o.ready }).then((r) => reply(r.ok ? 200 : 503, 'application/json', `${JSON.stringify({ status: r.ok ? 'ok' : 'fail', checks: r.checks })}\n`));
+      runChecks(url === '/healthz' ? o.live : { ...o.live, ...o.ready }).then((r) =>
+        reply(r.ok ? 200 : 503, 'application/json', `${JSON.stringify({ status: r.ok ? 'ok' : 'fail', checks: r.checks })}\n`),
+      );
       return;
     }
     reply(404, 'text/plain', 'try /metrics, /healthz or /readyz\n');

@@ -90,7 +90,7 @@ export function parseCvmfsUrl(url: string, field: string): { repository: string;
     throw new ThinManifestError(field, `${JSON.stringify(repository)} is not a CVMFS repository name`);
   }
   if (p === '') throw new ThinManifestError(field, `${JSON.stringify(url)} names no directory inside the repository`);
-  // eslint-disable-next-line no-control-regex
+
   if (/[\x00-\x1f\x7f\\]/.test(p)) throw new ThinManifestError(field, `path contains control characters or backslashes`);
   for (const seg of p.split('/')) {
     if (seg === '' || seg === '.' || seg === '..') {
@@ -170,10 +170,7 @@ export function parseThinManifest(input: string | Uint8Array, opts: ParseOptions
     if (url === undefined || url === '') url = `cvmfs://${opts.defaultRepository}/${duccLayerPath(hex)}`;
     const { repository, path } = parseCvmfsUrl(url, `${field}.url`);
     if (!allowed.has(repository)) {
-      throw new ThinManifestError(
-        `${field}.url`,
-        `repository ${JSON.stringify(repository)} is not allowed (allowed: ${[...allowed].join(', ')})`,
-      );
+      throw new ThinManifestError(`${field}.url`, `repository ${JSON.stringify(repository)} is not allowed (allowed: ${[...allowed].join(', ')})`);
     }
     const pathHex = duccLayerHex(path);
     if (pathHex !== null && pathHex !== hex) {

@@ -70,7 +70,8 @@ export function checkProfilePath(p: unknown, field: string): string {
   if (p.length > 4096 || p.includes('\0')) throw new ProfileError(field, 'is longer than 4096 bytes or holds a NUL byte');
   const rel = p.replace(/^\/+/, '');
   const norm = path.posix.normalize(rel);
-  if (norm !== rel || norm === '.' || norm.startsWith('../') || norm === '..') throw new ProfileError(field, `${JSON.stringify(p)} is not a normalised path inside the container's root`);
+  if (norm !== rel || norm === '.' || norm.startsWith('../') || norm === '..')
+    throw new ProfileError(field, `${JSON.stringify(p)} is not a normalised path inside the container's root`);
   return norm;
 }
 
@@ -86,7 +87,8 @@ export function parseProfile(text: string): AccessProfile {
   }
   if (!o || typeof o !== 'object' || Array.isArray(o)) throw new ProfileError('file', 'must be a JSON object');
   const r = o as Record<string, unknown>;
-  for (const k of Object.keys(r)) if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files'].includes(k)) throw new ProfileError(k, 'is not a known field');
+  for (const k of Object.keys(r))
+    if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files'].includes(k)) throw new ProfileError(k, 'is not a known field');
   if (r['schema'] !== PROFILE_SCHEMA) throw new ProfileError('schema', `must be ${JSON.stringify(PROFILE_SCHEMA)}`);
   if (r['version'] !== 1) throw new ProfileError('version', 'must be 1');
   const layers = r['layers'];
@@ -105,14 +107,24 @@ export function parseProfile(text: string): AccessProfile {
     const e = f as Record<string, unknown>;
     for (const k of Object.keys(e)) if (!['path', 'layer', 'size', 'at'].includes(k)) throw new ProfileError(`${field}.${k}`, 'is not a known field');
     const layer = e['layer'];
-    if (layer !== undefined && (typeof layer !== 'string' || !known.has(layer))) throw new ProfileError(`${field}.layer`, 'must be one of the profile\'s layers');
+    if (layer !== undefined && (typeof layer !== 'string' || !known.has(layer)))
+      throw new ProfileError(`${field}.layer`, "must be one of the profile's layers");
     const size = e['size'];
     if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new ProfileError(`${field}.size`, 'must be a byte count');
     const at = e['at'];
-    if (at !== undefined && (typeof at !== 'number' || !Number.isFinite(at) || at < 0)) throw new ProfileError(`${field}.at`, 'must be a non-negative number of ms');
+    if (at !== undefined && (typeof at !== 'number' || !Number.isFinite(at) || at < 0))
+      throw new ProfileError(`${field}.at`, 'must be a non-negative number of ms');
     return { path: checkProfilePath(e['path'], `${field}.path`), layer: layer as string | undefined, size, at: at as number | undefined };
   });
-  return { schema: PROFILE_SCHEMA, version: 1, layers: layers as string[], prefetch: r['prefetch'], created: r['created'], source: r['source'] as string | undefined, files: out };
+  return {
+    schema: PROFILE_SCHEMA,
+    version: 1,
+    layers: layers as string[],
+    prefetch: r['prefetch'],
+    created: r['created'],
+    source: r['source'] as string | undefined,
+    files: out,
+  };
 }
 
 export function serializeProfile(p: AccessProfile): string {

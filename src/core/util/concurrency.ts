@@ -32,7 +32,11 @@ export class Semaphore {
 }
 
 /** Map with bounded concurrency; every item runs, results in input order (like Promise.allSettled). */
-export async function mapSettled<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
+export async function mapSettled<T, R>(
+  items: readonly T[],
+  concurrency: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<PromiseSettledResult<R>[]> {
   const sem = new Semaphore(Math.max(1, concurrency));
   return Promise.allSettled(items.map((it, i) => sem.run(() => fn(it, i))));
 }

@@ -195,7 +195,10 @@ export class Backends {
       r = await probe.run(src, [stat], what, first);
     } catch (e) {
       if (e instanceof StalledError && automount) {
-        throw new StalledError(src, `${what}: ${src} was not mounted by autofs within ${seconds(probe.timeoutMs)} (mount-timeout): CVMFS automount or network stuck?`);
+        throw new StalledError(
+          src,
+          `${what}: ${src} was not mounted by autofs within ${seconds(probe.timeoutMs)} (mount-timeout): CVMFS automount or network stuck?`,
+        );
       }
       if (e instanceof UnavailableError) throw e;
       throw new UnavailableError(`${what}: ${src} cannot be checked (${(e as Error).message})`, 'CVMFS_THIN_CVMFS_UNAVAILABLE', { cause: e });

@@ -147,7 +147,11 @@ export class HealthCheck {
     const holders = rec.holders.filter((h) => h.target);
     if (holders.length === 0) return 0;
     const mp = this.backends.pathOf(rec.key, rec.spec);
-    const health = await this.backends.healthOf(mp, holders.map((h) => h.target!), `health check of the targets of volume ${rec.key}`);
+    const health = await this.backends.healthOf(
+      mp,
+      holders.map((h) => h.target!),
+      `health check of the targets of volume ${rec.key}`,
+    );
     let n = 0;
     for (const h of [...holders.filter((x) => x.source === undefined), ...holders.filter((x) => x.source !== undefined)]) {
       if (health.get(h.target!) !== 'broken') continue;

@@ -182,9 +182,9 @@ export class MountManager {
     this.allowlist.check(spec);
     const key = volumeKey(spec);
     return this.locked([key], async () => {
-        const other = this.store.keyOfHolder(h.id);
-        if (other !== undefined && other !== key) throw new AlreadyExistsError(`${h.id} already holds volume ${other}`, 'CVMFS_THIN_TARGET_BUSY');
-        return await this.acquireLocked(spec, key, h);
+      const other = this.store.keyOfHolder(h.id);
+      if (other !== undefined && other !== key) throw new AlreadyExistsError(`${h.id} already holds volume ${other}`, 'CVMFS_THIN_TARGET_BUSY');
+      return await this.acquireLocked(spec, key, h);
     });
   }
 
@@ -211,7 +211,7 @@ export class MountManager {
     const key = this.store.keyOfHolder(holderId);
     if (key === undefined) return false;
     return this.locked([key], async () => {
-        return await this.releaseLocked(key, holderId);
+      return await this.releaseLocked(key, holderId);
     });
   }
 
@@ -230,45 +230,46 @@ export class MountManager {
   async publish(spec: VolumeSpec, target: string, p: PublishRequest = {}): Promise<VolumeState> {
     if (!path.isAbsolute(target)) throw new InvalidArgumentError(`target path ${JSON.stringify(target)} must be absolute`, 'CVMFS_THIN_BAD_TARGET');
     const t = path.resolve(target);
-    if (t === '/' || t.startsWith(`${this.o.stateDir}/`) || t === this.o.stateDir) throw new InvalidArgumentError(`target path ${t} is not allowed`, 'CVMFS_THIN_BAD_TARGET');
+    if (t === '/' || t.startsWith(`${this.o.stateDir}/`) || t === this.o.stateDir)
+      throw new InvalidArgumentError(`target path ${t} is not allowed`, 'CVMFS_THIN_BAD_TARGET');
     this.allowlist.check(spec);
     const key = volumeKey(spec);
     return this.locked([key, `target:${t}`], async () => {
-        const otherKey = this.store.keyOfHolder(t);
-        const existing = otherKey !== undefined ? this.store.volumes.get(otherKey)?.holders.find((x) => x.id === t) : undefined;
-        if (existing) {
-          const same = otherKey === key && existing.readonly === (p.readonly ?? true) && sameMeta(existing.meta, p.meta) && existing.source === p.source;
-          if (!same) throw new AlreadyExistsError(`${t} is already published with another volume or other options (${otherKey})`, 'CVMFS_THIN_TARGET_BUSY');
-          if (!this.backends.isMountPoint(t)) {
-            // after a reboot or a lost mount: same request, so mount again
-            if (p.source === undefined) await this.health.ensure(key, spec);
-            await this.backends.bindTarget(spec, key, t, p.source);
-          }
-          return this.state(this.store.volumes.get(key)!);
-        }
-        if (p.source !== undefined && !(await this.isPublishedSource(p.source))) {
-          throw new FailedPreconditionError(`staging path ${p.source} is not staged`, 'CVMFS_THIN_NOT_STAGED');
-        }
-        if (this.backends.isMountPoint(t)) throw new AlreadyExistsError(`${t} is already a mount point of something else`, 'CVMFS_THIN_TARGET_BUSY');
-        let createdDir = false;
-        try {
-          const st = await fsp.lstat(t);
-          if (!st.isDirectory()) throw new InvalidArgumentError(`target path ${t} exists and is not a directory`, 'CVMFS_THIN_BAD_TARGET');
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-          await fsp.mkdir(t, { recursive: true, mode: 0o750 });
-          createdDir = true;
-        }
-        // the holder is durable before the bind: a crash in between leaves a holder kubelet will unpublish
-        const state = await this.acquireLocked(spec, key, { id: t, readonly: p.readonly, meta: p.meta }, { target: t, createdDir, source: p.source });
-        try {
+      const otherKey = this.store.keyOfHolder(t);
+      const existing = otherKey !== undefined ? this.store.volumes.get(otherKey)?.holders.find((x) => x.id === t) : undefined;
+      if (existing) {
+        const same = otherKey === key && existing.readonly === (p.readonly ?? true) && sameMeta(existing.meta, p.meta) && existing.source === p.source;
+        if (!same) throw new AlreadyExistsError(`${t} is already published with another volume or other options (${otherKey})`, 'CVMFS_THIN_TARGET_BUSY');
+        if (!this.backends.isMountPoint(t)) {
+          // after a reboot or a lost mount: same request, so mount again
+          if (p.source === undefined) await this.health.ensure(key, spec);
           await this.backends.bindTarget(spec, key, t, p.source);
-        } catch (e) {
-          await this.releaseLocked(key, t).catch(() => undefined);
-          if (createdDir) await fsp.rmdir(t).catch(() => undefined);
-          throw e;
         }
-        return state;
+        return this.state(this.store.volumes.get(key)!);
+      }
+      if (p.source !== undefined && !(await this.isPublishedSource(p.source))) {
+        throw new FailedPreconditionError(`staging path ${p.source} is not staged`, 'CVMFS_THIN_NOT_STAGED');
+      }
+      if (this.backends.isMountPoint(t)) throw new AlreadyExistsError(`${t} is already a mount point of something else`, 'CVMFS_THIN_TARGET_BUSY');
+      let createdDir = false;
+      try {
+        const st = await fsp.lstat(t);
+        if (!st.isDirectory()) throw new InvalidArgumentError(`target path ${t} exists and is not a directory`, 'CVMFS_THIN_BAD_TARGET');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        await fsp.mkdir(t, { recursive: true, mode: 0o750 });
+        createdDir = true;
+      }
+      // the holder is durable before the bind: a crash in between leaves a holder kubelet will unpublish
+      const state = await this.acquireLocked(spec, key, { id: t, readonly: p.readonly, meta: p.meta }, { target: t, createdDir, source: p.source });
+      try {
+        await this.backends.bindTarget(spec, key, t, p.source);
+      } catch (e) {
+        await this.releaseLocked(key, t).catch(() => undefined);
+        if (createdDir) await fsp.rmdir(t).catch(() => undefined);
+        throw e;
+      }
+      return state;
     });
   }
 
@@ -283,11 +284,12 @@ export class MountManager {
     const key = this.store.keyOfHolder(t);
     if (key === undefined) return false;
     return this.locked([key, `target:${t}`], async () => {
-        const h = this.store.volumes.get(key)?.holders.find((x) => x.id === t);
-        if (!h) return false;
-        this.backends.unmountAll(t);
-        if (h.createdDir) await fsp.rmdir(t).catch((e: NodeJS.ErrnoException) => this.log.warn({ target: t, err: e.message }, 'could not remove target directory'));
-        return await this.releaseLocked(key, t);
+      const h = this.store.volumes.get(key)?.holders.find((x) => x.id === t);
+      if (!h) return false;
+      this.backends.unmountAll(t);
+      if (h.createdDir)
+        await fsp.rmdir(t).catch((e: NodeJS.ErrnoException) => this.log.warn({ target: t, err: e.message }, 'could not remove target directory'));
+      return await this.releaseLocked(key, t);
     });
   }
 

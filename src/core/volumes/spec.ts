@@ -160,7 +160,10 @@ export function volumeKey(spec: VolumeSpec): string {
   if (spec.tag) k += `@${spec.tag}`;
   if (spec.hash) k += `#${spec.hash}`;
   if (spec.date || spec.clientConfig) {
-    const h = createHash('sha256').update(`${spec.date ?? ''}\n${spec.clientConfig ?? ''}`).digest('hex').slice(0, 16);
+    const h = createHash('sha256')
+      .update(`${spec.date ?? ''}\n${spec.clientConfig ?? ''}`)
+      .digest('hex')
+      .slice(0, 16);
     k += `~${h}`;
   }
   return k;
@@ -196,7 +199,8 @@ export class RepositoryAllowlist {
       if (p === '*') this.any = true;
       else if (p.startsWith('*.') || p.startsWith('.')) {
         const s = p.slice(p.indexOf('.'));
-        if (!REPOSITORY_NAME.test(s.slice(1)) && !/^[a-z0-9-]+$/.test(s.slice(1))) throw bad('allowed repository pattern', p, 'is not a domain suffix like *.cern.ch');
+        if (!REPOSITORY_NAME.test(s.slice(1)) && !/^[a-z0-9-]+$/.test(s.slice(1)))
+          throw bad('allowed repository pattern', p, 'is not a domain suffix like *.cern.ch');
         this.suffixes.push(s);
       } else this.exact.add(checkRepositoryName(p, 'allowed repository'));
     }
@@ -222,7 +226,13 @@ export class RepositoryAllowlist {
  * Validate a name (or, with `optionalRepository`, CSI attributes where an
  * empty repository means the whole tree) plus options against the allowlist.
  */
-export function parseAllowed(allow: RepositoryAllowlist, keys: readonly string[], name: string, opts: Record<string, string>, optionalRepository = false): VolumeSpec {
+export function parseAllowed(
+  allow: RepositoryAllowlist,
+  keys: readonly string[],
+  name: string,
+  opts: Record<string, string>,
+  optionalRepository = false,
+): VolumeSpec {
   if (typeof name !== 'string') throw new InvalidArgumentError('volume name must be a string', 'CVMFS_THIN_BAD_VOLUME');
   const base: VolumeSpec = optionalRepository && name === '' ? { repository: null } : parseVolumeName(name);
   return allow.check(applyOptions(base, opts, keys));

@@ -45,7 +45,12 @@ export class VolumeStore {
   private readonly holderIndex = new Map<string, string>();
 
   private constructor(private readonly journal: Journal<Rec>) {
-    journal.onSnapshot((): State => ({ schema: 'cvmfs-thin/volumes', version: 1, volumes: [...this.volumes.values()], definitions: [...this.definitions.values()] }));
+    journal.onSnapshot((): State => ({
+      schema: 'cvmfs-thin/volumes',
+      version: 1,
+      volumes: [...this.volumes.values()],
+      definitions: [...this.definitions.values()],
+    }));
   }
 
   static async open(dir: string, onFatal: (e: Error) => void, onCommit?: JournalOptions['onCommit']): Promise<VolumeStore> {
@@ -53,7 +58,8 @@ export class VolumeStore {
     const store = new VolumeStore(journal);
     if (state !== null) {
       const st = state as State;
-      if (st.schema !== 'cvmfs-thin/volumes' || st.version !== 1) throw new Error(`${dir}: volume state schema ${String(st.schema)}/${String(st.version)} is not supported`);
+      if (st.schema !== 'cvmfs-thin/volumes' || st.version !== 1)
+        throw new Error(`${dir}: volume state schema ${String(st.schema)}/${String(st.version)} is not supported`);
       for (const v of st.volumes) store.apply({ vol: v });
       for (const d of st.definitions) store.apply({ def: d });
     }

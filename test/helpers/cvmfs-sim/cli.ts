@@ -65,7 +65,8 @@ const one = (p: Parsed, ...names: string[]): string | undefined => names.flatMap
 
 function main(argv: string[]): number {
   const [cmd, ...rest] = argv;
-  if (cmd === undefined || !(cmd in BOOLEAN)) throw new Usage(`unknown command ${JSON.stringify(cmd ?? '')} (init, transaction, publish, abort, ingest, status, rmfs)`);
+  if (cmd === undefined || !(cmd in BOOLEAN))
+    throw new Usage(`unknown command ${JSON.stringify(cmd ?? '')} (init, transaction, publish, abort, ingest, status, rmfs)`);
   const a = parse(cmd, rest);
   const S = a.positionals[0]!;
   const warn = (m: string) => process.stderr.write(`cvmfs-sim: ${m}\n`);

@@ -25,5 +25,7 @@ export function quoteWord(w: string): string {
 
 /** A hook command string, e.g. simCommand('publish', S). */
 export function simCommand(...args: string[]): string {
-  return simArgv(...args).map(quoteWord).join(' ');
+  return simArgv(...args)
+    .map(quoteWord)
+    .join(' ');
 }

@@ -6,7 +6,24 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { lchown, lgetxattr, llistxattr, lsetxattr, lutimesNs, MNT_DETACH, mknod, mount, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT, S_IFBLK, S_IFCHR, S_IFIFO, umount } from '../../../src/core/host/sys.js';
+import {
+  lchown,
+  lgetxattr,
+  llistxattr,
+  lsetxattr,
+  lutimesNs,
+  MNT_DETACH,
+  mknod,
+  mount,
+  MS_BIND,
+  MS_PRIVATE,
+  MS_RDONLY,
+  MS_REMOUNT,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFIFO,
+  umount,
+} from '../../../src/core/host/sys.js';
 
 export const S_IFSOCK = 0o140000;
 

@@ -30,7 +30,21 @@ export interface ThreeLayerImage {
   hexes: string[];
 }
 
-type Spec = Record<string, { dir?: true; file?: string; mode?: number; uid?: number; gid?: number; link?: string; hardlink?: string; fifo?: true; chr?: [number, number]; xattrs?: Record<string, Buffer> }>;
+type Spec = Record<
+  string,
+  {
+    dir?: true;
+    file?: string;
+    mode?: number;
+    uid?: number;
+    gid?: number;
+    link?: string;
+    hardlink?: string;
+    fifo?: true;
+    chr?: [number, number];
+    xattrs?: Record<string, Buffer>;
+  }
+>;
 
 const LAYER1: Spec = {
   bin: { dir: true, mode: 0o755 },

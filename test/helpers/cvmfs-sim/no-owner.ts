@@ -52,7 +52,10 @@ export function refuseWritesBelowNoOwner(p: SimPaths): void {
   const walk = (rel: string): void => {
     for (const n of fs.readdirSync(path.join(p.upper, rel))) {
       const r = rel === '' ? n : `${rel}/${n}`;
-      if (bad.has(rel)) throw new SimError(`publish failed: ${r}: permission denied (EACCES): its directory /${rel} was created by an ingest -k without a valid owner and cannot be written in a transaction`);
+      if (bad.has(rel))
+        throw new SimError(
+          `publish failed: ${r}: permission denied (EACCES): its directory /${rel} was created by an ingest -k without a valid owner and cannot be written in a transaction`,
+        );
       if (fs.lstatSync(path.join(p.upper, r)).isDirectory()) walk(r);
     }
   };

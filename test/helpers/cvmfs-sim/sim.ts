@@ -241,7 +241,10 @@ export function publish(S: string, warn: Warn = quiet): PublishResult {
     linkCopy(p.published, p.next);
     new Sync(p, cfg, w).touchDir('');
     const over = catalogsOverLimit(p.next, cfg.catalogLimit);
-    if (over.length > 0) throw new SimError(`publish failed: ${over.join('; ')}. Large catalogs stress the CernVM-FS transport infrastructure: split it into nested catalogs (${CATALOG_MARKER}) or raise the limit`);
+    if (over.length > 0)
+      throw new SimError(
+        `publish failed: ${over.join('; ')}. Large catalogs stress the CernVM-FS transport infrastructure: split it into nested catalogs (${CATALOG_MARKER}) or raise the limit`,
+      );
     unmountAll(p.repo);
   } catch (e) {
     rmTree(p.next);
@@ -293,7 +296,10 @@ class Sync {
     // deletions first (CVMFS goes in readdir order; a name both deleted and added is ambiguous there)
     for (const n of whiteouts) {
       const target = unwindWhiteout(n);
-      if (others.includes(target)) this.warn(`'${path.join(rel, n)}' and '${path.join(rel, target)}' are both in the scratch area: the simulator deletes first (a real publish goes in readdir order)`);
+      if (others.includes(target))
+        this.warn(
+          `'${path.join(rel, n)}' and '${path.join(rel, target)}' are both in the scratch area: the simulator deletes first (a real publish goes in readdir order)`,
+        );
       const victim = path.join(nextDir, target);
       if (target === '' || lstatOrNull(victim) === null) {
         this.warn(`'${path.join(rel, target)}' should be deleted, but was not found in repository.`);

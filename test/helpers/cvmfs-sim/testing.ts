@@ -29,7 +29,9 @@ export function simBase(prefix = 'cvmfs-sim-test-'): string {
 
 /** Detach every mount under `dir` (deepest first). */
 export function cleanUnder(dir: string): void {
-  for (const m of mountPoints().filter((p) => p.startsWith(`${dir}/`)).sort((a, b) => b.length - a.length)) {
+  for (const m of mountPoints()
+    .filter((p) => p.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length)) {
     try {
       umount(m, MNT_DETACH);
     } catch {
@@ -64,7 +66,9 @@ export function runSim(args: string[], input?: Buffer): { code: number; stdout: 
 
 /** A tar of a staging directory made by GNU tar with every xattr and numeric owners. */
 export function tarOf(staging: string): Buffer {
-  return execFileSync('tar', ['--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', staging, '-cf', '-', '.'], { maxBuffer: 1 << 28 });
+  return execFileSync('tar', ['--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', staging, '-cf', '-', '.'], {
+    maxBuffer: 1 << 28,
+  });
 }
 
 /** A raw security.capability value (cap_net_bind_service=ep, VFS_CAP_REVISION_2), as setcap writes it. */
