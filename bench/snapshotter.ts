@@ -8,6 +8,9 @@
  *
  *   npx tsx bench/snapshotter.ts            (needs root and /tmp/ctdts/bin/overlayserver; CTDTS_BIN overrides)
  *   BENCH_CYCLES=300 BENCH_SNAPSHOTS=10000 BENCH_REPS=3 npx tsx bench/snapshotter.ts
+ *   BENCH_BEFORE_CLI=/path/to/an/older/checkout/bin/cvmfs-thin.js npx tsx bench/snapshotter.ts
+ *     (adds that build of our snapshotter as a third server, in the same interleaving:
+ *      before/after ratios of a change in one run)
  *
  * Prints p50/p99 of a Prepare→Mounts→Commit→Remove cycle (1 client), the
  * throughput of 8 concurrent clients, the ratios ours/reference, our RSS idle
@@ -31,6 +34,7 @@ const SNAPSHOTS = Number(process.env['BENCH_SNAPSHOTS'] ?? 10_000);
 const REPS = Number(process.env['BENCH_REPS'] ?? 3);
 const BIN = process.env['CTDTS_BIN'] ?? '/tmp/ctdts/bin';
 const CLI = path.resolve(import.meta.dirname, '../bin/cvmfs-thin.js');
+const BEFORE_CLI = process.env['BENCH_BEFORE_CLI'];
 
 interface Server {
   name: string;
@@ -138,7 +142,7 @@ function rpcbench(socket: string, clients: number, n: number): Promise<RpcBench>
 }
 
 /** rpcbench against both servers, warmed, interleaved; medians of the runs. */
-async function withRpcbench(ours: Server, ref: Server): Promise<void> {
+async function withRpcbench(servers: Record<string, Server>): Promise<void> {
   if (!existsSync(path.join(BIN, 'rpcbench'))) {
     console.log(`rpcbench: ${path.join(BIN, 'rpcbench')} missing (build ../shared/containerd-testsuite); skipped`);
     return;
@@ -148,23 +152,15 @@ async function withRpcbench(ours: Server, ref: Server): Promise<void> {
   // first 8-client runs of 400 cycles come at 0.9-1.0x of the reference and the steady state
   // (V8's optimised code for these paths, its heap sized) from the 5th on; the Go server's
   // throughput does not change with warm-up
-  for (const s of [ours, ref]) {
+  for (const s of Object.values(servers)) {
     await rpcbench(sockOf(s), 1, 50);
     await rpcbench(sockOf(s), 8, 250);
   }
   const f = (x: number) => x.toFixed(2);
   for (const clients of [1, 8]) {
-    const runs: Record<string, RpcBench[]> = { ours: [], ref: [] };
+    const runs: Record<string, RpcBench[]> = Object.fromEntries(Object.keys(servers).map((k) => [k, []]));
     for (let r = 0; r < REPS * 2; r++) {
-      for (const [k, s] of (r % 2
-        ? [
-            ['ref', ref],
-            ['ours', ours],
-          ]
-        : [
-            ['ours', ours],
-            ['ref', ref],
-          ]) as [string, Server][]) {
+      for (const [k, s] of interleaved(servers, r)) {
         runs[k]!.push(await rpcbench(sockOf(s), clients, Math.ceil((clients === 1 ? CYCLES : CONC_CYCLES) / 2)));
       }
     }
@@ -177,7 +173,24 @@ async function withRpcbench(ours: Server, ref: Server): Promise<void> {
       `rpcbench (containerd's proxy client), ${clients} client(s): p50 ours ${f(m('ours', 'p50_us') / 1000)} ms overlay ${f(m('ref', 'p50_us') / 1000)} ms ratio ${f(m('ours', 'p50_us') / m('ref', 'p50_us'))} (target <= 1.0); ` +
         `p99 ratio ${f(m('ours', 'p99_us') / m('ref', 'p99_us'))} (target <= 1.2); throughput ${m('ours', 'cycles_per_s').toFixed(0)} vs ${m('ref', 'cycles_per_s').toFixed(0)} cycles/s ratio ${f(m('ours', 'cycles_per_s') / m('ref', 'cycles_per_s'))}${clients === 8 ? ' (target >= 1.5)' : ''}`,
     );
+    if (servers['before'])
+      console.log(
+        `rpcbench, ${clients} client(s), this build vs before (${BEFORE_CLI}): p50 ${f(m('ours', 'p50_us') / 1000)} vs ${f(m('before', 'p50_us') / 1000)} ms ratio ${f(m('ours', 'p50_us') / m('before', 'p50_us'))}; ` +
+          `p99 ratio ${f(m('ours', 'p99_us') / m('before', 'p99_us'))}; throughput ratio ${f(m('ours', 'cycles_per_s') / m('before', 'cycles_per_s'))}`,
+      );
   }
+}
+
+/** The servers in an order that alternates between blocks: both ends see the same drift. */
+function interleaved(servers: Record<string, Server>, block: number): [string, Server][] {
+  const order = Object.entries(servers);
+  return block % 2 ? order.reverse() : order;
+}
+
+function ourSnapshotter(cli: string, dir: string, name: string): Promise<Server> {
+  const args = [cli, 'snapshotter', '--root', path.join(dir, name), '--address', path.join(dir, `${name}.sock`)];
+  args.push('--absolute-mountpoint', path.join(dir, 'cvmfs'), '--log-level', 'warn');
+  return start(name === 'ours' ? 'cvmfs-thin' : `cvmfs-thin (${name})`, process.execPath, args, path.join(dir, `${name}.sock`), path.join(dir, name));
 }
 
 async function main() {
@@ -185,24 +198,7 @@ async function main() {
   const ovlBin = path.join(BIN, 'overlayserver');
   if (!existsSync(ovlBin)) throw new Error(`${ovlBin} missing: build ../shared/containerd-testsuite (build.sh) first`);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-sn-'));
-  const ours = await start(
-    'cvmfs-thin',
-    process.execPath,
-    [
-      CLI,
-      'snapshotter',
-      '--root',
-      path.join(dir, 'ours'),
-      '--address',
-      path.join(dir, 'ours.sock'),
-      '--absolute-mountpoint',
-      path.join(dir, 'cvmfs'),
-      '--log-level',
-      'warn',
-    ],
-    path.join(dir, 'ours.sock'),
-    path.join(dir, 'ours'),
-  );
+  const ours = await ourSnapshotter(CLI, dir, 'ours');
   const ref = await start(
     'overlay (Go)',
     ovlBin,
@@ -210,31 +206,26 @@ async function main() {
     path.join(dir, 'ref.sock'),
     path.join(dir, 'ref'),
   );
+  const before = BEFORE_CLI ? await ourSnapshotter(BEFORE_CLI, dir, 'before') : undefined;
+  const servers: Record<string, Server> = { ours, ref, ...(before ? { before } : {}) };
   try {
     await sleep(1500);
     const rssIdle = rssMiB(ours.proc.pid!);
     const refRssIdle = rssMiB(ref.proc.pid!);
-    // warm up both (JIT, page cache): ~700 cycles each, alone and 8 at once
-    for (const s of [ours, ref]) {
+    const beforeRssIdle = before ? rssMiB(before.proc.pid!) : NaN;
+    // warm up each (JIT, page cache): ~700 cycles each, alone and 8 at once
+    for (const s of Object.values(servers)) {
       await single(s, 300);
       await concurrent(s, 8, 50);
     }
 
     // interleave in small blocks (alternating which server goes first): this machine's
     // speed drifts, and both must see the same drift
-    const lat: Record<string, number[]> = { ours: [], ref: [] };
-    const thr: Record<string, number[]> = { ours: [], ref: [] };
+    const lat: Record<string, number[]> = Object.fromEntries(Object.keys(servers).map((k) => [k, []]));
+    const thr: Record<string, number[]> = Object.fromEntries(Object.keys(servers).map((k) => [k, []]));
     const blocks = REPS * 4;
     for (let r = 0; r < blocks; r++) {
-      for (const [k, s] of (r % 2
-        ? [
-            ['ref', ref],
-            ['ours', ours],
-          ]
-        : [
-            ['ours', ours],
-            ['ref', ref],
-          ]) as [string, Server][]) {
+      for (const [k, s] of interleaved(servers, r)) {
         lat[k]!.push(...(await single(s, Math.ceil(CYCLES / 4))));
         thr[k]!.push(await concurrent(s, 8, Math.ceil(CONC_CYCLES / 4)));
       }
@@ -244,7 +235,7 @@ async function main() {
     const p99 = { ours: pct(lat['ours']!, 99), ref: pct(lat['ref']!, 99) };
     const tput = { ours: med(thr['ours']!), ref: med(thr['ref']!) };
     // the same cycle through containerd's own client, before either server grows
-    await withRpcbench(ours, ref);
+    await withRpcbench(servers);
 
     // scale: latency at 100 vs SNAPSHOTS snapshots, RSS at SNAPSHOTS
     await preload(ours, 100);
@@ -271,13 +262,21 @@ async function main() {
     console.log(
       `8 concurrent clients: ours ${tput.ours.toFixed(0)} cycles/s   overlay ${tput.ref.toFixed(0)} cycles/s   ratio ${f(tput.ours / tput.ref)}   (target >= 1.5)`,
     );
+    if (before) {
+      const bp50 = pct(lat['before']!, 50);
+      const bp99 = pct(lat['before']!, 99);
+      console.log(
+        `this build vs before (${BEFORE_CLI}): p50 ${f(p50.ours)} vs ${f(bp50)} ms ratio ${f(p50.ours / bp50)}; p99 ratio ${f(p99.ours / bp99)}; ` +
+          `8-client throughput ratio ${f(tput.ours / med(thr['before']!))}; RSS idle ${rssIdle.toFixed(1)} vs ${beforeRssIdle.toFixed(1)} MiB`,
+      );
+    }
     console.log(`RSS idle: ours ${rssIdle.toFixed(1)} MiB (target <= 60)   overlay ${refRssIdle.toFixed(1)} MiB`);
     console.log(
       `RSS with ${listed} snapshots: ours ${rssN.toFixed(1)} MiB steady (target <= 100), ${rssNow.toFixed(1)} MiB right after preload + List; preload took ${preloadS.toFixed(1)} s; List of all: ${listMs.toFixed(0)} ms`,
     );
     console.log(`cycle p50 at ${listed} snapshots ${f(atN)} ms vs at 100: ${f(at100)} ms   ratio ${f(atN / at100)}   (target <= 1.2)`);
   } finally {
-    await stopServers([ours, ref], dir);
+    await stopServers(Object.values(servers), dir);
   }
 }
 
