@@ -15,7 +15,7 @@ import { REPOSITORY_NAME } from '../core/config.js';
 import type { Host, MountInfo } from '../core/host/host.js';
 import { brokenOverlays, cvmfsMountState, overlaysOf } from '../core/stack/mount-health.js';
 import type { CvmfsProbe } from '../core/host/probe.js';
-import type { Check } from './doctor.js';
+import type { Check } from './doctor-check.js';
 
 export interface CvmfsDoctorOptions {
   host: Host;

@@ -2,61 +2,25 @@
  * `cvmfs-thin doctor`: checks a node and says what to fix. Every check reads
  * (files, /proc, /sys, the mount table, sockets, `dockerd --version`); nothing
  * is changed. Host access goes through the Host seam, file locations are
- * options, so tests run on copies.
+ * options, so tests run on copies. This file runs the checks in order (kernel:
+ * doctor-kernel.ts; CVMFS: here and doctor-cvmfs.ts; image runtimes:
+ * doctor-runtimes.ts), probes the daemons' sockets and formats the report.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import type { Host } from '../core/host/host.js';
 import { silentLogger } from '../core/telemetry/log.js';
 import { CvmfsProbe } from '../core/host/probe.js';
 import { cvmfsClientChecks, cvmfsMountChecks } from './doctor-cvmfs.js';
 import { publishedRepositories, SERVER_CONF_DIR, serverConfFile, xattrWarning } from '../core/cvmfs/server-conf.js';
-import { inspectContainerdConfig } from './containerd-config.js';
-import { inspectDaemonJson } from './daemon-json.js';
+import { type Check, type DoctorOptions, type Status, tomlKey, tomlList } from './doctor-check.js';
+import { idmapCheck, overlayChecks } from './doctor-kernel.js';
+import { containerdUse, dockerUse } from './doctor-runtimes.js';
 import { PLUGIN_DIR, SNAPSHOTTER_ADDRESS } from './setup.js';
 import { DAEMONS } from './templates.js';
-import { parseTomlFile } from './toml-edit.js';
 
-export type Status = 'pass' | 'warn' | 'fail' | 'skip';
-
-export interface Check {
-  id: string;
-  status: Status;
-  /** what was found */
-  detail: string;
-  /** what to do about it (warn/fail) */
-  fix?: string;
-}
-
-export interface DoctorOptions {
-  host: Host;
-  containerdConfig: string;
-  daemonJson: string;
-  snapshotterConfig: string;
-  graphdriverConfig: string;
-  volumePluginConfig: string;
-  systemdDir: string;
-  /** override the config files' / defaults' CVMFS location */
-  cvmfsRoot?: string | undefined;
-  repository?: string | undefined;
-  /** /proc/filesystems and /sys/module/overlay/parameters (tests) */
-  procFilesystems?: string;
-  overlayParameters?: string;
-  kernelRelease?: string;
-  timeoutMs?: number;
-  /** State directories whose containers are checked (default: the config files' `root` / `state-dir`, else the daemons' defaults). */
-  snapshotterRoot?: string | undefined;
-  graphdriverStateDir?: string | undefined;
-  /** The CVMFS client's programs and the environment they are found in (tests: fakes on PATH). */
-  cvmfsConfig?: string | undefined;
-  cvmfsTalk?: string | undefined;
-  env?: NodeJS.ProcessEnv | undefined;
-  /** A Stratum-0's repository configurations (default /etc/cvmfs/repositories.d). */
-  cvmfsServerConfDir?: string | undefined;
-}
+export type { Check, DoctorOptions, Status } from './doctor-check.js';
 
 /** On a publisher: repositories whose publishes drop xattrs (converted images then need local copies on every node). */
 function publisherChecks(confDir = SERVER_CONF_DIR): Check[] {
@@ -75,26 +39,6 @@ function publisherChecks(confDir = SERVER_CONF_DIR): Check[] {
 /** The daemons' default state directories (src/cli/snapshotter.ts, src/cli/graphdriver.ts). */
 const SNAPSHOTTER_ROOT = '/var/lib/containerd-cvmfs-grpc';
 const GRAPHDRIVER_STATE_DIR = '/var/lib/cvmfs-thin/graphdriver';
-
-function readText(file: string): string | null {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return null;
-  }
-}
-
-/** A string key of a daemon's TOML config (missing or unreadable file: undefined). */
-function tomlKey(file: string, key: string): string | undefined {
-  const t = readText(file);
-  if (t === null) return undefined;
-  try {
-    const v = parseTomlFile(t, file)[key];
-    return typeof v === 'string' ? v : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -143,57 +87,6 @@ async function probeSocket(socket: string, kind: 'grpc' | 'plugin', ms: number):
     ms,
     socket,
   ).catch((e: unknown) => (e as Error).message);
-}
-
-const param = (dir: string, name: string) => readText(path.join(dir, name))?.trim();
-
-function overlayChecks(o: DoctorOptions): Check[] {
-  const fs = readText(o.procFilesystems ?? '/proc/filesystems') ?? '';
-  const dir = o.overlayParameters ?? '/sys/module/overlay/parameters';
-  const out: Check[] = [];
-  if (!/\boverlay$/m.test(fs)) {
-    out.push({
-      id: 'overlayfs',
-      status: 'fail',
-      detail: 'the kernel has no overlay file system loaded',
-      fix: 'modprobe overlay (and add "overlay" to /etc/modules-load.d/)',
-    });
-    return out;
-  }
-  out.push({ id: 'overlayfs', status: 'pass', detail: 'overlay file system available' });
-  const index = param(dir, 'index');
-  const redirect = param(dir, 'redirect_dir');
-  const metacopy = param(dir, 'metacopy');
-  const on = (v: string | undefined) => v === 'Y' || v === 'on' || v === 'follow';
-  const bad = [...(on(redirect) ? ['redirect_dir'] : []), ...(on(metacopy) ? ['metacopy'] : [])];
-  const shown = `index=${index ?? '-'} redirect_dir=${redirect ?? '-'} metacopy=${metacopy ?? '-'}`;
-  if (bad.length > 0) {
-    out.push({
-      id: 'overlay-parameters',
-      status: 'warn',
-      detail: `${shown}: with ${bad.join(' and ')} on, renamed directories and metadata-only copies are stored as overlay redirects, which docker diff/commit/save and image layer diffs of containers do not capture`,
-      fix: `echo N > /sys/module/overlay/parameters/${bad[0]} (for every: ${bad.map((b) => `${b}=off`).join(' ')} in "options overlay …" under /etc/modprobe.d/)`,
-    });
-  } else {
-    out.push({
-      id: 'overlay-parameters',
-      status: 'pass',
-      detail: `${shown}${index === 'Y' ? ' (our overlay mounts pass index=off, as containerd and dockerd do)' : ''}`,
-    });
-  }
-  return out;
-}
-
-/** The string-list key of a daemon's TOML config. */
-function tomlList(file: string, key: string): string[] {
-  const t = readText(file);
-  if (t === null) return [];
-  try {
-    const v = parseTomlFile(t, file)[key];
-    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-  } catch {
-    return [];
-  }
 }
 
 /** The graph driver's Home, from the Init it remembered. */
@@ -284,174 +177,6 @@ async function cvmfsChecks(o: DoctorOptions, probe: CvmfsProbe): Promise<Check[]
   };
   out.push(...(await cvmfsMountChecks(co)), ...(await cvmfsClientChecks(co)), ...publisherChecks(o.cvmfsServerConfDir));
   return out;
-}
-
-interface Use {
-  checks: Check[];
-  /** sockets that must be alive: [socket, kind, what, unit] */
-  sockets: [string, 'grpc' | 'plugin', string, string][];
-  used: boolean;
-}
-
-function containerdUse(o: DoctorOptions, address: string): Use & { names: string[] } {
-  const text = readText(o.containerdConfig);
-  if (text === null) return { checks: [{ id: 'containerd-config', status: 'skip', detail: `no ${o.containerdConfig}` }], sockets: [], used: false, names: [] };
-  let info: ReturnType<typeof inspectContainerdConfig>;
-  try {
-    info = inspectContainerdConfig(text, o.containerdConfig);
-  } catch (e) {
-    return {
-      checks: [{ id: 'containerd-config', status: 'fail', detail: (e as Error).message, fix: `fix ${o.containerdConfig}` }],
-      sockets: [],
-      used: false,
-      names: [],
-    };
-  }
-  const names = Object.entries(info.proxies)
-    .filter(([, a]) => a === address)
-    .map(([n]) => n);
-  if (names.length === 0) {
-    const other = Object.keys(info.proxies);
-    return {
-      checks: [
-        {
-          id: 'containerd-config',
-          status: 'skip',
-          detail: `containerd has no proxy plugin on ${address}${other.length ? ` (proxy plugins: ${other.join(', ')})` : ''}`,
-          fix: 'cvmfs-thin setup containerd',
-        },
-      ],
-      sockets: [],
-      used: false,
-      names,
-    };
-  }
-  const cri =
-    info.criSnapshotter && names.includes(info.criSnapshotter)
-      ? `; Kubernetes (CRI) pulls use it, snapshot annotations ${info.annotations ? 'on' : 'OFF (remote layers need disable_snapshot_annotations = false)'}`
-      : '';
-  return {
-    checks: [
-      {
-        id: 'containerd-config',
-        status: cri && !info.annotations ? 'warn' : 'pass',
-        detail: `version ${info.version}: proxy_plugins.${names.join(', ')} → ${address}${cri}`,
-        ...(cri && !info.annotations ? { fix: 'cvmfs-thin setup containerd --kubernetes' } : {}),
-      },
-    ],
-    sockets: [[address, 'grpc', 'snapshotter', DAEMONS.snapshotter.unit]],
-    used: true,
-    names,
-  };
-}
-
-async function dockerUse(o: DoctorOptions, ctdNames: string[]): Promise<Use> {
-  const checks: Check[] = [];
-  const r = await o.host.exec('dockerd', ['--version'], { timeoutMs: 10_000 });
-  const m = /(\d+)\.(\d+)/.exec(r.stdout);
-  const version = r.code === 0 && m ? ([Number(m[1]), Number(m[2])] as const) : undefined;
-  const text = readText(o.daemonJson);
-  let d: ReturnType<typeof inspectDaemonJson> | undefined;
-  if (text !== null) {
-    try {
-      d = inspectDaemonJson(text, o.daemonJson);
-    } catch (e) {
-      checks.push({ id: 'docker-config', status: 'fail', detail: (e as Error).message, fix: `fix ${o.daemonJson}` });
-    }
-  } else checks.push({ id: 'docker-config', status: 'skip', detail: `no ${o.daemonJson}` });
-  const gdSocket = tomlKey(o.graphdriverConfig, 'socket') ?? `${PLUGIN_DIR}/cvmfs.sock`;
-  const gdName = path.basename(gdSocket, '.sock');
-  const sockets: Use['sockets'] = [];
-  let mode: 'graphdriver' | 'containerd-store' | undefined;
-  if (d?.containerdStore && d.driver && ctdNames.includes(d.driver)) {
-    mode = 'containerd-store';
-    checks.push({ id: 'docker-config', status: 'pass', detail: `containerd image store with snapshotter ${d.driver}` });
-  } else if (d && d.driver === gdName && !d.containerdStore) {
-    mode = 'graphdriver';
-    if (!d.experimental)
-      checks.push({
-        id: 'docker-config',
-        status: 'fail',
-        detail: `storage-driver ${gdName} without "experimental": true: dockerd refuses graph driver plugins`,
-        fix: `cvmfs-thin setup docker`,
-      });
-    else checks.push({ id: 'docker-config', status: 'pass', detail: `graph driver ${gdName} (${gdSocket}), experimental` });
-    sockets.push([gdSocket, 'plugin', 'graph driver', DAEMONS.graphdriver.unit]);
-  } else if (d)
-    checks.push({
-      id: 'docker-config',
-      status: 'skip',
-      detail: `dockerd's storage driver is ${d.driver ?? 'its default'}${d.containerdStore ? ' (containerd image store)' : ''}: not cvmfs-thin`,
-      fix: 'cvmfs-thin setup docker',
-    });
-  if (!version) checks.push({ id: 'docker-version', status: 'skip', detail: 'dockerd not found' });
-  else {
-    const [maj, min] = version;
-    const v = `${maj}.${min}`;
-    const old = maj < 20 || (maj === 20 && min < 10);
-    if (mode === 'graphdriver') {
-      if (old || maj >= 28)
-        checks.push({
-          id: 'docker-version',
-          status: 'fail',
-          detail: `Docker ${v} ${old ? 'is older than 20.10' : 'has no graph driver plugins (removed in 28)'}`,
-          fix: old ? 'upgrade Docker' : 'cvmfs-thin setup docker --mode containerd-store',
-        });
-      else if (maj === 27) {
-        const dropins = path.join(o.systemdDir, 'docker.service.d');
-        const has =
-          existsSync(dropins) &&
-          readdirSync(dropins).some((f) => f.endsWith('.conf') && (readText(path.join(dropins, f)) ?? '').includes('DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS'));
-        checks.push(
-          has
-            ? { id: 'docker-version', status: 'pass', detail: `Docker ${v}: graph driver plugins enabled by DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS` }
-            : {
-                id: 'docker-version',
-                status: 'fail',
-                detail: `Docker ${v} loads graph driver plugins only with DOCKERD_DEPRECATED_GRAPHDRIVER_PLUGINS=1`,
-                fix: 'cvmfs-thin setup docker (adds a docker.service drop-in)',
-              },
-        );
-      } else checks.push({ id: 'docker-version', status: 'pass', detail: `Docker ${v} supports graph driver plugins (with experimental)` });
-    } else if (mode === 'containerd-store' && maj < 24)
-      checks.push({
-        id: 'docker-version',
-        status: 'fail',
-        detail: `Docker ${v} has no containerd image store (24 or later)`,
-        fix: 'upgrade Docker, or cvmfs-thin setup docker --mode graphdriver',
-      });
-    else
-      checks.push({
-        id: 'docker-version',
-        status: old ? 'warn' : 'pass',
-        detail: `Docker ${v}: ${old ? 'too old for cvmfs-thin' : maj >= 28 ? 'containerd image store only' : maj >= 24 ? 'graph driver or containerd image store' : 'graph driver'}`,
-      });
-  }
-  return { checks, sockets, used: mode !== undefined };
-}
-
-function idmapCheck(o: DoctorOptions): Check {
-  const rel = o.kernelRelease ?? os.release();
-  const m = /^(\d+)\.(\d+)/.exec(rel);
-  const v = m ? Number(m[1]) * 1000 + Number(m[2]) : 0;
-  if (v >= 6012)
-    return {
-      id: 'idmapped-mounts',
-      status: 'pass',
-      detail: `kernel ${rel}: idmapped mounts, overlay on idmapped layers, and FUSE idmapping (if the CVMFS client allows it)`,
-    };
-  if (v >= 5019)
-    return {
-      id: 'idmapped-mounts',
-      status: 'pass',
-      detail: `kernel ${rel}: idmapped mounts and overlay on idmapped layers (FUSE, i.e. a real /cvmfs, needs 6.12)`,
-    };
-  return {
-    id: 'idmapped-mounts',
-    status: 'warn',
-    detail: `kernel ${rel}: ${v >= 5012 ? 'idmapped mounts, but overlay refuses idmapped lower layers before 5.19' : 'no idmapped mounts (5.12)'}; with dockerd --userns-remap, thin images show CVMFS files as nobody`,
-    fix: 'a kernel ≥ 5.19 (≥ 6.12 for FUSE) if you use --userns-remap; otherwise nothing to do',
-  };
 }
 
 /** Run every check. */
