@@ -1,3 +1,8 @@
+/**
+ * `cvmfs-thin convert SOURCE`: unpack an image (registry, OCI layout or
+ * archive) into a CVMFS repository tree (DUCC's layout) and write its thin
+ * image; run by the publisher (on a Stratum-0, inside a `cvmfs_server` transaction).
+ */
 import os from 'node:os';
 import { Command, Option } from 'commander';
 import { InvalidArgumentError } from '../core/errors/errors.js';

@@ -1,3 +1,8 @@
+/**
+ * `cvmfs-thin csi`: the Kubernetes CSI node plugin daemon (CVMFS repositories
+ * as read-only volumes); run by kubelet's DaemonSet
+ * (packaging/kubernetes/csi/daemonset.yaml).
+ */
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';

@@ -1,3 +1,8 @@
+/**
+ * `cvmfs-thin doctor`: checks a node (kernel, CVMFS, containerd/dockerd
+ * configuration, our daemons' sockets) and says what to fix; run by an
+ * administrator on the node (src/ops/doctor.ts).
+ */
 import path from 'node:path';
 import { Command } from 'commander';
 import { InvalidArgumentError } from '../core/errors/errors.js';

@@ -1,3 +1,7 @@
+/**
+ * `cvmfs-thin gc`: remove layers, chains and flat trees no image references
+ * any more; run by the publisher, after `rm` or periodically.
+ */
 import { Command, Option } from 'commander';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { collectGarbage } from '../convert/gc.js';

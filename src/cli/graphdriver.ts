@@ -1,3 +1,9 @@
+/**
+ * `cvmfs-thin graphdriver`: the Docker graph driver plugin daemon (thin images
+ * on dockerd 20.10-27); run by systemd
+ * (packaging/graphdriver/cvmfs-thin-graphdriver.service) or as a managed
+ * Docker plugin (packaging/graphdriver/config.json).
+ */
 import { Command, Option } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import type { IdmapMode } from '../graphdriver/options.js';

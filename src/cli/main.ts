@@ -1,4 +1,8 @@
 #!/usr/bin/env node
+/**
+ * `cvmfs-thin`: the command line of every command (started by bin/cvmfs-thin.js);
+ * picks the subcommand and loads only its code.
+ */
 import { readFileSync } from 'node:fs';
 import v8 from 'node:v8';
 import { Command } from 'commander';

@@ -1,3 +1,9 @@
+/**
+ * `cvmfs-thin setup containerd|docker|volumes|podman`: configure a node
+ * for cvmfs-thin (config entries, units); run once per node by an
+ * administrator, or on Kubernetes by the containerd-setup DaemonSet
+ * (packaging/kubernetes/snapshotter/containerd-setup.yaml).
+ */
 import { existsSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';

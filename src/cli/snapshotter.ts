@@ -1,3 +1,8 @@
+/**
+ * `cvmfs-thin snapshotter`: the containerd proxy snapshotter daemon; run by
+ * systemd (packaging/systemd/cvmfs-thin-snapshotter.service) or the
+ * Kubernetes DaemonSet (packaging/kubernetes/snapshotter/).
+ */
 import { Command } from 'commander';
 import { cvmfsKeys, type Field } from '../core/config.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';

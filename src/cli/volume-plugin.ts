@@ -1,4 +1,8 @@
-/** `cvmfs-thin volume-plugin`: the Docker volume plugin daemon. */
+/**
+ * `cvmfs-thin volume-plugin`: the Docker volume plugin daemon (CVMFS repositories
+ * as volumes); run by systemd (packaging/dockervolume/cvmfs-thin-volume-plugin.service)
+ * or as a managed Docker plugin (packaging/dockervolume/config.json).
+ */
 import { Command } from 'commander';
 import type { Field } from '../core/config.js';
 import { systemHost } from '../core/host/host.js';

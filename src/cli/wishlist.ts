@@ -1,3 +1,7 @@
+/**
+ * `cvmfs-thin wishlist FILE`: convert every image of a DUCC recipe that is not
+ * converted yet; run by the publisher, periodically.
+ */
 import { writeConvertMetrics } from '../convert/metrics.js';
 import { Command } from 'commander';
 import { InvalidArgumentError } from '../core/errors/errors.js';
