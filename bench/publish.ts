@@ -31,7 +31,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cvmfsLocation } from '../src/core/config.js';
+import { cvmfsLocation } from '../src/core/cvmfs/location.js';
 import { CvmfsLayers, type LayerFacts } from '../src/core/cvmfs/layers.js';
 import { chainDir, duccChainIds } from '../src/core/cvmfs/layout.js';
 import { simCommand } from '../test/helpers/cvmfs-sim/command.js';

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import type { Logger } from 'pino';
-import type { ConfigOf, Field } from '../core/config.js';
+import type { ConfigOf, Field } from '../edge/settings.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
 import type { MountManagerOptions } from '../core/volumes/types.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';

@@ -1,6 +1,8 @@
 /** What the two daemon commands share: CVMFS options, config precedence, logging, signals. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { type ConfigOf, type CvmfsLocation, cvmfsKeys, cvmfsLocation, type Field, loadToml } from '../core/config.js';
+import path from 'node:path';
+import { type CvmfsLocation, cvmfsLocation, REPOSITORY_NAME } from '../core/cvmfs/location.js';
+import { type ConfigOf, type Field, loadToml } from '../edge/settings.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import type { Logger } from 'pino';
 import { existsSync } from 'node:fs';
@@ -8,6 +10,22 @@ import { systemHost } from '../core/host/host.js';
 import { type HealthCheck, type Metrics, noMetrics, socketAnswers } from '../core/telemetry/metrics.js';
 import { cvmfsMountState } from '../core/stack/mount-health.js';
 import { CvmfsProbe } from '../core/host/probe.js';
+
+const checkRepo = (v: string) => (REPOSITORY_NAME.test(v) ? null : 'not a CVMFS repository name (like unpacked.cern.ch)');
+const checkAbs = (v: string) => (path.isAbsolute(v) ? null : 'must be an absolute path');
+
+/** Keys shared by the snapshotter and the graph driver TOML files (kebab-case as in containerd-cvmfs-grpc). */
+export const cvmfsKeys = {
+  repository: { type: 'string', check: checkRepo },
+  'absolute-mountpoint': { type: 'string', check: checkAbs },
+  'cvmfs-root': { type: 'string', check: checkAbs },
+  'allowed-repositories': { type: 'string[]', check: checkRepo },
+  'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
+  /** Seconds a CVMFS mount may take to answer before a request fails (a stalled client). */
+  'cvmfs-timeout': { type: 'integer', min: 1, max: 600 },
+  /** Seconds between checks of running containers for a dead CVMFS lower (0: never). */
+  'check-interval': { type: 'integer', min: 0, max: 86400 },
+} as const satisfies Record<string, Field>;
 
 /** The CVMFS location flags (same names and defaults in both daemons). */
 export function addCvmfsOptions(cmd: Command): Command {

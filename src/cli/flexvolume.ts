@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import pino from 'pino';
 import { acquireLock } from '../convert/lock.js';
-import { type Field, loadToml } from '../core/config.js';
+import { type Field, loadToml } from '../edge/settings.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { systemHost } from '../core/host/host.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';

@@ -5,13 +5,13 @@
  * Docker plugin (packaging/graphdriver/config.json).
  */
 import { Command, Option } from 'commander';
-import { cvmfsKeys, type Field } from '../core/config.js';
+import type { Field } from '../edge/settings.js';
 import type { IdmapMode } from '../graphdriver/options.js';
 import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDriver } from '../graphdriver/server.js';
 import { systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Logger } from 'pino';
-import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
+import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */

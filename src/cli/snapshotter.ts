@@ -4,9 +4,9 @@
  * Kubernetes DaemonSet (packaging/kubernetes/snapshotter/).
  */
 import { Command } from 'commander';
-import { cvmfsKeys, type Field } from '../core/config.js';
+import type { Field } from '../edge/settings.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
+import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',

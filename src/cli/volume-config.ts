@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import type { Logger } from 'pino';
-import { type ConfigOf, type Field, loadToml } from '../core/config.js';
+import { type ConfigOf, type Field, loadToml } from '../edge/settings.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import type { Host } from '../core/host/host.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';

@@ -4,7 +4,7 @@
  * or as a managed Docker plugin (packaging/dockervolume/config.json).
  */
 import { Command } from 'commander';
-import type { Field } from '../core/config.js';
+import type { Field } from '../edge/settings.js';
 import { systemHost } from '../core/host/host.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
 import { parseAllowed, RepositoryAllowlist } from '../core/volumes/spec.js';

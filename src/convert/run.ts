@@ -2,7 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { DEFAULT_REPOSITORY, REPOSITORY_NAME } from '../core/config.js';
+import { DEFAULT_REPOSITORY, REPOSITORY_NAME } from '../core/cvmfs/location.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { Converter, type ImageSummary } from './convert.js';
 import { checkStoreRoot } from './podman/index.js';

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
-import { REPOSITORY_NAME } from '../core/config.js';
+import { REPOSITORY_NAME } from '../core/cvmfs/location.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
 import type { Registries } from './image/transports.js';

@@ -1,6 +1,6 @@
 /** The graph driver's settings (driver.ts): the plugin's flags and TOML keys, before dockerd's Init. */
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import type { Host } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { IdmapMode } from './options.js';

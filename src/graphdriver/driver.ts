@@ -18,7 +18,7 @@ import { finished } from 'node:stream/promises';
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors/errors.js';
 import { Gate } from '../core/util/gate.js';
 import type { Host } from '../core/host/host.js';

@@ -6,7 +6,7 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type CvmfsLocation, cvmfsLocation } from '../core/config.js';
+import { type CvmfsLocation, cvmfsLocation } from '../core/cvmfs/location.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
 import type { IdMap } from '../core/tar/idmap.js';
 import type { DriverOptions, IdmapMode } from './options.js';

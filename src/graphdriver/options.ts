@@ -8,7 +8,7 @@
  * clear message instead of being silently ignored.
  */
 import path from 'node:path';
-import { REPOSITORY_NAME } from '../core/config.js';
+import { REPOSITORY_NAME } from '../core/cvmfs/location.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 
 export type IdmapMode = 'auto' | 'off' | 'require';

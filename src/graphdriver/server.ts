@@ -6,7 +6,7 @@
  */
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { toThinError } from '../core/errors/errors.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';

@@ -1,6 +1,6 @@
 /** GraphDriver.Status (what `docker info` shows under "Storage Driver: cvmfs") and GetMetadata. */
 import path from 'node:path';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { isInside } from '../core/fs/fsutil.js';
 import type { Host } from '../core/host/host.js';
 import type { IdMaps } from '../core/tar/idmap.js';

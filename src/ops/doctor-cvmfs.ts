@@ -11,7 +11,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { REPOSITORY_NAME } from '../core/config.js';
+import { REPOSITORY_NAME } from '../core/cvmfs/location.js';
 import type { Host, MountInfo } from '../core/host/host.js';
 import { brokenOverlays, cvmfsMountState, overlaysOf } from '../core/stack/mount-health.js';
 import type { CvmfsProbe } from '../core/host/probe.js';

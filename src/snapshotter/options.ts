@@ -1,6 +1,6 @@
 /** The snapshotter's options and the snapshot info it answers (snapshotter.ts). */
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import type { Host } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Kind, Time } from './metastore.js';

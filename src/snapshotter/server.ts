@@ -3,7 +3,7 @@ import type { StartOptions } from './starts.js';
 import { promises as fsp } from 'node:fs';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/config.js';
+import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import { prepareSocket } from '../core/host/socket.js';

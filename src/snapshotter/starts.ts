@@ -16,7 +16,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { repositoryMountpoint } from '../core/config.js';
+import { repositoryMountpoint } from '../core/cvmfs/location.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
 import type { Host } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';

@@ -14,7 +14,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { CvmfsLayers } from '../../src/core/cvmfs/layers.js';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { chainDir, duccChainIds, flatDir, layerRootfs } from '../../src/core/cvmfs/layout.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { lgetxattr } from '../../src/core/host/sys.js';

@@ -13,7 +13,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { FS_MAGIC, systemHost } from '../../src/core/host/host.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';

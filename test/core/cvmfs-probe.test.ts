@@ -8,7 +8,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { LayerStack } from '../../src/core/stack/index.js';

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import type { Metrics } from '../../src/core/telemetry/metrics.js';
 import { brokenOverlays, MountMonitor, overlaysOf, parseOverlayOptions } from '../../src/core/stack/mount-health.js';
 import { CvmfsProbe } from '../../src/core/host/probe.js';

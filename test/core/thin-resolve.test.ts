@@ -10,7 +10,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';

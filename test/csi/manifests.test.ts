@@ -18,7 +18,7 @@ import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { csiConfigSpec } from '../../src/cli/csi.js';
-import { validateConfig } from '../../src/core/config.js';
+import { validateConfig } from '../../src/edge/settings.js';
 import { ACCEPTED_MOUNT_FLAGS, KNOWN_ATTRIBUTES } from '../../src/csi/request.js';
 
 type Obj = Record<string, any>;

@@ -6,7 +6,7 @@
 import { mkdirSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { createRegistry } from '../../src/core/telemetry/metrics.js';
 import { type RunningGraphDriver, startGraphDriver } from '../../src/graphdriver/server.js';

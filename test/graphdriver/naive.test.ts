@@ -12,7 +12,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import tarStream from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { GraphDriver } from '../../src/graphdriver/driver.js';

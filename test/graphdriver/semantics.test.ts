@@ -8,7 +8,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, r
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { type OverlayMount, systemHost } from '../../src/core/host/host.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import path from 'node:path';
 import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { type RunningGraphDriver, startGraphDriver } from '../../src/graphdriver/server.js';
 import { addLayer, thinJson } from '../helpers/cvmfs-tree.js';

@@ -9,7 +9,7 @@
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { systemHost } from '../../src/core/host/host.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { CvmfsProbe } from '../../src/core/host/probe.js';

@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { setupCommand } from '../../src/cli/setup.js';
 import { snapshotterConfigSpec, snapshotterCommand } from '../../src/cli/snapshotter.js';
-import { validateConfig } from '../../src/core/config.js';
+import { validateConfig } from '../../src/edge/settings.js';
 import { editContainerdConfig, newConfig } from '../../src/ops/containerd-config.js';
 
 type Obj = Record<string, any>;

@@ -8,7 +8,7 @@ import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { createRegistry, type Metrics } from '../../src/core/telemetry/metrics.js';
 import { LIST_BATCH_BYTES } from '../../src/snapshotter/list-batches.js';

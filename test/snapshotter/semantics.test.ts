@@ -7,7 +7,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { systemHost } from '../../src/core/host/host.js';
 import { type Metrics, noMetrics } from '../../src/core/telemetry/metrics.js';

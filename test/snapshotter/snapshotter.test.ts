@@ -5,7 +5,7 @@
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { chainDir, duccChainIds } from '../../src/core/cvmfs/layout.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { systemHost } from '../../src/core/host/host.js';

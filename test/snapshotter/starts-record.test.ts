@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { systemHost } from '../../src/core/host/host.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { type StartTrace, traceFile } from '../../src/core/stack/start-trace.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { type StartTrace, traceFile } from '../../src/core/stack/start-trace.js';
 import { PROFILE_SCHEMA, profilePath, serializeProfile, stackId, type AccessProfile } from '../../src/core/thin/profile.js';

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cvmfsLocation } from '../../src/core/config.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { ThinManifestError } from '../../src/core/errors/errors.js';
 import { readThinLayer } from '../../src/core/thin/layer.js';
 import { duccLayerPath } from '../../src/core/thin/manifest.js';

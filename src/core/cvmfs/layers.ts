@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
+import { type CvmfsLocation, repositoryMountpoint } from './location.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors/errors.js';
 import { mapLimit } from '../util/concurrency.js';
 import { isInside, pathExists } from '../fs/fsutil.js';

@@ -12,7 +12,7 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type CvmfsLocation, repositoryMountpoint } from '../config.js';
+import { type CvmfsLocation, repositoryMountpoint } from '../cvmfs/location.js';
 import { CvmfsLayers, type KnownPaths } from '../cvmfs/layers.js';
 import { layerMarker } from '../cvmfs/layout.js';
 import { UnavailableError } from '../errors/errors.js';

@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { CvmfsLocation } from '../config.js';
+import type { CvmfsLocation } from '../cvmfs/location.js';
 import { parseThinManifest, THIN_MANIFEST_NAMES, type ThinManifest } from './manifest.js';
 
 export interface ThinLayerFile {

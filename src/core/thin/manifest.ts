@@ -4,7 +4,7 @@
  * thin-image/SPEC.md; this module is its reference reader and writer, shared by
  * the snapshotter, the graph driver and the converter.
  */
-import { REPOSITORY_NAME } from '../config.js';
+import { REPOSITORY_NAME } from '../cvmfs/location.js';
 import { ThinManifestError } from '../errors/errors.js';
 import { JsonSyntaxError, parseStrictJson } from '../util/json.js';
 

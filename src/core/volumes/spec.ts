@@ -11,7 +11,7 @@
  * client mount (backend "client"); the host's /cvmfs serves trunk only.
  */
 import { createHash } from 'node:crypto';
-import { REPOSITORY_NAME } from '../config.js';
+import { REPOSITORY_NAME } from '../cvmfs/location.js';
 import { InvalidArgumentError } from '../errors/errors.js';
 
 export interface VolumeSpec {

@@ -1,25 +1,10 @@
+/**
+ * The daemons' settings: TOML files validated against a spec of their keys
+ * (kebab-case, as the flags; unknown keys are errors).
+ */
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { InvalidArgumentError } from './errors/errors.js';
-
-/** Where CVMFS repositories are found and which ones images may reference. Shared by both daemons. */
-export interface CvmfsLocation {
-  /** The repository that holds unpacked layers (`unpacked.cern.ch`). */
-  repository: string;
-  /** Its mountpoint (`/cvmfs/<repository>` unless set). */
-  absoluteMountpoint: string;
-  /** Where other repositories are mounted (`/cvmfs`). */
-  cvmfsRoot: string;
-  /** Repositories that thin images may reference (default: just `repository`). */
-  allowedRepositories: string[];
-}
-
-export const DEFAULT_REPOSITORY = 'unpacked.cern.ch';
-export const DEFAULT_CVMFS_ROOT = '/cvmfs';
-
-/** A CVMFS repository name is a DNS-style name: `unpacked.cern.ch`. */
-export const REPOSITORY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
+import { InvalidArgumentError } from '../core/errors/errors.js';
 
 /**
  * A daemon's TOML keys. A tiny validator rather than zod: the daemons must stay
@@ -46,46 +31,6 @@ type FieldValue<F> = F extends { type: 'string' }
 
 export type ConfigOf<S extends Record<string, Field>> = { [K in keyof S]?: FieldValue<S[K]> };
 
-const checkRepo = (v: string) => (REPOSITORY_NAME.test(v) ? null : 'not a CVMFS repository name (like unpacked.cern.ch)');
-const checkAbs = (v: string) => (path.isAbsolute(v) ? null : 'must be an absolute path');
-
-/** Keys shared by the snapshotter and the graph driver TOML files (kebab-case as in containerd-cvmfs-grpc). */
-export const cvmfsKeys = {
-  repository: { type: 'string', check: checkRepo },
-  'absolute-mountpoint': { type: 'string', check: checkAbs },
-  'cvmfs-root': { type: 'string', check: checkAbs },
-  'allowed-repositories': { type: 'string[]', check: checkRepo },
-  'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
-  /** Seconds a CVMFS mount may take to answer before a request fails (a stalled client). */
-  'cvmfs-timeout': { type: 'integer', min: 1, max: 600 },
-  /** Seconds between checks of running containers for a dead CVMFS lower (0: never). */
-  'check-interval': { type: 'integer', min: 0, max: 86400 },
-} as const satisfies Record<string, Field>;
-
-export function cvmfsLocation(opts: {
-  repository?: string | undefined;
-  absoluteMountpoint?: string | undefined;
-  cvmfsRoot?: string | undefined;
-  allowedRepositories?: string[] | undefined;
-}): CvmfsLocation {
-  const repository = opts.repository ?? DEFAULT_REPOSITORY;
-  if (!REPOSITORY_NAME.test(repository)) {
-    throw new InvalidArgumentError(`repository ${JSON.stringify(repository)} is not a CVMFS repository name`);
-  }
-  const cvmfsRoot = path.resolve(opts.cvmfsRoot ?? DEFAULT_CVMFS_ROOT);
-  const absoluteMountpoint = path.resolve(opts.absoluteMountpoint ?? path.join(cvmfsRoot, repository));
-  const allowed = opts.allowedRepositories && opts.allowedRepositories.length > 0 ? opts.allowedRepositories : [repository];
-  for (const r of allowed) {
-    if (!REPOSITORY_NAME.test(r)) throw new InvalidArgumentError(`allowed-repositories: ${JSON.stringify(r)} is not a CVMFS repository name`);
-  }
-  return { repository, absoluteMountpoint, cvmfsRoot, allowedRepositories: [...new Set(allowed)] };
-}
-
-/** Host directory of a repository (the configured mountpoint for the main one). */
-export function repositoryMountpoint(loc: CvmfsLocation, repo: string): string {
-  return repo === loc.repository ? loc.absoluteMountpoint : path.join(loc.cvmfsRoot, repo);
-}
-
 /** Read a TOML file and validate it against `spec` (unknown keys are errors). */
 export function loadToml<S extends Record<string, Field>>(file: string, spec: S): ConfigOf<S> {
   let text: string;
@@ -102,7 +47,6 @@ export function loadToml<S extends Record<string, Field>>(file: string, spec: S)
   }
   return validateConfig(raw, spec, `config ${file}`);
 }
-
 /** Validate a parsed config object against `spec`. Pure. */
 export function validateConfig<S extends Record<string, Field>>(raw: Record<string, unknown>, spec: S, what = 'config'): ConfigOf<S> {
   const problems: string[] = [];
