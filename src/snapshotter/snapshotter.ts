@@ -4,22 +4,25 @@
  * remote layers (through the shared stack core, core/stack). Protocol-free:
  * the gRPC edge (service.ts) maps requests and errors. Host side effects go
  * through the injected `Host`. Every mutating method either fully succeeds or
- * leaves no state behind (records are written last).
+ * leaves no state behind (records are written last). This is the overlay
+ * part (directories, mounts, CVMFS layers, locks); the records' semantics
+ * are storage.ts, as containerd's snapshots/overlay sits over
+ * snapshots/storage.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors/errors.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../core/errors/errors.js';
 import { diskUsage, type Usage } from '../core/fs/fsutil.js';
 import { Gate } from '../core/util/gate.js';
 import { KeyedMutex } from '../core/util/keyed-mutex.js';
-import { checkOverlayPath, computeMounts, type Mount, overlayIndexOff } from '../core/stack/mounts.js';
+import { checkOverlayPath, computeMounts, type Mount } from '../core/stack/mounts.js';
 import { type ChainLower, chainLowers, type ChainNode, type DirOwner, LayerStack, linkName } from '../core/stack/index.js';
 import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
 import { lockRoot, type RootLock } from '../core/state/root-lock.js';
 import { journalMetrics } from '../core/state/journal.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
-import { checkUpdatePaths, cleanLabels, Clock, LABEL_SNAPSHOT_REF, updatedLabels, validateLabels } from './labels.js';
+import { checkUpdatePaths, LABEL_SNAPSHOT_REF, validateLabels } from './labels.js';
 import { chainNode, MetaStore, type SnapshotRecord } from './metastore.js';
 import type { Info, SnapshotterOptions } from './options.js';
 import { snapshotterMonitor, startWatching } from './health.js';
@@ -27,17 +30,18 @@ import { makeSnapshotDirs, noteOldSnapshotter } from './dirs.js';
 import { serveRemote } from './remote.js';
 import { Starts } from './starts.js';
 import { recoverData, Removals } from './removal.js';
+import { SnapshotStorage } from './storage.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
 
 export type { Info, SnapshotterOptions } from './options.js';
 
 export class Snapshotter {
-  private readonly clock = new Clock();
+  private readonly storage: SnapshotStorage;
   private readonly locks = new KeyedMutex();
   private readonly snapshotsDir: string;
   private readonly workDirs: string;
-  private readonly indexOff = overlayIndexOff();
+  private readonly indexOff: boolean;
   private readonly thinImages: boolean;
   private readonly remoteLayers: boolean;
   private readonly log: Logger;
@@ -55,6 +59,8 @@ export class Snapshotter {
     private readonly starts: Starts,
   ) {
     this.log = opts.log;
+    this.indexOff = opts.host.overlayIndexParam();
+    this.storage = new SnapshotStorage(store);
     this.snapshotsDir = path.join(opts.root, 'snapshots');
     this.workDirs = path.join(opts.root, 'work');
     this.thinImages = opts.thinImages ?? true;
@@ -132,16 +138,6 @@ export class Snapshotter {
     if (this.closed) throw new UnavailableError('snapshotter is shutting down');
   }
 
-  private info(r: SnapshotRecord): Info {
-    return { name: r.name, parent: r.parent, kind: r.kind, created: r.created, updated: r.updated, labels: { ...r.labels } };
-  }
-
-  private must(name: string): SnapshotRecord {
-    const r = this.store.get(name);
-    if (!r) throw new NotFoundError(`snapshot ${name} does not exist`);
-    return r;
-  }
-
   /** A snapshot's own directory (overlay upperdir, or the bind source). */
   private fsDir(id: number): string {
     return path.join(this.snapshotsDir, String(id));
@@ -195,36 +191,16 @@ export class Snapshotter {
       this.locks.with(
         mine,
         async () => {
-          if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
-          if (parent !== '') {
-            const p = this.store.get(parent);
-            if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`);
-            if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`);
-          }
+          this.storage.checkNew(key, parent);
           if (remote) {
-            const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.clock, log: this.log }, parent, labels);
+            const target = await serveRemote({ store: this.store, stack: this.stack, clock: this.storage.clock, log: this.log }, parent, labels);
             this.metrics.inc('remote_layers_total', { result: target ? 'served' : 'fallback' });
             if (target) throw new AlreadyExistsError(`target snapshot ${JSON.stringify(target)}: already exists`, 'CVMFS_THIN_REMOTE_SNAPSHOT');
           }
           const id = this.store.allocId();
           const links: Record<string, string> = {};
           const fs = this.fsDir(id);
-          const now = this.clock.now();
-          const rec: SnapshotRecord = {
-            name: key,
-            kind,
-            parent,
-            id,
-            created: now,
-            updated: now,
-            labels: cleanLabels(labels),
-            size: 0,
-            inodes: 0,
-            links,
-            stack: [],
-            terminal: false,
-            source: 'local',
-          };
+          const rec = this.storage.newRecord(kind, key, parent, labels, id, links);
           try {
             // the mounts (and the CVMFS availability check) first, the record last: a failure leaves nothing
             const t0 = performance.now();
@@ -262,7 +238,7 @@ export class Snapshotter {
 
   async mounts(key: string): Promise<Mount[]> {
     this.check();
-    const r = this.must(key);
+    const r = this.storage.must(key);
     if (r.kind === 'committed') throw new FailedPreconditionError(`snapshot ${key} is committed: only active and view snapshots have mounts`);
     return (await this.mountsFor(r)).mounts;
   }
@@ -273,33 +249,9 @@ export class Snapshotter {
     validateLabels(labels, `snapshot ${name}`);
     return this.gate.shared(() =>
       this.locks.with([name, key], async () => {
-        if (this.store.get(name)) throw new AlreadyExistsError(`snapshot ${name} already exists`);
-        const r = this.store.get(key);
-        if (!r) throw new NotFoundError(`snapshot ${key} does not exist`);
-        if (r.kind !== 'active')
-          throw new FailedPreconditionError(`snapshot ${key} is ${r.kind === 'view' ? 'a view' : 'committed'}: only active snapshots can be committed`);
-        if (rebaseParent !== '' && rebaseParent !== r.parent) {
-          throw new FailedPreconditionError(
-            `commit of ${key} onto parent ${rebaseParent}: rebase is not supported (the snapshot's parent is ${JSON.stringify(r.parent)})`,
-          );
-        }
+        const r = this.storage.toCommit(name, key, rebaseParent);
         const fs = this.fsDir(r.id);
-        const usage = await diskUsage(fs);
-        const now = this.clock.now();
-        const own = linkName(r.id);
-        let rec: SnapshotRecord = {
-          ...r,
-          name,
-          kind: 'committed',
-          created: now,
-          updated: now,
-          labels: cleanLabels(labels),
-          size: usage.size,
-          inodes: usage.inodes,
-          stack: r.links[own] ? [own] : [],
-          terminal: false,
-          source: 'local',
-        };
+        let rec = this.storage.committed(r, name, labels, await diskUsage(fs), linkName(r.id));
         // a parentless layer holding only a thin manifest: its CVMFS layers become the stack
         const t0 = performance.now();
         const thin = r.parent === '' && this.thinImages ? await this.stack.linkThin(fs, { snapshot: name }) : null;
@@ -335,16 +287,12 @@ export class Snapshotter {
   async remove(key: string): Promise<void> {
     this.check();
     return this.gate.shared(async () => {
-      const r0 = this.must(key);
+      const r0 = this.storage.must(key);
       // the parent shared, as creation holds it: a Remove of the parent waits, siblings do not
       await this.locks.with(
         [key],
         async () => {
-          const r = this.must(key);
-          const kids = this.store.children(key);
-          if (kids.size > 0) {
-            throw new FailedPreconditionError(`cannot remove snapshot ${key}: it has ${kids.size} child snapshot(s) (${[...kids].slice(0, 3).join(', ')})`);
-          }
+          const r = this.storage.toRemove(key);
           await this.store.write({ del: [key] });
           // data goes after the record: a crash in between leaves an orphan for Cleanup
           this.removals.push(r);
@@ -368,7 +316,7 @@ export class Snapshotter {
 
   stat(key: string): Info {
     this.check();
-    return this.info(this.must(key));
+    return this.storage.info(this.storage.must(key));
   }
 
   async update(info: Info | { name: string; labels: Record<string, string> }, paths: readonly string[]): Promise<Info> {
@@ -377,31 +325,17 @@ export class Snapshotter {
     if (name === '') throw new InvalidArgumentError('snapshot name must not be empty');
     const labels = info.labels ?? {};
     checkUpdatePaths(name, paths);
-    return this.gate.shared(() =>
-      this.locks.with([name], async () => {
-        const r = this.must(name);
-        const next = updatedLabels(r.labels, labels, paths, `snapshot ${name}`);
-        const rec: SnapshotRecord = { ...r, labels: next, updated: this.clock.now() };
-        await this.store.write({ put: [rec] });
-        return this.info(rec);
-      }),
-    );
+    return this.gate.shared(() => this.locks.with([name], () => this.storage.update(name, labels, paths)));
   }
 
   list(filter: (i: Info) => boolean): Info[] {
     this.check();
-    const out: Info[] = [];
-    for (const r of this.store.all()) {
-      const i = this.info(r);
-      if (filter(i)) out.push(i);
-    }
-    // the order containerd's bolt store walks in
-    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.storage.list(filter);
   }
 
   async usage(key: string): Promise<Usage> {
     this.check();
-    const r = this.must(key);
+    const r = this.storage.must(key);
     if (r.kind === 'active') return diskUsage(this.fsDir(r.id));
     if (r.kind === 'view') return { size: 0, inodes: 0 };
     return { size: r.size, inodes: r.inodes };
