@@ -14,7 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import pino from 'pino';
-import { acquireLock } from '../convert/lock.js';
+import { acquireLock } from '../core/state/lock.js';
 import { type Field, loadToml } from '../edge/settings.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { systemHost } from '../core/host/host.js';

@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { InvalidArgumentError, UnavailableError } from '../core/errors/errors.js';
 import type { Readable } from 'node:stream';
 import { isContained } from './errors.js';
-import { acquireLock, type HeldLock } from './lock.js';
+import { acquireLock, type HeldLock } from '../core/state/lock.js';
 import { splitCommand } from './util.js';
 
 export interface PublishHooks {

@@ -25,7 +25,7 @@ import type { Host } from '../core/host/host.js';
 import { KeyedMutex } from '../core/util/keyed-mutex.js';
 import { LayerStack } from '../core/stack/index.js';
 import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
-import { lockRoot, type RootLock } from '../core/state/root-lock.js';
+import { type HeldLock, lockRoot } from '../core/state/lock.js';
 import { packDirectory } from '../core/tar/index.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import { toHost } from '../core/tar/idmap.js';
@@ -64,7 +64,7 @@ interface Active {
   mounter: Mounter;
   monitor: MountMonitor;
   /** One driver per Home. */
-  lock: RootLock;
+  lock: HeldLock;
 }
 
 export class GraphDriver {
@@ -77,7 +77,7 @@ export class GraphDriver {
 
   private constructor(
     private readonly cfg: GraphDriverConfig,
-    private readonly lock: RootLock,
+    private readonly lock: HeldLock,
   ) {
     this.log = cfg.log;
     this.host = cfg.host;

@@ -19,7 +19,7 @@ import { KeyedMutex } from '../core/util/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type Mount } from '../core/stack/mounts.js';
 import { type ChainLower, chainLowers, type ChainNode, type DirOwner, LayerStack, linkName } from '../core/stack/index.js';
 import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
-import { lockRoot, type RootLock } from '../core/state/root-lock.js';
+import { type HeldLock, lockRoot } from '../core/state/lock.js';
 import { journalMetrics } from '../core/state/journal.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
 import { checkUpdatePaths, LABEL_SNAPSHOT_REF, validateLabels } from './labels.js';
@@ -54,7 +54,7 @@ export class Snapshotter {
     opts: SnapshotterOptions,
     private readonly store: MetaStore,
     private readonly stack: LayerStack,
-    private readonly lock: RootLock,
+    private readonly lock: HeldLock,
     private readonly gate: Gate,
     private readonly starts: Starts,
   ) {

@@ -1,12 +1,12 @@
 /**
- * The converter's host-wide lock (src/convert/lock.ts): through a Host double
+ * The converter's host-wide lock (src/core/state/lock.ts): through a Host double
  * (busy, then free; flock failing) and for real with flock(2) (two open file
  * descriptions of one file exclude each other, also within one process).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { acquireLock } from '../../src/convert/lock.js';
+import { acquireLock } from '../../src/core/state/lock.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { LOCK_EX, LOCK_NB } from '../../src/core/host/sys.js';
 import { tempDir } from '../helpers/env.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/core/telemetry/log.js';
 import { collectGarbage } from '../../src/convert/gc.js';
-import { acquireLock } from '../../src/convert/lock.js';
+import { acquireLock } from '../../src/core/state/lock.js';
 import { addImageToPodmanStore, checkPodmanStore } from '../../src/convert/podman/index.js';
 import { Publisher } from '../../src/convert/publish.js';
 import { removeImages } from '../../src/convert/remove.js';

@@ -6,7 +6,7 @@ import { parseDigest, sha256Digest } from '../../core/util/digest.js';
 import { NotFoundError } from '../../core/errors/errors.js';
 import { writeFileAtomic } from '../../core/fs/fsutil.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
-import { acquireLock } from '../lock.js';
+import { acquireLock } from '../../core/state/lock.js';
 import { type DockerReference, parseDockerReference } from '../reference.js';
 import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
 import { canonicalJson, type Descriptor, type ImageIndex, MT, parseManifest, type RawManifest } from './types.js';

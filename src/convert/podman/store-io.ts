@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { FailedPreconditionError, InvalidArgumentError } from '../../core/errors/errors.js';
 import { writeFileAtomic } from '../../core/fs/fsutil.js';
 import type { Host } from '../../core/host/host.js';
-import { acquireLock } from '../lock.js';
+import { acquireLock } from '../../core/state/lock.js';
 import { tmpName, tmpOwner, TMP_PREFIX } from '../repo.js';
 import { pidAlive } from '../util.js';
 import { LAST_WRITER_SIZE, lastWriterToken, type StoreImage, type StoreLayer, StorePaths } from './format.js';

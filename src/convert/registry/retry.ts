@@ -11,7 +11,7 @@
  */
 import type { Logger } from 'pino';
 import { RegistryError } from '../errors.js';
-import { sleep } from '../util.js';
+import { sleep } from '../../core/util/concurrency.js';
 
 /** HTTP statuses worth another attempt. */
 export const RETRY_STATUS: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);

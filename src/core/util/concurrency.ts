@@ -52,3 +52,22 @@ export async function mapLimit<T, R>(items: readonly T[], concurrency: number, f
   if (failed) throw failed.reason;
   return settled.map((r) => (r as PromiseFulfilledResult<R>).value);
 }
+
+/** Wait `ms`; rejects with the signal's reason when it aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
