@@ -9,18 +9,15 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { FailedPreconditionError, InternalError, UnavailableError } from '../core/errors/errors.js';
-import type { Host } from '../core/host/host.js';
-import { overlayIndexOff } from '../core/stack/mounts.js';
+import type { Host, UsernsHandle } from '../core/host/host.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { MNT_DETACH } from '../core/host/sys.js';
 import type { IdMaps } from '../core/tar/idmap.js';
 import type { Layer, LayerStore, ThinLower } from './layer-store.js';
 import type { IdmapMode } from './options.js';
 import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from './stack.js';
-import { createUserns, type UsernsHandle } from './userns.js';
 
 export class Mounter {
-  private readonly indexOff = overlayIndexOff();
   private userns: UsernsHandle | undefined;
   /** Why idmapped CVMFS layers are not in use, once they failed. */
   idmapBroken: string | undefined;
@@ -137,7 +134,7 @@ export class Mounter {
       throw new FailedPreconditionError(`layer ${id} has ${final.length} lower layers; overlayfs allows ${MAX_LOWERS}`);
     }
     try {
-      this.host.mountOverlay(overlaySpec(this.store.home, id, final, this.indexOff));
+      this.host.mountOverlay(overlaySpec(this.store.home, id, final, this.host.overlayIndexParam()));
     } catch (e) {
       if (e instanceof FailedPreconditionError) throw e;
       throw new InternalError(`cannot mount overlay for layer ${id} (${final.length} lower layers): ${(e as Error).message}`, 'CVMFS_THIN_MOUNT', { cause: e });
@@ -153,7 +150,7 @@ export class Mounter {
         const target = path.join(this.store.home, 'm', t.link);
         if (mounted.has(target)) continue;
         await fsp.mkdir(target, { recursive: true, mode: 0o700 });
-        this.userns ??= await createUserns(this.idMaps.uids, this.idMaps.gids);
+        this.userns ??= await this.host.createUserns(this.idMaps.uids, this.idMaps.gids);
         this.host.idmappedBindMount(t.dir, target, this.userns.fd);
       }
     } catch (e) {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MS_REC } from '../../src/core/host/sys.js';
+import { MS_REC, MS_SHARED } from '../../src/core/host/sys.js';
 import { VERSION } from '../../src/csi/service.js';
 import { type RunningCsi, startCsi } from '../../src/csi/server.js';
 import { NodeServiceCapability_RPC_Type as Rpc, VolumeUsage_Unit as Unit } from '../../src/csi/proto/csi/v1/csi.js';
@@ -90,7 +90,7 @@ describe('kubelet lifecycle of a persistent volume', () => {
     expect(mountedAt(staging)).toBe(1);
     expect(mountedAt(target)).toBe(1);
     expect(host.mountedAt(target)!.readonly).toBe(true);
-    expect(host.mountedAt(target)!.root).toBe(staging);
+    expect(host.mountedAt(target)!.from).toBe(staging);
 
     // the same call again (kubelet retries): OK, nothing mounted twice
     const again = {
@@ -121,7 +121,7 @@ describe('kubelet lifecycle of a persistent volume', () => {
       ),
     ).toBe(status.ALREADY_EXISTS);
     expect(mountedAt(target)).toBe(1);
-    expect(host.mountedAt(target)!.root).toBe(staging);
+    expect(host.mountedAt(target)!.from).toBe(staging);
 
     // a second pod on the node: its own target, same staging, same backend mount
     const t2 = k.target('uid-2', pv.handle);
@@ -170,6 +170,9 @@ describe('kubelet lifecycle of a persistent volume', () => {
   });
 
   it('publishes the whole /cvmfs tree (no repository) as a recursive bind with slave propagation', async () => {
+    // systemd's /cvmfs automount, shared: a slave of it receives the repositories mounted later
+    host.mount('systemd-1', cvmfs, 'autofs', 0, null);
+    host.mount('', cvmfs, null, MS_SHARED, null);
     const { staging, target } = await mountPv(c, k, { handle: 'pv-all', attrs: {} }, { name: 'p5', uid: 'uid-5' });
     for (const p of [staging, target]) {
       const m = host.mountedAt(p)!;
@@ -178,11 +181,12 @@ describe('kubelet lifecycle of a persistent volume', () => {
       const bind = host.ops('mount').find((x) => x.args[1] === p)!;
       expect((bind.args[3] as number) & MS_REC).toBe(MS_REC);
     }
-    expect(host.mountedAt(staging)!.root).toBe(cvmfs);
+    expect(host.mountedAt(staging)!.from).toBe(cvmfs);
     expect(backendMounts()).toBe(0);
     await c.unpublish('pv-all', target);
     await c.unstage('pv-all', staging);
     expect(mountedAt(target) + mountedAt(staging)).toBe(0);
+    host.umount(cvmfs);
   });
 
   it('kubelet retries racing: 10 identical publishes of one target at once all succeed, one bind', async () => {

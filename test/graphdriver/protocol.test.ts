@@ -16,7 +16,7 @@ import { isMethod, METHODS, parseApplyDiffQuery, parseIdMaps, parseInitRequest, 
 import { MAX_MOUNT_DATA, overlayMountData } from '../../src/core/host/overlay-mount.js';
 import { type ChainNode } from '../../src/core/stack/index.js';
 import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from '../../src/graphdriver/stack.js';
-import { idMapText } from '../../src/graphdriver/userns.js';
+import { idMapText } from '../../src/core/host/userns.js';
 
 const ID = 'a'.repeat(64);
 

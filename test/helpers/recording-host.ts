@@ -2,9 +2,19 @@
  * A Host (src/core/host/host.ts) that does no system call: it records every call
  * and keeps a simulated mount table, so the daemons' semantics can be tested
  * as an ordinary user. Plain file I/O still happens for real (in temp dirs).
+ *
+ * The simulation follows the kernel where test/core/host-contract.test.ts
+ * checks it against the real host: ENOENT for a missing path, EINVAL for a
+ * path that is no mount point, EBUSY for a mount with mounts on it, a bind
+ * taking the file system (type, source, root) of its source, propagation
+ * inherited from a shared parent, MS_REC changes of propagation, overlay
+ * super options as the kernel lists them, EEXIST for mknod, flock conflicts
+ * between open file descriptions. Device nodes are placeholder files
+ * (`nodes` says what they are), owners are remembered in `owners`.
  */
-import { mkdirSync, promises as fsp, writeFileSync } from 'node:fs';
+import { existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import {
   bindSteps,
   type ExecResult,
@@ -15,8 +25,26 @@ import {
   type MountInfo,
   type OverlayMount,
   type PathArg,
+  type StreamingResult,
+  type UsernsHandle,
 } from '../../src/core/host/host.js';
-import { MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, MS_SHARED, MS_SLAVE } from '../../src/core/host/sys.js';
+import {
+  LOCK_EX,
+  LOCK_NB,
+  LOCK_SH,
+  LOCK_UN,
+  MNT_DETACH,
+  MS_BIND,
+  MS_NODEV,
+  MS_NOSUID,
+  MS_PRIVATE,
+  MS_RDONLY,
+  MS_REC,
+  MS_REMOUNT,
+  MS_SHARED,
+  MS_SLAVE,
+} from '../../src/core/host/sys.js';
+import type { IdMap } from '../../src/core/tar/idmap.js';
 
 export interface HostCall {
   op: string;
@@ -30,7 +58,31 @@ function errno(code: string, what: string): Error {
 export interface SimMount extends MountInfo {
   readonly: boolean;
   propagation: 'private' | 'slave' | 'shared';
+  nosuid?: boolean;
+  nodev?: boolean;
+  /** A bind's source path as given (the kernel lists only `root`, the path below the file system's root). */
+  from?: string;
+  /** Peer group of a shared mount. */
+  peer?: number;
+  /** Peer group a slave receives from. */
+  master?: number;
 }
+
+/** A path as the sim keys it: absolute, bytes kept (latin1) for Buffer paths. */
+const key = (p: PathArg): string => path.resolve(typeof p === 'string' ? p : p.toString('latin1'));
+/** A PathArg for node:fs. */
+const fsPath = (p: PathArg): string | Buffer => p;
+
+function lexists(p: PathArg): boolean {
+  try {
+    lstatSync(fsPath(p));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const XATTR_NAMESPACES = ['user.', 'trusted.', 'security.', 'system.'];
 
 export class RecordingHost implements Host {
   readonly calls: HostCall[] = [];
@@ -46,8 +98,19 @@ export class RecordingHost implements Host {
   readonly failNext = new Map<string, string>();
   /** Program runner for exec(); default: exit 0. */
   execHandler: (file: string, args: readonly string[]) => ExecResult | Promise<ExecResult> = () => ({ code: 0, stdout: '', stderr: '' });
+  /** Program runner for execStreaming(); default: the input read to its end, exit 0. */
+  streamHandler: (file: string, args: readonly string[], input?: Readable) => StreamingResult | Promise<StreamingResult> = drain;
   readonly xattrs = new Map<string, Map<string, Buffer>>();
-  readonly locks = new Map<number, number>();
+  /** flock holders per file (dev:ino): the fd and LOCK_SH or LOCK_EX. */
+  readonly locks = new Map<string, { fd: number; op: number }[]>();
+  /** What mknod made at a path (the file there is a placeholder). */
+  readonly nodes = new Map<string, { mode: number; major: number; minor: number }>();
+  /** Owners set by lchown. */
+  readonly owners = new Map<string, { uid: number; gid: number }>();
+  /** The answer of overlayIndexParam (the overlay module's `index` parameter exists). */
+  overlayIndex = true;
+  /** User namespaces handed out by createUserns, with their maps. */
+  readonly userns: { fd: number; uidMaps: readonly IdMap[]; gidMaps: readonly IdMap[]; closed: boolean }[] = [];
 
   private record(op: string, ...args: unknown[]): void {
     this.calls.push({ op, args });
@@ -68,33 +131,104 @@ export class RecordingHost implements Host {
     return undefined;
   }
 
+  /** The mount a path is on: the topmost one at the longest mount point above it (none: the root file system). */
+  mountOf(p: string): SimMount | undefined {
+    const r = path.resolve(p);
+    let best: SimMount | undefined;
+    for (const m of this.mounts) {
+      if ((r === m.mountPoint || r.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`)) && (!best || m.mountPoint.length >= best.mountPoint.length))
+        best = m;
+    }
+    return best;
+  }
+
+  /** ENOENT for a path that does not exist, unless a mount stands there. */
+  private mustExist(p: string, what: string): void {
+    if (!existsSync(p) && !this.mountedAt(p)) throw errno('ENOENT', `${what} ${p}`);
+  }
+
+  private groups = 0;
+
+  /**
+   * Propagation of a new mount at `t` (bind: of the mount `from`), from
+   * mount_namespaces(7): a bind of a shared mount joins its peer group, one
+   * of a slave is a slave of the same master, and a mount under a shared
+   * parent is shared (a new peer group; the copies in the parent's peers
+   * are not simulated).
+   */
+  private inherited(t: string, from?: SimMount): Pick<SimMount, 'propagation' | 'peer' | 'master'> {
+    const parent = this.mountOf(t);
+    if (parent) this.normalize(parent);
+    if (from) this.normalize(from);
+    const parentShared = parent?.propagation === 'shared';
+    const master = from?.master !== undefined ? { master: from.master } : {};
+    if (from?.peer !== undefined) return { propagation: 'shared', peer: from.peer };
+    if (parentShared) return { propagation: 'shared', peer: ++this.groups, ...master };
+    return from?.master !== undefined ? { propagation: 'slave', master: from.master } : { propagation: 'private' };
+  }
+
+  /** A mount a test pushed as shared gets a peer group of its own. */
+  private normalize(m: SimMount): void {
+    if (m.propagation === 'shared' && m.peer === undefined) m.peer = ++this.groups;
+  }
+
+  /** MS_SHARED / MS_SLAVE / MS_PRIVATE on one mount, as change_mnt_propagation does. */
+  private propagate(m: SimMount, p: 'shared' | 'slave' | 'private'): void {
+    for (const x of this.mounts) this.normalize(x);
+    if (p === 'shared') {
+      m.peer ??= ++this.groups;
+    } else if (p === 'private') {
+      delete m.peer;
+      delete m.master;
+    } else if (m.peer !== undefined) {
+      // a slave of its peer group, if that has other members; alone in it: private
+      const others = this.mounts.some((x) => x !== m && x.peer === m.peer);
+      if (others) m.master = m.peer;
+      delete m.peer;
+    }
+    m.propagation = m.peer !== undefined ? 'shared' : m.master !== undefined ? 'slave' : 'private';
+  }
+
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {
     this.record('mount', source, target, fstype, flags, data);
     const t = path.resolve(target);
     if (flags & (MS_SHARED | MS_SLAVE | MS_PRIVATE)) {
+      this.mustExist(t, 'mount');
       const m = this.mountedAt(t);
       if (!m) throw errno('EINVAL', `mount ${t}: not a mount point`);
-      m.propagation = flags & MS_SHARED ? 'shared' : flags & MS_SLAVE ? 'slave' : 'private';
+      const p = flags & MS_SHARED ? 'shared' : flags & MS_SLAVE ? 'slave' : 'private';
+      // MS_REC: the whole tree of mounts on it
+      const i = this.mounts.lastIndexOf(m);
+      for (const x of flags & MS_REC ? this.mounts.filter((x, j) => x === m || (j > i && x.mountPoint.startsWith(`${t}/`))) : [m]) this.propagate(x, p);
       return;
     }
     if (flags & MS_REMOUNT) {
+      this.mustExist(t, 'remount');
       const m = this.mountedAt(t);
       if (!m) throw errno('EINVAL', `remount ${t}: not a mount point`);
       m.readonly = (flags & MS_RDONLY) !== 0;
+      if (flags & MS_BIND) {
+        m.nosuid = (flags & MS_NOSUID) !== 0;
+        m.nodev = (flags & MS_NODEV) !== 0;
+      }
       m.options = m.readonly ? 'ro' : 'rw';
       return;
     }
     if (flags & MS_BIND) {
       const src = path.resolve(source ?? '');
-      const under = this.mountedAt(src);
-      this.mounts.push({ mountPoint: t, root: src, fsType: under?.fsType ?? 'bind', source: src, options: 'rw', readonly: false, propagation: 'private' });
+      this.mustExist(src, 'mount --bind');
+      this.mustExist(t, 'mount --bind');
+      const below = this.mounts.length;
+      this.mounts.push(this.bound(src, t));
       if (flags & MS_REC) {
-        for (const m of [...this.mounts]) {
-          if (m.mountPoint.startsWith(`${src}/`)) this.mounts.push({ ...m, mountPoint: t + m.mountPoint.slice(src.length) });
+        for (const m of this.mounts.slice(0, below)) {
+          if (m.mountPoint.startsWith(`${src}/`) && this.mountOf(m.mountPoint) === m)
+            this.mounts.push(this.bound(m.mountPoint, t + m.mountPoint.slice(src.length)));
         }
       }
       return;
     }
+    this.mustExist(t, 'mount');
     this.mounts.push({
       mountPoint: t,
       root: '/',
@@ -102,22 +236,55 @@ export class RecordingHost implements Host {
       source: source ?? 'none',
       options: (flags & MS_RDONLY) !== 0 ? 'ro' : 'rw',
       readonly: (flags & MS_RDONLY) !== 0,
-      propagation: 'private',
+      nosuid: (flags & MS_NOSUID) !== 0,
+      nodev: (flags & MS_NODEV) !== 0,
+      ...this.inherited(t),
+      superOptions: [(flags & MS_RDONLY) !== 0 ? 'ro' : 'rw', ...(data ? [data] : [])].join(','),
     });
+  }
+
+  /** A bind of `src` (on its file system: type, source, root below that file system's root) at `t`. */
+  private bound(src: string, t: string): SimMount {
+    const under = this.mountOf(src);
+    const root = under ? path.join(under.root, path.relative(under.mountPoint, src)) : src;
+    return {
+      mountPoint: t,
+      root,
+      from: src,
+      fsType: under?.fsType ?? 'bind',
+      source: under?.source ?? src,
+      options: 'rw',
+      readonly: false,
+      nosuid: under?.nosuid ?? false,
+      nodev: under?.nodev ?? false,
+      ...this.inherited(t, under),
+      ...(under?.superOptions !== undefined ? { superOptions: under.superOptions } : {}),
+    };
   }
 
   umount(target: string, flags = 0): void {
     this.record('umount', target, flags);
     const t = path.resolve(target);
     const i = this.mounts.findLastIndex((m) => m.mountPoint === t);
-    if (i < 0) throw errno('EINVAL', `umount2 ${t}`);
+    if (i < 0) {
+      this.mustExist(t, 'umount2');
+      throw errno('EINVAL', `umount2 ${t}`);
+    }
+    // the mounts on this one: mounted later, below its mount point
+    const children = (j: number) => j > i && this.mounts[j]!.mountPoint.startsWith(`${t}/`);
+    if (!(flags & MNT_DETACH) && this.mounts.some((_, j) => children(j))) throw errno('EBUSY', `umount2 ${t}`);
+    // detach takes the mounts on it along
+    for (let j = this.mounts.length - 1; j > i; j--) if (children(j)) this.mounts.splice(j, 1);
     this.mounts.splice(i, 1);
-    // detach takes the mounts below along
-    if (flags & 2) for (let j = this.mounts.length - 1; j >= 0; j--) if (this.mounts[j]!.mountPoint.startsWith(`${t}/`)) this.mounts.splice(j, 1);
   }
 
-  bind(source: string, target: string, opts = {}): void {
+  bind(source: string, target: string, opts: Parameters<Host['bind']>[2] = {}): void {
+    const before = this.mounts.length;
     for (const s of bindSteps(source, target, opts)) this.mount(...s);
+    // the real host attaches a recursive read-only bind read-only as a whole (mount_setattr AT_RECURSIVE)
+    if (opts.readonly && opts.recursive) {
+      for (const m of this.mounts.slice(before)) Object.assign(m, { readonly: true, nosuid: true, nodev: true, options: 'ro' });
+    }
   }
 
   mountinfo(): MountInfo[] {
@@ -127,8 +294,9 @@ export class RecordingHost implements Host {
       root: m.root,
       fsType: m.fsType,
       source: m.source,
-      options: m.readonly ? 'ro' : 'rw',
+      options: [m.readonly ? 'ro' : 'rw', ...(m.nosuid ? ['nosuid'] : []), ...(m.nodev ? ['nodev'] : [])].join(','),
       superOptions: m.superOptions ?? '',
+      propagation: m.propagation,
     }));
   }
 
@@ -178,7 +346,11 @@ export class RecordingHost implements Host {
     this.record('statfs', p);
     const r = path.resolve(p);
     for (const b of this.broken) if (r === b || r.startsWith(`${b}/`)) throw errno('ENOTCONN', `statfs ${r}`);
-    return this.magic.get(r) ?? (this.mountedAt(r)?.fsType === 'fuse' ? FS_MAGIC.FUSE : 0xef53);
+    const magic = this.magic.get(r);
+    if (magic !== undefined) return magic;
+    this.mustExist(r, 'statfs');
+    const fs = this.mountOf(r)?.fsType;
+    return fs === undefined ? 0xef53 : fs === 'fuse' || fs.startsWith('fuse.') ? FS_MAGIC.FUSE : (FS_BY_TYPE[fs] ?? 0xef53);
   }
 
   /** An overlay mount: recorded with its lowers resolved, and added to the mount table as `overlay`. */
@@ -192,65 +364,149 @@ export class RecordingHost implements Host {
       options: [...(o.options ?? [])],
     });
     const t = path.resolve(o.target);
+    this.mustExist(t, 'mount overlay');
+    for (const d of [...o.lowers, ...(o.upper ? [o.upper, o.work ?? ''] : [])]) this.mustExist(abs(d), 'mount overlay');
+    // overlayfs: a read-only overlay needs two lowers
+    if (!o.upper && o.lowers.length < 2) throw errno('EINVAL', `mount overlay ${t}: one lower and no upper`);
+    // as the kernel lists them: the super block's ro/rw, each lower, upper and work, then the options that
+    // are not the default (index=off is, in the usual CONFIG_OVERLAY_FS_INDEX=n kernels)
     const superOptions = [
-      ...(o.options ?? []),
+      o.upper ? 'rw' : 'ro',
       ...o.lowers.map((l) => `lowerdir+=${abs(l)}`),
       ...(o.upper ? [`upperdir=${abs(o.upper)}`, `workdir=${abs(o.work ?? '')}`] : []),
+      ...(o.options ?? []).filter((x) => x !== 'index=off'),
     ].join(',');
     this.mounts.push({
       mountPoint: t,
       root: '/',
       fsType: 'overlay',
       source: 'overlay',
-      options: o.upper ? 'rw' : 'ro',
-      readonly: !o.upper,
-      propagation: 'private',
+      options: 'rw',
+      readonly: false,
+      ...this.inherited(t),
       superOptions,
     });
   }
 
   idmappedBindMount(source: string, target: string, usernsFd: number): void {
     this.record('idmappedBindMount', source, target, usernsFd);
-    this.mounts.push({ mountPoint: path.resolve(target), root: source, fsType: 'idmapped', source, options: 'rw', readonly: false, propagation: 'private' });
+    // a recursive bind of the source's file system (open_tree AT_RECURSIVE), its ids mapped
+    this.mount(source, target, null, MS_BIND | MS_REC, null);
+    this.calls.pop();
   }
 
   mknod(p: PathArg, mode: number, major = 0, minor = 0): void {
     this.record('mknod', String(p), mode, major, minor);
+    if (!existsSync(path.dirname(key(p)))) throw errno('ENOENT', `mknod ${String(p)}`);
+    if (lexists(p)) throw errno('EEXIST', `mknod ${String(p)}`);
     // a regular placeholder file stands in for the device node
-    mkdirSync(path.dirname(String(p)), { recursive: true });
-    writeFileSync(String(p), '');
+    writeFileSync(fsPath(p), '');
+    this.nodes.set(key(p), { mode, major, minor });
   }
 
   mkWhiteout(p: PathArg): void {
     this.mknod(p, 0o020000, 0, 0);
   }
 
+  private xattrTarget(op: string, p: PathArg, name?: PathArg): Map<string, Buffer> | undefined {
+    if (!lexists(p)) throw errno('ENOENT', `${op} ${String(p)}`);
+    if (name !== undefined && !XATTR_NAMESPACES.some((n) => String(name).startsWith(n))) throw errno('EOPNOTSUPP', `${op} ${String(p)} ${String(name)}`);
+    return this.xattrs.get(key(p));
+  }
+
   lsetxattr(p: PathArg, name: PathArg, value: Buffer | string): void {
     this.record('lsetxattr', String(p), String(name));
-    const m = this.xattrs.get(String(p)) ?? new Map<string, Buffer>();
+    const m = this.xattrTarget('lsetxattr', p, name) ?? new Map<string, Buffer>();
     m.set(String(name), typeof value === 'string' ? Buffer.from(value) : value);
-    this.xattrs.set(String(p), m);
+    this.xattrs.set(key(p), m);
   }
 
   lgetxattr(p: PathArg, name: PathArg): Buffer | null {
-    return this.xattrs.get(String(p))?.get(String(name)) ?? null;
+    return this.xattrTarget('lgetxattr', p)?.get(String(name)) ?? null;
   }
 
   llistxattr(p: PathArg): string[] {
-    return [...(this.xattrs.get(String(p))?.keys() ?? [])];
+    return [...(this.xattrTarget('llistxattr', p)?.keys() ?? [])];
   }
 
   lchown(p: PathArg, uid: number, gid: number): void {
     this.record('lchown', String(p), uid, gid);
+    if (!lexists(p)) throw errno('ENOENT', `lchown ${String(p)}`);
+    const was = this.owners.get(key(p));
+    // -1 leaves an id as it is
+    this.owners.set(key(p), { uid: uid === -1 ? (was?.uid ?? -1) : uid, gid: gid === -1 ? (was?.gid ?? -1) : gid });
   }
 
+  lutimesNs(p: PathArg, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void {
+    this.record('lutimesNs', String(p), atimeSec, atimeNsec, mtimeSec, mtimeNsec);
+    lutimesSync(fsPath(p), atimeSec + atimeNsec / 1e9, mtimeSec + mtimeNsec / 1e9);
+  }
+
+  /** flock(2) between open file descriptions of this process: a holder whose fd no longer refers to the file is gone. */
   flock(fd: number, op: number): boolean {
     this.record('flock', fd, op);
+    const st = fstatSync(fd);
+    const file = `${st.dev}:${st.ino}`;
+    const holders = (this.locks.get(file) ?? []).filter((h) => {
+      try {
+        const s = fstatSync(h.fd);
+        return `${s.dev}:${s.ino}` === file;
+      } catch {
+        return false;
+      }
+    });
+    const others = holders.filter((h) => h.fd !== fd);
+    const want = op & (LOCK_SH | LOCK_EX | LOCK_UN);
+    if (want === LOCK_UN) {
+      this.locks.set(file, others);
+      return true;
+    }
+    if (others.some((h) => want === LOCK_EX || h.op === LOCK_EX)) {
+      this.locks.set(file, holders);
+      if (op & LOCK_NB) return false;
+      throw errno('EDEADLK', `flock fd ${fd}: would wait forever in a simulation`);
+    }
+    this.locks.set(file, [...others, { fd, op: want }]);
     return true;
+  }
+
+  overlayIndexParam(): boolean {
+    return this.overlayIndex;
+  }
+
+  async createUserns(uidMaps: readonly IdMap[], gidMaps: readonly IdMap[]): Promise<UsernsHandle> {
+    this.record('createUserns', uidMaps, gidMaps);
+    const u = { fd: 1000 + this.userns.length, uidMaps, gidMaps, closed: false };
+    this.userns.push(u);
+    return {
+      fd: u.fd,
+      close: () => {
+        u.closed = true;
+      },
+    };
   }
 
   async exec(file: string, args: readonly string[]): Promise<ExecResult> {
     this.record('exec', file, [...args]);
     return this.execHandler(file, args);
+  }
+
+  async execStreaming(file: string, args: readonly string[], opts: { input?: Readable } = {}): Promise<StreamingResult> {
+    this.record('execStreaming', file, [...args]);
+    return this.streamHandler(file, args, opts.input);
+  }
+}
+
+/** statfs magic of the file system types the simulation mounts. */
+const FS_BY_TYPE: Record<string, number> = { tmpfs: FS_MAGIC.TMPFS, overlay: FS_MAGIC.OVERLAY, autofs: FS_MAGIC.AUTOFS };
+
+/** The default streaming program: reads its input to the end and exits 0; a failing input kills it. */
+async function drain(_file: string, _args: readonly string[], input?: Readable): Promise<StreamingResult> {
+  if (!input) return { code: 0, signal: null };
+  try {
+    for await (const _ of input) void _;
+    return { code: 0, signal: null };
+  } catch (e) {
+    return { code: null, signal: 'SIGKILL', inputError: e };
   }
 }

@@ -227,7 +227,7 @@ describe('snapshotter semantics (unprivileged, recording host)', () => {
     expect(readdirSync(path.join(root, 'masks'))).toHaveLength(1);
     mkdirSync(path.join(root, 'snapshots', '9999', 'fs'), { recursive: true });
     mkdirSync(path.join(root, 'snapshots', '9998', 'fs'), { recursive: true });
-    host.mount('/somewhere', path.join(root, 'snapshots', '9998', 'fs'), null, 4096 /* MS_BIND */, null);
+    host.mount(repoRoot, path.join(root, 'snapshots', '9998', 'fs'), null, 4096 /* MS_BIND */, null);
     writeFileSync(path.join(root, 'l', 'zzz'), '');
     const r = await sn.cleanup();
     expect(r).toEqual({ dirs: 1, links: 1, masks: 0 });

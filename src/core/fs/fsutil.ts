@@ -11,7 +11,16 @@ export interface MountInfo {
   options: string;
   /** The file system's own options (mountinfo's last field: an overlay's `lowerdir=`, `upperdir=`), raw (octal escapes kept). */
   superOptions?: string;
+  /** Mount propagation from mountinfo's optional fields: `shared:N` → shared (even when also a slave), `master:N` → slave. */
+  propagation?: 'shared' | 'slave' | 'private' | 'unbindable';
 }
+
+function propagationOf(optional: readonly string[]): NonNullable<MountInfo['propagation']> {
+  if (optional.some((f) => f.startsWith('shared:'))) return 'shared';
+  if (optional.some((f) => f.startsWith('master:'))) return 'slave';
+  return optional.includes('unbindable') ? 'unbindable' : 'private';
+}
+
 
 /** `\040`-style octal escapes of /proc/self/mountinfo. */
 function unescapeMountinfo(s: string): string {
@@ -33,6 +42,7 @@ export function parseMountinfo(text: string): MountInfo[] {
       fsType: f[sep + 1]!,
       source: unescapeMountinfo(f[sep + 2]!),
       superOptions: f[sep + 3] ?? '',
+      propagation: propagationOf(f.slice(6, sep)),
     });
   }
   return out;

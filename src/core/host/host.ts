@@ -11,15 +11,23 @@
  * One exception: tar extraction and packing run in worker threads
  * (core/tar/*), and a Host object cannot cross into a worker, so those call
  * sys.ts directly (mknod, xattrs, lchown, utimes of the files they write).
+ *
+ * Nothing below src/core, src/convert, src/graphdriver … picks the real host
+ * itself: only the composition roots (src/cli/*, the daemons' start
+ * functions) do. test/core/host-contract.test.ts runs the same assertions
+ * against both hosts.
  */
-import { execFile } from 'node:child_process';
-import { statfsSync } from 'node:fs';
+import { existsSync, statfsSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { type MountInfo, readMountinfo } from '../fs/fsutil.js';
+import type { IdMap } from '../tar/idmap.js';
+import { exec, execStreaming } from './exec.js';
 import { mountOverlay } from './overlay-mount.js';
 import { probeHelper } from './probe-child.js';
 import * as sys from './sys.js';
+import { createUserns, type UsernsHandle } from './userns.js';
 
-export type { MountInfo };
+export type { MountInfo, UsernsHandle };
 export type PathArg = sys.PathArg;
 
 /** Mount propagation of a mount point (mount(2) MS_SHARED/MS_SLAVE/MS_PRIVATE, optionally MS_REC). */
@@ -37,6 +45,27 @@ export interface ExecResult {
   code: number;
   stdout: string;
   stderr: string;
+}
+
+export interface ExecOptions {
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  /** Written to the program's stdin (then closed). */
+  input?: string;
+}
+
+export interface StreamingOptions {
+  env?: NodeJS.ProcessEnv;
+  /** Piped to the program's stdin; without it, stdin is /dev/null. */
+  input?: Readable;
+}
+
+/** How a streaming run ended: its exit status or signal, and the input's error if the input failed. */
+export interface StreamingResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when `input` failed: the program was killed before its stdin closed. */
+  inputError?: unknown;
 }
 
 /**
@@ -91,7 +120,7 @@ export interface Host {
   statfsType(path: string): number;
   /**
    * Mount an overlay without changing the process's working directory and
-   * without mount(2)'s one-page option limit (see stack/overlay-mount.ts).
+   * without mount(2)'s one-page option limit (see overlay-mount.ts).
    */
   mountOverlay(o: OverlayMount): void;
   /** Bind `source` on `target` as an idmapped mount. */
@@ -107,13 +136,31 @@ export interface Host {
   flock(fd: number, op: number): boolean;
   /**
    * Run probes (in order) where a hung FUSE file system cannot block this
-   * process: a helper process (stack/probe-child.ts). One result per
+   * process: a helper process (probe-child.ts). One result per
    * operation run. The answer may never come (the caller keeps the deadline,
-   * see stack/probe.ts); `signal` says the caller stopped waiting.
+   * see probe.ts); `signal` says the caller stopped waiting.
    */
   probeFs(ops: readonly FsProbeOp[], signal?: AbortSignal): Promise<FsProbeResult[]>;
-  /** Run a program without a shell. Never rejects for a non-zero exit: the caller reads `code`. */
-  exec(file: string, args: readonly string[], opts?: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<ExecResult>;
+  /** Run a program without a shell, its output collected. Never rejects for a non-zero exit: the caller reads `code`. */
+  exec(file: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
+  /**
+   * Run a program without a shell, its stdout and stderr on this process's
+   * stderr (stdout may carry --json), `input` on its stdin. If `input` fails,
+   * the program's whole process group is killed before its stdin closes (a
+   * cut stream must not be taken for a complete one) and `inputError` says
+   * why. Rejects only when the program cannot be started.
+   */
+  execStreaming(file: string, args: readonly string[], opts?: StreamingOptions): Promise<StreamingResult>;
+  /** utimensat(AT_SYMLINK_NOFOLLOW) with nanoseconds (Node's utimes goes through a double and loses them). */
+  lutimesNs(path: PathArg, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /**
+   * Does the overlay module have the `index` parameter
+   * (/sys/module/overlay/parameters/index)? containerd and moby then mount
+   * overlays with `index=off`.
+   */
+  overlayIndexParam(): boolean;
+  /** A user namespace with these id maps, held by an open fd (for idmappedBindMount; see userns.ts). */
+  createUserns(uidMaps: readonly IdMap[], gidMaps: readonly IdMap[]): Promise<UsernsHandle>;
 }
 
 const PROPAGATION_FLAGS: Record<Propagation, number> = {
@@ -134,6 +181,8 @@ export function bindSteps(source: string, target: string, opts: BindOptions = {}
   if (opts.propagation) steps.push(['', target, null, PROPAGATION_FLAGS[opts.propagation], null]);
   return steps;
 }
+
+let overlayIndex: boolean | undefined;
 
 /** The real host. */
 export const systemHost: Host = {
@@ -177,18 +226,11 @@ export const systemHost: Host = {
   llistxattr: sys.llistxattr,
   lchown: sys.lchown,
   flock: sys.flock,
-  exec(file, args, opts = {}) {
-    return new Promise((resolve) => {
-      execFile(file, [...args], { timeout: opts.timeoutMs ?? 0, env: opts.env ?? process.env, maxBuffer: 4 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
-        if (!err) return resolve({ code: 0, stdout, stderr });
-        const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
-        if (typeof e.code === 'number') return resolve({ code: e.code, stdout, stderr });
-        // spawn failures (ENOENT, EACCES) and timeouts: no exit code
-        const why = e.killed ? `killed after ${opts.timeoutMs} ms` : e.message;
-        resolve({ code: 127, stdout, stderr: `${stderr}${stderr ? '\n' : ''}${file}: ${why}` });
-      });
-    });
-  },
+  exec,
+  execStreaming,
+  lutimesNs: sys.lutimesNs,
+  overlayIndexParam: () => (overlayIndex ??= existsSync('/sys/module/overlay/parameters/index')),
+  createUserns,
 };
 
 /** statfs magic numbers. */

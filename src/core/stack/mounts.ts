@@ -3,7 +3,6 @@
  * `mounts()`: what a snapshot mounts as, given its own directories and the
  * lower directories (top first) of its parent chain.
  */
-import { existsSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors/errors.js';
 
 export interface Mount {
@@ -28,14 +27,8 @@ export interface MountSpec {
   work?: string | undefined;
   /** Lower directories, nearest first. */
   lowers: readonly LowerDir[];
-  /** Add `index=off` (see overlayIndexOff). */
+  /** Add `index=off` (containerd and moby do when the overlay module has the `index` parameter: Host.overlayIndexParam). */
   indexOff: boolean;
-}
-
-let indexOff: boolean | undefined;
-/** containerd and moby add `index=off` when the overlay module has the `index` parameter: probed once. */
-export function overlayIndexOff(): boolean {
-  return (indexOff ??= existsSync('/sys/module/overlay/parameters/index'));
 }
 
 /** Characters that cannot appear in an overlay option path without escaping. */

@@ -1,6 +1,7 @@
 /**
- * A user namespace file descriptor carrying dockerd's `--userns-remap`
- * mapping, for idmapped mounts of CVMFS layers. A Node process cannot
+ * The real host's user namespaces (Host.createUserns): a file descriptor
+ * carrying dockerd's `--userns-remap` mapping, for idmapped mounts of CVMFS
+ * layers. A Node process cannot
  * unshare(CLONE_NEWUSER) itself (it is multi-threaded), so a short-lived
  * child (`unshare --user sleep`) provides the namespace: its uid_map/gid_map
  * are written from here (we are root in the parent namespace), its
@@ -9,14 +10,15 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fsp, readlinkSync } from 'node:fs';
-import { UnavailableError } from '../core/errors/errors.js';
-import type { IdMap } from '../core/tar/idmap.js';
+import { UnavailableError } from '../errors/errors.js';
+import type { IdMap } from '../tar/idmap.js';
 
 /** The text of a /proc/<pid>/uid_map file. Pure. */
 export function idMapText(maps: readonly IdMap[]): string {
   return maps.map((m) => `${m.containerId} ${m.hostId} ${m.size}\n`).join('');
 }
 
+/** A user namespace held open; `close` lets it go (idempotent). */
 export interface UsernsHandle {
   fd: number;
   close(): void;
