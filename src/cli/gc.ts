@@ -1,6 +1,7 @@
 /**
  * `cvmfs-thin gc`: remove layers, chains and flat trees no image references
- * any more; run by the publisher, after `rm` or periodically.
+ * any more, and the access profiles of stacks that are gone; run by the
+ * publisher, after `rm` or periodically.
  */
 import { Command, Option } from 'commander';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
@@ -11,7 +12,9 @@ import { addPublishingOptions, publishingFromOptions } from './publishing.js';
 export function gcCommand(): Command {
   return addPublishingOptions(
     new Command('gc')
-      .description('remove layers, chains and flat trees no image references any more, older than the grace period')
+      .description(
+        'remove layers, chains and flat trees no image references any more, older than the grace period, and the access profiles of stacks that are gone',
+      )
       .requiredOption('--grace <duration>', 'keep unreferenced items younger than this (e.g. 7d, 12h, 30m, 0; a bare number means days)'),
   )
     .option('--dry-run', 'list what would be removed, remove nothing')
@@ -26,10 +29,11 @@ export function gcCommand(): Command {
         process.stdout.write(`${JSON.stringify({ ...report, publish_steps: publisher.steps }, null, 2)}\n`);
       } else {
         const verb = report.dry_run ? 'would remove' : 'removed';
-        for (const r of report.removed) process.stdout.write(`${verb} ${r.kind} ${r.path} (unchanged for ${formatAge(r.age)})\n`);
+        for (const r of report.removed) process.stdout.write(`${verb} ${r.kind} ${r.path} (${r.why ? `${r.why}; ` : ''}unchanged for ${formatAge(r.age)})\n`);
         for (const im of report.podman?.removed_images ?? [])
           process.stdout.write(`${verb} podman store image ${im.id.slice(0, 12)} ${im.names.join(' ')} (${im.reason})\n`);
         for (const e of report.errors) process.stderr.write(`cvmfs-thin: cannot remove ${e.path}: ${e.message}\n`);
+        for (const l of report.left_alone) process.stderr.write(`cvmfs-thin: left alone ${l.path}: ${l.reason}\n`);
         process.stderr.write(
           `gc ${dir}: ${verb} ${report.removed.length}, kept ${report.kept_recent.length} unreferenced within the grace period; referenced: ${report.referenced.layers} layers, ${report.referenced.chains} chains, ${report.referenced.flat} flat trees of ${report.referenced.images} images\n`,
         );

@@ -4,13 +4,15 @@
  * temporary directories of converters that no longer run. References are
  * every `manifest.json` under `.metadata/` (layers, and the chains of their
  * prefixes — DUCC never collects chains, cvmfs#3318), the readable links and
- * the image records (flat trees).
+ * the image records (flat trees). Access profiles go with their layers, or
+ * when no image has their stack (gc-profiles.ts).
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CHAINS_DIR, DIRTY_CHAINS_DIR, duccChainIds, FLAT_DIR, LAYER_ROOTFS, LAYERS_DIR, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fs/fsutil.js';
+import { planProfiles, removeProfile } from './gc-profiles.js';
 import { collectPodmanStore, type PodmanGcReport, STORE_DIR } from './podman/index.js';
 import type { Publisher } from './publish.js';
 import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';
@@ -28,10 +30,12 @@ export interface GcOptions {
 }
 
 export interface GcItem {
-  kind: 'layer' | 'chain' | 'flat' | 'temporary' | 'dirty-chain-marker';
+  kind: 'layer' | 'chain' | 'flat' | 'temporary' | 'dirty-chain-marker' | 'profile';
   path: string;
   /** Seconds since the last modification. */
   age: number;
+  /** Why a profile goes (its layers are gone, or no image has them). */
+  why?: string | undefined;
 }
 
 export interface GcReport {
@@ -41,6 +45,8 @@ export interface GcReport {
   kept_recent: GcItem[];
   referenced: { layers: number; chains: number; flat: number; images: number };
   errors: { path: string; message: string }[];
+  /** Under `.profiles`, what is not a valid profile named by its stack: reported, never touched. */
+  left_alone: { path: string; reason: string }[];
   /** The podman store's images and layers removed (planned, with --dry-run); null without a store. */
   podman: PodmanGcReport | null;
 }
@@ -58,6 +64,10 @@ function manifestLayers(text: string): string[] | null {
   }
 }
 
+function profileItem(v: { path: string; age: number; why: string }): GcItem {
+  return { kind: 'profile', path: v.path, age: v.age, why: v.why };
+}
+
 export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   const root = path.resolve(o.repositoryDir);
   const now = o.now ?? Date.now();
@@ -67,6 +77,7 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
     kept_recent: [],
     referenced: { layers: 0, chains: 0, flat: 0, images: 0 },
     errors: [],
+    left_alone: [],
     podman: null,
   };
 
@@ -74,6 +85,7 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
   const usedLayers = new Set<string>();
   const usedChains = new Set<string>();
   const usedFlat = new Set<string>();
+  const imageStacks = new Set<string>();
   for await (const f of walkFiles(path.join(root, METADATA_DIR))) {
     if (f.isLink) continue;
     if (f.name === 'manifest.json') {
@@ -81,7 +93,9 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
       if (!layers) continue;
       report.referenced.images++;
       for (const h of layers) usedLayers.add(h);
-      for (const c of duccChainIds(layers)) usedChains.add(c);
+      const chains = duccChainIds(layers);
+      for (const c of chains) usedChains.add(c);
+      if (chains.length) imageStacks.add(chains.at(-1)!);
     } else if (f.name === IMAGE_RECORD) {
       try {
         const r = JSON.parse(await fsp.readFile(f.path, 'utf8')) as ImageRecord;
@@ -154,14 +168,21 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
     if (!chainExists || !usedChains.has(n)) await consider('dirty-chain-marker', path.join(dirty, n), false);
   }
 
+  // access profiles: with the layers that go now, or unreferenced (and old)
+  const removedLayers = new Set(candidates.filter((c) => c.kind === 'layer').map((c) => path.basename(c.path)));
+  const profileOptions = { imageStacks, now, graceMs: o.graceMs };
+  const profiles = await planProfiles(root, { ...profileOptions, removedLayers });
+  report.left_alone = profiles.leftAlone;
+  report.kept_recent.push(...profiles.young.map((v) => profileItem(v)));
+
   // the podman store, planned first (read-only): its images whose layers go now go with them
   const hasStore = (await fsp.lstat(path.join(root, STORE_DIR)).catch(() => null))?.isDirectory() === true;
   const storePlan = hasStore ? await collectPodmanStore(root, { graceMs: o.graceMs, now, dryRun: true, log: o.log }) : null;
   const storeWork = storePlan !== null && storePlan.removed_images.length + storePlan.removed_layers.length > 0;
 
   // 3. remove (inside a publishing transaction when hooks are configured)
-  if (o.dryRun || (candidates.length === 0 && !storeWork)) {
-    report.removed = candidates;
+  if (o.dryRun || (candidates.length === 0 && profiles.go.length === 0 && !storeWork)) {
+    report.removed = [...candidates, ...profiles.go.map((v) => profileItem(v))];
     report.podman = storePlan;
     return report;
   }
@@ -175,6 +196,16 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
         o.log.info({ kind: c.kind, path: c.path, age: c.age }, 'removed');
       } catch (e) {
         report.errors.push({ path: c.path, message: (e as Error).message });
+      }
+    }
+    // judged again now that layers are gone (one that did not go keeps its profiles), each removed if still the file judged
+    for (const v of (await planProfiles(root, { ...profileOptions, removedLayers: new Set() })).go) {
+      try {
+        if (!(await removeProfile(v))) continue;
+        report.removed.push(profileItem(v));
+        o.log.info({ kind: 'profile', path: v.path, why: v.why }, 'removed');
+      } catch (e) {
+        report.errors.push({ path: v.path, message: (e as Error).message });
       }
     }
     // planned again now that layers are gone (its images on them go at once); writes nothing when nothing goes

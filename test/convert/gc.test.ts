@@ -151,11 +151,16 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc with nothing to remove
       '--json',
     ]);
     expect(r.code, r.stderr).toBe(0);
+    // an access profile (the image's opt-out) and a file under .profiles that is not one
+    const d = await runCli(['profile', 'disable', 'example.org/noop:v1', '--repository-dir', repo]);
+    expect(d.code, d.stderr).toBe(0);
+    fs.writeFileSync(path.join(repo, '.profiles', 'README'), 'not a profile\n');
   });
 
-  it('writes nothing (no file, no directory, no time changes anywhere, the podman store included), runs no hook, takes no lock file', async () => {
+  it('writes nothing (no file, no directory, no time changes anywhere, the podman store and the profiles included), runs no hook, takes no lock file', async () => {
     const before = state();
     expect(before.some((l) => l.startsWith('podmanStore/overlay-layers/layers.json '))).toBe(true);
+    expect(before.some((l) => /^\.profiles\/[a-f0-9]{2}\/[a-f0-9]{64}\.json /.test(l))).toBe(true);
     const marks = path.join(work, 'marks');
     fs.mkdirSync(marks);
     const lockFile = path.join(work, 'publish.lock');
@@ -167,8 +172,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('gc with nothing to remove
     ]) {
       const r = await runCli(['gc', '--repository-dir', repo, '--grace', '0', '--json', ...extra]);
       expect(r.code, r.stderr).toBe(0);
-      const g = json<GcReport & { podman: { removed_images: unknown[]; removed_layers: unknown[] } }>(r);
+      const g = json<GcReport & { podman: { removed_images: unknown[]; removed_layers: unknown[] }; left_alone: { path: string }[] }>(r);
       expect([g.removed, g.podman.removed_images, g.podman.removed_layers]).toEqual([[], [], []]);
+      expect(g.left_alone.map((l) => l.path)).toEqual([path.join(repo, '.profiles', 'README')]);
       expect(state(), `gc ${extra.join(' ')}`).toEqual(before);
     }
     expect(fs.readdirSync(marks)).toEqual([]);
