@@ -2,10 +2,11 @@
  * The graph driver: dockerd's layer operations (Create, ApplyDiff, Get/Put,
  * Diff, Changes, ...) over overlayfs, with CVMFS thin images. Protocol-free:
  * the HTTP edge (server.ts) decodes requests and maps errors. This file is
- * the endpoints; the records are layer-store.ts, the mounts mounter.ts,
- * diffs against another parent than the layer's own naive.ts, the CVMFS
- * layers core/stack, and every side effect on the node goes through the
- * injected Host.
+ * the endpoints; what an Init opens is active.ts, how requests run (gate,
+ * locks) guard.ts, the records layer-store.ts, the mounts mounter.ts, diffs
+ * against another parent than the layer's own naive.ts, the CVMFS layers
+ * core/stack, and every side effect on the node goes through the injected
+ * Host.
  *
  * State under the Home that dockerd passes to Init: `layers/<id>/` (see
  * layer-store.ts), `l/<n>` short links (→ ../layers/<id>/diff, or → a CVMFS
@@ -14,29 +15,21 @@
  * `<state-dir>/driver.json` (init-state.ts).
  */
 import type { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
-import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../core/errors/errors.js';
-import { Gate } from '../core/util/gate.js';
 import type { Host } from '../core/host/host.js';
-import { KeyedMutex } from '../core/util/keyed-mutex.js';
-import { LayerStack } from '../core/stack/index.js';
-import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
+import type { BrokenOverlay } from '../core/stack/mount-health.js';
 import { type HeldLock, lockRoot } from '../core/state/lock.js';
 import { packDirectory } from '../core/tar/index.js';
-import type { IdMaps } from '../core/tar/idmap.js';
-import { toHost } from '../core/tar/idmap.js';
 import { computeChanges, dirSize, fsTree } from './changes.js';
 import { applyAgainst, changesAgainst, diffAgainst, diffSizeAgainst, type NaiveContext } from './naive.js';
 import { effective, INIT_SCHEMA, type InitState, loadInitState, saveInitState } from './init-state.js';
 import { applyLayer } from './apply.js';
 import { metadataOf, statusOf } from './status.js';
-import { LayerStore } from './layer-store.js';
-import { graphdriverMonitor } from './health.js';
-import { Mounter } from './mounter.js';
+import { type Active, openActive } from './active.js';
+import { Guard } from './guard.js';
 import type { GraphDriverConfig } from './config.js';
 import { checkLayerStorageOpt, parseInitOptions } from './options.js';
 import type { Change, InitRequest } from './protocol.js';
@@ -50,28 +43,10 @@ export type { GraphDriverConfig } from './config.js';
 /** Lock name for the shared mask directories (not a valid layer ID). */
 const MASKS_LOCK = ':masks';
 
-/** Everything that exists only once Init (or a restore) has given us a Home. */
-interface Active {
-  init: InitState;
-  home: string;
-  location: CvmfsLocation;
-  thinImages: boolean;
-  idMaps: IdMaps | undefined;
-  /** Remapped root (owner of new diff dirs), when users are remapped. */
-  owner: { uid: number; gid: number } | undefined;
-  stack: LayerStack;
-  store: LayerStore;
-  mounter: Mounter;
-  monitor: MountMonitor;
-  /** One driver per Home. */
-  lock: HeldLock;
-}
-
 export class GraphDriver {
-  private readonly locks = new KeyedMutex();
-  private readonly gate = new Gate();
   private readonly log: Logger;
   private readonly host: Host;
+  private readonly guard: Guard<Active>;
   private active: Active | undefined;
   private closed = false;
 
@@ -81,6 +56,7 @@ export class GraphDriver {
   ) {
     this.log = cfg.log;
     this.host = cfg.host;
+    this.guard = new Guard(() => this.need(), cfg.log);
   }
 
   /** Open the driver; if a previous Init is remembered, restore it (plugin restart while dockerd runs). */
@@ -110,7 +86,7 @@ export class GraphDriver {
   async init(req: InitRequest): Promise<void> {
     this.check();
     effective(this.cfg, parseInitOptions(req.opts)); // validate before touching anything
-    await this.gate.exclusive(async () => {
+    await this.guard.gate.exclusive(async () => {
       const state: InitState = {
         schema: INIT_SCHEMA,
         version: 1,
@@ -138,61 +114,14 @@ export class GraphDriver {
   }
 
   private async activate(init: InitState, why: 'init' | 'restore'): Promise<void> {
-    const eff = effective(this.cfg, parseInitOptions(init.opts));
-    const home = init.home;
-    const idMaps = init.uidMaps.length > 0 ? { uids: init.uidMaps, gids: init.gidMaps } : undefined;
-    const uid = idMaps ? toHost(idMaps.uids, 0) : 0;
-    const gid = idMaps ? toHost(idMaps.gids, 0) : 0;
-    if (uid === null || gid === null) throw new InvalidArgumentError('UIDMaps/GIDMaps do not map container root (id 0)');
-    const prev = this.active;
-    if (prev && prev.home !== home) this.log.info({ from: prev.home, to: home }, 'Init with a new Home; the old one is left as it is');
-    // one driver per Home too (two plugins with their own state dirs, one dockerd data root)
-    const lock = prev?.home === home ? prev.lock : lockRoot(home, this.host, { daemon: 'cvmfs-thin graphdriver', address: this.cfg.socket }, 0o711);
-    prev?.mounter.close();
-    prev?.monitor.stop();
-    await prev?.stack.facts.flush();
-    if (prev && prev.lock !== lock) prev.lock.release();
-    this.active = undefined;
-    let stack: LayerStack;
-    let store: LayerStore;
-    try {
-      const onStall = () => this.cfg.metrics?.inc('cvmfs_stalls_total', { daemon: 'graphdriver' });
-      stack = await LayerStack.open({
-        root: home,
-        location: eff.location,
-        host: this.host,
-        log: this.log,
-        factsFile: path.join(home, 'layer-facts.json'),
-        cvmfsTimeoutMs: this.cfg.cvmfsTimeoutMs,
-        onStall,
-      });
-      store = await LayerStore.load(home, stack, this.host, this.log, why === 'init');
-    } catch (e) {
-      lock.release();
-      throw e;
-    }
-    const mounter = new Mounter(this.host, store, stack, idMaps, eff.idmappedLayers, this.log);
-    const monitor = graphdriverMonitor({ home, stack, log: this.log, metrics: this.cfg.metrics, intervalMs: this.cfg.checkIntervalMs });
-    const a: Active = {
-      init,
-      home,
-      location: eff.location,
-      thinImages: eff.thinImages,
-      idMaps,
-      owner: idMaps ? { uid, gid } : undefined,
-      stack,
-      store,
-      mounter,
-      monitor,
-      lock,
-    };
+    const a = await openActive(this.cfg, init, why, this.active, () => (this.active = undefined));
     this.active = a;
     await this.gcMasks(a);
-    if (why === 'restore') await mounter.remountReferenced();
+    if (why === 'restore') await a.mounter.remountReferenced();
   }
 
   private check(): void {
-    if (this.closed) throw new UnavailableError('graph driver is shutting down');
+    if (this.closed) throw new UnavailableError('graph driver is shutting down', 'CVMFS_THIN_SHUTTING_DOWN');
   }
 
   private need(): Active {
@@ -206,63 +135,13 @@ export class GraphDriver {
     return this.active;
   }
 
-  /**
-   * Every layer endpoint runs through here: not closed, initialised, inside
-   * the gate (close() and Cleanup wait for it), holding the layers' locks, and
-   * still on the Init it started on. `shared` names (a parent whose children
-   * are created or removed) are held alongside other shared holders.
-   */
-  private guard<T>(names: (a: Active) => string[], fn: (a: Active) => Promise<T>, shared: (a: Active) => string[] = () => []): Promise<T> {
-    const a0 = this.need();
-    return this.gate.shared(() => this.locked(a0, names(a0), fn, shared(a0)));
-  }
-
-  private locked<T>(a0: Active, names: string[], fn: (a: Active) => Promise<T>, shared: string[] = []): Promise<T> {
-    return this.locks.with(
-      names,
-      async () => {
-        const a = this.need();
-        if (a !== a0) throw new UnavailableError('graph driver was re-initialised during the request');
-        return fn(a);
-      },
-      shared,
-    );
-  }
-
-  /**
-   * The guard for a streamed answer: the gate is held until the stream ends,
-   * so close() waits for it. With `done` (a naive Diff: its views stay
-   * mounted), the layer locks are held until the stream ends too, then `done`
-   * runs under them.
-   */
-  private guardStream(names: string[], open: (a: Active) => Promise<{ stream: Readable; done?: () => Promise<void> }>): Promise<Readable> {
-    const a0 = this.need();
-    return new Promise<Readable>((resolve, reject) => {
-      const until = async (s: { stream: Readable; done?: () => Promise<void> }) => {
-        resolve(s.stream);
-        await finished(s.stream).catch(() => undefined);
-        await s.done?.().catch((e: unknown) => this.log.error({ err: e, layers: names }, 'cannot put the layers of a Diff'));
-      };
-      this.gate
-        .shared(async () => {
-          let s: { stream: Readable; done?: () => Promise<void> } | undefined;
-          await this.locked(a0, names, async (a) => {
-            s = await open(a);
-            if (s.done) await until(s);
-          });
-          if (s && !s.done) await until(s);
-        })
-        .catch(reject);
-    });
-  }
-
   private naive(a: Active): NaiveContext {
     return { host: this.host, store: a.store, mounter: a.mounter, idMaps: a.idMaps };
   }
 
   /** Remove mask directories no thin layer uses any more (masks are shared: under their lock). */
   private async gcMasks(a: Active): Promise<void> {
-    await this.locks.with([MASKS_LOCK], () => a.stack.collectMasks(a.store.usedMasks()));
+    await this.guard.locks.with([MASKS_LOCK], () => a.stack.collectMasks(a.store.usedMasks()));
   }
 
   // ---------------------------------------------------------------- endpoints
@@ -282,15 +161,18 @@ export class GraphDriver {
   async create(id: string, parent: string, rw: boolean, storageOpt: Record<string, string>): Promise<void> {
     this.need();
     checkLayerStorageOpt(storageOpt);
-    if (id === parent) throw new InvalidArgumentError(`layer ${id} cannot be its own parent`);
-    await this.guard(
+    if (id === parent) throw new InvalidArgumentError(`layer ${id} cannot be its own parent`, 'CVMFS_THIN_BAD_REQUEST');
+    await this.guard.run(
       () => [id],
       async (a) => {
         if (parent !== '') {
           if (!a.store.get(parent)) throw new NotFoundError(`parent layer ${parent} does not exist`, 'CVMFS_THIN_NO_SUCH_LAYER');
           const depth = a.mounter.stackOf(parent).length + 1;
           if (depth >= MAX_LOWERS)
-            throw new FailedPreconditionError(`layer ${id} would have ${depth} lower layers; overlayfs allows ${MAX_LOWERS - 1} below a container layer`);
+            throw new FailedPreconditionError(
+              `layer ${id} would have ${depth} lower layers; overlayfs allows ${MAX_LOWERS - 1} below a container layer`,
+              'CVMFS_THIN_TOO_MANY_LAYERS',
+            );
         }
         const existing = a.store.get(id);
         if (existing) {
@@ -307,7 +189,7 @@ export class GraphDriver {
   }
 
   async remove(id: string): Promise<void> {
-    await this.guard(
+    await this.guard.run(
       () => [id],
       async (a) => {
         const l = a.store.get(id);
@@ -319,7 +201,10 @@ export class GraphDriver {
         }
         const kids = a.store.children(id);
         if (kids.size > 0) {
-          throw new FailedPreconditionError(`cannot remove layer ${id}: ${kids.size} layer(s) are based on it (${[...kids].slice(0, 3).join(', ')})`);
+          throw new FailedPreconditionError(
+            `cannot remove layer ${id}: ${kids.size} layer(s) are based on it (${[...kids].slice(0, 3).join(', ')})`,
+            'CVMFS_THIN_HAS_CHILDREN',
+          );
         }
         await a.mounter.release(l);
         await a.store.remove(l);
@@ -331,14 +216,14 @@ export class GraphDriver {
 
   async get(id: string, mountLabel = ''): Promise<string> {
     if (mountLabel !== '') this.log.debug({ id, mountLabel }, 'MountLabel ignored (SELinux labels are not applied to overlay mounts by this driver)');
-    return this.guard(
+    return this.guard.run(
       () => [id],
       async (a) => a.mounter.get(a.store.must(id)),
     );
   }
 
   async put(id: string): Promise<void> {
-    await this.guard(
+    await this.guard.run(
       () => [id],
       async (a) => a.mounter.put(a.store.must(id)),
     );
@@ -361,7 +246,7 @@ export class GraphDriver {
   async cleanup(): Promise<void> {
     const a = this.active;
     if (!a) return;
-    await this.gate.exclusive(async () => {
+    await this.guard.gate.exclusive(async () => {
       const n = await a.mounter.unmountAll();
       this.log.info({ unmounted: n }, 'GraphDriver.Cleanup: layers unmounted, data kept');
     });
@@ -369,7 +254,7 @@ export class GraphDriver {
 
   /** Against another parent than the layer's own (never from dockerd; moby's graphtest): a naive diff (naive.ts), as overlay2. */
   async applyDiff(id: string, parent: string, body: Readable): Promise<number> {
-    return this.guard(
+    return this.guard.run(
       () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
@@ -379,13 +264,13 @@ export class GraphDriver {
           throw new FailedPreconditionError(`ApplyDiff to layer ${id}: the layer already has content`);
         }
         const ctx = { host: this.host, store: a.store, stack: a.stack, idMaps: a.idMaps, owner: a.owner, thinImages: a.thinImages, log: this.log };
-        return applyLayer({ ...ctx, withMasksLock: (fn) => this.locks.with([MASKS_LOCK], fn) }, l, body);
+        return applyLayer({ ...ctx, withMasksLock: (fn) => this.guard.locks.with([MASKS_LOCK], fn) }, l, body);
       },
     );
   }
 
   async diff(id: string, parent: string): Promise<Readable> {
-    return this.guardStream([id, parent], async (a) => {
+    return this.guard.stream([id, parent], async (a) => {
       const l = a.store.must(id);
       if (parent !== l.rec.parent) return diffAgainst(this.naive(a), l, parent);
       return { stream: packDirectory(a.store.diffDir(id), { whiteouts: 'overlay', ...(a.idMaps ? { idMap: a.idMaps } : {}) }) };
@@ -393,7 +278,7 @@ export class GraphDriver {
   }
 
   async changes(id: string, parent: string): Promise<Change[]> {
-    return this.guard(
+    return this.guard.run(
       () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
@@ -408,7 +293,7 @@ export class GraphDriver {
   }
 
   async diffSize(id: string, parent: string): Promise<number> {
-    return this.guard(
+    return this.guard.run(
       () => [id, parent],
       async (a) => {
         const l = a.store.must(id);
@@ -422,7 +307,7 @@ export class GraphDriver {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.gate.drain();
+    await this.guard.gate.drain();
     await this.active?.stack.facts.flush();
     this.active?.monitor.stop();
     this.active?.mounter.close();
