@@ -38,6 +38,7 @@ import { simCommand } from '../test/helpers/cvmfs-sim/command.js';
 import { init, rmfs, simPaths } from '../test/helpers/cvmfs-sim/sim.js';
 import { content } from './lib/content.js';
 import { type Layer, makeLayer, writeLayout } from './lib/oci.js';
+import { systemHost } from '../src/core/host/host.js';
 
 const FILES = Number(process.env['BENCH_FILES'] ?? 20_000);
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
@@ -193,10 +194,15 @@ async function chainFirstUse(img: { layout: string; layers: Layer[] }): Promise<
     const hexes = img.layers.map((l) => l.digest.slice(7));
     const ids = duccChainIds(hexes);
     const facts = new Map<string, LayerFacts>();
-    const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, `masks-${kind}`), {
-      get: (k) => facts.get(k),
-      put: async (k, f) => void facts.set(k, f),
-    });
+    const layers = new CvmfsLayers(
+      cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      path.join(work, `masks-${kind}`),
+      {
+        get: (k) => facts.get(k),
+        put: async (k, f) => void facts.set(k, f),
+      },
+      systemHost,
+    );
     const t0 = process.hrtime.bigint();
     await layers.chainDirs(chainDir(repo, ids[ids.length - 1]!), repo, hexes);
     res[kind] = Number(process.hrtime.bigint() - t0) / 1e6;

@@ -11,7 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
-import { type Host, systemHost } from '../core/host/host.js';
+import type { Host } from '../core/host/host.js';
 import { OVERLAY_OPAQUE_XATTR } from '../core/fs/whiteout.js';
 import { CHANGE_ADD, CHANGE_DELETE, CHANGE_MODIFY, type Change } from './protocol.js';
 
@@ -140,7 +140,7 @@ function infoOf(st: BigIntStats, abs: string, host: Host): FileInfo {
 }
 
 /** A TreeReader over a real directory (opaque-directory xattrs read through `host`). */
-export function fsTree(root: string, host: Host = systemHost): TreeReader {
+export function fsTree(root: string, host: Host): TreeReader {
   return {
     async lstat(rel) {
       const abs = rel === '' ? root : path.join(root, rel);

@@ -35,6 +35,7 @@ import {
   UTF8_NAME,
 } from './fixtures.js';
 import { buildLayer, skopeoCopy, skopeoPull, skopeoPush, writeLayout } from './images.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const REPO = 'unpacked.cern.ch';
 
@@ -173,10 +174,15 @@ describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar
       for (const h of hexes) expect(noWhiteoutNames(layerRootfs(repo, h))).toEqual([]);
 
       // the snapshotter trusts the layers (its own marker check)
-      const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
-        get: () => undefined,
-        put: async () => {},
-      });
+      const layers = new CvmfsLayers(
+        cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+        path.join(work, 'masks'),
+        {
+          get: () => undefined,
+          put: async () => {},
+        },
+        systemHost,
+      );
       for (const h of hexes)
         expect(await layers.readMarker(repo, h)).toMatchObject({ schema: 'cvmfs-thin/layer', whiteouts: 'overlay', digest: `sha256:${h}` });
 

@@ -21,6 +21,7 @@ import { ProbeHelper } from '../../src/core/host/probe-child.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
 import { tempDir } from '../helpers/env.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const REPO = 'unpacked.cern.ch';
 
@@ -29,13 +30,18 @@ function fixture() {
   const repo = path.join(work, 'cvmfs', REPO);
   const puts: string[] = [];
   const facts = new Map<string, LayerFacts>();
-  const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
-    get: (k) => facts.get(k),
-    put: async (k, f) => {
-      puts.push(k);
-      facts.set(k, f);
+  const layers = new CvmfsLayers(
+    cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+    path.join(work, 'masks'),
+    {
+      get: (k) => facts.get(k),
+      put: async (k, f) => {
+        puts.push(k);
+        facts.set(k, f);
+      },
     },
-  });
+    systemHost,
+  );
   const manifest = (ls: FakeLayer[]) => parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
   return { work, repo, layers, manifest, puts };
 }

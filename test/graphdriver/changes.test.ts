@@ -4,6 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { computeChanges, dirSize, type FileInfo, fsTree, lookupInStack, sameFsTime, type TreeReader } from '../../src/graphdriver/changes.js';
 import { tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 
 type Node = { t: 'dir'; opaque?: boolean; mode?: number; mtime?: bigint; size?: bigint } | { t: 'file'; mode?: number } | { t: 'whiteout' } | { t: 'symlink' };
 
@@ -122,7 +123,8 @@ describe('on a real directory', () => {
     writeFileSync(path.join(upper, 'big'), Buffer.alloc(10_000));
     linkSync(path.join(upper, 'big'), path.join(upper, 'big-link'));
     symlinkSync('etc/hosts', path.join(upper, 'sym'));
-    const ch = await computeChanges(fsTree(upper), [fsTree(lower)]);
+    const host = new RecordingHost();
+    const ch = await computeChanges(fsTree(upper, host), [fsTree(lower, host)]);
     expect(ch).toContainEqual({ Path: '/etc/hosts', Kind: 0 });
     expect(ch).toContainEqual({ Path: '/big', Kind: 1 });
     expect(ch).toContainEqual({ Path: '/sym', Kind: 1 });

@@ -14,6 +14,7 @@ import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { type FakeLayer, thinJson } from './cvmfs-tree.js';
 import { tempDir } from './env.js';
 import { unmountAll } from './mount.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 export const REPO = 'unpacked.cern.ch';
 
@@ -28,10 +29,15 @@ export function layerStackFixture(prefix: string) {
     const repo = path.join(work, 'cvmfs', REPO);
     fs.mkdirSync(repo, { recursive: true });
     const facts = new Map<string, LayerFacts>();
-    const layers = new CvmfsLayers(cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }), path.join(work, 'masks'), {
-      get: (k) => facts.get(k),
-      put: async (k, f) => void facts.set(k, f),
-    });
+    const layers = new CvmfsLayers(
+      cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      path.join(work, 'masks'),
+      {
+        get: (k) => facts.get(k),
+        put: async (k, f) => void facts.set(k, f),
+      },
+      systemHost,
+    );
     const manifest = (ls: FakeLayer[]) => parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
     const merged = async (ls: FakeLayer[]) => {
       const r = await layers.resolveThin(manifest(ls));

@@ -25,7 +25,7 @@ import { type CvmfsLocation, repositoryMountpoint } from './location.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors/errors.js';
 import { mapLimit } from '../util/concurrency.js';
 import { isInside, pathExists } from '../fs/fsutil.js';
-import { type Host, systemHost } from '../host/host.js';
+import type { Host } from '../host/host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import {
   chainDir,
@@ -89,9 +89,9 @@ export class CvmfsLayers {
     /** Where mask directories are kept (a local, writable directory). */
     private readonly maskRoot: string,
     private readonly cache: LayerFactsCache,
-    private readonly log?: Logger,
     /** xattrs, ownership and whiteouts of the masks go through the host seam. */
-    private readonly host: Host = systemHost,
+    private readonly host: Host,
+    private readonly log?: Logger,
   ) {}
 
   /**

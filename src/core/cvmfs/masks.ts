@@ -21,7 +21,7 @@ import { promises as fsp } from 'node:fs';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
 import { pathExists, removeTree } from '../fs/fsutil.js';
-import { type Host, systemHost } from '../host/host.js';
+import type { Host } from '../host/host.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../fs/whiteout.js';
 
 /** The nested-catalog marker a CVMFS publisher honours (never part of an image). */
@@ -147,7 +147,7 @@ function parentsOf(names: Iterable<string>, into: Set<string>): void {
 }
 
 /** Build `<dest>/below` and `<dest>/above` for a layer, atomically (`<dest>/done` last). */
-export async function buildMasks(layer: string, plan: MaskPlan, dest: string, host: Host = systemHost): Promise<void> {
+export async function buildMasks(layer: string, plan: MaskPlan, dest: string, host: Host): Promise<void> {
   const tmp = `${dest}.tmp-${process.pid}-${Date.now()}`;
   await removeTree(tmp);
   const below = path.join(tmp, 'below');

@@ -83,7 +83,7 @@ export class LayerStack {
     this.masksDir = path.join(o.root, 'masks');
     this.links = new ShortLinks(path.join(o.root, 'l'), o.alloc);
     this.probe = new CvmfsProbe({ host: o.host, log: o.log, timeoutMs: o.cvmfsTimeoutMs, onStall: o.onStall });
-    this.cvmfs = new CvmfsLayers(o.location, this.masksDir, facts, o.log, o.host);
+    this.cvmfs = new CvmfsLayers(o.location, this.masksDir, facts, o.host, o.log);
   }
 
   static async open(o: LayerStackOptions): Promise<LayerStack> {

@@ -11,6 +11,7 @@ import { cvmfsLocation } from '../../../src/core/cvmfs/location.js';
 import { CvmfsLayers, type LayerFacts, type LayerFactsCache, type ResolvedStack } from '../../../src/core/cvmfs/layers.js';
 import { duccLayerPath, parseThinManifest, serializeThinManifest } from '../../../src/core/thin/manifest.js';
 import { mount, MS_RDONLY } from '../../../src/core/host/sys.js';
+import { systemHost } from '../../../src/core/host/host.js';
 
 export class MemoryFacts implements LayerFactsCache {
   readonly facts = new Map<string, LayerFacts>();
@@ -35,7 +36,7 @@ export async function mountPublishedStack(o: { published: string; repository: st
   const masks = path.join(o.work, 'masks');
   const empty = path.join(o.work, 'empty');
   for (const d of [masks, empty, o.target]) fs.mkdirSync(d, { recursive: true });
-  const resolved = await new CvmfsLayers(loc, masks, new MemoryFacts()).resolveThin(manifest);
+  const resolved = await new CvmfsLayers(loc, masks, new MemoryFacts(), systemHost).resolveThin(manifest);
   mount('overlay', o.target, 'overlay', MS_RDONLY, `lowerdir=${[...resolved.dirs, empty].join(':')}`);
   return resolved;
 }
