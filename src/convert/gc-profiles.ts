@@ -14,7 +14,7 @@ import { layerDir } from '../core/cvmfs/layout.js';
 import { MAX_PROFILE_BYTES, parseProfile, PROFILES_DIR, stackId } from '../core/thin/profile.js';
 import { CATALOG_MARKER } from './repo.js';
 
-export interface ProfileVictim {
+interface ProfileVictim {
   path: string;
   /** Seconds since the last modification. */
   age: number;
@@ -26,7 +26,7 @@ export interface ProfileVictim {
   mtimeNs: bigint;
 }
 
-export interface ProfilePlan {
+interface ProfilePlan {
   /** Removable now. */
   go: ProfileVictim[];
   /** Unreferenced, younger than the grace period. */
@@ -34,7 +34,7 @@ export interface ProfilePlan {
   leftAlone: { path: string; reason: string }[];
 }
 
-export interface ProfilePlanOptions {
+interface ProfilePlanOptions {
   /** Stack ids of the images in the repository (their top layer's DUCC chain id). */
   imageStacks: ReadonlySet<string>;
   /** Layers (hex) this gc removes: taken as gone already. */
