@@ -4,16 +4,14 @@
  * unmounts anything: published volumes keep working and a restarted plugin
  * takes them over from its journal.
  */
-import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
-import { prepareSocket } from '../core/host/socket.js';
 import { MountManager } from '../core/volumes/manager.js';
 import type { Backend } from '../core/volumes/types.js';
+import { serveGrpc } from '../edge/grpc.js';
 import { CsiNode } from './node.js';
 import { IdentityService, NodeService } from './proto/csi/v1/csi.js';
 import { createIdentityService, createNodeService, DRIVER_NAME } from './service.js';
@@ -105,29 +103,25 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
     metrics: o.metrics,
     daemon: 'csi',
   });
-  let server: Server | undefined;
-  try {
-    await prepareSocket(socket);
-    const node = new CsiNode({
-      manager,
-      host,
-      nodeId: o.nodeId,
-      allowEphemeralClientConfig: o.allowEphemeralClientConfig,
-      maxVolumesPerNode: o.maxVolumesPerNode,
-      log,
-    });
-    server = new Server({ 'grpc.enable_channelz': 0 });
-    server.addService(IdentityService, createIdentityService({ driverName: o.driverName, ready: () => true, log, metrics: o.metrics }));
-    server.addService(NodeService, createNodeService(node, log, o.metrics));
-    const s = server;
-    await new Promise<void>((resolve, reject) => s.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
-    await fsp.chmod(socket, 0o660);
-  } catch (e) {
-    server?.forceShutdown();
-    await manager.close();
-    throw e;
-  }
-  const srv = server;
+  const served = await serveGrpc({
+    socket,
+    services: () => {
+      const node = new CsiNode({
+        manager,
+        host,
+        nodeId: o.nodeId,
+        allowEphemeralClientConfig: o.allowEphemeralClientConfig,
+        maxVolumesPerNode: o.maxVolumesPerNode,
+        log,
+      });
+      return [
+        [IdentityService, createIdentityService({ driverName: o.driverName, ready: () => true, log, metrics: o.metrics })],
+        [NodeService, createNodeService(node, log, o.metrics)],
+      ];
+    },
+    close: () => manager.close(),
+    onStopped: () => log.info('csi plugin stopped; published volumes left mounted'),
+  });
   log.info(
     {
       endpoint: socket,
@@ -141,27 +135,5 @@ export async function startCsi(o: CsiDaemonOptions): Promise<RunningCsi> {
     },
     'csi plugin serving',
   );
-  let stopping: Promise<void> | null = null;
-  return {
-    manager,
-    socket,
-    stop() {
-      stopping ??= (async () => {
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            srv.forceShutdown();
-            resolve();
-          }, 5000);
-          srv.tryShutdown(() => {
-            clearTimeout(t);
-            resolve();
-          });
-        });
-        await manager.close();
-        await fsp.rm(socket, { force: true });
-        log.info('csi plugin stopped; published volumes left mounted');
-      })();
-      return stopping;
-    },
-  };
+  return { manager, socket, stop: served.stop };
 }

@@ -1,12 +1,10 @@
 /** The `cvmfs-thin snapshotter` daemon: gRPC on a unix socket, graceful, non-destructive stop. */
 import type { StartOptions } from './starts.js';
-import { promises as fsp } from 'node:fs';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
-import { prepareSocket } from '../core/host/socket.js';
+import { serveGrpc } from '../edge/grpc.js';
 import { SnapshotsService } from './proto/containerd/services/snapshots/v1/snapshots.js';
 import { createService } from './service.js';
 import { Snapshotter } from './snapshotter.js';
@@ -61,21 +59,14 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
       setImmediate(() => process.exit(70));
     },
   });
-  // channelz bookkeeping costs CPU on every call and nothing here reads it
-  const server = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE, 'grpc.enable_channelz': 0 });
-  try {
-    await prepareSocket(o.address);
-    server.addService(SnapshotsService, createService(sn, log, o.metrics));
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix://${o.address}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
-    await fsp.chmod(o.address, 0o660);
-  } catch (e) {
+  const served = await serveGrpc({
+    socket: o.address,
+    options: { 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE },
+    services: () => [[SnapshotsService, createService(sn, log, o.metrics)]],
     // nothing of the store is removed; the root's lock is released
-    server.forceShutdown();
-    await sn.close();
-    throw e;
-  }
+    close: () => sn.close(),
+    onStopped: () => log.info('snapshotter stopped; snapshot data kept'),
+  });
   log.info(
     {
       address: o.address,
@@ -89,26 +80,5 @@ export async function startSnapshotter(o: SnapshotterDaemonOptions): Promise<Run
   );
   // the CVMFS probe helper started now (~80 ms of process start), not by the first image's Commit
   void sn.cvmfsReady().then((why) => why && log.warn({ mountpoint: o.location.absoluteMountpoint, why }, 'CVMFS is not ready yet'));
-  let stopping: Promise<void> | null = null;
-  return {
-    snapshotter: sn,
-    stop() {
-      stopping ??= (async () => {
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, 5000);
-          server.tryShutdown(() => {
-            clearTimeout(t);
-            resolve();
-          });
-        });
-        await sn.close();
-        await fsp.rm(o.address, { force: true });
-        log.info('snapshotter stopped; snapshot data kept');
-      })();
-      return stopping;
-    },
-  };
+  return { snapshotter: sn, stop: served.stop };
 }

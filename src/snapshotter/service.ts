@@ -1,11 +1,12 @@
-/** gRPC edge: containerd.services.snapshots.v1.Snapshots → Snapshotter. */
-import { type handleServerStreamingCall, type handleUnaryCall, type sendUnaryData, type ServerUnaryCall, status as GrpcStatus } from '@grpc/grpc-js';
+/** gRPC edge: containerd.services.snapshots.v1.Snapshots → Snapshotter (calls, statuses and logs: the kit in src/edge/grpc.ts). */
+import type { handleServerStreamingCall } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { InvalidArgumentError, toThinError } from '../core/errors/errors.js';
-import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
+import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
 import type { Mount } from '../core/stack/mounts.js';
+import { grpcEdge } from '../edge/grpc.js';
 import { parseFilters, snapshotAdaptor } from './filters.js';
-import { toServiceError } from './grpc-errors.js';
+import { SNAPSHOTTER_STATUSES } from './grpc-errors.js';
 import { listBatches } from './list-batches.js';
 import type { Time } from './metastore.js';
 import type { Empty } from './proto/google/protobuf/empty.js';
@@ -33,59 +34,29 @@ const toPbMounts = (ms: Mount[]): PbMount[] => ms.map((m) => ({ type: m.type, so
 const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_LAYER_UNAVAILABLE', 'CVMFS_THIN_CVMFS_STALLED']);
 
 export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = noMetrics): SnapshotsServer {
-  const record = (method: string, started: bigint, e?: unknown): ReturnType<typeof toServiceError> | undefined => {
-    if (e === undefined) {
-      recordRequest(metrics, 'snapshotter', method, started, 'OK');
-      return undefined;
-    }
-    const err = toServiceError(e);
-    recordRequest(metrics, 'snapshotter', method, started, GrpcStatus[err.code] ?? 'UNKNOWN');
-    if (metrics.enabled && CVMFS_UNAVAILABLE.has(toThinError(e).code)) metrics.inc('cvmfs_unavailable_total', { daemon: 'snapshotter' });
-    return err;
-  };
-  function unary<Req, Res>(method: string, describe: (r: Req) => Record<string, unknown>, fn: (r: Req) => Promise<Res> | Res): handleUnaryCall<Req, Res> {
-    return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      const t0 = performance.now();
-      const started = metrics.enabled ? process.hrtime.bigint() : 0n;
-      const ok = (res: Res) => {
-        // at: when the call reached the handler (ms since the epoch, µs resolution: bench/snapshotter-p99.ts)
-        if (log.isLevelEnabled('debug'))
-          log.debug({ method, ...describe(call.request), at: +(performance.timeOrigin + t0).toFixed(3), ms: +(performance.now() - t0).toFixed(3) }, 'rpc');
-        record(method, started);
-        cb(null, res);
-      };
-      const fail = (e: unknown) => {
-        const err = record(method, started, e)!;
-        const t = toThinError(e);
-        const lvl = t.kind === 'internal' ? 'error' : 'debug';
-        log[lvl]({ method, ...describe(call.request), code: err.code, err: t.kind === 'internal' ? e : t.message }, 'rpc failed');
-        cb(err, null);
-      };
-      let r: Promise<Res> | Res;
-      try {
-        r = fn(call.request);
-      } catch (e) {
-        fail(e);
-        return;
-      }
-      if (r instanceof Promise) r.then(ok, fail);
-      else ok(r);
-    };
-  }
+  const edge = grpcEdge({
+    daemon: 'snapshotter',
+    log,
+    metrics,
+    statuses: SNAPSHOTTER_STATUSES,
+    // containerd asks for snapshots that do not exist as a matter of course
+    refusedLevel: 'debug',
+    onFailure: (t) => {
+      if (metrics.enabled && CVMFS_UNAVAILABLE.has(t.code)) metrics.inc('cvmfs_unavailable_total', { daemon: 'snapshotter' });
+    },
+  });
+  const unary = edge.unary;
 
   const list: handleServerStreamingCall<ListSnapshotsRequest, ListSnapshotsResponse> = (call) => {
-    const started = metrics.enabled ? process.hrtime.bigint() : 0n;
+    const start = edge.begin();
     try {
       const f = parseFilters(call.request.filters);
       const infos = sn.list((i) => f(snapshotAdaptor(i)));
       for (const info of listBatches(infos.map(toPbInfo))) call.write({ info });
-      log.debug({ method: 'List', filters: call.request.filters, n: infos.length }, 'rpc');
-      record('List', started);
+      edge.succeeded('List', start, { filters: call.request.filters, n: infos.length });
       call.end();
     } catch (e) {
-      const err = record('List', started, e)!;
-      log.debug({ method: 'List', filters: call.request.filters, code: err.code, err: err.message }, 'rpc failed');
-      call.emit('error', err);
+      call.emit('error', edge.failed('List', start, { filters: call.request.filters }, e));
     }
   };
 
@@ -131,7 +102,7 @@ export function createService(sn: Snapshotter, log: Logger, metrics: Metrics = n
       'Update',
       (r) => ({ name: r.info?.name, paths: r.updateMask }),
       async (r) => {
-        if (!r.info) throw new InvalidArgumentError('update request carries no snapshot info');
+        if (!r.info) throw new InvalidArgumentError('update request carries no snapshot info', 'CVMFS_THIN_BAD_REQUEST');
         return { info: toPbInfo(await sn.update({ name: r.info.name, labels: r.info.labels }, r.updateMask ?? [])) };
       },
     ),
