@@ -38,7 +38,8 @@ function kinds(info: ErrorCodeInfo): readonly ErrorKind[] {
 
 function row(code: string, info: ErrorCodeInfo): string {
   const ks = kinds(info);
-  return `| \`${code}\` | ${ks.join(' / ')} | ${ks.map(grpcName).join(' / ')} | ${ks.map((k) => String(httpStatus(k))).join(' / ')} | ${cell(info.meaning)} |`;
+  const meaning = info.reserved === undefined ? info.meaning : `${info.meaning} *Reserved: nothing reports it now (${info.reserved}).*`;
+  return `| \`${code}\` | ${ks.join(' / ')} | ${ks.map(grpcName).join(' / ')} | ${ks.map((k) => String(httpStatus(k))).join(' / ')} | ${cell(meaning)} |`;
 }
 
 export function renderErrorsDoc(): string {

@@ -17,7 +17,7 @@ import { sweepStaleSpools } from '../convert/image/spool-dir.js';
 export function parseSize(name: string) {
   return (v: string): number => {
     const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(v.trim());
-    if (!m) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a size (like 512M or 100G)`);
+    if (!m) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a size (like 512M or 100G)`, 'CVMFS_THIN_BAD_FLAG');
     const unit = (m[2] ?? '').charAt(0).toUpperCase();
     const mult = unit === '' ? 1 : 1024 ** ('KMGT'.indexOf(unit) + 1);
     return Math.floor(Number(m[1]) * mult);
@@ -27,14 +27,14 @@ export function parseSize(name: string) {
 function positiveInt(name: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a positive integer`);
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a positive integer`, 'CVMFS_THIN_BAD_FLAG');
     return n;
   };
 }
 
 /** `--metrics-textfile` must be absolute: refused before anything is converted. */
 export function checkTextfileFlag(v: unknown): void {
-  if (typeof v === 'string' && !v.startsWith('/')) throw new InvalidArgumentError(`--metrics-textfile ${v} must be an absolute path`);
+  if (typeof v === 'string' && !v.startsWith('/')) throw new InvalidArgumentError(`--metrics-textfile ${v} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
 }
 
 /** Options shared by `convert` and `wishlist`. */

@@ -12,7 +12,8 @@ import { DAEMONS } from '../ops/templates.js';
 import { SETUP_DEFAULTS } from './setup.js';
 
 function seconds(v: string): number {
-  if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) throw new InvalidArgumentError(`--timeout ${JSON.stringify(v)}: want a number of seconds`);
+  if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0)
+    throw new InvalidArgumentError(`--timeout ${JSON.stringify(v)}: want a number of seconds`, 'CVMFS_THIN_BAD_FLAG');
   return Number(v);
 }
 

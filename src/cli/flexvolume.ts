@@ -111,7 +111,7 @@ export function flexvolumeCommand(): Command {
     .action(async (o: { pluginDir?: string; config?: string }) => {
       const dir = path.join(path.resolve(o.pluginDir ?? FLEX_DEFAULTS.pluginDir), FLEX_DEFAULTS.driver);
       if (o.config !== undefined) {
-        if (!path.isAbsolute(o.config)) throw new InvalidArgumentError(`--config ${o.config} must be an absolute path`);
+        if (!path.isAbsolute(o.config)) throw new InvalidArgumentError(`--config ${o.config} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
         loadToml(o.config, flexConfigSpec); // refuse a bad file now rather than at kubelet's first call
       }
       const cli = fileURLToPath(new URL('../../bin/cvmfs-thin.js', import.meta.url));

@@ -45,7 +45,7 @@ function common(o: Opts): CommonOptions {
   const systemctl = String(o['systemctl'] ?? 'systemctl')
     .trim()
     .split(/\s+/);
-  if (systemctl[0] === '') throw new InvalidArgumentError('--systemctl: empty command');
+  if (systemctl[0] === '') throw new InvalidArgumentError('--systemctl: empty command', 'CVMFS_THIN_BAD_FLAG');
   return {
     rootPrefix: prefix,
     stateDir: p('stateDir', SETUP_DEFAULTS.stateDir),

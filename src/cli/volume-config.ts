@@ -86,14 +86,17 @@ export function volumeSettings<S extends Record<string, Field>>(
     if (v === undefined) return dflt;
     if (typeof v === 'number') return v * 1000;
     if (checkSeconds(v))
-      throw new InvalidArgumentError(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`);
+      throw new InvalidArgumentError(
+        `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${JSON.stringify(v)}: must be a whole number of seconds`,
+        'CVMFS_THIN_BAD_FLAG',
+      );
     return Number(v) * 1000;
   };
   const mc = pick<string>('mountCommand', 'mount-command');
   const mountCommand = mc === undefined ? DEFAULT_MOUNT_COMMAND : mc.trim().split(/\s+/);
-  if (mountCommand.length === 0 || mountCommand[0] === '') throw new InvalidArgumentError('mount-command must not be empty');
+  if (mountCommand.length === 0 || mountCommand[0] === '') throw new InvalidArgumentError('mount-command must not be empty', 'CVMFS_THIN_BAD_FLAG');
   const abs = (flag: string, v: string) => {
-    if (!path.isAbsolute(v)) throw new InvalidArgumentError(`--${flag} ${JSON.stringify(v)} must be an absolute path`);
+    if (!path.isAbsolute(v)) throw new InvalidArgumentError(`--${flag} ${JSON.stringify(v)} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
     return path.resolve(v);
   };
   const stateDir = abs('state-dir', pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
@@ -102,7 +105,7 @@ export function volumeSettings<S extends Record<string, Field>>(
   new RepositoryAllowlist(allow); // validates the patterns given on the command line
   const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);
   const cvmfsTimeoutMs = seconds('cvmfsTimeout', 'cvmfs-timeout', DEFAULT_CVMFS_TIMEOUT_MS);
-  if (cvmfsTimeoutMs < 1000 || cvmfsTimeoutMs > 600_000) throw new InvalidArgumentError('--cvmfs-timeout must be from 1 to 600 seconds');
+  if (cvmfsTimeoutMs < 1000 || cvmfsTimeoutMs > 600_000) throw new InvalidArgumentError('--cvmfs-timeout must be from 1 to 600 seconds', 'CVMFS_THIN_BAD_FLAG');
   return {
     file,
     pick,

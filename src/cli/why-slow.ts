@@ -24,7 +24,7 @@ const PHASES: Record<string, string> = {
  * for ctr and the CRI), or a unique prefix of that.
  */
 export async function findTrace(dir: string, id: string): Promise<StartTrace> {
-  if (id === '') throw new InvalidArgumentError('give a container ID or snapshot key');
+  if (id === '') throw new InvalidArgumentError('give a container ID or snapshot key', 'CVMFS_THIN_BAD_FLAG');
   const read = async (f: string) => JSON.parse(await fsp.readFile(f, 'utf8')) as StartTrace;
   try {
     return await read(traceFile(dir, id));
@@ -49,6 +49,7 @@ export async function findTrace(dir: string, id: string): Promise<StartTrace> {
           .slice(0, 5)
           .map((h) => h.key)
           .join(', ')}…): give more of it`,
+        'CVMFS_THIN_BAD_FLAG',
       );
   }
   throw new NotFoundError(`no trace of a start of ${JSON.stringify(id)} in ${dir} (the snapshotter keeps the newest 500, of containers of thin images)`);

@@ -19,7 +19,7 @@ export function wishlistCommand(): Command {
     .argument('<file>', 'DUCC recipe YAML (version, user, cvmfs_repo, output_format, input)')
     .option('--image-jobs <n>', 'images converted at once (default 2)', (v: string) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--image-jobs: ${JSON.stringify(v)} is not a positive integer`);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`--image-jobs: ${JSON.stringify(v)} is not a positive integer`, 'CVMFS_THIN_BAD_FLAG');
       return n;
     })
     .option('--no-thin', 'do not write thin images (DUCC --skip-thin-image)')

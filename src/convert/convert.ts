@@ -11,6 +11,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { codeOfKind } from '../core/errors/codes.js';
 import { InternalError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
 import { formatPlatform, type PlatformSpec } from './image/platform.js';
@@ -146,7 +147,7 @@ export class Converter extends PlatformConverter {
         const res = await this.convertFrom(source, job, description, t0);
         const bad = res.find((s) => s.error?.kind === 'internal');
         // an I/O error or a bug may have left the tree in an unknown state: abort the transaction
-        if (bad && this.o.publisher.enabled) throw new InternalError(bad.error!.message, bad.error!.code);
+        if (bad && this.o.publisher.enabled) throw new InternalError(bad.error!.message, codeOfKind('internal', bad.error!.code, 'CVMFS_THIN_INTERNAL'));
         return res;
       });
     } catch (e) {

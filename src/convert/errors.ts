@@ -3,7 +3,7 @@
  * applies the layer and the tar entry, so a bad wishlist entry or a hostile
  * layer can be found at once.
  */
-import { type ErrorCode, type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors/errors.js';
+import { type CodeOf, type ErrorCode, type ErrorKind, InvalidArgumentError, ThinError } from '../core/errors/errors.js';
 
 export class BadReferenceError extends InvalidArgumentError {
   constructor(message: string) {
@@ -34,8 +34,8 @@ export class RegistryError extends ThinError {
 }
 
 /** Content that is not what it claims to be (digest or size mismatch, bad JSON, unsupported media type). */
-export class BadContentError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_BAD_CONTENT', options?: { cause?: unknown }) {
+export class BadContentError extends ThinError<'invalid-argument'> {
+  constructor(message: string, code: CodeOf<'invalid-argument'> = 'CVMFS_THIN_BAD_CONTENT', options?: { cause?: unknown }) {
     super('invalid-argument', code, message, options);
   }
 }

@@ -33,7 +33,7 @@ export async function readProfiles(files: readonly string[]): Promise<AccessProf
     try {
       text = await fsp.readFile(f, 'utf8');
     } catch (e) {
-      throw new NotFoundError(`profile ${f}: ${(e as Error).message}`);
+      throw new NotFoundError(`profile ${f}: ${(e as Error).message}`, 'CVMFS_THIN_INPUT_NOT_FOUND');
     }
     try {
       out.push(parseProfile(text));

@@ -62,7 +62,7 @@ export function hooksFromOptions(o: {
   if (o.publishCmd) h.publish = splitCommand(o.publishCmd, '--publish-command');
   if (o.abortCmd) h.abort = splitCommand(o.abortCmd, '--abort-command');
   if (o.ingestCmd) h.ingest = splitCommand(o.ingestCmd, '--ingest-command');
-  if (o.ingest && !h.ingest) throw new InvalidArgumentError('--ingest needs --cvmfs-server or --ingest-command');
+  if (o.ingest && !h.ingest) throw new InvalidArgumentError('--ingest needs --cvmfs-server or --ingest-command', 'CVMFS_THIN_BAD_FLAG');
   return h;
 }
 
@@ -189,7 +189,7 @@ export class Publisher {
    * If the layer's stream fails, the hook is killed and the abort hook runs.
    */
   async ingest(base: string, stream: Readable): Promise<void> {
-    if (!this.o.hooks.ingest) throw new InvalidArgumentError('no ingest hook configured');
+    if (!this.o.hooks.ingest) throw new InvalidArgumentError('no ingest hook configured', 'CVMFS_THIN_BAD_FLAG');
     // another image's transaction of this process: wait for it (an ingest is never called from inside one)
     while (this.tx) await this.tx.closed.catch(() => undefined);
     const lockFile = this.o.lockFile ?? defaultLockFile(this.o.repository);

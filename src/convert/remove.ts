@@ -110,8 +110,8 @@ async function storeNamesOf(root: string): Promise<Set<string>> {
 
 export async function removeImages(o: RemoveOptions): Promise<RemoveReport> {
   const root = path.resolve(o.repositoryDir);
-  if (!(await isDir(root))) throw new InvalidArgumentError(`rm: repository directory ${root} does not exist`);
-  if (o.images.length === 0) throw new InvalidArgumentError('rm: name at least one image');
+  if (!(await isDir(root))) throw new InvalidArgumentError(`rm: repository directory ${root} does not exist`, 'CVMFS_THIN_NO_REPOSITORY_DIR');
+  if (o.images.length === 0) throw new InvalidArgumentError('rm: name at least one image', 'CVMFS_THIN_BAD_FLAG');
   // 1. everything checked before anything changes
   const storeNames = await storeNamesOf(root);
   const found: RemovedImage[] = [];

@@ -56,9 +56,12 @@ export class RepoTree {
     try {
       st = await fsp.stat(this.root);
     } catch {
-      throw new InvalidArgumentError(`--repository-dir ${this.root} does not exist (create it, or mount the repository / open a transaction)`);
+      throw new InvalidArgumentError(
+        `--repository-dir ${this.root} does not exist (create it, or mount the repository / open a transaction)`,
+        'CVMFS_THIN_NO_REPOSITORY_DIR',
+      );
     }
-    if (!st.isDirectory()) throw new InvalidArgumentError(`--repository-dir ${this.root} is not a directory`);
+    if (!st.isDirectory()) throw new InvalidArgumentError(`--repository-dir ${this.root} is not a directory`, 'CVMFS_THIN_NO_REPOSITORY_DIR');
     try {
       await fsp.access(this.root, fsConstants.W_OK);
     } catch (e) {
@@ -199,7 +202,7 @@ export class RepoTree {
       /* missing or not a link */
     }
     const st = await fsp.lstat(link).catch(() => null);
-    if (st && !st.isSymbolicLink()) throw new InvalidArgumentError(`${link} exists and is not a symbolic link; not replacing it`);
+    if (st && !st.isSymbolicLink()) throw new InvalidArgumentError(`${link} exists and is not a symbolic link; not replacing it`, 'CVMFS_THIN_PATH_OCCUPIED');
     const tmp = path.join(path.dirname(link), tmpName('link'));
     await fsp.symlink(rel, tmp);
     await fsp.rename(tmp, link);

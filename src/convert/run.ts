@@ -52,9 +52,13 @@ export function resolveRepository(
 ): { dir: string; repository: string } {
   const repo = flags.repository ?? fallbackRepo;
   if (repo !== undefined && !REPOSITORY_NAME.test(repo))
-    throw new InvalidArgumentError(`--repository ${JSON.stringify(repo)} is not a CVMFS repository name (like unpacked.cern.ch)`);
+    throw new InvalidArgumentError(`--repository ${JSON.stringify(repo)} is not a CVMFS repository name (like unpacked.cern.ch)`, 'CVMFS_THIN_BAD_FLAG');
   if (!flags.repositoryDir) {
-    if (!repo) throw new InvalidArgumentError('--repository-dir is required (the repository root, e.g. /cvmfs/unpacked.cern.ch during a transaction)');
+    if (!repo)
+      throw new InvalidArgumentError(
+        '--repository-dir is required (the repository root, e.g. /cvmfs/unpacked.cern.ch during a transaction)',
+        'CVMFS_THIN_BAD_FLAG',
+      );
     return { dir: path.join('/cvmfs', repo), repository: repo };
   }
   const dir = path.resolve(flags.repositoryDir);
@@ -133,7 +137,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     log,
   });
   const progress = createProgress(!flags.quiet && !flags.json);
-  if (flags.allPlatforms && flags.platform) throw new InvalidArgumentError('--platform and --all-platforms exclude each other');
+  if (flags.allPlatforms && flags.platform) throw new InvalidArgumentError('--platform and --all-platforms exclude each other', 'CVMFS_THIN_BAD_FLAG');
   const converter = new Converter({
     repositoryDir: dir,
     repository,

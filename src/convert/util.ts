@@ -21,7 +21,7 @@ export function parseDuration(s: string, what = 'duration'): number {
     matched = re.lastIndex;
   }
   if (t === '' || matched !== t.length) {
-    throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a duration (examples: 30d, 12h, 1d12h, 90m, 0)`);
+    throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)} is not a duration (examples: 30d, 12h, 1d12h, 90m, 0)`, 'CVMFS_THIN_BAD_FLAG');
   }
   return Math.round(total);
 }
@@ -40,14 +40,14 @@ export function splitCommand(s: string, what = 'command'): string[] {
     const c = s[i]!;
     if (c === "'") {
       const end = s.indexOf("'", i + 1);
-      if (end < 0) throw new InvalidArgumentError(`${what}: unbalanced single quote in ${JSON.stringify(s)}`);
+      if (end < 0) throw new InvalidArgumentError(`${what}: unbalanced single quote in ${JSON.stringify(s)}`, 'CVMFS_THIN_BAD_FLAG');
       cur += s.slice(i + 1, end);
       inWord = true;
       i = end + 1;
     } else if (c === '"') {
       i++;
       for (;;) {
-        if (i >= s.length) throw new InvalidArgumentError(`${what}: unbalanced double quote in ${JSON.stringify(s)}`);
+        if (i >= s.length) throw new InvalidArgumentError(`${what}: unbalanced double quote in ${JSON.stringify(s)}`, 'CVMFS_THIN_BAD_FLAG');
         const d = s[i]!;
         if (d === '"') break;
         if (d === '\\' && i + 1 < s.length && '"\\$`'.includes(s[i + 1]!)) {
@@ -61,7 +61,7 @@ export function splitCommand(s: string, what = 'command'): string[] {
       inWord = true;
       i++;
     } else if (c === '\\') {
-      if (i + 1 >= s.length) throw new InvalidArgumentError(`${what}: trailing backslash in ${JSON.stringify(s)}`);
+      if (i + 1 >= s.length) throw new InvalidArgumentError(`${what}: trailing backslash in ${JSON.stringify(s)}`, 'CVMFS_THIN_BAD_FLAG');
       cur += s[i + 1];
       inWord = true;
       i += 2;
@@ -77,7 +77,7 @@ export function splitCommand(s: string, what = 'command'): string[] {
     }
   }
   if (inWord) out.push(cur);
-  if (out.length === 0) throw new InvalidArgumentError(`${what}: empty command`);
+  if (out.length === 0) throw new InvalidArgumentError(`${what}: empty command`, 'CVMFS_THIN_BAD_FLAG');
   return out;
 }
 

@@ -60,8 +60,9 @@ export function parseEndpoint(endpoint: string): string {
   if (p.startsWith('unix://')) p = p.slice('unix://'.length);
   else if (p.startsWith('unix:')) p = p.slice('unix:'.length);
   else if (/^[a-z][a-z0-9+.-]*:/i.test(p))
-    throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: only unix sockets are supported (unix:///csi/csi.sock)`);
-  if (!path.isAbsolute(p)) throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: the socket path must be absolute (unix:///csi/csi.sock)`);
+    throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: only unix sockets are supported (unix:///csi/csi.sock)`, 'CVMFS_THIN_BAD_FLAG');
+  if (!path.isAbsolute(p))
+    throw new InvalidArgumentError(`endpoint ${JSON.stringify(endpoint)}: the socket path must be absolute (unix:///csi/csi.sock)`, 'CVMFS_THIN_BAD_FLAG');
   return path.resolve(p);
 }
 
@@ -69,6 +70,7 @@ export function checkDriverName(name: string): string {
   if (!DRIVER_NAME.test(name)) {
     throw new InvalidArgumentError(
       `driver name ${JSON.stringify(name)}: at most 63 characters, letters, digits, '-' and '.', starting and ending with a letter or digit (like cvmfs.csi.cern.ch)`,
+      'CVMFS_THIN_BAD_FLAG',
     );
   }
   return name;
@@ -76,7 +78,10 @@ export function checkDriverName(name: string): string {
 
 export function checkNodeId(id: string): string {
   if (id === '' || Buffer.byteLength(id) > 256 || /[\0-\x1f]/.test(id)) {
-    throw new InvalidArgumentError(`node id ${JSON.stringify(id)}: 1-256 bytes without control characters (Kubernetes passes spec.nodeName)`);
+    throw new InvalidArgumentError(
+      `node id ${JSON.stringify(id)}: 1-256 bytes without control characters (Kubernetes passes spec.nodeName)`,
+      'CVMFS_THIN_BAD_FLAG',
+    );
   }
   return id;
 }

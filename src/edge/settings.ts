@@ -37,13 +37,13 @@ export function loadToml<S extends Record<string, Field>>(file: string, spec: S)
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new InvalidArgumentError(`config ${file}: cannot read: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`config ${file}: cannot read: ${(e as Error).message}`, 'CVMFS_THIN_BAD_CONFIG');
   }
   let raw: Record<string, unknown>;
   try {
     raw = parseToml(text) as Record<string, unknown>;
   } catch (e) {
-    throw new InvalidArgumentError(`config ${file}: not valid TOML: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`config ${file}: not valid TOML: ${(e as Error).message}`, 'CVMFS_THIN_BAD_CONFIG');
   }
   return validateConfig(raw, spec, `config ${file}`);
 }
@@ -72,6 +72,6 @@ export function validateConfig<S extends Record<string, Field>>(raw: Record<stri
     if (bad) problems.push(`${k}: ${bad}`);
     else out[k] = v;
   }
-  if (problems.length) throw new InvalidArgumentError(`${what}: ${problems.join('; ')}`);
+  if (problems.length) throw new InvalidArgumentError(`${what}: ${problems.join('; ')}`, 'CVMFS_THIN_BAD_CONFIG');
   return out as ConfigOf<S>;
 }

@@ -65,20 +65,21 @@ export interface FlexDeps {
 }
 
 function parseOptions(json: string | undefined): Record<string, string> {
-  if (json === undefined) throw new InvalidArgumentError('mount needs the options JSON as its second argument');
+  if (json === undefined) throw new InvalidArgumentError('mount needs the options JSON as its second argument', 'CVMFS_THIN_BAD_REQUEST');
   let v: unknown;
   try {
     v = JSON.parse(json);
   } catch (e) {
-    throw new InvalidArgumentError(`options are not valid JSON: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`options are not valid JSON: ${(e as Error).message}`, 'CVMFS_THIN_BAD_VOLUME');
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError('options must be a JSON object');
-  for (const [k, x] of Object.entries(v)) if (typeof x !== 'string') throw new InvalidArgumentError(`option ${JSON.stringify(k)} must be a string`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError('options must be a JSON object', 'CVMFS_THIN_BAD_VOLUME');
+  for (const [k, x] of Object.entries(v))
+    if (typeof x !== 'string') throw new InvalidArgumentError(`option ${JSON.stringify(k)} must be a string`, 'CVMFS_THIN_BAD_VOLUME');
   return v as Record<string, string>;
 }
 
 async function mountCall(dir: string | undefined, json: string | undefined, deps: FlexDeps): Promise<FlexResult> {
-  if (!dir) throw new InvalidArgumentError('mount needs the mount directory as its first argument');
+  if (!dir) throw new InvalidArgumentError('mount needs the mount directory as its first argument', 'CVMFS_THIN_BAD_REQUEST');
   const all = parseOptions(json);
   const opts: Record<string, string> = {};
   let repository: string | undefined;
@@ -86,11 +87,14 @@ async function mountCall(dir: string | undefined, json: string | undefined, deps
     if (k.startsWith(KUBELET_PREFIX)) continue;
     if (k === 'repository') repository = v;
     else if (VOLUME_OPTIONS.includes(k)) opts[k] = v;
-    else throw new InvalidArgumentError(`option ${JSON.stringify(k)} is not known (known: repository, ${VOLUME_OPTIONS.join(', ')})`);
+    else throw new InvalidArgumentError(`option ${JSON.stringify(k)} is not known (known: repository, ${VOLUME_OPTIONS.join(', ')})`, 'CVMFS_THIN_BAD_VOLUME');
   }
-  if (!repository) throw new InvalidArgumentError('option "repository" is required (e.g. {"repository": "atlas.cern.ch"})');
+  if (!repository) throw new InvalidArgumentError('option "repository" is required (e.g. {"repository": "atlas.cern.ch"})', 'CVMFS_THIN_BAD_VOLUME');
   if (opts['clientConfig'] !== undefined && !deps.allowClientConfig) {
-    throw new InvalidArgumentError('option "clientConfig" is not allowed in pod specs on this node (set allow-client-config = true in the driver config)');
+    throw new InvalidArgumentError(
+      'option "clientConfig" is not allowed in pod specs on this node (set allow-client-config = true in the driver config)',
+      'CVMFS_THIN_BAD_VOLUME',
+    );
   }
   const { manager, close } = await deps.open();
   try {
@@ -103,7 +107,7 @@ async function mountCall(dir: string | undefined, json: string | undefined, deps
 }
 
 async function unmountCall(dir: string | undefined, deps: FlexDeps): Promise<FlexResult> {
-  if (!dir) throw new InvalidArgumentError('unmount needs the mount directory as its first argument');
+  if (!dir) throw new InvalidArgumentError('unmount needs the mount directory as its first argument', 'CVMFS_THIN_BAD_REQUEST');
   const { manager, close } = await deps.open();
   try {
     const known = await manager.unpublish(dir);
@@ -132,7 +136,7 @@ export async function flexCall(argv: readonly string[], deps: FlexDeps): Promise
         result = await unmountCall(args[0], deps);
         break;
       case undefined:
-        throw new InvalidArgumentError('no operation given (init, mount <dir> <json>, unmount <dir>)');
+        throw new InvalidArgumentError('no operation given (init, mount <dir> <json>, unmount <dir>)', 'CVMFS_THIN_BAD_REQUEST');
       default:
         return notSupported(op);
     }

@@ -131,7 +131,7 @@ export class Mounter {
     await this.ensureIdmapped(external.map((s) => ({ link: s.rel.slice(2), dir: s.real })));
     const final = this.stackOf(l.rec.parent);
     if (final.length > MAX_LOWERS) {
-      throw new FailedPreconditionError(`layer ${id} has ${final.length} lower layers; overlayfs allows ${MAX_LOWERS}`);
+      throw new FailedPreconditionError(`layer ${id} has ${final.length} lower layers; overlayfs allows ${MAX_LOWERS}`, 'CVMFS_THIN_TOO_MANY_LAYERS');
     }
     try {
       this.host.mountOverlay(overlaySpec(this.store.home, id, final, this.host.overlayIndexParam()));

@@ -46,7 +46,7 @@ const table = (doc: Table, key: string, file: string): Table => {
 };
 
 export async function planPodman(o: CommonOptions, p: PodmanOptions): Promise<Plan> {
-  if (!path.isAbsolute(p.store)) throw new InvalidArgumentError(`--store ${p.store} must be an absolute path`);
+  if (!path.isAbsolute(p.store)) throw new InvalidArgumentError(`--store ${p.store} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
   const before = readIfExists(p.storageConf);
   const plan: Plan = { target: 'podman', changes: [], warnings: [], units: [], runtimes: [] };
   let after: string;

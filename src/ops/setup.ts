@@ -85,7 +85,7 @@ export interface Plan {
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 function checkName(what: string, v: string): void {
-  if (!NAME.test(v)) throw new InvalidArgumentError(`${what} ${JSON.stringify(v)}: use letters, digits, '.', '_', '-'`);
+  if (!NAME.test(v)) throw new InvalidArgumentError(`${what} ${JSON.stringify(v)}: use letters, digits, '.', '_', '-'`, 'CVMFS_THIN_BAD_FLAG');
 }
 
 function fileChange(file: string, before: Buffer | null, after: string, mode?: number): FileChange {
@@ -133,10 +133,11 @@ export async function planContainerd(o: CommonOptions, c: ContainerdOptions, hos
   checkName('snapshotter name', c.pluginName);
   if (c.bootstrapRuntime !== undefined) {
     checkName('bootstrap runtime name', c.bootstrapRuntime);
-    if (!c.kubernetes) throw new InvalidArgumentError('--bootstrap-runtime is a CRI runtime handler: it needs --kubernetes');
+    if (!c.kubernetes) throw new InvalidArgumentError('--bootstrap-runtime is a CRI runtime handler: it needs --kubernetes', 'CVMFS_THIN_BAD_FLAG');
   }
   const address = c.address ?? configKey(c.snapshotterConfig, 'address') ?? SNAPSHOTTER_ADDRESS;
-  if (!path.isAbsolute(address)) throw new InvalidArgumentError(`snapshotter address ${JSON.stringify(address)} must be an absolute path`);
+  if (!path.isAbsolute(address))
+    throw new InvalidArgumentError(`snapshotter address ${JSON.stringify(address)} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
   const before = readIfExists(c.containerdConfig);
   const version = c.configVersion ?? (before ? 2 : ((await containerdMajor(host)) ?? 1) >= 2 ? 3 : 2);
   const ed = await editContainerdConfig(
@@ -168,7 +169,7 @@ export async function dockerVersion(d: DockerOptions, host: Host): Promise<[numb
     v = r.stdout;
   }
   const m = /(\d+)\.(\d+)/.exec(v);
-  if (!m) throw new InvalidArgumentError(`Docker version ${JSON.stringify(v.trim())}: expected e.g. 20.10.24`);
+  if (!m) throw new InvalidArgumentError(`Docker version ${JSON.stringify(v.trim())}: expected e.g. 20.10.24`, 'CVMFS_THIN_BAD_FLAG');
   return [Number(m[1]), Number(m[2])];
 }
 

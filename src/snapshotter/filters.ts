@@ -306,7 +306,7 @@ function engine(): Re2js {
   try {
     re2 = createRequire(import.meta.url)('re2js') as Re2js;
   } catch (e) {
-    throw new InternalError(`the RE2 engine (npm package re2js) is not installed: ${(e as Error).message}`);
+    throw new InternalError(`the RE2 engine (npm package re2js) is not installed: ${(e as Error).message}`, 'CVMFS_THIN_MISSING_DEPENDENCY');
   }
   return re2;
 }
@@ -356,7 +356,7 @@ export function parseFilters(filters: readonly string[]): Filter {
     try {
       return compile(parseOne(f));
     } catch (e) {
-      if (e instanceof ParseError) throw new InvalidArgumentError(`${e.message}: invalid filter ${JSON.stringify(f)}`);
+      if (e instanceof ParseError) throw new InvalidArgumentError(`${e.message}: invalid filter ${JSON.stringify(f)}`, 'CVMFS_THIN_BAD_REQUEST');
       throw e;
     }
   });

@@ -22,12 +22,18 @@ export function validateLabels(labels: Record<string, string>, of = 'snapshot'):
   for (const [k, v] of Object.entries(labels)) {
     const n = Buffer.byteLength(k) + Buffer.byteLength(v);
     if (n > MAX_LABEL_SIZE) {
-      throw new InvalidArgumentError(`label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 64)}`);
+      throw new InvalidArgumentError(
+        `label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 64)}`,
+        'CVMFS_THIN_BAD_LABELS',
+      );
     }
     total += n;
   }
   if (total > MAX_LABELS_TOTAL) {
-    throw new InvalidArgumentError(`labels of ${of} total ${total} bytes (keys and values), more than the maximum of ${MAX_LABELS_TOTAL} bytes per snapshot`);
+    throw new InvalidArgumentError(
+      `labels of ${of} total ${total} bytes (keys and values), more than the maximum of ${MAX_LABELS_TOTAL} bytes per snapshot`,
+      'CVMFS_THIN_BAD_LABELS',
+    );
   }
 }
 
@@ -42,7 +48,7 @@ export function cleanLabels(labels: Record<string, string>): Record<string, stri
 export function checkUpdatePaths(name: string, paths: readonly string[]): void {
   for (const p of paths) {
     if (p !== 'labels' && !p.startsWith('labels.')) {
-      throw new InvalidArgumentError(`cannot update ${JSON.stringify(p)} field on snapshot ${name}: only labels can be updated`);
+      throw new InvalidArgumentError(`cannot update ${JSON.stringify(p)} field on snapshot ${name}: only labels can be updated`, 'CVMFS_THIN_BAD_REQUEST');
     }
   }
 }

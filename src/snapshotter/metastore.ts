@@ -12,7 +12,8 @@
  * shared cache of core/stack (earlier versions journalled them; such records
  * and the `facts` of an old state file are ignored).
  */
-import { InternalError } from '../core/errors/errors.js';
+import path from 'node:path';
+import { FailedPreconditionError, InternalError } from '../core/errors/errors.js';
 import { Journal, type JournalOptions } from '../core/state/journal.js';
 import type { ChainNode } from '../core/stack/index.js';
 
@@ -73,7 +74,12 @@ export class MetaStore {
     const store = new MetaStore(journal);
     if (state !== null) {
       const st = state as StoreState;
-      if (st.schema !== SCHEMA_VERSION) throw new Error(`metadata schema ${String(st.schema)} in ${dir} is not supported (want ${SCHEMA_VERSION})`);
+      if (st.schema !== SCHEMA_VERSION) {
+        throw new FailedPreconditionError(
+          `${path.join(dir, 'metadata.state')}: metadata schema ${String(st.schema)} is not supported (want ${SCHEMA_VERSION})`,
+          'CVMFS_THIN_BAD_STATE',
+        );
+      }
       store.nextId = st.nextId;
       for (const r of st.snapshots) store.apply({ put: [r], nextId: 0 });
     }
@@ -176,7 +182,7 @@ export function chainNode(name: string, r: SnapshotRecord | undefined): ChainNod
   if (!r) return undefined;
   const lowers = r.stack.map((link) => {
     const real = r.links[link];
-    if (real === undefined) throw new InternalError(`snapshot ${name} lists link ${link} it does not own`);
+    if (real === undefined) throw new InternalError(`snapshot ${name} lists link ${link} it does not own`, 'CVMFS_THIN_BAD_STATE');
     return { link, real };
   });
   return { parent: r.parent, lowers, external: r.source !== 'local', terminal: r.terminal };

@@ -135,7 +135,7 @@ export class Snapshotter {
   }
 
   private check(): void {
-    if (this.closed) throw new UnavailableError('snapshotter is shutting down');
+    if (this.closed) throw new UnavailableError('snapshotter is shutting down', 'CVMFS_THIN_SHUTTING_DOWN');
   }
 
   /** A snapshot's own directory (overlay upperdir, or the bind source). */
@@ -181,7 +181,7 @@ export class Snapshotter {
 
   private async create(kind: 'active' | 'view', key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     this.check();
-    if (key === '') throw new InvalidArgumentError('snapshot key must not be empty');
+    if (key === '') throw new InvalidArgumentError('snapshot key must not be empty', 'CVMFS_THIN_BAD_REQUEST');
     validateLabels(labels, `snapshot ${key}`);
     const remote = kind === 'active' && this.remoteLayers && labels[LABEL_SNAPSHOT_REF];
     // the parent is held shared (it cannot be removed meanwhile; siblings are created at once);
@@ -245,7 +245,7 @@ export class Snapshotter {
 
   async commit(name: string, key: string, labels: Record<string, string>, rebaseParent = ''): Promise<void> {
     this.check();
-    if (name === '') throw new InvalidArgumentError('committed snapshot name must not be empty');
+    if (name === '') throw new InvalidArgumentError('committed snapshot name must not be empty', 'CVMFS_THIN_BAD_REQUEST');
     validateLabels(labels, `snapshot ${name}`);
     return this.gate.shared(() =>
       this.locks.with([name, key], async () => {
@@ -322,7 +322,7 @@ export class Snapshotter {
   async update(info: Info | { name: string; labels: Record<string, string> }, paths: readonly string[]): Promise<Info> {
     this.check();
     const name = info.name;
-    if (name === '') throw new InvalidArgumentError('snapshot name must not be empty');
+    if (name === '') throw new InvalidArgumentError('snapshot name must not be empty', 'CVMFS_THIN_BAD_REQUEST');
     const labels = info.labels ?? {};
     checkUpdatePaths(name, paths);
     return this.gate.shared(() => this.locks.with([name], () => this.storage.update(name, labels, paths)));

@@ -23,7 +23,7 @@ export class SnapshotStorage {
 
   must(name: string): SnapshotRecord {
     const r = this.store.get(name);
-    if (!r) throw new NotFoundError(`snapshot ${name} does not exist`);
+    if (!r) throw new NotFoundError(`snapshot ${name} does not exist`, 'CVMFS_THIN_NO_SUCH_SNAPSHOT');
     return r;
   }
 
@@ -32,8 +32,8 @@ export class SnapshotStorage {
     if (this.store.get(key)) throw new AlreadyExistsError(`snapshot ${key} already exists`);
     if (parent !== '') {
       const p = this.store.get(parent);
-      if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`);
-      if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`);
+      if (!p) throw new NotFoundError(`parent snapshot ${parent} does not exist`, 'CVMFS_THIN_NO_SUCH_SNAPSHOT');
+      if (p.kind !== 'committed') throw new InvalidArgumentError(`parent ${parent} is not a committed snapshot (it is ${p.kind})`, 'CVMFS_THIN_BAD_REQUEST');
     }
   }
 
@@ -61,7 +61,7 @@ export class SnapshotStorage {
   toCommit(name: string, key: string, rebaseParent: string): SnapshotRecord {
     if (this.store.get(name)) throw new AlreadyExistsError(`snapshot ${name} already exists`);
     const r = this.store.get(key);
-    if (!r) throw new NotFoundError(`snapshot ${key} does not exist`);
+    if (!r) throw new NotFoundError(`snapshot ${key} does not exist`, 'CVMFS_THIN_NO_SUCH_SNAPSHOT');
     if (r.kind !== 'active')
       throw new FailedPreconditionError(`snapshot ${key} is ${r.kind === 'view' ? 'a view' : 'committed'}: only active snapshots can be committed`);
     if (rebaseParent !== '' && rebaseParent !== r.parent) {
@@ -95,7 +95,10 @@ export class SnapshotStorage {
     const r = this.must(key);
     const kids = this.store.children(key);
     if (kids.size > 0) {
-      throw new FailedPreconditionError(`cannot remove snapshot ${key}: it has ${kids.size} child snapshot(s) (${[...kids].slice(0, 3).join(', ')})`);
+      throw new FailedPreconditionError(
+        `cannot remove snapshot ${key}: it has ${kids.size} child snapshot(s) (${[...kids].slice(0, 3).join(', ')})`,
+        'CVMFS_THIN_HAS_CHILDREN',
+      );
     }
     return r;
   }

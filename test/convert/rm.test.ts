@@ -122,7 +122,7 @@ describe('rm', () => {
     ['a path that climbs', ['registry.example.org/../../etc:1'], 'CVMFS_THIN_BAD_REFERENCE', /not valid/],
     ['a bad tag', ['registry.example.org/team/app:-x'], 'CVMFS_THIN_BAD_REFERENCE', /tag "-x" is not valid/],
     ['an empty name', [''], 'CVMFS_THIN_BAD_REFERENCE', /empty/],
-    ['no name at all', [], 'CVMFS_THIN_INVALID_ARGUMENT', /name at least one image/],
+    ['no name at all', [], 'CVMFS_THIN_BAD_FLAG', /name at least one image/],
   ])('refuses %s, naming it; nothing is removed', async (_what, images, code, re) => {
     const { repo } = await tree();
     const before = state(repo);

@@ -105,7 +105,9 @@ describe('journal', () => {
   it('refuses an unreadable state file instead of starting empty', async () => {
     const dir = tempDir();
     writeFileSync(path.join(dir, 'kv.state'), '{not json');
-    await expect(openKV(dir)).rejects.toThrow(/unreadable state file/);
+    const err = await openKV(dir).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: 'failed-precondition', code: 'CVMFS_THIN_BAD_STATE' });
+    expect((err as Error).message).toContain(`${path.join(dir, 'kv.state')}: unreadable state file`);
   });
 
   it('decodes nothing from garbage', () => {

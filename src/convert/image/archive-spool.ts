@@ -53,7 +53,7 @@ export async function spool(file: string, dir: string, what: string): Promise<Sp
   try {
     fh = await fsp.open(file, 'r');
   } catch (e) {
-    throw new NotFoundError(`${what}: cannot open ${file}: ${(e as Error).message}`);
+    throw new NotFoundError(`${what}: cannot open ${file}: ${(e as Error).message}`, 'CVMFS_THIN_INPUT_NOT_FOUND');
   }
   const magic = Buffer.alloc(4);
   await fh.read(magic, 0, 4, 0);

@@ -100,7 +100,8 @@ export class DockerArchiveSource implements ImageSource {
     let entry: DockerArchiveEntry | undefined;
     if (this.sel.index !== undefined) {
       entry = entries[this.sel.index];
-      if (!entry) throw new NotFoundError(`${what}: the archive holds ${entries.length} image(s); @${this.sel.index} does not exist`);
+      if (!entry)
+        throw new NotFoundError(`${what}: the archive holds ${entries.length} image(s); @${this.sel.index} does not exist`, 'CVMFS_THIN_INPUT_NOT_FOUND');
     } else if (this.sel.ref) {
       const want = this.sel.ref;
       entry = entries.find((e) =>
@@ -114,7 +115,7 @@ export class DockerArchiveSource implements ImageSource {
       );
       if (!entry) {
         const tags = entries.flatMap((e) => e.RepoTags ?? []);
-        throw new NotFoundError(`${what}: no image tagged ${familiarName(want)} (tags: ${tags.join(', ') || 'none'})`);
+        throw new NotFoundError(`${what}: no image tagged ${familiarName(want)} (tags: ${tags.join(', ') || 'none'})`, 'CVMFS_THIN_INPUT_NOT_FOUND');
       }
     } else if (entries.length === 1) {
       entry = entries[0]!;
@@ -165,11 +166,11 @@ export class DockerArchiveSource implements ImageSource {
     return this.top;
   }
   async manifest(desc: Descriptor): Promise<RawManifest> {
-    throw new NotFoundError(`${this.description}: no manifest ${desc.digest} (docker archives hold single-platform images)`);
+    throw new NotFoundError(`${this.description}: no manifest ${desc.digest} (docker archives hold single-platform images)`, 'CVMFS_THIN_INPUT_NOT_FOUND');
   }
   private pathOf(desc: Descriptor): string {
     const p = this.blobs.get(desc.digest);
-    if (!p) throw new NotFoundError(`${this.description}: no blob ${desc.digest}`);
+    if (!p) throw new NotFoundError(`${this.description}: no blob ${desc.digest}`, 'CVMFS_THIN_INPUT_NOT_FOUND');
     return p;
   }
   async blobBytes(desc: Descriptor, limit: number): Promise<Buffer> {

@@ -27,6 +27,7 @@ async function readIndex(dir: string, what: string): Promise<{ raw: RawManifest;
   } catch (e) {
     throw new NotFoundError(
       `${what}: ${path.join(dir, 'index.json')}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not an OCI image layout (no index.json)' : (e as Error).message}`,
+      'CVMFS_THIN_INPUT_NOT_FOUND',
     );
   }
   const raw: RawManifest = { bytes, mediaType: MT.ociIndex, digest: sha256Digest(bytes) };
@@ -57,7 +58,10 @@ export class OciLayoutSource implements ImageSource {
       d = index.manifests.find((m) => m.annotations?.[REF_NAME] === this.tag);
       if (!d) {
         const names = index.manifests.map((m) => m.annotations?.[REF_NAME]).filter(Boolean);
-        throw new NotFoundError(`${this.description}: no image tagged ${JSON.stringify(this.tag)} (tags: ${names.join(', ') || 'none'})`);
+        throw new NotFoundError(
+          `${this.description}: no image tagged ${JSON.stringify(this.tag)} (tags: ${names.join(', ') || 'none'})`,
+          'CVMFS_THIN_INPUT_NOT_FOUND',
+        );
       }
     } else if (index.manifests.length === 1) {
       d = index.manifests[0]!;
@@ -95,6 +99,7 @@ export class OciLayoutSource implements ImageSource {
     } catch (e) {
       throw new NotFoundError(
         `${this.description}: blob ${desc.digest}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing from the layout' : (e as Error).message}`,
+        'CVMFS_THIN_INPUT_NOT_FOUND',
       );
     }
     const got = sha256Digest(bytes);

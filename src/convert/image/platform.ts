@@ -29,7 +29,7 @@ export function hostPlatform(): PlatformSpec {
 export function parsePlatform(s: string): PlatformSpec {
   const parts = s.split('/');
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[a-z0-9._-]+$/.test(p))) {
-    throw new InvalidArgumentError(`--platform ${JSON.stringify(s)}: want OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8`);
+    throw new InvalidArgumentError(`--platform ${JSON.stringify(s)}: want OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8`, 'CVMFS_THIN_BAD_FLAG');
   }
   return { os: parts[0]!, architecture: normaliseArch(parts[1]!), variant: parts[2] };
 }

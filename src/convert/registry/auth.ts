@@ -19,7 +19,7 @@ export interface Credentials {
 
 export function parseCreds(s: string, what = '--creds'): Credentials {
   const i = s.indexOf(':');
-  if (i <= 0) throw new InvalidArgumentError(`${what}: want USERNAME:PASSWORD`);
+  if (i <= 0) throw new InvalidArgumentError(`${what}: want USERNAME:PASSWORD`, 'CVMFS_THIN_BAD_CREDENTIALS');
   return { username: s.slice(0, i), password: s.slice(i + 1) };
 }
 
@@ -65,7 +65,7 @@ function readConfig(file: string): DockerConfigFile | null {
     const v = JSON.parse(text) as unknown;
     return typeof v === 'object' && v !== null ? (v as DockerConfigFile) : null;
   } catch (e) {
-    throw new InvalidArgumentError(`${file}: not valid JSON: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`${file}: not valid JSON: ${(e as Error).message}`, 'CVMFS_THIN_BAD_CREDENTIALS');
   }
 }
 
@@ -74,7 +74,7 @@ function fromEntry(e: AuthEntry, file: string, key: string): Credentials | null 
   if (e.auth) {
     const dec = Buffer.from(e.auth, 'base64').toString('utf8');
     const i = dec.indexOf(':');
-    if (i < 0) throw new InvalidArgumentError(`${file}: auths[${JSON.stringify(key)}].auth is not base64("user:password")`);
+    if (i < 0) throw new InvalidArgumentError(`${file}: auths[${JSON.stringify(key)}].auth is not base64("user:password")`, 'CVMFS_THIN_BAD_CREDENTIALS');
     return { username: dec.slice(0, i), password: dec.slice(i + 1) };
   }
   if (e.username !== undefined && e.password !== undefined) return { username: e.username, password: e.password };
@@ -83,7 +83,8 @@ function fromEntry(e: AuthEntry, file: string, key: string): Credentials | null 
 
 /** Ask a Docker credential helper (`docker-credential-<name> get`); no shell. */
 export function credentialHelper(helper: string, serverUrl: string): Promise<Credentials | null> {
-  if (!/^[A-Za-z0-9_.-]+$/.test(helper)) return Promise.reject(new InvalidArgumentError(`credential helper name ${JSON.stringify(helper)} is not valid`));
+  if (!/^[A-Za-z0-9_.-]+$/.test(helper))
+    return Promise.reject(new InvalidArgumentError(`credential helper name ${JSON.stringify(helper)} is not valid`, 'CVMFS_THIN_BAD_CREDENTIALS'));
   return new Promise((resolve) => {
     const child = execFile(`docker-credential-${helper}`, ['get'], { timeout: 30_000 }, (err, stdout) => {
       if (err) {

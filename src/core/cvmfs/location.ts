@@ -28,13 +28,14 @@ export function cvmfsLocation(opts: {
 }): CvmfsLocation {
   const repository = opts.repository ?? DEFAULT_REPOSITORY;
   if (!REPOSITORY_NAME.test(repository)) {
-    throw new InvalidArgumentError(`repository ${JSON.stringify(repository)} is not a CVMFS repository name`);
+    throw new InvalidArgumentError(`repository ${JSON.stringify(repository)} is not a CVMFS repository name`, 'CVMFS_THIN_BAD_FLAG');
   }
   const cvmfsRoot = path.resolve(opts.cvmfsRoot ?? DEFAULT_CVMFS_ROOT);
   const absoluteMountpoint = path.resolve(opts.absoluteMountpoint ?? path.join(cvmfsRoot, repository));
   const allowed = opts.allowedRepositories && opts.allowedRepositories.length > 0 ? opts.allowedRepositories : [repository];
   for (const r of allowed) {
-    if (!REPOSITORY_NAME.test(r)) throw new InvalidArgumentError(`allowed-repositories: ${JSON.stringify(r)} is not a CVMFS repository name`);
+    if (!REPOSITORY_NAME.test(r))
+      throw new InvalidArgumentError(`allowed-repositories: ${JSON.stringify(r)} is not a CVMFS repository name`, 'CVMFS_THIN_BAD_FLAG');
   }
   return { repository, absoluteMountpoint, cvmfsRoot, allowedRepositories: [...new Set(allowed)] };
 }

@@ -1,11 +1,13 @@
 /**
  * Every `CVMFS_THIN_*` error code, in one typed registry: the `kind` an error
  * with that code has (what the edges map to a gRPC or HTTP status, see
- * errors.ts) and what it means. The error classes take an `ErrorCode`, so a
- * code that is not listed here does not compile; docs/errors.md is generated
- * from this table (`npx tsx scripts/gen-errors-doc.ts`) and
- * test/core/error-codes.test.ts checks that every `CVMFS_THIN_*` literal in
- * src/ is listed (or is one of the environment variable names below) and
+ * errors.ts) and what it means. Each error class takes only `CodeOf<its
+ * kind>`, so a code that is not listed here, or is listed with another kind,
+ * does not compile (test/core/error-codes.test.ts holds `@ts-expect-error`
+ * lines that prove it). docs/errors.md is generated from this table
+ * (`npx tsx scripts/gen-errors-doc.ts`); the test also checks that every
+ * `CVMFS_THIN_*` literal in src/ is listed (or is one of the environment
+ * variable names below), that every code is used or marked `reserved`, and
  * that the document is up to date.
  *
  * Codes are stable: they are what scripts and logs match on. A new failure
@@ -18,6 +20,8 @@ export interface ErrorCodeInfo {
   readonly kind: ErrorKind | readonly ErrorKind[];
   /** One line: what went wrong. */
   readonly meaning: string;
+  /** Why the code stays listed although nothing in src/ throws it (codes are API: a code is not reused for something else). */
+  readonly reserved?: string;
 }
 
 export const ERROR_CODES = {
@@ -32,6 +36,27 @@ export const ERROR_CODES = {
   CVMFS_THIN_UNAVAILABLE: { kind: 'unavailable', meaning: 'A transient failure; retrying later may work (default code of UnavailableError).' },
   CVMFS_THIN_INTERNAL: { kind: 'internal', meaning: 'A bug or an unexpected failure (default code of InternalError; anything thrown that is not typed).' },
 
+  // ------------------------------------------------------------ every program: command line, files, sockets
+  CVMFS_THIN_BAD_FLAG: {
+    kind: 'invalid-argument',
+    meaning:
+      'A command-line flag or argument (or the settings-file key or environment variable that stands for it) is missing, malformed, out of range or contradicts another; the message names it. Fix the command line or the settings.',
+  },
+  CVMFS_THIN_PATH_OCCUPIED: {
+    kind: 'invalid-argument',
+    meaning:
+      'A path cvmfs-thin must create or replace (a socket, an image tag link) holds something else, which is left alone; the message names it. Move it away or choose another path.',
+  },
+  CVMFS_THIN_ADDRESS_IN_USE: {
+    kind: 'failed-precondition',
+    meaning: 'Another process is already serving the socket address; stop it, or give this daemon another address.',
+  },
+  CVMFS_THIN_MOUNTED_BELOW: {
+    kind: 'internal',
+    meaning:
+      'A directory tree to remove has file systems mounted at or below it (a leaked overlay or bind mount); nothing of it was removed. Unmount what the message names, then retry.',
+  },
+
   // ------------------------------------------------------------ thin images and CVMFS layers
   CVMFS_THIN_BAD_MANIFEST: { kind: 'invalid-argument', meaning: 'A thin image manifest (thin.json) is invalid; the message names the field.' },
   CVMFS_THIN_LAYER_MISSING: { kind: 'failed-precondition', meaning: 'A layer a thin image lists does not exist in CVMFS.' },
@@ -41,7 +66,15 @@ export const ERROR_CODES = {
     meaning: "A layer's record (.metadata/cvmfs-thin-layer.json, version 2) is invalid; the message names the field.",
   },
   CVMFS_THIN_LAYER_UNAVAILABLE: { kind: 'unavailable', meaning: 'A CVMFS layer directory cannot be reached right now (is CVMFS mounted?).' },
-  CVMFS_THIN_MOUNT: { kind: ['internal', 'failed-precondition'], meaning: 'An overlay mount of a layer stack failed, or its options do not fit in one page.' },
+  CVMFS_THIN_MOUNT: {
+    kind: ['internal', 'failed-precondition', 'invalid-argument'],
+    meaning:
+      "An overlay mount of a layer stack failed, or its options do not fit in one page (failed-precondition), or a directory of it has ':' or ',' in its path, which overlay options cannot carry (invalid-argument: choose another state directory).",
+  },
+  CVMFS_THIN_TOO_MANY_LAYERS: {
+    kind: 'failed-precondition',
+    meaning: 'An image has more layers than overlayfs stacks in one mount (the message gives the limit); squash or flatten the image.',
+  },
   CVMFS_THIN_ROOT_LOCKED: { kind: 'failed-precondition', meaning: 'Another daemon holds the state directory (one daemon per state directory).' },
 
   // ------------------------------------------------------------ tar library (src/core/tar)
@@ -72,6 +105,21 @@ export const ERROR_CODES = {
   CVMFS_THIN_DIFFID_MISMATCH: { kind: 'invalid-argument', meaning: "A layer's uncompressed content does not match the diff_id of the image config." },
   CVMFS_THIN_UNSUPPORTED: { kind: 'invalid-argument', meaning: 'Valid but unsupported input (encrypted layers, zstd-compressed archives, nested indexes…).' },
   CVMFS_THIN_BAD_ARCHIVE: { kind: 'invalid-argument', meaning: 'An oci-archive or docker-archive is not a readable, safe tar.' },
+  CVMFS_THIN_INPUT_NOT_FOUND: {
+    kind: 'not-found',
+    meaning:
+      'An input the command names is not there: a file (image archive, OCI layout, access profile) cannot be opened, or the archive or layout has no image with that tag or index, or lacks a blob it lists; the message names it.',
+  },
+  CVMFS_THIN_NO_REPOSITORY_DIR: {
+    kind: 'invalid-argument',
+    meaning:
+      'The repository directory (--repository-dir) does not exist or is not a directory: mount the repository, or open a transaction, or create the directory.',
+  },
+  CVMFS_THIN_BAD_CREDENTIALS: {
+    kind: 'invalid-argument',
+    meaning:
+      'Registry credentials cannot be used: --creds is not USER:PASSWORD, the Docker config file is not valid JSON or holds an auth that is not base64("user:password"), or a credential helper name is not valid.',
+  },
   CVMFS_THIN_REGISTRY: {
     kind: ['unavailable', 'not-found', 'invalid-argument'],
     meaning: 'A registry request failed (the kind follows the HTTP status; network errors and 5xx/429 after the retries are unavailable).',
@@ -125,6 +173,15 @@ export const ERROR_CODES = {
     kind: 'already-exists',
     meaning: 'A remote (CVMFS) layer was committed for the snapshot: containerd skips the download (expected answer, not a failure).',
   },
+  CVMFS_THIN_NO_SUCH_SNAPSHOT: { kind: 'not-found', meaning: 'A snapshot (or the parent snapshot) containerd names does not exist.' },
+  CVMFS_THIN_BAD_LABELS: {
+    kind: 'invalid-argument',
+    meaning: "A snapshot's labels are too large (one key and value, or all of them together; containerd's own limits); the message gives the sizes.",
+  },
+  CVMFS_THIN_HAS_CHILDREN: {
+    kind: 'failed-precondition',
+    meaning: 'A snapshot or graph-driver layer cannot be removed while others are based on it (the message names up to three); remove those first.',
+  },
 
   // ------------------------------------------------------------ CVMFS client health (snapshotter, graph driver: core/host/probe.ts)
   CVMFS_THIN_BAD_PROFILE: {
@@ -157,7 +214,8 @@ export const ERROR_CODES = {
   CVMFS_THIN_UNKNOWN_METHOD: { kind: 'not-found', meaning: 'A Docker plugin request names a method this plugin does not implement.' },
   CVMFS_THIN_BAD_REQUEST: {
     kind: 'invalid-argument',
-    meaning: 'A Docker plugin request is malformed or contradicts the state (e.g. a mount ID reused for another volume).',
+    meaning:
+      'A request of the container engine is malformed or contradicts the state: a Docker plugin request (e.g. a mount ID reused for another volume), a snapshotter call (an empty key, a parent that is not committed, an update of more than labels, a bad filter), a FlexVolume call without its arguments.',
   },
 
   // ------------------------------------------------------------ CVMFS volumes (Docker volume plugin, CSI, FlexVolume)
@@ -174,7 +232,10 @@ export const ERROR_CODES = {
   CVMFS_THIN_NOT_STAGED: { kind: 'failed-precondition', meaning: 'The staging path is not staged (NodeStageVolume must succeed first).' },
   CVMFS_THIN_CVMFS_UNAVAILABLE: { kind: 'unavailable', meaning: 'The CVMFS repository does not answer or is not a directory (automount or network stuck?).' },
   CVMFS_THIN_MOUNT_FAILED: { kind: 'unavailable', meaning: 'Mounting a CVMFS repository failed, or nothing got mounted.' },
-  CVMFS_THIN_SHUTTING_DOWN: { kind: 'unavailable', meaning: 'The volume manager is shutting down.' },
+  CVMFS_THIN_SHUTTING_DOWN: {
+    kind: 'unavailable',
+    meaning: 'The daemon (snapshotter, graph driver, volume manager) is shutting down; retry against its next start.',
+  },
   CVMFS_THIN_STATE_UNWRITABLE: { kind: 'unavailable', meaning: 'The volume state file cannot be written; changes are refused until it can.' },
   CVMFS_THIN_CSI_MISSING_FIELD: { kind: 'invalid-argument', meaning: 'A required CSI request field is missing.' },
   CVMFS_THIN_CSI_BAD_FIELD: { kind: 'invalid-argument', meaning: 'A CSI request field is too long or holds a NUL byte.' },
@@ -188,8 +249,16 @@ export const ERROR_CODES = {
   CVMFS_THIN_CSI_VOLUME_NOT_FOUND: { kind: 'not-found', meaning: 'The CSI volume is not published or staged at the given path.' },
 
   // ------------------------------------------------------------ operations (config files the CLI edits)
-  CVMFS_THIN_BAD_CONFIG: { kind: 'invalid-argument', meaning: 'A configuration file cannot be read or has an unsupported version; it was not changed.' },
-  CVMFS_THIN_BAD_STATE: { kind: 'failed-precondition', meaning: 'A state file is not valid JSON or has an unknown format.' },
+  CVMFS_THIN_BAD_CONFIG: {
+    kind: 'invalid-argument',
+    meaning:
+      "A configuration file cannot be read or is not valid: a daemon's settings file (not TOML, an unknown key, a value of the wrong type) or a file the set-up edits (syntax, unsupported version; it was not changed). The message names the file and the key.",
+  },
+  CVMFS_THIN_BAD_STATE: {
+    kind: ['failed-precondition', 'internal'],
+    meaning:
+      "A state file (the snapshotter's or the volume manager's metadata journal, a set-up record) cannot be read, is not valid JSON or has an unknown format or schema (failed-precondition); or its records contradict each other, e.g. a parent chain that loops or breaks (internal). The message names the file or the record; restore it, or move the state directory away to start empty.",
+  },
   CVMFS_THIN_EDIT_FAILED: { kind: 'internal', meaning: 'An edited configuration file would not be valid or exact; the file was not changed.' },
   CVMFS_THIN_MISSING_DEPENDENCY: { kind: 'internal', meaning: 'An optional npm package needed for this operation is not installed.' },
   CVMFS_THIN_NO_DOCKER: { kind: 'failed-precondition', meaning: 'The Docker version cannot be told (dockerd --version failed); pass it explicitly.' },
@@ -213,6 +282,19 @@ export type RegisteredErrorCode = keyof typeof ERROR_CODES;
 export type IoErrorCode = `CVMFS_THIN_IO_${string}`;
 /** Every code an error may carry. */
 export type ErrorCode = RegisteredErrorCode | IoErrorCode;
+
+/** The kinds of a registry entry as a union ('not-found' | 'invalid-argument' for a list). */
+type KindsOfEntry<E> = E extends { readonly kind: infer K } ? (K extends readonly (infer X)[] ? X : K) : never;
+
+/**
+ * The codes an error of kind `K` may carry: the registered codes listed with
+ * that kind (alone or in their list), and for 'internal' the errno family.
+ * Distributes over a union, so `CodeOf<ErrorKind>` is every `ErrorCode`.
+ */
+export type CodeOf<K extends ErrorKind> = K extends ErrorKind
+  ? | { [C in RegisteredErrorCode]: K extends KindsOfEntry<(typeof ERROR_CODES)[C]> ? C : never }[RegisteredErrorCode]
+    | (K extends 'internal' ? IoErrorCode : never)
+  : never;
 
 /**
  * Names with the same prefix that are NOT error codes: environment variables
@@ -241,4 +323,13 @@ export function errorCodeInfo(code: ErrorCode): ErrorCodeInfo {
 export function kindsOf(code: ErrorCode): readonly ErrorKind[] {
   const k = errorCodeInfo(code).kind;
   return typeof k === 'string' ? [k] : k;
+}
+
+/**
+ * `code` when the registry lists it with `kind`, else `fallback`: for a code
+ * that arrives at run time (from a summary or across a worker boundary) and
+ * must be given to a class of one kind.
+ */
+export function codeOfKind<K extends ErrorKind>(kind: K, code: ErrorCode, fallback: CodeOf<K>): CodeOf<K> {
+  return kindsOf(code).includes(kind) ? (code as CodeOf<K>) : fallback;
 }

@@ -1,26 +1,32 @@
 /**
  * Typed errors shared by every part of cvmfs-thin. Each class has a stable
- * `code` string (like undici's UND_ERR_*), listed with its meaning in the
- * registry src/core/errors/codes.ts (a code not listed there does not compile;
- * table: docs/errors.md), and a `kind` that the edges map to a protocol status
+ * `code` string (like undici's UND_ERR_*), listed with its meaning and kind in
+ * the registry src/core/errors/codes.ts (table: docs/errors.md). A class
+ * accepts only `CodeOf<its kind>`: a code that is not listed, or is listed
+ * with another kind, does not compile. The `kind` is what the edges map to a protocol status
  * in exactly one place each (gRPC: src/snapshotter/grpc-errors.ts and
  * src/csi/grpc-errors.ts, HTTP: src/edge/plugin-http.ts). The `kind` values
  * mirror containerd's errdefs classes, so a snapshotter answer means the same
  * thing as containerd's own.
  */
-import type { ErrorCode } from './codes.js';
+import type { CodeOf } from './codes.js';
 
-export type { ErrorCode } from './codes.js';
+export type { CodeOf, ErrorCode } from './codes.js';
 
 export type ErrorKind = 'invalid-argument' | 'not-found' | 'already-exists' | 'failed-precondition' | 'unavailable' | 'internal';
 
 const BRAND = Symbol.for('cvmfs-thin.error');
 
-export class ThinError extends Error {
-  readonly kind: ErrorKind;
-  readonly code: ErrorCode;
+/**
+ * The base class. `K` is the kind: `new ThinError('not-found', code, …)` takes
+ * only a not-found code; a kind and a code known only at run time (copied
+ * from another error) give `ThinError<ErrorKind>`, which takes any code.
+ */
+export class ThinError<K extends ErrorKind = ErrorKind> extends Error {
+  readonly kind: K;
+  readonly code: CodeOf<K>;
   readonly [BRAND] = true;
-  constructor(kind: ErrorKind, code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(kind: K, code: CodeOf<K>, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.kind = kind;
     this.code = code;
@@ -31,33 +37,33 @@ export class ThinError extends Error {
   }
 }
 
-export class InvalidArgumentError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_INVALID_ARGUMENT', options?: { cause?: unknown }) {
+export class InvalidArgumentError extends ThinError<'invalid-argument'> {
+  constructor(message: string, code: CodeOf<'invalid-argument'> = 'CVMFS_THIN_INVALID_ARGUMENT', options?: { cause?: unknown }) {
     super('invalid-argument', code, message, options);
   }
 }
-export class NotFoundError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_NOT_FOUND', options?: { cause?: unknown }) {
+export class NotFoundError extends ThinError<'not-found'> {
+  constructor(message: string, code: CodeOf<'not-found'> = 'CVMFS_THIN_NOT_FOUND', options?: { cause?: unknown }) {
     super('not-found', code, message, options);
   }
 }
-export class AlreadyExistsError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_ALREADY_EXISTS', options?: { cause?: unknown }) {
+export class AlreadyExistsError extends ThinError<'already-exists'> {
+  constructor(message: string, code: CodeOf<'already-exists'> = 'CVMFS_THIN_ALREADY_EXISTS', options?: { cause?: unknown }) {
     super('already-exists', code, message, options);
   }
 }
-export class FailedPreconditionError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_FAILED_PRECONDITION', options?: { cause?: unknown }) {
+export class FailedPreconditionError extends ThinError<'failed-precondition'> {
+  constructor(message: string, code: CodeOf<'failed-precondition'> = 'CVMFS_THIN_FAILED_PRECONDITION', options?: { cause?: unknown }) {
     super('failed-precondition', code, message, options);
   }
 }
-export class UnavailableError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_UNAVAILABLE', options?: { cause?: unknown }) {
+export class UnavailableError extends ThinError<'unavailable'> {
+  constructor(message: string, code: CodeOf<'unavailable'> = 'CVMFS_THIN_UNAVAILABLE', options?: { cause?: unknown }) {
     super('unavailable', code, message, options);
   }
 }
-export class InternalError extends ThinError {
-  constructor(message: string, code: ErrorCode = 'CVMFS_THIN_INTERNAL', options?: { cause?: unknown }) {
+export class InternalError extends ThinError<'internal'> {
+  constructor(message: string, code: CodeOf<'internal'> = 'CVMFS_THIN_INTERNAL', options?: { cause?: unknown }) {
     super('internal', code, message, options);
   }
 }

@@ -2,6 +2,7 @@
 import { lstatSync, promises as fsp, readdirSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
 import fs from 'node:fs';
 import path from 'node:path';
+import { InternalError } from '../errors/errors.js';
 
 export interface MountInfo {
   mountPoint: string;
@@ -20,7 +21,6 @@ function propagationOf(optional: readonly string[]): NonNullable<MountInfo['prop
   if (optional.some((f) => f.startsWith('master:'))) return 'slave';
   return optional.includes('unbindable') ? 'unbindable' : 'private';
 }
-
 
 /** `\040`-style octal escapes of /proc/self/mountinfo. */
 function unescapeMountinfo(s: string): string {
@@ -79,7 +79,7 @@ export async function removeTree(dir: string, mounts?: MountInfo[] | (() => Moun
     if (code === 'ENOENT') return;
     const under = mountsUnder(dir, typeof mounts === 'function' ? mounts() : mounts);
     if (under.length > 0) {
-      throw new Error(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`);
+      throw new InternalError(`refusing to remove ${dir}: ${under.length} mount(s) below it (${under.slice(0, 3).join(', ')})`, 'CVMFS_THIN_MOUNTED_BELOW');
     }
     if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
   }

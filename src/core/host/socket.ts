@@ -12,9 +12,9 @@ export const MAX_SOCKET_PATH = 107;
  * a crash; refuse to touch a live socket or anything that is not a socket.
  */
 export async function prepareSocket(address: string): Promise<void> {
-  if (!path.isAbsolute(address)) throw new InvalidArgumentError(`socket address ${address} must be an absolute path`);
+  if (!path.isAbsolute(address)) throw new InvalidArgumentError(`socket address ${address} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
   if (Buffer.byteLength(address) > MAX_SOCKET_PATH) {
-    throw new InvalidArgumentError(`socket path ${address} is longer than ${MAX_SOCKET_PATH} bytes (the unix socket limit)`);
+    throw new InvalidArgumentError(`socket path ${address} is longer than ${MAX_SOCKET_PATH} bytes (the unix socket limit)`, 'CVMFS_THIN_BAD_FLAG');
   }
   await fsp.mkdir(path.dirname(address), { recursive: true, mode: 0o711 });
   let st;
@@ -24,7 +24,7 @@ export async function prepareSocket(address: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw e;
   }
-  if (!st.isSocket()) throw new InvalidArgumentError(`${address} exists and is not a socket; refusing to replace it`);
+  if (!st.isSocket()) throw new InvalidArgumentError(`${address} exists and is not a socket; refusing to replace it`, 'CVMFS_THIN_PATH_OCCUPIED');
   const alive = await new Promise<boolean>((resolve) => {
     const s = net.connect(address);
     s.once('connect', () => {
@@ -33,6 +33,6 @@ export async function prepareSocket(address: string): Promise<void> {
     });
     s.once('error', () => resolve(false));
   });
-  if (alive) throw new FailedPreconditionError(`another process is already serving ${address}`);
+  if (alive) throw new FailedPreconditionError(`another process is already serving ${address}`, 'CVMFS_THIN_ADDRESS_IN_USE');
   await fsp.rm(address, { force: true });
 }

@@ -32,10 +32,10 @@ export function chainLowers(get: (name: string) => ChainNode | undefined, parent
   const out: ChainLower[] = [];
   const seen = new Set<string>();
   for (let n = parent; n !== '';) {
-    if (seen.has(n)) throw new InternalError(`parent chain of ${parent} loops at ${n}`);
+    if (seen.has(n)) throw new InternalError(`parent chain of ${parent} loops at ${n}`, 'CVMFS_THIN_BAD_STATE');
     seen.add(n);
     const node = get(n);
-    if (!node) throw new InternalError(`parent chain of ${parent} is broken: ${noun} ${n} is missing`);
+    if (!node) throw new InternalError(`parent chain of ${parent} is broken: ${noun} ${n} is missing`, 'CVMFS_THIN_BAD_STATE');
     for (const l of node.lowers) out.push({ link: l.link, real: l.real, external: node.external, owner: n });
     if (node.terminal) break;
     n = node.parent;

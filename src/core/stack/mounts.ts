@@ -36,7 +36,7 @@ const OVERLAY_UNSAFE = /[:,\n\0]/;
 
 export function checkOverlayPath(p: string, what: string): void {
   if (OVERLAY_UNSAFE.test(p)) {
-    throw new InvalidArgumentError(`${what} ${JSON.stringify(p)} contains ':' or ',' and cannot be used in overlay mount options`);
+    throw new InvalidArgumentError(`${what} ${JSON.stringify(p)} contains ':' or ',' and cannot be used in overlay mount options`, 'CVMFS_THIN_MOUNT');
   }
 }
 

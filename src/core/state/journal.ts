@@ -54,7 +54,7 @@ import {
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { InternalError } from '../errors/errors.js';
+import { FailedPreconditionError, InternalError } from '../errors/errors.js';
 import { fsyncDir } from '../fs/fsutil.js';
 import { decodeRecords, encodeRecord } from './journal-records.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -159,7 +159,8 @@ export class Journal<R> {
     try {
       state = JSON.parse(await readFile(p.state, 'utf8'));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${p.state}: unreadable state file: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+        throw new FailedPreconditionError(`${p.state}: unreadable state file: ${(e as Error).message}`, 'CVMFS_THIN_BAD_STATE', { cause: e });
     }
     await rm(`${p.state}.tmp`, { force: true });
     // O_DSYNC: each write is durable when write() returns

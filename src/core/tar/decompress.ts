@@ -230,7 +230,8 @@ function decoderFor(kind: Compression, opts: DecompressOptions): Duplex | null {
 export function decompress(input: NodeJS.ReadableStream | Readable, kind: Compression | 'auto', opts: DecompressOptions = {}): Readable {
   const r = input instanceof Readable ? input : new Readable().wrap(input);
   if (kind !== 'auto') {
-    if (!['gzip', 'zstd', 'none'].includes(kind)) throw new InvalidArgumentError(`unknown compression ${JSON.stringify(kind)}`);
+    if (!['gzip', 'zstd', 'none'].includes(kind))
+      throw new InvalidArgumentError(`unknown compression ${JSON.stringify(kind)}`, 'CVMFS_THIN_UNSUPPORTED_MEDIA_TYPE');
     const d = decoderFor(kind, opts);
     if (!d) return r;
     return pipeline(r, d, () => undefined) as unknown as Readable;

@@ -193,7 +193,8 @@ export function parseMetricsAddress(a: string): { socket: string } | { host: str
   if (path.isAbsolute(a)) return { socket: a };
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(a);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new InvalidArgumentError(`--metrics-address ${JSON.stringify(a)}: want host:port, :port or an absolute unix socket path`);
+  if (!m || port > 65535)
+    throw new InvalidArgumentError(`--metrics-address ${JSON.stringify(a)}: want host:port, :port or an absolute unix socket path`, 'CVMFS_THIN_BAD_FLAG');
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
@@ -252,7 +253,7 @@ export function recordRequest(m: Metrics, daemon: string, method: string, starte
 
 /** For the converter: write the registry in the text format, atomically (node_exporter's textfile collector). */
 export async function writeTextfile(file: string, registry: import('prom-client').Registry): Promise<void> {
-  if (!path.isAbsolute(file)) throw new InvalidArgumentError(`--metrics-textfile ${file} must be an absolute path`);
+  if (!path.isAbsolute(file)) throw new InvalidArgumentError(`--metrics-textfile ${file} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
   await fsp.mkdir(path.dirname(file), { recursive: true });
   await writeFileAtomic(file, await registry.metrics(), 0o644);
 }

@@ -105,9 +105,10 @@ export class MountManager {
   }
 
   static async open(o: MountManagerOptions): Promise<MountManager> {
-    if (!path.isAbsolute(o.stateDir)) throw new InvalidArgumentError(`state directory ${o.stateDir} must be an absolute path`);
-    if (!path.isAbsolute(o.cvmfsRoot)) throw new InvalidArgumentError(`CVMFS root ${o.cvmfsRoot} must be an absolute path`);
-    if (o.backend === 'client' && (o.mountCommand?.length ?? 1) === 0) throw new InvalidArgumentError('the client backend needs a mount command');
+    if (!path.isAbsolute(o.stateDir)) throw new InvalidArgumentError(`state directory ${o.stateDir} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
+    if (!path.isAbsolute(o.cvmfsRoot)) throw new InvalidArgumentError(`CVMFS root ${o.cvmfsRoot} must be an absolute path`, 'CVMFS_THIN_BAD_FLAG');
+    if (o.backend === 'client' && (o.mountCommand?.length ?? 1) === 0)
+      throw new InvalidArgumentError('the client backend needs a mount command', 'CVMFS_THIN_BAD_FLAG');
     let m: MountManager | undefined;
     const store = await VolumeStore.open(path.join(o.stateDir, 'metadata'), (e) => m?.fatal(e), o.metrics ? journalMetrics(o.metrics, 'volumes') : undefined);
     m = new MountManager(o, store);

@@ -5,6 +5,8 @@
  * caller answers, so a kill -9 at any instant leaves a state that the manager
  * reconciles with the mount table when it opens again.
  */
+import path from 'node:path';
+import { FailedPreconditionError } from '../errors/errors.js';
 import { Journal, type JournalOptions } from '../state/journal.js';
 import type { Backend, Definition, Holder } from './types.js';
 import type { VolumeSpec } from './spec.js';
@@ -59,7 +61,10 @@ export class VolumeStore {
     if (state !== null) {
       const st = state as State;
       if (st.schema !== 'cvmfs-thin/volumes' || st.version !== 1)
-        throw new Error(`${dir}: volume state schema ${String(st.schema)}/${String(st.version)} is not supported`);
+        throw new FailedPreconditionError(
+          `${path.join(dir, 'volumes.state')}: volume state schema ${String(st.schema)}/${String(st.version)} is not supported`,
+          'CVMFS_THIN_BAD_STATE',
+        );
       for (const v of st.volumes) store.apply({ vol: v });
       for (const d of st.definitions) store.apply({ def: d });
     }
