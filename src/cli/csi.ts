@@ -6,10 +6,8 @@
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import type { Logger } from 'pino';
 import type { ConfigOf, Field } from '../edge/settings.js';
-import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
-import type { MountManagerOptions } from '../core/volumes/types.js';
+import { addVolumeOptions, volumeKeys, type VolumeManagerSettings, volumeSettings } from './volume-config.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';
 import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
 
@@ -31,7 +29,7 @@ export interface CsiSettings {
   driverName: string;
   allowEphemeralClientConfig: boolean;
   metricsAddress: string | undefined;
-  manager: Omit<MountManagerOptions, 'host'> & { log: Logger };
+  manager: VolumeManagerSettings;
 }
 
 /**
@@ -39,14 +37,10 @@ export interface CsiSettings {
  * and the DaemonSet set), then the config file, then the defaults.
  */
 export function resolveCsiSettings(o: Record<string, unknown>, cmd: Command | null, env: NodeJS.ProcessEnv = process.env): CsiSettings {
-  const s = volumeSettings(o, cmd, csiConfigSpec, { stateDir: CSI_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-csi' });
-  const nonEmpty = (v: string | undefined) => (v === undefined || v === '' ? undefined : v);
-  const fromCli = (flag: string) => cmd !== null && cmd.getOptionValueSource(flag) === 'cli';
-  const flagOrEnv = (flag: string, key: keyof typeof csiConfigSpec & string, envName: string) =>
-    fromCli(flag) ? (o[flag] as string) : (nonEmpty(env[envName]) ?? s.pick<string>(flag, key));
+  const s = volumeSettings(o, cmd, csiConfigSpec, { stateDir: CSI_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-csi' }, env);
   const out: CsiSettings = {
-    endpoint: flagOrEnv('endpoint', 'endpoint', 'CSI_ENDPOINT') ?? CSI_DEFAULTS.endpoint,
-    nodeId: flagOrEnv('nodeId', 'node-id', 'NODE_ID') ?? os.hostname(),
+    endpoint: s.pick<string>('endpoint', 'endpoint', 'CSI_ENDPOINT') ?? CSI_DEFAULTS.endpoint,
+    nodeId: s.pick<string>('nodeId', 'node-id', 'NODE_ID') ?? os.hostname(),
     driverName: s.pick<string>('driverName', 'driver-name') ?? CSI_DEFAULTS.driverName,
     allowEphemeralClientConfig: s.pick<boolean>('allowEphemeralClientConfig', 'allow-ephemeral-client-config') ?? false,
     metricsAddress: s.pick<string>('metricsAddress', 'metrics-address'),

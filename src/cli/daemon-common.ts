@@ -2,7 +2,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import path from 'node:path';
 import { type CvmfsLocation, cvmfsLocation, REPOSITORY_NAME } from '../core/cvmfs/location.js';
-import { type ConfigOf, type Field, loadToml } from '../edge/settings.js';
+import { type Field, resolveSettings, type Settings } from '../edge/settings.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import type { Logger } from 'pino';
 import { existsSync } from 'node:fs';
@@ -50,11 +50,7 @@ export function wholeNumber(v: string): number {
   return Number(v);
 }
 
-export interface DaemonSettings<S extends Record<string, Field>> {
-  /** A setting: the flag when given on the command line, else the config key, else undefined. */
-  pick<T>(flag: string, key: keyof S & string): T | undefined;
-  /** A --no-x boolean flag against its config key, default true. */
-  enabled(flag: string, key: keyof S & string): boolean;
+export interface DaemonSettings<S extends Record<string, Field>> extends Settings<S> {
   location: CvmfsLocation;
   /** `cvmfs-timeout` and `check-interval`, in ms (undefined: the defaults). */
   cvmfsTimeoutMs: number | undefined;
@@ -62,28 +58,25 @@ export interface DaemonSettings<S extends Record<string, Field>> {
   log: Logger;
 }
 
-/** Flags override the config file; the config file overrides the defaults. */
-export function resolveSettings<S extends Record<string, Field>>(
+/** The layer daemons' settings (edge/settings.ts: flags over the config file over the defaults) and what follows from them. */
+export function daemonSettings<S extends Record<string, Field>>(
   o: Record<string, unknown>,
   cmd: Command,
   spec: S & typeof cvmfsKeys,
   loggerName: string,
 ): DaemonSettings<S> {
-  const file: ConfigOf<S> = o['config'] ? loadToml(String(o['config']), spec) : {};
-  const fromCli = (flag: string) => cmd.getOptionValueSource(flag) === 'cli';
-  const pick = <T>(flag: string, key: keyof S & string): T | undefined => (fromCli(flag) ? o[flag] : file[key]) as T | undefined;
-  const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, loggerName);
+  const s = resolveSettings(spec, o, cmd);
+  const log = createLogger((s.pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, loggerName);
   const location = cvmfsLocation({
-    repository: pick('repository', 'repository'),
-    absoluteMountpoint: pick('absoluteMountpoint', 'absolute-mountpoint'),
-    cvmfsRoot: pick('cvmfsRoot', 'cvmfs-root'),
-    allowedRepositories: pick('allowedRepository', 'allowed-repositories'),
+    repository: s.pick('repository', 'repository'),
+    absoluteMountpoint: s.pick('absoluteMountpoint', 'absolute-mountpoint'),
+    cvmfsRoot: s.pick('cvmfsRoot', 'cvmfs-root'),
+    allowedRepositories: s.pick('allowedRepository', 'allowed-repositories'),
   });
-  const enabled = (flag: string, key: keyof S & string) => (fromCli(flag) ? Boolean(o[flag]) : ((file[key] as boolean | undefined) ?? true));
   const ms = (v: number | undefined) => (v === undefined ? undefined : v * 1000);
-  const cvmfsTimeoutMs = ms(pick<number>('cvmfsTimeout', 'cvmfs-timeout'));
+  const cvmfsTimeoutMs = ms(s.pick<number>('cvmfsTimeout', 'cvmfs-timeout'));
   if (cvmfsTimeoutMs === 0) throw new InvalidArgumentError('--cvmfs-timeout must be at least 1 second');
-  return { pick, enabled, location, log, cvmfsTimeoutMs, checkIntervalMs: ms(pick<number>('checkInterval', 'check-interval')) };
+  return { ...s, location, log, cvmfsTimeoutMs, checkIntervalMs: ms(s.pick<number>('checkInterval', 'check-interval')) };
 }
 
 /** Stop cleanly on SIGTERM/SIGINT (stopping never deletes or unmounts data). */

@@ -50,15 +50,14 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
       stateDir: FLEX_DEFAULTS.stateDir,
       loggerName: 'cvmfs-thin-flexvolume',
     });
-    const file = configFile ? loadToml(configFile, flexConfigSpec) : {};
-    const logFile = file['log-file'] ?? path.join(s.manager.stateDir, 'flexvolume.log');
+    const logFile = s.file['log-file'] ?? path.join(s.manager.stateDir, 'flexvolume.log');
     mkdirSync(path.dirname(logFile), { recursive: true });
     const log = pino(
-      { name: 'cvmfs-thin-flexvolume', level: file['log-level'] ?? 'info', base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
+      { name: 'cvmfs-thin-flexvolume', level: s.file['log-level'] ?? 'info', base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
       pino.destination({ dest: logFile, sync: true, mkdir: true }),
     );
     out = await flexCall(argv, {
-      allowClientConfig: file['allow-client-config'] ?? false,
+      allowClientConfig: s.file['allow-client-config'] ?? false,
       async open() {
         const lock = await acquireLock(path.join(s.manager.stateDir, 'flexvolume.lock'), { timeoutMs: s.manager.mountTimeoutMs ?? 100_000 });
         try {

@@ -11,7 +11,7 @@ import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDrive
 import { systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Logger } from 'pino';
-import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics } from './daemon-common.js';
+import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
@@ -49,13 +49,14 @@ async function volumeInterfaces(
       import('../dockervolume/driver.js'),
       import('../dockervolume/server.js'),
     ]);
+  // the volume settings' own cvmfs-root, else the graph driver's
   const vs = volumeSettings(file ? { config: file } : {}, null, volumePluginConfigSpec, {
     stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir,
     loggerName: 'cvmfs-thin-graphdriver',
+    cvmfsRoot,
   });
   const manager = await MountManager.open({
     ...vs.manager,
-    cvmfsRoot: vs.file['cvmfs-root'] ?? cvmfsRoot,
     log,
     host: systemHost,
     metrics,
@@ -88,7 +89,7 @@ export function graphdriverCommand(): Command {
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
     .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
-    const s = resolveSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
+    const s = daemonSettings(o, c, graphdriverConfigSpec, 'cvmfs-thin-graphdriver');
     const socket = s.pick<string>('socket', 'socket') ?? GRAPHDRIVER_DEFAULTS.socket;
     let daemon: RunningGraphDriver | undefined;
     let stopped = false;

@@ -6,7 +6,7 @@
 import { Command } from 'commander';
 import type { Field } from '../edge/settings.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, resolveSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
+import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
@@ -44,7 +44,7 @@ export function snapshotterCommand(): Command {
     .option('--record-window <seconds>', 'how long a start is recorded (default 10)', wholeNumber)
     .option('--start-budget <ms>', 'log why a start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber);
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
-    const s = resolveSettings(o, c, snapshotterConfigSpec, 'cvmfs-thin-snapshotter');
+    const s = daemonSettings(o, c, snapshotterConfigSpec, 'cvmfs-thin-snapshotter');
     const address = s.pick<string>('address', 'address') ?? SNAPSHOTTER_DEFAULTS.address;
     let daemon: RunningDaemon | undefined;
     const mountpoint = s.location.absoluteMountpoint;

@@ -4,9 +4,9 @@
  * `flexvolume`), flags over the file over the defaults.
  */
 import path from 'node:path';
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import type { Logger } from 'pino';
-import { type ConfigOf, type Field, loadToml } from '../edge/settings.js';
+import { type ConfigOf, type Field, type FlagSource, resolveSettings, type Settings } from '../edge/settings.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import type { Host } from '../core/host/host.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
@@ -71,16 +71,23 @@ export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command
     .addOption(new Option('--log-level <level>', 'log level (default info)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
 }
 
-/** Resolve flags (given on the command line) over the TOML file over the defaults. */
+/** The mount manager's options from a volume front-end's settings (the allowlist parsed once, here). */
+export type VolumeManagerSettings = Omit<MountManagerOptions, 'host' | 'allow'> & { allow: RepositoryAllowlist; log: Logger };
+
+/**
+ * Resolve a volume front-end's settings (edge/settings.ts: flags given on the
+ * command line, then the environment where the front-end names a variable,
+ * then the TOML file, then the defaults) and the mount manager's options.
+ */
 export function volumeSettings<S extends Record<string, Field>>(
   o: Record<string, unknown>,
-  cmd: Command | null,
+  cmd: FlagSource | null,
   spec: S & typeof volumeKeys,
-  defaults: { stateDir: string; loggerName: string },
-): { manager: Omit<MountManagerOptions, 'host'> & { log: Logger }; file: ConfigOf<S>; pick: <T>(flag: string, key: keyof S & string) => T | undefined } {
-  const file: ConfigOf<S> = o['config'] ? loadToml(String(o['config']), spec) : ({} as ConfigOf<S>);
-  const fromCli = (flag: string) => cmd !== null && cmd.getOptionValueSource(flag) === 'cli';
-  const pick = <T>(flag: string, key: keyof S & string): T | undefined => (fromCli(flag) ? o[flag] : file[key]) as T | undefined;
+  defaults: { stateDir: string; loggerName: string; cvmfsRoot?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): Settings<S> & { manager: VolumeManagerSettings } {
+  const s = resolveSettings(spec, o, cmd, env);
+  const pick = s.pick;
   const seconds = (flag: string, key: keyof S & string, dflt: number): number => {
     const v = pick<string | number>(flag, key);
     if (v === undefined) return dflt;
@@ -100,15 +107,13 @@ export function volumeSettings<S extends Record<string, Field>>(
     return path.resolve(v);
   };
   const stateDir = abs('state-dir', pick<string>('stateDir', 'state-dir') ?? defaults.stateDir);
-  const cvmfsRoot = abs('cvmfs-root', pick<string>('cvmfsRoot', 'cvmfs-root') ?? '/cvmfs');
-  const allow = pick<string[]>('allowedRepository', 'allowed-repositories') ?? ['*'];
-  new RepositoryAllowlist(allow); // validates the patterns given on the command line
+  const cvmfsRoot = abs('cvmfs-root', pick<string>('cvmfsRoot', 'cvmfs-root') ?? defaults.cvmfsRoot ?? '/cvmfs');
+  const allow = new RepositoryAllowlist(pick<string[]>('allowedRepository', 'allowed-repositories') ?? ['*']);
   const log = createLogger((pick<string>('logLevel', 'log-level') ?? 'info') as LogLevel, defaults.loggerName);
   const cvmfsTimeoutMs = seconds('cvmfsTimeout', 'cvmfs-timeout', DEFAULT_CVMFS_TIMEOUT_MS);
   if (cvmfsTimeoutMs < 1000 || cvmfsTimeoutMs > 600_000) throw new InvalidArgumentError('--cvmfs-timeout must be from 1 to 600 seconds', 'CVMFS_THIN_BAD_FLAG');
   return {
-    file,
-    pick,
+    ...s,
     manager: {
       stateDir,
       cvmfsRoot,

@@ -7,7 +7,7 @@ import { Command } from 'commander';
 import type { Field } from '../edge/settings.js';
 import { systemHost } from '../core/host/host.js';
 import { addVolumeOptions, volumeKeys, volumeSettings } from './volume-config.js';
-import { parseAllowed, RepositoryAllowlist } from '../core/volumes/spec.js';
+import { parseAllowed } from '../core/volumes/spec.js';
 import { checkKnownVolumes } from '../dockervolume/driver.js';
 import { startVolumePlugin } from '../dockervolume/server.js';
 import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
@@ -39,7 +39,7 @@ export function volumePluginCommand(): Command {
     const s = volumeSettings(o, c, volumePluginConfigSpec, { stateDir: VOLUME_PLUGIN_DEFAULTS.stateDir, loggerName: 'cvmfs-thin-volume-plugin' });
     const socket = s.pick<string>('socket', 'socket') ?? VOLUME_PLUGIN_DEFAULTS.socket;
     const knownVolumes = s.pick<string[]>('knownVolume', 'known-volumes');
-    checkKnownVolumes(knownVolumes ?? [], (n) => parseAllowed(new RepositoryAllowlist(s.manager.allow), s.manager.clientConfigKeys ?? [], n, {}));
+    checkKnownVolumes(knownVolumes ?? [], (n) => parseAllowed(s.manager.allow, s.manager.clientConfigKeys ?? [], n, {}));
     const m = await maybeStartMetrics(s.pick<string>('metricsAddress', 'metrics-address'), s.manager.log, {
       ready: readiness(socket, s.manager.cvmfsRoot, s.manager.cvmfsTimeoutMs ?? null, s.manager.log),
     });

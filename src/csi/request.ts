@@ -17,10 +17,11 @@
  */
 import path from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError } from '../core/errors/errors.js';
+import { VOLUME_OPTIONS } from '../core/volumes/spec.js';
 import { type VolumeCapability, VolumeCapability_AccessMode_Mode as Mode, volumeCapability_AccessMode_ModeToJSON } from './proto/csi/v1/csi.js';
 
-/** Volume attributes we understand (cvmfs-csi's `repository` + the manager's options). */
-export const KNOWN_ATTRIBUTES = ['repository', 'tag', 'hash', 'date', 'clientConfig'] as const;
+/** Volume attributes we understand (cvmfs-csi's `repository` + the volume options). */
+export const KNOWN_ATTRIBUTES = ['repository', ...VOLUME_OPTIONS] as const;
 /** cvmfs-csi attributes accepted and ignored: `sharedMountID` (volumes with equal settings always share one mount). */
 export const IGNORED_ATTRIBUTES = ['sharedMountID'] as const;
 /** Keys kubelet adds (pod info with podInfoOnMount, the ephemeral flag): never volume settings. */

@@ -10,7 +10,7 @@ import { InvalidArgumentError } from '../core/errors/errors.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import { MountManager } from '../core/volumes/manager.js';
-import type { Backend } from '../core/volumes/types.js';
+import type { Backend, MountManagerOptions } from '../core/volumes/types.js';
 import { serveGrpc } from '../edge/grpc.js';
 import { CsiNode } from './node.js';
 import { IdentityService, NodeService } from './proto/csi/v1/csi.js';
@@ -29,7 +29,7 @@ export interface CsiDaemonOptions {
   nodeId: string;
   stateDir: string;
   cvmfsRoot: string;
-  allow: readonly string[];
+  allow: MountManagerOptions['allow'];
   backend: Backend;
   mountCommand?: readonly string[] | undefined;
   clientConfigKeys?: readonly string[] | undefined;

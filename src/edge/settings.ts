@@ -1,6 +1,9 @@
 /**
- * The daemons' settings: TOML files validated against a spec of their keys
- * (kebab-case, as the flags; unknown keys are errors).
+ * The daemons' settings, one precedence for every edge: a flag given on the
+ * command line, else the environment (where an edge names a variable), else
+ * the TOML file (`--config`), else the default. TOML files are validated
+ * against a spec of their keys (kebab-case, as the flags; unknown keys are
+ * errors).
  */
 import { readFileSync } from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
@@ -74,4 +77,43 @@ export function validateConfig<S extends Record<string, Field>>(raw: Record<stri
   }
   if (problems.length) throw new InvalidArgumentError(`${what}: ${problems.join('; ')}`, 'CVMFS_THIN_BAD_CONFIG');
   return out as ConfigOf<S>;
+}
+
+/** Which options came from the command line (commander's Command answers 'cli' for those). */
+export interface FlagSource {
+  getOptionValueSource(key: string): string | undefined;
+}
+
+export interface Settings<S extends Record<string, Field>> {
+  /** The config file's keys, validated ({} without a file). */
+  readonly file: ConfigOf<S>;
+  /** Was this flag (camelCase) given on the command line? */
+  fromCli(flag: string): boolean;
+  /** The flag when given, else `$env` when named and not empty, else the config key, else undefined. */
+  pick<T>(flag: string, key: keyof S & string, env?: string): T | undefined;
+  /** A --no-x boolean flag over its config key, default true. */
+  enabled(flag: string, key: keyof S & string): boolean;
+}
+
+/**
+ * Resolve an edge's settings: `flags` are commander's option values (with
+ * `config`, the TOML file to read), `cmd` tells which were given on the
+ * command line (null: none were, as for FlexVolume, which kubelet runs without
+ * flags).
+ */
+export function resolveSettings<S extends Record<string, Field>>(
+  spec: S,
+  flags: Record<string, unknown>,
+  cmd: FlagSource | null,
+  env: NodeJS.ProcessEnv = process.env,
+): Settings<S> {
+  const file: ConfigOf<S> = flags['config'] ? loadToml(String(flags['config']), spec) : {};
+  const fromCli = (flag: string) => cmd !== null && cmd.getOptionValueSource(flag) === 'cli';
+  const fromEnv = (name: string | undefined) => (name === undefined || env[name] === '' ? undefined : env[name]);
+  return {
+    file,
+    fromCli,
+    pick: <T>(flag: string, key: keyof S & string, envName?: string) => (fromCli(flag) ? flags[flag] : (fromEnv(envName) ?? file[key])) as T | undefined,
+    enabled: (flag, key) => (fromCli(flag) ? Boolean(flags[flag]) : ((file[key] as boolean | undefined) ?? true)),
+  };
 }

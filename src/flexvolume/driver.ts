@@ -12,6 +12,7 @@
  */
 import { InvalidArgumentError, toThinError } from '../core/errors/errors.js';
 import type { MountManager } from '../core/volumes/manager.js';
+import { VOLUME_OPTIONS } from '../core/volumes/spec.js';
 
 export type FlexStatus = 'Success' | 'Failure' | 'Not supported';
 
@@ -55,7 +56,6 @@ export function notSupported(op: string): { result: FlexResult; code: number } {
 
 /** Option keys kubelet adds on its own; ignored. */
 const KUBELET_PREFIX = 'kubernetes.io/';
-const VOLUME_OPTIONS = ['tag', 'hash', 'date', 'clientConfig'];
 
 export interface FlexDeps {
   /** Open the manager with the state directory locked; `close` releases both. */
@@ -86,7 +86,7 @@ async function mountCall(dir: string | undefined, json: string | undefined, deps
   for (const [k, v] of Object.entries(all)) {
     if (k.startsWith(KUBELET_PREFIX)) continue;
     if (k === 'repository') repository = v;
-    else if (VOLUME_OPTIONS.includes(k)) opts[k] = v;
+    else if ((VOLUME_OPTIONS as readonly string[]).includes(k)) opts[k] = v;
     else throw new InvalidArgumentError(`option ${JSON.stringify(k)} is not known (known: repository, ${VOLUME_OPTIONS.join(', ')})`, 'CVMFS_THIN_BAD_VOLUME');
   }
   if (!repository) throw new InvalidArgumentError('option "repository" is required (e.g. {"repository": "atlas.cern.ch"})', 'CVMFS_THIN_BAD_VOLUME');

@@ -28,7 +28,7 @@ describe('settings: flags, then environment, then config file, then defaults', (
     expect(s.manager).toMatchObject({
       stateDir: '/var/lib/cvmfs-thin/csi',
       cvmfsRoot: '/cvmfs',
-      allow: ['*'],
+      allow: { patterns: ['*'] },
       backend: 'host',
       mountCommand: ['mount', '-t', 'cvmfs'],
       idleUnmountMs: 0,
@@ -44,7 +44,12 @@ describe('settings: flags, then environment, then config file, then defaults', (
     const env = { CSI_ENDPOINT: 'unix:///from/env.sock', NODE_ID: 'env-node' };
     const a = settings(['--config', cfg], env);
     expect(a).toMatchObject({ endpoint: 'unix:///from/env.sock', nodeId: 'env-node', allowEphemeralClientConfig: true });
-    expect(a.manager).toMatchObject({ allow: ['cms.cern.ch'], backend: 'client', mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'], idleUnmountMs: 60_000 });
+    expect(a.manager).toMatchObject({
+      allow: { patterns: ['cms.cern.ch'] },
+      backend: 'client',
+      mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'],
+      idleUnmountMs: 60_000,
+    });
     expect(settings(['--config', cfg], {})).toMatchObject({ endpoint: 'unix:///from/config.sock', nodeId: 'cfg-node' });
     const b = settings(
       [
@@ -65,7 +70,7 @@ describe('settings: flags, then environment, then config file, then defaults', (
       env,
     );
     expect(b).toMatchObject({ endpoint: '/flag.sock', nodeId: 'flag-node' });
-    expect(b.manager).toMatchObject({ allow: ['a.cern.ch', '*.egi.eu'], backend: 'host', mountCommand: ['mount', '-t', 'cvmfs'] });
+    expect(b.manager).toMatchObject({ allow: { patterns: ['a.cern.ch', '*.egi.eu'] }, backend: 'host', mountCommand: ['mount', '-t', 'cvmfs'] });
   });
 
   it('refuses unknown config keys, bad values, and non-unix endpoints, naming them', () => {

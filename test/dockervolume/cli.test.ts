@@ -40,7 +40,7 @@ describe('volume-plugin command (no root)', () => {
     expect(s.manager).toMatchObject({
       stateDir: '/var/lib/x',
       cvmfsRoot: '/cvmfs',
-      allow: ['*.cern.ch', 'sw.example.org'],
+      allow: { patterns: ['*.cern.ch', 'sw.example.org'] },
       backend: 'client',
       mountCommand: ['/usr/bin/mount', '-t', 'cvmfs'],
       idleUnmountMs: 300_000,

@@ -76,7 +76,7 @@ export class MountManager {
     private readonly o: MountManagerOptions,
     private readonly store: VolumeStore,
   ) {
-    this.allowlist = new RepositoryAllowlist(o.allow);
+    this.allowlist = RepositoryAllowlist.from(o.allow);
     this.log = o.log;
     this.metrics = o.metrics ?? noMetrics;
     this.daemon = o.daemon ?? 'volumes';

@@ -35,6 +35,12 @@ const DATE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
 const CONFIG_KEY = /^CVMFS_[A-Z0-9_]{1,64}$/;
 
 /**
+ * The per-volume options, the same keys in every front-end: Docker `-o`, CSI
+ * volume attributes (beside `repository`), FlexVolume options (beside `repository`).
+ */
+export const VOLUME_OPTIONS = ['tag', 'hash', 'date', 'clientConfig'] as const;
+
+/**
  * Client parameters a volume may set by default: where to fetch from and which
  * snapshot, never where to write (cache, user, keys, mount options) — CSI
  * inline volumes come from pod authors.
@@ -119,7 +125,7 @@ export function applyOptions(spec: VolumeSpec, opts: Record<string, string>, all
         out.clientConfig = checkClientConfig(v, allowedKeys);
         break;
       default:
-        throw bad('option', k, 'is not known (known: tag, hash, date, clientConfig)');
+        throw bad('option', k, `is not known (known: ${VOLUME_OPTIONS.join(', ')})`);
     }
   }
   if (out.hash && out.tag) throw bad('options', `${out.tag}/${out.hash}`, 'a volume cannot have both a tag and a root hash');
@@ -204,6 +210,16 @@ export class RepositoryAllowlist {
         this.suffixes.push(s);
       } else this.exact.add(checkRepositoryName(p, 'allowed repository'));
     }
+  }
+
+  /** The allowlist of `allow`: parsed from its patterns, or as given when already parsed. */
+  static from(allow: readonly string[] | RepositoryAllowlist): RepositoryAllowlist {
+    return allow instanceof RepositoryAllowlist ? allow : new RepositoryAllowlist(allow);
+  }
+
+  /** In logs and JSON: the patterns. */
+  toJSON(): readonly string[] {
+    return this.patterns;
   }
 
   allows(repo: string): boolean {

@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { Host } from '../host/host.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { VolumeSpec } from './spec.js';
+import type { RepositoryAllowlist, VolumeSpec } from './spec.js';
 
 /**
  * Where repositories come from.
@@ -23,8 +23,8 @@ export interface MountManagerOptions {
   stateDir: string;
   /** Where the host's repositories are (`/cvmfs`). */
   cvmfsRoot: string;
-  /** Repository allowlist patterns (exact names, `*.domain`, `*`). */
-  allow: readonly string[];
+  /** Repository allowlist: its patterns (exact names, `*.domain`, `*`), or the allowlist already parsed from them (the daemons' settings). */
+  allow: readonly string[] | RepositoryAllowlist;
   backend: Backend;
   /** The client backend's mount command; `<repo> <dir>` and `-o config=<file>` are appended. Default `mount -t cvmfs`. */
   mountCommand?: readonly string[];
