@@ -20,10 +20,13 @@ export function hasBinary(name: string): boolean {
   }
 }
 
-/** Reason to skip, or null: use as `describe.skipIf(skipReason(...))`. Prints the reason once. */
-export function needs(opts: { root?: boolean; binaries?: string[] }): string | null {
+/**
+ * Reason to skip, or null: use as `describe.skipIf(needs(...))`. Prints the reason once.
+ * `root` may say what needs it (`'mknod of devices, chown to other uids'`): the reason names it.
+ */
+export function needs(opts: { root?: boolean | string; binaries?: string[] }): string | null {
   const missing: string[] = [];
-  if (opts.root && !isRoot) missing.push('root');
+  if (opts.root && !isRoot) missing.push(typeof opts.root === 'string' ? `root (${opts.root})` : 'root');
   for (const b of opts.binaries ?? []) if (!hasBinary(b)) missing.push(b);
   if (missing.length === 0) return null;
   const reason = `needs ${missing.join(', ')} (CI runs this as root with the packages installed by .ci/run)`;

@@ -16,14 +16,15 @@ import { needs, tempDir } from '../helpers/env.js';
 import { CAP, gnuLong, paxEntry, rawEntry, tar } from './helpers.js';
 import { APPLYTOOL, expectBothFail, expectParity, gnuAtime, gnuTar, LOWER, T1, T2, T3 } from './parity-helpers.js';
 
-const skip = needs({ root: true, binaries: [APPLYTOOL] });
+const noTool = needs({ binaries: [APPLYTOOL] });
+const skip = noTool ?? needs({ root: "containerd's archive.Apply chowns every entry to the owner in the tar" });
 const cap = Buffer.from(CAP.slice(2), 'hex');
 const MODES = ['overlay', 'apply'] as const;
 
-describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
+describe.skipIf(noTool)("parity with containerd's archive.Apply", () => {
   const base = tempDir('cvmfs-thin-applyparity-');
 
-  describe.each(MODES)('every entry type (%s whiteouts)', (mode) => {
+  describe.skipIf(skip).each(MODES)('every entry type (%s whiteouts)', (mode) => {
     it('files, dirs, symlinks, devices, fifos with owners, special modes and times', async () => {
       const layer = tar(
         rawEntry({ name: 'd/', type: '5', mode: 0o2755, uid: 2000, gid: 2001, mtime: T1 }),
@@ -222,7 +223,7 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
     });
   });
 
-  it('overlay whiteouts: .wh. → char 0/0 with the entry owner, opaque → trusted.overlay.opaque=y', async () => {
+  it.skipIf(skip)('overlay whiteouts: .wh. → char 0/0 with the entry owner, opaque → trusted.overlay.opaque=y', async () => {
     const layer = tar(
       rawEntry({ name: 'd/', type: '5', mtime: T1 }),
       rawEntry({ name: 'd/.wh.gone', uid: 5, gid: 6, mtime: T2 }),
@@ -237,7 +238,7 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
     expect(t['e']!.xattrs).toEqual({ 'trusted.overlay.opaque': '79' });
   });
 
-  it('apply whiteouts onto a lower tree: .wh. removes, opaque empties what the layer did not write', async () => {
+  it.skipIf(skip)('apply whiteouts onto a lower tree: .wh. removes, opaque empties what the layer did not write', async () => {
     const layer = tar(
       rawEntry({ name: '.wh.gone', mtime: T2 }),
       rawEntry({ name: '.wh.gonedir', mtime: T2 }),
@@ -259,7 +260,7 @@ describe.skipIf(skip)("parity with containerd's archive.Apply", () => {
     expect(t['o/sub/newer']).toBeDefined();
   });
 
-  it('two layers applied in turn (apply whiteouts): the second replaces, removes and relinks', async () => {
+  it.skipIf(skip)('two layers applied in turn (apply whiteouts): the second replaces, removes and relinks', async () => {
     const one = tar(
       rawEntry({ name: 'k/', type: '5', mtime: T1 }),
       rawEntry({ name: 'k/f', mode: 0o644, mtime: T1 }, 'one'),

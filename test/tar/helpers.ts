@@ -149,6 +149,8 @@ export interface SnapshotOptions {
   ignoreXattrs?: (name: string) => boolean;
   /** record files' link counts (default true) */
   nlink?: boolean;
+  /** leave out these relative paths and everything below them (never read them) */
+  prune?: (rel: string) => boolean;
 }
 
 export function typeOf(st: fs.BigIntStats): string {
@@ -170,6 +172,7 @@ export function snapshot(dir: string, opts: SnapshotOptions = {}): Record<string
   const out: Record<string, NodeInfo> = {};
   const mt = opts.mtimes ?? true;
   const visit = (abs: Buffer, rel: string): void => {
+    if (rel !== '' && opts.prune?.(rel)) return;
     const st = fs.lstatSync(abs, { bigint: true });
     const type = typeOf(st);
     const info: NodeInfo = { type, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid) };
@@ -235,10 +238,8 @@ export function sandbox(base: string, name: string): Sandbox {
     dest,
     outside,
     canary,
-    outsideState: () => {
-      const all = snapshot(root);
-      return Object.fromEntries(Object.entries(all).filter(([k]) => k !== 'dest' && !k.startsWith('dest/')));
-    },
+    // dest is not read: what was extracted there may not be readable by an unprivileged user
+    outsideState: () => snapshot(root, { prune: (rel) => rel === 'dest' }),
   };
 }
 
@@ -373,14 +374,14 @@ export function freshDirs(base: string): () => string {
 /** The whiteout kinds of one layer: a deletion in a dir and at the root, an opaque dir with new content, AUFS metadata. */
 export function whiteoutEntries(): Buffer[] {
   return [
-    rawEntry({ name: 'd/', type: '5' }),
+    rawEntry({ name: 'd/', type: '5', mode: 0o755 }),
     rawEntry({ name: 'd/.wh.gone' }),
     rawEntry({ name: 'd/keep' }, 'keep'),
     rawEntry({ name: '.wh.top' }),
     rawEntry({ name: 'o/', type: '5', mode: 0o750 }),
     rawEntry({ name: 'o/.wh..wh..opq' }),
     rawEntry({ name: 'o/new' }, 'new'),
-    rawEntry({ name: '.wh..wh.plnk/', type: '5' }),
+    rawEntry({ name: '.wh..wh.plnk/', type: '5', mode: 0o755 }),
     rawEntry({ name: '.wh..wh.plnk/123.456' }, 'aufs hardlink store'),
   ];
 }
