@@ -19,6 +19,7 @@ import { KeyedMutex } from '../core/util/keyed-mutex.js';
 import { checkOverlayPath, computeMounts, type Mount } from '../core/stack/mounts.js';
 import { type ChainLower, chainLowers, type ChainNode, type DirOwner, LayerStack, linkName } from '../core/stack/index.js';
 import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
+import type { Starts } from '../core/stack/starts.js';
 import { type HeldLock, lockRoot } from '../core/state/lock.js';
 import { journalMetrics } from '../core/state/journal.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
@@ -28,8 +29,8 @@ import type { Info, SnapshotterOptions } from './options.js';
 import { snapshotterMonitor, startWatching } from './health.js';
 import { makeSnapshotDirs, noteOldSnapshotter } from './dirs.js';
 import { serveRemote } from './remote.js';
-import { Starts } from './starts.js';
 import { recoverData, Removals } from './removal.js';
+import { openStarts } from './starts.js';
 import { SnapshotStorage } from './storage.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
@@ -97,15 +98,7 @@ export class Snapshotter {
         cvmfsTimeoutMs: opts.cvmfsTimeoutMs,
         onStall: () => opts.metrics?.inc('cvmfs_stalls_total', { daemon: 'snapshotter' }),
       });
-      const starts = await Starts.open({
-        ...opts.starts,
-        root,
-        stack,
-        host: opts.host,
-        log: opts.log,
-        metrics: opts.metrics ?? noMetrics,
-        fsDir: (n) => (store.get(n) ? path.join(root, 'snapshots', String(store.get(n)!.id)) : null),
-      });
+      const starts = await openStarts(opts, root, store, stack);
       const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate, starts);
       await recoverData(store, stack.links, [s.snapshotsDir, s.workDirs], opts.log);
       s.metrics.onCollect(() => {
