@@ -23,6 +23,7 @@ import { addImageToPodmanStore, addTreeImageToPodmanStore } from '../src/convert
 import { fakeImage } from '../test/podman/tree.js';
 import { buildLayer, writeLayout } from '../test/convert/images.js';
 import { makePodman } from '../test/podman/podman.js';
+import { systemHost } from '../src/core/host/host.js';
 
 const SIZES = (process.env['BENCH_SIZES'] ?? '1,100,1000').split(',').map(Number);
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 5);
@@ -42,7 +43,7 @@ async function addTimes(): Promise<void> {
     const img = fakeImage(repo, `registry.example.org/app${count % 50}:${count}`, [{ seed: 'base' }, { seed: `mid${count}` }, { seed: `top${count}` }]);
     count++;
     const t0 = process.hrtime.bigint();
-    await addImageToPodmanStore(repo, img.input);
+    await addImageToPodmanStore(repo, img.input, { host: systemHost });
     return Number(process.hrtime.bigint() - t0) / 1e6;
   };
   console.log('\n## Adding one image to a store of N images (3 layers: 1 shared, 2 new)\n');
@@ -62,7 +63,7 @@ async function addTimes(): Promise<void> {
   // re-adding an image that is there: nothing written
   const again = fakeImage(repo, 'registry.example.org/app0:0', [{ seed: 'base' }, { seed: 'mid0' }, { seed: 'top0' }]);
   const t0 = process.hrtime.bigint();
-  const r = await addImageToPodmanStore(repo, again.input);
+  const r = await addImageToPodmanStore(repo, again.input, { host: systemHost });
   console.log(`re-adding an image already in the store (${r.status}): ${ms(Number(process.hrtime.bigint() - t0) / 1e6)}`);
 }
 
@@ -90,7 +91,7 @@ async function startTimes(): Promise<void> {
   const repo = path.join(work, 'repo-run');
   fs.mkdirSync(repo, { recursive: true });
   execFileSync(process.execPath, [CLI, 'convert', `oci:${layout}:v1`, '--repository-dir', repo, '--no-thin', '--name', 'localhost/bench/podman:v1', '--quiet']);
-  await addTreeImageToPodmanStore(repo, 'localhost/bench/podman:v1');
+  await addTreeImageToPodmanStore(repo, 'localhost/bench/podman:v1', { host: systemHost });
   const fromStore = makePodman(path.join(work, 'podman-store'), { stores: [path.join(repo, 'podmanStore')] });
   const pulled = makePodman(path.join(work, 'podman-pulled'));
   try {

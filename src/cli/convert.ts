@@ -11,6 +11,7 @@ import { parseCreds } from '../convert/registry/auth.js';
 import { parseImageReference } from '../convert/reference.js';
 import { writeConvertMetrics } from '../convert/metrics.js';
 import { abortOnSignals, createRun, type RunFlags, summaryLine } from '../convert/run.js';
+import { systemHost } from '../core/host/host.js';
 import { sweepStaleSpools } from '../convert/image/spool-dir.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
@@ -165,7 +166,7 @@ export function convertCommand(): Command {
     // archive spools of conversions killed before (kill -9, a crash): removed once their owner is gone
     await sweepStaleSpools(flags.tmpDir ?? os.tmpdir(), { log });
     const ctl = abortOnSignals(log);
-    const run = createRun(flags, log, ctl.signal);
+    const run = createRun(flags, systemHost, log, ctl.signal);
     const t0 = Date.now();
     let summaries;
     try {

@@ -59,7 +59,7 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
     out = await flexCall(argv, {
       allowClientConfig: s.file['allow-client-config'] ?? false,
       async open() {
-        const lock = await acquireLock(path.join(s.manager.stateDir, 'flexvolume.lock'), { timeoutMs: s.manager.mountTimeoutMs ?? 100_000 });
+        const lock = await acquireLock(path.join(s.manager.stateDir, 'flexvolume.lock'), { host: systemHost, timeoutMs: s.manager.mountTimeoutMs ?? 100_000 });
         try {
           const manager = await MountManager.open({ ...s.manager, log, checkIntervalMs: 0, host: systemHost });
           return {

@@ -6,6 +6,7 @@
  */
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
+import { systemHost } from '../core/host/host.js';
 import { hooksFromOptions, Publisher } from '../convert/publish.js';
 import { resolveRepository } from '../convert/run.js';
 import { parseDuration } from '../convert/util.js';
@@ -47,6 +48,7 @@ export function publishingFromOptions(o: Record<string, unknown>, log: Logger): 
     lockFile: o['lockFile'] as string | undefined,
     lockTimeoutMs,
     log,
+    host: systemHost,
   });
   return { dir, repository, publisher, lockTimeoutMs };
 }

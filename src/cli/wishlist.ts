@@ -9,6 +9,7 @@ import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { type ImageSummary } from '../convert/convert.js';
 import { errorSummary } from '../convert/convert.js';
 import { abortOnSignals, createRun, summaryLine } from '../convert/run.js';
+import { systemHost } from '../core/host/host.js';
 import { mapSettled } from '../core/util/concurrency.js';
 import { expandRecipe, readRecipe } from '../convert/wishlist.js';
 import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js';
@@ -34,7 +35,7 @@ export function wishlistCommand(): Command {
     const pass = process.env['DUCC_OUTPUT_REGISTRY_PASS'] ?? process.env['CVMFS_THIN_OUTPUT_REGISTRY_PASS'];
     if (!flags.destCreds && recipe.user && pass) flags.destCreds = { username: recipe.user, password: pass };
     const ctl = abortOnSignals(log);
-    const run = createRun(flags, log, ctl.signal, recipe.cvmfs_repo);
+    const run = createRun(flags, systemHost, log, ctl.signal, recipe.cvmfs_repo);
     if (flags.repository === undefined && run.repository !== recipe.cvmfs_repo) {
       log.warn({ recipe: recipe.cvmfs_repo, repository: run.repository }, 'using the repository name of --repository-dir, not the recipe cvmfs_repo');
     }

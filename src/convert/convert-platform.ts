@@ -247,6 +247,7 @@ export class PlatformConverter {
           chains: this.o.chains === true,
           flat: this.o.flat ? { configHex: img.manifest.config.digest.slice(7), config } : null,
           log: this.o.log,
+          host: this.o.host,
         });
         summary.chains = merged.chains;
         summary.flat = merged.flat;

@@ -11,6 +11,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { Host } from '../core/host/host.js';
 import { codeOfKind } from '../core/errors/codes.js';
 import { InternalError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
@@ -31,6 +32,8 @@ import type { LayerForm } from './whiteouts.js';
 export { errorSummary, type ErrorSummary, type ImageSummary, type LayerSummary } from './summary.js';
 
 export interface ConverterOptions {
+  /** Side effects on the node: merged trees (device nodes, owners, xattrs), the podman store's lock. */
+  host: Host;
   repositoryDir: string;
   repository: string;
   /** Explicit `--platform`; default: the host's. */
@@ -262,6 +265,7 @@ export class Converter extends PlatformConverter {
         try {
           const input = await podmanInput(this.o.repositoryDir, { names: [podmanName(name)], manifest: p.img.raw.bytes, config: p.configBytes });
           const r = await addImageToPodmanStore(this.o.repositoryDir, input, {
+            host: this.o.host,
             log: this.o.log,
             signal: this.o.signal,
             allowPlainWhiteouts: this.o.whiteouts === 'keep',

@@ -4,7 +4,8 @@
  * `.singularity.d` files). Built from the unpacked layers by copying and
  * applying them in order with overlay semantics (0/0 character devices and
  * `trusted.overlay.opaque` — and, for layers written by DUCC, `.wh.*` files),
- * each into a temporary name renamed into place.
+ * each into a temporary name renamed into place. Device nodes, owners,
+ * xattrs and times go through the host seam.
  */
 import fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -24,7 +25,8 @@ import {
   parseLayerMarker,
 } from '../core/cvmfs/layout.js';
 import { removeTree } from '../core/fs/fsutil.js';
-import { lgetxattr, llistxattr, lsetxattr, lutimesNs, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from '../core/host/sys.js';
+import type { Host } from '../core/host/host.js';
+import { S_IFBLK, S_IFCHR, S_IFIFO } from '../core/host/sys.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../core/fs/whiteout.js';
 import type { ImageConfig } from './image/types.js';
 import { CATALOG_MARKER, type RepoTree, tmpName } from './repo.js';
@@ -32,7 +34,7 @@ import { CATALOG_MARKER, type RepoTree, tmpName } from './repo.js';
 const enc = 'latin1' as const;
 /** Byte-string path → what node:fs takes (bytes intact). */
 const fp = (b: string): string | Buffer => (/^[\x00-\x7f]*$/.test(b) ? b : Buffer.from(b, enc));
-/** Byte-string path → what the libc calls of core/sys take (bytes intact). */
+/** Byte-string path → what the host's calls take (bytes intact). */
 const sp = fp;
 
 function lstatOrNull(p: string): fs.BigIntStats | null {
@@ -49,39 +51,40 @@ function rmrf(p: string): void {
   fs.rmSync(fp(p), { recursive: true, force: true });
 }
 
-function copyXattrs(src: string, dst: string): void {
+function copyXattrs(host: Host, src: string, dst: string): void {
   let names: string[];
   try {
-    names = llistxattr(sp(src));
+    names = host.llistxattr(sp(src));
   } catch {
     return;
   }
   for (const n of names) {
     if (n.startsWith('trusted.overlay.')) continue;
-    const v = lgetxattr(sp(src), n);
-    if (v) lsetxattr(sp(dst), n, v);
+    const v = host.lgetxattr(sp(src), n);
+    if (v) host.lsetxattr(sp(dst), n, v);
   }
 }
 
 /** Owner, mode (after chown, which clears set-id bits), xattrs (after chown, which clears capabilities), times (ns). */
-function copyMeta(src: string, st: fs.BigIntStats, dst: string): void {
+function copyMeta(host: Host, src: string, st: fs.BigIntStats, dst: string): void {
   const d = fp(dst);
-  fs.lchownSync(d, Number(st.uid), Number(st.gid));
+  host.lchown(sp(dst), Number(st.uid), Number(st.gid));
   if (!st.isSymbolicLink()) fs.chmodSync(d, Number(st.mode & 0o7777n));
-  copyXattrs(src, dst);
+  copyXattrs(host, src, dst);
   const ns = 1_000_000_000n;
-  lutimesNs(d, Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
+  host.lutimesNs(sp(dst), Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
 }
 
-function isOpaque(dir: string): boolean {
+function isOpaque(host: Host, dir: string): boolean {
   try {
-    return lgetxattr(sp(dir), OVERLAY_OPAQUE_XATTR)?.toString() === 'y';
+    return host.lgetxattr(sp(dir), OVERLAY_OPAQUE_XATTR)?.toString() === 'y';
   } catch {
     return false;
   }
 }
 
 interface ApplyState {
+  host: Host;
   links: Map<string, string>;
   entries: number;
   sinceYield: number;
@@ -109,11 +112,11 @@ function createNode(src: string, st: fs.BigIntStats, dst: string, state: ApplySt
   }
   if (st.isFile()) fs.copyFileSync(fp(src), fp(dst));
   else if (st.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(fp(src), { encoding: 'buffer' }), fp(dst));
-  else if (st.isCharacterDevice()) mknod(sp(dst), S_IFCHR | Number(st.mode & 0o7777n), ...devParts(st.rdev));
-  else if (st.isBlockDevice()) mknod(sp(dst), S_IFBLK | Number(st.mode & 0o7777n), ...devParts(st.rdev));
-  else if (st.isFIFO()) mknod(sp(dst), S_IFIFO | Number(st.mode & 0o7777n));
+  else if (st.isCharacterDevice()) state.host.mknod(sp(dst), S_IFCHR | Number(st.mode & 0o7777n), ...devParts(st.rdev));
+  else if (st.isBlockDevice()) state.host.mknod(sp(dst), S_IFBLK | Number(st.mode & 0o7777n), ...devParts(st.rdev));
+  else if (st.isFIFO()) state.host.mknod(sp(dst), S_IFIFO | Number(st.mode & 0o7777n));
   else return; // sockets are not image content
-  copyMeta(src, st, dst);
+  copyMeta(state.host, src, st, dst);
 }
 
 async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Promise<void> {
@@ -141,9 +144,9 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
         dst = null;
       }
       if (!dst) fs.mkdirSync(fp(d), { mode: 0o700 });
-      else if (isOpaque(s)) for (const n of fs.readdirSync(fp(d), { encoding: enc })) rmrf(`${d}/${n}`);
+      else if (isOpaque(state.host, s)) for (const n of fs.readdirSync(fp(d), { encoding: enc })) rmrf(`${d}/${n}`);
       await applyDir(s, d, state);
-      copyMeta(s, st, d);
+      copyMeta(state.host, s, st, d);
     } else {
       if (dst) rmrf(d);
       createNode(s, st, d, state);
@@ -163,9 +166,9 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
  * catalog markers skipped and its recorded xattrs set last (a publish may
  * have dropped them from `src`).
  */
-export async function applyTree(src: string, dst: string, record?: LayerRecord): Promise<number> {
-  const state: ApplyState = { links: new Map(), entries: 0, sinceYield: 0, hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)) };
-  if (isOpaque(src)) for (const n of fs.readdirSync(fp(dst), { encoding: enc })) rmrf(`${dst}/${n}`);
+export async function applyTree(src: string, dst: string, host: Host, record?: LayerRecord): Promise<number> {
+  const state: ApplyState = { host, links: new Map(), entries: 0, sinceYield: 0, hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)) };
+  if (isOpaque(host, src)) for (const n of fs.readdirSync(fp(dst), { encoding: enc })) rmrf(`${dst}/${n}`);
   if (record) {
     for (const d of record.opaque) {
       const p = d === '' ? dst : `${dst}/${bs(d)}`;
@@ -174,10 +177,10 @@ export async function applyTree(src: string, dst: string, record?: LayerRecord):
     for (const w of record.deleted) rmrf(`${dst}/${bs(w)}`);
   }
   await applyDir(src, dst, state);
-  copyMeta(src, lstatBig(src), dst);
+  copyMeta(host, src, lstatBig(src), dst);
   for (const x of record?.xattrs ?? []) {
     const p = x.path === '' ? dst : `${dst}/${bs(x.path)}`;
-    if (lstatOrNull(p)) lsetxattr(sp(p), x.name, Buffer.from(x.value, 'base64'));
+    if (lstatOrNull(p)) host.lsetxattr(sp(p), x.name, Buffer.from(x.value, 'base64'));
   }
   return state.entries;
 }
@@ -207,9 +210,10 @@ export interface MergeResult {
 export async function buildMerged(
   tree: RepoTree,
   hexes: readonly string[],
-  opts: { chains: boolean; flat: { configHex: string; config: ImageConfig } | null; log: Logger },
+  opts: { chains: boolean; flat: { configHex: string; config: ImageConfig } | null; log: Logger; host: Host },
 ): Promise<MergeResult> {
   const root = tree.root;
+  const host = opts.host;
   const ids = duccChainIds(hexes);
   const result: MergeResult = { chains: [], flat: null };
   let prev: string | null = null;
@@ -230,8 +234,8 @@ export async function buildMerged(
       const tmp = path.join(tree.bucket(CHAINS_DIR, id), tmpName(id));
       await fsp.mkdir(tmp, { mode: 0o755 });
       try {
-        if (prev) await applyTree(prev, tmp);
-        await applyTree(layerRootfs(root, hexes[i]!), tmp, await layerRecord(root, hexes[i]!));
+        if (prev) await applyTree(prev, tmp, host);
+        await applyTree(layerRootfs(root, hexes[i]!), tmp, host, await layerRecord(root, hexes[i]!));
         await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
         if (lstatOrNull(final)) await removeTree(final); // a dirty leftover
         await tree.commitDir(tmp, final);
@@ -253,8 +257,8 @@ export async function buildMerged(
       const tmp = path.join(tree.bucket(FLAT_DIR, opts.flat.configHex), tmpName(opts.flat.configHex));
       await fsp.mkdir(tmp, { mode: 0o755 });
       try {
-        if (prev) await applyTree(prev, tmp);
-        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp, await layerRecord(root, h));
+        if (prev) await applyTree(prev, tmp, host);
+        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp, host, await layerRecord(root, h));
         await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
         await addSingularityFiles(tmp, opts.flat.config);
         await tree.commitDir(tmp, final);

@@ -177,7 +177,7 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
 
   // the podman store, planned first (read-only): its images whose layers go now go with them
   const hasStore = (await fsp.lstat(path.join(root, STORE_DIR)).catch(() => null))?.isDirectory() === true;
-  const storePlan = hasStore ? await collectPodmanStore(root, { graceMs: o.graceMs, now, dryRun: true, log: o.log }) : null;
+  const storePlan = hasStore ? await collectPodmanStore(root, { host: o.publisher.host, graceMs: o.graceMs, now, dryRun: true, log: o.log }) : null;
   const storeWork = storePlan !== null && storePlan.removed_images.length + storePlan.removed_layers.length > 0;
 
   // 3. remove (inside a publishing transaction when hooks are configured)
@@ -210,7 +210,7 @@ export async function collectGarbage(o: GcOptions): Promise<GcReport> {
     }
     // planned again now that layers are gone (its images on them go at once); writes nothing when nothing goes
     if (hasStore) {
-      report.podman = await collectPodmanStore(root, { graceMs: o.graceMs, now, log: o.log, lockTimeoutMs: o.lockTimeoutMs });
+      report.podman = await collectPodmanStore(root, { host: o.publisher.host, graceMs: o.graceMs, now, log: o.log, lockTimeoutMs: o.lockTimeoutMs });
       for (const e of report.podman.errors) report.errors.push(e);
     }
   });

@@ -6,12 +6,12 @@
  * unlike DUCC's transaction per file). A failed transaction step writes
  * nothing; a failed write or publish runs the abort hook.
  */
-import { spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { SERVER_CONF_DIR, xattrWarning } from '../core/cvmfs/server-conf.js';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { Host, StreamingResult } from '../core/host/host.js';
 import { InvalidArgumentError, UnavailableError } from '../core/errors/errors.js';
 import type { Readable } from 'node:stream';
 import { isContained } from './errors.js';
@@ -40,6 +40,8 @@ export interface PublisherOptions {
   lockFile?: string | undefined;
   log: Logger;
   lockTimeoutMs?: number | undefined;
+  /** Runs the hooks and takes the lock. */
+  host: Host;
 }
 
 /** `cvmfs_server transaction {repository}` etc. from CLI strings; `--cvmfs-server` fills all three (and the ingest with `--ingest`). */
@@ -102,6 +104,11 @@ export class Publisher {
 
   constructor(private readonly o: PublisherOptions) {}
 
+  /** The host the hooks run on (the podman store's lock of the same session goes through it too). */
+  get host(): Host {
+    return this.o.host;
+  }
+
   get enabled(): boolean {
     const h = this.o.hooks;
     return Boolean(h.transaction || h.publish || h.abort);
@@ -131,15 +138,12 @@ export class Publisher {
    * cut short must not be taken for a complete one) and the input's error is
    * thrown.
    */
-  private run(step: 'transaction' | 'publish' | 'abort' | 'ingest', cmd: string[], input?: { base: string; stream: Readable }): Promise<void> {
+  private async run(step: 'transaction' | 'publish' | 'abort' | 'ingest', cmd: string[], input?: { base: string; stream: Readable }): Promise<void> {
     const argv = this.argv(cmd, input?.base);
     this.o.log.info({ step, argv }, 'publishing hook');
-    return new Promise((resolve, reject) => {
-      let inputError: unknown = null;
-      // stdout of hooks goes to our stderr: our stdout carries --json
-      const child = spawn(argv[0]!, argv.slice(1), {
-        stdio: [input ? 'pipe' : 'ignore', 2, 2],
-        detached: input !== undefined,
+    let r: StreamingResult;
+    try {
+      r = await this.o.host.execStreaming(argv[0]!, argv.slice(1), {
         env: {
           ...process.env,
           CVMFS_THIN_REPOSITORY: this.o.repository,
@@ -147,40 +151,20 @@ export class Publisher {
           CVMFS_THIN_STEP: step,
           ...(input ? { CVMFS_THIN_BASE: input.base } : {}),
         },
+        ...(input ? { input: input.stream } : {}),
       });
-      if (input) {
-        const stdin = child.stdin!;
-        stdin.on('error', () => undefined); // EPIPE when the hook exits early: its exit status tells
-        input.stream.on('error', (e) => {
-          inputError ??= e;
-          try {
-            if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
-          } catch {
-            /* already gone */
-          }
-          input.stream.unpipe(stdin);
-          stdin.destroy();
-        });
-        input.stream.pipe(stdin);
-      }
-      child.on('error', (e) => {
-        this.steps.push({ step, ok: false });
-        reject(new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))}: ${e.message}`, 'CVMFS_THIN_HOOK_FAILED'));
-      });
-      child.on('exit', (code, sig) => {
-        const ok = code === 0 && inputError === null;
-        this.steps.push({ step, ok });
-        if (ok) resolve();
-        else if (inputError !== null) reject(inputError);
-        else
-          reject(
-            new UnavailableError(
-              `${step} hook ${JSON.stringify(argv.join(' '))} failed (${sig ? `signal ${sig}` : `exit status ${code}`})`,
-              'CVMFS_THIN_HOOK_FAILED',
-            ),
-          );
-      });
-    });
+    } catch (e) {
+      this.steps.push({ step, ok: false });
+      throw new UnavailableError(`${step} hook ${JSON.stringify(argv.join(' '))}: ${(e as Error).message}`, 'CVMFS_THIN_HOOK_FAILED');
+    }
+    const ok = r.code === 0 && !('inputError' in r);
+    this.steps.push({ step, ok });
+    if (ok) return;
+    if ('inputError' in r) throw r.inputError;
+    throw new UnavailableError(
+      `${step} hook ${JSON.stringify(argv.join(' '))} failed (${r.signal ? `signal ${r.signal}` : `exit status ${r.code}`})`,
+      'CVMFS_THIN_HOOK_FAILED',
+    );
   }
 
   /**
@@ -194,6 +178,7 @@ export class Publisher {
     while (this.tx) await this.tx.closed.catch(() => undefined);
     const lockFile = this.o.lockFile ?? defaultLockFile(this.o.repository);
     const lock = await acquireLock(lockFile, {
+      host: this.o.host,
       ...(this.o.lockTimeoutMs !== undefined ? { timeoutMs: this.o.lockTimeoutMs } : {}),
       onWait: () => this.o.log.warn({ lockFile }, 'another converter is publishing to this repository; waiting'),
     });
@@ -210,6 +195,7 @@ export class Publisher {
   private async openTx(): Promise<void> {
     const lockFile = this.o.lockFile ?? defaultLockFile(this.o.repository);
     this.lock = await acquireLock(lockFile, {
+      host: this.o.host,
       ...(this.o.lockTimeoutMs !== undefined ? { timeoutMs: this.o.lockTimeoutMs } : {}),
       onWait: () => this.o.log.warn({ lockFile }, 'another converter is publishing to this repository; waiting'),
     });

@@ -133,7 +133,7 @@ export async function removeImages(o: RemoveOptions): Promise<RemoveReport> {
   const names = found.flatMap((f) => (f.podman_name ? [f.podman_name] : []));
   if (o.dryRun) {
     if (names.length > 0) {
-      const r = await removeNamesFromPodmanStore(root, names, { dryRun: true });
+      const r = await removeNamesFromPodmanStore(root, names, { host: o.publisher.host, dryRun: true });
       report.podman = { removed_images: r.removed_images, removed_layers: r.removed_layers };
     }
     return report;
@@ -141,7 +141,7 @@ export async function removeImages(o: RemoveOptions): Promise<RemoveReport> {
   // 2. the changes, in one transaction: the store first (if its lock cannot be had, nothing else changed)
   await o.publisher.session(async () => {
     if (names.length > 0) {
-      const r = await removeNamesFromPodmanStore(root, names, { log: o.log, lockTimeoutMs: o.lockTimeoutMs });
+      const r = await removeNamesFromPodmanStore(root, names, { host: o.publisher.host, log: o.log, lockTimeoutMs: o.lockTimeoutMs });
       report.podman = { removed_images: r.removed_images, removed_layers: r.removed_layers };
     }
     for (const f of found) {

@@ -2,6 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { Host } from '../core/host/host.js';
 import { DEFAULT_REPOSITORY, REPOSITORY_NAME } from '../core/cvmfs/location.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { Converter, type ImageSummary } from './convert.js';
@@ -92,7 +93,8 @@ export interface Run {
   repository: string;
 }
 
-export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fallbackRepo?: string): Run {
+/** `host`: where the run's side effects go (the CLI passes the real host). */
+export function createRun(flags: RunFlags, host: Host, log: Logger, signal: AbortSignal, fallbackRepo?: string): Run {
   const { dir, repository } = resolveRepository(flags, fallbackRepo);
   const transport: TransportOptions = {
     creds: flags.creds,
@@ -102,6 +104,7 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     log,
     signal,
     tmpDir: flags.tmpDir,
+    host,
   };
   const registries = new Registries(transport);
   const hooks = hooksFromOptions({
@@ -135,10 +138,12 @@ export function createRun(flags: RunFlags, log: Logger, signal: AbortSignal, fal
     repositoryDir: dir,
     lockFile: flags.lockFile,
     log,
+    host,
   });
   const progress = createProgress(!flags.quiet && !flags.json);
   if (flags.allPlatforms && flags.platform) throw new InvalidArgumentError('--platform and --all-platforms exclude each other', 'CVMFS_THIN_BAD_FLAG');
   const converter = new Converter({
+    host,
     repositoryDir: dir,
     repository,
     platform: flags.platform ? parsePlatform(flags.platform) : undefined,

@@ -14,6 +14,7 @@ import { buildThinImage } from '../../src/convert/thin.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { tempDir } from '../helpers/env.js';
 import { rawEntry, tar } from '../tar/helpers.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const dir = tempDir('cvmfs-thin-convert-archive-read-');
 
@@ -46,7 +47,7 @@ describe('archive sources', () => {
 
   it('reads back an oci-archive it wrote, plain and gzip-compressed', async () => {
     const file = path.join(dir, 'thin-oci.tar');
-    await new OciArchiveTarget(file, 't1').write([img], null);
+    await new OciArchiveTarget(file, 't1', systemHost).write([img], null);
     const gz = path.join(dir, 'thin-oci.tar.gz');
     fs.writeFileSync(gz, gzipSync(fs.readFileSync(file)));
     for (const f of [file, gz]) {
@@ -62,7 +63,7 @@ describe('archive sources', () => {
         await src.close();
       }
     }
-    expect(await new OciArchiveTarget(file, 't1').current()).toBe(img.manifest.digest);
+    expect(await new OciArchiveTarget(file, 't1', systemHost).current()).toBe(img.manifest.digest);
   });
 
   it('reads back a docker-archive it wrote (config and layer found through manifest.json)', async () => {

@@ -11,6 +11,7 @@ import { ThinError } from '../../src/core/errors/errors.js';
 import { LOCK_EX, LOCK_NB } from '../../src/core/host/sys.js';
 import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 /** A recording host whose lock is busy for the first `busy` tries. */
 class BusyHost extends RecordingHost {
@@ -75,10 +76,10 @@ describe('acquireLock', () => {
 
   it('excludes a second holder for real (flock(2)) until the first releases', async () => {
     const file = path.join(dir, 'real.lock');
-    const first = await acquireLock(file);
-    await expect(acquireLock(file, { pollMs: 1, timeoutMs: 20 })).rejects.toThrow(/still held/);
+    const first = await acquireLock(file, { host: systemHost });
+    await expect(acquireLock(file, { host: systemHost, pollMs: 1, timeoutMs: 20 })).rejects.toThrow(/still held/);
     let waited = false;
-    const second = acquireLock(file, { pollMs: 1, onWait: () => (waited = true) });
+    const second = acquireLock(file, { host: systemHost, pollMs: 1, onWait: () => (waited = true) });
     await new Promise((r) => setTimeout(r, 10));
     first.release();
     (await second).release();

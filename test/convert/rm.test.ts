@@ -19,6 +19,7 @@ import { removeImages } from '../../src/convert/remove.js';
 import { CLI, tempDir } from '../helpers/env.js';
 import { fakeImage, type FakeImage, readJson } from '../podman/tree.js';
 import { json, runCli } from './cli.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const work = tempDir('cvmfs-thin-rm-');
 const log = createLogger('error', 'test-rm');
@@ -30,8 +31,8 @@ async function tree(): Promise<{ repo: string; a: FakeImage; b: FakeImage }> {
   fs.mkdirSync(repo);
   const a = fakeImage(repo, 'registry.example.org/team/app:1', [{ seed: 'base' }, { seed: 'a' }]);
   const b = fakeImage(repo, 'registry.example.org/team/other:2', [{ seed: 'base' }, { seed: 'b' }]);
-  await addImageToPodmanStore(repo, a.input);
-  await addImageToPodmanStore(repo, b.input);
+  await addImageToPodmanStore(repo, a.input, { host: systemHost });
+  await addImageToPodmanStore(repo, b.input, { host: systemHost });
   const arm = path.join(repo, '.metadata', '.multiarch', 'linux-arm64', 'registry.example.org', 'team', 'app:1');
   fs.mkdirSync(arm, { recursive: true });
   fs.copyFileSync(path.join(repo, '.metadata', 'registry.example.org', 'team', 'app:1', 'manifest.json'), path.join(arm, 'manifest.json'));
@@ -64,7 +65,7 @@ const exists = (repo: string, rel: string) =>
   fs.existsSync(path.join(repo, rel)) || fs.lstatSync(path.join(repo, rel), { throwIfNoEntry: false }) !== undefined;
 const storeNames = (repo: string) =>
   readJson<{ names?: string[] }[]>(path.join(repo, 'podmanStore', 'overlay-images', 'images.json')).flatMap((i) => i.names ?? []);
-const plain = (repo: string) => new Publisher({ hooks: {}, repository: 'test.example.org', repositoryDir: repo, log });
+const plain = (repo: string) => new Publisher({ hooks: {}, repository: 'test.example.org', repositoryDir: repo, log, host: systemHost });
 
 describe('rm', () => {
   it('removes the records of every platform, the links and the store entry; layers stay until gc', async () => {
@@ -98,7 +99,7 @@ describe('rm', () => {
 
   it('an image with another name in the store keeps its store entry; a dry run changes nothing', async () => {
     const { repo, a } = await tree();
-    await addImageToPodmanStore(repo, { ...a.input, names: ['registry.example.org/team/app:latest'] });
+    await addImageToPodmanStore(repo, { ...a.input, names: ['registry.example.org/team/app:latest'] }, { host: systemHost });
     const before = state(repo);
     const dry = await removeImages({ repositoryDir: repo, images: ['registry.example.org/team/app:1'], dryRun: true, log, publisher: plain(repo) });
     expect(dry).toMatchObject({
@@ -198,7 +199,7 @@ describe('cvmfs-thin rm (the command)', () => {
   it('while a converter holds the publishing lock: waits, or gives up after --lock-timeout with nothing removed', async () => {
     const { repo } = await tree();
     const lockFile = path.join(work, `publish-${n}.lock`);
-    const held = await acquireLock(lockFile);
+    const held = await acquireLock(lockFile, { host: systemHost });
     const args = [
       'rm',
       'registry.example.org/team/app:1',
@@ -234,7 +235,7 @@ describe('cvmfs-thin rm (the command)', () => {
 
   it('while a converter updates the podman store: gives up after --lock-timeout, before anything else is removed', async () => {
     const { repo } = await tree();
-    const held = await acquireLock(path.join(repo, 'podmanStore', 'overlay-layers', 'layers.lock'));
+    const held = await acquireLock(path.join(repo, 'podmanStore', 'overlay-layers', 'layers.lock'), { host: systemHost });
     try {
       const before = state(repo);
       const r = await runCli(['rm', 'registry.example.org/team/app:1', '--repository-dir', repo, '--lock-timeout', '1s']);

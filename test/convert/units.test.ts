@@ -23,6 +23,7 @@ import { formatOutput, outputTarget, parseRecipe } from '../../src/convert/wishl
 import { buildThinImage } from '../../src/convert/thin.js';
 import { ConvertError } from '../../src/convert/errors.js';
 import { UnsafeTarError } from '../../src/core/tar/index.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 
 describe('docker references', () => {
   it('normalises like distribution/reference', () => {
@@ -159,10 +160,28 @@ describe('helpers', () => {
           },
         }),
       );
-      expect(await lookupCredentials('docker.io', [f])).toEqual({ username: 'hubuser', password: 'hubpass' });
-      expect(await lookupCredentials('127.0.0.1:5000', [f])).toEqual({ username: 'u', password: 'p' });
-      expect(await lookupCredentials('tok.example.org', [f])).toMatchObject({ identityToken: 'refresh' });
-      expect(await lookupCredentials('other.io', [f])).toBeNull();
+      expect(await lookupCredentials('docker.io', new RecordingHost(), [f])).toEqual({ username: 'hubuser', password: 'hubpass' });
+      expect(await lookupCredentials('127.0.0.1:5000', new RecordingHost(), [f])).toEqual({ username: 'u', password: 'p' });
+      expect(await lookupCredentials('tok.example.org', new RecordingHost(), [f])).toMatchObject({ identityToken: 'refresh' });
+      expect(await lookupCredentials('other.io', new RecordingHost(), [f])).toBeNull();
+      // credential helpers run through the host, the server on their stdin; a failing one means no credentials
+      const helperHost = new RecordingHost();
+      helperHost.execHandler = (file, args, o) => ({
+        code: 0,
+        stdout: JSON.stringify({ Username: 'h', Secret: `${file} ${args.join(' ')} ${o?.input}` }),
+        stderr: '',
+      });
+      writeFileSync(f, JSON.stringify({ credHelpers: { 'helped.example.org': 'fake' }, credsStore: 'store' }));
+      expect(await lookupCredentials('helped.example.org', helperHost, [f])).toEqual({
+        username: 'h',
+        password: 'docker-credential-fake get helped.example.org',
+      });
+      expect(await lookupCredentials('docker.io', helperHost, [f])).toEqual({
+        username: 'h',
+        password: 'docker-credential-store get https://index.docker.io/v1/',
+      });
+      helperHost.execHandler = () => ({ code: 1, stdout: '', stderr: 'no such helper' });
+      expect(await lookupCredentials('helped.example.org', helperHost, [f])).toBeNull();
       expect(authKeyToRegistry('https://registry-1.docker.io/v2/')).toBe('docker.io');
       expect(parseCreds('a:b:c')).toEqual({ username: 'a', password: 'b:c' });
       expect(() => parseCreds('nocolon')).toThrow(/USERNAME:PASSWORD/);

@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import {
   bindSteps,
+  type ExecOptions,
   type ExecResult,
   FS_MAGIC,
   type FsProbeOp,
@@ -97,7 +98,7 @@ export class RecordingHost implements Host {
   /** Failure to inject: op name → error code thrown on the next call (then cleared). */
   readonly failNext = new Map<string, string>();
   /** Program runner for exec(); default: exit 0. */
-  execHandler: (file: string, args: readonly string[]) => ExecResult | Promise<ExecResult> = () => ({ code: 0, stdout: '', stderr: '' });
+  execHandler: (file: string, args: readonly string[], opts?: ExecOptions) => ExecResult | Promise<ExecResult> = () => ({ code: 0, stdout: '', stderr: '' });
   /** Program runner for execStreaming(); default: the input read to its end, exit 0. */
   streamHandler: (file: string, args: readonly string[], input?: Readable) => StreamingResult | Promise<StreamingResult> = drain;
   readonly xattrs = new Map<string, Map<string, Buffer>>();
@@ -486,9 +487,9 @@ export class RecordingHost implements Host {
     };
   }
 
-  async exec(file: string, args: readonly string[]): Promise<ExecResult> {
+  async exec(file: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult> {
     this.record('exec', file, [...args]);
-    return this.execHandler(file, args);
+    return this.execHandler(file, args, opts);
   }
 
   async execStreaming(file: string, args: readonly string[], opts: { input?: Readable } = {}): Promise<StreamingResult> {

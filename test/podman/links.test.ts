@@ -13,6 +13,7 @@ import { addImageToPodmanStore, checkPodmanStore, collectPodmanStore, layerIds, 
 import { resolvePodmanStoreRoot } from '../../src/convert/run.js';
 import { tempDir } from '../helpers/env.js';
 import { fakeImage, readJson } from './tree.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const work = tempDir('cvmfs-thin-podman-links-');
 let n = 0;
@@ -45,7 +46,7 @@ describe('podman store: diff links at the mount point', () => {
   it('points every diff at the given mount root; checked in the repository directory', async () => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
-    await addImageToPodmanStore(repo, img.input, { storeRoot: '/cvmfs/sw.example.org' });
+    await addImageToPodmanStore(repo, img.input, { host: systemHost, storeRoot: '/cvmfs/sw.example.org' });
     for (const [i, id] of layerIds(img.layers.map((l) => l.diffId)).entries()) {
       const hex = img.layers[i]!.digest.slice(7);
       expect(fs.readlinkSync(S(repo, 'overlay', id, 'diff'))).toBe(`/cvmfs/sw.example.org/.layers/${hex.slice(0, 2)}/${hex}/layerfs`);
@@ -54,7 +55,7 @@ describe('podman store: diff links at the mount point', () => {
     expect(await checkPodmanStore(repo)).toEqual({ images: 1, layers: 2, problems: [] });
     expect(await checkPodmanStore(repo, { storeRoot: '/cvmfs/sw.example.org' })).toEqual({ images: 1, layers: 2, problems: [] });
     expect((await checkPodmanStore(repo, { storeRoot: repo })).problems[0]).toMatch(/not an absolute link into/);
-    expect((await addImageToPodmanStore(repo, img.input, { storeRoot: '/cvmfs/sw.example.org' })).status).toBe('present');
+    expect((await addImageToPodmanStore(repo, img.input, { host: systemHost, storeRoot: '/cvmfs/sw.example.org' })).status).toBe('present');
   });
 
   it.each([
@@ -67,7 +68,7 @@ describe('podman store: diff links at the mount point', () => {
   ])('refuses a mount root that is %s, before writing anything', async (_what, root) => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }]);
-    await expect(addImageToPodmanStore(repo, img.input, { storeRoot: root })).rejects.toMatchObject({
+    await expect(addImageToPodmanStore(repo, img.input, { host: systemHost, storeRoot: root })).rejects.toMatchObject({
       code: 'CVMFS_THIN_PODMAN_STORE_ROOT',
       kind: 'invalid-argument',
     });
@@ -78,9 +79,9 @@ describe('podman store: diff links at the mount point', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }]);
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]);
-    await addImageToPodmanStore(repo, a.input, { storeRoot: '/cvmfs/one.example.org' });
+    await addImageToPodmanStore(repo, a.input, { host: systemHost, storeRoot: '/cvmfs/one.example.org' });
     const before = storeState(repo);
-    const err = await addImageToPodmanStore(repo, b.input, { storeRoot: '/cvmfs/two.example.org' }).catch((e: unknown) => e);
+    const err = await addImageToPodmanStore(repo, b.input, { host: systemHost, storeRoot: '/cvmfs/two.example.org' }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'CVMFS_THIN_PODMAN_STORE_ROOT', kind: 'failed-precondition' });
     expect((err as Error).message).toMatch(/point into \/cvmfs\/one\.example\.org.*would write \/cvmfs\/two\.example\.org/);
     expect(storeState(repo)).toEqual(before);
@@ -90,7 +91,7 @@ describe('podman store: diff links at the mount point', () => {
   it('a store of relative links (written by an earlier version) gets absolute ones at the next update', async () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     const ids = layerIds(a.layers.map((l) => l.diffId));
     for (const [i, id] of ids.entries()) {
       const hex = a.layers[i]!.digest.slice(7);
@@ -100,7 +101,7 @@ describe('podman store: diff links at the mount point', () => {
     expect((await checkPodmanStore(repo)).problems).toHaveLength(2);
     // another image's update rewrites a's links too
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]);
-    await addImageToPodmanStore(repo, b.input);
+    await addImageToPodmanStore(repo, b.input, { host: systemHost });
     for (const id of ids) expect(fs.readlinkSync(S(repo, 'overlay', id, 'diff'))).toMatch(new RegExp(`^${repo}/\\.layers/`));
     expect(await checkPodmanStore(repo)).toEqual({ images: 2, layers: 3, problems: [] });
   });
@@ -120,7 +121,7 @@ describe('podman store: tar-splits and layer roots', () => {
   it('links each layer tar-split; a layer without one is added with a warning naming it, and no link', async () => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'ducc', noTarSplit: true }]);
-    const r = await addImageToPodmanStore(repo, img.input);
+    const r = await addImageToPodmanStore(repo, img.input, { host: systemHost });
     const [x, ducc] = layerIds(img.layers.map((l) => l.diffId));
     expect(fs.readFileSync(S(repo, 'overlay-layers', `${x}.tar-split.gz`))).toEqual(
       fs.readFileSync(path.join(repo, '.layers', img.layers[0]!.digest.slice(7, 9), img.layers[0]!.digest.slice(7), '.metadata', 'tar-split.json.gz')),
@@ -131,7 +132,7 @@ describe('podman store: tar-splits and layer roots', () => {
     // a stale link (its target gone) is a problem, and the next update of the image removes it
     fs.rmSync(path.join(repo, '.layers', img.layers[0]!.digest.slice(7, 9), img.layers[0]!.digest.slice(7), '.metadata', 'tar-split.json.gz'));
     expect((await checkPodmanStore(repo)).problems).toEqual([expect.stringMatching(/tar-split\.gz points to/)]);
-    expect((await addImageToPodmanStore(repo, img.input)).status).toBe('updated');
+    expect((await addImageToPodmanStore(repo, img.input, { host: systemHost })).status).toBe('updated');
     expect(fs.existsSync(S(repo, 'overlay-layers', `${x}.tar-split.gz`))).toBe(false);
     expect((await checkPodmanStore(repo)).problems).toEqual([]);
   });
@@ -140,18 +141,18 @@ describe('podman store: tar-splits and layer roots', () => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
     for (const l of img.layers) fs.chmodSync(rootfs(repo, l.digest), 0o2775);
-    await addImageToPodmanStore(repo, img.input);
+    await addImageToPodmanStore(repo, img.input, { host: systemHost });
     for (const l of img.layers) {
       const st = fs.statSync(rootfs(repo, l.digest));
       expect(st.mode & 0o7777).toBe(0o555);
       if (process.geteuid?.() === 0) expect([st.uid, st.gid]).toEqual([0, 0]);
     }
     fs.chmodSync(rootfs(repo, img.layers[1]!.digest), 0o755);
-    const r = await addImageToPodmanStore(repo, img.input);
+    const r = await addImageToPodmanStore(repo, img.input, { host: systemHost });
     expect(r.status).toBe('updated');
     expect(r.layers_added).toEqual([layerIds(img.layers.map((l) => l.diffId))[1]]);
     expect(fs.statSync(rootfs(repo, img.layers[1]!.digest)).mode & 0o7777).toBe(0o555);
-    expect((await addImageToPodmanStore(repo, img.input)).status).toBe('present');
+    expect((await addImageToPodmanStore(repo, img.input, { host: systemHost })).status).toBe('present');
   });
 });
 
@@ -160,15 +161,15 @@ describe('podman store: removal by name', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'base' }, { seed: 'a' }]);
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'base' }, { seed: 'b' }]);
-    await addImageToPodmanStore(repo, a.input);
-    await addImageToPodmanStore(repo, { ...a.input, names: ['registry.example.org/a:latest'] });
-    await addImageToPodmanStore(repo, b.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
+    await addImageToPodmanStore(repo, { ...a.input, names: ['registry.example.org/a:latest'] }, { host: systemHost });
+    await addImageToPodmanStore(repo, b.input, { host: systemHost });
     return { repo, a, b };
   }
 
   it('an image keeps its other names; one left without a name goes with the layers and tar-split links only it used', async () => {
     const { repo, a, b } = await twoImages();
-    const r1 = await removeNamesFromPodmanStore(repo, ['registry.example.org/a:1']);
+    const r1 = await removeNamesFromPodmanStore(repo, ['registry.example.org/a:1'], { host: systemHost });
     expect(r1).toEqual({
       untagged: [{ id: a.configDigest.slice(7), name: 'registry.example.org/a:1' }],
       removed_images: [],
@@ -180,7 +181,7 @@ describe('podman store: removal by name', () => {
       'names-history': ['registry.example.org/a:1'],
     });
     const [, bTop] = layerIds(b.layers.map((l) => l.diffId));
-    const r2 = await removeNamesFromPodmanStore(repo, ['registry.example.org/b:1', 'registry.example.org/never:1']);
+    const r2 = await removeNamesFromPodmanStore(repo, ['registry.example.org/b:1', 'registry.example.org/never:1'], { host: systemHost });
     expect(r2).toMatchObject({ removed_images: [b.configDigest.slice(7)], removed_layers: [bTop], not_found: ['registry.example.org/never:1'] });
     expect(fs.existsSync(S(repo, 'overlay', bTop!))).toBe(false);
     expect(fs.existsSync(S(repo, 'overlay-layers', `${bTop}.tar-split.gz`))).toBe(false);
@@ -193,16 +194,23 @@ describe('podman store: removal by name', () => {
   it('a dry run, and names no image holds, write nothing', async () => {
     const { repo, b } = await twoImages();
     const before = storeState(repo);
-    expect(await removeNamesFromPodmanStore(repo, ['registry.example.org/b:1'], { dryRun: true })).toMatchObject({ removed_images: [b.configDigest.slice(7)] });
-    expect(await removeNamesFromPodmanStore(repo, ['registry.example.org/none:1'])).toMatchObject({ untagged: [], not_found: ['registry.example.org/none:1'] });
+    expect(await removeNamesFromPodmanStore(repo, ['registry.example.org/b:1'], { host: systemHost, dryRun: true })).toMatchObject({
+      removed_images: [b.configDigest.slice(7)],
+    });
+    expect(await removeNamesFromPodmanStore(repo, ['registry.example.org/none:1'], { host: systemHost })).toMatchObject({
+      untagged: [],
+      not_found: ['registry.example.org/none:1'],
+    });
     expect(storeState(repo)).toEqual(before);
-    expect(await removeNamesFromPodmanStore(newRepo(), ['registry.example.org/b:1'])).toMatchObject({ not_found: ['registry.example.org/b:1'] });
+    expect(await removeNamesFromPodmanStore(newRepo(), ['registry.example.org/b:1'], { host: systemHost })).toMatchObject({
+      not_found: ['registry.example.org/b:1'],
+    });
   });
 
   it('gc with nothing to remove writes nothing to the store (no marker, no new tokens)', async () => {
     const { repo } = await twoImages();
     const before = storeState(repo);
-    const r = await collectPodmanStore(repo, { graceMs: 0 });
+    const r = await collectPodmanStore(repo, { host: systemHost, graceMs: 0 });
     expect(r).toMatchObject({ removed_images: [], removed_layers: [] });
     expect(storeState(repo)).toEqual(before);
   });

@@ -17,6 +17,7 @@ import { json, runCli } from '../convert/cli.js';
 import { buildRichLayers, diffSnapshots, type RichImage, snapshot, type Snapshot } from '../convert/fixtures.js';
 import { type BuiltLayer, buildLayer, skopeoPush, writeLayout } from '../convert/images.js';
 import { makePodman, type Podman, sh } from './podman.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 const CONFIG = { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['/bin/sh'] };
 
@@ -84,7 +85,7 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
       await skopeoPush(layout, 'd', `docker://${name(reg2, 'test/rich:v1')}`);
       for (const ref of [name(reg, 'test/rich:v1'), name(reg, 'test/b:v1')]) {
         await convert(ref);
-        const r = await addTreeImageToPodmanStore(repo, ref);
+        const r = await addTreeImageToPodmanStore(repo, ref, { host: systemHost });
         expect(r.status).toBe('added');
       }
       kernel = makePodman(path.join(work, 'podman-kernel'), { stores: [store] });
@@ -135,7 +136,7 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
       const layers = JSON.parse(fs.readFileSync(path.join(store, 'overlay-layers', 'layers.json'), 'utf8')) as { id: string }[];
       expect(layers.filter((l) => l.id === base)).toHaveLength(1);
       expect(layers).toHaveLength(4); // rich: 3, b: its own top only
-      const again = await addTreeImageToPodmanStore(repo, name(reg, 'test/b:v1'));
+      const again = await addTreeImageToPodmanStore(repo, name(reg, 'test/b:v1'), { host: systemHost });
       expect(again.status).toBe('present');
       expect(again.layers_reused).toContain(base);
       expect(await sh(kernel, name(reg, 'test/b:v1'), 'cat /b-only /etc/keep')).toBe('only in image b\nkept\n');
@@ -143,7 +144,7 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
 
     it('runs an image added after podman was first used', async () => {
       await convert(name(reg, 'test/c:v1'));
-      const r = await addTreeImageToPodmanStore(repo, name(reg, 'test/c:v1'));
+      const r = await addTreeImageToPodmanStore(repo, name(reg, 'test/c:v1'), { host: systemHost });
       expect(r.status).toBe('added');
       expect(r.layers_reused).toEqual([layerIds([rich.layers[0]!.diffId])[0]]);
       expect(await sh(kernel, name(reg, 'test/c:v1'), 'cat /c-only')).toBe('added after podman started\n');
@@ -169,7 +170,7 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
     it('names that collide across registries do not overwrite each other', async () => {
       const second = name(reg2, 'test/rich:v1');
       await convert(second);
-      const r = await addTreeImageToPodmanStore(repo, second);
+      const r = await addTreeImageToPodmanStore(repo, second, { host: systemHost });
       expect(r.names_moved).toEqual([]);
       expect(await sh(kernel, second, 'cat /which-registry')).toBe('the second registry\n');
       expect(await sh(kernel, name(reg, 'test/rich:v1'), 'test -e /which-registry || echo first')).toBe('first\n');
@@ -190,7 +191,7 @@ describe.skipIf(needs({ root: true, binaries: ['podman', 'fuse-overlayfs', 'runc
       expect(imgs).toHaveLength(4);
       expect(await sh(kernel, name(reg, 'test/b:v1'), 'cat /b-only')).toBe('only in image b\n');
       const token = fs.readFileSync(path.join(store, 'overlay-images', 'images.lock'));
-      const r = await addTreeImageToPodmanStore(repo, name(reg, 'test/b:v1'));
+      const r = await addTreeImageToPodmanStore(repo, name(reg, 'test/b:v1'), { host: systemHost });
       expect(r.repaired).toBe(true);
       expect(fs.existsSync(path.join(store, '.cvmfs-thin-update'))).toBe(false);
       expect(fs.existsSync(path.join(store, 'overlay', '.tmp-abc-999999-zz'))).toBe(false);

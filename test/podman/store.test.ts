@@ -18,6 +18,7 @@ import {
 import { bigDataFileName } from '../../src/convert/podman/format.js';
 import { tempDir } from '../helpers/env.js';
 import { fakeImage, readJson } from './tree.js';
+import { systemHost } from '../../src/core/host/host.js';
 
 interface L {
   id: string;
@@ -51,7 +52,7 @@ describe('podman store: layout', () => {
   it('writes containers/storage overlay layers whose diff is the repository layer, links, lowers, JSON, big data and lock tokens', async () => {
     const repo = newRepo();
     const img = fakeImage(repo, 'registry.example.org/team/app:1', [{ seed: 'base' }, { seed: 'mid' }, { seed: 'top' }]);
-    const r = await addImageToPodmanStore(repo, img.input);
+    const r = await addImageToPodmanStore(repo, img.input, { host: systemHost });
     expect(r).toMatchObject({
       status: 'added',
       image_id: img.configDigest.slice(7),
@@ -114,7 +115,7 @@ describe('podman store: layout', () => {
   it('adding an image that is there writes nothing; a second image reuses shared layers and leaves others untouched', async () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'base' }, { seed: 'a' }]);
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     const snap = () =>
       ['overlay-layers/layers.json', 'overlay-images/images.json', 'overlay-layers/layers.lock', 'overlay-images/images.lock'].map((f) => {
         const st = fs.statSync(S(repo, f));
@@ -123,14 +124,14 @@ describe('podman store: layout', () => {
     const before = snap();
     const rootMtime = fs.statSync(S(repo)).mtimeMs;
     const aDir = fs.statSync(S(repo, 'overlay', layerIds([a.layers[0]!.diffId])[0]!));
-    const again = await addImageToPodmanStore(repo, a.input);
+    const again = await addImageToPodmanStore(repo, a.input, { host: systemHost });
     expect(again.status).toBe('present');
     expect(again.layers_added).toEqual([]);
     expect(snap()).toEqual(before);
     expect(fs.statSync(S(repo)).mtimeMs).toBe(rootMtime); // not even the update marker came and went
     const aRecord = imagesOf(repo)[0];
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'base' }, { seed: 'b' }]);
-    const rb = await addImageToPodmanStore(repo, b.input);
+    const rb = await addImageToPodmanStore(repo, b.input, { host: systemHost });
     const base = layerIds([a.layers[0]!.diffId])[0]!;
     expect(rb.layers_reused).toEqual([base]);
     expect(rb.layers_added).toHaveLength(1);
@@ -144,8 +145,8 @@ describe('podman store: layout', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'y' }]);
-    await addImageToPodmanStore(repo, a.input);
-    const rb = await addImageToPodmanStore(repo, b.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
+    const rb = await addImageToPodmanStore(repo, b.input, { host: systemHost });
     const [, yOnX] = layerIds(a.layers.map((l) => l.diffId));
     expect(rb.layers_added).toEqual([b.layers[0]!.diffId.slice(7)]);
     expect(rb.layers_added[0]).not.toBe(yOnX);
@@ -159,22 +160,22 @@ describe('podman store: layout', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }]);
     const b = fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'x-zstd', sameContentAs: 'x' }, { seed: 'b' }]);
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     const [x] = layerIds([a.layers[0]!.diffId]);
     const target = fs.readlinkSync(S(repo, 'overlay', x!, 'diff'));
-    const rb = await addImageToPodmanStore(repo, b.input);
+    const rb = await addImageToPodmanStore(repo, b.input, { host: systemHost });
     expect(rb.layers_reused).toEqual([x]);
     expect(fs.readlinkSync(S(repo, 'overlay', x!, 'diff'))).toBe(target);
-    expect((await addImageToPodmanStore(repo, b.input)).status).toBe('present');
+    expect((await addImageToPodmanStore(repo, b.input, { host: systemHost })).status).toBe('present');
     expect((await checkPodmanStore(repo)).problems).toEqual([]);
   });
 
   it('the same image under another manifest keeps its default manifest and adds the new one by digest', async () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }]);
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     const m2 = Buffer.from(a.input.manifest.toString().replace('"schemaVersion":2', '"schemaVersion":2,"annotations":{"k":"v"}'));
-    const r = await addImageToPodmanStore(repo, { ...a.input, manifest: m2, names: ['registry.example.org/a:2'] });
+    const r = await addImageToPodmanStore(repo, { ...a.input, manifest: m2, names: ['registry.example.org/a:2'] }, { host: systemHost });
     expect(r.status).toBe('updated');
     const [im] = imagesOf(repo);
     expect(im!.names).toEqual(['registry.example.org/a:1', 'registry.example.org/a:2']);
@@ -189,9 +190,9 @@ describe('podman store: names', () => {
   it('a tag that moves to a new image leaves the old one in names-history; names never appear twice', async () => {
     const repo = newRepo();
     const v1 = fakeImage(repo, 'registry.example.org/app:latest', [{ seed: 'one' }]);
-    await addImageToPodmanStore(repo, v1.input);
+    await addImageToPodmanStore(repo, v1.input, { host: systemHost });
     const v2 = fakeImage(repo, 'registry.example.org/app:latest', [{ seed: 'two' }]);
-    const r = await addImageToPodmanStore(repo, v2.input);
+    const r = await addImageToPodmanStore(repo, v2.input, { host: systemHost });
     expect(r.names_moved).toEqual([{ name: 'registry.example.org/app:latest', from: v1.configDigest.slice(7) }]);
     const images = imagesOf(repo);
     expect(images.find((i) => i.id === v1.configDigest.slice(7))).toMatchObject({ names: [], 'names-history': ['registry.example.org/app:latest'] });
@@ -203,13 +204,13 @@ describe('podman store: names', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.one.org/team/app:1', [{ seed: 'one' }]);
     const b = fakeImage(repo, 'registry.two.org:5000/team/app:1', [{ seed: 'two' }]);
-    await addTreeImageToPodmanStore(repo, a.treeName);
-    const rb = await addTreeImageToPodmanStore(repo, b.treeName);
+    await addTreeImageToPodmanStore(repo, a.treeName, { host: systemHost });
+    const rb = await addTreeImageToPodmanStore(repo, b.treeName, { host: systemHost });
     expect(rb.names_moved).toEqual([]);
     expect(imagesOf(repo).map((i) => i.names)).toEqual([['registry.one.org/team/app:1'], ['registry.two.org:5000/team/app:1']]);
     expect(podmanNameOfTreeName('registry.hub.docker.com/library/centos:7')).toBe('docker.io/library/centos:7');
     const hub = fakeImage(repo, 'registry.hub.docker.com/library/centos:7', [{ seed: 'centos' }]);
-    expect((await addTreeImageToPodmanStore(repo, hub.treeName)).names).toEqual(['docker.io/library/centos:7']);
+    expect((await addTreeImageToPodmanStore(repo, hub.treeName, { host: systemHost })).names).toEqual(['docker.io/library/centos:7']);
   });
 });
 
@@ -218,7 +219,7 @@ describe('podman store: hostile and broken input', () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
     const bad = async (input: typeof a.input, code: string, msg: RegExp) => {
-      const e = await addImageToPodmanStore(repo, input).then(
+      const e = await addImageToPodmanStore(repo, input, { host: systemHost }).then(
         () => null,
         (x: unknown) => x as { code: string; message: string },
       );
@@ -255,13 +256,13 @@ describe('podman store: hostile and broken input', () => {
       { seed: 'x', noMarker: true },
       { seed: 'y', plainWhiteout: true },
     ]);
-    const e = await addImageToPodmanStore(repo, a.input).then(
+    const e = await addImageToPodmanStore(repo, a.input, { host: systemHost }).then(
       () => null,
       (x: unknown) => x as { code: string; message: string },
     );
     expect(e?.code).toBe('CVMFS_THIN_PODMAN_PLAIN_WHITEOUTS');
     expect(e?.message).toContain('.wh.y-gone');
-    const r = await addImageToPodmanStore(repo, a.input, { allowPlainWhiteouts: true });
+    const r = await addImageToPodmanStore(repo, a.input, { host: systemHost, allowPlainWhiteouts: true });
     expect(r.status).toBe('added');
     expect(r.warnings.join()).toMatch(/fuse-overlayfs/);
     const notes = r.layers_added.map((id) => readJson<{ whiteouts: string }>(S(repo, 'overlay', id, 'cvmfs-thin.json')).whiteouts);
@@ -274,23 +275,27 @@ describe('podman store: hostile and broken input', () => {
     const elsewhere = path.join(work, `elsewhere${n}`);
     fs.mkdirSync(elsewhere);
     fs.symlinkSync(elsewhere, S(repo));
-    await expect(addImageToPodmanStore(repo, a.input)).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_BAD_STORE' });
+    await expect(addImageToPodmanStore(repo, a.input, { host: systemHost })).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_BAD_STORE' });
     expect(fs.readdirSync(elsewhere)).toEqual([]);
     fs.unlinkSync(S(repo));
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     fs.writeFileSync(S(repo, 'overlay-layers', 'layers.json'), '{"id": 1}');
-    await expect(addImageToPodmanStore(repo, fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]).input)).rejects.toMatchObject({
+    await expect(addImageToPodmanStore(repo, fakeImage(repo, 'registry.example.org/b:1', [{ seed: 'z' }]).input, { host: systemHost })).rejects.toMatchObject({
       code: 'CVMFS_THIN_PODMAN_BAD_STORE',
     });
     expect(fs.readFileSync(S(repo, 'overlay-layers', 'layers.json'), 'utf8')).toBe('{"id": 1}');
-    await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/../../etc:1')).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_BAD_NAME' });
-    await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/never/converted:1')).rejects.toMatchObject({ code: 'CVMFS_THIN_PODMAN_IMAGE_MISSING' });
+    await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/../../etc:1', { host: systemHost })).rejects.toMatchObject({
+      code: 'CVMFS_THIN_PODMAN_BAD_NAME',
+    });
+    await expect(addTreeImageToPodmanStore(repo, 'registry.example.org/never/converted:1', { host: systemHost })).rejects.toMatchObject({
+      code: 'CVMFS_THIN_PODMAN_IMAGE_MISSING',
+    });
   });
 
   it('repairs a damaged layer entry (wrong diff target, missing short link) and leftovers of an interrupted update', async () => {
     const repo = newRepo();
     const a = fakeImage(repo, 'registry.example.org/a:1', [{ seed: 'x' }, { seed: 'y' }]);
-    await addImageToPodmanStore(repo, a.input);
+    await addImageToPodmanStore(repo, a.input, { host: systemHost });
     const [x, y] = layerIds(a.layers.map((l) => l.diffId));
     fs.unlinkSync(S(repo, 'overlay', y!, 'diff'));
     fs.symlinkSync('/etc', S(repo, 'overlay', y!, 'diff'));
@@ -298,7 +303,7 @@ describe('podman store: hostile and broken input', () => {
     fs.writeFileSync(S(repo, '.cvmfs-thin-update'), '1\n');
     fs.mkdirSync(S(repo, 'overlay-images', '.tmp-abcdef-1-zz'));
     expect((await checkPodmanStore(repo)).problems.length).toBeGreaterThanOrEqual(2);
-    const r = await addImageToPodmanStore(repo, a.input);
+    const r = await addImageToPodmanStore(repo, a.input, { host: systemHost });
     expect(r.repaired).toBe(true);
     expect(r.layers_added.sort()).toEqual([x, y].sort());
     expect(fs.existsSync(S(repo, 'overlay-images', '.tmp-abcdef-1-zz'))).toBe(false);

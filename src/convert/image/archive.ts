@@ -10,6 +10,7 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import type { Host } from '../../core/host/host.js';
 import { sha256Digest } from '../../core/util/digest.js';
 import { NotFoundError } from '../../core/errors/errors.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
@@ -208,6 +209,7 @@ export class OciArchiveTarget implements ImageTarget {
   constructor(
     private readonly file: string,
     private readonly tag: string,
+    private readonly host: Host,
     private readonly tmpRoot?: string,
     private readonly imageName?: string,
   ) {
@@ -229,7 +231,7 @@ export class OciArchiveTarget implements ImageTarget {
     const sd = await makeSpoolDir(this.tmpRoot);
     const dir = sd.dir;
     try {
-      const digest = await writeOciLayout(dir, this.tag, images, index, this.imageName);
+      const digest = await writeOciLayout(dir, this.tag, images, index, this.host, this.imageName);
       const entries: MemEntry[] = [
         { name: 'oci-layout', data: await fsp.readFile(path.join(dir, 'oci-layout')) },
         { name: 'index.json', data: await fsp.readFile(path.join(dir, 'index.json')) },

@@ -6,6 +6,7 @@ import { parseDigest, sha256Digest } from '../../core/util/digest.js';
 import { NotFoundError } from '../../core/errors/errors.js';
 import { writeFileAtomic } from '../../core/fs/fsutil.js';
 import { BadContentError, BadReferenceError } from '../errors.js';
+import type { Host } from '../../core/host/host.js';
 import { acquireLock } from '../../core/state/lock.js';
 import { type DockerReference, parseDockerReference } from '../reference.js';
 import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
@@ -124,9 +125,9 @@ export class OciLayoutSource implements ImageSource {
 }
 
 /** Write an image (or index) into an OCI layout and point `tag` at it; other tags are kept. */
-export async function writeOciLayout(dir: string, tag: string, images: ImageToWrite[], index: RawManifest | null, name?: string): Promise<string> {
+export async function writeOciLayout(dir: string, tag: string, images: ImageToWrite[], index: RawManifest | null, host: Host, name?: string): Promise<string> {
   await fsp.mkdir(path.join(dir, 'blobs', 'sha256'), { recursive: true });
-  const lock = await acquireLock(path.join(dir, '.cvmfs-thin.lock'));
+  const lock = await acquireLock(path.join(dir, '.cvmfs-thin.lock'), { host });
   try {
     const layoutFile = path.join(dir, 'oci-layout');
     try {
@@ -174,6 +175,7 @@ export class OciLayoutTarget implements ImageTarget {
   constructor(
     private readonly dir: string,
     private readonly tag: string,
+    private readonly host: Host,
     private readonly imageName?: string,
   ) {
     this.description = `oci:${dir}:${tag}`;
@@ -187,7 +189,7 @@ export class OciLayoutTarget implements ImageTarget {
     }
   }
   async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
-    const digest = await writeOciLayout(this.dir, this.tag, images, index, this.imageName);
+    const digest = await writeOciLayout(this.dir, this.tag, images, index, this.host, this.imageName);
     return { digest, target: this.description };
   }
 }

@@ -1,5 +1,6 @@
 /** Opening sources and targets from transport references; one registry client per registry. */
 import type { Logger } from 'pino';
+import type { Host } from '../../core/host/host.js';
 import type { Credentials } from '../registry/auth.js';
 import { type FetchFn, RegistryClient } from '../registry/client.js';
 import { type DockerReference, formatDockerReference, type ImageReference } from '../reference.js';
@@ -25,6 +26,8 @@ export interface TransportOptions {
   backoffMs?: number | undefined;
   /** HTTP client of the registry clients (default: the global fetch). */
   fetch?: FetchFn | undefined;
+  /** Runs credential helpers and takes the OCI layouts' locks. */
+  host: Host;
 }
 
 /** Registry clients shared by sources and targets of one run (tokens and scheme probes are reused). */
@@ -39,6 +42,7 @@ export class Registries {
         registry,
         insecure: this.o.insecure === true || (this.o.insecureRegistries?.has(registry) ?? false),
         credentials: role === 'target' ? this.o.destCreds : this.o.creds,
+        host: this.o.host,
         log: this.o.log,
         signal: this.o.signal,
         retries: this.o.retries,
@@ -70,9 +74,9 @@ export function openTarget(ref: ImageReference, regs: Registries, o: TransportOp
     case 'docker':
       return new RegistryTarget(regs.client(ref.ref.registry, 'target'), ref.ref);
     case 'oci':
-      return new OciLayoutTarget(ref.path, ref.tag ?? name?.tag ?? 'latest', name ? formatDockerReference(name) : undefined);
+      return new OciLayoutTarget(ref.path, ref.tag ?? name?.tag ?? 'latest', o.host, name ? formatDockerReference(name) : undefined);
     case 'oci-archive':
-      return new OciArchiveTarget(ref.path, ref.tag ?? name?.tag ?? 'latest', o.tmpDir, name ? formatDockerReference(name) : undefined);
+      return new OciArchiveTarget(ref.path, ref.tag ?? name?.tag ?? 'latest', o.host, o.tmpDir, name ? formatDockerReference(name) : undefined);
     case 'docker-archive':
       return new DockerArchiveTarget(ref.path, ref.ref ?? name);
   }

@@ -167,7 +167,7 @@ async function ensureBigData(p: StorePaths, id: string, items: { key: string; da
  * Add one image to `<repoDir>/podmanStore` (created when missing). Idempotent:
  * adding an image that is there writes nothing.
  */
-export async function addImageToPodmanStore(repoDir: string, input: PodmanImageInput, o: AddOptions = {}): Promise<AddResult> {
+export async function addImageToPodmanStore(repoDir: string, input: PodmanImageInput, o: AddOptions): Promise<AddResult> {
   const v = validate(input);
   const names = [...new Set(input.names)];
   const hexes = input.layers.map((l) => l.digest.slice(7));

@@ -166,7 +166,7 @@ async function plan(
 export async function removeNamesFromPodmanStore(
   repoDir: string,
   names: string[],
-  o: StoreIoOptions & { dryRun?: boolean | undefined } = {},
+  o: StoreIoOptions & { dryRun?: boolean | undefined },
 ): Promise<{ untagged: { id: string; name: string }[]; removed_images: string[]; removed_layers: string[]; not_found: string[] }> {
   const root = path.resolve(repoDir);
   const decide = (images: StoreImage[], layers: StoreLayer[]) => {
@@ -215,7 +215,7 @@ export async function removeNamesFromPodmanStore(
 export async function removeImagesFromPodmanStore(
   repoDir: string,
   refs: string[],
-  o: StoreIoOptions = {},
+  o: StoreIoOptions,
 ): Promise<{ removed_images: string[]; removed_layers: string[]; not_found: string[] }> {
   return withStore(path.resolve(repoDir), o, async ({ paths: p }) => {
     const images = await readImages(p);

@@ -27,7 +27,8 @@ import { LAST_WRITER_SIZE, lastWriterToken, type StoreImage, type StoreLayer, St
 
 export interface StoreIoOptions {
   log?: Logger | undefined;
-  host?: Host | undefined;
+  /** Takes the store's writer lock. */
+  host: Host;
   /** Give up waiting for another writer after this long (default: wait). */
   lockTimeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
@@ -230,7 +231,7 @@ export async function withStore<T>(repoDir: string, o: StoreIoOptions, fn: (s: S
   const paths = new StorePaths(path.resolve(repoDir), undefined, o.storeRoot);
   await ensureSkeleton(paths);
   const lock = await acquireLock(paths.layersLock, {
-    ...(o.host ? { host: o.host } : {}),
+    host: o.host,
     ...(o.lockTimeoutMs !== undefined ? { timeoutMs: o.lockTimeoutMs } : {}),
     ...(o.signal ? { signal: o.signal } : {}),
     onWait: () => o.log?.info({ lock: paths.layersLock }, 'podman store: waiting for another writer'),

@@ -52,7 +52,7 @@ export function podmanNameOfTreeName(treeName: string): string {
 export async function addTreeImageToPodmanStore(
   repoDir: string,
   treeName: string,
-  o: AddOptions & { platformDir?: string | undefined; names?: string[] | undefined } = {},
+  o: AddOptions & { platformDir?: string | undefined; names?: string[] | undefined },
 ): Promise<AddResult> {
   let ref: DockerReference;
   try {

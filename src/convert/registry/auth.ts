@@ -3,10 +3,10 @@
  * `~/.docker/config.json` (`auths`, `credHelpers`, `credsStore`), the
  * containers `auth.json`, and the `WWW-Authenticate` challenge grammar.
  */
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Host } from '../../core/host/host.js';
 import { InvalidArgumentError } from '../../core/errors/errors.js';
 import { canonicalRegistry } from '../reference.js';
 
@@ -81,31 +81,24 @@ function fromEntry(e: AuthEntry, file: string, key: string): Credentials | null 
   return null;
 }
 
-/** Ask a Docker credential helper (`docker-credential-<name> get`); no shell. */
-export function credentialHelper(helper: string, serverUrl: string): Promise<Credentials | null> {
+/** Ask a Docker credential helper (`docker-credential-<name> get`, run by `host`); no shell. */
+export async function credentialHelper(host: Host, helper: string, serverUrl: string): Promise<Credentials | null> {
   if (!/^[A-Za-z0-9_.-]+$/.test(helper))
     return Promise.reject(new InvalidArgumentError(`credential helper name ${JSON.stringify(helper)} is not valid`, 'CVMFS_THIN_BAD_CREDENTIALS'));
-  return new Promise((resolve) => {
-    const child = execFile(`docker-credential-${helper}`, ['get'], { timeout: 30_000 }, (err, stdout) => {
-      if (err) {
-        resolve(null);
-        return;
-      }
-      try {
-        const o = JSON.parse(stdout) as { Username?: string; Secret?: string };
-        if (!o.Secret) resolve(null);
-        else if (o.Username === '<token>') resolve({ username: '', password: '', identityToken: o.Secret });
-        else resolve({ username: o.Username ?? '', password: o.Secret });
-      } catch {
-        resolve(null);
-      }
-    });
-    child.stdin?.end(serverUrl);
-  });
+  const r = await host.exec(`docker-credential-${helper}`, ['get'], { timeoutMs: 30_000, input: serverUrl });
+  if (r.code !== 0) return null;
+  try {
+    const o = JSON.parse(r.stdout) as { Username?: string; Secret?: string };
+    if (!o.Secret) return null;
+    if (o.Username === '<token>') return { username: '', password: '', identityToken: o.Secret };
+    return { username: o.Username ?? '', password: o.Secret };
+  } catch {
+    return null;
+  }
 }
 
-/** Credentials for a registry from the auth files, or null (anonymous). */
-export async function lookupCredentials(registry: string, files: string[] = authFiles()): Promise<Credentials | null> {
+/** Credentials for a registry from the auth files (their credential helpers run by `host`), or null (anonymous). */
+export async function lookupCredentials(registry: string, host: Host, files: string[] = authFiles()): Promise<Credentials | null> {
   const want = canonicalRegistry(registry);
   for (const file of files) {
     const cfg = readConfig(file);
@@ -119,7 +112,7 @@ export async function lookupCredentials(registry: string, files: string[] = auth
     const helper = helperKey ? cfg.credHelpers![helperKey] : cfg.credsStore;
     if (helper) {
       const server = want === 'docker.io' ? 'https://index.docker.io/v1/' : want;
-      const c = await credentialHelper(helper, server);
+      const c = await credentialHelper(host, helper, server);
       if (c) return c;
     }
   }

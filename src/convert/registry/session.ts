@@ -9,6 +9,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
+import type { Host } from '../../core/host/host.js';
 import { RegistryError } from '../errors.js';
 import { apiHost, canonicalRegistry } from '../reference.js';
 import { type Challenge, type Credentials, lookupCredentials, parseChallenges } from './auth.js';
@@ -18,13 +19,17 @@ import { describeCause, RETRY_STATUS, RetryLater, type RetryPolicy, withRetries 
 /** The `fetch` the client calls (the global one by default; tests pass a scripted one). */
 export type FetchFn = (url: string, init: RequestInit) => Promise<Response>;
 
-export interface RegistryClientOptions {
+/**
+ * Explicit credentials (`null` = anonymous), or none: then they are looked up
+ * in the Docker/containers auth files, whose credential helpers run on `host`.
+ */
+export type CredentialSource = { credentials: Credentials | null; host?: Host | undefined } | { credentials?: undefined; host: Host };
+
+export type RegistryClientOptions = CredentialSource & {
   /** Registry name as in references (`docker.io`, `host:5000`). */
   registry: string;
   /** Allow plain HTTP (always allowed for loopback hosts). */
   insecure?: boolean | undefined;
-  /** Explicit credentials; `undefined` = look them up in the Docker/containers auth files; `null` = anonymous. */
-  credentials?: Credentials | null | undefined;
   log?: Logger | undefined;
   /** Attempts after the first for retryable failures (default 4). */
   retries?: number | undefined;
@@ -39,7 +44,7 @@ export interface RegistryClientOptions {
   chunkSize?: number | undefined;
   /** HTTP client (default: the global `fetch`). */
   fetch?: FetchFn | undefined;
-}
+};
 
 export interface RequestOptions {
   scopes: string[];
@@ -75,7 +80,7 @@ export class RegistrySession {
   constructor(private readonly opts: RegistryClientOptions) {
     this.registry = canonicalRegistry(opts.registry);
     this.host = apiHost(this.registry);
-    this.creds = opts.credentials !== undefined ? Promise.resolve(opts.credentials) : lookupCredentials(this.registry);
+    this.creds = opts.credentials !== undefined ? Promise.resolve(opts.credentials) : lookupCredentials(this.registry, opts.host);
     this.log = opts.log;
     this.headerTimeoutMs = opts.headerTimeoutMs ?? 60_000;
     this.signal = opts.signal;

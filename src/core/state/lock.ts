@@ -16,7 +16,7 @@
 import { closeSync, constants, ftruncateSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { FailedPreconditionError, UnavailableError } from '../errors/errors.js';
-import { type Host, systemHost } from '../host/host.js';
+import type { Host } from '../host/host.js';
 import { LOCK_EX, LOCK_NB } from '../host/sys.js';
 import { sleep } from '../util/concurrency.js';
 
@@ -55,16 +55,16 @@ export interface LockOptions {
   onWait?: () => void;
   /** Poll interval while waiting (default 100 ms). */
   pollMs?: number;
-  /** Where flock(2) goes (default: the real host). */
-  host?: Host;
+  /** Where flock(2) goes. */
+  host: Host;
 }
 
 /**
  * Take an exclusive lock on `file` (created if missing). Waits up to
  * `timeoutMs` (default: forever), calling `onWait` once if it has to wait.
  */
-export async function acquireLock(file: string, opts: LockOptions = {}): Promise<HeldLock> {
-  const host = opts.host ?? systemHost;
+export async function acquireLock(file: string, opts: LockOptions): Promise<HeldLock> {
+  const host = opts.host;
   mkdirSync(path.dirname(file), { recursive: true });
   const lock = openLockFile(file, host, 'a', 0o644);
   const start = Date.now();
