@@ -6,8 +6,12 @@
  * errors).
  */
 import { readFileSync } from 'node:fs';
-import { parse as parseToml } from 'smol-toml';
+import { createRequire } from 'node:module';
+import type * as SmolToml from 'smol-toml';
 import { InvalidArgumentError } from '../core/errors/errors.js';
+
+/** The TOML parser on first use (its CommonJS build, so loading stays synchronous): a daemon started without --config never loads it (~0.4 MiB). */
+const parseToml = (text: string): unknown => (createRequire(import.meta.url)('smol-toml') as typeof SmolToml).parse(text);
 
 /**
  * A daemon's TOML keys. A tiny validator rather than zod: the daemons must stay
