@@ -366,7 +366,7 @@ function hostContract(name: string, make: () => Subject): void {
 
 hostContract('the simulated host (test/helpers/recording-host.ts)', simulated);
 
-const unprivileged = needs({ root: true, binaries: ['unshare'] });
+const unprivileged = needs({ root: true });
 describe.skipIf(unprivileged)(`the real host (systemHost)${unprivileged ? ` — skipped: ${unprivileged}` : ''}`, () => {
   hostContract('real mounts in a temp dir', real);
 });
