@@ -42,7 +42,7 @@ interface Summary {
   images: { status: string; layers: { status: string }[]; thin: { target: string; digest: string } | null }[];
 }
 
-describe.skipIf(needs({ root: true, binaries: ['dockerd', 'docker', 'containerd', 'ctr', 'skopeo', 'tar', 'gzip'] }))(
+describe.skipIf(needs({ root: 'dockerd and containerd daemons', binaries: ['dockerd', 'docker', 'containerd', 'ctr', 'skopeo', 'tar', 'gzip'] }))(
   'archive transports with docker load, ctr import and skopeo',
   () => {
     // short paths: unix sockets live in here

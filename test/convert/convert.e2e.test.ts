@@ -80,7 +80,7 @@ function noWhiteoutNames(dir: string): string[] {
   return bad;
 }
 
-describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar', 'zstd', 'gzip', 'openssl', 'mount'] }))(
+describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['docker-registry', 'skopeo', 'tar', 'zstd', 'gzip', 'openssl', 'mount'] }))(
   'convert, end to end (registry, OCI layout, docker-archive)',
   () => {
     const work = tempDir('cvmfs-thin-e2e-');
@@ -443,7 +443,7 @@ describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar
   },
 );
 
-describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar', 'gzip', 'openssl'] }))('convert with a token-auth registry', () => {
+describe.skipIf(needs({ binaries: ['docker-registry', 'skopeo', 'tar', 'gzip', 'openssl'] }))('convert with a token-auth registry', () => {
   const work = tempDir('cvmfs-thin-e2e-auth-');
   let reg: TestRegistry;
   beforeAll(async () => {

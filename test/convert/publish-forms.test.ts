@@ -94,7 +94,7 @@ describe('resolveLayerForm', () => {
     }
   });
 
-  it.skipIf(needs({ root: true }))(
+  it.skipIf(needs({ root: 'tmpfs and overlay mounts' }))(
     'without an injected probe: a directory not made yet on a real overlay mount is a union (record), on a plain file system not',
     () => {
       const base = fs.mkdtempSync(path.join('/tmp', 'forms-fs-'));
@@ -268,7 +268,7 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'sh', 'touch'] }))('CLI: what 
 const noApplytool = applytoolMissing();
 if (noApplytool) process.stderr.write(`[skip] --chains --flat against containerd: ${noApplytool}\n`);
 
-describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }))('publishing through the simulator', () => {
+describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip', 'cp', 'find'] }))('publishing through the simulator', () => {
   const base = simBase('cvmfs-sim-forms-');
   let image: ThreeLayerImage;
   beforeAll(() => {

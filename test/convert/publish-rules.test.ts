@@ -27,7 +27,7 @@ const errCode = (fn: () => unknown): string | undefined => {
   return undefined;
 };
 
-describe.skipIf(needs({ root: true, binaries: ['tar', 'cp'] }))('cvmfs publish simulator', () => {
+describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'cp'] }))('cvmfs publish simulator', () => {
   const base = simBase();
   const pub = (S: string, rel = '') => path.join(simPaths(S).published, rel);
 
@@ -315,7 +315,7 @@ if (noApplytool) process.stderr.write(`[skip] converter through a real publish: 
  * unpack of the same image. Identical except hard links: a publish splits
  * them (nlink 1, same content), which no reader can undo.
  */
-describe.skipIf(needs({ root: true, binaries: ['tar', 'gzip', 'cp', 'find'] }) ?? noApplytool)('converter through a real publish', () => {
+describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip', 'cp', 'find'] }) ?? noApplytool)('converter through a real publish', () => {
   const REPO = 'test.example.org';
   const base = simBase('cvmfs-sim-e2e-');
   let image: ThreeLayerImage;

@@ -23,7 +23,7 @@ interface WlSummary {
   failed: number;
 }
 
-describe.skipIf(needs({ root: true, binaries: ['docker-registry', 'skopeo', 'tar', 'gzip', 'openssl'] }))('wishlist (DUCC recipe)', () => {
+describe.skipIf(needs({ binaries: ['docker-registry', 'skopeo', 'tar', 'gzip', 'openssl'] }))('wishlist (DUCC recipe)', () => {
   const work = tempDir('cvmfs-thin-wishlist-');
   let reg: TestRegistry;
   let recipe: string;
