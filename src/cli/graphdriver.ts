@@ -11,7 +11,7 @@ import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDrive
 import { systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Logger } from 'pino';
-import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics } from './daemon-common.js';
+import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
@@ -26,6 +26,8 @@ export const graphdriverConfigSpec = {
   'state-dir': { type: 'string' },
   'thin-images': { type: 'boolean' },
   'idmapped-layers': { type: 'enum', values: ['auto', 'off', 'require'] },
+  prefetch: { type: 'boolean' },
+  'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
   'metrics-address': { type: 'string' },
   volumes: { type: 'boolean' },
   'volume-config': { type: 'string' },
@@ -86,6 +88,8 @@ export function graphdriverCommand(): Command {
         'with dockerd --userns-remap, idmapped mounts of CVMFS layers: auto (use when the file system allows), off, require',
       ).choices(['auto', 'off', 'require']),
     )
+    .option('--no-prefetch', "do not read an image's access profile ahead when a container of it is created")
+    .option('--start-budget <ms>', 'log why a container start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber)
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
     .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');
   return addMetricsOption(cmd).action(async (o: Record<string, unknown>, c: Command) => {
@@ -112,6 +116,7 @@ export function graphdriverCommand(): Command {
         metrics: m.metrics,
         cvmfsTimeoutMs: s.cvmfsTimeoutMs,
         checkIntervalMs: s.checkIntervalMs,
+        starts: { prefetch: s.enabled('prefetch', 'prefetch'), budgetMs: s.pick<number>('startBudget', 'start-budget') },
       });
     };
     daemon = await serveWithMetrics(m, s.log, start, () => (stopped = true));

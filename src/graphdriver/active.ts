@@ -18,6 +18,7 @@ import { effective, type InitState } from './init-state.js';
 import { LayerStore } from './layer-store.js';
 import { Mounter } from './mounter.js';
 import { parseInitOptions } from './options.js';
+import { DockerStarts } from './starts.js';
 
 export interface Active {
   init: InitState;
@@ -31,6 +32,8 @@ export interface Active {
   store: LayerStore;
   mounter: Mounter;
   monitor: MountMonitor;
+  /** Container starts: traces, access-profile prefetch. */
+  starts: DockerStarts;
   /** One driver per Home. */
   lock: HeldLock;
 }
@@ -59,11 +62,13 @@ export async function openActive(
   const lock = prev?.home === home ? prev.lock : lockRoot(home, cfg.host, { daemon: 'cvmfs-thin graphdriver', address: cfg.socket }, 0o711);
   prev?.mounter.close();
   prev?.monitor.stop();
+  await prev?.starts.close();
   await prev?.stack.facts.flush();
   if (prev && prev.lock !== lock) prev.lock.release();
   detached();
   let stack: LayerStack;
   let store: LayerStore;
+  let starts: DockerStarts;
   try {
     const onStall = () => cfg.metrics?.inc('cvmfs_stalls_total', { daemon: 'graphdriver' });
     stack = await LayerStack.open({
@@ -76,11 +81,13 @@ export async function openActive(
       onStall,
     });
     store = await LayerStore.load(home, stack, cfg.host, log, why === 'init');
+    starts = await DockerStarts.open(cfg, home, store, stack);
   } catch (e) {
     lock.release();
     throw e;
   }
   const mounter = new Mounter(cfg.host, store, stack, idMaps, eff.idmappedLayers, log);
+  mounter.onMount = (id, phases) => starts.mounted(id, phases);
   const monitor = graphdriverMonitor({ home, stack, log, metrics: cfg.metrics, intervalMs: cfg.checkIntervalMs });
   return {
     init,
@@ -93,6 +100,7 @@ export async function openActive(
     store,
     mounter,
     monitor,
+    starts,
     lock,
   };
 }

@@ -25,6 +25,8 @@ export interface ApplyContext {
   log: Logger;
   /** Run `fn` holding the lock of the shared mask directories (their GC must not interleave). */
   withMasksLock<T>(fn: () => Promise<T>): Promise<T>;
+  /** The layer was a thin image, its manifest resolved and linked in `ms` (told once the ApplyDiff succeeded). */
+  onThin?: (ms: number, thin: ThinRecord) => void;
 }
 
 /**
@@ -58,10 +60,13 @@ export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Pro
   try {
     const res = await extractBody(body, { dest: diff, whiteouts: 'overlay', ...(c.idMaps ? { idMap: c.idMaps } : {}) });
     let thin: ThinRecord | undefined;
+    let resolveMs = 0;
     if (c.thinImages && l.rec.parent === '') {
       await c.withMasksLock(async () => {
+        const t0 = performance.now();
         const t = await c.stack.linkThin(diff, { id });
         if (!t) return;
+        resolveMs = performance.now() - t0;
         rollback = t.links.rollback;
         thin = { manifest: t.file, origin: t.manifest.origin, layers: t.manifest.layers.length, how: t.how, lowers: t.lowers };
         await c.store.saveRecord(l, { ...l.rec, thin });
@@ -69,6 +74,7 @@ export async function applyLayer(c: ApplyContext, l: Layer, body: Readable): Pro
     }
     const size = await dirSize(diff);
     c.log.debug({ id, entries: res.entries, size, thin: !!thin }, 'ApplyDiff');
+    if (thin) c.onThin?.(resolveMs, thin);
     return size;
   } catch (e) {
     rollback();

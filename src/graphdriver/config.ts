@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import type { Host } from '../core/host/host.js';
+import type { StartOptions } from '../core/stack/starts.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { IdmapMode } from './options.js';
 
@@ -21,4 +22,6 @@ export interface GraphDriverConfig {
   cvmfsTimeoutMs?: number | undefined;
   checkIntervalMs?: number | undefined;
   metrics?: Metrics | undefined;
+  /** Container starts: access-profile prefetch, the slow-start budget (profiles are recorded by the snapshotter only). */
+  starts?: Omit<StartOptions, 'record' | 'recordWindowMs'> | undefined;
 }

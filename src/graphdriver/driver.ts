@@ -182,7 +182,10 @@ export class GraphDriver {
           }
           throw new AlreadyExistsError(`layer ${id} already exists (parent ${existing.rec.parent || 'none'})`);
         }
+        const t0 = performance.now();
         await a.store.create(id, parent, rw, a.owner);
+        // a container's layers (CreateReadWrite): its start begins or goes on
+        if (rw) a.starts.created(id, parent, performance.now() - t0);
       },
       () => [parent], // containers of one image are created at once; a Remove of the parent waits
     );
@@ -208,6 +211,7 @@ export class GraphDriver {
         }
         await a.mounter.release(l);
         await a.store.remove(l);
+        a.starts.removed(id);
         if (l.rec.thin) await this.gcMasks(a);
       },
       (a0) => [a0.store.get(id)?.rec.parent ?? ''],
@@ -264,7 +268,20 @@ export class GraphDriver {
           throw new FailedPreconditionError(`ApplyDiff to layer ${id}: the layer already has content`);
         }
         const ctx = { host: this.host, store: a.store, stack: a.stack, idMaps: a.idMaps, owner: a.owner, thinImages: a.thinImages, log: this.log };
-        return applyLayer({ ...ctx, withMasksLock: (fn) => this.guard.locks.with([MASKS_LOCK], fn) }, l, body);
+        return applyLayer(
+          {
+            ...ctx,
+            withMasksLock: (fn) => this.guard.locks.with([MASKS_LOCK], fn),
+            onThin: (ms, t) =>
+              a.starts.thinApplied(
+                id,
+                ms,
+                t.lowers.map((x) => x.dir),
+              ),
+          },
+          l,
+          body,
+        );
       },
     );
   }
@@ -303,11 +320,17 @@ export class GraphDriver {
     );
   }
 
+  /** Wait for the prefetches and trace files of container starts running now (tests, benches). */
+  async startsIdle(): Promise<void> {
+    await this.active?.starts.idle();
+  }
+
   /** Plugin stop: wait for running requests (streamed Diffs included). Never unmounts or deletes anything. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.guard.gate.drain();
+    await this.active?.starts.close();
     await this.active?.stack.facts.flush();
     this.active?.monitor.stop();
     this.active?.mounter.close();

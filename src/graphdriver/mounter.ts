@@ -21,6 +21,8 @@ export class Mounter {
   private userns: UsernsHandle | undefined;
   /** Why idmapped CVMFS layers are not in use, once they failed. */
   idmapBroken: string | undefined;
+  /** A layer was mounted: ms of the CVMFS check of its lowers (and their idmapped mounts), and of its overlay mount. */
+  onMount?: (id: string, phases: { cvmfs: number; mount: number }) => void;
 
   constructor(
     private readonly host: Host,
@@ -123,12 +125,14 @@ export class Mounter {
   /** Mount a layer's overlay on its merged dir (the caller knows it has lower layers). */
   private async mount(l: Layer): Promise<void> {
     const id = l.rec.id;
+    const t0 = performance.now();
     const external = this.stackOf(l.rec.parent).filter((s) => s.external);
     await this.stack.checkAvailable(
       external.map((s) => s.real),
       `layer ${id}`,
     );
     await this.ensureIdmapped(external.map((s) => ({ link: s.rel.slice(2), dir: s.real })));
+    const t1 = performance.now();
     const final = this.stackOf(l.rec.parent);
     if (final.length > MAX_LOWERS) {
       throw new FailedPreconditionError(`layer ${id} has ${final.length} lower layers; overlayfs allows ${MAX_LOWERS}`, 'CVMFS_THIN_TOO_MANY_LAYERS');
@@ -139,6 +143,7 @@ export class Mounter {
       if (e instanceof FailedPreconditionError) throw e;
       throw new InternalError(`cannot mount overlay for layer ${id} (${final.length} lower layers): ${(e as Error).message}`, 'CVMFS_THIN_MOUNT', { cause: e });
     }
+    this.onMount?.(id, { cvmfs: t1 - t0, mount: performance.now() - t1 });
   }
 
   /** Idmapped mounts (m/<n>) of the thin lowers of a stack, when dockerd remaps users. */

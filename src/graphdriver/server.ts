@@ -11,7 +11,7 @@ import { toThinError } from '../core/errors/errors.js';
 import { type Host, systemHost } from '../core/host/host.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
 import { type PluginInterface, type PluginServer, type Route, type RouteContext, servePlugin, STREAMED } from '../edge/plugin-http.js';
-import { GraphDriver } from './driver.js';
+import { GraphDriver, type GraphDriverConfig } from './driver.js';
 import type { IdmapMode } from './options.js';
 import { METHODS, parseApplyDiffQuery, parseInitRequest, parseLayerRequest } from './protocol.js';
 
@@ -29,6 +29,8 @@ export interface GraphDriverDaemonOptions {
   /** Deadline of questions to CVMFS (default 10 s); period of the check of mounted layers on a dead CVMFS (default 30 s, 0: never). */
   cvmfsTimeoutMs?: number | undefined;
   checkIntervalMs?: number | undefined;
+  /** Container starts: access-profile prefetch, the slow-start budget. */
+  starts?: GraphDriverConfig['starts'];
   /** More plugin interfaces on the same socket (the volume plugin: one driver name for both), closed after the driver. */
   also?: { interfaces: PluginInterface[]; close(): Promise<void> } | undefined;
 }
@@ -148,6 +150,7 @@ export async function startGraphDriver(o: GraphDriverDaemonOptions): Promise<Run
     metrics: o.metrics,
     cvmfsTimeoutMs: o.cvmfsTimeoutMs,
     checkIntervalMs: o.checkIntervalMs,
+    starts: o.starts,
   });
   let p: PluginServer;
   try {

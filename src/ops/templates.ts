@@ -94,6 +94,8 @@ const GRAPHDRIVER_CONFIG = `# /etc/cvmfs-thin/graphdriver.toml — read by \`cvm
 # state-dir = "/var/lib/cvmfs-thin/graphdriver"
 # thin-images = true
 # idmapped-layers = "auto"                     # auto | off | require (dockerd --userns-remap)
+# prefetch = true                              # read an image's access profile ahead when a container of it is created
+# start-budget = 2000                          # ms: log why a container start took longer (unset: never); see cvmfs-thin why-slow
 # cvmfs-timeout = 10                           # seconds a question to CVMFS may take: a stalled client fails Get
 # check-interval = 30                          # seconds between checks for mounted layers on a dead CVMFS; 0 = off
 # log-level = "info"

@@ -1,12 +1,16 @@
 /**
  * End to end with Debian's dockerd 20.10 (`--experimental -s <plugin>`) and
  * the plugin on a legacy discovery socket: thin images over a CVMFS-style
- * tree, ordinary images, diff/commit/save/rmi, plugin and dockerd restarts.
+ * tree, ordinary images, diff/commit/save/rmi, a container start's trace
+ * (cvmfs-thin why-slow), plugin and dockerd restarts.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMountinfo } from '../../src/core/fs/fsutil.js';
+import { PROFILE_SCHEMA, profilePath, serializeProfile } from '../../src/core/thin/profile.js';
+import { runCli } from '../helpers/daemon.js';
 import { needs } from '../helpers/env.js';
 import { buildImage, buildThinImage, busyboxEntries, tarOf, unpackDuccStyle, writeDockerArchive } from '../helpers/oci-image.js';
 import { type Dockerd, layerDirs, type Plugin, removeTestDir, shortTempDir, startDockerd, startPlugin } from './harness.js';
@@ -21,7 +25,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
   let plugin: Plugin;
   let dockerd: Dockerd;
   let thinText: string;
-  const pluginArgs = () => ['--state-dir', path.join(dir, 'state'), '--absolute-mountpoint', repo];
+  const pluginArgs = () => ['--state-dir', path.join(dir, 'state'), '--absolute-mountpoint', repo, '--start-budget', '60000'];
   const docker = (args: string[], o?: Parameters<Dockerd['docker']>[1]) => dockerd.docker(args, o);
   const run = async (image: string, script: string) => (await docker(['run', '--rm', '--network', 'none', image, 'sh', '-c', script])).stdout;
 
@@ -41,6 +45,17 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
       ],
     ]);
     for (const l of src.layers) unpackDuccStyle(repo, l);
+    // the image's access profile, published before it is loaded: read ahead from the load on
+    const hexes = src.layers.map((l) => l.digest.slice(7));
+    mkdirSync(path.dirname(path.join(repo, profilePath(hexes))), { recursive: true });
+    const files = [
+      { path: 'bin/busybox', layer: hexes[0], size: readFileSync('/bin/busybox').length },
+      { path: 'data/only-in-cvmfs.txt', layer: hexes[1], size: 18 },
+    ];
+    writeFileSync(
+      path.join(repo, profilePath(hexes)),
+      serializeProfile({ schema: PROFILE_SCHEMA, version: 1, layers: hexes, prefetch: true, created: new Date().toISOString(), files }),
+    );
     thinText = JSON.stringify({
       version: '1.0',
       origin: 'test/src:1',
@@ -97,6 +112,30 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     await docker(['import', '--change', 'CMD ["/bin/sh"]', '-', 'test/thin-import:1'], { input: await tarOf([{ path: 'thin.json', content: thinText }]) });
     expect(await run('test/thin-import:1', 'cat /data/only-in-cvmfs.txt')).toBe('served from cvmfs\n');
     await docker(['rmi', 'test/thin-import:1']);
+  });
+
+  it('traces the start of a container of the thin image, its profile read ahead: cvmfs-thin why-slow by the Docker container ID or a prefix', async () => {
+    const id = (await docker(['create', '--network', 'none', 'test/thin:1', 'cat', '/data/only-in-cvmfs.txt'])).stdout.trim();
+    expect(id).toMatch(/^[0-9a-f]{64}$/);
+    expect((await docker(['start', '-a', id])).stdout).toBe('served from cvmfs\n');
+    // written when dockerd mounted the container's root, again once the read-ahead it joined ended
+    const whySlow = (arg: string, json = true) => runCli(['why-slow', '--state-dir', path.join(dir, 'state'), arg, ...(json ? ['--json'] : [])]);
+    let t: Record<string, unknown> = {};
+    for (let i = 0; i < 100 && t['prefetch'] === undefined; i++) {
+      const r = await whySlow(id.slice(0, 12));
+      if (r.code === 0) t = JSON.parse(r.out) as Record<string, unknown>;
+      else await sleep(100);
+    }
+    expect(t).toMatchObject({ container: id, daemon: 'graphdriver', origin: 'test/src:1', layers: 2, profile: 'repository', budgetMs: 60000 });
+    expect(t['prefetch']).toMatchObject({ files: 2, missing: 0, failed: 0 });
+    expect(Object.keys(t['phases'] as object).sort()).toEqual(['create', 'cvmfs', 'mount', 'resolve']);
+    const text = await whySlow(id, false);
+    expect(text.code).toBe(0);
+    expect(text.out).toMatch(
+      new RegExp(`^start of ${id}/[0-9a-f]{64} \\(graphdriver\\) at .*: image test/src:1 \\(layer [0-9a-f]{64}\\), 2 layer\\(s\\)\n {2}container: ${id}\n`),
+    );
+    expect(text.out).toContain('  access profile: repository\n  prefetch: 2 file(s)');
+    await docker(['rm', id]);
   });
 
   it('docker diff and commit on a container of the thin image; the committed image runs', async () => {

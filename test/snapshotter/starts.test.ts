@@ -127,7 +127,12 @@ describe('container starts: traces and access-profile prefetch (unprivileged, re
     expect((await findTrace(traces, '4f2')).snapshot).toBe('default/17/4f2a9c');
     await expect(findTrace(traces, 'ct')).rejects.toThrow(/"ct" matches 2 starts \(ctr, ctr2…\): give more of it/);
     await expect(findTrace(traces, 'nope')).rejects.toThrow(/no trace of a start of "nope"/);
-    await expect(findTrace(path.join(root, 'missing'), 'x')).rejects.toThrow(/no start traces in .*missing \(is this the snapshotter's root\? --root\)/);
+    await expect(findTrace(path.join(root, 'missing'), 'x')).rejects.toThrow(
+      /no start traces in .*missing \(is this the snapshotter's root, --root, or the graph driver's state directory, --state-dir\?\)/,
+    );
+    // several daemons' directories: a missing one is skipped, the key is found in another
+    expect((await findTrace([path.join(root, 'missing'), traces], 'ctr2')).snapshot).toBe('ctr2');
+    await expect(findTrace([path.join(root, 'missing'), traces], 'nope')).rejects.toThrow(/no trace of a start of "nope" in .*missing or .*traces/);
     const text = formatTrace(t);
     expect(text).toMatch(/^start of ctr \(snapshotter\) at .*: image test \(snapshot img\), 2 layer\(s\)\n {2}our own work: [\d.]+ ms \(budget 100000 ms\)\n/);
     expect(text).toContain('  access profile: repository\n  prefetch: 2 file(s), 0 KiB in');

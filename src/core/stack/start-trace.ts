@@ -33,8 +33,10 @@ export interface CvmfsCounters {
 export interface StartTrace {
   schema: typeof TRACE_SCHEMA;
   version: 1;
-  /** The container's snapshot key (the container ID for ctr and CRI). */
+  /** The container's snapshot key (the container ID for ctr and CRI); the graph driver's: `<container ID>/<layer ID>`, or the layer ID. */
   snapshot: string;
+  /** The container ID, when the daemon is given another key (dockerd's layer IDs: graphdriver/starts.ts). */
+  container?: string | undefined;
   daemon: string;
   /** The thin image's snapshot and what it came from. */
   image?: string | undefined;

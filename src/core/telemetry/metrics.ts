@@ -76,7 +76,7 @@ export const METRICS = {
   volume_repairs_total: { kind: 'counter', help: 'Broken (ENOTCONN) repository mounts mounted again', labels: ['daemon'] },
   start_phase_seconds: {
     kind: 'histogram',
-    help: "Container starts: time of each phase of the daemon's work (resolve: a thin image's layers; prepare: the container snapshot; prefetch: its access profile read ahead), see cvmfs-thin why-slow",
+    help: "Container starts: time of each phase of the daemon's work (resolve: a thin image's layers; the snapshotter's cvmfs, dirs, journal of the container's snapshot; the graph driver's create, cvmfs, mount of the container's layers; prefetch: its access profile read ahead), see cvmfs-thin why-slow",
     labels: ['daemon', 'phase'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
   },
