@@ -2,7 +2,7 @@
  * What a contributor's change must keep (CI counts each as a test): no ESLint
  * finding (`npm run lint`), every file formatted (`npm run format:check`),
  * sources, tests and benches type-check (`npm run typecheck`), no hand-written
- * source file over 400 lines, no unused export or file (`npx knip`). The last
+ * source file over 400 lines, no unused export or file (`npm run knip`). The last
  * block proves each check can fail: the same runner on a broken input, the
  * line counter on a temporary tree.
  */
@@ -51,7 +51,7 @@ describe('the tree', () => {
     expect(filesOverCap(path.join(ROOT, 'src'), CAP)).toEqual([]);
   });
 
-  it('has no unused export or file (npx knip, knip.json)', { timeout: SLOW }, async () => {
+  it('has no unused export or file (npm run knip, knip.json)', { timeout: SLOW }, async () => {
     const r = await tool('knip', ['--include', 'exports,nsExports,files', '--no-progress']);
     expect(r.code, r.output).toBe(0);
   });
