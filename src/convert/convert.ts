@@ -86,7 +86,7 @@ function localName(ref: ImageReference): DockerReference {
 }
 
 /** DUCC's default thin target for a source. */
-export function defaultThinTarget(source: ImageReference, name: DockerReference): ImageReference {
+function defaultThinTarget(source: ImageReference, name: DockerReference): ImageReference {
   const thinRef = defaultThinReference(name);
   switch (source.transport) {
     case 'docker':

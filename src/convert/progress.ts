@@ -14,7 +14,7 @@ export interface Progress {
   close(): void;
 }
 
-export const nullProgress: Progress = {
+const nullProgress: Progress = {
   layerStart() {},
   layerBytes() {},
   layerFiles() {},

@@ -20,11 +20,11 @@ export type ImageReference =
   | { transport: 'oci-archive'; path: string; tag?: string | undefined }
   | { transport: 'docker-archive'; path: string; ref?: DockerReference | undefined; index?: number | undefined };
 
-export const DOCKER_HUB = 'docker.io';
+const DOCKER_HUB = 'docker.io';
 /** The API endpoint of Docker Hub. */
-export const DOCKER_HUB_API = 'registry-1.docker.io';
+const DOCKER_HUB_API = 'registry-1.docker.io';
 /** The name DUCC and unpacked.cern.ch use for Docker Hub in repository paths. */
-export const DOCKER_HUB_DUCC = 'registry.hub.docker.com';
+const DOCKER_HUB_DUCC = 'registry.hub.docker.com';
 const HUB_ALIASES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io', 'registry.hub.docker.com', 'hub.docker.com']);
 
 // distribution/reference grammar
@@ -46,7 +46,7 @@ export function apiHost(registry: string): string {
 }
 
 /** The registry name used in the DUCC tree (`.metadata/<this>/…`, the readable link). */
-export function duccRegistryName(registry: string): string {
+function duccRegistryName(registry: string): string {
   return canonicalRegistry(registry) === DOCKER_HUB ? DOCKER_HUB_DUCC : registry;
 }
 

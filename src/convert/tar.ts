@@ -12,11 +12,9 @@ export {
   type MemEntry,
   type RewriteResult,
   tarSplitTee,
-  TarSplitRecorder,
   packEntriesToBuffer,
   type ExtractLimits,
   type ExtractProgress,
   type ExtractResult,
-  UnsafeTarError,
 } from '../core/tar/index.js';
 export { TarParser } from '../core/tar/parser.js';

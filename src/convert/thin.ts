@@ -12,9 +12,9 @@ import type { ImageToWrite } from './image/source.js';
 import { packEntriesToBuffer } from './tar.js';
 import { canonicalJson, type Descriptor, type ImageConfig, MT, type Platform, type RawManifest, rawManifest } from './image/types.js';
 
-export const LABEL_SOURCE = 'cvmfs-thin.source';
-export const LABEL_SOURCE_DIGEST = 'cvmfs-thin.source.digest';
-export const LABEL_REPOSITORY = 'cvmfs-thin.repository';
+const LABEL_SOURCE = 'cvmfs-thin.source';
+const LABEL_SOURCE_DIGEST = 'cvmfs-thin.source.digest';
+const LABEL_REPOSITORY = 'cvmfs-thin.repository';
 
 export interface ThinInput {
   /** The source image (informational `origin` of thin.json). */
@@ -31,7 +31,7 @@ export interface ThinInput {
 }
 
 /** The exact thin.json text for these layers. */
-export function thinManifestText(i: Pick<ThinInput, 'origin' | 'layers' | 'repository'>): string {
+function thinManifestText(i: Pick<ThinInput, 'origin' | 'layers' | 'repository'>): string {
   const text = serializeThinManifest({
     origin: i.origin,
     layers: i.layers.map((hex) => ({ hex, repository: i.repository, path: duccLayerPath(hex) })),

@@ -79,7 +79,7 @@ export function readRecipe(file: string): Recipe {
   return parseRecipe(text, file);
 }
 
-export const DEFAULT_OUTPUT_FORMAT = '$(scheme)://$(registry)/$(repository)_thin:$(tag)';
+const DEFAULT_OUTPUT_FORMAT = '$(scheme)://$(registry)/$(repository)_thin:$(tag)';
 
 /** DUCC's formatOutputImage. */
 export function formatOutput(format: string | undefined, w: WishImage, ref: DockerReference): string {

@@ -46,7 +46,7 @@ export interface CsiNodeOptions {
 /** Holder meta: what a repeated call is compared on. */
 type Role = 'stage' | 'publish';
 
-export const NODE_CAPABILITIES = [Rpc.STAGE_UNSTAGE_VOLUME, Rpc.GET_VOLUME_STATS, Rpc.VOLUME_CONDITION] as const;
+const NODE_CAPABILITIES = [Rpc.STAGE_UNSTAGE_VOLUME, Rpc.GET_VOLUME_STATS, Rpc.VOLUME_CONDITION] as const;
 
 export class CsiNode {
   private readonly m: MountManager;

@@ -23,10 +23,10 @@ import { type VolumeCapability, VolumeCapability_AccessMode_Mode as Mode, volume
 /** Volume attributes we understand (cvmfs-csi's `repository` + the volume options). */
 export const KNOWN_ATTRIBUTES = ['repository', ...VOLUME_OPTIONS] as const;
 /** cvmfs-csi attributes accepted and ignored: `sharedMountID` (volumes with equal settings always share one mount). */
-export const IGNORED_ATTRIBUTES = ['sharedMountID'] as const;
+const IGNORED_ATTRIBUTES = ['sharedMountID'] as const;
 /** Keys kubelet adds (pod info with podInfoOnMount, the ephemeral flag): never volume settings. */
-export const KUBELET_PREFIX = 'csi.storage.k8s.io/';
-export const EPHEMERAL_KEY = 'csi.storage.k8s.io/ephemeral';
+const KUBELET_PREFIX = 'csi.storage.k8s.io/';
+const EPHEMERAL_KEY = 'csi.storage.k8s.io/ephemeral';
 /** Mount flags a PV may carry (`mountOptions`): what the read-only bind applies anyway. */
 export const ACCEPTED_MOUNT_FLAGS = ['ro', 'nosuid', 'nodev'] as const;
 /** The longest path accepted (PATH_MAX). */
@@ -39,7 +39,7 @@ const INLINE_MODES = new Set([Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_SINGLE_W
 
 const q = (s: string) => JSON.stringify(s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
-export function modeName(m: Mode | undefined): string {
+function modeName(m: Mode | undefined): string {
   return m === undefined ? 'none' : volumeCapability_AccessMode_ModeToJSON(m);
 }
 

@@ -50,7 +50,7 @@ export interface VolumeInfo {
 }
 
 const HOLDER_PREFIX = 'docker:';
-export const holderId = (mountId: string): string => `${HOLDER_PREFIX}${mountId}`;
+const holderId = (mountId: string): string => `${HOLDER_PREFIX}${mountId}`;
 
 function sameOpts(a: Record<string, string>, b: Record<string, string>): boolean {
   const ka = Object.keys(a).sort();

@@ -5,12 +5,8 @@
  */
 import { InvalidArgumentError } from '../core/errors/errors.js';
 
-/** The endpoints after `VolumeDriver.`. */
-export const VOLUME_METHODS = ['Create', 'Remove', 'Mount', 'Unmount', 'Path', 'Get', 'List', 'Capabilities'] as const;
-export type VolumeMethod = (typeof VOLUME_METHODS)[number];
-
 /** Longest volume name accepted on the wire (a repository name is at most 253; a tag or hash adds at most 129). */
-export const MAX_VOLUME_NAME = 512;
+const MAX_VOLUME_NAME = 512;
 /**
  * Mount IDs are random 64-hex strings from dockerd (one per mount point and
  * container start); other clients may use readable ones.

@@ -24,19 +24,19 @@ export interface ContainerdSettings {
 }
 
 /** The CRI runtimes table of a config version. */
-export function criRuntimes(version: 2 | 3): string[] {
+function criRuntimes(version: 2 | 3): string[] {
   return version === 2
     ? ['plugins', 'io.containerd.grpc.v1.cri', 'containerd', 'runtimes']
     : ['plugins', 'io.containerd.cri.v1.runtime', 'containerd', 'runtimes'];
 }
 
 /** The CRI table of a config version (its snapshotter and disable_snapshot_annotations keys). */
-export function criTable(version: 2 | 3): string[] {
+function criTable(version: 2 | 3): string[] {
   return version === 2 ? ['plugins', 'io.containerd.grpc.v1.cri', 'containerd'] : ['plugins', 'io.containerd.cri.v1.images'];
 }
 
 /** The config version of a parsed file, or a clear refusal. */
-export function configVersion(doc: Table, file: string): 2 | 3 {
+function configVersion(doc: Table, file: string): 2 | 3 {
   const v = doc['version'];
   if (v === undefined) {
     throw new InvalidArgumentError(

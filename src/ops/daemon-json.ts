@@ -16,7 +16,7 @@ export interface DaemonJsonEdit {
 }
 
 /** Parse, or refuse naming the line and column. */
-export function parseDaemonJson(text: string, file: string): Record<string, unknown> {
+function parseDaemonJson(text: string, file: string): Record<string, unknown> {
   if (text.trim() === '') return {};
   let v: unknown;
   try {

@@ -109,7 +109,7 @@ function configKey(file: string, key: string): string | undefined {
 }
 
 /** A path as the node sees it (files written under --root-prefix name paths without it). */
-export function nodePath(o: CommonOptions, p: string): string {
+function nodePath(o: CommonOptions, p: string): string {
   return o.rootPrefix && p.startsWith(`${o.rootPrefix}/`) ? p.slice(o.rootPrefix.length) : p;
 }
 
@@ -157,7 +157,7 @@ export async function planContainerd(o: CommonOptions, c: ContainerdOptions, hos
 }
 
 /** Docker's major.minor, from the option or `dockerd --version`. */
-export async function dockerVersion(d: DockerOptions, host: Host): Promise<[number, number]> {
+async function dockerVersion(d: DockerOptions, host: Host): Promise<[number, number]> {
   let v = d.dockerVersion;
   if (v === undefined) {
     const r = await host.exec('dockerd', ['--version'], { timeoutMs: 10_000 });
@@ -312,12 +312,12 @@ export async function runPlan(o: CommonOptions, plan: Plan, host: Host, io: RunO
 }
 
 /** A shell word: as it is when safe, else single-quoted. */
-export function shellWord(s: string): string {
+function shellWord(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`;
 }
 
 /** The command that undoes `target` with the options this run was given. */
-export function undoCommand(target: Target, o: CommonOptions): string {
+function undoCommand(target: Target, o: CommonOptions): string {
   return ['cvmfs-thin', 'setup', target, '--undo', ...(o.undoArgs ?? [])].map(shellWord).join(' ');
 }
 

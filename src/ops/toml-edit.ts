@@ -80,7 +80,7 @@ function canon(v: unknown): string {
   return `${typeof v}:${JSON.stringify(v)}`;
 }
 
-export function sameDocument(a: unknown, b: unknown): boolean {
+function sameDocument(a: unknown, b: unknown): boolean {
   return canon(a) === canon(b);
 }
 

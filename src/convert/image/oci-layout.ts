@@ -12,10 +12,10 @@ import { type DockerReference, parseDockerReference } from '../reference.js';
 import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './source.js';
 import { canonicalJson, type Descriptor, type ImageIndex, MT, parseManifest, type RawManifest } from './types.js';
 
-export const REF_NAME = 'org.opencontainers.image.ref.name';
-export const CONTAINERD_NAME = 'io.containerd.image.name';
+const REF_NAME = 'org.opencontainers.image.ref.name';
+const CONTAINERD_NAME = 'io.containerd.image.name';
 
-export function blobPath(dir: string, digest: string): string {
+function blobPath(dir: string, digest: string): string {
   const d = parseDigest(digest);
   if (!d) throw new BadContentError(`blob digest ${JSON.stringify(digest)} is not a sha256 digest`);
   return path.join(dir, 'blobs', d.algorithm, d.hex);

@@ -33,7 +33,7 @@ export const SPOOL_PREFIX = 'cvmfs-thin-archive-';
 /** `#` is not allowed in archive entry names (archive-spool.ts SAFE_NAME): no spooled file can land on it. */
 export const OWNER_FILE = '#owner';
 /** How old a spool without `#owner` must be before a sweep removes it. */
-export const LOCKLESS_GRACE_MS = 24 * 3600_000;
+const LOCKLESS_GRACE_MS = 24 * 3600_000;
 
 export interface SpoolDir {
   readonly dir: string;

@@ -140,7 +140,7 @@ function annotations(o: Record<string, unknown>, what: string): Record<string, s
   return out;
 }
 
-export function parseDescriptor(v: unknown, what: string): Descriptor {
+function parseDescriptor(v: unknown, what: string): Descriptor {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadContentError(`${what}: must be an object`);
   const o = v as Record<string, unknown>;
   const mediaType = str(o, 'mediaType', what, true) ?? '';

@@ -21,18 +21,18 @@ import { InvalidArgumentError } from '../../core/errors/errors.js';
 import { canonicalRegistry, type DockerReference } from '../reference.js';
 
 export const STORE_DIR = 'podmanStore';
-export const DRIVER = 'overlay';
-export const LINK_DIR = 'l';
-export const LAYERS_SUBDIR = 'overlay-layers';
-export const IMAGES_SUBDIR = 'overlay-images';
-export const LAYERS_JSON = 'layers.json';
-export const IMAGES_JSON = 'images.json';
-export const LAYERS_LOCK = 'layers.lock';
-export const IMAGES_LOCK = 'images.lock';
+const DRIVER = 'overlay';
+const LINK_DIR = 'l';
+const LAYERS_SUBDIR = 'overlay-layers';
+const IMAGES_SUBDIR = 'overlay-images';
+const LAYERS_JSON = 'layers.json';
+const IMAGES_JSON = 'images.json';
+const LAYERS_LOCK = 'layers.lock';
+const IMAGES_LOCK = 'images.lock';
 /** Our per-layer note inside `overlay/<id>/` (containers/storage ignores other names). */
 export const LAYER_NOTE = 'cvmfs-thin.json';
 /** Present while an update runs; found by the next run, which then repairs and re-announces the store. */
-export const UPDATE_MARKER = '.cvmfs-thin-update';
+const UPDATE_MARKER = '.cvmfs-thin-update';
 /** containers/storage's image big-data key of the default manifest. */
 export const MANIFEST_KEY = 'manifest';
 /** Length of containers/storage's last-writer token at the start of a lock file. */
@@ -43,7 +43,7 @@ export const OLD_DIFF_TARGET = /^\.\.\/\.\.\/\.\.\/\.layers\/[a-f0-9]{2}\/[a-f0-
 /** An absolute `diff` link into a repository layer: group 1 is the mount root, group 2 the layer's hex. */
 export const DIFF_TARGET = /^(\/.*)\/\.layers\/[a-f0-9]{2}\/([a-f0-9]{64})\/layerfs$/;
 /** containers/storage's tar-split of a layer, beside layers.json. */
-export const TAR_SPLIT_SUFFIX = '.tar-split.gz';
+const TAR_SPLIT_SUFFIX = '.tar-split.gz';
 
 /**
  * Where the repository is mounted on the nodes that read the store
@@ -106,13 +106,9 @@ export interface LayerNote {
 }
 
 const SHA256 = /^sha256:[a-f0-9]{64}$/;
-const HEX64 = /^[a-f0-9]{64}$/;
 
 export function isDigest(s: unknown): s is string {
   return typeof s === 'string' && SHA256.test(s);
-}
-export function isHex64(s: unknown): s is string {
-  return typeof s === 'string' && HEX64.test(s);
 }
 
 export function mustDigest(s: unknown, what: string): string {

@@ -6,6 +6,5 @@ export { type AddOptions, type AddResult, addImageToPodmanStore, type PodmanImag
 export { checkPodmanStore, type StoreCheck } from './check.js';
 export { checkStoreRoot, layerIds, podmanName, STORE_DIR, shortLink } from './format.js';
 export { collectPodmanStore, type PodmanGcOptions, type PodmanGcReport, removeImagesFromPodmanStore, removeNamesFromPodmanStore } from './gc.js';
-export { LAYER_ROOT_MODE } from './layers.js';
 export { storageConf } from './setup.js';
 export { addTreeImageToPodmanStore, podmanInput, podmanNameOfTreeName } from './tree.js';

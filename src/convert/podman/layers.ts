@@ -18,7 +18,7 @@ import { lstatOrNull, setSymlink, tmpName } from './store-io.js';
  * is ignored). A container's `/` is created with the mode of its image's top
  * layer root, so the store's layer roots get it too.
  */
-export const LAYER_ROOT_MODE = 0o555;
+const LAYER_ROOT_MODE = 0o555;
 
 const isRoot = () => process.geteuid?.() === 0;
 
@@ -83,7 +83,7 @@ export async function whiteoutMode(repoDir: string, hex: string): Promise<{ mode
   return { mode: ex ? 'plain' : 'none', example: ex };
 }
 
-export async function readText(p: string): Promise<string | null> {
+async function readText(p: string): Promise<string | null> {
   try {
     return await fsp.readFile(p, 'utf8');
   } catch {

@@ -69,7 +69,7 @@ async function ensureLockFile(file: string): Promise<void> {
 }
 
 /** Write a new last-writer token in place (the inode stays: readers keep their open lock file). */
-export async function touchLock(file: string): Promise<void> {
+async function touchLock(file: string): Promise<void> {
   const fh = await fsp.open(file, (await lstatOrNull(file)) ? 'r+' : 'w', 0o644);
   try {
     await fh.write(lastWriterToken(), 0, LAST_WRITER_SIZE, 0);
@@ -80,7 +80,7 @@ export async function touchLock(file: string): Promise<void> {
 }
 
 /** Create the store's directories and lock files (idempotent). */
-export async function ensureSkeleton(p: StorePaths): Promise<void> {
+async function ensureSkeleton(p: StorePaths): Promise<void> {
   const repo = await lstatOrNull(p.repoDir);
   if (!repo || !repo.isDirectory())
     throw new InvalidArgumentError(`podman store: repository directory ${p.repoDir} does not exist`, 'CVMFS_THIN_PODMAN_BAD_STORE');
@@ -132,7 +132,7 @@ export async function readJsonArray<T extends { id: string }>(file: string, what
   return v as T[];
 }
 
-export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   // compact, as containers/storage writes it; 0644 so that unprivileged podman can read the store
   await writeFileAtomic(file, JSON.stringify(value), 0o644);
 }
@@ -151,7 +151,7 @@ export async function writeImages(p: StorePaths, images: StoreImage[]): Promise<
 }
 
 /** Remove temporary names (`.tmp-*`, and writeFileAtomic's `.<name>.tmp-*`) in the store's directories. Call under the lock. */
-export async function removeTemps(p: StorePaths, log?: Logger): Promise<string[]> {
+async function removeTemps(p: StorePaths, log?: Logger): Promise<string[]> {
   const removed: string[] = [];
   for (const dir of [p.root, p.overlay, p.links, p.layersDir, p.imagesDir]) {
     let names: string[];

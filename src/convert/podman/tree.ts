@@ -13,8 +13,6 @@ import { MULTIARCH_DIR } from '../repo.js';
 import { type AddOptions, type AddResult, addImageToPodmanStore, layerDiffSize, type PodmanImageInput } from './add.js';
 import { isDigest, podmanName } from './format.js';
 
-export { layerDiffSize };
-
 /** Build the store input of an image from its manifest and config bytes (as the converter has them). */
 export async function podmanInput(repoDir: string, m: { names: string[]; manifest: Buffer; config: Buffer }): Promise<PodmanImageInput> {
   let manifest: { layers?: { digest?: unknown; size?: unknown }[] };

@@ -18,7 +18,6 @@ import { pushBlob } from './push.js';
 import { describeCause, Retrier } from './retry.js';
 import { RegistrySession } from './session.js';
 
-export { isLoopbackHost, pullScope, pushScope } from './http.js';
 export { retryDelay } from './retry.js';
 export type { FetchFn, RegistryClientOptions, RequestOptions } from './session.js';
 

@@ -17,7 +17,7 @@ import { sleep } from '../../core/util/concurrency.js';
 export const RETRY_STATUS: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);
 
 /** Longest wait between two attempts, whatever the server asks. */
-export const MAX_DELAY_MS = 60_000;
+const MAX_DELAY_MS = 60_000;
 
 /** Delay before a retry: Retry-After (seconds or HTTP date) if given, else exponential with ±25 % jitter; capped at 60 s. */
 export function retryDelay(attempt: number, retryAfter: string | null, baseMs: number): number {
@@ -70,7 +70,7 @@ function plural(n: number): string {
 }
 
 /** Default: an `unavailable` RegistryError naming what was tried, why it failed and how often. */
-export function giveUpError(what: string): GiveUp {
+function giveUpError(what: string): GiveUp {
   return (cause, attempts, status) => new RegistryError('unavailable', `${what}: ${describeCause(cause)} (after ${plural(attempts)})`, status, { cause });
 }
 

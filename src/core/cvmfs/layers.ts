@@ -41,7 +41,7 @@ import {
 import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
 import { lostModes, rootCatalog, specialModes } from './chains.js';
 
-export { scanWhiteouts, type WhiteoutScan } from './masks.js';
+export { type WhiteoutScan } from './masks.js';
 
 /** What we remember about a layer directory (cached durably by the caller). */
 export interface LayerFacts {

@@ -20,7 +20,6 @@ export const layerDir = (repoRoot: string, hex: string) => path.join(repoRoot, L
 export const layerRootfs = (repoRoot: string, hex: string) => path.join(layerDir(repoRoot, hex), LAYER_ROOTFS);
 export const layerMetadataDir = (repoRoot: string, hex: string) => path.join(layerDir(repoRoot, hex), METADATA_DIR);
 export const layerMarker = (repoRoot: string, hex: string) => path.join(layerMetadataDir(repoRoot, hex), LAYER_MARKER);
-export const layerTarSplit = (repoRoot: string, hex: string) => path.join(layerMetadataDir(repoRoot, hex), LAYER_TAR_SPLIT);
 export const chainDir = (repoRoot: string, id: string) => path.join(repoRoot, CHAINS_DIR, id.slice(0, 2), id);
 export const dirtyChainMarker = (repoRoot: string, id: string) => path.join(repoRoot, DIRTY_CHAINS_DIR, id);
 export const flatDir = (repoRoot: string, configHex: string) => path.join(repoRoot, FLAT_DIR, configHex.slice(0, 2), configHex);

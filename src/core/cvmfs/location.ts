@@ -15,7 +15,7 @@ export interface CvmfsLocation {
 }
 
 export const DEFAULT_REPOSITORY = 'unpacked.cern.ch';
-export const DEFAULT_CVMFS_ROOT = '/cvmfs';
+const DEFAULT_CVMFS_ROOT = '/cvmfs';
 
 /** A CVMFS repository name is a DNS-style name: `unpacked.cern.ch`. */
 export const REPOSITORY_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;

@@ -12,7 +12,7 @@ export const SERVER_CONF_DIR = '/etc/cvmfs/repositories.d';
 export const serverConfFile = (repository: string, confDir = SERVER_CONF_DIR): string => path.join(confDir, repository, 'server.conf');
 
 /** Does the repository's server.conf publish xattrs? null when there is no server.conf (not a publisher of it). */
-export function publishesXattrs(repository: string, confDir = SERVER_CONF_DIR): boolean | null {
+function publishesXattrs(repository: string, confDir = SERVER_CONF_DIR): boolean | null {
   let text: string;
   try {
     text = readFileSync(serverConfFile(repository, confDir), 'utf8');

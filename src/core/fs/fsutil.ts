@@ -28,7 +28,7 @@ function unescapeMountinfo(s: string): string {
 }
 
 /** Parse /proc/self/mountinfo text. Pure. */
-export function parseMountinfo(text: string): MountInfo[] {
+function parseMountinfo(text: string): MountInfo[] {
   const out: MountInfo[] = [];
   for (const line of text.split('\n')) {
     if (!line) continue;
@@ -53,7 +53,7 @@ export function readMountinfo(): MountInfo[] {
 }
 
 /** Mount points at or below `dir`. */
-export function mountsUnder(dir: string, mounts: MountInfo[] = readMountinfo()): string[] {
+function mountsUnder(dir: string, mounts: MountInfo[] = readMountinfo()): string[] {
   const d = path.resolve(dir);
   return mounts.map((m) => m.mountPoint).filter((mp) => mp === d || mp.startsWith(d + '/'));
 }

@@ -23,8 +23,3 @@ export function classifyWhiteout(base: string): WhiteoutKind {
   if (target === '' || target === '.' || target === '..') return null;
   return { kind: 'whiteout', target };
 }
-
-/** The OCI name of a whiteout for `name` (for producing Docker/OCI diffs). */
-export function whiteoutName(name: string): string {
-  return WHITEOUT_PREFIX + name;
-}

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { FailedPreconditionError, InvalidArgumentError } from '../errors/errors.js';
 
 /** Linux sun_path is 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH = 107;
+const MAX_SOCKET_PATH = 107;
 
 /**
  * Make `address` bindable: create its directory, remove a stale socket left by

@@ -133,7 +133,7 @@ export const S_IFBLK = 0o060000;
 export const S_IFIFO = 0o010000;
 
 /** glibc makedev. */
-export function makedev(major: number, minor: number): bigint {
+function makedev(major: number, minor: number): bigint {
   const ma = BigInt(major);
   const mi = BigInt(minor);
   return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);

@@ -25,9 +25,7 @@ import { type LinkBatch, ShortLinks } from './links.js';
 import { CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
 export { chainLowers, type ChainLower, type ChainNode } from './chain.js';
-export { FactsFile } from './facts.js';
 export { type LinkBatch, linkName, ShortLinks } from './links.js';
-export { CvmfsProbe, cvmfsRootOf, DEFAULT_CVMFS_TIMEOUT_MS, StalledError } from '../host/probe.js';
 
 /** Owner of a CVMFS directory, as the availability check saw it. */
 export interface DirOwner {

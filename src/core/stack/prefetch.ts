@@ -42,7 +42,7 @@ export interface PrefetchResult {
   stopped?: 'max-bytes' | 'max-files' | 'aborted' | 'stalled' | undefined;
 }
 
-export const PREFETCH_DEFAULTS = { concurrency: 16, maxBytes: 2 * 1024 ** 3, maxFiles: 20_000 } as const;
+const PREFETCH_DEFAULTS = { concurrency: 16, maxBytes: 2 * 1024 ** 3, maxFiles: 20_000 } as const;
 
 /** Read `files` (absolute paths, with their expected sizes) ahead. */
 export async function prefetchFiles(host: Host, files: readonly { path: string; size: number }[], o: PrefetchOptions = {}): Promise<PrefetchResult> {

@@ -19,7 +19,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { PrefetchResult } from './prefetch.js';
 
 export const TRACE_SCHEMA = 'cvmfs-thin/start-trace';
-export const MAX_TRACES = 500;
+const MAX_TRACES = 500;
 
 export interface CvmfsCounters {
   /** Files downloaded since the client started. */

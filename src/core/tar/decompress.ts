@@ -66,7 +66,7 @@ export function isForeignLayer(mediaType: string): boolean {
 
 // ------------------------------------------------------------------ codecs
 
-export const gzipDecompressor: Decompressor = {
+const gzipDecompressor: Decompressor = {
   name: 'zlib',
   create: () => typedZlibErrors(zlib.createGunzip({ chunkSize: 128 * 1024 }), 'gzip'),
 };
@@ -91,7 +91,7 @@ function typedZlibErrors<T extends Duplex>(z: T, what: string): T {
 }
 
 /** fzstd (pure JS, runs on the calling thread). */
-export const fzstdDecompressor: Decompressor = {
+const fzstdDecompressor: Decompressor = {
   name: 'fzstd',
   create: () => new FzstdTransform(),
 };
@@ -128,7 +128,7 @@ function zstdError(e: unknown): Error {
 }
 
 /** `zstd -dc` in a child process: ~3× fzstd, and on another core. */
-export const zstdProcessDecompressor: Decompressor = {
+const zstdProcessDecompressor: Decompressor = {
   name: 'zstd-process',
   create: () => new ProcessDecoder('zstd', ['-dcq']),
 };

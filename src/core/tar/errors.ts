@@ -36,7 +36,7 @@ export type UnsafeTarReason =
   | 'bad-header'
   | 'bad-pax';
 
-export const UNSAFE_TAR_CODE = 'CVMFS_THIN_UNSAFE_TAR';
+const UNSAFE_TAR_CODE = 'CVMFS_THIN_UNSAFE_TAR';
 
 export class UnsafeTarError extends InvalidArgumentError {
   readonly entry: string;
@@ -49,7 +49,7 @@ export class UnsafeTarError extends InvalidArgumentError {
 }
 
 /** Entry names are carried as latin1 "byte strings"; show them as UTF-8 text. */
-export function printableName(bstr: string): string {
+function printableName(bstr: string): string {
   // fast path: pure ASCII is the same in both
 
   return /^[\x00-\x7f]*$/.test(bstr) ? bstr : Buffer.from(bstr, 'latin1').toString('utf8');
@@ -59,7 +59,7 @@ export function unsafe(bname: string, reason: UnsafeTarReason, detail: string): 
   return new UnsafeTarError(printableName(bname), reason, detail);
 }
 
-export const TAR_IO_CODE = 'CVMFS_THIN_TAR_IO';
+const TAR_IO_CODE = 'CVMFS_THIN_TAR_IO';
 
 /**
  * A file system call failed while extracting or packing (ENOSPC, EACCES,

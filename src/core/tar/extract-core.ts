@@ -114,7 +114,7 @@ export function runJob(cfg: JobConfig, send: (m: FromWorker) => void, hashHere: 
   };
 }
 
-export function tooLarge(max: number): UnsafeTarError {
+function tooLarge(max: number): UnsafeTarError {
   return unsafe('', 'too-large', `input exceeds the limit of ${max} bytes`);
 }
 

@@ -44,7 +44,7 @@ export function bstr(text: string): string {
 }
 
 /** byte string → Buffer. */
-export function fromBstr(b: string): Buffer {
+function fromBstr(b: string): Buffer {
   return Buffer.from(b, 'latin1');
 }
 

@@ -18,10 +18,10 @@ export {
   type WhiteoutMode,
   type WriterStats,
 } from './extract.js';
-export { UnsafeTarError, TarIoError, UNSAFE_TAR_CODE, TAR_IO_CODE, type UnsafeTarReason } from './errors.js';
+export { UnsafeTarError, TarIoError, type UnsafeTarReason } from './errors.js';
 export type { IdMap, IdMaps } from './idmap.js';
 export { LayerRewriter, type RewriteOptions, type RewriteResult } from './rewrite.js';
-export { Crc64, TarSplitRecorder, tarSplitTee, type TarSplitOutcome, type TarSplitTee } from './split.js';
+export { tarSplitTee, type TarSplitOutcome, type TarSplitTee } from './split.js';
 export type { LayerRecordData } from './writer-meta.js';
 export { packDirectory, packEntries, packEntriesToBuffer, type MemEntry, type PackChange, type PackOptions } from './pack.js';
 export {
@@ -29,9 +29,6 @@ export {
   compressionForMediaType,
   sniffCompression,
   isForeignLayer,
-  gzipDecompressor,
-  fzstdDecompressor,
-  zstdProcessDecompressor,
   type Compression,
   type Decompressor,
   type DecompressOptions,

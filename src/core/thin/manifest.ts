@@ -14,9 +14,9 @@ export const THIN_MANIFEST_NAME = 'thin.json';
 /** Manifests larger than this are refused (a 500-layer manifest is ~100 KiB). */
 export const MAX_MANIFEST_BYTES = 1 << 20;
 /** overlayfs stacks at most 500 lower layers. */
-export const MAX_THIN_LAYERS = 500;
+const MAX_THIN_LAYERS = 500;
 /** The version we write, and the highest major version we read. */
-export const THIN_FORMAT_VERSION = '1.0';
+const THIN_FORMAT_VERSION = '1.0';
 
 export interface ThinLayer {
   /** `sha256:<hex>` of the compressed layer blob. */

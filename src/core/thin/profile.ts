@@ -18,7 +18,7 @@ import { duccChainIds } from '../cvmfs/layout.js';
 export const PROFILES_DIR = '.profiles';
 export const PROFILE_SCHEMA = 'cvmfs-thin/access-profile';
 /** Files of one profile (a start that reads more is cut: the first ones matter). */
-export const MAX_PROFILE_FILES = 20_000;
+const MAX_PROFILE_FILES = 20_000;
 export const MAX_PROFILE_BYTES = 8 << 20;
 
 export interface ProfileEntry {
@@ -58,14 +58,14 @@ export function profilePath(layers: readonly string[]): string {
   return path.posix.join(PROFILES_DIR, id.slice(0, 2), `${id}.json`);
 }
 
-export class ProfileError extends InvalidArgumentError {
+class ProfileError extends InvalidArgumentError {
   constructor(field: string, why: string) {
     super(`access profile: ${field}: ${why}`, 'CVMFS_THIN_BAD_PROFILE');
   }
 }
 
 /** A profile path: relative, normalised, no `..`, no NUL. */
-export function checkProfilePath(p: unknown, field: string): string {
+function checkProfilePath(p: unknown, field: string): string {
   if (typeof p !== 'string' || p === '') throw new ProfileError(field, 'must be a non-empty string');
   if (p.length > 4096 || p.includes('\0')) throw new ProfileError(field, 'is longer than 4096 bytes or holds a NUL byte');
   const rel = p.replace(/^\/+/, '');

@@ -36,7 +36,7 @@ import { DEFAULT_CLIENT_CONFIG_KEYS, parseAllowed, RepositoryAllowlist, type Vol
 import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
 import { type Definition, type Holder, type MountManagerOptions, recordGauges, type VolumeState } from './types.js';
 
-export { DEFAULT_MOUNT_COMMAND, type Health };
+export { type Health };
 
 export interface HolderRequest {
   id: string;

@@ -28,7 +28,7 @@ export interface VolumeSpec {
 }
 
 /** The longest repository name accepted (a DNS name is at most 253 bytes). */
-export const MAX_REPOSITORY_NAME = 253;
+const MAX_REPOSITORY_NAME = 253;
 const TAG = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const HASH = /^[0-9a-f]{40}(-[a-z0-9]{1,16})?$/;
 const DATE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
@@ -68,7 +68,7 @@ function bad(what: string, value: string, why: string): InvalidArgumentError {
   return new InvalidArgumentError(`${what} ${JSON.stringify(value.length > 300 ? `${value.slice(0, 300)}…` : value)}: ${why}`, 'CVMFS_THIN_BAD_VOLUME');
 }
 
-export function checkRepositoryName(repo: string, what = 'repository'): string {
+function checkRepositoryName(repo: string, what = 'repository'): string {
   if (repo.length === 0) throw bad(what, repo, 'is empty');
   if (repo.length > MAX_REPOSITORY_NAME) throw bad(what, repo, `is longer than ${MAX_REPOSITORY_NAME} characters`);
   if (/^[0-9a-f]{64}$/.test(repo)) {
@@ -79,7 +79,7 @@ export function checkRepositoryName(repo: string, what = 'repository'): string {
 }
 
 /** Parse `repo`, `repo@tag` or `repo#hash`. */
-export function parseVolumeName(name: string): VolumeSpec {
+function parseVolumeName(name: string): VolumeSpec {
   const at = name.indexOf('@');
   const hashAt = name.indexOf('#');
   if (at >= 0 && hashAt >= 0) throw bad('volume name', name, 'cannot have both @tag and #hash');
@@ -104,7 +104,7 @@ function withTag(spec: VolumeSpec, tag: string): VolumeSpec {
  * Apply per-volume options (Docker `-o`, CSI attributes, FlexVolume options):
  * `tag`, `hash`, `date`, `clientConfig`. Unknown options are refused.
  */
-export function applyOptions(spec: VolumeSpec, opts: Record<string, string>, allowedKeys: readonly string[] = DEFAULT_CLIENT_CONFIG_KEYS): VolumeSpec {
+function applyOptions(spec: VolumeSpec, opts: Record<string, string>, allowedKeys: readonly string[] = DEFAULT_CLIENT_CONFIG_KEYS): VolumeSpec {
   let out = { ...spec };
   for (const [k, v] of Object.entries(opts)) {
     if (typeof v !== 'string') throw bad('option', k, 'must have a string value');
@@ -134,7 +134,7 @@ export function applyOptions(spec: VolumeSpec, opts: Record<string, string>, all
 }
 
 /** Validate `KEY=VALUE` lines; comments and blank lines are dropped. Returns the normalised text. */
-export function checkClientConfig(text: string, allowedKeys: readonly string[] = DEFAULT_CLIENT_CONFIG_KEYS): string {
+function checkClientConfig(text: string, allowedKeys: readonly string[] = DEFAULT_CLIENT_CONFIG_KEYS): string {
   if (text.length > 16_384) throw bad('clientConfig', text, 'is larger than 16 KiB');
   const lines: string[] = [];
   for (const [i, raw] of text.split('\n').entries()) {
