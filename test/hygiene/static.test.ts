@@ -2,7 +2,8 @@
  * What a contributor's change must keep (CI counts each as a test): no ESLint
  * finding (`npm run lint`), every file formatted (`npm run format:check`),
  * sources, tests and benches type-check (`npm run typecheck`), no hand-written
- * source file over 400 lines, no unused export or file (`npm run knip`). The last
+ * source file over 400 lines, no unused export or file in src/ (`npm run knip`;
+ * knip.json reads tests and benches too, so what they use counts as used). The last
  * block proves each check can fail: the same runner on a broken input, the
  * line counter on a temporary tree.
  */
