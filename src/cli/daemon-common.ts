@@ -80,7 +80,7 @@ export function daemonSettings<S extends Record<string, Field>>(
 }
 
 /** Stop cleanly on SIGTERM/SIGINT (stopping never deletes or unmounts data). */
-export function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
+function stopOnSignals(stop: () => Promise<void>, log: Logger): void {
   const handler = (sig: string) => {
     log.info({ signal: sig }, 'stopping');
     stop().then(

@@ -20,7 +20,7 @@ export const GRAPHDRIVER_DEFAULTS = {
 };
 
 /** Keys of the graph driver's TOML file: the snapshotter's CVMFS keys, plus ours. */
-export const graphdriverConfigSpec = {
+const graphdriverConfigSpec = {
   ...cvmfsKeys,
   socket: { type: 'string' },
   'state-dir': { type: 'string' },

@@ -25,7 +25,7 @@ export const SETUP_DEFAULTS = {
 type Opts = Record<string, unknown>;
 
 /** How units start cvmfs-thin: `cvmfs-thin` on PATH, else this node and this script. */
-export function defaultExec(): string {
+function defaultExec(): string {
   const self = process.argv[1] ? realpathSync(process.argv[1]) : undefined;
   for (const dir of (process.env['PATH'] ?? '').split(':')) {
     const p = path.join(dir || '.', 'cvmfs-thin');

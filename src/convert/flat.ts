@@ -166,7 +166,7 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
  * catalog markers skipped and its recorded xattrs set last (a publish may
  * have dropped them from `src`).
  */
-export async function applyTree(src: string, dst: string, host: Host, record?: LayerRecord): Promise<number> {
+async function applyTree(src: string, dst: string, host: Host, record?: LayerRecord): Promise<number> {
   const state: ApplyState = { host, links: new Map(), entries: 0, sinceYield: 0, hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)) };
   if (isOpaque(host, src)) for (const n of fs.readdirSync(fp(dst), { encoding: enc })) rmrf(`${dst}/${n}`);
   if (record) {
@@ -282,7 +282,7 @@ function shQuote(s: string): string {
  * `apptainer exec /cvmfs/<repo>/<registry>/<repository>:<tag> …` gets the
  * image's environment and runscript.
  */
-export async function addSingularityFiles(root: string, config: ImageConfig): Promise<void> {
+async function addSingularityFiles(root: string, config: ImageConfig): Promise<void> {
   const c = config.config ?? {};
   const sd = path.join(root, '.singularity.d');
   for (const d of ['actions', 'env', 'libs']) await fsp.mkdir(path.join(sd, d), { recursive: true, mode: 0o755 });

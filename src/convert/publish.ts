@@ -30,7 +30,7 @@ export interface PublishHooks {
 }
 
 /** DUCC's ingest of a layer, keeping the tar's owners (`-k`) and one catalog per layer. */
-export const CVMFS_SERVER_INGEST = ['cvmfs_server', 'ingest', '--catalog', '-k', '-t', '-', '-b', '{base}', '{repository}'];
+const CVMFS_SERVER_INGEST = ['cvmfs_server', 'ingest', '--catalog', '-k', '-t', '-', '-b', '{base}', '{repository}'];
 
 export interface PublisherOptions {
   hooks: PublishHooks;
@@ -75,7 +75,7 @@ export function serverConfWarnings(repository: string, o: { transaction: boolean
 }
 
 /** `/run/lock/cvmfs-thin-<repository>.lock` (shared by every service of the host, unlike a private /tmp), else in the temp dir. */
-export function defaultLockFile(repository: string): string {
+function defaultLockFile(repository: string): string {
   const dir = (() => {
     try {
       accessSync('/run/lock', fsConstants.W_OK);

@@ -9,8 +9,6 @@ import type { Metrics } from '../core/telemetry/metrics.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-health.js';
 
-export { DEFAULT_CHECK_INTERVAL_MS };
-
 export function graphdriverMonitor(o: {
   home: string;
   stack: LayerStack;

@@ -23,12 +23,12 @@ export interface InitState {
 
 export const INIT_SCHEMA = 'cvmfs-thin/graphdriver-init';
 
-export function validInit(o: unknown): o is InitState {
+function validInit(o: unknown): o is InitState {
   const s = o as Partial<InitState> | null;
   return !!s && s.schema === INIT_SCHEMA && typeof s.home === 'string' && Array.isArray(s.opts) && Array.isArray(s.uidMaps) && Array.isArray(s.gidMaps);
 }
 
-export const stateFile = (stateDir: string): string => path.join(stateDir, 'driver.json');
+const stateFile = (stateDir: string): string => path.join(stateDir, 'driver.json');
 
 /** The saved state, if there is a valid one whose Home still exists (null, and why logged, otherwise). */
 export async function loadInitState(stateDir: string, log: Logger): Promise<InitState | null> {

@@ -54,7 +54,7 @@ async function collect(abs: string, host: Host): Promise<Node> {
 }
 
 /** moby's statDifferent: mode, owner, rdev; size and mtime unless the old one has the S_IFDIR bit. */
-export function statDifferent(a: BigIntStats, b: BigIntStats): boolean {
+function statDifferent(a: BigIntStats, b: BigIntStats): boolean {
   if (a.mode !== b.mode || a.uid !== b.uid || a.gid !== b.gid || a.rdev !== b.rdev) return true;
   return (Number(a.mode) & S_IFDIR) !== S_IFDIR && (!sameFsTime(a.mtimeNs, b.mtimeNs) || a.size !== b.size);
 }
@@ -143,7 +143,7 @@ export interface Views {
 }
 
 /** Get (mount, counted) the layer and `parent`, as NaiveDiffDriver does. An unknown parent is NotFound. */
-export async function openViews(c: NaiveContext, l: Layer, parent: string): Promise<Views> {
+async function openViews(c: NaiveContext, l: Layer, parent: string): Promise<Views> {
   const p = parent === '' ? undefined : c.store.get(parent);
   if (parent !== '' && !p) throw new NotFoundError(`parent layer ${parent} does not exist`, 'CVMFS_THIN_NO_SUCH_LAYER');
   const view = await c.mounter.get(l);
@@ -165,7 +165,7 @@ export async function openViews(c: NaiveContext, l: Layer, parent: string): Prom
 }
 
 /** Run `fn` on the views of the layer and `parent`, put back afterwards whatever happens. */
-export async function withViews<T>(c: NaiveContext, l: Layer, parent: string, fn: (v: Views) => Promise<T>): Promise<T> {
+async function withViews<T>(c: NaiveContext, l: Layer, parent: string, fn: (v: Views) => Promise<T>): Promise<T> {
   const v = await openViews(c, l, parent);
   try {
     return await fn(v);

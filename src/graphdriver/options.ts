@@ -22,7 +22,7 @@ export interface DriverOptions {
   idmappedLayers?: IdmapMode;
 }
 
-export const KNOWN_INIT_OPTIONS = [
+const KNOWN_INIT_OPTIONS = [
   'repository',
   'absolute-mountpoint',
   'cvmfs-root',

@@ -43,7 +43,7 @@ export interface RunningGraphDriver {
 }
 
 /** Mounts held for dockerd: layers got and not put (the driver's "Mounted Layers"; 0 before Init). */
-export function mountsHeld(driver: GraphDriver): number {
+function mountsHeld(driver: GraphDriver): number {
   const v = driver.status().find(([k]) => k === 'Mounted Layers')?.[1];
   return v === undefined ? 0 : Number(v);
 }
@@ -73,7 +73,7 @@ function counted(driver: GraphDriver, routes: Record<string, Route>, m: Metrics)
 }
 
 /** The GraphDriver interface (docker.graphdriver/1.0) over a driver. */
-export function graphDriverInterface(driver: GraphDriver, metrics: Metrics = noMetrics): PluginInterface {
+function graphDriverInterface(driver: GraphDriver, metrics: Metrics = noMetrics): PluginInterface {
   const layer = async (c: RouteContext) => parseLayerRequest(await c.json());
   const routes: Record<string, Route> = {
     Init: async (c) => {

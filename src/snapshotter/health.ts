@@ -10,8 +10,6 @@ import type { LayerStack } from '../core/stack/index.js';
 import { DEFAULT_CHECK_INTERVAL_MS, MountMonitor } from '../core/stack/mount-health.js';
 import type { MetaStore } from './metastore.js';
 
-export { DEFAULT_CHECK_INTERVAL_MS };
-
 export function snapshotterMonitor(o: {
   root: string;
   stack: LayerStack;

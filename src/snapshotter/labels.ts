@@ -6,7 +6,7 @@ export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
 export const LABEL_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest';
 export const LABEL_REMOTE = 'containerd.io/snapshot/remote';
 /** containerd's labels.Validate limit. */
-export const MAX_LABEL_SIZE = 4096;
+const MAX_LABEL_SIZE = 4096;
 /**
  * Our cap on the key and value bytes of all labels of one snapshot (containerd
  * has none). containerd's own Snapshots service re-sends List replies in

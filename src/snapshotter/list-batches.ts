@@ -8,12 +8,12 @@
 import type { Info as PbInfo } from './proto/containerd/services/snapshots/v1/snapshots.js';
 
 /** containerd's own batch size (services/snapshots: 100 infos per ListSnapshotsResponse). */
-export const LIST_BATCH = 100;
+const LIST_BATCH = 100;
 /** Bytes per reply: a quarter of the 16 MiB limit, so that an estimate can never reach it. */
 export const LIST_BATCH_BYTES = 4 << 20;
 
 /** Upper bound of `Info`'s encoded size inside a ListSnapshotsResponse. */
-export function infoSize(i: PbInfo): number {
+function infoSize(i: PbInfo): number {
   // field tags and length varints: at most 1 + 5 bytes each; kind, two timestamps and the repeated-field wrapper: < 48
   let n = 64 + Buffer.byteLength(i.name) + Buffer.byteLength(i.parent);
   for (const k in i.labels) n += 18 + Buffer.byteLength(k) + Buffer.byteLength(i.labels[k]!);

@@ -24,7 +24,7 @@ const KIND: Record<Info['kind'], PbKind> = { view: PbKind.VIEW, active: PbKind.A
 
 const ts = (t: Time) => ({ seconds: t[0], nanos: t[1] });
 
-export function toPbInfo(i: Info): PbInfo {
+function toPbInfo(i: Info): PbInfo {
   return { name: i.name, parent: i.parent, kind: KIND[i.kind], createdAt: ts(i.created), updatedAt: ts(i.updated), labels: i.labels };
 }
 

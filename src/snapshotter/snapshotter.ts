@@ -33,7 +33,7 @@ import { recoverData, Removals } from './removal.js';
 import { openStarts } from './starts.js';
 import { SnapshotStorage } from './storage.js';
 
-export { LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF, MAX_LABEL_SIZE } from './labels.js';
+export { LABEL_LAYER_DIGEST, LABEL_SNAPSHOT_REF } from './labels.js';
 
 export type { Info, SnapshotterOptions } from './options.js';
 

@@ -45,7 +45,7 @@ interface DockerConfigFile {
 }
 
 /** Candidate auth files, most specific first. */
-export function authFiles(env: NodeJS.ProcessEnv = process.env): string[] {
+function authFiles(env: NodeJS.ProcessEnv = process.env): string[] {
   const out: string[] = [];
   if (env['REGISTRY_AUTH_FILE']) out.push(env['REGISTRY_AUTH_FILE']);
   if (env['DOCKER_CONFIG']) out.push(path.join(env['DOCKER_CONFIG'], 'config.json'));
@@ -82,7 +82,7 @@ function fromEntry(e: AuthEntry, file: string, key: string): Credentials | null 
 }
 
 /** Ask a Docker credential helper (`docker-credential-<name> get`, run by `host`); no shell. */
-export async function credentialHelper(host: Host, helper: string, serverUrl: string): Promise<Credentials | null> {
+async function credentialHelper(host: Host, helper: string, serverUrl: string): Promise<Credentials | null> {
   if (!/^[A-Za-z0-9_.-]+$/.test(helper))
     return Promise.reject(new InvalidArgumentError(`credential helper name ${JSON.stringify(helper)} is not valid`, 'CVMFS_THIN_BAD_CREDENTIALS'));
   const r = await host.exec(`docker-credential-${helper}`, ['get'], { timeoutMs: 30_000, input: serverUrl });
