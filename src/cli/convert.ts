@@ -15,7 +15,7 @@ import { systemHost } from '../core/host/host.js';
 import { sweepStaleSpools } from '../convert/image/spool-dir.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
-export function parseSize(name: string) {
+function parseSize(name: string) {
   return (v: string): number => {
     const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(v.trim());
     if (!m) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a size (like 512M or 100G)`, 'CVMFS_THIN_BAD_FLAG');

@@ -23,14 +23,14 @@ import { volumeKeys, volumeSettings } from './volume-config.js';
 import { MountManager } from '../core/volumes/manager.js';
 import { flexCall, isFlexOperation, notSupported } from '../flexvolume/driver.js';
 
-export const FLEX_DEFAULTS = {
+const FLEX_DEFAULTS = {
   config: '/etc/cvmfs-thin/flexvolume.toml',
   stateDir: '/var/lib/cvmfs-thin/flexvolume',
   pluginDir: '/usr/libexec/kubernetes/kubelet-plugins/volume/exec',
   driver: 'cern~cvmfs',
 };
 
-export const flexConfigSpec = {
+const flexConfigSpec = {
   ...volumeKeys,
   'allow-client-config': { type: 'boolean' },
   'log-file': { type: 'string' },

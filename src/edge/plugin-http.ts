@@ -21,7 +21,7 @@ import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metric
 import { prepareSocket } from '../core/host/socket.js';
 
 /** The content type go-plugins-helpers answers with (dockerd does not check it). */
-export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.1+json';
+const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.1+json';
 /** JSON request bodies larger than this are refused (the largest real one is a few hundred bytes). */
 export const MAX_JSON_BODY = 1 << 20;
 
@@ -94,7 +94,7 @@ export async function readBody(req: http.IncomingMessage, limit = MAX_JSON_BODY)
 }
 
 /** Write a JSON answer. */
-export function send(res: http.ServerResponse, status: number, body: unknown): void {
+function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = `${JSON.stringify(body)}\n`;
   res.writeHead(status, { 'Content-Type': PLUGIN_CONTENT_TYPE, 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
@@ -127,7 +127,7 @@ export interface PluginInterface {
 export type RequestHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
 /** The request handler of a socket serving `interfaces`. Exported for tests (any req/res pair). */
-export function createPluginHandler(interfaces: readonly PluginInterface[], log: Logger, metrics: Metrics = noMetrics, daemon = 'plugin'): RequestHandler {
+function createPluginHandler(interfaces: readonly PluginInterface[], log: Logger, metrics: Metrics = noMetrics, daemon = 'plugin'): RequestHandler {
   const table = new Map<string, Route>();
   const implementsList = interfaces.map((i) => i.name);
   table.set('Plugin.Activate', async () => ({ Implements: implementsList }));

@@ -26,7 +26,7 @@ export interface FlexResult {
  * Read-only FUSE trees: no attach, no SELinux relabel, no fsGroup chown (kubelet
  * would try to chown a read-only CVMFS tree), no metrics, no resize.
  */
-export const CAPABILITIES = { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } as const;
+const CAPABILITIES = { attach: false, selinuxRelabel: false, fsGroup: false, supportsMetrics: false, requiresFSResize: false } as const;
 
 /**
  * The call-outs this driver implements. Every other one — the attach family
