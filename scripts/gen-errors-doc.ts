@@ -1,9 +1,11 @@
 /**
  * Writes docs/errors.md from the error-code registry (src/core/errors/codes.ts)
  * and the edges' status mappings (gRPC: src/snapshotter/grpc-errors.ts and
- * src/csi/grpc-errors.ts; HTTP: src/edge/plugin-http.ts), so the table cannot
- * drift from the code. test/core/error-codes.test.ts fails when the file is
- * not what this script writes.
+ * src/csi/grpc-errors.ts over src/edge/grpc.ts; HTTP: src/edge/plugin-http.ts),
+ * so the table cannot drift from the code. Where users find a code is the
+ * edges' error policy (src/edge/error-policy.ts).
+ * test/core/error-codes.test.ts fails when the file is not what this script
+ * writes.
  *
  *   npx tsx scripts/gen-errors-doc.ts           # write docs/errors.md
  *   npx tsx scripts/gen-errors-doc.ts --check   # exit 1 if it is out of date
@@ -53,8 +55,24 @@ export function renderErrorsDoc(): string {
     'log queries should match on it, not on the message. The kind is what each',
     'edge turns into its protocol status, in one place per protocol: the',
     'snapshotter and the CSI plugin answer gRPC statuses, the Docker plugins',
-    '(graph driver, volume driver) answer HTTP statuses with `{"Err": message}`;',
+    '(graph driver, volume driver) answer HTTP statuses with `{"Err": message, "Code": code}`;',
     "the converter's `--json` summaries carry the code and the kind of each failure.",
+    '',
+    '## Where to find the code',
+    '',
+    'Wherever an error leaves cvmfs-thin, its code goes with it; the message stays',
+    'what each client already shows. An error that is not one of ours (a bug, an',
+    'unexpected system error) has the generic code `CVMFS_THIN_INTERNAL`.',
+    '',
+    '| where | the code |',
+    '| --- | --- |',
+    '| logs of every daemon | the `code` field of the line about the failed call (`rpc failed`, `request`, `flexvolume call`), beside `status`: the gRPC status name, the HTTP status or the FlexVolume status |',
+    '| gRPC answers (snapshotter, CSI) | the trailing metadata key `cvmfs-thin-code`; containerd and kubelet show only the message |',
+    '| Docker plugin answers (graph driver, volume driver) | `{"Err": "<message>", "Code": "<code>"}`; dockerd shows `Err` |',
+    '| FlexVolume answers | `{"status": "Failure", "message": "<message>", "code": "<code>"}`; kubelet shows the message |',
+    '| the command line | `cvmfs-thin: <message> (<code>)` on stderr; `--json` summaries have a `code` field |',
+    '',
+    '## Codes',
     '',
     '| kind | gRPC status | HTTP status |',
     '| --- | --- | --- |',

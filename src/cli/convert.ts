@@ -13,6 +13,7 @@ import { writeConvertMetrics } from '../convert/metrics.js';
 import { abortOnSignals, createRun, type RunFlags, summaryLine } from '../convert/run.js';
 import { systemHost } from '../core/host/host.js';
 import { sweepStaleSpools } from '../convert/image/spool-dir.js';
+import { GENERIC_CODE, withCode } from '../edge/error-policy.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
 function parseSize(name: string) {
@@ -182,7 +183,7 @@ export function convertCommand(): Command {
       );
     } else {
       for (const s of summaries) {
-        if (s.status === 'failed') process.stderr.write(`cvmfs-thin: ${s.error?.message ?? 'failed'}\n`);
+        if (s.status === 'failed') process.stderr.write(`cvmfs-thin: ${withCode(s.error?.message ?? 'failed', s.error?.code ?? GENERIC_CODE)}\n`);
         else process.stdout.write(`${summaryLine(s)}\n`);
       }
     }

@@ -21,7 +21,7 @@ import { systemHost } from '../core/host/host.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
 import { volumeKeys, volumeSettings } from './volume-config.js';
 import { MountManager } from '../core/volumes/manager.js';
-import { flexCall, isFlexOperation, notSupported } from '../flexvolume/driver.js';
+import { flexCall, flexFailure, isFlexOperation, notSupported } from '../flexvolume/driver.js';
 
 const FLEX_DEFAULTS = {
   config: '/etc/cvmfs-thin/flexvolume.toml',
@@ -76,12 +76,17 @@ export async function flexMain(argv: readonly string[]): Promise<void> {
       },
     });
     log.info(
-      { call: argv[0], dir: argv[1], status: (out.result as { status: string }).status, message: (out.result as { message?: string }).message },
+      {
+        call: argv[0],
+        dir: argv[1],
+        status: (out.result as { status: string }).status,
+        message: (out.result as { message?: string }).message,
+        code: (out.result as { code?: string }).code,
+      },
       'flexvolume call',
     );
   } catch (e) {
-    out =
-      argv[0] !== undefined && !isFlexOperation(argv[0]) ? notSupported(argv[0]) : { result: { status: 'Failure', message: (e as Error).message }, code: 1 };
+    out = argv[0] !== undefined && !isFlexOperation(argv[0]) ? notSupported(argv[0]) : flexFailure(e);
   }
   process.stdout.write(`${JSON.stringify(out.result)}\n`);
   process.exitCode = out.code;

@@ -8,6 +8,7 @@ import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { collectGarbage } from '../convert/gc.js';
 import { parseDuration } from '../convert/util.js';
 import { addPublishingOptions, publishingFromOptions } from './publishing.js';
+import { GENERIC_CODE, withCode } from '../edge/error-policy.js';
 
 export function gcCommand(): Command {
   return addPublishingOptions(
@@ -32,7 +33,8 @@ export function gcCommand(): Command {
         for (const r of report.removed) process.stdout.write(`${verb} ${r.kind} ${r.path} (${r.why ? `${r.why}; ` : ''}unchanged for ${formatAge(r.age)})\n`);
         for (const im of report.podman?.removed_images ?? [])
           process.stdout.write(`${verb} podman store image ${im.id.slice(0, 12)} ${im.names.join(' ')} (${im.reason})\n`);
-        for (const e of report.errors) process.stderr.write(`cvmfs-thin: cannot remove ${e.path}: ${e.message}\n`);
+        // the report keeps the message of each failed removal (an errno error: the generic code)
+        for (const e of report.errors) process.stderr.write(`cvmfs-thin: ${withCode(`cannot remove ${e.path}: ${e.message}`, GENERIC_CODE)}\n`);
         for (const l of report.left_alone) process.stderr.write(`cvmfs-thin: left alone ${l.path}: ${l.reason}\n`);
         process.stderr.write(
           `gc ${dir}: ${verb} ${report.removed.length}, kept ${report.kept_recent.length} unreferenced within the grace period; referenced: ${report.referenced.layers} layers, ${report.referenced.chains} chains, ${report.referenced.flat} flat trees of ${report.referenced.images} images\n`,

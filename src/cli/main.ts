@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import v8 from 'node:v8';
 import { Command } from 'commander';
 import { ThinError } from '../core/errors/errors.js';
+import { cliErrorText } from '../edge/error-policy.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -66,8 +67,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await (await buildCli(argv)).parseAsync(argv);
   } catch (e) {
-    const msg = ThinError.is(e) ? e.message : e instanceof Error ? (e.stack ?? e.message) : String(e);
-    process.stderr.write(`cvmfs-thin: ${msg}\n`);
+    // the message and its code (error-policy.ts); an error that is not ours also gets its stack
+    process.stderr.write(`cvmfs-thin: ${cliErrorText(e)}\n`);
     process.exitCode = ThinError.is(e) && e.kind === 'invalid-argument' ? 2 : 1;
   }
 }

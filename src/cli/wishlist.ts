@@ -13,6 +13,7 @@ import { systemHost } from '../core/host/host.js';
 import { mapSettled } from '../core/util/concurrency.js';
 import { expandRecipe, readRecipe } from '../convert/wishlist.js';
 import { addConversionOptions, checkTextfileFlag, runFlags } from './convert.js';
+import { cliErrorText, GENERIC_CODE, withCode } from '../edge/error-policy.js';
 
 export function wishlistCommand(): Command {
   const cmd = new Command('wishlist')
@@ -52,7 +53,7 @@ export function wishlistCommand(): Command {
       }));
       if (flags.json) process.stdout.write(`${JSON.stringify({ images: out, errors: errors.map((e) => errorSummary(e.error)) }, null, 2)}\n`);
       else for (const w of out) process.stdout.write(`${w.image}${w.thin ? ` -> ${w.thin}` : ''}\n`);
-      for (const e of errors) process.stderr.write(`cvmfs-thin: ${e.error.message}\n`);
+      for (const e of errors) process.stderr.write(`cvmfs-thin: ${cliErrorText(e.error)}\n`);
       if (errors.length) process.exitCode = 1;
       return;
     }
@@ -62,7 +63,7 @@ export function wishlistCommand(): Command {
         const s = await run.converter.convert({ source: { transport: 'docker', ref: w.ref }, thin: w.thin });
         for (const x of s) {
           if (!flags.json) {
-            if (x.status === 'failed') process.stderr.write(`cvmfs-thin: ${x.error?.message ?? 'failed'}\n`);
+            if (x.status === 'failed') process.stderr.write(`cvmfs-thin: ${withCode(x.error?.message ?? 'failed', x.error?.code ?? GENERIC_CODE)}\n`);
             else process.stdout.write(`${summaryLine(x)}\n`);
           }
         }
@@ -93,7 +94,7 @@ export function wishlistCommand(): Command {
         )}\n`,
       );
     } else {
-      for (const e of errors) process.stderr.write(`cvmfs-thin: ${e.error.message}\n`);
+      for (const e of errors) process.stderr.write(`cvmfs-thin: ${cliErrorText(e.error)}\n`);
       process.stderr.write(`wishlist ${file}: ${count('converted')} converted, ${count('skipped')} up to date, ${failed} failed\n`);
     }
     if (failed) process.exitCode = ctl.signal.aborted ? 130 : 1;

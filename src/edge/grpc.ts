@@ -5,6 +5,10 @@
  * errors to a gRPC status, and a server on a unix socket with a graceful stop
  * that has a deadline and never touches data. Each protocol passes its own
  * status choices as data (a GrpcStatusTable); nothing of a protocol is here.
+ *
+ * Errors follow the edges' policy (error-policy.ts): the status message is the
+ * error's message, the code rides in the trailing metadata (`cvmfs-thin-code`)
+ * and in the `code` field of the log line, beside the status name (`status`).
  */
 import { promises as fsp } from 'node:fs';
 import {
@@ -24,6 +28,7 @@ import type { Logger } from 'pino';
 import { type ErrorCode, type ErrorKind, NotFoundError, type ThinError, toThinError } from '../core/errors/errors.js';
 import { prepareSocket } from '../core/host/socket.js';
 import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
+import { CODE_METADATA_KEY } from './error-policy.js';
 
 // ---------------------------------------------------------------------------------------------
 // statuses
@@ -62,17 +67,13 @@ export function statusOf(table: GrpcStatusTable, e: unknown, t: ThinError): stat
   return table.kinds[t.kind];
 }
 
-/** The error a handler answers with: the message as it is (containerd and kubelet show it). */
-export function toServiceError(table: GrpcStatusTable, e: unknown): ServiceError {
-  const t = toThinError(e);
-  return serviceError(statusOf(table, e, t), t);
-}
-
+/** The error a handler answers with: the message as it is (containerd and kubelet show it), the code in the trailing metadata. */
 function serviceError(code: status, t: ThinError): ServiceError {
   const err = new Error(t.message) as ServiceError;
   err.code = code;
   err.details = t.message;
   err.metadata = new Metadata();
+  err.metadata.set(CODE_METADATA_KEY, t.code);
   return err;
 }
 
@@ -134,8 +135,9 @@ export function grpcEdge(o: GrpcEdgeOptions): GrpcEdge {
   };
   const fail = <Req>(method: string, t0: number, started: bigint, describe: Describe<Req>, req: Req, e: unknown, level?: 'debug'): ServiceError => {
     const t = toThinError(e);
-    const code = statusOf(statuses, e, t);
-    recordRequest(metrics, daemon, method, started, status[code] ?? 'UNKNOWN');
+    const st = statusOf(statuses, e, t);
+    const name = status[st] ?? 'UNKNOWN';
+    recordRequest(metrics, daemon, method, started, name);
     onFailure?.(t);
     const internal = t.kind === 'internal';
     const lvl = level ?? (internal ? 'error' : refusedLevel);
@@ -144,8 +146,8 @@ export function grpcEdge(o: GrpcEdgeOptions): GrpcEdge {
         {
           method,
           ...safeDescribe(describe, req),
-          code,
-          errCode: t.code,
+          code: t.code,
+          status: name,
           at: +(performance.timeOrigin + t0).toFixed(3),
           ms: +(performance.now() - t0).toFixed(3),
           err: internal ? e : t.message,
@@ -153,7 +155,7 @@ export function grpcEdge(o: GrpcEdgeOptions): GrpcEdge {
         'rpc failed',
       );
     }
-    return serviceError(code, t);
+    return serviceError(st, t);
   };
   const begin = (): CallStart => ({ t0: performance.now(), started: metrics.enabled ? process.hrtime.bigint() : 0n });
 
@@ -266,7 +268,7 @@ export async function serveGrpc(o: GrpcServeOptions): Promise<GrpcServing> {
 }
 
 /** Let running calls finish, for at most `deadlineMs`; then cut them. */
-export function stopServer(server: Server, deadlineMs: number): Promise<void> {
+function stopServer(server: Server, deadlineMs: number): Promise<void> {
   return new Promise<void>((resolve) => {
     const t = setTimeout(() => {
       server.forceShutdown();

@@ -3,8 +3,9 @@
  * (VolumeDriver, GraphDriver): HTTP/1.1 `POST /<Interface>.<Method>` on a unix
  * socket (node:http: dockerd sends no Content-Type, may stream bodies chunked
  * and reads some answers raw), JSON bodies with a size cap, one error mapping
- * (`{"Err": "..."}` with a non-200 status), request logging and a graceful
- * stop that never touches mounts.
+ * (`{"Err": "...", "Code": "CVMFS_THIN_..."}` with a non-200 status: the edges'
+ * error policy, error-policy.ts), request logging and a graceful stop that
+ * never touches mounts.
  *
  * Routes come in tables, one per interface, so that ONE socket can implement
  * several interfaces: `Plugin.Activate` answers `{"Implements": [...]}` with
@@ -16,7 +17,7 @@ import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { type ErrorKind, InvalidArgumentError, NotFoundError, toThinError } from '../core/errors/errors.js';
+import { type ErrorCode, type ErrorKind, InvalidArgumentError, NotFoundError, toThinError } from '../core/errors/errors.js';
 import { type Metrics, noMetrics, recordRequest } from '../core/telemetry/metrics.js';
 import { prepareSocket } from '../core/host/socket.js';
 
@@ -43,8 +44,8 @@ export function httpStatus(kind: ErrorKind): number {
 
 export interface HttpError {
   status: number;
-  body: { Err: string };
-  code: string;
+  body: { Err: string; Code: ErrorCode };
+  code: ErrorCode;
 }
 
 /**
@@ -52,11 +53,14 @@ export interface HttpError {
  * dockerd would fall back to the raw body). dockerd shows it as
  * `<Interface>.<Method>: <message>`; the status only matters to other clients
  * (dockerd treats every non-200 the same, except a 404 on Capabilities).
+ * The code is a field of its own, `Code`: dockerd 20.10+ decodes `Err` only
+ * (pkg/plugins/client.go, volume/drivers/proxy.go, daemon/graphdriver/proxy.go)
+ * and matches no text in it, so `Err` stays the plain message.
  */
 export function toHttpError(e: unknown): HttpError {
   const t = toThinError(e);
   const msg = t.message.trim() === '' ? `${t.code} (no message)` : t.message;
-  return { status: STATUS[t.kind], body: { Err: msg }, code: t.code };
+  return { status: STATUS[t.kind], body: { Err: msg, Code: t.code }, code: t.code };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,7 +157,7 @@ function createPluginHandler(interfaces: readonly PluginInterface[], log: Logger
     const fail = (e: unknown) => {
       const h = toHttpError(e);
       done(h.status, { err: h.body.Err, code: h.code });
-      if (toThinError(e).kind === 'internal') log.error({ err: e, method }, 'internal error');
+      if (h.status === STATUS.internal) log.error({ err: e, method, code: h.code }, 'internal error');
       if (res.headersSent) {
         // a stream already started (Diff): all we can do is cut it, the client sees a truncated answer
         res.destroy(e instanceof Error ? e : new Error(String(e)));

@@ -7,10 +7,14 @@
  * state directory is locked for the duration of a call (kubelet runs calls
  * for different pods concurrently).
  *
+ * A Failure carries the error's code as a field of its own (`"code":
+ * "CVMFS_THIN_..."`, the edges' error policy: src/edge/error-policy.ts);
+ * kubelet's DriverStatus ignores fields it does not know and shows the message.
+ *
  * Pod spec (CERN's, unchanged):
  *   flexVolume: { driver: "cern/cvmfs", options: { repository: "atlas.cern.ch" } }
  */
-import { InvalidArgumentError, toThinError } from '../core/errors/errors.js';
+import { type ErrorCode, InvalidArgumentError, toThinError } from '../core/errors/errors.js';
 import type { MountManager } from '../core/volumes/manager.js';
 import { VOLUME_OPTIONS } from '../core/volumes/spec.js';
 
@@ -19,6 +23,8 @@ export type FlexStatus = 'Success' | 'Failure' | 'Not supported';
 export interface FlexResult {
   status: FlexStatus;
   message?: string;
+  /** A Failure's CVMFS_THIN_* code. */
+  code?: ErrorCode;
   capabilities?: Record<string, boolean>;
 }
 
@@ -112,7 +118,7 @@ async function unmountCall(dir: string | undefined, deps: FlexDeps): Promise<Fle
   try {
     const known = await manager.unpublish(dir);
     if (!known && manager.backends.isMountPoint(dir)) {
-      return { status: 'Failure', message: `${dir} was not mounted by cvmfs-thin; leaving it alone` };
+      return { status: 'Failure', message: `${dir} was not mounted by cvmfs-thin; leaving it alone`, code: 'CVMFS_THIN_TARGET_BUSY' };
     }
     return { status: 'Success', message: known ? `unmounted ${dir}` : `${dir} is not mounted` };
   } finally {
@@ -142,6 +148,12 @@ export async function flexCall(argv: readonly string[], deps: FlexDeps): Promise
     }
     return { result, code: result.status === 'Success' ? 0 : 1 };
   } catch (e) {
-    return { result: { status: 'Failure', message: toThinError(e).message }, code: 1 };
+    return flexFailure(e);
   }
+}
+
+/** What a call that threw answers: its message and its code (a plain Error: the generic code). */
+export function flexFailure(e: unknown): { result: FlexResult; code: number } {
+  const t = toThinError(e);
+  return { result: { status: 'Failure', message: t.message, code: t.code }, code: 1 };
 }

@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { type ServiceError, status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MS_REC, MS_SHARED } from '../../src/core/host/sys.js';
@@ -78,6 +78,8 @@ describe('registration and identity', () => {
 
   it('refuses NodeExpandVolume with UNIMPLEMENTED', async () => {
     expect(await code(c.expand('v', '/x'))).toBe(status.UNIMPLEMENTED);
+    const e = (await c.expand('v', '/x').catch((x: unknown) => x)) as ServiceError;
+    expect(e.metadata.get('cvmfs-thin-code')).toEqual(['CVMFS_THIN_UNKNOWN_METHOD']);
   });
 });
 
@@ -539,6 +541,28 @@ describe('failures and logs', () => {
     const p = c.stage({ volumeId: 'v', stagingTargetPath: k.staging('lhcb'), volumeCapability: mountCap(), volumeContext: { repository: 'lhcb.cern.ch' } });
     expect(await code(p)).toBe(status.UNAVAILABLE);
     expect(backendMounts()).toBe(0);
+  });
+
+  it('answers the CVMFS_THIN_* code in the trailing metadata and logs it at warn with the status name; the message is what kubelet shows', async () => {
+    const e = (await c
+      .stage({ volumeId: 'v-code', stagingTargetPath: k.staging('code'), volumeCapability: mountCap(), volumeContext: { repository: 'evil.example.org' } })
+      .catch((x: unknown) => x)) as ServiceError;
+    expect(e.code).toBe(status.INVALID_ARGUMENT);
+    expect(e.details).toMatch(/evil\.example\.org/);
+    expect(e.metadata.get('cvmfs-thin-code')).toEqual(['CVMFS_THIN_REPOSITORY_NOT_ALLOWED']);
+    const line = logs
+      .trim()
+      .split('\n')
+      .map((x) => JSON.parse(x) as Record<string, unknown>)
+      .find((x) => x['volumeId'] === 'v-code');
+    expect(line).toMatchObject({
+      msg: 'rpc failed',
+      level: 40,
+      method: 'NodeStageVolume',
+      code: 'CVMFS_THIN_REPOSITORY_NOT_ALLOWED',
+      status: 'INVALID_ARGUMENT',
+      err: e.details,
+    });
   });
 
   it('never logs secrets or clientConfig values', async () => {

@@ -8,6 +8,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
@@ -20,12 +21,13 @@ describe('plugin HTTP transport (no root)', () => {
   const socket = path.join(dir, 'multi.sock');
   let srv: PluginServer;
   let closed = 0;
+  let logs = '';
   const call = (m: string, body?: unknown, o?: Parameters<typeof pluginCall>[3]) => pluginCall(socket, m, body, o);
 
   beforeAll(async () => {
     srv = await servePlugin({
       socket,
-      log: silentLogger(),
+      log: pino({ level: 'info' }, { write: (l: string) => void (logs += l) }),
       close: async () => {
         closed++;
       },
@@ -90,23 +92,31 @@ describe('plugin HTTP transport (no root)', () => {
     expect((await call('VolumeDriver.Empty', {})).json()).toEqual({});
   });
 
-  it('maps each error kind to one status with an Err body', async () => {
-    const cases: [string, number, string][] = [
-      ['invalid', 400, 'bad name "x"'],
-      ['missing', 404, 'no such volume'],
-      ['exists', 409, 'already there'],
-      ['precondition', 412, 'not yet'],
-      ['unavailable', 503, 'cvmfs down'],
-      ['plain', 500, 'boom'],
-      ['blank', 400, 'CVMFS_THIN_INVALID_ARGUMENT (no message)'],
+  it('maps each error kind to one status with an Err body (the message as it is) and a Code field', async () => {
+    const cases: [string, number, string, string][] = [
+      ['invalid', 400, 'bad name "x"', 'CVMFS_THIN_INVALID_ARGUMENT'],
+      ['missing', 404, 'no such volume', 'CVMFS_THIN_NOT_FOUND'],
+      ['exists', 409, 'already there', 'CVMFS_THIN_ALREADY_EXISTS'],
+      ['precondition', 412, 'not yet', 'CVMFS_THIN_FAILED_PRECONDITION'],
+      ['unavailable', 503, 'cvmfs down', 'CVMFS_THIN_UNAVAILABLE'],
+      ['plain', 500, 'boom', 'CVMFS_THIN_INTERNAL'],
+      ['blank', 400, 'CVMFS_THIN_INVALID_ARGUMENT (no message)', 'CVMFS_THIN_INVALID_ARGUMENT'],
     ];
-    for (const [kind, status, err] of cases) {
+    for (const [kind, status, err, code] of cases) {
       const r = await call('VolumeDriver.Throw', { Kind: kind });
-      expect([kind, r.status, r.json()]).toEqual([kind, status, { Err: err }]);
+      expect([kind, r.status, r.json()]).toEqual([kind, status, { Err: err, Code: code }]);
     }
     const s = await call('VolumeDriver.Sync', {});
-    expect([s.status, s.json()]).toEqual([400, { Err: 'thrown before any await' }]);
-    expect(toHttpError(new UnavailableError('x', 'CVMFS_THIN_MOUNT_FAILED')).code).toBe('CVMFS_THIN_MOUNT_FAILED');
+    expect([s.status, s.json()]).toEqual([400, { Err: 'thrown before any await', Code: 'CVMFS_THIN_INVALID_ARGUMENT' }]);
+    expect(toHttpError(new UnavailableError('x', 'CVMFS_THIN_MOUNT_FAILED')).body).toEqual({ Err: 'x', Code: 'CVMFS_THIN_MOUNT_FAILED' });
+    // every line about a failed request carries the code
+    const lines = logs
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const failed = lines.filter((l) => l['method'] === 'VolumeDriver.Throw' && l['msg'] === 'request');
+    expect(failed.map((l) => [l['status'], l['code']])).toEqual(cases.map(([, status, , code]) => [status, code]));
+    expect(lines.find((l) => l['msg'] === 'internal error')).toMatchObject({ method: 'VolumeDriver.Throw', code: 'CVMFS_THIN_INTERNAL' });
   });
 
   it("refuses unknown methods, other interfaces' names, GET, bad JSON and oversized bodies", async () => {
@@ -141,7 +151,7 @@ describe('plugin HTTP transport (no root)', () => {
     const s = await call('GraphDriver.Stream', {});
     expect([s.status, s.body.length, s.body[99_999]]).toEqual([200, 100_000, 7]);
     const n = await call('GraphDriver.NoRead', undefined, { raw: Buffer.alloc(2 << 20, 2), chunked: true });
-    expect([n.status, n.json()]).toEqual([400, { Err: 'refused without reading the body' }]);
+    expect([n.status, n.json()]).toEqual([400, { Err: 'refused without reading the body', Code: 'CVMFS_THIN_INVALID_ARGUMENT' }]);
     // a body cut by the route: the answer cannot be sent, the connection is closed rather than left hanging
     const chunks = Array.from({ length: 64 }, () => Buffer.alloc(64 << 10, 3));
     await expect(call('GraphDriver.Cut', undefined, { raw: Readable.from(chunks) })).rejects.toThrow();

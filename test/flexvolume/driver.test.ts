@@ -4,6 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { MountManager } from '../../src/core/volumes/manager.js';
+import { isErrorCode } from '../../src/core/errors/codes.js';
 import { flexCall, type FlexDeps } from '../../src/flexvolume/driver.js';
 import { tempDir } from '../helpers/env.js';
 import { RecordingHost } from '../helpers/recording-host.js';
@@ -98,19 +99,37 @@ describe('FlexVolume cern/cvmfs', () => {
     [['mount', 'relative/dir', kubeletOpts({ repository: 'atlas.cern.ch' })], /must be absolute/],
     [['unmount'], /mount directory/],
     [[], /no operation/],
-  ])('%j fails with a clear message and mounts nothing', async (argv, re) => {
+  ])('%j fails with a clear message and its code, and mounts nothing', async (argv, re) => {
     const { deps, host } = setup();
     const r = await flexCall(argv, deps);
     expect(r.code).toBe(1);
     expect(r.result.status).toBe('Failure');
     expect(r.result.message).toMatch(re);
+    expect(isErrorCode(r.result.code ?? ''), r.result.code).toBe(true);
+    expect(r.result.code).not.toBe('CVMFS_THIN_INTERNAL');
+    // kubelet's DriverStatus: status, message, then fields it ignores
+    expect(Object.keys(JSON.parse(JSON.stringify(r.result)) as object)).toEqual(['status', 'message', 'code']);
     expect(host.mounts).toHaveLength(0);
   });
 
-  it('attach-style calls are Not supported', async () => {
+  it('a failure that is not ours (a plain Error) has the generic code', async () => {
+    const { deps } = setup();
+    const r = await flexCall(['unmount', '/x'], {
+      ...deps,
+      open: () => Promise.reject(new Error('EACCES: permission denied, open /state/flexvolume.lock')),
+    });
+    expect(r).toEqual({
+      code: 1,
+      result: { status: 'Failure', message: 'EACCES: permission denied, open /state/flexvolume.lock', code: 'CVMFS_THIN_INTERNAL' },
+    });
+  });
+
+  it('attach-style calls are Not supported, with no code', async () => {
     const { deps } = setup();
     for (const op of ['attach', 'detach', 'waitforattach', 'isattached', 'mountdevice', 'getvolumename']) {
-      expect(await flexCall([op, '{}'], deps)).toMatchObject({ code: 1, result: { status: 'Not supported' } });
+      const r = await flexCall([op, '{}'], deps);
+      expect(r).toMatchObject({ code: 1, result: { status: 'Not supported' } });
+      expect(Object.keys(r.result).sort()).toEqual(['message', 'status']);
     }
   });
 
@@ -129,7 +148,7 @@ describe('FlexVolume cern/cvmfs', () => {
     host.bind('/', foreign);
     expect(await flexCall(['unmount', foreign], deps)).toMatchObject({
       code: 1,
-      result: { status: 'Failure', message: expect.stringMatching(/not mounted by cvmfs-thin/) },
+      result: { status: 'Failure', message: expect.stringMatching(/not mounted by cvmfs-thin/), code: 'CVMFS_THIN_TARGET_BUSY' },
     });
     expect(host.mountedAt(foreign)).toBeDefined();
   });
@@ -150,6 +169,7 @@ describe('FlexVolume cern/cvmfs', () => {
           message: expect.stringMatching(
             /^repository atlas\.cern\.ch: CVMFS at \S+\/atlas\.cern\.ch did not answer within 0\.3 s \(cvmfs-timeout\): the CVMFS client is stalled/,
           ),
+          code: 'CVMFS_THIN_CVMFS_STALLED',
         },
       });
       expect(ms).toBeGreaterThanOrEqual(T - 20);

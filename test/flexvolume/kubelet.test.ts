@@ -82,6 +82,8 @@ describe('FlexVolume call-outs the driver does not implement, and its help', () 
     const init = kubeletCall(d, ['init']);
     expect(init).toMatchObject({ code: 1, json: { status: 'Failure' } });
     expect(init.json.message).toContain(broken);
+    // the code of the failure beside kubelet's fields (src/edge/error-policy.ts)
+    expect(init.json).toMatchObject({ code: expect.stringMatching(/^CVMFS_THIN_(?!INTERNAL$)[A-Z_]+$/) });
   });
 
   it('--help lists the call-outs init, mount, unmount and install', () => {
@@ -164,7 +166,11 @@ describe.skipIf(skip)('FlexVolume cern/cvmfs exec’d like kubelet', () => {
     const c = podDir('uid-c', 'x');
     const r = call('mount', c, opts('../../../etc', 'uid-c'));
     expect(r.code).toBe(1);
-    expect(r.json).toMatchObject({ status: 'Failure', message: expect.stringMatching(/not a fully qualified CVMFS repository name/) });
+    expect(r.json).toMatchObject({
+      status: 'Failure',
+      message: expect.stringMatching(/not a fully qualified CVMFS repository name/),
+      code: expect.stringMatching(/^CVMFS_THIN_(?!INTERNAL$)[A-Z_]+$/),
+    });
     expect(call('mount', c, 'not json')).toMatchObject({ code: 1, json: { status: 'Failure' } });
     expect(call('attach', '{}', 'node1')).toMatchObject({ code: 1, json: { status: 'Not supported' } });
     expect(readMountinfo().filter((m) => m.mountPoint.startsWith(`${dir}/`))).toEqual([]);

@@ -6,6 +6,7 @@ import {
   InternalError,
   InvalidArgumentError,
   NotFoundError,
+  ThinError,
   ThinManifestError,
   UnavailableError,
 } from '../../src/core/errors/errors.js';
@@ -144,7 +145,7 @@ describe('storage options', () => {
 });
 
 describe('error mapping (the one place)', () => {
-  it('maps every error kind to a status and an Err body', () => {
+  it('maps every error kind to a status and an Err body with a Code field', () => {
     const cases: [Error, number][] = [
       [new InvalidArgumentError('bad'), 400],
       [new NotFoundError('layer x does not exist'), 404],
@@ -159,7 +160,8 @@ describe('error mapping (the one place)', () => {
     for (const [e, status] of cases) {
       const h = toHttpError(e);
       expect(h.status, e.message).toBe(status);
-      expect(h.body.Err).toBe(e.message);
+      // dockerd decodes Err only and shows it as is; the code is a field of its own
+      expect(h.body).toEqual({ Err: e.message, Code: ThinError.is(e) ? e.code : 'CVMFS_THIN_INTERNAL' });
     }
     expect(toHttpError('a string').body.Err).toBe('a string');
     expect(toHttpError(new Error('')).body.Err).toMatch(/CVMFS_THIN_INTERNAL/);

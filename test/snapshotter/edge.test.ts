@@ -6,7 +6,8 @@
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { type ServiceError, status } from '@grpc/grpc-js';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
@@ -32,6 +33,7 @@ describe('snapshotter gRPC edge (unprivileged)', () => {
   let c: SnapClient;
   let metrics: Metrics;
   let text: () => Promise<string>;
+  let logs = '';
   const value = async (name: string, labels: Record<string, string> = {}) => metricValue(await text(), `cvmfs_thin_${name}`, labels);
 
   beforeAll(async () => {
@@ -45,7 +47,7 @@ describe('snapshotter gRPC edge (unprivileged)', () => {
       location: cvmfsLocation({ repository: REPO, cvmfsRoot: path.join(base, 'cvmfs') }),
       thinImages: true,
       remoteLayers: true,
-      log: silentLogger(),
+      log: pino({ level: 'debug' }, { write: (l: string) => void (logs += l) }),
       host: new RecordingHost(),
       metrics,
     });
@@ -75,6 +77,28 @@ describe('snapshotter gRPC edge (unprivileged)', () => {
     expect(await value('journal_batch_records_sum', { store: 'snapshotter' })).toBeGreaterThanOrEqual(1);
     await c.remove('m-a');
     expect(await value('snapshots', { kind: 'active', source: 'local' })).toBe(0);
+  });
+
+  it('answers the CVMFS_THIN_* code in the trailing metadata and logs it with the status name; the message is what containerd shows', async () => {
+    const fail = (p: Promise<unknown>) =>
+      p.then(
+        () => expect.unreachable(),
+        (e: unknown) => e as ServiceError,
+      );
+    const e = await fail(c.stat('code-nope'));
+    expect([e.code, e.details]).toEqual([status.NOT_FOUND, 'snapshot code-nope does not exist']);
+    expect(e.metadata.get('cvmfs-thin-code')).toEqual(['CVMFS_THIN_NO_SUCH_SNAPSHOT']);
+    // the List stream's error too
+    const l = await fail(c.list('kind=='));
+    expect(l.code).toBe(status.INVALID_ARGUMENT);
+    expect(l.metadata.get('cvmfs-thin-code')).toEqual([expect.stringMatching(/^CVMFS_THIN_(?!INTERNAL$)[A-Z_]+$/)]);
+    const lines = logs
+      .trim()
+      .split('\n')
+      .map((x) => JSON.parse(x) as Record<string, unknown>)
+      .filter((x) => x['msg'] === 'rpc failed');
+    expect(lines.find((x) => x['key'] === 'code-nope')).toMatchObject({ method: 'Stat', code: 'CVMFS_THIN_NO_SUCH_SNAPSHOT', status: 'NOT_FOUND' });
+    expect(lines.findLast((x) => x['method'] === 'List')).toMatchObject({ code: l.metadata.get('cvmfs-thin-code')[0], status: 'INVALID_ARGUMENT' });
   });
 
   it('counts thin images resolved, remote layers served and fallen back, and CVMFS unavailable', async () => {
