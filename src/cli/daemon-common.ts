@@ -2,6 +2,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import path from 'node:path';
 import { type CvmfsLocation, cvmfsLocation, REPOSITORY_NAME } from '../core/cvmfs/location.js';
+import { InvalidArgumentError as BadSettingError } from '../core/errors/errors.js';
 import { type Field, resolveSettings, type Settings } from '../edge/settings.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import type { Logger } from 'pino';
@@ -75,7 +76,8 @@ export function daemonSettings<S extends Record<string, Field>>(
   });
   const ms = (v: number | undefined) => (v === undefined ? undefined : v * 1000);
   const cvmfsTimeoutMs = ms(s.pick<number>('cvmfsTimeout', 'cvmfs-timeout'));
-  if (cvmfsTimeoutMs === 0) throw new InvalidArgumentError('--cvmfs-timeout must be at least 1 second');
+  // the flag's parser takes any whole number (the TOML key's range starts at 1): 0 is a user's error, exit 2
+  if (cvmfsTimeoutMs === 0) throw new BadSettingError('--cvmfs-timeout must be at least 1 second', 'CVMFS_THIN_BAD_FLAG');
   return { ...s, location, log, cvmfsTimeoutMs, checkIntervalMs: ms(s.pick<number>('checkInterval', 'check-interval')) };
 }
 

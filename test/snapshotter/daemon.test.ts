@@ -93,6 +93,10 @@ describe.skipIf(needs({ root: true }))('snapshotter daemon', () => {
     const r2 = await runCli(['snapshotter', '--root', path.join(base, 'bad'), '--address', path.join(base, 'bad.sock'), '--config', bad]);
     expect(r2.code).toBe(2);
     expect(r2.out).toMatch(/repository/);
+    // a timeout of 0 is the user's error: exit 2, with its code
+    const r3 = await runCli(['snapshotter', '--root', path.join(base, 'bad'), '--address', path.join(base, 'bad.sock'), '--cvmfs-timeout', '0']);
+    expect(r3.code).toBe(2);
+    expect(r3.out).toMatch(/--cvmfs-timeout must be at least 1 second \(CVMFS_THIN_BAD_FLAG\)/);
   });
 
   it('replaces a stale socket, refuses a live one and a non-socket file', async () => {
