@@ -211,7 +211,11 @@ export const ERROR_CODES = {
   CVMFS_THIN_BAD_STORAGE_OPT: { kind: 'invalid-argument', meaning: 'A graph driver storage option is unknown, malformed or not supported.' },
   CVMFS_THIN_IDMAP: { kind: 'unavailable', meaning: 'An idmapped mount of a CVMFS layer for --userns-remap cannot be made.' },
   CVMFS_THIN_USERNS: { kind: 'unavailable', meaning: 'A user namespace for an id map could not be created (unshare).' },
-  CVMFS_THIN_UNKNOWN_METHOD: { kind: 'not-found', meaning: 'A Docker plugin request names a method this plugin does not implement.' },
+  CVMFS_THIN_UNKNOWN_METHOD: {
+    kind: 'not-found',
+    meaning:
+      'A request names a method this front-end does not implement: a Docker plugin endpoint it does not serve (HTTP 404), or a gRPC call a read-only node plugin does not serve, such as CSI NodeExpandVolume (UNIMPLEMENTED). Nothing to fix on the node: the caller asked for a capability the plugin does not advertise.',
+  },
   CVMFS_THIN_BAD_REQUEST: {
     kind: 'invalid-argument',
     meaning:
