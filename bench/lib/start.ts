@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { type Containerd, startContainerd } from '../../test/helpers/containerd.js';
 
-export const CLI = path.resolve(import.meta.dirname, '../../bin/cvmfs-thin.js');
+/** Our CLI; BENCH_CLI runs another build's (e.g. an older checkout's bin/cvmfs-thin.js, for a before/after run). */
+export const CLI = process.env['BENCH_CLI'] ?? path.resolve(import.meta.dirname, '../../bin/cvmfs-thin.js');
 /** The proxy plugin's name in containerd's config. */
 export const SN = 'cvmfs-snapshotter';
 const execFileP = promisify(execFile);
