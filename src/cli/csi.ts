@@ -6,7 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import type { ConfigOf, Field } from '../edge/settings.js';
+import type { Field } from '../edge/settings.js';
 import { addVolumeOptions, volumeKeys, type VolumeManagerSettings, volumeSettings } from './volume-config.js';
 import { CSI_DEFAULTS, checkDriverName, checkNodeId, parseEndpoint, startCsi } from '../csi/server.js';
 import { addMetricsOption, maybeStartMetrics, readiness, serveWithMetrics } from './daemon-common.js';
@@ -21,9 +21,7 @@ export const csiConfigSpec = {
   'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
-export type CsiConfig = ConfigOf<typeof csiConfigSpec>;
-
-export interface CsiSettings {
+interface CsiSettings {
   endpoint: string;
   nodeId: string;
   driverName: string;

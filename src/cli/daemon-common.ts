@@ -51,7 +51,7 @@ export function wholeNumber(v: string): number {
   return Number(v);
 }
 
-export interface DaemonSettings<S extends Record<string, Field>> extends Settings<S> {
+interface DaemonSettings<S extends Record<string, Field>> extends Settings<S> {
   location: CvmfsLocation;
   /** `cvmfs-timeout` and `check-interval`, in ms (undefined: the defaults). */
   cvmfsTimeoutMs: number | undefined;

@@ -26,7 +26,7 @@ export function addPublishingOptions(cmd: Command): Command {
     );
 }
 
-export interface Publishing {
+interface Publishing {
   dir: string;
   repository: string;
   publisher: Publisher;

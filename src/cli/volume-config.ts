@@ -6,9 +6,8 @@
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Logger } from 'pino';
-import { type ConfigOf, type Field, type FlagSource, resolveSettings, type Settings } from '../edge/settings.js';
+import { type Field, type FlagSource, resolveSettings, type Settings } from '../edge/settings.js';
 import { InvalidArgumentError } from '../core/errors/errors.js';
-import type { Host } from '../core/host/host.js';
 import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS } from '../core/host/probe.js';
 import { DEFAULT_MOUNT_COMMAND } from '../core/volumes/backend.js';
@@ -40,8 +39,6 @@ export const volumeKeys = {
   'check-interval': { type: 'integer', min: 0, max: 86_400 },
   'log-level': { type: 'enum', values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] },
 } as const satisfies Record<string, Field>;
-
-export type VolumeConfig = ConfigOf<typeof volumeKeys>;
 
 /** The flags of the volume keys (the front-end adds its own). */
 export function addVolumeOptions(cmd: Command, defaultStateDir: string): Command {
@@ -129,5 +126,3 @@ export function volumeSettings<S extends Record<string, Field>>(
     },
   };
 }
-
-export type { Host };

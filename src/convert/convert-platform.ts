@@ -29,7 +29,7 @@ import type { ConverterOptions } from './convert.js';
 import { flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
 import { pathExists } from '../core/fs/fsutil.js';
 
-export interface PlatformImage {
+interface PlatformImage {
   desc: Descriptor | null;
   raw: RawManifest;
   manifest: ImageManifest;

@@ -29,7 +29,7 @@ import { addImageToPodmanStore, podmanInput, podmanName } from './podman/index.j
 import { PlatformConverter } from './convert-platform.js';
 import type { LayerForm } from './whiteouts.js';
 
-export { errorSummary, type ErrorSummary, type ImageSummary, type LayerSummary } from './summary.js';
+export { errorSummary, type ImageSummary } from './summary.js';
 
 export interface ConverterOptions {
   /** Side effects on the node: merged trees (device nodes, owners, xattrs), the podman store's lock. */
@@ -63,7 +63,7 @@ export interface ConverterOptions {
   transport: TransportOptions;
 }
 
-export interface ImageJob {
+interface ImageJob {
   source: ImageReference;
   /** Thin-image target: a reference, `null` for none, undefined for the default (DUCC's `_thin` name). */
   thin?: ImageReference | null | undefined;

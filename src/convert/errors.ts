@@ -40,7 +40,7 @@ export class BadContentError extends ThinError<'invalid-argument'> {
   }
 }
 
-export interface ConvertContext {
+interface ConvertContext {
   image?: string | undefined;
   layer?: string | undefined;
   entry?: string | undefined;

@@ -198,7 +198,7 @@ async function layerRecord(root: string, hex: string): Promise<LayerRecord | und
   }
 }
 
-export interface MergeResult {
+interface MergeResult {
   chains: string[];
   flat: string | null;
 }

@@ -18,7 +18,7 @@ import type { Publisher } from './publish.js';
 import { IMAGE_RECORD, type ImageRecord, tmpOwner } from './repo.js';
 import { pidAlive, walkFiles } from './util.js';
 
-export interface GcOptions {
+interface GcOptions {
   repositoryDir: string;
   graceMs: number;
   dryRun: boolean;
@@ -29,7 +29,7 @@ export interface GcOptions {
   lockTimeoutMs?: number | undefined;
 }
 
-export interface GcItem {
+interface GcItem {
   kind: 'layer' | 'chain' | 'flat' | 'temporary' | 'dirty-chain-marker' | 'profile';
   path: string;
   /** Seconds since the last modification. */
@@ -38,7 +38,7 @@ export interface GcItem {
   why?: string | undefined;
 }
 
-export interface GcReport {
+interface GcReport {
   dry_run: boolean;
   removed: GcItem[];
   /** Unreferenced but younger than the grace period. */

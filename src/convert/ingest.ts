@@ -21,7 +21,7 @@ import { DigestVerifier } from './image/verify.js';
 import type { Publisher } from './publish.js';
 import { decompress, type ExtractLimits, LayerRewriter, type MemEntry, type RewriteResult, tarSplitTee } from './tar.js';
 
-export interface IngestJob {
+interface IngestJob {
   blob: NodeJS.ReadableStream;
   desc: Descriptor;
   compression: Parameters<typeof decompress>[1];

@@ -40,7 +40,7 @@ export interface LayerOutcome {
   seconds: number;
 }
 
-export interface LayerJob {
+interface LayerJob {
   source: ImageSource;
   desc: Descriptor;
   /** From the image config, to verify the uncompressed content. */
@@ -51,7 +51,7 @@ export interface LayerJob {
   count: number;
 }
 
-export interface UnpackerOptions {
+interface UnpackerOptions {
   tree: RepoTree;
   jobs: Semaphore;
   progress: Progress;

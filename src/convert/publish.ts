@@ -18,7 +18,7 @@ import { isContained } from './errors.js';
 import { acquireLock, type HeldLock } from '../core/state/lock.js';
 import { splitCommand } from './util.js';
 
-export interface PublishHooks {
+interface PublishHooks {
   transaction?: string[] | undefined;
   publish?: string[] | undefined;
   abort?: string[] | undefined;
@@ -32,7 +32,7 @@ export interface PublishHooks {
 /** DUCC's ingest of a layer, keeping the tar's owners (`-k`) and one catalog per layer. */
 const CVMFS_SERVER_INGEST = ['cvmfs_server', 'ingest', '--catalog', '-k', '-t', '-', '-b', '{base}', '{repository}'];
 
-export interface PublisherOptions {
+interface PublisherOptions {
   hooks: PublishHooks;
   repository: string;
   repositoryDir: string;

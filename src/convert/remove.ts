@@ -21,7 +21,7 @@ import type { Publisher } from './publish.js';
 import { duccImageName, parseDockerReference } from './reference.js';
 import { MULTIARCH_DIR } from './repo.js';
 
-export interface RemoveOptions {
+interface RemoveOptions {
   repositoryDir: string;
   /** As the user wrote them: `registry.example.org/team/app:1.2`, with or without `docker://`. */
   images: string[];
@@ -32,7 +32,7 @@ export interface RemoveOptions {
   lockTimeoutMs?: number | undefined;
 }
 
-export interface RemovedImage {
+interface RemovedImage {
   image: string;
   /** The name in the tree (`.metadata/<tree_name>`), DUCC's form. */
   tree_name: string;
@@ -44,7 +44,7 @@ export interface RemovedImage {
   podman_name: string | null;
 }
 
-export interface RemoveReport {
+interface RemoveReport {
   dry_run: boolean;
   removed: RemovedImage[];
   podman: { removed_images: string[]; removed_layers: string[] } | null;

@@ -83,7 +83,7 @@ export function resolvePodmanStoreRoot(
   return repo !== undefined ? path.join('/cvmfs', repo) : dir;
 }
 
-export interface Run {
+interface Run {
   converter: Converter;
   registries: Registries;
   publisher: Publisher;

@@ -14,7 +14,5 @@ export {
   tarSplitTee,
   packEntriesToBuffer,
   type ExtractLimits,
-  type ExtractProgress,
-  type ExtractResult,
 } from '../core/tar/index.js';
 export { TarParser } from '../core/tar/parser.js';

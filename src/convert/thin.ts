@@ -16,7 +16,7 @@ const LABEL_SOURCE = 'cvmfs-thin.source';
 const LABEL_SOURCE_DIGEST = 'cvmfs-thin.source.digest';
 const LABEL_REPOSITORY = 'cvmfs-thin.repository';
 
-export interface ThinInput {
+interface ThinInput {
   /** The source image (informational `origin` of thin.json). */
   origin: string;
   /** Digest of the source platform manifest. */

@@ -31,7 +31,7 @@ function fsTypeOf(dir: string): number | null {
   }
 }
 
-export interface FormContext {
+interface FormContext {
   /** transaction/publish hooks given */
   transaction: boolean;
   /** layers go through `cvmfs_server ingest` */

@@ -14,7 +14,7 @@ import { ConvertError } from './errors.js';
 import type { Registries } from './image/transports.js';
 import { type DockerReference, type ImageReference, parseDockerReference, parseImageReference, parseWishImage, tagGlob, type WishImage } from './reference.js';
 
-export interface Recipe {
+interface Recipe {
   version: 1;
   user?: string | undefined;
   cvmfs_repo: string;
@@ -111,7 +111,7 @@ export function outputTarget(s: string): { ref: ImageReference; insecureRegistry
   return { ref: { transport: 'docker', ref: parseDockerReference(s) } };
 }
 
-export interface Wish {
+interface Wish {
   input: string;
   wish: WishImage;
   ref: DockerReference;
@@ -119,7 +119,7 @@ export interface Wish {
   output: string | null;
 }
 
-export interface ExpansionError {
+interface ExpansionError {
   input: string;
   error: ConvertError;
 }

@@ -32,7 +32,7 @@ import {
 } from './proto/csi/v1/csi.js';
 import { checkCapability, isEphemeral, optionalPath, parseAttributes, required, requiredPath } from './request.js';
 
-export interface CsiNodeOptions {
+interface CsiNodeOptions {
   manager: MountManager;
   host: Host;
   nodeId: string;

@@ -114,7 +114,7 @@ export function checkCapability(cap: VolumeCapability | undefined, ephemeral: bo
   return modeName(mode);
 }
 
-export interface VolumeAttributes {
+interface VolumeAttributes {
   /** undefined: the whole /cvmfs tree. */
   repository: string | undefined;
   /** tag, hash, date, clientConfig, for MountManager.specFrom(). */

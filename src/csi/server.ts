@@ -22,7 +22,7 @@ export const CSI_DEFAULTS = {
   stateDir: '/var/lib/cvmfs-thin/csi',
 };
 
-export interface CsiDaemonOptions {
+interface CsiDaemonOptions {
   /** `unix:///path`, `unix:/path` or an absolute path. */
   endpoint: string;
   driverName: string;

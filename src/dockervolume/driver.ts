@@ -42,7 +42,7 @@ export interface VolumeManager {
 }
 
 /** A volume as VolumeDriver.Get and List describe it. */
-export interface VolumeInfo {
+interface VolumeInfo {
   Name: string;
   Mountpoint: string;
   CreatedAt?: string;

@@ -45,7 +45,7 @@ export function volumeDriverInterface(driver: DockerVolumeDriver): PluginInterfa
   };
 }
 
-export interface VolumePluginOptions extends MountManagerOptions, DockerVolumeDriverOptions {
+interface VolumePluginOptions extends MountManagerOptions, DockerVolumeDriverOptions {
   socket: string;
 }
 

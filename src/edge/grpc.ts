@@ -80,9 +80,9 @@ function serviceError(code: status, t: ThinError): ServiceError {
 // ---------------------------------------------------------------------------------------------
 // calls
 
-export type Describe<Req> = (r: Req) => Record<string, unknown>;
+type Describe<Req> = (r: Req) => Record<string, unknown>;
 
-export interface GrpcEdgeOptions {
+interface GrpcEdgeOptions {
   /** The daemon's name in metrics (`snapshotter`, `csi`). */
   daemon: string;
   log: Logger;
@@ -99,7 +99,7 @@ export interface GrpcEdgeOptions {
   onFailure?: ((t: ThinError) => void) | undefined;
 }
 
-export interface GrpcEdge {
+interface GrpcEdge {
   /**
    * A unary handler: `fn` answers or throws; `describe` gives the request's
    * log fields (never secrets), called only when a line is written.
@@ -115,7 +115,7 @@ export interface GrpcEdge {
   failed(method: string, start: CallStart, fields: Record<string, unknown>, e: unknown): ServiceError;
 }
 
-export interface CallStart {
+interface CallStart {
   /** performance.now() */
   t0: number;
   /** process.hrtime.bigint() when metrics are enabled, else 0n. */
@@ -212,9 +212,9 @@ function safeDescribe<Req>(d: Describe<Req>, r: Req): Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------
 // serving
 
-export type GrpcService = readonly [ServiceDefinition, UntypedServiceImplementation];
+type GrpcService = readonly [ServiceDefinition, UntypedServiceImplementation];
 
-export interface GrpcServeOptions {
+interface GrpcServeOptions {
   /** The unix socket path (a stale socket left by a crash is replaced, never a live one). */
   socket: string;
   /** The services, made once the socket is ready; a throw closes the state (close()). */

@@ -42,7 +42,7 @@ export function httpStatus(kind: ErrorKind): number {
   return STATUS[kind];
 }
 
-export interface HttpError {
+interface HttpError {
   status: number;
   body: { Err: string; Code: ErrorCode };
   code: ErrorCode;
@@ -128,7 +128,7 @@ export interface PluginInterface {
   routes: Readonly<Record<string, Route>>;
 }
 
-export type RequestHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+type RequestHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
 /** The request handler of a socket serving `interfaces`. Exported for tests (any req/res pair). */
 function createPluginHandler(interfaces: readonly PluginInterface[], log: Logger, metrics: Metrics = noMetrics, daemon = 'plugin'): RequestHandler {
@@ -214,7 +214,7 @@ function createPluginHandler(interfaces: readonly PluginInterface[], log: Logger
 // ---------------------------------------------------------------------------------------------
 // serving
 
-export interface PluginServerOptions {
+interface PluginServerOptions {
   socket: string;
   interfaces: readonly PluginInterface[];
   log: Logger;

@@ -18,9 +18,9 @@ import { type ErrorCode, InvalidArgumentError, toThinError } from '../core/error
 import type { MountManager } from '../core/volumes/manager.js';
 import { VOLUME_OPTIONS } from '../core/volumes/spec.js';
 
-export type FlexStatus = 'Success' | 'Failure' | 'Not supported';
+type FlexStatus = 'Success' | 'Failure' | 'Not supported';
 
-export interface FlexResult {
+interface FlexResult {
   status: FlexStatus;
   message?: string;
   /** A Failure's CVMFS_THIN_* code. */

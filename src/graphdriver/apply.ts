@@ -15,7 +15,7 @@ import type { IdMaps } from '../core/tar/idmap.js';
 import { dirSize } from './changes.js';
 import type { Layer, LayerStore, ThinRecord } from './layer-store.js';
 
-export interface ApplyContext {
+interface ApplyContext {
   host: Host;
   store: LayerStore;
   stack: LayerStack;

@@ -35,9 +35,6 @@ import { checkLayerStorageOpt, parseInitOptions } from './options.js';
 import type { Change, InitRequest } from './protocol.js';
 import { MAX_LOWERS } from './stack.js';
 
-export type { InitState } from './init-state.js';
-export type { LayerRecord, ThinLower, ThinRecord } from './layer-store.js';
-
 export type { GraphDriverConfig } from './config.js';
 
 /** Lock name for the shared mask directories (not a valid layer ID). */

@@ -11,7 +11,7 @@ import { Gate } from '../core/util/gate.js';
 import { KeyedMutex } from '../core/util/keyed-mutex.js';
 
 /** A streamed answer; `done` runs under the layers' locks once it ended. */
-export interface Streamed {
+interface Streamed {
   stream: Readable;
   done?: () => Promise<void>;
 }

@@ -54,7 +54,7 @@ export async function saveInitState(stateDir: string, s: InitState): Promise<voi
   await writeFileAtomic(stateFile(stateDir), `${JSON.stringify(s, null, 2)}\n`, 0o600);
 }
 
-export interface Effective {
+interface Effective {
   location: CvmfsLocation;
   thinImages: boolean;
   idmappedLayers: IdmapMode;

@@ -133,7 +133,7 @@ export interface NaiveContext {
   idMaps: IdMaps | undefined;
 }
 
-export interface Views {
+interface Views {
   /** What Get of the layer returns (its merged dir, or the diff dir of a layer with nothing below). */
   view: string;
   /** The same for the other parent; null for parent "" (an empty tree). */

@@ -26,7 +26,7 @@ export const METHODS = [
   'GraphDriver.ApplyDiff',
   'GraphDriver.DiffSize',
 ] as const;
-export type Method = (typeof METHODS)[number];
+type Method = (typeof METHODS)[number];
 
 export function isMethod(s: string): s is Method {
   return (METHODS as readonly string[]).includes(s);
@@ -43,7 +43,7 @@ export interface InitRequest {
 }
 
 /** Create, CreateReadWrite, Remove, Get, Put, Exists, GetMetadata, Diff, Changes, DiffSize. */
-export interface LayerRequest {
+interface LayerRequest {
   id: string;
   parent: string;
   mountLabel: string;

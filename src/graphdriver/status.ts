@@ -7,7 +7,7 @@ import type { IdMaps } from '../core/tar/idmap.js';
 import type { LayerStore } from './layer-store.js';
 import type { Mounter } from './mounter.js';
 
-export interface StatusSource {
+interface StatusSource {
   home: string;
   location: CvmfsLocation;
   thinImages: boolean;

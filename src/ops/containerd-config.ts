@@ -8,7 +8,7 @@
 import { InvalidArgumentError } from '../core/errors/errors.js';
 import { editToml, isTable, parseTomlFile, type Table, tableAt } from './toml-edit.js';
 
-export interface ContainerdSettings {
+interface ContainerdSettings {
   /** proxy_plugins name = the snapshotter name (`ctr --snapshotter`, CRI's snapshotter) */
   pluginName: string;
   /** our snapshotter's socket */
@@ -79,7 +79,7 @@ export function newConfig(version: 2 | 3): string {
   return `# containerd configuration, written by cvmfs-thin setup (containerd config default shows every key)\nversion = ${version}\n`;
 }
 
-export interface ContainerdEdit {
+interface ContainerdEdit {
   text: string;
   version: 2 | 3;
   warnings: string[];

@@ -8,7 +8,7 @@ import { InvalidArgumentError } from '../core/errors/errors.js';
 
 export type DockerMode = 'graphdriver' | 'containerd-store';
 
-export interface DaemonJsonEdit {
+interface DaemonJsonEdit {
   text: string;
   warnings: string[];
   /** the storage driver before the edit (undefined: dockerd's default) */

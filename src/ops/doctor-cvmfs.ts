@@ -17,7 +17,7 @@ import { brokenOverlays, cvmfsMountState, overlaysOf } from '../core/stack/mount
 import type { CvmfsProbe } from '../core/host/probe.js';
 import type { Check } from './doctor-check.js';
 
-export interface CvmfsDoctorOptions {
+interface CvmfsDoctorOptions {
   host: Host;
   probe: CvmfsProbe;
   cvmfsRoot: string;

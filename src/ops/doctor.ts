@@ -20,7 +20,7 @@ import { containerdUse, dockerUse } from './doctor-runtimes.js';
 import { PLUGIN_DIR, SNAPSHOTTER_ADDRESS } from './setup.js';
 import { DAEMONS } from './templates.js';
 
-export type { Check, DoctorOptions, Status } from './doctor-check.js';
+export type { Check, DoctorOptions } from './doctor-check.js';
 
 /** On a publisher: repositories whose publishes drop xattrs (converted images then need local copies on every node). */
 function publisherChecks(confDir = SERVER_CONF_DIR): Check[] {

@@ -12,7 +12,7 @@ import { readIfExists } from './files.js';
 import type { CommonOptions, Plan } from './setup.js';
 import { editToml, isTable, type Table } from './toml-edit.js';
 
-export interface PodmanOptions {
+interface PodmanOptions {
   storageConf: string;
   /** The store as the nodes see it (default <cvmfs-root>/<repository>/podmanStore). */
   store: string;

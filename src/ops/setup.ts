@@ -262,7 +262,7 @@ export async function planVolumes(o: CommonOptions, v: VolumesOptions, graphdriv
   return plan;
 }
 
-export interface RunOutput {
+interface RunOutput {
   out: (s: string) => void;
 }
 

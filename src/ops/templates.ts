@@ -156,7 +156,7 @@ export const PACKAGED_EXEC = '/usr/bin/env cvmfs-thin';
 
 export type Daemon = 'snapshotter' | 'graphdriver' | 'volume-plugin';
 
-export interface DaemonFiles {
+interface DaemonFiles {
   /** systemd unit name */
   unit: string;
   /** default config file path (also in the unit's ExecStart) */

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Host } from '../core/host/host.js';
 
-export interface NewDirs {
+interface NewDirs {
   fs: string;
   work: string | undefined;
   /** Owner already known (the CVMFS check saw the top lower), else the directory to stat for it. */

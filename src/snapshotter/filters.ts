@@ -6,8 +6,8 @@
 import { createRequire } from 'node:module';
 import { InternalError, InvalidArgumentError } from '../core/errors/errors.js';
 
-export type Adaptor = (fieldpath: string[]) => [string, boolean];
-export type Filter = (a: Adaptor) => boolean;
+type Adaptor = (fieldpath: string[]) => [string, boolean];
+type Filter = (a: Adaptor) => boolean;
 
 const EOF = -1;
 const ILLEGAL = -2;
@@ -290,7 +290,7 @@ function parseOne(input: string): Selector[] {
 }
 
 /** A compiled `~=` pattern: unanchored search, like Go's `regexp.MatchString`. */
-export interface GoRegexp {
+interface GoRegexp {
   test(s: string): boolean;
 }
 

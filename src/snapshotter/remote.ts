@@ -11,7 +11,7 @@ import type { LayerStack } from '../core/stack/index.js';
 import { cleanLabels, type Clock, LABEL_LAYER_DIGEST, LABEL_REMOTE, LABEL_SNAPSHOT_REF } from './labels.js';
 import type { MetaStore, SnapshotRecord } from './metastore.js';
 
-export interface RemoteContext {
+interface RemoteContext {
   store: MetaStore;
   stack: LayerStack;
   clock: Clock;

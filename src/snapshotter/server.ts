@@ -9,7 +9,7 @@ import { SnapshotsService } from './proto/containerd/services/snapshots/v1/snaps
 import { createService } from './service.js';
 import { Snapshotter } from './snapshotter.js';
 
-export interface SnapshotterDaemonOptions {
+interface SnapshotterDaemonOptions {
   address: string;
   root: string;
   location: CvmfsLocation;

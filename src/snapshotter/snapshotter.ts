@@ -35,7 +35,7 @@ import { SnapshotStorage } from './storage.js';
 
 export { LABEL_LAYER_DIGEST, LABEL_SNAPSHOT_REF } from './labels.js';
 
-export type { Info, SnapshotterOptions } from './options.js';
+export type { Info } from './options.js';
 
 export class Snapshotter {
   private readonly storage: SnapshotStorage;

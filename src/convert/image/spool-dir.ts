@@ -90,7 +90,7 @@ export async function makeSpoolDir(tmpRoot?: string, log?: Logger): Promise<Spoo
   };
 }
 
-export interface SweepResult {
+interface SweepResult {
   removed: string[];
   /** Entries with the prefix left alone, and why. */
   kept: { path: string; why: string }[];

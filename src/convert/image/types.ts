@@ -85,9 +85,9 @@ export interface RawManifest {
   digest: string;
 }
 
-export type ParsedManifest = { kind: 'manifest'; manifest: ImageManifest; raw: RawManifest } | { kind: 'index'; index: ImageIndex; raw: RawManifest };
+type ParsedManifest = { kind: 'manifest'; manifest: ImageManifest; raw: RawManifest } | { kind: 'index'; index: ImageIndex; raw: RawManifest };
 
-export type Compression = 'gzip' | 'zstd' | 'none' | 'auto';
+type Compression = 'gzip' | 'zstd' | 'none' | 'auto';
 
 /** How a layer blob is compressed, from its media type. Throws for things that are not image layers. */
 export function layerCompression(mediaType: string, where: string): Compression {

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { bigDataFileName, DIFF_TARGET, LAST_WRITER_SIZE, StorePaths, type StoreImage, type StoreLayer } from './format.js';
 import { lstatOrNull, readJsonArray } from './store-io.js';
 
-export interface StoreCheck {
+interface StoreCheck {
   images: number;
   layers: number;
   problems: string[];

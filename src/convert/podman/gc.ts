@@ -15,7 +15,7 @@ import { layerRootfs, METADATA_DIR } from '../../core/cvmfs/layout.js';
 import { isDigest, type StoreImage, type StoreLayer, StorePaths } from './format.js';
 import { lstatOrNull, readImages, readLayers, type StoreIoOptions, sweepOrphans, withStore, writeImages, writeLayers } from './store-io.js';
 
-export interface PodmanGcOptions extends StoreIoOptions {
+interface PodmanGcOptions extends StoreIoOptions {
   graceMs: number;
   dryRun?: boolean | undefined;
   now?: number | undefined;

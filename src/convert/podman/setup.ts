@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { STORE_DIR } from './format.js';
 
-export interface StorageConfOptions {
+interface StorageConfOptions {
   /** Where the repository is mounted on the nodes (default /cvmfs/unpacked.cern.ch). */
   repositoryMount?: string;
   /** Use fuse-overlayfs as overlay's mount program (rootless podman, or layers with plain `.wh.*` whiteouts). */

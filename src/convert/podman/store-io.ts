@@ -214,7 +214,7 @@ async function removeStaleSkeletons(p: StorePaths, log?: Logger): Promise<void> 
   }
 }
 
-export interface StoreSession {
+interface StoreSession {
   paths: StorePaths;
   /** True when the previous update did not finish (its marker was still there). */
   recovered: boolean;

@@ -19,7 +19,7 @@ import { describeCause, Retrier } from './retry.js';
 import { RegistrySession } from './session.js';
 
 export { retryDelay } from './retry.js';
-export type { FetchFn, RegistryClientOptions, RequestOptions } from './session.js';
+export type { FetchFn } from './session.js';
 
 export class RegistryClient extends RegistrySession {
   /** GET a manifest or index by tag or digest; verifies the digest when `ref` is one. */

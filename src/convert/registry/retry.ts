@@ -63,7 +63,7 @@ export function describeCause(e: unknown): string {
 }
 
 /** Builds the error thrown when no attempt is left. */
-export type GiveUp = (cause: unknown, attempts: number, status: number | undefined) => unknown;
+type GiveUp = (cause: unknown, attempts: number, status: number | undefined) => unknown;
 
 function plural(n: number): string {
   return `${n} attempt${n === 1 ? '' : 's'}`;

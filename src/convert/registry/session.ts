@@ -23,9 +23,9 @@ export type FetchFn = (url: string, init: RequestInit) => Promise<Response>;
  * Explicit credentials (`null` = anonymous), or none: then they are looked up
  * in the Docker/containers auth files, whose credential helpers run on `host`.
  */
-export type CredentialSource = { credentials: Credentials | null; host?: Host | undefined } | { credentials?: undefined; host: Host };
+type CredentialSource = { credentials: Credentials | null; host?: Host | undefined } | { credentials?: undefined; host: Host };
 
-export type RegistryClientOptions = CredentialSource & {
+type RegistryClientOptions = CredentialSource & {
   /** Registry name as in references (`docker.io`, `host:5000`). */
   registry: string;
   /** Allow plain HTTP (always allowed for loopback hosts). */
@@ -46,7 +46,7 @@ export type RegistryClientOptions = CredentialSource & {
   fetch?: FetchFn | undefined;
 };
 
-export interface RequestOptions {
+interface RequestOptions {
   scopes: string[];
   headers?: Record<string, string>;
   /** A fresh body for each attempt. */

@@ -41,8 +41,6 @@ import {
 import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
 import { lostModes, rootCatalog, specialModes } from './chains.js';
 
-export { type WhiteoutScan } from './masks.js';
-
 /** What we remember about a layer directory (cached durably by the caller). */
 export interface LayerFacts {
   /** 'overlay': trusted marker; 'clean': scanned, no whiteouts; 'masked': scanned, masks built. */

@@ -27,7 +27,7 @@ import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../fs/whiteout.js';
 /** The nested-catalog marker a CVMFS publisher honours (never part of an image). */
 export const CATALOG_MARKER = '.cvmfscatalog';
 
-export interface WhiteoutScan {
+interface WhiteoutScan {
   /** Relative paths of `.wh.<name>` entries. */
   whiteouts: string[];
   /** Relative paths of directories holding `.wh..wh..opq`. */

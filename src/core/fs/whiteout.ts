@@ -12,7 +12,7 @@ export const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
 /** Other AUFS metadata entries (`.wh..wh.plnk`, `.wh..wh.aufs`): never part of the image content. */
 export const AUFS_META_PREFIX = '.wh..wh.';
 
-export type WhiteoutKind = { kind: 'opaque' } | { kind: 'whiteout'; target: string } | { kind: 'aufs-meta' } | null;
+type WhiteoutKind = { kind: 'opaque' } | { kind: 'whiteout'; target: string } | { kind: 'aufs-meta' } | null;
 
 /** Classify one base name of a tar entry. */
 export function classifyWhiteout(base: string): WhiteoutKind {

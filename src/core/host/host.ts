@@ -31,7 +31,7 @@ export type { MountInfo, UsernsHandle };
 export type PathArg = sys.PathArg;
 
 /** Mount propagation of a mount point (mount(2) MS_SHARED/MS_SLAVE/MS_PRIVATE, optionally MS_REC). */
-export type Propagation = 'private' | 'slave' | 'shared' | 'rprivate' | 'rslave' | 'rshared';
+type Propagation = 'private' | 'slave' | 'shared' | 'rprivate' | 'rslave' | 'rshared';
 
 /** A bind mount as the volume front-ends need it: `mount --bind` (+ `--rbind`) (+ `remount,ro`) (+ propagation). */
 export interface BindOptions {

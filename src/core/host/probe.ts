@@ -22,7 +22,7 @@ export function cvmfsRootOf(dir: string): string {
 }
 
 /** The answer to one operation, or 'stalled' when none came within the deadline. */
-export type ProbeAnswer = FsProbeResult | 'stalled';
+type ProbeAnswer = FsProbeResult | 'stalled';
 
 interface Waiter {
   ops: readonly FsProbeOp[];
@@ -48,7 +48,7 @@ interface KeyState {
   stalledSince: number | undefined;
 }
 
-export interface CvmfsProbeOptions {
+interface CvmfsProbeOptions {
   host: Host;
   log: Logger;
   timeoutMs?: number | undefined;

@@ -44,14 +44,14 @@ import {
 } from '../host/sys.js';
 
 /** A regular file: absolute path as the container sees it, size, when its first open was read, executed at some point. */
-export interface AccessRecord {
+interface AccessRecord {
   path: string;
   size: number;
   atMs: number;
   exec: boolean;
 }
 
-export interface RecordOptions {
+interface RecordOptions {
   windowMs: number; // stop this long after the start
   idleMs?: number; // stop after no new file for this long (counted from the start too)
   maxFiles: number; // stop when this many files are recorded
@@ -59,9 +59,9 @@ export interface RecordOptions {
   signal?: AbortSignal;
 }
 
-export type StopReason = 'window' | 'idle' | 'max-files' | 'aborted' | 'unmounted' | 'error';
+type StopReason = 'window' | 'idle' | 'max-files' | 'aborted' | 'unmounted' | 'error';
 
-export interface AccessRecording {
+interface AccessRecording {
   files: AccessRecord[]; // each once, in the order of their first open
   events: number; // open events read (repeated opens and non-regular files included)
   dropped: number; // events lost: queue overflows, event fds the kernel could not open
@@ -81,7 +81,7 @@ export class NoAccessRecordingError extends FailedPreconditionError {
   }
 }
 
-export interface FanotifyEvent {
+interface FanotifyEvent {
   mask: number;
   fd: number;
   pid: number;

@@ -25,7 +25,7 @@ import { type LinkBatch, ShortLinks } from './links.js';
 import { CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
 export { chainLowers, type ChainLower, type ChainNode } from './chain.js';
-export { type LinkBatch, linkName, ShortLinks } from './links.js';
+export { linkName, ShortLinks } from './links.js';
 
 /** Owner of a CVMFS directory, as the availability check saw it. */
 export interface DirOwner {
@@ -33,7 +33,7 @@ export interface DirOwner {
   gid: number;
 }
 
-export interface LayerStackOptions {
+interface LayerStackOptions {
   /** State directory holding `l/` and `masks/`. */
   root: string;
   location: CvmfsLocation;
@@ -50,7 +50,7 @@ export interface LayerStackOptions {
 }
 
 /** A thin layer resolved and linked. */
-export interface ThinLinked {
+interface ThinLinked {
   /** The manifest's file name in the layer. */
   file: string;
   manifest: ThinManifest;

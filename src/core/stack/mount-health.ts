@@ -28,7 +28,7 @@ import { type CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
 /** Default period of the check of mounted layers / running containers (`check-interval`). */
 export const DEFAULT_CHECK_INTERVAL_MS = 30_000;
-export interface OverlayOptions {
+interface OverlayOptions {
   lowers: string[];
   upper: string | undefined;
   work: string | undefined;
@@ -60,14 +60,14 @@ export function parseOverlayOptions(superOptions: string): OverlayOptions {
 }
 
 /** One lower layer of ours: the link it goes through and the directory behind it. */
-export interface OurLower {
+interface OurLower {
   link: string;
   target: string;
   /** On CVMFS (not a directory of the state directory, not a mask). */
   cvmfs: boolean;
 }
 
-export interface OurOverlay {
+interface OurOverlay {
   mountPoint: string;
   /** Absolute upper dir when it is inside the state directory. */
   upper: string | undefined;
@@ -131,7 +131,7 @@ export interface BrokenOverlay extends OurOverlay {
   cvmfs: string[];
 }
 
-export interface CvmfsMountState {
+interface CvmfsMountState {
   mount: string;
   state: 'ok' | 'not-connected' | 'stalled' | 'absent' | 'error';
   detail: string;
@@ -185,7 +185,7 @@ export async function brokenOverlays(probe: CvmfsProbe, overlays: readonly OurOv
   return out.sort((a, b) => (a.mountPoint < b.mountPoint ? -1 : a.mountPoint > b.mountPoint ? 1 : 0));
 }
 
-export interface MountMonitorOptions {
+interface MountMonitorOptions {
   daemon: 'snapshotter' | 'graphdriver';
   /** The state directory whose `l/` links the overlays use. */
   root: string;

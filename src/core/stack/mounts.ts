@@ -11,14 +11,14 @@ export interface Mount {
   options: string[];
 }
 
-export interface LowerDir {
+interface LowerDir {
   /** Path used in overlay `lowerdir=` (a short link inside the state directory). */
   overlay: string;
   /** Real directory, used when the lower is bind-mounted on its own. */
   real: string;
 }
 
-export interface MountSpec {
+interface MountSpec {
   /** View (read-only) or active (read-write). */
   readonly: boolean;
   /** The snapshot's own directory: overlay upperdir (active) or the bind source when there are no lowers. */

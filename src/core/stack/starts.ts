@@ -58,7 +58,7 @@ interface Image {
   repository: string;
 }
 
-export interface StartsContext extends StartOptions {
+interface StartsContext extends StartOptions {
   /** The daemon, as traces and metrics name it. */
   daemon: string;
   /** Holds `traces/` and `profiles/` (recorded on this node); a recording looks for the container's overlay below it. */

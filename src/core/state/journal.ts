@@ -91,7 +91,7 @@ export function journalMetrics(m: Metrics, store: string): JournalOptions['onCom
   };
 }
 
-export interface Opened<R> {
+interface Opened<R> {
   journal: Journal<R>;
   /** The last state snapshot (null if none). */
   state: unknown;

@@ -47,7 +47,7 @@ function openLockFile(file: string, host: Host, flags: string | number, mode: nu
   };
 }
 
-export interface LockOptions {
+interface LockOptions {
   /** Give up after this long (default: wait forever). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -95,7 +95,7 @@ export async function acquireLock(file: string, opts: LockOptions): Promise<Held
 }
 
 /** Who holds a state directory (written into its lock file by the holder). */
-export interface LockHolder {
+interface LockHolder {
   pid: number;
   /** e.g. `cvmfs-thin snapshotter`. */
   daemon: string;

@@ -9,15 +9,15 @@ import zlib from 'node:zlib';
 import { Decompress as FzstdDecompress } from 'fzstd';
 import { InvalidArgumentError } from '../errors/errors.js';
 
-export type Compression = 'gzip' | 'zstd' | 'none';
+type Compression = 'gzip' | 'zstd' | 'none';
 
 /** A streaming decoder: compressed bytes in, plain bytes out. */
-export interface Decompressor {
+interface Decompressor {
   readonly name: string;
   create(): Duplex;
 }
 
-export interface DecompressOptions {
+interface DecompressOptions {
   /**
    * zstd implementation: 'process' runs `zstd -dc` (fastest, its own core),
    * 'js' uses fzstd on the calling thread; 'auto' (default) takes 'process'

@@ -30,7 +30,7 @@ import { pump } from './extract-pump.js';
 import type { IdMaps } from './idmap.js';
 import type { WhiteoutMode, WriterStats } from './writer.js';
 
-export type { WhiteoutMode, WriterStats } from './writer.js';
+export type { WhiteoutMode } from './writer.js';
 
 export interface ExtractLimits {
   /** largest PAX extended header / GNU long name entry; default 1 MiB */

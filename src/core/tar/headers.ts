@@ -166,7 +166,7 @@ export function parsePaxTime(v: string): TarTime | null {
   return { sec, nsec };
 }
 
-export interface PaxRecords {
+interface PaxRecords {
   /** plain records (path, linkpath, size, uid, gid, mtime, …), values as byte strings */
   fields: Map<string, string>;
   xattrs: Map<string, Buffer> | null;

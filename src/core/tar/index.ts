@@ -8,28 +8,9 @@
  * - packDirectory / packEntries: directory or in-memory entries → tar stream
  * - UnsafeTarError: every refusal (reason says which)
  */
-export {
-  extractLayer,
-  extractLayerFile,
-  type ExtractLimits,
-  type ExtractOptions,
-  type ExtractProgress,
-  type ExtractResult,
-  type WhiteoutMode,
-  type WriterStats,
-} from './extract.js';
+export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractResult, type WhiteoutMode } from './extract.js';
 export { UnsafeTarError, TarIoError, type UnsafeTarReason } from './errors.js';
-export type { IdMap, IdMaps } from './idmap.js';
-export { LayerRewriter, type RewriteOptions, type RewriteResult } from './rewrite.js';
-export { tarSplitTee, type TarSplitOutcome, type TarSplitTee } from './split.js';
-export type { LayerRecordData } from './writer-meta.js';
-export { packDirectory, packEntries, packEntriesToBuffer, type MemEntry, type PackChange, type PackOptions } from './pack.js';
-export {
-  decompress,
-  compressionForMediaType,
-  sniffCompression,
-  isForeignLayer,
-  type Compression,
-  type Decompressor,
-  type DecompressOptions,
-} from './decompress.js';
+export { LayerRewriter, type RewriteResult } from './rewrite.js';
+export { tarSplitTee } from './split.js';
+export { packDirectory, packEntries, packEntriesToBuffer, type MemEntry } from './pack.js';
+export { decompress, compressionForMediaType, sniffCompression, isForeignLayer } from './decompress.js';

@@ -20,13 +20,13 @@ import { bstr, encodeHeader, END_OF_ARCHIVE, padding, type EntryType, type TarHe
 import { toContainer, type IdMaps } from './idmap.js';
 import { cleanName, fsPath, joinRel, parentOf } from './paths.js';
 
-export interface PackChange {
+interface PackChange {
   /** path relative to the directory ("/a/b" or "a/b") */
   path: string;
   kind: 'add' | 'modify' | 'delete';
 }
 
-export interface PackOptions {
+interface PackOptions {
   /**
    * 'overlay': char devices 0/0 become `.wh.<name>` entries and directories
    * with trusted.overlay.opaque=y get a `.wh..wh..opq` entry (what the graph

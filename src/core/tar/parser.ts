@@ -28,7 +28,7 @@ export interface TarParserHandler {
   entryEnd(): void;
 }
 
-export interface ParserLimits {
+interface ParserLimits {
   /** maximum size of one PAX ('x'/'g') or GNU long name/link ('L'/'K') entry; default 1 MiB */
   maxPaxHeaderBytes?: number;
 }

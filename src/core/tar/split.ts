@@ -230,9 +230,9 @@ export class TarSplitRecorder {
 
 // ---------------------------------------------------------------- a pass-through stream that records it
 
-export type TarSplitOutcome = { ok: true; entries: number; /** the gzip bytes, when recorded in memory */ data?: Buffer } | { ok: false; reason: string };
+type TarSplitOutcome = { ok: true; entries: number; /** the gzip bytes, when recorded in memory */ data?: Buffer } | { ok: false; reason: string };
 
-export interface TarSplitTee {
+interface TarSplitTee {
   /** Pipe the uncompressed layer through this; it passes every byte on unchanged. */
   stream: Transform;
   /** Settles when the input ended and the record is complete (or was given up: then a file is removed). */

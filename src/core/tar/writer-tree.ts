@@ -37,7 +37,7 @@ export interface DirInfo {
   gid: number;
 }
 
-export interface Deferred {
+interface Deferred {
   mode: number;
   atime: TarTime;
   mtime: TarTime;

@@ -122,7 +122,7 @@ export const noMetrics: Metrics = { enabled: false, inc() {}, set() {}, observe(
 /** Health: each check answers null (fine) or what is wrong. */
 export type HealthCheck = () => Promise<string | null> | string | null;
 
-export interface MetricsServerOptions {
+interface MetricsServerOptions {
   /** `host:port`, `:port`, or an absolute unix socket path. */
   address: string;
   log: Logger;

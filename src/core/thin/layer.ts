@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { CvmfsLocation } from '../cvmfs/location.js';
 import { parseThinManifest, THIN_MANIFEST_NAMES, type ThinManifest } from './manifest.js';
 
-export interface ThinLayerFile {
+interface ThinLayerFile {
   /** The manifest's file name in the layer (thin.json, or a historical name). */
   file: string;
   manifest: ThinManifest;

@@ -39,7 +39,7 @@ export interface ThinManifest {
   layers: ThinLayer[];
 }
 
-export interface ParseOptions {
+interface ParseOptions {
   /** Repository used when a layer has no `url` (DUCC always writes one). */
   defaultRepository: string;
   /** Repositories a manifest may reference; anything else is refused. */

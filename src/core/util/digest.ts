@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 
 /** A parsed content digest. Only sha256 is used by the OCI images and the DUCC layout we serve. */
-export interface Digest {
+interface Digest {
   algorithm: 'sha256';
   hex: string;
 }

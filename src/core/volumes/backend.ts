@@ -30,7 +30,7 @@ import type { Backend } from './types.js';
 
 export const DEFAULT_MOUNT_COMMAND: readonly string[] = ['mount', '-t', 'cvmfs'];
 
-export interface BackendOptions {
+interface BackendOptions {
   stateDir: string;
   cvmfsRoot: string;
   backend: Backend;

@@ -20,7 +20,7 @@ import type { VolumeRecord, VolumeStore } from './store.js';
 const CVMFS_UNAVAILABLE = new Set(['CVMFS_THIN_CVMFS_STALLED', 'CVMFS_THIN_CVMFS_UNAVAILABLE', 'CVMFS_THIN_LAYER_UNAVAILABLE']);
 
 /** What the health check shares with the mount manager. */
-export interface HealthCheckOptions {
+interface HealthCheckOptions {
   store: VolumeStore;
   backends: Backends;
   log: Logger;

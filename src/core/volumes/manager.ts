@@ -36,15 +36,13 @@ import { DEFAULT_CLIENT_CONFIG_KEYS, parseAllowed, RepositoryAllowlist, type Vol
 import { type StoredHolder, type VolumeRecord, VolumeStore } from './store.js';
 import { type Definition, type Holder, type MountManagerOptions, recordGauges, type VolumeState } from './types.js';
 
-export { type Health };
-
-export interface HolderRequest {
+interface HolderRequest {
   id: string;
   readonly?: boolean | undefined;
   meta?: Record<string, string> | undefined;
 }
 
-export interface PublishRequest {
+interface PublishRequest {
   readonly?: boolean | undefined;
   meta?: Record<string, string> | undefined;
   /** Bind from here instead of the volume's path (a CSI staging path). */

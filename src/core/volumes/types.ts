@@ -86,12 +86,6 @@ export interface Definition {
   createdAt: string;
 }
 
-export interface PublishOptions {
-  readonly?: boolean;
-  /** rbind with slave propagation (the whole tree: automounts appear in the target). */
-  meta?: Record<string, string>;
-}
-
 /** Gauges for a metrics scrape: repository mounts by backend, and holders. */
 export function recordGauges(metrics: Metrics, daemon: string, volumes: readonly VolumeState[]): void {
   const byBackend: Record<string, number> = { host: 0, client: 0, tree: 0 };
