@@ -2,13 +2,14 @@
  * What a contributor's change must keep (CI counts each as a test): no ESLint
  * finding (`npm run lint`), every file formatted (`npm run format:check`),
  * sources, tests and benches type-check (`npm run typecheck`), no hand-written
- * source file over 400 lines, no unused export or file in src/ (`npm run knip`;
- * knip.json reads tests and benches too, so what they use counts as used). The last
- * block proves each check can fail: the same runner on a broken input, the
- * line counter on a temporary tree.
+ * source file over 400 lines, no unused file, export or exported type in src/
+ * (`npm run knip`; the issue types are knip.json's `include`; knip.json reads tests
+ * and benches too, so what they use counts as used). The last block proves each
+ * check can fail: the same runner on a broken input, the line counter on a
+ * temporary tree.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from '../helpers/env.js';
@@ -52,8 +53,8 @@ describe('the tree', () => {
     expect(filesOverCap(path.join(ROOT, 'src'), CAP)).toEqual([]);
   });
 
-  it('has no unused export or file (npm run knip, knip.json)', { timeout: SLOW }, async () => {
-    const r = await tool('knip', ['--include', 'exports,nsExports,files', '--no-progress']);
+  it('has no unused file, export or exported type (npm run knip, knip.json)', { timeout: SLOW }, async () => {
+    const r = await tool('knip', ['--no-progress']);
     expect(r.code, r.output).toBe(0);
   });
 });
@@ -74,6 +75,24 @@ describe('the checks can fail', () => {
     const tsc = await tool('tsc', ['-p', dir]);
     expect(tsc.code).not.toBe(0);
     expect(tsc.output).toContain('bad.ts');
+  });
+
+  it("knip, with the repository's issue types, names an unused export and an unused exported type", { timeout: SLOW }, async () => {
+    const { include } = JSON.parse(readFileSync(path.join(ROOT, 'knip.json'), 'utf8')) as { include: string[] };
+    expect(include).toEqual(expect.arrayContaining(['files', 'exports', 'types']));
+    const dir = tempDir();
+    writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'knip-probe', type: 'module' }));
+    writeFileSync(path.join(dir, 'knip.json'), JSON.stringify({ include, entry: ['main.ts'], project: ['*.ts'] }));
+    writeFileSync(path.join(dir, 'main.ts'), "import { used, type UsedType } from './lib.js';\nconst u: UsedType = { n: used };\nconsole.log(u);\n");
+    writeFileSync(
+      path.join(dir, 'lib.ts'),
+      'export const used = 1;\nexport const unusedValue = 2;\nexport interface UsedType {\n  n: number;\n}\nexport interface UnusedType {\n  n: number;\n}\n',
+    );
+    const probe = await tool('knip', ['--directory', dir, '--no-progress']);
+    expect(probe.code, probe.output).not.toBe(0);
+    expect(probe.output).toMatch(/unusedValue\s+lib\.ts:2/);
+    expect(probe.output).toMatch(/UnusedType\s+interface\s+lib\.ts:6/);
+    expect(probe.output).not.toMatch(/\bused\s|\bUsedType\b/);
   });
 
   it('counts lines as wc -l does, a last line without newline included', () => {
