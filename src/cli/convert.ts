@@ -165,7 +165,7 @@ export function convertCommand(): Command {
     }
     const flags = runFlags(o);
     // archive spools of conversions killed before (kill -9, a crash): removed once their owner is gone
-    await sweepStaleSpools(flags.tmpDir ?? os.tmpdir(), { log });
+    await sweepStaleSpools(flags.tmpDir ?? os.tmpdir(), { host: systemHost, log });
     const ctl = abortOnSignals(log);
     const run = createRun(flags, systemHost, log, ctl.signal);
     const t0 = Date.now();

@@ -51,7 +51,7 @@ describe('archive sources', () => {
     const gz = path.join(dir, 'thin-oci.tar.gz');
     fs.writeFileSync(gz, gzipSync(fs.readFileSync(file)));
     for (const f of [file, gz]) {
-      const src = await openOciArchive(f, 't1', dir);
+      const src = await openOciArchive(f, 't1', systemHost, dir);
       try {
         expect((await src.topManifest()).digest).toBe(img.manifest.digest);
         expect(
@@ -68,8 +68,8 @@ describe('archive sources', () => {
 
   it('reads back a docker-archive it wrote (config and layer found through manifest.json)', async () => {
     const file = path.join(dir, 'thin-docker.tar');
-    await new DockerArchiveTarget(file, { registry: 'example.org', repository: 'team/app_thin', tag: '1' }).write([img], null);
-    const src = await DockerArchiveSource.open(file, {}, dir);
+    await new DockerArchiveTarget(file, { registry: 'example.org', repository: 'team/app_thin', tag: '1' }, systemHost).write([img], null);
+    const src = await DockerArchiveSource.open(file, {}, systemHost, dir);
     try {
       const m = JSON.parse((await src.topManifest()).bytes.toString()) as { config: { digest: string }; layers: { digest: string; size: number }[] };
       expect(m.config.digest).toBe(img.config.digest);
@@ -97,7 +97,7 @@ describe('archive sources', () => {
         rawEntry({ name: 'sp ace' }, 'ignored'),
       ),
     );
-    const src = await DockerArchiveSource.open(file, {}, dir);
+    const src = await DockerArchiveSource.open(file, {}, systemHost, dir);
     try {
       const m = JSON.parse((await src.topManifest()).bytes.toString()) as { config: { digest: string } };
       expect(m.config.digest).toBe(img.config.digest);
@@ -119,7 +119,7 @@ describe('archive sources', () => {
   ])('refuses %s with CVMFS_THIN_BAD_ARCHIVE', async (_what, bytes, message) => {
     const file = path.join(dir, 'bad.tar');
     fs.writeFileSync(file, bytes());
-    const r = await refusal(openOciArchive(file, undefined, dir));
+    const r = await refusal(openOciArchive(file, undefined, systemHost, dir));
     expect(r).toMatchObject({ code: 'CVMFS_THIN_BAD_ARCHIVE', kind: 'invalid-argument' });
     expect(r.message).toMatch(message);
     expect(r.message).toContain(`oci-archive:${file}`);
@@ -128,8 +128,8 @@ describe('archive sources', () => {
   it('refuses zstd archives, says a missing file is missing, and leaves no spool directory behind', async () => {
     const z = path.join(dir, 'z.tar.zst');
     fs.writeFileSync(z, Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]));
-    expect(await refusal(openOciArchive(z, undefined, path.join(dir, 'spool')))).toMatchObject({ code: 'CVMFS_THIN_UNSUPPORTED' });
-    expect(await refusal(DockerArchiveSource.open(path.join(dir, 'nope.tar'), {}, path.join(dir, 'spool')))).toMatchObject({ kind: 'not-found' });
+    expect(await refusal(openOciArchive(z, undefined, systemHost, path.join(dir, 'spool')))).toMatchObject({ code: 'CVMFS_THIN_UNSUPPORTED' });
+    expect(await refusal(DockerArchiveSource.open(path.join(dir, 'nope.tar'), {}, systemHost, path.join(dir, 'spool')))).toMatchObject({ kind: 'not-found' });
     expect(fs.readdirSync(path.join(dir, 'spool'))).toEqual([]);
   });
 });

@@ -3,16 +3,24 @@
  * a spool whose conversion died (kill -9) is removed, one whose conversion
  * still runs — in this process or another — is not, and nothing that is not
  * ours is touched: symbolic links are not followed, files, other users'
- * directories and spools with an odd lock file are left alone.
+ * directories and spools with an odd lock file are left alone. The owner
+ * locks go through the Host: the real one across processes, the simulated
+ * one within this process.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { makeSpoolDir, OWNER_FILE, processStart, SPOOL_PREFIX, sweepStaleSpools } from '../../src/convert/image/spool-dir.js';
+import { makeSpoolDir, OWNER_FILE, processStart, SPOOL_PREFIX, sweepStaleSpools as sweepWith } from '../../src/convert/image/spool-dir.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { LOCK_EX, LOCK_NB } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 
 const DIST_MODULE = path.resolve(import.meta.dirname, '../../dist/convert/image/spool-dir.js');
+const DIST_HOST = path.resolve(import.meta.dirname, '../../dist/core/host/host.js');
+/** A sweep with the real host (owners in other processes hold real locks). */
+const sweepStaleSpools = (root: string) => sweepWith(root, { host: systemHost });
 const work = tempDir('cvmfs-thin-spool-');
 let n = 0;
 const freshRoot = () => {
@@ -28,7 +36,8 @@ const spools = (root: string) =>
 
 /** Another process that makes a spool in `root` (the built module, as a conversion does) and waits. */
 async function ownerProcess(root: string): Promise<{ child: ChildProcess; dir: string }> {
-  const code = `const m = await import(${JSON.stringify(DIST_MODULE)}); const s = await m.makeSpoolDir(${JSON.stringify(root)}); process.stdout.write(s.dir + '\\n'); setInterval(() => {}, 1000);`;
+  const code = `const m = await import(${JSON.stringify(DIST_MODULE)}); const { systemHost } = await import(${JSON.stringify(DIST_HOST)});
+    const s = await m.makeSpoolDir(systemHost, ${JSON.stringify(root)}); process.stdout.write(s.dir + '\\n'); setInterval(() => {}, 1000);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   const dir = await new Promise<string>((resolve, reject) => {
@@ -60,7 +69,7 @@ function abandonedSpool(root: string, name: string): string {
 describe('archive spools', () => {
   it('a spool is a private directory locked by its process, recording the pid and start time; remove() is idempotent', async () => {
     const root = freshRoot();
-    const sd = await makeSpoolDir(root);
+    const sd = await makeSpoolDir(systemHost, root);
     expect(path.basename(sd.dir).startsWith(SPOOL_PREFIX)).toBe(true);
     expect(fs.statSync(sd.dir).mode & 0o777).toBe(0o700);
     expect(fs.readdirSync(sd.dir)).toEqual([OWNER_FILE]);
@@ -70,9 +79,26 @@ describe('archive spools', () => {
     expect(spools(root)).toEqual([]);
   });
 
+  it('the owner lock is taken through the host on the descriptor the spool keeps: a sweep finds it held until remove() closes it', async () => {
+    const root = freshRoot();
+    const host = new RecordingHost();
+    const sd = await makeSpoolDir(host, root);
+    const [taken] = host.ops('flock');
+    expect(taken?.args[1]).toBe(LOCK_EX | LOCK_NB);
+    const kept = taken!.args[0] as number;
+    let r = await sweepWith(root, { host });
+    expect(r).toEqual({ removed: [], kept: [{ path: sd.dir, why: 'its conversion is still running (its lock is held)' }] });
+    // the sweep tried the lock on a descriptor of its own, never on the spool's
+    expect(host.ops('flock').map((c) => c.args[0] !== kept)).toEqual([false, true]);
+    await sd.remove();
+    const stale = abandonedSpool(root, 'stale');
+    r = await sweepWith(root, { host });
+    expect(r.removed).toEqual([stale]);
+  });
+
   it("a killed owner's spool is swept; a running owner's spool (another process, or this one) is not", async () => {
     const root = freshRoot();
-    const mine = await makeSpoolDir(root);
+    const mine = await makeSpoolDir(systemHost, root);
     const live = await ownerProcess(root);
     const dead = await ownerProcess(root);
     fs.writeFileSync(path.join(dead.dir, 'blob'), 'half-written');
@@ -93,7 +119,7 @@ describe('archive spools', () => {
     const live = await ownerProcess(root);
     const dead = await ownerProcess(root);
     await killed(dead.child);
-    const sd = await makeSpoolDir(root);
+    const sd = await makeSpoolDir(systemHost, root);
     expect(fs.existsSync(dead.dir)).toBe(false);
     expect(fs.existsSync(live.dir)).toBe(true);
     await sd.remove();

@@ -23,9 +23,9 @@ import type { ImageSource, ImageTarget, ImageToWrite, WriteResult } from './sour
 import { canonicalJson, type Descriptor, MT, type RawManifest } from './types.js';
 
 /** `oci-archive:` source: spool, then read as a layout. */
-export async function openOciArchive(file: string, tag: string | undefined, tmpRoot?: string): Promise<ImageSource> {
+export async function openOciArchive(file: string, tag: string | undefined, host: Host, tmpRoot?: string): Promise<ImageSource> {
   const description = `oci-archive:${file}${tag !== undefined ? `:${tag}` : ''}`;
-  const sd = await makeSpoolDir(tmpRoot);
+  const sd = await makeSpoolDir(host, tmpRoot);
   try {
     await spool(file, sd.dir, description);
   } catch (e) {
@@ -74,9 +74,14 @@ export class DockerArchiveSource implements ImageSource {
     this.name = sel.ref;
   }
 
-  static async open(file: string, sel: { ref?: DockerReference | undefined; index?: number | undefined }, tmpRoot?: string): Promise<DockerArchiveSource> {
+  static async open(
+    file: string,
+    sel: { ref?: DockerReference | undefined; index?: number | undefined },
+    host: Host,
+    tmpRoot?: string,
+  ): Promise<DockerArchiveSource> {
     const s = new DockerArchiveSource(file, sel);
-    s.spoolDir = await makeSpoolDir(tmpRoot);
+    s.spoolDir = await makeSpoolDir(host, tmpRoot);
     try {
       s.sp = await spool(file, s.spoolDir.dir, s.description);
       await s.load();
@@ -217,7 +222,7 @@ export class OciArchiveTarget implements ImageTarget {
   }
   async current(): Promise<string | null> {
     try {
-      const src = await openOciArchive(this.file, this.tag, this.tmpRoot);
+      const src = await openOciArchive(this.file, this.tag, this.host, this.tmpRoot);
       try {
         return (await src.topManifest()).digest;
       } finally {
@@ -228,7 +233,7 @@ export class OciArchiveTarget implements ImageTarget {
     }
   }
   async write(images: ImageToWrite[], index: RawManifest | null): Promise<WriteResult> {
-    const sd = await makeSpoolDir(this.tmpRoot);
+    const sd = await makeSpoolDir(this.host, this.tmpRoot);
     const dir = sd.dir;
     try {
       const digest = await writeOciLayout(dir, this.tag, images, index, this.host, this.imageName);
@@ -259,12 +264,13 @@ export class DockerArchiveTarget implements ImageTarget {
   constructor(
     private readonly file: string,
     private readonly ref: DockerReference | undefined,
+    private readonly host: Host,
   ) {
     this.description = `docker-archive:${file}${ref ? `:${familiarName(ref)}` : ''}`;
   }
   async current(): Promise<string | null> {
     try {
-      const s = await DockerArchiveSource.open(this.file, this.ref ? { ref: this.ref } : {});
+      const s = await DockerArchiveSource.open(this.file, this.ref ? { ref: this.ref } : {}, this.host);
       try {
         const m = JSON.parse((await s.topManifest()).bytes.toString()) as { config: { digest: string } };
         return m.config.digest;

@@ -4,7 +4,7 @@
  * sweep of those whose conversion died (kill -9, a crash, a power cut).
  *
  * Ownership is checkable: a spool holds `#owner`, a file its process keeps
- * open under an exclusive flock(2) for as long as the spool lives, and which
+ * open under an exclusive flock(2) (through the Host) for as long as the spool lives, and which
  * records the pid and the process start time (for people, and for the rare
  * file system without flock). The kernel drops the lock when the process
  * dies, however it dies: a sweep that gets the lock knows the owner is gone
@@ -27,7 +27,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { removeTree } from '../../core/fs/fsutil.js';
-import { flock, LOCK_EX, LOCK_NB } from '../../core/host/sys.js';
+import type { Host } from '../../core/host/host.js';
+import { LOCK_EX, LOCK_NB } from '../../core/host/sys.js';
 
 export const SPOOL_PREFIX = 'cvmfs-thin-archive-';
 /** `#` is not allowed in archive entry names (archive-spool.ts SAFE_NAME): no spooled file can land on it. */
@@ -55,20 +56,20 @@ const swept = new Set<string>();
 
 /**
  * A fresh spool directory (mode 0700) in `tmpRoot` (default: the system temp
- * dir), locked as this process's. The first spool of a process in a root
- * sweeps that root first.
+ * dir), locked as this process's (`host` takes the lock). The first spool of
+ * a process in a root sweeps that root first.
  */
-export async function makeSpoolDir(tmpRoot?: string, log?: Logger): Promise<SpoolDir> {
+export async function makeSpoolDir(host: Host, tmpRoot?: string, log?: Logger): Promise<SpoolDir> {
   const root = path.resolve(tmpRoot ?? os.tmpdir());
   await fsp.mkdir(root, { recursive: true });
-  if (!swept.has(root)) await sweepStaleSpools(root, { log });
+  if (!swept.has(root)) await sweepStaleSpools(root, { host, log });
   const dir = await fsp.mkdtemp(path.join(root, SPOOL_PREFIX));
   let fd: number | null = null;
   try {
     const tmp = path.join(dir, `${OWNER_FILE}-${process.pid}`);
     fd = openSync(tmp, C.O_RDWR | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
     try {
-      flock(fd, LOCK_EX | LOCK_NB); // a new file: nobody else can hold it
+      host.flock(fd, LOCK_EX | LOCK_NB); // a new file: nobody else can hold it
     } catch {
       /* a file system without flock: sweeps go by the recorded pid and start time */
     }
@@ -101,7 +102,7 @@ interface SweepResult {
  * reason to keep it, or the lock taken (held until the removal is done, so
  * that two sweeps do not both remove it).
  */
-function claim(dir: string, uid: number, dirIno: number, now: number, graceMs: number): string | { release(): void } {
+function claim(host: Host, dir: string, uid: number, dirIno: number, now: number, graceMs: number): string | { release(): void } {
   let dfd: number;
   try {
     dfd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
@@ -126,7 +127,7 @@ function claim(dir: string, uid: number, dirIno: number, now: number, graceMs: n
       const lst = fstatSync(lfd);
       if (!lst.isFile() || lst.uid !== uid) return `${OWNER_FILE} is not a regular file of this user`;
       try {
-        free = flock(lfd, LOCK_EX | LOCK_NB);
+        free = host.flock(lfd, LOCK_EX | LOCK_NB);
       } catch {
         // no flock here: fall back to the recorded pid and start time
         const buf = Buffer.alloc(256);
@@ -148,9 +149,12 @@ function claim(dir: string, uid: number, dirIno: number, now: number, graceMs: n
 /**
  * Remove the spools in `root` whose conversion is gone (see the header for
  * what counts as ours). Never throws for an entry: what cannot be checked
- * is kept.
+ * is kept. `host` tries the owners' locks.
  */
-export async function sweepStaleSpools(root: string, o: { log?: Logger | undefined; now?: number; locklessGraceMs?: number } = {}): Promise<SweepResult> {
+export async function sweepStaleSpools(
+  root: string,
+  o: { host: Host; log?: Logger | undefined; now?: number; locklessGraceMs?: number },
+): Promise<SweepResult> {
   const res: SweepResult = { removed: [], kept: [] };
   const abs = path.resolve(root);
   swept.add(abs);
@@ -173,7 +177,7 @@ export async function sweepStaleSpools(root: string, o: { log?: Logger | undefin
       const st = lstatSync(p);
       if (!st.isDirectory()) c = st.isSymbolicLink() ? 'a symbolic link' : 'not a directory';
       else if (st.uid !== uid) c = `owned by uid ${st.uid}, not by this user`;
-      else c = claim(p, uid, st.ino, o.now ?? Date.now(), o.locklessGraceMs ?? LOCKLESS_GRACE_MS);
+      else c = claim(o.host, p, uid, st.ino, o.now ?? Date.now(), o.locklessGraceMs ?? LOCKLESS_GRACE_MS);
     } catch (e) {
       c = `cannot be checked: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
     }

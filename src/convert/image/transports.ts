@@ -26,7 +26,7 @@ export interface TransportOptions {
   backoffMs?: number | undefined;
   /** HTTP client of the registry clients (default: the global fetch). */
   fetch?: FetchFn | undefined;
-  /** Runs credential helpers and takes the OCI layouts' locks. */
+  /** Runs credential helpers and takes the OCI layouts' and archive spools' locks. */
   host: Host;
 }
 
@@ -62,9 +62,9 @@ export async function openSource(ref: ImageReference, regs: Registries, o: Trans
     case 'oci':
       return new OciLayoutSource(ref.path, ref.tag);
     case 'oci-archive':
-      return openOciArchive(ref.path, ref.tag, o.tmpDir);
+      return openOciArchive(ref.path, ref.tag, o.host, o.tmpDir);
     case 'docker-archive':
-      return DockerArchiveSource.open(ref.path, { ref: ref.ref, index: ref.index }, o.tmpDir);
+      return DockerArchiveSource.open(ref.path, { ref: ref.ref, index: ref.index }, o.host, o.tmpDir);
   }
 }
 
@@ -78,6 +78,6 @@ export function openTarget(ref: ImageReference, regs: Registries, o: TransportOp
     case 'oci-archive':
       return new OciArchiveTarget(ref.path, ref.tag ?? name?.tag ?? 'latest', o.host, o.tmpDir, name ? formatDockerReference(name) : undefined);
     case 'docker-archive':
-      return new DockerArchiveTarget(ref.path, ref.ref ?? name);
+      return new DockerArchiveTarget(ref.path, ref.ref ?? name, o.host);
   }
 }
