@@ -11,7 +11,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CATALOG_MARKER } from '../core/cvmfs/masks.js';
-import { lutimesNs } from '../core/host/sys.js';
+import type { Host } from '../core/host/host.js';
 
 /** Entries a nested catalog is kept below (half of CVMFS's hard limit). */
 export const CATALOG_CUT = 100_000;
@@ -67,10 +67,10 @@ export async function countEntries(root: string): Promise<Map<string, number>> {
 }
 
 /**
- * Put catalog markers into a big unpacked layer (directory times kept).
- * Returns the markers' paths relative to `root`.
+ * Put catalog markers into a big unpacked layer (directory times kept, to
+ * the nanosecond, through `host`). Returns the markers' paths relative to `root`.
  */
-export async function addNestedCatalogs(root: string, cut = CATALOG_CUT): Promise<string[]> {
+export async function addNestedCatalogs(host: Host, root: string, cut = CATALOG_CUT): Promise<string[]> {
   const dirs = chooseCatalogDirs(await countEntries(root), cut);
   const out: string[] = [];
   for (const d of dirs) {
@@ -84,7 +84,7 @@ export async function addNestedCatalogs(root: string, cut = CATALOG_CUT): Promis
       throw e;
     }
     const ns = 1_000_000_000n;
-    lutimesNs(dir, Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
+    host.lutimesNs(dir, Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
     out.push(`${d}/${CATALOG_MARKER}`);
   }
   return out;

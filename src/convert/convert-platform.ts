@@ -56,6 +56,7 @@ export class PlatformConverter {
       whiteouts: o.whiteouts,
       catalogCut: o.catalogCut,
       ingest: o.publisher.ingests ? o.publisher : undefined,
+      host: o.host,
     });
   }
 

@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { LAYER_MARKER, LAYER_ROOTFS, LAYER_TAR_SPLIT, layerDir, type LayerMarker, METADATA_DIR } from '../core/cvmfs/layout.js';
 import { ThinError } from '../core/errors/errors.js';
 import { removeTree } from '../core/fs/fsutil.js';
+import type { Host } from '../core/host/host.js';
 import { BadContentError, ConvertError } from './errors.js';
 import type { ImageSource } from './image/source.js';
 import { type Descriptor, layerCompression } from './image/types.js';
@@ -73,6 +74,8 @@ interface UnpackerOptions {
   catalogCut?: number | undefined;
   /** Publish missing layers through this publisher's ingest hook instead of unpacking them. */
   ingest?: Publisher | undefined;
+  /** Restores directory times after nested catalog markers are added. */
+  host: Host;
 }
 
 export class LayerUnpacker {
@@ -254,7 +257,7 @@ export class LayerUnpacker {
         this.o.log.warn({ layer: desc.digest, reason: recorded.reason }, 'no tar-split for this layer: podman save/push of images with it will fail');
       const created = new Date().toISOString();
       const cut = this.o.catalogCut ?? CATALOG_CUT;
-      const hidden = form === 'record' && res.entries > cut ? await addNestedCatalogs(rootfs, cut) : [];
+      const hidden = form === 'record' && res.entries > cut ? await addNestedCatalogs(this.o.host, rootfs, cut) : [];
       const marker: LayerMarker = {
         schema: 'cvmfs-thin/layer',
         version: form === 'record' ? 2 : 1,

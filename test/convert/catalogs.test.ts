@@ -13,9 +13,11 @@ import { describe, expect, it } from 'vitest';
 import { addNestedCatalogs, CATALOG_CUT, chooseCatalogDirs, countEntries } from '../../src/convert/catalogs.js';
 import { ingestTrailer } from '../../src/convert/ingest.js';
 import { parseLayerMarker } from '../../src/core/cvmfs/layout.js';
+import { systemHost } from '../../src/core/host/host.js';
 import { lutimesNs } from '../../src/core/host/sys.js';
 import { LayerRewriter, type RewriteResult } from '../../src/core/tar/rewrite.js';
 import { tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 import { rawEntry, streamOf, tar } from '../tar/helpers.js';
 
 const parentOf = (d: string) => (d.lastIndexOf('/') < 0 ? '' : d.slice(0, d.lastIndexOf('/')));
@@ -163,12 +165,13 @@ describe('addNestedCatalogs on an unpacked tree', () => {
   }
   const mtimeNs = (p: string) => fs.lstatSync(p, { bigint: true }).mtimeNs;
 
-  it('puts empty markers where chooseCatalogDirs says, returns them (for the record’s hidden), directory mtimes kept', async () => {
+  it('puts empty markers where chooseCatalogDirs says, returns them (for the record’s hidden), directory mtimes kept through the host', async () => {
     const root = tree(0);
     const before = new Map(['t0', 't1', 't2', 't3', ''].map((d) => [d, mtimeNs(path.join(root, d))]));
     const counted = await countEntries(root);
     expect(Object.fromEntries(counted)).toEqual({ '': 4, t0: 100, t1: 100, t2: 100, t3: 100 });
-    const hidden = await addNestedCatalogs(root, 100);
+    const host = new RecordingHost();
+    const hidden = await addNestedCatalogs(host, root, 100);
     expect(hidden).toEqual(chooseCatalogDirs(counted, 100).map((d) => `${d}/.cvmfscatalog`));
     expect(hidden).toEqual(['t0/.cvmfscatalog', 't1/.cvmfscatalog', 't2/.cvmfscatalog', 't3/.cvmfscatalog']);
     for (const h of hidden) {
@@ -176,6 +179,9 @@ describe('addNestedCatalogs on an unpacked tree', () => {
       expect([h, st.isFile(), st.size, st.mode & 0o777]).toEqual([h, true, 0, 0o644]);
     }
     for (const [d, t] of before) expect([d, mtimeNs(path.join(root, d))]).toEqual([d, t]);
+    expect(host.ops('lutimesNs').map((c) => c.args.slice(0, 1).concat(c.args.slice(3)))).toEqual(
+      ['t0', 't1', 't2', 't3'].map((d) => [path.join(root, d), 1_600_000_002, 0]),
+    );
   });
 
   // Regression test (a bug found and fixed: src/convert/catalogs.ts addNestedCatalogs: `fsp.utimes(dir, st.atime, st.mtime)` with the Date
@@ -185,14 +191,14 @@ describe('addNestedCatalogs on an unpacked tree', () => {
     const root = tree(123_456_789);
     const before = mtimeNs(path.join(root, 't0'));
     expect(before % 1_000_000_000n).toBe(123_456_789n);
-    await addNestedCatalogs(root, 100);
+    await addNestedCatalogs(systemHost, root, 100);
     expect(mtimeNs(path.join(root, 't0'))).toBe(before);
   });
 
   it('an existing .cvmfscatalog (the image’s own) is neither overwritten nor listed as hidden', async () => {
     const root = tree(0);
     fs.writeFileSync(path.join(root, 't2', '.cvmfscatalog'), 'the image’s own\n');
-    const hidden = await addNestedCatalogs(root, 100);
+    const hidden = await addNestedCatalogs(systemHost, root, 100);
     expect(fs.readFileSync(path.join(root, 't2', '.cvmfscatalog'), 'utf8')).toBe('the image’s own\n');
     expect(hidden).not.toContain('t2/.cvmfscatalog');
     expect(hidden.length).toBeGreaterThan(0);

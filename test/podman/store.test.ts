@@ -16,7 +16,8 @@ import {
   storageConf,
 } from '../../src/convert/podman/index.js';
 import { bigDataFileName } from '../../src/convert/podman/format.js';
-import { tempDir } from '../helpers/env.js';
+import { needs, tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 import { fakeImage, readJson } from './tree.js';
 import { systemHost } from '../../src/core/host/host.js';
 
@@ -111,6 +112,20 @@ describe('podman store: layout', () => {
     for (const d of ['', 'overlay', 'overlay-images']) expect(fs.statSync(S(repo, d, '.cvmfscatalog')).isFile()).toBe(true);
     expect(await checkPodmanStore(repo)).toEqual({ images: 1, layers: 3, problems: [] });
   });
+
+  it.skipIf(needs({ root: 'only root gives a layer root to root' }))(
+    'a layer root of another owner is given to root through the host, a root-owned one is left',
+    async () => {
+      const repo = newRepo();
+      const img = fakeImage(repo, 'registry.example.org/team/owners:1', [{ seed: 'mine' }, { seed: 'theirs' }]);
+      const hex = img.layers[1]!.digest.slice(7);
+      const theirs = path.join(repo, '.layers', hex.slice(0, 2), hex, 'layerfs');
+      fs.chownSync(theirs, 1000, 1000);
+      const host = new RecordingHost();
+      await addImageToPodmanStore(repo, img.input, { host });
+      expect(host.ops('lchown').map((c) => c.args)).toEqual([[theirs, 0, 0]]);
+    },
+  );
 
   it('adding an image that is there writes nothing; a second image reuses shared layers and leaves others untouched', async () => {
     const repo = newRepo();

@@ -232,7 +232,7 @@ export async function addImageToPodmanStore(repoDir: string, input: PodmanImageI
       const link = shortLink(id);
       const note: LayerNote = { schema: 'cvmfs-thin/podman-layer', digest: input.layers[i]!.digest, diff_id: input.layers[i]!.diffId, whiteouts: modes[i]! };
       const dir = await ensureLayerDir(p, id, { hex: hexes[i]!, link, lower, note });
-      const rooted = await ensureLayerRoot(p.localRootfs(dir.hex));
+      const rooted = await ensureLayerRoot(o.host, p.localRootfs(dir.hex));
       const [split, hasSplit] = await ensureTarSplitLink(p, id, dir.hex);
       if (!hasSplit) noTarSplit.push(`sha256:${dir.hex}`);
       const relinked = await setSymlink(p.link(link), `../${id}/diff`);

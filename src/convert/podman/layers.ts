@@ -9,6 +9,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { layerMarker, layerMetadataDir, layerRootfs, parseLayerMarker } from '../../core/cvmfs/layout.js';
 import { FailedPreconditionError } from '../../core/errors/errors.js';
+import type { Host } from '../../core/host/host.js';
 import { DIFF_TARGET, LAYER_NOTE, type LayerNote, OLD_DIFF_TARGET, type StoreLayer, type StorePaths } from './format.js';
 import { lstatOrNull, setSymlink, tmpName } from './store-io.js';
 
@@ -27,12 +28,12 @@ export function layerRootOk(st: { mode: number; uid: number; gid: number }): boo
   return (st.mode & 0o7777) === LAYER_ROOT_MODE && (!isRoot() || (st.uid === 0 && st.gid === 0));
 }
 
-/** Give a repository layer's root podman's mode and owner. Returns true when it changed. */
-export async function ensureLayerRoot(rootfs: string): Promise<boolean> {
+/** Give a repository layer's root podman's mode and owner (`host` sets the owner). Returns true when it changed. */
+export async function ensureLayerRoot(host: Host, rootfs: string): Promise<boolean> {
   const st = await fsp.lstat(rootfs);
   if (layerRootOk(st)) return false;
   // owner first: a chown may clear mode bits
-  if (isRoot() && (st.uid !== 0 || st.gid !== 0)) await fsp.lchown(rootfs, 0, 0);
+  if (isRoot() && (st.uid !== 0 || st.gid !== 0)) host.lchown(rootfs, 0, 0);
   await fsp.chmod(rootfs, LAYER_ROOT_MODE);
   return true;
 }
