@@ -289,6 +289,8 @@ export class Snapshotter {
           await this.store.write({ del: [key] });
           // data goes after the record: a crash in between leaves an orphan for Cleanup
           this.removals.push(r);
+          // its image may be gone from the node: the local profiles are swept, never awaited here
+          if (r.source === 'thin') this.starts.imageRemoved();
         },
         [r0.parent],
       );

@@ -11,9 +11,10 @@
  *
  * Profiles: `<repository>/.profiles/<xx>/<stack id>.json` (published with
  * `cvmfs-thin profile publish`), else `<root>/profiles/<stack id>.json`
- * (recorded on this node). A recording starts when the container's overlay
- * (the one whose upper dir is the snapshot's) appears in the mount table,
- * lasts `recordWindowMs`, and maps each file to the layer that served it.
+ * (recorded on this node; read safely and bounded by local-profiles.ts). A
+ * recording starts when the container's overlay (the one whose upper dir is
+ * the snapshot's) appears in the mount table, lasts `recordWindowMs`, and
+ * maps each file to the layer that served it.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -23,9 +24,10 @@ import { writeFileAtomic } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { readThinLayer } from '../thin/layer.js';
-import { type AccessProfile, PROFILE_SCHEMA, parseProfile, profilePath, serializeProfile, stackId } from '../thin/profile.js';
+import { type AccessProfile, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile, stackId } from '../thin/profile.js';
 import type { ChainLower } from './chain.js';
 import type { LayerStack } from './index.js';
+import { type KeepLimits, type LiveStacks, LocalProfiles } from './local-profiles.js';
 import { overlaysOf } from './mount-health.js';
 import { prefetchFiles, type PrefetchOptions, type PrefetchResult } from './prefetch.js';
 import { type CvmfsCounters, cvmfsCounters, StartTraces, type StartTrace } from './start-trace.js';
@@ -41,6 +43,8 @@ export interface StartOptions {
   /** A start whose own phases take longer logs why. */
   budgetMs?: number | undefined;
   prefetchLimits?: Omit<PrefetchOptions, 'signal'> | undefined;
+  /** Bounds of the profiles kept in `<root>/profiles` (local-profiles.ts). */
+  keep?: Partial<KeepLimits> | undefined;
 }
 
 interface Outcome {
@@ -69,6 +73,8 @@ interface StartsContext extends StartOptions {
   metrics: Metrics;
   /** The directory holding a thin image's manifest (its snapshot's or layer's), null for anything else. */
   fsDir: (name: string) => string | null;
+  /** The images on the node (a daemon that records): its local profiles are swept at open, after `imageRemoved` and after a recording. */
+  liveStacks?: (() => Promise<LiveStacks>) | undefined;
 }
 
 /**
@@ -93,14 +99,34 @@ export class Starts {
   private readonly recorded = new Set<string>();
   private readonly ctl = new AbortController();
   private readonly running = new Set<Promise<void>>();
+  private readonly local: LocalProfiles;
 
   private constructor(
     readonly traces: StartTraces,
     private readonly o: StartsContext,
-  ) {}
+  ) {
+    this.local = new LocalProfiles({
+      dir: path.join(o.root, 'profiles'),
+      log: o.log,
+      limits: o.keep,
+      live: o.liveStacks,
+      published: async (id, repo) => {
+        const mp = repositoryMountpoint(o.stack.location, repo ?? o.stack.location.repository);
+        const text = await this.probeText(path.join(mp, PROFILES_DIR, id.slice(0, 2), `${id}.json`)).catch(() => undefined);
+        return text === 'stalled' ? undefined : text;
+      },
+    });
+  }
 
   static async open(o: StartsContext): Promise<Starts> {
-    return new Starts(await StartTraces.open(path.join(o.root, 'traces'), { daemon: o.daemon, metrics: o.metrics, log: o.log, budgetMs: o.budgetMs }), o);
+    const s = new Starts(await StartTraces.open(path.join(o.root, 'traces'), { daemon: o.daemon, metrics: o.metrics, log: o.log, budgetMs: o.budgetMs }), o);
+    s.local.sweep();
+    return s;
+  }
+
+  /** A thin image left the node (a snapshot of it removed): sweep the local profiles, in the background. */
+  imageRemoved(): void {
+    this.local.sweep();
   }
 
   /**
@@ -249,29 +275,22 @@ export class Starts {
       [path.join(this.o.root, 'profiles', `${stackId(img.hexes)}.json`), 'local'],
     ];
     for (const [file, from] of candidates) {
-      let text: string;
+      let text: string | null;
       try {
-        if (from === 'local') text = await fsp.readFile(file, 'utf8');
-        else {
-          // through the probe helper, beside the daemon's own probes (never queued before a Prepare's),
-          // with the cvmfs-timeout deadline: a stalled client gives "unavailable", it never hangs this
-          const ctl = new AbortController();
-          let timer: NodeJS.Timeout | undefined;
-          const a = await Promise.race([
-            this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
-            new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), this.o.stack.probe.timeoutMs))),
-          ]);
-          clearTimeout(timer);
-          if (a === 'stalled') {
-            ctl.abort();
+        if (from === 'local') {
+          const r = await this.local.read(stackId(img.hexes));
+          if (typeof r === 'string') return { profile: null, from: `invalid: ${file} ${r} (left alone)` };
+          text = r?.text ?? null;
+        } else {
+          const t = await this.probeText(file);
+          if (t === 'stalled')
             return { profile: null, from: `unavailable: ${file} did not answer within ${this.o.stack.probe.timeoutMs / 1000} s (cvmfs-timeout)` };
-          }
-          if (!a?.ok) continue;
-          text = a.text ?? '';
+          text = t;
         }
       } catch {
         continue;
       }
+      if (text === null) continue;
       try {
         const p = parseProfile(text);
         if (p.layers.join() !== img.hexes.join()) return { profile: null, from: `invalid: ${file} is for other layers` };
@@ -282,6 +301,19 @@ export class Starts {
       }
     }
     return { profile: null, from: 'none' };
+  }
+
+  /** A CVMFS file's text (null: unreadable) by the probe helper, beside a Prepare's probes; "stalled" past cvmfs-timeout. */
+  private async probeText(file: string): Promise<string | null | 'stalled'> {
+    const ctl = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const a = await Promise.race([
+      this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
+      new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), this.o.stack.probe.timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (a === 'stalled') ctl.abort();
+    return a === 'stalled' ? a : a?.ok ? (a.text ?? '') : null;
   }
 
   /** Wait for the container's overlay, record its opens, map them to layers, save the profile locally. */
@@ -334,12 +366,14 @@ export class Starts {
       { image: img.origin ?? img.name, files: profile.files.length, file },
       'recorded an access profile (publish it with cvmfs-thin profile publish)',
     );
+    this.local.sweep(); // the cap
     return { files: profile.files.length, reason: rec.reason, ms: Date.now() - t0, saved: file };
   }
 
   /** Wait for the prefetches and recordings running now, and the trace files (tests). */
   async idle(): Promise<void> {
     while (this.running.size > 0) await Promise.all([...this.running]);
+    await this.local.idle();
     await this.traces.flush();
   }
 
@@ -350,7 +384,7 @@ export class Starts {
   async close(): Promise<void> {
     this.ctl.abort();
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all([...this.running]), new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    await Promise.race([Promise.all([...this.running, this.local.close()]), new Promise((r) => (timer = setTimeout(r, 2000)))]);
     clearTimeout(timer);
     await this.traces.flush();
   }
