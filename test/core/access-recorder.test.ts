@@ -1,6 +1,7 @@
 /**
  * The access recorder (core/stack/access-recorder.ts): the fanotify event
- * parser and path normalisation with crafted input (any user), then, as root
+ * parser (host/open-watch.ts) and path normalisation with crafted input, the
+ * recorder over the simulated host's watch (any user), then, as root
  * (skipped otherwise, saying so), a real overlay and a container-like process
  * (`unshare -m` + rbind of the overlay + `chroot` into it, running the
  * static busybox): the files it opens are recorded once each, in order, with
@@ -13,11 +14,17 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/core/errors/errors.js';
-import { containerPath, NoAccessRecordingError, parseFanotifyEvents, recordAccesses } from '../../src/core/stack/access-recorder.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { parseFanotifyEvents } from '../../src/core/host/open-watch.js';
+import { containerPath, NoAccessRecordingError, recordAccesses as recordWith } from '../../src/core/stack/access-recorder.js';
 import { mknod, mount, S_IFCHR, umount } from '../../src/core/host/sys.js';
 import { needs, tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
 
 const run = promisify(execFile);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The recorder with the real host (the root tests: real overlays, real containers). */
+const recordAccesses = (mp: string, o: Parameters<typeof recordWith>[2]) => recordWith(systemHost, mp, o);
 
 /** One fanotify_event_metadata record (vers 3), `extra` bytes of info records after it. */
 function event(mask: number, fd: number, pid: number, extra = 0, le = true): Buffer {
@@ -94,13 +101,85 @@ describe('fanotify event parsing (pure)', () => {
   });
 
   it('bad options are refused before anything is opened', async () => {
-    await expect(recordAccesses('/nonexistent', { windowMs: 100, maxFiles: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
-    await expect(recordAccesses('/nonexistent', { windowMs: NaN, maxFiles: 5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    const host = new RecordingHost();
+    await expect(recordWith(host, '/nonexistent', { windowMs: 100, maxFiles: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(recordWith(host, '/nonexistent', { windowMs: NaN, maxFiles: 5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(host.ops('watchOpens')).toEqual([]);
+  });
+});
+
+describe("the recorder over the simulated host's watch (any user)", () => {
+  const base = tempDir('cvmfs-thin-access-sim-');
+  let n = 0;
+
+  /** A simulated mount on a real directory holding /bin/sh (100 bytes), /a (6), /b (7), /dir/c (3000). */
+  function mounted(host: RecordingHost): string {
+    const mp = path.join(base, String(n++));
+    fs.mkdirSync(path.join(mp, 'bin'), { recursive: true });
+    fs.mkdirSync(path.join(mp, 'dir'));
+    fs.writeFileSync(path.join(mp, 'bin/sh'), 'x'.repeat(100));
+    fs.writeFileSync(path.join(mp, 'a'), 'hello\n');
+    fs.writeFileSync(path.join(mp, 'b'), 'worlds\n');
+    fs.writeFileSync(path.join(mp, 'dir/c'), 'c'.repeat(3000));
+    host.mount('overlay', mp, 'overlay', 0, null);
+    return mp;
+  }
+
+  it('each regular file once, in order, exec from any of its opens; own opens, directories and lost events not recorded; the watch closed', async () => {
+    const host = new RecordingHost();
+    const mp = mounted(host);
+    const rec = recordWith(host, mp, { windowMs: 20_000, idleMs: 300, maxFiles: 100, pollMs: 5 });
+    await sleep(20);
+    host.opened(path.join(mp, 'bin/sh'), { pid: 2, exec: true });
+    host.opened(path.join(mp, 'a'), { pid: process.pid }); // ours: not the container's
+    host.opened(path.join(mp, 'a'), { pid: 2 });
+    host.opened(path.join(mp, 'dir'), { pid: 2 });
+    host.opened(path.join(mp, 'dir/c'), { pid: 3 });
+    host.opened(path.join(mp, 'a'), { pid: 3, exec: true });
+    host.opened(path.join(mp, 'b'), { pid: 2, lost: 2 });
+    const r = await rec;
+    expect(r.reason).toBe('idle');
+    expect(r.files.map((f) => [f.path, f.size, f.exec])).toEqual([
+      ['/bin/sh', 100, true],
+      ['/a', 6, true],
+      ['/dir/c', 3000, false],
+    ]);
+    expect([r.events, r.dropped]).toEqual([6, 2]);
+    expect(host.ops('watchOpens').map((c) => c.args)).toEqual([[mp]]);
+    expect(host.watches.map((w) => w.closed)).toEqual([true]);
+  });
+
+  it('stops at maxFiles and when the mount goes; the typed error when the host cannot watch', async () => {
+    const host = new RecordingHost();
+    const mp = mounted(host);
+    const capped = recordWith(host, mp, { windowMs: 20_000, maxFiles: 2, pollMs: 5 });
+    for (const f of ['a', 'b', 'dir/c']) host.opened(path.join(mp, f), { pid: 2 });
+    expect(await capped).toMatchObject({ reason: 'max-files', files: [{ path: '/a' }, { path: '/b' }] });
+
+    const t = performance.now();
+    const gone = recordWith(host, mp, { windowMs: 20_000, maxFiles: 10 });
+    await sleep(50);
+    host.umount(mp);
+    expect((await gone).reason).toBe('unmounted');
+    expect(performance.now() - t).toBeLessThan(2000);
+
+    const plain = path.join(base, 'plain');
+    fs.mkdirSync(plain, { recursive: true });
+    await expect(recordWith(host, plain, { windowMs: 100, maxFiles: 5 })).rejects.toMatchObject({
+      code: 'CVMFS_THIN_NO_ACCESS_RECORDING',
+      errno: undefined,
+      message: `cannot record file opens on ${plain}: not a mount point`,
+    });
+    const mp2 = mounted(host);
+    host.failNext.set('watchOpens', 'EPERM');
+    const e = await recordWith(host, mp2, { windowMs: 100, maxFiles: 5 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(NoAccessRecordingError);
+    expect(e).toMatchObject({ errno: 'EPERM', message: `cannot record file opens on ${mp2}: fanotify_init: EPERM` });
+    expect(host.watches.every((w) => w.closed)).toBe(true);
   });
 });
 
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot', 'setpriv'] }))(
   'recording a container-like process on a real overlay (root)',
@@ -237,8 +316,9 @@ describe.skipIf(needs({ root: true, binaries: ['busybox', 'unshare', 'chroot', '
 
       const mp = overlay();
       const mod = path.resolve(import.meta.dirname, '../../src/core/stack/access-recorder.ts');
-      const script = `const { recordAccesses } = await import(${JSON.stringify(mod)});
-      try { await recordAccesses(${JSON.stringify(mp)}, { windowMs: 100, maxFiles: 5 }); console.log('{}'); }
+      const hostMod = path.resolve(import.meta.dirname, '../../src/core/host/host.ts');
+      const script = `const { recordAccesses } = await import(${JSON.stringify(mod)}); const { systemHost } = await import(${JSON.stringify(hostMod)});
+      try { await recordAccesses(systemHost, ${JSON.stringify(mp)}, { windowMs: 100, maxFiles: 5 }); console.log('{}'); }
       catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, errno: e.errno, message: e.message })); }`;
       const { stdout } = await run('setpriv', [
         '--bounding-set=-sys_admin',

@@ -8,12 +8,16 @@
  * own mount-table reader.
  *
  * Not in the contract: exec/execStreaming/probeFs (the simulation runs
- * test-given programs), mountinfo outside the test's directory.
+ * test-given programs), mountinfo outside the test's directory, the opens a
+ * watch reports (another process opens a file: `cat` for the real host, a
+ * reported open for the simulated one; the watch itself is in it).
  */
-import { closeSync, lstatSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, lstatSync, mkdirSync, openSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FS_MAGIC, type Host, type MountInfo, systemHost } from '../../src/core/host/host.js';
+import { OpenWatchError } from '../../src/core/host/open-watch.js';
 import {
   LOCK_EX,
   LOCK_NB,
@@ -37,6 +41,8 @@ interface Subject {
   node(p: string): { type: 'chr' | 'blk' | 'fifo'; major: number; minor: number } | null;
   /** The owner lchown gave `p`. */
   owner(p: string): { uid: number; gid: number };
+  /** Another process opens `p` for reading. */
+  openElsewhere(p: string): void;
 }
 
 const real = (): Subject => ({
@@ -51,6 +57,7 @@ const real = (): Subject => ({
     const st = lstatSync(p);
     return { uid: st.uid, gid: st.gid };
   },
+  openElsewhere: (p) => execFileSync('cat', [p], { stdio: 'ignore' }),
 });
 
 const simulated = (): Subject => {
@@ -64,6 +71,7 @@ const simulated = (): Subject => {
       return { type: t === 0o020000 ? 'chr' : t === 0o060000 ? 'blk' : 'fifo', major: n.major, minor: n.minor };
     },
     owner: (p) => host.owners.get(path.resolve(p)) ?? { uid: -1, gid: -1 },
+    openElsewhere: (p) => host.opened(p, { pid: process.pid + 1 }),
   };
 };
 
@@ -347,6 +355,71 @@ function hostContract(name: string, make: () => Subject): void {
             }
           }
         }
+      });
+    });
+
+    describe('flock on a kept descriptor', () => {
+      it('a lock taken before the file gets its name follows it through the rename and holds until its descriptor closes', () => {
+        const d = dir('k');
+        const fd = openSync(path.join(d, 'tmp'), 'wx');
+        let other: number | undefined;
+        try {
+          expect(host.flock(fd, LOCK_EX | LOCK_NB)).toBe(true);
+          renameSync(path.join(d, 'tmp'), path.join(d, 'owner'));
+          other = openSync(path.join(d, 'owner'), 'r');
+          expect(host.flock(other, LOCK_EX | LOCK_NB)).toBe(false);
+          closeSync(fd);
+          expect(host.flock(other, LOCK_EX | LOCK_NB)).toBe(true);
+        } finally {
+          for (const x of [fd, other]) {
+            try {
+              if (x !== undefined) closeSync(x);
+            } catch {
+              /* closed above */
+            }
+          }
+        }
+      });
+    });
+
+    describe('watching opens', () => {
+      it("reports another process's opens on the watched mount only, with the path and the regular file's identity; unmounting is seen", () => {
+        const mp = tmpfs('w');
+        const f = path.join(mp, 'f');
+        writeFileSync(f, 'hello');
+        const outside = path.join(dir('plain'), 'g');
+        writeFileSync(outside, 'x');
+        const w = host.watchOpens(mp);
+        try {
+          expect(w.read()).toBeNull();
+          s.openElsewhere(f);
+          s.openElsewhere(outside);
+          const r = w.read();
+          const st = lstatSync(f, { bigint: true });
+          expect(r?.lost).toBe(0);
+          expect(r?.events.filter((e) => e.pid !== process.pid)).toEqual([
+            { pid: expect.any(Number), exec: false, link: f, file: { ino: st.ino, dev: st.dev, size: 5 } },
+          ]);
+          expect(w.read()).toBeNull();
+          expect(w.mounted()).toBe(true);
+          host.umount(mp);
+          expect(w.mounted()).toBe(false);
+        } finally {
+          w.close();
+        }
+      });
+
+      it('an OpenWatchError for a missing path (ENOENT) and for a directory that is no mount point', () => {
+        const fail = (p: string) => {
+          try {
+            host.watchOpens(p).close();
+          } catch (e) {
+            return e instanceof OpenWatchError ? { why: e.why, code: e.code } : e;
+          }
+          return 'watched';
+        };
+        expect(fail(path.join(base, 'missing'))).toEqual({ why: 'cannot open it', code: 'ENOENT' });
+        expect(fail(dir('plain'))).toEqual({ why: 'not a mount point', code: undefined });
       });
     });
 

@@ -9,10 +9,11 @@
  * taking the file system (type, source, root) of its source, propagation
  * inherited from a shared parent, MS_REC changes of propagation, overlay
  * super options as the kernel lists them, EEXIST for mknod, flock conflicts
- * between open file descriptions. Device nodes are placeholder files
- * (`nodes` says what they are), owners are remembered in `owners`.
+ * between open file descriptions, watches of file opens (the opens a test
+ * reports with `opened`). Device nodes are placeholder files (`nodes` says
+ * what they are), owners are remembered in `owners`.
  */
-import { existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, writeFileSync } from 'node:fs';
+import { existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import {
@@ -24,11 +25,14 @@ import {
   type FsProbeResult,
   type Host,
   type MountInfo,
+  type OpenEvent,
+  type OpenWatch,
   type OverlayMount,
   type PathArg,
   type StreamingResult,
   type UsernsHandle,
 } from '../../src/core/host/host.js';
+import { OpenWatchError } from '../../src/core/host/open-watch.js';
 import {
   LOCK_EX,
   LOCK_NB,
@@ -112,6 +116,8 @@ export class RecordingHost implements Host {
   overlayIndex = true;
   /** User namespaces handed out by createUserns, with their maps. */
   readonly userns: { fd: number; uidMaps: readonly IdMap[]; gidMaps: readonly IdMap[]; closed: boolean }[] = [];
+  /** Watches handed out by watchOpens: the opens reported by `opened` that they have not read yet. */
+  readonly watches: { mountPoint: string; mount: SimMount; queue: OpenEvent[]; lost: number; closed: boolean }[] = [];
 
   private record(op: string, ...args: unknown[]): void {
     this.calls.push({ op, args });
@@ -483,6 +489,63 @@ export class RecordingHost implements Host {
       fd: u.fd,
       close: () => {
         u.closed = true;
+      },
+    };
+  }
+
+  /**
+   * Process `pid` opened `file` (a real path; for execution with `exec`): the
+   * open watches of the mount it is on report it, with the path and, for a
+   * regular file, its real identity and size. `lost`: events lost instead
+   * (a queue overflow).
+   */
+  opened(file: string, o: { pid?: number; exec?: boolean; lost?: number } = {}): void {
+    const p = path.resolve(file);
+    const on = this.mountOf(p);
+    let st;
+    try {
+      st = statSync(p, { bigint: true });
+    } catch {
+      st = undefined;
+    }
+    const ev: OpenEvent = {
+      pid: o.pid ?? 1,
+      exec: o.exec ?? false,
+      link: p,
+      file: st?.isFile() ? { ino: st.ino, dev: st.dev, size: Number(st.size) } : undefined,
+    };
+    for (const w of this.watches) {
+      if (w.closed || w.mount !== on || !this.mounts.includes(on)) continue;
+      if (o.lost) w.lost += o.lost;
+      else w.queue.push({ ...ev });
+    }
+  }
+
+  /** A watch of the opens on the mount at `mountpoint`: ENOENT, not a mount point, or a failNext code as the real host's OpenWatchError. */
+  watchOpens(mountpoint: string): OpenWatch {
+    this.calls.push({ op: 'watchOpens', args: [mountpoint] });
+    const t = path.resolve(mountpoint);
+    if (!existsSync(t) && !this.mountedAt(t)) throw new OpenWatchError('cannot open it', 'ENOENT');
+    const mount = this.mountedAt(t);
+    if (!mount) throw new OpenWatchError('not a mount point', undefined);
+    const f = this.failNext.get('watchOpens');
+    if (f) {
+      this.failNext.delete('watchOpens');
+      throw new OpenWatchError('fanotify_init', f);
+    }
+    const w = { mountPoint: t, mount, queue: [] as OpenEvent[], lost: 0, closed: false };
+    this.watches.push(w);
+    return {
+      read: () => {
+        if (w.closed) throw errno('EBADF', `read of the watch of ${t}`);
+        if (w.queue.length === 0 && w.lost === 0) return null;
+        const r = { events: w.queue.splice(0, 256), lost: w.lost };
+        w.lost = 0;
+        return r;
+      },
+      mounted: () => this.mountedAt(t) === mount,
+      close: () => {
+        w.closed = true;
       },
     };
   }

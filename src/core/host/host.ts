@@ -1,7 +1,8 @@
 /**
  * The host seam: every side effect on the node that is not plain file I/O in a
  * directory we own — mounts, the mount table, device nodes, extended
- * attributes, ownership, locks, running a helper program — goes through one
+ * attributes, ownership, times, locks, running a helper program, watching
+ * the files a container opens — goes through one
  * `Host` object that is passed in (as stargz passes its `FileSystem` into its
  * snapshotter). `systemHost` is the real one (libc through koffi, see sys.ts);
  * tests pass a recording host (test/helpers/recording-host.ts) so that the
@@ -22,6 +23,7 @@ import type { Readable } from 'node:stream';
 import { type MountInfo, readMountinfo } from '../fs/fsutil.js';
 import type { IdMap } from '../tar/idmap.js';
 import { exec, execStreaming } from './exec.js';
+import { watchOpens } from './open-watch.js';
 import { mountOverlay } from './overlay-mount.js';
 import { probeHelper } from './probe-child.js';
 import * as sys from './sys.js';
@@ -107,6 +109,31 @@ export type FsProbeResult =
   | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number; bytes?: number; text?: string; real?: string }
   | { ok: false; code: string; message: string };
 
+/** One open of a file on a watched file system (Host.watchOpens). */
+export interface OpenEvent {
+  /** The opening process. */
+  pid: number;
+  /** Opened for execution. */
+  exec: boolean;
+  /** The opened file's path as this process sees it now (readlink of the event's fd); undefined when unreadable. */
+  link: string | undefined;
+  /** A regular file's identity and size; undefined for anything else, or when unreadable. */
+  file: { ino: bigint; dev: bigint; size: number } | undefined;
+}
+
+/** A watch of the opens on one mounted file system, every copy of the mount included. */
+export interface OpenWatch {
+  /**
+   * The opens queued now (one read: at most 256), and how many were lost
+   * (a queue overflow, an event the kernel could not deliver); null when
+   * none is queued. Throws for a failure that ends the watch.
+   */
+  read(): { events: OpenEvent[]; lost: number } | null;
+  /** Is the watched file system still the one mounted at the mount point? (Unmounting ends the reports silently.) */
+  mounted(): boolean;
+  close(): void;
+}
+
 export interface Host {
   /** mount(2). */
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
@@ -161,6 +188,13 @@ export interface Host {
   overlayIndexParam(): boolean;
   /** A user namespace with these id maps, held by an open fd (for idmappedBindMount; see userns.ts). */
   createUserns(uidMaps: readonly IdMap[], gidMaps: readonly IdMap[]): Promise<UsernsHandle>;
+  /**
+   * Watch the files opened on the file system mounted at `mountpoint`
+   * (absolute) — fanotify, see open-watch.ts. Throws OpenWatchError when it
+   * cannot: no such directory, not a mount point, no privilege (EPERM), no
+   * fanotify (ENOSYS), a file system that refuses the mark (EINVAL…).
+   */
+  watchOpens(mountpoint: string): OpenWatch;
 }
 
 const PROPAGATION_FLAGS: Record<Propagation, number> = {
@@ -231,6 +265,7 @@ export const systemHost: Host = {
   lutimesNs: sys.lutimesNs,
   overlayIndexParam: () => (overlayIndex ??= existsSync('/sys/module/overlay/parameters/index')),
   createUserns,
+  watchOpens,
 };
 
 /** statfs magic numbers. */

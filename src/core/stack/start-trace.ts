@@ -5,16 +5,16 @@
  * profile, the recording of a new one — and what the CVMFS client did
  * meanwhile (files downloaded, bytes from the network, catalogs loaded: the
  * client's `user.ndownload`, `user.rx`, `user.nclg` attributes, read with
- * getfattr off the daemon's threads). Each start is one JSON file under
+ * getfattr, run through the Host, off the daemon's threads). Each start is one JSON file under
  * `<root>/traces/` (the newest MAX_TRACES kept), read by `cvmfs-thin
  * why-slow`; its phases are Prometheus histograms; a start over the
  * configured budget logs why.
  */
-import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../fs/fsutil.js';
+import type { Host } from '../host/host.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { PrefetchResult } from './prefetch.js';
 
@@ -62,23 +62,25 @@ export function traceFile(dir: string, key: string): string {
   return path.join(dir, `${encodeURIComponent(key).replace(/^\./, '%2E').slice(0, 200)}.json`);
 }
 
-/** The CVMFS client's counters of the repository mounted at `mp` (null: not CVMFS, no getfattr, or no answer in time). */
-export function cvmfsCounters(mp: string, timeoutMs = 2000): Promise<CvmfsCounters | null> {
-  return new Promise((resolve) => {
-    // a getfattr stuck in a stalled FUSE cannot be killed until it answers: answer null at the deadline anyway
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      resolve(null);
-    }, timeoutMs);
-    const child = execFile('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', mp], (err, stdout) => {
-      clearTimeout(timer);
-      if (err) return resolve(null);
+/** The CVMFS client's counters of the repository mounted at `mp`, read by `host` (null: not CVMFS, no getfattr, or no answer in time). */
+export async function cvmfsCounters(host: Host, mp: string, timeoutMs = 2000): Promise<CvmfsCounters | null> {
+  let timer: NodeJS.Timeout | undefined;
+  // a getfattr stuck in a stalled FUSE cannot be killed until it answers: answer null at the deadline anyway
+  const deadline = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), timeoutMs)));
+  const read = host.exec('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', mp], { timeoutMs }).then(
+    ({ code, stdout }) => {
+      if (code !== 0) return null;
       const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(stdout.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
       const c = { downloads: v('ndownload'), rxKiB: v('rx'), catalogs: v('nclg') };
-      resolve(Object.values(c).every(Number.isFinite) ? c : null);
-    });
-    child.unref();
-  });
+      return Object.values(c).every(Number.isFinite) ? c : null;
+    },
+    () => null,
+  );
+  try {
+    return await Promise.race([read, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Human verdict: the slowest phases, and what the client fetched. */
