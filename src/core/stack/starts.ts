@@ -179,7 +179,7 @@ export class Starts {
     const dirs = lowers.filter((l) => l.external).map((l) => l.real);
     const mp = repositoryMountpoint(this.o.stack.location, img.repository);
     const ahead = (async () => {
-      const before = await cvmfsCounters(mp);
+      const before = await cvmfsCounters(this.o.host, mp);
       return { before, outcome: await this.readAhead(img, dirs) };
     })();
     // waited for by idle() and close(); a failure is logged by the end of the start
@@ -264,7 +264,7 @@ export class Starts {
       this.recorded.add(id);
       t.record = await this.record(id, img, upper, dirs);
     }
-    const after = before ? await cvmfsCounters(mp) : null;
+    const after = before ? await cvmfsCounters(this.o.host, mp) : null;
     if (t.cvmfs && after) t.cvmfs.after = after;
     this.traces.finished(t);
   }
@@ -328,7 +328,12 @@ export class Starts {
     const { recordAccesses } = await import('./access-recorder.js');
     let rec;
     try {
-      rec = await recordAccesses(mountpoint, { windowMs: this.o.recordWindowMs ?? 10_000, idleMs: 2_000, maxFiles: 5_000, signal: this.ctl.signal });
+      rec = await recordAccesses(this.o.host, mountpoint, {
+        windowMs: this.o.recordWindowMs ?? 10_000,
+        idleMs: 2_000,
+        maxFiles: 5_000,
+        signal: this.ctl.signal,
+      });
     } catch (e) {
       return { files: 0, reason: 'cannot record', ms: Date.now() - t0, error: (e as Error).message };
     }
