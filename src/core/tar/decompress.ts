@@ -147,6 +147,7 @@ class ProcessDecoder extends Duplex {
   constructor(cmd: string, args: string[]) {
     super({ readableHighWaterMark: 1 << 20 });
     this.cmd = cmd;
+    // not through the Host: a codec of the host-free tar library (bytes in, bytes out, like fzstd), no effect on the node
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.child = child;
     child.stdout!.on('data', (c: Buffer) => {
@@ -202,7 +203,7 @@ class ProcessDecoder extends Duplex {
 let zstdBinary: boolean | undefined;
 function hasZstdBinary(): boolean {
   if (zstdBinary === undefined) {
-    const r = spawnSync('zstd', ['--version'], { stdio: 'ignore' });
+    const r = spawnSync('zstd', ['--version'], { stdio: 'ignore' }); // a codec's availability, not a side effect: no Host (see ProcessDecoder)
     zstdBinary = r.status === 0;
   }
   return zstdBinary;
