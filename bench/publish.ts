@@ -32,7 +32,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { cvmfsLocation } from '../src/core/cvmfs/location.js';
-import { CvmfsLayers, type LayerFacts } from '../src/core/cvmfs/layers.js';
+import { CvmfsLayers, type LayerFacts } from '../src/core/stack/layers.js';
 import { chainDir, duccChainIds } from '../src/core/cvmfs/layout.js';
 import { simCommand } from '../test/helpers/cvmfs-sim/command.js';
 import { init, rmfs, simPaths } from '../test/helpers/cvmfs-sim/sim.js';

@@ -11,7 +11,7 @@ import { removeTree } from '../core/fs/fsutil.js';
 import type { Host } from '../core/host/host.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { type ExtractOptions, type ExtractResult, extractLayer } from '../core/tar/index.js';
-import type { IdMaps } from '../core/tar/idmap.js';
+import type { IdMaps } from '../core/util/idmap.js';
 import { dirSize } from './changes.js';
 import type { Layer, LayerStore, ThinRecord } from './layer-store.js';
 

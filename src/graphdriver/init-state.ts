@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, cvmfsLocation } from '../core/cvmfs/location.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
-import type { IdMap } from '../core/tar/idmap.js';
+import type { IdMap } from '../core/util/idmap.js';
 import type { DriverOptions, IdmapMode } from './options.js';
 
 export interface InitState {

@@ -12,7 +12,7 @@ import { FailedPreconditionError, InternalError, UnavailableError } from '../cor
 import type { Host, UsernsHandle } from '../core/host/host.js';
 import type { LayerStack } from '../core/stack/index.js';
 import { MNT_DETACH } from '../core/host/sys.js';
-import type { IdMaps } from '../core/tar/idmap.js';
+import type { IdMaps } from '../core/util/idmap.js';
 import type { Layer, LayerStore, ThinLower } from './layer-store.js';
 import type { IdmapMode } from './options.js';
 import { MAX_LOWERS, overlaySpec, type StackEntry, stackOf } from './stack.js';

@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 import { FailedPreconditionError, NotFoundError } from '../core/errors/errors.js';
 import type { Host } from '../core/host/host.js';
 import { packDirectory } from '../core/tar/index.js';
-import type { IdMaps } from '../core/tar/idmap.js';
+import type { IdMaps } from '../core/util/idmap.js';
 import { extractBody } from './apply.js';
 import { sameFsTime } from './changes.js';
 import type { Layer, LayerStore } from './layer-store.js';

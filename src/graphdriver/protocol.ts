@@ -5,7 +5,7 @@
  * wire and defaults here.
  */
 import { InvalidArgumentError } from '../core/errors/errors.js';
-import type { IdMap } from '../core/tar/idmap.js';
+import type { IdMap } from '../core/util/idmap.js';
 
 /** Every endpoint a graph driver plugin serves (POST /<name>). */
 export const METHODS = [

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { CvmfsLocation } from '../core/cvmfs/location.js';
 import { isInside } from '../core/fs/fsutil.js';
 import type { Host } from '../core/host/host.js';
-import type { IdMaps } from '../core/tar/idmap.js';
+import type { IdMaps } from '../core/util/idmap.js';
 import type { LayerStore } from './layer-store.js';
 import type { Mounter } from './mounter.js';
 

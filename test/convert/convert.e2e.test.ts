@@ -13,7 +13,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { CvmfsLayers } from '../../src/core/cvmfs/layers.js';
+import { CvmfsLayers } from '../../src/core/stack/layers.js';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { chainDir, duccChainIds, flatDir, layerRootfs } from '../../src/core/cvmfs/layout.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';

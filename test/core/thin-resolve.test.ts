@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, s
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
-import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
+import { CvmfsLayers, type LayerFacts } from '../../src/core/stack/layers.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { FactsFile } from '../../src/core/stack/facts.js';

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach } from 'vitest';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
-import { CvmfsLayers, type LayerFacts } from '../../src/core/cvmfs/layers.js';
+import { CvmfsLayers, type LayerFacts } from '../../src/core/stack/layers.js';
 import { mount } from '../../src/core/host/sys.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { type FakeLayer, thinJson } from './cvmfs-tree.js';

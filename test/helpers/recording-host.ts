@@ -49,7 +49,7 @@ import {
   MS_SHARED,
   MS_SLAVE,
 } from '../../src/core/host/sys.js';
-import type { IdMap } from '../../src/core/tar/idmap.js';
+import type { IdMap } from '../../src/core/util/idmap.js';
 
 export interface HostCall {
   op: string;

@@ -21,7 +21,7 @@
 import { existsSync, statfsSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { type MountInfo, readMountinfo } from '../fs/fsutil.js';
-import type { IdMap } from '../tar/idmap.js';
+import type { IdMap } from '../util/idmap.js';
 import { exec, execStreaming } from './exec.js';
 import { watchOpens } from './open-watch.js';
 import { mountOverlay } from './overlay-mount.js';

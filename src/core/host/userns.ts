@@ -11,7 +11,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fsp, readlinkSync } from 'node:fs';
 import { UnavailableError } from '../errors/errors.js';
-import type { IdMap } from '../tar/idmap.js';
+import type { IdMap } from '../util/idmap.js';
 
 /** The text of a /proc/<pid>/uid_map file. Pure. */
 export function idMapText(maps: readonly IdMap[]): string {

@@ -10,7 +10,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
-import type { LayerFacts, LayerFactsCache } from '../cvmfs/layers.js';
+import type { LayerFacts, LayerFactsCache } from './layers.js';
 import { writeFileAtomic } from '../fs/fsutil.js';
 
 export class FactsFile implements LayerFactsCache {

@@ -13,7 +13,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../cvmfs/location.js';
-import { CvmfsLayers, type KnownPaths } from '../cvmfs/layers.js';
+import { CvmfsLayers, type KnownPaths } from './layers.js';
 import { layerMarker } from '../cvmfs/layout.js';
 import { UnavailableError } from '../errors/errors.js';
 import { type MountInfo, removeTree } from '../fs/fsutil.js';

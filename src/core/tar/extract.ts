@@ -27,7 +27,7 @@ import { InvalidArgumentError } from '../errors/errors.js';
 import { CTL_ABORT, deserializeError, runJob, SLOT_SIZE, SLOTS, type FromWorker, type JobConfig } from './extract-core.js';
 import { WorkerJob } from './extract-pool.js';
 import { pump } from './extract-pump.js';
-import type { IdMaps } from './idmap.js';
+import type { IdMaps } from '../util/idmap.js';
 import type { WhiteoutMode, WriterStats } from './writer.js';
 
 export type { WhiteoutMode } from './writer.js';

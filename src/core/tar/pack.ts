@@ -17,7 +17,7 @@ import { lgetxattr, llistxattr } from '../host/sys.js';
 import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../fs/whiteout.js';
 import { ioError } from './errors.js';
 import { bstr, encodeHeader, END_OF_ARCHIVE, padding, type EntryType, type TarHeader, type TarTime } from './headers.js';
-import { toContainer, type IdMaps } from './idmap.js';
+import { toContainer, type IdMaps } from '../util/idmap.js';
 import { cleanName, fsPath, joinRel, parentOf } from './paths.js';
 
 interface PackChange {

@@ -9,7 +9,7 @@
 import { lchmod, lsetxattr, lutimesNs, lgetxattr, llistxattr } from '../host/sys.js';
 import { ioError, unsafe } from './errors.js';
 import type { TarHeader, TarTime } from './headers.js';
-import { toHost } from './idmap.js';
+import { toHost } from '../util/idmap.js';
 import { fsPath, recordPath } from './paths.js';
 import { DestTree, type DirInfo, type WriterOptions } from './writer-tree.js';
 

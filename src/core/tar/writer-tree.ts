@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import { lchmod } from '../host/sys.js';
 import { unsafe } from './errors.js';
 import type { TarTime } from './headers.js';
-import { toHost, type IdMaps } from './idmap.js';
+import { toHost, type IdMaps } from '../util/idmap.js';
 import { fsPath, joinRel, parentOf } from './paths.js';
 
 export type WhiteoutMode = 'overlay' | 'apply' | 'keep' | 'record';

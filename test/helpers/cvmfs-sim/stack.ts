@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { cvmfsLocation } from '../../../src/core/cvmfs/location.js';
-import { CvmfsLayers, type LayerFacts, type LayerFactsCache, type ResolvedStack } from '../../../src/core/cvmfs/layers.js';
+import { CvmfsLayers, type LayerFacts, type LayerFactsCache, type ResolvedStack } from '../../../src/core/stack/layers.js';
 import { duccLayerPath, parseThinManifest, serializeThinManifest } from '../../../src/core/thin/manifest.js';
 import { mount, MS_RDONLY } from '../../../src/core/host/sys.js';
 import { systemHost } from '../../../src/core/host/host.js';

@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type CvmfsLocation, repositoryMountpoint } from './location.js';
+import { type CvmfsLocation, repositoryMountpoint } from '../cvmfs/location.js';
 import { FailedPreconditionError, ThinManifestError } from '../errors/errors.js';
 import { mapLimit } from '../util/concurrency.js';
 import { isInside, pathExists } from '../fs/fsutil.js';
@@ -37,9 +37,9 @@ import {
   type LayerRecord,
   LayerRecordError,
   parseLayerMarker,
-} from './layout.js';
-import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from './masks.js';
-import { lostModes, rootCatalog, specialModes } from './chains.js';
+} from '../cvmfs/layout.js';
+import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from '../cvmfs/masks.js';
+import { lostModes, rootCatalog, specialModes } from '../cvmfs/chains.js';
 
 /** What we remember about a layer directory (cached durably by the caller). */
 export interface LayerFacts {
