@@ -145,7 +145,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip'] }))('hostile layers inside an 
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr.trim()).toMatch(
-      new RegExp(`^cvmfs-thin: image oci:${layout}:v1: layer 2/2 ${bad.digest}: entry "\\.\\./\\.\\./\\.\\./\\.\\./escaped-dotdot": .*\\(path-escape\\)$`),
+      new RegExp(
+        `^cvmfs-thin: image oci:${layout}:v1: layer 2/2 ${bad.digest}: entry "\\.\\./\\.\\./\\.\\./\\.\\./escaped-dotdot": .*\\(path-escape\\) \\(CVMFS_THIN_UNSAFE_TAR\\)$`,
+      ),
     );
   });
 });
