@@ -274,41 +274,9 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     if (this.rootEmitted) return;
     this.rootEmitted = true;
     if (this.o.baseEntry) {
-      this.push(
-        encodeHeader({
-          name: './',
-          linkname: '',
-          type: 'dir',
-          mode: 0o755,
-          uid: 0,
-          gid: 0,
-          size: 0,
-          mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 },
-          devmajor: 0,
-          devminor: 0,
-          uname: '',
-          gname: '',
-          xattrs: null,
-        }),
-      );
+      this.push(encodeHeader(plainDir('./')));
     }
-    const root: TarHeader = h
-      ? { ...h, name: this.o.prefix }
-      : {
-          name: this.o.prefix,
-          linkname: '',
-          type: 'dir',
-          mode: 0o755,
-          uid: 0,
-          gid: 0,
-          size: 0,
-          mtime: { sec: Math.floor(Date.now() / 1000), nsec: 0 },
-          devmajor: 0,
-          devminor: 0,
-          uname: '',
-          gname: '',
-          xattrs: null,
-        };
+    const root: TarHeader = h ? { ...h, name: this.o.prefix } : plainDir(this.o.prefix);
     if (h) this.setXattrs('', h);
     this.emit_(root);
   }
@@ -320,4 +288,10 @@ export class LayerRewriter extends Transform implements TarParserHandler {
     this.dataOpen = h.type === 'file' && h.size > 0;
     this.pad = this.dataOpen ? padding(h.size) : 0;
   }
+}
+
+/** A directory entry of our own (root-owned, 0755, now): the base `./` and a layer root the source lacks. */
+function plainDir(name: string): TarHeader {
+  const mtime = { sec: Math.floor(Date.now() / 1000), nsec: 0 };
+  return { name, linkname: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime, devmajor: 0, devminor: 0, uname: '', gname: '', xattrs: null };
 }
