@@ -46,7 +46,11 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--repository <name>', 'CVMFS repository name written into thin.json URLs (default: the directory name, else unpacked.cern.ch)')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-arch index (default: the host)')
     .option('--all-platforms', 'convert every platform of a multi-arch index (thin image becomes an index)')
-    .option('--chains', 'also build DUCC chains (.chains/<xx>/<chain id>: layers merged, whiteouts applied)')
+    .option('--chains', 'also build DUCC chains (.chains/<xx>/<chain id>: layers merged, whiteouts applied), one per layer prefix')
+    .option(
+      '--top-chain',
+      "also build the image's own chain only (.chains/<xx>/<chain id> of all its layers): its containers start from that one directory, whatever the layer count",
+    )
     .option('--flat', 'also build the flat tree (.flat/<xx>/<config>) and the readable link <registry>/<repository>:<tag>')
     .option('--force', 'convert even if the tree says the image is up to date')
     .option('--overwrite-layers', 'replace layers that exist without a cvmfs-thin marker (e.g. written by DUCC)')
@@ -114,7 +118,7 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     repository: o['repository'] as string | undefined,
     platform: o['platform'] as string | undefined,
     allPlatforms: o['allPlatforms'] as boolean | undefined,
-    chains: o['chains'] as boolean | undefined,
+    chains: o['chains'] === true ? 'all' : o['topChain'] === true ? 'top' : undefined,
     flat: o['flat'] as boolean | undefined,
     force: o['force'] as boolean | undefined,
     overwriteLayers: o['overwriteLayers'] as boolean | undefined,

@@ -26,7 +26,7 @@ import { RepoTree } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
 import { Semaphore } from '../core/util/concurrency.js';
 import type { ConverterOptions } from './convert.js';
-import { flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
+import { chainDir, duccChainIds, flatDir, LAYERS_DIR } from '../core/cvmfs/layout.js';
 import { pathExists } from '../core/fs/fsutil.js';
 
 interface PlatformImage {
@@ -199,7 +199,8 @@ export class PlatformConverter {
       if (rec && rec.manifest_digest === img.raw.digest && (rec.thin?.target ?? null) === (thinDesc ?? null)) {
         const layersOk = (await Promise.all(hexes.map((h) => this.tree.layerState(h)))).every((s) => s !== null);
         const flatOk = !this.o.flat || (await pathExists(flatDir(this.o.repositoryDir, img.manifest.config.digest.slice(7))));
-        const chainsOk = !this.o.chains || rec.chains;
+        const top = chainDir(this.o.repositoryDir, duccChainIds(hexes).at(-1)!);
+        const chainsOk = !this.o.chains || (this.o.chains === 'top' ? await pathExists(top) : rec.chains);
         if (layersOk && flatOk && chainsOk) {
           summary.status = 'skipped';
           summary.layers = img.manifest.layers.map((l) => ({ digest: l.digest, status: 'present', bytes: 0, files: 0, whiteouts: 0, opaques: 0, seconds: 0 }));
@@ -245,7 +246,7 @@ export class PlatformConverter {
       for (const h of hexes) await this.tree.addOrigin(h, img.manifest.config.digest);
       if (this.o.chains || this.o.flat) {
         const merged = await buildMerged(this.tree, hexes, {
-          chains: this.o.chains === true,
+          chains: this.o.chains ?? null,
           flat: this.o.flat ? { configHex: img.manifest.config.digest.slice(7), config } : null,
           log: this.o.log,
           host: this.o.host,

@@ -24,6 +24,7 @@ import { type DockerReference, defaultThinReference, duccImageName, formatImageR
 import type { ImageRecord } from './repo.js';
 import { errorSummary, type ImageSummary } from './summary.js';
 import type { ExtractLimits } from './tar.js';
+import type { ChainsMode } from './flat.js';
 import { buildThinImage, buildThinIndex } from './thin.js';
 import { addImageToPodmanStore, podmanInput, podmanName } from './podman/index.js';
 import { PlatformConverter } from './convert-platform.js';
@@ -39,7 +40,8 @@ export interface ConverterOptions {
   /** Explicit `--platform`; default: the host's. */
   platform?: PlatformSpec | undefined;
   allPlatforms?: boolean | undefined;
-  chains?: boolean | undefined;
+  /** Chains to build (flat.ts): every prefix, or the image's own. */
+  chains?: ChainsMode | undefined;
   flat?: boolean | undefined;
   /** Convert even when the tree says it is up to date (DUCC's --convert-again). */
   force?: boolean | undefined;
@@ -243,7 +245,8 @@ export class Converter extends PlatformConverter {
             manifest_digest: p.img.raw.digest,
             config_digest: p.img.manifest.config.digest,
             layers: p.img.manifest.layers.map((l) => l.digest),
-            chains: s.chains.length > 0,
+            // every prefix's chain (what --chains asks); --top-chain is checked on the tree itself
+            chains: this.o.chains === 'all' && s.chains.length > 0,
             flat: s.flat ? path.relative(this.o.repositoryDir, s.flat) : null,
             thin,
             converted_at: new Date().toISOString(),

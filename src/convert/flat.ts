@@ -12,6 +12,9 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import {
+  CHAIN_MARKER,
+  type ChainMarker,
+  chainMarker,
   CHAINS_DIR,
   chainDir,
   DIRTY_CHAINS_DIR,
@@ -22,13 +25,16 @@ import {
   layerMarker,
   type LayerRecord,
   layerRootfs,
+  parseChainMarker,
   parseLayerMarker,
 } from '../core/cvmfs/layout.js';
+import { isCvmfsMagicXattr } from '../core/cvmfs/xattrs.js';
 import { removeTree } from '../core/fs/fsutil.js';
 import type { Host } from '../core/host/host.js';
 import { S_IFBLK, S_IFCHR, S_IFIFO } from '../core/host/sys.js';
 import { classifyWhiteout, OVERLAY_OPAQUE_XATTR } from '../core/fs/whiteout.js';
 import type { ImageConfig } from './image/types.js';
+import { addSingularityFiles } from './singularity.js';
 import { CATALOG_MARKER, type RepoTree, tmpName } from './repo.js';
 
 const enc = 'latin1' as const;
@@ -51,26 +57,37 @@ function rmrf(p: string): void {
   fs.rmSync(fp(p), { recursive: true, force: true });
 }
 
-function copyXattrs(host: Host, src: string, dst: string): void {
+/**
+ * The source's xattrs onto `dst` — unless the source has a record, which is
+ * then the whole truth (applied by applyTree): a published tree read back
+ * through a client lists the client's made-up attributes and may have lost
+ * its own. Overlay's and CVMFS's own names are never copied.
+ */
+function copyXattrs(state: ApplyState, src: string, dst: string): void {
+  if (state.recorded) return;
   let names: string[];
   try {
-    names = host.llistxattr(sp(src));
+    names = state.host.llistxattr(sp(src));
   } catch {
     return;
   }
   for (const n of names) {
-    if (n.startsWith('trusted.overlay.')) continue;
-    const v = host.lgetxattr(sp(src), n);
-    if (v) host.lsetxattr(sp(dst), n, v);
+    if (n.startsWith('trusted.overlay.') || isCvmfsMagicXattr(n)) continue;
+    const v = state.host.lgetxattr(sp(src), n);
+    if (v) {
+      state.host.lsetxattr(sp(dst), n, v);
+      state.xattrPaths.add(dst);
+    }
   }
 }
 
 /** Owner, mode (after chown, which clears set-id bits), xattrs (after chown, which clears capabilities), times (ns). */
-function copyMeta(host: Host, src: string, st: fs.BigIntStats, dst: string): void {
+function copyMeta(state: ApplyState, src: string, st: fs.BigIntStats, dst: string): void {
+  const host = state.host;
   const d = fp(dst);
   host.lchown(sp(dst), Number(st.uid), Number(st.gid));
   if (!st.isSymbolicLink()) fs.chmodSync(d, Number(st.mode & 0o7777n));
-  copyXattrs(host, src, dst);
+  copyXattrs(state, src, dst);
   const ns = 1_000_000_000n;
   host.lutimesNs(sp(dst), Number(st.atimeNs / ns), Number(st.atimeNs % ns), Number(st.mtimeNs / ns), Number(st.mtimeNs % ns));
 }
@@ -90,6 +107,10 @@ interface ApplyState {
   sinceYield: number;
   /** source paths that are not image content (a record's catalog markers) */
   hidden: Set<string>;
+  /** the source has a record: its xattrs come from it, never from listing the source */
+  recorded: boolean;
+  /** destination paths given an xattr (what a chain's marker records, if they are still there at the end) */
+  xattrPaths: Set<string>;
 }
 
 /** glibc major()/minor() of a dev_t. */
@@ -116,7 +137,7 @@ function createNode(src: string, st: fs.BigIntStats, dst: string, state: ApplySt
   else if (st.isBlockDevice()) state.host.mknod(sp(dst), S_IFBLK | Number(st.mode & 0o7777n), ...devParts(st.rdev));
   else if (st.isFIFO()) state.host.mknod(sp(dst), S_IFIFO | Number(st.mode & 0o7777n));
   else return; // sockets are not image content
-  copyMeta(state.host, src, st, dst);
+  copyMeta(state, src, st, dst);
 }
 
 async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Promise<void> {
@@ -146,7 +167,7 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
       if (!dst) fs.mkdirSync(fp(d), { mode: 0o700 });
       else if (isOpaque(state.host, s)) for (const n of fs.readdirSync(fp(d), { encoding: enc })) rmrf(`${d}/${n}`);
       await applyDir(s, d, state);
-      copyMeta(state.host, s, st, d);
+      copyMeta(state, s, st, d);
     } else {
       if (dst) rmrf(d);
       createNode(s, st, d, state);
@@ -166,8 +187,9 @@ async function applyDir(srcDir: string, dstDir: string, state: ApplyState): Prom
  * catalog markers skipped and its recorded xattrs set last (a publish may
  * have dropped them from `src`).
  */
-async function applyTree(src: string, dst: string, host: Host, record?: LayerRecord): Promise<number> {
-  const state: ApplyState = { host, links: new Map(), entries: 0, sinceYield: 0, hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)) };
+async function applyTree(src: string, dst: string, state: Omit<ApplyState, 'hidden' | 'recorded' | 'links'>, record?: LayerRecord): Promise<void> {
+  const st: ApplyState = { ...state, links: new Map(), hidden: new Set((record?.hidden ?? []).map((h) => `${src}/${bs(h)}`)), recorded: record !== undefined };
+  const host = st.host;
   if (isOpaque(host, src)) for (const n of fs.readdirSync(fp(dst), { encoding: enc })) rmrf(`${dst}/${n}`);
   if (record) {
     for (const d of record.opaque) {
@@ -176,13 +198,17 @@ async function applyTree(src: string, dst: string, host: Host, record?: LayerRec
     }
     for (const w of record.deleted) rmrf(`${dst}/${bs(w)}`);
   }
-  await applyDir(src, dst, state);
-  copyMeta(host, src, lstatBig(src), dst);
+  await applyDir(src, dst, st);
+  copyMeta(st, src, lstatBig(src), dst);
   for (const x of record?.xattrs ?? []) {
     const p = x.path === '' ? dst : `${dst}/${bs(x.path)}`;
-    if (lstatOrNull(p)) host.lsetxattr(sp(p), x.name, Buffer.from(x.value, 'base64'));
+    if (lstatOrNull(p)) {
+      host.lsetxattr(sp(p), x.name, Buffer.from(x.value, 'base64'));
+      st.xattrPaths.add(p);
+    }
   }
-  return state.entries;
+  state.entries = st.entries;
+  state.sinceYield = st.sinceYield;
 }
 
 /** UTF-8 text (a record's path) → byte string. */
@@ -203,50 +229,122 @@ interface MergeResult {
   flat: string | null;
 }
 
+/** Which chains to build: every prefix of the image (DUCC's `.chains`), or only the image's own (what its containers start from). */
+export type ChainsMode = 'all' | 'top';
+
+/** A chain we built (its marker valid, not dirty): its directory and record, else null. */
+async function ourChain(root: string, id: string): Promise<{ dir: string; marker: ChainMarker } | null> {
+  if (lstatOrNull(dirtyChainMarker(root, id))) return null;
+  try {
+    const marker = parseChainMarker(await fsp.readFile(chainMarker(root, id), 'utf8'), id);
+    return marker ? { dir: chainDir(root, id), marker } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The record a chain keeps: the xattrs its tree has now (what a publish may drop), its own two files hidden. */
+function chainRecord(tmp: string, xattrPaths: ReadonlySet<string>, host: Host, log: Logger): LayerRecord {
+  const xattrs: LayerRecord['xattrs'] = [];
+  for (const p of [...xattrPaths].sort()) {
+    if (!lstatOrNull(p)) continue;
+    const rel = p === tmp ? '' : p.slice(tmp.length + 1);
+    const text = Buffer.from(rel, enc).toString('utf8');
+    if (bs(text) !== rel) {
+      log.warn({ path: text }, 'chain: an entry with xattrs has a name that is not UTF-8; its xattrs are not recorded');
+      continue;
+    }
+    for (const name of host.llistxattr(sp(p))) {
+      if (!/^(user|security|system)\.[\x21-\x7e]{1,250}$/.test(name) || isCvmfsMagicXattr(name)) continue;
+      const v = host.lgetxattr(sp(p), name);
+      if (v && v.length <= 65_536) xattrs.push({ path: text, name, value: v.toString('base64') });
+    }
+  }
+  return { deleted: [], opaque: [], xattrs, hidden: [CATALOG_MARKER, CHAIN_MARKER] };
+}
+
 /**
- * Build the chains of `hexes` (bottom first) that are missing and, with
- * `flatFor`, the flat tree of the image. Returns their paths.
+ * Build the chain `ids[n-1]` of the layers `hexes[0..n-1]`: from `base` (one of
+ * our chains of a shorter prefix) plus the layers above it, else from the
+ * layers; its marker records its xattrs. Dirty while it is being built.
+ */
+async function buildChain(
+  tree: RepoTree,
+  hexes: readonly string[],
+  id: string,
+  base: { dir: string; marker: ChainMarker } | null,
+  o: { host: Host; log: Logger },
+): Promise<string> {
+  const root = tree.root;
+  const final = chainDir(root, id);
+  const dirty = dirtyChainMarker(root, id);
+  await tree.ensureCatalog(tree.bucket(CHAINS_DIR, id));
+  await fsp.mkdir(path.join(root, DIRTY_CHAINS_DIR), { recursive: true });
+  await fsp.mkdir(dirty, { recursive: true });
+  const tmp = path.join(tree.bucket(CHAINS_DIR, id), tmpName(id));
+  await fsp.mkdir(tmp, { mode: 0o755 });
+  try {
+    const state = { host: o.host, entries: 0, sinceYield: 0, xattrPaths: new Set<string>() };
+    if (base) await applyTree(base.dir, tmp, state, base.marker.record);
+    for (const h of hexes.slice(base?.marker.layers.length ?? 0)) await applyTree(layerRootfs(root, h), tmp, state, await layerRecord(root, h));
+    const marker: ChainMarker = {
+      schema: 'cvmfs-thin/chain',
+      chain: id,
+      layers: [...hexes],
+      created: new Date().toISOString(),
+      record: chainRecord(tmp, state.xattrPaths, o.host, o.log),
+    };
+    await fsp.writeFile(path.join(tmp, CHAIN_MARKER), `${JSON.stringify(marker)}\n`, { mode: 0o644 });
+    await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
+    if (lstatOrNull(final)) await removeTree(final); // a dirty leftover
+    await tree.commitDir(tmp, final);
+  } catch (e) {
+    await removeTree(tmp);
+    throw e;
+  }
+  await removeTree(dirty);
+  o.log.info({ chain: id, layers: hexes.length, from: base ? base.marker.layers.length : 0 }, 'chain built');
+  return final;
+}
+
+/**
+ * Build the chains of `hexes` (bottom first) that are missing — every prefix
+ * (`all`) or only the image's own (`top`, from the longest prefix chain of
+ * ours that exists) — and, with `flat`, the flat tree of the image. Returns
+ * their paths.
  */
 export async function buildMerged(
   tree: RepoTree,
   hexes: readonly string[],
-  opts: { chains: boolean; flat: { configHex: string; config: ImageConfig } | null; log: Logger; host: Host },
+  opts: { chains: ChainsMode | null; flat: { configHex: string; config: ImageConfig } | null; log: Logger; host: Host },
 ): Promise<MergeResult> {
   const root = tree.root;
-  const host = opts.host;
   const ids = duccChainIds(hexes);
   const result: MergeResult = { chains: [], flat: null };
-  let prev: string | null = null;
+  /** the newest chain of ours over a prefix of the image (what the next chain or the flat tree starts from) */
+  let base: { dir: string; marker: ChainMarker } | null = null;
   if (opts.chains) {
     await tree.ensureCatalog(path.join(root, CHAINS_DIR));
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i]!;
-      const final = chainDir(root, id);
-      const dirty = dirtyChainMarker(root, id);
-      if (lstatOrNull(final) && !lstatOrNull(dirty)) {
-        prev = final;
+    const top = ids.length - 1;
+    if (opts.chains === 'top') {
+      base = await ourChain(root, ids[top]!);
+      if (!base && lstatOrNull(chainDir(root, ids[top]!)) && !lstatOrNull(dirtyChainMarker(root, ids[top]!))) result.chains.push(chainDir(root, ids[top]!));
+      else if (!base) {
+        for (let i = top - 1; i >= 0 && !base; i--) base = await ourChain(root, ids[i]!);
+        const dir = await buildChain(tree, hexes, ids[top]!, base, opts);
+        base = await ourChain(root, ids[top]!);
+        result.chains.push(dir);
+      } else result.chains.push(base.dir);
+    } else {
+      for (let i = 0; i <= top; i++) {
+        const id = ids[i]!;
+        const final = chainDir(root, id);
+        const dirty = lstatOrNull(dirtyChainMarker(root, id));
+        if (!(lstatOrNull(final) && !dirty)) await buildChain(tree, hexes.slice(0, i + 1), id, base, opts);
+        // a chain that is not ours (DUCC's, or an older version's) stays, but the next one is built from the layers
+        base = await ourChain(root, id);
         result.chains.push(final);
-        continue;
       }
-      await tree.ensureCatalog(tree.bucket(CHAINS_DIR, id));
-      await fsp.mkdir(path.join(root, DIRTY_CHAINS_DIR), { recursive: true });
-      await fsp.mkdir(dirty, { recursive: true });
-      const tmp = path.join(tree.bucket(CHAINS_DIR, id), tmpName(id));
-      await fsp.mkdir(tmp, { mode: 0o755 });
-      try {
-        if (prev) await applyTree(prev, tmp, host);
-        await applyTree(layerRootfs(root, hexes[i]!), tmp, host, await layerRecord(root, hexes[i]!));
-        await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
-        if (lstatOrNull(final)) await removeTree(final); // a dirty leftover
-        await tree.commitDir(tmp, final);
-      } catch (e) {
-        await removeTree(tmp);
-        throw e;
-      }
-      await removeTree(dirty);
-      opts.log.info({ chain: id, layer: hexes[i] }, 'chain built');
-      prev = final;
-      result.chains.push(final);
     }
   }
   if (opts.flat) {
@@ -257,8 +355,10 @@ export async function buildMerged(
       const tmp = path.join(tree.bucket(FLAT_DIR, opts.flat.configHex), tmpName(opts.flat.configHex));
       await fsp.mkdir(tmp, { mode: 0o755 });
       try {
-        if (prev) await applyTree(prev, tmp, host);
-        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp, host, await layerRecord(root, h));
+        const state = { host: opts.host, entries: 0, sinceYield: 0, xattrPaths: new Set<string>() };
+        const whole = base?.marker.layers.length === hexes.length ? base : null;
+        if (whole) await applyTree(whole.dir, tmp, state, whole.marker.record);
+        else for (const h of hexes) await applyTree(layerRootfs(root, h), tmp, state, await layerRecord(root, h));
         await fsp.writeFile(path.join(tmp, CATALOG_MARKER), '', { mode: 0o644 });
         await addSingularityFiles(tmp, opts.flat.config);
         await tree.commitDir(tmp, final);
@@ -271,67 +371,4 @@ export async function buildMerged(
     result.flat = final;
   }
   return result;
-}
-
-function shQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-/**
- * Apptainer/Singularity metadata DUCC adds to flat images, so that
- * `apptainer exec /cvmfs/<repo>/<registry>/<repository>:<tag> …` gets the
- * image's environment and runscript.
- */
-async function addSingularityFiles(root: string, config: ImageConfig): Promise<void> {
-  const c = config.config ?? {};
-  const sd = path.join(root, '.singularity.d');
-  for (const d of ['actions', 'env', 'libs']) await fsp.mkdir(path.join(sd, d), { recursive: true, mode: 0o755 });
-  for (const d of ['dev', 'proc', 'sys', 'tmp', 'var/tmp', 'home', 'root', 'etc']) {
-    await fsp.mkdir(path.join(root, d), { recursive: true, mode: 0o755 }).catch(() => undefined);
-  }
-  for (const f of ['etc/hosts', 'etc/resolv.conf']) {
-    const p = path.join(root, f);
-    if (!lstatOrNull(p)) await fsp.writeFile(p, '', { mode: 0o644 });
-  }
-  const sourceEnv = '#!/bin/sh\nfor script in /.singularity.d/env/*.sh; do\n    if [ -f "$script" ]; then\n        . "$script"\n    fi\ndone\n';
-  const actions: Record<string, string> = {
-    exec: `${sourceEnv}\nexec "$@"\n`,
-    run: `${sourceEnv}\nif test -x /.singularity.d/runscript; then\n    exec /.singularity.d/runscript "$@"\nfi\nexec /bin/sh "$@"\n`,
-    shell: `${sourceEnv}\nif test -n "$SINGULARITY_SHELL" -a -x "$SINGULARITY_SHELL"; then\n    exec $SINGULARITY_SHELL "$@"\nelif test -x /bin/bash; then\n    exec /bin/bash --norc "$@"\nfi\nexec /bin/sh "$@"\n`,
-    start: `${sourceEnv}\nif test -x /.singularity.d/startscript; then\n    exec /.singularity.d/startscript\nfi\n`,
-    test: `${sourceEnv}\nif test -x /.singularity.d/test; then\n    exec /.singularity.d/test "$@"\nfi\nexec /bin/sh -c true\n`,
-  };
-  for (const [n, body] of Object.entries(actions)) await fsp.writeFile(path.join(sd, 'actions', n), body, { mode: 0o755 });
-  const env = (Array.isArray(c.Env) ? c.Env : [])
-    .filter((e): e is string => typeof e === 'string' && /^[A-Za-z_][A-Za-z0-9_]*=/.test(e))
-    .map((e) => {
-      const i = e.indexOf('=');
-      return `export ${e.slice(0, i)}=${shQuote(e.slice(i + 1))}`;
-    });
-  await fsp.writeFile(path.join(sd, 'env', '01-base.sh'), '#!/bin/sh\n', { mode: 0o755 });
-  await fsp.writeFile(path.join(sd, 'env', '10-docker2singularity.sh'), `#!/bin/sh\n${env.join('\n')}\n`, { mode: 0o755 });
-  await fsp.writeFile(path.join(sd, 'env', '90-environment.sh'), '#!/bin/sh\n# Custom environment shell code should follow\n', { mode: 0o755 });
-  await fsp.writeFile(
-    path.join(sd, 'env', '99-base.sh'),
-    '#!/bin/sh\nif [ -z "$LD_LIBRARY_PATH" ]; then\n    LD_LIBRARY_PATH="/.singularity.d/libs"\nelse\n    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\nPS1="Singularity> "\nexport LD_LIBRARY_PATH PS1\n',
-    { mode: 0o755 },
-  );
-  const argv = [...(Array.isArray(c['Entrypoint']) ? (c['Entrypoint'] as string[]) : []), ...(Array.isArray(c['Cmd']) ? (c['Cmd'] as string[]) : [])];
-  const cwd = typeof c['WorkingDir'] === 'string' && c['WorkingDir'] ? `cd ${shQuote(c['WorkingDir'] as string)} 2>/dev/null || true\n` : '';
-  const runscript = argv.length
-    ? `#!/bin/sh\n${cwd}if [ $# -gt 0 ]; then\n    exec ${(Array.isArray(c['Entrypoint']) ? (c['Entrypoint'] as string[]) : []).map(shQuote).join(' ')} "$@"\nfi\nexec ${argv.map(shQuote).join(' ')}\n`
-    : '#!/bin/sh\necho "There is no runscript defined for this container"\n';
-  await fsp.writeFile(path.join(sd, 'runscript'), runscript, { mode: 0o755 });
-  await fsp.writeFile(path.join(sd, 'startscript'), '#!/bin/sh\n', { mode: 0o755 });
-  const labels = c.Labels && typeof c.Labels === 'object' ? c.Labels : {};
-  await fsp.writeFile(path.join(sd, 'labels.json'), `${JSON.stringify(labels, null, 2)}\n`, { mode: 0o644 });
-  const links: [string, string][] = [
-    ['singularity', '.singularity.d/runscript'],
-    ['.run', '.singularity.d/actions/run'],
-    ['.exec', '.singularity.d/actions/exec'],
-    ['.shell', '.singularity.d/actions/shell'],
-    ['.test', '.singularity.d/actions/test'],
-    ['environment', '.singularity.d/env/90-environment.sh'],
-  ];
-  for (const [n, t] of links) if (!lstatOrNull(path.join(root, n))) await fsp.symlink(t, path.join(root, n));
 }

@@ -13,6 +13,7 @@ import { createProgress, type Progress } from './progress.js';
 import { hooksFromOptions, Publisher, serverConfWarnings } from './publish.js';
 import { type LayerForm, resolveLayerForm } from './whiteouts.js';
 import type { Credentials } from './registry/auth.js';
+import type { ChainsMode } from './flat.js';
 import type { ExtractLimits } from './tar.js';
 import { formatBytes } from './util.js';
 
@@ -21,7 +22,8 @@ export interface RunFlags {
   repository?: string | undefined;
   platform?: string | undefined;
   allPlatforms?: boolean | undefined;
-  chains?: boolean | undefined;
+  /** Chains to build (flat.ts): every prefix, or the image's own. */
+  chains?: ChainsMode | undefined;
   flat?: boolean | undefined;
   force?: boolean | undefined;
   overwriteLayers?: boolean | undefined;

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { CvmfsLayers } from '../../src/core/stack/layers.js';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
-import { chainDir, duccChainIds, flatDir, layerRootfs } from '../../src/core/cvmfs/layout.js';
+import { chainDir, duccChainIds, flatDir, layerRootfs, parseChainMarker } from '../../src/core/cvmfs/layout.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { lgetxattr } from '../../src/core/host/sys.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
@@ -338,8 +338,16 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['docker-regist
       const hexes = image.layers.map((l) => l.digest.slice(7));
       const ids = duccChainIds(hexes);
       expect(img.chains).toEqual(ids.map((id) => chainDir(repo, id)));
-      const top = snapshot(chainDir(repo, ids[2]!), (p) => p === '.cvmfscatalog');
+      const top = snapshot(chainDir(repo, ids[2]!), (p) => p === '.cvmfscatalog' || p === '.cvmfs-thin-chain.json');
       expect(diffSnapshots(oracle, top, ['oracle', 'chain'])).toEqual([]);
+      // each chain's marker: its layers, and the xattrs of its tree (what a publish may drop), its own two files hidden
+      const marker = parseChainMarker(fs.readFileSync(path.join(chainDir(repo, ids[2]!), '.cvmfs-thin-chain.json'), 'utf8'), ids[2]!);
+      expect(marker?.layers).toEqual(hexes);
+      expect(marker?.record.hidden).toEqual(['.cvmfscatalog', '.cvmfs-thin-chain.json']);
+      const withXattrs = [...oracle.entries].filter(([, e]) => e.xattrs.length > 0).map(([p]) => p);
+      expect(withXattrs.length).toBeGreaterThan(0);
+      expect([...new Set(marker!.record.xattrs.map((x) => x.path))].sort()).toEqual(withXattrs.sort());
+      expect(parseChainMarker(fs.readFileSync(path.join(chainDir(repo, ids[0]!), '.cvmfs-thin-chain.json'), 'utf8'), ids[0]!)?.layers).toEqual([hexes[0]]);
       // the first chain is layer 1 alone
       const first = snapshot(chainDir(repo, ids[0]!), (p) => p === '.cvmfscatalog');
       expect(first.entries.has('etc/toremove')).toBe(true);
@@ -356,6 +364,49 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['docker-regist
       expect(img.link).toBe(link);
       expect(fs.readlinkSync(link)).toBe(path.relative(path.dirname(link), img.flat!));
       expect(fs.realpathSync(link)).toBe(img.flat);
+    });
+
+    it("--top-chain builds the image's own chain only, from the longest prefix chain of ours there is; a rerun finds it up to date", async () => {
+      const repo = path.join(work, 'repo-top');
+      fs.mkdirSync(repo);
+      const hexes = image.layers.map((l) => l.digest.slice(7));
+      const ids = duccChainIds(hexes);
+      const conv = async (...extra: string[]) => {
+        const r = await runCli([
+          'convert',
+          `docker://${reg.host}/test/rich:v1`,
+          '--repository-dir',
+          repo,
+          '--no-thin',
+          '--json',
+          '--log-level',
+          'info',
+          ...extra,
+        ]);
+        expect(r.code, r.stderr).toBe(0);
+        const built = r.stderr
+          .split('\n')
+          .filter((l) => l.includes('"chain built"'))
+          .map((l) => JSON.parse(l) as { chain: string; from: number });
+        return { s: json<Summary>(r).images[0]!, built };
+      };
+      const first = await conv('--top-chain');
+      expect(first.s.chains).toEqual([chainDir(repo, ids[2]!)]);
+      expect(first.built).toEqual([expect.objectContaining({ chain: ids[2], from: 0 })]);
+      expect(ids.map((id) => fs.existsSync(chainDir(repo, id)))).toEqual([false, false, true]);
+      const skip = (p: string) => p === '.cvmfscatalog' || p === '.cvmfs-thin-chain.json';
+      expect(diffSnapshots(oracle, snapshot(chainDir(repo, ids[2]!), skip), ['oracle', 'chain'])).toEqual([]);
+      // up to date: nothing converted or built again
+      const again = await conv('--top-chain');
+      expect([again.s.status, again.built]).toEqual(['skipped', []]);
+      // every prefix (--chains) adds the two lower chains and keeps the top one
+      const all = await conv('--chains');
+      expect(all.built.map((b) => b.chain)).toEqual([ids[0], ids[1]]);
+      // the top chain gone: built again from the chain of the two lower layers
+      fs.rmSync(chainDir(repo, ids[2]!), { recursive: true });
+      const rebuilt = await conv('--top-chain', '--force');
+      expect(rebuilt.built).toEqual([expect.objectContaining({ chain: ids[2], from: 2 })]);
+      expect(diffSnapshots(oracle, snapshot(chainDir(repo, ids[2]!), skip), ['oracle', 'chain'])).toEqual([]);
     });
 
     it('--whiteouts keep writes DUCC-style layers (plain .wh.* files, no marker); their chains still apply them', async () => {
@@ -382,7 +433,7 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['docker-regist
       expect(
         diffSnapshots(
           oracle,
-          snapshot(chainDir(repo, ids[2]!), (p) => p === '.cvmfscatalog'),
+          snapshot(chainDir(repo, ids[2]!), (p) => p === '.cvmfscatalog' || p === '.cvmfs-thin-chain.json'),
           ['oracle', 'chain'],
         ),
       ).toEqual([]);

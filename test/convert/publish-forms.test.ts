@@ -499,7 +499,7 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip',
       const chainId = duccChainIds(image.hexes).at(-1)!;
       const chain = pub(S, '.chains', chainId.slice(0, 2), chainId);
       // Accepted differences from containerd's rootfs, and only these:
-      //  - `.cvmfscatalog` at the root of the chain and of the flat tree (their nested catalogs);
+      //  - `.cvmfscatalog` at the root of the chain and of the flat tree (their nested catalogs), and the chain's marker;
       //  - in the flat tree, what Apptainer needs (DUCC's addition): `.singularity.d/**`, the links to
       //    it, and the mount points and files it binds over (/proc, /sys, /var/tmp, /root, /etc/hosts, /etc/resolv.conf);
       //  - hard links: a publish splits them into copies (same content; tree-diff ignores link counts).
@@ -519,7 +519,7 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip',
         'etc/resolv.conf',
       ];
       for (const [tree, extra] of [
-        [chain, ['.cvmfscatalog']],
+        [chain, ['.cvmfscatalog', '.cvmfs-thin-chain.json']],
         [flat, ['.cvmfscatalog', '.singularity.d', ...singularity]],
       ] as const) {
         const got = treeSnapshot(tree);

@@ -333,6 +333,9 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip',
     { name: 'transaction path, repository with CVMFS_INCLUDE_XATTRS', includeXattrs: true, ingest: false },
     { name: 'transaction path, repository without xattrs', includeXattrs: false, ingest: false },
     { name: 'ingest path (ingest --catalog -k per layer)', includeXattrs: false, ingest: true },
+    // the image's own chain (what a many-layer image starts from): its marker carries the xattrs the publish dropped
+    { name: 'transaction path without xattrs, --top-chain (the stack is the chain)', includeXattrs: false, ingest: false, chain: true },
+    { name: 'ingest path, --top-chain', includeXattrs: false, ingest: true, chain: true },
   ];
 
   it.each(cases)(
@@ -346,6 +349,7 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip',
         ['--abort-command', simCommand('abort', '-f', S)],
         ['--lock-file', path.join(base, `${id}.lock`)],
         c.ingest ? ['--ingest-command', simCommand('ingest', S, '--catalog', '-k', '-t', '-', '-b', '{base}')] : [],
+        c.chain ? ['--top-chain'] : [],
       ].flat();
       const args = ['convert', `oci:${image.layout}:${image.tag}`, '--repository-dir', simPaths(S).repo, '--repository', REPO, '--no-thin', '--json', ...hooks];
       const r = await runCli(args, { timeoutMs: 300_000 });
@@ -361,6 +365,7 @@ describe.skipIf(needs({ root: 'overlay mounts, chown', binaries: ['tar', 'gzip',
         target,
       });
       try {
+        expect(stack.how.includes('chain'), stack.how.join(', ')).toBe(c.chain === true);
         const got = treeSnapshot(target);
         expect(treeDiff(want, got), `merged rootfs vs containerd's (stack: ${stack.how.join(', ')})`).toEqual([]);
         // the one accepted difference: the pair is two copies now

@@ -11,6 +11,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, s
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
+import { chainDir, dirtyChainMarker, duccChainIds } from '../../src/core/cvmfs/layout.js';
 import { CvmfsLayers, type LayerFacts } from '../../src/core/stack/layers.js';
 import { ThinError } from '../../src/core/errors/errors.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
@@ -156,5 +157,78 @@ describe('thin images of many layers', () => {
     rmSync(ls[2]!.dir);
     await expect(stack.linkThin(thinDir(ls), { snapshot: 'gone' })).rejects.toThrow(/layers\[2\]\.url: layer .* does not exist in CVMFS/);
     void manifest;
+  });
+
+  it("a stack with our chain is resolved from the chain alone: one probe asks for the chain, its marker and dirty marker, nothing about a layer; the marker's xattrs become copies above it", async () => {
+    const { work, repo } = fixture();
+    const host = new RecordingHost();
+    const stack = await LayerStack.open({
+      root: path.join(work, 'state'),
+      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      host,
+      log: silentLogger(),
+      factsFile: path.join(work, 'state', 'facts.json'),
+    });
+    const ls = Array.from({ length: 40 }, (_, i) => addLayer(repo, `c${i}`, { [`f${i}`]: 'x' }, { converter: true }));
+    const ids = duccChainIds(ls.map((l) => l.hex));
+    const chain = chainDir(repo, ids.at(-1)!);
+    mkdirSync(path.join(chain, 'bin'), { recursive: true });
+    writeFileSync(path.join(chain, 'bin/ping'), 'ping');
+    writeFileSync(path.join(chain, '.cvmfscatalog'), '');
+    const cap = Buffer.from('0100000200200000000000000000000000000000', 'hex').toString('base64');
+    const marker = (record: unknown, id = ids.at(-1)!) =>
+      writeFileSync(
+        path.join(chain, '.cvmfs-thin-chain.json'),
+        JSON.stringify({ schema: 'cvmfs-thin/chain', chain: id, layers: ls.map((l) => l.hex), created: 'now', record }),
+      );
+    marker({ xattrs: [{ path: 'bin/ping', name: 'security.capability', value: cap }], hidden: ['.cvmfscatalog', '.cvmfs-thin-chain.json'] });
+    let n = 0;
+    const thinDir = () => {
+      const d = path.join(work, `thin-${n++}`);
+      mkdirSync(d);
+      writeFileSync(path.join(d, 'thin.json'), thinJson(REPO, ls));
+      return d;
+    };
+    const r = await stack.linkThin(thinDir(), { snapshot: 'chain' });
+    expect(r!.how).toEqual(['mask-above', 'chain']);
+    expect(r!.lowers.map((l) => l.dir).at(-1)).toBe(chain);
+    const probes = host.ops('probeFs').map((o) => o.args as string[]);
+    expect(probes.flat().filter((a) => a.includes('/.layers/'))).toEqual([]);
+    expect(probes.flat().filter((a) => a.startsWith('read '))).toEqual([`read ${chain}/.cvmfs-thin-chain.json`]);
+    const above = r!.lowers[0]!.dir;
+    expect(readdirSync(above).sort()).toEqual(['.cvmfs-thin-chain.json', '.cvmfscatalog', 'bin']);
+    // the copy of bin/ping above the chain got the recorded capability (masks are built beside and renamed into place)
+    expect(host.ops('lsetxattr').map((o) => [path.basename(String(o.args[0])), o.args[1]])).toContainEqual(['ping', 'security.capability']);
+    // a chain marked dirty, or one that resolves outside the repository: the layers, one by one
+    mkdirSync(dirtyChainMarker(repo, ids.at(-1)!), { recursive: true });
+    expect((await stack.linkThin(thinDir(), { snapshot: 'dirty' }))!.lowers).toHaveLength(40);
+    rmSync(dirtyChainMarker(repo, ids.at(-1)!), { recursive: true });
+    const outside = path.join(work, 'outside-chain');
+    renameSync(chain, outside);
+    symlinkSync(outside, chain);
+    expect((await stack.linkThin(thinDir(), { snapshot: 'escape' }))!.lowers).toHaveLength(40);
+    rmSync(chain);
+    renameSync(outside, chain);
+    // a hostile record in a new chain's marker is refused, naming the file and the field
+    rmSync(path.join(work, 'state', 'facts.json'), { force: true });
+    const other = await LayerStack.open({
+      root: path.join(work, 'state2'),
+      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      host,
+      log: silentLogger(),
+      factsFile: path.join(work, 'state2', 'facts.json'),
+    });
+    marker({ xattrs: [{ path: '../../etc/passwd', name: 'user.x', value: '' }] });
+    await expect(other.linkThin(thinDir(), { snapshot: 'hostile' })).rejects.toThrow(/chain record .*\.cvmfs-thin-chain\.json: record\.xattrs\[0\]\.path/);
+    // a marker for another chain is not ours: the chain is taken as DUCC's (its layers carry our markers: nothing walked)
+    marker({ xattrs: [] }, ids[0]!);
+    const third = await LayerStack.open({
+      root: path.join(work, 'state3'),
+      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      host,
+      log: silentLogger(),
+      factsFile: path.join(work, 'state3', 'facts.json'),
+    });
+    expect((await third.linkThin(thinDir(), { snapshot: 'foreign' }))!.how).toEqual(['mask-above', 'chain']);
   });
 });

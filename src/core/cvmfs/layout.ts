@@ -22,6 +22,13 @@ export const layerMetadataDir = (repoRoot: string, hex: string) => path.join(lay
 export const layerMarker = (repoRoot: string, hex: string) => path.join(layerMetadataDir(repoRoot, hex), LAYER_MARKER);
 export const chainDir = (repoRoot: string, id: string) => path.join(repoRoot, CHAINS_DIR, id.slice(0, 2), id);
 export const dirtyChainMarker = (repoRoot: string, id: string) => path.join(repoRoot, DIRTY_CHAINS_DIR, id);
+/**
+ * Our record in a chain's root (thin-image/SPEC.md §6): the chain was built by
+ * cvmfs-thin and what its publish may have dropped (xattrs). Hidden from
+ * containers like the root's catalog marker.
+ */
+export const CHAIN_MARKER = '.cvmfs-thin-chain.json';
+export const chainMarker = (repoRoot: string, id: string) => path.join(chainDir(repoRoot, id), CHAIN_MARKER);
 export const flatDir = (repoRoot: string, configHex: string) => path.join(repoRoot, FLAT_DIR, configHex.slice(0, 2), configHex);
 
 /**
@@ -120,12 +127,16 @@ export function parseLayerMarker(text: string, hex: string): LayerMarker | null 
   if (!isObj(m) || m['schema'] !== 'cvmfs-thin/layer' || m['digest'] !== `sha256:${hex}`) return null;
   if (m['whiteouts'] === 'overlay') return m as unknown as LayerMarker;
   if (m['whiteouts'] !== 'record') return null;
-  const r = m['record'];
-  if (!isObj(r)) throw new LayerRecordError('record', 'missing or not an object');
+  return { ...(m as unknown as LayerMarker), record: parseRecord(m['record'], 'record') };
+}
+
+/** A record (layer or chain), checked field by field; throws LayerRecordError naming the field. */
+function parseRecord(r: unknown, at: string): LayerRecord {
+  if (!isObj(r)) throw new LayerRecordError(at, 'missing or not an object');
   const xs = r['xattrs'] ?? [];
-  if (!Array.isArray(xs)) throw new LayerRecordError('record.xattrs', 'not a list');
+  if (!Array.isArray(xs)) throw new LayerRecordError(`${at}.xattrs`, 'not a list');
   const xattrs = xs.map((x: unknown, i) => {
-    const f = `record.xattrs[${i}]`;
+    const f = `${at}.xattrs[${i}]`;
     if (!isObj(x)) throw new LayerRecordError(f, 'not an object');
     const name = x['name'];
     if (typeof name !== 'string' || !/^(user|security|system)\.[\x21-\x7e]{1,250}$/.test(name))
@@ -135,11 +146,43 @@ export function parseLayerMarker(text: string, hex: string): LayerMarker | null 
       throw new LayerRecordError(`${f}.value`, 'not base64 (at most 64 KiB)');
     return { path: checkRel(x['path'], `${f}.path`, true), name, value };
   });
-  const record: LayerRecord = {
-    deleted: checkList(r['deleted'], 'record.deleted', false),
-    opaque: checkList(r['opaque'], 'record.opaque', true),
+  return {
+    deleted: checkList(r['deleted'], `${at}.deleted`, false),
+    opaque: checkList(r['opaque'], `${at}.opaque`, true),
     xattrs,
-    hidden: checkList(r['hidden'], 'record.hidden', false),
+    hidden: checkList(r['hidden'], `${at}.hidden`, false),
   };
-  return { ...(m as unknown as LayerMarker), record };
+}
+
+/** The marker in a chain's root: which layers it merges and the record of the merged tree (no deletions left). */
+export interface ChainMarker {
+  schema: 'cvmfs-thin/chain';
+  /** The DUCC chain ID (the directory name). */
+  chain: string;
+  /** The layers merged, bottom first (hex of the compressed digests). */
+  layers: string[];
+  created: string;
+  record: LayerRecord;
+}
+
+/**
+ * Parse a chain's marker for the chain `id`. Null when it is not ours for this
+ * chain (another schema or ID, layers that do not give the ID: the chain is
+ * taken as DUCC's); throws LayerRecordError naming the field for a malformed or
+ * hostile record.
+ */
+export function parseChainMarker(text: string, id: string): ChainMarker | null {
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isObj(m) || m['schema'] !== 'cvmfs-thin/chain' || m['chain'] !== id) return null;
+  const layers = m['layers'];
+  if (!Array.isArray(layers) || !layers.every((h) => typeof h === 'string' && /^[a-f0-9]{64}$/.test(h)) || duccChainIds(layers as string[]).at(-1) !== id)
+    return null;
+  const record = parseRecord(m['record'], 'record');
+  if (record.deleted.length + record.opaque.length > 0) throw new LayerRecordError('record', 'a chain has its deletions applied: no deleted or opaque entries');
+  return { schema: 'cvmfs-thin/chain', chain: id, layers: layers as string[], created: String(m['created'] ?? ''), record };
 }

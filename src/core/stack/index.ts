@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../cvmfs/location.js';
 import { CvmfsLayers, type KnownPaths } from './layers.js';
-import { layerMarker } from '../cvmfs/layout.js';
+import { CHAIN_MARKER, chainDir, dirtyChainMarker, duccChainIds, layerMarker } from '../cvmfs/layout.js';
 import { UnavailableError } from '../errors/errors.js';
 import { type MountInfo, removeTree } from '../fs/fsutil.js';
 import type { FsProbeOp, FsProbeResult, Host } from '../host/host.js';
@@ -188,9 +188,27 @@ export class LayerStack {
    * mount and of every layer, and the marker of every layer in the DUCC
    * layout — on a cold client each layer's catalog loads once, 8 at a time,
    * instead of a dozen FUSE round trips per layer on the daemon's thread pool.
+   * A stack that may have a chain (layers.ts) asks for the chain first: when
+   * it is there, no layer is asked about (a cold client loads the chain's
+   * catalogs, not one per layer).
    */
   async askThin(m: ThinManifest, of: string): Promise<KnownPaths> {
     const known: KnownPaths = { real: new Map(), text: new Map() };
+    const repos = new Set(m.layers.map((l) => l.repository));
+    if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) === l.hex)) {
+      const mp = repositoryMountpoint(this.location, m.layers[0]!.repository);
+      const id = duccChainIds(m.layers.map((l) => l.hex)).at(-1)!;
+      const [chain, dirty] = [chainDir(mp, id), dirtyChainMarker(mp, id)];
+      const ops: FsProbeOp[] = [
+        { op: 'realpath', path: mp },
+        { op: 'realpath', path: chain },
+        { op: 'realpath', path: dirty },
+        { op: 'read', path: path.join(chain, CHAIN_MARKER), text: true, max: 8 << 20 },
+      ];
+      await this.askBatch(mp, ops, known, of);
+      const [c, d] = [known.real.get(chain), known.real.get(dirty)];
+      if (c && 'real' in c && c.dir && d && 'code' in d && d.code === 'ENOENT') return known;
+    }
     const byMp = new Map<string, FsProbeOp[]>();
     for (const l of m.layers) {
       const mp = repositoryMountpoint(this.location, l.repository);
@@ -199,22 +217,23 @@ export class LayerStack {
       if (duccLayerHex(l.path) === l.hex) ops.push({ op: 'read', path: layerMarker(mp, l.hex), text: true, max: 1 << 20 });
       byMp.set(mp, ops);
     }
-    await Promise.all(
-      [...byMp].map(async ([mp, ops]) => {
-        const first: FsProbeOp = { op: 'statfs', path: mp };
-        const r = await this.probe.run(mp, ops, `${of}: CVMFS repository at ${mp}`, first);
-        const fs = CvmfsProbe.get(r, first);
-        if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
-        for (const o of ops) {
-          const a = CvmfsProbe.get(r, o);
-          if (!a) continue;
-          if (o.op === 'realpath') known.real.set(o.path, a.ok ? { real: a.real!, dir: a.dir === true } : { code: a.code, message: a.message });
-          else if (a.ok) known.text.set(o.path, a.text ?? '');
-          else if (a.code === 'ENOENT' || a.code === 'ENOTDIR') known.text.set(o.path, null);
-        }
-      }),
-    );
+    await Promise.all([...byMp].map(([mp, ops]) => this.askBatch(mp, ops, known, of)));
     return known;
+  }
+
+  /** One probe of `mp` (statfs first), its answers into `known`. */
+  private async askBatch(mp: string, ops: FsProbeOp[], known: KnownPaths, of: string): Promise<void> {
+    const first: FsProbeOp = { op: 'statfs', path: mp };
+    const r = await this.probe.run(mp, ops, `${of}: CVMFS repository at ${mp}`, first);
+    const fs = CvmfsProbe.get(r, first);
+    if (fs && !fs.ok && fs.code !== 'ENOENT' && fs.code !== 'ENOTDIR') throw unavailable(mp, of, mp, fs);
+    for (const o of ops) {
+      const a = CvmfsProbe.get(r, o);
+      if (!a) continue;
+      if (o.op === 'realpath') known.real.set(o.path, a.ok ? { real: a.real!, dir: a.dir === true } : { code: a.code, message: a.message });
+      else if (a.ok) known.text.set(o.path, a.text ?? '');
+      else if (a.code === 'ENOENT' || a.code === 'ENOTDIR') known.text.set(o.path, null);
+    }
   }
 
   /** Readiness: null when the repository mount answers within the deadline, else why not. Never throws. */

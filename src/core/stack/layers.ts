@@ -28,6 +28,8 @@ import { isInside, pathExists } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import {
+  CHAIN_MARKER,
+  type ChainMarker,
   chainDir,
   dirtyChainMarker,
   duccChainIds,
@@ -36,6 +38,7 @@ import {
   type LayerMarker,
   type LayerRecord,
   LayerRecordError,
+  parseChainMarker,
   parseLayerMarker,
 } from '../cvmfs/layout.js';
 import { buildMasks, CATALOG_MARKER, emptyPlan, type MaskPlan, planFromScan, scanWhiteouts, type Xattr } from '../cvmfs/masks.js';
@@ -143,8 +146,8 @@ export class CvmfsLayers {
     const repos = new Set(m.layers.map((l) => l.repository));
     if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) !== null)) {
       const repo = [...repos][0]!;
-      const chain = await this.findChain(repo, hexes);
-      if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes);
+      const chain = await this.findChain(repo, hexes, known);
+      if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes, known);
     }
     // every layer at once (bounded), results top first; the failure of the topmost failing layer is thrown (as one by one)
     const realMps = new Map<string, Promise<string>>();
@@ -168,63 +171,83 @@ export class CvmfsLayers {
   }
 
   /**
-   * A DUCC `.chains` directory for the stack `hexes` (bottom first) in
-   * `repository`, if it exists and is complete.
+   * A `.chains` directory (DUCC's or ours) for the stack `hexes` (bottom
+   * first) in `repository`, if it exists, is complete (not marked dirty) and
+   * resolves inside the repository: its real path.
    */
-  async findChain(repository: string, hexes: readonly string[]): Promise<string | null> {
+  async findChain(repository: string, hexes: readonly string[], known?: KnownPaths): Promise<string | null> {
     if (hexes.length === 0) return null;
     const root = repositoryMountpoint(this.loc, repository);
-    const ids = duccChainIds(hexes);
-    const top = ids[ids.length - 1]!;
-    const dir = chainDir(root, top);
-    try {
-      const st = await fsp.stat(dir);
-      if (!st.isDirectory()) return null;
-    } catch {
+    const top = duccChainIds(hexes).at(-1)!;
+    const [mp, dir, dirty] = await Promise.all([root, chainDir(root, top), dirtyChainMarker(root, top)].map((p) => realOf(p, known)));
+    if (!dir || !('real' in dir) || !dir.dir || !mp || !('real' in mp)) return null;
+    if (!isInside(mp.real, dir.real)) {
+      this.log?.warn({ chain: top, real: dir.real }, 'chain directory resolves outside its repository; not using it');
       return null;
     }
-    try {
-      await fsp.lstat(dirtyChainMarker(root, top));
+    if (dirty && 'real' in dirty) {
       this.log?.warn({ chain: top }, 'DUCC chain directory is marked dirty; not using it');
       return null;
-    } catch {
-      /* not dirty */
     }
-    return dir;
+    return dir.real;
   }
 
   /**
-   * A chain made overlay-correct: its root catalog marker hidden and, for a
-   * chain over layers that are not ours (DUCC's), the special bits its writer
-   * dropped restored from the layers (chains.ts). Built once, cached.
+   * A chain made overlay-correct: our chain's marker says what to hide (its
+   * catalog marker and itself) and which xattrs a publish may have dropped
+   * (copies above it, as for a layer's record); a chain that is not ours
+   * (DUCC's) gets its root catalog marker hidden and the special bits its
+   * writer dropped restored from the layers (chains.ts). Built once, cached.
    */
-  async chainDirs(chain: string, repoRoot: string, hexes: readonly string[]): Promise<ResolvedStack> {
+  async chainDirs(chain: string, repoRoot: string, hexes: readonly string[], known?: KnownPaths): Promise<ResolvedStack> {
     const key = `chain:${chain}`;
     let facts = this.cache.get(key);
     if (facts?.mode === 'masked' && facts.masks && !(await pathExists(path.join(facts.masks, 'done')))) facts = undefined;
     if (!facts) {
       const t0 = Date.now();
-      const ours = (await Promise.all(hexes.map((h) => this.readMarker(repoRoot, h).catch(() => null)))).every((m) => m !== null);
-      const hide = (await rootCatalog(chain)) ? [CATALOG_MARKER] : [];
-      let modes = new Map<string, number>();
+      const marker = await this.readChainMarker(chain, duccChainIds(hexes).at(-1)!, known);
+      let plan: MaskPlan;
       let walked = 0;
-      if (!ours) {
-        const found = await specialModes([...hexes].reverse().map((h) => layerRootfs(repoRoot, h)));
-        modes = await lostModes(chain, found.modes);
-        walked = found.entries;
+      if (marker) plan = await this.planFromRecord(chain, marker.record);
+      else {
+        // an older cvmfs-thin's chain (its layers carry our markers) or DUCC's
+        const ours = (await Promise.all(hexes.map((h) => this.readMarker(repoRoot, h).catch(() => null)))).every((m) => m !== null);
+        const hide = (await rootCatalog(chain)) ? [CATALOG_MARKER] : [];
+        let modes = new Map<string, number>();
+        if (!ours) {
+          const found = await specialModes([...hexes].reverse().map((h) => layerRootfs(repoRoot, h)));
+          modes = await lostModes(chain, found.modes);
+          walked = found.entries;
+        }
+        plan = { deleted: [], opaque: [], hide, fixups: [...modes.keys()].sort(), xattrs: new Map(), modes };
       }
-      const plan: MaskPlan = { deleted: [], opaque: [], hide, fixups: [...modes.keys()].sort(), xattrs: new Map(), modes };
       if (emptyPlan(plan)) facts = { mode: 'clean' };
       else {
         const masks = path.join(this.maskRoot, createHash('sha256').update(key).digest('hex').slice(0, 32));
         await buildMasks(chain, plan, masks, this.host);
         facts = { mode: 'masked', masks, parts: ['above'] };
       }
-      this.log?.info({ chain, ducc: !ours, walked, restored: modes.size, hidden: hide.length, ms: Date.now() - t0 }, 'chain checked');
+      this.log?.info(
+        { chain, from: marker ? 'marker' : 'layers', walked, copied: plan.fixups.length, hidden: plan.hide.length, ms: Date.now() - t0 },
+        'chain checked',
+      );
       await this.cache.put(key, facts);
     }
     if (facts.mode !== 'masked') return { dirs: [chain], flattened: true, how: ['chain'] };
     return { dirs: [path.join(facts.masks!, 'above'), chain], flattened: true, how: ['mask-above', 'chain'] };
+  }
+
+  /** Our marker in a chain's root: null when there is none or it is not ours for this chain; throws for a malformed record. */
+  private async readChainMarker(chain: string, id: string, known?: KnownPaths): Promise<ChainMarker | null> {
+    const file = path.join(chain, CHAIN_MARKER);
+    const text = await textOf(file, known);
+    if (text === null) return null;
+    try {
+      return parseChainMarker(text, id);
+    } catch (e) {
+      if (!(e instanceof LayerRecordError)) throw e;
+      throw new FailedPreconditionError(`chain record ${file}: ${e.message}`, 'CVMFS_THIN_BAD_LAYER_RECORD');
+    }
   }
 
   /** Overlay-correct directories for one layer (top first): [above-mask], layer, [below-mask]. */
@@ -313,17 +336,8 @@ export class CvmfsLayers {
   /** Our marker of the layer: null when there is none or it is not ours for this layer; throws for a malformed record. */
   async readMarker(repoRoot: string, hex: string, known?: KnownPaths): Promise<LayerMarker | null> {
     const file = layerMarker(repoRoot, hex);
-    let text: string;
-    const k = known?.text.get(file);
-    if (k === null) return null;
-    if (k !== undefined) text = k;
-    else {
-      try {
-        text = await fsp.readFile(file, 'utf8');
-      } catch {
-        return null;
-      }
-    }
+    const text = await textOf(file, known);
+    if (text === null) return null;
     try {
       const m = parseLayerMarker(text, hex);
       if (!m) this.log?.warn({ hex }, 'layer marker present but not valid for this layer; scanning instead');
@@ -332,5 +346,24 @@ export class CvmfsLayers {
       if (!(e instanceof LayerRecordError)) throw e;
       throw new FailedPreconditionError(`layer record ${file}: ${e.message}`, 'CVMFS_THIN_BAD_LAYER_RECORD');
     }
+  }
+}
+
+/** A file's text from what the probe batch read, else from the file (null: absent or unreadable). */
+async function textOf(file: string, known?: KnownPaths): Promise<string | null> {
+  const k = known?.text.get(file);
+  if (k !== undefined) return k;
+  return fsp.readFile(file, 'utf8').catch(() => null);
+}
+
+/** A path's real path from the probe batch, else asked here; null: it does not resolve. */
+async function realOf(p: string, known?: KnownPaths): Promise<{ real: string; dir: boolean } | { code: string } | null> {
+  const k = known?.real.get(p);
+  if (k) return k;
+  try {
+    const real = await fsp.realpath(p);
+    return { real, dir: (await fsp.stat(real)).isDirectory() };
+  } catch (e) {
+    return { code: (e as NodeJS.ErrnoException).code ?? 'EIO' };
   }
 }
