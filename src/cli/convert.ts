@@ -16,7 +16,7 @@ import { sweepStaleSpools } from '../convert/image/spool-dir.js';
 import { GENERIC_CODE, withCode } from '../edge/error-policy.js';
 
 /** `123`, `10K`, `2.5G` (binary units) → bytes. */
-function parseSize(name: string) {
+export function parseSize(name: string) {
   return (v: string): number => {
     const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(v.trim());
     if (!m) throw new InvalidArgumentError(`${name}: ${JSON.stringify(v)} is not a size (like 512M or 100G)`, 'CVMFS_THIN_BAD_FLAG');

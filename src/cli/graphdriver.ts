@@ -28,6 +28,7 @@ const graphdriverConfigSpec = {
   'idmapped-layers': { type: 'enum', values: ['auto', 'off', 'require'] },
   prefetch: { type: 'boolean' },
   'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
+  'hot-wait': { type: 'integer', min: 0, max: 60_000 },
   'metrics-address': { type: 'string' },
   volumes: { type: 'boolean' },
   'volume-config': { type: 'string' },
@@ -89,6 +90,11 @@ export function graphdriverCommand(): Command {
       ).choices(['auto', 'off', 'require']),
     )
     .option('--no-prefetch', "do not read an image's access profile ahead when a container of it is created")
+    .option(
+      '--hot-wait <ms>',
+      "how long registering a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
+      wholeNumber,
+    )
     .option('--start-budget <ms>', 'log why a container start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber)
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
     .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');
@@ -116,7 +122,11 @@ export function graphdriverCommand(): Command {
         metrics: m.metrics,
         cvmfsTimeoutMs: s.cvmfsTimeoutMs,
         checkIntervalMs: s.checkIntervalMs,
-        starts: { prefetch: s.enabled('prefetch', 'prefetch'), budgetMs: s.pick<number>('startBudget', 'start-budget') },
+        starts: {
+          prefetch: s.enabled('prefetch', 'prefetch'),
+          budgetMs: s.pick<number>('startBudget', 'start-budget'),
+          hotWaitMs: s.pick<number>('hotWait', 'hot-wait'),
+        },
       });
     };
     daemon = await serveWithMetrics(m, s.log, start, () => (stopped = true));

@@ -9,6 +9,7 @@ import { createLogger, type LogLevel } from '../core/telemetry/log.js';
 import { stackId } from '../core/thin/profile.js';
 import { disabledProfile, imageLayers, publishProfiles, readProfiles, type ProfileWrite } from '../convert/profiles.js';
 import { addPublishingOptions, publishingFromOptions } from './publishing.js';
+import { parseSize } from './convert.js';
 
 const logLevel = () => new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('warn');
 
@@ -16,7 +17,8 @@ function report(dir: string, writes: ProfileWrite[], dryRun: boolean): void {
   const verb = dryRun ? 'would write' : 'wrote';
   for (const w of writes) {
     const p = w.profile;
-    const what = p.prefetch ? `${p.files.length} file(s), ${Math.round(p.files.reduce((a, f) => a + f.size, 0) / 1024)} KiB` : 'prefetch disabled';
+    const pack = p.pack ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}` : '';
+    const what = p.prefetch ? `${p.files.length} file(s), ${Math.round(p.files.reduce((a, f) => a + f.size, 0) / 1024)} KiB${pack}` : 'prefetch disabled';
     process.stdout.write(`${verb} ${w.path}: ${what}${w.replaced === null ? '' : ` (replacing one of ${w.replaced} file(s))`}\n`);
   }
   process.stderr.write(`profile ${dir}: ${verb} ${writes.length} profile(s)\n`);
@@ -35,11 +37,15 @@ export function profileCommand(): Command {
         .argument('<file...>', 'profile files'),
     )
       .option('--dry-run', 'validate and say what would be written')
+      .option('--no-pack', "write no pack: nodes read the profile's files one by one")
+      .option('--pack-max <bytes>', "most file content in a profile's pack, in access order (suffixes K, M, G; default 256M)", parseSize('--pack-max'))
       .addOption(logLevel())
       .action(async (files: string[], o: Record<string, unknown>) => {
         const profiles = await readProfiles(files);
-        const { dir, publisher } = publishingFromOptions(o, createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-profile'));
-        report(dir, await publishProfiles(dir, profiles, publisher, Boolean(o['dryRun'])), Boolean(o['dryRun']));
+        const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-profile');
+        const { dir, publisher } = publishingFromOptions(o, log);
+        const dryRun = Boolean(o['dryRun']);
+        report(dir, await publishProfiles(dir, profiles, publisher, { dryRun, pack: o['pack'] !== false, packMaxBytes: o['packMax'] as number | undefined, log }), dryRun);
       }),
   );
   cmd.addCommand(
@@ -51,10 +57,12 @@ export function profileCommand(): Command {
       .option('--dry-run', 'say what would be written')
       .addOption(logLevel())
       .action(async (images: string[], o: Record<string, unknown>) => {
-        const { dir, publisher } = publishingFromOptions(o, createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-profile'));
+        const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-profile');
+        const { dir, publisher } = publishingFromOptions(o, log);
         const profiles = [];
         for (const image of images) profiles.push(disabledProfile(await imageLayers(dir, image), `disabled for ${image} by cvmfs-thin profile disable`));
-        report(dir, await publishProfiles(dir, profiles, publisher, Boolean(o['dryRun'])), Boolean(o['dryRun']));
+        const dryRun = Boolean(o['dryRun']);
+        report(dir, await publishProfiles(dir, profiles, publisher, { dryRun, log }), dryRun);
       }),
   );
   cmd.addCommand(

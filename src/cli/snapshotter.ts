@@ -24,6 +24,7 @@ export const snapshotterConfigSpec = {
   'record-profiles': { type: 'boolean' },
   'record-window': { type: 'integer', min: 1, max: 600 },
   'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
+  'hot-wait': { type: 'integer', min: 0, max: 60_000 },
   'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
@@ -37,6 +38,11 @@ export function snapshotterCommand(): Command {
     .option('--no-thin-images', 'do not recognise thin images')
     .option('--no-remote-layers', 'do not serve CRI-labelled layers from CVMFS')
     .option('--no-prefetch', "do not read an image's access profile ahead when its container is prepared")
+    .option(
+      '--hot-wait <ms>',
+      "how long pulling a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
+      wholeNumber,
+    )
     .option(
       '--record-profiles',
       'record an access profile (fanotify) from the first start of an image that has none, into <root>/profiles (publish with cvmfs-thin profile publish)',
@@ -68,6 +74,7 @@ export function snapshotterCommand(): Command {
           record: s.pick<boolean>('recordProfiles', 'record-profiles') ?? false,
           recordWindowMs: (s.pick<number>('recordWindow', 'record-window') ?? 10) * 1000,
           budgetMs: s.pick<number>('startBudget', 'start-budget'),
+          hotWaitMs: s.pick<number>('hotWait', 'hot-wait'),
         },
       }),
     );

@@ -11,7 +11,9 @@ import path from 'node:path';
 import { METADATA_DIR } from '../core/cvmfs/layout.js';
 import { NotFoundError } from '../core/errors/errors.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
-import { type AccessProfile, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
+import type { Logger } from 'pino';
+import { type AccessProfile, packPath, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
+import { writeProfilePack } from './profile-pack.js';
 import type { Publisher } from './publish.js';
 import { duccImageName, parseDockerReference } from './reference.js';
 import type { ImageRecord } from './repo.js';
@@ -23,6 +25,8 @@ export interface ProfileWrite {
   profile: AccessProfile;
   /** What it replaced: none, or a profile with this many files. */
   replaced: number | null;
+  /** Profile files left out of its pack (not found as listed, or over the size limit). */
+  packSkipped?: number | undefined;
 }
 
 /** Read and validate profile files (a bad one stops everything, naming the file). */
@@ -66,13 +70,28 @@ export function disabledProfile(layers: string[], why: string): AccessProfile {
   return { schema: PROFILE_SCHEMA, version: 1, layers, prefetch: false, created: new Date().toISOString(), source: why, files: [] };
 }
 
-/** Write `profiles` into the repository in one publishing session. */
+/** How profiles are written: packs (default: with one, at most 256 MiB of files), a dry run. */
+interface PublishProfileOptions {
+  dryRun?: boolean | undefined;
+  /** Write each profile's pack (profile-pack.ts); default true. */
+  pack?: boolean | undefined;
+  packMaxBytes?: number | undefined;
+  log: Logger;
+}
+
+/**
+ * Write `profiles` into the repository in one publishing session, each with
+ * its pack (written first: a node that reads the profile finds the pack it
+ * names); a profile whose files are none of them there has no pack, and an
+ * older pack of it goes.
+ */
 export async function publishProfiles(
   repositoryDir: string,
   profiles: readonly AccessProfile[],
   publisher: Publisher,
-  dryRun = false,
+  o: PublishProfileOptions,
 ): Promise<ProfileWrite[]> {
+  const dryRun = o.dryRun === true;
   const writes: ProfileWrite[] = [];
   for (const p of profiles) {
     const rel = profilePath(p.layers);
@@ -93,6 +112,18 @@ export async function publishProfiles(
     for (const w of writes) {
       const f = path.join(repositoryDir, w.path);
       await fsp.mkdir(path.dirname(f), { recursive: true, mode: 0o755 });
+      const packFile = path.join(repositoryDir, packPath(w.profile.layers));
+      const tmp = `${packFile}.tmp-${process.pid}`;
+      await fsp.rm(tmp, { force: true });
+      const packed =
+        o.pack !== false && w.profile.prefetch && w.profile.files.length > 0
+          ? await writeProfilePack(repositoryDir, w.profile, tmp, { host: publisher.host, log: o.log, maxBytes: o.packMaxBytes })
+          : null;
+      if (packed) {
+        await fsp.rename(tmp, packFile);
+        w.profile = { ...w.profile, pack: packed.pack };
+        w.packSkipped = packed.skipped;
+      } else await fsp.rm(packFile, { force: true });
       await writeFileAtomic(f, serializeProfile(w.profile));
     }
   });

@@ -19,6 +19,7 @@ import { LayerStore } from './layer-store.js';
 import { Mounter } from './mounter.js';
 import { parseInitOptions } from './options.js';
 import { DockerStarts } from './starts.js';
+import { hotOptions } from '../core/stack/hot.js';
 
 export interface Active {
   init: InitState;
@@ -79,6 +80,7 @@ export async function openActive(
       factsFile: path.join(home, 'layer-facts.json'),
       cvmfsTimeoutMs: cfg.cvmfsTimeoutMs,
       onStall,
+      hot: hotOptions(cfg.starts, cfg.cvmfsTimeoutMs),
     });
     store = await LayerStore.load(home, stack, cfg.host, log, why === 'init');
     starts = await DockerStarts.open(cfg, home, store, stack);

@@ -20,6 +20,7 @@ import { checkOverlayPath, computeMounts, type Mount } from '../core/stack/mount
 import { type ChainLower, chainLowers, type ChainNode, type DirOwner, LayerStack, linkName } from '../core/stack/index.js';
 import type { BrokenOverlay, MountMonitor } from '../core/stack/mount-health.js';
 import type { Starts } from '../core/stack/starts.js';
+import { hotOptions } from '../core/stack/hot.js';
 import { type HeldLock, lockRoot } from '../core/state/lock.js';
 import { journalMetrics } from '../core/state/journal.js';
 import { type Metrics, noMetrics } from '../core/telemetry/metrics.js';
@@ -97,6 +98,7 @@ export class Snapshotter {
         alloc: () => store.allocId(),
         cvmfsTimeoutMs: opts.cvmfsTimeoutMs,
         onStall: () => opts.metrics?.inc('cvmfs_stalls_total', { daemon: 'snapshotter' }),
+        hot: opts.thinImages === false ? undefined : hotOptions(opts.starts, opts.cvmfsTimeoutMs),
       });
       const starts = await openStarts(opts, root, store, stack);
       const s = new Snapshotter({ ...opts, root }, store, stack, lock, gate, starts);

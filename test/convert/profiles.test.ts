@@ -4,12 +4,15 @@
  * written under .profiles/ in one session of the publishing hooks, an
  * opt-out for a converted image, hostile files refused naming the field.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { PROFILE_SCHEMA, profilePath, serializeProfile, type AccessProfile } from '../../src/core/thin/profile.js';
+import { packPath, parseProfile, PROFILE_SCHEMA, profilePath, serializeProfile, type AccessProfile } from '../../src/core/thin/profile.js';
+import { addLayer } from '../helpers/cvmfs-tree.js';
 import { duccImageName, parseDockerReference } from '../../src/convert/reference.js';
-import { tempDir } from '../helpers/env.js';
+import { needs, tempDir } from '../helpers/env.js';
 import { runCli } from './cli.js';
 
 const H = (c: string) => c.repeat(64);
@@ -73,6 +76,36 @@ describe('cvmfs-thin profile', () => {
       /^stack [0-9a-f]{64} \(2 layer\(s\)\), created 2026-12-06T10:00:00Z, test\nprefetch: 2 file\(s\), 2 KiB\n {7}1 ms {8}2048 {2}bin\/sh\n {7}- {13}10 {2}app\/x\.py\n$/,
     );
   });
+
+  it.skipIf(needs({ root: 'an overlay whiteout (mknod)' }))(
+    "writes each profile's pack beside it (the files as the stack shows them), named in the profile; --no-pack removes it",
+    async () => {
+      const l1 = addLayer(repo, 'pk1', { 'app/x.py': 'print(1)\n', 'app/old': 'o' });
+      const l2 = addLayer(repo, 'pk2', { 'app/y.py': 'y', 'app/old': { whiteout: true } }, { converter: true });
+      const layers = [l1.hex, l2.hex];
+      const f = file(
+        'pk.json',
+        serializeProfile(
+          prof(layers, [
+            { path: 'app/x.py', layer: l1.hex, size: 9 },
+            { path: 'app/old', layer: l1.hex, size: 1 },
+            { path: 'app/y.py', layer: l2.hex, size: 1 },
+          ]),
+        ),
+      );
+      const r = await runCli(['profile', 'publish', '--repository-dir', repo, ...hooks, f]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/: 3 file\(s\), 0 KiB; pack of 2 file\(s\), \d+ KiB \(1 left out\)\n$/);
+      const pack = path.join(repo, packPath(layers));
+      const written = parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8')).pack!;
+      expect(written).toEqual({ bytes: statSync(pack).size, sha256: createHash('sha256').update(readFileSync(pack)).digest('hex'), files: 2 });
+      const names = execFileSync('tar', ['-tf', pack], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
+      expect(names).toEqual(['./', 'app/', 'app/x.py', 'app/y.py']);
+      const off = await runCli(['profile', 'publish', '--repository-dir', repo, '--no-pack', f]);
+      expect(off.code, off.stderr).toBe(0);
+      expect([existsSync(pack), parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8')).pack]).toEqual([false, undefined]);
+    },
+  );
 
   it('refuses a hostile or broken profile before any transaction, naming the file and field', async () => {
     const before = readFileSync(hooksLog, 'utf8');

@@ -13,7 +13,7 @@
  * reports with `opened`). Device nodes are placeholder files (`nodes` says
  * what they are), owners are remembered in `owners`.
  */
-import { existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, statSync, writeFileSync } from 'node:fs';
+import { constants as fsConstants, existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import {
@@ -339,6 +339,12 @@ export class RecordingHost implements Host {
         } else if (o.op === 'read') {
           const b = await fsp.readFile(o.path);
           r = o.text ? { ok: true, bytes: b.length, text: b.toString('utf8') } : { ok: true, bytes: Math.min(b.length, o.max ?? b.length) };
+        } else if (o.op === 'copy') {
+          const st = await fsp.lstat(o.path);
+          if (!st.isFile()) throw errno('EINVAL', `${o.path} is not a regular file`);
+          if (o.max !== undefined && st.size > o.max) throw errno('EFBIG', `${o.path} is larger than ${o.max} bytes`);
+          await fsp.copyFile(o.path, o.to!, fsConstants.COPYFILE_EXCL);
+          r = { ok: true, bytes: st.size };
         } else r = { ok: true, entries: (await fsp.readdir(o.path)).length };
       } catch (e) {
         r = { ok: false, code: (e as NodeJS.ErrnoException).code ?? 'EIO', message: (e as Error).message };

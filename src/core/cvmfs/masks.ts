@@ -18,7 +18,7 @@
  * renamed into place.
  */
 import { promises as fsp } from 'node:fs';
-import type { Stats } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { pathExists, removeTree } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
@@ -107,9 +107,9 @@ export async function scanWhiteouts(root: string): Promise<WhiteoutScan> {
 }
 
 /** Owner, mode, the recorded xattrs and times of an entry onto its copy, in an order that keeps each. */
-async function copyAttrs(host: Host, src: Stats, dst: string, xattrs: readonly Xattr[] = [], mode?: number): Promise<void> {
-  host.lchown(dst, src.uid, src.gid); // first: a chown clears setuid bits and security.capability
-  if (!src.isSymbolicLink()) await fsp.chmod(dst, mode ?? src.mode & 0o7777);
+async function copyAttrs(host: Host, src: BigIntStats, dst: string, xattrs: readonly Xattr[] = [], mode?: number): Promise<void> {
+  host.lchown(dst, Number(src.uid), Number(src.gid)); // first: a chown clears setuid bits and security.capability
+  if (!src.isSymbolicLink()) await fsp.chmod(dst, mode ?? Number(src.mode & 0o7777n));
   for (const x of xattrs) {
     try {
       host.lsetxattr(dst, x.name, x.value);
@@ -117,15 +117,17 @@ async function copyAttrs(host: Host, src: Stats, dst: string, xattrs: readonly X
       /* e.g. security.selinux on a host without it: attributes are best effort */
     }
   }
-  await fsp.lutimes(dst, src.atime, src.mtime);
+  // to the ns, as the layer has them (a Date would round them to the ms)
+  const ns = 1_000_000_000n;
+  host.lutimesNs(dst, Number(src.atimeNs / ns), Number(src.atimeNs % ns), Number(src.mtimeNs / ns), Number(src.mtimeNs % ns));
 }
 
 /** Copy one entry of the layer (not a directory) into the mask; false when it is not there. */
-async function copyEntry(layer: string, rel: string, dst: string): Promise<Stats | null> {
+async function copyEntry(layer: string, rel: string, dst: string): Promise<BigIntStats | null> {
   const src = path.join(layer, rel);
-  let st: Stats;
+  let st: BigIntStats;
   try {
-    st = await fsp.lstat(src);
+    st = await fsp.lstat(src, { bigint: true });
   } catch {
     return null;
   }
@@ -181,7 +183,7 @@ export async function buildMasks(layer: string, plan: MaskPlan, dest: string, ho
   for (const n of plan.hide) host.mkWhiteout(path.join(above, n));
   // directory attributes deepest first, so that setting a parent's mtime is not undone by its children
   for (const d of [...dirs].sort((a, b) => b.split('/').length - a.split('/').length)) {
-    await copyAttrs(host, await fsp.lstat(path.join(layer, d)), path.join(above, d), plan.xattrs.get(d), plan.modes?.get(d));
+    await copyAttrs(host, await fsp.lstat(path.join(layer, d), { bigint: true }), path.join(above, d), plan.xattrs.get(d), plan.modes?.get(d));
   }
   await fsp.writeFile(path.join(tmp, 'done'), `${layer}\n`);
   if (await pathExists(path.join(dest, 'done'))) {

@@ -96,9 +96,11 @@ export interface OverlayMount {
  * fails.
  */
 export interface FsProbeOp {
-  op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath';
-  /** read: at most this many bytes. */
+  op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath' | 'copy';
+  /** read: at most this many bytes; copy: a larger file is refused (EFBIG). */
   max?: number;
+  /** copy: the new file (created, 0600) the regular file at `path` is copied to. */
+  to?: string;
   /** read: answer the content (UTF-8) as `text` (small files: profiles). */
   text?: boolean;
   path: string;

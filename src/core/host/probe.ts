@@ -215,3 +215,20 @@ export class CvmfsProbe {
     return results.get(opKey(op));
   }
 }
+
+/**
+ * A small CVMFS file's text (profiles, markers) by the probe helper, on its
+ * own (not batched with a mount's probes): null when unreadable, 'stalled'
+ * past `timeoutMs`.
+ */
+export async function probeText(host: Host, file: string, timeoutMs: number): Promise<string | null | 'stalled'> {
+  const ctl = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const a = await Promise.race([
+    host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
+    new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), timeoutMs))),
+  ]);
+  clearTimeout(timer);
+  if (a === 'stalled') ctl.abort();
+  return a === 'stalled' ? a : a?.ok ? (a.text ?? '') : null;
+}

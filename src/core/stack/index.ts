@@ -21,6 +21,7 @@ import type { FsProbeOp, FsProbeResult, Host } from '../host/host.js';
 import { readThinLayer } from '../thin/layer.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { FactsFile } from './facts.js';
+import { type HotOptions, HotLayers, type HotResult } from './hot.js';
 import { type LinkBatch, ShortLinks } from './links.js';
 import { CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
@@ -47,6 +48,8 @@ interface LayerStackOptions {
   cvmfsTimeoutMs?: number | undefined;
   /** A CVMFS probe became overdue (the daemon's stall counter). */
   onStall?: (mount: string) => void;
+  /** Hot layers of thin images with a profile pack (hot.ts); none when absent. */
+  hot?: HotOptions | undefined;
 }
 
 /** A thin layer resolved and linked. */
@@ -59,6 +62,8 @@ interface ThinLinked {
   how: string[];
   /** The links made: remove them if the caller fails to record the result. */
   links: LinkBatch;
+  /** The hot layer asked for (hot.ts), whether or not it came in time. */
+  hot?: HotResult | undefined;
 }
 
 export class LayerStack {
@@ -70,6 +75,7 @@ export class LayerStack {
   /** Every question to CVMFS, with a deadline and off the process (probe.ts). */
   readonly probe: CvmfsProbe;
   private readonly log: Logger;
+  private readonly hot: HotLayers | undefined;
 
   private constructor(
     o: LayerStackOptions,
@@ -82,6 +88,7 @@ export class LayerStack {
     this.links = new ShortLinks(path.join(o.root, 'l'), o.alloc);
     this.probe = new CvmfsProbe({ host: o.host, log: o.log, timeoutMs: o.cvmfsTimeoutMs, onStall: o.onStall });
     this.cvmfs = new CvmfsLayers(o.location, this.masksDir, facts, o.host, o.log);
+    this.hot = o.hot && new HotLayers(this.masksDir, o.host, o.log, o.hot);
   }
 
   static async open(o: LayerStackOptions): Promise<LayerStack> {
@@ -104,18 +111,31 @@ export class LayerStack {
     }
     if (!thin) return null;
     const m = thin.manifest;
+    // the hot layer (a profile's pack, fetched beside the resolution), for layers of one repository
+    const repos = new Set(m.layers.map((l) => l.repository));
+    const mp = repositoryMountpoint(this.location, m.layers.at(-1)!.repository);
+    const hotJob =
+      this.hot && repos.size === 1
+        ? this.hot.forStack(
+            mp,
+            m.layers.map((l) => l.hex),
+          )
+        : undefined;
+    hotJob?.catch(() => undefined);
     // what resolving needs of CVMFS, asked in one batch of the probe helper (with the deadline);
     // the resolver asks the thread pool only for what this did not answer
     const known = await this.askThin(m, `thin image ${String(ctx['snapshot'] ?? ctx['id'] ?? dir)}`);
     const resolved = await this.cvmfs.resolveThin(m, known);
-    const links = await this.links.link(resolved.dirs);
+    const hot = await hotJob;
+    const dirs = hot?.dir ? [hot.dir, ...resolved.dirs] : resolved.dirs;
+    const links = await this.links.link(dirs);
     const lowers = [...links.made].map(([link, d]) => ({ link, dir: d }));
-    const how = [...new Set(resolved.how)];
+    const how = [...new Set(hot?.dir ? ['hot', ...resolved.how] : resolved.how)];
     this.log.info(
-      { ...ctx, layers: m.layers.length, lowers: lowers.length, how, origin: m.origin },
+      { ...ctx, layers: m.layers.length, lowers: lowers.length, how, origin: m.origin, ...(hot ? { hot: hot.why, hotMs: hot.ms } : {}) },
       'thin image: its CVMFS layers are the lowers of the layers above',
     );
-    return { file: thin.file, manifest: m, lowers, how, links };
+    return { file: thin.file, manifest: m, lowers, how, links, hot };
   }
 
   /**

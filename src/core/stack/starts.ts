@@ -16,9 +16,10 @@
  * the snapshot's) appears in the mount table, lasts `recordWindowMs`, and
  * maps each file to the layer that served it.
  */
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { probeText } from '../host/probe.js';
 import { repositoryMountpoint } from '../cvmfs/location.js';
 import { writeFileAtomic } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
@@ -45,6 +46,8 @@ export interface StartOptions {
   prefetchLimits?: Omit<PrefetchOptions, 'signal'> | undefined;
   /** Bounds of the profiles kept in `<root>/profiles` (local-profiles.ts). */
   keep?: Partial<KeepLimits> | undefined;
+  /** How long a pull waits for the image's hot layer (its profile's pack, hot.ts; default 1500 ms, 0: none). */
+  hotWaitMs?: number | undefined;
 }
 
 interface Outcome {
@@ -112,7 +115,7 @@ export class Starts {
       live: o.liveStacks,
       published: async (id, repo) => {
         const mp = repositoryMountpoint(o.stack.location, repo ?? o.stack.location.repository);
-        const text = await this.probeText(path.join(mp, PROFILES_DIR, id.slice(0, 2), `${id}.json`)).catch(() => undefined);
+        const text = await probeText(o.host, path.join(mp, PROFILES_DIR, id.slice(0, 2), `${id}.json`), o.stack.probe.timeoutMs).catch(() => undefined);
         return text === 'stalled' ? undefined : text;
       },
     });
@@ -233,6 +236,8 @@ export class Starts {
       if (!profile?.prefetch || this.o.prefetch === false) return { from, profile, startedAt };
       const byHex = new Map<string, string>();
       let chain: string | undefined;
+      // the files of the image's hot layer are read from local disk: not fetched again
+      const hot = dirs.find((d) => path.basename(d) === `hot-${id}`);
       for (const d of dirs) {
         const m = LAYER_DIR.exec(d);
         if (m) byHex.set(m[1]!, d);
@@ -240,7 +245,7 @@ export class Starts {
       }
       const files = profile.files.flatMap((f) => {
         const base = f.layer ? (byHex.get(f.layer) ?? chain) : chain;
-        return base ? [{ path: path.join(base, f.path), size: f.size }] : [];
+        return base && !(hot && existsSync(path.join(hot, f.path))) ? [{ path: path.join(base, f.path), size: f.size }] : [];
       });
       const prefetch = await prefetchFiles(this.o.host, files, { ...this.o.prefetchLimits, signal: this.ctl.signal });
       // a stale profile (most files gone): looked up again, and learnt again by a recording node, next time
@@ -282,7 +287,7 @@ export class Starts {
           if (typeof r === 'string') return { profile: null, from: `invalid: ${file} ${r} (left alone)` };
           text = r?.text ?? null;
         } else {
-          const t = await this.probeText(file);
+          const t = await probeText(this.o.host, file, this.o.stack.probe.timeoutMs);
           if (t === 'stalled')
             return { profile: null, from: `unavailable: ${file} did not answer within ${this.o.stack.probe.timeoutMs / 1000} s (cvmfs-timeout)` };
           text = t;
@@ -301,19 +306,6 @@ export class Starts {
       }
     }
     return { profile: null, from: 'none' };
-  }
-
-  /** A CVMFS file's text (null: unreadable) by the probe helper, beside a Prepare's probes; "stalled" past cvmfs-timeout. */
-  private async probeText(file: string): Promise<string | null | 'stalled'> {
-    const ctl = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const a = await Promise.race([
-      this.o.host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
-      new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), this.o.stack.probe.timeoutMs))),
-    ]);
-    clearTimeout(timer);
-    if (a === 'stalled') ctl.abort();
-    return a === 'stalled' ? a : a?.ok ? (a.text ?? '') : null;
   }
 
   /** Wait for the container's overlay, record its opens, map them to layers, save the profile locally. */

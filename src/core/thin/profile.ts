@@ -42,7 +42,25 @@ export interface AccessProfile {
   /** How it was learnt (recorder, window), free text. */
   source?: string | undefined;
   files: ProfileEntry[];
+  /**
+   * The profile's files packed into one tar beside it (`<stack id>.pack`,
+   * SPEC §8): a node fetches that one object and starts its containers with
+   * those files from a local layer above the image's (core/stack/hot.ts).
+   */
+  pack?: ProfilePack | undefined;
 }
+
+export interface ProfilePack {
+  /** Size of the tar. */
+  bytes: number;
+  /** sha256 (hex) of the tar: a node uses it only when it matches. */
+  sha256: string;
+  /** Regular files in it (the first ones of `files` that were found, in access order). */
+  files: number;
+}
+
+/** The most a pack may hold (a node's local copy of the hottest files of one image). */
+export const MAX_PACK_BYTES = 1 << 30;
 
 const HEX64 = /^[a-f0-9]{64}$/;
 
@@ -57,6 +75,9 @@ export function profilePath(layers: readonly string[]): string {
   const id = stackId(layers);
   return path.posix.join(PROFILES_DIR, id.slice(0, 2), `${id}.json`);
 }
+
+/** Where the pack of a stack's profile lives, relative to the repository root. */
+export const packPath = (layers: readonly string[]): string => profilePath(layers).replace(/\.json$/, '.pack');
 
 class ProfileError extends InvalidArgumentError {
   constructor(field: string, why: string) {
@@ -88,7 +109,7 @@ export function parseProfile(text: string): AccessProfile {
   if (!o || typeof o !== 'object' || Array.isArray(o)) throw new ProfileError('file', 'must be a JSON object');
   const r = o as Record<string, unknown>;
   for (const k of Object.keys(r))
-    if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files'].includes(k)) throw new ProfileError(k, 'is not a known field');
+    if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files', 'pack'].includes(k)) throw new ProfileError(k, 'is not a known field');
   if (r['schema'] !== PROFILE_SCHEMA) throw new ProfileError('schema', `must be ${JSON.stringify(PROFILE_SCHEMA)}`);
   if (r['version'] !== 1) throw new ProfileError('version', 'must be 1');
   const layers = r['layers'];
@@ -124,7 +145,21 @@ export function parseProfile(text: string): AccessProfile {
     created: r['created'],
     source: r['source'] as string | undefined,
     files: out,
+    pack: r['pack'] === undefined ? undefined : parsePack(r['pack']),
   };
+}
+
+function parsePack(v: unknown): ProfilePack {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ProfileError('pack', 'must be an object');
+  const p = v as Record<string, unknown>;
+  for (const k of Object.keys(p)) if (!['bytes', 'sha256', 'files'].includes(k)) throw new ProfileError(`pack.${k}`, 'is not a known field');
+  const { bytes, sha256, files } = p;
+  if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 1024 || bytes > MAX_PACK_BYTES)
+    throw new ProfileError('pack.bytes', `must be a byte count from 1024 to ${MAX_PACK_BYTES}`);
+  if (typeof sha256 !== 'string' || !HEX64.test(sha256)) throw new ProfileError('pack.sha256', 'must be a hex sha256');
+  if (typeof files !== 'number' || !Number.isSafeInteger(files) || files < 0 || files > MAX_PROFILE_FILES)
+    throw new ProfileError('pack.files', `must be a count of at most ${MAX_PROFILE_FILES}`);
+  return { bytes, sha256, files };
 }
 
 export function serializeProfile(p: AccessProfile): string {

@@ -1,0 +1,228 @@
+/**
+ * Hot layers (issue 18, cold starts): a profile's pack written from a
+ * repository tree (convert/profile-pack.ts) holds each listed file as the
+ * stack shows it — the topmost layer's, never one a higher layer deleted,
+ * hid behind an opaque directory or replaced, whatever the layers' forms —
+ * and a node's hot layer made from it (core/stack/hot.ts) changes nothing a
+ * container sees: an overlay with it on top equals the overlay without it,
+ * entry by entry (owners, modes, times, xattrs, content). A pack that is not
+ * the one the profile names, holds anything but files and directories, is
+ * too large or does not arrive in time is not used.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { writeProfilePack } from '../../src/convert/profile-pack.js';
+import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
+import { type HotOptions, HotLayers } from '../../src/core/stack/hot.js';
+import { CvmfsLayers } from '../../src/core/stack/layers.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { lsetxattr, MNT_DETACH, mount, MS_RDONLY, umount } from '../../src/core/host/sys.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import { packEntriesToBuffer } from '../../src/core/tar/index.js';
+import { type AccessProfile, packPath, PROFILE_SCHEMA, profilePath, serializeProfile, stackId } from '../../src/core/thin/profile.js';
+import { LayerStack } from '../../src/core/stack/index.js';
+import { parseThinManifest } from '../../src/core/thin/manifest.js';
+import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
+import { MemoryFacts } from '../helpers/cvmfs-sim/stack.js';
+import { treeDiff, treeSnapshot } from '../helpers/cvmfs-sim/tree-diff.js';
+import { needs, tempDir } from '../helpers/env.js';
+import { RecordingHost } from '../helpers/recording-host.js';
+import { createHash } from 'node:crypto';
+
+const REPO = 'unpacked.example.org';
+const log = silentLogger();
+const OPTS: HotOptions = { waitMs: 10_000, maxBytes: 64 << 20, readTimeoutMs: 5_000 };
+const CAP = Buffer.from('0100000200200000000000000000000000000000', 'hex').toString('base64');
+
+/** Three layers, one of each form: a record (xattrs), overlay whiteouts (converter v1), DUCC's .wh.* files. */
+function stack(repo: string): FakeLayer[] {
+  const a = addLayer(
+    repo,
+    'a',
+    { 'bin/tool': 'tool', 'etc/a.conf': 'old', 'etc/old.conf': 'x', 'lib/x/y.so': 'y', 'opt/keep/f': 'f', sized: '12345' },
+    { record: { deleted: [], opaque: [], xattrs: [{ path: 'bin/tool', name: 'security.capability', value: CAP }], hidden: [] } },
+  );
+  fs.chownSync(path.join(a.dir, 'bin/tool'), 1000, 1000);
+  fs.chmodSync(path.join(a.dir, 'bin/tool'), 0o4755);
+  const b = addLayer(
+    repo,
+    'b',
+    { 'etc/a.conf': 'new', 'etc/old.conf': { whiteout: true }, 'opt/keep': { opaque: true, dir: true }, 'opt/keep/g': 'g', 'lib/x/z.so': 'z' },
+    { converter: true },
+  );
+  fs.chmodSync(path.join(b.dir, 'lib/x'), 0o750);
+  fs.chownSync(path.join(b.dir, 'lib/x'), 7, 8);
+  fs.utimesSync(path.join(b.dir, 'lib/x'), 1_000_000, 1_000_000);
+  lsetxattr(path.join(b.dir, 'etc/a.conf'), 'user.note', 'kept');
+  const c = addLayer(repo, 'c', { 'lib/x/.wh.y.so': '', 'usr/bin/c': 'c' });
+  return [a, b, c];
+}
+
+function profileOf(ls: FakeLayer[], files: [string, number][]): AccessProfile {
+  return {
+    schema: PROFILE_SCHEMA,
+    version: 1,
+    layers: ls.map((l) => l.hex),
+    prefetch: true,
+    created: new Date().toISOString(),
+    files: files.map(([p, size], i) => ({ path: p, size, layer: ls[0]!.hex, at: i })),
+  };
+}
+
+/** Publish `profile` with a pack from `buf` (or written from the tree) into the repository. */
+async function publish(repo: string, profile: AccessProfile, buf?: Buffer, files?: number): Promise<AccessProfile> {
+  const out = path.join(repo, packPath(profile.layers));
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.rmSync(out, { force: true });
+  let p = profile;
+  if (buf) {
+    fs.writeFileSync(out, buf);
+    p = { ...p, pack: { bytes: buf.length, sha256: createHash('sha256').update(buf).digest('hex'), files: files ?? 1 } };
+  } else {
+    const r = await writeProfilePack(repo, profile, out, { host: systemHost, log });
+    p = { ...p, pack: r!.pack };
+  }
+  fs.writeFileSync(path.join(repo, profilePath(profile.layers)), serializeProfile(p));
+  return p;
+}
+
+const LISTED: [string, number][] = [
+  ['bin/tool', 4],
+  ['etc/a.conf', 3], // the profile names layer a: the pack takes b's (the one the stack shows)
+  ['etc/old.conf', 1], // deleted by b's whiteout
+  ['lib/x/y.so', 1], // deleted by c's .wh. file
+  ['opt/keep/f', 1], // hidden by b's opaque directory
+  ['opt/keep/g', 1],
+  ['lib/x/z.so', 1],
+  ['usr/bin/c', 1],
+  ['missing/file', 3],
+  ['sized', 99], // not the listed size
+];
+
+describe.skipIf(needs({ root: 'chown, xattrs, overlay mounts' }))('a hot layer on a real overlay', () => {
+  it('the pack holds the files the stack shows; the overlay with the hot layer on top equals the one without, entry by entry', async () => {
+    const work = tempDir('hot-layer-');
+    const repo = path.join(work, 'cvmfs', REPO);
+    const ls = stack(repo);
+    const out = path.join(work, 'p.pack');
+    const r = await writeProfilePack(repo, profileOf(ls, LISTED), out, { host: systemHost, log });
+    expect(r).toMatchObject({ pack: { files: 5 }, skipped: 5 });
+    await publish(repo, profileOf(ls, LISTED));
+    fs.mkdirSync(path.join(work, 'masks'));
+    const hot = await new HotLayers(path.join(work, 'masks'), systemHost, log, OPTS).forStack(
+      repo,
+      ls.map((l) => l.hex),
+    );
+    expect(hot.why).toBe('pack');
+    const files = treeSnapshot(hot.dir!);
+    expect(
+      [...files]
+        .filter(([, n]) => n.type === 'file')
+        .map(([p]) => p)
+        .sort(),
+    ).toEqual(['bin/tool', 'etc/a.conf', 'lib/x/z.so', 'opt/keep/g', 'usr/bin/c']);
+    expect(fs.readFileSync(path.join(hot.dir!, 'etc/a.conf'), 'utf8')).toBe('new');
+
+    const manifest = parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
+    const loc = cvmfsLocation({ repository: REPO, absoluteMountpoint: repo });
+    const resolved = await new CvmfsLayers(loc, path.join(work, 'masks'), new MemoryFacts(), systemHost).resolveThin(manifest);
+    const [without, withHot] = [path.join(work, 'without'), path.join(work, 'with')];
+    for (const d of [without, withHot]) fs.mkdirSync(d);
+    mount('overlay', without, 'overlay', MS_RDONLY, `lowerdir=${resolved.dirs.join(':')}`);
+    mount('overlay', withHot, 'overlay', MS_RDONLY, `lowerdir=${[hot.dir!, ...resolved.dirs].join(':')}`);
+    try {
+      const want = treeSnapshot(without);
+      expect(want.get('bin/tool')).toMatchObject({ mode: '4755', owner: '1000:1000', xattrs: { 'security.capability': CAP } });
+      expect(want.get('etc/a.conf')?.xattrs).toEqual({ 'user.note': Buffer.from('kept').toString('base64') });
+      expect(treeDiff(want, treeSnapshot(withHot))).toEqual([]);
+      // directories (their times too) are the stack's
+      for (const d of ['.', 'lib', 'lib/x', 'opt', 'opt/keep', 'usr/bin']) {
+        const [a, b] = [fs.lstatSync(path.join(without, d)), fs.lstatSync(path.join(withHot, d))];
+        const [an, bn] = [fs.lstatSync(path.join(without, d), { bigint: true }).mtimeNs, fs.lstatSync(path.join(withHot, d), { bigint: true }).mtimeNs];
+        expect([b.mode, b.uid, b.gid, bn], d).toEqual([a.mode, a.uid, a.gid, an]);
+      }
+    } finally {
+      umount(without, MNT_DETACH);
+      umount(withHot, MNT_DETACH);
+    }
+  });
+});
+
+describe('a hot layer that is not used', () => {
+  const setup = () => {
+    const work = tempDir('hot-refused-');
+    const repo = path.join(work, 'cvmfs', REPO);
+    const ls = [addLayer(repo, 'h1', { 'app/x': 'x' }), addLayer(repo, 'h2', { 'app/y': 'y' })];
+    const masks = path.join(work, 'masks');
+    fs.mkdirSync(masks);
+    return { work, repo, ls, masks, hexes: ls.map((l) => l.hex) };
+  };
+  const tar = (entries: Parameters<typeof packEntriesToBuffer>[0]) => packEntriesToBuffer([...entries, { name: 'pad', data: Buffer.alloc(2048) }]);
+
+  it('a pack that is not the one the profile names, holds a link, leaves its directory or is over the node’s limit: no hot layer, nothing left behind', async () => {
+    const { repo, ls, masks, hexes } = setup();
+    const p = profileOf(ls, [['app/x', 1]]);
+    const hot = () => new HotLayers(masks, systemHost, log, OPTS).forStack(repo, hexes);
+    // tampered after publishing
+    await publish(repo, p, tar([{ name: 'app/x', data: 'x' }]), 2);
+    fs.appendFileSync(path.join(repo, packPath(hexes)), 'more');
+    expect((await hot()).why).toMatch(/^pack not copied: .* is larger than|^pack is not the one the profile names/);
+    // a symlink in it
+    await publish(repo, p, tar([{ name: 'app/x', type: 'symlink', linkname: '/etc/shadow' }]), 1);
+    expect((await hot()).why).toMatch(/pack holds 1 files and 1 other entries/);
+    // a path out of its directory
+    await publish(repo, p, tar([{ name: '../../escape', data: 'e' }]), 2);
+    expect((await hot()).why).toMatch(/^failed: /);
+    expect(fs.existsSync(path.join(masks, '..', 'escape'))).toBe(false);
+    // over the node's limit
+    await publish(repo, p, tar([{ name: 'app/x', data: 'x' }]), 2);
+    expect((await new HotLayers(masks, systemHost, log, { ...OPTS, maxBytes: 1024 }).forStack(repo, hexes)).why).toMatch(/over the node's 1024/);
+    // none of these left a directory, a copy or a temporary behind
+    expect(fs.readdirSync(masks)).toEqual([]);
+    // no profile, or one without a pack, or for other layers: said so
+    fs.rmSync(path.join(repo, '.profiles'), { recursive: true });
+    expect((await hot()).why).toBe('no profile');
+  });
+
+  it('a pull waits at most the wait; the fetch goes on and the next pull of the layers finds the hot layer', async () => {
+    const { repo, ls, masks, hexes } = setup();
+    await publish(repo, profileOf(ls, [['app/x', 1]]), tar([{ name: 'app/' }, { name: 'app/x', data: 'x' }]), 2);
+    const host = new RecordingHost();
+    host.stalled.add(path.join(repo, packPath(hexes)));
+    const hot = new HotLayers(masks, host, log, { ...OPTS, waitMs: 200 });
+    const t0 = Date.now();
+    const first = await hot.forStack(repo, hexes);
+    expect(first).toMatchObject({ dir: null, why: 'not ready within 200 ms' });
+    expect(Date.now() - t0).toBeLessThan(2000);
+    host.unstall();
+    const second = await hot.forStack(repo, hexes); // the same fetch, now answered
+    expect(second.dir).toMatch(/\/hot-[0-9a-f]{64}$/);
+    expect((await hot.forStack(repo, hexes)).why).toBe('local');
+    expect(fs.readFileSync(path.join(second.dir!, 'app/x'), 'utf8')).toBe('x');
+  });
+
+  it('a thin image pulled with a pack gets its hot layer as its topmost lower; without a pack, or with --hot-wait 0, none', async () => {
+    const { work, repo, ls, hexes } = setup();
+    const dir = path.join(work, 'thin');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'thin.json'), thinJson(REPO, ls));
+    const open = (root: string, hot?: HotOptions) =>
+      LayerStack.open({
+        root: path.join(work, root),
+        location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+        host: new RecordingHost(),
+        log,
+        factsFile: path.join(work, root, 'f.json'),
+        hot,
+      });
+    const none = await (await open('s0', OPTS)).linkThin(dir, { snapshot: 'a' });
+    expect([none!.how, none!.hot?.why]).toEqual([['clean'], 'no profile']);
+    await publish(repo, profileOf(ls, [['app/x', 1]]), tar([{ name: 'app/' }, { name: 'app/x', data: 'x' }]), 2);
+    const r = await (await open('s1', OPTS)).linkThin(dir, { snapshot: 'b' });
+    expect(r!.how).toEqual(['hot', 'clean']);
+    expect(r!.lowers.map((l) => l.dir)).toEqual([path.join(work, 's1', 'masks', `hot-${stackId(hexes)}`), ls[1]!.dir, ls[0]!.dir]);
+    const off = await (await open('s2')).linkThin(dir, { snapshot: 'c' });
+    expect([off!.how, off!.hot]).toEqual([['clean'], undefined]);
+  });
+});
