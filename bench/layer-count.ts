@@ -26,6 +26,12 @@
  * wiped, mounted, fresh node, thin pull+run (cold); then another fresh node on the kept mount,
  * thin pull+run (warm). Stratum-0 over loopback HTTP: cold figures are a lower bound.
  *
+ * Top chain (BENCH_CHAINS=1, default on): the same two images converted again with
+ * `--top-chain` (the image's own `.chains/<xx>/<id>`, layers merged) into a second stand-in
+ * tree and a second Stratum-0: a start then mounts one CVMFS directory whatever the layer
+ * count, and a cold client loads the chain's catalogs instead of one per layer and bucket.
+ * Rows marked "top chain" are those nodes, in the same runs.
+ *
  * Size (BENCH_SIZE=1, default on; needs ≥ 30 GB free in the work dir, else skipped with the
  * reason): 1 GB and 10 GB images of 5 plain-tar layers with the same files (200 small and 4
  * large per layer, only the large ones grow), converted into the stand-in tree; thin pull+run
@@ -37,7 +43,7 @@
  * start, containerd's log the shim's timeline, beside the wall time of each ctr command
  * (bench/lib/start-trace.ts; medians).
  *
- * Env: BENCH_RUNS (default 5), BENCH_REAL (1/0, default auto), BENCH_SIZE (1/0, default 1),
+ * Env: BENCH_RUNS (default 5), BENCH_REAL (1/0, default auto), BENCH_CHAINS (1/0, default 1), BENCH_SIZE (1/0, default 1),
  * BENCH_TRACE (1/0, default 1), BENCH_LATENCY_MS (delay per Stratum-0 answer, default 0),
  * BENCH_KEEP=1 (keep the work dir). Needs root, containerd, ctr, runc, busybox-static.
  */
@@ -68,6 +74,7 @@ import { medianPhases, type Phase, printTrace, traceOf } from './lib/start-trace
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 5);
 const flag = (k: string) => (process.env[k] === undefined ? undefined : process.env[k] !== '0');
 const SIZE = flag('BENCH_SIZE') ?? true;
+const CHAINS = flag('BENCH_CHAINS') ?? true;
 const TRACE = flag('BENCH_TRACE') ?? true;
 const LATENCY = Number(process.env['BENCH_LATENCY_MS'] ?? 0);
 const log = (s: string) => process.stderr.write(`[layer-count] ${s}\n`);
@@ -127,6 +134,8 @@ async function main(): Promise<void> {
   const convertTo = (source: string, thin: string, o: { repositoryDir: string; repository: string; extra?: string[] }) =>
     convert(source, { ...o, thinTar: path.join(work, thin), lockFile: path.join(work, 'convert.lock') });
   const images = {} as Record<N, Image>;
+  const chainTree = path.join(work, 'standin-chain', repository);
+  const cimages = {} as Record<N, Image>;
   for (const n of NS) {
     log(`building and converting the ${n}-layer image...`);
     const layers = spreadLayers(n);
@@ -140,6 +149,12 @@ async function main(): Promise<void> {
     out(
       `image ${n} layers: ${layers.reduce((a, l) => a + l.length, 0)} tar entries, ${(raw / 1e6).toFixed(1)} MB of layer tars, ${(gz / 1e6).toFixed(1)} MB gzip; convert into the stand-in tree ${c.seconds.toFixed(1)} s (not timed below)`,
     );
+    if (CHAINS) {
+      fs.mkdirSync(chainTree, { recursive: true });
+      const cc = await convertTo(`oci-archive:${full}`, `thin-chain-${n}.tar`, { repositoryDir: chainTree, repository, extra: ['--top-chain'] });
+      cimages[n] = { ...images[n], thin: path.join(work, `thin-chain-${n}.tar`), thinName: cc.thinName };
+      out(`  with --top-chain into a second stand-in tree: ${cc.seconds.toFixed(1)} s`);
+    }
   }
 
   // ---- stand-in tree: thin pull+run, run only, floor ----
@@ -163,12 +178,27 @@ async function main(): Promise<void> {
         add(rows, 'again', n, ro.s.run);
         add(rows, 'floor', n, fl.s.run);
       });
+      if (CHAINS) {
+        await withNode(path.join(work, `run-${i}-${n}-chain`), repository, chainTree, async ({ ctd }) => {
+          const pr = await pullRun(ctd, cimages[n].thin, cimages[n].thinName, `lc-${process.pid}-${i}-${n}-chain`, SPREAD_CMD, SN);
+          check(pr.out, `thin ${n}, top chain`);
+          add(rows, 'pull.chain', n, pr.s.total);
+        });
+      }
     }
   }
   out(`the command printed, the same in every container:\n  ${expected!.trim().split('\n').join('\n  ')}`);
 
   // ---- real CVMFS: cold and warm client cache ----
-  let real: { rows: Rows; bytes: Rows; client: ReturnType<typeof cvmfsClient>; repo: string; images: Record<N, Image> } | undefined;
+  interface Real {
+    rows: Rows;
+    bytes: Rows;
+    client: ReturnType<typeof cvmfsClient>;
+    repo: string;
+    images: Record<N, Image>;
+  }
+  let real: Real | undefined;
+  let realChain: Real | undefined;
   if (REAL) {
     const port = await serveStratum0(LATENCY);
     const repo = `layercount${process.pid}.example.org`;
@@ -182,30 +212,50 @@ async function main(): Promise<void> {
       out(`convert + publish into a real Stratum-0, ${n} layers: ${c.seconds.toFixed(1)} s (not timed below)`);
     }
     real = { rows: {}, bytes: {}, client: cvmfsClient(work, repo, port), repo, images: rimages };
+    if (CHAINS) {
+      const crepo = `layerchain${process.pid}.example.org`;
+      log(`cvmfs_server mkfs ${crepo}...`);
+      await makeStratum0(crepo, port);
+      const cimgs = {} as Record<N, Image>;
+      for (const n of NS) {
+        log(`convert --cvmfs-server --top-chain, ${n} layers...`);
+        const a = publishArgs(crepo);
+        const c = await convertTo(`oci-archive:${images[n].full}`, `thin-realchain-${n}.tar`, { ...a, extra: [...a.extra, '--top-chain'] });
+        cimgs[n] = { ...images[n], thin: path.join(work, `thin-realchain-${n}.tar`), thinName: c.thinName };
+        out(`convert + publish with --top-chain, ${n} layers: ${c.seconds.toFixed(1)} s (not timed below)`);
+      }
+      const cwork = path.join(work, 'chain-client');
+      fs.mkdirSync(cwork);
+      realChain = { rows: {}, bytes: {}, client: cvmfsClient(cwork, crepo, port), repo: crepo, images: cimgs };
+    }
+    const coldWarm = async (x: Real, i: number, n: N, tag: string) => {
+      const { client, rows: r } = x;
+      const img = x.images[n];
+      const id = `lcr-${process.pid}-${i}-${n}${tag}`;
+      await client.mountFresh();
+      const before = await client.downloads();
+      await withNode(path.join(work, `real-${i}-${n}${tag}-cold`), x.repo, client.mnt, async ({ ctd }) => {
+        const pr = await pullRun(ctd, img.thin, img.thinName, `${id}-cold`, SPREAD_CMD, SN);
+        check(pr.out, `real cold ${n}${tag}`);
+        add(r, 'cold', n, pr.s.total);
+      });
+      const after = await client.downloads();
+      add(x.bytes, 'bytes', n, after.bytes - before.bytes);
+      add(x.bytes, 'requests', n, after.requests - before.requests);
+      await withNode(path.join(work, `real-${i}-${n}${tag}-warm`), x.repo, client.mnt, async ({ ctd }) => {
+        const pr = await pullRun(ctd, img.thin, img.thinName, `${id}-warm`, SPREAD_CMD, SN);
+        check(pr.out, `real warm ${n}${tag}`);
+        const ro = await pullRun(ctd, undefined, img.thinName, `${id}-again`, SPREAD_CMD, SN);
+        check(ro.out, `real again ${n}${tag}`);
+        add(r, 'warm', n, pr.s.total);
+        add(r, 'again', n, ro.s.run);
+      });
+    };
     for (let i = 0; i < RUNS; i++) {
       for (const n of i % 2 ? [...NS].reverse() : NS) {
         log(`run ${i + 1}/${RUNS}: real CVMFS client, ${n} layers`);
-        const { client, rows: r } = real;
-        const img = rimages[n];
-        const id = `lcr-${process.pid}-${i}-${n}`;
-        await client.mountFresh();
-        const before = await client.downloads();
-        await withNode(path.join(work, `real-${i}-${n}-cold`), repo, client.mnt, async ({ ctd }) => {
-          const pr = await pullRun(ctd, img.thin, img.thinName, `${id}-cold`, SPREAD_CMD, SN);
-          check(pr.out, `real cold ${n}`);
-          add(r, 'cold', n, pr.s.total);
-        });
-        const after = await client.downloads();
-        add(real.bytes, 'bytes', n, after.bytes - before.bytes);
-        add(real.bytes, 'requests', n, after.requests - before.requests);
-        await withNode(path.join(work, `real-${i}-${n}-warm`), repo, client.mnt, async ({ ctd }) => {
-          const pr = await pullRun(ctd, img.thin, img.thinName, `${id}-warm`, SPREAD_CMD, SN);
-          check(pr.out, `real warm ${n}`);
-          const ro = await pullRun(ctd, undefined, img.thinName, `${id}-again`, SPREAD_CMD, SN);
-          check(ro.out, `real again ${n}`);
-          add(r, 'warm', n, pr.s.total);
-          add(r, 'again', n, ro.s.run);
-        });
+        await coldWarm(real, i, n, '');
+        if (realChain) await coldWarm(realChain, i, n, '-chain');
       }
     }
   }
@@ -225,19 +275,31 @@ async function main(): Promise<void> {
   row(rows, 'pull.run', '  of which run');
   row(rows, 'again', 'thin run only (2nd ctr run, snapshot committed)');
   row(rows, 'floor', 'floor: ctr run --rm, full image on overlayfs');
+  if (CHAINS) row(rows, 'pull.chain', 'thin pull+run, top chain (--top-chain)', '≤ 1.15');
   if (real) {
     head(`real CVMFS client, Stratum-0 on 127.0.0.1${LATENCY ? ` +${LATENCY} ms` : ''} (medians of ${RUNS})`);
     row(real.rows, 'cold', 'thin pull+run, cold client cache', '≤ 1.15');
     row(real.rows, 'warm', 'thin pull+run, warm client cache', '≤ 1.15');
     row(real.rows, 'again', 'thin run only, warm');
-    const dl = (n: N) => `${(median(real!.bytes['bytes']![n]) / 1e6).toFixed(2)} MB in ${median(real!.bytes['requests']![n])} requests`;
-    out(`  client downloads during a cold pull+run: ${dl(5)} (5 layers), ${dl(100)} (100 layers)`);
+    const dl = (x: Real, n: N) => `${(median(x.bytes['bytes']![n]) / 1e6).toFixed(2)} MB in ${median(x.bytes['requests']![n])} requests`;
+    out(`  client downloads during a cold pull+run: ${dl(real, 5)} (5 layers), ${dl(real, 100)} (100 layers)`);
+    if (realChain) {
+      row(realChain.rows, 'cold', 'top chain: thin pull+run, cold client cache', '≤ 1.15');
+      row(realChain.rows, 'warm', 'top chain: thin pull+run, warm client cache', '≤ 1.15');
+      row(realChain.rows, 'again', 'top chain: thin run only, warm');
+      out(`  top chain, client downloads during a cold pull+run: ${dl(realChain, 5)} (5 layers), ${dl(realChain, 100)} (100 layers)`);
+    }
   } else out(`\nreal CVMFS client: skipped (${realMissing.length ? `needs ${realMissing.join(', ')}` : 'BENCH_REAL=0'})`);
 
   // ---- where the time goes ----
   if (TRACE) {
     const cases: [string, string, string, Record<N, Image>, (() => Promise<void>) | undefined][] = [['stand-in tree', repository, tree, images, undefined]];
     if (real) cases.push(['real CVMFS, cold cache', real.repo, real.client.mnt, real.images, () => real.client.mountFresh()]);
+    if (realChain) {
+      const rc = realChain;
+      cases.push(['real CVMFS, top chain, cold cache', rc.repo, rc.client.mnt, rc.images, () => rc.client.mountFresh()]);
+      cases.push(['real CVMFS, top chain, warm cache', rc.repo, rc.client.mnt, rc.images, undefined]);
+    }
     for (const [label, repo, mnt, imgs, before] of cases) {
       const traces: Record<N, Phase[][]> = { 5: [], 100: [] };
       for (let i = 0; i < RUNS; i++) {

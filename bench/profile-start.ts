@@ -10,16 +10,24 @@
  * files), published into a Stratum-0 made for the run (`cvmfs-thin convert --cvmfs-server`),
  * its storage served over HTTP by this process with BENCH_LATENCY_MS added to every answer (a
  * network), read through a separate cvmfs2 client (bench/lib/cvmfs-real.ts). The profile is
- * learnt as a node would: a start on a node running `cvmfs-thin snapshotter --record-profiles`,
+ * learnt as a node would: a start on a node running `cvmfs-thin snapshotter --record-profiles`
+ * (--record-window max(5, BENCH_LATENCY_MS / 2) s: a slow cold start is recorded whole),
  * then `cvmfs-thin profile publish --cvmfs-server` of what it recorded (one more transaction).
+ *
+ * `profile publish` also writes the profile's pack (its files in one tar), from which a
+ * pulling node makes the image's hot layer (core/stack/hot.ts).
  *
  * Each run starts fresh nodes (containerd + snapshotter, empty roots) and times `ctr image
  * import` + `ctr run --rm` of the thin image, running a command that reads every file once:
  *   - cold, no profile: client unmounted, cache wiped, mounted; snapshotter --no-prefetch;
- *   - cold, profile: the same, with the snapshotter's default (read-ahead from the pull on);
+ *   - cold, profile (hot layer): the same, with the snapshotter's defaults (the pull fetches the
+ *     pack and waits for the hot layer up to --hot-wait; the rest read ahead from the pull on);
+ *   - cold, profile, files one by one: --hot-wait 0 (no hot layer: the profile's files are read
+ *     ahead one by one from the pull on);
  *   - cold, profile, run BENCH_GAP_MS after the pull (a kubelet pulls, then creates): the
  *     gap itself is not counted;
- *   - warm: a second node on the kept client (a node that ran the image before).
+ *   - warm: a second node on the kept client (a node that ran the image before); once per
+ *     run also with --hot-wait 0 (what a warm start costs without the hot layer).
  * The order of the two cold rows alternates. Medians; ratios against warm; the client's
  * download counters per row; one cold start's `cvmfs-thin why-slow`.
  *
@@ -103,7 +111,7 @@ async function main(): Promise<void> {
 
   // ---- learn the profile: one cold start on a recording node, then publish it ----
   await client.mountFresh();
-  const rec = await node(['--record-profiles', '--record-window', '5']);
+  const rec = await node(['--record-profiles', '--record-window', String(Math.max(5, Math.ceil(LATENCY / 2)))]);
   await start(rec, 'record');
   const profiles = path.join(rec.sn.root, 'profiles');
   const t0 = Date.now();
@@ -138,13 +146,30 @@ async function main(): Promise<void> {
     r.requests.push(s.requests);
   };
   let whySlow = '';
+  /** the snapshotter's own account of a hot layer it made (hot.ts), per row */
+  const hot: Record<string, string[]> = {};
+  const hotOf = (k: string, nd: Node) => {
+    const line = nd.sn
+      .log()
+      .split('\n')
+      .find((l) => l.includes('"hot layer ready"'));
+    if (!line) return;
+    const h = JSON.parse(line) as Record<string, number>;
+    (hot[k] ??= []).push(`${h['ms']} ms (profile ${h['profileMs']}, copy ${h['copyMs']}, unpack ${h['unpackMs']})`);
+  };
   for (let i = 0; i < RUNS; i++) {
-    const order = i % 2 === 0 ? (['none', 'profile', 'gap'] as const) : (['gap', 'profile', 'none'] as const);
+    const order = i % 2 === 0 ? (['none', 'profile', 'files', 'gap'] as const) : (['gap', 'files', 'profile', 'none'] as const);
     for (const which of order) {
       await client.mountFresh();
-      const cold = await node(which === 'none' ? ['--no-prefetch'] : []);
-      const label = { none: 'cold, no profile', profile: 'cold, profile', gap: `cold, profile, run ${GAP} ms after pull` }[which];
+      const cold = await node(which === 'none' ? ['--no-prefetch'] : which === 'files' ? ['--hot-wait', '0'] : []);
+      const label = {
+        none: 'cold, no profile',
+        profile: 'cold, profile (hot layer)',
+        files: 'cold, profile, files one by one',
+        gap: `cold, profile, run ${GAP} ms after pull`,
+      }[which];
       add(label, await start(cold, `c${i}`, which === 'gap' ? GAP : 0));
+      hotOf(label, cold);
       if (which === 'profile' && !whySlow) {
         await new Promise((r) => setTimeout(r, 1500)); // the trace is finished after the prefetch
         whySlow = await sh(process.execPath, [CLI, 'why-slow', '--root', cold.sn.root, `c${i}`]);
@@ -152,7 +177,13 @@ async function main(): Promise<void> {
       await cold.stop();
       const warm = await node();
       add('warm', await start(warm, `w${i}`));
+      hotOf('warm', warm);
       await warm.stop();
+      if (which === 'files') {
+        const plain = await node(['--hot-wait', '0']);
+        add('warm, no hot layer (--hot-wait 0)', await start(plain, `wp${i}`));
+        await plain.stop();
+      }
     }
   }
 
@@ -167,8 +198,9 @@ async function main(): Promise<void> {
   }
   const ratio = (k: string) => (median(rows[k]!.total) / warm).toFixed(2);
   out(
-    `cold with profile / warm: ${ratio('cold, profile')} (target <= 1.3); run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
+    `cold with profile / warm: ${ratio('cold, profile (hot layer)')} (target <= 1.3); its files read one by one (--hot-wait 0): ${ratio('cold, profile, files one by one')}; run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
   );
+  for (const [k, v] of Object.entries(hot)) out(`hot layer made (snapshotter's log), ${k}: ${v.join('; ')}`);
   out(`one cold start with its profile (cvmfs-thin why-slow):\n${whySlow}`);
 }
 

@@ -51,6 +51,12 @@ export function wholeNumber(v: string): number {
   return Number(v);
 }
 
+/** A flag's value: 0 or a positive whole number (0 turns the feature off). */
+export function zeroOrMore(v: string): number {
+  if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError(`${JSON.stringify(v)} is not a whole number`);
+  return Number(v);
+}
+
 interface DaemonSettings<S extends Record<string, Field>> extends Settings<S> {
   location: CvmfsLocation;
   /** `cvmfs-timeout` and `check-interval`, in ms (undefined: the defaults). */

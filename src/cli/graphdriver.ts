@@ -11,7 +11,17 @@ import { type GraphDriverDaemonOptions, type RunningGraphDriver, startGraphDrive
 import { systemHost } from '../core/host/host.js';
 import type { Metrics } from '../core/telemetry/metrics.js';
 import type { Logger } from 'pino';
-import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
+import {
+  addCvmfsOptions,
+  cvmfsKeys,
+  addMetricsOption,
+  maybeStartMetrics,
+  readiness,
+  daemonSettings,
+  serveWithMetrics,
+  wholeNumber,
+  zeroOrMore,
+} from './daemon-common.js';
 
 export const GRAPHDRIVER_DEFAULTS = {
   /** Legacy plugin discovery: dockerd -s cvmfs finds /run/docker/plugins/cvmfs.sock. */
@@ -93,7 +103,7 @@ export function graphdriverCommand(): Command {
     .option(
       '--hot-wait <ms>',
       "how long registering a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
-      wholeNumber,
+      zeroOrMore,
     )
     .option('--start-budget <ms>', 'log why a container start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber)
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')

@@ -17,7 +17,9 @@ function report(dir: string, writes: ProfileWrite[], dryRun: boolean): void {
   const verb = dryRun ? 'would write' : 'wrote';
   for (const w of writes) {
     const p = w.profile;
-    const pack = p.pack ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}` : '';
+    const pack = p.pack
+      ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}`
+      : '';
     const what = p.prefetch ? `${p.files.length} file(s), ${Math.round(p.files.reduce((a, f) => a + f.size, 0) / 1024)} KiB${pack}` : 'prefetch disabled';
     process.stdout.write(`${verb} ${w.path}: ${what}${w.replaced === null ? '' : ` (replacing one of ${w.replaced} file(s))`}\n`);
   }
@@ -45,7 +47,11 @@ export function profileCommand(): Command {
         const log = createLogger(o['logLevel'] as LogLevel, 'cvmfs-thin-profile');
         const { dir, publisher } = publishingFromOptions(o, log);
         const dryRun = Boolean(o['dryRun']);
-        report(dir, await publishProfiles(dir, profiles, publisher, { dryRun, pack: o['pack'] !== false, packMaxBytes: o['packMax'] as number | undefined, log }), dryRun);
+        report(
+          dir,
+          await publishProfiles(dir, profiles, publisher, { dryRun, pack: o['pack'] !== false, packMaxBytes: o['packMax'] as number | undefined, log }),
+          dryRun,
+        );
       }),
   );
   cmd.addCommand(

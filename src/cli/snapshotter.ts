@@ -6,7 +6,17 @@
 import { Command } from 'commander';
 import type { Field } from '../edge/settings.js';
 import { type RunningDaemon, startSnapshotter } from '../snapshotter/server.js';
-import { addCvmfsOptions, cvmfsKeys, addMetricsOption, maybeStartMetrics, readiness, daemonSettings, serveWithMetrics, wholeNumber } from './daemon-common.js';
+import {
+  addCvmfsOptions,
+  cvmfsKeys,
+  addMetricsOption,
+  maybeStartMetrics,
+  readiness,
+  daemonSettings,
+  serveWithMetrics,
+  wholeNumber,
+  zeroOrMore,
+} from './daemon-common.js';
 
 export const SNAPSHOTTER_DEFAULTS = {
   address: '/run/containerd-cvmfs-grpc/containerd-cvmfs-grpc.sock',
@@ -41,7 +51,7 @@ export function snapshotterCommand(): Command {
     .option(
       '--hot-wait <ms>',
       "how long pulling a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
-      wholeNumber,
+      zeroOrMore,
     )
     .option(
       '--record-profiles',

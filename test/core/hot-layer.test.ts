@@ -199,6 +199,9 @@ describe('a hot layer that is not used', () => {
     const second = await hot.forStack(repo, hexes); // the same fetch, now answered
     expect(second.dir).toMatch(/\/hot-[0-9a-f]{64}$/);
     expect((await hot.forStack(repo, hexes)).why).toBe('local');
+    // removed by a cleanup (no snapshot used it): the next pull fetches it again
+    fs.rmSync(second.dir!, { recursive: true });
+    expect((await hot.forStack(repo, hexes)).why).toBe('pack');
     expect(fs.readFileSync(path.join(second.dir!, 'app/x'), 'utf8')).toBe('x');
   });
 

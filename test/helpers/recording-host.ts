@@ -13,6 +13,7 @@
  * reports with `opened`). Device nodes are placeholder files (`nodes` says
  * what they are), owners are remembered in `owners`.
  */
+import { createHash } from 'node:crypto';
 import { constants as fsConstants, existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -344,7 +345,13 @@ export class RecordingHost implements Host {
           if (!st.isFile()) throw errno('EINVAL', `${o.path} is not a regular file`);
           if (o.max !== undefined && st.size > o.max) throw errno('EFBIG', `${o.path} is larger than ${o.max} bytes`);
           await fsp.copyFile(o.path, o.to!, fsConstants.COPYFILE_EXCL);
-          r = { ok: true, bytes: st.size };
+          r = {
+            ok: true,
+            bytes: st.size,
+            sha256: createHash('sha256')
+              .update(await fsp.readFile(o.to!))
+              .digest('hex'),
+          };
         } else r = { ok: true, entries: (await fsp.readdir(o.path)).length };
       } catch (e) {
         r = { ok: false, code: (e as NodeJS.ErrnoException).code ?? 'EIO', message: (e as Error).message };

@@ -108,7 +108,20 @@ export interface FsProbeOp {
 }
 
 export type FsProbeResult =
-  | { ok: true; type?: number; uid?: number; gid?: number; dev?: number; dir?: boolean; entries?: number; bytes?: number; text?: string; real?: string }
+  | {
+      ok: true;
+      type?: number;
+      uid?: number;
+      gid?: number;
+      dev?: number;
+      dir?: boolean;
+      entries?: number;
+      bytes?: number;
+      text?: string;
+      real?: string;
+      /** copy: sha256 (hex) of what was copied */
+      sha256?: string;
+    }
   | { ok: false; code: string; message: string };
 
 /** One open of a file on a watched file system (Host.watchOpens). */

@@ -47,7 +47,7 @@ async function readFile(p, max) {
     await fh.close();
   }
 }
-// a regular file (not followed if a link) copied to a new file, refused above max bytes
+// a regular file (not followed if a link) copied to a new file, refused above max bytes; its sha256 on the way
 async function copyFile(p, to, max) {
   const C = require('node:fs').constants;
   const fh = await fsp.open(p, C.O_RDONLY | C.O_NOFOLLOW);
@@ -56,16 +56,18 @@ async function copyFile(p, to, max) {
     if (!st.isFile()) throw Object.assign(new Error(p + ' is not a regular file'), { code: 'EINVAL' });
     if (max !== undefined && st.size > max) throw Object.assign(new Error(p + ' is larger than ' + max + ' bytes'), { code: 'EFBIG' });
     const out = await fsp.open(to, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+    const hash = require('node:crypto').createHash('sha256');
     try {
       let n = 0;
       for (;;) {
         const { bytesRead } = await fh.read(BUF, 0, BUF.length, n);
         if (bytesRead === 0) break;
         if (max !== undefined && n + bytesRead > max) throw Object.assign(new Error(p + ' grew over ' + max + ' bytes'), { code: 'EFBIG' });
+        hash.update(BUF.subarray(0, bytesRead));
         await out.write(BUF, 0, bytesRead, n);
         n += bytesRead;
       }
-      return n;
+      return { bytes: n, sha256: hash.digest('hex') };
     } finally {
       await out.close();
     }
@@ -91,7 +93,7 @@ async function one(o) {
       return { ok: true, bytes: b.length, text: b.toString('utf8') };
     }
     if (o.op === 'read') return { ok: true, bytes: await readFile(o.path, o.max) };
-    if (o.op === 'copy') return { ok: true, bytes: await copyFile(o.path, o.to, o.max) };
+    if (o.op === 'copy') return { ok: true, ...(await copyFile(o.path, o.to, o.max)) };
     return { ok: false, code: 'EINVAL', message: 'unknown probe ' + o.op };
   } catch (e) {
     return { ok: false, code: e.code || 'EIO', message: e.message };

@@ -281,6 +281,8 @@ export class LayerStack {
     let removed = 0;
     for (const name of await fsp.readdir(this.masksDir)) {
       if (used.has(name)) continue;
+      // a hot layer this process is fetching or unpacking now (hot.ts); a dead process's are removed
+      if (/^hot-[0-9a-f]{64}\.(?:tmp|pack)-(\d+)-/.exec(name)?.[1] === String(process.pid)) continue;
       try {
         await removeTree(path.join(this.masksDir, name), mounts);
         removed++;

@@ -261,7 +261,8 @@ export class Starts {
     const mp = repositoryMountpoint(this.o.stack.location, img.repository);
     const { before, outcome: o } = await ahead;
     if (before) t.cvmfs = { before };
-    t.profile = o.from;
+    // the image's hot layer (hot.ts) is among its lowers: its pack's files are read from local disk
+    t.profile = dirs.some((d) => path.basename(d) === `hot-${id}`) ? `${o.from}; hot layer (the profile's pack, on local disk)` : o.from;
     t.prefetch = o.prefetch;
     t.prefetchStarted = o.startedAt;
     const stale = o.prefetch !== undefined && o.prefetch.missing > o.prefetch.files;
