@@ -49,8 +49,9 @@ export function addConversionOptions(cmd: Command): Command {
     .option('--chains', 'also build DUCC chains (.chains/<xx>/<chain id>: layers merged, whiteouts applied), one per layer prefix')
     .option(
       '--top-chain',
-      "also build the image's own chain only (.chains/<xx>/<chain id> of all its layers): its containers start from that one directory, whatever the layer count",
+      "also build the image's own chain only (.chains/<xx>/<chain id> of all its layers): its containers start from that one directory, whatever the layer count (default for images of 16 layers or more)",
     )
+    .option('--no-top-chain', "never build the image's own chain (nodes stack its layers)")
     .option('--flat', 'also build the flat tree (.flat/<xx>/<config>) and the readable link <registry>/<repository>:<tag>')
     .option('--force', 'convert even if the tree says the image is up to date')
     .option('--overwrite-layers', 'replace layers that exist without a cvmfs-thin marker (e.g. written by DUCC)')
@@ -118,7 +119,8 @@ export function runFlags(o: Record<string, unknown>): RunFlags {
     repository: o['repository'] as string | undefined,
     platform: o['platform'] as string | undefined,
     allPlatforms: o['allPlatforms'] as boolean | undefined,
-    chains: o['chains'] === true ? 'all' : o['topChain'] === true ? 'top' : undefined,
+    // the image's own chain: asked, refused, or (default) for images of many layers (flat.ts)
+    chains: o['chains'] === true ? 'all' : o['topChain'] === true ? 'top' : o['topChain'] === false ? undefined : 'auto',
     flat: o['flat'] as boolean | undefined,
     force: o['force'] as boolean | undefined,
     overwriteLayers: o['overwriteLayers'] as boolean | undefined,

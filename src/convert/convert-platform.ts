@@ -8,7 +8,7 @@
  */
 import { ThinError } from '../core/errors/errors.js';
 import { ConvertError } from './errors.js';
-import { buildMerged } from './flat.js';
+import { buildMerged, chainsFor } from './flat.js';
 import { formatPlatform, hostPlatform, imageEntries, platformDirName, platformMatches, selectPlatform } from './image/platform.js';
 import type { ImageSource } from './image/source.js';
 import {
@@ -200,7 +200,8 @@ export class PlatformConverter {
         const layersOk = (await Promise.all(hexes.map((h) => this.tree.layerState(h)))).every((s) => s !== null);
         const flatOk = !this.o.flat || (await pathExists(flatDir(this.o.repositoryDir, img.manifest.config.digest.slice(7))));
         const top = chainDir(this.o.repositoryDir, duccChainIds(hexes).at(-1)!);
-        const chainsOk = !this.o.chains || (this.o.chains === 'top' ? await pathExists(top) : rec.chains);
+        const mode = chainsFor(this.o.chains, hexes.length);
+        const chainsOk = !mode || (mode === 'top' ? await pathExists(top) : rec.chains);
         if (layersOk && flatOk && chainsOk) {
           summary.status = 'skipped';
           summary.layers = img.manifest.layers.map((l) => ({ digest: l.digest, status: 'present', bytes: 0, files: 0, whiteouts: 0, opaques: 0, seconds: 0 }));
@@ -244,9 +245,9 @@ export class PlatformConverter {
     }
     try {
       for (const h of hexes) await this.tree.addOrigin(h, img.manifest.config.digest);
-      if (this.o.chains || this.o.flat) {
+      if (chainsFor(this.o.chains, hexes.length) || this.o.flat) {
         const merged = await buildMerged(this.tree, hexes, {
-          chains: this.o.chains ?? null,
+          chains: chainsFor(this.o.chains, hexes.length),
           flat: this.o.flat ? { configHex: img.manifest.config.digest.slice(7), config } : null,
           log: this.o.log,
           host: this.o.host,

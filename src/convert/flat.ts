@@ -229,8 +229,18 @@ interface MergeResult {
   flat: string | null;
 }
 
-/** Which chains to build: every prefix of the image (DUCC's `.chains`), or only the image's own (what its containers start from). */
-export type ChainsMode = 'all' | 'top';
+/**
+ * Which chains to build: every prefix of the image (DUCC's `.chains`), only the
+ * image's own (what its containers start from), or — the converter's default —
+ * the image's own when it has AUTO_CHAIN_LAYERS layers or more (on a cold CVMFS
+ * client each layer of a stack costs a catalog load, ~10 ms: bench/layer-count.ts).
+ */
+export type ChainsMode = 'all' | 'top' | 'auto';
+export const AUTO_CHAIN_LAYERS = 16;
+
+/** What `mode` builds for an image of `layers` layers. */
+export const chainsFor = (mode: ChainsMode | undefined, layers: number): 'all' | 'top' | null =>
+  mode === 'auto' ? (layers >= AUTO_CHAIN_LAYERS ? 'top' : null) : (mode ?? null);
 
 /** A chain we built (its marker valid, not dirty): its directory and record, else null. */
 async function ourChain(root: string, id: string): Promise<{ dir: string; marker: ChainMarker } | null> {

@@ -45,6 +45,8 @@ interface ProfilePlanOptions {
 
 const BUCKET = /^[a-f0-9]{2}$/;
 const NAME = /^([a-f0-9]{64})\.json$/;
+/** A profile's pack (profile-pack.ts): judged with its profile, removed with it; one without its profile goes. */
+const PACK = /^([a-f0-9]{64})\.pack$/;
 
 /** Read a profile without following a symlink or blocking on a FIFO; a reason when it is not one to judge. */
 async function readProfileFile(file: string): Promise<{ text: string; ino: bigint; mtimeNs: bigint } | string> {
@@ -101,9 +103,22 @@ export async function planProfiles(root: string, o: ProfilePlanOptions): Promise
       plan.leftAlone.push({ path: bucket, reason: b.isSymbolicLink() ? 'is a symbolic link' : 'is not a profile directory (.profiles/<xx>)' });
       continue;
     }
-    for (const f of await list(bucket)) {
+    const entries = await list(bucket);
+    const names = new Set(entries.map((e) => e.name));
+    for (const f of entries) {
       const file = path.join(bucket, f.name);
       if (f.name === CATALOG_MARKER) continue;
+      const packOf = PACK.exec(f.name)?.[1];
+      if (packOf?.startsWith(b.name)) {
+        if (names.has(`${packOf}.json`)) continue; // goes or stays with its profile
+        const ps = await fsp.lstat(file, { bigint: true }).catch(() => null);
+        if (!ps?.isFile()) plan.leftAlone.push({ path: file, reason: ps?.isSymbolicLink() ? 'is a symbolic link' : 'is not a regular file' });
+        else {
+          const age = Math.round(Math.max(0, (o.now - Number(ps.mtimeNs / 1_000_000n)) / 1000));
+          plan.go.push({ path: file, age, why: 'the pack of a profile that is gone', dependent: true, ino: ps.ino, mtimeNs: ps.mtimeNs });
+        }
+        continue;
+      }
       const id = NAME.exec(f.name)?.[1];
       if (!id || !id.startsWith(b.name)) {
         plan.leftAlone.push({ path: file, reason: 'is not named <stack id>.json in its <xx> directory' });
@@ -149,6 +164,9 @@ export async function removeProfile(v: ProfileVictim): Promise<boolean> {
   const st = await fsp.lstat(v.path, { bigint: true }).catch(() => null);
   if (!st?.isFile() || st.ino !== v.ino || st.mtimeNs !== v.mtimeNs) return false;
   await fsp.unlink(v.path);
+  // its pack, when it is a plain file
+  const pack = v.path.replace(/\.json$/, '.pack');
+  if (pack !== v.path && (await fsp.lstat(pack).catch(() => null))?.isFile()) await fsp.unlink(pack);
   await fsp.rmdir(path.dirname(v.path)).catch(() => undefined);
   return true;
 }

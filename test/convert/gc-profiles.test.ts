@@ -44,6 +44,7 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
   const p: Record<string, string> = {};
   /** Hostile entries and what gc must say about them. */
   const hostile: [string, RegExp][] = [];
+  let orphanPack = '';
   const inRepo = (layers: string[]) => path.join(repo, profilePath(layers));
   const write = (file: string, text: string) => {
     fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -137,6 +138,13 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
     write(sameBucket('4'), '');
     fs.truncateSync(sameBucket('4'), (8 << 20) + 1);
     hostile.push([sameBucket('4'), /larger than/]);
+    // packs (profile publish): with their profile, or without one (it went: the pack goes); a symlinked one is left alone
+    write(p['a']!.replace(/\.json$/, '.pack'), 'pack of a');
+    write(p['b']!.replace(/\.json$/, '.pack'), 'pack of b');
+    orphanPack = path.join(aDir, `${path.basename(aDir)}${'5'.repeat(62)}.pack`);
+    write(orphanPack, 'pack without a profile');
+    fs.symlinkSync(path.join(outside, 'victim.json'), path.join(aDir, `${path.basename(aDir)}${'6'.repeat(62)}.pack`));
+    hostile.push([path.join(aDir, `${path.basename(aDir)}${'6'.repeat(62)}.pack`), /symbolic link/]);
     write(path.join(aDir, 'notes.txt'), 'hello');
     hostile.push([path.join(aDir, 'notes.txt'), /not named/]);
     write(path.join(repo, '.profiles', 'README'), 'hello');
@@ -145,7 +153,8 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
 
   it('--dry-run lists the profiles of gone layers (an opt-out too) and keeps a young unreferenced one; hostile entries are reported', async () => {
     const g = await gc('--dry-run');
-    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!].sort());
+    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack].sort());
+    expect(g.removed.find((x) => x.path === orphanPack)?.why).toBe('the pack of a profile that is gone');
     expect(g.removed.find((x) => x.path === p['b'])?.why).toMatch(new RegExp(`layer ${hex(ls[2]!).slice(0, 12)} is gone`));
     expect(g.removed.find((x) => x.path === p['c'])?.why).toMatch(new RegExp(`layer ${hex(ls[3]!).slice(0, 12)} is gone`));
     expect(profiles(g.kept_recent)).toEqual([p['lone']!]);
@@ -167,7 +176,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
     const before = snap();
     const outsideFiles = fs.readdirSync(path.join(outside, 'bucket'));
     const g = await gc(...hooks);
-    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!].sort());
+    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack].sort());
+    expect([p['b']!.replace(/\.json$/, '.pack'), orphanPack].map((f) => fs.existsSync(f))).toEqual([false, false]);
+    expect(fs.readFileSync(p['a']!.replace(/\.json$/, '.pack'), 'utf8')).toBe('pack of a');
     expect(
       g.removed
         .filter((x) => x.kind === 'layer')
