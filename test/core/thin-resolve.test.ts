@@ -47,6 +47,16 @@ function fixture() {
   return { work, repo, layers, manifest, puts };
 }
 
+/** A LayerStack over the fixture's repository, its state in `<work>/<state>`. */
+const openStack = (work: string, repo: string, host: RecordingHost, state = 'state') =>
+  LayerStack.open({
+    root: path.join(work, state),
+    location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+    host,
+    log: silentLogger(),
+    factsFile: path.join(work, state, 'facts.json'),
+  });
+
 describe('thin images of many layers', () => {
   it('100 layers resolve top first in manifest order, each layer once; masks of a layer listed twice are built once', async () => {
     const { repo, work, layers, manifest, puts } = fixture();
@@ -123,13 +133,7 @@ describe('thin images of many layers', () => {
   it('a thin image is resolved from one probe batch (realpath of each layer, its marker); a layer that escapes the repository, is a file or is missing is named', async () => {
     const { work, repo, manifest } = fixture();
     const host = new RecordingHost();
-    const stack = await LayerStack.open({
-      root: path.join(work, 'state'),
-      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
-      host,
-      log: silentLogger(),
-      factsFile: path.join(work, 'state', 'facts.json'),
-    });
+    const stack = await openStack(work, repo, host, 'state');
     const ls = Array.from({ length: 6 }, (_, i) => addLayer(repo, `k${i}`, { [`f${i}`]: 'x' }, { converter: true }));
     const thinDir = (m: FakeLayer[]) => {
       const d = path.join(work, `thin-${Math.random().toString(36).slice(2)}`);
@@ -162,13 +166,7 @@ describe('thin images of many layers', () => {
   it("a stack with our chain is resolved from the chain alone: one probe asks for the chain, its marker and dirty marker, nothing about a layer; the marker's xattrs become copies above it", async () => {
     const { work, repo } = fixture();
     const host = new RecordingHost();
-    const stack = await LayerStack.open({
-      root: path.join(work, 'state'),
-      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
-      host,
-      log: silentLogger(),
-      factsFile: path.join(work, 'state', 'facts.json'),
-    });
+    const stack = await openStack(work, repo, host, 'state');
     const ls = Array.from({ length: 40 }, (_, i) => addLayer(repo, `c${i}`, { [`f${i}`]: 'x' }, { converter: true }));
     const ids = duccChainIds(ls.map((l) => l.hex));
     const chain = chainDir(repo, ids.at(-1)!);
@@ -211,24 +209,12 @@ describe('thin images of many layers', () => {
     renameSync(outside, chain);
     // a hostile record in a new chain's marker is refused, naming the file and the field
     rmSync(path.join(work, 'state', 'facts.json'), { force: true });
-    const other = await LayerStack.open({
-      root: path.join(work, 'state2'),
-      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
-      host,
-      log: silentLogger(),
-      factsFile: path.join(work, 'state2', 'facts.json'),
-    });
+    const other = await openStack(work, repo, host, 'state2');
     marker({ xattrs: [{ path: '../../etc/passwd', name: 'user.x', value: '' }] });
     await expect(other.linkThin(thinDir(), { snapshot: 'hostile' })).rejects.toThrow(/chain record .*\.cvmfs-thin-chain\.json: record\.xattrs\[0\]\.path/);
     // a marker for another chain is not ours: the chain is taken as DUCC's (its layers carry our markers: nothing walked)
     marker({ xattrs: [] }, ids[0]!);
-    const third = await LayerStack.open({
-      root: path.join(work, 'state3'),
-      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
-      host,
-      log: silentLogger(),
-      factsFile: path.join(work, 'state3', 'facts.json'),
-    });
+    const third = await openStack(work, repo, host, 'state3');
     expect((await third.linkThin(thinDir(), { snapshot: 'foreign' }))!.how).toEqual(['mask-above', 'chain']);
   });
 });
