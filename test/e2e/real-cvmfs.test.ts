@@ -18,6 +18,9 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MNT_DETACH, umount } from '../../src/core/host/sys.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { HotLayers } from '../../src/core/stack/hot.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
 import { runCli } from '../convert/cli.js';
 import { hasBinary, isRoot, tempDir } from '../helpers/env.js';
 import { applytoolMissing, buildThreeLayerImage, referenceRootfs, type ThreeLayerImage } from '../helpers/cvmfs-sim/image-fixture.js';
@@ -67,11 +70,11 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
   let server: http.Server;
   let image: ThreeLayerImage;
   let want: Map<string, TreeNode>;
+  const ref = path.join(work, 'reference');
 
   beforeAll(async () => {
     server = await serveStratum0();
     image = buildThreeLayerImage(path.join(work, 'image'));
-    const ref = path.join(work, 'reference');
     referenceRootfs(image, ref);
     want = treeSnapshot(ref);
   }, 120_000);
@@ -115,7 +118,7 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
     };
   }
 
-  async function publishAndCompare(name: string, extra: string[]): Promise<string[]> {
+  async function publishAndCompare(name: string, extra: string[], o: { how?: string; profile?: string[] } = {}): Promise<string[]> {
     const { repo, mountClient } = await makeRepo(name);
     const r = await runCli(
       [
@@ -135,13 +138,36 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
       { timeoutMs: 600_000 },
     );
     expect(r.code, `convert: ${r.stderr}\n${r.stdout}`).toBe(0);
+    if (o.profile) {
+      // a profile of some of the image's files, published with its pack in a second transaction
+      const files = o.profile.map((p) => ({ path: p, size: fs.statSync(path.join(ref, p)).size }));
+      const pf = path.join(work, `${name}-profile.json`);
+      fs.writeFileSync(
+        pf,
+        JSON.stringify({ schema: 'cvmfs-thin/access-profile', version: 1, layers: image.hexes, prefetch: true, created: new Date().toISOString(), files }),
+      );
+      const lock = path.join(work, `${repo}.lock`);
+      const pr = await runCli(['profile', 'publish', '--repository-dir', `/cvmfs/${repo}`, '--repository', repo, '--cvmfs-server', '--lock-file', lock, pf]);
+      expect(pr.code, pr.stderr).toBe(0);
+      expect(pr.stdout).toContain(`pack of ${files.length} file(s)`);
+    }
     const mnt = await mountClient();
+    let top: string | undefined;
+    if (o.profile) {
+      const masks = path.join(work, `masks-${name}`);
+      fs.mkdirSync(masks);
+      const log = silentLogger();
+      const hot = await new HotLayers(masks, systemHost, log, { waitMs: 60_000, maxBytes: 64 << 20, readTimeoutMs: 10_000 }).forStack(mnt, image.hexes);
+      expect(hot.why).toBe('pack');
+      top = hot.dir!;
+    }
     const target = path.join(work, `rootfs-${name}`);
-    const stack = await mountPublishedStack({ published: mnt, repository: repo, hexes: image.hexes, work: path.join(work, `stack-${name}`), target });
+    const stack = await mountPublishedStack({ published: mnt, repository: repo, hexes: image.hexes, work: path.join(work, `stack-${name}`), target, top });
     try {
       const got = treeSnapshot(target);
       expect(hardLinkGroups(target)).toEqual([]);
       expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
+      if (o.how) expect(stack.how).toContain(o.how);
       return [...treeDiff(want, got), ...(stack.how.length ? [] : ['no stack'])];
     } finally {
       umount(target, MNT_DETACH);
@@ -154,6 +180,16 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
 
   it('ingest path (--cvmfs-server --ingest): the same', async () => {
     expect(await publishAndCompare('in', ['--ingest'])).toEqual([]);
+  }, 600_000);
+
+  it("--top-chain, default server.conf (the publish drops xattrs): the chain alone, restored from its marker, is containerd's rootfs", async () => {
+    expect(await publishAndCompare('ch', ['--top-chain'], { how: 'chain' })).toEqual([]);
+  }, 600_000);
+
+  it("a profile's pack through the client: the hot layer above the stack changes nothing a container sees", async () => {
+    const files = [...want].filter(([, n]) => n.type === 'file').map(([p]) => p);
+    expect(files.length).toBeGreaterThan(3);
+    expect(await publishAndCompare('hot', [], { profile: files })).toEqual([]);
   }, 600_000);
 
   it('the publisher checks its repositories: no problems found', async () => {

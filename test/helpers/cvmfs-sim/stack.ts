@@ -29,7 +29,15 @@ export class MemoryFacts implements LayerFactsCache {
  * `published`, and mount their overlay read-only on `target` (an empty
  * directory is the bottom lower, so that a single layer still makes an overlay).
  */
-export async function mountPublishedStack(o: { published: string; repository: string; hexes: string[]; work: string; target: string }): Promise<ResolvedStack> {
+export async function mountPublishedStack(o: {
+  published: string;
+  repository: string;
+  hexes: string[];
+  work: string;
+  target: string;
+  /** A local directory above the stack (a hot layer). */
+  top?: string | undefined;
+}): Promise<ResolvedStack> {
   const thinJson = serializeThinManifest({ layers: o.hexes.map((hex) => ({ hex, repository: o.repository, path: duccLayerPath(hex) })) });
   const manifest = parseThinManifest(thinJson, { defaultRepository: o.repository, allowedRepositories: [o.repository] });
   const loc = cvmfsLocation({ repository: o.repository, absoluteMountpoint: o.published, cvmfsRoot: path.dirname(o.published) });
@@ -37,6 +45,6 @@ export async function mountPublishedStack(o: { published: string; repository: st
   const empty = path.join(o.work, 'empty');
   for (const d of [masks, empty, o.target]) fs.mkdirSync(d, { recursive: true });
   const resolved = await new CvmfsLayers(loc, masks, new MemoryFacts(), systemHost).resolveThin(manifest);
-  mount('overlay', o.target, 'overlay', MS_RDONLY, `lowerdir=${[...resolved.dirs, empty].join(':')}`);
+  mount('overlay', o.target, 'overlay', MS_RDONLY, `lowerdir=${[...(o.top ? [o.top] : []), ...resolved.dirs, empty].join(':')}`);
   return resolved;
 }
