@@ -61,8 +61,9 @@ for m in "$REPO"/.layers/*/*/.metadata/cvmfs-thin-layer.json; do
     console.log(`  ${m.digest.slice(0,19)}…: deleted ${JSON.stringify(r.deleted)}, opaque ${JSON.stringify(r.opaque)}, xattrs ${r.xattrs.length}`)' "$m"
 done
 
-step "3. start cvmfs-thin snapshotter and a private containerd using it (proxy_plugins.cvmfs-snapshotter)"
-"${CLI[@]}" snapshotter --root "$DEMO/snapshotter" --address "$DEMO/snapshotter.sock" --absolute-mountpoint "$REPO" --log-level info 2>"$DEMO/snapshotter.log" &
+step "3. start cvmfs-thin snapshotter (recording access profiles) and a private containerd using it (proxy_plugins.cvmfs-snapshotter)"
+"${CLI[@]}" snapshotter --root "$DEMO/snapshotter" --address "$DEMO/snapshotter.sock" --absolute-mountpoint "$REPO" --log-level info \
+  --record-profiles --record-window 3 2>"$DEMO/snapshotter.log" &
 SN_PID=$!
 cat > "$DEMO/ctd/config.toml" <<EOF
 version = 2
@@ -98,6 +99,17 @@ grep 'thin image: its CVMFS layers' "$DEMO/snapshotter.log" | tail -1 | node -e 
 echo "\$ cvmfs-thin why-slow demo2   (where the time of that start went: the snapshotter traces every start)"
 sleep 1
 "${CLI[@]}" why-slow --root "$DEMO/snapshotter" demo2 | sed 's/^/  /'
+
+step "5b. the image's access profile, recorded at its first start: published with its pack; the next pull unpacks the pack into a local hot layer"
+for _ in $(seq 100); do compgen -G "$DEMO/snapshotter/profiles/*.json" >/dev/null && break; sleep 0.1; done
+echo "\$ cvmfs-thin profile publish --repository-dir ... $DEMO/snapshotter/profiles/*.json"
+"${CLI[@]}" profile publish --repository-dir "$REPO" "$DEMO"/snapshotter/profiles/*.json | sed 's/^/  /'
+C2=(ctr --address "$DEMO/ctd/containerd.sock" --namespace demo-next)
+"${C2[@]}" image import --snapshotter cvmfs-snapshotter "$DEMO/hello_thin.tar" >/dev/null
+grep 'thin image: its CVMFS layers' "$DEMO/snapshotter.log" | tail -1 | node -e '
+  const l = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  console.log(`  the next pull (another namespace): lowers ${l.how.join(", ")}; hot layer: ${l.hot} in ${l.hotMs} ms`)'
+"${C2[@]}" run --rm --snapshotter cvmfs-snapshotter "$IMG" demo3 sh -c 'cat /etc/motd' | sed 's/^/  /'
 
 step "6. CVMFS repositories as Docker volumes: cvmfs-thin volume-plugin + a private dockerd"
 mkdir -p "$DEMO/cvmfs/sft.cern.ch/lcg/releases" "$DEMO/dd" "$DEMO/rootfs/bin"

@@ -219,12 +219,14 @@ describe('a hot layer that is not used', () => {
         factsFile: path.join(work, root, 'f.json'),
         hot,
       });
-    const none = await (await open('s0', OPTS)).linkThin(dir, { snapshot: 'a' });
+    const s0 = await open('s0', OPTS);
+    const none = await s0.linkThin(dir, { snapshot: 'a' });
     expect([none!.how, none!.hot?.why]).toEqual([['clean'], 'no profile']);
     await publish(repo, profileOf(ls, [['app/x', 1]]), tar([{ name: 'app/' }, { name: 'app/x', data: 'x' }]), 2);
-    const r = await (await open('s1', OPTS)).linkThin(dir, { snapshot: 'b' });
+    // published since the first pull: the next pull of the same node finds it
+    const r = await s0.linkThin(dir, { snapshot: 'b' });
     expect(r!.how).toEqual(['hot', 'clean']);
-    expect(r!.lowers.map((l) => l.dir)).toEqual([path.join(work, 's1', 'masks', `hot-${stackId(hexes)}`), ls[1]!.dir, ls[0]!.dir]);
+    expect(r!.lowers.map((l) => l.dir)).toEqual([path.join(work, 's0', 'masks', `hot-${stackId(hexes)}`), ls[1]!.dir, ls[0]!.dir]);
     const off = await (await open('s2')).linkThin(dir, { snapshot: 'c' });
     expect([off!.how, off!.hot]).toEqual([['clean'], undefined]);
   });

@@ -53,6 +53,8 @@ export interface HotResult {
   /** Why not, or how it came (for the start's log and trace). */
   why: string;
   ms: number;
+  /** It failed before any pack was fetched (no profile, no pack): asked again at the next pull. */
+  cheap?: boolean | undefined;
 }
 
 export class HotLayers {
@@ -78,7 +80,8 @@ export class HotLayers {
       const done = this.fetch(mp, layers, final, signal)
         .catch((e: unknown): HotResult => ({ dir: null, why: `failed: ${(e as Error).message}`, ms: 0 }))
         .then((r) => {
-          if (r.dir) this.jobs.delete(id);
+          // kept: a pack that failed (not fetched again for a while); a profile without one is read again at the next pull
+          if (r.dir || r.cheap) this.jobs.delete(id);
           return r;
         });
       job = { at: Date.now(), done };
@@ -96,7 +99,7 @@ export class HotLayers {
   private async fetch(mp: string, layers: readonly string[], final: string, signal?: AbortSignal): Promise<HotResult> {
     const t0 = performance.now();
     const profile = await this.profile(path.join(mp, profilePath(layers)), layers);
-    if (typeof profile === 'string') return { dir: null, why: profile, ms: 0 };
+    if (typeof profile === 'string') return { dir: null, why: profile, ms: 0, cheap: true };
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
