@@ -13,7 +13,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { type CvmfsLocation, repositoryMountpoint } from '../cvmfs/location.js';
-import { CvmfsLayers, type KnownPaths } from './layers.js';
+import { chainCandidate, CvmfsLayers, type KnownPaths } from './layers.js';
 import { CHAIN_MARKER, chainDir, dirtyChainMarker, duccChainIds, layerMarker } from '../cvmfs/layout.js';
 import { UnavailableError } from '../errors/errors.js';
 import { type MountInfo, removeTree } from '../fs/fsutil.js';
@@ -214,10 +214,10 @@ export class LayerStack {
    */
   async askThin(m: ThinManifest, of: string): Promise<KnownPaths> {
     const known: KnownPaths = { real: new Map(), text: new Map() };
-    const repos = new Set(m.layers.map((l) => l.repository));
-    if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) === l.hex)) {
-      const mp = repositoryMountpoint(this.location, m.layers[0]!.repository);
-      const id = duccChainIds(m.layers.map((l) => l.hex)).at(-1)!;
+    const cand = chainCandidate(m);
+    if (cand) {
+      const mp = repositoryMountpoint(this.location, cand.repository);
+      const id = duccChainIds(cand.hexes).at(-1)!;
       const [chain, dirty] = [chainDir(mp, id), dirtyChainMarker(mp, id)];
       const ops: FsProbeOp[] = [
         { op: 'realpath', path: mp },

@@ -142,12 +142,10 @@ export class CvmfsLayers {
 
   /** Resolve every layer of a thin manifest; throws naming the field when a layer is missing. */
   async resolveThin(m: ThinManifest, known?: KnownPaths): Promise<ResolvedStack> {
-    const hexes = m.layers.map((l) => l.hex);
-    const repos = new Set(m.layers.map((l) => l.repository));
-    if (m.layers.length > 1 && repos.size === 1 && m.layers.every((l) => duccLayerHex(l.path) !== null)) {
-      const repo = [...repos][0]!;
-      const chain = await this.findChain(repo, hexes, known);
-      if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, repo), hexes, known);
+    const c = chainCandidate(m);
+    if (c) {
+      const chain = await this.findChain(c.repository, c.hexes, known);
+      if (chain) return this.chainDirs(chain, repositoryMountpoint(this.loc, c.repository), c.hexes, known);
     }
     // every layer at once (bounded), results top first; the failure of the topmost failing layer is thrown (as one by one)
     const realMps = new Map<string, Promise<string>>();
@@ -347,6 +345,16 @@ export class CvmfsLayers {
       throw new FailedPreconditionError(`layer record ${file}: ${e.message}`, 'CVMFS_THIN_BAD_LAYER_RECORD');
     }
   }
+}
+
+/**
+ * A stack that may have a chain: more than one layer, all in the DUCC layout of
+ * one repository (the chain's ID comes from their digests).
+ */
+export function chainCandidate(m: ThinManifest): { repository: string; hexes: string[] } | null {
+  const repos = new Set(m.layers.map((l) => l.repository));
+  if (m.layers.length < 2 || repos.size !== 1 || !m.layers.every((l) => duccLayerHex(l.path) === l.hex)) return null;
+  return { repository: [...repos][0]!, hexes: m.layers.map((l) => l.hex) };
 }
 
 /** A file's text from what the probe batch read, else from the file (null: absent or unreadable). */
