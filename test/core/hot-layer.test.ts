@@ -149,6 +149,31 @@ describe.skipIf(needs({ root: 'chown, xattrs, overlay mounts' }))('a hot layer o
   });
 });
 
+/** A CVMFS client's download counter (`user.ndownload`, read with getfattr) over the recording host: reading a file not in `cached` downloads it. */
+class ClientHost extends RecordingHost {
+  downloads = 0;
+  readonly cached = new Set<string>();
+  constructor() {
+    super();
+    this.execHandler = (file) => ({
+      code: 0,
+      stdout: file === 'getfattr' ? `# file: mp\nuser.nclg="3"\nuser.ndownload="${this.downloads}"\nuser.rx="7"\n` : '',
+      stderr: '',
+    });
+  }
+  override async probeFs(ops: Parameters<RecordingHost['probeFs']>[0]) {
+    const r = await super.probeFs(ops);
+    ops.forEach((o, i) => {
+      if ((o.op === 'read' || o.op === 'copy') && r[i]?.ok && !this.cached.has(o.path)) {
+        this.downloads++;
+        this.cached.add(o.path);
+      }
+    });
+    return r;
+  }
+  copies = () => this.calls.filter((c) => c.op === 'probeFs' && (c.args as string[]).some((a) => a.startsWith('copy '))).length;
+}
+
 describe('a hot layer that is not used', () => {
   const setup = () => {
     const work = tempDir('hot-refused-');
@@ -203,6 +228,93 @@ describe('a hot layer that is not used', () => {
     fs.rmSync(second.dir!, { recursive: true });
     expect((await hot.forStack(repo, hexes)).why).toBe('pack');
     expect(fs.readFileSync(path.join(second.dir!, 'app/x'), 'utf8')).toBe('x');
+  });
+
+  it('the pack is unpacked while it is copied: a copy written piece by piece (headers and contents cut anywhere) gives the same hot layer', async () => {
+    const { repo, ls, masks, hexes } = setup();
+    const names = Array.from({ length: 12 }, (_, i) => `app/f${i}`);
+    const content = (i: number) => Buffer.alloc(700 + 333 * i, String.fromCharCode(97 + i));
+    await publish(
+      repo,
+      profileOf(
+        ls,
+        names.map((n, i) => [n, content(i).length]),
+      ),
+      tar([{ name: 'app/' }, ...names.map((n, i) => ({ name: n, data: content(i) }))]),
+      13,
+    );
+    const host = new RecordingHost();
+    host.copyPace = { bytes: 1000, ms: 3 };
+    const r = await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes);
+    expect(r.why).toBe('pack');
+    for (const [i, n] of names.entries()) expect(fs.readFileSync(path.join(r.dir!, n)).equals(content(i)), n).toBe(true);
+    expect(fs.readdirSync(masks)).toEqual([path.basename(r.dir!)]);
+  });
+
+  it("a node whose CVMFS client already holds the profile's files makes no hot layer (its pack is not fetched); a cold client, or one whose counters are unknown, does", async () => {
+    const { repo, ls, masks, hexes } = setup();
+    await publish(
+      repo,
+      profileOf(ls, [
+        ['app/x', 1],
+        ['app/x', 1],
+      ]),
+      tar([{ name: 'app/' }, { name: 'app/x', data: 'x' }]),
+      2,
+    );
+    const files = [path.join(ls[0]!.dir, 'app/x')];
+    // warm: the files were read through this client before (the pack was not)
+    const warm = new ClientHost();
+    for (const f of [...files, path.join(repo, profilePath(hexes))]) warm.cached.add(f);
+    const w = await new HotLayers(masks, warm, log, OPTS).forStack(repo, hexes);
+    expect(w).toMatchObject({ dir: null, why: "the CVMFS client's cache holds the profile's files" });
+    expect([warm.copies(), warm.downloads, fs.readdirSync(masks)]).toEqual([0, 0, []]);
+    // cold: the sample is downloaded, so the pack is fetched and unpacked
+    const cold = new ClientHost();
+    const c = await new HotLayers(masks, cold, log, OPTS).forStack(repo, hexes);
+    expect([c.why, cold.copies()]).toEqual(['pack', 1]);
+    fs.rmSync(c.dir!, { recursive: true });
+    // only the pack in the cache (a node whose containers read the files from its hot layer): fetched again
+    const packOnly = new ClientHost();
+    packOnly.cached.add(path.join(repo, packPath(hexes)));
+    expect((await new HotLayers(masks, packOnly, log, OPTS).forStack(repo, hexes)).why).toBe('pack');
+    fs.rmSync(c.dir!, { recursive: true });
+    // a listed file missing from its layer, or no counters (not CVMFS, no getfattr): the pack is used
+    const noCounters = new ClientHost();
+    noCounters.execHandler = () => ({ code: 1, stdout: '', stderr: 'getfattr: not found' });
+    for (const f of files) noCounters.cached.add(f);
+    expect((await new HotLayers(masks, noCounters, log, OPTS).forStack(repo, hexes)).why).toBe('pack');
+    fs.rmSync(c.dir!, { recursive: true });
+    fs.rmSync(files[0]!);
+    const gone = new ClientHost();
+    expect((await new HotLayers(masks, gone, log, OPTS).forStack(repo, hexes)).why).toBe('pack');
+  });
+
+  it("the check's own reads never make the next check say warm: a node whose containers read the files from its hot layer fetches the pack again", async () => {
+    const work = tempDir('hot-sample-');
+    const repo = path.join(work, 'cvmfs', REPO);
+    const names = Array.from({ length: 40 }, (_, i) => `app/f${i}`);
+    const ls = [addLayer(repo, 'many', Object.fromEntries(names.map((n) => [n, n])))];
+    const hexes = ls.map((l) => l.hex);
+    const masks = path.join(work, 'masks');
+    fs.mkdirSync(masks);
+    await publish(
+      repo,
+      profileOf(
+        ls,
+        names.map((n) => [n, n.length]),
+      ),
+      tar([{ name: 'app/' }, ...names.map((n) => ({ name: n, data: n }))]),
+      41,
+    );
+    const client = new ClientHost();
+    for (let i = 0; i < 3; i++) {
+      const r = await new HotLayers(masks, client, log, OPTS).forStack(repo, hexes);
+      expect(r.why, `pull ${i}`).toBe('pack');
+      fs.rmSync(r.dir!, { recursive: true }); // collected: the next pull makes it again
+    }
+    // what the checks opened is cached now, not the whole profile
+    expect(client.cached.size).toBeLessThan(names.length);
   });
 
   it('a thin image pulled with a pack gets its hot layer as its topmost lower; without a pack, or with --hot-wait 0, none', async () => {

@@ -95,6 +95,8 @@ export class RecordingHost implements Host {
   readonly mounts: SimMount[] = [];
   /** Paths whose statfs answers ENOTCONN (a dead FUSE process). */
   readonly broken = new Set<string>();
+  /** A `copy` probe writes its file this many bytes at a time, waiting between pieces (a slow client); default: at once. */
+  copyPace: { bytes: number; ms: number } | undefined;
   /** Paths whose probes never answer until `unstall` (a stalled FUSE process). */
   readonly stalled = new Set<string>();
   private readonly stallWaiters: (() => void)[] = [];
@@ -344,7 +346,19 @@ export class RecordingHost implements Host {
           const st = await fsp.lstat(o.path);
           if (!st.isFile()) throw errno('EINVAL', `${o.path} is not a regular file`);
           if (o.max !== undefined && st.size > o.max) throw errno('EFBIG', `${o.path} is larger than ${o.max} bytes`);
-          await fsp.copyFile(o.path, o.to!, fsConstants.COPYFILE_EXCL);
+          if (this.copyPace) {
+            // written piece by piece, as a client fetching a chunked file does
+            const data = await fsp.readFile(o.path);
+            const out = await fsp.open(o.to!, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+            try {
+              for (let at = 0; at < data.length; at += this.copyPace.bytes) {
+                await out.write(data, at, Math.min(this.copyPace.bytes, data.length - at), at);
+                await new Promise((r) => setTimeout(r, this.copyPace!.ms));
+              }
+            } finally {
+              await out.close();
+            }
+          } else await fsp.copyFile(o.path, o.to!, fsConstants.COPYFILE_EXCL);
           r = {
             ok: true,
             bytes: st.size,

@@ -15,11 +15,16 @@
  * directories — and lives under `masks/hot-<stack id>`, so it is removed with
  * the masks no snapshot uses.
  */
-import { promises as fsp } from 'node:fs';
+import { constants, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { Host } from '../host/host.js';
+import { layerRootfs } from '../cvmfs/layout.js';
+import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
+import { cvmfsCounters } from './start-trace.js';
 import { type AccessProfile, packPath, parseProfile, profilePath, stackId } from '../thin/profile.js';
 
 export interface HotOptions {
@@ -41,6 +46,12 @@ export function hotOptions(
   if (o?.prefetch === false || waitMs <= 0) return undefined;
   return { waitMs, maxBytes: HOT_DEFAULTS.maxBytes, readTimeoutMs: cvmfsTimeoutMs ?? DEFAULT_CVMFS_TIMEOUT_MS };
 }
+
+/** Profile files opened to see whether the client's cache holds them (hot layer or not). */
+const SAMPLE = 8;
+/** The growing pack is read this much at a time, and polled this often when it has not grown. */
+const GROW_CHUNK = 1 << 20;
+const GROW_POLL_MS = 4;
 
 /** A fetch that fails is not tried again for the same stack before this. */
 const RETRY_MS = 10 * 60_000;
@@ -102,38 +113,41 @@ export class HotLayers {
     if (typeof profile === 'string') return { dir: null, why: profile, ms: 0, cheap: true };
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
+    if (await this.cacheHolds(mp, profile)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0, cheap: true };
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
-    let [t1, t2] = [t0, t0];
+    const t1 = performance.now();
+    let t2 = t1;
     const file = `${final}.pack-${tag}`;
     const tmp = `${final}.tmp-${tag}`;
+    const ctl = new AbortController();
+    const stop = () => ctl.abort();
+    signal?.addEventListener('abort', stop, { once: true });
+    const timer = setTimeout(stop, COPY_MS);
     try {
-      const ctl = new AbortController();
-      const stop = () => ctl.abort();
-      signal?.addEventListener('abort', stop, { once: true });
-      const timer = setTimeout(stop, COPY_MS);
-      let a;
-      try {
-        t1 = performance.now();
-        [a] = await this.host.probeFs([{ op: 'copy', path: path.join(mp, packPath(layers)), to: file, max: pack.bytes }], ctl.signal);
-        t2 = performance.now();
-      } finally {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', stop);
-      }
-      if (!a?.ok) return { dir: null, why: `pack not copied: ${a ? a.message : 'no answer'}`, ms: 0 };
-      if (a.bytes !== pack.bytes || a.sha256 !== pack.sha256)
-        return { dir: null, why: `pack is not the one the profile names (${a.bytes} bytes, sha256 ${a.sha256})`, ms: 0 };
       await fsp.mkdir(tmp, { mode: 0o755 });
+      // the helper copies the pack into `file` while it is unpacked from there as it grows:
+      // the unpack overlaps the client's fetch, and only a pack matching the profile is kept
+      const copied = this.host.probeFs([{ op: 'copy', path: path.join(mp, packPath(layers)), to: file, max: pack.bytes }], ctl.signal).then(([a]) => {
+        t2 = performance.now();
+        if (!a?.ok) throw new Error(`pack not copied: ${a ? a.message : 'no answer'}`);
+        if (a.bytes !== pack.bytes || a.sha256 !== pack.sha256) throw new Error(`pack is not the one the profile names (${a.bytes} bytes, sha256 ${a.sha256})`);
+      });
       // loaded on the first pack only (daemons' idle memory)
-      const { extractLayerFile } = await import('../tar/index.js');
-      const st = await extractLayerFile(file, {
+      const { extractLayer } = await import('../tar/index.js');
+      const unpacked = extractLayer(Readable.from(growing(file, copied, ctl.signal)), {
         dest: tmp,
         whiteouts: 'overlay',
         limits: { maxEntries: 2 * pack.files + 10_000, maxTotalBytes: pack.bytes },
-        signal,
+        signal: ctl.signal,
         // a few hundred files: a worker's start (~0.3 s on a fresh daemon) costs more than it saves
         thread: 'inline',
+        // the helper hashed the copy
+        digest: false,
       });
+      const [c, u] = await Promise.allSettled([copied, unpacked]);
+      if (c.status === 'rejected') return { dir: null, why: (c.reason as Error).message, ms: 0 };
+      if (u.status === 'rejected') throw u.reason;
+      const st = u.value;
       const odd = st.symlinks + st.hardlinks + st.devices + st.whiteouts + st.opaques;
       if (odd > 0 || st.files !== pack.files)
         return { dir: null, why: `pack holds ${st.files} files and ${odd} other entries (want ${pack.files} files only)`, ms: 0 };
@@ -143,9 +157,42 @@ export class HotLayers {
       this.log.info({ hot: final, files: st.files, bytes: pack.bytes, ms, profileMs, copyMs, unpackMs: ms - profileMs - copyMs }, 'hot layer ready');
       return { dir: final, why: 'pack', ms };
     } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', stop);
       await fsp.rm(file, { force: true });
       await fsp.rm(tmp, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Whether the client's cache already holds the profile's files (a node that
+   * ran the image without a hot layer): SAMPLE of them, picked at random, are
+   * opened (which fetches a file not in the cache) and the client's download
+   * counter must not move meanwhile. At random: the files a check opened are
+   * cached from then on, so a fixed sample would say "warm" to the next check
+   * on a node whose containers read the rest from a hot layer. Unknown (no
+   * counters: not CVMFS, no getfattr; files not where the profile says; other
+   * downloads meanwhile) is no.
+   */
+  private async cacheHolds(mp: string, profile: AccessProfile): Promise<boolean> {
+    const sample = pick(
+      profile.files.filter((f) => f.layer),
+      SAMPLE,
+    );
+    if (sample.length === 0) return false;
+    const b = await cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
+    if (!b) return false;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), this.o.readTimeoutMs);
+    try {
+      const ops = sample.map((f): FsProbeOp => ({ op: 'read', path: path.join(layerRootfs(mp, f.layer!), f.path), max: 1 }));
+      const read = await this.host.probeFs(ops, ctl.signal);
+      if (!read.every((a) => a.ok)) return false;
+    } finally {
+      clearTimeout(timer);
+    }
+    const after = await cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
+    return after?.downloads === b.downloads;
   }
 
   /** The stack's profile in the repository, with a pack; else why not. */
@@ -163,6 +210,51 @@ export class HotLayers {
     if (!p.prefetch) return 'prefetch disabled for the image';
     return p.pack ? p : 'profile has no pack';
   }
+}
+
+/**
+ * The bytes of `file` as another process writes it, until `done` settles:
+ * read to its end, then again when more came (polled), the rest after
+ * `done`. Fails with `done`, or when the file never appears.
+ */
+async function* growing(file: string, done: Promise<void>, signal: AbortSignal): AsyncGenerator<Buffer> {
+  let finished: { error?: unknown } | undefined;
+  done.then(
+    () => (finished = {}),
+    (error: unknown) => (finished = { error }),
+  );
+  let fh: FileHandle | undefined;
+  try {
+    for (;;) {
+      signal.throwIfAborted();
+      const end = finished;
+      if (end && 'error' in end) throw end.error;
+      if (!fh) {
+        fh = await fsp.open(file, constants.O_RDONLY | constants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT' || end) throw e;
+          return undefined;
+        });
+      }
+      // a new buffer per chunk: the stream may hold several
+      const buf = fh && Buffer.allocUnsafe(GROW_CHUNK);
+      const n = fh && buf ? (await fh.read(buf, 0, GROW_CHUNK, null)).bytesRead : 0;
+      if (n > 0) yield buf!.subarray(0, n);
+      else if (end) return;
+      else await sleep(GROW_POLL_MS);
+    }
+  } finally {
+    await fh?.close();
+  }
+}
+
+/** `n` of `xs` at random (all of them when there are no more). */
+function pick<T>(xs: readonly T[], n: number): T[] {
+  const a = [...xs];
+  for (let i = 0; i < Math.min(n, a.length); i++) {
+    const j = i + Math.floor(Math.random() * (a.length - i));
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a.slice(0, n);
 }
 
 const isDir = (p: string) =>

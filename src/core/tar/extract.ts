@@ -70,12 +70,14 @@ export interface ExtractOptions {
   signal?: AbortSignal;
   /** where parsing and fs calls run; default 'worker' */
   thread?: 'worker' | 'inline';
+  /** inline: false skips the diffId (the caller hashed the input itself; `diffId` is then ''). */
+  digest?: boolean;
 }
 
 export interface ExtractResult extends WriterStats {
   /** uncompressed bytes read (the whole input, to EOF) */
   bytes: number;
-  /** "sha256:<hex>" of the whole input */
+  /** "sha256:<hex>" of the whole input ('' when not asked for: `digest: false`) */
   diffId: string;
 }
 
@@ -152,7 +154,7 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
       if (m.t === 'error') error = deserializeError(m.err);
       else if (m.t === 'done') result = m;
     },
-    true,
+    opts.digest !== false,
   );
   if (error) throw error;
   const onChunk = (c: Buffer): void => {
@@ -180,7 +182,7 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
   job.end();
   if (error) throw error;
   const r = result as Extract<FromWorker, { t: 'done' }> | null;
-  return { ...r!.stats, bytes: r!.bytes, diffId: r!.diffId! };
+  return { ...r!.stats, bytes: r!.bytes, diffId: r!.diffId ?? '' };
 }
 
 // ------------------------------------------------------------------ worker
