@@ -157,7 +157,7 @@ async function main(): Promise<void> {
     const ready = lines.find((l) => l.includes('"hot layer ready"'));
     if (ready) {
       const h = JSON.parse(ready) as Record<string, number>;
-      (hot[k] ??= []).push(`${h['ms']} ms (profile ${h['profileMs']}, copy ${h['copyMs']}, unpack ${h['unpackMs']})`);
+      (hot[k] ??= []).push(`${h['ms']} ms (profile ${h['profileMs']}, cache check ${h['checkMs']}, copy ${h['copyMs']}, unpack after it ${h['unpackMs']})`);
       return;
     }
     // none made: why not (the pull's account)

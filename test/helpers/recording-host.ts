@@ -13,7 +13,6 @@
  * reports with `opened`). Device nodes are placeholder files (`nodes` says
  * what they are), owners are remembered in `owners`.
  */
-import { createHash } from 'node:crypto';
 import { constants as fsConstants, existsSync, fstatSync, lstatSync, lutimesSync, promises as fsp, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -342,30 +341,31 @@ export class RecordingHost implements Host {
         } else if (o.op === 'read') {
           const b = await fsp.readFile(o.path);
           r = o.text ? { ok: true, bytes: b.length, text: b.toString('utf8') } : { ok: true, bytes: Math.min(b.length, o.max ?? b.length) };
-        } else if (o.op === 'copy') {
+        } else if (o.op === 'copy' && o.copy) {
+          // as the probe helper: an exactly sized regular file, in pieces
+          const { to, size, count } = o.copy;
           const st = await fsp.lstat(o.path);
           if (!st.isFile()) throw errno('EINVAL', `${o.path} is not a regular file`);
-          if (o.max !== undefined && st.size > o.max) throw errno('EFBIG', `${o.path} is larger than ${o.max} bytes`);
-          if (this.copyPace) {
-            // written piece by piece, as a client fetching a chunked file does
-            const data = await fsp.readFile(o.path);
-            const out = await fsp.open(o.to!, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
-            try {
-              for (let at = 0; at < data.length; at += this.copyPace.bytes) {
-                await out.write(data, at, Math.min(this.copyPace.bytes, data.length - at), at);
-                await new Promise((r) => setTimeout(r, this.copyPace!.ms));
+          if (st.size !== size) throw errno('EFBIG', `${o.path} has ${st.size} bytes, not ${size}`);
+          const data = await fsp.readFile(o.path);
+          const per = Math.ceil(size / count);
+          const pace = this.copyPace ?? { bytes: Infinity, ms: 0 };
+          await Promise.all(
+            Array.from({ length: count }, async (_, i) => {
+              const piece = data.subarray(Math.min(size, i * per), Math.min(size, (i + 1) * per));
+              const out = await fsp.open(`${to}.${i}`, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+              try {
+                // written a little at a time when paced, as a client fetching a chunked file does
+                for (let at = 0; at < piece.length; at += pace.bytes) {
+                  await out.write(piece, at, Math.min(pace.bytes, piece.length - at), at);
+                  if (pace.ms) await new Promise((res) => setTimeout(res, pace.ms));
+                }
+              } finally {
+                await out.close();
               }
-            } finally {
-              await out.close();
-            }
-          } else await fsp.copyFile(o.path, o.to!, fsConstants.COPYFILE_EXCL);
-          r = {
-            ok: true,
-            bytes: st.size,
-            sha256: createHash('sha256')
-              .update(await fsp.readFile(o.to!))
-              .digest('hex'),
-          };
+            }),
+          );
+          r = { ok: true, bytes: size };
         } else r = { ok: true, entries: (await fsp.readdir(o.path)).length };
       } catch (e) {
         r = { ok: false, code: (e as NodeJS.ErrnoException).code ?? 'EIO', message: (e as Error).message };

@@ -97,10 +97,17 @@ export interface OverlayMount {
  */
 export interface FsProbeOp {
   op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath' | 'copy';
-  /** read: at most this many bytes; copy: a larger file is refused (EFBIG). */
+  /** read: at most this many bytes. */
   max?: number;
-  /** copy: the new file (created, 0600) the regular file at `path` is copied to. */
-  to?: string;
+  /**
+   * copy: the regular file at `path` (not followed if a link), which must be
+   * exactly `size` bytes, copied as `count` pieces of ceil(size / count)
+   * bytes into new files (0600) `<to>.0` … `<to>.<count - 1>`, each piece read
+   * through its own descriptor at the same time (a CVMFS client fetches the
+   * chunks of one file one after the other for one reader). The reader of
+   * the pieces checks their content.
+   */
+  copy?: { to: string; size: number; count: number };
   /** read: answer the content (UTF-8) as `text` (small files: profiles). */
   text?: boolean;
   path: string;
@@ -119,8 +126,6 @@ export type FsProbeResult =
       bytes?: number;
       text?: string;
       real?: string;
-      /** copy: sha256 (hex) of what was copied */
-      sha256?: string;
     }
   | { ok: false; code: string; message: string };
 

@@ -8,12 +8,15 @@
  *
  * A pull waits for the hot layer at most `waitMs` (the fetch goes on, for the
  * next pull of the same layers); a missing, broken or oversized pack only
- * costs the hot layer. The pack is checked before use — its size and sha256
- * as the profile names them, then unpacked by the layer extractor (nothing
- * outside its directory, ids and modes as in the tar) into a new directory
- * renamed into place, refused if it holds anything but files and
- * directories — and lives under `masks/hot-<stack id>`, so it is removed with
- * the masks no snapshot uses.
+ * costs the hot layer. The probe helper copies the pack in pieces read at
+ * once (a CVMFS client fetches the chunks of one file one after the other for
+ * one reader), unpacked as they arrive by the layer extractor (nothing
+ * outside its directory, ids and modes as in the tar) into a new directory,
+ * renamed into place only if the pack had the profile's size, what was
+ * unpacked hashes to its sha256 and it holds nothing but files and
+ * directories; it lives under `masks/hot-<stack id>`, so it is removed with
+ * the masks no snapshot uses. A node whose client already holds the
+ * profile's files makes none (cacheHolds).
  */
 import { constants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -49,7 +52,10 @@ export function hotOptions(
 
 /** Profile files opened to see whether the client's cache holds them (hot layer or not). */
 const SAMPLE = 8;
-/** The growing pack is read this much at a time, and polled this often when it has not grown. */
+/** A pack is fetched in at most PIECES pieces, of at least PIECE_MIN bytes (CVMFS's smallest chunk). */
+const PIECES = 4;
+const PIECE_MIN = 4 << 20;
+/** The growing pieces are read this much at a time, and polled this often when they have not grown. */
 const GROW_CHUNK = 1 << 20;
 const GROW_POLL_MS = 4;
 
@@ -113,6 +119,7 @@ export class HotLayers {
     if (typeof profile === 'string') return { dir: null, why: profile, ms: 0, cheap: true };
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
+    const tp = performance.now();
     if (await this.cacheHolds(mp, profile)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0, cheap: true };
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const t1 = performance.now();
@@ -125,41 +132,47 @@ export class HotLayers {
     const timer = setTimeout(stop, COPY_MS);
     try {
       await fsp.mkdir(tmp, { mode: 0o755 });
-      // the helper copies the pack into `file` while it is unpacked from there as it grows:
-      // the unpack overlaps the client's fetch, and only a pack matching the profile is kept
-      const copied = this.host.probeFs([{ op: 'copy', path: path.join(mp, packPath(layers)), to: file, max: pack.bytes }], ctl.signal).then(([a]) => {
-        t2 = performance.now();
-        if (!a?.ok) throw new Error(`pack not copied: ${a ? a.message : 'no answer'}`);
-        if (a.bytes !== pack.bytes || a.sha256 !== pack.sha256) throw new Error(`pack is not the one the profile names (${a.bytes} bytes, sha256 ${a.sha256})`);
-      });
+      // the helper copies the pack in pieces (a client fetches them at once) while they are
+      // unpacked, in order, as they grow: the unpack overlaps the fetch; what was unpacked
+      // is kept only if it hashes to the profile's sha256
+      const count = Math.max(1, Math.min(PIECES, Math.ceil(pack.bytes / PIECE_MIN)));
+      const copied = this.host
+        .probeFs([{ op: 'copy', path: path.join(mp, packPath(layers)), copy: { to: file, size: pack.bytes, count } }], ctl.signal)
+        .then(([a]) => {
+          t2 = performance.now();
+          if (!a?.ok) throw new Error(`pack not copied: ${a ? a.message : 'no answer'}`);
+        });
       // loaded on the first pack only (daemons' idle memory)
       const { extractLayer } = await import('../tar/index.js');
-      const unpacked = extractLayer(Readable.from(growing(file, copied, ctl.signal)), {
+      const unpacked = extractLayer(Readable.from(pieces(file, pack.bytes, count, copied, ctl.signal)), {
         dest: tmp,
         whiteouts: 'overlay',
         limits: { maxEntries: 2 * pack.files + 10_000, maxTotalBytes: pack.bytes },
         signal: ctl.signal,
         // a few hundred files: a worker's start (~0.3 s on a fresh daemon) costs more than it saves
         thread: 'inline',
-        // the helper hashed the copy
-        digest: false,
       });
       const [c, u] = await Promise.allSettled([copied, unpacked]);
       if (c.status === 'rejected') return { dir: null, why: (c.reason as Error).message, ms: 0 };
       if (u.status === 'rejected') throw u.reason;
+      if (u.value.diffId !== `sha256:${pack.sha256}`) return { dir: null, why: `pack is not the one the profile names (${u.value.diffId})`, ms: 0 };
       const st = u.value;
       const odd = st.symlinks + st.hardlinks + st.devices + st.whiteouts + st.opaques;
       if (odd > 0 || st.files !== pack.files)
         return { dir: null, why: `pack holds ${st.files} files and ${odd} other entries (want ${pack.files} files only)`, ms: 0 };
       await fsp.rename(tmp, final);
       const ms = Math.round(performance.now() - t0);
-      const [profileMs, copyMs] = [Math.round(t1 - t0), Math.round(t2 - t1)];
-      this.log.info({ hot: final, files: st.files, bytes: pack.bytes, ms, profileMs, copyMs, unpackMs: ms - profileMs - copyMs }, 'hot layer ready');
+      // the unpack runs beside the copy: unpackMs is how long it went on after the copy
+      const [profileMs, checkMs, copyMs] = [Math.round(tp - t0), Math.round(t1 - tp), Math.round(t2 - t1)];
+      this.log.info(
+        { hot: final, files: st.files, bytes: pack.bytes, ms, profileMs, checkMs, copyMs, unpackMs: ms - profileMs - checkMs - copyMs },
+        'hot layer ready',
+      );
       return { dir: final, why: 'pack', ms };
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', stop);
-      await fsp.rm(file, { force: true });
+      for (let i = 0; i < PIECES; i++) await fsp.rm(`${file}.${i}`, { force: true });
       await fsp.rm(tmp, { recursive: true, force: true });
     }
   }
@@ -213,37 +226,42 @@ export class HotLayers {
 }
 
 /**
- * The bytes of `file` as another process writes it, until `done` settles:
- * read to its end, then again when more came (polled), the rest after
- * `done`. Fails with `done`, or when the file never appears.
+ * The bytes of the `count` pieces `<file>.<i>` of a `size`-byte file, in
+ * order, as another process writes them (the probe helper's copy): each
+ * piece read to the length it must have, polled while it has not grown that
+ * far. Fails with `done`, or when `done` settled and a piece is short.
  */
-async function* growing(file: string, done: Promise<void>, signal: AbortSignal): AsyncGenerator<Buffer> {
+async function* pieces(file: string, size: number, count: number, done: Promise<void>, signal: AbortSignal): AsyncGenerator<Buffer> {
   let finished: { error?: unknown } | undefined;
   done.then(
     () => (finished = {}),
     (error: unknown) => (finished = { error }),
   );
-  let fh: FileHandle | undefined;
-  try {
-    for (;;) {
-      signal.throwIfAborted();
-      const end = finished;
-      if (end && 'error' in end) throw end.error;
-      if (!fh) {
-        fh = await fsp.open(file, constants.O_RDONLY | constants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
+  const per = Math.ceil(size / count);
+  for (let i = 0; i < count; i++) {
+    const want = Math.max(0, Math.min(per, size - i * per));
+    let fh: FileHandle | undefined;
+    try {
+      for (let at = 0; at < want;) {
+        signal.throwIfAborted();
+        const end = finished;
+        if (end && 'error' in end) throw end.error;
+        fh ??= await fsp.open(`${file}.${i}`, constants.O_RDONLY | constants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
           if (e.code !== 'ENOENT' || end) throw e;
           return undefined;
         });
+        // a new buffer per chunk: the stream may hold several
+        const buf = fh && Buffer.allocUnsafe(Math.min(GROW_CHUNK, want - at));
+        const n = fh && buf ? (await fh.read(buf, 0, buf.length, at)).bytesRead : 0;
+        if (n > 0) {
+          at += n;
+          yield buf!.subarray(0, n);
+        } else if (end) throw new Error(`pack piece ${i} has ${at} bytes, not ${want}`);
+        else await sleep(GROW_POLL_MS);
       }
-      // a new buffer per chunk: the stream may hold several
-      const buf = fh && Buffer.allocUnsafe(GROW_CHUNK);
-      const n = fh && buf ? (await fh.read(buf, 0, GROW_CHUNK, null)).bytesRead : 0;
-      if (n > 0) yield buf!.subarray(0, n);
-      else if (end) return;
-      else await sleep(GROW_POLL_MS);
+    } finally {
+      await fh?.close();
     }
-  } finally {
-    await fh?.close();
   }
 }
 

@@ -1,0 +1,64 @@
+/**
+ * The probe helper's `copy` (core/host/probe-child.ts), which fetches a
+ * profile's pack for a hot layer: an exactly sized regular file copied as
+ * pieces read at once through their own descriptors, each piece the file's
+ * bytes at its offset — also while other probes read files in the same
+ * helper — and nothing copied from a link, a file of another size, into an
+ * existing file, or for a nonsense piece count.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ProbeHelper } from '../../src/core/host/probe-child.js';
+import { tempDir } from '../helpers/env.js';
+
+const helper = new ProbeHelper();
+afterAll(() => helper.stop());
+
+describe('the probe helper copies a file in pieces', () => {
+  const dir = tempDir('probe-copy-');
+  const src = path.join(dir, 'pack');
+  const data = randomBytes(3 * (1 << 20) + 12_345);
+  fs.writeFileSync(src, data);
+  let n = 0;
+  const to = () => path.join(dir, `out${n++}`);
+  const pieces = (t: string, count: number) => Array.from({ length: count }, (_, i) => fs.readFileSync(`${t}.${i}`));
+
+  it('each piece is the file at its offset, whatever the count; reads in the same helper meanwhile change nothing', async () => {
+    for (const count of [1, 3, 4, 16]) {
+      const t = to();
+      const others = Array.from({ length: 8 }, () => ({ op: 'read' as const, path: src }));
+      const [[a]] = await Promise.all([helper.run([{ op: 'copy', path: src, copy: { to: t, size: data.length, count } }]), helper.run(others)]);
+      expect(a, `${count} pieces`).toEqual({ ok: true, bytes: data.length });
+      const per = Math.ceil(data.length / count);
+      expect(pieces(t, count).map((b) => b.length)).toEqual(Array.from({ length: count }, (_, i) => Math.max(0, Math.min(per, data.length - i * per))));
+      expect(Buffer.concat(pieces(t, count)).equals(data), `${count} pieces`).toBe(true);
+    }
+    const empty = path.join(dir, 'empty');
+    fs.writeFileSync(empty, '');
+    const t = to();
+    expect(await helper.run([{ op: 'copy', path: empty, copy: { to: t, size: 0, count: 2 } }])).toEqual([{ ok: true, bytes: 0 }]);
+    expect(pieces(t, 2).map((b) => b.length)).toEqual([0, 0]);
+  });
+
+  it('a link, another size, an existing target or a nonsense count: refused, saying why', async () => {
+    const link = path.join(dir, 'link');
+    fs.symlinkSync(src, link);
+    const [viaLink] = await helper.run([{ op: 'copy', path: link, copy: { to: to(), size: data.length, count: 2 } }]);
+    expect(viaLink).toMatchObject({ ok: false, code: 'ELOOP' });
+    const [other] = await helper.run([{ op: 'copy', path: src, copy: { to: to(), size: data.length - 1, count: 2 } }]);
+    expect(other).toMatchObject({ ok: false, code: 'EFBIG', message: `${src} has ${data.length} bytes, not ${data.length - 1}` });
+    const t = to();
+    fs.writeFileSync(`${t}.0`, 'mine');
+    const [taken] = await helper.run([{ op: 'copy', path: src, copy: { to: t, size: data.length, count: 1 } }]);
+    expect(taken).toMatchObject({ ok: false, code: 'EEXIST' });
+    expect(fs.readFileSync(`${t}.0`, 'utf8')).toBe('mine');
+    for (const count of [0, 17, 1.5]) {
+      const [bad] = await helper.run([{ op: 'copy', path: src, copy: { to: to(), size: data.length, count } }]);
+      expect(bad, String(count)).toMatchObject({ ok: false, code: 'EINVAL' });
+    }
+    const [dirCopy] = await helper.run([{ op: 'copy', path: dir, copy: { to: to(), size: 0, count: 1 } }]);
+    expect(dirCopy).toMatchObject({ ok: false, code: 'EINVAL' });
+  });
+});
