@@ -30,6 +30,11 @@
  *     (a node that ran the image before; after a cold start with a hot layer, one untimed
  *     start with --hot-wait 0 reads them through the client): the node sees that the cache
  *     holds the profile's files and makes no hot layer; once per run also with --hot-wait 0;
+ *   - cold, profile, node running: the same on a node whose daemons have run a while (it pulled
+ *     the image before, made its hot layer, and the image was removed: `ctr images rm --sync`,
+ *     then Cleanup removed the hot layer), the client remounted with a wiped cache; the other
+ *     cold rows start fresh daemons, whose first pack also pays for loading and compiling the
+ *     unpacking code;
  *   - warm, only the pack in the cache: right after a cold start with a hot layer (its
  *     containers read the files from the hot layer, so the client holds the pack only).
  * The order of the two cold rows alternates. Medians; ratios against warm; the client's
@@ -152,18 +157,39 @@ async function main(): Promise<void> {
   let whySlow = '';
   /** the snapshotter's own account of a hot layer it made (hot.ts), per row */
   const hot: Record<string, string[]> = {};
+  /** what the snapshotter logged since the node's last hotOf (a running node logs several starts) */
+  const seen = new Map<Node, number>();
   const hotOf = (k: string, nd: Node) => {
-    const lines = nd.sn.log().split('\n');
-    const ready = lines.find((l) => l.includes('"hot layer ready"'));
+    const log = nd.sn.log();
+    const lines = log.slice(seen.get(nd) ?? 0).split('\n');
+    seen.set(nd, log.length);
+    const ready = lines.findLast((l) => l.includes('"hot layer ready"'));
     if (ready) {
       const h = JSON.parse(ready) as Record<string, number>;
       (hot[k] ??= []).push(`${h['ms']} ms (profile ${h['profileMs']}, cache check ${h['checkMs']}, copy ${h['copyMs']}, unpack after it ${h['unpackMs']})`);
       return;
     }
     // none made: why not (the pull's account)
-    const pull = lines.find((l) => l.includes('"hot":'));
+    const pull = lines.findLast((l) => l.includes('"hot":'));
     if (pull) (hot[k] ??= []).push(`none: ${String((JSON.parse(pull) as Record<string, unknown>)['hot'])}`);
   };
+  // a node that has been running (it made a hot layer before: its code is warm), pulling the image
+  // again after it was removed (ctr images rm --sync: containerd's GC removes the snapshots, Cleanup
+  // the hot layer no snapshot uses), on a cold client
+  const running = await node();
+  const forget = async () => {
+    await running.ctd.ctr(['image', 'rm', '--sync', conv.thinName]);
+    const masks = path.join(running.sn.root, 'masks');
+    const t = Date.now();
+    while (fs.readdirSync(masks).some((f) => f.startsWith('hot-'))) {
+      if (Date.now() - t > 20_000) throw new Error(`the removed image's hot layer is still in ${masks}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  await client.mountFresh();
+  await start(running, 'warmup');
+  hotOf('warm-up', running);
+  await forget();
   for (let i = 0; i < RUNS; i++) {
     const order = i % 2 === 0 ? (['none', 'profile', 'files', 'gap'] as const) : (['gap', 'files', 'profile', 'none'] as const);
     for (const which of order) {
@@ -182,6 +208,12 @@ async function main(): Promise<void> {
         whySlow = await sh(process.execPath, [CLI, 'why-slow', '--root', cold.sn.root, `c${i}`]);
       }
       await cold.stop();
+      if (which === 'profile') {
+        await client.mountFresh();
+        add('cold, profile, node running', await start(running, `r${i}`));
+        hotOf('cold, profile, node running', running);
+        await forget();
+      }
       if (which === 'profile' || which === 'gap') {
         // the client holds the pack, not the files (the container read them from the hot layer)
         const packOnly = await node();
@@ -216,7 +248,7 @@ async function main(): Promise<void> {
   }
   const ratio = (k: string) => (median(rows[k]!.total) / warm).toFixed(2);
   out(
-    `cold with profile / warm: ${ratio('cold, profile (hot layer)')} (target <= 1.3); its files read one by one (--hot-wait 0): ${ratio('cold, profile, files one by one')}; run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
+    `cold with profile / warm: ${ratio('cold, profile (hot layer)')}, on a running node ${ratio('cold, profile, node running')} (target <= 1.3); its files read one by one (--hot-wait 0): ${ratio('cold, profile, files one by one')}; run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
   );
   for (const [k, v] of Object.entries(hot)) out(`hot layer (snapshotter's log), ${k}: ${v.join('; ')}`);
   out(`one cold start with its profile (cvmfs-thin why-slow):\n${whySlow}`);

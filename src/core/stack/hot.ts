@@ -21,13 +21,12 @@
 import { constants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { layerRootfs } from '../cvmfs/layout.js';
 import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
-import { cvmfsCounters } from './start-trace.js';
+import { type CvmfsCounters, cvmfsCounters } from './start-trace.js';
 import { type AccessProfile, packPath, parseProfile, profilePath, stackId } from '../thin/profile.js';
 
 export interface HotOptions {
@@ -115,12 +114,15 @@ export class HotLayers {
 
   private async fetch(mp: string, layers: readonly string[], final: string, signal?: AbortSignal): Promise<HotResult> {
     const t0 = performance.now();
+    // the client's download counter, read beside the profile (the cache check's start: a
+    // profile not in the cache makes it say no, as it would for any other download)
+    const before = cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
     const profile = await this.profile(path.join(mp, profilePath(layers)), layers);
     if (typeof profile === 'string') return { dir: null, why: profile, ms: 0, cheap: true };
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
     const tp = performance.now();
-    if (await this.cacheHolds(mp, profile)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0, cheap: true };
+    if (await this.cacheHolds(mp, profile, before)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0, cheap: true };
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const t1 = performance.now();
     let t2 = t1;
@@ -143,8 +145,8 @@ export class HotLayers {
           if (!a?.ok) throw new Error(`pack not copied: ${a ? a.message : 'no answer'}`);
         });
       // loaded on the first pack only (daemons' idle memory)
-      const { extractLayer } = await import('../tar/index.js');
-      const unpacked = extractLayer(Readable.from(pieces(file, pack.bytes, count, copied, ctl.signal)), {
+      const { extractLayerChunks } = await import('../tar/index.js');
+      const unpacked = extractLayerChunks(pieces(file, pack.bytes, count, copied, ctl.signal), {
         dest: tmp,
         whiteouts: 'overlay',
         limits: { maxEntries: 2 * pack.files + 10_000, maxTotalBytes: pack.bytes },
@@ -185,16 +187,16 @@ export class HotLayers {
    * cached from then on, so a fixed sample would say "warm" to the next check
    * on a node whose containers read the rest from a hot layer. Unknown (no
    * counters: not CVMFS, no getfattr; files not where the profile says; other
-   * downloads meanwhile) is no.
+   * downloads meanwhile, the profile's own included: a node that ran the
+   * image before its profile was published makes a hot layer once) is no.
    */
-  private async cacheHolds(mp: string, profile: AccessProfile): Promise<boolean> {
+  private async cacheHolds(mp: string, profile: AccessProfile, before: Promise<CvmfsCounters | null>): Promise<boolean> {
     const sample = pick(
       profile.files.filter((f) => f.layer),
       SAMPLE,
     );
-    if (sample.length === 0) return false;
-    const b = await cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
-    if (!b) return false;
+    const b = await before;
+    if (sample.length === 0 || !b) return false;
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), this.o.readTimeoutMs);
     try {
@@ -238,6 +240,8 @@ async function* pieces(file: string, size: number, count: number, done: Promise<
     (error: unknown) => (finished = { error }),
   );
   const per = Math.ceil(size / count);
+  // one buffer: each chunk is unpacked before the next is read (extractLayerChunks)
+  const buf = Buffer.allocUnsafe(GROW_CHUNK);
   for (let i = 0; i < count; i++) {
     const want = Math.max(0, Math.min(per, size - i * per));
     let fh: FileHandle | undefined;
@@ -250,12 +254,10 @@ async function* pieces(file: string, size: number, count: number, done: Promise<
           if (e.code !== 'ENOENT' || end) throw e;
           return undefined;
         });
-        // a new buffer per chunk: the stream may hold several
-        const buf = fh && Buffer.allocUnsafe(Math.min(GROW_CHUNK, want - at));
-        const n = fh && buf ? (await fh.read(buf, 0, buf.length, at)).bytesRead : 0;
+        const n = fh ? (await fh.read(buf, 0, Math.min(GROW_CHUNK, want - at), at)).bytesRead : 0;
         if (n > 0) {
           at += n;
-          yield buf!.subarray(0, n);
+          yield buf.subarray(0, n);
         } else if (end) throw new Error(`pack piece ${i} has ${at} bytes, not ${want}`);
         else await sleep(GROW_POLL_MS);
       }

@@ -70,14 +70,12 @@ export interface ExtractOptions {
   signal?: AbortSignal;
   /** where parsing and fs calls run; default 'worker' */
   thread?: 'worker' | 'inline';
-  /** inline: false skips the diffId (the caller hashed the input itself; `diffId` is then ''). */
-  digest?: boolean;
 }
 
 export interface ExtractResult extends WriterStats {
   /** uncompressed bytes read (the whole input, to EOF) */
   bytes: number;
-  /** "sha256:<hex>" of the whole input ('' when not asked for: `digest: false`) */
+  /** "sha256:<hex>" of the whole input */
   diffId: string;
 }
 
@@ -95,6 +93,16 @@ export async function extractLayer(input: NodeJS.ReadableStream | Readable, opts
  */
 export async function extractLayerFile(file: string, opts: ExtractOptions): Promise<ExtractResult> {
   return extract({ kind: 'file', path: file }, opts);
+}
+
+/**
+ * extractLayer for a tar handed over chunk by chunk, on this thread
+ * (`thread: 'inline'` only): each chunk is used before the next is asked
+ * for, so the source may fill one buffer again and again.
+ */
+export async function extractLayerChunks(chunks: AsyncIterable<Buffer>, opts: ExtractOptions): Promise<ExtractResult> {
+  if (opts.thread !== 'inline') throw new InvalidArgumentError("extractLayerChunks: only with thread: 'inline'");
+  return extract({ kind: 'chunks', it: chunks }, opts);
 }
 
 async function extract(src: Source, opts: ExtractOptions): Promise<ExtractResult> {
@@ -123,6 +131,7 @@ async function extract(src: Source, opts: ExtractOptions): Promise<ExtractResult
     maxTotalBytes: limits.maxTotalBytes ?? Infinity,
   };
   if (opts.thread === 'inline') return runInline(src, cfg, opts);
+  if (src.kind === 'chunks') throw new InvalidArgumentError('extractLayer: chunks are extracted inline only');
   return src.kind === 'stream' ? runStreamInWorker(src.r, cfg, opts) : runFileInWorker(src.path, cfg, opts);
 }
 
@@ -139,8 +148,8 @@ function currentUmask(): number {
   return u;
 }
 
-/** Where the bytes come from: a stream (copied into batches) or a file (read by the worker). */
-type Source = { kind: 'stream'; r: Readable } | { kind: 'file'; path: string };
+/** Where the bytes come from: a stream (copied into batches), a file (read by the worker), or chunks (inline). */
+type Source = { kind: 'stream'; r: Readable } | { kind: 'file'; path: string } | { kind: 'chunks'; it: AsyncIterable<Buffer> };
 
 // ------------------------------------------------------------------ inline
 
@@ -154,7 +163,7 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
       if (m.t === 'error') error = deserializeError(m.err);
       else if (m.t === 'done') result = m;
     },
-    opts.digest !== false,
+    true,
   );
   if (error) throw error;
   const onChunk = (c: Buffer): void => {
@@ -165,6 +174,11 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
   };
   if (src.kind === 'stream') {
     await pump(src.r, onChunk, opts.signal).done;
+  } else if (src.kind === 'chunks') {
+    for await (const c of src.it) {
+      opts.signal?.throwIfAborted();
+      onChunk(c);
+    }
   } else {
     const fh = await fsp.open(src.path, 'r');
     try {
@@ -182,7 +196,7 @@ async function runInline(src: Source, cfg: JobConfig, opts: ExtractOptions): Pro
   job.end();
   if (error) throw error;
   const r = result as Extract<FromWorker, { t: 'done' }> | null;
-  return { ...r!.stats, bytes: r!.bytes, diffId: r!.diffId ?? '' };
+  return { ...r!.stats, bytes: r!.bytes, diffId: r!.diffId! };
 }
 
 // ------------------------------------------------------------------ worker

@@ -8,7 +8,15 @@
  * - packDirectory / packEntries: directory or in-memory entries → tar stream
  * - UnsafeTarError: every refusal (reason says which)
  */
-export { extractLayer, extractLayerFile, type ExtractLimits, type ExtractOptions, type ExtractResult, type WhiteoutMode } from './extract.js';
+export {
+  extractLayer,
+  extractLayerChunks,
+  extractLayerFile,
+  type ExtractLimits,
+  type ExtractOptions,
+  type ExtractResult,
+  type WhiteoutMode,
+} from './extract.js';
 export { UnsafeTarError, TarIoError, type UnsafeTarReason } from './errors.js';
 export { LayerRewriter, type RewriteResult } from './rewrite.js';
 export { tarSplitTee } from './split.js';
