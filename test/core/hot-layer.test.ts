@@ -273,9 +273,14 @@ describe('a hot layer that is not used', () => {
     // warm: the files were read through this client before (the pack was not)
     const warm = new ClientHost();
     for (const f of [...files, path.join(repo, profilePath(hexes))]) warm.cached.add(f);
-    const w = await new HotLayers(masks, warm, log, OPTS).forStack(repo, hexes);
+    const onWarm = new HotLayers(masks, warm, log, OPTS);
+    const w = await onWarm.forStack(repo, hexes);
     expect(w).toMatchObject({ dir: null, why: "the CVMFS client's cache holds the profile's files" });
     expect([warm.copies(), warm.downloads, fs.readdirSync(masks)]).toEqual([0, 0, []]);
+    // the node's next pull of the layers asks nothing (the verdict holds for a while)
+    const asked = warm.calls.length;
+    expect((await onWarm.forStack(repo, hexes)).why).toBe("the CVMFS client's cache holds the profile's files");
+    expect(warm.calls.length).toBe(asked);
     // cold: the sample is downloaded, so the pack is fetched and unpacked
     const cold = new ClientHost();
     const c = await new HotLayers(masks, cold, log, OPTS).forStack(repo, hexes);

@@ -58,7 +58,7 @@ const PIECE_MIN = 4 << 20;
 const GROW_CHUNK = 1 << 20;
 const GROW_POLL_MS = 4;
 
-/** A fetch that fails is not tried again for the same stack before this. */
+/** A fetch that fails is not tried again for the same stack before this, nor a client whose cache held the files checked again. */
 const RETRY_MS = 10 * 60_000;
 /** A pack copy that takes longer is abandoned (a stalled client). */
 const COPY_MS = 120_000;
@@ -96,7 +96,8 @@ export class HotLayers {
       const done = this.fetch(mp, layers, final, signal)
         .catch((e: unknown): HotResult => ({ dir: null, why: `failed: ${(e as Error).message}`, ms: 0 }))
         .then((r) => {
-          // kept: a pack that failed (not fetched again for a while); a profile without one is read again at the next pull
+          // kept: a pack that failed (not fetched again for a while) or a cache that held the files (not checked again);
+          // a profile without a pack is read again at the next pull
           if (r.dir || r.cheap) this.jobs.delete(id);
           return r;
         });
@@ -122,7 +123,8 @@ export class HotLayers {
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
     const tp = performance.now();
-    if (await this.cacheHolds(mp, profile, before)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0, cheap: true };
+    // kept like a failure: not checked again for a while (a warm node's next pulls skip the profile and the check)
+    if (await this.cacheHolds(mp, profile, before)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const t1 = performance.now();
     let t2 = t1;
