@@ -285,6 +285,8 @@ describe('a hot layer that is not used', () => {
     const cold = new ClientHost();
     const c = await new HotLayers(masks, cold, log, OPTS).forStack(repo, hexes);
     expect([c.why, cold.copies()]).toEqual(['pack', 1]);
+    // the profile came over the network: no sample was opened (the profile and the pack were downloaded)
+    expect([...cold.cached].sort()).toEqual([path.join(repo, packPath(hexes)), path.join(repo, profilePath(hexes))].sort());
     fs.rmSync(c.dir!, { recursive: true });
     // only the pack in the cache (a node whose containers read the files from its hot layer): fetched again
     const packOnly = new ClientHost();

@@ -185,7 +185,8 @@ export class HotLayers {
    * Whether the client's cache already holds the profile's files (a node that
    * ran the image without a hot layer): SAMPLE of them, picked at random, are
    * opened (which fetches a file not in the cache) and the client's download
-   * counter must not move meanwhile. At random: the files a check opened are
+   * counter must not move meanwhile (nor while the profile was read: when
+   * it does, the sample is not opened). At random: the files a check opened are
    * cached from then on, so a fixed sample would say "warm" to the next check
    * on a node whose containers read the rest from a hot layer. Unknown (no
    * counters: not CVMFS, no getfattr; files not where the profile says; other
@@ -199,6 +200,9 @@ export class HotLayers {
     );
     const b = await before;
     if (sample.length === 0 || !b) return false;
+    // the profile itself came over the network: a cold client (or a profile new to it), no sample needed
+    const mid = await cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
+    if (mid?.downloads !== b.downloads) return false;
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), this.o.readTimeoutMs);
     try {
