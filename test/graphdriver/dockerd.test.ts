@@ -4,12 +4,16 @@
  * tree, ordinary images, diff/commit/save/rmi, a container start's trace
  * (cvmfs-thin why-slow), plugin and dockerd restarts.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMountinfo } from '../../src/core/fs/fsutil.js';
-import { PROFILE_SCHEMA, profilePath, serializeProfile } from '../../src/core/thin/profile.js';
+import { writeProfilePack } from '../../src/convert/profile-pack.js';
+import { systemHost } from '../../src/core/host/host.js';
+import { silentLogger } from '../../src/core/telemetry/log.js';
+import { type AccessProfile, packPath, PROFILE_SCHEMA, profilePath, serializeProfile } from '../../src/core/thin/profile.js';
 import { runCli } from '../helpers/daemon.js';
 import { needs } from '../helpers/env.js';
 import { buildImage, buildThinImage, busyboxEntries, tarOf, unpackDuccStyle, writeDockerArchive } from '../helpers/oci-image.js';
@@ -136,6 +140,59 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     );
     expect(text.out).toContain('  access profile: repository\n  prefetch: 2 file(s)');
     await docker(['rm', id]);
+  });
+
+  it("a thin image whose profile has a pack: its containers read the profile's files from the hot layer, the same as from CVMFS", async () => {
+    // three layers (the second deletes a file of the first, DUCC's way), a profile of the files a start reads, and its pack
+    const src = await buildImage('src-hot:1', [
+      busyboxEntries('salt-hot'),
+      [
+        { path: 'app/', type: 'dir' },
+        { path: 'app/gone.py', content: 'deleted above\n' },
+        { path: 'app/lib/', type: 'dir', mode: 0o750 },
+        ...Array.from({ length: 30 }, (_, i) => ({ path: `app/lib/m${i}.py`, content: `module ${i}\n`.repeat(200 + i) })),
+      ],
+      [
+        { path: 'app/', type: 'dir' },
+        { path: 'app/.wh.gone.py', content: '' },
+        { path: 'app/main.py', content: 'main\n' },
+      ],
+    ]);
+    for (const l of src.layers) unpackDuccStyle(repo, l);
+    const hexes = src.layers.map((l) => l.digest.slice(7));
+    const files = [
+      { path: 'app/main.py', layer: hexes[2], size: 5 },
+      { path: 'app/gone.py', layer: hexes[1], size: 14 },
+      ...Array.from({ length: 30 }, (_, i) => ({ path: `app/lib/m${i}.py`, layer: hexes[1], size: `module ${i}\n`.length * (200 + i) })),
+    ];
+    const profile: AccessProfile = { schema: PROFILE_SCHEMA, version: 1, layers: hexes, prefetch: true, created: new Date().toISOString(), files };
+    mkdirSync(path.dirname(path.join(repo, profilePath(hexes))), { recursive: true });
+    const packed = await writeProfilePack(repo, profile, path.join(repo, packPath(hexes)), { host: systemHost, log: silentLogger() });
+    expect(packed!.pack.files).toBe(31); // the deleted file is not packed
+    writeFileSync(path.join(repo, profilePath(hexes)), serializeProfile({ ...profile, pack: packed!.pack }));
+    const thin = JSON.stringify({
+      version: '1.0',
+      origin: 'test/src-hot:1',
+      layers: hexes.map((h) => ({ digest: h, url: `cvmfs://${REPO}/.layers/${h.slice(0, 2)}/${h}/layerfs` })),
+    });
+    await writeDockerArchive(path.join(dir, 'thin-hot.tar'), await buildThinImage('test/thin-hot:1', thin));
+    await docker(['load', '-i', path.join(dir, 'thin-hot.tar')]);
+    const script = 'cat /app/main.py; test -e /app/gone.py && echo gone-present || echo gone-gone; cat /app/lib/* | md5sum; stat -c "%a %u" /app/lib';
+    const id = (await docker(['create', '--network', 'none', 'test/thin-hot:1', 'sh', '-c', script])).stdout.trim();
+    const out = (await docker(['start', '-a', id])).stdout;
+    const hot = readdirSync(path.join(home, 'masks')).filter((f) => f.startsWith('hot-'));
+    expect(hot).toHaveLength(1);
+    expect(plugin.output()).toMatch(/"how":\["hot"/);
+    const trace = await runCli(['why-slow', '--state-dir', path.join(dir, 'state'), id]);
+    expect(trace.out).toContain("hot layer (the profile's pack, on local disk)");
+    await docker(['rm', id]);
+    // what the image holds (cat /app/lib/* reads them in name order)
+    const libs = Array.from({ length: 30 }, (_, i): [string, string] => [`m${i}.py`, `module ${i}\n`.repeat(200 + i)]).sort(([a], [b]) => (a < b ? -1 : 1));
+    const md5 = createHash('md5')
+      .update(libs.map(([, c]) => c).join(''))
+      .digest('hex');
+    const expected = `main\ngone-gone\n${md5}`;
+    expect(out).toBe(`${expected}  -\n750 0\n`);
   });
 
   it('docker diff and commit on a container of the thin image; the committed image runs', async () => {
