@@ -341,6 +341,11 @@ export class RecordingHost implements Host {
         } else if (o.op === 'read') {
           const b = await fsp.readFile(o.path);
           r = o.text ? { ok: true, bytes: b.length, text: b.toString('utf8') } : { ok: true, bytes: Math.min(b.length, o.max ?? b.length) };
+        } else if (o.op === 'counters') {
+          // as the probe helper: getfattr's output, through the program runner
+          const x = await this.execHandler('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', o.path]);
+          if (x.code !== 0) throw errno('EIO', `getfattr ${o.path}: exit ${x.code}`);
+          r = { ok: true, text: x.stdout };
         } else if (o.op === 'copy' && o.copy) {
           // as the probe helper: an exactly sized regular file, in pieces
           const { to, size, count } = o.copy;

@@ -96,7 +96,13 @@ export interface OverlayMount {
  * fails.
  */
 export interface FsProbeOp {
-  op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath' | 'copy';
+  /**
+   * counters: the CVMFS client's download counters of the mount at `path`
+   * (`getfattr -d -m '^user\.(rx|ndownload|nclg)$'`, run by the helper, not
+   * the daemon: spawning from a daemon blocks its event loop 10–25 ms), its
+   * output as `text`.
+   */
+  op: 'statfs' | 'stat' | 'readdir' | 'read' | 'realpath' | 'copy' | 'counters';
   /** read: at most this many bytes. */
   max?: number;
   /**

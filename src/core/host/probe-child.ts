@@ -81,6 +81,16 @@ async function copyPieces(p, { to, size, count }) {
   if (failed) throw failed.reason;
   return { bytes: size };
 }
+// the CVMFS client's counters of a mount (getfattr; ENOENT when it is not installed)
+const COUNTERS = ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$'];
+function counters(p) {
+  return new Promise((resolve, reject) =>
+    require('node:child_process').execFile('getfattr', [...COUNTERS, p], { timeout: 60000, maxBuffer: 1 << 16 }, (err, stdout) => {
+      if (err) reject(Object.assign(new Error('getfattr ' + p + ': ' + err.message), { code: typeof err.code === 'string' ? err.code : 'EIO' }));
+      else resolve({ ok: true, text: stdout });
+    }),
+  );
+}
 async function one(o) {
   try {
     if (o.op === 'statfs') return { ok: true, type: (await fsp.statfs(o.path)).type };
@@ -99,6 +109,7 @@ async function one(o) {
       return { ok: true, bytes: b.length, text: b.toString('utf8') };
     }
     if (o.op === 'read') return { ok: true, bytes: await readFile(o.path, o.max) };
+    if (o.op === 'counters') return await counters(o.path);
     if (o.op === 'copy' && o.copy) return { ok: true, ...(await copyPieces(o.path, o.copy)) };
     return { ok: false, code: 'EINVAL', message: 'unknown probe ' + o.op };
   } catch (e) {

@@ -62,15 +62,17 @@ export function traceFile(dir: string, key: string): string {
   return path.join(dir, `${encodeURIComponent(key).replace(/^\./, '%2E').slice(0, 200)}.json`);
 }
 
-/** The CVMFS client's counters of the repository mounted at `mp`, read by `host` (null: not CVMFS, no getfattr, or no answer in time). */
+/** The CVMFS client's counters of the repository mounted at `mp`, read by `host`'s probe helper (null: not CVMFS, no getfattr, or no answer in time). */
 export async function cvmfsCounters(host: Host, mp: string, timeoutMs = 2000): Promise<CvmfsCounters | null> {
   let timer: NodeJS.Timeout | undefined;
-  // a getfattr stuck in a stalled FUSE cannot be killed until it answers: answer null at the deadline anyway
-  const deadline = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), timeoutMs)));
-  const read = host.exec('getfattr', ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$', mp], { timeoutMs }).then(
-    ({ code, stdout }) => {
-      if (code !== 0) return null;
-      const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(stdout.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
+  const ctl = new AbortController();
+  // a getfattr stuck in a stalled FUSE holds the helper, not us: answer null at the deadline
+  const deadline = new Promise<null>((resolve) => (timer = setTimeout(() => (ctl.abort(), resolve(null)), timeoutMs)));
+  const read = host.probeFs([{ op: 'counters', path: mp }], ctl.signal).then(
+    ([r]) => {
+      if (!r?.ok || r.text === undefined) return null;
+      const text = r.text;
+      const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(text.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
       const c = { downloads: v('ndownload'), rxKiB: v('rx'), catalogs: v('nclg') };
       return Object.values(c).every(Number.isFinite) ? c : null;
     },

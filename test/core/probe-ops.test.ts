@@ -1,6 +1,7 @@
 /**
- * The probe helper's `copy` (core/host/probe-child.ts), which fetches a
- * profile's pack for a hot layer: an exactly sized regular file copied as
+ * Two of the probe helper's operations (core/host/probe-child.ts). `counters`:
+ * getfattr run by the helper, not the daemon (a spawn blocks the daemon's
+ * event loop). `copy`, which fetches a profile's pack for a hot layer: an exactly sized regular file copied as
  * pieces read at once through their own descriptors, each piece the file's
  * bytes at its offset — also while other probes read files in the same
  * helper — and nothing copied from a link, a file of another size, into an
@@ -11,10 +12,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ProbeHelper } from '../../src/core/host/probe-child.js';
-import { tempDir } from '../helpers/env.js';
+import { needs, tempDir } from '../helpers/env.js';
 
 const helper = new ProbeHelper();
 afterAll(() => helper.stop());
+
+describe.skipIf(needs({ binaries: ['getfattr'] }))("the probe helper reads a mount's counters", () => {
+  it("getfattr's output for a path (a plain directory has no CVMFS counters: nothing listed); a missing path is not ok", async () => {
+    const dir = tempDir('probe-counters-');
+    const [plain, missing] = await helper.run([
+      { op: 'counters', path: dir },
+      { op: 'counters', path: path.join(dir, 'nope') },
+    ]);
+    expect(plain).toEqual({ ok: true, text: '' });
+    expect(missing).toMatchObject({ ok: false, message: expect.stringContaining(`getfattr ${path.join(dir, 'nope')}`) as unknown });
+  });
+});
 
 describe('the probe helper copies a file in pieces', () => {
   const dir = tempDir('probe-copy-');
