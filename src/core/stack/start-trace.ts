@@ -5,7 +5,7 @@
  * profile, the recording of a new one — and what the CVMFS client did
  * meanwhile (files downloaded, bytes from the network, catalogs loaded: the
  * client's `user.ndownload`, `user.rx`, `user.nclg` attributes, read with
- * getfattr, run through the Host, off the daemon's threads). Each start is one JSON file under
+ * getfattr by the Host's probe helper, off the daemon's process). Each start is one JSON file under
  * `<root>/traces/` (the newest MAX_TRACES kept), read by `cvmfs-thin
  * why-slow`; its phases are Prometheus histograms; a start over the
  * configured budget logs why.
