@@ -18,7 +18,7 @@ function report(dir: string, writes: ProfileWrite[], dryRun: boolean): void {
   for (const w of writes) {
     const p = w.profile;
     const pack = p.pack
-      ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}`
+      ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}${p.image ? `, image ${Math.round(p.image.bytes / 1024)} KiB` : ''}`
       : '';
     const what = p.prefetch ? `${p.files.length} file(s), ${Math.round(p.files.reduce((a, f) => a + f.size, 0) / 1024)} KiB${pack}` : 'prefetch disabled';
     process.stdout.write(`${verb} ${w.path}: ${what}${w.replaced === null ? '' : ` (replacing one of ${w.replaced} file(s))`}\n`);
@@ -39,7 +39,8 @@ export function profileCommand(): Command {
         .argument('<file...>', 'profile files'),
     )
       .option('--dry-run', 'validate and say what would be written')
-      .option('--no-pack', "write no pack: nodes read the profile's files one by one")
+      .option('--no-pack', "write no pack (nor image): nodes read the profile's files one by one")
+      .option('--no-image', 'write no EROFS image of the pack: nodes unpack the pack instead of mounting the image')
       .option('--pack-max <bytes>', "most file content in a profile's pack, in access order (suffixes K, M, G; default 256M)", parseSize('--pack-max'))
       .addOption(logLevel())
       .action(async (files: string[], o: Record<string, unknown>) => {
@@ -49,7 +50,13 @@ export function profileCommand(): Command {
         const dryRun = Boolean(o['dryRun']);
         report(
           dir,
-          await publishProfiles(dir, profiles, publisher, { dryRun, pack: o['pack'] !== false, packMaxBytes: o['packMax'] as number | undefined, log }),
+          await publishProfiles(dir, profiles, publisher, {
+            dryRun,
+            pack: o['pack'] !== false,
+            image: o['image'] !== false,
+            packMaxBytes: o['packMax'] as number | undefined,
+            log,
+          }),
           dryRun,
         );
       }),

@@ -14,7 +14,7 @@
  * else from the file (never CVMFS's made-up ones). Files are staged in a
  * local temporary directory and packed with the layer packer.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
@@ -23,11 +23,13 @@ import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { layerMarker, layerRootfs, type LayerRecord, parseLayerMarker } from '../core/cvmfs/layout.js';
 import { isCvmfsMagicXattr } from '../core/cvmfs/xattrs.js';
+import { type ErofsEntry, writeErofs } from '../core/fs/erofs.js';
 import { removeTree } from '../core/fs/fsutil.js';
+import { InvalidArgumentError } from '../core/errors/errors.js';
 import { OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX } from '../core/fs/whiteout.js';
 import type { Host } from '../core/host/host.js';
 import { packDirectory } from '../core/tar/index.js';
-import { type AccessProfile, MAX_PACK_BYTES, type ProfilePack } from '../core/thin/profile.js';
+import { type AccessProfile, MAX_PACK_BYTES, type ProfileImage, type ProfilePack } from '../core/thin/profile.js';
 
 type Form = { kind: 'record'; record: LayerRecord; xattrs: Map<string, [string, string][]> } | { kind: 'overlay' } | { kind: 'ducc' };
 interface Layer {
@@ -119,20 +121,39 @@ function stageMeta(host: Host, dst: string, st: fs.BigIntStats, xattrs: [string,
 
 interface PackResult {
   pack: ProfilePack;
+  /** The same files as an EROFS image (when asked for). */
+  image?: ProfileImage | undefined;
   /** Profile files left out: not a regular file of that size where the stack shows it, or over the size limit. */
   skipped: number;
 }
 
+/** An entry of the image: the metadata the stack shows (as staged for the tar), the content from the stage. */
+function erofsEntry(p: string, found: Found, xattrs: [string, string][], source?: string): ErofsEntry {
+  const st = found.st;
+  return {
+    path: p,
+    type: source ? 'file' : 'dir',
+    mode: Number(st.mode & 0o7777n),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtimeNs: st.mtimeNs,
+    xattrs: xattrs.map(([n, v]) => [n, Buffer.from(v, 'base64')]),
+    source,
+    size: source ? Number(st.size) : undefined,
+  };
+}
+
 /**
  * Write the pack of `profile` to `out` (a new file) from the repository tree
- * at `repo`; null when none of its files is there. At most `maxBytes` of
- * file content, in access order.
+ * at `repo`, and the same files as an EROFS image to `o.imageOut` when given;
+ * null when none of its files is there. At most `maxBytes` of file content,
+ * in access order.
  */
 export async function writeProfilePack(
   repo: string,
   profile: AccessProfile,
   out: string,
-  o: { host: Host; log: Logger; maxBytes?: number | undefined },
+  o: { host: Host; log: Logger; maxBytes?: number | undefined; imageOut?: string | undefined },
 ): Promise<PackResult | null> {
   const maxBytes = Math.min(o.maxBytes ?? 256 << 20, MAX_PACK_BYTES - (64 << 20));
   const layers = await Promise.all([...profile.layers].reverse().map((h) => layerOf(repo, h)));
@@ -146,6 +167,7 @@ export async function writeProfilePack(
     let bytes = 0;
     let files = 0;
     let skipped = 0;
+    const entries: ErofsEntry[] = [];
     const order = [...profile.files].sort((a, b) => (a.at ?? Infinity) - (b.at ?? Infinity));
     for (const e of order) {
       const found = bytes + e.size <= maxBytes ? lookup(layers, e.path, o.host) : null;
@@ -158,14 +180,19 @@ export async function writeProfilePack(
       const dst = path.join(stage, e.path);
       if (lstat(dst)) continue; // listed twice
       await fsp.copyFile(found.abs, dst);
-      stageMeta(o.host, dst, found.st, xattrsOf(found, e.path, o.host));
+      const xattrs = xattrsOf(found, e.path, o.host);
+      stageMeta(o.host, dst, found.st, xattrs);
+      entries.push(erofsEntry(e.path, found, xattrs, dst));
       bytes += e.size;
       files++;
     }
     if (files === 0) return null;
     // directories last, deepest first (their times are final once their entries are in)
-    for (const [d, found] of [...dirs].filter(([d]) => lstat(d === '' ? stage : path.join(stage, d))).sort(([a], [b]) => b.length - a.length))
-      stageMeta(o.host, d === '' ? stage : path.join(stage, d), found!.st, xattrsOf(found!, d, o.host));
+    for (const [d, found] of [...dirs].filter(([d]) => lstat(d === '' ? stage : path.join(stage, d))).sort(([a], [b]) => b.length - a.length)) {
+      const xattrs = xattrsOf(found!, d, o.host);
+      stageMeta(o.host, d === '' ? stage : path.join(stage, d), found!.st, xattrs);
+      entries.push(erofsEntry(d, found!, xattrs));
+    }
     const hash = createHash('sha256');
     let size = 0;
     const tar = packDirectory(stage, { includeRoot: true });
@@ -175,7 +202,19 @@ export async function writeProfilePack(
     });
     await pipeline(tar, fs.createWriteStream(out, { flags: 'wx', mode: 0o644 }));
     o.log.info({ out, files, bytes: size, skipped }, 'profile pack written');
-    return { pack: { bytes: size, sha256: hash.digest('hex'), files }, skipped };
+    const pack = { bytes: size, sha256: hash.digest('hex'), files };
+    if (!o.imageOut) return { pack, skipped };
+    const uuid = randomBytes(16);
+    try {
+      const img = await writeErofs(entries, o.imageOut, { uuid, buildTimeNs: BigInt(Date.now()) * 1_000_000n });
+      o.log.info({ out: o.imageOut, files: img.files, bytes: img.bytes }, 'profile image written');
+      return { pack, image: { ...img, uuid: uuid.toString('hex') }, skipped };
+    } catch (err) {
+      // the pack alone still serves every node
+      if (!(err instanceof InvalidArgumentError)) throw err;
+      o.log.warn({ err, out: o.imageOut }, 'no EROFS image of the pack');
+      return { pack, skipped };
+    }
   } finally {
     await removeTree(stage);
   }

@@ -12,7 +12,7 @@ import { METADATA_DIR } from '../core/cvmfs/layout.js';
 import { NotFoundError } from '../core/errors/errors.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
 import type { Logger } from 'pino';
-import { type AccessProfile, packPath, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
+import { type AccessProfile, imagePath, packPath, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
 import { writeProfilePack } from './profile-pack.js';
 import type { Publisher } from './publish.js';
 import { duccImageName, parseDockerReference } from './reference.js';
@@ -75,15 +75,17 @@ interface PublishProfileOptions {
   dryRun?: boolean | undefined;
   /** Write each profile's pack (profile-pack.ts); default true. */
   pack?: boolean | undefined;
+  /** Write the pack's files as an EROFS image too (core/fs/erofs.ts); default true. */
+  image?: boolean | undefined;
   packMaxBytes?: number | undefined;
   log: Logger;
 }
 
 /**
  * Write `profiles` into the repository in one publishing session, each with
- * its pack (written first: a node that reads the profile finds the pack it
- * names); a profile whose files are none of them there has no pack, and an
- * older pack of it goes.
+ * its pack and image (written first: a node that reads the profile finds the
+ * pack and image it names); a profile whose files are none of them there has
+ * neither, and an older pack or image of it goes.
  */
 export async function publishProfiles(
   repositoryDir: string,
@@ -113,17 +115,30 @@ export async function publishProfiles(
       const f = path.join(repositoryDir, w.path);
       await fsp.mkdir(path.dirname(f), { recursive: true, mode: 0o755 });
       const packFile = path.join(repositoryDir, packPath(w.profile.layers));
-      const tmp = `${packFile}.tmp-${process.pid}`;
-      await fsp.rm(tmp, { force: true });
+      const imageFile = path.join(repositoryDir, imagePath(w.profile.layers));
+      const [tmp, tmpImage] = [`${packFile}.tmp-${process.pid}`, `${imageFile}.tmp-${process.pid}`];
+      for (const t of [tmp, tmpImage]) await fsp.rm(t, { force: true });
+      const withImage = o.image !== false;
       const packed =
         o.pack !== false && w.profile.prefetch && w.profile.files.length > 0
-          ? await writeProfilePack(repositoryDir, w.profile, tmp, { host: publisher.host, log: o.log, maxBytes: o.packMaxBytes })
+          ? await writeProfilePack(repositoryDir, w.profile, tmp, {
+              host: publisher.host,
+              log: o.log,
+              maxBytes: o.packMaxBytes,
+              imageOut: withImage ? tmpImage : undefined,
+            })
           : null;
+      const { pack: _p, image: _i, ...rest } = w.profile;
+      w.profile = rest;
       if (packed) {
         await fsp.rename(tmp, packFile);
-        w.profile = { ...w.profile, pack: packed.pack };
+        w.profile.pack = packed.pack;
         w.packSkipped = packed.skipped;
       } else await fsp.rm(packFile, { force: true });
+      if (packed?.image) {
+        await fsp.rename(tmpImage, imageFile);
+        w.profile.image = packed.image;
+      } else await fsp.rm(imageFile, { force: true });
       await writeFileAtomic(f, serializeProfile(w.profile));
     }
   });

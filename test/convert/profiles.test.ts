@@ -2,14 +2,17 @@
  * `cvmfs-thin profile` (publish, disable, show) on a repository tree, as a
  * publisher would run it: profiles validated before anything is written,
  * written under .profiles/ in one session of the publishing hooks, an
- * opt-out for a converted image, hostile files refused naming the field.
+ * opt-out for a converted image, hostile files refused naming the field;
+ * each profile's pack and EROFS image (mounted as the kernel shows it).
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { packPath, parseProfile, PROFILE_SCHEMA, profilePath, serializeProfile, type AccessProfile } from '../../src/core/thin/profile.js';
+import { readErofsHead } from '../../src/core/fs/erofs.js';
+import * as sys from '../../src/core/host/sys.js';
+import { imagePath, packPath, parseProfile, PROFILE_SCHEMA, profilePath, serializeProfile, type AccessProfile } from '../../src/core/thin/profile.js';
 import { addLayer } from '../helpers/cvmfs-tree.js';
 import { duccImageName, parseDockerReference } from '../../src/convert/reference.js';
 import { needs, tempDir } from '../helpers/env.js';
@@ -95,15 +98,34 @@ describe('cvmfs-thin profile', () => {
       );
       const r = await runCli(['profile', 'publish', '--repository-dir', repo, ...hooks, f]);
       expect(r.code, r.stderr).toBe(0);
-      expect(r.stdout).toMatch(/: 3 file\(s\), 0 KiB; pack of 2 file\(s\), \d+ KiB \(1 left out\)\n$/);
+      expect(r.stdout).toMatch(/: 3 file\(s\), 0 KiB; pack of 2 file\(s\), \d+ KiB \(1 left out\), image \d+ KiB\n$/);
       const pack = path.join(repo, packPath(layers));
-      const written = parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8')).pack!;
-      expect(written).toEqual({ bytes: statSync(pack).size, sha256: createHash('sha256').update(readFileSync(pack)).digest('hex'), files: 2 });
+      const image = path.join(repo, imagePath(layers));
+      const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+      const profileNow = () => parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8'));
+      const written = profileNow();
+      expect(written.pack).toEqual({ bytes: statSync(pack).size, sha256: sha(pack), files: 2 });
+      expect(written.image).toEqual({ bytes: statSync(image).size, sha256: sha(image), files: 2, uuid: expect.stringMatching(/^[0-9a-f]{32}$/) });
+      expect(readErofsHead(readFileSync(image).subarray(0, 2048))).toEqual({ bytes: written.image!.bytes, uuid: written.image!.uuid });
       const names = execFileSync('tar', ['-tf', pack], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
       expect(names).toEqual(['./', 'app/', 'app/x.py', 'app/y.py']);
+      // the image holds what the pack holds, as the kernel shows it
+      const mnt = path.join(dir, 'image-mnt');
+      mkdirSync(mnt);
+      sys.mount(image, mnt, 'erofs', sys.MS_RDONLY, null);
+      try {
+        expect(readdirSync(path.join(mnt, 'app')).sort()).toEqual(['x.py', 'y.py']);
+        expect(readFileSync(path.join(mnt, 'app/x.py'), 'utf8')).toBe('print(1)\n');
+        expect(statSync(path.join(mnt, 'app/x.py')).mtimeMs).toBe(statSync(path.join(l1.dir, 'app/x.py')).mtimeMs);
+      } finally {
+        sys.umount(mnt);
+      }
+      const noImage = await runCli(['profile', 'publish', '--repository-dir', repo, '--no-image', f]);
+      expect(noImage.code, noImage.stderr).toBe(0);
+      expect([existsSync(pack), existsSync(image), profileNow().image]).toEqual([true, false, undefined]);
       const off = await runCli(['profile', 'publish', '--repository-dir', repo, '--no-pack', f]);
       expect(off.code, off.stderr).toBe(0);
-      expect([existsSync(pack), parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8')).pack]).toEqual([false, undefined]);
+      expect([existsSync(pack), profileNow().pack]).toEqual([false, undefined]);
     },
   );
 

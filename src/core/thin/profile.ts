@@ -48,6 +48,11 @@ export interface AccessProfile {
    * those files from a local layer above the image's (core/stack/hot.ts).
    */
   pack?: ProfilePack | undefined;
+  /**
+   * The same files as an EROFS image beside it (`<stack id>.erofs`, SPEC §8):
+   * a node mounts it from CVMFS as the hot layer, nothing copied or unpacked.
+   */
+  image?: ProfileImage | undefined;
 }
 
 export interface ProfilePack {
@@ -57,6 +62,11 @@ export interface ProfilePack {
   sha256: string;
   /** Regular files in it (the first ones of `files` that were found, in access order). */
   files: number;
+}
+
+export interface ProfileImage extends ProfilePack {
+  /** The image's superblock uuid (hex): a node mounts only the image its profile names. */
+  uuid: string;
 }
 
 /** The most a pack may hold (a node's local copy of the hottest files of one image). */
@@ -78,6 +88,8 @@ export function profilePath(layers: readonly string[]): string {
 
 /** Where the pack of a stack's profile lives, relative to the repository root. */
 export const packPath = (layers: readonly string[]): string => profilePath(layers).replace(/\.json$/, '.pack');
+/** Where the EROFS image of a stack's profile lives, relative to the repository root. */
+export const imagePath = (layers: readonly string[]): string => profilePath(layers).replace(/\.json$/, '.erofs');
 
 class ProfileError extends InvalidArgumentError {
   constructor(field: string, why: string) {
@@ -109,7 +121,8 @@ export function parseProfile(text: string): AccessProfile {
   if (!o || typeof o !== 'object' || Array.isArray(o)) throw new ProfileError('file', 'must be a JSON object');
   const r = o as Record<string, unknown>;
   for (const k of Object.keys(r))
-    if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files', 'pack'].includes(k)) throw new ProfileError(k, 'is not a known field');
+    if (!['schema', 'version', 'layers', 'prefetch', 'created', 'source', 'files', 'pack', 'image'].includes(k))
+      throw new ProfileError(k, 'is not a known field');
   if (r['schema'] !== PROFILE_SCHEMA) throw new ProfileError('schema', `must be ${JSON.stringify(PROFILE_SCHEMA)}`);
   if (r['version'] !== 1) throw new ProfileError('version', 'must be 1');
   const layers = r['layers'];
@@ -146,20 +159,29 @@ export function parseProfile(text: string): AccessProfile {
     source: r['source'] as string | undefined,
     files: out,
     pack: r['pack'] === undefined ? undefined : parsePack(r['pack']),
+    image: r['image'] === undefined ? undefined : parseImage(r['image']),
   };
 }
 
-function parsePack(v: unknown): ProfilePack {
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ProfileError('pack', 'must be an object');
+function parsePack(v: unknown, field = 'pack', extra: string[] = []): ProfilePack {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ProfileError(field, 'must be an object');
   const p = v as Record<string, unknown>;
-  for (const k of Object.keys(p)) if (!['bytes', 'sha256', 'files'].includes(k)) throw new ProfileError(`pack.${k}`, 'is not a known field');
+  for (const k of Object.keys(p)) if (![...['bytes', 'sha256', 'files'], ...extra].includes(k)) throw new ProfileError(`${field}.${k}`, 'is not a known field');
   const { bytes, sha256, files } = p;
   if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 1024 || bytes > MAX_PACK_BYTES)
-    throw new ProfileError('pack.bytes', `must be a byte count from 1024 to ${MAX_PACK_BYTES}`);
-  if (typeof sha256 !== 'string' || !HEX64.test(sha256)) throw new ProfileError('pack.sha256', 'must be a hex sha256');
+    throw new ProfileError(`${field}.bytes`, `must be a byte count from 1024 to ${MAX_PACK_BYTES}`);
+  if (typeof sha256 !== 'string' || !HEX64.test(sha256)) throw new ProfileError(`${field}.sha256`, 'must be a hex sha256');
   if (typeof files !== 'number' || !Number.isSafeInteger(files) || files < 0 || files > MAX_PROFILE_FILES)
-    throw new ProfileError('pack.files', `must be a count of at most ${MAX_PROFILE_FILES}`);
+    throw new ProfileError(`${field}.files`, `must be a count of at most ${MAX_PROFILE_FILES}`);
   return { bytes, sha256, files };
+}
+
+function parseImage(v: unknown): ProfileImage {
+  const p = parsePack(v, 'image', ['uuid']);
+  const uuid = (v as Record<string, unknown>)['uuid'];
+  if (p.bytes % 4096 !== 0) throw new ProfileError('image.bytes', 'must be a multiple of 4096');
+  if (typeof uuid !== 'string' || !/^[a-f0-9]{32}$/.test(uuid)) throw new ProfileError('image.uuid', 'must be 32 hex digits');
+  return { ...p, uuid };
 }
 
 export function serializeProfile(p: AccessProfile): string {
