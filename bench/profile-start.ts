@@ -14,14 +14,17 @@
  * (--record-window max(5, BENCH_LATENCY_MS / 2) s: a slow cold start is recorded whole),
  * then `cvmfs-thin profile publish --cvmfs-server` of what it recorded (one more transaction).
  *
- * `profile publish` also writes the profile's pack (its files in one tar), from which a
- * pulling node makes the image's hot layer (core/stack/hot.ts).
+ * `profile publish` also writes the profile's pack (its files in one tar) and the same files as
+ * an EROFS image: a pulling node mounts the image from CVMFS as the image's hot layer
+ * (core/stack/hot-image.ts), or unpacks the pack (--no-hot-image; core/stack/hot.ts).
  *
  * Each run starts fresh nodes (containerd + snapshotter, empty roots) and times `ctr image
  * import` + `ctr run --rm` of the thin image, running a command that reads every file once:
  *   - cold, no profile: client unmounted, cache wiped, mounted; snapshotter --no-prefetch;
- *   - cold, profile (hot layer): the same, with the snapshotter's defaults (the pull fetches the
- *     pack and waits for the hot layer up to --hot-wait; the rest read ahead from the pull on);
+ *   - cold, profile (hot layer): the same, with the snapshotter's defaults (the pull mounts the
+ *     image and waits for that up to --hot-wait; the rest read ahead from the pull on);
+ *   - cold, profile, pack unpacked: --no-hot-image (the pull fetches the pack and waits for it
+ *     to be unpacked);
  *   - cold, profile, files one by one: --hot-wait 0 (no hot layer: the profile's files are read
  *     ahead one by one from the pull on);
  *   - cold, profile, run BENCH_GAP_MS after the pull (a kubelet pulls, then creates): the
@@ -36,8 +39,8 @@
  *     cold rows start fresh daemons, whose first pack also pays for loading and compiling the
  *     unpacking code;
  *   - warm, only the pack in the cache: right after a cold start with a hot layer (its
- *     containers read the files from the hot layer, so the client holds the pack only).
- * The order of the two cold rows alternates. Medians; ratios against warm; the client's
+ *     containers read the files from the hot layer, so the client holds the image or pack only).
+ * The order of the cold rows alternates. Medians; ratios against warm; the client's
  * download counters per row; one cold start's `cvmfs-thin why-slow`.
  *
  * Env: BENCH_RUNS (default 3), BENCH_FILES (default 400), BENCH_LATENCY_MS (default 5), BENCH_GAP_MS (default 1500),
@@ -163,6 +166,14 @@ async function main(): Promise<void> {
     const log = nd.sn.log();
     const lines = log.slice(seen.get(nd) ?? 0).split('\n');
     seen.set(nd, log.length);
+    const mounted = lines.findLast((l) => l.includes('"hot layer mounted (its image)"'));
+    if (mounted) {
+      const h = JSON.parse(mounted) as Record<string, number>;
+      const ahead = lines.findLast((l) => l.includes('"hot layer image read ahead"'));
+      const aheadMs = ahead ? `, whole image read ahead in ${(JSON.parse(ahead) as Record<string, number>)['ms']} ms` : '';
+      (hot[k] ??= []).push(`image ${h['ms']} ms (profile ${h['profileMs']}, cache check ${h['checkMs']}, head + mount ${h['mountMs']}${aheadMs})`);
+      return;
+    }
     const ready = lines.findLast((l) => l.includes('"hot layer ready"'));
     if (ready) {
       const h = JSON.parse(ready) as Record<string, number>;
@@ -191,13 +202,15 @@ async function main(): Promise<void> {
   hotOf('warm-up', running);
   await forget();
   for (let i = 0; i < RUNS; i++) {
-    const order = i % 2 === 0 ? (['none', 'profile', 'files', 'gap'] as const) : (['gap', 'files', 'profile', 'none'] as const);
+    const order = i % 2 === 0 ? (['none', 'profile', 'pack', 'files', 'gap'] as const) : (['gap', 'files', 'pack', 'profile', 'none'] as const);
     for (const which of order) {
       await client.mountFresh();
-      const cold = await node(which === 'none' ? ['--no-prefetch'] : which === 'files' ? ['--hot-wait', '0'] : []);
+      const args = { none: ['--no-prefetch'], files: ['--hot-wait', '0'], pack: ['--no-hot-image'], profile: [], gap: [] }[which];
+      const cold = await node(args);
       const label = {
         none: 'cold, no profile',
         profile: 'cold, profile (hot layer)',
+        pack: 'cold, profile, pack unpacked',
         files: 'cold, profile, files one by one',
         gap: `cold, profile, run ${GAP} ms after pull`,
       }[which];
@@ -248,7 +261,7 @@ async function main(): Promise<void> {
   }
   const ratio = (k: string) => (median(rows[k]!.total) / warm).toFixed(2);
   out(
-    `cold with profile / warm: ${ratio('cold, profile (hot layer)')}, on a running node ${ratio('cold, profile, node running')} (target <= 1.3); its files read one by one (--hot-wait 0): ${ratio('cold, profile, files one by one')}; run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
+    `cold with profile / warm: ${ratio('cold, profile (hot layer)')}, on a running node ${ratio('cold, profile, node running')} (target <= 1.3); its pack unpacked (--no-hot-image): ${ratio('cold, profile, pack unpacked')}; its files read one by one (--hot-wait 0): ${ratio('cold, profile, files one by one')}; run ${GAP} ms after the pull: ${ratio(`cold, profile, run ${GAP} ms after pull`)}; cold without / warm: ${ratio('cold, no profile')}`,
   );
   for (const [k, v] of Object.entries(hot)) out(`hot layer (snapshotter's log), ${k}: ${v.join('; ')}`);
   out(`one cold start with its profile (cvmfs-thin why-slow):\n${whySlow}`);

@@ -39,6 +39,7 @@ const graphdriverConfigSpec = {
   prefetch: { type: 'boolean' },
   'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
   'hot-wait': { type: 'integer', min: 0, max: 60_000 },
+  'hot-image': { type: 'boolean' },
   'metrics-address': { type: 'string' },
   volumes: { type: 'boolean' },
   'volume-config': { type: 'string' },
@@ -105,6 +106,7 @@ export function graphdriverCommand(): Command {
       "how long registering a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
       zeroOrMore,
     )
+    .option('--no-hot-image', "do not mount a profile's EROFS image from CVMFS as the hot layer: unpack its pack instead")
     .option('--start-budget <ms>', 'log why a container start took longer than this (its phases, what CVMFS fetched); see cvmfs-thin why-slow', wholeNumber)
     .option('--volumes', 'also serve the Docker volume plugin on this socket (Implements GraphDriver and VolumeDriver: one driver name for both)')
     .option('--volume-config <file>', 'with --volumes: the volume settings (the keys of volume-plugin.toml; socket is ignored)');
@@ -136,6 +138,7 @@ export function graphdriverCommand(): Command {
           prefetch: s.enabled('prefetch', 'prefetch'),
           budgetMs: s.pick<number>('startBudget', 'start-budget'),
           hotWaitMs: s.pick<number>('hotWait', 'hot-wait'),
+          hotImage: s.enabled('hotImage', 'hot-image'),
         },
       });
     };

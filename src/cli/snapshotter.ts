@@ -35,6 +35,7 @@ export const snapshotterConfigSpec = {
   'record-window': { type: 'integer', min: 1, max: 600 },
   'start-budget': { type: 'integer', min: 1, max: 3_600_000 },
   'hot-wait': { type: 'integer', min: 0, max: 60_000 },
+  'hot-image': { type: 'boolean' },
   'metrics-address': { type: 'string' },
 } as const satisfies Record<string, Field>;
 
@@ -53,6 +54,7 @@ export function snapshotterCommand(): Command {
       "how long pulling a thin image waits for its hot layer: the files its profile's pack holds, unpacked locally above its layers (default 1500; 0: no hot layers)",
       zeroOrMore,
     )
+    .option('--no-hot-image', "do not mount a profile's EROFS image from CVMFS as the hot layer: unpack its pack instead")
     .option(
       '--record-profiles',
       'record an access profile (fanotify) from the first start of an image that has none, into <root>/profiles (publish with cvmfs-thin profile publish)',
@@ -85,6 +87,7 @@ export function snapshotterCommand(): Command {
           recordWindowMs: (s.pick<number>('recordWindow', 'record-window') ?? 10) * 1000,
           budgetMs: s.pick<number>('startBudget', 'start-budget'),
           hotWaitMs: s.pick<number>('hotWait', 'hot-wait'),
+          hotImage: s.enabled('hotImage', 'hot-image'),
         },
       }),
     );

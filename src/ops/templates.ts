@@ -43,7 +43,8 @@ repository = "unpacked.cern.ch"
 # thin-images = true
 # remote-layers = true
 # prefetch = true                     # read an image's access profile (.profiles/ in the repository) ahead at Prepare
-# hot-wait = 1500                     # ms a pull waits for the image's hot layer (its profile's pack unpacked locally); 0 = none
+# hot-wait = 1500                     # ms a pull waits for the image's hot layer (its profile's image mounted, or pack unpacked locally); 0 = none
+# hot-image = true                    # mount a profile's EROFS image from CVMFS as the hot layer (Linux 6.12+); false: unpack its pack
 # record-profiles = false             # record a profile (fanotify) from the first start of an image without one, into <root>/profiles
 # record-window = 10                  # seconds a start is recorded
 # start-budget = 250                  # ms: log why a start's own work took longer (default: off); cvmfs-thin why-slow <container>
@@ -96,7 +97,8 @@ const GRAPHDRIVER_CONFIG = `# /etc/cvmfs-thin/graphdriver.toml — read by \`cvm
 # thin-images = true
 # idmapped-layers = "auto"                     # auto | off | require (dockerd --userns-remap)
 # prefetch = true                              # read an image's access profile ahead when a container of it is created
-# hot-wait = 1500                              # ms registering a thin image waits for its hot layer (its profile's pack unpacked locally); 0 = none
+# hot-wait = 1500                              # ms registering a thin image waits for its hot layer (its profile's image mounted, or pack unpacked locally); 0 = none
+# hot-image = true                             # mount a profile's EROFS image from CVMFS as the hot layer (Linux 6.12+); false: unpack its pack
 # start-budget = 2000                          # ms: log why a container start took longer (unset: never); see cvmfs-thin why-slow
 # cvmfs-timeout = 10                           # seconds a question to CVMFS may take: a stalled client fails Get
 # check-interval = 30                          # seconds between checks for mounted layers on a dead CVMFS; 0 = off

@@ -11,16 +11,17 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { writeProfilePack } from '../../src/convert/profile-pack.js';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { type HotOptions, HotLayers } from '../../src/core/stack/hot.js';
 import { CvmfsLayers } from '../../src/core/stack/layers.js';
 import { systemHost } from '../../src/core/host/host.js';
-import { lsetxattr, MNT_DETACH, mount, MS_RDONLY, umount } from '../../src/core/host/sys.js';
+import { lsetxattr, MNT_DETACH, mount, MS_NODEV, MS_RDONLY, umount } from '../../src/core/host/sys.js';
+import { writeErofs } from '../../src/core/fs/erofs.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { packEntriesToBuffer } from '../../src/core/tar/index.js';
-import { type AccessProfile, packPath, PROFILE_SCHEMA, profilePath, serializeProfile, stackId } from '../../src/core/thin/profile.js';
+import { type AccessProfile, imagePath, packPath, PROFILE_SCHEMA, profilePath, serializeProfile, stackId } from '../../src/core/thin/profile.js';
 import { LayerStack } from '../../src/core/stack/index.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
@@ -70,18 +71,19 @@ function profileOf(ls: FakeLayer[], files: [string, number][]): AccessProfile {
   };
 }
 
-/** Publish `profile` with a pack from `buf` (or written from the tree) into the repository. */
-async function publish(repo: string, profile: AccessProfile, buf?: Buffer, files?: number): Promise<AccessProfile> {
+/** Publish `profile` with a pack from `buf` (or written from the tree, with its image when `image`) into the repository. */
+async function publish(repo: string, profile: AccessProfile, buf?: Buffer, files?: number, image = false): Promise<AccessProfile> {
   const out = path.join(repo, packPath(profile.layers));
+  const imageOut = path.join(repo, imagePath(profile.layers));
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.rmSync(out, { force: true });
+  for (const f of [out, imageOut]) fs.rmSync(f, { force: true });
   let p = profile;
   if (buf) {
     fs.writeFileSync(out, buf);
     p = { ...p, pack: { bytes: buf.length, sha256: createHash('sha256').update(buf).digest('hex'), files: files ?? 1 } };
   } else {
-    const r = await writeProfilePack(repo, profile, out, { host: systemHost, log });
-    p = { ...p, pack: r!.pack };
+    const r = await writeProfilePack(repo, profile, out, { host: systemHost, log, imageOut: image ? imageOut : undefined });
+    p = { ...p, pack: r!.pack, image: r!.image };
   }
   fs.writeFileSync(path.join(repo, profilePath(profile.layers)), serializeProfile(p));
   return p;
@@ -100,53 +102,66 @@ const LISTED: [string, number][] = [
   ['sized', 99], // not the listed size
 ];
 
-describe.skipIf(needs({ root: 'chown, xattrs, overlay mounts' }))('a hot layer on a real overlay', () => {
-  it('the pack holds the files the stack shows; the overlay with the hot layer on top equals the one without, entry by entry', async () => {
-    const work = tempDir('hot-layer-');
-    const repo = path.join(work, 'cvmfs', REPO);
-    const ls = stack(repo);
-    const out = path.join(work, 'p.pack');
-    const r = await writeProfilePack(repo, profileOf(ls, LISTED), out, { host: systemHost, log });
-    expect(r).toMatchObject({ pack: { files: 5 }, skipped: 5 });
-    await publish(repo, profileOf(ls, LISTED));
-    fs.mkdirSync(path.join(work, 'masks'));
-    const hot = await new HotLayers(path.join(work, 'masks'), systemHost, log, OPTS).forStack(
-      repo,
-      ls.map((l) => l.hex),
-    );
-    expect(hot.why).toBe('pack');
-    const files = treeSnapshot(hot.dir!);
-    expect(
-      [...files]
-        .filter(([, n]) => n.type === 'file')
-        .map(([p]) => p)
-        .sort(),
-    ).toEqual(['bin/tool', 'etc/a.conf', 'lib/x/z.so', 'opt/keep/g', 'usr/bin/c']);
-    expect(fs.readFileSync(path.join(hot.dir!, 'etc/a.conf'), 'utf8')).toBe('new');
+describe.skipIf(needs({ root: 'chown, xattrs, overlay and EROFS mounts' }))('a hot layer on a real overlay', () => {
+  it.each(['pack', 'image'] as const)(
+    'the %s holds the files the stack shows; the overlay with the hot layer on top equals the one without, entry by entry',
+    async (form) => {
+      const work = tempDir('hot-layer-');
+      const repo = path.join(work, 'cvmfs', REPO);
+      const ls = stack(repo);
+      const out = path.join(work, 'p.pack');
+      const r = await writeProfilePack(repo, profileOf(ls, LISTED), out, { host: systemHost, log });
+      expect(r).toMatchObject({ pack: { files: 5 }, skipped: 5 });
+      await publish(repo, profileOf(ls, LISTED), undefined, undefined, form === 'image');
+      const masks = path.join(work, 'masks');
+      fs.mkdirSync(masks);
+      const hot = await new HotLayers(masks, systemHost, log, OPTS).forStack(
+        repo,
+        ls.map((l) => l.hex),
+      );
+      expect(hot.why).toBe(form);
+      const mounted = () => systemHost.mountinfo().some((m) => m.mountPoint === hot.dir && m.fsType === 'erofs');
+      expect(mounted()).toBe(form === 'image');
+      onTestFinished(() => {
+        if (mounted()) umount(hot.dir!, MNT_DETACH);
+      });
+      const files = treeSnapshot(hot.dir!);
+      expect(
+        [...files]
+          .filter(([, n]) => n.type === 'file')
+          .map(([p]) => p)
+          .sort(),
+      ).toEqual(['bin/tool', 'etc/a.conf', 'lib/x/z.so', 'opt/keep/g', 'usr/bin/c']);
+      expect(fs.readFileSync(path.join(hot.dir!, 'etc/a.conf'), 'utf8')).toBe('new');
 
-    const manifest = parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
-    const loc = cvmfsLocation({ repository: REPO, absoluteMountpoint: repo });
-    const resolved = await new CvmfsLayers(loc, path.join(work, 'masks'), new MemoryFacts(), systemHost).resolveThin(manifest);
-    const [without, withHot] = [path.join(work, 'without'), path.join(work, 'with')];
-    for (const d of [without, withHot]) fs.mkdirSync(d);
-    mount('overlay', without, 'overlay', MS_RDONLY, `lowerdir=${resolved.dirs.join(':')}`);
-    mount('overlay', withHot, 'overlay', MS_RDONLY, `lowerdir=${[hot.dir!, ...resolved.dirs].join(':')}`);
-    try {
-      const want = treeSnapshot(without);
-      expect(want.get('bin/tool')).toMatchObject({ mode: '4755', owner: '1000:1000', xattrs: { 'security.capability': CAP } });
-      expect(want.get('etc/a.conf')?.xattrs).toEqual({ 'user.note': Buffer.from('kept').toString('base64') });
-      expect(treeDiff(want, treeSnapshot(withHot))).toEqual([]);
-      // directories (their times too) are the stack's
-      for (const d of ['.', 'lib', 'lib/x', 'opt', 'opt/keep', 'usr/bin']) {
-        const [a, b] = [fs.lstatSync(path.join(without, d)), fs.lstatSync(path.join(withHot, d))];
-        const [an, bn] = [fs.lstatSync(path.join(without, d), { bigint: true }).mtimeNs, fs.lstatSync(path.join(withHot, d), { bigint: true }).mtimeNs];
-        expect([b.mode, b.uid, b.gid, bn], d).toEqual([a.mode, a.uid, a.gid, an]);
+      const manifest = parseThinManifest(thinJson(REPO, ls), { allowedRepositories: [REPO], defaultRepository: REPO });
+      const loc = cvmfsLocation({ repository: REPO, absoluteMountpoint: repo });
+      const resolved = await new CvmfsLayers(loc, path.join(work, 'masks'), new MemoryFacts(), systemHost).resolveThin(manifest);
+      const [without, withHot] = [path.join(work, 'without'), path.join(work, 'with')];
+      for (const d of [without, withHot]) fs.mkdirSync(d);
+      mount('overlay', without, 'overlay', MS_RDONLY, `lowerdir=${resolved.dirs.join(':')}`);
+      mount('overlay', withHot, 'overlay', MS_RDONLY, `lowerdir=${[hot.dir!, ...resolved.dirs].join(':')}`);
+      try {
+        const want = treeSnapshot(without);
+        expect(want.get('bin/tool')).toMatchObject({ mode: '4755', owner: '1000:1000', xattrs: { 'security.capability': CAP } });
+        expect(want.get('etc/a.conf')?.xattrs).toEqual({ 'user.note': Buffer.from('kept').toString('base64') });
+        expect(treeDiff(want, treeSnapshot(withHot))).toEqual([]);
+        // directories (their times too) are the stack's
+        for (const d of ['.', 'lib', 'lib/x', 'opt', 'opt/keep', 'usr/bin']) {
+          const [a, b] = [fs.lstatSync(path.join(without, d)), fs.lstatSync(path.join(withHot, d))];
+          const [an, bn] = [fs.lstatSync(path.join(without, d), { bigint: true }).mtimeNs, fs.lstatSync(path.join(withHot, d), { bigint: true }).mtimeNs];
+          expect([b.mode, b.uid, b.gid, bn], d).toEqual([a.mode, a.uid, a.gid, an]);
+        }
+      } finally {
+        umount(without, MNT_DETACH);
+        umount(withHot, MNT_DETACH);
       }
-    } finally {
-      umount(without, MNT_DETACH);
-      umount(withHot, MNT_DETACH);
-    }
-  });
+      // the masks no snapshot uses go, a mounted image unmounted first
+      const st = await LayerStack.open({ root: work, location: loc, host: systemHost, log, factsFile: path.join(work, 'facts.json') });
+      expect(await st.collectMasks(new Set())).toBeGreaterThanOrEqual(1);
+      expect([mounted(), fs.existsSync(hot.dir!)]).toEqual([false, false]);
+    },
+  );
 });
 
 /** A CVMFS client's download counter (`user.ndownload`, read with getfattr) over the recording host: reading a file not in `cached` downloads it. */
@@ -355,5 +370,90 @@ describe('a hot layer that is not used', () => {
     expect(r!.lowers.map((l) => l.dir)).toEqual([path.join(work, 's0', 'masks', `hot-${stackId(hexes)}`), ls[1]!.dir, ls[0]!.dir]);
     const off = await (await open('s2')).linkThin(dir, { snapshot: 'c' });
     expect([off!.how, off!.hot]).toEqual([['clean'], undefined]);
+  });
+});
+
+describe("a hot layer mounted from the profile's image", () => {
+  const setup = async (o: { image?: Buffer | 'none' } = {}) => {
+    const work = tempDir('hot-image-');
+    const repo = path.join(work, 'cvmfs', REPO);
+    const ls = [addLayer(repo, 'i1', { 'app/x': 'x' }), addLayer(repo, 'i2', { 'app/y': 'y' })];
+    const hexes = ls.map((l) => l.hex);
+    const masks = path.join(work, 'masks');
+    fs.mkdirSync(masks);
+    const p = await publish(
+      repo,
+      profileOf(ls, [['app/x', 1]]),
+      packEntriesToBuffer([{ name: 'app/' }, { name: 'app/x', data: 'x' }, { name: 'pad', data: Buffer.alloc(2048) }]),
+      2,
+    );
+    const src = path.join(work, 'x');
+    fs.writeFileSync(src, 'x');
+    const e = { mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: [] };
+    const file = path.join(repo, imagePath(hexes));
+    const uuid = Buffer.alloc(16, 9);
+    const img = await writeErofs(
+      [
+        { path: '', type: 'dir', ...e },
+        { path: 'app', type: 'dir', ...e },
+        { path: 'app/x', type: 'file', ...e, source: src, size: 1 },
+      ],
+      file,
+      { uuid, buildTimeNs: 0n },
+    );
+    if (o.image === 'none') fs.rmSync(file);
+    else if (o.image) fs.writeFileSync(file, o.image);
+    fs.writeFileSync(path.join(repo, profilePath(hexes)), serializeProfile({ ...p, image: { ...img, uuid: uuid.toString('hex') } }));
+    return { work, repo, ls, hexes, masks, file, final: path.join(masks, `hot-${stackId(hexes)}`) };
+  };
+  const erofsMounts = (h: RecordingHost) => h.ops('mount').filter((c) => c.args[2] === 'erofs');
+
+  it('is mounted read-only (nodev, not nosuid) on masks/hot-<stack id>, the whole image read ahead by the helper (nothing written), the pack not copied', async () => {
+    const { repo, hexes, masks, file, final } = await setup();
+    const host = new RecordingHost();
+    const r = await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes);
+    expect([r.why, r.dir]).toEqual(['image', final]);
+    expect(erofsMounts(host).map((c) => c.args)).toEqual([[file, final, 'erofs', MS_RDONLY | MS_NODEV, null]]);
+    await new Promise((res) => setTimeout(res, 50));
+    expect(host.copyProbes).toEqual([{ path: file, to: undefined }]);
+    expect(fs.readdirSync(masks)).toEqual([path.basename(final)]);
+  });
+
+  it('an image that is not the profile’s, missing, or a kernel that cannot mount one: the pack is unpacked instead', async () => {
+    for (const image of [Buffer.alloc(8192), 'none'] as const) {
+      const { repo, hexes, masks } = await setup({ image });
+      const host = new RecordingHost();
+      const r = await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes);
+      expect([r.why, erofsMounts(host).length], String(image)).toEqual(['pack', 0]);
+      expect(fs.readFileSync(path.join(r.dir!, 'app/x'), 'utf8')).toBe('x');
+    }
+    // ENOTBLK (before Linux 6.12): not asked again by this daemon
+    const host = new RecordingHost();
+    host.failNext.set('mount', 'ENOTBLK');
+    const first = await setup();
+    const hot = new HotLayers(first.masks, host, log, OPTS);
+    expect((await hot.forStack(first.repo, first.hexes)).why).toBe('pack');
+    const second = await setup();
+    expect((await hot.forStack(second.repo, [...second.hexes].reverse())).why).not.toBe('image');
+    expect(erofsMounts(host)).toHaveLength(1);
+    expect(fs.readdirSync(first.final).sort()).toEqual(['app', 'pad']);
+  });
+
+  it('hot-image off: the pack, never a mount', async () => {
+    const { repo, hexes, masks } = await setup();
+    const host = new RecordingHost();
+    expect((await new HotLayers(masks, host, log, { ...OPTS, image: false }).forStack(repo, hexes)).why).toBe('pack');
+    expect(erofsMounts(host)).toEqual([]);
+  });
+
+  it('an empty hot-<id> directory (an image’s mount point after a reboot) is not a hot layer: mounted again at the next pull', async () => {
+    const { repo, hexes, masks, final } = await setup();
+    fs.mkdirSync(final);
+    const host = new RecordingHost();
+    expect((await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes)).why).toBe('image');
+    expect(erofsMounts(host)).toHaveLength(1);
+    // an unpacked one is (it is not empty)
+    fs.mkdirSync(path.join(final, 'app'));
+    expect((await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes)).why).toBe('local');
   });
 });

@@ -5,7 +5,9 @@
  * pieces read at once through their own descriptors, each piece the file's
  * bytes at its offset — also while other probes read files in the same
  * helper — and nothing copied from a link, a file of another size, into an
- * existing file, or for a nonsense piece count.
+ * existing file, or for a nonsense piece count. Without a target, the pieces
+ * are read and dropped (an image mounted from CVMFS, read ahead); `head`
+ * answers the first bytes of a file.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -73,5 +75,42 @@ describe('the probe helper copies a file in pieces', () => {
     }
     const [dirCopy] = await helper.run([{ op: 'copy', path: dir, copy: { to: to(), size: 0, count: 1 } }]);
     expect(dirCopy).toMatchObject({ ok: false, code: 'EINVAL' });
+  });
+});
+
+describe("the probe helper reads a mounted image's file ahead, and a file's head", () => {
+  const dir = tempDir('probe-warm-');
+  const src = path.join(dir, 'image');
+  const data = randomBytes(2 * (1 << 20) + 7);
+  fs.writeFileSync(src, data);
+
+  it('copy without a target reads every piece and writes nothing; size and links are checked as for a copy', async () => {
+    const before = fs.readdirSync(dir);
+    expect(await helper.run([{ op: 'copy', path: src, copy: { size: data.length, count: 4 } }])).toEqual([{ ok: true, bytes: data.length }]);
+    expect(fs.readdirSync(dir)).toEqual(before);
+    const [short] = await helper.run([{ op: 'copy', path: src, copy: { size: data.length + 1, count: 4 } }]);
+    expect(short).toMatchObject({ ok: false, code: 'EFBIG' });
+    fs.symlinkSync(src, path.join(dir, 'link'));
+    const [viaLink] = await helper.run([{ op: 'copy', path: path.join(dir, 'link'), copy: { size: data.length, count: 1 } }]);
+    expect(viaLink).toMatchObject({ ok: false, code: 'ELOOP' });
+  });
+
+  it('head: the first bytes as base64 (fewer at the end of a small file); a link, a directory or a nonsense size refused', async () => {
+    const small = path.join(dir, 'small');
+    fs.writeFileSync(small, 'abc');
+    const [h, s] = await helper.run([
+      { op: 'read', path: src, head: 2048 },
+      { op: 'read', path: small, head: 2048 },
+    ]);
+    expect(h).toEqual({ ok: true, bytes: 2048, text: data.subarray(0, 2048).toString('base64') });
+    expect(s).toEqual({ ok: true, bytes: 3, text: Buffer.from('abc').toString('base64') });
+    fs.symlinkSync(small, path.join(dir, 'slink'));
+    const bad = await helper.run([
+      { op: 'read', path: path.join(dir, 'slink'), head: 10 },
+      { op: 'read', path: dir, head: 10 },
+      { op: 'read', path: src, head: 0 },
+      { op: 'read', path: src, head: 65537 },
+    ]);
+    expect(bad.map((b) => (b.ok ? 'ok' : b.code))).toEqual(['ELOOP', 'EINVAL', 'EINVAL', 'EINVAL']);
   });
 });

@@ -149,29 +149,39 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
       const lock = path.join(work, `${repo}.lock`);
       const pr = await runCli(['profile', 'publish', '--repository-dir', `/cvmfs/${repo}`, '--repository', repo, '--cvmfs-server', '--lock-file', lock, pf]);
       expect(pr.code, pr.stderr).toBe(0);
-      expect(pr.stdout).toContain(`pack of ${files.length} file(s)`);
+      expect(pr.stdout).toMatch(new RegExp(`pack of ${files.length} file\\(s\\), \\d+ KiB, image \\d+ KiB`));
     }
     const mnt = await mountClient();
-    let top: string | undefined;
-    if (o.profile) {
-      const masks = path.join(work, `masks-${name}`);
-      fs.mkdirSync(masks);
-      const log = silentLogger();
-      const hot = await new HotLayers(masks, systemHost, log, { waitMs: 60_000, maxBytes: 64 << 20, readTimeoutMs: 10_000 }).forStack(mnt, image.hexes);
-      expect(hot.why).toBe('pack');
-      top = hot.dir!;
+    // without a profile: the stack; with one: its hot layer on top, mounted from the image through the client, then unpacked from the pack
+    const diffs: string[] = [];
+    for (const form of o.profile ? (['image', 'pack'] as const) : [null]) {
+      let top: string | undefined;
+      if (form) {
+        const masks = path.join(work, `masks-${name}-${form}`);
+        fs.mkdirSync(masks);
+        const log = silentLogger();
+        const hot = await new HotLayers(masks, systemHost, log, { waitMs: 60_000, maxBytes: 64 << 20, readTimeoutMs: 10_000, image: form === 'image' }).forStack(
+          mnt,
+          image.hexes,
+        );
+        expect(hot.why).toBe(form);
+        top = hot.dir!;
+        // unmounted before the client is (an image holds its file open)
+        if (form === 'image') mounts.unshift(top);
+      }
+      const target = path.join(work, `rootfs-${name}${form ? `-${form}` : ''}`);
+      const stack = await mountPublishedStack({ published: mnt, repository: repo, hexes: image.hexes, work: path.join(work, `stack-${name}-${form}`), target, top });
+      try {
+        const got = treeSnapshot(target);
+        expect(hardLinkGroups(target)).toEqual([]);
+        expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
+        if (o.how) expect(stack.how).toContain(o.how);
+        diffs.push(...treeDiff(want, got).map((d) => `${form ?? 'stack'}: ${d}`), ...(stack.how.length ? [] : ['no stack']));
+      } finally {
+        umount(target, MNT_DETACH);
+      }
     }
-    const target = path.join(work, `rootfs-${name}`);
-    const stack = await mountPublishedStack({ published: mnt, repository: repo, hexes: image.hexes, work: path.join(work, `stack-${name}`), target, top });
-    try {
-      const got = treeSnapshot(target);
-      expect(hardLinkGroups(target)).toEqual([]);
-      expect(fs.readFileSync(path.join(target, 'hl/two'), 'utf8')).toBe(fs.readFileSync(path.join(target, 'hl/one'), 'utf8'));
-      if (o.how) expect(stack.how).toContain(o.how);
-      return [...treeDiff(want, got), ...(stack.how.length ? [] : ['no stack'])];
-    } finally {
-      umount(target, MNT_DETACH);
-    }
+    return diffs;
   }
 
   it("transaction path (--cvmfs-server, default server.conf): a client sees containerd's rootfs but for hard links", async () => {
@@ -186,7 +196,7 @@ describe.skipIf(missing)('a real CernVM-FS: Stratum-0 publish, client mount', ()
     expect(await publishAndCompare('ch', ['--top-chain'], { how: 'chain' })).toEqual([]);
   }, 600_000);
 
-  it("a profile's pack through the client: the hot layer above the stack changes nothing a container sees", async () => {
+  it("a profile's image and pack through the client: the hot layer above the stack, mounted or unpacked, changes nothing a container sees", async () => {
     const files = [...want].filter(([, n]) => n.type === 'file').map(([p]) => p);
     expect(files.length).toBeGreaterThan(3);
     expect(await publishAndCompare('hot', [], { profile: files })).toEqual([]);

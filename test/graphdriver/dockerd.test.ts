@@ -184,7 +184,7 @@ describe.skipIf(needs({ root: true, binaries: ['dockerd', 'containerd', 'runc', 
     expect(hot).toHaveLength(1);
     expect(plugin.output()).toMatch(/"how":\["hot"/);
     const trace = await runCli(['why-slow', '--state-dir', path.join(dir, 'state'), id]);
-    expect(trace.out).toContain("hot layer (the profile's pack, on local disk)");
+    expect(trace.out).toMatch(/hot layer \(the profile's (image, mounted from CVMFS|pack, on local disk)\)/);
     await docker(['rm', id]);
     // what the image holds (cat /app/lib/* reads them in name order)
     const libs = Array.from({ length: 30 }, (_, i): [string, string] => [`m${i}.py`, `module ${i}\n`.repeat(200 + i)]).sort(([a], [b]) => (a < b ? -1 : 1));

@@ -96,6 +96,8 @@ export class RecordingHost implements Host {
   readonly broken = new Set<string>();
   /** A `copy` probe writes its file this many bytes at a time, waiting between pieces (a slow client); default: at once. */
   copyPace: { bytes: number; ms: number } | undefined;
+  /** The `copy` probes asked (`to` undefined: read ahead, nothing written). */
+  readonly copyProbes: { path: string; to: string | undefined }[] = [];
   /** Paths whose probes never answer until `unstall` (a stalled FUSE process). */
   readonly stalled = new Set<string>();
   private readonly stallWaiters: (() => void)[] = [];
@@ -338,6 +340,9 @@ export class RecordingHost implements Host {
         } else if (o.op === 'realpath') {
           const real = await fsp.realpath(o.path);
           r = { ok: true, real, dir: (await fsp.stat(real)).isDirectory() };
+        } else if (o.op === 'read' && o.head !== undefined) {
+          const b = (await fsp.readFile(o.path)).subarray(0, o.head);
+          r = { ok: true, bytes: b.length, text: b.toString('base64') };
         } else if (o.op === 'read') {
           const b = await fsp.readFile(o.path);
           r = o.text ? { ok: true, bytes: b.length, text: b.toString('utf8') } : { ok: true, bytes: Math.min(b.length, o.max ?? b.length) };
@@ -355,8 +360,9 @@ export class RecordingHost implements Host {
           const data = await fsp.readFile(o.path);
           const per = Math.ceil(size / count);
           const pace = this.copyPace ?? { bytes: Infinity, ms: 0 };
+          this.copyProbes.push({ path: o.path, to });
           await Promise.all(
-            Array.from({ length: count }, async (_, i) => {
+            Array.from({ length: to === undefined ? 0 : count }, async (_, i) => {
               const piece = data.subarray(Math.min(size, i * per), Math.min(size, (i + 1) * per));
               const out = await fsp.open(`${to}.${i}`, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
               try {

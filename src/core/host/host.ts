@@ -111,9 +111,12 @@ export interface FsProbeOp {
    * bytes into new files (0600) `<to>.0` … `<to>.<count - 1>`, each piece read
    * through its own descriptor at the same time (a CVMFS client fetches the
    * chunks of one file one after the other for one reader). The reader of
-   * the pieces checks their content.
+   * the pieces checks their content. Without `to` the pieces are read and
+   * dropped: the client's cache gets the file (a mounted image read ahead).
    */
-  copy?: { to: string; size: number; count: number };
+  copy?: { to?: string | undefined; size: number; count: number };
+  /** read: answer the first `head` bytes (1 B–64 KiB; fewer at the end of the file) as base64 `text`. */
+  head?: number;
   /** read: answer the content (UTF-8) as `text` (small files: profiles). */
   text?: boolean;
   path: string;

@@ -60,18 +60,19 @@ async function copyPieces(p, { to, size, count }) {
       const st = await fh.stat();
       if (!st.isFile()) throw Object.assign(new Error(p + ' is not a regular file'), { code: 'EINVAL' });
       if (st.size !== size) throw Object.assign(new Error(p + ' has ' + st.size + ' bytes, not ' + size), { code: 'EFBIG' });
-      const out = await fsp.open(to + '.' + i, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+      // no target: the pieces are read and dropped (the client's cache gets them)
+      const out = to === undefined ? null : await fsp.open(to + '.' + i, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
       try {
         const buf = Buffer.allocUnsafe(1 << 18);
         const end = Math.min(size, (i + 1) * per);
         for (let n = i * per; n < end; ) {
           const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - n), n);
           if (bytesRead === 0) throw Object.assign(new Error(p + ' ended at ' + n + ' bytes, not ' + size), { code: 'EIO' });
-          await out.write(buf, 0, bytesRead, n - i * per);
+          if (out) await out.write(buf, 0, bytesRead, n - i * per);
           n += bytesRead;
         }
       } finally {
-        await out.close();
+        await out?.close();
       }
     } finally {
       await fh.close();
@@ -80,6 +81,25 @@ async function copyPieces(p, { to, size, count }) {
   const failed = done.find((d) => d.status === 'rejected');
   if (failed) throw failed.reason;
   return { bytes: size };
+}
+// the first n bytes (at most 64 KiB) of a regular file (not followed if a link), as base64
+async function head(p, n) {
+  const C = require('node:fs').constants;
+  if (!(Number.isInteger(n) && n >= 1 && n <= 65536)) throw Object.assign(new Error('bad head of ' + p + ': ' + n + ' bytes'), { code: 'EINVAL' });
+  const fh = await fsp.open(p, C.O_RDONLY | C.O_NOFOLLOW);
+  try {
+    if (!(await fh.stat()).isFile()) throw Object.assign(new Error(p + ' is not a regular file'), { code: 'EINVAL' });
+    const b = Buffer.alloc(n);
+    let got = 0;
+    while (got < n) {
+      const { bytesRead } = await fh.read(b, got, n - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return { ok: true, bytes: got, text: b.subarray(0, got).toString('base64') };
+  } finally {
+    await fh.close();
+  }
 }
 // the CVMFS client's counters of a mount (getfattr; ENOENT when it is not installed)
 const COUNTERS = ['--absolute-names', '-d', '-m', '^user\\.(rx|ndownload|nclg)$'];
@@ -108,6 +128,7 @@ async function one(o) {
       if (o.max !== undefined && b.length > o.max) return { ok: false, code: 'EFBIG', message: o.path + ' is larger than ' + o.max + ' bytes' };
       return { ok: true, bytes: b.length, text: b.toString('utf8') };
     }
+    if (o.op === 'read' && o.head !== undefined) return await head(o.path, o.head);
     if (o.op === 'read') return { ok: true, bytes: await readFile(o.path, o.max) };
     if (o.op === 'counters') return await counters(o.path);
     if (o.op === 'copy' && o.copy) return { ok: true, ...(await copyPieces(o.path, o.copy)) };

@@ -27,7 +27,8 @@ import { layerRootfs } from '../cvmfs/layout.js';
 import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
 import { type CvmfsCounters, cvmfsCounters } from './start-trace.js';
-import { type AccessProfile, packPath, parseProfile, profilePath, stackId } from '../thin/profile.js';
+import { type AccessProfile, packPath, parseProfile, type ProfileImage, profilePath, stackId } from '../thin/profile.js';
+import { hotReady, mountHotImage } from './hot-image.js';
 
 export interface HotOptions {
   /** How long a pull waits for the hot layer (0: never; the fetch still goes on). */
@@ -36,17 +37,19 @@ export interface HotOptions {
   maxBytes: number;
   /** Deadline of the profile's read (cvmfs-timeout). */
   readTimeoutMs: number;
+  /** Mount a profile's EROFS image when it has one (hot-image.ts); false: always unpack the pack. */
+  image?: boolean | undefined;
 }
 
 const HOT_DEFAULTS = { waitMs: 1500, maxBytes: 512 << 20 } as const;
 /** The hot-layer options of a daemon's LayerStack: none without prefetch or with a zero wait. */
 export function hotOptions(
-  o: { prefetch?: boolean | undefined; hotWaitMs?: number | undefined } | undefined,
+  o: { prefetch?: boolean | undefined; hotWaitMs?: number | undefined; hotImage?: boolean | undefined } | undefined,
   cvmfsTimeoutMs: number | undefined,
 ): HotOptions | undefined {
   const waitMs = o?.hotWaitMs ?? HOT_DEFAULTS.waitMs;
   if (o?.prefetch === false || waitMs <= 0) return undefined;
-  return { waitMs, maxBytes: HOT_DEFAULTS.maxBytes, readTimeoutMs: cvmfsTimeoutMs ?? DEFAULT_CVMFS_TIMEOUT_MS };
+  return { waitMs, maxBytes: HOT_DEFAULTS.maxBytes, readTimeoutMs: cvmfsTimeoutMs ?? DEFAULT_CVMFS_TIMEOUT_MS, image: o?.hotImage !== false };
 }
 
 /** Profile files opened to see whether the client's cache holds them (hot layer or not). */
@@ -75,6 +78,8 @@ export interface HotResult {
 
 export class HotLayers {
   private readonly jobs = new Map<string, { at: number; done: Promise<HotResult> }>();
+  /** Cleared when the kernel mounts no image from a file (then packs are unpacked). */
+  private imageMounts: boolean;
 
   constructor(
     /** The masks directory: `hot-<stack id>` lives there. */
@@ -82,14 +87,16 @@ export class HotLayers {
     private readonly host: Host,
     private readonly log: Logger,
     private readonly o: HotOptions,
-  ) {}
+  ) {
+    this.imageMounts = o.image !== false;
+  }
 
   /** The hot layer of the stack `layers` (bottom first) of the repository mounted at `mp`, if it is ready within the wait. */
   async forStack(mp: string, layers: readonly string[], signal?: AbortSignal): Promise<HotResult> {
     const t0 = performance.now();
     const id = stackId(layers);
     const final = path.join(this.dir, `hot-${id}`);
-    if (await isDir(final)) return { dir: final, why: 'local', ms: 0 };
+    if (await hotReady(final)) return { dir: final, why: 'local', ms: 0 };
     // a fetch running, or one that failed lately; a finished one is the directory itself (which Cleanup may remove)
     let job = this.jobs.get(id);
     if (!job || Date.now() - job.at > RETRY_MS) {
@@ -125,6 +132,22 @@ export class HotLayers {
     const tp = performance.now();
     // kept like a failure: not checked again for a while (a warm node's next pulls skip the profile and the check)
     if (await this.cacheHolds(mp, profile, before)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
+    if (profile.image && this.imageMounts) {
+      const t1 = performance.now();
+      const image = profile.image;
+      const r = await mountHotImage(this.host, this.log, mp, layers, image, final, {
+        timeoutMs: this.o.readTimeoutMs,
+        readAhead: (file) => this.readAhead(file, image),
+      });
+      const [profileMs, checkMs] = [Math.round(tp - t0), Math.round(t1 - tp)];
+      if (r.dir !== null) {
+        const ms = Math.round(performance.now() - t0);
+        this.log.info({ hot: final, files: image.files, bytes: image.bytes, ms, profileMs, checkMs, mountMs: r.ms }, 'hot layer mounted (its image)');
+        return { dir: r.dir, why: 'image', ms };
+      }
+      if (r.unsupported) this.imageMounts = false;
+      this.log.warn({ why: r.why, hot: final }, "hot layer: the profile's image is not used; its pack is unpacked");
+    }
     const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const t1 = performance.now();
     let t2 = t1;
@@ -179,6 +202,22 @@ export class HotLayers {
       for (let i = 0; i < PIECES; i++) await fsp.rm(`${file}.${i}`, { force: true });
       await fsp.rm(tmp, { recursive: true, force: true });
     }
+  }
+
+  /** The helper reads the whole image ahead in pieces (the client fetches their chunks at once); not waited for. */
+  private readAhead(file: string, image: ProfileImage): void {
+    const t0 = performance.now();
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), COPY_MS);
+    const count = Math.max(1, Math.min(PIECES, Math.ceil(image.bytes / PIECE_MIN)));
+    this.host
+      .probeFs([{ op: 'copy', path: file, copy: { size: image.bytes, count } }], ctl.signal)
+      .then(
+        ([a]) =>
+          this.log.info({ file, ms: Math.round(performance.now() - t0), ...(a?.ok ? {} : { why: a?.message ?? 'no answer' }) }, 'hot layer image read ahead'),
+        (err: unknown) => this.log.warn({ err, file }, 'hot layer image not read ahead'),
+      )
+      .finally(() => clearTimeout(timer));
   }
 
   /**
@@ -282,9 +321,3 @@ function pick<T>(xs: readonly T[], n: number): T[] {
   }
   return a.slice(0, n);
 }
-
-const isDir = (p: string) =>
-  fsp.stat(p).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );

@@ -22,6 +22,7 @@ import { readThinLayer } from '../thin/layer.js';
 import { duccLayerHex, type ThinManifest } from '../thin/manifest.js';
 import { FactsFile } from './facts.js';
 import { type HotOptions, HotLayers, type HotResult } from './hot.js';
+import { unmountHot } from './hot-image.js';
 import { type LinkBatch, ShortLinks } from './links.js';
 import { CvmfsProbe, cvmfsRootOf } from '../host/probe.js';
 
@@ -284,7 +285,10 @@ export class LayerStack {
       // a hot layer this process is fetching or unpacking now (hot.ts); a dead process's are removed
       if (/^hot-[0-9a-f]{64}\.(?:tmp|pack)-(\d+)-/.exec(name)?.[1] === String(process.pid)) continue;
       try {
-        await removeTree(path.join(this.masksDir, name), mounts);
+        const dir = path.join(this.masksDir, name);
+        // a hot layer's image (hot-image.ts) is unmounted first: nothing uses it
+        if (name.startsWith('hot-')) mounts = unmountHot(this.host, dir, mounts, this.log);
+        await removeTree(dir, mounts);
         removed++;
       } catch (e) {
         this.log.warn({ err: e, name }, 'cannot remove an unused mask directory');

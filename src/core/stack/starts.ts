@@ -28,6 +28,7 @@ import { readThinLayer } from '../thin/layer.js';
 import { type AccessProfile, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile, stackId } from '../thin/profile.js';
 import type { ChainLower } from './chain.js';
 import type { LayerStack } from './index.js';
+import { isImageMount } from './hot-image.js';
 import { type KeepLimits, type LiveStacks, LocalProfiles } from './local-profiles.js';
 import { overlaysOf } from './mount-health.js';
 import { prefetchFiles, type PrefetchOptions, type PrefetchResult } from './prefetch.js';
@@ -48,6 +49,8 @@ export interface StartOptions {
   keep?: Partial<KeepLimits> | undefined;
   /** How long a pull waits for the image's hot layer (its profile's pack, hot.ts; default 1500 ms, 0: none). */
   hotWaitMs?: number | undefined;
+  /** Mount a profile's EROFS image as the hot layer when it has one (default true; hot-image.ts). */
+  hotImage?: boolean | undefined;
 }
 
 interface Outcome {
@@ -261,8 +264,10 @@ export class Starts {
     const mp = repositoryMountpoint(this.o.stack.location, img.repository);
     const { before, outcome: o } = await ahead;
     if (before) t.cvmfs = { before };
-    // the image's hot layer (hot.ts) is among its lowers: its pack's files are read from local disk
-    t.profile = dirs.some((d) => path.basename(d) === `hot-${id}`) ? `${o.from}; hot layer (the profile's pack, on local disk)` : o.from;
+    // the image's hot layer (hot.ts) is among its lowers: its files are read from local disk, or from its image
+    const hot = dirs.find((d) => path.basename(d) === `hot-${id}`);
+    const form = hot && ((await isImageMount(hot)) ? "the profile's image, mounted from CVMFS" : "the profile's pack, on local disk");
+    t.profile = form ? `${o.from}; hot layer (${form})` : o.from;
     t.prefetch = o.prefetch;
     t.prefetchStarted = o.startedAt;
     const stale = o.prefetch !== undefined && o.prefetch.missing > o.prefetch.files;

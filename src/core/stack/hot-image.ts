@@ -1,0 +1,114 @@
+/**
+ * A hot layer mounted rather than unpacked: the profile's EROFS image
+ * (core/fs/erofs.ts, SPEC §8) mounted read-only straight from CVMFS
+ * (file-backed EROFS: Linux 6.12+) at `masks/hot-<stack id>`. Nothing is
+ * copied or unpacked; the pull waits only for the image's head (its first
+ * chunk: the superblock, every inode and directory) while the probe helper
+ * reads the whole image ahead in pieces, so the client fetches its chunks at
+ * once and a container reading a file whose chunk has not arrived waits only
+ * for that chunk.
+ *
+ * The head is read by the probe helper (a stalled client never blocks the
+ * daemon) and must name the profile's size and uuid; the mount then reads
+ * what the client holds. A kernel that cannot mount an image from a file
+ * (ENOTBLK before 6.12, ENODEV without EROFS) is not asked again: the pack is
+ * unpacked instead (hot.ts).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { readErofsHead } from '../fs/erofs.js';
+import type { MountInfo } from '../fs/fsutil.js';
+import type { Host } from '../host/host.js';
+import { MNT_DETACH, MS_NODEV, MS_RDONLY } from '../host/sys.js';
+import { imagePath, type ProfileImage } from '../thin/profile.js';
+
+/** The head read before the mount: the superblock is at 1024. */
+const HEAD = 2048;
+/** errnos of a kernel that mounts no EROFS image from a file. */
+const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV', 'EINVAL']);
+
+export type ImageResult = { dir: string; ms: number } | { dir: null; why: string; unsupported?: boolean };
+
+/**
+ * Mount the image of the stack `layers` of the repository at `mp` on `final`
+ * (made, or an empty directory left by an earlier mount: a reboot). `readAhead`
+ * starts the helper's read of the whole image (before the head, so its chunks
+ * are fetched at once); its end is not waited for.
+ */
+export async function mountHotImage(
+  host: Host,
+  log: Logger,
+  mp: string,
+  layers: readonly string[],
+  image: ProfileImage,
+  final: string,
+  o: { timeoutMs: number; readAhead: (file: string) => void },
+): Promise<ImageResult> {
+  const t0 = performance.now();
+  const file = path.join(mp, imagePath(layers));
+  o.readAhead(file);
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), o.timeoutMs);
+  let answer;
+  try {
+    [answer] = await host.probeFs([{ op: 'read', path: file, head: HEAD }], ctl.signal);
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!answer?.ok || answer.text === undefined) return { dir: null, why: `image not read: ${answer && !answer.ok ? answer.message : 'no answer'}` };
+  const head = readErofsHead(Buffer.from(answer.text, 'base64'));
+  if (head?.bytes !== image.bytes || head.uuid !== image.uuid)
+    return { dir: null, why: `image is not the one the profile names (${head ? `${head.bytes} bytes, uuid ${head.uuid}` : 'no EROFS superblock'})` };
+  const made = await fsp.mkdir(final, { mode: 0o755 }).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+      return false;
+    },
+  );
+  try {
+    // not nosuid: the image's setuid files are the container's
+    host.mount(file, final, 'erofs', MS_RDONLY | MS_NODEV, null);
+  } catch (e) {
+    if (made) await fsp.rmdir(final).catch(() => undefined);
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (UNSUPPORTED.has(code)) {
+      log.warn({ err: e }, 'this kernel mounts no EROFS image from a file (Linux 6.12+ with EROFS_FS_BACKED_BY_FILE): hot layers are unpacked from packs');
+      return { dir: null, why: `image not mounted (${code})`, unsupported: true };
+    }
+    return { dir: null, why: `image not mounted: ${(e as Error).message}` };
+  }
+  return { dir: final, ms: Math.round(performance.now() - t0) };
+}
+
+/**
+ * Whether `dir` (a `hot-<id>` directory) is a hot layer: an unpacked one
+ * (not empty) or a mounted image. An empty directory is what an image's
+ * mount point is after a reboot: mounted again at the next pull.
+ */
+export async function hotReady(dir: string): Promise<boolean> {
+  const mounted = await isImageMount(dir);
+  if (mounted !== false) return mounted === true;
+  return (await fsp.readdir(dir).catch(() => [])).length > 0;
+}
+
+/** Whether a hot layer's directory is a mount point (an image), not one (unpacked); null when it is not a directory. */
+export async function isImageMount(dir: string): Promise<boolean | null> {
+  const [st, up] = await Promise.all([fsp.stat(dir).catch(() => null), fsp.stat(path.dirname(dir)).catch(() => null)]);
+  if (!st?.isDirectory()) return null;
+  return st.dev !== up?.dev;
+}
+
+/** Unmount an image mounted at `dir` (detached when busy); the mounts left. */
+export function unmountHot(host: Host, dir: string, mounts: MountInfo[], log: Logger): MountInfo[] {
+  if (!mounts.some((m) => m.mountPoint === dir)) return mounts;
+  try {
+    host.umount(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
+    log.warn({ dir }, 'hot layer image busy: detached');
+    host.umount(dir, MNT_DETACH);
+  }
+  return mounts.filter((m) => m.mountPoint !== dir);
+}
