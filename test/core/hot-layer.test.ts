@@ -15,6 +15,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { writeProfilePack } from '../../src/convert/profile-pack.js';
 import { cvmfsLocation } from '../../src/core/cvmfs/location.js';
 import { type HotOptions, HotLayers } from '../../src/core/stack/hot.js';
+import { ImageMounts } from '../../src/core/stack/hot-image.js';
 import { CvmfsLayers } from '../../src/core/stack/layers.js';
 import { systemHost } from '../../src/core/host/host.js';
 import { lsetxattr, MNT_DETACH, mount, MS_NODEV, MS_RDONLY, umount } from '../../src/core/host/sys.js';
@@ -155,6 +156,46 @@ describe.skipIf(needs({ root: 'chown, xattrs, overlay and EROFS mounts' }))('a h
       } finally {
         umount(without, MNT_DETACH);
         umount(withHot, MNT_DETACH);
+      }
+      if (form === 'image') {
+        // the client died and another was mounted (another device): the next pull detaches the image and mounts it again
+        const hots = new HotLayers(masks, systemHost, log, OPTS);
+        expect(
+          (
+            await hots.forStack(
+              repo,
+              ls.map((l) => l.hex),
+            )
+          ).why,
+        ).toBe('local');
+        const replaced = Object.create(systemHost) as typeof systemHost;
+        replaced.probeFs = async (ops, signal) =>
+          (await systemHost.probeFs(ops, signal)).map((a) => (a.ok && a.dev !== undefined ? { ...a, dev: a.dev + 1 } : a));
+        const again = await new HotLayers(masks, replaced, log, OPTS).forStack(
+          repo,
+          ls.map((l) => l.hex),
+        );
+        expect(again.why).toBe('local'); // a daemon that finds it mounted takes the device it sees first
+        const hot2 = new HotLayers(masks, systemHost, log, OPTS);
+        expect(
+          (
+            await hot2.forStack(
+              repo,
+              ls.map((l) => l.hex),
+            )
+          ).why,
+        ).toBe('local');
+        hot2.images.record(hot.dir!, repo, fs.statSync(repo).dev + 1);
+        expect(
+          (
+            await hot2.forStack(
+              repo,
+              ls.map((l) => l.hex),
+            )
+          ).why,
+        ).toBe('image');
+        expect(systemHost.mountinfo().filter((m) => m.mountPoint === hot.dir).length).toBe(1);
+        expect(fs.readFileSync(path.join(hot.dir!, 'etc/a.conf'), 'utf8')).toBe('new');
       }
       // the masks no snapshot uses go, a mounted image unmounted first
       const st = await LayerStack.open({ root: work, location: loc, host: systemHost, log, factsFile: path.join(work, 'facts.json') });
@@ -446,6 +487,33 @@ describe("a hot layer mounted from the profile's image", () => {
     expect(erofsMounts(host)).toEqual([]);
   });
 
+  it("a container's Prepare detaches an image found mounted on a client that was replaced since (another device): the container sees the stack's own files", async () => {
+    const { work, repo, ls, final, file } = await setup();
+    fs.mkdirSync(final);
+    class Replaced extends RecordingHost {
+      shift = 0;
+      override async probeFs(ops: Parameters<RecordingHost['probeFs']>[0]) {
+        return (await super.probeFs(ops)).map((a) => (a.ok && a.dev !== undefined ? { ...a, dev: a.dev + this.shift } : a));
+      }
+    }
+    const host = new Replaced();
+    host.mount(file, final, 'erofs', MS_RDONLY, null); // left by the daemon before
+    const st = await LayerStack.open({
+      root: work,
+      location: cvmfsLocation({ repository: REPO, absoluteMountpoint: repo }),
+      host,
+      log,
+      factsFile: path.join(work, 'f.json'),
+      hot: OPTS,
+    });
+    const dirs = [final, ls[1]!.dir, ls[0]!.dir];
+    await st.checkAvailable(dirs, 'c1');
+    expect(host.mountedAt(final)).toBeDefined();
+    host.shift = 1;
+    await st.checkAvailable(dirs, 'c2');
+    expect([host.mountedAt(final), host.ops('umount').map((c) => c.args)]).toEqual([undefined, [[final, MNT_DETACH]]]);
+  });
+
   it('an empty hot-<id> directory (an image’s mount point after a reboot) is not a hot layer: mounted again at the next pull', async () => {
     const { repo, hexes, masks, final } = await setup();
     fs.mkdirSync(final);
@@ -455,5 +523,35 @@ describe("a hot layer mounted from the profile's image", () => {
     // an unpacked one is (it is not empty)
     fs.mkdirSync(path.join(final, 'app'));
     expect((await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes)).why).toBe('local');
+  });
+});
+
+describe('images mounted on a CVMFS client that was replaced', () => {
+  it('are adopted with the device seen first, detached when the repository mount is another device, left alone when it is not known', () => {
+    const work = tempDir('hot-images-');
+    const masks = path.join(work, 'masks');
+    const [a, b] = [path.join(masks, `hot-${'a'.repeat(64)}`), path.join(masks, `hot-${'b'.repeat(64)}`)];
+    for (const d of [a, b]) fs.mkdirSync(d, { recursive: true });
+    const host = new RecordingHost();
+    host.mount('/cvmfs/r/.profiles/aa/a.erofs', a, 'erofs', MS_RDONLY, null);
+    const images = new ImageMounts(host, log, masks);
+    images.record(b, '/cvmfs/r', 7);
+    const dev = new Map<string, number>();
+    // not known: nothing decided
+    expect(images.check([a, b, '/cvmfs/r/.layers/x'], (r) => dev.get(r), '/cvmfs/r')).toEqual([]);
+    dev.set('/cvmfs/r', 7);
+    // a (found mounted) takes 7; b was mounted on 7
+    expect(images.check([a, b], (r) => dev.get(r), '/cvmfs/r')).toEqual([]);
+    dev.set('/cvmfs/r', 8);
+    expect(images.check([b], (r) => dev.get(r), undefined)).toEqual([b]);
+    expect(images.check([a], (r) => dev.get(r), '/cvmfs/r')).toEqual([a]);
+    // b was not mounted in this host (EINVAL, ignored)
+    expect(host.ops('umount').map((c) => c.args)).toEqual([
+      [b, MNT_DETACH],
+      [a, MNT_DETACH],
+    ]);
+    expect(host.mountedAt(a)).toBeUndefined();
+    // forgotten: not checked again
+    expect(images.check([a, b], (r) => dev.get(r), '/cvmfs/r')).toEqual([]);
   });
 });

@@ -28,7 +28,7 @@ const HEAD = 2048;
 /** errnos of a kernel that mounts no EROFS image from a file. */
 const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV', 'EINVAL']);
 
-export type ImageResult = { dir: string; ms: number } | { dir: null; why: string; unsupported?: boolean };
+export type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
 
 /**
  * Mount the image of the stack `layers` of the repository at `mp` on `final`
@@ -50,9 +50,16 @@ export async function mountHotImage(
   o.readAhead(file);
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), o.timeoutMs);
-  let answer;
+  let answer, repo;
   try {
-    [answer] = await host.probeFs([{ op: 'read', path: file, head: HEAD }], ctl.signal);
+    // with the device of the repository's mount: the client the image is read through (ImageMounts)
+    [answer, repo] = await host.probeFs(
+      [
+        { op: 'read', path: file, head: HEAD },
+        { op: 'stat', path: mp },
+      ],
+      ctl.signal,
+    );
   } finally {
     clearTimeout(timer);
   }
@@ -79,18 +86,7 @@ export async function mountHotImage(
     }
     return { dir: null, why: `image not mounted: ${(e as Error).message}` };
   }
-  return { dir: final, ms: Math.round(performance.now() - t0) };
-}
-
-/**
- * Whether `dir` (a `hot-<id>` directory) is a hot layer: an unpacked one
- * (not empty) or a mounted image. An empty directory is what an image's
- * mount point is after a reboot: mounted again at the next pull.
- */
-export async function hotReady(dir: string): Promise<boolean> {
-  const mounted = await isImageMount(dir);
-  if (mounted !== false) return mounted === true;
-  return (await fsp.readdir(dir).catch(() => [])).length > 0;
+  return { dir: final, ms: Math.round(performance.now() - t0), dev: repo?.ok && repo.dev !== undefined ? repo.dev : null };
 }
 
 /** Whether a hot layer's directory is a mount point (an image), not one (unpacked); null when it is not a directory. */
@@ -111,4 +107,65 @@ export function unmountHot(host: Host, dir: string, mounts: MountInfo[], log: Lo
     host.umount(dir, MNT_DETACH);
   }
   return mounts.filter((m) => m.mountPoint !== dir);
+}
+
+/**
+ * The images mounted in a masks directory, and the CVMFS client each reads
+ * its file through (the device of the repository's mount). A client that
+ * died and was mounted again is another device: an image mounted on the old
+ * one answers nothing any more, so it is detached — its directory is then
+ * empty (a container sees the stack's own files) and the next pull of the
+ * image mounts it again. Images found mounted when the daemon starts take
+ * the device seen first.
+ */
+export class ImageMounts {
+  private readonly on = new Map<string, { root: string | null; dev: number | null }>();
+
+  constructor(
+    private readonly host: Host,
+    private readonly log: Logger,
+    masksDir: string,
+  ) {
+    for (const m of host.mountinfo())
+      if (m.fsType === 'erofs' && path.dirname(m.mountPoint) === masksDir && path.basename(m.mountPoint).startsWith('hot-'))
+        this.on.set(m.mountPoint, { root: null, dev: null });
+  }
+
+  record(dir: string, root: string, dev: number | null): void {
+    this.on.set(dir, { root, dev });
+  }
+
+  forget(dir: string): void {
+    this.on.delete(dir);
+  }
+
+  /**
+   * Detach the images among `dirs` (a container's lowers) whose client is not
+   * the one they were mounted on: `devOf(root)` is the device of the
+   * repository mount `root` now (undefined: not known), `root` the one of
+   * the other layers when an image's own is not known. Returns those detached.
+   */
+  check(dirs: readonly string[], devOf: (root: string) => number | undefined, root: string | undefined): string[] {
+    const gone: string[] = [];
+    for (const d of dirs) {
+      const rec = this.on.get(d);
+      const r = rec?.root ?? root;
+      const now = r === undefined ? undefined : devOf(r);
+      if (!rec || now === undefined) continue;
+      if (rec.dev === null) {
+        this.on.set(d, { root: r!, dev: now });
+        continue;
+      }
+      if (now === rec.dev) continue;
+      this.log.warn({ dir: d, root: r }, 'hot layer image on a CVMFS client that was replaced: detached (mounted again at the next pull)');
+      try {
+        this.host.umount(d, MNT_DETACH);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      }
+      this.on.delete(d);
+      gone.push(d);
+    }
+    return gone;
+  }
 }

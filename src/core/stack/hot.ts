@@ -28,7 +28,7 @@ import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
 import { type CvmfsCounters, cvmfsCounters } from './start-trace.js';
 import { type AccessProfile, packPath, parseProfile, type ProfileImage, profilePath, stackId } from '../thin/profile.js';
-import { hotReady, mountHotImage } from './hot-image.js';
+import { ImageMounts, isImageMount, mountHotImage } from './hot-image.js';
 
 export interface HotOptions {
   /** How long a pull waits for the hot layer (0: never; the fetch still goes on). */
@@ -80,6 +80,8 @@ export class HotLayers {
   private readonly jobs = new Map<string, { at: number; done: Promise<HotResult> }>();
   /** Cleared when the kernel mounts no image from a file (then packs are unpacked). */
   private imageMounts: boolean;
+  /** The images mounted here, and the client each reads through. */
+  readonly images: ImageMounts;
 
   constructor(
     /** The masks directory: `hot-<stack id>` lives there. */
@@ -89,6 +91,7 @@ export class HotLayers {
     private readonly o: HotOptions,
   ) {
     this.imageMounts = o.image !== false;
+    this.images = new ImageMounts(host, log, dir);
   }
 
   /** The hot layer of the stack `layers` (bottom first) of the repository mounted at `mp`, if it is ready within the wait. */
@@ -96,7 +99,7 @@ export class HotLayers {
     const t0 = performance.now();
     const id = stackId(layers);
     const final = path.join(this.dir, `hot-${id}`);
-    if (await hotReady(final)) return { dir: final, why: 'local', ms: 0 };
+    if (await this.ready(mp, final)) return { dir: final, why: 'local', ms: 0 };
     // a fetch running, or one that failed lately; a finished one is the directory itself (which Cleanup may remove)
     let job = this.jobs.get(id);
     if (!job || Date.now() - job.at > RETRY_MS) {
@@ -141,6 +144,7 @@ export class HotLayers {
       });
       const [profileMs, checkMs] = [Math.round(tp - t0), Math.round(t1 - tp)];
       if (r.dir !== null) {
+        this.images.record(final, mp, r.dev);
         const ms = Math.round(performance.now() - t0);
         this.log.info({ hot: final, files: image.files, bytes: image.bytes, ms, profileMs, checkMs, mountMs: r.ms }, 'hot layer mounted (its image)');
         return { dir: r.dir, why: 'image', ms };
@@ -202,6 +206,20 @@ export class HotLayers {
       for (let i = 0; i < PIECES; i++) await fsp.rm(`${file}.${i}`, { force: true });
       await fsp.rm(tmp, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Whether `final` is a hot layer: unpacked (a directory that is not empty),
+   * or an image mounted through the repository's client as it is now (one
+   * mounted on a client that was replaced since is detached: mounted again).
+   * An empty directory is an image's mount point after a reboot.
+   */
+  private async ready(mp: string, final: string): Promise<boolean> {
+    const mounted = await isImageMount(final);
+    if (mounted === null) return false;
+    if (!mounted) return (await fsp.readdir(final).catch(() => [])).length > 0;
+    const [st] = await this.host.probeFs([{ op: 'stat', path: mp }], AbortSignal.timeout(this.o.readTimeoutMs)).catch(() => []);
+    return this.images.check([final], () => (st?.ok ? st.dev : undefined), mp).length === 0;
   }
 
   /** The helper reads the whole image ahead in pieces (the client fetches their chunks at once); not waited for. */

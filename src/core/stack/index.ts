@@ -156,6 +156,7 @@ export class LayerStack {
       byRoot.set(root, [...(byRoot.get(root) ?? []), d]);
     }
     const owners = new Map<string, DirOwner>();
+    const devs = new Map<string, number>();
     await Promise.all(
       [...byRoot].map(async ([root, ds]) => {
         const first: FsProbeOp = { op: 'statfs', path: root };
@@ -168,9 +169,12 @@ export class LayerStack {
           if (!a || !a.ok) throw unavailable(d, of, root, a ?? { ok: false, code: 'EIO', message: 'no answer' });
           if (a.dir === false) throw new UnavailableError(`layer directory ${d} of ${of} is not a directory`, 'CVMFS_THIN_LAYER_UNAVAILABLE');
           owners.set(d, { uid: a.uid ?? 0, gid: a.gid ?? 0 });
+          if (a.dev !== undefined && !devs.has(root)) devs.set(root, a.dev);
         }
       }),
     );
+    // a hot layer's image mounted through a client that was replaced since: detached (hot-image.ts)
+    this.hot?.images.check(dirs, (r) => devs.get(r), byRoot.size === 1 ? [...byRoot.keys()][0] : undefined);
     return owners;
   }
 
@@ -287,7 +291,10 @@ export class LayerStack {
       try {
         const dir = path.join(this.masksDir, name);
         // a hot layer's image (hot-image.ts) is unmounted first: nothing uses it
-        if (name.startsWith('hot-')) mounts = unmountHot(this.host, dir, mounts, this.log);
+        if (name.startsWith('hot-')) {
+          mounts = unmountHot(this.host, dir, mounts, this.log);
+          this.hot?.images.forget(dir);
+        }
         await removeTree(dir, mounts);
         removed++;
       } catch (e) {
