@@ -100,7 +100,7 @@ echo "\$ cvmfs-thin why-slow demo2   (where the time of that start went: the sna
 sleep 1
 "${CLI[@]}" why-slow --root "$DEMO/snapshotter" demo2 | sed 's/^/  /'
 
-step "5b. the image's access profile, recorded at its first start: published with its pack; the next pull unpacks the pack into a local hot layer"
+step "5b. the image's access profile, recorded at its first start: published with its pack and EROFS image; the next pull mounts the image (kernels before 6.12: unpacks the pack) as a hot layer"
 for _ in $(seq 100); do compgen -G "$DEMO/snapshotter/profiles/*.json" >/dev/null && break; sleep 0.1; done
 echo "\$ cvmfs-thin profile publish --repository-dir ... $DEMO/snapshotter/profiles/*.json"
 "${CLI[@]}" profile publish --repository-dir "$REPO" "$DEMO"/snapshotter/profiles/*.json | sed 's/^/  /'
