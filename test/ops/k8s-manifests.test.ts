@@ -143,6 +143,8 @@ describe('what the schemas cannot check', () => {
     expect(hostPathOf(sn(), c, sockDir)).toBe(sockDir);
     expect(hostPathOf(sn(), c, cfg.root!)).toBe(cfg.root);
     expect(hostPathOf(sn(), c, '/cvmfs')).toBe('/cvmfs');
+    // its root holds mounts containerd uses (hot layers' EROFS images): they must reach the host
+    expect((c['volumeMounts'] as Obj[]).find((m) => m['mountPath'] === cfg.root)?.['mountPropagation']).toBe('Bidirectional');
     expect(c['readinessProbe']['exec']['command']).toContain(cfg.address);
   });
 
