@@ -18,7 +18,7 @@ function report(dir: string, writes: ProfileWrite[], dryRun: boolean): void {
   for (const w of writes) {
     const p = w.profile;
     const pack = p.pack
-      ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}${p.image ? `, image ${Math.round(p.image.bytes / 1024)} KiB` : ''}`
+      ? `; pack of ${p.pack.files} file(s), ${Math.round(p.pack.bytes / 1024)} KiB${w.packSkipped ? ` (${w.packSkipped} left out)` : ''}${p.image ? `, image ${Math.round(p.image.bytes / 1024)} + ${Math.round(p.image.data.bytes / 1024)} KiB` : ''}`
       : '';
     const what = p.prefetch ? `${p.files.length} file(s), ${Math.round(p.files.reduce((a, f) => a + f.size, 0) / 1024)} KiB${pack}` : 'prefetch disabled';
     process.stdout.write(`${verb} ${w.path}: ${what}${w.replaced === null ? '' : ` (replacing one of ${w.replaced} file(s))`}\n`);

@@ -45,8 +45,9 @@ interface ProfilePlanOptions {
 
 const BUCKET = /^[a-f0-9]{2}$/;
 const NAME = /^([a-f0-9]{64})\.json$/;
-/** A profile's pack (profile-pack.ts): judged with its profile, removed with it; one without its profile goes. */
-const PACK = /^([a-f0-9]{64})\.pack$/;
+/** A profile's pack and image files (profile-pack.ts): judged with their profile, removed with it; one without its profile goes. */
+const PACK = /^([a-f0-9]{64})\.(?:pack|erofs|erofs-data)$/;
+const PACK_SUFFIXES = ['.pack', '.erofs', '.erofs-data'];
 
 /** Read a profile without following a symlink or blocking on a FIFO; a reason when it is not one to judge. */
 async function readProfileFile(file: string): Promise<{ text: string; ino: bigint; mtimeNs: bigint } | string> {
@@ -115,7 +116,7 @@ export async function planProfiles(root: string, o: ProfilePlanOptions): Promise
         if (!ps?.isFile()) plan.leftAlone.push({ path: file, reason: ps?.isSymbolicLink() ? 'is a symbolic link' : 'is not a regular file' });
         else {
           const age = Math.round(Math.max(0, (o.now - Number(ps.mtimeNs / 1_000_000n)) / 1000));
-          plan.go.push({ path: file, age, why: 'the pack of a profile that is gone', dependent: true, ino: ps.ino, mtimeNs: ps.mtimeNs });
+          plan.go.push({ path: file, age, why: 'the pack or image of a profile that is gone', dependent: true, ino: ps.ino, mtimeNs: ps.mtimeNs });
         }
         continue;
       }
@@ -164,9 +165,11 @@ export async function removeProfile(v: ProfileVictim): Promise<boolean> {
   const st = await fsp.lstat(v.path, { bigint: true }).catch(() => null);
   if (!st?.isFile() || st.ino !== v.ino || st.mtimeNs !== v.mtimeNs) return false;
   await fsp.unlink(v.path);
-  // its pack, when it is a plain file
-  const pack = v.path.replace(/\.json$/, '.pack');
-  if (pack !== v.path && (await fsp.lstat(pack).catch(() => null))?.isFile()) await fsp.unlink(pack);
+  // its pack and image, when they are plain files
+  for (const suffix of PACK_SUFFIXES) {
+    const f = v.path.replace(/\.json$/, suffix);
+    if (f !== v.path && (await fsp.lstat(f).catch(() => null))?.isFile()) await fsp.unlink(f);
+  }
   await fsp.rmdir(path.dirname(v.path)).catch(() => undefined);
   return true;
 }

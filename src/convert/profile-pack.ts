@@ -145,7 +145,8 @@ function erofsEntry(p: string, found: Found, xattrs: [string, string][], source?
 
 /**
  * Write the pack of `profile` to `out` (a new file) from the repository tree
- * at `repo`, and the same files as an EROFS image to `o.imageOut` when given;
+ * at `repo`, and the same files as an EROFS image to `o.imageOut` (its
+ * metadata and data files) when given;
  * null when none of its files is there. At most `maxBytes` of file content,
  * in access order.
  */
@@ -153,7 +154,7 @@ export async function writeProfilePack(
   repo: string,
   profile: AccessProfile,
   out: string,
-  o: { host: Host; log: Logger; maxBytes?: number | undefined; imageOut?: string | undefined },
+  o: { host: Host; log: Logger; maxBytes?: number | undefined; imageOut?: { meta: string; data: string } | undefined },
 ): Promise<PackResult | null> {
   const maxBytes = Math.min(o.maxBytes ?? 256 << 20, MAX_PACK_BYTES - (64 << 20));
   const layers = await Promise.all([...profile.layers].reverse().map((h) => layerOf(repo, h)));
@@ -206,8 +207,8 @@ export async function writeProfilePack(
     if (!o.imageOut) return { pack, skipped };
     const uuid = randomBytes(16);
     try {
-      const img = await writeErofs(entries, o.imageOut, { uuid, buildTimeNs: BigInt(Date.now()) * 1_000_000n });
-      o.log.info({ out: o.imageOut, files: img.files, bytes: img.bytes }, 'profile image written');
+      const img = await writeErofs(entries, o.imageOut.meta, o.imageOut.data, { uuid, buildTimeNs: BigInt(Date.now()) * 1_000_000n });
+      o.log.info({ out: o.imageOut.meta, files: img.files, bytes: img.bytes, dataBytes: img.data.bytes }, 'profile image written');
       return { pack, image: { ...img, uuid: uuid.toString('hex') }, skipped };
     } catch (err) {
       // the pack alone still serves every node

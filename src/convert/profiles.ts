@@ -12,7 +12,17 @@ import { METADATA_DIR } from '../core/cvmfs/layout.js';
 import { NotFoundError } from '../core/errors/errors.js';
 import { writeFileAtomic } from '../core/fs/fsutil.js';
 import type { Logger } from 'pino';
-import { type AccessProfile, imagePath, packPath, PROFILE_SCHEMA, PROFILES_DIR, parseProfile, profilePath, serializeProfile } from '../core/thin/profile.js';
+import {
+  type AccessProfile,
+  imageDataPath,
+  imagePath,
+  packPath,
+  PROFILE_SCHEMA,
+  PROFILES_DIR,
+  parseProfile,
+  profilePath,
+  serializeProfile,
+} from '../core/thin/profile.js';
 import { writeProfilePack } from './profile-pack.js';
 import type { Publisher } from './publish.js';
 import { duccImageName, parseDockerReference } from './reference.js';
@@ -116,8 +126,9 @@ export async function publishProfiles(
       await fsp.mkdir(path.dirname(f), { recursive: true, mode: 0o755 });
       const packFile = path.join(repositoryDir, packPath(w.profile.layers));
       const imageFile = path.join(repositoryDir, imagePath(w.profile.layers));
-      const [tmp, tmpImage] = [`${packFile}.tmp-${process.pid}`, `${imageFile}.tmp-${process.pid}`];
-      for (const t of [tmp, tmpImage]) await fsp.rm(t, { force: true });
+      const dataFile = path.join(repositoryDir, imageDataPath(w.profile.layers));
+      const [tmp, tmpImage, tmpData] = [packFile, imageFile, dataFile].map((f) => `${f}.tmp-${process.pid}`) as [string, string, string];
+      for (const t of [tmp, tmpImage, tmpData]) await fsp.rm(t, { force: true });
       const withImage = o.image !== false;
       const packed =
         o.pack !== false && w.profile.prefetch && w.profile.files.length > 0
@@ -125,7 +136,7 @@ export async function publishProfiles(
               host: publisher.host,
               log: o.log,
               maxBytes: o.packMaxBytes,
-              imageOut: withImage ? tmpImage : undefined,
+              imageOut: withImage ? { meta: tmpImage, data: tmpData } : undefined,
             })
           : null;
       const { pack: _p, image: _i, ...rest } = w.profile;
@@ -136,9 +147,11 @@ export async function publishProfiles(
         w.packSkipped = packed.skipped;
       } else await fsp.rm(packFile, { force: true });
       if (packed?.image) {
+        // the data first: a node that finds the metadata finds its device
+        await fsp.rename(tmpData, dataFile);
         await fsp.rename(tmpImage, imageFile);
         w.profile.image = packed.image;
-      } else await fsp.rm(imageFile, { force: true });
+      } else for (const f of [imageFile, dataFile]) await fsp.rm(f, { force: true });
       await writeFileAtomic(f, serializeProfile(w.profile));
     }
   });

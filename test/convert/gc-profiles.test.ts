@@ -45,6 +45,7 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
   /** Hostile entries and what gc must say about them. */
   const hostile: [string, RegExp][] = [];
   let orphanPack = '';
+  let orphanImage = '';
   const inRepo = (layers: string[]) => path.join(repo, profilePath(layers));
   const write = (file: string, text: string) => {
     fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -141,8 +142,13 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
     // packs (profile publish): with their profile, or without one (it went: the pack goes); a symlinked one is left alone
     write(p['a']!.replace(/\.json$/, '.pack'), 'pack of a');
     write(p['b']!.replace(/\.json$/, '.pack'), 'pack of b');
+    // and images (metadata and data files) the same
+    write(p['a']!.replace(/\.json$/, '.erofs-data'), 'image data of a');
+    for (const sfx of ['.erofs', '.erofs-data']) write(p['b']!.replace(/\.json$/, sfx), `image of b${sfx}`);
     orphanPack = path.join(aDir, `${path.basename(aDir)}${'5'.repeat(62)}.pack`);
     write(orphanPack, 'pack without a profile');
+    orphanImage = path.join(aDir, `${path.basename(aDir)}${'7'.repeat(62)}.erofs-data`);
+    write(orphanImage, 'image data without a profile');
     fs.symlinkSync(path.join(outside, 'victim.json'), path.join(aDir, `${path.basename(aDir)}${'6'.repeat(62)}.pack`));
     hostile.push([path.join(aDir, `${path.basename(aDir)}${'6'.repeat(62)}.pack`), /symbolic link/]);
     write(path.join(aDir, 'notes.txt'), 'hello');
@@ -153,8 +159,9 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
 
   it('--dry-run lists the profiles of gone layers (an opt-out too) and keeps a young unreferenced one; hostile entries are reported', async () => {
     const g = await gc('--dry-run');
-    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack].sort());
-    expect(g.removed.find((x) => x.path === orphanPack)?.why).toBe('the pack of a profile that is gone');
+    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack, orphanImage].sort());
+    expect(g.removed.find((x) => x.path === orphanPack)?.why).toBe('the pack or image of a profile that is gone');
+    expect(g.removed.find((x) => x.path === orphanImage)?.why).toBe('the pack or image of a profile that is gone');
     expect(g.removed.find((x) => x.path === p['b'])?.why).toMatch(new RegExp(`layer ${hex(ls[2]!).slice(0, 12)} is gone`));
     expect(g.removed.find((x) => x.path === p['c'])?.why).toMatch(new RegExp(`layer ${hex(ls[3]!).slice(0, 12)} is gone`));
     expect(profiles(g.kept_recent)).toEqual([p['lone']!]);
@@ -176,9 +183,11 @@ describe.skipIf(needs({ binaries: ['tar', 'gzip', 'mkfifo'] }))('gc and access p
     const before = snap();
     const outsideFiles = fs.readdirSync(path.join(outside, 'bucket'));
     const g = await gc(...hooks);
-    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack].sort());
-    expect([p['b']!.replace(/\.json$/, '.pack'), orphanPack].map((f) => fs.existsSync(f))).toEqual([false, false]);
+    expect(profiles(g.removed)).toEqual([p['b']!, p['c']!, orphanPack, orphanImage].sort());
+    const gone = [...['.pack', '.erofs', '.erofs-data'].map((sfx) => p['b']!.replace(/\.json$/, sfx)), orphanPack, orphanImage];
+    expect(gone.map((f) => fs.existsSync(f))).toEqual(gone.map(() => false));
     expect(fs.readFileSync(p['a']!.replace(/\.json$/, '.pack'), 'utf8')).toBe('pack of a');
+    expect(fs.readFileSync(p['a']!.replace(/\.json$/, '.erofs-data'), 'utf8')).toBe('image data of a');
     expect(
       g.removed
         .filter((x) => x.kind === 'layer')

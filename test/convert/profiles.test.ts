@@ -12,7 +12,16 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readErofsHead } from '../../src/core/fs/erofs.js';
 import * as sys from '../../src/core/host/sys.js';
-import { imagePath, packPath, parseProfile, PROFILE_SCHEMA, profilePath, serializeProfile, type AccessProfile } from '../../src/core/thin/profile.js';
+import {
+  imageDataPath,
+  imagePath,
+  packPath,
+  parseProfile,
+  PROFILE_SCHEMA,
+  profilePath,
+  serializeProfile,
+  type AccessProfile,
+} from '../../src/core/thin/profile.js';
 import { addLayer } from '../helpers/cvmfs-tree.js';
 import { duccImageName, parseDockerReference } from '../../src/convert/reference.js';
 import { needs, tempDir } from '../helpers/env.js';
@@ -98,21 +107,32 @@ describe('cvmfs-thin profile', () => {
       );
       const r = await runCli(['profile', 'publish', '--repository-dir', repo, ...hooks, f]);
       expect(r.code, r.stderr).toBe(0);
-      expect(r.stdout).toMatch(/: 3 file\(s\), 0 KiB; pack of 2 file\(s\), \d+ KiB \(1 left out\), image \d+ KiB\n$/);
+      expect(r.stdout).toMatch(/: 3 file\(s\), 0 KiB; pack of 2 file\(s\), \d+ KiB \(1 left out\), image \d+ \+ \d+ KiB\n$/);
       const pack = path.join(repo, packPath(layers));
       const image = path.join(repo, imagePath(layers));
+      const data = path.join(repo, imageDataPath(layers));
       const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
       const profileNow = () => parseProfile(readFileSync(path.join(repo, profilePath(layers)), 'utf8'));
       const written = profileNow();
       expect(written.pack).toEqual({ bytes: statSync(pack).size, sha256: sha(pack), files: 2 });
-      expect(written.image).toEqual({ bytes: statSync(image).size, sha256: sha(image), files: 2, uuid: expect.stringMatching(/^[0-9a-f]{32}$/) });
-      expect(readErofsHead(readFileSync(image).subarray(0, 2048))).toEqual({ bytes: written.image!.bytes, uuid: written.image!.uuid });
+      expect(written.image).toEqual({
+        bytes: statSync(image).size,
+        sha256: sha(image),
+        files: 2,
+        uuid: expect.stringMatching(/^[0-9a-f]{32}$/),
+        data: { bytes: statSync(data).size, sha256: sha(data) },
+      });
+      expect(readErofsHead(readFileSync(image).subarray(0, 2048))).toEqual({
+        bytes: written.image!.bytes,
+        dataBytes: written.image!.data.bytes,
+        uuid: written.image!.uuid,
+      });
       const names = execFileSync('tar', ['-tf', pack], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
       expect(names).toEqual(['./', 'app/', 'app/x.py', 'app/y.py']);
       // the image holds what the pack holds, as the kernel shows it
       const mnt = path.join(dir, 'image-mnt');
       mkdirSync(mnt);
-      sys.mount(image, mnt, 'erofs', sys.MS_RDONLY, null);
+      sys.mount(image, mnt, 'erofs', sys.MS_RDONLY, `device=${data}`);
       try {
         expect(readdirSync(path.join(mnt, 'app')).sort()).toEqual(['x.py', 'y.py']);
         expect(readFileSync(path.join(mnt, 'app/x.py'), 'utf8')).toBe('print(1)\n');
@@ -122,7 +142,7 @@ describe('cvmfs-thin profile', () => {
       }
       const noImage = await runCli(['profile', 'publish', '--repository-dir', repo, '--no-image', f]);
       expect(noImage.code, noImage.stderr).toBe(0);
-      expect([existsSync(pack), existsSync(image), profileNow().image]).toEqual([true, false, undefined]);
+      expect([existsSync(pack), existsSync(image), existsSync(data), profileNow().image]).toEqual([true, false, false, undefined]);
       const off = await runCli(['profile', 'publish', '--repository-dir', repo, '--no-pack', f]);
       expect(off.code, off.stderr).toBe(0);
       expect([existsSync(pack), profileNow().pack]).toEqual([false, undefined]);

@@ -1,12 +1,13 @@
 /**
- * core/fs/erofs.ts: images the kernel mounts (file-backed, as a node mounts a
- * profile's image from CVMFS) show exactly the entries written — content,
- * owners, modes with special bits, ns times, xattrs, large directories over
- * several blocks, empty files — with all metadata before the data and the
- * data in the order given. Bad entries are refused naming the path, and a
- * refused image leaves no file.
+ * core/fs/erofs.ts: images the kernel mounts (file-backed, its data file as
+ * the extra device, as a node mounts a profile's image from CVMFS) show
+ * exactly the entries written — content, owners, modes with special bits, ns
+ * times, xattrs, large directories over several blocks, empty files — with
+ * the metadata in one small file and the data in the order given in the
+ * other. Bad entries are refused naming the path, and a refused image leaves
+ * no file.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -29,20 +30,23 @@ function file(p: string, content: Buffer, o: Partial<ErofsEntry> = {}): ErofsEnt
 const d = (p: string, o: Partial<ErofsEntry> = {}): ErofsEntry => ({ path: p, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtimeNs: T, xattrs: [], ...o });
 
 describe('EROFS images: layout and refusals (no mount)', () => {
-  it('the head names size and uuid; metadata first, then the data in the order given', async () => {
+  it('the head names both sizes and the uuid; the metadata holds no data; the data file holds the files in the order given', async () => {
     const a = randomBytes(5000);
     const b = randomBytes(100);
-    const out = path.join(dir, 'order.img');
-    const w = await writeErofs([d(''), d('x'), file('x/b', b), file('a', a)], out, { uuid, buildTimeNs: T });
-    const img = fs.readFileSync(out);
-    expect(w.bytes).toBe(img.length);
-    expect(w.files).toBe(2);
-    expect(readErofsHead(img.subarray(0, 2048))).toEqual({ bytes: img.length, uuid: uuid.toString('hex') });
-    // b (given first) before a; both after the metadata block(s)
-    const ib = img.indexOf(b);
-    const ia = img.indexOf(a);
-    expect(ib % 4096).toBe(0);
-    expect(ia).toBe(ib + 4096);
+    const [out, data] = [path.join(dir, 'order.img'), path.join(dir, 'order.data')];
+    const w = await writeErofs([d(''), d('x'), file('x/b', b), file('a', a)], out, data, { uuid, buildTimeNs: T });
+    const [img, blob] = [fs.readFileSync(out), fs.readFileSync(data)];
+    expect(w).toEqual({
+      bytes: img.length,
+      sha256: createHash('sha256').update(img).digest('hex'),
+      files: 2,
+      data: { bytes: blob.length, sha256: createHash('sha256').update(blob).digest('hex') },
+    });
+    // a block of inodes and one per directory; a block for b, two for a
+    expect([img.length, blob.length]).toEqual([3 * 4096, 3 * 4096]);
+    expect(readErofsHead(img.subarray(0, 2048))).toEqual({ bytes: img.length, dataBytes: blob.length, uuid: uuid.toString('hex') });
+    // b (given first) at the start, then a
+    expect([blob.indexOf(b), blob.indexOf(a), img.indexOf(a.subarray(0, 64))]).toEqual([0, 4096, -1]);
     expect(readErofsHead(Buffer.alloc(2048))).toBeNull();
     expect(readErofsHead(img.subarray(0, 100))).toBeNull();
   });
@@ -58,22 +62,26 @@ describe('EROFS images: layout and refusals (no mount)', () => {
     ['a file without a source', [d(''), { ...d('f'), type: 'file' } as ErofsEntry], 'f: a file needs a source and a size'],
   ])('refuses %s, writing nothing', async (_what, entries, msg) => {
     const out = path.join(dir, `bad-${n++}.img`);
-    await expect(writeErofs(entries as ErofsEntry[], out, { uuid, buildTimeNs: T })).rejects.toThrow(msg);
-    expect(fs.existsSync(out)).toBe(false);
+    await expect(writeErofs(entries as ErofsEntry[], out, `${out}.data`, { uuid, buildTimeNs: T })).rejects.toThrow(msg);
+    expect([fs.existsSync(out), fs.existsSync(`${out}.data`)]).toEqual([false, false]);
   });
 
   it('a source shorter than its size is refused and the image removed', async () => {
     const out = path.join(dir, 'short.img');
     const f = file('f', Buffer.from('abc'));
-    await expect(writeErofs([d(''), { ...f, size: 10 }], out, { uuid, buildTimeNs: T })).rejects.toThrow('has 3 bytes, not 10');
-    expect(fs.existsSync(out)).toBe(false);
+    await expect(writeErofs([d(''), { ...f, size: 10 }], out, `${out}.data`, { uuid, buildTimeNs: T })).rejects.toThrow('has 3 bytes, not 10');
+    expect([fs.existsSync(out), fs.existsSync(`${out}.data`)]).toEqual([false, false]);
   });
 
   it('an existing target is not overwritten', async () => {
     const out = path.join(dir, 'exists.img');
     fs.writeFileSync(out, 'keep');
-    await expect(writeErofs([d('')], out, { uuid, buildTimeNs: T })).rejects.toThrow(/EEXIST/);
+    await expect(writeErofs([d('')], out, `${out}.data`, { uuid, buildTimeNs: T })).rejects.toThrow(/EEXIST/);
     expect(fs.readFileSync(out, 'utf8')).toBe('keep');
+    const out2 = path.join(dir, 'exists2.img');
+    fs.writeFileSync(`${out2}.data`, 'keep');
+    await expect(writeErofs([d('')], out2, `${out2}.data`, { uuid, buildTimeNs: T })).rejects.toThrow(/EEXIST/);
+    expect([fs.existsSync(out2), fs.readFileSync(`${out2}.data`, 'utf8')]).toEqual([false, 'keep']);
   });
 });
 
@@ -106,10 +114,13 @@ describe.skipIf(needs({ root: 'mount of an EROFS image' }))('EROFS images mounte
     const names = Array.from({ length: 600 }, (_, i) => `${'n'.repeat(i % 200)}-${i}-é`);
     names.push('z'.repeat(255));
     for (const nm of names) entries.push(file(`big/${nm}`, Buffer.from(nm)));
+    // files of 1, 4096, 4097 bytes and 1 MiB + 1 (chunks of 2^k bytes)
+    for (const size of [1, 4096, 4097, (1 << 20) + 1]) entries.push(file(`usr/s${size}`, randomBytes(size)));
     const out = path.join(dir, 'full.img');
-    const w = await writeErofs(entries, out, { uuid, buildTimeNs: T });
+    const w = await writeErofs(entries, out, `${out}.data`, { uuid, buildTimeNs: T });
+    expect(w.bytes).toBeLessThan(w.data.bytes);
     fs.mkdirSync(mnt, { recursive: true });
-    sys.mount(out, mnt, 'erofs', sys.MS_RDONLY, null);
+    sys.mount(out, mnt, 'erofs', sys.MS_RDONLY, `device=${out}.data`);
     for (const e of entries) {
       const p = path.join(mnt, e.path);
       const st = fs.lstatSync(p, { bigint: true });
@@ -125,6 +136,6 @@ describe.skipIf(needs({ root: 'mount of an EROFS image' }))('EROFS images mounte
     expect(fs.readdirSync(path.join(mnt, 'empty'))).toEqual([]);
     expect(fs.lstatSync(path.join(mnt, 'usr')).nlink).toBe(3);
     expect(sys.llistxattr(path.join(mnt, 'usr/x')).sort()).toEqual(['trusted.t', 'user.a', 'user.long-name']);
-    expect(fs.statfsSync(mnt).blocks * 4096).toBe(w.bytes);
+    expect(fs.statfsSync(mnt).blocks * 4096).toBe(w.bytes + w.data.bytes);
   });
 });

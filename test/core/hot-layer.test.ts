@@ -22,7 +22,7 @@ import { lsetxattr, MNT_DETACH, mount, MS_NODEV, MS_RDONLY, umount } from '../..
 import { writeErofs } from '../../src/core/fs/erofs.js';
 import { silentLogger } from '../../src/core/telemetry/log.js';
 import { packEntriesToBuffer } from '../../src/core/tar/index.js';
-import { type AccessProfile, imagePath, packPath, PROFILE_SCHEMA, profilePath, serializeProfile, stackId } from '../../src/core/thin/profile.js';
+import { type AccessProfile, imageDataPath, imagePath, packPath, PROFILE_SCHEMA, profilePath, serializeProfile, stackId } from '../../src/core/thin/profile.js';
 import { LayerStack } from '../../src/core/stack/index.js';
 import { parseThinManifest } from '../../src/core/thin/manifest.js';
 import { addLayer, type FakeLayer, thinJson } from '../helpers/cvmfs-tree.js';
@@ -75,9 +75,9 @@ function profileOf(ls: FakeLayer[], files: [string, number][]): AccessProfile {
 /** Publish `profile` with a pack from `buf` (or written from the tree, with its image when `image`) into the repository. */
 async function publish(repo: string, profile: AccessProfile, buf?: Buffer, files?: number, image = false): Promise<AccessProfile> {
   const out = path.join(repo, packPath(profile.layers));
-  const imageOut = path.join(repo, imagePath(profile.layers));
+  const imageOut = { meta: path.join(repo, imagePath(profile.layers)), data: path.join(repo, imageDataPath(profile.layers)) };
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  for (const f of [out, imageOut]) fs.rmSync(f, { force: true });
+  for (const f of [out, imageOut.meta, imageOut.data]) fs.rmSync(f, { force: true });
   let p = profile;
   if (buf) {
     fs.writeFileSync(out, buf);
@@ -415,7 +415,7 @@ describe('a hot layer that is not used', () => {
 });
 
 describe("a hot layer mounted from the profile's image", () => {
-  const setup = async (o: { image?: Buffer | 'none' } = {}) => {
+  const setup = async (o: { image?: Buffer | 'none' | 'short data' } = {}) => {
     const work = tempDir('hot-image-');
     const repo = path.join(work, 'cvmfs', REPO);
     const ls = [addLayer(repo, 'i1', { 'app/x': 'x' }), addLayer(repo, 'i2', { 'app/y': 'y' })];
@@ -432,6 +432,7 @@ describe("a hot layer mounted from the profile's image", () => {
     fs.writeFileSync(src, 'x');
     const e = { mode: 0o755, uid: 0, gid: 0, mtimeNs: 0n, xattrs: [] };
     const file = path.join(repo, imagePath(hexes));
+    const data = path.join(repo, imageDataPath(hexes));
     const uuid = Buffer.alloc(16, 9);
     const img = await writeErofs(
       [
@@ -440,28 +441,30 @@ describe("a hot layer mounted from the profile's image", () => {
         { path: 'app/x', type: 'file', ...e, source: src, size: 1 },
       ],
       file,
+      data,
       { uuid, buildTimeNs: 0n },
     );
     if (o.image === 'none') fs.rmSync(file);
+    else if (o.image === 'short data') fs.truncateSync(data, 0);
     else if (o.image) fs.writeFileSync(file, o.image);
     fs.writeFileSync(path.join(repo, profilePath(hexes)), serializeProfile({ ...p, image: { ...img, uuid: uuid.toString('hex') } }));
-    return { work, repo, ls, hexes, masks, file, final: path.join(masks, `hot-${stackId(hexes)}`) };
+    return { work, repo, ls, hexes, masks, file, data, final: path.join(masks, `hot-${stackId(hexes)}`) };
   };
   const erofsMounts = (h: RecordingHost) => h.ops('mount').filter((c) => c.args[2] === 'erofs');
 
-  it('is mounted read-only (nodev, not nosuid) on masks/hot-<stack id>, the whole image read ahead by the helper (nothing written), the pack not copied', async () => {
-    const { repo, hexes, masks, file, final } = await setup();
+  it('is mounted read-only (nodev, not nosuid) on masks/hot-<stack id> with its data file as the device, the data read ahead by the helper (nothing written), the pack not copied', async () => {
+    const { repo, hexes, masks, file, data, final } = await setup();
     const host = new RecordingHost();
     const r = await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes);
     expect([r.why, r.dir]).toEqual(['image', final]);
-    expect(erofsMounts(host).map((c) => c.args)).toEqual([[file, final, 'erofs', MS_RDONLY | MS_NODEV, null]]);
+    expect(erofsMounts(host).map((c) => c.args)).toEqual([[file, final, 'erofs', MS_RDONLY | MS_NODEV, `device=${data}`]]);
     await new Promise((res) => setTimeout(res, 50));
-    expect(host.copyProbes).toEqual([{ path: file, to: undefined }]);
+    expect(host.copyProbes).toEqual([{ path: data, to: undefined }]);
     expect(fs.readdirSync(masks)).toEqual([path.basename(final)]);
   });
 
   it('an image that is not the profile’s, missing, or a kernel that cannot mount one: the pack is unpacked instead', async () => {
-    for (const image of [Buffer.alloc(8192), 'none'] as const) {
+    for (const image of [Buffer.alloc(8192), 'none', 'short data'] as const) {
       const { repo, hexes, masks } = await setup({ image });
       const host = new RecordingHost();
       const r = await new HotLayers(masks, host, log, OPTS).forStack(repo, hexes);

@@ -48,7 +48,7 @@ describe('access profiles', () => {
     expect(parseProfile(JSON.stringify({ ...base, files: [{ path: '/bin/sh', size: 1 }] })).files[0]!.path).toBe('bin/sh');
     expect(bad({ ...base, files: [{ path: 'a', size: -1 }] })).toThrow(/files\[0\]\.size: must be a byte count/);
     expect(bad({ ...base, files: [{ path: 'a', size: 1, mode: 7 }] })).toThrow(/files\[0\]\.mode: is not a known field/);
-    const image = { bytes: 8192, sha256: H('c'), files: 1, uuid: '0'.repeat(32) };
+    const image = { bytes: 8192, sha256: H('c'), files: 1, uuid: '0'.repeat(32), data: { bytes: 4096, sha256: H('d') } };
     expect(parseProfile(JSON.stringify({ ...base, image })).image).toEqual(image);
     expect(bad({ ...base, image: { ...image, bytes: 8193 } })).toThrow(/image\.bytes: must be a multiple of 4096/);
     expect(bad({ ...base, image: { ...image, bytes: 2 ** 31 } })).toThrow(/image\.bytes: must be a byte count/);
@@ -57,6 +57,10 @@ describe('access profiles', () => {
     expect(bad({ ...base, image: { ...image, path: '/etc' } })).toThrow(/image\.path: is not a known field/);
     expect(bad({ ...base, image: { ...image, sha256: 'z' } })).toThrow(/image\.sha256: must be a hex sha256/);
     expect(bad({ ...base, image: [] })).toThrow(/image: must be an object/);
+    expect(bad({ ...base, image: { ...image, data: undefined } })).toThrow(/image\.data: must be an object/);
+    expect(bad({ ...base, image: { ...image, data: { ...image.data, bytes: 100 } } })).toThrow(/image\.data\.bytes: must be a multiple of 4096/);
+    expect(bad({ ...base, image: { ...image, data: { ...image.data, path: '/x' } } })).toThrow(/image\.data\.path: is not a known field/);
+    expect(bad({ ...base, image: { ...image, data: { ...image.data, sha256: 1 } } })).toThrow(/image\.data\.sha256: must be a hex sha256/);
     expect(bad({ ...base, files: Array(20_001).fill({ path: 'a', size: 1 }) })).toThrow(/files: must be an array of at most 20000 entries/);
   });
 });

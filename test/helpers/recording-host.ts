@@ -336,7 +336,7 @@ export class RecordingHost implements Host {
         if (o.op === 'statfs') r = { ok: true, type: this.statfsType(o.path) };
         else if (o.op === 'stat') {
           const st = await fsp.stat(o.path);
-          r = { ok: true, uid: st.uid, gid: st.gid, dev: st.dev, dir: st.isDirectory() };
+          r = { ok: true, uid: st.uid, gid: st.gid, dev: st.dev, dir: st.isDirectory(), bytes: st.size };
         } else if (o.op === 'realpath') {
           const real = await fsp.realpath(o.path);
           r = { ok: true, real, dir: (await fsp.stat(real)).isDirectory() };

@@ -84,7 +84,8 @@ export const ERROR_CODES = {
   },
   CVMFS_THIN_BAD_EROFS_ENTRY: {
     kind: 'invalid-argument',
-    meaning: "An entry cannot go into a profile's EROFS image (a path twice or outside a listed directory, an xattr without an EROFS name prefix, a file shorter than listed); the message names it.",
+    meaning:
+      "An entry cannot go into a profile's EROFS image (a path twice or outside a listed directory, an xattr without an EROFS name prefix, a file shorter than listed); the message names it.",
   },
   CVMFS_THIN_TAR_IO: { kind: 'internal', meaning: 'Writing an extracted entry failed (ENOSPC, EACCES…); the message names the entry and the errno.' },
   CVMFS_THIN_INPUT_CLOSED: { kind: 'invalid-argument', meaning: 'The tar stream ended before its end-of-archive marker, or was already destroyed.' },

@@ -1,16 +1,22 @@
 /**
  * EROFS images (the kernel's read-only file system, Documentation/
- * filesystems/erofs.rst): a profile's files as one image a node mounts
+ * filesystems/erofs.rst): a profile's files as an image a node mounts
  * straight from CVMFS (SPEC §8), so its containers read them without a copy
  * or an unpack, while the client fetches the image's chunks.
  *
+ * Two files: the metadata (superblock, one extra device, every inode and
+ * directory: small, so a CVMFS client fetches it whole in one round trip
+ * and the mount waits for nothing else) and the data (its extra device, a
+ * blob of the files' contents in access order, chunked by CVMFS, its chunks
+ * fetched while the container starts). Mounted with `device=<data file>`.
+ *
  * Written here, not by mkfs.erofs: the files come from a staged tree with
- * exact owners, ns times and xattrs (no root needed to write them), the data
- * must be in access order (the image's first chunks hold what a start reads
- * first) and all metadata first (one chunk answers the mount and every
- * lookup). The subset: 4 KiB blocks, 64-byte extended inodes, uncompressed
- * data in consecutive blocks (FLAT_PLAIN), inline xattrs, directories and
- * regular files only. meta_blkaddr is 0: inodes follow the superblock.
+ * exact owners, ns times and xattrs (no root needed to write them) and the
+ * data must be in access order. The subset: 4 KiB blocks, 64-byte extended
+ * inodes, inline xattrs, directories (FLAT_PLAIN in the metadata) and regular
+ * files (one chunk each, indexed on device 1; empty ones FLAT_PLAIN) only.
+ * meta_blkaddr is 0: the device table and then the inodes follow the
+ * superblock.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -20,8 +26,16 @@ import { InvalidArgumentError } from '../errors/errors.js';
 const BLOCK = 4096;
 const SB_OFFSET = 1024;
 const MAGIC = 0xe0f5e1e2;
-/** The first inode: after the 128-byte superblock (nid = offset / 32, meta_blkaddr 0). */
-const FIRST_INODE = SB_OFFSET + 128;
+/** One device slot (the data file) after the 128-byte superblock, then the inodes (nid = offset / 32, meta_blkaddr 0). */
+const DEVT_SLOT = SB_OFFSET + 128;
+const FIRST_INODE = DEVT_SLOT + 128;
+const FEATURE_CHUNKED_FILE = 0x4;
+const FEATURE_DEVICE_TABLE = 0x8;
+/** i_format: extended inode, data layout FLAT_PLAIN (0) or CHUNK_BASED (4). */
+const FORMAT_PLAIN = 1;
+const FORMAT_CHUNKS = 1 | (4 << 1);
+/** chunk format: 8-byte indexes (with a device id). */
+const CHUNK_INDEXES = 0x20;
 const INODE = 64;
 const DIRENT = 12;
 const FT_REG = 1;
@@ -65,9 +79,12 @@ interface Node {
 }
 
 export interface ErofsWritten {
+  /** The metadata file. */
   bytes: number;
   sha256: string;
   files: number;
+  /** The data file (the extra device). */
+  data: { bytes: number; sha256: string };
 }
 
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -117,12 +134,17 @@ function direntBlocks(d: Node): Buffer[] {
   return blocks;
 }
 
+/** Bytes of a file's chunk index, after its inode and xattrs (8-aligned): one chunk of 2^k bytes holds it. */
+const chunked = (n: Node) => n.e.type === 'file' && n.size > 0;
+const chunkBits = (size: number) => Math.max(0, Math.ceil(Math.log2(size)) - 12);
+
 /**
  * Write `entries` (every directory of every path among them, the root
- * included; files' data in the order given) as an EROFS image to `out` (a
- * new file). `uuid` (16 bytes) names the image (a profile records it).
+ * included; files' data in the order given) as an EROFS image: its metadata
+ * to `out`, its data to `data` (new files). `uuid` (16 bytes) names the
+ * image (a profile records it).
  */
-export async function writeErofs(entries: readonly ErofsEntry[], out: string, o: { uuid: Buffer; buildTimeNs: bigint }): Promise<ErofsWritten> {
+export async function writeErofs(entries: readonly ErofsEntry[], out: string, data: string, o: { uuid: Buffer; buildTimeNs: bigint }): Promise<ErofsWritten> {
   const byPath = new Map<string, Node>();
   for (const e of entries) {
     if (byPath.has(e.path)) throw new InvalidArgumentError(`${e.path || '/'} is listed twice`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
@@ -156,9 +178,10 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
   let at = FIRST_INODE;
   for (const n of order) {
     n.isize = INODE + (n.xattrs?.length ?? 0);
-    if ((at % BLOCK) + n.isize > BLOCK && n.isize <= BLOCK) at = align(at, BLOCK);
+    const whole = chunked(n) ? align(n.isize, 8) + 8 : n.isize;
+    if ((at % BLOCK) + whole > BLOCK && whole <= BLOCK) at = align(at, BLOCK);
     n.off = at;
-    at = align(at + n.isize, 32);
+    at = align(at + whole, 32);
   }
   if (root.off / 32 > 0xffff) throw new InvalidArgumentError('root inode out of range', 'CVMFS_THIN_BAD_EROFS_ENTRY');
   // directory blocks after the inodes, then file data in the order given
@@ -171,12 +194,16 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
     blk += n.dirBlocks.length;
   }
   const metaBlocks = blk;
+  // the data device: each file's blocks, in the order given
   const files = entries.filter((e) => e.type === 'file').map((e) => byPath.get(e.path)!);
+  let dblk = 0;
   for (const f of files) {
-    f.blkaddr = f.size > 0 ? blk : 0;
-    blk += Math.ceil(f.size / BLOCK);
+    f.blkaddr = dblk;
+    dblk += Math.ceil(f.size / BLOCK);
   }
-  if (blk > 0xffffffff) throw new InvalidArgumentError('image too large', 'CVMFS_THIN_BAD_EROFS_ENTRY');
+  // a device of at least one block
+  const dataBlocks = Math.max(1, dblk);
+  if (dataBlocks > 0xffffffff) throw new InvalidArgumentError('image too large', 'CVMFS_THIN_BAD_EROFS_ENTRY');
   const meta = Buffer.alloc(metaBlocks * BLOCK);
   const sb = meta.subarray(SB_OFFSET, SB_OFFSET + 128);
   sb.writeUInt32LE(MAGIC, 0);
@@ -185,16 +212,27 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
   sb.writeBigUInt64LE(BigInt(order.length), 16);
   sb.writeBigUInt64LE(o.buildTimeNs / 1_000_000_000n, 24);
   sb.writeUInt32LE(Number(o.buildTimeNs % 1_000_000_000n), 32);
-  sb.writeUInt32LE(blk, 36);
+  sb.writeUInt32LE(metaBlocks, 36);
   o.uuid.copy(sb, 48, 0, 16);
+  sb.writeUInt32LE(FEATURE_CHUNKED_FILE | FEATURE_DEVICE_TABLE, 80);
+  sb.writeUInt16LE(1, 86); // extra devices
+  sb.writeUInt16LE(DEVT_SLOT / 128, 88);
+  // the device slot: no tag (the mount names the file), its blocks, not mapped into a flat address space
+  meta.writeUInt32LE(dataBlocks, DEVT_SLOT + 64);
   order.forEach((n, ino) => {
     const b = meta.subarray(n.off, n.off + n.isize);
     const dir = n.e.type === 'dir';
-    b.writeUInt16LE(1, 0); // extended inode, FLAT_PLAIN
+    b.writeUInt16LE(chunked(n) ? FORMAT_CHUNKS : FORMAT_PLAIN, 0);
     b.writeUInt16LE(n.xattrs ? (n.xattrs.length - 12) / 4 + 1 : 0, 2);
     b.writeUInt16LE((dir ? S_IFDIR : S_IFREG) | (n.e.mode & 0o7777), 4);
     b.writeBigUInt64LE(BigInt(n.size), 8);
-    b.writeUInt32LE(n.blkaddr, 16);
+    if (chunked(n)) {
+      // one chunk (2^k bytes, at least its size) on device 1 at its block
+      b.writeUInt16LE(chunkBits(n.size) | CHUNK_INDEXES, 16);
+      const idx = align(n.off + n.isize, 8);
+      meta.writeUInt16LE(1, idx + 2);
+      meta.writeUInt32LE(n.blkaddr, idx + 4);
+    } else b.writeUInt32LE(n.blkaddr, 16);
     b.writeUInt32LE(ino + 1, 20);
     b.writeUInt32LE(n.e.uid >>> 0, 24);
     b.writeUInt32LE(n.e.gid >>> 0, 28);
@@ -204,8 +242,16 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
     n.xattrs?.copy(b, INODE);
     n.dirBlocks?.forEach((d, i) => d.copy(meta, (n.blkaddr + i) * BLOCK));
   });
+  const metaHash = createHash('sha256').update(meta).digest('hex');
+  await fsp.writeFile(out, meta, { flag: 'wx', mode: 0o644 });
   const hash = createHash('sha256');
-  const fh = await fsp.open(out, 'wx', 0o644);
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(data, 'wx', 0o644);
+  } catch (e) {
+    await fsp.rm(out, { force: true });
+    throw e;
+  }
   let pos = 0;
   const write = async (b: Buffer) => {
     hash.update(b);
@@ -213,7 +259,7 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
     pos += b.length;
   };
   try {
-    await write(meta);
+    if (dblk === 0) await write(Buffer.alloc(BLOCK));
     const buf = Buffer.alloc(1 << 20);
     for (const f of files) {
       const src = await fsp.open(f.e.source!, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
@@ -232,22 +278,25 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, o:
     }
   } catch (e) {
     await fh.close();
-    await fsp.rm(out, { force: true });
+    for (const f of [out, data]) await fsp.rm(f, { force: true });
     throw e;
   }
   await fh.close();
-  return { bytes: pos, sha256: hash.digest('hex'), files: files.length };
+  return { bytes: meta.length, sha256: metaHash, files: files.length, data: { bytes: pos, sha256: hash.digest('hex') } };
 }
 
 export interface ErofsHead {
+  /** The metadata file's size, its data file's (the one extra device), its uuid (hex). */
   bytes: number;
+  dataBytes: number;
   uuid: string;
 }
 
-/** The size and uuid (hex) an image's first 2 KiB say it has; null if they are not an EROFS superblock this writer makes. */
+/** What an image's first 2 KiB say of it; null if they are not the superblock and device table this writer makes. */
 export function readErofsHead(head: Buffer): ErofsHead | null {
-  if (head.length < SB_OFFSET + 128) return null;
+  if (head.length < FIRST_INODE) return null;
   const sb = head.subarray(SB_OFFSET, SB_OFFSET + 128);
   if (sb.readUInt32LE(0) !== MAGIC || sb.readUInt8(12) !== 12) return null;
-  return { bytes: sb.readUInt32LE(36) * BLOCK, uuid: sb.subarray(48, 64).toString('hex') };
+  if (sb.readUInt16LE(86) !== 1 || sb.readUInt16LE(88) !== DEVT_SLOT / 128) return null;
+  return { bytes: sb.readUInt32LE(36) * BLOCK, dataBytes: head.readUInt32LE(DEVT_SLOT + 64) * BLOCK, uuid: sb.subarray(48, 64).toString('hex') };
 }

@@ -89,7 +89,7 @@ export interface OverlayMount {
 /**
  * A read-only probe of a path that may be on a FUSE file system (CVMFS):
  * statfs (always answered by the FUSE daemon: tells a dead or stalled client),
- * stat (owner, device, directory?), readdir (through an overlay: reaches
+ * stat (owner, device, directory?, size as `bytes`), readdir (through an overlay: reaches
  * every lower layer) or read (a regular file's content, read and dropped —
  * a prefetch: `bytes` read, at most `max`) or realpath (the resolved path,
  * and whether it is a directory). `required`: stop the probe after this one

@@ -116,7 +116,7 @@ async function one(o) {
     if (o.op === 'statfs') return { ok: true, type: (await fsp.statfs(o.path)).type };
     if (o.op === 'stat') {
       const s = await fsp.stat(o.path);
-      return { ok: true, uid: s.uid, gid: s.gid, dev: s.dev, dir: s.isDirectory() };
+      return { ok: true, uid: s.uid, gid: s.gid, dev: s.dev, dir: s.isDirectory(), bytes: s.size };
     }
     if (o.op === 'readdir') return { ok: true, entries: (await fsp.readdir(o.path)).length };
     if (o.op === 'realpath') {

@@ -1,16 +1,16 @@
 /**
  * A hot layer mounted rather than unpacked: the profile's EROFS image
  * (core/fs/erofs.ts, SPEC §8) mounted read-only straight from CVMFS
- * (file-backed EROFS: Linux 6.12+) at `masks/hot-<stack id>`. Nothing is
- * copied or unpacked; the pull waits only for the image's head (its first
- * chunk: the superblock, every inode and directory) while the probe helper
- * reads the whole image ahead in pieces, so the client fetches its chunks at
- * once and a container reading a file whose chunk has not arrived waits only
- * for that chunk.
+ * (file-backed EROFS: Linux 6.12+) at `masks/hot-<stack id>`, its data file
+ * as the extra device. Nothing is copied or unpacked; the pull waits only
+ * for the metadata file (small: the client fetches it whole) while the
+ * probe helper reads the data file ahead in pieces, so the client fetches
+ * its chunks at once and a container reading a file whose chunk has not
+ * arrived waits only for that chunk.
  *
- * The head is read by the probe helper (a stalled client never blocks the
- * daemon) and must name the profile's size and uuid; the mount then reads
- * what the client holds. A kernel that cannot mount an image from a file
+ * The metadata's head is read by the probe helper (a stalled client never
+ * blocks the daemon) and must name the profile's sizes and uuid; the mount
+ * then reads what the client holds (the data file is only opened). A kernel that cannot mount an image from a file
  * (ENOTBLK before 6.12, ENODEV without EROFS) is not asked again: the pack is
  * unpacked instead (hot.ts).
  */
@@ -21,7 +21,7 @@ import { readErofsHead } from '../fs/erofs.js';
 import type { MountInfo } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
 import { MNT_DETACH, MS_NODEV, MS_RDONLY } from '../host/sys.js';
-import { imagePath, type ProfileImage } from '../thin/profile.js';
+import { imageDataPath, imagePath, type ProfileImage } from '../thin/profile.js';
 
 /** The head read before the mount: the superblock is at 1024. */
 const HEAD = 2048;
@@ -47,16 +47,20 @@ export async function mountHotImage(
 ): Promise<ImageResult> {
   const t0 = performance.now();
   const file = path.join(mp, imagePath(layers));
-  o.readAhead(file);
+  const data = path.join(mp, imageDataPath(layers));
+  // mount options are comma-separated: a path with a comma cannot be one
+  if (data.includes(',')) return { dir: null, why: `image data file ${data} has a comma in its path` };
+  o.readAhead(data);
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), o.timeoutMs);
-  let answer, repo;
+  let answer, repo, dataSt;
   try {
-    // with the device of the repository's mount: the client the image is read through (ImageMounts)
-    [answer, repo] = await host.probeFs(
+    // with the device of the repository's mount (the client the image is read through: ImageMounts) and the data file's size
+    [answer, repo, dataSt] = await host.probeFs(
       [
         { op: 'read', path: file, head: HEAD },
         { op: 'stat', path: mp },
+        { op: 'stat', path: data },
       ],
       ctl.signal,
     );
@@ -65,8 +69,12 @@ export async function mountHotImage(
   }
   if (!answer?.ok || answer.text === undefined) return { dir: null, why: `image not read: ${answer && !answer.ok ? answer.message : 'no answer'}` };
   const head = readErofsHead(Buffer.from(answer.text, 'base64'));
-  if (head?.bytes !== image.bytes || head.uuid !== image.uuid)
-    return { dir: null, why: `image is not the one the profile names (${head ? `${head.bytes} bytes, uuid ${head.uuid}` : 'no EROFS superblock'})` };
+  if (!dataSt?.ok || dataSt.bytes !== image.data.bytes)
+    return { dir: null, why: `image data file ${data}: ${dataSt?.ok ? `${dataSt.bytes} bytes, not ${image.data.bytes}` : (dataSt?.message ?? 'no answer')}` };
+  if (head?.bytes !== image.bytes || head.dataBytes !== image.data.bytes || head.uuid !== image.uuid) {
+    const says = head ? `${head.bytes} + ${head.dataBytes} bytes, uuid ${head.uuid}` : 'no EROFS superblock';
+    return { dir: null, why: `image is not the one the profile names (${says})` };
+  }
   const made = await fsp.mkdir(final, { mode: 0o755 }).then(
     () => true,
     (e: NodeJS.ErrnoException) => {
@@ -76,7 +84,7 @@ export async function mountHotImage(
   );
   try {
     // not nosuid: the image's setuid files are the container's
-    host.mount(file, final, 'erofs', MS_RDONLY | MS_NODEV, null);
+    host.mount(file, final, 'erofs', MS_RDONLY | MS_NODEV, `device=${data}`);
   } catch (e) {
     if (made) await fsp.rmdir(final).catch(() => undefined);
     const code = (e as NodeJS.ErrnoException).code ?? '';

@@ -146,7 +146,10 @@ export class HotLayers {
       if (r.dir !== null) {
         this.images.record(final, mp, r.dev);
         const ms = Math.round(performance.now() - t0);
-        this.log.info({ hot: final, files: image.files, bytes: image.bytes, ms, profileMs, checkMs, mountMs: r.ms }, 'hot layer mounted (its image)');
+        this.log.info(
+          { hot: final, files: image.files, bytes: image.bytes + image.data.bytes, ms, profileMs, checkMs, mountMs: r.ms },
+          'hot layer mounted (its image)',
+        );
         return { dir: r.dir, why: 'image', ms };
       }
       if (r.unsupported) this.imageMounts = false;
@@ -222,14 +225,14 @@ export class HotLayers {
     return this.images.check([final], () => (st?.ok ? st.dev : undefined), mp).length === 0;
   }
 
-  /** The helper reads the whole image ahead in pieces (the client fetches their chunks at once); not waited for. */
+  /** The helper reads the image's data file ahead in pieces (the client fetches their chunks at once); not waited for. */
   private readAhead(file: string, image: ProfileImage): void {
     const t0 = performance.now();
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), COPY_MS);
-    const count = Math.max(1, Math.min(PIECES, Math.ceil(image.bytes / PIECE_MIN)));
+    const count = Math.max(1, Math.min(PIECES, Math.ceil(image.data.bytes / PIECE_MIN)));
     this.host
-      .probeFs([{ op: 'copy', path: file, copy: { size: image.bytes, count } }], ctl.signal)
+      .probeFs([{ op: 'copy', path: file, copy: { size: image.data.bytes, count } }], ctl.signal)
       .then(
         ([a]) =>
           this.log.info({ file, ms: Math.round(performance.now() - t0), ...(a?.ok ? {} : { why: a?.message ?? 'no answer' }) }, 'hot layer image read ahead'),

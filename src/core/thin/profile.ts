@@ -67,6 +67,8 @@ export interface ProfilePack {
 export interface ProfileImage extends ProfilePack {
   /** The image's superblock uuid (hex): a node mounts only the image its profile names. */
   uuid: string;
+  /** Its data file (`<stack id>.erofs-data`: the image's extra device, the files' contents in access order). */
+  data: { bytes: number; sha256: string };
 }
 
 /** The most a pack may hold (a node's local copy of the hottest files of one image). */
@@ -88,8 +90,9 @@ export function profilePath(layers: readonly string[]): string {
 
 /** Where the pack of a stack's profile lives, relative to the repository root. */
 export const packPath = (layers: readonly string[]): string => profilePath(layers).replace(/\.json$/, '.pack');
-/** Where the EROFS image of a stack's profile lives, relative to the repository root. */
+/** Where the EROFS image of a stack's profile lives (its metadata, and its data), relative to the repository root. */
 export const imagePath = (layers: readonly string[]): string => profilePath(layers).replace(/\.json$/, '.erofs');
+export const imageDataPath = (layers: readonly string[]): string => `${imagePath(layers)}-data`;
 
 class ProfileError extends InvalidArgumentError {
   constructor(field: string, why: string) {
@@ -177,11 +180,17 @@ function parsePack(v: unknown, field = 'pack', extra: string[] = []): ProfilePac
 }
 
 function parseImage(v: unknown): ProfileImage {
-  const p = parsePack(v, 'image', ['uuid']);
-  const uuid = (v as Record<string, unknown>)['uuid'];
+  const p = parsePack(v, 'image', ['uuid', 'data']);
+  const { uuid, data } = v as Record<string, unknown>;
   if (p.bytes % 4096 !== 0) throw new ProfileError('image.bytes', 'must be a multiple of 4096');
   if (typeof uuid !== 'string' || !/^[a-f0-9]{32}$/.test(uuid)) throw new ProfileError('image.uuid', 'must be 32 hex digits');
-  return { ...p, uuid };
+  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new ProfileError('image.data', 'must be an object');
+  const d = data as Record<string, unknown>;
+  for (const k of Object.keys(d)) if (!['bytes', 'sha256'].includes(k)) throw new ProfileError(`image.data.${k}`, 'is not a known field');
+  if (typeof d['bytes'] !== 'number' || !Number.isSafeInteger(d['bytes']) || d['bytes'] < 4096 || d['bytes'] > MAX_PACK_BYTES || d['bytes'] % 4096 !== 0)
+    throw new ProfileError('image.data.bytes', `must be a multiple of 4096 from 4096 to ${MAX_PACK_BYTES}`);
+  if (typeof d['sha256'] !== 'string' || !HEX64.test(d['sha256'])) throw new ProfileError('image.data.sha256', 'must be a hex sha256');
+  return { ...p, uuid, data: { bytes: d['bytes'], sha256: d['sha256'] } };
 }
 
 export function serializeProfile(p: AccessProfile): string {
