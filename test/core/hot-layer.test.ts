@@ -209,17 +209,24 @@ describe.skipIf(needs({ root: 'chown, xattrs, overlay and EROFS mounts' }))('a h
 class ClientHost extends RecordingHost {
   downloads = 0;
   readonly cached = new Set<string>();
+  /** Catalogs loaded: the profiles' own is loaded at the first read below `.profiles/` (unless `profilesCatalog`). */
+  catalogs = 3;
+  profilesCatalog = false;
   constructor() {
     super();
     this.execHandler = (file) => ({
       code: 0,
-      stdout: file === 'getfattr' ? `# file: mp\nuser.nclg="3"\nuser.ndownload="${this.downloads}"\nuser.rx="7"\n` : '',
+      stdout: file === 'getfattr' ? `# file: mp\nuser.nclg="${this.catalogs}"\nuser.ndownload="${this.downloads}"\nuser.rx="7"\n` : '',
       stderr: '',
     });
   }
   override async probeFs(ops: Parameters<RecordingHost['probeFs']>[0]) {
     const r = await super.probeFs(ops);
     ops.forEach((o, i) => {
+      if ((o.op === 'read' || o.op === 'copy') && r[i]?.ok && o.path.includes('/.profiles/') && !this.profilesCatalog) {
+        this.profilesCatalog = true;
+        this.catalogs++;
+      }
       if ((o.op === 'read' || o.op === 'copy') && r[i]?.ok && !this.cached.has(o.path)) {
         this.downloads++;
         this.cached.add(o.path);
@@ -481,6 +488,27 @@ describe("a hot layer mounted from the profile's image", () => {
     expect((await hot.forStack(second.repo, [...second.hexes].reverse())).why).not.toBe('image');
     expect(erofsMounts(host)).toHaveLength(1);
     expect(fs.readdirSync(first.final).sort()).toEqual(['app', 'pad']);
+  });
+
+  it("a cold client (it loads the profiles' catalog) reads the image's data ahead beside the profile; a warm one that read the profile before (its catalog loaded) but never the image makes none", async () => {
+    const { repo, ls, hexes, masks, data } = await setup();
+    const cold = new ClientHost();
+    cold.profilesCatalog = false;
+    const r = await new HotLayers(masks, cold, log, OPTS).forStack(repo, hexes);
+    expect(r.why).toBe('image');
+    // read ahead once (started by the catalog load, not again at the mount), and no cache check: no sample opened
+    await new Promise((res) => setTimeout(res, 50));
+    expect(cold.copyProbes).toEqual([{ path: data, to: undefined }]);
+    expect(cold.cached.has(path.join(ls[0]!.dir, 'app/x'))).toBe(false);
+    // warm: the files and the profile in the cache, the profiles' catalog loaded, the image never read
+    const { repo: repo2, ls: ls2, hexes: hexes2, masks: masks2 } = await setup();
+    const warm = new ClientHost();
+    warm.profilesCatalog = true;
+    for (const f of [path.join(ls2[0]!.dir, 'app/x'), path.join(repo2, profilePath(hexes2))]) warm.cached.add(f);
+    const w = await new HotLayers(masks2, warm, log, OPTS).forStack(repo2, hexes2);
+    expect(w.why).toBe("the CVMFS client's cache holds the profile's files");
+    await new Promise((res) => setTimeout(res, 50));
+    expect([warm.copyProbes, erofsMounts(warm)]).toEqual([[], []]);
   });
 
   it('hot-image off: the pack, never a mount', async () => {

@@ -9,15 +9,16 @@
  * arrived waits only for that chunk.
  *
  * The metadata's head is read by the probe helper (a stalled client never
- * blocks the daemon) and must name the profile's sizes and uuid; the mount
- * then reads what the client holds (the data file is only opened). A kernel that cannot mount an image from a file
+ * blocks the daemon) beside the profile, and must name the profile's sizes
+ * and uuid; the mount then reads what the client holds (the data file is
+ * only opened). A kernel that cannot mount an image from a file
  * (ENOTBLK before 6.12, ENODEV without EROFS) is not asked again: the pack is
  * unpacked instead (hot.ts).
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { readErofsHead } from '../fs/erofs.js';
+import { type ErofsHead, readErofsHead } from '../fs/erofs.js';
 import type { MountInfo } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
 import { MNT_DETACH, MS_NODEV, MS_RDONLY } from '../host/sys.js';
@@ -30,33 +31,30 @@ const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV', 'EINVAL']);
 
 export type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
 
+/** What the probe helper saw of a stack's image: its files, its head, the repository mount, its data file. */
+export interface ImageProbe {
+  file: string;
+  data: string;
+  /** The head (superblock, device table), when read. */
+  head: ErofsHead | null;
+  why: string | null;
+  /** The repository mount's device (ImageMounts), the data file's size. */
+  dev: number | null;
+  dataBytes: number | null;
+}
+
 /**
- * Mount the image of the stack `layers` of the repository at `mp` on `final`
- * (made, or an empty directory left by an earlier mount: a reboot). `readAhead`
- * starts the helper's read of the whole image (before the head, so its chunks
- * are fetched at once); its end is not waited for.
+ * The image of the stack `layers` of the repository at `mp` as the probe
+ * helper finds it (its metadata's head read: a small file, fetched whole;
+ * the data file and the repository mount stat'ed), whatever the profile says.
  */
-export async function mountHotImage(
-  host: Host,
-  log: Logger,
-  mp: string,
-  layers: readonly string[],
-  image: ProfileImage,
-  final: string,
-  o: { timeoutMs: number; readAhead: (file: string) => void },
-): Promise<ImageResult> {
-  const t0 = performance.now();
+export async function probeImage(host: Host, mp: string, layers: readonly string[], timeoutMs: number): Promise<ImageProbe> {
   const file = path.join(mp, imagePath(layers));
   const data = path.join(mp, imageDataPath(layers));
-  // mount options are comma-separated: a path with a comma cannot be one
-  if (data.includes(',')) return { dir: null, why: `image data file ${data} has a comma in its path` };
-  o.readAhead(data);
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), o.timeoutMs);
-  let answer, repo, dataSt;
+  const timer = setTimeout(() => ctl.abort(), timeoutMs);
   try {
-    // with the device of the repository's mount (the client the image is read through: ImageMounts) and the data file's size
-    [answer, repo, dataSt] = await host.probeFs(
+    const [h, repo, st] = await host.probeFs(
       [
         { op: 'read', path: file, head: HEAD },
         { op: 'stat', path: mp },
@@ -64,17 +62,30 @@ export async function mountHotImage(
       ],
       ctl.signal,
     );
+    const head = h?.ok && h.text !== undefined ? readErofsHead(Buffer.from(h.text, 'base64')) : null;
+    const why = h?.ok ? (head ? null : 'no EROFS superblock') : `image not read: ${h?.message ?? 'no answer'}`;
+    return { file, data, head, why, dev: repo?.ok ? (repo.dev ?? null) : null, dataBytes: st?.ok ? (st.bytes ?? null) : null };
+  } catch (e) {
+    return { file, data, head: null, why: `image not read: ${(e as Error).message}`, dev: null, dataBytes: null };
   } finally {
     clearTimeout(timer);
   }
-  if (!answer?.ok || answer.text === undefined) return { dir: null, why: `image not read: ${answer && !answer.ok ? answer.message : 'no answer'}` };
-  const head = readErofsHead(Buffer.from(answer.text, 'base64'));
-  if (!dataSt?.ok || dataSt.bytes !== image.data.bytes)
-    return { dir: null, why: `image data file ${data}: ${dataSt?.ok ? `${dataSt.bytes} bytes, not ${image.data.bytes}` : (dataSt?.message ?? 'no answer')}` };
-  if (head?.bytes !== image.bytes || head.dataBytes !== image.data.bytes || head.uuid !== image.uuid) {
-    const says = head ? `${head.bytes} + ${head.dataBytes} bytes, uuid ${head.uuid}` : 'no EROFS superblock';
-    return { dir: null, why: `image is not the one the profile names (${says})` };
-  }
+}
+
+/**
+ * Mount the image `p` (probed) on `final` (made, or an empty directory left
+ * by an earlier mount: a reboot) if it is the one `image` (the profile's)
+ * names: its head's sizes and uuid, its data file's size.
+ */
+export async function mountHotImage(host: Host, log: Logger, p: ImageProbe, image: ProfileImage, final: string): Promise<ImageResult> {
+  const t0 = performance.now();
+  // mount options are comma-separated: a path with a comma cannot be one
+  if (p.data.includes(',')) return { dir: null, why: `image data file ${p.data} has a comma in its path` };
+  if (!p.head) return { dir: null, why: p.why ?? 'image not read' };
+  if (p.dataBytes !== image.data.bytes) return { dir: null, why: `image data file ${p.data}: ${p.dataBytes ?? 'no'} bytes, not ${image.data.bytes}` };
+  const head = p.head;
+  if (head.bytes !== image.bytes || head.dataBytes !== image.data.bytes || head.uuid !== image.uuid)
+    return { dir: null, why: `image is not the one the profile names (${head.bytes} + ${head.dataBytes} bytes, uuid ${head.uuid})` };
   const made = await fsp.mkdir(final, { mode: 0o755 }).then(
     () => true,
     (e: NodeJS.ErrnoException) => {
@@ -84,7 +95,7 @@ export async function mountHotImage(
   );
   try {
     // not nosuid: the image's setuid files are the container's
-    host.mount(file, final, 'erofs', MS_RDONLY | MS_NODEV, `device=${data}`);
+    host.mount(p.file, final, 'erofs', MS_RDONLY | MS_NODEV, `device=${p.data}`);
   } catch (e) {
     if (made) await fsp.rmdir(final).catch(() => undefined);
     const code = (e as NodeJS.ErrnoException).code ?? '';
@@ -94,7 +105,7 @@ export async function mountHotImage(
     }
     return { dir: null, why: `image not mounted: ${(e as Error).message}` };
   }
-  return { dir: final, ms: Math.round(performance.now() - t0), dev: repo?.ok && repo.dev !== undefined ? repo.dev : null };
+  return { dir: final, ms: Math.round(performance.now() - t0), dev: p.dev };
 }
 
 /** Whether a hot layer's directory is a mount point (an image), not one (unpacked); null when it is not a directory. */

@@ -27,8 +27,8 @@ import { layerRootfs } from '../cvmfs/layout.js';
 import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
 import { type CvmfsCounters, cvmfsCounters } from './start-trace.js';
-import { type AccessProfile, packPath, parseProfile, type ProfileImage, profilePath, stackId } from '../thin/profile.js';
-import { ImageMounts, isImageMount, mountHotImage } from './hot-image.js';
+import { type AccessProfile, packPath, parseProfile, profilePath, stackId } from '../thin/profile.js';
+import { ImageMounts, isImageMount, mountHotImage, probeImage } from './hot-image.js';
 
 export interface HotOptions {
   /** How long a pull waits for the hot layer (0: never; the fetch still goes on). */
@@ -128,20 +128,33 @@ export class HotLayers {
     // the client's download counter, read beside the profile (the cache check's start: a
     // profile not in the cache makes it say no, as it would for any other download)
     const before = cvmfsCounters(this.host, mp, this.o.readTimeoutMs);
+    // the image is probed beside the profile; when the client loaded catalogs meanwhile (the
+    // profiles' own, or the image's layers': a client that never read this image's profile
+    // since it was mounted — a cold one) the image's data is read ahead at once, before the
+    // profile is in. A client that read the profile before has its catalog: the check decides.
+    const probed = this.imageMounts ? probeImage(this.host, mp, layers, this.o.readTimeoutMs) : undefined;
+    const early = probed?.then(async (p) => {
+      const [b, mid] = [await before, p.head && (await cvmfsCounters(this.host, mp, this.o.readTimeoutMs))];
+      if (!p.head || !b || !mid || mid.catalogs <= b.catalogs || p.head.dataBytes > this.o.maxBytes) return false;
+      this.readAhead(p.data, p.head.dataBytes);
+      return true;
+    });
     const profile = await this.profile(path.join(mp, profilePath(layers)), layers);
     if (typeof profile === 'string') return { dir: null, why: profile, ms: 0, cheap: true };
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
     const tp = performance.now();
     // kept like a failure: not checked again for a while (a warm node's next pulls skip the profile and the check)
-    if (await this.cacheHolds(mp, profile, before)) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
-    if (profile.image && this.imageMounts) {
+    const cold = (await early) === true;
+    // (when the image's head was read, the counters are read again: it may have been downloaded meanwhile)
+    const since = (await probed)?.head ? cvmfsCounters(this.host, mp, this.o.readTimeoutMs) : before;
+    if (!cold && (await this.cacheHolds(mp, profile, since))) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
+    if (profile.image && probed) {
       const t1 = performance.now();
       const image = profile.image;
-      const r = await mountHotImage(this.host, this.log, mp, layers, image, final, {
-        timeoutMs: this.o.readTimeoutMs,
-        readAhead: (file) => this.readAhead(file, image),
-      });
+      const p = await probed;
+      if (!cold && p.head?.uuid === image.uuid) this.readAhead(p.data, image.data.bytes);
+      const r = await mountHotImage(this.host, this.log, p, image, final);
       const [profileMs, checkMs] = [Math.round(tp - t0), Math.round(t1 - tp)];
       if (r.dir !== null) {
         this.images.record(final, mp, r.dev);
@@ -225,14 +238,14 @@ export class HotLayers {
     return this.images.check([final], () => (st?.ok ? st.dev : undefined), mp).length === 0;
   }
 
-  /** The helper reads the image's data file ahead in pieces (the client fetches their chunks at once); not waited for. */
-  private readAhead(file: string, image: ProfileImage): void {
+  /** The helper reads an image's data file (`bytes` long) ahead in pieces (the client fetches their chunks at once); not waited for. */
+  private readAhead(file: string, bytes: number): void {
     const t0 = performance.now();
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), COPY_MS);
-    const count = Math.max(1, Math.min(PIECES, Math.ceil(image.data.bytes / PIECE_MIN)));
+    const count = Math.max(1, Math.min(PIECES, Math.ceil(bytes / PIECE_MIN)));
     this.host
-      .probeFs([{ op: 'copy', path: file, copy: { size: image.data.bytes, count } }], ctl.signal)
+      .probeFs([{ op: 'copy', path: file, copy: { size: bytes, count } }], ctl.signal)
       .then(
         ([a]) =>
           this.log.info({ file, ms: Math.round(performance.now() - t0), ...(a?.ok ? {} : { why: a?.message ?? 'no answer' }) }, 'hot layer image read ahead'),
