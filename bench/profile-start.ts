@@ -38,8 +38,9 @@
  *     then Cleanup removed the hot layer), the client remounted with a wiped cache; the other
  *     cold rows start fresh daemons, whose first pack also pays for loading and compiling the
  *     unpacking code;
- *   - warm, only the pack in the cache: right after a cold start with a hot layer (its
- *     containers read the files from the hot layer, so the client holds the image or pack only).
+ *   - warm, only the pack in the cache: right after a cold start with a hot layer mounted from
+ *     the image (its containers read the files from the hot layer, so the client holds the image
+ *     only).
  * The order of the cold rows alternates. Medians; ratios against warm; the client's
  * download counters per row; one cold start's `cvmfs-thin why-slow`.
  *
@@ -228,11 +229,13 @@ async function main(): Promise<void> {
         await forget();
       }
       if (which === 'profile' || which === 'gap') {
-        // the client holds the pack, not the files (the container read them from the hot layer)
+        // the client holds the image, not the files (the container read them from the hot layer)
         const packOnly = await node();
         add('warm, only the pack in the cache', await start(packOnly, `wk${i}`));
         hotOf('warm, only the pack in the cache', packOnly);
         await packOnly.stop();
+      }
+      if (which === 'profile' || which === 'gap' || which === 'pack') {
         // a start that reads the files from the client (untimed): now its cache holds them
         const warming = await node(['--hot-wait', '0']);
         await start(warming, `ww${i}`);
