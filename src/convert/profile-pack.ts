@@ -208,6 +208,11 @@ export async function writeProfilePack(
     const uuid = randomBytes(16);
     try {
       const img = await writeErofs(entries, o.imageOut.meta, o.imageOut.data, { uuid, buildTimeNs: BigInt(Date.now()) * 1_000_000n });
+      // its blocks can make it larger than the pack: a profile naming a larger one is not valid
+      if (img.data.bytes > MAX_PACK_BYTES || img.bytes > MAX_PACK_BYTES) {
+        for (const f of [o.imageOut.meta, o.imageOut.data]) await fsp.rm(f, { force: true });
+        throw new InvalidArgumentError(`the image's data (${img.data.bytes} bytes) is over ${MAX_PACK_BYTES}`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
+      }
       o.log.info({ out: o.imageOut.meta, files: img.files, bytes: img.bytes, dataBytes: img.data.bytes }, 'profile image written');
       return { pack, image: { ...img, uuid: uuid.toString('hex') }, skipped };
     } catch (err) {

@@ -60,6 +60,9 @@ describe('EROFS images: layout and refusals (no mount)', () => {
     ['an empty name', [d(''), d('a//b')], 'not a clean relative path'],
     ['an unknown xattr prefix', [d('', { xattrs: [['system.foo', Buffer.from('x')]] })], 'xattr system.foo has no EROFS name prefix'],
     ['a file without a source', [d(''), { ...d('f'), type: 'file' } as ErofsEntry], 'f: a file needs a source and a size'],
+    ['a time before 1970', [d(''), d('old', { mtimeNs: -1n })], 'old: a time before 1970 or an id EROFS cannot hold'],
+    ['an id over 32 bits', [d('', { uid: 2 ** 32 })], '/: a time before 1970 or an id EROFS cannot hold'],
+    ['xattrs over a block', [d('', { xattrs: [['user.big', Buffer.alloc(5000)]] })], '/: its xattrs are too large'],
   ])('refuses %s, writing nothing', async (_what, entries, msg) => {
     const out = path.join(dir, `bad-${n++}.img`);
     await expect(writeErofs(entries as ErofsEntry[], out, `${out}.data`, { uuid, buildTimeNs: T })).rejects.toThrow(msg);

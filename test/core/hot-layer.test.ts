@@ -470,7 +470,7 @@ describe("a hot layer mounted from the profile's image", () => {
     expect(fs.readdirSync(masks)).toEqual([path.basename(final)]);
   });
 
-  it('an image that is not the profile’s, missing, or a kernel that cannot mount one: the pack is unpacked instead', async () => {
+  it('an image that is not the profile’s, missing, refused by the kernel, stalled, or a kernel that cannot mount one: the pack is unpacked instead', async () => {
     for (const image of [Buffer.alloc(8192), 'none', 'short data'] as const) {
       const { repo, hexes, masks } = await setup({ image });
       const host = new RecordingHost();
@@ -479,6 +479,22 @@ describe("a hot layer mounted from the profile's image", () => {
       expect(fs.readFileSync(path.join(r.dir!, 'app/x'), 'utf8')).toBe('x');
     }
     // ENOTBLK (before Linux 6.12): not asked again by this daemon
+    // EINVAL (this image is bad): the pack, and the next image is mounted
+    const bad = await setup();
+    const badHost = new RecordingHost();
+    badHost.failNext.set('mount', 'EINVAL');
+    const onBad = new HotLayers(bad.masks, badHost, log, OPTS);
+    expect((await onBad.forStack(bad.repo, bad.hexes)).why).toBe('pack');
+    fs.rmSync(bad.final, { recursive: true });
+    expect((await onBad.forStack(bad.repo, bad.hexes)).why).toBe('image');
+    // a client that stalls on the image: the pack, within the deadline
+    const slow = await setup();
+    const stalled = new RecordingHost();
+    stalled.stalled.add(path.join(slow.repo, imagePath(slow.hexes)));
+    const t = performance.now();
+    expect((await new HotLayers(slow.masks, stalled, log, { ...OPTS, readTimeoutMs: 300 }).forStack(slow.repo, slow.hexes)).why).toBe('pack');
+    expect(performance.now() - t).toBeLessThan(3000);
+    stalled.unstall();
     const host = new RecordingHost();
     host.failNext.set('mount', 'ENOTBLK');
     const first = await setup();

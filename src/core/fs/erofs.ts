@@ -105,7 +105,10 @@ function xattrBody(xs: [string, Buffer][], path: string): Buffer | null {
     value.copy(ent, 4 + suffix.length);
     parts.push(ent);
   }
-  return Buffer.concat(parts);
+  const body = Buffer.concat(parts);
+  // i_xattr_icount is 16 bits; one inode's xattrs in one block at most
+  if (body.length > BLOCK - INODE) throw new InvalidArgumentError(`${path || '/'}: its xattrs are too large`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
+  return body;
 }
 
 /** A directory's dirent blocks: "." and ".." and its children, sorted by name, no entry split across blocks. */
@@ -151,6 +154,17 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, da
     const name = Buffer.from(e.path.split('/').at(-1)!);
     if (e.path !== '' && (name.length === 0 || name.length > 255 || e.path.split('/').some((s) => s === '' || s === '.' || s === '..')))
       throw new InvalidArgumentError(`${e.path}: not a clean relative path`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
+    if (
+      e.mtimeNs < 0n ||
+      e.mtimeNs >= 1n << 63n ||
+      !Number.isInteger(e.uid) ||
+      !Number.isInteger(e.gid) ||
+      e.uid < 0 ||
+      e.gid < 0 ||
+      e.uid > 0xffffffff ||
+      e.gid > 0xffffffff
+    )
+      throw new InvalidArgumentError(`${e.path || '/'}: a time before 1970 or an id EROFS cannot hold`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
     const size = e.type === 'file' ? (e.size ?? -1) : 0;
     if (e.type === 'file' && (!Number.isSafeInteger(size) || size < 0 || !e.source))
       throw new InvalidArgumentError(`${e.path}: a file needs a source and a size`, 'CVMFS_THIN_BAD_EROFS_ENTRY');
@@ -198,7 +212,7 @@ export async function writeErofs(entries: readonly ErofsEntry[], out: string, da
   const files = entries.filter((e) => e.type === 'file').map((e) => byPath.get(e.path)!);
   let dblk = 0;
   for (const f of files) {
-    f.blkaddr = dblk;
+    f.blkaddr = f.size > 0 ? dblk : 0;
     dblk += Math.ceil(f.size / BLOCK);
   }
   // a device of at least one block

@@ -26,8 +26,15 @@ import { imageDataPath, imagePath, type ProfileImage } from '../thin/profile.js'
 
 /** The head read before the mount: the superblock is at 1024. */
 const HEAD = 2048;
-/** errnos of a kernel that mounts no EROFS image from a file. */
-const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV', 'EINVAL']);
+/** errnos of a kernel that mounts no EROFS image from a file (EINVAL is a bad image: only that one is not used). */
+const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV']);
+
+/** `p`, or `fallback` once `ms` passed (a probe of a stalled client holds the helper, not the caller). */
+function within<T>(p: Promise<T>, ms: number, fallback: () => T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback()), ms)));
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+}
 
 export type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
 
@@ -51,25 +58,27 @@ export interface ImageProbe {
 export async function probeImage(host: Host, mp: string, layers: readonly string[], timeoutMs: number): Promise<ImageProbe> {
   const file = path.join(mp, imagePath(layers));
   const data = path.join(mp, imageDataPath(layers));
+  const none = (why: string): ImageProbe => ({ file, data, head: null, why, dev: null, dataBytes: null });
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), timeoutMs);
-  try {
-    const [h, repo, st] = await host.probeFs(
+  const asked = host
+    .probeFs(
       [
         { op: 'read', path: file, head: HEAD },
         { op: 'stat', path: mp },
         { op: 'stat', path: data },
+        // opened (and closed) by the helper: a client fetches a file under its chunk size whole at
+        // its open, which the mount's own open must not wait for (mount(2) blocks the daemon)
+        { op: 'read', path: data, max: 0 },
       ],
       ctl.signal,
-    );
-    const head = h?.ok && h.text !== undefined ? readErofsHead(Buffer.from(h.text, 'base64')) : null;
-    const why = h?.ok ? (head ? null : 'no EROFS superblock') : `image not read: ${h?.message ?? 'no answer'}`;
-    return { file, data, head, why, dev: repo?.ok ? (repo.dev ?? null) : null, dataBytes: st?.ok ? (st.bytes ?? null) : null };
-  } catch (e) {
-    return { file, data, head: null, why: `image not read: ${(e as Error).message}`, dev: null, dataBytes: null };
-  } finally {
-    clearTimeout(timer);
-  }
+    )
+    .then(([h, repo, st]): ImageProbe => {
+      const head = h?.ok && h.text !== undefined ? readErofsHead(Buffer.from(h.text, 'base64')) : null;
+      const why = h?.ok ? (head ? null : 'no EROFS superblock') : `image not read: ${h?.message ?? 'no answer'}`;
+      return { file, data, head, why, dev: repo?.ok ? (repo.dev ?? null) : null, dataBytes: st?.ok ? (st.bytes ?? null) : null };
+    })
+    .catch((e: unknown) => none(`image not read: ${(e as Error).message}`));
+  return within(asked, timeoutMs, () => (ctl.abort(), none(`image did not answer within ${timeoutMs} ms`)));
 }
 
 /**
@@ -86,6 +95,8 @@ export async function mountHotImage(host: Host, log: Logger, p: ImageProbe, imag
   const head = p.head;
   if (head.bytes !== image.bytes || head.dataBytes !== image.data.bytes || head.uuid !== image.uuid)
     return { dir: null, why: `image is not the one the profile names (${head.bytes} + ${head.dataBytes} bytes, uuid ${head.uuid})` };
+  // another fetch of the same stack mounted it meanwhile (one that outlived its retry): not mounted twice
+  if (await isImageMount(final)) return { dir: final, ms: Math.round(performance.now() - t0), dev: p.dev };
   const made = await fsp.mkdir(final, { mode: 0o755 }).then(
     () => true,
     (e: NodeJS.ErrnoException) => {
@@ -108,6 +119,16 @@ export async function mountHotImage(host: Host, log: Logger, p: ImageProbe, imag
   return { dir: final, ms: Math.round(performance.now() - t0), dev: p.dev };
 }
 
+/** The device of the repository mount `mp` (the probe helper's stat), undefined when not known within `ms`. */
+export function cvmfsDev(host: Host, mp: string, ms: number): Promise<number | undefined> {
+  const ctl = new AbortController();
+  const asked = host.probeFs([{ op: 'stat', path: mp }], ctl.signal).then(
+    ([st]) => (st?.ok ? st.dev : undefined),
+    () => undefined,
+  );
+  return within(asked, ms, () => (ctl.abort(), undefined));
+}
+
 /** Whether a hot layer's directory is a mount point (an image), not one (unpacked); null when it is not a directory. */
 export async function isImageMount(dir: string): Promise<boolean | null> {
   const [st, up] = await Promise.all([fsp.stat(dir).catch(() => null), fsp.stat(path.dirname(dir)).catch(() => null)]);
@@ -121,9 +142,13 @@ export function unmountHot(host: Host, dir: string, mounts: MountInfo[], log: Lo
   try {
     host.umount(dir);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
-    log.warn({ dir }, 'hot layer image busy: detached');
-    host.umount(dir, MNT_DETACH);
+    const code = (e as NodeJS.ErrnoException).code;
+    // EINVAL: not mounted any more (detached since the mount table was read)
+    if (code !== 'EBUSY' && code !== 'EINVAL') throw e;
+    if (code === 'EBUSY') {
+      log.warn({ dir }, 'hot layer image busy: detached');
+      host.umount(dir, MNT_DETACH);
+    }
   }
   return mounts.filter((m) => m.mountPoint !== dir);
 }

@@ -28,7 +28,7 @@ import type { FsProbeOp, Host } from '../host/host.js';
 import { DEFAULT_CVMFS_TIMEOUT_MS, probeText } from '../host/probe.js';
 import { type CvmfsCounters, cvmfsCounters } from './start-trace.js';
 import { type AccessProfile, packPath, parseProfile, profilePath, stackId } from '../thin/profile.js';
-import { ImageMounts, isImageMount, mountHotImage, probeImage } from './hot-image.js';
+import { cvmfsDev, ImageMounts, isImageMount, mountHotImage, probeImage } from './hot-image.js';
 
 export interface HotOptions {
   /** How long a pull waits for the hot layer (0: never; the fetch still goes on). */
@@ -149,7 +149,7 @@ export class HotLayers {
     // (when the image's head was read, the counters are read again: it may have been downloaded meanwhile)
     const since = (await probed)?.head ? cvmfsCounters(this.host, mp, this.o.readTimeoutMs) : before;
     if (!cold && (await this.cacheHolds(mp, profile, since))) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
-    if (profile.image && probed) {
+    if (profile.image && probed && profile.image.data.bytes <= this.o.maxBytes) {
       const t1 = performance.now();
       const image = profile.image;
       const p = await probed;
@@ -234,8 +234,9 @@ export class HotLayers {
     const mounted = await isImageMount(final);
     if (mounted === null) return false;
     if (!mounted) return (await fsp.readdir(final).catch(() => [])).length > 0;
-    const [st] = await this.host.probeFs([{ op: 'stat', path: mp }], AbortSignal.timeout(this.o.readTimeoutMs)).catch(() => []);
-    return this.images.check([final], () => (st?.ok ? st.dev : undefined), mp).length === 0;
+    // the repository mount's device now (a stalled client: not known within the deadline, the image kept)
+    const dev = await cvmfsDev(this.host, mp, this.o.readTimeoutMs);
+    return this.images.check([final], () => dev, mp).length === 0;
   }
 
   /** The helper reads an image's data file (`bytes` long) ahead in pieces (the client fetches their chunks at once); not waited for. */
