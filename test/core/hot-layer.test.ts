@@ -116,10 +116,8 @@ describe.skipIf(needs({ root: 'chown, xattrs, overlay and EROFS mounts' }))('a h
       await publish(repo, profileOf(ls, LISTED), undefined, undefined, form === 'image');
       const masks = path.join(work, 'masks');
       fs.mkdirSync(masks);
-      const hot = await new HotLayers(masks, systemHost, log, OPTS).forStack(
-        repo,
-        ls.map((l) => l.hex),
-      );
+      const hexes = ls.map((l) => l.hex);
+      const hot = await new HotLayers(masks, systemHost, log, OPTS).forStack(repo, hexes);
       expect(hot.why).toBe(form);
       const mounted = () => systemHost.mountinfo().some((m) => m.mountPoint === hot.dir && m.fsType === 'erofs');
       expect(mounted()).toBe(form === 'image');
@@ -159,41 +157,17 @@ describe.skipIf(needs({ root: 'chown, xattrs, overlay and EROFS mounts' }))('a h
       }
       if (form === 'image') {
         // the client died and another was mounted (another device): the next pull detaches the image and mounts it again
-        const hots = new HotLayers(masks, systemHost, log, OPTS);
-        expect(
-          (
-            await hots.forStack(
-              repo,
-              ls.map((l) => l.hex),
-            )
-          ).why,
-        ).toBe('local');
+        const why = async (h: HotLayers) => (await h.forStack(repo, hexes)).why;
+        expect(await why(new HotLayers(masks, systemHost, log, OPTS))).toBe('local');
         const replaced = Object.create(systemHost) as typeof systemHost;
         replaced.probeFs = async (ops, signal) =>
           (await systemHost.probeFs(ops, signal)).map((a) => (a.ok && a.dev !== undefined ? { ...a, dev: a.dev + 1 } : a));
-        const again = await new HotLayers(masks, replaced, log, OPTS).forStack(
-          repo,
-          ls.map((l) => l.hex),
-        );
-        expect(again.why).toBe('local'); // a daemon that finds it mounted takes the device it sees first
+        // a daemon that finds it mounted takes the device it sees first
+        expect(await why(new HotLayers(masks, replaced, log, OPTS))).toBe('local');
         const hot2 = new HotLayers(masks, systemHost, log, OPTS);
-        expect(
-          (
-            await hot2.forStack(
-              repo,
-              ls.map((l) => l.hex),
-            )
-          ).why,
-        ).toBe('local');
+        expect(await why(hot2)).toBe('local');
         hot2.images.record(hot.dir!, repo, fs.statSync(repo).dev + 1);
-        expect(
-          (
-            await hot2.forStack(
-              repo,
-              ls.map((l) => l.hex),
-            )
-          ).why,
-        ).toBe('image');
+        expect(await why(hot2)).toBe('image');
         expect(systemHost.mountinfo().filter((m) => m.mountPoint === hot.dir).length).toBe(1);
         expect(fs.readFileSync(path.join(hot.dir!, 'etc/a.conf'), 'utf8')).toBe('new');
       }
