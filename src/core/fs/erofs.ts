@@ -78,7 +78,7 @@ interface Node {
   size: number;
 }
 
-export interface ErofsWritten {
+interface ErofsWritten {
   /** The metadata file. */
   bytes: number;
   sha256: string;

@@ -36,10 +36,10 @@ function within<T>(p: Promise<T>, ms: number, fallback: () => T): Promise<T> {
   return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
 }
 
-export type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
+type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
 
 /** What the probe helper saw of a stack's image: its files, its head, the repository mount, its data file. */
-export interface ImageProbe {
+interface ImageProbe {
   file: string;
   data: string;
   /** The head (superblock, device table), when read. */
