@@ -222,13 +222,25 @@ export class CvmfsProbe {
  * past `timeoutMs`.
  */
 export async function probeText(host: Host, file: string, timeoutMs: number): Promise<string | null | 'stalled'> {
+  const r = await probeWithin(host, [{ op: 'read', path: file, text: true, max: 8 << 20 }], timeoutMs);
+  if (r === 'stalled') return r;
+  const a = r[0];
+  return a?.ok ? (a.text ?? '') : null;
+}
+
+/**
+ * `ops` asked of the probe helper on their own, with a deadline: the answers,
+ * or 'stalled' past `timeoutMs` (the probe is then abandoned: a stalled
+ * client holds the helper, not the caller).
+ */
+export async function probeWithin(host: Host, ops: readonly FsProbeOp[], timeoutMs: number): Promise<FsProbeResult[] | 'stalled'> {
   const ctl = new AbortController();
   let timer: NodeJS.Timeout | undefined;
-  const a = await Promise.race([
-    host.probeFs([{ op: 'read', path: file, text: true, max: 8 << 20 }], ctl.signal).then((r) => r[0]),
-    new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), timeoutMs))),
-  ]);
-  clearTimeout(timer);
-  if (a === 'stalled') ctl.abort();
-  return a === 'stalled' ? a : a?.ok ? (a.text ?? '') : null;
+  try {
+    const a = await Promise.race([host.probeFs(ops, ctl.signal), new Promise<'stalled'>((r) => (timer = setTimeout(() => r('stalled'), timeoutMs)))]);
+    if (a === 'stalled') ctl.abort();
+    return a;
+  } finally {
+    clearTimeout(timer);
+  }
 }

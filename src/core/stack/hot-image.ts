@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import { type ErofsHead, readErofsHead } from '../fs/erofs.js';
 import type { MountInfo } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
+import { probeWithin } from '../host/probe.js';
 import { MNT_DETACH, MS_NODEV, MS_RDONLY } from '../host/sys.js';
 import { imageDataPath, imagePath, type ProfileImage } from '../thin/profile.js';
 
@@ -28,13 +29,6 @@ import { imageDataPath, imagePath, type ProfileImage } from '../thin/profile.js'
 const HEAD = 2048;
 /** errnos of a kernel that mounts no EROFS image from a file (EINVAL is a bad image: only that one is not used). */
 const UNSUPPORTED = new Set(['ENOTBLK', 'ENODEV']);
-
-/** `p`, or `fallback` once `ms` passed (a probe of a stalled client holds the helper, not the caller). */
-function within<T>(p: Promise<T>, ms: number, fallback: () => T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback()), ms)));
-  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
-}
 
 type ImageResult = { dir: string; ms: number; dev: number | null } | { dir: null; why: string; unsupported?: boolean };
 
@@ -59,26 +53,24 @@ export async function probeImage(host: Host, mp: string, layers: readonly string
   const file = path.join(mp, imagePath(layers));
   const data = path.join(mp, imageDataPath(layers));
   const none = (why: string): ImageProbe => ({ file, data, head: null, why, dev: null, dataBytes: null });
-  const ctl = new AbortController();
-  const asked = host
-    .probeFs(
-      [
-        { op: 'read', path: file, head: HEAD },
-        { op: 'stat', path: mp },
-        { op: 'stat', path: data },
-        // opened (and closed) by the helper: a client fetches a file under its chunk size whole at
-        // its open, which the mount's own open must not wait for (mount(2) blocks the daemon)
-        { op: 'read', path: data, max: 0 },
-      ],
-      ctl.signal,
-    )
-    .then(([h, repo, st]): ImageProbe => {
-      const head = h?.ok && h.text !== undefined ? readErofsHead(Buffer.from(h.text, 'base64')) : null;
-      const why = h?.ok ? (head ? null : 'no EROFS superblock') : `image not read: ${h?.message ?? 'no answer'}`;
-      return { file, data, head, why, dev: repo?.ok ? (repo.dev ?? null) : null, dataBytes: st?.ok ? (st.bytes ?? null) : null };
-    })
-    .catch((e: unknown) => none(`image not read: ${(e as Error).message}`));
-  return within(asked, timeoutMs, () => (ctl.abort(), none(`image did not answer within ${timeoutMs} ms`)));
+  const r = await probeWithin(
+    host,
+    [
+      { op: 'read', path: file, head: HEAD },
+      { op: 'stat', path: mp },
+      { op: 'stat', path: data },
+      // opened (and closed) by the helper: a client fetches a file under its chunk size whole at
+      // its open, which the mount's own open must not wait for (mount(2) blocks the daemon)
+      { op: 'read', path: data, max: 0 },
+    ],
+    timeoutMs,
+  ).catch((e: unknown) => (e as Error).message);
+  if (r === 'stalled') return none(`image did not answer within ${timeoutMs} ms`);
+  if (typeof r === 'string') return none(`image not read: ${r}`);
+  const [h, repo, st] = r;
+  const head = h?.ok && h.text !== undefined ? readErofsHead(Buffer.from(h.text, 'base64')) : null;
+  const why = h?.ok ? (head ? null : 'no EROFS superblock') : `image not read: ${h?.message ?? 'no answer'}`;
+  return { file, data, head, why, dev: repo?.ok ? (repo.dev ?? null) : null, dataBytes: st?.ok ? (st.bytes ?? null) : null };
 }
 
 /**
@@ -120,13 +112,10 @@ export async function mountHotImage(host: Host, log: Logger, p: ImageProbe, imag
 }
 
 /** The device of the repository mount `mp` (the probe helper's stat), undefined when not known within `ms`. */
-export function cvmfsDev(host: Host, mp: string, ms: number): Promise<number | undefined> {
-  const ctl = new AbortController();
-  const asked = host.probeFs([{ op: 'stat', path: mp }], ctl.signal).then(
-    ([st]) => (st?.ok ? st.dev : undefined),
-    () => undefined,
-  );
-  return within(asked, ms, () => (ctl.abort(), undefined));
+export async function cvmfsDev(host: Host, mp: string, ms: number): Promise<number | undefined> {
+  const r = await probeWithin(host, [{ op: 'stat', path: mp }], ms).catch(() => 'stalled' as const);
+  const st = r === 'stalled' ? undefined : r[0];
+  return st?.ok ? st.dev : undefined;
 }
 
 /** Whether a hot layer's directory is a mount point (an image), not one (unpacked); null when it is not a directory. */

@@ -57,6 +57,7 @@ const SAMPLE = 8;
 /** A pack is fetched in at most PIECES pieces, of at least PIECE_MIN bytes (CVMFS's smallest chunk). */
 const PIECES = 4;
 const PIECE_MIN = 4 << 20;
+const piecesOf = (bytes: number) => Math.max(1, Math.min(PIECES, Math.ceil(bytes / PIECE_MIN)));
 /** The growing pieces are read this much at a time, and polled this often when they have not grown. */
 const GROW_CHUNK = 1 << 20;
 const GROW_POLL_MS = 4;
@@ -144,10 +145,10 @@ export class HotLayers {
     const pack = profile.pack!;
     if (pack.bytes > this.o.maxBytes) return { dir: null, why: `pack of ${pack.bytes} bytes is over the node's ${this.o.maxBytes}`, ms: 0 };
     const tp = performance.now();
-    // kept like a failure: not checked again for a while (a warm node's next pulls skip the profile and the check)
     const cold = (await early) === true;
     // (when the image's head was read, the counters are read again: it may have been downloaded meanwhile)
     const since = (await probed)?.head ? cvmfsCounters(this.host, mp, this.o.readTimeoutMs) : before;
+    // kept like a failure: not checked again for a while (a warm node's next pulls skip the profile and the check)
     if (!cold && (await this.cacheHolds(mp, profile, since))) return { dir: null, why: "the CVMFS client's cache holds the profile's files", ms: 0 };
     if (profile.image && probed && profile.image.data.bytes <= this.o.maxBytes) {
       const t1 = performance.now();
@@ -182,7 +183,7 @@ export class HotLayers {
       // the helper copies the pack in pieces (a client fetches them at once) while they are
       // unpacked, in order, as they grow: the unpack overlaps the fetch; what was unpacked
       // is kept only if it hashes to the profile's sha256
-      const count = Math.max(1, Math.min(PIECES, Math.ceil(pack.bytes / PIECE_MIN)));
+      const count = piecesOf(pack.bytes);
       const copied = this.host
         .probeFs([{ op: 'copy', path: path.join(mp, packPath(layers)), copy: { to: file, size: pack.bytes, count } }], ctl.signal)
         .then(([a]) => {
@@ -244,7 +245,7 @@ export class HotLayers {
     const t0 = performance.now();
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), COPY_MS);
-    const count = Math.max(1, Math.min(PIECES, Math.ceil(bytes / PIECE_MIN)));
+    const count = piecesOf(bytes);
     this.host
       .probeFs([{ op: 'copy', path: file, copy: { size: bytes, count } }], ctl.signal)
       .then(

@@ -15,6 +15,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../fs/fsutil.js';
 import type { Host } from '../host/host.js';
+import { probeWithin } from '../host/probe.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { PrefetchResult } from './prefetch.js';
 
@@ -64,25 +65,14 @@ export function traceFile(dir: string, key: string): string {
 
 /** The CVMFS client's counters of the repository mounted at `mp`, read by `host`'s probe helper (null: not CVMFS, no getfattr, or no answer in time). */
 export async function cvmfsCounters(host: Host, mp: string, timeoutMs = 2000): Promise<CvmfsCounters | null> {
-  let timer: NodeJS.Timeout | undefined;
-  const ctl = new AbortController();
-  // a getfattr stuck in a stalled FUSE holds the helper, not us: answer null at the deadline
-  const deadline = new Promise<null>((resolve) => (timer = setTimeout(() => (ctl.abort(), resolve(null)), timeoutMs)));
-  const read = host.probeFs([{ op: 'counters', path: mp }], ctl.signal).then(
-    ([r]) => {
-      if (!r?.ok || r.text === undefined) return null;
-      const text = r.text;
-      const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(text.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
-      const c = { downloads: v('ndownload'), rxKiB: v('rx'), catalogs: v('nclg') };
-      return Object.values(c).every(Number.isFinite) ? c : null;
-    },
-    () => null,
-  );
-  try {
-    return await Promise.race([read, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+  // a getfattr stuck in a stalled FUSE holds the helper, not us: null at the deadline
+  const r = await probeWithin(host, [{ op: 'counters', path: mp }], timeoutMs).catch(() => null);
+  const a = r === 'stalled' ? null : r?.[0];
+  if (!a?.ok || a.text === undefined) return null;
+  const text = a.text;
+  const v = (k: string) => Number(/^user\.(\w+)="?(\d+)"?$/m.exec(text.split('\n').find((l) => l.startsWith(`user.${k}=`)) ?? '')?.[2] ?? NaN);
+  const c = { downloads: v('ndownload'), rxKiB: v('rx'), catalogs: v('nclg') };
+  return Object.values(c).every(Number.isFinite) ? c : null;
 }
 
 /** Human verdict: the slowest phases, and what the client fetched. */
